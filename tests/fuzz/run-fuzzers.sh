@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets of tests/fuzz/meson.build with clang in a
+# separate build directory and runs each one for a bounded time.
+#
+#   tests/fuzz/run-fuzzers.sh [--build DIR] [--only NAME] SECONDS
+#
+# Seeds come from tests/fuzz/corpus/<target>/ (read only); inputs libFuzzer
+# finds go to DIR/fuzz-corpus/<target>/, crashes to DIR/fuzz-artifacts/.
+# Exit status: 0 all targets ran clean, 1 a target crashed or failed,
+# 2 usage error, 77 clang/libFuzzer not available (skip).
+set -euo pipefail
+
+usage() {
+	sed -n '2,11s/^# \{0,1\}//p' "$0"
+}
+
+src=$(cd "$(dirname "$0")/../.." && pwd)
+build=$src/build-fuzz
+only=
+secs=
+while [ $# -gt 0 ]; do
+	case $1 in
+	-h|--help) usage; exit 0 ;;
+	--build) build=$2; shift 2 ;;
+	--only) only=$2; shift 2 ;;
+	-*) echo "run-fuzzers: unknown option $1 (try --help)" >&2; exit 2 ;;
+	*) secs=$1; shift ;;
+	esac
+done
+if ! [[ $secs =~ ^[0-9]+$ ]] || [ "$secs" -eq 0 ]; then
+	echo "run-fuzzers: SECONDS must be a positive integer (try --help)" >&2
+	exit 2
+fi
+if ! command -v clang >/dev/null; then
+	echo "run-fuzzers: clang not found, skipping" >&2
+	exit 77
+fi
+
+if [ ! -f "$build/build.ninja" ]; then
+	CC=clang meson setup "$build" "$src" -Dfuzzing=true \
+		-Dbuildtype=debugoptimized >/dev/null
+fi
+ninja -C "$build" fuzzers >/dev/null
+
+mkdir -p "$build/fuzz-artifacts"
+failed=0
+ran=0
+for exe in "$build"/tests/fuzz/fuzz-*-libfuzzer; do
+	[ -x "$exe" ] || continue
+	name=$(basename "$exe" -libfuzzer)
+	target=${name#fuzz-}
+	if [ -n "$only" ] && [ "$only" != "$name" ] && [ "$only" != "$target" ]; then
+		continue
+	fi
+	corpus=$build/fuzz-corpus/$target
+	seeds=$src/tests/fuzz/corpus/$target
+	mkdir -p "$corpus"
+	[ -d "$seeds" ] || seeds=
+	echo "run-fuzzers: $name for ${secs}s" >&2
+	if "$exe" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+		-artifact_prefix="$build/fuzz-artifacts/$name-" \
+		-print_final_stats=1 "$corpus" ${seeds:+"$seeds"} \
+		>"$build/fuzz-artifacts/$name.log" 2>&1; then
+		runs=$(sed -n 's/^stat::number_of_executed_units: *//p' \
+			"$build/fuzz-artifacts/$name.log")
+		echo "run-fuzzers: $name ok (${runs:-?} runs)" >&2
+	else
+		echo "run-fuzzers: $name FAILED, see $build/fuzz-artifacts/$name.log" >&2
+		tail -n 30 "$build/fuzz-artifacts/$name.log" >&2
+		failed=1
+	fi
+	ran=$((ran + 1))
+done
+if [ "$ran" -eq 0 ]; then
+	echo "run-fuzzers: no libFuzzer targets built${only:+ matching $only}" >&2
+	exit 1
+fi
+exit $failed

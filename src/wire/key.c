@@ -1,0 +1,264 @@
+/* Shared key files: "tsubame-psk-v1 <key-id> <64 hex digits>\n", mode 0600. */
+#include "wire/tls.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#define KEY_FILE_MAX 4096
+
+static int fail(char *msg, size_t msglen, int err, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static int fail(char *msg, size_t msglen, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (msg && msglen) {
+		va_start(ap, fmt);
+		vsnprintf(msg, msglen, fmt, ap);
+		va_end(ap);
+	}
+	return err;
+}
+
+void wire_key_wipe(struct wire_key *k)
+{
+	OPENSSL_cleanse(k, sizeof(*k));
+}
+
+static bool key_id_ok(const char *s, size_t n)
+{
+	size_t i;
+
+	if (!n || n > WIRE_KEY_ID_MAX)
+		return false;
+	for (i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e)
+			return false;
+	return true;
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Splits the next space-separated field of line[0..len). */
+static const char *next_field(const char **p, const char *end, size_t *ret_len)
+{
+	const char *s;
+
+	while (*p < end && (**p == ' ' || **p == '\t'))
+		(*p)++;
+	s = *p;
+	while (*p < end && **p != ' ' && **p != '\t')
+		(*p)++;
+	*ret_len = *p - s;
+	return *ret_len ? s : NULL;
+}
+
+/* Parses the one key line; 0 or -EBADMSG. */
+static int parse_key(const char *buf, size_t len, struct wire_key *k)
+{
+	const char *p = buf, *end = buf + len, *line_end, *f;
+	size_t n, i;
+	int hi, lo;
+
+	/* Skip blank lines and '#' comments. */
+	for (;;) {
+		while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' ||
+				   *p == '\r'))
+			p++;
+		if (p >= end)
+			return -EBADMSG;
+		if (*p != '#')
+			break;
+		while (p < end && *p != '\n')
+			p++;
+	}
+	line_end = memchr(p, '\n', end - p);
+	if (!line_end)
+		line_end = end;
+	if (line_end > p && line_end[-1] == '\r')
+		line_end--;
+	f = next_field(&p, line_end, &n);
+	if (!f || n != strlen(WIRE_KEY_MAGIC) || memcmp(f, WIRE_KEY_MAGIC, n))
+		return -EBADMSG;
+	f = next_field(&p, line_end, &n);
+	if (!f || !key_id_ok(f, n))
+		return -EBADMSG;
+	memcpy(k->id, f, n);
+	k->id[n] = '\0';
+	f = next_field(&p, line_end, &n);
+	if (!f || n != 2 * WIRE_KEY_LEN)
+		return -EBADMSG;
+	for (i = 0; i < WIRE_KEY_LEN; i++) {
+		hi = hexval(f[2 * i]);
+		lo = hexval(f[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return -EBADMSG;
+		k->secret[i] = (uint8_t)(hi << 4 | lo);
+	}
+	if (next_field(&p, line_end, &n))
+		return -EBADMSG;
+	return 0;
+}
+
+int wire_key_load(const char *path, struct wire_key *ret, char *msg,
+		  size_t msglen)
+{
+	char buf[KEY_FILE_MAX + 1];
+	struct wire_key k = { 0 };
+	struct stat st;
+	size_t len = 0;
+	ssize_t n;
+	int fd, err;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0)
+		return fail(msg, msglen, -errno, "cannot open key file %s: %s",
+			    path, strerror(errno));
+	if (fstat(fd, &st) < 0) {
+		err = -errno;
+		close(fd);
+		return fail(msg, msglen, err, "cannot stat key file %s: %s",
+			    path, strerror(-err));
+	}
+	if (!S_ISREG(st.st_mode)) {
+		close(fd);
+		return fail(msg, msglen, -EINVAL,
+			    "key file %s is not a regular file", path);
+	}
+	if (st.st_mode & 077) {
+		close(fd);
+		return fail(msg, msglen, -EPERM,
+			    "key file %s is accessible by group or others (mode %04o); refusing to use it: run 'chmod 600 %s'",
+			    path, (unsigned int)(st.st_mode & 07777), path);
+	}
+	while (len < sizeof(buf)) {
+		n = read(fd, buf + len, sizeof(buf) - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			err = -errno;
+			close(fd);
+			OPENSSL_cleanse(buf, sizeof(buf));
+			return fail(msg, msglen, err,
+				    "cannot read key file %s: %s", path,
+				    strerror(-err));
+		}
+		if (!n)
+			break;
+		len += n;
+	}
+	close(fd);
+	if (len > KEY_FILE_MAX) {
+		OPENSSL_cleanse(buf, sizeof(buf));
+		return fail(msg, msglen, -EBADMSG,
+			    "key file %s is too large to be a tsubame key", path);
+	}
+	err = parse_key(buf, len, &k);
+	OPENSSL_cleanse(buf, sizeof(buf));
+	if (err) {
+		wire_key_wipe(&k);
+		return fail(msg, msglen, err,
+			    "key file %s is malformed: expected one line '%s <key-id> <64 hex digits>' (make one with 'tsubame keygen')",
+			    path, WIRE_KEY_MAGIC);
+	}
+	*ret = k;
+	wire_key_wipe(&k);
+	return 0;
+}
+
+static int write_all(int fd, const char *p, size_t len)
+{
+	ssize_t n;
+
+	while (len) {
+		n = write(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		p += n;
+		len -= n;
+	}
+	return 0;
+}
+
+int wire_keygen(const char *path, const char *key_id, char *msg,
+		size_t msglen)
+{
+	static const char hex[] = "0123456789abcdef";
+	struct wire_key k = { 0 };
+	uint8_t rnd[4];
+	char line[WIRE_KEY_ID_MAX + 2 * WIRE_KEY_LEN + 64];
+	size_t i, n;
+	int fd, err;
+
+	if (key_id) {
+		if (!key_id_ok(key_id, strlen(key_id)))
+			return fail(msg, msglen, -EINVAL,
+				    "key id must be 1 to %d printable characters without spaces",
+				    WIRE_KEY_ID_MAX);
+		snprintf(k.id, sizeof(k.id), "%s", key_id);
+	} else {
+		if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+			return fail(msg, msglen, -EIO,
+				    "cannot get random bytes from OpenSSL");
+		snprintf(k.id, sizeof(k.id), "tsb-%02x%02x%02x%02x", rnd[0],
+			 rnd[1], rnd[2], rnd[3]);
+	}
+	if (RAND_priv_bytes(k.secret, sizeof(k.secret)) != 1)
+		return fail(msg, msglen, -EIO,
+			    "cannot get random bytes from OpenSSL");
+	n = (size_t)snprintf(line, sizeof(line), "%s %s ", WIRE_KEY_MAGIC, k.id);
+	for (i = 0; i < WIRE_KEY_LEN; i++) {
+		line[n++] = hex[k.secret[i] >> 4];
+		line[n++] = hex[k.secret[i] & 15];
+	}
+	line[n++] = '\n';
+	wire_key_wipe(&k);
+
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+		  0600);
+	if (fd < 0) {
+		err = -errno;
+		OPENSSL_cleanse(line, sizeof(line));
+		if (err == -EEXIST)
+			return fail(msg, msglen, err,
+				    "%s already exists; refusing to overwrite a key",
+				    path);
+		return fail(msg, msglen, err, "cannot create key file %s: %s",
+			    path, strerror(-err));
+	}
+	/* The umask can only make it stricter; make sure it is exactly 0600. */
+	err = fchmod(fd, 0600) < 0 ? -errno : 0;
+	if (!err)
+		err = write_all(fd, line, n);
+	if (!err && fsync(fd) < 0)
+		err = -errno;
+	OPENSSL_cleanse(line, sizeof(line));
+	if (close(fd) < 0 && !err)
+		err = -errno;
+	if (err) {
+		(void)unlink(path);
+		return fail(msg, msglen, err, "cannot write key file %s: %s",
+			    path, strerror(-err));
+	}
+	return 0;
+}

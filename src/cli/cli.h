@@ -1,0 +1,17 @@
+/* Subcommands of the tsubame binary: each is int cmd_<name>(argc, argv). */
+#ifndef TSB_CLI_H
+#define TSB_CLI_H
+
+/* Exit codes shared by every subcommand. */
+enum {
+	TSB_EXIT_OK = 0,
+	TSB_EXIT_FAILED = 1,
+	TSB_EXIT_USAGE = 2,
+};
+
+int cmd_vm(int argc, char **argv);
+int cmd_qmp(int argc, char **argv);
+int cmd_migrate_native(int argc, char **argv);
+int cmd_keygen(int argc, char **argv);
+
+#endif

@@ -1,0 +1,311 @@
+#include "migctl/migctl.h"
+
+#include "common/log.h"
+#include "common/util.h"
+#include "qmp/qmp.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+
+/* How often the source's statistics are polled while a migration runs. */
+#define MIGCTL_POLL_MS 250
+/* How long the destination may take to resume after the source completed. */
+#define MIGCTL_RESUME_WAIT_MS 60000
+/* How long a cancel may take before we give up waiting for it. */
+#define MIGCTL_CANCEL_WAIT_MS 30000
+
+int migctl_parse_caps(char *list, struct migctl_options *opts)
+{
+	char *save = NULL, *tok;
+
+	for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		if (!*tok)
+			continue;
+		if (opts->n_caps >= MIGCTL_MAX_CAPS)
+			return -E2BIG;
+		opts->caps[opts->n_caps++] = tok;
+	}
+	return 0;
+}
+
+static int set_capabilities(struct qmp *q, const struct migctl_options *opts,
+			    char *errbuf, size_t errlen)
+{
+	json_t *list = json_array(), *args;
+	unsigned int i;
+	int r;
+
+	json_array_append_new(list, json_pack("{s:s, s:b}", "capability", "events",
+					      "state", 1));
+	for (i = 0; i < opts->n_caps; i++)
+		json_array_append_new(list, json_pack("{s:s, s:b}", "capability",
+						      opts->caps[i], "state", 1));
+	args = json_pack("{s:o}", "capabilities", list);
+	r = qmp_execute(q, "migrate-set-capabilities", args, NULL, errbuf, errlen);
+	json_decref(args);
+	return r;
+}
+
+static int set_parameters(struct qmp *q, const struct migctl_options *opts,
+			  bool source, char *errbuf, size_t errlen)
+{
+	json_t *args = json_object();
+	int r = 0;
+
+	if (opts->multifd_channels)
+		json_object_set_new(args, "multifd-channels",
+				    json_integer(opts->multifd_channels));
+	if (opts->multifd_compression)
+		json_object_set_new(args, "multifd-compression",
+				    json_string(opts->multifd_compression));
+	if (source && opts->xbzrle_cache_size)
+		json_object_set_new(args, "xbzrle-cache-size",
+				    json_integer(opts->xbzrle_cache_size));
+	if (source && opts->max_bandwidth)
+		json_object_set_new(args, "max-bandwidth",
+				    json_integer(opts->max_bandwidth));
+	if (source && opts->downtime_limit_ms)
+		json_object_set_new(args, "downtime-limit",
+				    json_integer(opts->downtime_limit_ms));
+	if (json_object_size(args))
+		r = qmp_execute(q, "migrate-set-parameters", args, NULL, errbuf, errlen);
+	json_decref(args);
+	return r;
+}
+
+int migctl_prepare_destination(struct qmp *dst, const struct migctl_options *opts,
+			       const char *listen_uri, char *errbuf, size_t errlen)
+{
+	json_t *args;
+	int r;
+
+	r = set_capabilities(dst, opts, errbuf, errlen);
+	if (r < 0)
+		return r;
+	r = set_parameters(dst, opts, false, errbuf, errlen);
+	if (r < 0)
+		return r;
+	args = json_pack("{s:s}", "uri", listen_uri);
+	r = qmp_execute(dst, "migrate-incoming", args, NULL, errbuf, errlen);
+	json_decref(args);
+	return r;
+}
+
+int migctl_prepare_source(struct qmp *src, const struct migctl_options *opts,
+			  char *errbuf, size_t errlen)
+{
+	int r = set_capabilities(src, opts, errbuf, errlen);
+
+	if (r < 0)
+		return r;
+	return set_parameters(src, opts, true, errbuf, errlen);
+}
+
+/* Watch state shared by the helpers of migctl_run. */
+struct watch {
+	uint64_t stop_ns;   /* source STOP event time, 0 if not seen */
+	uint64_t resume_ns; /* destination RESUME event time */
+	bool dst_failed;
+};
+
+static void drain_events(struct qmp *q, bool is_source, struct watch *w)
+{
+	struct qmp_event ev;
+
+	while (qmp_next_event(q, 0, &ev) == 0) {
+		if (is_source && !strcmp(ev.name, "STOP") && !w->stop_ns)
+			w->stop_ns = ev.time_ns;
+		else if (!is_source && !strcmp(ev.name, "RESUME") && !w->resume_ns)
+			w->resume_ns = ev.time_ns;
+		else if (!is_source && !strcmp(ev.name, "MIGRATION")) {
+			const char *st = json_string_value(json_object_get(ev.data, "status"));
+
+			if (st && !strcmp(st, "failed"))
+				w->dst_failed = true;
+		}
+		log_debug("%s event %s", is_source ? "source" : "destination", ev.name);
+		qmp_event_fini(&ev);
+	}
+}
+
+/* Waits until one of the QMP sockets is readable or timeout_ms passes. */
+static void wait_readable(struct qmp *src, struct qmp *dst, int timeout_ms)
+{
+	struct pollfd pfd[2] = {
+		{ .fd = qmp_fd(src), .events = POLLIN },
+		{ .fd = dst ? qmp_fd(dst) : -1, .events = POLLIN },
+	};
+
+	(void)poll(pfd, 2, timeout_ms);
+}
+
+static const char *query_status(struct qmp *src, json_t **stats)
+{
+	json_t *ret = NULL;
+	int r;
+
+	r = qmp_execute(src, "query-migrate", NULL, &ret, NULL, 0);
+	if (r < 0)
+		return NULL;
+	json_decref(*stats);
+	*stats = ret;
+	return json_string_value(json_object_get(ret, "status"));
+}
+
+static void cancel_and_wait(struct qmp *src, struct migctl_result *res,
+			    struct watch *w)
+{
+	uint64_t start = tsb_now_ns();
+	const char *st;
+
+	(void)qmp_execute(src, "migrate_cancel", NULL, NULL, NULL, 0);
+	while ((tsb_now_ns() - start) / 1000000 < MIGCTL_CANCEL_WAIT_MS) {
+		st = query_status(src, &res->src_stats);
+		if (st && (!strcmp(st, "cancelled") || !strcmp(st, "failed") ||
+			   !strcmp(st, "completed")))
+			return;
+		wait_readable(src, NULL, MIGCTL_POLL_MS);
+		drain_events(src, true, w);
+	}
+}
+
+int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *opts,
+	       const char *uri, struct migctl_result *res)
+{
+	struct watch w = { 0 };
+	uint64_t start, start_wall, last_poll = 0, completed_at = 0, now_ms;
+	json_t *args;
+	const char *st = NULL;
+	int r;
+
+	memset(res, 0, sizeof(*res));
+	res->downtime_ms = -1;
+	start = tsb_now_ns();
+	start_wall = tsb_wall_ns();
+	args = json_pack("{s:s}", "uri", uri);
+	r = qmp_execute(src, "migrate", args, NULL, res->error, sizeof(res->error));
+	json_decref(args);
+	if (r < 0) {
+		snprintf(res->status, sizeof(res->status), "failed");
+		return -EIO;
+	}
+
+	for (;;) {
+		wait_readable(src, dst, MIGCTL_POLL_MS / 2);
+		drain_events(src, true, &w);
+		if (dst)
+			drain_events(dst, false, &w);
+		now_ms = (tsb_now_ns() - start) / 1000000;
+
+		if (now_ms - last_poll >= MIGCTL_POLL_MS || !st) {
+			last_poll = now_ms;
+			st = query_status(src, &res->src_stats);
+			if (!st) {
+				snprintf(res->status, sizeof(res->status), "failed");
+				snprintf(res->error, sizeof(res->error),
+					 "source QEMU stopped answering");
+				return -EIO;
+			}
+		}
+		if (!strcmp(st, "failed") || !strcmp(st, "cancelled") || w.dst_failed) {
+			const char *desc = json_string_value(
+				json_object_get(res->src_stats, "error-desc"));
+
+			snprintf(res->status, sizeof(res->status), "%s",
+				 w.dst_failed ? "failed" : st);
+			snprintf(res->error, sizeof(res->error), "%s",
+				 desc ? desc : w.dst_failed ? "destination failed" : st);
+			if (w.dst_failed && strcmp(st, "failed"))
+				cancel_and_wait(src, res, &w);
+			return -EIO;
+		}
+		if (!strcmp(st, "completed")) {
+			if (!completed_at)
+				completed_at = now_ms;
+			if (!dst || w.resume_ns)
+				break;
+			if (now_ms - completed_at > MIGCTL_RESUME_WAIT_MS) {
+				snprintf(res->status, sizeof(res->status), "failed");
+				snprintf(res->error, sizeof(res->error),
+					 "source completed but the destination did not resume");
+				return -EIO;
+			}
+		}
+		if (opts->tick && res->src_stats)
+			opts->tick(opts->tick_opaque, res->src_stats);
+		if (opts->abort_flag && *opts->abort_flag &&
+		    strcmp(st, "completed")) {
+			cancel_and_wait(src, res, &w);
+			res->stop_ns = w.stop_ns;
+			snprintf(res->status, sizeof(res->status), "cancelled");
+			return -ECANCELED;
+		}
+		if (opts->postcopy_after_ms && !res->postcopy && !strcmp(st, "active") &&
+		    now_ms >= opts->postcopy_after_ms) {
+			r = qmp_execute(src, "migrate-start-postcopy", NULL, NULL,
+					res->error, sizeof(res->error));
+			if (r < 0)
+				log_warn("migrate-start-postcopy: %s", res->error);
+			else
+				res->postcopy = true;
+			res->error[0] = '\0';
+		}
+		if (opts->timeout_ms && now_ms >= opts->timeout_ms &&
+		    strcmp(st, "completed") && strncmp(st, "postcopy", 8)) {
+			cancel_and_wait(src, res, &w);
+			snprintf(res->status, sizeof(res->status), "timeout");
+			snprintf(res->error, sizeof(res->error),
+				 "did not converge within %llu ms; cancelled",
+				 (unsigned long long)opts->timeout_ms);
+			return -ETIMEDOUT;
+		}
+	}
+
+	snprintf(res->status, sizeof(res->status), "completed");
+	res->stop_ns = w.stop_ns;
+	res->resume_ns = w.resume_ns;
+	/* Event timestamps are exact; our polling may notice them late. */
+	if (w.resume_ns > start_wall)
+		res->wall_ms = (w.resume_ns - start_wall) / 1000000;
+	else
+		res->wall_ms = (tsb_now_ns() - start) / 1000000;
+	if (w.stop_ns && w.resume_ns && w.resume_ns >= w.stop_ns)
+		res->downtime_ms = (int64_t)((w.resume_ns - w.stop_ns) / 1000000);
+	return 0;
+}
+
+void migctl_result_fini(struct migctl_result *res)
+{
+	json_decref(res->src_stats);
+	res->src_stats = NULL;
+}
+
+json_t *migctl_result_to_json(const struct migctl_result *res)
+{
+	json_t *o = json_object(), *ram;
+	json_t *stats = res->src_stats;
+
+	json_object_set_new(o, "status", json_string(res->status));
+	if (res->error[0])
+		json_object_set_new(o, "error", json_string(res->error));
+	json_object_set_new(o, "wall_ms", json_integer(res->wall_ms));
+	json_object_set_new(o, "downtime_ms", json_integer(res->downtime_ms));
+	json_object_set_new(o, "postcopy", json_boolean(res->postcopy));
+	if (stats) {
+		json_object_set(o, "qemu_total_time_ms", json_object_get(stats, "total-time")
+			? json_object_get(stats, "total-time") : json_null());
+		json_object_set(o, "qemu_downtime_ms", json_object_get(stats, "downtime")
+			? json_object_get(stats, "downtime") : json_null());
+		ram = json_object_get(stats, "ram");
+		if (ram)
+			json_object_set(o, "qemu_ram", ram);
+		if (json_object_get(stats, "xbzrle-cache"))
+			json_object_set(o, "qemu_xbzrle", json_object_get(stats, "xbzrle-cache"));
+		if (json_object_get(stats, "cpu-throttle-percentage"))
+			json_object_set(o, "cpu_throttle_percentage",
+					json_object_get(stats, "cpu-throttle-percentage"));
+	}
+	return o;
+}

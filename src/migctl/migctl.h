@@ -1,0 +1,85 @@
+/*
+ * Drives one migration through QMP on both QEMUs: capabilities and
+ * parameters, migrate-incoming / migrate, the optional switch to postcopy,
+ * cancel on timeout, and the measurements a report needs (guest-visible
+ * downtime from the source's STOP event to the destination's RESUME event,
+ * and QEMU's own statistics). Used by `tsubame migrate-native` and by the
+ * tsubame send/recv path.
+ */
+#ifndef TSB_MIGCTL_H
+#define TSB_MIGCTL_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct qmp;
+
+#define MIGCTL_MAX_CAPS 16
+
+struct migctl_options {
+	/* Capabilities to enable on both sides ("events" is always on). */
+	const char *caps[MIGCTL_MAX_CAPS];
+	unsigned int n_caps;
+	unsigned int multifd_channels;	/* 0: QEMU's default */
+	const char *multifd_compression; /* NULL: QEMU's default */
+	uint64_t xbzrle_cache_size;	/* 0: QEMU's default */
+	uint64_t max_bandwidth;		/* bytes/s, 0: QEMU's default */
+	uint64_t downtime_limit_ms;	/* 0: QEMU's default */
+	uint64_t postcopy_after_ms;	/* 0: never switch to postcopy */
+	uint64_t timeout_ms;		/* cancel after this long; 0: never */
+	/*
+	 * Optional: called after every poll of the source's statistics
+	 * (query-migrate result, borrowed), e.g. for a progress line.
+	 */
+	void (*tick)(void *opaque, json_t *stats);
+	void *tick_opaque;
+	/*
+	 * Optional: when *abort_flag becomes non-zero (set from another
+	 * thread or a signal handler), the migration is cancelled and
+	 * migctl_run returns -ECANCELED.
+	 */
+	volatile int *abort_flag;
+};
+
+struct migctl_result {
+	char status[32];	 /* completed, failed, cancelled, timeout */
+	char error[256];	 /* QEMU's error-desc or ours */
+	uint64_t wall_ms;	 /* migrate command to destination RESUME */
+	int64_t downtime_ms;	 /* source STOP to destination RESUME; -1 unknown */
+	bool postcopy;		 /* switched to postcopy */
+	uint64_t stop_ns;	 /* source STOP event (CLOCK_REALTIME), 0 if none */
+	uint64_t resume_ns;	 /* destination RESUME event, 0 if none */
+	json_t *src_stats;	 /* last query-migrate of the source (owned) */
+};
+
+/* Parses "a,b,c" into opts->caps (pointers into a copy kept by the caller). */
+int migctl_parse_caps(char *list, struct migctl_options *opts);
+
+/*
+ * Prepares the destination (capabilities, parameters) and starts listening
+ * on listen_uri with migrate-incoming. errbuf receives QEMU's message.
+ */
+int migctl_prepare_destination(struct qmp *dst, const struct migctl_options *opts,
+			       const char *listen_uri, char *errbuf, size_t errlen);
+
+/* Sets capabilities and parameters on the source. */
+int migctl_prepare_source(struct qmp *src, const struct migctl_options *opts,
+			  char *errbuf, size_t errlen);
+
+/*
+ * Starts `migrate uri` on the source and watches both sides until the
+ * destination resumes, the migration fails, or the timeout cancels it.
+ * dst may be NULL (then downtime and RESUME are not observed). Fills *res
+ * (free with migctl_result_fini). Returns 0 when the migration completed,
+ * -ECANCELED/-ETIMEDOUT/-EIO otherwise (res says why).
+ */
+int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *opts,
+	       const char *uri, struct migctl_result *res);
+
+void migctl_result_fini(struct migctl_result *res);
+
+/* The result as a new JSON object (caller owns the reference). */
+json_t *migctl_result_to_json(const struct migctl_result *res);
+
+#endif

@@ -13,5 +13,7 @@ int cmd_vm(int argc, char **argv);
 int cmd_qmp(int argc, char **argv);
 int cmd_migrate_native(int argc, char **argv);
 int cmd_keygen(int argc, char **argv);
+int cmd_send(int argc, char **argv);
+int cmd_recv(int argc, char **argv);
 
 #endif

@@ -13,6 +13,8 @@ struct command {
 static const struct command commands[] = {
 	{ "vm", cmd_vm, "start, stop and inspect QEMU guests" },
 	{ "qmp", cmd_qmp, "send one QMP command to a QEMU and print the reply" },
+	{ "send", cmd_send, "migrate the local VM to 'tsubame recv' over the WAN" },
+	{ "recv", cmd_recv, "receive a migration from 'tsubame send' into the local QEMU" },
 	{ "keygen", cmd_keygen, "write a new shared key for a pair of sites" },
 	{ "migrate-native", cmd_migrate_native,
 	  "run QEMU's own migration between two QEMUs and measure it" },

@@ -1,0 +1,288 @@
+/* tsubame send / tsubame recv: one live migration through the WAN proxy. */
+#include "cli/cli.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "proxy/proxy.h"
+
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Exit codes beyond the shared ones (documented in --help and README). */
+static int exit_code(enum proxy_outcome oc)
+{
+	switch (oc) {
+	case PROXY_OK:
+		return TSB_EXIT_OK;
+	case PROXY_TIMEOUT:
+		return 3;
+	case PROXY_LINK:
+		return 4;
+	case PROXY_AUTH:
+		return 5;
+	case PROXY_UNSUPPORTED:
+		return 6;
+	case PROXY_INTERRUPTED:
+		return 130;
+	default:
+		return TSB_EXIT_FAILED;
+	}
+}
+
+#define EXIT_CODES_HELP \
+	"Exit status:\n" \
+	"  0    the destination VM runs and the source QEMU completed\n" \
+	"  1    failed (QEMU refused, stream error, ...): the reason is printed\n" \
+	"  2    usage error\n" \
+	"  3    did not finish within --timeout: cancelled\n" \
+	"  4    link lost or the peer died\n" \
+	"  5    authentication failed (wrong key or certificate)\n" \
+	"  6    the migration stream uses something tsubame does not carry\n" \
+	"  130  interrupted (SIGINT/SIGTERM): cancelled\n" \
+	"Unless the migration completed, the source VM keeps running and the\n" \
+	"destination QEMU never runs a half-loaded guest.\n"
+
+#define COMMON_HELP \
+	"  --qmp SOCKET           the local QEMU's QMP socket (required)\n" \
+	"  --key FILE             shared key made by 'tsubame keygen' (mode 0600)\n" \
+	"  --cert FILE --cert-key FILE --ca FILE\n" \
+	"                         certificates instead of a shared key\n" \
+	"  --report FILE          write a JSON report\n" \
+	"  --timeout DUR          give up after this long (e.g. 10m; default none)\n" \
+	"  --stall-timeout DUR    give up when the link makes no progress (default 60s)\n" \
+	"  --cache SIZE           content cache, same on both ends (default 1G)\n" \
+	"  -v, --verbose          more log output\n" \
+	"  -h, --help             show this help\n"
+
+enum {
+	OPT_QMP = 256, OPT_KEY, OPT_CERT, OPT_CERT_KEY, OPT_CA, OPT_REPORT, OPT_TIMEOUT,
+	OPT_STALL, OPT_CACHE, OPT_TO, OPT_LISTEN, OPT_CAPS, OPT_MAX_BW, OPT_DOWNTIME,
+	OPT_POSTCOPY_AFTER, OPT_ZSTD, OPT_PROGRESS, OPT_NO_PROGRESS,
+};
+
+static const struct option options[] = {
+	{ "qmp", required_argument, NULL, OPT_QMP },
+	{ "key", required_argument, NULL, OPT_KEY },
+	{ "cert", required_argument, NULL, OPT_CERT },
+	{ "cert-key", required_argument, NULL, OPT_CERT_KEY },
+	{ "ca", required_argument, NULL, OPT_CA },
+	{ "report", required_argument, NULL, OPT_REPORT },
+	{ "timeout", required_argument, NULL, OPT_TIMEOUT },
+	{ "stall-timeout", required_argument, NULL, OPT_STALL },
+	{ "cache", required_argument, NULL, OPT_CACHE },
+	{ "to", required_argument, NULL, OPT_TO },
+	{ "listen", required_argument, NULL, OPT_LISTEN },
+	{ "caps", required_argument, NULL, OPT_CAPS },
+	{ "max-bandwidth", required_argument, NULL, OPT_MAX_BW },
+	{ "downtime-limit", required_argument, NULL, OPT_DOWNTIME },
+	{ "postcopy-after", required_argument, NULL, OPT_POSTCOPY_AFTER },
+	{ "zstd-level", required_argument, NULL, OPT_ZSTD },
+	{ "progress", no_argument, NULL, OPT_PROGRESS },
+	{ "no-progress", no_argument, NULL, OPT_NO_PROGRESS },
+	{ "verbose", no_argument, NULL, 'v' },
+	{ "help", no_argument, NULL, 'h' },
+	{}
+};
+
+static int usage_error(const char *cmd, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static int usage_error(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "tsubame %s: ", cmd);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nTry 'tsubame %s --help'.\n", cmd);
+	return TSB_EXIT_USAGE;
+}
+
+struct parsed {
+	struct proxy_common_options c;
+	const char *to, *listen, *caps;
+	uint64_t max_bw, downtime, postcopy_after;
+	int zstd_level;
+	bool help;
+};
+
+/* Parses both commands' options; 'send' decides which ones are allowed. */
+static int parse(const char *cmd, bool send, int argc, char **argv, struct parsed *p)
+{
+	uint64_t v;
+	int c;
+
+	p->c.stall_ms = 60000;
+	p->c.progress = isatty(STDERR_FILENO);
+	while ((c = getopt_long(argc, argv, "vh", options, NULL)) != -1) {
+		switch (c) {
+		case OPT_QMP: p->c.qmp_path = optarg; break;
+		case OPT_KEY: p->c.key_path = optarg; break;
+		case OPT_CERT: p->c.cert = optarg; break;
+		case OPT_CERT_KEY: p->c.cert_key = optarg; break;
+		case OPT_CA: p->c.ca = optarg; break;
+		case OPT_REPORT: p->c.report_path = optarg; break;
+		case OPT_TIMEOUT:
+			if (tsb_parse_duration(optarg, &v) < 0)
+				return usage_error(cmd, "bad --timeout '%s'", optarg);
+			p->c.timeout_ms = v / 1000000;
+			break;
+		case OPT_STALL:
+			if (tsb_parse_duration(optarg, &v) < 0)
+				return usage_error(cmd, "bad --stall-timeout '%s'", optarg);
+			p->c.stall_ms = v / 1000000;
+			break;
+		case OPT_CACHE:
+			if (tsb_parse_size(optarg, &p->c.cache_bytes) < 0 ||
+			    p->c.cache_bytes < (1u << 20))
+				return usage_error(cmd, "bad --cache '%s' (at least 1M)", optarg);
+			break;
+		case OPT_PROGRESS: p->c.progress = true; break;
+		case OPT_NO_PROGRESS: p->c.progress = false; break;
+		case 'v':
+			tsb_log_set_level(tsb_log_get_level() < TSB_LOG_INFO ? TSB_LOG_INFO
+									   : TSB_LOG_DEBUG);
+			break;
+		case 'h':
+			p->help = true;
+			return 0;
+		case OPT_TO:
+		case OPT_CAPS:
+		case OPT_MAX_BW:
+		case OPT_DOWNTIME:
+		case OPT_POSTCOPY_AFTER:
+		case OPT_ZSTD:
+			if (!send)
+				return usage_error(cmd, "option --%s is for 'tsubame send'",
+						   options[c - OPT_QMP].name);
+			if (c == OPT_TO)
+				p->to = optarg;
+			else if (c == OPT_CAPS)
+				p->caps = optarg;
+			else if (c == OPT_MAX_BW && tsb_parse_rate(optarg, &p->max_bw) < 0)
+				return usage_error(cmd, "bad --max-bandwidth '%s'", optarg);
+			else if (c == OPT_DOWNTIME &&
+				 tsb_parse_u64(optarg, 1, 2000000, &p->downtime) < 0)
+				return usage_error(cmd, "bad --downtime-limit '%s'", optarg);
+			else if (c == OPT_POSTCOPY_AFTER) {
+				if (tsb_parse_duration(optarg, &v) < 0 || v < 1000000)
+					return usage_error(cmd, "bad --postcopy-after '%s'", optarg);
+				p->postcopy_after = v / 1000000;
+			} else if (c == OPT_ZSTD) {
+				if (tsb_parse_u64(optarg, 0, 19, &v) < 0)
+					return usage_error(cmd, "bad --zstd-level '%s' (0 = off, 1-19)",
+							   optarg);
+				p->zstd_level = v ? (int)v : -1;
+			}
+			break;
+		case OPT_LISTEN:
+			if (send)
+				return usage_error(cmd, "option --listen is for 'tsubame recv'");
+			p->listen = optarg;
+			break;
+		default:
+			fprintf(stderr, "Try 'tsubame %s --help'.\n", cmd);
+			return TSB_EXIT_USAGE;
+		}
+	}
+	if (optind < argc)
+		return usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+	if (!p->c.qmp_path)
+		return usage_error(cmd, "--qmp is required");
+	if (send && !p->to)
+		return usage_error(cmd, "--to HOST:PORT is required");
+	if (!send && !p->listen)
+		return usage_error(cmd, "--listen HOST:PORT is required");
+	if (!p->c.key_path && !(p->c.cert && p->c.cert_key && p->c.ca))
+		return usage_error(cmd, "--key FILE (or --cert, --cert-key and --ca) is required");
+	return 0;
+}
+
+static int finish(enum proxy_outcome oc, json_t *report, const char *path)
+{
+	if (report && path && proxy_write_report(path, report) < 0) {
+		log_error("cannot write the report to %s", path);
+		if (oc == PROXY_OK)
+			oc = PROXY_FAILED;
+	}
+	json_decref(report);
+	return exit_code(oc);
+}
+
+int cmd_send(int argc, char **argv)
+{
+	struct proxy_send_options o = { 0 };
+	struct parsed p = { 0 };
+	json_t *report = NULL;
+	enum proxy_outcome oc;
+	int r;
+
+	r = parse("send", true, argc, argv, &p);
+	if (r)
+		return r;
+	if (p.help) {
+		printf("Usage: tsubame send --qmp SOCKET --to HOST:PORT --key FILE [OPTIONS]\n"
+		       "\n"
+		       "Migrates the running VM of the local QEMU to 'tsubame recv' at HOST:PORT,\n"
+		       "over TLS 1.3, sending only what the destination cannot rebuild: zero\n"
+		       "pages as markers, repeated content as references, the rest compressed.\n"
+		       "\n"
+		       "Options:\n"
+		       "  --to HOST:PORT         where 'tsubame recv' listens (required)\n"
+		       COMMON_HELP
+		       "  --caps LIST            extra QEMU capabilities, e.g. auto-converge\n"
+		       "  --postcopy-after DUR   switch to postcopy after this long\n"
+		       "  --max-bandwidth RATE   QEMU's max-bandwidth (e.g. 1gbit)\n"
+		       "  --downtime-limit MS    QEMU's downtime-limit\n"
+		       "  --zstd-level N         fixed zstd level (0 = none); default adapts\n"
+		       "  --progress, --no-progress  progress line on stderr (default: on a TTY)\n"
+		       "\n" EXIT_CODES_HELP);
+		return TSB_EXIT_OK;
+	}
+	o.c = p.c;
+	o.to = p.to;
+	o.caps = p.caps;
+	o.max_bandwidth = p.max_bw;
+	o.downtime_limit_ms = p.downtime;
+	o.postcopy_after_ms = p.postcopy_after;
+	o.zstd_level = p.zstd_level;
+	oc = proxy_send(&o, &report);
+	if (oc == PROXY_OK)
+		log_notice("migration completed");
+	return finish(oc, report, p.c.report_path);
+}
+
+int cmd_recv(int argc, char **argv)
+{
+	struct proxy_recv_options o = { 0 };
+	struct parsed p = { 0 };
+	json_t *report = NULL;
+	enum proxy_outcome oc;
+	int r;
+
+	r = parse("recv", false, argc, argv, &p);
+	if (r)
+		return r;
+	if (p.help) {
+		printf("Usage: tsubame recv --listen HOST:PORT --qmp SOCKET --key FILE [OPTIONS]\n"
+		       "\n"
+		       "Receives one live migration from 'tsubame send' and feeds it to the local\n"
+		       "QEMU, which must have been started with -incoming defer.\n"
+		       "\n"
+		       "Options:\n"
+		       "  --listen HOST:PORT     where to accept the sender (required)\n"
+		       COMMON_HELP
+		       "\n" EXIT_CODES_HELP);
+		return TSB_EXIT_OK;
+	}
+	o.c = p.c;
+	o.listen = p.listen;
+	oc = proxy_recv(&o, &report);
+	if (oc == PROXY_OK)
+		log_notice("migration received; the VM runs here");
+	return finish(oc, report, p.c.report_path);
+}

@@ -1,0 +1,144 @@
+/* Pieces both ends of the proxy use. */
+#include "proxy/internal.h"
+
+#include "common/log.h"
+#include "qmp/qmp.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+int proxy_write_all(int fd, const void *p, size_t n)
+{
+	const uint8_t *b = p;
+	ssize_t w;
+
+	while (n) {
+		w = write(fd, b, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		b += w;
+		n -= w;
+	}
+	return 0;
+}
+
+int proxy_qemu_socket(struct qmp *q, int *ret_fd, char *errbuf, size_t errlen)
+{
+	json_t *args;
+	int sv[2], r;
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return -errno;
+	args = json_pack("{s:s}", "fdname", PROXY_FDNAME);
+	r = qmp_execute_fd(q, "getfd", args, sv[1], NULL, errbuf, errlen);
+	json_decref(args);
+	close(sv[1]);
+	if (r < 0) {
+		close(sv[0]);
+		return r;
+	}
+	*ret_fd = sv[0];
+	return 0;
+}
+
+int proxy_tls_setup(const struct proxy_common_options *o, enum wire_tls_side side,
+		    struct wire_tls **ret, char *msg, size_t msglen)
+{
+	struct wire_tls *t = wire_tls_new(side);
+	struct wire_key key;
+	int r;
+
+	if (!t)
+		return -ENOMEM;
+	if (o->key_path) {
+		r = wire_key_load(o->key_path, &key, msg, msglen);
+		if (r == 0) {
+			r = wire_tls_set_psk(t, &key);
+			wire_key_wipe(&key);
+		}
+	} else if (o->cert && o->cert_key && o->ca) {
+		r = wire_tls_set_certs(t, o->cert, o->cert_key, o->ca, msg, msglen);
+	} else {
+		snprintf(msg, msglen, "no key: give --key FILE (see 'tsubame keygen') "
+			 "or --cert, --cert-key and --ca");
+		r = -EINVAL;
+	}
+	if (r < 0) {
+		wire_tls_free(t);
+		return r;
+	}
+	*ret = t;
+	return 0;
+}
+
+static volatile int *signal_flag;
+
+static void on_signal(int sig)
+{
+	if (signal_flag)
+		*signal_flag = sig;
+}
+
+void proxy_catch_signals(volatile int *flag)
+{
+	struct sigaction sa = { .sa_handler = on_signal };
+
+	signal_flag = flag;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+}
+
+enum proxy_outcome proxy_outcome_of_errno(int err)
+{
+	switch (err) {
+	case -EACCES:
+	case -ECONNREFUSED:
+		return PROXY_AUTH;
+	case -EOPNOTSUPP:
+		return PROXY_UNSUPPORTED;
+	case -ETIMEDOUT:
+		return PROXY_TIMEOUT;
+	case -ECONNRESET:
+	case -EPIPE:
+	case -EPROTO:
+	case -EBADMSG:
+	case -EHOSTUNREACH:
+	case -ENETUNREACH:
+		return PROXY_LINK;
+	default:
+		return PROXY_FAILED;
+	}
+}
+
+const char *proxy_outcome_name(enum proxy_outcome o)
+{
+	static const char *const names[] = {
+		[PROXY_OK] = "ok",
+		[PROXY_FAILED] = "failed",
+		[PROXY_LINK] = "link-lost",
+		[PROXY_AUTH] = "auth-failed",
+		[PROXY_TIMEOUT] = "timeout",
+		[PROXY_INTERRUPTED] = "interrupted",
+		[PROXY_UNSUPPORTED] = "unsupported",
+	};
+
+	return o < sizeof(names) / sizeof(names[0]) ? names[o] : "?";
+}
+
+int proxy_write_report(const char *path, json_t *report)
+{
+	if (!path || !report)
+		return 0;
+	if (json_dump_file(report, path, JSON_INDENT(2)) < 0)
+		return -EIO;
+	return 0;
+}

@@ -1,0 +1,54 @@
+/* Shared by send.c and recv.c only. */
+#ifndef TSB_PROXY_INTERNAL_H
+#define TSB_PROXY_INTERNAL_H
+
+#include "proxy/proxy.h"
+#include "wire/tls.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct qmp;
+
+/* fd name under which our end of the migration socket is handed to QEMU. */
+#define PROXY_FDNAME "tsubame-mig"
+/* Pages per PAGES batch: big enough for zstd to find context. */
+#define PROXY_BATCH_PAGES 256
+/* A STREAM run is sent once it holds this much. */
+#define PROXY_RUN_MAX (1u << 20)
+/* The receiver acknowledges stream bytes written to its QEMU this often. */
+#define PROXY_ACK_EVERY (512u << 10)
+/* Credit window (stream bytes in flight between the two QEMUs). */
+#define PROXY_WINDOW_MIN (2ull << 20)
+#define PROXY_WINDOW_MAX (256ull << 20)
+/* The window holds this much time of the measured end-to-end rate. */
+#define PROXY_WINDOW_MS 150
+/* Default content cache per side (must be the same on both ends). */
+#define PROXY_CACHE_DEFAULT (1ull << 30)
+/* Read chunk from QEMU. */
+#define PROXY_READ_CHUNK (256u << 10)
+
+/* Writes all n bytes to a blocking fd; 0 or -errno. */
+int proxy_write_all(int fd, const void *p, size_t n);
+
+/*
+ * Makes a socketpair, hands one end to QEMU with getfd under
+ * PROXY_FDNAME and returns the other. errbuf gets QEMU's message.
+ */
+int proxy_qemu_socket(struct qmp *q, int *ret_fd, char *errbuf, size_t errlen);
+
+/*
+ * Sets up TLS from the options: a PSK from key_path or certificates.
+ * msg receives the reason on failure.
+ */
+int proxy_tls_setup(const struct proxy_common_options *o, enum wire_tls_side side,
+		    struct wire_tls **ret, char *msg, size_t msglen);
+
+/* Installs SIGINT/SIGTERM handlers that set *flag (and ignore SIGPIPE). */
+void proxy_catch_signals(volatile int *flag);
+
+/* Maps a wire/TLS error to an outcome. */
+enum proxy_outcome proxy_outcome_of_errno(int err);
+
+#endif

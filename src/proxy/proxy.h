@@ -1,0 +1,61 @@
+/*
+ * The migration proxy: `send` next to the source QEMU and `recv` next to
+ * the destination QEMU carry one live migration over the WAN (data flow in
+ * docs/ARCHITECTURE.md, messages in docs/protocol.md).
+ */
+#ifndef TSB_PROXY_H
+#define TSB_PROXY_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Why a migration ended; the CLI maps these to exit codes. */
+enum proxy_outcome {
+	PROXY_OK = 0,		/* destination runs, source completed */
+	PROXY_FAILED,		/* QEMU or local failure; source keeps running */
+	PROXY_LINK,		/* link lost or peer died; source keeps running */
+	PROXY_AUTH,		/* peer refused or not authenticated */
+	PROXY_TIMEOUT,		/* did not finish in time; cancelled */
+	PROXY_INTERRUPTED,	/* SIGINT/SIGTERM; cancelled */
+	PROXY_UNSUPPORTED,	/* stream construct or capability not supported */
+};
+
+struct proxy_common_options {
+	const char *qmp_path;		/* local QEMU's QMP socket */
+	const char *key_path;		/* PSK file (NULL: certificates) */
+	const char *cert, *cert_key, *ca; /* certificate mode */
+	const char *report_path;	/* JSON report, or NULL */
+	uint64_t cache_bytes;		/* content cache per side */
+	uint64_t timeout_ms;		/* whole migration; 0: none */
+	uint64_t stall_ms;		/* no progress on the link; 0: none */
+	bool progress;			/* progress line on stderr */
+};
+
+struct proxy_send_options {
+	struct proxy_common_options c;
+	const char *to;			/* HOST:PORT of recv */
+	const char *caps;		/* extra QEMU capabilities, comma separated */
+	uint64_t max_bandwidth;		/* QEMU max-bandwidth; 0 default */
+	uint64_t downtime_limit_ms;	/* 0: QEMU's default */
+	uint64_t postcopy_after_ms;	/* 0: precopy only */
+	int zstd_level;			/* 0: adaptive */
+};
+
+struct proxy_recv_options {
+	struct proxy_common_options c;
+	const char *listen;		/* HOST:PORT */
+};
+
+/* Runs the source side; fills *ret_report (owned ref, may be NULL on early errors). */
+enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_report);
+/* Runs the destination side, for one incoming migration. */
+enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_report);
+
+/* Writes a report to path as indented JSON. 0 or -EIO. */
+int proxy_write_report(const char *path, json_t *report);
+
+/* Name of an outcome for reports ("ok", "link-lost", ...). */
+const char *proxy_outcome_name(enum proxy_outcome o);
+
+#endif

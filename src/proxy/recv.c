@@ -1,0 +1,723 @@
+/*
+ * The destination side: accepts the sender's connection, hands QEMU one
+ * end of a socketpair for `migrate-incoming fd:`, and rebuilds QEMU's
+ * stream from STREAM runs and PAGES batches (every page taken from the
+ * content cache is checked against its hash; a miss or mismatch is asked
+ * for with NEED). The return thread carries QEMU's return path back. The
+ * main thread watches QEMU and says DONE once the VM runs.
+ */
+#include "proxy/internal.h"
+#include "proxy/pagecache.h"
+
+#include "common/log.h"
+#include "common/util.h"
+#include "migctl/migctl.h"
+#include "qmp/qmp.h"
+#include "qstream/qstream.h"
+#include "wire/codec.h"
+#include "wire/tls.h"
+#include "wire/wire.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* A frame read while waiting for HASHDATA, kept to be handled after it. */
+struct backlog {
+	uint8_t type, flags;
+	struct tsb_buf payload;
+	struct backlog *next;
+};
+
+struct receiver {
+	const struct proxy_recv_options *o;
+	struct wire_conn *conn;
+	pthread_mutex_t send_lock;	/* one writer at a time on conn */
+	int qfd;
+
+	/* WAN thread only. */
+	struct qs_writer *writer;
+	struct qs_block blocks[WIRE_MAX_BLOCKS];
+	bool block_known[WIRE_MAX_BLOCKS];
+	struct pagecache *cache;
+	struct wire_zstd *z;
+	struct tsb_buf scratch, copy;
+	struct backlog *backlog_head, *backlog_tail;
+	uint64_t written, acked_sent;
+
+	atomic_int failed;
+	enum proxy_outcome outcome;
+	char error[512];
+	atomic_bool sender_closed;	/* clean end of the connection */
+	atomic_bool vm_running;
+
+	/* Statistics. */
+	uint64_t pages_zero, pages_data, pages_ref, pages_raw, needs, stream_bytes;
+};
+
+static void fail(struct receiver *rc, enum proxy_outcome oc, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void fail(struct receiver *rc, enum proxy_outcome oc, const char *fmt, ...)
+{
+	va_list ap;
+	int expected = 0;
+
+	if (!atomic_compare_exchange_strong(&rc->failed, &expected, 1))
+		return;
+	rc->outcome = oc;
+	va_start(ap, fmt);
+	vsnprintf(rc->error, sizeof(rc->error), fmt, ap);
+	va_end(ap);
+	/*
+	 * The destination QEMU sees its stream end early, fails the incoming
+	 * migration and never runs a half-loaded guest.
+	 */
+	if (rc->qfd >= 0)
+		shutdown(rc->qfd, SHUT_RDWR);
+}
+
+static int send_locked(struct receiver *rc, const struct tsb_buf *frame)
+{
+	int r;
+
+	pthread_mutex_lock(&rc->send_lock);
+	r = wire_conn_write(rc->conn, frame->data, frame->len);
+	pthread_mutex_unlock(&rc->send_lock);
+	return r;
+}
+
+static int send_u64(struct receiver *rc, uint8_t type, uint64_t v)
+{
+	struct tsb_buf b;
+	int r;
+
+	tsb_buf_init(&b);
+	r = wire_encode_u64(&b, type, v);
+	if (r == 0)
+		r = send_locked(rc, &b);
+	tsb_buf_fini(&b);
+	return r;
+}
+
+/* qs_writer output: into the destination QEMU, with credits back. */
+static int to_qemu(void *opaque, const uint8_t *p, size_t n)
+{
+	struct receiver *rc = opaque;
+	int r = proxy_write_all(rc->qfd, p, n);
+
+	if (r < 0)
+		return r;
+	rc->written += n;
+	if (rc->written - rc->acked_sent >= PROXY_ACK_EVERY) {
+		rc->acked_sent = rc->written;
+		r = send_u64(rc, WIRE_MSG_ACK, rc->written);
+	}
+	return r;
+}
+
+static int flush_and_ack(struct receiver *rc)
+{
+	int r = qs_writer_flush(rc->writer);
+
+	if (r == 0 && rc->written != rc->acked_sent) {
+		rc->acked_sent = rc->written;
+		r = send_u64(rc, WIRE_MSG_ACK, rc->written);
+	}
+	return r;
+}
+
+static int handle_blocks(struct receiver *rc, const struct wire_blocks *b)
+{
+	struct wire_blocks_iter it;
+	struct wire_block wb;
+
+	wire_blocks_iter_init(b, &it);
+	while (wire_blocks_next(&it, &wb)) {
+		struct qs_block *qb = &rc->blocks[wb.index];
+
+		if (wb.name.len > QS_IDSTR_MAX)
+			return -EMSGSIZE;
+		memset(qb, 0, sizeof(*qb));
+		qb->index = wb.index;
+		qb->name_len = wb.name.len;
+		memcpy(qb->name, wb.name.p, wb.name.len);
+		qb->used_length = wb.used_length;
+		rc->block_known[wb.index] = true;
+	}
+	return 0;
+}
+
+/* Moves a frame aside while we wait for HASHDATA. */
+static int backlog_add(struct receiver *rc, const struct wire_frame *f)
+{
+	struct backlog *b = calloc(1, sizeof(*b));
+
+	if (!b)
+		return -ENOMEM;
+	b->type = f->type;
+	b->flags = f->flags;
+	tsb_buf_init(&b->payload);
+	if (tsb_buf_append(&b->payload, f->payload, f->len) < 0) {
+		free(b);
+		return -ENOMEM;
+	}
+	if (rc->backlog_tail)
+		rc->backlog_tail->next = b;
+	else
+		rc->backlog_head = b;
+	rc->backlog_tail = b;
+	return 0;
+}
+
+static int put_hashdata(struct receiver *rc, const struct wire_hashdata *h)
+{
+	struct tsb_buf scratch;
+	const uint8_t *data;
+	uint8_t got[WIRE_HASH_LEN];
+	unsigned i;
+	int r;
+
+	if (h->obj_size != 4096)
+		return -EBADMSG;
+	tsb_buf_init(&scratch);
+	r = wire_hashdata_unpack(h, rc->z, &scratch, &data);
+	for (i = 0; r == 0 && i < h->count; i++) {
+		r = wire_sha256(data + (size_t)i * 4096, 4096, got);
+		if (r == 0 && memcmp(got, h->hashes + (size_t)i * WIRE_HASH_LEN, WIRE_HASH_LEN))
+			r = -EBADMSG; /* the sender's bytes do not match its own hash */
+		if (r == 0)
+			r = pagecache_put(rc->cache, got, data + (size_t)i * 4096);
+	}
+	tsb_buf_fini(&scratch);
+	return r;
+}
+
+/*
+ * A page we were told to hold is missing or damaged: ask for it and read
+ * on until it arrives, keeping other frames for later.
+ */
+static int fetch_missing(struct receiver *rc, const uint8_t hash[WIRE_HASH_LEN])
+{
+	const uint8_t (*hashes)[WIRE_HASH_LEN] = (const uint8_t (*)[WIRE_HASH_LEN])hash;
+	struct wire_frame f;
+	struct wire_msg m;
+	struct tsb_buf b;
+	int r;
+
+	rc->needs++;
+	tsb_buf_init(&b);
+	r = wire_encode_need(&b, hashes, 1);
+	if (r == 0)
+		r = send_locked(rc, &b);
+	tsb_buf_fini(&b);
+	while (r == 0) {
+		r = wire_conn_read_frame(rc->conn, &f);
+		if (r == 0)
+			return -ECONNRESET;
+		if (r < 0)
+			return r;
+		if (f.type != WIRE_MSG_HASHDATA) {
+			r = backlog_add(rc, &f);
+			continue;
+		}
+		r = wire_frame_decode(&f, &m);
+		if (r == 0)
+			r = put_hashdata(rc, &m.u.hashdata);
+		if (r == 0 && pagecache_has(rc->cache, hash))
+			return 0;
+	}
+	return r;
+}
+
+static int handle_pages(struct receiver *rc, const struct wire_frame *f)
+{
+	struct wire_page_iter it;
+	struct wire_page_entry e;
+	struct wire_pages *p;
+	struct wire_msg m;
+	struct qs_page pg;
+	const uint8_t *literal, *page;
+	uint8_t hash[WIRE_HASH_LEN];
+	uint64_t done = 0, k;
+	bool copied = false;
+	int r;
+
+	r = wire_frame_decode(f, &m);
+	if (r < 0)
+		return r;
+restart:
+	p = &m.u.pages;
+	if (p->page_size != 4096)
+		return -EOPNOTSUPP;
+	r = wire_pages_unpack(p, rc->z, &rc->scratch, &literal);
+	if (r < 0)
+		return r;
+	wire_pages_iter_init(p, &it);
+	for (k = 0; wire_pages_next(&it, &e); k++) {
+		if (k < done)
+			continue;
+		if (!rc->block_known[e.block])
+			return -EPROTO;
+		memset(&pg, 0, sizeof(pg));
+		pg.block = &rc->blocks[e.block];
+		pg.offset = e.offset;
+		pg.cont = e.qflags & QS_RAM_CONTINUE;
+		switch (e.enc) {
+		case WIRE_ENC_ZERO:
+			pg.kind = QS_PAGE_ZERO;
+			pg.fill = e.fill;
+			pg.len = 1;
+			rc->pages_zero++;
+			break;
+		case WIRE_ENC_DATA:
+			pg.kind = QS_PAGE_NORMAL;
+			pg.data = literal + (size_t)e.data_index * 4096;
+			pg.len = 4096;
+			r = wire_sha256(pg.data, 4096, hash);
+			if (r == 0)
+				r = pagecache_put(rc->cache, hash, pg.data);
+			if (r < 0)
+				return r;
+			rc->pages_data++;
+			break;
+		case WIRE_ENC_REF:
+		case WIRE_ENC_SAME:
+			page = pagecache_get(rc->cache, e.hash);
+			/* A reference never decides correctness: check the bytes. */
+			if (page && (wire_sha256(page, 4096, hash) < 0 ||
+				     memcmp(hash, e.hash, WIRE_HASH_LEN)))
+				page = NULL;
+			if (!page) {
+				memcpy(hash, e.hash, WIRE_HASH_LEN);
+				if (!copied) {
+					/* Our views die with the next read: keep a copy. */
+					tsb_buf_reset(&rc->copy);
+					if (tsb_buf_append(&rc->copy, f->payload, f->len) < 0)
+						return -ENOMEM;
+					copied = true;
+				}
+				r = fetch_missing(rc, hash);
+				if (r < 0)
+					return r;
+				r = wire_msg_decode(WIRE_MSG_PAGES, f->flags, rc->copy.data,
+						    rc->copy.len, &m);
+				if (r < 0)
+					return r;
+				done = k;
+				goto restart;
+			}
+			pg.kind = QS_PAGE_NORMAL;
+			pg.data = page;
+			pg.len = 4096;
+			rc->pages_ref++;
+			break;
+		case WIRE_ENC_RAW:
+			if (!(e.qflags & QS_RAM_XBZRLE))
+				return -EOPNOTSUPP;
+			pg.kind = QS_PAGE_XBZRLE;
+			pg.data = e.bytes;
+			pg.len = e.bytes_len;
+			rc->pages_raw++;
+			break;
+		default:
+			return -EOPNOTSUPP;
+		}
+		r = qs_writer_page(rc->writer, &pg);
+		if (r < 0)
+			return r;
+		done = k + 1;
+	}
+	return 0;
+}
+
+/* Handles one frame from the sender; 1 when the sender said it is done. */
+static int handle_frame(struct receiver *rc, const struct wire_frame *f)
+{
+	const uint8_t *data;
+	struct wire_msg m;
+	int r;
+
+	if (!wire_msg_role_ok(f->type, WIRE_ROLE_SENDER))
+		return -EPROTO;
+	if (f->type == WIRE_MSG_PAGES)
+		return handle_pages(rc, f);
+	r = wire_frame_decode(f, &m);
+	if (r < 0)
+		return r;
+	switch (m.type) {
+	case WIRE_MSG_BLOCKS:
+		return handle_blocks(rc, &m.u.blocks);
+	case WIRE_MSG_STREAM:
+		r = wire_run_unpack(&m.u.run, rc->z, &rc->scratch, &data);
+		if (r == 0) {
+			rc->stream_bytes += m.u.run.raw_len;
+			r = qs_writer_raw(rc->writer, data, m.u.run.raw_len);
+		}
+		return r;
+	case WIRE_MSG_HASHDATA:
+		return put_hashdata(rc, &m.u.hashdata);
+	case WIRE_MSG_CANCEL:
+	case WIRE_MSG_ERROR:
+		fail(rc, PROXY_FAILED, "the sender %s: %.*s",
+		     m.type == WIRE_MSG_CANCEL ? "cancelled" : "reported an error",
+		     (int)m.u.status.text.len, m.u.status.text.p);
+		return -ECANCELED;
+	case WIRE_MSG_PING:
+		return send_u64(rc, WIRE_MSG_PONG, m.u.ping);
+	default:
+		return 0;
+	}
+}
+
+static void *wan_thread(void *arg)
+{
+	struct receiver *rc = arg;
+	struct wire_frame f;
+	struct backlog *b;
+	int r;
+
+	while (!rc->failed) {
+		/* Frames set aside during a NEED go first, in order. */
+		while ((b = rc->backlog_head)) {
+			rc->backlog_head = b->next;
+			if (!rc->backlog_head)
+				rc->backlog_tail = NULL;
+			f.type = b->type;
+			f.flags = b->flags;
+			f.len = b->payload.len;
+			f.payload = b->payload.data;
+			r = handle_frame(rc, &f);
+			tsb_buf_fini(&b->payload);
+			free(b);
+			if (r < 0)
+				goto bad;
+		}
+		r = wire_conn_read_frame(rc->conn, &f);
+		if (r == 0) {
+			rc->sender_closed = true;
+			if (!rc->vm_running)
+				fail(rc, PROXY_LINK, "the sender closed the connection before "
+				     "the migration completed");
+			break;
+		}
+		if (r < 0) {
+			if (!rc->vm_running)
+				fail(rc, proxy_outcome_of_errno(r), "link to the sender: %s",
+				     wire_conn_errmsg(rc->conn)[0] ? wire_conn_errmsg(rc->conn)
+								   : strerror(-r));
+			break;
+		}
+		r = handle_frame(rc, &f);
+		if (r == 0)
+			r = flush_and_ack(rc);
+		if (r < 0)
+			goto bad;
+	}
+	return NULL;
+bad:
+	if (!rc->failed)
+		fail(rc, r == -EOPNOTSUPP ? PROXY_UNSUPPORTED : r == -EPIPE ||
+		     r == -ECONNRESET ? PROXY_FAILED : proxy_outcome_of_errno(r),
+		     "rebuilding the stream for QEMU: %s%s", strerror(-r),
+		     r == -EPIPE || r == -ECONNRESET ? " (the destination QEMU closed it)" : "");
+	return NULL;
+}
+
+/* QEMU's return path -> RETURN frames, unbatched (postcopy faults wait on them). */
+static void *return_thread(void *arg)
+{
+	struct receiver *rc = arg;
+	uint8_t buf[16384];
+	struct tsb_buf b;
+	ssize_t n;
+	int r;
+
+	tsb_buf_init(&b);
+	for (;;) {
+		n = read(rc->qfd, buf, sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		tsb_buf_reset(&b);
+		r = wire_encode_run(&b, WIRE_MSG_RETURN, buf, n, NULL);
+		if (r == 0)
+			r = send_locked(rc, &b);
+		if (r < 0) {
+			if (!rc->vm_running)
+				fail(rc, proxy_outcome_of_errno(r), "sending QEMU's return path: %s",
+				     strerror(-r));
+			break;
+		}
+	}
+	tsb_buf_fini(&b);
+	return NULL;
+}
+
+static int setup_destination(struct qmp *q, bool postcopy, char *err, size_t errlen)
+{
+	json_t *st = NULL, *args;
+	const char *status;
+	int r;
+
+	r = qmp_execute(q, "query-status", NULL, &st, err, errlen);
+	if (r < 0)
+		return r;
+	status = json_string_value(json_object_get(st, "status"));
+	if (!status || strcmp(status, "inmigrate")) {
+		snprintf(err, errlen, "the destination QEMU is '%s'; start it with "
+			 "-incoming defer", status ? status : "?");
+		json_decref(st);
+		return -EPROTO;
+	}
+	json_decref(st);
+	args = json_pack("{s:[{s:s, s:b}, {s:s, s:b}]}", "capabilities",
+			 "capability", "events", "state", 1,
+			 "capability", "postcopy-ram", "state", postcopy);
+	r = qmp_execute(q, "migrate-set-capabilities", args, NULL, err, errlen);
+	json_decref(args);
+	return r;
+}
+
+static json_t *make_report(struct receiver *rc, uint64_t start_ns, uint64_t resume_ns)
+{
+	struct wire_conn_stats ws = { 0 };
+	json_t *r = json_object();
+
+	if (rc->conn)
+		wire_conn_get_stats(rc->conn, &ws);
+	json_object_set_new(r, "side", json_string("recv"));
+	json_object_set_new(r, "outcome", json_string(proxy_outcome_name(
+		rc->failed ? rc->outcome : PROXY_OK)));
+	if (rc->error[0])
+		json_object_set_new(r, "error", json_string(rc->error));
+	json_object_set_new(r, "total_time_ms", json_integer((tsb_now_ns() - start_ns) / 1000000));
+	if (resume_ns)
+		json_object_set_new(r, "resume_time_ns", json_integer(resume_ns));
+	json_object_set_new(r, "qemu_stream_bytes", json_integer(rc->written));
+	json_object_set_new(r, "wan", json_pack("{s:I, s:I}",
+		"bytes_received", (json_int_t)ws.net_in, "bytes_sent", (json_int_t)ws.net_out));
+	json_object_set_new(r, "pages", json_pack("{s:I, s:I, s:I, s:I, s:I}",
+		"zero", (json_int_t)rc->pages_zero, "data", (json_int_t)rc->pages_data,
+		"reference", (json_int_t)rc->pages_ref, "raw", (json_int_t)rc->pages_raw,
+		"need_asked", (json_int_t)rc->needs));
+	return r;
+}
+
+enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_report)
+{
+	struct receiver *rc;
+	struct wire_tls *tls = NULL;
+	struct wire_hello_args hello = { 0 };
+	struct wire_hello peer;
+	struct qmp *q = NULL;
+	struct qmp_event ev;
+	pthread_t th_wan, th_ret;
+	bool threads = false;
+	volatile int sig = 0;
+	char host[256], port[32], err[512] = "", text[96];
+	uint64_t start_ns, resume_ns = 0, cache_pages, t0;
+	enum proxy_outcome oc;
+	json_t *args;
+	int lfd = -1, fd = -1, r;
+
+	rc = calloc(1, sizeof(*rc));
+	if (!rc)
+		return PROXY_FAILED;
+	rc->o = o;
+	rc->qfd = -1;
+	pthread_mutex_init(&rc->send_lock, NULL);
+	tsb_buf_init(&rc->scratch);
+	tsb_buf_init(&rc->copy);
+	proxy_catch_signals(&sig);
+	start_ns = tsb_now_ns();
+
+	cache_pages = (o->c.cache_bytes ? o->c.cache_bytes : PROXY_CACHE_DEFAULT) / 4096;
+	rc->cache = pagecache_new(cache_pages, 4096);
+	rc->z = wire_zstd_new(1);
+	if (!rc->cache || !rc->z) {
+		fail(rc, PROXY_FAILED, "out of memory");
+		goto out;
+	}
+	if (tsb_split_hostport(o->listen, host, sizeof(host), port, sizeof(port)) < 0) {
+		fail(rc, PROXY_FAILED, "bad --listen '%s': expected HOST:PORT", o->listen);
+		goto out;
+	}
+	r = proxy_tls_setup(&o->c, WIRE_TLS_SERVER, &tls, err, sizeof(err));
+	if (r < 0) {
+		fail(rc, PROXY_AUTH, "%s", err);
+		goto out;
+	}
+	/* Check QEMU before we accept anyone. */
+	r = qmp_open(o->c.qmp_path, 10000, &q);
+	if (r < 0) {
+		fail(rc, PROXY_FAILED, "cannot reach the destination QEMU at %s: %s",
+		     o->c.qmp_path, strerror(-r));
+		goto out;
+	}
+	r = wire_tcp_listen(host, port, 4, &lfd);
+	if (r < 0) {
+		fail(rc, PROXY_FAILED, "cannot listen on %s: %s", o->listen, strerror(-r));
+		goto out;
+	}
+	log_info("waiting for the sender on %s", o->listen);
+	/* Accept until a peer authenticates: a stray client does not end us. */
+	for (;;) {
+		r = wire_tcp_accept(lfd, &fd);
+		if (r == -EINTR && sig) {
+			fail(rc, PROXY_INTERRUPTED, "interrupted while waiting for the sender");
+			goto out;
+		}
+		if (r < 0) {
+			fail(rc, PROXY_FAILED, "accept: %s", strerror(-r));
+			goto out;
+		}
+		wire_tcp_tune(fd, 0);
+		rc->conn = wire_conn_new_take(tls, fd);
+		if (!rc->conn) {
+			fail(rc, PROXY_FAILED, "out of memory");
+			goto out;
+		}
+		r = wire_conn_handshake(rc->conn, 15000);
+		if (r == 0)
+			break;
+		log_error("refused a connection: %s", wire_conn_errmsg(rc->conn));
+		wire_conn_free(rc->conn);
+		rc->conn = NULL;
+		if (r == -EACCES) {
+			/* A peer with the wrong key is an error the operator must see. */
+			fail(rc, PROXY_AUTH, "the sender was refused: authentication failed");
+			goto out;
+		}
+	}
+	close(lfd);
+	lfd = -1;
+	hello.role = WIRE_ROLE_RECEIVER;
+	hello.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_POSTCOPY;
+	hello.site = "destination";
+	r = wire_conn_hello(rc->conn, &hello, &peer);
+	if (r < 0) {
+		fail(rc, proxy_outcome_of_errno(r), "%s", wire_conn_errmsg(rc->conn));
+		goto out;
+	}
+	if (o->c.stall_ms)
+		wire_conn_set_timeout(rc->conn, o->c.stall_ms);
+
+	r = setup_destination(q, peer.caps & WIRE_CAP_POSTCOPY, err, sizeof(err));
+	if (r == 0)
+		r = proxy_qemu_socket(q, &rc->qfd, err, sizeof(err));
+	if (r == 0) {
+		args = json_pack("{s:s}", "uri", "fd:" PROXY_FDNAME);
+		r = qmp_execute(q, "migrate-incoming", args, NULL, err, sizeof(err));
+		json_decref(args);
+	}
+	if (r < 0) {
+		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_QEMU, err);
+		fail(rc, PROXY_FAILED, "destination QEMU: %s", err);
+		goto out;
+	}
+	rc->writer = qs_writer_new(4096, to_qemu, rc);
+	if (!rc->writer) {
+		fail(rc, PROXY_FAILED, "out of memory");
+		goto out;
+	}
+	if (pthread_create(&th_wan, NULL, wan_thread, rc)) {
+		fail(rc, PROXY_FAILED, "cannot start threads");
+		goto out;
+	}
+	if (pthread_create(&th_ret, NULL, return_thread, rc)) {
+		fail(rc, PROXY_FAILED, "cannot start threads");
+		shutdown(rc->qfd, SHUT_RDWR);
+		wire_conn_abort(rc->conn);
+		pthread_join(th_wan, NULL);
+		goto out;
+	}
+	threads = true;
+
+	/* Watch the destination QEMU until the guest runs there. */
+	t0 = tsb_now_ns();
+	while (!rc->failed && !resume_ns) {
+		r = qmp_next_event(q, 200, &ev);
+		if (r == 0) {
+			if (!strcmp(ev.name, "RESUME"))
+				resume_ns = ev.time_ns;
+			else if (!strcmp(ev.name, "MIGRATION")) {
+				const char *st = json_string_value(json_object_get(ev.data, "status"));
+
+				if (st && !strcmp(st, "failed"))
+					fail(rc, PROXY_FAILED, "the destination QEMU failed to load "
+					     "the migration stream");
+			}
+			qmp_event_fini(&ev);
+		} else if (r != -ETIMEDOUT) {
+			fail(rc, PROXY_FAILED, "the destination QEMU went away: %s", strerror(-r));
+		}
+		if (sig && !rc->failed)
+			fail(rc, PROXY_INTERRUPTED, "interrupted by signal %d", sig);
+		if (o->c.timeout_ms && (tsb_now_ns() - t0) / 1000000 > o->c.timeout_ms)
+			fail(rc, PROXY_TIMEOUT, "the migration did not finish in time");
+	}
+	if (!rc->failed) {
+		rc->vm_running = true;
+		snprintf(text, sizeof(text), "destination running resume_ns=%llu",
+			 (unsigned long long)resume_ns);
+		pthread_mutex_lock(&rc->send_lock);
+		r = wire_conn_send_status(rc->conn, WIRE_MSG_DONE, WIRE_CODE_OK, text);
+		pthread_mutex_unlock(&rc->send_lock);
+		/* Wait (bounded) for the sender to close after our DONE. */
+		t0 = tsb_now_ns();
+		while (!rc->sender_closed && tsb_now_ns() - t0 < 10000000000ull)
+			usleep(10000);
+	}
+out:
+	if (rc->failed && rc->conn && rc->outcome != PROXY_LINK) {
+		pthread_mutex_lock(&rc->send_lock);
+		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_QEMU, rc->error);
+		pthread_mutex_unlock(&rc->send_lock);
+	}
+	if (threads) {
+		wire_conn_abort(rc->conn);
+		shutdown(rc->qfd, SHUT_RDWR);
+		pthread_join(th_wan, NULL);
+		pthread_join(th_ret, NULL);
+	}
+	if (rc->failed && q) {
+		/* Make sure nothing half-loaded ever runs here. */
+		(void)qmp_execute(q, "quit", NULL, NULL, NULL, 0);
+	}
+	oc = rc->failed ? rc->outcome : PROXY_OK;
+	if (ret_report)
+		*ret_report = make_report(rc, start_ns, resume_ns);
+	if (rc->failed)
+		log_error("%s", rc->error);
+
+	while (rc->backlog_head) {
+		struct backlog *b = rc->backlog_head;
+
+		rc->backlog_head = b->next;
+		tsb_buf_fini(&b->payload);
+		free(b);
+	}
+	if (lfd >= 0)
+		close(lfd);
+	qs_writer_free(rc->writer);
+	qmp_close(q);
+	wire_conn_free(rc->conn);
+	wire_tls_free(tls);
+	if (rc->qfd >= 0)
+		close(rc->qfd);
+	pagecache_free(rc->cache);
+	wire_zstd_free(rc->z);
+	tsb_buf_fini(&rc->scratch);
+	tsb_buf_fini(&rc->copy);
+	pthread_mutex_destroy(&rc->send_lock);
+	free(rc);
+	return oc;
+}

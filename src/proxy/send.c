@@ -1,0 +1,1084 @@
+/*
+ * The source side: QEMU writes its migration stream into a socketpair; the
+ * parse thread splits it into verbatim runs and pages, hashes pages and
+ * batches them; the WAN thread compresses and writes frames; the return
+ * thread reads the receiver's messages (QEMU's return path, credits,
+ * NEED). The main thread drives QEMU over QMP.
+ */
+#include "proxy/internal.h"
+#include "proxy/pagecache.h"
+
+#include "common/log.h"
+#include "common/util.h"
+#include "migctl/migctl.h"
+#include "qmp/qmp.h"
+#include "qstream/qstream.h"
+#include "wire/codec.h"
+#include "wire/tls.h"
+#include "wire/wire.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+enum job_kind {
+	JOB_PAGES,	/* pb holds a batch */
+	JOB_RUN,	/* buf holds verbatim stream bytes */
+	JOB_FRAME,	/* buf holds a ready frame */
+};
+
+struct job {
+	enum job_kind kind;
+	struct wire_pages_builder pb;
+	struct tsb_buf buf;
+	uint32_t n_zero, n_data, n_ref, n_raw;
+	struct job *next;
+};
+
+/* Bytes on the WAN by what they carried (application bytes, before TLS). */
+struct wan_counts {
+	uint64_t headers;	/* frame headers, PAGES headers, DATA entries */
+	uint64_t zero;		/* ZERO entries */
+	uint64_t reference;	/* REF entries */
+	uint64_t literal;	/* literal areas sent uncompressed */
+	uint64_t compressed;	/* literal areas sent as zstd */
+	uint64_t literal_in;	/* uncompressed size of the literal areas */
+	uint64_t stream;	/* STREAM runs (device state, section framing) */
+	uint64_t stream_in;	/* their size before compression */
+	uint64_t control;	/* BLOCKS, HASHDATA, DONE, ... */
+	uint64_t raw_entries;	/* RAW (XBZRLE) entries */
+};
+
+#define N_JOBS 6
+#define N_LEVELS 3
+static const int zstd_levels[N_LEVELS] = { 0, 1, 3 }; /* 0: uncompressed */
+
+struct sender {
+	const struct proxy_send_options *o;
+	struct wire_conn *conn;
+	int qfd;
+
+	/* Parse thread only. */
+	struct qs_parser *parser;
+	struct job *cur;
+	uint8_t *readbuf;
+
+	/* Content cache, shared with the return thread (NEED). */
+	pthread_mutex_t cache_lock;
+	struct pagecache *cache;
+
+	/* Job queue: parse thread -> WAN thread; bounded by the job pool. */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct job jobs[N_JOBS];
+	struct job *free_jobs;
+	struct job *queue_head, *queue_tail;
+	bool queue_closed;
+
+	/* Credits: stream bytes parsed vs written into the destination QEMU. */
+	uint64_t acked;
+	uint64_t window;
+	uint64_t ack_rate_t0_ns, ack_rate_b0;
+
+	/* Outcome. */
+	atomic_int failed;
+	volatile int abort_flag;
+	enum proxy_outcome outcome;
+	char error[512];
+	bool peer_done;		/* receiver sent DONE OK */
+	char peer_done_text[WIRE_MAX_TEXT + 1];
+	bool stream_done;	/* QEMU closed after a complete stream */
+
+	/* Statistics (WAN thread writes wan, parse thread pages). */
+	struct wan_counts wan;
+	uint64_t pages_zero, pages_data, pages_ref, pages_raw, need_served;
+	uint64_t sections, stream_bytes;
+	uint64_t switchover_ns;	/* device state began (CLOCK_MONOTONIC) */
+	int level;		/* index into zstd_levels */
+	uint64_t level_uses[N_LEVELS];
+};
+
+/* Records the first failure and makes every thread stop. */
+static void fail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void fail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
+{
+	va_list ap;
+	int expected = 0;
+
+	if (!atomic_compare_exchange_strong(&s->failed, &expected, 1))
+		return;
+	va_start(ap, fmt);
+	pthread_mutex_lock(&s->lock);
+	s->outcome = oc;
+	vsnprintf(s->error, sizeof(s->error), fmt, ap);
+	s->queue_closed = true;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	va_end(ap);
+	s->abort_flag = 1;
+	/* QEMU sees its socket fail and keeps the guest running at the source. */
+	if (s->qfd >= 0)
+		shutdown(s->qfd, SHUT_RDWR);
+	if (s->conn)
+		wire_conn_abort(s->conn);
+}
+
+/* ---- job queue ---- */
+
+static struct job *job_get(struct sender *s)
+{
+	struct job *j;
+
+	pthread_mutex_lock(&s->lock);
+	while (!s->free_jobs && !s->failed)
+		pthread_cond_wait(&s->cond, &s->lock);
+	j = s->free_jobs;
+	if (j)
+		s->free_jobs = j->next;
+	pthread_mutex_unlock(&s->lock);
+	if (!j)
+		return NULL;
+	wire_pages_builder_reset(&j->pb);
+	tsb_buf_reset(&j->buf);
+	j->n_zero = j->n_data = j->n_ref = j->n_raw = 0;
+	j->next = NULL;
+	return j;
+}
+
+static void job_put(struct sender *s, struct job *j)
+{
+	pthread_mutex_lock(&s->lock);
+	j->next = s->free_jobs;
+	s->free_jobs = j;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void queue_push(struct sender *s, struct job *j, bool front)
+{
+	pthread_mutex_lock(&s->lock);
+	j->next = NULL;
+	if (front) {
+		j->next = s->queue_head;
+		s->queue_head = j;
+		if (!s->queue_tail)
+			s->queue_tail = j;
+	} else if (s->queue_tail) {
+		s->queue_tail->next = j;
+		s->queue_tail = j;
+	} else {
+		s->queue_head = s->queue_tail = j;
+	}
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* Sends the job being filled, if it holds anything. */
+static int flush_cur(struct sender *s)
+{
+	struct job *j = s->cur;
+
+	if (!j)
+		return 0;
+	if ((j->kind == JOB_PAGES && !j->pb.count) || (j->kind == JOB_RUN && !j->buf.len))
+		return 0;
+	s->cur = NULL;
+	queue_push(s, j, false);
+	return 0;
+}
+
+/* Makes s->cur a job of this kind, flushing one of another kind. */
+static int want_job(struct sender *s, enum job_kind kind)
+{
+	if (s->cur && s->cur->kind == kind)
+		return 0;
+	flush_cur(s);
+	if (!s->cur) {
+		s->cur = job_get(s);
+		if (!s->cur)
+			return -ECANCELED;
+	}
+	s->cur->kind = kind;
+	return 0;
+}
+
+/* Queues a ready frame (from an encoder) ahead of or behind the data. */
+static int send_frame(struct sender *s, const struct tsb_buf *frame, bool urgent)
+{
+	struct job *j = job_get(s);
+
+	if (!j)
+		return -ECANCELED;
+	j->kind = JOB_FRAME;
+	if (tsb_buf_append(&j->buf, frame->data, frame->len) < 0) {
+		job_put(s, j);
+		return -ENOMEM;
+	}
+	queue_push(s, j, urgent);
+	return 0;
+}
+
+/* ---- parse thread: QEMU stream -> jobs ---- */
+
+static int on_raw(void *opaque, const uint8_t *p, size_t n)
+{
+	struct sender *s = opaque;
+	int r = want_job(s, JOB_RUN);
+
+	if (r < 0)
+		return r;
+	if (tsb_buf_append(&s->cur->buf, p, n) < 0)
+		return -ENOMEM;
+	s->stream_bytes += n;
+	if (s->cur->buf.len >= PROXY_RUN_MAX)
+		flush_cur(s);
+	return 0;
+}
+
+static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
+{
+	struct wire_pages_builder *pb = &s->cur->pb;
+	uint16_t block = pg->block->index;
+	uint8_t hash[WIRE_HASH_LEN];
+	bool hit = false;
+	int r;
+
+	switch (pg->kind) {
+	case QS_PAGE_ZERO:
+		r = wire_pages_add_zero(pb, block, qflags, pg->offset, pg->fill);
+		if (r == 0) {
+			s->cur->n_zero++;
+			s->pages_zero++;
+		}
+		return r;
+	case QS_PAGE_XBZRLE:
+		r = wire_pages_add_raw(pb, block, qflags, pg->offset, pg->data, pg->len);
+		if (r == 0) {
+			s->cur->n_raw++;
+			s->pages_raw++;
+		}
+		return r;
+	case QS_PAGE_NORMAL:
+		break;
+	}
+	r = wire_sha256(pg->data, pg->len, hash);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&s->cache_lock);
+	/*
+	 * Both caches see the same gets and puts in the same order, so a hit
+	 * here means the receiver holds the content too.
+	 */
+	hit = pagecache_get(s->cache, hash) != NULL;
+	pthread_mutex_unlock(&s->cache_lock);
+	if (hit) {
+		r = wire_pages_add_ref(pb, block, qflags, pg->offset, WIRE_ENC_REF, hash);
+		if (r == 0) {
+			s->cur->n_ref++;
+			s->pages_ref++;
+		}
+		return r;
+	}
+	r = wire_pages_add_data(pb, block, qflags, pg->offset, pg->data);
+	if (r < 0)
+		return r;
+	s->cur->n_data++;
+	s->pages_data++;
+	pthread_mutex_lock(&s->cache_lock);
+	r = pagecache_put(s->cache, hash, pg->data);
+	pthread_mutex_unlock(&s->cache_lock);
+	return r;
+}
+
+static int on_page(void *opaque, const struct qs_page *pg)
+{
+	struct sender *s = opaque;
+	uint16_t qflags;
+	int r;
+
+	r = want_job(s, JOB_PAGES);
+	if (r < 0)
+		return r;
+	if (pg->block->index >= WIRE_MAX_BLOCKS)
+		return -EMSGSIZE;
+	qflags = pg->kind == QS_PAGE_ZERO ? QS_RAM_ZERO :
+		 pg->kind == QS_PAGE_XBZRLE ? QS_RAM_XBZRLE : QS_RAM_PAGE;
+	if (pg->cont)
+		qflags |= QS_RAM_CONTINUE;
+	s->stream_bytes += 8 + (pg->cont ? 0 : 1 + pg->block->name_len) + pg->len;
+	r = add_page(s, pg, qflags);
+	if (r == -ENOBUFS || (r == 0 && s->cur->pb.count >= PROXY_BATCH_PAGES)) {
+		flush_cur(s);
+		if (r == -ENOBUFS) {
+			r = want_job(s, JOB_PAGES);
+			if (r == 0)
+				r = add_page(s, pg, qflags);
+		}
+	}
+	return r;
+}
+
+static int on_event(void *opaque, const struct qs_event *ev)
+{
+	struct sender *s = opaque;
+	struct wire_block blocks[QS_MAX_BLOCKS];
+	struct tsb_buf frame;
+	unsigned i;
+	int r;
+
+	switch (ev->type) {
+	case QS_EV_RAM_SETUP:
+		if (ev->ram_setup.n_blocks > WIRE_MAX_BLOCKS)
+			return -EMSGSIZE;
+		for (i = 0; i < ev->ram_setup.n_blocks; i++) {
+			blocks[i].index = ev->ram_setup.blocks[i].index;
+			blocks[i].name.p = ev->ram_setup.blocks[i].name;
+			blocks[i].name.len = ev->ram_setup.blocks[i].name_len;
+			blocks[i].used_length = ev->ram_setup.blocks[i].used_length;
+		}
+		/* The receiver must know the names before the first page. */
+		flush_cur(s);
+		tsb_buf_init(&frame);
+		r = wire_encode_blocks(&frame, blocks, ev->ram_setup.n_blocks);
+		if (r == 0)
+			r = send_frame(s, &frame, false);
+		tsb_buf_fini(&frame);
+		return r;
+	case QS_EV_SECTION_BEGIN:
+		s->sections++;
+		return 0;
+	case QS_EV_DEVICE_STATE:
+		if (!s->switchover_ns)
+			s->switchover_ns = tsb_now_ns();
+		return 0;
+	case QS_EV_COMMAND:
+		if (ev->command.cmd == QS_CMD_POSTCOPY_RUN && !s->switchover_ns)
+			s->switchover_ns = tsb_now_ns();
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+/* Blocks while the destination is more than a window behind. */
+static void wait_for_credit(struct sender *s)
+{
+	uint64_t parsed = qs_parser_offset(s->parser);
+
+	pthread_mutex_lock(&s->lock);
+	while (!s->failed && parsed > s->acked + s->window)
+		pthread_cond_wait(&s->cond, &s->lock);
+	pthread_mutex_unlock(&s->lock);
+}
+
+static bool more_input_ready(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+
+	return poll(&p, 1, 0) > 0;
+}
+
+static void *parse_thread(void *arg)
+{
+	struct sender *s = arg;
+	ssize_t n;
+	int r;
+
+	for (;;) {
+		wait_for_credit(s);
+		if (s->failed)
+			break;
+		n = read(s->qfd, s->readbuf, PROXY_READ_CHUNK);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			fail(s, PROXY_FAILED, "reading the migration stream from QEMU: %s",
+			     strerror(errno));
+			break;
+		}
+		if (n == 0) {
+			r = qs_parser_finish(s->parser);
+			if (r < 0) {
+				fail(s, PROXY_FAILED, "QEMU closed the migration stream %s: %s",
+				     r == -ENODATA ? "before its end" : "after an error",
+				     qs_parser_error(s->parser));
+				break;
+			}
+			flush_cur(s);
+			s->stream_done = true;
+			break;
+		}
+		r = qs_parser_feed(s->parser, s->readbuf, n);
+		if (r < 0) {
+			if (!s->failed)
+				fail(s, r == -EOPNOTSUPP ? PROXY_UNSUPPORTED : PROXY_FAILED,
+				     "cannot carry this migration stream: %s",
+				     qs_parser_error(s->parser));
+			break;
+		}
+		/* Nothing more waiting: send what we have rather than sit on it. */
+		if (!more_input_ready(s->qfd))
+			flush_cur(s);
+	}
+	if (s->cur) {
+		job_put(s, s->cur);
+		s->cur = NULL;
+	}
+	pthread_mutex_lock(&s->lock);
+	s->queue_closed = true;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+/* ---- WAN thread: jobs -> frames ---- */
+
+/*
+ * Adapts the zstd level: when writing to the link takes longer than
+ * compressing, the link is the bottleneck and harder compression pays;
+ * when compressing takes longer, the CPU is, and we back off.
+ */
+static void adapt_level(struct sender *s, uint64_t compress_ns, uint64_t write_ns)
+{
+	if (s->o->zstd_level)
+		return;
+	if (write_ns > 3 * compress_ns && s->level < N_LEVELS - 1)
+		s->level++;
+	else if (compress_ns > 2 * write_ns && s->level > 0)
+		s->level--;
+}
+
+static void account_pages(struct sender *s, const struct job *j, size_t frame_len,
+			  bool zstd, size_t raw_entry_bytes)
+{
+	size_t entries = j->pb.entries.len;
+	size_t literal = frame_len - WIRE_HDR_LEN - 8 - entries;
+	uint64_t zero = (uint64_t)j->n_zero * 14, ref = (uint64_t)j->n_ref * 45;
+
+	s->wan.zero += zero;
+	s->wan.reference += ref;
+	s->wan.raw_entries += raw_entry_bytes;
+	s->wan.headers += WIRE_HDR_LEN + 8 + (entries - zero - ref - raw_entry_bytes);
+	if (zstd)
+		s->wan.compressed += literal;
+	else
+		s->wan.literal += literal;
+	s->wan.literal_in += (uint64_t)j->n_data * 4096;
+}
+
+static void *wan_thread(void *arg)
+{
+	struct sender *s = arg;
+	struct wire_zstd *z[N_LEVELS] = { NULL };
+	struct tsb_buf out;
+	struct job *j;
+	uint64_t t0, t1, t2;
+	int i, r;
+
+	tsb_buf_init(&out);
+	for (i = 1; i < N_LEVELS; i++) {
+		z[i] = wire_zstd_new(zstd_levels[i]);
+		if (!z[i]) {
+			fail(s, PROXY_FAILED, "out of memory");
+			goto out;
+		}
+	}
+	if (s->o->zstd_level) {
+		/* A fixed level: use slot 2 with that level (negative: none). */
+		wire_zstd_free(z[2]);
+		z[2] = s->o->zstd_level > 0 ? wire_zstd_new(s->o->zstd_level) : NULL;
+		s->level = s->o->zstd_level > 0 ? 2 : 0;
+	}
+
+	for (;;) {
+		pthread_mutex_lock(&s->lock);
+		while (!s->queue_head && !s->queue_closed)
+			pthread_cond_wait(&s->cond, &s->lock);
+		j = s->queue_head;
+		if (j) {
+			s->queue_head = j->next;
+			if (!s->queue_head)
+				s->queue_tail = NULL;
+		}
+		pthread_mutex_unlock(&s->lock);
+		if (!j || s->failed)
+			break;
+
+		tsb_buf_reset(&out);
+		t0 = tsb_now_ns();
+		switch (j->kind) {
+		case JOB_PAGES:
+			r = wire_pages_encode(&j->pb, &out, z[s->level]);
+			break;
+		case JOB_RUN:
+			r = wire_encode_run(&out, WIRE_MSG_STREAM, j->buf.data, j->buf.len,
+					    z[s->level]);
+			break;
+		default:
+			r = tsb_buf_append(&out, j->buf.data, j->buf.len);
+			break;
+		}
+		if (r < 0) {
+			fail(s, PROXY_FAILED, "encoding a frame: %s", strerror(-r));
+			job_put(s, j);
+			break;
+		}
+		t1 = tsb_now_ns();
+		r = wire_conn_write(s->conn, out.data, out.len);
+		t2 = tsb_now_ns();
+		if (r < 0) {
+			fail(s, proxy_outcome_of_errno(r), "sending to the receiver: %s",
+			     wire_conn_errmsg(s->conn)[0] ? wire_conn_errmsg(s->conn)
+							  : strerror(-r));
+			job_put(s, j);
+			break;
+		}
+		s->level_uses[s->level]++;
+		if (j->kind == JOB_PAGES) {
+			size_t raw_bytes = wire_pages_builder_size(&j->pb);
+			bool zstd = out.len > WIRE_HDR_LEN && (out.data[1] & WIRE_F_ZSTD);
+			size_t raw_entry = 0;
+
+			(void)raw_bytes;
+			if (j->n_raw)
+				raw_entry = j->pb.entries.len - (size_t)j->n_zero * 14 -
+					    (size_t)j->n_ref * 45 - (size_t)j->n_data * 13;
+			account_pages(s, j, out.len, zstd, raw_entry);
+			adapt_level(s, t1 - t0, t2 - t1);
+		} else if (j->kind == JOB_RUN) {
+			s->wan.stream += out.len;
+			s->wan.stream_in += j->buf.len;
+			adapt_level(s, t1 - t0, t2 - t1);
+		} else {
+			s->wan.control += out.len;
+		}
+		job_put(s, j);
+	}
+out:
+	for (i = 0; i < N_LEVELS; i++)
+		wire_zstd_free(z[i]);
+	tsb_buf_fini(&out);
+	return NULL;
+}
+
+/* ---- return thread: receiver -> us ---- */
+
+static void update_window(struct sender *s, uint64_t acked)
+{
+	uint64_t now = tsb_now_ns(), rate, w;
+
+	if (!s->ack_rate_t0_ns) {
+		s->ack_rate_t0_ns = now;
+		s->ack_rate_b0 = acked;
+		return;
+	}
+	if (now - s->ack_rate_t0_ns < 500000000ull)
+		return;
+	/* Bytes per second delivered end to end, over the last half second or more. */
+	rate = (acked - s->ack_rate_b0) * 1000000000ull / (now - s->ack_rate_t0_ns);
+	w = rate * PROXY_WINDOW_MS / 1000;
+	if (w < PROXY_WINDOW_MIN)
+		w = PROXY_WINDOW_MIN;
+	if (w > PROXY_WINDOW_MAX)
+		w = PROXY_WINDOW_MAX;
+	s->window = w;
+	s->ack_rate_t0_ns = now;
+	s->ack_rate_b0 = acked;
+}
+
+static int serve_need(struct sender *s, const struct wire_need *need)
+{
+	uint8_t (*hashes)[WIRE_HASH_LEN] = NULL;
+	uint8_t *data = NULL;
+	struct tsb_buf frame;
+	const uint8_t *page;
+	unsigned i;
+	int r = 0;
+
+	hashes = calloc(need->count, WIRE_HASH_LEN);
+	data = malloc((size_t)need->count * 4096);
+	if (!hashes || !data) {
+		r = -ENOMEM;
+		goto out;
+	}
+	pthread_mutex_lock(&s->cache_lock);
+	for (i = 0; i < need->count && r == 0; i++) {
+		memcpy(hashes[i], need->hashes + (size_t)i * WIRE_HASH_LEN, WIRE_HASH_LEN);
+		page = pagecache_get(s->cache, hashes[i]);
+		if (page)
+			memcpy(data + (size_t)i * 4096, page, 4096);
+		else
+			r = -ENOENT;
+	}
+	pthread_mutex_unlock(&s->cache_lock);
+	if (r < 0)
+		goto out;
+	tsb_buf_init(&frame);
+	r = wire_encode_hashdata(&frame, 4096, (const uint8_t (*)[WIRE_HASH_LEN])hashes,
+				 data, need->count, NULL);
+	if (r == 0)
+		r = send_frame(s, &frame, true);
+	tsb_buf_fini(&frame);
+	s->need_served += need->count;
+out:
+	free(hashes);
+	free(data);
+	return r;
+}
+
+static void *return_thread(void *arg)
+{
+	struct sender *s = arg;
+	struct wire_zstd *z = wire_zstd_new(1);
+	struct tsb_buf scratch;
+	const uint8_t *data;
+	struct wire_msg m;
+	int r;
+
+	tsb_buf_init(&scratch);
+	while (!s->failed && z) {
+		r = wire_conn_read_msg(s->conn, WIRE_ROLE_RECEIVER, &m);
+		if (r <= 0) {
+			if (!s->peer_done)
+				fail(s, r == 0 ? PROXY_LINK : proxy_outcome_of_errno(r),
+				     "the receiver %s", r == 0 ? "closed the connection" :
+				     wire_conn_errmsg(s->conn)[0] ? wire_conn_errmsg(s->conn) :
+				     strerror(-r));
+			break;
+		}
+		switch (m.type) {
+		case WIRE_MSG_RETURN:
+			r = wire_run_unpack(&m.u.run, z, &scratch, &data);
+			if (r == 0)
+				r = proxy_write_all(s->qfd, data, m.u.run.raw_len);
+			if (r < 0)
+				fail(s, PROXY_FAILED, "passing the return path to QEMU: %s",
+				     strerror(-r));
+			break;
+		case WIRE_MSG_ACK:
+			pthread_mutex_lock(&s->lock);
+			if (m.u.ack > s->acked) {
+				s->acked = m.u.ack;
+				update_window(s, m.u.ack);
+			}
+			pthread_cond_broadcast(&s->cond);
+			pthread_mutex_unlock(&s->lock);
+			break;
+		case WIRE_MSG_NEED:
+			r = serve_need(s, &m.u.need);
+			if (r < 0) {
+				wire_conn_send_status(s->conn, WIRE_MSG_ERROR, WIRE_CODE_NOT_FOUND,
+						      "content asked for is not held");
+				fail(s, PROXY_FAILED, "cannot serve the receiver's NEED: %s",
+				     strerror(-r));
+			}
+			break;
+		case WIRE_MSG_DONE:
+			if (m.u.status.code == WIRE_CODE_OK) {
+				snprintf(s->peer_done_text, sizeof(s->peer_done_text), "%.*s",
+					 (int)m.u.status.text.len, m.u.status.text.p);
+				s->peer_done = true;
+			} else {
+				fail(s, PROXY_FAILED, "the receiver failed: %.*s",
+				     (int)m.u.status.text.len, m.u.status.text.p);
+			}
+			break;
+		case WIRE_MSG_ERROR:
+		case WIRE_MSG_CANCEL:
+			fail(s, m.u.status.code == WIRE_CODE_UNSUPPORTED ? PROXY_UNSUPPORTED
+									  : PROXY_FAILED,
+			     "the receiver %s: %.*s",
+			     m.type == WIRE_MSG_ERROR ? "reported an error" : "cancelled",
+			     (int)m.u.status.text.len, m.u.status.text.p);
+			break;
+		default:
+			break;
+		}
+		if (s->peer_done)
+			break;
+	}
+	wire_zstd_free(z);
+	tsb_buf_fini(&scratch);
+	return NULL;
+}
+
+/* ---- main thread ---- */
+
+/* Capabilities that change the stream format in ways we do not carry. */
+static const char *const caps_off[] = {
+	"xbzrle", "compress", "multifd", "postcopy-preempt", "x-colo",
+	"dirty-bitmaps", "block", "x-ignore-shared",
+};
+
+static int setup_source(struct sender *s, struct qmp *q, struct migctl_options *mo,
+			char *err, size_t errlen)
+{
+	json_t *list = json_array(), *args, *st = NULL;
+	const char *status;
+	unsigned i;
+	int r;
+
+	r = qmp_execute(q, "query-status", NULL, &st, err, errlen);
+	if (r < 0)
+		goto out;
+	status = json_string_value(json_object_get(st, "status"));
+	if (!status || (strcmp(status, "running") && strcmp(status, "paused"))) {
+		snprintf(err, errlen, "the source VM is '%s', not running",
+			 status ? status : "?");
+		r = -EPROTO;
+		goto out;
+	}
+	for (i = 0; i < TSB_ARRAY_SIZE(caps_off); i++) {
+		bool wanted = false;
+		unsigned k;
+
+		for (k = 0; k < mo->n_caps; k++)
+			wanted |= !strcmp(mo->caps[k], caps_off[i]);
+		if (wanted) {
+			snprintf(err, errlen, "capability %s changes the stream in a way "
+				 "tsubame does not carry", caps_off[i]);
+			r = -EOPNOTSUPP;
+			goto out;
+		}
+		json_array_append_new(list, json_pack("{s:s, s:b}", "capability",
+						      caps_off[i], "state", 0));
+	}
+	/* The source must hear of a failure at the destination. */
+	json_array_append_new(list, json_pack("{s:s, s:b}", "capability", "return-path",
+					      "state", 1));
+	args = json_pack("{s:o}", "capabilities", list);
+	list = NULL;
+	/* Unknown capabilities (older QEMUs) are reported, not fatal, one by one. */
+	r = qmp_execute(q, "migrate-set-capabilities", args, NULL, err, errlen);
+	json_decref(args);
+	if (r < 0) {
+		/* Retry with only those this QEMU knows: return-path is the one that matters. */
+		args = json_pack("{s:[{s:s, s:b}]}", "capabilities", "capability",
+				 "return-path", "state", 1);
+		r = qmp_execute(q, "migrate-set-capabilities", args, NULL, err, errlen);
+		json_decref(args);
+		if (r < 0)
+			goto out;
+	}
+	r = migctl_prepare_source(q, mo, err, errlen);
+out:
+	json_decref(list);
+	json_decref(st);
+	return r;
+}
+
+struct progress_ctx {
+	struct sender *s;
+	uint64_t start_ns;
+	bool tty;
+};
+
+static void progress_tick(void *opaque, json_t *stats)
+{
+	struct progress_ctx *p = opaque;
+	json_t *ram = json_object_get(stats, "ram");
+	double secs = (tsb_now_ns() - p->start_ns) / 1e9;
+	struct wire_conn_stats ws;
+	json_int_t pass, remaining, total;
+	double pct, rate;
+
+	if (!p->tty || !ram)
+		return;
+	wire_conn_get_stats(p->s->conn, &ws);
+	pass = json_integer_value(json_object_get(ram, "dirty-sync-count"));
+	remaining = json_integer_value(json_object_get(ram, "remaining"));
+	total = json_integer_value(json_object_get(ram, "total"));
+	pct = total ? 100.0 * (double)(total - remaining) / (double)total : 0;
+	rate = secs > 0 ? ws.net_out * 8 / secs / 1e6 : 0;
+	fprintf(stderr, "\rsend: pass %lld  %5.1f%%  WAN %.1f MB at %.1f Mbit/s  "
+		"remaining %.1f MB   ", (long long)pass, pct, ws.net_out / 1e6, rate,
+		remaining / 1e6);
+}
+
+static json_t *make_report(struct sender *s, const struct migctl_result *res,
+			   uint64_t start_ns, uint64_t end_ns)
+{
+	struct wire_conn_stats ws = { 0 };
+	json_t *r = json_object(), *stats = res->src_stats, *ram;
+	double secs = (end_ns - start_ns) / 1e9;
+	uint64_t resume_ns = 0;
+	const char *p;
+
+	if (s->conn)
+		wire_conn_get_stats(s->conn, &ws);
+	json_object_set_new(r, "side", json_string("send"));
+	json_object_set_new(r, "outcome", json_string(proxy_outcome_name(s->outcome)));
+	if (s->error[0])
+		json_object_set_new(r, "error", json_string(s->error));
+	json_object_set_new(r, "total_time_ms", json_integer((end_ns - start_ns) / 1000000));
+	p = strstr(s->peer_done_text, "resume_ns=");
+	if (p)
+		resume_ns = strtoull(p + 10, NULL, 10);
+	/* Guest-visible downtime: source STOP to destination RESUME (host clocks). */
+	if (res->stop_ns && resume_ns > res->stop_ns)
+		json_object_set_new(r, "downtime_ms",
+				    json_integer((resume_ns - res->stop_ns) / 1000000));
+	if (stats) {
+		json_object_set(r, "qemu_downtime_ms", json_object_get(stats, "downtime")
+			? json_object_get(stats, "downtime") : json_null());
+		json_object_set(r, "qemu_total_time_ms", json_object_get(stats, "total-time")
+			? json_object_get(stats, "total-time") : json_null());
+		ram = json_object_get(stats, "ram");
+		if (ram)
+			json_object_set(r, "passes", json_object_get(ram, "dirty-sync-count"));
+	}
+	json_object_set_new(r, "qemu_stream_bytes", json_integer(s->stream_bytes));
+	json_object_set_new(r, "wan", json_pack(
+		"{s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:I, s:I}",
+		"bytes_sent", (json_int_t)ws.net_out,
+		"bytes_received", (json_int_t)ws.net_in,
+		"tls_overhead", (json_int_t)(ws.net_out - ws.app_out),
+		"app_bytes_sent", (json_int_t)ws.app_out,
+		"by_category",
+		"header", (json_int_t)s->wan.headers,
+		"zero", (json_int_t)s->wan.zero,
+		"literal", (json_int_t)s->wan.literal,
+		"compressed", (json_int_t)s->wan.compressed,
+		"reference", (json_int_t)s->wan.reference,
+		"stream", (json_int_t)s->wan.stream,
+		"raw", (json_int_t)s->wan.raw_entries,
+		"control", (json_int_t)s->wan.control,
+		"literal_uncompressed", (json_int_t)s->wan.literal_in,
+		"stream_uncompressed", (json_int_t)s->wan.stream_in));
+	json_object_set_new(r, "pages", json_pack("{s:I, s:I, s:I, s:I, s:I}",
+		"zero", (json_int_t)s->pages_zero, "data", (json_int_t)s->pages_data,
+		"reference", (json_int_t)s->pages_ref, "raw", (json_int_t)s->pages_raw,
+		"need_served", (json_int_t)s->need_served));
+	json_object_set_new(r, "zstd_batches", json_pack("{s:I, s:I, s:I}",
+		"none", (json_int_t)s->level_uses[0], "level1", (json_int_t)s->level_uses[1],
+		"level3", (json_int_t)s->level_uses[2]));
+	json_object_set_new(r, "effective_mbit_s",
+			    json_real(secs > 0 ? s->stream_bytes * 8 / secs / 1e6 : 0));
+	json_object_set_new(r, "wan_mbit_s",
+			    json_real(secs > 0 ? ws.net_out * 8 / secs / 1e6 : 0));
+	return r;
+}
+
+enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_report)
+{
+	static const struct qs_handlers handlers = {
+		.raw = on_raw, .page = on_page, .event = on_event,
+	};
+	struct sender *s;
+	struct migctl_options mo = { 0 };
+	struct migctl_result res = { 0 };
+	struct progress_ctx pc = { 0 };
+	struct wire_tls *tls = NULL;
+	struct wire_hello_args hello = { 0 };
+	struct wire_hello peer;
+	struct qmp *q = NULL;
+	pthread_t th_parse, th_wan, th_ret;
+	bool threads = false;
+	char host[256], port[32], err[512] = "", *caps_copy = NULL;
+	uint64_t start_ns = tsb_now_ns(), cache_pages, wait_start;
+	enum proxy_outcome oc;
+	int fd = -1, r, i;
+
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return PROXY_FAILED;
+	s->o = o;
+	s->qfd = -1;
+	s->window = PROXY_WINDOW_MIN;
+	s->level = 1;
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutex_init(&s->cache_lock, NULL);
+	pthread_cond_init(&s->cond, NULL);
+	for (i = 0; i < N_JOBS; i++) {
+		wire_pages_builder_init(&s->jobs[i].pb, 4096);
+		tsb_buf_init(&s->jobs[i].buf);
+		s->jobs[i].next = s->free_jobs;
+		s->free_jobs = &s->jobs[i];
+	}
+	proxy_catch_signals(&s->abort_flag);
+
+	cache_pages = (o->c.cache_bytes ? o->c.cache_bytes : PROXY_CACHE_DEFAULT) / 4096;
+	s->cache = pagecache_new(cache_pages, 4096);
+	s->readbuf = malloc(PROXY_READ_CHUNK);
+	if (!s->cache || !s->readbuf) {
+		fail(s, PROXY_FAILED, "out of memory");
+		goto out;
+	}
+
+	/* Link first: nothing touches QEMU before the receiver is known good. */
+	if (tsb_split_hostport(o->to, host, sizeof(host), port, sizeof(port)) < 0) {
+		fail(s, PROXY_FAILED, "bad --to '%s': expected HOST:PORT", o->to);
+		goto out;
+	}
+	r = proxy_tls_setup(&o->c, WIRE_TLS_CLIENT, &tls, err, sizeof(err));
+	if (r < 0) {
+		fail(s, PROXY_AUTH, "%s", err);
+		goto out;
+	}
+	r = wire_tcp_connect(host, port, 10000, &fd, err, sizeof(err));
+	if (r < 0) {
+		fail(s, PROXY_LINK, "%s", err);
+		goto out;
+	}
+	wire_tcp_tune(fd, 0);
+	s->conn = wire_conn_new_take(tls, fd);
+	if (!s->conn) {
+		fail(s, PROXY_FAILED, "out of memory");
+		goto out;
+	}
+	r = wire_conn_handshake(s->conn, 15000);
+	if (r < 0) {
+		fail(s, proxy_outcome_of_errno(r), "%s", wire_conn_errmsg(s->conn));
+		goto out;
+	}
+	hello.role = WIRE_ROLE_SENDER;
+	hello.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
+		     (o->postcopy_after_ms ? WIRE_CAP_POSTCOPY : 0);
+	hello.site = "source";
+	r = wire_conn_hello(s->conn, &hello, &peer);
+	if (r < 0) {
+		fail(s, proxy_outcome_of_errno(r), "%s", wire_conn_errmsg(s->conn));
+		goto out;
+	}
+	if (o->c.stall_ms)
+		wire_conn_set_timeout(s->conn, o->c.stall_ms);
+
+	/* QEMU. */
+	r = qmp_open(o->c.qmp_path, 10000, &q);
+	if (r < 0) {
+		fail(s, PROXY_FAILED, "cannot reach the source QEMU at %s: %s",
+		     o->c.qmp_path, strerror(-r));
+		goto out;
+	}
+	if (o->caps) {
+		caps_copy = strdup(o->caps);
+		if (!caps_copy || migctl_parse_caps(caps_copy, &mo) < 0) {
+			fail(s, PROXY_FAILED, "too many capabilities in '%s'", o->caps);
+			goto out;
+		}
+	}
+	if (o->postcopy_after_ms) {
+		if (mo.n_caps < MIGCTL_MAX_CAPS)
+			mo.caps[mo.n_caps++] = "postcopy-ram";
+		mo.postcopy_after_ms = o->postcopy_after_ms;
+	}
+	mo.max_bandwidth = o->max_bandwidth;
+	mo.downtime_limit_ms = o->downtime_limit_ms;
+	mo.timeout_ms = o->c.timeout_ms;
+	mo.abort_flag = &s->abort_flag;
+	r = setup_source(s, q, &mo, err, sizeof(err));
+	if (r < 0) {
+		fail(s, r == -EOPNOTSUPP ? PROXY_UNSUPPORTED : PROXY_FAILED,
+		     "source QEMU: %s", err);
+		goto out;
+	}
+	r = proxy_qemu_socket(q, &s->qfd, err, sizeof(err));
+	if (r < 0) {
+		fail(s, PROXY_FAILED, "cannot hand a socket to the source QEMU: %s", err);
+		goto out;
+	}
+	s->parser = qs_parser_new(&handlers, s);
+	if (!s->parser) {
+		fail(s, PROXY_FAILED, "out of memory");
+		goto out;
+	}
+	if (pthread_create(&th_wan, NULL, wan_thread, s) ||
+	    pthread_create(&th_ret, NULL, return_thread, s)) {
+		fail(s, PROXY_FAILED, "cannot start threads");
+		goto out;
+	}
+	if (pthread_create(&th_parse, NULL, parse_thread, s)) {
+		fail(s, PROXY_FAILED, "cannot start threads");
+		pthread_join(th_wan, NULL);
+		pthread_join(th_ret, NULL);
+		goto out;
+	}
+	threads = true;
+
+	pc.s = s;
+	pc.start_ns = start_ns;
+	pc.tty = o->c.progress;
+	mo.tick = progress_tick;
+	mo.tick_opaque = &pc;
+	r = migctl_run(q, NULL, &mo, "fd:" PROXY_FDNAME, &res);
+	if (pc.tty)
+		fputc('\n', stderr);
+	if (r < 0) {
+		if (s->abort_flag > 1 && !s->failed)
+			fail(s, PROXY_INTERRUPTED, "interrupted by signal %d; migration cancelled",
+			     s->abort_flag);
+		else if (r == -ETIMEDOUT)
+			fail(s, PROXY_TIMEOUT, "%s", res.error);
+		else
+			fail(s, PROXY_FAILED, "source QEMU: migration %s%s%s", res.status,
+			     res.error[0] ? ": " : "", res.error);
+		goto out;
+	}
+	/* The source completed: wait for the receiver's word that the VM runs. */
+	wait_start = tsb_now_ns();
+	while (!s->peer_done && !s->failed && tsb_now_ns() - wait_start < 60000000000ull)
+		usleep(10000);
+	if (!s->peer_done && !s->failed)
+		fail(s, PROXY_FAILED, "the receiver did not confirm that the destination runs");
+	/* QEMU is done with the socket; make sure the parse thread sees its end. */
+	if (!s->failed)
+		shutdown(s->qfd, SHUT_RDWR);
+
+out:
+	if (threads) {
+		if (!s->failed && s->peer_done) {
+			/* Clean end: let the WAN thread drain, then close. */
+			pthread_mutex_lock(&s->lock);
+			s->queue_closed = true;
+			pthread_cond_broadcast(&s->cond);
+			pthread_mutex_unlock(&s->lock);
+		} else if (!s->failed) {
+			fail(s, PROXY_FAILED, "stopped");
+		}
+		pthread_join(th_parse, NULL);
+		pthread_join(th_wan, NULL);
+		if (!s->failed)
+			wire_conn_close(s->conn);
+		wire_conn_abort(s->conn);
+		pthread_join(th_ret, NULL);
+	}
+	if (s->failed && q) {
+		/* Whatever happened, the source keeps (or resumes) running the guest. */
+		(void)qmp_execute(q, "migrate_cancel", NULL, NULL, NULL, 0);
+	}
+	oc = s->failed ? s->outcome : PROXY_OK;
+	if (s->failed && s->outcome == PROXY_OK)
+		oc = s->outcome = PROXY_FAILED;
+	if (ret_report)
+		*ret_report = make_report(s, &res, start_ns, tsb_now_ns());
+	if (s->failed)
+		log_error("%s", s->error);
+
+	migctl_result_fini(&res);
+	qs_parser_free(s->parser);
+	qmp_close(q);
+	wire_conn_free(s->conn);
+	wire_tls_free(tls);
+	if (s->qfd >= 0)
+		close(s->qfd);
+	pagecache_free(s->cache);
+	for (i = 0; i < N_JOBS; i++) {
+		wire_pages_builder_fini(&s->jobs[i].pb);
+		tsb_buf_fini(&s->jobs[i].buf);
+	}
+	free(s->readbuf);
+	free(caps_copy);
+	pthread_mutex_destroy(&s->lock);
+	pthread_mutex_destroy(&s->cache_lock);
+	pthread_cond_destroy(&s->cond);
+	free(s);
+	return oc;
+}

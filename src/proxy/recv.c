@@ -19,6 +19,7 @@
 #include "wire/wire.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -461,6 +462,26 @@ static void *return_thread(void *arg)
 	return NULL;
 }
 
+/* Waits until a connection is ready to accept, a signal, or the timeout. */
+static int wait_for_sender(int lfd, volatile int *sig, uint64_t timeout_ms)
+{
+	struct pollfd p = { .fd = lfd, .events = POLLIN };
+	uint64_t start = tsb_now_ns();
+	int r;
+
+	for (;;) {
+		if (*sig)
+			return -EINTR;
+		if (timeout_ms && (tsb_now_ns() - start) / 1000000 > timeout_ms)
+			return -ETIMEDOUT;
+		r = poll(&p, 1, 200);
+		if (r > 0)
+			return 0;
+		if (r < 0 && errno != EINTR)
+			return -errno;
+	}
+}
+
 static int setup_destination(struct qmp *q, bool postcopy, char *err, size_t errlen)
 {
 	json_t *st = NULL, *args;
@@ -520,7 +541,7 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	struct qmp *q = NULL;
 	struct qmp_event ev;
 	pthread_t th_wan, th_ret;
-	bool threads = false;
+	bool threads = false, incoming = false;
 	volatile int sig = 0;
 	char host[256], port[32], err[512] = "", text[96];
 	uint64_t start_ns, resume_ns = 0, cache_pages, t0;
@@ -570,11 +591,17 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	log_info("waiting for the sender on %s", o->listen);
 	/* Accept until a peer authenticates: a stray client does not end us. */
 	for (;;) {
-		r = wire_tcp_accept(lfd, &fd);
-		if (r == -EINTR && sig) {
+		r = wait_for_sender(lfd, &sig, o->c.timeout_ms);
+		if (r == -EINTR) {
 			fail(rc, PROXY_INTERRUPTED, "interrupted while waiting for the sender");
 			goto out;
 		}
+		if (r == -ETIMEDOUT) {
+			fail(rc, PROXY_TIMEOUT, "no sender came within the timeout");
+			goto out;
+		}
+		if (r == 0)
+			r = wire_tcp_accept(lfd, &fd);
 		if (r < 0) {
 			fail(rc, PROXY_FAILED, "accept: %s", strerror(-r));
 			goto out;
@@ -617,6 +644,7 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 		args = json_pack("{s:s}", "uri", "fd:" PROXY_FDNAME);
 		r = qmp_execute(q, "migrate-incoming", args, NULL, err, sizeof(err));
 		json_decref(args);
+		incoming = r == 0;
 	}
 	if (r < 0) {
 		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_QEMU, err);
@@ -688,7 +716,7 @@ out:
 		pthread_join(th_wan, NULL);
 		pthread_join(th_ret, NULL);
 	}
-	if (rc->failed && q) {
+	if (rc->failed && q && incoming) {
 		/* Make sure nothing half-loaded ever runs here. */
 		(void)qmp_execute(q, "quit", NULL, NULL, NULL, 0);
 	}

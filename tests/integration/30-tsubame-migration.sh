@@ -20,6 +20,7 @@ start_wanem "$wan_port" "$recv_port" 400mbit 5ms
 	--report "$T/recv.json" 2>"$T/recv.log" &
 recv_pid=$!
 cleanup_pids+=("$recv_pid")
+wait_listen "$recv_port" 30 || fail "recv did not listen: $(cat "$T/recv.log")"
 
 "$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" --key "$T/key" \
 	--report "$T/send.json" --timeout 300s 2>"$T/send.log" ||

@@ -27,7 +27,7 @@ requires() {
 }
 
 cleanup() {
-	local rc=$? d pid
+	local rc=$? d pid i
 	for d in "${cleanup_vms[@]}"; do
 		pid=$(cat "$d/qemu.pid" 2>/dev/null || true)
 		[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
@@ -35,7 +35,17 @@ cleanup() {
 	for pid in "${cleanup_pids[@]}"; do
 		kill "$pid" 2>/dev/null || true
 	done
+	# Give them 10 s to exit on SIGTERM, then SIGKILL: a hung helper must
+	# not hang the test.
 	for pid in "${cleanup_pids[@]}"; do
+		for ((i = 0; i < 100; i++)); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		if kill -0 "$pid" 2>/dev/null; then
+			log "pid $pid ignored SIGTERM for 10 s: killing it"
+			kill -9 "$pid" 2>/dev/null || true
+		fi
 		wait "$pid" 2>/dev/null || true
 	done
 	if [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ]; then
@@ -60,6 +70,18 @@ free_port() {
 			echo "$p"
 			return 0
 		fi
+	done
+	return 1
+}
+
+# wait_listen PORT [SECONDS]: waits until something listens on TCP PORT
+# (default 10 s); returns 1 on timeout. Use it after starting a server in
+# the background and before anything connects to it.
+wait_listen() {
+	local i
+	for ((i = 0; i < ${2:-10} * 10; i++)); do
+		ss -Htln "sport = :$1" | grep -q . && return 0
+		sleep 0.1
 	done
 	return 1
 }
@@ -102,9 +124,5 @@ start_wanem() {
 	"$WANEM" --listen "127.0.0.1:$1" --connect "127.0.0.1:$2" \
 		--rate "$3" --delay "$4" --stats "$T/wanem-$1.json" &
 	cleanup_pids+=($!)
-	for _ in $(seq 1 50); do
-		ss -Htln "sport = :$1" | grep -q . && return 0
-		sleep 0.1
-	done
-	fail "WAN emulator did not start listening on port $1"
+	wait_listen "$1" 5 || fail "WAN emulator did not start listening on port $1"
 }

@@ -57,6 +57,8 @@ struct receiver {
 	char error[512];
 	atomic_bool sender_closed;	/* clean end of the connection */
 	atomic_bool vm_running;
+	atomic_bool rp_shut;		/* QEMU's SHUT went to the sender */
+	bool shut_parsed;		/* return thread: SHUT seen in the bytes */
 
 	/* Statistics. */
 	uint64_t pages_zero, pages_data, pages_ref, pages_raw, needs, stream_bytes;
@@ -431,10 +433,25 @@ bad:
 	return NULL;
 }
 
-/* QEMU's return path -> RETURN frames, unbatched (postcopy faults wait on them). */
+static int on_rp_msg(void *opaque, const struct qs_rp_msg *m)
+{
+	struct receiver *rc = opaque;
+
+	if (m->type == QS_RP_SHUT)
+		rc->shut_parsed = true;
+	return 0;
+}
+
+/*
+ * QEMU's return path -> RETURN frames, unbatched (postcopy faults wait on
+ * them). The bytes are also parsed, to know when QEMU's SHUT has gone out.
+ */
 static void *return_thread(void *arg)
 {
+	static const struct qs_rp_handlers h = { .msg = on_rp_msg };
 	struct receiver *rc = arg;
+	struct qs_rp_parser *rp = qs_rp_parser_new(&h, rc);
+	bool parsing = rp != NULL;
 	uint8_t buf[16384];
 	struct tsb_buf b;
 	ssize_t n;
@@ -447,6 +464,9 @@ static void *return_thread(void *arg)
 			continue;
 		if (n <= 0)
 			break;
+		/* Only a hint for our shutdown order: relay even what we cannot parse. */
+		if (parsing && qs_rp_parser_feed(rp, buf, n) < 0)
+			parsing = false;
 		tsb_buf_reset(&b);
 		r = wire_encode_run(&b, WIRE_MSG_RETURN, buf, n, NULL);
 		if (r == 0)
@@ -457,8 +477,12 @@ static void *return_thread(void *arg)
 				     strerror(-r));
 			break;
 		}
+		if (rc->shut_parsed)
+			rc->rp_shut = true;
 	}
 	tsb_buf_fini(&b);
+	qs_rp_parser_free(rp);
+	rc->rp_shut = true;
 	return NULL;
 }
 
@@ -694,6 +718,13 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	}
 	if (!rc->failed) {
 		rc->vm_running = true;
+		/*
+		 * QEMU's last word on the return path (SHUT) must reach the
+		 * source before our DONE does.
+		 */
+		t0 = tsb_now_ns();
+		while (!rc->rp_shut && tsb_now_ns() - t0 < 10000000000ull)
+			usleep(5000);
 		snprintf(text, sizeof(text), "destination running resume_ns=%llu",
 			 (unsigned long long)resume_ns);
 		pthread_mutex_lock(&rc->send_lock);

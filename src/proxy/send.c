@@ -80,6 +80,7 @@ struct sender {
 	struct job *free_jobs;
 	struct job *queue_head, *queue_tail;
 	bool queue_closed;
+	int queued;		/* jobs in the queue */
 
 	/* Credits: stream bytes parsed vs written into the destination QEMU. */
 	uint64_t acked;
@@ -177,6 +178,7 @@ static void queue_push(struct sender *s, struct job *j, bool front)
 	} else {
 		s->queue_head = s->queue_tail = j;
 	}
+	s->queued++;
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
 }
@@ -442,18 +444,27 @@ static void *parse_thread(void *arg)
 /* ---- WAN thread: jobs -> frames ---- */
 
 /*
- * Adapts the zstd level: when writing to the link takes longer than
- * compressing, the link is the bottleneck and harder compression pays;
- * when compressing takes longer, the CPU is, and we back off.
+ * Adapts the zstd level. Compression only costs throughput when it is the
+ * bottleneck: the queue of batches is full while compressing a batch takes
+ * longer than writing it. Then back off. When writing to the link takes
+ * much longer than compressing, the link is the bottleneck: compress
+ * harder. (Early writes are fast while socket buffers fill, which is why
+ * the back-off also needs the full queue.)
  */
-static void adapt_level(struct sender *s, uint64_t compress_ns, uint64_t write_ns)
+static void adapt_level(struct sender *s, uint64_t compress_ns, uint64_t write_ns,
+			int queued)
 {
 	if (s->o->zstd_level)
 		return;
-	if (write_ns > 3 * compress_ns && s->level < N_LEVELS - 1)
+	if (queued >= N_JOBS - 2 && compress_ns > 2 * write_ns) {
+		if (s->level > 0)
+			s->level--;
+	} else if (write_ns > 3 * compress_ns && s->level < N_LEVELS - 1) {
 		s->level++;
-	else if (compress_ns > 2 * write_ns && s->level > 0)
-		s->level--;
+	} else if (s->level == 0 && queued < N_JOBS - 2) {
+		/* The source is the bottleneck: compression is free again. */
+		s->level = 1;
+	}
 }
 
 static void account_pages(struct sender *s, const struct job *j, size_t frame_len,
@@ -481,7 +492,7 @@ static void *wan_thread(void *arg)
 	struct tsb_buf out;
 	struct job *j;
 	uint64_t t0, t1, t2;
-	int i, r;
+	int i, r, queued;
 
 	tsb_buf_init(&out);
 	for (i = 1; i < N_LEVELS; i++) {
@@ -507,7 +518,9 @@ static void *wan_thread(void *arg)
 			s->queue_head = j->next;
 			if (!s->queue_head)
 				s->queue_tail = NULL;
+			s->queued--;
 		}
+		queued = s->queued;
 		pthread_mutex_unlock(&s->lock);
 		if (!j || s->failed)
 			break;
@@ -552,11 +565,11 @@ static void *wan_thread(void *arg)
 				raw_entry = j->pb.entries.len - (size_t)j->n_zero * 14 -
 					    (size_t)j->n_ref * 45 - (size_t)j->n_data * 13;
 			account_pages(s, j, out.len, zstd, raw_entry);
-			adapt_level(s, t1 - t0, t2 - t1);
+			adapt_level(s, t1 - t0, t2 - t1, queued);
 		} else if (j->kind == JOB_RUN) {
 			s->wan.stream += out.len;
 			s->wan.stream_in += j->buf.len;
-			adapt_level(s, t1 - t0, t2 - t1);
+			adapt_level(s, t1 - t0, t2 - t1, queued);
 		} else {
 			s->wan.control += out.len;
 		}
@@ -702,8 +715,6 @@ static void *return_thread(void *arg)
 		default:
 			break;
 		}
-		if (s->peer_done)
-			break;
 	}
 	wire_zstd_free(z);
 	tsb_buf_fini(&scratch);

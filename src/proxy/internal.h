@@ -20,10 +20,10 @@ struct qmp;
 /* The receiver acknowledges stream bytes written to its QEMU this often. */
 #define PROXY_ACK_EVERY (512u << 10)
 /* Credit window (stream bytes in flight between the two QEMUs). */
-#define PROXY_WINDOW_MIN (8ull << 20)
+#define PROXY_WINDOW_MIN (4ull << 20)
 #define PROXY_WINDOW_MAX (256ull << 20)
 /* The window holds this much time of the measured end-to-end rate. */
-#define PROXY_WINDOW_MS 400
+#define PROXY_WINDOW_MS 150
 /* Default content cache per side (must be the same on both ends). */
 #define PROXY_CACHE_DEFAULT (1ull << 30)
 /* Read chunk from QEMU. */

@@ -80,7 +80,6 @@ struct sender {
 	struct job *free_jobs;
 	struct job *queue_head, *queue_tail;
 	bool queue_closed;
-	int queued;		/* jobs in the queue */
 
 	/* Credits: stream bytes parsed vs written into the destination QEMU. */
 	uint64_t acked;
@@ -102,6 +101,11 @@ struct sender {
 	uint64_t sections, stream_bytes;
 	uint64_t switchover_ns;	/* device state began (CLOCK_MONOTONIC) */
 	int level;		/* index into zstd_levels */
+	double link_speed;	/* bytes/s the link carries when it is the limit */
+	uint64_t credit_wait_ns; /* parse thread time spent waiting for credits */
+	uint64_t rate_t0_ns, rate_wire0, rate_wait0; /* link sampling interval */
+	uint64_t wire_out;	/* bytes written by the WAN thread */
+	double compress_speed[N_LEVELS], ratio[N_LEVELS]; /* per level (EWMA) */
 	uint64_t level_uses[N_LEVELS];
 };
 
@@ -178,7 +182,6 @@ static void queue_push(struct sender *s, struct job *j, bool front)
 	} else {
 		s->queue_head = s->queue_tail = j;
 	}
-	s->queued++;
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
 }
@@ -375,9 +378,16 @@ static void wait_for_credit(struct sender *s)
 {
 	uint64_t parsed = qs_parser_offset(s->parser);
 
+	uint64_t t0 = 0;
+
 	pthread_mutex_lock(&s->lock);
-	while (!s->failed && parsed > s->acked + s->window)
+	while (!s->failed && parsed > s->acked + s->window) {
+		if (!t0)
+			t0 = tsb_now_ns();
 		pthread_cond_wait(&s->cond, &s->lock);
+	}
+	if (t0)
+		s->credit_wait_ns += tsb_now_ns() - t0;
 	pthread_mutex_unlock(&s->lock);
 }
 
@@ -443,27 +453,68 @@ static void *parse_thread(void *arg)
 
 /* ---- WAN thread: jobs -> frames ---- */
 
-/*
- * Adapts the zstd level. Compression only costs throughput when it is the
- * bottleneck: the queue of batches is full while compressing a batch takes
- * longer than writing it. Then back off. When writing to the link takes
- * much longer than compressing, the link is the bottleneck: compress
- * harder. (Early writes are fast while socket buffers fill, which is why
- * the back-off also needs the full queue.)
- */
-static void adapt_level(struct sender *s, uint64_t compress_ns, uint64_t write_ns,
-			int queued)
+/* Exponentially weighted moving average, weight 1/8 for the new sample. */
+static double ewma(double avg, double sample)
 {
-	if (s->o->zstd_level)
+	return avg ? avg + (sample - avg) / 8 : sample;
+}
+
+/*
+ * Picks the zstd level that moves input bytes fastest: the link drains one
+ * batch while the next is compressed, so level L moves
+ * min(compress_speed[L], link_speed / ratio[L]) bytes per second. On a
+ * slow link the ratio decides and we compress hard; on a fast one (or
+ * loopback) we compress less or not at all, so tsubame is not slower than
+ * sending raw. Levels not in use keep their last estimates.
+ */
+static void adapt_level(struct sender *s, size_t in, size_t out, uint64_t compress_ns)
+{
+	double best = 0;
+	uint64_t now = tsb_now_ns(), dt, wait;
+	int l;
+
+	if (s->o->zstd_level || !in)
 		return;
-	if (queued >= N_JOBS - 2 && compress_ns > 2 * write_ns) {
-		if (s->level > 0)
-			s->level--;
-	} else if (write_ns > 3 * compress_ns && s->level < N_LEVELS - 1) {
-		s->level++;
-	} else if (s->level == 0 && queued < N_JOBS - 2) {
-		/* The source is the bottleneck: compression is free again. */
-		s->level = 1;
+	s->wire_out += out;
+	dt = now - s->rate_t0_ns;
+	if (dt >= 250000000ull) {
+		/*
+		 * When the parse thread waited for credits most of the interval,
+		 * the way to the receiver is the limit: what went out is what
+		 * the link carries. Otherwise the link had room to spare.
+		 */
+		pthread_mutex_lock(&s->lock);
+		wait = s->credit_wait_ns - s->rate_wait0;
+		s->rate_wait0 = s->credit_wait_ns;
+		pthread_mutex_unlock(&s->lock);
+		if (s->rate_t0_ns && wait > dt / 2)
+			s->link_speed = ewma(s->link_speed,
+					     (double)(s->wire_out - s->rate_wire0) * 1e9 / dt);
+		else if (s->rate_t0_ns)
+			s->link_speed *= 1.25; /* room to spare: probe upwards */
+		s->rate_t0_ns = now;
+		s->rate_wire0 = s->wire_out;
+	}
+	if (s->level > 0 && compress_ns) {
+		s->compress_speed[s->level] = ewma(s->compress_speed[s->level],
+						   (double)in * 1e9 / compress_ns);
+		s->ratio[s->level] = ewma(s->ratio[s->level], (double)out / in);
+	}
+	double speed[N_LEVELS];
+
+	for (l = 0; l < N_LEVELS; l++) {
+		speed[l] = s->link_speed / (l == 0 ? 1.0 : s->ratio[l]);
+		if (l > 0 && s->compress_speed[l] < speed[l])
+			speed[l] = s->compress_speed[l];
+		if (speed[l] > best)
+			best = speed[l];
+	}
+	/* WAN bytes are the scarce thing: the hardest level within 10% of the best. */
+	for (l = N_LEVELS - 1; l >= 0; l--) {
+		if (speed[l] >= 0.9 * best) {
+			s->level = l;
+			break;
+		}
 	}
 }
 
@@ -491,8 +542,8 @@ static void *wan_thread(void *arg)
 	struct wire_zstd *z[N_LEVELS] = { NULL };
 	struct tsb_buf out;
 	struct job *j;
-	uint64_t t0, t1, t2;
-	int i, r, queued;
+	uint64_t t0, t1;
+	int i, r;
 
 	tsb_buf_init(&out);
 	for (i = 1; i < N_LEVELS; i++) {
@@ -518,9 +569,7 @@ static void *wan_thread(void *arg)
 			s->queue_head = j->next;
 			if (!s->queue_head)
 				s->queue_tail = NULL;
-			s->queued--;
 		}
-		queued = s->queued;
 		pthread_mutex_unlock(&s->lock);
 		if (!j || s->failed)
 			break;
@@ -546,7 +595,6 @@ static void *wan_thread(void *arg)
 		}
 		t1 = tsb_now_ns();
 		r = wire_conn_write(s->conn, out.data, out.len);
-		t2 = tsb_now_ns();
 		if (r < 0) {
 			fail(s, proxy_outcome_of_errno(r), "sending to the receiver: %s",
 			     wire_conn_errmsg(s->conn)[0] ? wire_conn_errmsg(s->conn)
@@ -565,11 +613,11 @@ static void *wan_thread(void *arg)
 				raw_entry = j->pb.entries.len - (size_t)j->n_zero * 14 -
 					    (size_t)j->n_ref * 45 - (size_t)j->n_data * 13;
 			account_pages(s, j, out.len, zstd, raw_entry);
-			adapt_level(s, t1 - t0, t2 - t1, queued);
+			adapt_level(s, j->pb.entries.len + j->pb.literal.len, out.len,
+				    t1 - t0);
 		} else if (j->kind == JOB_RUN) {
 			s->wan.stream += out.len;
 			s->wan.stream_in += j->buf.len;
-			adapt_level(s, t1 - t0, t2 - t1, queued);
 		} else {
 			s->wan.control += out.len;
 		}
@@ -905,6 +953,12 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 	s->qfd = -1;
 	s->window = PROXY_WINDOW_MIN;
 	s->level = 1;
+	/* Starting guesses for half-compressible memory; measured from then on. */
+	s->link_speed = 12.5e6;
+	s->compress_speed[1] = 400e6;
+	s->ratio[1] = 0.55;
+	s->compress_speed[2] = 150e6;
+	s->ratio[2] = 0.5;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_mutex_init(&s->cache_lock, NULL);
 	pthread_cond_init(&s->cond, NULL);

@@ -9,6 +9,13 @@ enum {
 	TSB_EXIT_USAGE = 2,
 };
 
+/*
+ * Prints "tsubame CMD: <message>; try 'tsubame CMD --help'" to stderr and
+ * returns TSB_EXIT_USAGE.
+ */
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
 int cmd_vm(int argc, char **argv);
 int cmd_qmp(int argc, char **argv);
 int cmd_migrate_native(int argc, char **argv);

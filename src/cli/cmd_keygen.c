@@ -30,20 +30,7 @@ static void keygen_usage(FILE *f)
 		WIRE_KEY_MAGIC, WIRE_KEY_ID_MAX);
 }
 
-static int usage_error(const char *fmt, ...)
-	__attribute__((format(printf, 1, 2)));
-
-static int usage_error(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "tsubame keygen: ");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "; try 'tsubame keygen --help'\n");
-	return TSB_EXIT_USAGE;
-}
+#define usage_error(...) cli_usage_error("keygen", __VA_ARGS__)
 
 enum {
 	OPT_ID = 256,

@@ -36,20 +36,7 @@ static void qmp_usage(FILE *f)
 "Exit: 0 success, 1 failure or QMP error (QEMU's message on stderr), 2 usage.\n");
 }
 
-static int usage_error(const char *fmt, ...)
-	__attribute__((format(printf, 1, 2)));
-
-static int usage_error(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "tsubame qmp: ");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "; try 'tsubame qmp --help'\n");
-	return TSB_EXIT_USAGE;
-}
+#define usage_error(...) cli_usage_error("qmp", __VA_ARGS__)
 
 enum {
 	OPT_QMP = 256, OPT_DIR, OPT_EVENTS, OPT_TIMEOUT, OPT_PRETTY,

@@ -87,20 +87,6 @@ static const struct option options[] = {
 	{}
 };
 
-static int usage_error(const char *cmd, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-
-static int usage_error(const char *cmd, const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "tsubame %s: ", cmd);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "\nTry 'tsubame %s --help'.\n", cmd);
-	return TSB_EXIT_USAGE;
-}
 
 struct parsed {
 	struct proxy_common_options c;
@@ -128,18 +114,18 @@ static int parse(const char *cmd, bool send, int argc, char **argv, struct parse
 		case OPT_REPORT: p->c.report_path = optarg; break;
 		case OPT_TIMEOUT:
 			if (tsb_parse_duration(optarg, &v) < 0)
-				return usage_error(cmd, "bad --timeout '%s'", optarg);
+				return cli_usage_error(cmd, "bad --timeout '%s'", optarg);
 			p->c.timeout_ms = v / 1000000;
 			break;
 		case OPT_STALL:
 			if (tsb_parse_duration(optarg, &v) < 0)
-				return usage_error(cmd, "bad --stall-timeout '%s'", optarg);
+				return cli_usage_error(cmd, "bad --stall-timeout '%s'", optarg);
 			p->c.stall_ms = v / 1000000;
 			break;
 		case OPT_CACHE:
 			if (tsb_parse_size(optarg, &p->c.cache_bytes) < 0 ||
 			    p->c.cache_bytes < (1u << 20))
-				return usage_error(cmd, "bad --cache '%s' (at least 1M)", optarg);
+				return cli_usage_error(cmd, "bad --cache '%s' (at least 1M)", optarg);
 			break;
 		case OPT_PROGRESS: p->c.progress = true; break;
 		case OPT_NO_PROGRESS: p->c.progress = false; break;
@@ -157,31 +143,31 @@ static int parse(const char *cmd, bool send, int argc, char **argv, struct parse
 		case OPT_POSTCOPY_AFTER:
 		case OPT_ZSTD:
 			if (!send)
-				return usage_error(cmd, "option --%s is for 'tsubame send'",
+				return cli_usage_error(cmd, "option --%s is for 'tsubame send'",
 						   options[c - OPT_QMP].name);
 			if (c == OPT_TO)
 				p->to = optarg;
 			else if (c == OPT_CAPS)
 				p->caps = optarg;
 			else if (c == OPT_MAX_BW && tsb_parse_rate(optarg, &p->max_bw) < 0)
-				return usage_error(cmd, "bad --max-bandwidth '%s'", optarg);
+				return cli_usage_error(cmd, "bad --max-bandwidth '%s'", optarg);
 			else if (c == OPT_DOWNTIME &&
 				 tsb_parse_u64(optarg, 1, 2000000, &p->downtime) < 0)
-				return usage_error(cmd, "bad --downtime-limit '%s'", optarg);
+				return cli_usage_error(cmd, "bad --downtime-limit '%s'", optarg);
 			else if (c == OPT_POSTCOPY_AFTER) {
 				if (tsb_parse_duration(optarg, &v) < 0 || v < 1000000)
-					return usage_error(cmd, "bad --postcopy-after '%s'", optarg);
+					return cli_usage_error(cmd, "bad --postcopy-after '%s'", optarg);
 				p->postcopy_after = v / 1000000;
 			} else if (c == OPT_ZSTD) {
 				if (tsb_parse_u64(optarg, 0, 19, &v) < 0)
-					return usage_error(cmd, "bad --zstd-level '%s' (0 = off, 1-19)",
+					return cli_usage_error(cmd, "bad --zstd-level '%s' (0 = off, 1-19)",
 							   optarg);
 				p->zstd_level = v ? (int)v : -1;
 			}
 			break;
 		case OPT_LISTEN:
 			if (send)
-				return usage_error(cmd, "option --listen is for 'tsubame recv'");
+				return cli_usage_error(cmd, "option --listen is for 'tsubame recv'");
 			p->listen = optarg;
 			break;
 		default:
@@ -190,15 +176,15 @@ static int parse(const char *cmd, bool send, int argc, char **argv, struct parse
 		}
 	}
 	if (optind < argc)
-		return usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+		return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
 	if (!p->c.qmp_path)
-		return usage_error(cmd, "--qmp is required");
+		return cli_usage_error(cmd, "--qmp is required");
 	if (send && !p->to)
-		return usage_error(cmd, "--to HOST:PORT is required");
+		return cli_usage_error(cmd, "--to HOST:PORT is required");
 	if (!send && !p->listen)
-		return usage_error(cmd, "--listen HOST:PORT is required");
+		return cli_usage_error(cmd, "--listen HOST:PORT is required");
 	if (!p->c.key_path && !(p->c.cert && p->c.cert_key && p->c.ca))
-		return usage_error(cmd, "--key FILE (or --cert, --cert-key and --ca) is required");
+		return cli_usage_error(cmd, "--key FILE (or --cert, --cert-key and --ca) is required");
 	return 0;
 }
 

@@ -76,21 +76,7 @@ static void vm_usage(FILE *f)
 "Exit: 0 success, 1 failure (reason on stderr), 2 usage error.\n");
 }
 
-static int usage_error(const char *fmt, ...)
-	__attribute__((format(printf, 1, 2)));
-
-/* Prints one line about a usage error; returns TSB_EXIT_USAGE. */
-static int usage_error(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "tsubame vm: ");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "; try 'tsubame vm --help'\n");
-	return TSB_EXIT_USAGE;
-}
+#define usage_error(...) cli_usage_error("vm", __VA_ARGS__)
 
 /* Reports a getopt failure ('?' or ':'); always returns TSB_EXIT_USAGE. */
 static int bad_option(char **argv, int c)

@@ -71,8 +71,7 @@ static const char *next_field(const char **p, const char *end, size_t *ret_len)
 	return *ret_len ? s : NULL;
 }
 
-/* Parses the one key line; 0 or -EBADMSG. */
-static int parse_key(const char *buf, size_t len, struct wire_key *k)
+int wire_key_parse(const char *buf, size_t len, struct wire_key *k)
 {
 	const char *p = buf, *end = buf + len, *line_end, *f;
 	size_t n, i;
@@ -171,7 +170,7 @@ int wire_key_load(const char *path, struct wire_key *ret, char *msg,
 		return fail(msg, msglen, -EBADMSG,
 			    "key file %s is too large to be a tsubame key", path);
 	}
-	err = parse_key(buf, len, &k);
+	err = wire_key_parse(buf, len, &k);
 	OPENSSL_cleanse(buf, sizeof(buf));
 	if (err) {
 		wire_key_wipe(&k);

@@ -52,6 +52,12 @@ struct wire_key {
 int wire_key_load(const char *path, struct wire_key *ret, char *msg,
 		  size_t msglen);
 /*
+ * Parses the text of a key file (len bytes, no NUL needed): blank lines and
+ * '#' comments, then one line "tsubame-psk-v1 <key-id> <64 hex digits>".
+ * 0 or -EBADMSG; *ret may be partly written on failure (wipe it).
+ */
+int wire_key_parse(const char *buf, size_t len, struct wire_key *ret);
+/*
  * Writes a new random key to path (created with O_EXCL, mode 0600;
  * -EEXIST if it exists). key_id: 1..WIRE_KEY_ID_MAX printable characters
  * without spaces, or NULL for a random one. msg as for wire_key_load().

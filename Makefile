@@ -23,7 +23,7 @@ build-san: deps $(BUILD_SAN)/build.ninja
 	ninja -C $(BUILD_SAN)
 
 guest: deps
-	@scripts/build-guest --out $(GUEST)
+	@scripts/build-guest --out $(GUEST) >/dev/null
 
 # Every test: unit and fuzz-corpus replays in the normal and the sanitizer
 # build, bounded libFuzzer runs, and integration tests with real QEMU guests

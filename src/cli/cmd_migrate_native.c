@@ -7,10 +7,12 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void usage(FILE *f)
 {
@@ -37,6 +39,7 @@ static void usage(FILE *f)
 		"  --postcopy-after DUR      switch to postcopy after this long, e.g. 5s\n"
 		"  --timeout DUR             cancel if not done by then (default 600s)\n"
 		"  --report FILE             write the result as JSON to FILE\n"
+		"  --progress, --no-progress a progress line on stderr (default: on a TTY)\n"
 		"  -v, --verbose             more log output\n"
 		"  -h, --help                show this help\n"
 		"\n"
@@ -59,6 +62,8 @@ enum {
 	OPT_POSTCOPY_AFTER,
 	OPT_TIMEOUT,
 	OPT_REPORT,
+	OPT_PROGRESS,
+	OPT_NO_PROGRESS,
 };
 
 static const struct option options[] = {
@@ -75,23 +80,40 @@ static const struct option options[] = {
 	{ "postcopy-after", required_argument, NULL, OPT_POSTCOPY_AFTER },
 	{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 	{ "report", required_argument, NULL, OPT_REPORT },
+	{ "progress", no_argument, NULL, OPT_PROGRESS },
+	{ "no-progress", no_argument, NULL, OPT_NO_PROGRESS },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, 'h' },
 	{}
 };
 
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+#define usage_error(...) cli_usage_error("migrate-native", __VA_ARGS__)
 
-static int usage_error(const char *fmt, ...)
+struct progress {
+	uint64_t start_ns;
+	bool shown;
+};
+
+/* migctl tick: one carriage-return line from the source's statistics. */
+static void progress_tick(void *opaque, json_t *stats)
 {
-	va_list ap;
+	struct progress *p = opaque;
+	json_t *ram = json_object_get(stats, "ram");
+	const char *st = json_string_value(json_object_get(stats, "status"));
+	json_int_t pass, remaining, total, sent;
+	double secs = (tsb_now_ns() - p->start_ns) / 1e9;
 
-	fprintf(stderr, "tsubame migrate-native: ");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "\nTry 'tsubame migrate-native --help'.\n");
-	return TSB_EXIT_USAGE;
+	if (!ram)
+		return;
+	pass = json_integer_value(json_object_get(ram, "dirty-sync-count"));
+	remaining = json_integer_value(json_object_get(ram, "remaining"));
+	total = json_integer_value(json_object_get(ram, "total"));
+	sent = json_integer_value(json_object_get(ram, "transferred"));
+	fprintf(stderr, "\rmigrate-native: %5.1f s  %-9s pass %lld  sent %.1f MB  "
+		"%.1f Mbit/s  remaining %.1f of %.1f MB   ", secs, st ? st : "?",
+		(long long)pass, sent / 1e6, secs > 0 ? sent * 8 / secs / 1e6 : 0.0,
+		remaining / 1e6, total / 1e6);
+	p->shown = true;
 }
 
 int cmd_migrate_native(int argc, char **argv)
@@ -103,6 +125,8 @@ int cmd_migrate_native(int argc, char **argv)
 	struct qmp *src = NULL, *dst = NULL;
 	char *caps_copy = NULL, err[512] = "";
 	json_t *out = NULL;
+	struct progress prog = { 0 };
+	bool show_progress = isatty(STDERR_FILENO);
 	uint64_t v;
 	int c, r, rc = TSB_EXIT_FAILED;
 
@@ -162,6 +186,12 @@ int cmd_migrate_native(int argc, char **argv)
 		case OPT_REPORT:
 			report = optarg;
 			break;
+		case OPT_PROGRESS:
+			show_progress = true;
+			break;
+		case OPT_NO_PROGRESS:
+			show_progress = false;
+			break;
 		case 'v':
 			tsb_log_set_level(TSB_LOG_DEBUG);
 			break;
@@ -204,7 +234,14 @@ int cmd_migrate_native(int argc, char **argv)
 		log_error("source refused the setup: %s", err[0] ? err : strerror(-r));
 		goto out;
 	}
+	if (show_progress) {
+		prog.start_ns = tsb_now_ns();
+		opts.tick = progress_tick;
+		opts.tick_opaque = &prog;
+	}
 	r = migctl_run(src, dst, &opts, uri, &res);
+	if (prog.shown)
+		fputc('\n', stderr);
 	out = migctl_result_to_json(&res);
 	json_object_set_new(out, "mode", json_string("native"));
 	if (r == 0)

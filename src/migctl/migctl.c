@@ -149,6 +149,18 @@ static const char *query_status(struct qmp *src, json_t **stats)
 	r = qmp_execute(src, "query-migrate", NULL, &ret, NULL, 0);
 	if (r < 0)
 		return NULL;
+	/*
+	 * A cancelled or failed migration reports no counters any more: keep
+	 * the last ones seen, so a report still says what was sent.
+	 */
+	if (*stats && !json_object_get(ret, "ram")) {
+		static const char *const keep[] = { "ram", "xbzrle-cache",
+			"cpu-throttle-percentage", "total-time" };
+
+		for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++)
+			if (json_object_get(*stats, keep[i]) && !json_object_get(ret, keep[i]))
+				json_object_set(ret, keep[i], json_object_get(*stats, keep[i]));
+	}
 	json_decref(*stats);
 	*stats = ret;
 	return json_string_value(json_object_get(ret, "status"));
@@ -189,6 +201,7 @@ int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *op
 	json_decref(args);
 	if (r < 0) {
 		snprintf(res->status, sizeof(res->status), "failed");
+		res->wall_ms = (tsb_now_ns() - start) / 1000000;
 		return -EIO;
 	}
 
@@ -206,6 +219,7 @@ int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *op
 				snprintf(res->status, sizeof(res->status), "failed");
 				snprintf(res->error, sizeof(res->error),
 					 "source QEMU stopped answering");
+				res->wall_ms = (tsb_now_ns() - start) / 1000000;
 				return -EIO;
 			}
 		}
@@ -219,6 +233,7 @@ int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *op
 				 desc ? desc : w.dst_failed ? "destination failed" : st);
 			if (w.dst_failed && strcmp(st, "failed"))
 				cancel_and_wait(src, res, &w);
+			res->wall_ms = (tsb_now_ns() - start) / 1000000;
 			return -EIO;
 		}
 		if (!strcmp(st, "completed")) {
@@ -230,6 +245,7 @@ int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *op
 				snprintf(res->status, sizeof(res->status), "failed");
 				snprintf(res->error, sizeof(res->error),
 					 "source completed but the destination did not resume");
+				res->wall_ms = (tsb_now_ns() - start) / 1000000;
 				return -EIO;
 			}
 		}
@@ -240,6 +256,7 @@ int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *op
 			cancel_and_wait(src, res, &w);
 			res->stop_ns = w.stop_ns;
 			snprintf(res->status, sizeof(res->status), "cancelled");
+			res->wall_ms = (tsb_now_ns() - start) / 1000000;
 			return -ECANCELED;
 		}
 		if (opts->postcopy_after_ms && !res->postcopy && !strcmp(st, "active") &&
@@ -259,6 +276,7 @@ int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *op
 			snprintf(res->error, sizeof(res->error),
 				 "did not converge within %llu ms; cancelled",
 				 (unsigned long long)opts->timeout_ms);
+			res->wall_ms = (tsb_now_ns() - start) / 1000000;
 			return -ETIMEDOUT;
 		}
 	}
@@ -271,6 +289,12 @@ int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *op
 		res->wall_ms = (w.resume_ns - start_wall) / 1000000;
 	else
 		res->wall_ms = (tsb_now_ns() - start) / 1000000;
+	/*
+	 * Postcopy: the destination resumes at the switchover and pulls the
+	 * rest afterwards; the migration ends when the source completes.
+	 */
+	if (res->postcopy && completed_at > res->wall_ms)
+		res->wall_ms = completed_at;
 	if (w.stop_ns && w.resume_ns && w.resume_ns >= w.stop_ns)
 		res->downtime_ms = (int64_t)((w.resume_ns - w.stop_ns) / 1000000);
 	return 0;

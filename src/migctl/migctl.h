@@ -45,7 +45,11 @@ struct migctl_options {
 struct migctl_result {
 	char status[32];	 /* completed, failed, cancelled, timeout */
 	char error[256];	 /* QEMU's error-desc or ours */
-	uint64_t wall_ms;	 /* migrate command to destination RESUME */
+	/*
+	 * migrate command to destination RESUME (postcopy: to the source's
+	 * completion; not completed: to the end, cancel included)
+	 */
+	uint64_t wall_ms;
 	int64_t downtime_ms;	 /* source STOP to destination RESUME; -1 unknown */
 	bool postcopy;		 /* switched to postcopy */
 	uint64_t stop_ns;	 /* source STOP event (CLOCK_REALTIME), 0 if none */

@@ -30,6 +30,7 @@ static const struct msg_info msg_info[WIRE_MSG_MAX + 1] = {
 	[WIRE_MSG_ACK] = { "ACK", 0, SND | RCV },
 	[WIRE_MSG_PING] = { "PING", 0, SND | RCV },
 	[WIRE_MSG_PONG] = { "PONG", 0, SND | RCV },
+	[WIRE_MSG_SUMMARY] = { "SUMMARY", 0, RCV },
 };
 
 static const struct msg_info *info_of(uint8_t type)

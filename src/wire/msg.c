@@ -371,6 +371,45 @@ static int decode_hashdata(struct tsb_reader *r, uint8_t flags,
 			     (size_t)h->count * h->obj_size);
 }
 
+static int decode_summary(struct tsb_reader *r, struct wire_summary *s)
+{
+	unsigned i;
+	int err;
+
+	s->store_gen = tsb_get_be64(r);
+	s->n_images = tsb_get_u8(r);
+	if (r->err)
+		return r->err;
+	if (s->n_images > WIRE_MAX_IMAGES)
+		return -EMSGSIZE;
+	for (i = 0; i < s->n_images; i++) {
+		err = get_id(r, WIRE_MAX_ID, &s->images[i]);
+		if (err)
+			return err;
+		if (!s->images[i].len)
+			return -EBADMSG;
+	}
+	s->n_filters = tsb_get_u8(r);
+	if (r->err)
+		return r->err;
+	if (s->n_filters > WIRE_MAX_FILTERS)
+		return -EMSGSIZE;
+	for (i = 0; i < s->n_filters; i++) {
+		s->filters[i].source = tsb_get_u8(r);
+		s->filters[i].len = tsb_get_be32(r);
+		if (r->err)
+			return r->err;
+		if (!s->filters[i].len)
+			return -EBADMSG;
+		if (s->filters[i].len > WIRE_MAX_FILTER)
+			return -EMSGSIZE;
+		s->filters[i].data = tsb_get_bytes(r, s->filters[i].len);
+		if (r->err)
+			return r->err;
+	}
+	return 0;
+}
+
 static int decode_status(struct tsb_reader *r, struct wire_status *s)
 {
 	const uint8_t *p;
@@ -451,6 +490,9 @@ int wire_msg_decode(uint8_t type, uint8_t flags, const uint8_t *payload,
 	case WIRE_MSG_PONG:
 		m.u.ping = tsb_get_be64(&r);
 		err = r.err;
+		break;
+	case WIRE_MSG_SUMMARY:
+		err = decode_summary(&r, &m.u.summary);
 		break;
 	default:
 		return -EOPNOTSUPP;
@@ -711,6 +753,41 @@ int wire_encode_run(struct tsb_buf *out, uint8_t type, const void *data,
 	start = frame_begin(out, type, 0);
 	err = put_bulk(out, start, data, len, z);
 	return frame_end(out, start, err);
+}
+
+int wire_encode_summary(struct tsb_buf *out, const struct wire_summary *s)
+{
+	size_t start, total = 8 + 2, i;
+
+	if (s->n_images > WIRE_MAX_IMAGES || s->n_filters > WIRE_MAX_FILTERS)
+		return -EINVAL;
+	for (i = 0; i < s->n_images; i++) {
+		if (!s->images[i].len || s->images[i].len > WIRE_MAX_ID ||
+		    !id_ok((const uint8_t *)s->images[i].p, s->images[i].len))
+			return -EINVAL;
+		total += 1 + s->images[i].len;
+	}
+	for (i = 0; i < s->n_filters; i++) {
+		if (!s->filters[i].len || s->filters[i].len > WIRE_MAX_FILTER)
+			return -EINVAL;
+		total += 5 + s->filters[i].len;
+	}
+	if (total > WIRE_MAX_PAYLOAD)
+		return -EMSGSIZE;
+	start = frame_begin(out, WIRE_MSG_SUMMARY, 0);
+	tsb_buf_put_be64(out, s->store_gen);
+	tsb_buf_put_u8(out, s->n_images);
+	for (i = 0; i < s->n_images; i++) {
+		tsb_buf_put_u8(out, (uint8_t)s->images[i].len);
+		tsb_buf_append(out, s->images[i].p, s->images[i].len);
+	}
+	tsb_buf_put_u8(out, s->n_filters);
+	for (i = 0; i < s->n_filters; i++) {
+		tsb_buf_put_u8(out, s->filters[i].source);
+		tsb_buf_put_be32(out, s->filters[i].len);
+		tsb_buf_append(out, s->filters[i].data, s->filters[i].len);
+	}
+	return frame_end(out, start, 0);
 }
 
 int wire_encode_need(struct tsb_buf *out, const uint8_t (*hashes)[WIRE_HASH_LEN],

@@ -45,6 +45,9 @@ struct wire_zstd;
 #define WIRE_MAX_ID 64
 /* Content filter summary in HELLO. */
 #define WIRE_MAX_FILTER (4u << 20)
+/* Image ids and content filters in SUMMARY. */
+#define WIRE_MAX_IMAGES 16
+#define WIRE_MAX_FILTERS 4
 /* Text in DONE, CANCEL and ERROR. */
 #define WIRE_MAX_TEXT 1024
 /* RAM blocks per BLOCKS message; block indices are < this. */
@@ -69,7 +72,8 @@ enum wire_msg_type {
 	WIRE_MSG_ACK = 13,
 	WIRE_MSG_PING = 14,
 	WIRE_MSG_PONG = 15,
-	WIRE_MSG_MAX = WIRE_MSG_PONG,
+	WIRE_MSG_SUMMARY = 16,
+	WIRE_MSG_MAX = WIRE_MSG_SUMMARY,
 };
 
 /* Frame flags. */
@@ -91,6 +95,7 @@ enum {
 	WIRE_CAP_XBZRLE = 1u << 3,   /* RAW entries carrying QEMU XBZRLE records */
 	WIRE_CAP_POSTCOPY = 1u << 4, /* postcopy with a relayed return path */
 	WIRE_CAP_ACK = 1u << 5,      /* ACK credit flow control */
+	WIRE_CAP_STORE = 1u << 6,    /* the receiver sends SUMMARY after HELLO */
 };
 
 /* Page entry encodings in PAGES. */
@@ -270,6 +275,25 @@ struct wire_progress {
 	uint64_t remaining;     /* QEMU's estimate of bytes still to send, or 0 */
 };
 
+/* Where content a SUMMARY filter describes lives at the receiver. */
+enum wire_source {
+	WIRE_SRC_STORE = 1,	/* the receiver's store (this tenant) */
+	WIRE_SRC_DISK = 2,	/* blocks of local disk images */
+};
+
+/* SUMMARY: what the receiver can rebuild locally. */
+struct wire_summary {
+	uint64_t store_gen;
+	uint8_t n_images;	/* images of this VM the receiver holds */
+	struct wire_str images[WIRE_MAX_IMAGES];
+	uint8_t n_filters;
+	struct {
+		uint8_t source;	/* enum wire_source; others are ignored */
+		const uint8_t *data; /* opaque to the wire layer */
+		uint32_t len;	/* 1..WIRE_MAX_FILTER */
+	} filters[WIRE_MAX_FILTERS];
+};
+
 struct wire_msg {
 	uint8_t type;
 	uint8_t flags;
@@ -284,6 +308,7 @@ struct wire_msg {
 		struct wire_progress progress;
 		uint64_t ack;               /* ACK: bytes consumed */
 		uint64_t ping;              /* PING, PONG: token */
+		struct wire_summary summary;
 	} u;
 };
 
@@ -344,6 +369,8 @@ int wire_encode_blocks(struct tsb_buf *out, const struct wire_block *blocks,
  */
 int wire_encode_run(struct tsb_buf *out, uint8_t type, const void *data,
 		    size_t len, struct wire_zstd *z);
+/* SUMMARY from s (views must stay valid for the call). */
+int wire_encode_summary(struct tsb_buf *out, const struct wire_summary *s);
 int wire_encode_need(struct tsb_buf *out, const uint8_t (*hashes)[WIRE_HASH_LEN],
 		     size_t count);
 /*

@@ -838,6 +838,61 @@ static void test_need_hashdata(void **state)
 
 /* ---- control messages ---- */
 
+static void test_summary(void **state)
+{
+	struct wire_summary in = { 0 };
+	uint8_t f1[20], f2[3];
+	struct tsb_buf b;
+	struct wire_msg m;
+
+	memset(f1, 0xa5, sizeof(f1));
+	memset(f2, 0x5a, sizeof(f2));
+	in.store_gen = 42;
+	in.n_images = 2;
+	in.images[0].p = "img-1";
+	in.images[0].len = 5;
+	in.images[1].p = "x";
+	in.images[1].len = 1;
+	in.n_filters = 2;
+	in.filters[0].source = WIRE_SRC_STORE;
+	in.filters[0].data = f1;
+	in.filters[0].len = sizeof(f1);
+	in.filters[1].source = WIRE_SRC_DISK;
+	in.filters[1].data = f2;
+	in.filters[1].len = sizeof(f2);
+	tsb_buf_init(&b);
+	assert_int_equal(wire_encode_summary(&b, &in), 0);
+	assert_int_equal(decode_buf(&b, &m), 0);
+	assert_int_equal(m.type, WIRE_MSG_SUMMARY);
+	assert_int_equal(m.u.summary.store_gen, 42);
+	assert_int_equal(m.u.summary.n_images, 2);
+	assert_memory_equal(m.u.summary.images[0].p, "img-1", 5);
+	assert_int_equal(m.u.summary.n_filters, 2);
+	assert_int_equal(m.u.summary.filters[1].source, WIRE_SRC_DISK);
+	assert_int_equal(m.u.summary.filters[0].len, sizeof(f1));
+	assert_memory_equal(m.u.summary.filters[0].data, f1, sizeof(f1));
+	assert_truncations_fail(&b);
+	assert_trailing_fails(&b);
+	/* Only a receiver sends it. */
+	assert_false(wire_msg_role_ok(WIRE_MSG_SUMMARY, WIRE_ROLE_SENDER));
+	assert_true(wire_msg_role_ok(WIRE_MSG_SUMMARY, WIRE_ROLE_RECEIVER));
+	/* Too many images; an empty id; a space in an id. */
+	b.data[WIRE_HDR_LEN + 8] = WIRE_MAX_IMAGES + 1;
+	assert_int_equal(decode_buf(&b, &m), -EMSGSIZE);
+	b.data[WIRE_HDR_LEN + 8] = 2;
+	b.data[WIRE_HDR_LEN + 9 + 1] = ' ';
+	assert_int_equal(decode_buf(&b, &m), -EBADMSG);
+	in.images[1].len = 0;
+	tsb_buf_reset(&b);
+	assert_int_equal(wire_encode_summary(&b, &in), -EINVAL);
+	in.n_images = 0;
+	in.n_filters = 0;
+	tsb_buf_reset(&b);
+	assert_int_equal(wire_encode_summary(&b, &in), 0);
+	assert_int_equal(decode_buf(&b, &m), 0);
+	tsb_buf_fini(&b);
+}
+
 static void test_control_messages(void **state)
 {
 	static const uint8_t types[] = { WIRE_MSG_DONE, WIRE_MSG_CANCEL,
@@ -1078,6 +1133,7 @@ int main(void)
 		cmocka_unit_test(test_pages_refusals),
 		cmocka_unit_test(test_pages_builder_caps),
 		cmocka_unit_test(test_need_hashdata),
+		cmocka_unit_test(test_summary),
 		cmocka_unit_test(test_control_messages),
 		cmocka_unit_test(test_decoder_chunks),
 		cmocka_unit_test(test_decoder_errors_sticky),

@@ -497,6 +497,22 @@ static int ix_grow(struct store_index *x)
 	return 0;
 }
 
+/* Makes room for n entries without growing (on an empty index). */
+static int ix_reserve(struct store_index *x, size_t n)
+{
+	size_t cap = x->cap;
+
+	if (x->n)
+		return 0;
+	while (cap < SIZE_MAX / 8 && n * 4 > cap * 3)
+		cap *= 2;
+	if (cap == x->cap)
+		return 0;
+	free(x->e);
+	x->e = NULL;
+	return ix_init(x, cap);
+}
+
 /* Inserts or (replace) moves an entry. */
 static int ix_put(struct store_index *x, const uint8_t *hash, uint32_t pack,
 		  uint32_t rec, bool replace)
@@ -908,7 +924,8 @@ static int list_packs(struct store *s, struct pack_scan **ret, size_t *ret_n)
 		free(ps);
 		return r;
 	}
-	qsort(ps, n, sizeof(*ps), cmp_scan);
+	if (n)
+		qsort(ps, n, sizeof(*ps), cmp_scan);
 	*ret = ps;
 	*ret_n = n;
 	return 0;
@@ -998,7 +1015,7 @@ static int recover(struct store *s)
 	c.ps = ps;
 	c.n = n;
 	r = store_read_file(path, STORE_INDEX_MAX_FILE, &ck, &ck_len);
-	if (r == 0)
+	if (r == 0 && (r = ix_reserve(&s->idx, ck_len / 40)) == 0)
 		r = store_index_parse(ck, ck_len, ckpt_pack, ckpt_ent, &c);
 	free(ck);
 	if (r == -ENOMEM)

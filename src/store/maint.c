@@ -129,10 +129,11 @@ int store_evict(struct store **hs, size_t n, uint64_t cap_bytes,
 			struct store_image *im;
 			struct cand *nc;
 
-			if (store_image_load(s, v[k].id, &im))
-				continue;
-			store_image_for_each_hash(im, ref_fn, &c);
-			store_image_free(im);
+			/* A damaged image names nothing but may still go. */
+			if (store_image_load(s, v[k].id, &im) == 0) {
+				store_image_for_each_hash(im, ref_fn, &c);
+				store_image_free(im);
+			}
 			if (i == 0 && pin && !strcmp(pin, v[k].id))
 				continue;
 			nc = reallocarray(cands, n_cands + 1, sizeof(*cands));

@@ -1277,8 +1277,13 @@ int store_get(struct store *s, const uint8_t hash[STORE_HASH_LEN],
 	if (!p) {
 		bad = true;
 	} else if (p == cur && (flushed = p->len / STORE_REC_SIZE) <= rec) {
-		const uint8_t *src = s->wbuf + (size_t)(rec - flushed) * STORE_REC_SIZE;
+		const uint8_t *src;
 
+		if (rec - flushed >= s->wbuf_n) {
+			pthread_mutex_unlock(&s->mu);
+			return -EIO;	/* cannot happen: the index is ahead */
+		}
+		src = s->wbuf + (size_t)(rec - flushed) * STORE_REC_SIZE;
 		memcpy(hdr, src, STORE_REC_HDR);
 		memcpy(out, src + STORE_REC_HDR, STORE_PAGE_SIZE);
 	} else {

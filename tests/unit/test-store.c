@@ -8,6 +8,7 @@
 #include <ftw.h>
 #include <inttypes.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -818,6 +819,56 @@ static void test_compaction_crash_leftovers(void **state)
 	store_close(s);
 }
 
+struct thr {
+	struct store *s;
+	uint32_t seed;
+	int failures;
+};
+
+static void *thr_main(void *arg)
+{
+	struct thr *t = arg;
+	uint8_t page[4096], hash[32], out[4096];
+
+	for (uint32_t i = 0; i < 800; i++) {
+		make_page(t->seed, i, page, hash);
+		if (store_put(t->s, hash, page))
+			t->failures++;
+		/* Read back one of ours and one of the other thread's. */
+		make_page(t->seed, i / 2, page, hash);
+		if (store_get(t->s, hash, out) || memcmp(out, page, 4096))
+			t->failures++;
+		make_page(t->seed ^ 1, i / 3, page, hash);
+		if (store_has(t->s, hash) &&
+		    (store_get(t->s, hash, out) || memcmp(out, page, 4096)))
+			t->failures++;
+		if (i % 300 == 0 && store_sync(t->s))
+			t->failures++;
+	}
+	return NULL;
+}
+
+static void test_threads(void **state)
+{
+	const char *dir = *state;
+	struct store *s = open_store(dir, "t", 0);
+	struct thr t[2] = { { s, 70, 0 }, { s, 71, 0 } };
+	pthread_t th[2];
+
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(pthread_create(&th[i], NULL, thr_main, &t[i]), 0);
+	for (int i = 0; i < 2; i++)
+		pthread_join(th[i], NULL);
+	assert_int_equal(t[0].failures, 0);
+	assert_int_equal(t[1].failures, 0);
+	assert_int_equal(store_page_count(s), 1600);
+	store_close(s);
+	s = open_store(dir, "t", 0);
+	check_pages(s, 70, 800);
+	check_pages(s, 71, 800);
+	store_close(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -834,6 +885,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_eviction, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_gc, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_compaction_crash_leftovers,
 						setup, teardown),
 	};

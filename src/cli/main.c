@@ -16,6 +16,7 @@ static const struct command commands[] = {
 	{ "send", cmd_send, "migrate the local VM to 'tsubame recv' over the WAN" },
 	{ "recv", cmd_recv, "receive a migration from 'tsubame send' into the local QEMU" },
 	{ "keygen", cmd_keygen, "write a new shared key for a pair of sites" },
+	{ "store", cmd_store, "stats, gc and verify of the persistent content store" },
 	{ "migrate-native", cmd_migrate_native,
 	  "run QEMU's own migration between two QEMUs and measure it" },
 };

@@ -3,6 +3,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "proxy/proxy.h"
+#include "store/store.h"
 
 #include <getopt.h>
 #include <stdarg.h>
@@ -54,6 +55,11 @@ static int exit_code(enum proxy_outcome oc)
 	"  --timeout DUR          give up after this long (e.g. 10m; default none)\n" \
 	"  --stall-timeout DUR    give up when the link makes no progress (default 60s)\n" \
 	"  --cache SIZE           content cache, same on both ends (default 1G)\n" \
+	"  --store DIR            this host's content store (default " STORE_DEFAULT_DIR ")\n" \
+	"  --no-store             keep nothing and reuse nothing between migrations\n" \
+	"  --store-cap SIZE       size cap of the store (default 8G; LRU images go first)\n" \
+	"  --tenant NAME          share content with VMs of this tenant only\n" \
+	"                         (default: every VM is its own tenant)\n" \
 	"  -v, --verbose          more log output\n" \
 	"  -h, --help             show this help\n"
 
@@ -61,6 +67,8 @@ enum {
 	OPT_QMP = 256, OPT_KEY, OPT_CERT, OPT_CERT_KEY, OPT_CA, OPT_REPORT, OPT_TIMEOUT,
 	OPT_STALL, OPT_CACHE, OPT_TO, OPT_LISTEN, OPT_CAPS, OPT_MAX_BW, OPT_DOWNTIME,
 	OPT_POSTCOPY_AFTER, OPT_ZSTD, OPT_PROGRESS, OPT_NO_PROGRESS,
+	OPT_STORE, OPT_NO_STORE, OPT_STORE_CAP, OPT_TENANT, OPT_VM_ID, OPT_DISK_SOURCE,
+	OPT_NO_VM_DISKS, OPT_FLOOR,
 };
 
 static const struct option options[] = {
@@ -82,6 +90,14 @@ static const struct option options[] = {
 	{ "zstd-level", required_argument, NULL, OPT_ZSTD },
 	{ "progress", no_argument, NULL, OPT_PROGRESS },
 	{ "no-progress", no_argument, NULL, OPT_NO_PROGRESS },
+	{ "store", required_argument, NULL, OPT_STORE },
+	{ "no-store", no_argument, NULL, OPT_NO_STORE },
+	{ "store-cap", required_argument, NULL, OPT_STORE_CAP },
+	{ "tenant", required_argument, NULL, OPT_TENANT },
+	{ "vm-id", required_argument, NULL, OPT_VM_ID },
+	{ "disk-source", required_argument, NULL, OPT_DISK_SOURCE },
+	{ "no-vm-disks", no_argument, NULL, OPT_NO_VM_DISKS },
+	{ "floor", no_argument, NULL, OPT_FLOOR },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, 'h' },
 	{}
@@ -90,11 +106,26 @@ static const struct option options[] = {
 
 struct parsed {
 	struct proxy_common_options c;
-	const char *to, *listen, *caps;
+	const char *to, *listen, *caps, *vm_id;
 	uint64_t max_bw, downtime, postcopy_after;
 	int zstd_level;
-	bool help;
+	bool help, no_store, no_vm_disks, floor;
+	const char *disk_sources[PROXY_MAX_DISK_SOURCES];
+	unsigned n_disk_sources;
 };
+
+/* An id for stores and the wire: printable, no spaces or '/'. */
+static bool id_ok(const char *v)
+{
+	size_t i, n = strlen(v);
+
+	if (!n || n > STORE_MAX_ID)
+		return false;
+	for (i = 0; i < n; i++)
+		if (v[i] < 0x21 || v[i] > 0x7e || v[i] == '/')
+			return false;
+	return true;
+}
 
 /* Parses both commands' options; 'send' decides which ones are allowed. */
 static int parse(const char *cmd, bool send, int argc, char **argv, struct parsed *p)
@@ -126,6 +157,48 @@ static int parse(const char *cmd, bool send, int argc, char **argv, struct parse
 			if (tsb_parse_size(optarg, &p->c.cache_bytes) < 0 ||
 			    p->c.cache_bytes < (1u << 20))
 				return cli_usage_error(cmd, "bad --cache '%s' (at least 1M)", optarg);
+			break;
+		case OPT_STORE: p->c.store_dir = optarg; break;
+		case OPT_NO_STORE: p->no_store = true; break;
+		case OPT_STORE_CAP:
+			if (tsb_parse_size(optarg, &p->c.store_cap) < 0 ||
+			    p->c.store_cap < (1u << 20))
+				return cli_usage_error(cmd, "bad --store-cap '%s' (at least 1M)",
+						   optarg);
+			break;
+		case OPT_TENANT:
+			if (!id_ok(optarg))
+				return cli_usage_error(cmd, "bad --tenant '%s' (1-%d printable "
+						   "characters, no spaces or '/')", optarg,
+						   STORE_MAX_ID);
+			p->c.tenant = optarg;
+			break;
+		case OPT_VM_ID:
+			if (!send)
+				return cli_usage_error(cmd, "option --vm-id is for 'tsubame send'");
+			if (!id_ok(optarg))
+				return cli_usage_error(cmd, "bad --vm-id '%s' (1-%d printable "
+						   "characters, no spaces or '/')", optarg,
+						   STORE_MAX_ID);
+			p->vm_id = optarg;
+			break;
+		case OPT_FLOOR:
+			if (!send)
+				return cli_usage_error(cmd, "option --floor is for 'tsubame send'");
+			p->floor = true;
+			break;
+		case OPT_DISK_SOURCE:
+		case OPT_NO_VM_DISKS:
+			if (send)
+				return cli_usage_error(cmd, "option --%s is for 'tsubame recv'",
+						   options[c - OPT_QMP].name);
+			if (c == OPT_NO_VM_DISKS)
+				p->no_vm_disks = true;
+			else if (p->n_disk_sources == PROXY_MAX_DISK_SOURCES)
+				return cli_usage_error(cmd, "at most %d --disk-source",
+						   PROXY_MAX_DISK_SOURCES);
+			else
+				p->disk_sources[p->n_disk_sources++] = optarg;
 			break;
 		case OPT_PROGRESS: p->c.progress = true; break;
 		case OPT_NO_PROGRESS: p->c.progress = false; break;
@@ -185,6 +258,12 @@ static int parse(const char *cmd, bool send, int argc, char **argv, struct parse
 		return cli_usage_error(cmd, "--listen HOST:PORT is required");
 	if (!p->c.key_path && !(p->c.cert && p->c.cert_key && p->c.ca))
 		return cli_usage_error(cmd, "--key FILE (or --cert, --cert-key and --ca) is required");
+	if (p->no_store && p->c.store_dir)
+		return cli_usage_error(cmd, "--store and --no-store exclude each other");
+	if (!p->no_store && !p->c.store_dir)
+		p->c.store_dir = STORE_DEFAULT_DIR;
+	if (p->no_store)
+		p->c.store_dir = NULL;
 	return 0;
 }
 
@@ -225,6 +304,10 @@ int cmd_send(int argc, char **argv)
 		       "  --max-bandwidth RATE   QEMU's max-bandwidth (e.g. 1gbit)\n"
 		       "  --downtime-limit MS    QEMU's downtime-limit\n"
 		       "  --zstd-level N         fixed zstd level (0 = none); default adapts\n"
+		       "  --vm-id ID             the VM's id in stores (default: QEMU's -name,\n"
+		       "                         else its UUID)\n"
+		       "  --floor                report the floor: the zstd size of the final\n"
+		       "                         pages that had to travel (costs CPU at the end)\n"
 		       "  --progress, --no-progress  progress line on stderr (default: on a TTY)\n"
 		       "\n" EXIT_CODES_HELP);
 		return TSB_EXIT_OK;
@@ -236,6 +319,8 @@ int cmd_send(int argc, char **argv)
 	o.downtime_limit_ms = p.downtime;
 	o.postcopy_after_ms = p.postcopy_after;
 	o.zstd_level = p.zstd_level;
+	o.vm_id = p.vm_id;
+	o.floor = p.floor;
 	oc = proxy_send(&o, &report);
 	if (oc == PROXY_OK)
 		log_notice("migration completed");
@@ -262,11 +347,21 @@ int cmd_recv(int argc, char **argv)
 		       "Options:\n"
 		       "  --listen HOST:PORT     where to accept the sender (required)\n"
 		       COMMON_HELP
+		       "  --disk-source FILE     also rebuild pages from this disk image (raw or\n"
+		       "                         qcow2; repeatable); the VM's own disks are used\n"
+		       "  --no-vm-disks          do not index the destination VM's own disks\n"
+		       "\n"
+		       "Pages the destination can rebuild travel as references: from this VM's\n"
+		       "image left here on an earlier visit, from other VMs of the same tenant in\n"
+		       "the store, or from blocks of local disk images (the guest's page cache).\n"
 		       "\n" EXIT_CODES_HELP);
 		return TSB_EXIT_OK;
 	}
 	o.c = p.c;
 	o.listen = p.listen;
+	memcpy(o.disk_sources, p.disk_sources, sizeof(o.disk_sources));
+	o.n_disk_sources = p.n_disk_sources;
+	o.no_vm_disks = p.no_vm_disks;
 	oc = proxy_recv(&o, &report);
 	if (oc == PROXY_OK)
 		log_notice("migration received; the VM runs here");

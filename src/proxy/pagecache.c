@@ -141,6 +141,14 @@ const uint8_t *pagecache_get(struct pagecache *c, const uint8_t hash[PAGECACHE_H
 	return c->entries[i].page;
 }
 
+const uint8_t *pagecache_peek(const struct pagecache *c,
+			      const uint8_t hash[PAGECACHE_HASH_LEN])
+{
+	uint32_t i = c->table[find_slot(c, hash)];
+
+	return i == NIL ? NULL : c->entries[i].page;
+}
+
 bool pagecache_has(const struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN])
 {
 	return c->table[find_slot(c, hash)] != NIL;

@@ -31,6 +31,9 @@ void pagecache_free(struct pagecache *c);
  */
 const uint8_t *pagecache_get(struct pagecache *c,
 			     const uint8_t hash[PAGECACHE_HASH_LEN]);
+/* Like pagecache_get without touching the LRU order. */
+const uint8_t *pagecache_peek(const struct pagecache *c,
+			      const uint8_t hash[PAGECACHE_HASH_LEN]);
 /* True if present, without touching the LRU order. */
 bool pagecache_has(const struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN]);
 

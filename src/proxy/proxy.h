@@ -30,6 +30,9 @@ struct proxy_common_options {
 	uint64_t timeout_ms;		/* whole migration; 0: none */
 	uint64_t stall_ms;		/* no progress on the link; 0: none */
 	bool progress;			/* progress line on stderr */
+	const char *store_dir;		/* content store; NULL: none */
+	uint64_t store_cap;		/* 0: the store's default */
+	const char *tenant;		/* NULL: one tenant per VM */
 };
 
 struct proxy_send_options {
@@ -40,11 +43,18 @@ struct proxy_send_options {
 	uint64_t downtime_limit_ms;	/* 0: QEMU's default */
 	uint64_t postcopy_after_ms;	/* 0: precopy only */
 	int zstd_level;			/* 0: adaptive */
+	const char *vm_id;		/* NULL: QEMU's -name, else its UUID */
+	bool floor;			/* report the compressed size of what had to travel */
 };
+
+#define PROXY_MAX_DISK_SOURCES 16
 
 struct proxy_recv_options {
 	struct proxy_common_options c;
 	const char *listen;		/* HOST:PORT */
+	const char *disk_sources[PROXY_MAX_DISK_SOURCES]; /* images to rebuild pages from */
+	unsigned n_disk_sources;
+	bool no_vm_disks;		/* do not index the destination VM's own disks */
 };
 
 /* Runs the source side; fills *ret_report (owned ref, may be NULL on early errors). */

@@ -6,6 +6,7 @@
  * for with NEED). The return thread carries QEMU's return path back. The
  * main thread watches QEMU and says DONE once the VM runs.
  */
+#include "proxy/content.h"
 #include "proxy/internal.h"
 #include "proxy/pagecache.h"
 
@@ -60,8 +61,23 @@ struct receiver {
 	atomic_bool rp_shut;		/* QEMU's SHUT went to the sender */
 	bool shut_parsed;		/* return thread: SHUT seen in the bytes */
 
+	/* Content rebuilt locally (content.h); WAN thread only after setup. */
+	struct store *store;
+	struct diskindex *disks;
+	struct pagecache *fetched;	/* pages that came in HASHDATA (not mirrored) */
+	struct store_image *image;	/* arrival image being recorded */
+	int image_block[WIRE_MAX_BLOCKS];
+	bool store_failed;
+	uint8_t page_buf[4096];
+	uint8_t missing[WIRE_MAX_BATCH_PAGES][WIRE_HASH_LEN];
+	uint8_t data_hash[WIRE_MAX_BATCH_PAGES][WIRE_HASH_LEN];
+	char vm[WIRE_MAX_ID + 1], tenant[WIRE_MAX_ID + 1], image_id[33];
+	char peer_site[WIRE_MAX_ID + 1], peer_image[WIRE_MAX_ID + 1];
+	uint64_t peer_gen, summary_bytes;
+
 	/* Statistics. */
 	uint64_t pages_zero, pages_data, pages_ref, pages_raw, needs, stream_bytes;
+	uint64_t from_cache, from_fetched, from_store, from_disk;
 };
 
 static void fail(struct receiver *rc, enum proxy_outcome oc, const char *fmt, ...)
@@ -136,11 +152,104 @@ static int flush_and_ack(struct receiver *rc)
 	return r;
 }
 
+/* Starts the arrival image once the RAM blocks are known. */
+static void image_setup(struct receiver *rc, const struct wire_blocks *b)
+{
+	struct store_image_block ib[WIRE_MAX_BLOCKS];
+	char names[WIRE_MAX_BLOCKS][QS_IDSTR_MAX + 1];
+	struct store_image_info info = { 0 };
+	struct wire_blocks_iter it;
+	struct wire_block wb;
+	size_t n = 0;
+	int i;
+
+	for (i = 0; i < WIRE_MAX_BLOCKS; i++)
+		rc->image_block[i] = -1;
+	if (!rc->store || rc->image)
+		return;
+	wire_blocks_iter_init(b, &it);
+	while (wire_blocks_next(&it, &wb) && n < WIRE_MAX_BLOCKS) {
+		if (wb.name.len > QS_IDSTR_MAX)
+			return;
+		memcpy(names[n], wb.name.p, wb.name.len);
+		names[n][wb.name.len] = '\0';
+		ib[n].name = names[n];
+		ib[n].length = wb.used_length;
+		n++;
+	}
+	snprintf(info.id, sizeof(info.id), "%s", rc->image_id);
+	snprintf(info.vm, sizeof(info.vm), "%s", rc->vm);
+	info.role = STORE_IMAGE_ARRIVAL;
+	snprintf(info.peer_site, sizeof(info.peer_site), "%s", rc->peer_site);
+	snprintf(info.peer_image, sizeof(info.peer_image), "%s", rc->peer_image);
+	info.peer_generation = rc->peer_gen;
+	rc->image = store_image_new(&info, ib, n);
+	if (!rc->image)
+		return;
+	wire_blocks_iter_init(b, &it);
+	while (wire_blocks_next(&it, &wb))
+		rc->image_block[wb.index] = store_image_block_find(rc->image, wb.name.p,
+								   wb.name.len);
+}
+
+/* Keeps an arrived page in the store and the arrival image. */
+static void record_page(struct receiver *rc, const struct qs_page *pg,
+			enum store_page_state state, const uint8_t *hash)
+{
+	int ib = rc->image_block[pg->block->index], r;
+
+	if (!rc->image || ib < 0 || rc->store_failed)
+		return;
+	if (state == STORE_PAGE_HASH) {
+		r = store_put(rc->store, hash, pg->data);
+		if (r < 0) {
+			log_warn("store: cannot keep arriving pages (%s); the VM's image "
+				 "will not be recorded", strerror(-r));
+			rc->store_failed = true;
+			return;
+		}
+	}
+	store_image_set(rc->image, ib, pg->offset / STORE_PAGE_SIZE, state, hash);
+}
+
+/*
+ * Finds content by hash, from the mirrored cache first (touched only for
+ * REF, as the sender does), then pages fetched by NEED, the store and the
+ * disk images. Every page is checked against its hash.
+ */
+static const uint8_t *resolve(struct receiver *rc, const uint8_t *want, bool touch)
+{
+	const uint8_t *page;
+	uint8_t got[WIRE_HASH_LEN];
+
+	page = touch ? pagecache_get(rc->cache, want) : pagecache_peek(rc->cache, want);
+	if (page && wire_sha256(page, 4096, got) == 0 && !memcmp(got, want, WIRE_HASH_LEN)) {
+		rc->from_cache++;
+		return page;
+	}
+	page = pagecache_peek(rc->fetched, want);
+	if (page && wire_sha256(page, 4096, got) == 0 && !memcmp(got, want, WIRE_HASH_LEN)) {
+		rc->from_fetched++;
+		return page;
+	}
+	/* store_get and diskindex_get verify the hash themselves. */
+	if (rc->store && store_get(rc->store, want, rc->page_buf) == 0) {
+		rc->from_store++;
+		return rc->page_buf;
+	}
+	if (rc->disks && diskindex_get(rc->disks, want, rc->page_buf) == 0) {
+		rc->from_disk++;
+		return rc->page_buf;
+	}
+	return NULL;
+}
+
 static int handle_blocks(struct receiver *rc, const struct wire_blocks *b)
 {
 	struct wire_blocks_iter it;
 	struct wire_block wb;
 
+	image_setup(rc, b);
 	wire_blocks_iter_init(b, &it);
 	while (wire_blocks_next(&it, &wb)) {
 		struct qs_block *qb = &rc->blocks[wb.index];
@@ -195,28 +304,40 @@ static int put_hashdata(struct receiver *rc, const struct wire_hashdata *h)
 		r = wire_sha256(data + (size_t)i * 4096, 4096, got);
 		if (r == 0 && memcmp(got, h->hashes + (size_t)i * WIRE_HASH_LEN, WIRE_HASH_LEN))
 			r = -EBADMSG; /* the sender's bytes do not match its own hash */
+		/* Not the mirrored cache: the sender did not put it in its own. */
 		if (r == 0)
-			r = pagecache_put(rc->cache, got, data + (size_t)i * 4096);
+			r = pagecache_put(rc->fetched, got, data + (size_t)i * 4096);
 	}
 	tsb_buf_fini(&scratch);
 	return r;
 }
 
-/*
- * A page we were told to hold is missing or damaged: ask for it and read
- * on until it arrives, keeping other frames for later.
- */
-static int fetch_missing(struct receiver *rc, const uint8_t hash[WIRE_HASH_LEN])
+static bool all_fetched(struct receiver *rc, const uint8_t (*hashes)[WIRE_HASH_LEN],
+			size_t n)
 {
-	const uint8_t (*hashes)[WIRE_HASH_LEN] = (const uint8_t (*)[WIRE_HASH_LEN])hash;
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (!pagecache_has(rc->fetched, hashes[i]))
+			return false;
+	return true;
+}
+
+/*
+ * Pages we were told we hold are missing or damaged: ask for them in one
+ * NEED and read on until they all arrived, keeping other frames for later.
+ */
+static int fetch_missing(struct receiver *rc, const uint8_t (*hashes)[WIRE_HASH_LEN],
+			 size_t n)
+{
 	struct wire_frame f;
 	struct wire_msg m;
 	struct tsb_buf b;
 	int r;
 
-	rc->needs++;
+	rc->needs += n;
 	tsb_buf_init(&b);
-	r = wire_encode_need(&b, hashes, 1);
+	r = wire_encode_need(&b, hashes, n);
 	if (r == 0)
 		r = send_locked(rc, &b);
 	tsb_buf_fini(&b);
@@ -233,9 +354,86 @@ static int fetch_missing(struct receiver *rc, const uint8_t hash[WIRE_HASH_LEN])
 		r = wire_frame_decode(&f, &m);
 		if (r == 0)
 			r = put_hashdata(rc, &m.u.hashdata);
-		if (r == 0 && pagecache_has(rc->cache, hash))
+		if (r == 0 && all_fetched(rc, hashes, n))
 			return 0;
 	}
+	return r;
+}
+
+/* True if resolve() will probably find the content (cheap checks only). */
+static bool can_resolve(struct receiver *rc, const uint8_t *hash)
+{
+	return pagecache_has(rc->cache, hash) || pagecache_has(rc->fetched, hash) ||
+	       (rc->store && store_has(rc->store, hash)) ||
+	       (rc->disks && diskindex_has(rc->disks, hash));
+}
+
+/* This batch's DATA hashes, as a small open-addressing set. */
+#define BATCH_SET 2048
+static void batch_set_add(uint16_t *set, uint8_t (*hashes)[WIRE_HASH_LEN], uint16_t i)
+{
+	uint64_t key;
+	size_t j;
+
+	memcpy(&key, hashes[i], sizeof(key));
+	for (j = key % BATCH_SET; set[j]; j = (j + 1) % BATCH_SET)
+		;
+	set[j] = i + 1;
+}
+
+static bool batch_set_has(const uint16_t *set, uint8_t (*hashes)[WIRE_HASH_LEN],
+			  const uint8_t *hash)
+{
+	uint64_t key;
+	size_t j;
+
+	memcpy(&key, hash, sizeof(key));
+	for (j = key % BATCH_SET; set[j]; j = (j + 1) % BATCH_SET)
+		if (!memcmp(hashes[set[j] - 1], hash, WIRE_HASH_LEN))
+			return true;
+	return false;
+}
+
+/*
+ * Before a PAGES batch is applied: hashes its DATA pages (into
+ * rc->data_hash, by data index) and asks in one round trip for every
+ * referenced page we will not hold (the sender's filter of our content
+ * can be wrong). *fetched tells that frames were read meanwhile, so the
+ * batch must be decoded again from rc->copy.
+ */
+static int prefetch(struct receiver *rc, const struct wire_frame *f,
+		    const struct wire_pages *p, const uint8_t *literal, bool *fetched)
+{
+	uint8_t (*missing)[WIRE_HASH_LEN] = rc->missing;
+	uint16_t set[BATCH_SET] = { 0 };
+	struct wire_page_iter it;
+	struct wire_page_entry e;
+	size_t n = 0;
+	int r;
+
+	*fetched = false;
+	wire_pages_iter_init(p, &it);
+	while (wire_pages_next(&it, &e)) {
+		if (e.enc == WIRE_ENC_DATA) {
+			r = wire_sha256(literal + (size_t)e.data_index * 4096, 4096,
+					rc->data_hash[e.data_index]);
+			if (r < 0)
+				return r;
+			batch_set_add(set, rc->data_hash, (uint16_t)e.data_index);
+		} else if ((e.enc == WIRE_ENC_REF || e.enc == WIRE_ENC_SAME) &&
+			   n < WIRE_MAX_BATCH_PAGES && !can_resolve(rc, e.hash) &&
+			   !batch_set_has(set, rc->data_hash, e.hash)) {
+			memcpy(missing[n++], e.hash, WIRE_HASH_LEN);
+		}
+	}
+	if (!n)
+		return 0;
+	/* Our views die with the next read: keep a copy. */
+	tsb_buf_reset(&rc->copy);
+	if (tsb_buf_append(&rc->copy, f->payload, f->len) < 0)
+		return -ENOMEM;
+	r = fetch_missing(rc, (const uint8_t (*)[WIRE_HASH_LEN])missing, n);
+	*fetched = r == 0;
 	return r;
 }
 
@@ -255,13 +453,27 @@ static int handle_pages(struct receiver *rc, const struct wire_frame *f)
 	r = wire_frame_decode(f, &m);
 	if (r < 0)
 		return r;
-restart:
-	p = &m.u.pages;
-	if (p->page_size != 4096)
+	if (m.u.pages.page_size != 4096)
 		return -EOPNOTSUPP;
-	r = wire_pages_unpack(p, rc->z, &rc->scratch, &literal);
+	r = wire_pages_unpack(&m.u.pages, rc->z, &rc->scratch, &literal);
 	if (r < 0)
 		return r;
+	r = prefetch(rc, f, &m.u.pages, literal, &copied);
+	if (r < 0)
+		return r;
+	if (copied) {
+		r = wire_msg_decode(WIRE_MSG_PAGES, f->flags, rc->copy.data, rc->copy.len, &m);
+		if (r < 0)
+			return r;
+	}
+restart:
+	p = &m.u.pages;
+	/* Decoded again from the copy: the literal view may have died with a read. */
+	if (copied) {
+		r = wire_pages_unpack(p, rc->z, &rc->scratch, &literal);
+		if (r < 0)
+			return r;
+	}
 	wire_pages_iter_init(p, &it);
 	for (k = 0; wire_pages_next(&it, &e); k++) {
 		if (k < done)
@@ -277,26 +489,24 @@ restart:
 			pg.kind = QS_PAGE_ZERO;
 			pg.fill = e.fill;
 			pg.len = 1;
+			record_page(rc, &pg, e.fill ? STORE_PAGE_UNKNOWN : STORE_PAGE_ZERO, NULL);
 			rc->pages_zero++;
 			break;
 		case WIRE_ENC_DATA:
 			pg.kind = QS_PAGE_NORMAL;
 			pg.data = literal + (size_t)e.data_index * 4096;
 			pg.len = 4096;
-			r = wire_sha256(pg.data, 4096, hash);
-			if (r == 0)
-				r = pagecache_put(rc->cache, hash, pg.data);
+			/* Hashed by prefetch(). */
+			r = pagecache_put(rc->cache, rc->data_hash[e.data_index], pg.data);
 			if (r < 0)
 				return r;
+			record_page(rc, &pg, STORE_PAGE_HASH, rc->data_hash[e.data_index]);
 			rc->pages_data++;
 			break;
 		case WIRE_ENC_REF:
 		case WIRE_ENC_SAME:
-			page = pagecache_get(rc->cache, e.hash);
-			/* A reference never decides correctness: check the bytes. */
-			if (page && (wire_sha256(page, 4096, hash) < 0 ||
-				     memcmp(hash, e.hash, WIRE_HASH_LEN)))
-				page = NULL;
+			/* A reference never decides correctness: resolve() checks the bytes. */
+			page = resolve(rc, e.hash, e.enc == WIRE_ENC_REF);
 			if (!page) {
 				memcpy(hash, e.hash, WIRE_HASH_LEN);
 				if (!copied) {
@@ -306,7 +516,7 @@ restart:
 						return -ENOMEM;
 					copied = true;
 				}
-				r = fetch_missing(rc, hash);
+				r = fetch_missing(rc, (const uint8_t (*)[WIRE_HASH_LEN])hash, 1);
 				if (r < 0)
 					return r;
 				r = wire_msg_decode(WIRE_MSG_PAGES, f->flags, rc->copy.data,
@@ -319,6 +529,7 @@ restart:
 			pg.kind = QS_PAGE_NORMAL;
 			pg.data = page;
 			pg.len = 4096;
+			record_page(rc, &pg, STORE_PAGE_HASH, e.hash);
 			rc->pages_ref++;
 			break;
 		case WIRE_ENC_RAW:
@@ -327,6 +538,7 @@ restart:
 			pg.kind = QS_PAGE_XBZRLE;
 			pg.data = e.bytes;
 			pg.len = e.bytes_len;
+			record_page(rc, &pg, STORE_PAGE_UNKNOWN, NULL);
 			rc->pages_raw++;
 			break;
 		default:
@@ -399,6 +611,9 @@ static void *wan_thread(void *arg)
 			r = handle_frame(rc, &f);
 			tsb_buf_fini(&b->payload);
 			free(b);
+			/* What they rebuilt must reach QEMU now, not after the next read. */
+			if (r == 0)
+				r = flush_and_ack(rc);
 			if (r < 0)
 				goto bad;
 		}
@@ -531,6 +746,38 @@ static int setup_destination(struct qmp *q, bool postcopy, char *err, size_t err
 	return r;
 }
 
+/*
+ * Who is arriving: the VM, its tenant and the sender's image of it. Opens
+ * the tenant's part of our store.
+ */
+static int take_sender_identity(struct receiver *rc, const struct wire_hello *peer,
+				char *err, size_t errlen)
+{
+	const struct proxy_recv_options *o = rc->o;
+
+	snprintf(rc->vm, sizeof(rc->vm), "%.*s", (int)peer->vm.len, peer->vm.p);
+	snprintf(rc->peer_site, sizeof(rc->peer_site), "%.*s", (int)peer->site.len,
+		 peer->site.p);
+	snprintf(rc->peer_image, sizeof(rc->peer_image), "%.*s", (int)peer->migration.len,
+		 peer->migration.p);
+	rc->peer_gen = peer->store_gen;
+	if (peer->tenant.len)
+		snprintf(rc->tenant, sizeof(rc->tenant), "%.*s", (int)peer->tenant.len,
+			 peer->tenant.p);
+	if (o->c.tenant && rc->tenant[0] && strcmp(o->c.tenant, rc->tenant)) {
+		/* Content never crosses tenants: refuse rather than guess. */
+		snprintf(err, errlen, "tenant mismatch: the sender migrates a VM of tenant "
+			 "'%s', this receiver serves tenant '%s'", rc->tenant, o->c.tenant);
+		return -EACCES;
+	}
+	if (!o->c.store_dir || !rc->vm[0])
+		return 0; /* a sender without a store: nothing to record under */
+	if (!rc->tenant[0])
+		content_tenant(o->c.tenant, rc->vm, rc->tenant);
+	content_new_id(rc->image_id);
+	return content_open_store(&o->c, rc->tenant, &rc->store, err, errlen);
+}
+
 static json_t *make_report(struct receiver *rc, uint64_t start_ns, uint64_t resume_ns)
 {
 	struct wire_conn_stats ws = { 0 };
@@ -553,6 +800,18 @@ static json_t *make_report(struct receiver *rc, uint64_t start_ns, uint64_t resu
 		"zero", (json_int_t)rc->pages_zero, "data", (json_int_t)rc->pages_data,
 		"reference", (json_int_t)rc->pages_ref, "raw", (json_int_t)rc->pages_raw,
 		"need_asked", (json_int_t)rc->needs));
+	json_object_set_new(r, "rebuilt_from", json_pack("{s:I, s:I, s:I, s:I}",
+		"cache", (json_int_t)rc->from_cache, "fetched", (json_int_t)rc->from_fetched,
+		"store", (json_int_t)rc->from_store, "disk", (json_int_t)rc->from_disk));
+	if (rc->disks)
+		json_object_set_new(r, "disk_index", json_pack("{s:I, s:I}",
+			"files", (json_int_t)diskindex_files(rc->disks),
+			"blocks", (json_int_t)diskindex_count(rc->disks)));
+	if (rc->store)
+		json_object_set_new(r, "store", json_pack("{s:s, s:s, s:s, s:s, s:s, s:I}",
+			"site", store_site_id(rc->store), "tenant", rc->tenant, "vm", rc->vm,
+			"image", rc->image_id, "from_site", rc->peer_site,
+			"summary_filter_bytes", (json_int_t)rc->summary_bytes));
 	return r;
 }
 
@@ -567,7 +826,7 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	pthread_t th_wan, th_ret;
 	bool threads = false, incoming = false;
 	volatile int sig = 0;
-	char host[256], port[32], err[512] = "", text[96];
+	char host[256], port[32], err[512] = "", text[96], site[33] = "";
 	uint64_t start_ns, resume_ns = 0, cache_pages, t0;
 	enum proxy_outcome oc;
 	json_t *args;
@@ -586,8 +845,9 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 
 	cache_pages = (o->c.cache_bytes ? o->c.cache_bytes : PROXY_CACHE_DEFAULT) / 4096;
 	rc->cache = pagecache_new(cache_pages, 4096);
+	rc->fetched = pagecache_new(4096, 4096);
 	rc->z = wire_zstd_new(1);
-	if (!rc->cache || !rc->z) {
+	if (!rc->cache || !rc->fetched || !rc->z) {
 		fail(rc, PROXY_FAILED, "out of memory");
 		goto out;
 	}
@@ -605,6 +865,16 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	if (r < 0) {
 		fail(rc, PROXY_FAILED, "cannot reach the destination QEMU at %s: %s",
 		     o->c.qmp_path, strerror(-r));
+		goto out;
+	}
+	/* Disk images to rebuild guest page-cache pages from: indexed up front. */
+	r = content_index_disks(q, o, &rc->disks, err, sizeof(err));
+	if (r < 0) {
+		fail(rc, PROXY_FAILED, "%s", err);
+		goto out;
+	}
+	if (o->c.store_dir && store_dir_site_id(o->c.store_dir, site, err, sizeof(err)) < 0) {
+		fail(rc, PROXY_FAILED, "%s", err);
 		goto out;
 	}
 	r = wire_tcp_listen(host, port, 4, &lfd);
@@ -651,12 +921,33 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	close(lfd);
 	lfd = -1;
 	hello.role = WIRE_ROLE_RECEIVER;
-	hello.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_POSTCOPY;
-	hello.site = "destination";
+	hello.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_POSTCOPY |
+		     WIRE_CAP_STORE;
+	hello.site = o->c.store_dir ? site : "destination";
 	r = wire_conn_hello(rc->conn, &hello, &peer);
 	if (r < 0) {
 		fail(rc, proxy_outcome_of_errno(r), "%s", wire_conn_errmsg(rc->conn));
 		goto out;
+	}
+	r = take_sender_identity(rc, &peer, err, sizeof(err));
+	if (r < 0) {
+		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_REFUSED, err);
+		fail(rc, PROXY_FAILED, "%s", err);
+		goto out;
+	}
+	if (peer.caps & WIRE_CAP_STORE) {
+		struct tsb_buf b;
+
+		tsb_buf_init(&b);
+		r = content_encode_summary(&b, rc->store, rc->disks, rc->vm, &rc->summary_bytes);
+		if (r == 0)
+			r = wire_conn_write(rc->conn, b.data, b.len);
+		tsb_buf_fini(&b);
+		if (r < 0) {
+			fail(rc, proxy_outcome_of_errno(r), "sending the summary: %s",
+			     strerror(-r));
+			goto out;
+		}
 	}
 	if (o->c.stall_ms)
 		wire_conn_set_timeout(rc->conn, o->c.stall_ms);
@@ -752,6 +1043,12 @@ out:
 		(void)qmp_execute(q, "quit", NULL, NULL, NULL, 0);
 	}
 	oc = rc->failed ? rc->outcome : PROXY_OK;
+	if (oc == PROXY_OK && rc->image && !rc->store_failed) {
+		/* The arrival manifest: what came, from where (for the way back). */
+		r = store_image_commit(rc->store, rc->image, err, sizeof(err));
+		if (r < 0)
+			log_warn("store: the arrival image was not kept: %s", err);
+	}
 	if (ret_report)
 		*ret_report = make_report(rc, start_ns, resume_ns);
 	if (rc->failed)
@@ -773,6 +1070,11 @@ out:
 	if (rc->qfd >= 0)
 		close(rc->qfd);
 	pagecache_free(rc->cache);
+	pagecache_free(rc->fetched);
+	store_image_free(rc->image);
+	if (rc->store)
+		store_close(rc->store);
+	diskindex_free(rc->disks);
 	wire_zstd_free(rc->z);
 	tsb_buf_fini(&rc->scratch);
 	tsb_buf_fini(&rc->copy);

@@ -5,6 +5,7 @@
  * thread reads the receiver's messages (QEMU's return path, credits,
  * NEED). The main thread drives QEMU over QMP.
  */
+#include "proxy/content.h"
 #include "proxy/internal.h"
 #include "proxy/pagecache.h"
 
@@ -38,6 +39,7 @@ struct job {
 	struct wire_pages_builder pb;
 	struct tsb_buf buf;
 	uint32_t n_zero, n_data, n_ref, n_raw;
+	uint32_t n_same, n_group, n_disk;	/* REF-sized entries by source */
 	struct job *next;
 };
 
@@ -45,7 +47,10 @@ struct job {
 struct wan_counts {
 	uint64_t headers;	/* frame headers, PAGES headers, DATA entries */
 	uint64_t zero;		/* ZERO entries */
-	uint64_t reference;	/* REF entries */
+	uint64_t reference;	/* REF entries: content seen earlier in this migration */
+	uint64_t reused;	/* SAME entries: the receiver's older image of this VM */
+	uint64_t group;		/* REF entries: the receiver's store (other VMs of the tenant) */
+	uint64_t disk;		/* REF entries: blocks of the receiver's disk images */
 	uint64_t literal;	/* literal areas sent uncompressed */
 	uint64_t compressed;	/* literal areas sent as zstd */
 	uint64_t literal_in;	/* uncompressed size of the literal areas */
@@ -107,6 +112,21 @@ struct sender {
 	uint64_t wire_out;	/* bytes written by the WAN thread */
 	double compress_speed[N_LEVELS], ratio[N_LEVELS]; /* per level (EWMA) */
 	uint64_t level_uses[N_LEVELS];
+
+	/* What the destination can rebuild beyond this migration (content.h). */
+	struct store *store;		/* ours: departure image, NEED service */
+	struct store_image *image;	/* departure image being recorded (parse thread) */
+	struct store_image *manifest;	/* what the receiver still holds of this VM */
+	int manifest_block[WIRE_MAX_BLOCKS]; /* our block index -> manifest block */
+	int image_block[WIRE_MAX_BLOCKS];    /* our block index -> image block */
+	uint64_t image_pages[WIRE_MAX_BLOCKS]; /* pages per image block */
+	struct peer_view peer;
+	bool use_peer;			/* SUMMARY received and usable */
+	bool store_failed;		/* a put failed: stop recording the image */
+	char vm[WIRE_MAX_ID + 1], tenant[WIRE_MAX_ID + 1], image_id[33];
+	char peer_site[WIRE_MAX_ID + 1];
+	uint64_t pages_same, pages_group, pages_disk, store_put_errors;
+	uint64_t summary_bytes;
 };
 
 /* Records the first failure and makes every thread stop. */
@@ -154,6 +174,7 @@ static struct job *job_get(struct sender *s)
 	wire_pages_builder_reset(&j->pb);
 	tsb_buf_reset(&j->buf);
 	j->n_zero = j->n_data = j->n_ref = j->n_raw = 0;
+	j->n_same = j->n_group = j->n_disk = 0;
 	j->next = NULL;
 	return j;
 }
@@ -248,6 +269,82 @@ static int on_raw(void *opaque, const uint8_t *p, size_t n)
 	return 0;
 }
 
+/*
+ * Records a page in the departure image (and its content in our store, so
+ * that a NEED for a SAME or REF can always be served).
+ */
+static void record_page(struct sender *s, const struct qs_page *pg,
+			enum store_page_state state, const uint8_t *hash)
+{
+	int ib = s->image_block[pg->block->index], r;
+
+	if (!s->image || ib < 0 || s->store_failed)
+		return;
+	if (state == STORE_PAGE_HASH && pg->len == STORE_PAGE_SIZE) {
+		r = store_put(s->store, hash, pg->data);
+		if (r < 0) {
+			log_warn("store: cannot keep pages any more (%s); this migration "
+				 "goes on without recording its image", strerror(-r));
+			s->store_failed = true;
+			s->store_put_errors++;
+			return;
+		}
+	} else if (state == STORE_PAGE_HASH) {
+		state = STORE_PAGE_UNKNOWN;
+	}
+	store_image_set(s->image, ib, pg->offset / STORE_PAGE_SIZE, state, hash);
+}
+
+static bool same_as_manifest(struct sender *s, const struct qs_page *pg, const uint8_t *hash)
+{
+	int mb = s->manifest_block[pg->block->index];
+	const uint8_t *old;
+
+	if (mb < 0)
+		return false;
+	return store_image_page(s->manifest, mb, pg->offset / STORE_PAGE_SIZE, &old) ==
+		       STORE_PAGE_HASH && !memcmp(old, hash, WIRE_HASH_LEN);
+}
+
+/* The RAM block table is known: start the departure image, map the manifest. */
+static void image_setup(struct sender *s, const struct qs_event *ev)
+{
+	struct store_image_block ib[QS_MAX_BLOCKS];
+	struct store_image_info info = { 0 };
+	unsigned i, n = ev->ram_setup.n_blocks;
+
+	for (i = 0; i < WIRE_MAX_BLOCKS; i++)
+		s->manifest_block[i] = s->image_block[i] = -1;
+	if (!s->store || s->image)
+		return;
+	for (i = 0; i < n; i++) {
+		ib[i].name = ev->ram_setup.blocks[i].name;
+		ib[i].length = ev->ram_setup.blocks[i].used_length;
+	}
+	snprintf(info.id, sizeof(info.id), "%s", s->image_id);
+	snprintf(info.vm, sizeof(info.vm), "%s", s->vm);
+	info.role = STORE_IMAGE_DEPARTURE;
+	snprintf(info.peer_site, sizeof(info.peer_site), "%s", s->peer_site);
+	info.peer_generation = s->peer.store_gen;
+	s->image = store_image_new(&info, ib, n);
+	for (i = 0; i < n; i++) {
+		const struct qs_block *b = &ev->ram_setup.blocks[i];
+
+		if (b->index >= WIRE_MAX_BLOCKS)
+			continue;
+		if (s->image) {
+			s->image_block[b->index] = store_image_block_find(s->image, b->name,
+									  b->name_len);
+			if (s->image_block[b->index] >= 0)
+				s->image_pages[s->image_block[b->index]] =
+					(b->used_length + STORE_PAGE_SIZE - 1) / STORE_PAGE_SIZE;
+		}
+		if (s->manifest)
+			s->manifest_block[b->index] = store_image_block_find(s->manifest, b->name,
+									     b->name_len);
+	}
+}
+
 static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 {
 	struct wire_pages_builder *pb = &s->cur->pb;
@@ -258,6 +355,7 @@ static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 
 	switch (pg->kind) {
 	case QS_PAGE_ZERO:
+		record_page(s, pg, pg->fill ? STORE_PAGE_UNKNOWN : STORE_PAGE_ZERO, NULL);
 		r = wire_pages_add_zero(pb, block, qflags, pg->offset, pg->fill);
 		if (r == 0) {
 			s->cur->n_zero++;
@@ -265,6 +363,7 @@ static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 		}
 		return r;
 	case QS_PAGE_XBZRLE:
+		record_page(s, pg, STORE_PAGE_UNKNOWN, NULL);
 		r = wire_pages_add_raw(pb, block, qflags, pg->offset, pg->data, pg->len);
 		if (r == 0) {
 			s->cur->n_raw++;
@@ -277,6 +376,16 @@ static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 	r = wire_sha256(pg->data, pg->len, hash);
 	if (r < 0)
 		return r;
+	record_page(s, pg, STORE_PAGE_HASH, hash);
+	if (s->manifest && same_as_manifest(s, pg, hash)) {
+		/* The receiver still holds this VM's older image: address unchanged. */
+		r = wire_pages_add_ref(pb, block, qflags, pg->offset, WIRE_ENC_SAME, hash);
+		if (r == 0) {
+			s->cur->n_same++;
+			s->pages_same++;
+		}
+		return r;
+	}
 	pthread_mutex_lock(&s->cache_lock);
 	/*
 	 * Both caches see the same gets and puts in the same order, so a hit
@@ -289,6 +398,24 @@ static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 		if (r == 0) {
 			s->cur->n_ref++;
 			s->pages_ref++;
+		}
+		return r;
+	}
+	if (s->use_peer && ((s->peer.has_store && tsb_filter_maybe(&s->peer.store_filter, hash)) ||
+			    (s->peer.has_disk && tsb_filter_maybe(&s->peer.disk_filter, hash)))) {
+		/* Held by the receiver's store or disks (a false hit costs a NEED). */
+		bool in_store = s->peer.has_store &&
+				tsb_filter_maybe(&s->peer.store_filter, hash);
+
+		r = wire_pages_add_ref(pb, block, qflags, pg->offset, WIRE_ENC_REF, hash);
+		if (r == 0) {
+			if (in_store) {
+				s->cur->n_group++;
+				s->pages_group++;
+			} else {
+				s->cur->n_disk++;
+				s->pages_disk++;
+			}
 		}
 		return r;
 	}
@@ -343,6 +470,7 @@ static int on_event(void *opaque, const struct qs_event *ev)
 	case QS_EV_RAM_SETUP:
 		if (ev->ram_setup.n_blocks > WIRE_MAX_BLOCKS)
 			return -EMSGSIZE;
+		image_setup(s, ev);
 		for (i = 0; i < ev->ram_setup.n_blocks; i++) {
 			blocks[i].index = ev->ram_setup.blocks[i].index;
 			blocks[i].name.p = ev->ram_setup.blocks[i].name;
@@ -523,10 +651,14 @@ static void account_pages(struct sender *s, const struct job *j, size_t frame_le
 {
 	size_t entries = j->pb.entries.len;
 	size_t literal = frame_len - WIRE_HDR_LEN - 8 - entries;
-	uint64_t zero = (uint64_t)j->n_zero * 14, ref = (uint64_t)j->n_ref * 45;
+	uint64_t zero = (uint64_t)j->n_zero * 14;
+	uint64_t ref = (uint64_t)(j->n_ref + j->n_same + j->n_group + j->n_disk) * 45;
 
 	s->wan.zero += zero;
-	s->wan.reference += ref;
+	s->wan.reference += (uint64_t)j->n_ref * 45;
+	s->wan.reused += (uint64_t)j->n_same * 45;
+	s->wan.group += (uint64_t)j->n_group * 45;
+	s->wan.disk += (uint64_t)j->n_disk * 45;
 	s->wan.raw_entries += raw_entry_bytes;
 	s->wan.headers += WIRE_HDR_LEN + 8 + (entries - zero - ref - raw_entry_bytes);
 	if (zstd)
@@ -611,7 +743,9 @@ static void *wan_thread(void *arg)
 			(void)raw_bytes;
 			if (j->n_raw)
 				raw_entry = j->pb.entries.len - (size_t)j->n_zero * 14 -
-					    (size_t)j->n_ref * 45 - (size_t)j->n_data * 13;
+					    (size_t)(j->n_ref + j->n_same + j->n_group +
+						     j->n_disk) * 45 -
+					    (size_t)j->n_data * 13;
 			account_pages(s, j, out.len, zstd, raw_entry);
 			adapt_level(s, j->pb.entries.len + j->pb.literal.len, out.len,
 				    t1 - t0);
@@ -673,10 +807,11 @@ static int serve_need(struct sender *s, const struct wire_need *need)
 	pthread_mutex_lock(&s->cache_lock);
 	for (i = 0; i < need->count && r == 0; i++) {
 		memcpy(hashes[i], need->hashes + (size_t)i * WIRE_HASH_LEN, WIRE_HASH_LEN);
-		page = pagecache_get(s->cache, hashes[i]);
+		/* Peek: a NEED must not change the mirrored cache's order. */
+		page = pagecache_peek(s->cache, hashes[i]);
 		if (page)
 			memcpy(data + (size_t)i * 4096, page, 4096);
-		else
+		else if (!s->store || store_get(s->store, hashes[i], data + (size_t)i * 4096) < 0)
 			r = -ENOENT;
 	}
 	pthread_mutex_unlock(&s->cache_lock);
@@ -834,6 +969,162 @@ out:
 	return r;
 }
 
+/* The VM's id in stores: --vm-id, else QEMU's -name, else its UUID. */
+static int vm_identity(struct qmp *q, const char *given, char out[WIRE_MAX_ID + 1],
+		       char *err, size_t errlen)
+{
+	json_t *ret = NULL;
+	const char *v = given;
+	size_t i, n;
+	int r = 0;
+
+	if (!v && qmp_execute(q, "query-name", NULL, &ret, NULL, 0) == 0)
+		v = json_string_value(json_object_get(ret, "name"));
+	if (!v || !*v) {
+		json_decref(ret);
+		ret = NULL;
+		if (qmp_execute(q, "query-uuid", NULL, &ret, NULL, 0) == 0)
+			v = json_string_value(json_object_get(ret, "UUID"));
+		if (v && !strcmp(v, "00000000-0000-0000-0000-000000000000"))
+			v = NULL;
+	}
+	if (!v || !*v) {
+		snprintf(err, errlen, "the VM has neither a name nor a UUID: give --vm-id");
+		r = -EINVAL;
+		goto out;
+	}
+	n = strlen(v);
+	for (i = 0; i < n; i++)
+		if (v[i] < 0x21 || v[i] > 0x7e || v[i] == '/')
+			break;
+	if (n > WIRE_MAX_ID || i < n) {
+		snprintf(err, errlen, "VM id '%s' is not usable (1-%d printable characters, "
+			 "no spaces or '/'): give --vm-id", v, WIRE_MAX_ID);
+		r = -EINVAL;
+		goto out;
+	}
+	memcpy(out, v, n + 1);
+out:
+	json_decref(ret);
+	return r;
+}
+
+/*
+ * Reads the receiver's SUMMARY and finds what it still holds of this VM.
+ * err explains a failure (the receiver's own words if it refused us).
+ */
+static int take_summary(struct sender *s, char *err, size_t errlen)
+{
+	struct wire_msg m;
+	int r;
+
+	r = wire_conn_read_msg(s->conn, WIRE_ROLE_RECEIVER, &m);
+	if (r == 0)
+		r = -ECONNRESET;
+	if (r < 0) {
+		snprintf(err, errlen, "reading the receiver's summary: %s",
+			 wire_conn_errmsg(s->conn)[0] ? wire_conn_errmsg(s->conn) : strerror(-r));
+		return r;
+	}
+	if (m.type == WIRE_MSG_ERROR || m.type == WIRE_MSG_CANCEL) {
+		snprintf(err, errlen, "the receiver refused the migration: %.*s",
+			 (int)m.u.status.text.len, m.u.status.text.p);
+		return -ECONNREFUSED;
+	}
+	if (m.type != WIRE_MSG_SUMMARY) {
+		snprintf(err, errlen, "the receiver sent %s where its summary was due",
+			 wire_msg_name(m.type));
+		return -EPROTO;
+	}
+	s->summary_bytes = m.u.summary.n_filters ? WIRE_HDR_LEN : 0;
+	r = peer_view_init(&s->peer, &m.u.summary);
+	if (r < 0) {
+		snprintf(err, errlen, "the receiver's summary is malformed");
+		return r;
+	}
+	s->use_peer = true;
+	r = content_find_manifest(s->store, s->vm, s->peer_site, &s->peer, &s->manifest);
+	if (r < 0)
+		log_warn("store: cannot look for an earlier image of %s: %s", s->vm,
+			 strerror(-r));
+	if (s->manifest)
+		log_info("the receiver still holds image %s of %s: unchanged pages stay there",
+			 store_image_get_info(s->manifest)->peer_image, s->vm);
+	return 0;
+}
+
+/*
+ * The floor: the zstd-compressed size (level 3, 1 MiB chunks) of the
+ * distinct contents of the final image that had to travel as data (the
+ * destination could rebuild nothing of them). Our mirrored cache holds
+ * exactly the pages sent as data in this migration.
+ */
+static int64_t compute_floor(struct sender *s, uint64_t *ret_pages)
+{
+	struct wire_zstd *z = wire_zstd_new(3);
+	struct tsb_buf chunk, out;
+	uint8_t (*seen)[WIRE_HASH_LEN] = NULL;
+	size_t cap = 1, nb, b, slot;
+	uint64_t total = 0, i, pages = 0;
+	int64_t floor_bytes = 0;
+	const uint8_t *hash, *page;
+
+	if (!z)
+		return -1;
+	nb = store_image_block_count(s->image);
+	for (b = 0; b < nb; b++)
+		total += s->image_pages[b];
+	while (cap < total * 2 + 2)
+		cap *= 2;
+	seen = calloc(cap, WIRE_HASH_LEN);
+	tsb_buf_init(&chunk);
+	tsb_buf_init(&out);
+	if (!seen) {
+		floor_bytes = -1;
+		goto out;
+	}
+	for (b = 0; b < nb; b++) {
+		for (i = 0; i < s->image_pages[b]; i++) {
+			uint64_t key;
+
+			if (store_image_page(s->image, b, i, &hash) != STORE_PAGE_HASH)
+				continue;
+			page = pagecache_peek(s->cache, hash);
+			if (!page)
+				continue;
+			memcpy(&key, hash, sizeof(key));
+			/* Open addressing; an all-zero slot is free (no real hash is zero). */
+			for (slot = key & (cap - 1); seen[slot][0] | seen[slot][1] | seen[slot][31];
+			     slot = (slot + 1) & (cap - 1))
+				if (!memcmp(seen[slot], hash, WIRE_HASH_LEN))
+					break;
+			if (!memcmp(seen[slot], hash, WIRE_HASH_LEN))
+				continue;
+			memcpy(seen[slot], hash, WIRE_HASH_LEN);
+			pages++;
+			tsb_buf_append(&chunk, page, 4096);
+			if (chunk.len >= (1u << 20)) {
+				tsb_buf_reset(&out);
+				floor_bytes += wire_zstd_compress(z, chunk.data, chunk.len, &out) > 0 ?
+					       (int64_t)out.len : (int64_t)chunk.len;
+				tsb_buf_reset(&chunk);
+			}
+		}
+	}
+	if (chunk.len) {
+		tsb_buf_reset(&out);
+		floor_bytes += wire_zstd_compress(z, chunk.data, chunk.len, &out) > 0 ?
+			       (int64_t)out.len : (int64_t)chunk.len;
+	}
+out:
+	*ret_pages = pages;
+	free(seen);
+	tsb_buf_fini(&chunk);
+	tsb_buf_fini(&out);
+	wire_zstd_free(z);
+	return floor_bytes;
+}
+
 struct progress_ctx {
 	struct sender *s;
 	uint64_t start_ns;
@@ -896,7 +1187,8 @@ static json_t *make_report(struct sender *s, const struct migctl_result *res,
 	}
 	json_object_set_new(r, "qemu_stream_bytes", json_integer(s->stream_bytes));
 	json_object_set_new(r, "wan", json_pack(
-		"{s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:I, s:I}",
+		"{s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I},"
+		" s:I, s:I}",
 		"bytes_sent", (json_int_t)ws.net_out,
 		"bytes_received", (json_int_t)ws.net_in,
 		"tls_overhead", (json_int_t)(ws.net_out - ws.app_out),
@@ -907,15 +1199,43 @@ static json_t *make_report(struct sender *s, const struct migctl_result *res,
 		"literal", (json_int_t)s->wan.literal,
 		"compressed", (json_int_t)s->wan.compressed,
 		"reference", (json_int_t)s->wan.reference,
+		"reused", (json_int_t)s->wan.reused,
+		"group", (json_int_t)s->wan.group,
+		"disk", (json_int_t)s->wan.disk,
 		"stream", (json_int_t)s->wan.stream,
 		"raw", (json_int_t)s->wan.raw_entries,
 		"control", (json_int_t)s->wan.control,
 		"literal_uncompressed", (json_int_t)s->wan.literal_in,
 		"stream_uncompressed", (json_int_t)s->wan.stream_in));
-	json_object_set_new(r, "pages", json_pack("{s:I, s:I, s:I, s:I, s:I}",
+	json_object_set_new(r, "pages", json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 		"zero", (json_int_t)s->pages_zero, "data", (json_int_t)s->pages_data,
 		"reference", (json_int_t)s->pages_ref, "raw", (json_int_t)s->pages_raw,
+		"reused", (json_int_t)s->pages_same, "group", (json_int_t)s->pages_group,
+		"disk", (json_int_t)s->pages_disk,
 		"need_served", (json_int_t)s->need_served));
+	/* Where each page came from at the destination, and what that cost. */
+	json_object_set_new(r, "by_source", json_pack(
+		"{s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I}}",
+		"reused_from_old_image", "pages", (json_int_t)s->pages_same,
+		"bytes", (json_int_t)s->wan.reused,
+		"shared_from_group", "pages", (json_int_t)s->pages_group,
+		"bytes", (json_int_t)s->wan.group,
+		"rebuilt_from_disk", "pages", (json_int_t)s->pages_disk,
+		"bytes", (json_int_t)s->wan.disk,
+		"repeated_in_migration", "pages", (json_int_t)s->pages_ref,
+		"bytes", (json_int_t)s->wan.reference,
+		"sent", "pages", (json_int_t)s->pages_data,
+		"bytes", (json_int_t)(s->wan.literal + s->wan.compressed)));
+	if (s->store) {
+		json_t *st = json_pack("{s:s, s:s, s:s, s:s, s:b}",
+			"site", store_site_id(s->store), "tenant", s->tenant, "vm", s->vm,
+			"image", s->image_id, "peer_summary", s->use_peer);
+
+		if (s->manifest)
+			json_object_set_new(st, "reused_image", json_string(
+				store_image_get_info(s->manifest)->peer_image));
+		json_object_set_new(r, "store", st);
+	}
 	json_object_set_new(r, "zstd_batches", json_pack("{s:I, s:I, s:I}",
 		"none", (json_int_t)s->level_uses[0], "level1", (json_int_t)s->level_uses[1],
 		"level3", (json_int_t)s->level_uses[2]));
@@ -942,7 +1262,7 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 	pthread_t th_parse, th_wan, th_ret;
 	bool threads = false;
 	char host[256], port[32], err[512] = "", *caps_copy = NULL;
-	uint64_t start_ns = tsb_now_ns(), cache_pages, wait_start;
+	uint64_t start_ns = tsb_now_ns(), cache_pages, wait_start, end_ns, commit_ms = 0;
 	enum proxy_outcome oc;
 	int fd = -1, r, i;
 
@@ -978,7 +1298,27 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 		goto out;
 	}
 
-	/* Link first: nothing touches QEMU before the receiver is known good. */
+	if (o->c.store_dir) {
+		/* Only reads from QEMU here: who the VM is, to find its images. */
+		r = qmp_open(o->c.qmp_path, 10000, &q);
+		if (r < 0) {
+			fail(s, PROXY_FAILED, "cannot reach the source QEMU at %s: %s",
+			     o->c.qmp_path, strerror(-r));
+			goto out;
+		}
+		r = vm_identity(q, o->vm_id, s->vm, err, sizeof(err));
+		if (r == 0) {
+			content_tenant(o->c.tenant, s->vm, s->tenant);
+			r = content_open_store(&o->c, s->tenant, &s->store, err, sizeof(err));
+		}
+		if (r < 0) {
+			fail(s, PROXY_FAILED, "%s", err);
+			goto out;
+		}
+		content_new_id(s->image_id);
+	}
+
+	/* Link first: nothing changes in QEMU before the receiver is known good. */
 	if (tsb_split_hostport(o->to, host, sizeof(host), port, sizeof(port)) < 0) {
 		fail(s, PROXY_FAILED, "bad --to '%s': expected HOST:PORT", o->to);
 		goto out;
@@ -1008,16 +1348,33 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 	hello.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
 		     (o->postcopy_after_ms ? WIRE_CAP_POSTCOPY : 0);
 	hello.site = "source";
+	if (s->store) {
+		hello.caps |= WIRE_CAP_STORE;
+		hello.site = store_site_id(s->store);
+		hello.migration = s->image_id;
+		hello.vm = s->vm;
+		hello.tenant = s->tenant;
+		hello.store_gen = store_generation(s->store);
+	}
 	r = wire_conn_hello(s->conn, &hello, &peer);
 	if (r < 0) {
 		fail(s, proxy_outcome_of_errno(r), "%s", wire_conn_errmsg(s->conn));
 		goto out;
 	}
+	snprintf(s->peer_site, sizeof(s->peer_site), "%.*s", (int)peer.site.len, peer.site.p);
+	if (s->store && (peer.caps & WIRE_CAP_STORE)) {
+		r = take_summary(s, err, sizeof(err));
+		if (r < 0) {
+			fail(s, r == -ECONNREFUSED || r == -EPROTO || r == -EBADMSG ?
+			     PROXY_FAILED : proxy_outcome_of_errno(r), "%s", err);
+			goto out;
+		}
+	}
 	if (o->c.stall_ms)
 		wire_conn_set_timeout(s->conn, o->c.stall_ms);
 
 	/* QEMU. */
-	r = qmp_open(o->c.qmp_path, 10000, &q);
+	r = q ? 0 : qmp_open(o->c.qmp_path, 10000, &q);
 	if (r < 0) {
 		fail(s, PROXY_FAILED, "cannot reach the source QEMU at %s: %s",
 		     o->c.qmp_path, strerror(-r));
@@ -1122,8 +1479,28 @@ out:
 	oc = s->failed ? s->outcome : PROXY_OK;
 	if (s->failed && s->outcome == PROXY_OK)
 		oc = s->outcome = PROXY_FAILED;
-	if (ret_report)
-		*ret_report = make_report(s, &res, start_ns, tsb_now_ns());
+	end_ns = tsb_now_ns();
+	if (oc == PROXY_OK && s->image && !s->store_failed) {
+		/* This host keeps the VM's last image for when it comes back. */
+		r = store_image_commit(s->store, s->image, err, sizeof(err));
+		if (r < 0)
+			log_warn("store: the VM's image was not kept: %s", err);
+		commit_ms = (tsb_now_ns() - end_ns) / 1000000;
+	}
+	if (ret_report) {
+		*ret_report = make_report(s, &res, start_ns, end_ns);
+		if (s->store)
+			json_object_set_new(json_object_get(*ret_report, "store"),
+					    "commit_ms", json_integer((json_int_t)commit_ms));
+		if (oc == PROXY_OK && o->floor && s->image) {
+			uint64_t fp = 0;
+			int64_t fb = compute_floor(s, &fp);
+
+			if (fb >= 0)
+				json_object_set_new(*ret_report, "floor", json_pack("{s:I, s:I}",
+					"bytes", (json_int_t)fb, "pages", (json_int_t)fp));
+		}
+	}
 	if (s->failed)
 		log_error("%s", s->error);
 
@@ -1135,6 +1512,11 @@ out:
 	if (s->qfd >= 0)
 		close(s->qfd);
 	pagecache_free(s->cache);
+	store_image_free(s->image);
+	store_image_free(s->manifest);
+	peer_view_fini(&s->peer);
+	if (s->store)
+		store_close(s->store);
 	for (i = 0; i < N_JOBS; i++) {
 		wire_pages_builder_fini(&s->jobs[i].pb);
 		tsb_buf_fini(&s->jobs[i].buf);

@@ -281,6 +281,18 @@ void diskindex_for_each_hash(const struct diskindex *d,
 			fn(d->slots[i].hash, arg);
 }
 
+bool diskindex_has(const struct diskindex *d, const uint8_t hash[DISKINDEX_HASH_LEN])
+{
+	size_t j;
+
+	if (!d->count)
+		return false;
+	for (j = slot_of(d, hash); d->slots[j].file != EMPTY; j = (j + 1) & (d->cap - 1))
+		if (!memcmp(d->slots[j].hash, hash, DISKINDEX_HASH_LEN))
+			return true;
+	return false;
+}
+
 int diskindex_get(struct diskindex *d, const uint8_t hash[DISKINDEX_HASH_LEN],
 		  uint8_t out[DISKINDEX_BLOCK])
 {

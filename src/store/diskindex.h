@@ -13,6 +13,7 @@
 #ifndef TSB_DISKINDEX_H
 #define TSB_DISKINDEX_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,6 +42,9 @@ size_t diskindex_files(const struct diskindex *d);
 void diskindex_for_each_hash(const struct diskindex *d,
 			     void (*fn)(const uint8_t hash[DISKINDEX_HASH_LEN], void *arg),
 			     void *arg);
+
+/* True if a block with this hash was indexed (not re-read). */
+bool diskindex_has(const struct diskindex *d, const uint8_t hash[DISKINDEX_HASH_LEN]);
 
 /*
  * Copies the block with this content hash into out, after reading it

@@ -317,6 +317,18 @@ static int site_id_load(const char *dir, bool create, char out[33])
 
 /* ---- lock ---- */
 
+int store_dir_site_id(const char *dir, char out[33], char *err, size_t errlen)
+{
+	int r = mkdir_p(dir);
+
+	if (r == 0)
+		r = site_id_load(dir, true, out);
+	if (r < 0)
+		snprintf(err, errlen, "store %s: cannot read or create its site id: %s", dir,
+			 strerror(-r));
+	return r;
+}
+
 static int lock_take(struct store *s, int timeout_ms, char *err, size_t errlen)
 {
 	char path[PATH_MAX], pidbuf[32];

@@ -56,6 +56,12 @@ int store_open(const struct store_options *o, struct store **ret, char *err,
 /* Releases the lock. Appended pages not yet synced may be lost: that is fine. */
 void store_close(struct store *s);
 
+/*
+ * Reads the identity of the store at dir, creating dir and the identity
+ * if needed (DIR/site-id: 32 lowercase hex chars and a newline, written
+ * once, atomically), without opening any tenant. 0 or -errno.
+ */
+int store_dir_site_id(const char *dir, char out[33], char *err, size_t errlen);
 /* Persistent random identity of this store (the host's site id), 32 hex chars. */
 const char *store_site_id(const struct store *s);
 /* Bumped every time pages may have been removed (eviction, gc). */

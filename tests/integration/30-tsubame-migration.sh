@@ -16,13 +16,13 @@ start_dest_vm dst "$workload"
 recv_port=$(free_port)
 wan_port=$(free_port)
 start_wanem "$wan_port" "$recv_port" 400mbit 5ms
-"$TSUBAME" recv --listen "127.0.0.1:$recv_port" --qmp "$T/dst/qmp.sock" --key "$T/key" \
+"$TSUBAME" recv --listen "127.0.0.1:$recv_port" --qmp "$T/dst/qmp.sock" --key "$T/key" --store "$T/store-b" \
 	--report "$T/recv.json" 2>"$T/recv.log" &
 recv_pid=$!
 cleanup_pids+=("$recv_pid")
 wait_listen "$recv_port" 30 || fail "recv did not listen: $(cat "$T/recv.log")"
 
-"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" --key "$T/key" \
+"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" --key "$T/key" --store "$T/store-a" \
 	--report "$T/send.json" --timeout 300s 2>"$T/send.log" ||
 	fail "send failed: $(cat "$T/send.log")"
 wait "$recv_pid" || fail "recv failed: $(cat "$T/recv.log")"

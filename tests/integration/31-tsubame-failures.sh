@@ -32,7 +32,7 @@ start_pair() {
 	start_wanem "$wan_port" "$recv_port" "$1" 5ms
 	wanem_pid=${cleanup_pids[-1]}
 	"$TSUBAME" recv --listen "127.0.0.1:$recv_port" --qmp "$T/dst$attempt/qmp.sock" \
-		--key "$T/key" --stall-timeout 10s 2>"$T/recv$attempt.log" &
+		--key "$T/key" --store "$T/store-b" --stall-timeout 10s 2>"$T/recv$attempt.log" &
 	recv_pid=$!
 	cleanup_pids+=("$recv_pid")
 	sleep 0.5
@@ -49,7 +49,7 @@ expect_exit() {
 start_pair 400mbit
 rc=0
 "$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" \
-	--key "$T/other-key" 2>"$T/send1.log" || rc=$?
+	--key "$T/other-key" --store "$T/store-a" 2>"$T/send1.log" || rc=$?
 [ "$rc" -eq 5 ] || fail "wrong key: send exit $rc, expected 5 ($(cat "$T/send1.log"))"
 grep -qi "key" "$T/send1.log" || fail "wrong key: no clear message: $(cat "$T/send1.log")"
 expect_exit "$recv_pid" 5 "wrong key: recv"
@@ -71,7 +71,7 @@ expect_exit "$recv_pid" 130 "recv interrupted while waiting"
 
 # 3. The link is cut in the middle of the migration.
 start_pair 40mbit
-"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" --key "$T/key" \
+"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" --key "$T/key" --store "$T/store-a" \
 	--stall-timeout 10s 2>"$T/send3.log" &
 send_pid=$!
 cleanup_pids+=("$send_pid")
@@ -84,7 +84,7 @@ source_still_verifies "the link was cut"
 
 # 4. The receiver dies.
 start_pair 40mbit
-"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" --key "$T/key" \
+"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" --key "$T/key" --store "$T/store-a" \
 	--stall-timeout 10s 2>"$T/send4.log" &
 send_pid=$!
 cleanup_pids+=("$send_pid")
@@ -95,7 +95,7 @@ source_still_verifies "the receiver was killed"
 
 # 5. Ctrl-C on the sender.
 start_pair 40mbit
-"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" --key "$T/key" \
+"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" --key "$T/key" --store "$T/store-a" \
 	2>"$T/send5.log" &
 send_pid=$!
 cleanup_pids+=("$send_pid")

@@ -126,3 +126,37 @@ start_wanem() {
 	cleanup_pids+=($!)
 	wait_listen "$1" 5 || fail "WAN emulator did not start listening on port $1"
 }
+
+# tsubame_migrate SRC DST TAG "SEND_ARGS" "RECV_ARGS": tsubame recv beside
+# VM DST, tsubame send beside VM SRC, over a fresh WAN emulator (400 Mbit/s,
+# 5 ms); reports in $T/TAG-send.json and $T/TAG-recv.json. Fails the test
+# unless both exit 0.
+tsubame_migrate() {
+	local src=$1 dst=$2 tag=$3 sargs=$4 rargs=$5 rport wport rpid
+	[ -f "$T/key" ] || "$TSUBAME" keygen "$T/key" >/dev/null
+	rport=$(free_port)
+	wport=$(free_port)
+	start_wanem "$wport" "$rport" 400mbit 5ms
+	# shellcheck disable=SC2086 # the argument lists are word lists
+	"$TSUBAME" recv --listen "127.0.0.1:$rport" --qmp "$T/$dst/qmp.sock" --key "$T/key" \
+		--report "$T/$tag-recv.json" $rargs 2>"$T/$tag-recv.log" &
+	rpid=$!
+	cleanup_pids+=("$rpid")
+	wait_listen "$rport" 60 || fail "$tag: recv did not listen: $(cat "$T/$tag-recv.log")"
+	# shellcheck disable=SC2086
+	"$TSUBAME" send --qmp "$T/$src/qmp.sock" --to "127.0.0.1:$wport" --key "$T/key" \
+		--report "$T/$tag-send.json" --timeout 300s --no-progress $sargs \
+		2>"$T/$tag-send.log" || fail "$tag: send failed: $(cat "$T/$tag-send.log")"
+	wait "$rpid" || fail "$tag: recv failed: $(cat "$T/$tag-recv.log")"
+}
+
+# verify_after SRC DST: the destination carries on beyond the source's last
+# beat with nothing corrupted.
+verify_after() {
+	local last after
+	last=$(grep -a -o 'beat [0-9]* ok' "$T/$1/serial.log" | tail -1 | awk '{print $2}')
+	after=$(wait_beat "$2" "${last:-0}" 90 | awk '{print $2}')
+	grep -aq CORRUPT "$T/$2/serial.log" && fail "$2 found corrupted memory"
+	[ -n "$after" ] && [ "$after" -gt "${last:-0}" ] || fail "$2 did not carry on verifying"
+	log "$2 verifying, beat $after (the source stopped at ${last:-?})"
+}

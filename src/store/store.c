@@ -7,6 +7,7 @@
 #include "common/buf.h"
 #include "common/log.h"
 #include "common/reader.h"
+#include "common/util.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -1076,6 +1077,32 @@ out:
 
 /* ---- open / close ---- */
 
+/* Temporary files of writes a crash interrupted (we hold the lock). */
+static void remove_tmp_files(struct store *s)
+{
+	static const char *const dirs[] = { "", "/images" };
+	char path[PATH_MAX];
+	struct dirent *d;
+	size_t i;
+	DIR *dh;
+
+	for (i = 0; i < TSB_ARRAY_SIZE(dirs); i++) {
+		if (snprintf(path, sizeof(path), "%s%s", s->tdir, dirs[i]) >=
+		    (int)sizeof(path))
+			continue;
+		dh = opendir(path);
+		if (!dh)
+			continue;
+		while ((d = readdir(dh))) {
+			size_t l = strlen(d->d_name);
+
+			if (l > 4 && !strcmp(d->d_name + l - 4, ".tmp"))
+				(void)unlinkat(dirfd(dh), d->d_name, 0);
+		}
+		closedir(dh);
+	}
+}
+
 int store_open_internal(const struct store_options *o, bool readonly,
 			struct store **ret, char *err, size_t errlen)
 {
@@ -1151,6 +1178,8 @@ int store_open_internal(const struct store_options *o, bool readonly,
 			goto fail;
 		}
 	}
+	if (!readonly)
+		remove_tmp_files(s);
 	if ((r = state_load(s, fresh))) {
 		errf(err, errlen, "store %s: cannot write the state of tenant %s: %s",
 		     o->dir, o->tenant, strerror(-r));

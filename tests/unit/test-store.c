@@ -356,8 +356,9 @@ static void test_images(void **state)
 	free(v);
 	assert_int_equal(store_image_touch(s, "img1"), 0);
 	assert_int_equal(store_image_list(s, NULL, &v, &n), 0);
-	assert_string_equal(v[0].id, "img1");
-	assert_true(v[0].used_ms > v[1].used_ms);
+	assert_string_equal(v[2].id, "img1");	/* still the oldest */
+	assert_true(v[2].used_ms > v[0].used_ms);
+	assert_true(v[2].used_ms > v[1].used_ms);
 	free(v);
 	assert_int_equal(store_image_touch(s, "nope"), -ENOENT);
 	assert_int_equal(store_image_remove(s, "img2"), 0);
@@ -604,6 +605,7 @@ static void test_power_loss(void **state)
 		assert_int_equal(n, 1);
 		free(v);
 	}
+	assert_int_equal(access(path, F_OK), -1);	/* the .tmp is gone */
 	store_close(s);
 	/* Verify finds nothing left to repair after a second pass. */
 	{

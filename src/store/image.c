@@ -458,10 +458,11 @@ int64_t store_next_used_ms(struct store *s)
 		struct store_image_info *v = NULL;
 		size_t n = 0;
 
-		/* Newest first: v[0] is the most recently used. */
 		pthread_mutex_unlock(&s->mu);
-		if (!store_image_list(s, NULL, &v, &n) && n)
-			now = now > v[0].used_ms ? now : v[0].used_ms + 1;
+		if (!store_image_list(s, NULL, &v, &n))
+			for (size_t i = 0; i < n; i++)
+				if (v[i].used_ms >= now)
+					now = v[i].used_ms + 1;
 		free(v);
 		pthread_mutex_lock(&s->mu);
 	}
@@ -541,10 +542,13 @@ int store_image_commit(struct store *s, struct store_image *im, char *err,
 	return 0;
 }
 
+/* Newest (committed last) first; then most recently used. */
 static int cmp_info_newest(const void *a, const void *b)
 {
 	const struct store_image_info *x = a, *y = b;
 
+	if (x->created_ms != y->created_ms)
+		return x->created_ms > y->created_ms ? -1 : 1;
 	if (x->used_ms != y->used_ms)
 		return x->used_ms > y->used_ms ? -1 : 1;
 	return strcmp(x->id, y->id);

@@ -356,8 +356,9 @@ static void test_images(void **state)
 	free(v);
 	assert_int_equal(store_image_touch(s, "img1"), 0);
 	assert_int_equal(store_image_list(s, NULL, &v, &n), 0);
-	assert_string_equal(v[0].id, "img1");
-	assert_true(v[0].used_ms > v[1].used_ms);
+	assert_string_equal(v[2].id, "img1");	/* still the oldest */
+	assert_true(v[2].used_ms > v[0].used_ms);
+	assert_true(v[2].used_ms > v[1].used_ms);
 	free(v);
 	assert_int_equal(store_image_touch(s, "nope"), -ENOENT);
 	assert_int_equal(store_image_remove(s, "img2"), 0);
@@ -604,6 +605,7 @@ static void test_power_loss(void **state)
 		assert_int_equal(n, 1);
 		free(v);
 	}
+	assert_int_equal(access(path, F_OK), -1);	/* the .tmp is gone */
 	store_close(s);
 	/* Verify finds nothing left to repair after a second pass. */
 	{
@@ -819,6 +821,100 @@ static void test_compaction_crash_leftovers(void **state)
 	store_close(s);
 }
 
+/*
+ * kill -9 at arbitrary moments: a child commits image after image (with a
+ * small cap, so eviction and compaction run too) and is killed right after
+ * it reports a commit, i.e. somewhere in the next put, sync, image write
+ * or compaction. Every image left must load and all its pages must be
+ * served intact; nothing wrong is ever served.
+ */
+static void test_kill9_loop(void **state)
+{
+	const char *dir = *state;
+
+	for (int round = 0; round < 6; round++) {
+		struct store_image_info *v;
+		struct store *s;
+		int pfd[2], st;
+		size_t n;
+		pid_t pid;
+		char c;
+
+		assert_int_equal(pipe(pfd), 0);
+		pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			struct store_options o = { .dir = dir, .tenant = "k",
+						   .cap_bytes = 300 * 4096,
+						   .lock_timeout_ms = 5000 };
+			uint8_t page[4096], hash[32];
+			char err[256];
+
+			close(pfd[0]);
+			if (store_open(&o, &s, err, sizeof(err)))
+				_exit(10);
+			for (uint32_t k = 0;; k++) {
+				uint32_t seed = 1000 + round * 1000 + k;
+				struct store_image_info info = {
+					.role = STORE_IMAGE_DEPARTURE };
+				struct store_image_block b = { "ram", 60 * 4096 };
+				struct store_image *im;
+
+				snprintf(info.id, sizeof(info.id), "r%d-%u", round, k);
+				snprintf(info.vm, sizeof(info.vm), "vm%u", k % 3);
+				im = store_image_new(&info, &b, 1);
+				if (!im)
+					_exit(11);
+				for (uint32_t i = 0; i < 60; i++) {
+					/* Half shared with the previous image. */
+					uint32_t sd = i < 30 ? seed - 1 : seed;
+
+					make_page(sd, i, page, hash);
+					if (store_put(s, hash, page) ||
+					    store_image_set(im, 0, i, STORE_PAGE_HASH, hash))
+						_exit(12);
+				}
+				if (store_image_commit(s, im, err, sizeof(err)))
+					_exit(13);
+				store_image_free(im);
+				if (write(pfd[1], "c", 1) != 1)
+					_exit(14);
+			}
+		}
+		close(pfd[1]);
+		/* Let it commit a few, then kill it wherever it is. */
+		for (int i = 0; i < 3 + round; i++)
+			assert_int_equal(read(pfd[0], &c, 1), 1);
+		kill(pid, SIGKILL);
+		assert_int_equal(waitpid(pid, &st, 0), pid);
+		close(pfd[0]);
+		assert_true(WIFSIGNALED(st));
+
+		s = open_store(dir, "k", 300 * 4096);
+		assert_int_equal(store_image_list(s, NULL, &v, &n), 0);
+		assert_true(n >= 1);
+		for (size_t i = 0; i < n; i++) {
+			struct store_image *im;
+			uint8_t out[4096], md[32];
+
+			assert_int_equal(store_image_load(s, v[i].id, &im), 0);
+			for (uint32_t p = 0; p < 60; p++) {
+				const uint8_t *h;
+
+				assert_int_equal(store_image_page(im, 0, p, &h),
+						 STORE_PAGE_HASH);
+				assert_int_equal(store_get(s, h, out), 0);
+				SHA256(out, 4096, md);
+				assert_memory_equal(md, h, 32);
+			}
+			store_image_free(im);
+		}
+		free(v);
+		check_never_wrong(s);
+		store_close(s);
+	}
+}
+
 struct thr {
 	struct store *s;
 	uint32_t seed;
@@ -886,6 +982,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_gc, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_kill9_loop, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_compaction_crash_leftovers,
 						setup, teardown),
 	};

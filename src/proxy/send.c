@@ -107,6 +107,7 @@ struct sender {
 	uint64_t switchover_ns;	/* device state began (CLOCK_MONOTONIC) */
 	int level;		/* index into zstd_levels */
 	double link_speed;	/* bytes/s the link carries when it is the limit */
+	double max_rate_seen;	/* highest bytes/s written in one sampling interval */
 	uint64_t credit_wait_ns; /* parse thread time spent waiting for credits */
 	uint64_t rate_t0_ns, rate_wire0, rate_wait0; /* link sampling interval */
 	uint64_t wire_out;	/* bytes written by the WAN thread */
@@ -615,11 +616,19 @@ static void adapt_level(struct sender *s, size_t in, size_t out, uint64_t compre
 		wait = s->credit_wait_ns - s->rate_wait0;
 		s->rate_wait0 = s->credit_wait_ns;
 		pthread_mutex_unlock(&s->lock);
+		double rate = (double)(s->wire_out - s->rate_wire0) * 1e9 / dt;
+
+		if (s->rate_t0_ns && rate > s->max_rate_seen)
+			s->max_rate_seen = rate;
 		if (s->rate_t0_ns && wait > dt / 2)
-			s->link_speed = ewma(s->link_speed,
-					     (double)(s->wire_out - s->rate_wire0) * 1e9 / dt);
-		else if (s->rate_t0_ns)
-			s->link_speed *= 1.25; /* room to spare: probe upwards */
+			s->link_speed = ewma(s->link_speed, rate);
+		else if (s->rate_t0_ns && s->link_speed < 2 * s->max_rate_seen)
+			/*
+			 * Room to spare: probe upwards, but not beyond twice what
+			 * ever went out (phases of references send little and
+			 * would otherwise make any link look fast).
+			 */
+			s->link_speed *= 1.25;
 		s->rate_t0_ns = now;
 		s->rate_wire0 = s->wire_out;
 	}

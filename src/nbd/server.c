@@ -27,6 +27,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "common/reader.h"
 
 #define READ_CHUNK	(256U << 10)
@@ -532,6 +533,8 @@ static int negotiate(struct nbd_server *srv)
 				    MAX_OPTIONS);
 		if (o.option < 32)
 			srv->stats.options_seen |= 1U << o.option;
+		log_debug("nbd-server: option %s (%u), %u bytes",
+			  nbd_opt_name(o.option), o.option, o.len);
 
 		switch (o.option) {
 		case NBD_OPT_EXPORT_NAME:
@@ -641,6 +644,9 @@ static void send_reply(struct nbd_server *srv, struct srv_io *s)
 {
 	struct nbd_io *io = &s->io;
 
+	log_debug("nbd-server: reply %s cookie %llu: %d",
+		  nbd_cmd_name(io->type), (unsigned long long)io->cookie,
+		  s->err);
 	if (s->err) {
 		send_error_reply(srv, io->type, io->cookie,
 				 nbd_errno_to_wire(s->err), strerror(-s->err));
@@ -800,8 +806,12 @@ static int next_request(struct nbd_server *srv)
 	if (req.type < 8)
 		count(srv, &req);
 
+	log_debug("nbd-server: %s cookie %llu flags 0x%x offset %llu length %u",
+		  nbd_cmd_name(req.type), (unsigned long long)req.cookie,
+		  req.flags, (unsigned long long)req.offset, req.length);
 	err = nbd_validate_request(&req, &srv->params, &why);
 	if (err) {
+		log_debug("nbd-server: refused: %s", why);
 		send_error_reply(srv, req.type, req.cookie, err, why);
 		return 1;
 	}

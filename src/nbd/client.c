@@ -678,10 +678,11 @@ static void take(struct cl_req *q, struct nbd_completion *ret)
 
 int nbd_client_wait(struct nbd_client *cl, struct nbd_completion *ret)
 {
+	int r = 0;
+
 	for (;;) {
 		struct cl_req *best = NULL;
 		unsigned int i;
-		int r;
 
 		for (i = 0; i < cl->n_slots; i++) {
 			struct cl_req *q = &cl->slots[i];
@@ -690,15 +691,16 @@ int nbd_client_wait(struct nbd_client *cl, struct nbd_completion *ret)
 			    (!best || q->done_seq < best->done_seq))
 				best = q;
 		}
+		/* Replies that arrived before a failure are still reported. */
 		if (best) {
 			take(best, ret);
 			return 0;
 		}
+		if (r)
+			return r;
 		if (!cl->n_inflight)
 			return -ENOENT;
 		r = pump_replies(cl);
-		if (r)
-			return r;
 	}
 }
 

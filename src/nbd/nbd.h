@@ -341,6 +341,7 @@ struct nbd_io {
 	uint64_t offset;
 	uint32_t length;
 	uint8_t *data;
+	uint64_t seq;		/* arrival order on this connection */
 	void *priv;		/* free for the export's use */
 };
 

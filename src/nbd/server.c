@@ -845,6 +845,7 @@ static int next_request(struct nbd_server *srv)
 			memcpy(s->io.data, p, req.length);
 	}
 	s->seq = srv->seq++;
+	s->io.seq = s->seq;
 	s->prev = srv->tail;
 	if (srv->tail)
 		srv->tail->next = s;

@@ -110,8 +110,8 @@ struct fexp {
 	struct nbd_io *queue[256];
 	unsigned int head, tail;
 	bool quit;
-	unsigned int writes_done;	/* by the worker */
-	unsigned int writes_queued;
+	uint64_t outstanding[256];	/* seqs of writes not completed */
+	unsigned int n_out;
 	unsigned int flush_violations;	/* flush called with writes pending */
 	unsigned int n_flush;
 };
@@ -188,8 +188,9 @@ static void *worker(void *arg)
 		pthread_mutex_unlock(&f->lock);
 		r = apply(f, io);
 		pthread_mutex_lock(&f->lock);
-		if (io->type != NBD_CMD_FLUSH)
-			f->writes_done++;
+		for (unsigned int i = 0; i < f->n_out; i++)
+			if (f->outstanding[i] == io->seq)
+				f->outstanding[i] = f->outstanding[--f->n_out];
 		pthread_mutex_unlock(&f->lock);
 		nbd_server_complete(f->srv, io, r);
 		pthread_mutex_lock(&f->lock);
@@ -204,11 +205,13 @@ static int f_queue(void *user, struct nbd_io *io)
 
 	pthread_mutex_lock(&f->lock);
 	if (io->type == NBD_CMD_FLUSH) {
+		/* Every write that arrived before the flush is completed. */
 		f->n_flush++;
-		if (f->writes_done != f->writes_queued)
-			f->flush_violations++;
+		for (unsigned int i = 0; i < f->n_out; i++)
+			if (f->outstanding[i] < io->seq)
+				f->flush_violations++;
 	} else {
-		f->writes_queued++;
+		f->outstanding[f->n_out++] = io->seq;
 	}
 	f->queue[f->tail++ % 256] = io;	/* max_inflight 64 < 256 */
 	pthread_cond_signal(&f->cond);

@@ -413,7 +413,8 @@ struct mem {
 	pthread_cond_t cond;
 	struct nbd_io *pending[128];
 	unsigned int n_pending;
-	unsigned int writes_in, writes_done;
+	uint64_t outstanding[256];	/* seqs of writes not yet completed */
+	unsigned int n_out;
 	unsigned int flushes, flush_violations;
 	bool quit;
 	pthread_t thr;
@@ -447,22 +448,24 @@ static int m_write(void *u, struct nbd_io *io)
 	struct mem *m = u;
 	int r = 0;
 
+	unsigned int i;
+
 	pthread_mutex_lock(&m->lock);
 	if (io->type == NBD_CMD_FLUSH) {
+		/* Every write that arrived before the flush is completed. */
 		m->flushes++;
-		if (m->writes_done != m->writes_in)
-			m->flush_violations++;
-	} else {
-		m->writes_in++;
+		for (i = 0; i < m->n_out; i++)
+			if (m->outstanding[i] < io->seq)
+				m->flush_violations++;
 	}
 	if (m->async) {
+		if (io->type != NBD_CMD_FLUSH)
+			m->outstanding[m->n_out++] = io->seq;
 		m->pending[m->n_pending++] = io;
 		pthread_cond_signal(&m->cond);
 		r = NBD_IO_ASYNC;
 	} else {
 		m_apply(m, io);
-		if (io->type != NBD_CMD_FLUSH)
-			m->writes_done++;
 	}
 	pthread_mutex_unlock(&m->lock);
 	return r;
@@ -489,9 +492,12 @@ static void *m_worker(void *arg)
 		while (m->n_pending) {
 			struct nbd_io *io = m->pending[--m->n_pending];
 
+			unsigned int i;
+
 			m_apply(m, io);
-			if (io->type != NBD_CMD_FLUSH)
-				m->writes_done++;
+			for (i = 0; i < m->n_out; i++)
+				if (m->outstanding[i] == io->seq)
+					m->outstanding[i] = m->outstanding[--m->n_out];
 			nbd_server_complete(m->srv, io, 0);
 		}
 	}

@@ -385,7 +385,10 @@ int nbd_client_connect_fd(int fd, const struct nbd_client_config *cfg,
 	cl->max_inflight = cfg->max_inflight ? cfg->max_inflight : 16;
 	cl->next_cookie = 1;
 	fl = fcntl(fd, F_GETFL);
-	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+	if (tsb_buf_reserve(&cl->in, READ_CHUNK) ||
+	    tsb_buf_reserve(&cl->out, 4096))
+		r = fail(cl, -ENOMEM, "out of memory");
+	else if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
 		r = fail(cl, -errno, "fcntl: %s", strerror(errno));
 	else
 		r = negotiate(cl, cfg);

@@ -950,6 +950,12 @@ int nbd_server_serve_fd(struct nbd_server *srv, int fd)
 	free(srv->meta_export);
 	srv->meta_export = NULL;
 
+	/* Buffers exist from the start: decoders never see a NULL base. */
+	if (tsb_buf_reserve(&srv->in, READ_CHUNK) ||
+	    tsb_buf_reserve(&srv->out, 4096)) {
+		r = fail(srv, -ENOMEM, "out of memory");
+		goto out;
+	}
 	fl = fcntl(fd, F_GETFL);
 	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
 		r = fail(srv, -errno, "fcntl: %s", strerror(errno));

@@ -19,6 +19,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <unistd.h>
 
 #include "common/buf.h"
@@ -1017,6 +1019,61 @@ static void test_client_scripted(void **state)
 	close(sv[1]);
 }
 
+struct listen_ctx {
+	struct nbd_server *srv;
+	int rc;
+};
+
+static void *serve_listen(void *arg)
+{
+	struct listen_ctx *l = arg;
+
+	l->rc = nbd_server_serve(l->srv);
+	return NULL;
+}
+
+/* TCP listener on an ephemeral port, then nbd_server_stop() while idle. */
+static void test_server_tcp_and_stop(void **state)
+{
+	struct nbd_server_config scfg = { .export_name = "mem" };
+	struct nbd_client_config ccfg = { .export_name = "mem",
+					  .structured = true };
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	struct listen_ctx l;
+	struct nbd_client *cl;
+	struct mem m = { 0 };
+	pthread_t thr;
+	uint8_t buf[512];
+	int fd;
+
+	m.data = calloc(1, MEM_SIZE);
+	assert_non_null(m.data);
+	l.srv = nbd_server_new(&scfg, &mem_ops, &m);
+	assert_non_null(l.srv);
+	assert_int_equal(nbd_server_listen_tcp(l.srv, "127.0.0.1", "0"), 0);
+	assert_true(nbd_server_port(l.srv) > 0);
+	assert_int_equal(pthread_create(&thr, NULL, serve_listen, &l), 0);
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	sa.sin_port = htons((uint16_t)nbd_server_port(l.srv));
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(nbd_client_connect_fd(fd, &ccfg, &cl, NULL, 0), 0);
+	memset(buf, 0x42, sizeof(buf));
+	assert_int_equal(nbd_client_pwrite(cl, buf, 512, 1024, NBD_CMD_FLAG_FUA), 0);
+	nbd_client_close(cl);
+	pthread_join(thr, NULL);
+	assert_int_equal(l.rc, 0);
+	assert_int_equal(m.data[1024], 0x42);
+
+	/* Idle in accept: stop makes serve return -ECANCELED. */
+	assert_int_equal(pthread_create(&thr, NULL, serve_listen, &l), 0);
+	nbd_server_stop(l.srv);
+	pthread_join(thr, NULL);
+	assert_int_equal(l.rc, -ECANCELED);
+	nbd_server_free(l.srv);
+	free(m.data);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1035,6 +1092,7 @@ int main(void)
 		cmocka_unit_test(test_client_server_sync),
 		cmocka_unit_test(test_client_server_async),
 		cmocka_unit_test(test_client_scripted),
+		cmocka_unit_test(test_server_tcp_and_stop),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

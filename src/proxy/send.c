@@ -108,6 +108,7 @@ struct sender {
 	int level;		/* index into zstd_levels */
 	double link_speed;	/* bytes/s the link carries when it is the limit */
 	double max_rate_seen;	/* highest bytes/s written in one sampling interval */
+	uint64_t wan_idle_ns, rate_idle0; /* WAN thread time waiting for jobs */
 	uint64_t credit_wait_ns; /* parse thread time spent waiting for credits */
 	uint64_t rate_t0_ns, rate_wire0, rate_wait0; /* link sampling interval */
 	uint64_t wire_out;	/* bytes written by the WAN thread */
@@ -599,7 +600,7 @@ static double ewma(double avg, double sample)
 static void adapt_level(struct sender *s, size_t in, size_t out, uint64_t compress_ns)
 {
 	double best = 0;
-	uint64_t now = tsb_now_ns(), dt, wait;
+	uint64_t now = tsb_now_ns(), dt, wait, idle;
 	int l;
 
 	if (s->o->zstd_level || !in)
@@ -615,6 +616,8 @@ static void adapt_level(struct sender *s, size_t in, size_t out, uint64_t compre
 		pthread_mutex_lock(&s->lock);
 		wait = s->credit_wait_ns - s->rate_wait0;
 		s->rate_wait0 = s->credit_wait_ns;
+		idle = s->wan_idle_ns - s->rate_idle0;
+		s->rate_idle0 = s->wan_idle_ns;
 		pthread_mutex_unlock(&s->lock);
 		double rate = (double)(s->wire_out - s->rate_wire0) * 1e9 / dt;
 
@@ -622,11 +625,13 @@ static void adapt_level(struct sender *s, size_t in, size_t out, uint64_t compre
 			s->max_rate_seen = rate;
 		if (s->rate_t0_ns && wait > dt / 2)
 			s->link_speed = ewma(s->link_speed, rate);
-		else if (s->rate_t0_ns && s->link_speed < 2 * s->max_rate_seen)
+		else if (s->rate_t0_ns && idle < dt / 4 && s->link_speed < 4 * s->max_rate_seen)
 			/*
-			 * Room to spare: probe upwards, but not beyond twice what
-			 * ever went out (phases of references send little and
-			 * would otherwise make any link look fast).
+			 * The link had room and we were busy compressing: it may
+			 * be faster than we think, probe upwards. Not when we
+			 * waited for QEMU (phases of references send little and
+			 * would make any link look fast), nor far beyond what
+			 * ever went out.
 			 */
 			s->link_speed *= 1.25;
 		s->rate_t0_ns = now;
@@ -703,8 +708,13 @@ static void *wan_thread(void *arg)
 
 	for (;;) {
 		pthread_mutex_lock(&s->lock);
-		while (!s->queue_head && !s->queue_closed)
-			pthread_cond_wait(&s->cond, &s->lock);
+		if (!s->queue_head && !s->queue_closed) {
+			uint64_t idle0 = tsb_now_ns();
+
+			while (!s->queue_head && !s->queue_closed)
+				pthread_cond_wait(&s->cond, &s->lock);
+			s->wan_idle_ns += tsb_now_ns() - idle0;
+		}
 		j = s->queue_head;
 		if (j) {
 			s->queue_head = j->next;
@@ -1316,15 +1326,18 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 			goto out;
 		}
 		r = vm_identity(q, o->vm_id, s->vm, err, sizeof(err));
-		if (r == 0) {
+		if (r < 0) {
+			/* The store only saves bytes: go on without it. */
+			log_warn("%s; this migration neither keeps nor reuses an image", err);
+		} else {
 			content_tenant(o->c.tenant, s->vm, s->tenant);
 			r = content_open_store(&o->c, s->tenant, &s->store, err, sizeof(err));
+			if (r < 0) {
+				fail(s, PROXY_FAILED, "%s", err);
+				goto out;
+			}
+			content_new_id(s->image_id);
 		}
-		if (r < 0) {
-			fail(s, PROXY_FAILED, "%s", err);
-			goto out;
-		}
-		content_new_id(s->image_id);
 	}
 
 	/* Link first: nothing changes in QEMU before the receiver is known good. */

@@ -18,6 +18,7 @@ static const struct command commands[] = {
 	{ "keygen", cmd_keygen, "write a new shared key for a pair of sites" },
 	{ "migrate-native", cmd_migrate_native,
 	  "run QEMU's own migration between two QEMUs and measure it" },
+	{ "net", cmd_net, "mobility agent: keep moved VMs reachable at their addresses" },
 };
 
 static void usage(FILE *f)

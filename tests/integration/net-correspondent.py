@@ -7,6 +7,9 @@
                                  numbered 64-byte record and verify the echo;
                                  ping ADDR (ICMP echo) every 20 ms; stop when
                                  STOPFILE exists; write a JSON result
+  sink ADDR PORT                 accept one connection, read to EOF, print
+                                 {"bytes": N, "seconds": S} (bench/net)
+  blast ADDR PORT SECONDS        send as fast as possible for SECONDS
   txcsum-off IFNAME               turn off transmit checksum offload (what
                                  'ethtool -K IFNAME tx off' does): a veth or
                                  VXLAN device otherwise hands partial
@@ -149,12 +152,42 @@ def hold(addr, port, result, stopfile):
     s.close()
     return 0 if err is None and verified == sent and sent > 0 else 1
 
+def sink(addr, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port)); s.listen(1)
+    c, _ = s.accept()
+    n = 0; t0 = None
+    while True:
+        d = c.recv(1 << 20)
+        if not d:
+            break
+        if t0 is None:
+            t0 = time.monotonic()
+        n += len(d)
+    dt = time.monotonic() - (t0 or time.monotonic())
+    print(json.dumps({"bytes": n, "seconds": round(dt, 3)}))
+    return 0
+
+def blast(addr, port, secs):
+    s = socket.create_connection((addr, port), timeout=10)
+    buf = b"\xa5" * (256 * 1024)
+    end = time.monotonic() + secs
+    while time.monotonic() < end:
+        s.sendall(buf)
+    s.close()
+    return 0
+
 def main():
     a = sys.argv[1:]
     if a[:1] == ["echo-server"]:
         return echo_server(a[1], int(a[2]))
     if a[:1] == ["check"]:
         return check(a[1], int(a[2]), int(a[3]))
+    if a[:1] == ["sink"]:
+        return sink(a[1], int(a[2]))
+    if a[:1] == ["blast"]:
+        return blast(a[1], int(a[2]), float(a[3]))
     if a[:1] == ["txcsum-off"]:
         return txcsum_off(a[1])
     if a[:1] == ["hold"]:

@@ -51,10 +51,14 @@ static void net_usage(FILE *f)
 "\n"
 "  tsubame net notify --agent SOCKET --event arrive|depart --vm ID\n"
 "                     [--mac MAC --home SITE [--ip ADDR]...] [--wait MS]\n"
+"                     [--when-seen]\n"
 "      Migration hook, called at switchover by 'send' (depart) and 'recv'\n"
 "      (arrive). arrive needs --mac and --home; at a site other than home\n"
 "      it registers the VM with its home agent; --wait MS waits for the\n"
 "      home agent's acknowledgement (exit 1 if none came in time).\n"
+"      --when-seen may be sent before the switchover: the agent acts on the\n"
+"      VM's first frame on its segment (QEMU announces the guest when it\n"
+"      resumes), so the hook's own latency does not add to the outage.\n"
 "\n"
 "  tsubame net bind --agent SOCKET --vm ID --mac MAC --home SITE\n"
 "                   --current SITE [--ip ADDR]... [--lifetime SECONDS]\n"
@@ -81,7 +85,7 @@ enum {
 	OPT_SITE = 256, OPT_DEV, OPT_KEY, OPT_CONTROL, OPT_LISTEN, OPT_PEER,
 	OPT_VNI, OPT_LIFETIME, OPT_RETRANS, OPT_DIRECT, OPT_AGENT, OPT_EVENT,
 	OPT_VM, OPT_MAC, OPT_HOME, OPT_CURRENT, OPT_IP, OPT_WAIT, OPT_TO,
-	OPT_FROM, OPT_SEQ, OPT_TIMEOUT,
+	OPT_FROM, OPT_SEQ, OPT_TIMEOUT, OPT_WHEN_SEEN,
 };
 
 struct opts {
@@ -94,7 +98,7 @@ struct opts {
 	const char *direct[NET_DIRECT_MAX];
 	unsigned n_direct;
 	uint64_t vni, lifetime, retrans, wait, seq, timeout;
-	bool has_lifetime, has_seq;
+	bool has_lifetime, has_seq, when_seen;
 	int verbose;
 };
 
@@ -123,6 +127,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "from", required_argument, NULL, OPT_FROM },
 		{ "seq", required_argument, NULL, OPT_SEQ },
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
+		{ "when-seen", no_argument, NULL, OPT_WHEN_SEEN },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -192,6 +197,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 				return usage_error("--seq: 0..4294967295");
 			o->has_seq = true;
 			break;
+		case OPT_WHEN_SEEN: o->when_seen = true; break;
 		case 'v': o->verbose++; break;
 		case 'h':
 			net_usage(stdout);
@@ -519,9 +525,10 @@ int cmd_net(int argc, char **argv)
 						   "vm", o.vm), 5000);
 	if (!o.mac || !o.home)
 		return usage_error("notify --event arrive needs --mac and --home");
-	return ctl_call(o.agent, json_pack("{s:s, s:s, s:s, s:o, s:s, s:I, s:I}",
+	return ctl_call(o.agent, json_pack("{s:s, s:s, s:s, s:o, s:s, s:I, s:I, s:b}",
 		"op", "arrive", "vm", o.vm, "mac", o.mac, "addrs", ips_json(&o),
 		"home", o.home,
 		"lifetime", (json_int_t)(o.has_lifetime ? o.lifetime : 0),
-		"wait_ms", (json_int_t)o.wait), (unsigned)o.wait + 5000);
+		"wait_ms", (json_int_t)(o.when_seen ? 0 : o.wait),
+		"when_seen", o.when_seen), (unsigned)o.wait + 5000);
 }

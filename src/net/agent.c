@@ -54,10 +54,11 @@ enum bstate {
 	B_HOME_IDLE,	/* home agent: VM at home; last seq remembered */
 	B_HOME_AWAY,	/* home agent: VM away, forwarding to current */
 	B_VISIT,	/* VM runs here; its home is elsewhere */
+	B_EXPECT,	/* VM about to arrive: register on its first frame */
 };
 
 static const char *const state_names[] = {
-	"free", "home", "away", "visiting",
+	"free", "home", "away", "visiting", "expected",
 };
 
 struct binding {
@@ -73,6 +74,7 @@ struct binding {
 	uint64_t expires_ns;	/* home: 0 = never (manual) */
 	int peer;		/* tunnel endpoint (peers[] index) */
 	bool manual;
+	bool return_expected;	/* home: drop the binding on the VM's frame */
 	/* visitor registration state */
 	bool acked, resync_ok, failed;
 	uint64_t nonce;		/* of the outstanding BU / last accepted */
@@ -361,6 +363,32 @@ static void announce(struct agent *a, struct binding *b)
 
 /* ---- frames from the site segment ---- */
 
+static void start_registration(struct agent *a, struct binding *b,
+			       bool resync_ok);
+
+/* An expected VM sent its first frame here (QEMU announces the guest right
+ * after the switchover): it is visiting now; register with its home. */
+static void arrived(struct agent *a, struct binding *b)
+{
+	b->state = B_VISIT;
+	log_notice("vm '%s' seen on %s: registering with home '%s' (seq %u)",
+		   b->vm, a->cfg->dev, b->home, b->seq);
+	start_registration(a, b, b->resync_ok);
+}
+
+/* The away VM sent a frame on the home segment: it is back. Consume a
+ * sequence number so that refreshes from the old site are stale. */
+static void back_home(struct agent *a, struct binding *b)
+{
+	log_notice("vm '%s' is back home from site '%s': binding removed",
+		   b->vm, b->current);
+	b->seq++;
+	b->state = B_HOME_IDLE;
+	b->peer = -1;
+	b->return_expected = false;
+	b->current[0] = '\0';
+}
+
 static bool direct_match(struct agent *a, struct in_addr dst,
 			 const uint8_t **ret_mac)
 {
@@ -389,6 +417,14 @@ static void segment_frame(struct agent *a, uint8_t *frame, size_t len)
 	}
 	/* From a VM visiting here: reverse-tunnel home, or deliver locally. */
 	b = find_mac(a, f.src, B_VISIT);
+	if (!b && (b = find_mac(a, f.src, B_EXPECT)))
+		arrived(a, b);
+	if (!b && (b = find_mac(a, f.src, B_HOME_AWAY)) && b->return_expected) {
+		back_home(a, b);
+		return;
+	}
+	if (b && b->state != B_VISIT)
+		b = NULL;
 	if (b) {
 		if (f.kind == NET_FK_IPV4 && !net_mac_is_multicast(f.dst) &&
 		    direct_match(a, f.ip4_dst, &nh)) {
@@ -468,7 +504,7 @@ static void on_packet(struct agent *a)
 			    len < (size_t)VNET_HLEN + NET_ETH_HLEN ||
 			    len - VNET_HLEN > NET_FRAME_MAX) {
 				if (a->c.drop_gso++ == 0)
-					log_warn("net: dropping an oversized frame on %s: disable segmentation offloads towards it (see docs/network.md)",
+					log_warn("dropping an oversized frame on %s: disable segmentation offloads towards it (see docs/network.md)",
 						 a->cfg->dev);
 				continue;
 			}
@@ -496,7 +532,7 @@ static void send_bmsg(struct agent *a, const struct net_bmsg *m, int peer,
 	int n = net_bmsg_encode(m, a->cfg->key, buf, sizeof(buf));
 
 	if (n < 0) {
-		log_error_errno(n, "net: cannot encode a binding message for vm '%s'",
+		log_error_errno(n, "cannot encode a binding message for vm '%s'",
 				m->vm);
 		return;
 	}
@@ -506,7 +542,7 @@ static void send_bmsg(struct agent *a, const struct net_bmsg *m, int peer,
 	}
 	if (sendto(a->ufd, buf, (size_t)n, MSG_DONTWAIT,
 		   (const struct sockaddr *)to, tolen) < 0)
-		log_debug("net: binding message to peer lost: %s",
+		log_debug("binding message to peer lost: %s",
 			  strerror(errno));
 }
 
@@ -596,21 +632,21 @@ static void on_bu(struct agent *a, const struct net_bmsg *m, int peer,
 	addr_str(from, who, sizeof(who));
 	if (strcmp(m->home, a->cfg->site)) {
 		a->c.bu_refused++;
-		log_warn("net: binding update for vm '%s' from %s names home '%s', not this site: refused",
+		log_warn("binding update for vm '%s' from %s names home '%s', not this site: refused",
 			 m->vm, who, m->home);
 		send_ba(a, m, NET_BA_NOT_HOME_AGENT, 0, from);
 		return;
 	}
 	if (strcmp(m->current, m->sender)) {
 		a->c.bu_refused++;
-		log_warn("net: site '%s' (%s) tried to register vm '%s' at another site '%s': refused",
+		log_warn("site '%s' (%s) tried to register vm '%s' at another site '%s': refused",
 			 m->sender, who, m->vm, m->current);
 		return;
 	}
 	b = find_vm(a, m->vm);
 	if (b && b->state == B_VISIT) {
 		a->c.bu_refused++;
-		log_warn("net: binding update for vm '%s' from %s, but it runs here: refused",
+		log_warn("binding update for vm '%s' from %s, but it runs here: refused",
 			 m->vm, who);
 		send_ba(a, m, NET_BA_REASON_UNSPEC, 0, from);
 		return;
@@ -624,7 +660,7 @@ static void on_bu(struct agent *a, const struct net_bmsg *m, int peer,
 		}
 		a->c.bu_stale++;
 		if (ratelimit(a->c.bu_stale))
-			log_warn("net: stale binding update for vm '%s' from site '%s' (%s): seq %u, last accepted %u: refused",
+			log_warn("stale binding update for vm '%s' from site '%s' (%s): seq %u, last accepted %u: refused",
 				 m->vm, m->sender, who, m->seq, b->seq);
 		send_ba(a, m, NET_BA_SEQ_OUT_OF_WINDOW, b->seq, from);
 		return;
@@ -633,7 +669,7 @@ static void on_bu(struct agent *a, const struct net_bmsg *m, int peer,
 		b = alloc_binding(a, m->vm);
 	if (!b) {
 		a->c.bu_refused++;
-		log_error("net: binding table full (%d): update for vm '%s' refused",
+		log_error("binding table full (%d): update for vm '%s' refused",
 			  NET_BINDINGS_MAX, m->vm);
 		send_ba(a, m, NET_BA_REASON_UNSPEC, 0, from);
 		return;
@@ -641,7 +677,7 @@ static void on_bu(struct agent *a, const struct net_bmsg *m, int peer,
 	b->seq = m->seq;
 	b->nonce = m->nonce;
 	if (m->lifetime == 0) {
-		log_notice("net: vm '%s' deregistered by site '%s' (seq %u): delivering at home",
+		log_notice("vm '%s' deregistered by site '%s' (seq %u): delivering at home",
 			   m->vm, m->sender, m->seq);
 		b->state = B_HOME_IDLE;
 		b->peer = -1;
@@ -662,7 +698,7 @@ static void on_bu(struct agent *a, const struct net_bmsg *m, int peer,
 	b->expires_ns = tsb_now_ns() + (uint64_t)m->lifetime * NS_PER_S;
 	send_ba(a, m, NET_BA_ACCEPTED, m->seq, from);
 	if (moved) {
-		log_notice("net: vm '%s' is away at site '%s' (seq %u, lifetime %u s): proxying and tunnelling",
+		log_notice("vm '%s' is away at site '%s' (seq %u, lifetime %u s): proxying and tunnelling",
 			   m->vm, m->sender, m->seq, m->lifetime);
 		announce(a, b);
 	}
@@ -675,7 +711,7 @@ static void on_ba(struct agent *a, const struct net_bmsg *m, int peer)
 
 	if (!b || b->state != B_VISIT || b->peer != peer ||
 	    b->nonce != m->nonce || b->acked) {
-		log_debug("net: unexpected binding ack for vm '%s': ignored",
+		log_debug("unexpected binding ack for vm '%s': ignored",
 			  m->vm);
 		return;
 	}
@@ -685,7 +721,7 @@ static void on_ba(struct agent *a, const struct net_bmsg *m, int peer)
 		b->acked = true;
 		b->ack_ns = tsb_now_ns();
 		b->refresh_ns = b->ack_ns + (uint64_t)life * NS_PER_S / 2;
-		log_notice("net: home site '%s' accepted vm '%s' here (seq %u, %llu ms)",
+		log_notice("home site '%s' accepted vm '%s' here (seq %u, %llu ms)",
 			   b->home, b->vm, b->seq,
 			   (unsigned long long)((b->ack_ns - b->first_tx_ns) / NS_PER_MS));
 		answer_waiter(a, b, true, "registered");
@@ -694,7 +730,7 @@ static void on_ba(struct agent *a, const struct net_bmsg *m, int peer)
 	if (m->status == NET_BA_SEQ_OUT_OF_WINDOW && b->resync_ok) {
 		/* First registration after a move: adopt the home's counter
 		 * (RFC 6275 11.7.3), once. */
-		log_info("net: vm '%s': home has seq %u, resending with %u",
+		log_info("vm '%s': home has seq %u, resending with %u",
 			 b->vm, m->seq, m->seq + 1);
 		b->seq = m->seq + 1;
 		start_registration(a, b, false);
@@ -702,7 +738,7 @@ static void on_ba(struct agent *a, const struct net_bmsg *m, int peer)
 	}
 	if (m->status == NET_BA_SEQ_OUT_OF_WINDOW) {
 		/* A later registration from elsewhere won: the VM moved on. */
-		log_notice("net: home site '%s' has a newer binding for vm '%s' (seq %u > %u): dropping it here",
+		log_notice("home site '%s' has a newer binding for vm '%s' (seq %u > %u): dropping it here",
 			   b->home, b->vm, m->seq, b->seq);
 		answer_waiter(a, b, false, "home has a newer binding");
 		b->state = B_FREE;
@@ -710,7 +746,7 @@ static void on_ba(struct agent *a, const struct net_bmsg *m, int peer)
 	}
 	b->failed = true;
 	b->acked = true;
-	log_error("net: home site '%s' refused vm '%s' (status %u)", b->home,
+	log_error("home site '%s' refused vm '%s' (status %u)", b->home,
 		  b->vm, m->status);
 	answer_waiter(a, b, false, "home agent refused the binding");
 }
@@ -726,14 +762,14 @@ static void on_bmsg(struct agent *a, const uint8_t *p, size_t len,
 	if (err == -EACCES) {
 		a->c.bu_forged++;
 		if (ratelimit(a->c.bu_forged))
-			log_warn("net: forged binding message from %s (HMAC does not verify under the site key): refused",
+			log_warn("forged binding message from %s (HMAC does not verify under the site key): refused",
 				 addr_str(from, who, sizeof(who)));
 		return;
 	}
 	if (err) {
 		a->c.drop_bad++;
 		if (ratelimit(a->c.drop_bad))
-			log_warn("net: malformed binding message from %s: %s",
+			log_warn("malformed binding message from %s: %s",
 				 addr_str(from, who, sizeof(who)),
 				 strerror(-err));
 		return;
@@ -742,7 +778,7 @@ static void on_bmsg(struct agent *a, const uint8_t *p, size_t len,
 	if (peer < 0 || !same_ip(from, &a->cfg->peers[peer].addr)) {
 		a->c.bu_refused++;
 		if (ratelimit(a->c.bu_refused))
-			log_warn("net: binding message claims site '%s' but comes from %s: refused",
+			log_warn("binding message claims site '%s' but comes from %s: refused",
 				 m.sender, addr_str(from, who, sizeof(who)));
 		return;
 	}
@@ -976,13 +1012,14 @@ static json_t *ctl_arrive(struct agent *a, int ci, const struct net_ctl_req *q,
 	int peer;
 
 	if (!strcmp(q->home, a->cfg->site)) {
-		/* Back home: deliver directly again. Consume a sequence
-		 * number so that refreshes from the old site are stale. */
-		if (b && b->state == B_HOME_AWAY) {
-			log_notice("net: vm '%s' is back home from site '%s': binding removed",
-				   b->vm, b->current);
-			b->seq++;
+		/* Back home: deliver directly again. */
+		if (b && b->state == B_HOME_AWAY && q->when_seen) {
+			b->return_expected = true;
+			return json_pack("{s:b, s:s, s:s}", "ok", 1, "vm", q->vm,
+					 "state", "return-expected");
 		}
+		if (b && b->state == B_HOME_AWAY)
+			back_home(a, b);
 		if (!b)
 			b = alloc_binding(a, q->vm);
 		if (!b)
@@ -999,7 +1036,7 @@ static json_t *ctl_arrive(struct agent *a, int ci, const struct net_ctl_req *q,
 	if (peer < 0)
 		return ctl_error("home site '%s' is not a configured peer",
 				 q->home);
-	if (b && b->state != B_VISIT) {
+	if (b && b->state != B_VISIT && b->state != B_EXPECT) {
 		/* This site was the VM's home before; now it is a visitor
 		 * here (a config change): start afresh. */
 		b->state = B_FREE;
@@ -1020,7 +1057,15 @@ static json_t *ctl_arrive(struct agent *a, int ci, const struct net_ctl_req *q,
 	b->frames_in = b->frames_out = 0;
 	if (b->waiter >= 0)
 		answer_waiter(a, b, false, "superseded by a new arrival");
-	log_notice("net: vm '%s' arrived (home '%s'): registering with seq %u",
+	if (q->when_seen) {
+		b->state = B_EXPECT;
+		b->resync_ok = !q->seq;
+		log_notice("vm '%s' expected (home '%s'): registering on its first frame",
+			   b->vm, b->home);
+		return json_pack("{s:b, s:s, s:s}", "ok", 1, "vm", b->vm,
+				 "state", "expected");
+	}
+	log_notice("vm '%s' arrived (home '%s'): registering with seq %u",
 		   b->vm, b->home, b->seq);
 	start_registration(a, b, !q->seq);
 	if (q->wait_ms) {
@@ -1062,7 +1107,7 @@ static json_t *ctl_bind(struct agent *a, const struct net_ctl_req *q)
 	b->expires_ns = q->lifetime && home ?
 		tsb_now_ns() + q->lifetime * NS_PER_S : 0;
 	b->refresh_ns = 0;
-	log_notice("net: vm '%s' bound by hand: home '%s', current '%s'",
+	log_notice("vm '%s' bound by hand: home '%s', current '%s'",
 		   b->vm, b->home, b->current);
 	if (home)
 		announce(a, b);
@@ -1088,8 +1133,8 @@ static void ctl_line(struct agent *a, int ci, const char *line, size_t len)
 		break;
 	case NET_CTL_DEPART:
 		b = find_vm(a, q.vm);
-		if (b && b->state == B_VISIT) {
-			log_notice("net: vm '%s' departed: visitor binding dropped",
+		if (b && (b->state == B_VISIT || b->state == B_EXPECT)) {
+			log_notice("vm '%s' departed: visitor binding dropped",
 				   b->vm);
 			answer_waiter(a, b, false, "departed");
 			b->state = B_FREE;
@@ -1105,9 +1150,10 @@ static void ctl_line(struct agent *a, int ci, const char *line, size_t len)
 			r = ctl_error("no binding for vm '%s'", q.vm);
 			break;
 		}
-		log_notice("net: vm '%s' unbound by hand", b->vm);
+		log_notice("vm '%s' unbound by hand", b->vm);
 		answer_waiter(a, b, false, "unbound");
-		b->state = b->state == B_VISIT ? B_FREE : B_HOME_IDLE;
+		b->state = b->state == B_VISIT || b->state == B_EXPECT ?
+			B_FREE : B_HOME_IDLE;
 		r = json_pack("{s:b, s:s}", "ok", 1, "vm", q.vm);
 		break;
 	case NET_CTL_STATUS:
@@ -1161,7 +1207,7 @@ static void on_listen(struct agent *a)
 		if (a->conns[i].fd < 0)
 			break;
 	if (i == CONNS_MAX) {
-		log_warn("net: too many control connections (%d): closing a new one",
+		log_warn("too many control connections (%d): closing a new one",
 			 CONNS_MAX);
 		close(fd);
 		return;
@@ -1185,7 +1231,7 @@ static uint64_t timers(struct agent *a)
 
 		if (b->state == B_HOME_AWAY && b->expires_ns) {
 			if (now >= b->expires_ns) {
-				log_notice("net: binding for vm '%s' at site '%s' expired: delivering at home",
+				log_notice("binding for vm '%s' at site '%s' expired: delivering at home",
 					   b->vm, b->current);
 				b->state = B_HOME_IDLE;
 				b->peer = -1;
@@ -1202,7 +1248,7 @@ static uint64_t timers(struct agent *a)
 			next = b->wait_deadline_ns;
 		if (!b->acked && now >= b->next_tx_ns) {
 			if (b->tries >= BU_TRIES_MAX) {
-				log_error("net: home site '%s' did not acknowledge vm '%s' after %u tries; retrying at refresh time",
+				log_error("home site '%s' did not acknowledge vm '%s' after %u tries; retrying at refresh time",
 					  b->home, b->vm, b->tries);
 				b->acked = true;
 				b->failed = true;
@@ -1239,18 +1285,18 @@ static int open_packet(struct agent *a)
 
 	a->ifindex = (int)if_nametoindex(a->cfg->dev);
 	if (!a->ifindex)
-		return log_error_errno(-errno, "net: no interface '%s'",
+		return log_error_errno(-errno, "no interface '%s'",
 				       a->cfg->dev);
 	fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC,
 		    htons(ETH_P_ALL));
 	if (fd < 0)
-		return log_error_errno(-errno, "net: cannot open a packet socket (needs CAP_NET_RAW)");
+		return log_error_errno(-errno, "cannot open a packet socket (needs CAP_NET_RAW)");
 	a->pfd = fd;
 	if (setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)) < 0)
-		return log_error_errno(-errno, "net: PACKET_VNET_HDR");
+		return log_error_errno(-errno, "PACKET_VNET_HDR");
 	if (setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one,
 		       sizeof(one)) < 0)
-		return log_error_errno(-errno, "net: PACKET_IGNORE_OUTGOING (Linux >= 4.20)");
+		return log_error_errno(-errno, "PACKET_IGNORE_OUTGOING (Linux >= 4.20)");
 	(void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufsz, sizeof(bufsz));
 	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bufsz, sizeof(bufsz));
 	memset(&sll, 0, sizeof(sll));
@@ -1258,14 +1304,14 @@ static int open_packet(struct agent *a)
 	sll.sll_protocol = htons(ETH_P_ALL);
 	sll.sll_ifindex = a->ifindex;
 	if (bind(fd, (struct sockaddr *)&sll, sizeof(sll)) < 0)
-		return log_error_errno(-errno, "net: cannot bind to '%s'",
+		return log_error_errno(-errno, "cannot bind to '%s'",
 				       a->cfg->dev);
 	memset(&mr, 0, sizeof(mr));
 	mr.mr_ifindex = a->ifindex;
 	mr.mr_type = PACKET_MR_PROMISC;
 	if (setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr,
 		       sizeof(mr)) < 0)
-		return log_error_errno(-errno, "net: promiscuous mode on '%s'",
+		return log_error_errno(-errno, "promiscuous mode on '%s'",
 				       a->cfg->dev);
 	memset(&ifr, 0, sizeof(ifr));
 	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", a->cfg->dev);
@@ -1282,20 +1328,20 @@ static int open_udp(struct agent *a)
 
 	if (tsb_split_hostport(a->cfg->listen, host, sizeof(host), port,
 			       sizeof(port)))
-		return log_error_errno(-EINVAL, "net: --listen '%s' is not HOST:PORT",
+		return log_error_errno(-EINVAL, "--listen '%s' is not HOST:PORT",
 				       a->cfg->listen);
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_socktype = SOCK_DGRAM;
 	hints.ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV;
 	err = getaddrinfo(host[0] ? host : NULL, port, &hints, &ai);
 	if (err)
-		return log_error_errno(-EINVAL, "net: --listen '%s': %s",
+		return log_error_errno(-EINVAL, "--listen '%s': %s",
 				       a->cfg->listen, gai_strerror(err));
 	fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		err = -errno;
 		freeaddrinfo(ai);
-		return log_error_errno(err, "net: UDP socket");
+		return log_error_errno(err, "UDP socket");
 	}
 	a->ufd = fd;
 	a->family = ai->ai_family;
@@ -1309,7 +1355,7 @@ static int open_udp(struct agent *a)
 	if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
 		err = -errno;
 		freeaddrinfo(ai);
-		return log_error_errno(err, "net: cannot bind UDP %s",
+		return log_error_errno(err, "cannot bind UDP %s",
 				       a->cfg->listen);
 	}
 	freeaddrinfo(ai);
@@ -1323,26 +1369,26 @@ static int open_control(struct agent *a)
 	int fd;
 
 	if (strlen(a->cfg->control) >= sizeof(sun.sun_path))
-		return log_error_errno(-ENAMETOOLONG, "net: control path too long");
+		return log_error_errno(-ENAMETOOLONG, "control path too long");
 	if (lstat(a->cfg->control, &st) == 0) {
 		if (!S_ISSOCK(st.st_mode))
-			return log_error_errno(-EEXIST, "net: '%s' exists and is not a socket",
+			return log_error_errno(-EEXIST, "'%s' exists and is not a socket",
 					       a->cfg->control);
 		unlink(a->cfg->control);
 	}
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
-		return log_error_errno(-errno, "net: unix socket");
+		return log_error_errno(-errno, "unix socket");
 	a->lfd = fd;
 	memset(&sun, 0, sizeof(sun));
 	sun.sun_family = AF_UNIX;
 	memcpy(sun.sun_path, a->cfg->control, strlen(a->cfg->control));
 	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0)
-		return log_error_errno(-errno, "net: cannot bind '%s'",
+		return log_error_errno(-errno, "cannot bind '%s'",
 				       a->cfg->control);
 	(void)chmod(a->cfg->control, 0600);
 	if (listen(fd, 8) < 0)
-		return log_error_errno(-errno, "net: listen on '%s'",
+		return log_error_errno(-errno, "listen on '%s'",
 				       a->cfg->control);
 	return 0;
 }
@@ -1380,7 +1426,7 @@ int net_agent_run(const struct net_agent_config *cfg)
 	a->sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
 	a->ep = epoll_create1(EPOLL_CLOEXEC);
 	if (a->sfd < 0 || a->ep < 0) {
-		err = log_error_errno(-errno, "net: epoll/signalfd");
+		err = log_error_errno(-errno, "epoll/signalfd");
 		goto out;
 	}
 	if ((err = open_packet(a)) || (err = open_udp(a)) ||
@@ -1390,10 +1436,10 @@ int net_agent_run(const struct net_agent_config *cfg)
 	    (err = watch(a, a->ufd, TAG_UDP)) ||
 	    (err = watch(a, a->lfd, TAG_LISTEN)) ||
 	    (err = watch(a, a->sfd, TAG_SIG))) {
-		log_error_errno(err, "net: epoll_ctl");
+		log_error_errno(err, "epoll_ctl");
 		goto out;
 	}
-	log_notice("net: site '%s' on %s, tunnel %s vni %u, %u peers, control %s",
+	log_notice("site '%s' on %s, tunnel %s vni %u, %u peers, control %s",
 		   cfg->site, cfg->dev, cfg->listen, cfg->vni, cfg->n_peers,
 		   cfg->control);
 	while (!a->stop) {
@@ -1404,7 +1450,7 @@ int net_agent_run(const struct net_agent_config *cfg)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
-			err = log_error_errno(-errno, "net: epoll_wait");
+			err = log_error_errno(-errno, "epoll_wait");
 			goto out;
 		}
 		for (i = 0; i < n; i++) {
@@ -1422,7 +1468,7 @@ int net_agent_run(const struct net_agent_config *cfg)
 				on_conn(a, (int)(tag - TAG_CONN));
 		}
 	}
-	log_notice("net: stopping: %llu frames tunnelled out, %llu in, %llu forged and %llu stale updates refused",
+	log_notice("stopping: %llu frames tunnelled out, %llu in, %llu forged and %llu stale updates refused",
 		   (unsigned long long)a->c.tun_tx,
 		   (unsigned long long)a->c.tun_rx,
 		   (unsigned long long)a->c.bu_forged,

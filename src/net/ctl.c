@@ -2,7 +2,7 @@
  * net: the agent's control protocol, one JSON object per line:
  *
  *   {"op":"arrive","vm":ID,"mac":MAC,"addrs":[IP...],"home":SITE,
- *    "lifetime":S,"seq":N,"wait_ms":MS}
+ *    "lifetime":S,"seq":N,"wait_ms":MS,"when_seen":BOOL}
  *   {"op":"depart","vm":ID}
  *   {"op":"bind","vm":ID,"mac":MAC,"addrs":[...],"home":SITE,
  *    "current":SITE,"lifetime":S}
@@ -41,6 +41,7 @@ int net_ctl_parse(const char *line, size_t len, struct net_ctl_req *ret,
 	const char *op = NULL, *vm = NULL, *mac = NULL, *home = NULL;
 	const char *current = NULL;
 	json_int_t lifetime = 0, seq = 0, wait_ms = 0;
+	int when_seen = 0;
 	json_t *root, *addrs = NULL;
 	struct net_ctl_req q;
 	json_error_t jerr;
@@ -56,11 +57,11 @@ int net_ctl_parse(const char *line, size_t len, struct net_ctl_req *ret,
 	if (!root)
 		return bad(err, errlen, "request is not valid JSON");
 	if (json_unpack_ex(root, &jerr, 0,
-			   "{s:s, s?s, s?s, s?o, s?s, s?s, s?I, s?I, s?I}",
+			   "{s:s, s?s, s?s, s?o, s?s, s?s, s?I, s?I, s?I, s?b}",
 			   "op", &op, "vm", &vm, "mac", &mac, "addrs", &addrs,
 			   "home", &home, "current", &current,
 			   "lifetime", &lifetime, "seq", &seq,
-			   "wait_ms", &wait_ms)) {
+			   "wait_ms", &wait_ms, "when_seen", &when_seen)) {
 		bad(err, errlen, "request fields have the wrong types");
 		goto out;
 	}
@@ -115,6 +116,7 @@ int net_ctl_parse(const char *line, size_t len, struct net_ctl_req *ret,
 	q.lifetime = (uint32_t)lifetime;
 	q.seq = (uint32_t)seq;
 	q.wait_ms = (uint32_t)wait_ms;
+	q.when_seen = when_seen;
 	if (q.op != NET_CTL_STATUS && !q.vm[0]) {
 		bad(err, errlen, "vm is required");
 		goto out;

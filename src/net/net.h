@@ -201,6 +201,7 @@ struct net_ctl_req {
 	uint32_t lifetime;		/* 0 = agent default */
 	uint32_t seq;			/* 0 = agent chooses */
 	uint32_t wait_ms;		/* arrive: wait for the BA (0 = don't) */
+	bool when_seen;			/* arrive: act on the VM's first frame */
 };
 
 /*

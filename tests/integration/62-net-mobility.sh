@@ -72,18 +72,37 @@ v2_pid=$!
 cleanup_pids+=($v2_pid)
 sleep 2
 
-# A -> B: at switchover the destination's agent registers the VM at home.
+binding() {	# binding SOCK FIELD: prints a field of vm1's binding
+	"$TSUBAME" net status --agent "$1" | python3 -c "
+import json, sys
+b = [b for b in json.load(sys.stdin)['bindings'] if b['vm'] == 'vm1']
+print(b[0]['$2'] if b else 'none')"
+}
+wait_state() {	# wait_state SOCK STATE: the agent's binding of vm1 reaches STATE
+	local i
+	for ((i = 0; i < 50; i++)); do
+		[ "$(binding "$1" state)" = "$2" ] && return 0
+		sleep 0.1
+	done
+	fail "vm1 never reached state '$2' at $1 (now '$(binding "$1" state)')"
+}
+
+# A -> B: announced to B's agent before the switchover; it registers the
+# VM with home the moment the guest's first frame (QEMU's announcement)
+# shows up on site B's segment.
+"$TSUBAME" net notify --agent "$sb" --event arrive "${ident[@]}" --when-seen >/dev/null
 move a1 b1 "${P}tB0"
-"$TSUBAME" net notify --agent "$sb" --event arrive "${ident[@]}" --wait 5000 >"$T/arrive-b" ||
-	fail "site B could not register the VM: $(cat "$T/arrive-b")"
-log "at site B: $(cat "$T/arrive-b")"
+wait_state "$sa" away
+wait_state "$sb" visiting
+log "at site B: $(grep -a "accepted vm 'vm1'" "$T/b.log" | tail -1)"
 sleep 3
 kill -0 "$cn_pid" 2>/dev/null || fail "correspondent's connection broke after the move to B"
 
-# B -> A: back home; the binding goes away, B forgets the VM.
+# B -> A: home expects it back and drops the binding on its first frame
+# there; B forgets the VM when the source side departs.
+"$TSUBAME" net notify --agent "$sa" --event arrive "${ident[@]}" --when-seen >/dev/null
 move b1 a2 "${P}tA1"
-"$TSUBAME" net notify --agent "$sa" --event arrive "${ident[@]}" >/dev/null ||
-	fail "site A did not take the VM back"
+wait_state "$sa" home
 "$TSUBAME" net notify --agent "$sb" --event depart --vm vm1 >/dev/null
 log "back at site A"
 sleep 3

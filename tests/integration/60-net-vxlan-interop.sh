@@ -33,7 +33,7 @@ ip netns exec "$K" python3 "$CORR" txcsum-off vxlan0
 ip -n "$G" link add br0 type bridge forward_delay 0 stp_state 0
 ip -n "$G" link set br0 up
 ip -n "$G" link add ag type veth peer name agp
-ip -n "$G" link set agp master br0 gso_max_segs 1 up
+ip -n "$G" link set agp master br0 gso_max_size 1600 gso_max_segs 1 up
 ip -n "$G" link set ag up
 ip link add "${P}h1" type veth peer name "${P}h2"
 ip link set "${P}h1" netns "$H"; ip -n "$H" link set "${P}h1" name eth0

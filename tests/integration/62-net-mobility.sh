@@ -6,24 +6,34 @@
 # on site A's segment) each hold a TCP connection to the guest's echo
 # service and ping it the whole time: both connections must survive both
 # moves with every echoed byte matching. The outages they saw are logged.
+# While the VM is at B, a host local to site B (LB) talks to it too; site
+# B's agent delivers the VM's replies to it directly (--direct), not
+# through the home site.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/net-lib.sh"
 require_guest
 require_netns
 P=$(net_prefix)
-trap 'rc=$?; set +e; "$NETNS_SITES" down "$P"; ip netns del "$P-v2" 2>/dev/null; (exit $rc); cleanup' EXIT
+trap 'rc=$?; set +e; "$NETNS_SITES" down "$P"; ip netns del "$P-v2" 2>/dev/null; ip netns del "$P-lb" 2>/dev/null; (exit $rc); cleanup' EXIT
 "$NETNS_SITES" up "$P"
 
+# host NS SITE ADDR GW: a plain host on a site's segment.
+host() {
+	ip netns add "$P-$1"
+	ip link add "${P}r$1" type veth peer name "${P}x"
+	ip link set "${P}x" netns "$P-$1"
+	ip -n "$P-$1" link set "${P}x" name eth0
+	ip link set "${P}r$1" master "${P}b$2" up
+	ip -n "$P-$1" link set lo up
+	ip -n "$P-$1" link set eth0 up
+	ip -n "$P-$1" addr add "$3/24" dev eth0
+	ip -n "$P-$1" route add default via "$4"
+}
 # V2: the group member that does not move, a host on site A's segment.
-ip netns add "$P-v2"
-ip link add "${P}rV" type veth peer name "${P}x"
-ip link set "${P}x" netns "$P-v2"
-ip -n "$P-v2" link set "${P}x" name eth0
-ip link set "${P}rV" master "${P}bA" up
-ip -n "$P-v2" link set lo up
-ip -n "$P-v2" link set eth0 up
-ip -n "$P-v2" addr add 10.61.1.11/24 dev eth0
-ip -n "$P-v2" route add default via 10.61.1.1
+host v2 A 10.61.1.11 10.61.1.1
+# LB: a host local to site B.
+host lb B 10.61.2.50 10.61.2.1
+rb_mac=$(ip -n "$P-b" link show lan | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p')
 for t in "${P}tA0" "${P}tA1"; do "$NETNS_SITES" tap "$P" A "$t"; done
 "$NETNS_SITES" tap "$P" B "${P}tB0"
 
@@ -32,7 +42,8 @@ sa=$T/a.sock sb=$T/b.sock
 start_agent "$P-a" "$T/a.log" --site A --dev ag --listen 10.61.101.2:4789 \
 	--key "$T/site.key" --control "$sa" --peer B=10.61.102.2:4789
 start_agent "$P-b" "$T/b.log" --site B --dev ag --listen 10.61.102.2:4789 \
-	--key "$T/site.key" --control "$sb" --peer A=10.61.101.2:4789
+	--key "$T/site.key" --control "$sb" --peer A=10.61.101.2:4789 \
+	--direct "10.61.2.0/24=$rb_mac"
 
 mac=52:54:00:61:00:10
 ident=(--vm vm1 --mac "$mac" --ip 10.61.1.10 --home A)
@@ -95,7 +106,11 @@ move a1 b1 "${P}tB0"
 wait_state "$sa" away
 wait_state "$sb" visiting
 log "at site B: $(grep -a "accepted vm 'vm1'" "$T/b.log" | tail -1)"
-sleep 3
+ip netns exec "$P-lb" python3 "$CORR" check 10.61.1.10 7000 50000 >/dev/null ||
+	fail "site B's local host could not talk to the visiting VM"
+[ "$(counter "$sb" direct)" -gt 0 ] || fail "nothing was delivered directly at site B"
+log "site-local traffic at B: $(counter "$sb" direct) frames delivered directly"
+sleep 2
 kill -0 "$cn_pid" 2>/dev/null || fail "correspondent's connection broke after the move to B"
 
 # B -> A: home expects it back and drops the binding on its first frame

@@ -29,7 +29,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-static void net_usage(FILE *f)
+static void mob_usage(FILE *f)
 {
 	fprintf(f,
 "Usage: tsubame net COMMAND [OPTIONS]\n"
@@ -76,7 +76,7 @@ static void net_usage(FILE *f)
 "      and tests; exit 0 only when accepted.\n"
 "\n"
 "Exit: 0 success, 1 failure (reason on stderr), 2 usage.\n",
-		NET_VXLAN_PORT);
+		MOB_VXLAN_PORT);
 }
 
 #define usage_error(...) cli_usage_error("net", __VA_ARGS__)
@@ -91,11 +91,11 @@ enum {
 struct opts {
 	const char *site, *dev, *key, *control, *listen, *agent, *event;
 	const char *vm, *mac, *home, *current, *to, *from;
-	const char *ips[NET_ADDRS_MAX];
+	const char *ips[MOB_ADDRS_MAX];
 	unsigned n_ips;
-	const char *peers[NET_PEERS_MAX];
+	const char *peers[MOB_PEERS_MAX];
 	unsigned n_peers;
-	const char *direct[NET_DIRECT_MAX];
+	const char *direct[MOB_DIRECT_MAX];
 	unsigned n_direct;
 	uint64_t vni, lifetime, retrans, wait, seq, timeout;
 	bool has_lifetime, has_seq, when_seen;
@@ -157,18 +157,18 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case OPT_TO: o->to = optarg; break;
 		case OPT_FROM: o->from = optarg; break;
 		case OPT_PEER:
-			if (o->n_peers == NET_PEERS_MAX)
-				return usage_error("at most %d --peer", NET_PEERS_MAX);
+			if (o->n_peers == MOB_PEERS_MAX)
+				return usage_error("at most %d --peer", MOB_PEERS_MAX);
 			o->peers[o->n_peers++] = optarg;
 			break;
 		case OPT_IP:
-			if (o->n_ips == NET_ADDRS_MAX)
-				return usage_error("at most %d --ip", NET_ADDRS_MAX);
+			if (o->n_ips == MOB_ADDRS_MAX)
+				return usage_error("at most %d --ip", MOB_ADDRS_MAX);
 			o->ips[o->n_ips++] = optarg;
 			break;
 		case OPT_DIRECT:
-			if (o->n_direct == NET_DIRECT_MAX)
-				return usage_error("at most %d --direct", NET_DIRECT_MAX);
+			if (o->n_direct == MOB_DIRECT_MAX)
+				return usage_error("at most %d --direct", MOB_DIRECT_MAX);
 			o->direct[o->n_direct++] = optarg;
 			break;
 		case OPT_VNI:
@@ -200,7 +200,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case OPT_WHEN_SEEN: o->when_seen = true; break;
 		case 'v': o->verbose++; break;
 		case 'h':
-			net_usage(stdout);
+			mob_usage(stdout);
 			return -1;
 		default:
 			return usage_error("unknown option");
@@ -230,7 +230,7 @@ static int resolve(const char *hostport, struct sockaddr_storage *ss,
 	return 0;
 }
 
-static int load_key(const char *path, uint8_t out[NET_KEY_LEN])
+static int load_key(const char *path, uint8_t out[MOB_KEY_LEN])
 {
 	char msg[WIRE_ERRMSG_MAX];
 	struct wire_key k;
@@ -239,21 +239,21 @@ static int load_key(const char *path, uint8_t out[NET_KEY_LEN])
 		fprintf(stderr, "tsubame net: %s\n", msg);
 		return -1;
 	}
-	memcpy(out, k.secret, NET_KEY_LEN);
+	memcpy(out, k.secret, MOB_KEY_LEN);
 	wire_key_wipe(&k);
 	return 0;
 }
 
 static int run_agent(struct opts *o)
 {
-	struct net_agent_config cfg;
+	struct mob_agent_config cfg;
 	unsigned i;
 	int err;
 
 	if (!o->site || !o->dev || !o->key || !o->control)
 		return usage_error("agent needs --site, --dev, --key and --control");
-	if (!net_name_ok(o->site, NET_SITE_MAX))
-		return usage_error("--site: 1..%d of [A-Za-z0-9._-]", NET_SITE_MAX);
+	if (!mob_name_ok(o->site, MOB_SITE_MAX))
+		return usage_error("--site: 1..%d of [A-Za-z0-9._-]", MOB_SITE_MAX);
 	memset(&cfg, 0, sizeof(cfg));
 	cfg.site = o->site;
 	cfg.dev = o->dev;
@@ -263,22 +263,22 @@ static int run_agent(struct opts *o)
 	cfg.lifetime = o->lifetime ? (uint32_t)o->lifetime : 60;
 	cfg.retrans_ms = (uint32_t)o->retrans;
 	for (i = 0; i < o->n_peers; i++) {
-		struct net_peer *p = &cfg.peers[i];
+		struct mob_peer *p = &cfg.peers[i];
 		const char *eq = strchr(o->peers[i], '=');
 		size_t n = eq ? (size_t)(eq - o->peers[i]) : 0;
 
-		if (!eq || !n || n > NET_SITE_MAX)
+		if (!eq || !n || n > MOB_SITE_MAX)
 			return usage_error("--peer '%s' is not NAME=HOST:PORT", o->peers[i]);
 		memcpy(p->name, o->peers[i], n);
 		p->name[n] = '\0';
-		if (!net_name_ok(p->name, NET_SITE_MAX) ||
+		if (!mob_name_ok(p->name, MOB_SITE_MAX) ||
 		    resolve(eq + 1, &p->addr, &p->addrlen))
 			return usage_error("--peer '%s' is not NAME=HOST:PORT (numeric address)",
 					   o->peers[i]);
 	}
 	cfg.n_peers = o->n_peers;
 	for (i = 0; i < o->n_direct; i++) {
-		struct net_direct *d = &cfg.direct[i];
+		struct mob_direct *d = &cfg.direct[i];
 		char net[64];
 		const char *eq = strchr(o->direct[i], '='), *sl;
 		uint64_t len;
@@ -300,7 +300,7 @@ static int run_agent(struct opts *o)
 				return usage_error("--direct '%s': bad prefix length", o->direct[i]);
 		}
 		if (inet_pton(AF_INET, net, &d->net) != 1 ||
-		    net_parse_mac(eq + 1, d->mac))
+		    mob_parse_mac(eq + 1, d->mac))
 			return usage_error("--direct '%s' is not A.B.C.D/LEN=MAC", o->direct[i]);
 		d->mask = len ? ~0u << (32 - len) : 0;
 		d->net.s_addr = htonl(ntohl(d->net.s_addr) & d->mask);
@@ -310,7 +310,7 @@ static int run_agent(struct opts *o)
 		return TSB_EXIT_FAILED;
 	if (o->verbose)
 		tsb_log_set_level(o->verbose > 1 ? TSB_LOG_DEBUG : TSB_LOG_INFO);
-	err = net_agent_run(&cfg);
+	err = mob_agent_run(&cfg);
 	OPENSSL_cleanse(cfg.key, sizeof(cfg.key));
 	return err ? TSB_EXIT_FAILED : TSB_EXIT_OK;
 }
@@ -393,11 +393,11 @@ static json_t *ips_json(const struct opts *o)
 
 static int check_ips(const struct opts *o)
 {
-	struct net_addr na;
+	struct mob_addr na;
 	unsigned i;
 
 	for (i = 0; i < o->n_ips; i++)
-		if (net_parse_addr(o->ips[i], &na))
+		if (mob_parse_addr(o->ips[i], &na))
 			return usage_error("--ip '%s' is not an IPv4 or IPv6 address", o->ips[i]);
 	return 0;
 }
@@ -406,8 +406,8 @@ static int run_update(struct opts *o)
 {
 	struct sockaddr_storage to, from;
 	socklen_t tolen, fromlen = sizeof(from);
-	uint8_t key[NET_KEY_LEN], buf[NET_BMSG_MAX];
-	struct net_bmsg m, r;
+	uint8_t key[MOB_KEY_LEN], buf[MOB_BMSG_MAX];
+	struct mob_bmsg m, r;
 	struct pollfd p;
 	unsigned i;
 	int fd, n, rc = TSB_EXIT_FAILED;
@@ -416,15 +416,15 @@ static int run_update(struct opts *o)
 	    !o->has_seq)
 		return usage_error("update needs --to, --key, --from, --vm, --mac, --home and --seq");
 	memset(&m, 0, sizeof(m));
-	if (!net_name_ok(o->from, NET_SITE_MAX) || !net_name_ok(o->home, NET_SITE_MAX) ||
-	    !net_name_ok(o->vm, NET_ID_MAX) || net_parse_mac(o->mac, m.mac) ||
+	if (!mob_name_ok(o->from, MOB_SITE_MAX) || !mob_name_ok(o->home, MOB_SITE_MAX) ||
+	    !mob_name_ok(o->vm, MOB_ID_MAX) || mob_parse_mac(o->mac, m.mac) ||
 	    resolve(o->to, &to, &tolen))
 		return usage_error("bad --from, --home, --vm, --mac or --to");
 	for (i = 0; i < o->n_ips; i++)
-		if (net_parse_addr(o->ips[i], &m.addrs[i]))
+		if (mob_parse_addr(o->ips[i], &m.addrs[i]))
 			return usage_error("--ip '%s' is not an address", o->ips[i]);
 	m.n_addrs = o->n_ips;
-	m.type = NET_BU;
+	m.type = MOB_BU;
 	m.seq = (uint32_t)o->seq;
 	m.lifetime = (uint32_t)o->lifetime;
 	if (RAND_bytes((unsigned char *)&m.nonce, sizeof(m.nonce)) != 1)
@@ -435,7 +435,7 @@ static int run_update(struct opts *o)
 	snprintf(m.home, sizeof(m.home), "%s", o->home);
 	if (load_key(o->key, key))
 		return TSB_EXIT_FAILED;
-	n = net_bmsg_encode(&m, key, buf, sizeof(buf));
+	n = mob_bmsg_encode(&m, key, buf, sizeof(buf));
 	fd = socket(to.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (n < 0 || fd < 0 || sendto(fd, buf, (size_t)n, 0,
 				      (struct sockaddr *)&to, tolen) < 0) {
@@ -455,12 +455,12 @@ static int run_update(struct opts *o)
 		got = recvfrom(fd, buf, sizeof(buf), 0, (struct sockaddr *)&from, &fromlen);
 		if (got < 0)
 			goto out;
-		if (net_bmsg_decode(buf, (size_t)got, key, &r) || r.type != NET_BA ||
+		if (mob_bmsg_decode(buf, (size_t)got, key, &r) || r.type != MOB_BA ||
 		    r.nonce != m.nonce)
 			continue;	/* not an authentic answer to us */
 		break;
 	}
-	if (r.status == NET_BA_ACCEPTED) {
+	if (r.status == MOB_BA_ACCEPTED) {
 		printf("accepted seq %u lifetime %u\n", r.seq, r.lifetime);
 		rc = TSB_EXIT_OK;
 	} else {
@@ -483,7 +483,7 @@ int cmd_net(int argc, char **argv)
 		return usage_error("missing command (agent, notify, bind, unbind, status, update)");
 	sub = argv[1];
 	if (!strcmp(sub, "--help") || !strcmp(sub, "-h") || !strcmp(sub, "help")) {
-		net_usage(stdout);
+		mob_usage(stdout);
 		return TSB_EXIT_OK;
 	}
 	err = parse_opts(argc - 1, argv + 1, &o);

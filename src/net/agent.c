@@ -2,7 +2,7 @@
  * net: the mobility agent. One epoll loop owns an AF_PACKET socket on the
  * site segment, a UDP socket for VXLAN and binding messages, and a unix
  * control socket. Frames move in batches (recvmmsg/sendmmsg); the
- * binding table is a small array scanned linearly (NET_BINDINGS_MAX).
+ * binding table is a small array scanned linearly (MOB_BINDINGS_MAX).
  * See docs/network.md.
  */
 #include "net/net.h"
@@ -37,7 +37,7 @@
 #define PACKET_IGNORE_OUTGOING 23
 #endif
 
-#define NET_BINDINGS_MAX 256
+#define MOB_BINDINGS_MAX 256
 #define CONNS_MAX 16
 #define BATCH 64
 #define SLOT 2048		/* vnet header + frame, or VXLAN datagram */
@@ -63,12 +63,12 @@ static const char *const state_names[] = {
 
 struct binding {
 	enum bstate state;
-	char vm[NET_ID_MAX + 1];
-	char home[NET_SITE_MAX + 1];
-	char current[NET_SITE_MAX + 1];
+	char vm[MOB_ID_MAX + 1];
+	char home[MOB_SITE_MAX + 1];
+	char current[MOB_SITE_MAX + 1];
 	uint8_t mac[6];
 	unsigned n_addrs;
-	struct net_addr addrs[NET_ADDRS_MAX];
+	struct mob_addr addrs[MOB_ADDRS_MAX];
 	uint32_t seq;		/* home: last accepted; visit: last sent */
 	uint32_t lifetime;	/* s */
 	uint64_t expires_ns;	/* home: 0 = never (manual) */
@@ -88,14 +88,14 @@ struct binding {
 struct conn {
 	int fd;
 	size_t len;
-	char buf[NET_CTL_LINE_MAX + 1];
+	char buf[MOB_CTL_LINE_MAX + 1];
 };
 
 struct batch {
 	struct mmsghdr msg[BATCH];
 	struct iovec iov[BATCH][2];
 	struct sockaddr_storage name[BATCH];
-	uint8_t hdr[BATCH][NET_VXLAN_HLEN];
+	uint8_t hdr[BATCH][MOB_VXLAN_HLEN];
 	unsigned n;
 };
 
@@ -107,12 +107,12 @@ struct counters {
 };
 
 struct agent {
-	const struct net_agent_config *cfg;
+	const struct mob_agent_config *cfg;
 	int ep, pfd, ufd, lfd, sfd;
 	int ifindex;
 	uint8_t ifmac[6];
 	int family;
-	struct binding b[NET_BINDINGS_MAX];
+	struct binding b[MOB_BINDINGS_MAX];
 	struct conn conns[CONNS_MAX];
 	uint8_t rbuf[BATCH][SLOT];
 	struct mmsghdr rmsg[BATCH];
@@ -154,7 +154,7 @@ static struct binding *find_vm(struct agent *a, const char *vm)
 {
 	unsigned i;
 
-	for (i = 0; i < NET_BINDINGS_MAX; i++)
+	for (i = 0; i < MOB_BINDINGS_MAX; i++)
 		if (a->b[i].state != B_FREE && !strcmp(a->b[i].vm, vm))
 			return &a->b[i];
 	return NULL;
@@ -165,7 +165,7 @@ static struct binding *find_mac(struct agent *a, const uint8_t mac[6],
 {
 	unsigned i;
 
-	for (i = 0; i < NET_BINDINGS_MAX; i++)
+	for (i = 0; i < MOB_BINDINGS_MAX; i++)
 		if (a->b[i].state == st && !memcmp(a->b[i].mac, mac, 6))
 			return &a->b[i];
 	return NULL;
@@ -176,7 +176,7 @@ static struct binding *find_away_addr(struct agent *a, int family,
 {
 	unsigned i, j;
 
-	for (i = 0; i < NET_BINDINGS_MAX; i++) {
+	for (i = 0; i < MOB_BINDINGS_MAX; i++) {
 		struct binding *b = &a->b[i];
 
 		if (b->state != B_HOME_AWAY)
@@ -202,7 +202,7 @@ static struct binding *alloc_binding(struct agent *a, const char *vm)
 
 	if (b)
 		return b;
-	for (i = 0; i < NET_BINDINGS_MAX; i++) {
+	for (i = 0; i < MOB_BINDINGS_MAX; i++) {
 		if (a->b[i].state == B_FREE) {
 			b = &a->b[i];
 			memset(b, 0, sizeof(*b));
@@ -307,15 +307,15 @@ static void to_segment(struct agent *a, const uint8_t *frame, size_t len)
 static void to_tunnel(struct agent *a, int p, const uint8_t *frame, size_t len)
 {
 	struct batch *q = &a->tun_out;
-	const struct net_peer *peer = &a->cfg->peers[p];
+	const struct mob_peer *peer = &a->cfg->peers[p];
 	unsigned i;
 
 	if (q->n == BATCH)
 		flush_all(a);
 	i = q->n++;
-	net_vxlan_put(q->hdr[i], a->cfg->vni);
+	mob_vxlan_put(q->hdr[i], a->cfg->vni);
 	q->iov[i][0].iov_base = q->hdr[i];
-	q->iov[i][0].iov_len = NET_VXLAN_HLEN;
+	q->iov[i][0].iov_len = MOB_VXLAN_HLEN;
 	q->iov[i][1].iov_base = (void *)frame;
 	q->iov[i][1].iov_len = len;
 	memcpy(&q->name[i], &peer->addr, peer->addrlen);
@@ -347,11 +347,11 @@ static void announce(struct agent *a, struct binding *b)
 		uint8_t *f = gen_slot(a);
 
 		if (b->addrs[i].family == AF_INET) {
-			n = net_build_arp(f, 128, 1, bcast_mac, b->mac, b->mac,
+			n = mob_build_arp(f, 128, 1, bcast_mac, b->mac, b->mac,
 					  b->addrs[i].v4, bcast_mac,
 					  b->addrs[i].v4);
 		} else {
-			n = net_build_na(f, 128, all_nodes_mac, b->mac,
+			n = mob_build_na(f, 128, all_nodes_mac, b->mac,
 					 &b->addrs[i].v6, &all_nodes,
 					 &b->addrs[i].v6, false);
 		}
@@ -395,7 +395,7 @@ static bool direct_match(struct agent *a, struct in_addr dst,
 	unsigned i;
 
 	for (i = 0; i < a->cfg->n_direct; i++) {
-		const struct net_direct *d = &a->cfg->direct[i];
+		const struct mob_direct *d = &a->cfg->direct[i];
 
 		if ((ntohl(dst.s_addr) & d->mask) == ntohl(d->net.s_addr)) {
 			*ret_mac = d->mac;
@@ -407,11 +407,11 @@ static bool direct_match(struct agent *a, struct in_addr dst,
 
 static void segment_frame(struct agent *a, uint8_t *frame, size_t len)
 {
-	struct net_frame_info f;
+	struct mob_frame_info f;
 	struct binding *b;
 	const uint8_t *nh;
 
-	if (net_frame_parse(frame, len, &f)) {
+	if (mob_frame_parse(frame, len, &f)) {
 		a->c.drop_bad++;
 		return;
 	}
@@ -426,7 +426,7 @@ static void segment_frame(struct agent *a, uint8_t *frame, size_t len)
 	if (b && b->state != B_VISIT)
 		b = NULL;
 	if (b) {
-		if (f.kind == NET_FK_IPV4 && !net_mac_is_multicast(f.dst) &&
+		if (f.kind == MOB_FK_IPV4 && !mob_mac_is_multicast(f.dst) &&
 		    direct_match(a, f.ip4_dst, &nh)) {
 			memcpy(frame, nh, 6);
 			to_segment(a, frame, len);
@@ -438,7 +438,7 @@ static void segment_frame(struct agent *a, uint8_t *frame, size_t len)
 		return;
 	}
 	/* To a VM that is away from home: forward to its current site. */
-	if (!net_mac_is_multicast(f.dst)) {
+	if (!mob_mac_is_multicast(f.dst)) {
 		b = find_mac(a, f.dst, B_HOME_AWAY);
 		if (b) {
 			b->frames_out++;
@@ -447,18 +447,18 @@ static void segment_frame(struct agent *a, uint8_t *frame, size_t len)
 		return;
 	}
 	/* Neighbour resolution for an away VM: answer on its behalf. */
-	if (f.kind == NET_FK_ARP_REQUEST) {
+	if (f.kind == MOB_FK_ARP_REQUEST) {
 		b = find_away_addr(a, AF_INET, &f.arp_tpa);
 		if (b) {
 			uint8_t *g = gen_slot(a);
-			int n = net_build_arp(g, 128, 2, f.src, b->mac, b->mac,
+			int n = mob_build_arp(g, 128, 2, f.src, b->mac, b->mac,
 					      f.arp_tpa, f.arp_sha, f.arp_spa);
 			if (n > 0) {
 				to_segment(a, g, (size_t)n);
 				a->c.arp_replies++;
 			}
 		}
-	} else if (f.kind == NET_FK_NS) {
+	} else if (f.kind == MOB_FK_NS) {
 		b = find_away_addr(a, AF_INET6, &f.ns_target);
 		if (b) {
 			static const struct in6_addr all_nodes = {
@@ -466,7 +466,7 @@ static void segment_frame(struct agent *a, uint8_t *frame, size_t len)
 			static const uint8_t all_mac[6] = { 0x33, 0x33, 0, 0, 0, 1 };
 			bool dad = IN6_IS_ADDR_UNSPECIFIED(&f.ip6_src);
 			uint8_t *g = gen_slot(a);
-			int n = net_build_na(g, 128, dad ? all_mac : f.src,
+			int n = mob_build_na(g, 128, dad ? all_mac : f.src,
 					     b->mac, &f.ns_target,
 					     dad ? &all_nodes : &f.ip6_src,
 					     &f.ns_target, !dad);
@@ -501,8 +501,8 @@ static void on_packet(struct agent *a)
 
 			a->c.seg_rx++;
 			if ((a->rmsg[i].msg_hdr.msg_flags & MSG_TRUNC) ||
-			    len < (size_t)VNET_HLEN + NET_ETH_HLEN ||
-			    len - VNET_HLEN > NET_FRAME_MAX) {
+			    len < (size_t)VNET_HLEN + MOB_ETH_HLEN ||
+			    len - VNET_HLEN > MOB_FRAME_MAX) {
 				if (a->c.drop_gso++ == 0)
 					log_warn("dropping an oversized frame on %s: disable segmentation offloads towards it (see docs/network.md)",
 						 a->cfg->dev);
@@ -510,7 +510,7 @@ static void on_packet(struct agent *a)
 			}
 			memcpy(&vh, p, sizeof(vh));
 			if ((vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) &&
-			    net_csum_complete(p + VNET_HLEN, len - VNET_HLEN,
+			    mob_csum_complete(p + VNET_HLEN, len - VNET_HLEN,
 					      vh.csum_start, vh.csum_offset)) {
 				a->c.drop_bad++;
 				continue;
@@ -525,11 +525,11 @@ static void on_packet(struct agent *a)
 
 /* ---- binding messages ---- */
 
-static void send_bmsg(struct agent *a, const struct net_bmsg *m, int peer,
+static void send_bmsg(struct agent *a, const struct mob_bmsg *m, int peer,
 		      const struct sockaddr_storage *to, socklen_t tolen)
 {
-	uint8_t buf[NET_BMSG_MAX];
-	int n = net_bmsg_encode(m, a->cfg->key, buf, sizeof(buf));
+	uint8_t buf[MOB_BMSG_MAX];
+	int n = mob_bmsg_encode(m, a->cfg->key, buf, sizeof(buf));
 
 	if (n < 0) {
 		log_error_errno(n, "cannot encode a binding message for vm '%s'",
@@ -548,10 +548,10 @@ static void send_bmsg(struct agent *a, const struct net_bmsg *m, int peer,
 
 static void send_bu(struct agent *a, struct binding *b)
 {
-	struct net_bmsg m;
+	struct mob_bmsg m;
 
 	memset(&m, 0, sizeof(m));
-	m.type = NET_BU;
+	m.type = MOB_BU;
 	m.seq = b->seq;
 	m.lifetime = b->lifetime;
 	m.nonce = b->nonce;
@@ -600,16 +600,16 @@ static void answer_waiter(struct agent *a, struct binding *b, bool ok,
 	b->waiter = -1;
 }
 
-static void send_ba(struct agent *a, const struct net_bmsg *bu, uint8_t status,
+static void send_ba(struct agent *a, const struct mob_bmsg *bu, uint8_t status,
 		    uint32_t seq, const struct sockaddr_storage *to)
 {
-	struct net_bmsg m;
+	struct mob_bmsg m;
 
 	memset(&m, 0, sizeof(m));
-	m.type = NET_BA;
+	m.type = MOB_BA;
 	m.status = status;
 	m.seq = seq;
-	m.lifetime = status == NET_BA_ACCEPTED ? bu->lifetime : 0;
+	m.lifetime = status == MOB_BA_ACCEPTED ? bu->lifetime : 0;
 	m.nonce = bu->nonce;
 	snprintf(m.sender, sizeof(m.sender), "%s", a->cfg->site);
 	snprintf(m.vm, sizeof(m.vm), "%s", bu->vm);
@@ -622,7 +622,7 @@ static void send_ba(struct agent *a, const struct net_bmsg *bu, uint8_t status,
 }
 
 /* Home agent: a binding update from the VM's current site. */
-static void on_bu(struct agent *a, const struct net_bmsg *m, int peer,
+static void on_bu(struct agent *a, const struct mob_bmsg *m, int peer,
 		  const struct sockaddr_storage *from)
 {
 	char who[80];
@@ -634,7 +634,7 @@ static void on_bu(struct agent *a, const struct net_bmsg *m, int peer,
 		a->c.bu_refused++;
 		log_warn("binding update for vm '%s' from %s names home '%s', not this site: refused",
 			 m->vm, who, m->home);
-		send_ba(a, m, NET_BA_NOT_HOME_AGENT, 0, from);
+		send_ba(a, m, MOB_BA_NOT_HOME_AGENT, 0, from);
 		return;
 	}
 	if (strcmp(m->current, m->sender)) {
@@ -648,21 +648,21 @@ static void on_bu(struct agent *a, const struct net_bmsg *m, int peer,
 		a->c.bu_refused++;
 		log_warn("binding update for vm '%s' from %s, but it runs here: refused",
 			 m->vm, who);
-		send_ba(a, m, NET_BA_REASON_UNSPEC, 0, from);
+		send_ba(a, m, MOB_BA_REASON_UNSPEC, 0, from);
 		return;
 	}
 	if (b && m->seq <= b->seq) {
 		/* A retransmission of the BU we accepted last: ack again. */
 		if (m->seq == b->seq && m->nonce == b->nonce &&
 		    b->state == B_HOME_AWAY && !strcmp(b->current, m->sender)) {
-			send_ba(a, m, NET_BA_ACCEPTED, b->seq, from);
+			send_ba(a, m, MOB_BA_ACCEPTED, b->seq, from);
 			return;
 		}
 		a->c.bu_stale++;
 		if (ratelimit(a->c.bu_stale))
 			log_warn("stale binding update for vm '%s' from site '%s' (%s): seq %u, last accepted %u: refused",
 				 m->vm, m->sender, who, m->seq, b->seq);
-		send_ba(a, m, NET_BA_SEQ_OUT_OF_WINDOW, b->seq, from);
+		send_ba(a, m, MOB_BA_SEQ_OUT_OF_WINDOW, b->seq, from);
 		return;
 	}
 	if (!b)
@@ -670,8 +670,8 @@ static void on_bu(struct agent *a, const struct net_bmsg *m, int peer,
 	if (!b) {
 		a->c.bu_refused++;
 		log_error("binding table full (%d): update for vm '%s' refused",
-			  NET_BINDINGS_MAX, m->vm);
-		send_ba(a, m, NET_BA_REASON_UNSPEC, 0, from);
+			  MOB_BINDINGS_MAX, m->vm);
+		send_ba(a, m, MOB_BA_REASON_UNSPEC, 0, from);
 		return;
 	}
 	b->seq = m->seq;
@@ -681,7 +681,7 @@ static void on_bu(struct agent *a, const struct net_bmsg *m, int peer,
 			   m->vm, m->sender, m->seq);
 		b->state = B_HOME_IDLE;
 		b->peer = -1;
-		send_ba(a, m, NET_BA_ACCEPTED, m->seq, from);
+		send_ba(a, m, MOB_BA_ACCEPTED, m->seq, from);
 		return;
 	}
 	moved = b->state != B_HOME_AWAY || strcmp(b->current, m->sender) ||
@@ -696,7 +696,7 @@ static void on_bu(struct agent *a, const struct net_bmsg *m, int peer,
 	b->peer = peer;
 	b->lifetime = m->lifetime;
 	b->expires_ns = tsb_now_ns() + (uint64_t)m->lifetime * NS_PER_S;
-	send_ba(a, m, NET_BA_ACCEPTED, m->seq, from);
+	send_ba(a, m, MOB_BA_ACCEPTED, m->seq, from);
 	if (moved) {
 		log_notice("vm '%s' is away at site '%s' (seq %u, lifetime %u s): proxying and tunnelling",
 			   m->vm, m->sender, m->seq, m->lifetime);
@@ -705,7 +705,7 @@ static void on_bu(struct agent *a, const struct net_bmsg *m, int peer,
 }
 
 /* Visited site: the home agent's acknowledgement. */
-static void on_ba(struct agent *a, const struct net_bmsg *m, int peer)
+static void on_ba(struct agent *a, const struct mob_bmsg *m, int peer)
 {
 	struct binding *b = find_vm(a, m->vm);
 
@@ -715,7 +715,7 @@ static void on_ba(struct agent *a, const struct net_bmsg *m, int peer)
 			  m->vm);
 		return;
 	}
-	if (m->status == NET_BA_ACCEPTED) {
+	if (m->status == MOB_BA_ACCEPTED) {
 		uint32_t life = m->lifetime ? m->lifetime : b->lifetime;
 
 		b->acked = true;
@@ -727,7 +727,7 @@ static void on_ba(struct agent *a, const struct net_bmsg *m, int peer)
 		answer_waiter(a, b, true, "registered");
 		return;
 	}
-	if (m->status == NET_BA_SEQ_OUT_OF_WINDOW && b->resync_ok) {
+	if (m->status == MOB_BA_SEQ_OUT_OF_WINDOW && b->resync_ok) {
 		/* First registration after a move: adopt the home's counter
 		 * (RFC 6275 11.7.3), once. */
 		log_info("vm '%s': home has seq %u, resending with %u",
@@ -736,7 +736,7 @@ static void on_ba(struct agent *a, const struct net_bmsg *m, int peer)
 		start_registration(a, b, false);
 		return;
 	}
-	if (m->status == NET_BA_SEQ_OUT_OF_WINDOW) {
+	if (m->status == MOB_BA_SEQ_OUT_OF_WINDOW) {
 		/* A later registration from elsewhere won: the VM moved on. */
 		log_notice("home site '%s' has a newer binding for vm '%s' (seq %u > %u): dropping it here",
 			   b->home, b->vm, m->seq, b->seq);
@@ -755,10 +755,10 @@ static void on_bmsg(struct agent *a, const uint8_t *p, size_t len,
 		    const struct sockaddr_storage *from)
 {
 	char who[80];
-	struct net_bmsg m;
+	struct mob_bmsg m;
 	int peer, err;
 
-	err = net_bmsg_decode(p, len, a->cfg->key, &m);
+	err = mob_bmsg_decode(p, len, a->cfg->key, &m);
 	if (err == -EACCES) {
 		a->c.bu_forged++;
 		if (ratelimit(a->c.bu_forged))
@@ -782,7 +782,7 @@ static void on_bmsg(struct agent *a, const uint8_t *p, size_t len,
 				 m.sender, addr_str(from, who, sizeof(who)));
 		return;
 	}
-	if (m.type == NET_BU) {
+	if (m.type == MOB_BU) {
 		a->c.bu_rx++;
 		on_bu(a, &m, peer, from);
 	} else {
@@ -796,11 +796,11 @@ static void on_bmsg(struct agent *a, const uint8_t *p, size_t len,
 static void tunnel_frame(struct agent *a, int peer, const uint8_t *frame,
 			 size_t len)
 {
-	struct net_frame_info f;
+	struct mob_frame_info f;
 	struct binding *b;
 	unsigned i;
 
-	if (net_frame_parse(frame, len, &f)) {
+	if (mob_frame_parse(frame, len, &f)) {
 		a->c.drop_bad++;
 		return;
 	}
@@ -812,7 +812,7 @@ static void tunnel_frame(struct agent *a, int peer, const uint8_t *frame,
 		return;
 	}
 	/* Forward tunnel: traffic for a VM visiting here. */
-	if (!net_mac_is_multicast(f.dst)) {
+	if (!mob_mac_is_multicast(f.dst)) {
 		b = find_mac(a, f.dst, B_VISIT);
 		if (b && b->peer == peer) {
 			b->frames_in++;
@@ -820,7 +820,7 @@ static void tunnel_frame(struct agent *a, int peer, const uint8_t *frame,
 			return;
 		}
 	} else {
-		for (i = 0; i < NET_BINDINGS_MAX; i++) {
+		for (i = 0; i < MOB_BINDINGS_MAX; i++) {
 			if (a->b[i].state == B_VISIT && a->b[i].peer == peer) {
 				to_segment(a, frame, len);
 				return;
@@ -858,7 +858,7 @@ static void on_udp(struct agent *a)
 				a->c.drop_bad++;
 				continue;
 			}
-			if (net_bmsg_is(p, len)) {
+			if (mob_bmsg_is(p, len)) {
 				on_bmsg(a, p, len, &a->rname[i]);
 				continue;
 			}
@@ -868,7 +868,7 @@ static void on_udp(struct agent *a)
 				a->c.drop_unknown_peer++;
 				continue;
 			}
-			if (net_vxlan_parse(p, len, &vni, &off)) {
+			if (mob_vxlan_parse(p, len, &vni, &off)) {
 				a->c.drop_bad++;
 				continue;
 			}
@@ -892,7 +892,7 @@ static void ctl_close(struct agent *a, int ci)
 
 	if (a->conns[ci].fd < 0)
 		return;
-	for (i = 0; i < NET_BINDINGS_MAX; i++)
+	for (i = 0; i < MOB_BINDINGS_MAX; i++)
 		if (a->b[i].waiter == ci)
 			a->b[i].waiter = -1;
 	close(a->conns[ci].fd);
@@ -947,7 +947,7 @@ static json_t *binding_json(struct agent *a, const struct binding *b)
 	uint64_t now = tsb_now_ns();
 	unsigned i;
 
-	net_format_mac(b->mac, mac);
+	mob_format_mac(b->mac, mac);
 	for (i = 0; i < b->n_addrs; i++) {
 		inet_ntop(b->addrs[i].family, &b->addrs[i].v6, ip, sizeof(ip));
 		json_array_append_new(addrs, json_string(ip));
@@ -970,7 +970,7 @@ static json_t *status_json(struct agent *a)
 	json_t *list = json_array(), *c;
 	unsigned i;
 
-	for (i = 0; i < NET_BINDINGS_MAX; i++)
+	for (i = 0; i < MOB_BINDINGS_MAX; i++)
 		if (a->b[i].state != B_FREE)
 			json_array_append_new(list, binding_json(a, &a->b[i]));
 	c = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
@@ -998,14 +998,14 @@ static json_t *status_json(struct agent *a)
 			 "bindings", list, "counters", c);
 }
 
-static void set_addrs(struct binding *b, const struct net_ctl_req *q)
+static void set_addrs(struct binding *b, const struct mob_ctl_req *q)
 {
 	memcpy(b->mac, q->mac, 6);
 	b->n_addrs = q->n_addrs;
 	memcpy(b->addrs, q->addrs, sizeof(b->addrs));
 }
 
-static json_t *ctl_arrive(struct agent *a, int ci, const struct net_ctl_req *q,
+static json_t *ctl_arrive(struct agent *a, int ci, const struct mob_ctl_req *q,
 			  bool *deferred)
 {
 	struct binding *b = find_vm(a, q->vm);
@@ -1078,7 +1078,7 @@ static json_t *ctl_arrive(struct agent *a, int ci, const struct net_ctl_req *q,
 			 "state", "registering", "seq", (json_int_t)b->seq);
 }
 
-static json_t *ctl_bind(struct agent *a, const struct net_ctl_req *q)
+static json_t *ctl_bind(struct agent *a, const struct mob_ctl_req *q)
 {
 	struct binding *b;
 	bool home = !strcmp(q->home, a->cfg->site);
@@ -1117,21 +1117,21 @@ static json_t *ctl_bind(struct agent *a, const struct net_ctl_req *q)
 
 static void ctl_line(struct agent *a, int ci, const char *line, size_t len)
 {
-	struct net_ctl_req q;
+	struct mob_ctl_req q;
 	struct binding *b;
 	bool deferred = false;
 	json_t *r = NULL;
 	char err[160];
 
-	if (net_ctl_parse(line, len, &q, err, sizeof(err))) {
+	if (mob_ctl_parse(line, len, &q, err, sizeof(err))) {
 		ctl_reply(a, ci, ctl_error("%s", err));
 		return;
 	}
 	switch (q.op) {
-	case NET_CTL_ARRIVE:
+	case MOB_CTL_ARRIVE:
 		r = ctl_arrive(a, ci, &q, &deferred);
 		break;
-	case NET_CTL_DEPART:
+	case MOB_CTL_DEPART:
 		b = find_vm(a, q.vm);
 		if (b && (b->state == B_VISIT || b->state == B_EXPECT)) {
 			log_notice("vm '%s' departed: visitor binding dropped",
@@ -1141,10 +1141,10 @@ static void ctl_line(struct agent *a, int ci, const char *line, size_t len)
 		}
 		r = json_pack("{s:b, s:s}", "ok", 1, "vm", q.vm);
 		break;
-	case NET_CTL_BIND:
+	case MOB_CTL_BIND:
 		r = ctl_bind(a, &q);
 		break;
-	case NET_CTL_UNBIND:
+	case MOB_CTL_UNBIND:
 		b = find_vm(a, q.vm);
 		if (!b) {
 			r = ctl_error("no binding for vm '%s'", q.vm);
@@ -1156,7 +1156,7 @@ static void ctl_line(struct agent *a, int ci, const char *line, size_t len)
 			B_FREE : B_HOME_IDLE;
 		r = json_pack("{s:b, s:s}", "ok", 1, "vm", q.vm);
 		break;
-	case NET_CTL_STATUS:
+	case MOB_CTL_STATUS:
 		r = status_json(a);
 		break;
 	}
@@ -1190,7 +1190,7 @@ static void on_conn(struct agent *a, int ci)
 	}
 	if (c->len == sizeof(c->buf) - 1) {
 		ctl_reply(a, ci, ctl_error("request line longer than %d bytes",
-					   NET_CTL_LINE_MAX));
+					   MOB_CTL_LINE_MAX));
 		ctl_close(a, ci);
 	}
 }
@@ -1226,7 +1226,7 @@ static uint64_t timers(struct agent *a)
 	uint64_t now = tsb_now_ns(), next = now + NS_PER_S;
 	unsigned i;
 
-	for (i = 0; i < NET_BINDINGS_MAX; i++) {
+	for (i = 0; i < MOB_BINDINGS_MAX; i++) {
 		struct binding *b = &a->b[i];
 
 		if (b->state == B_HOME_AWAY && b->expires_ns) {
@@ -1402,7 +1402,7 @@ static int watch(struct agent *a, int fd, uint64_t tag)
 	return 0;
 }
 
-int net_agent_run(const struct net_agent_config *cfg)
+int mob_agent_run(const struct mob_agent_config *cfg)
 {
 	struct epoll_event evs[16];
 	struct agent *a;
@@ -1416,7 +1416,7 @@ int net_agent_run(const struct net_agent_config *cfg)
 	a->ep = a->pfd = a->ufd = a->lfd = a->sfd = -1;
 	for (i = 0; i < CONNS_MAX; i++)
 		a->conns[i].fd = -1;
-	for (i = 0; i < NET_BINDINGS_MAX; i++)
+	for (i = 0; i < MOB_BINDINGS_MAX; i++)
 		a->b[i].waiter = -1;
 
 	sigemptyset(&mask);

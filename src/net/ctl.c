@@ -29,13 +29,13 @@ static int copy_name(const char *s, char *out, size_t max)
 {
 	if (!s)
 		return 0;
-	if (!net_name_ok(s, max))
+	if (!mob_name_ok(s, max))
 		return -EBADMSG;
 	memcpy(out, s, strlen(s) + 1);
 	return 0;
 }
 
-int net_ctl_parse(const char *line, size_t len, struct net_ctl_req *ret,
+int mob_ctl_parse(const char *line, size_t len, struct mob_ctl_req *ret,
 		  char *err, size_t errlen)
 {
 	const char *op = NULL, *vm = NULL, *mac = NULL, *home = NULL;
@@ -43,12 +43,12 @@ int net_ctl_parse(const char *line, size_t len, struct net_ctl_req *ret,
 	json_int_t lifetime = 0, seq = 0, wait_ms = 0;
 	int when_seen = 0;
 	json_t *root, *addrs = NULL;
-	struct net_ctl_req q;
+	struct mob_ctl_req q;
 	json_error_t jerr;
 	int rc = -EBADMSG;
 	size_t i;
 
-	if (len > NET_CTL_LINE_MAX) {
+	if (len > MOB_CTL_LINE_MAX) {
 		bad(err, errlen, "request line too long");
 		return -EMSGSIZE;
 	}
@@ -66,27 +66,27 @@ int net_ctl_parse(const char *line, size_t len, struct net_ctl_req *ret,
 		goto out;
 	}
 	if (!strcmp(op, "arrive"))
-		q.op = NET_CTL_ARRIVE;
+		q.op = MOB_CTL_ARRIVE;
 	else if (!strcmp(op, "depart"))
-		q.op = NET_CTL_DEPART;
+		q.op = MOB_CTL_DEPART;
 	else if (!strcmp(op, "bind"))
-		q.op = NET_CTL_BIND;
+		q.op = MOB_CTL_BIND;
 	else if (!strcmp(op, "unbind"))
-		q.op = NET_CTL_UNBIND;
+		q.op = MOB_CTL_UNBIND;
 	else if (!strcmp(op, "status"))
-		q.op = NET_CTL_STATUS;
+		q.op = MOB_CTL_STATUS;
 	else {
 		bad(err, errlen, "unknown op");
 		goto out;
 	}
-	if (copy_name(vm, q.vm, NET_ID_MAX) ||
-	    copy_name(home, q.home, NET_SITE_MAX) ||
-	    copy_name(current, q.current, NET_SITE_MAX)) {
+	if (copy_name(vm, q.vm, MOB_ID_MAX) ||
+	    copy_name(home, q.home, MOB_SITE_MAX) ||
+	    copy_name(current, q.current, MOB_SITE_MAX)) {
 		bad(err, errlen, "vm, home and current are 1..64 (vm) or 1..32 of [A-Za-z0-9._-]");
 		goto out;
 	}
 	if (mac) {
-		if (net_parse_mac(mac, q.mac)) {
+		if (mob_parse_mac(mac, q.mac)) {
 			bad(err, errlen, "mac is not xx:xx:xx:xx:xx:xx");
 			goto out;
 		}
@@ -94,14 +94,14 @@ int net_ctl_parse(const char *line, size_t len, struct net_ctl_req *ret,
 	}
 	if (addrs) {
 		if (!json_is_array(addrs) ||
-		    json_array_size(addrs) > NET_ADDRS_MAX) {
+		    json_array_size(addrs) > MOB_ADDRS_MAX) {
 			bad(err, errlen, "addrs must be an array of at most 8 addresses");
 			goto out;
 		}
 		for (i = 0; i < json_array_size(addrs); i++) {
 			const char *s = json_string_value(json_array_get(addrs, i));
 
-			if (!s || net_parse_addr(s, &q.addrs[i])) {
+			if (!s || mob_parse_addr(s, &q.addrs[i])) {
 				bad(err, errlen, "addrs holds something that is not an IP address");
 				goto out;
 			}
@@ -117,16 +117,16 @@ int net_ctl_parse(const char *line, size_t len, struct net_ctl_req *ret,
 	q.seq = (uint32_t)seq;
 	q.wait_ms = (uint32_t)wait_ms;
 	q.when_seen = when_seen;
-	if (q.op != NET_CTL_STATUS && !q.vm[0]) {
+	if (q.op != MOB_CTL_STATUS && !q.vm[0]) {
 		bad(err, errlen, "vm is required");
 		goto out;
 	}
-	if ((q.op == NET_CTL_ARRIVE || q.op == NET_CTL_BIND) &&
+	if ((q.op == MOB_CTL_ARRIVE || q.op == MOB_CTL_BIND) &&
 	    (!q.has_mac || !q.home[0])) {
 		bad(err, errlen, "arrive and bind need mac and home");
 		goto out;
 	}
-	if (q.op == NET_CTL_BIND && !q.current[0]) {
+	if (q.op == MOB_CTL_BIND && !q.current[0]) {
 		bad(err, errlen, "bind needs current");
 		goto out;
 	}

@@ -14,40 +14,40 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define NET_VXLAN_PORT 4789
-#define NET_VXLAN_HLEN 8
-#define NET_ETH_HLEN 14
-#define NET_FRAME_MAX 1522	/* Ethernet frame without FCS, one VLAN tag */
-#define NET_ID_MAX 64		/* VM identifier */
-#define NET_SITE_MAX 32		/* site name */
-#define NET_ADDRS_MAX 8		/* addresses per VM */
-#define NET_KEY_LEN 32		/* HMAC-SHA256 key */
-#define NET_HMAC_LEN 32
-#define NET_BMSG_MAX 512	/* largest binding message */
-#define NET_CTL_LINE_MAX 4096	/* largest control request line */
+#define MOB_VXLAN_PORT 4789
+#define MOB_VXLAN_HLEN 8
+#define MOB_ETH_HLEN 14
+#define MOB_FRAME_MAX 1522	/* Ethernet frame without FCS, one VLAN tag */
+#define MOB_ID_MAX 64		/* VM identifier */
+#define MOB_SITE_MAX 32		/* site name */
+#define MOB_ADDRS_MAX 8		/* addresses per VM */
+#define MOB_KEY_LEN 32		/* HMAC-SHA256 key */
+#define MOB_HMAC_LEN 32
+#define MOB_BMSG_MAX 512	/* largest binding message */
+#define MOB_CTL_LINE_MAX 4096	/* largest control request line */
 
 /* ---- Ethernet, ARP, IPv6 neighbour discovery ---- */
 
-enum net_frame_kind {
-	NET_FK_OTHER,
-	NET_FK_ARP_REQUEST,
-	NET_FK_ARP_REPLY,
-	NET_FK_IPV4,
-	NET_FK_NS,		/* ICMPv6 neighbour solicitation */
-	NET_FK_IPV6,		/* any other IPv6 */
+enum mob_frame_kind {
+	MOB_FK_OTHER,
+	MOB_FK_ARP_REQUEST,
+	MOB_FK_ARP_REPLY,
+	MOB_FK_IPV4,
+	MOB_FK_NS,		/* ICMPv6 neighbour solicitation */
+	MOB_FK_IPV6,		/* any other IPv6 */
 };
 
 /* What the agent needs to know about one frame; views into nothing. */
-struct net_frame_info {
+struct mob_frame_info {
 	uint8_t dst[6], src[6];
 	uint16_t ethertype;
-	enum net_frame_kind kind;
+	enum mob_frame_kind kind;
 	/* ARP (kind ARP_*): sender/target hardware and protocol addresses */
 	uint8_t arp_sha[6], arp_tha[6];
 	struct in_addr arp_spa, arp_tpa;
 	/* IPv4 */
 	struct in_addr ip4_src, ip4_dst;
-	/* IPv6; ns_target for NET_FK_NS; ns_sllao is the source link-layer
+	/* IPv6; ns_target for MOB_FK_NS; ns_sllao is the source link-layer
 	 * option when has_sllao */
 	struct in6_addr ip6_src, ip6_dst, ns_target;
 	uint8_t ns_sllao[6];
@@ -59,23 +59,23 @@ struct net_frame_info {
  * a recognised payload (ARP, IPv4, IPv6 NS) is truncated or inconsistent.
  * *ret is written only on success.
  */
-int net_frame_parse(const uint8_t *frame, size_t len,
-		    struct net_frame_info *ret);
+int mob_frame_parse(const uint8_t *frame, size_t len,
+		    struct mob_frame_info *ret);
 
-static inline bool net_mac_is_multicast(const uint8_t mac[6])
+static inline bool mob_mac_is_multicast(const uint8_t mac[6])
 {
 	return mac[0] & 1;
 }
 
 /* True for ff:ff:ff:ff:ff:ff. */
-bool net_mac_is_broadcast(const uint8_t mac[6]);
+bool mob_mac_is_broadcast(const uint8_t mac[6]);
 
 /*
  * Builds an ARP frame (Ethernet header + 28-byte ARP) into buf (cap bytes,
  * at least 42). op is 1 (request) or 2 (reply). Returns the length or
  * -ENOSPC.
  */
-int net_build_arp(uint8_t *buf, size_t cap, uint16_t op,
+int mob_build_arp(uint8_t *buf, size_t cap, uint16_t op,
 		  const uint8_t eth_dst[6], const uint8_t eth_src[6],
 		  const uint8_t sha[6], struct in_addr spa,
 		  const uint8_t tha[6], struct in_addr tpa);
@@ -86,7 +86,7 @@ int net_build_arp(uint8_t *buf, size_t cap, uint16_t op,
  * a target link-layer address option carrying eth_src. Checksummed.
  * Returns the length or -ENOSPC (needs 86 bytes).
  */
-int net_build_na(uint8_t *buf, size_t cap, const uint8_t eth_dst[6],
+int mob_build_na(uint8_t *buf, size_t cap, const uint8_t eth_dst[6],
 		 const uint8_t eth_src[6], const struct in6_addr *ip_src,
 		 const struct in6_addr *ip_dst, const struct in6_addr *target,
 		 bool solicited);
@@ -96,40 +96,40 @@ int net_build_na(uint8_t *buf, size_t cap, const uint8_t eth_dst[6],
  * from start to the end, folds, and stores the complement at start+off.
  * -EBADMSG when start/off do not fit inside len.
  */
-int net_csum_complete(uint8_t *frame, size_t len, uint16_t start,
+int mob_csum_complete(uint8_t *frame, size_t len, uint16_t start,
 		      uint16_t off);
 
 /* ---- VXLAN (RFC 7348) ---- */
 
 /* Writes the 8-byte VXLAN header (I flag, 24-bit vni). */
-void net_vxlan_put(uint8_t hdr[NET_VXLAN_HLEN], uint32_t vni);
+void mob_vxlan_put(uint8_t hdr[MOB_VXLAN_HLEN], uint32_t vni);
 /*
  * Decodes a VXLAN datagram: checks the I flag and the minimal inner frame
  * length. On success *ret_vni, *ret_off (offset of the inner frame) are
  * written. -EBADMSG otherwise.
  */
-int net_vxlan_parse(const uint8_t *pkt, size_t len, uint32_t *ret_vni,
+int mob_vxlan_parse(const uint8_t *pkt, size_t len, uint32_t *ret_vni,
 		    size_t *ret_off);
 
 /* ---- Binding messages (UDP, beside VXLAN on the same port) ---- */
 
-#define NET_BMSG_MAGIC "TSBN"
-#define NET_BMSG_VERSION 1
+#define MOB_BMSG_MAGIC "TSBN"
+#define MOB_BMSG_VERSION 1
 
-enum net_bmsg_type {
-	NET_BU = 1,	/* binding update: current site -> home agent */
-	NET_BA = 2,	/* binding acknowledgement: home -> current */
+enum mob_bmsg_type {
+	MOB_BU = 1,	/* binding update: current site -> home agent */
+	MOB_BA = 2,	/* binding acknowledgement: home -> current */
 };
 
 /* Binding acknowledgement status, numbered as in Mobile IPv6 (RFC 6275). */
-enum net_ba_status {
-	NET_BA_ACCEPTED = 0,
-	NET_BA_REASON_UNSPEC = 128,
-	NET_BA_NOT_HOME_AGENT = 131,	/* we are not this VM's home */
-	NET_BA_SEQ_OUT_OF_WINDOW = 135,	/* seq carries the last accepted */
+enum mob_ba_status {
+	MOB_BA_ACCEPTED = 0,
+	MOB_BA_REASON_UNSPEC = 128,
+	MOB_BA_NOT_HOME_AGENT = 131,	/* we are not this VM's home */
+	MOB_BA_SEQ_OUT_OF_WINDOW = 135,	/* seq carries the last accepted */
 };
 
-struct net_addr {
+struct mob_addr {
 	int family;			/* AF_INET or AF_INET6 */
 	union {
 		struct in_addr v4;
@@ -138,66 +138,66 @@ struct net_addr {
 };
 
 /* A decoded binding message. Strings are NUL-terminated copies. */
-struct net_bmsg {
-	enum net_bmsg_type type;
+struct mob_bmsg {
+	enum mob_bmsg_type type;
 	uint8_t status;			/* BA */
 	uint32_t seq;
 	uint32_t lifetime;		/* seconds; 0 = deregistration */
 	uint64_t nonce;			/* echoed by the BA */
-	char sender[NET_SITE_MAX + 1];	/* site that sent the message */
-	char vm[NET_ID_MAX + 1];
-	char home[NET_SITE_MAX + 1];
-	char current[NET_SITE_MAX + 1];	/* care-of site (BU) */
+	char sender[MOB_SITE_MAX + 1];	/* site that sent the message */
+	char vm[MOB_ID_MAX + 1];
+	char home[MOB_SITE_MAX + 1];
+	char current[MOB_SITE_MAX + 1];	/* care-of site (BU) */
 	uint8_t mac[6];
 	unsigned n_addrs;
-	struct net_addr addrs[NET_ADDRS_MAX];
+	struct mob_addr addrs[MOB_ADDRS_MAX];
 };
 
 /*
  * Encodes m and appends HMAC-SHA256(key, message) into buf (cap bytes).
  * Returns the length, -EINVAL for out-of-range fields or -ENOSPC.
  */
-int net_bmsg_encode(const struct net_bmsg *m, const uint8_t key[NET_KEY_LEN],
+int mob_bmsg_encode(const struct mob_bmsg *m, const uint8_t key[MOB_KEY_LEN],
 		    uint8_t *buf, size_t cap);
 /* True when pkt starts like a binding message (magic). */
-bool net_bmsg_is(const uint8_t *pkt, size_t len);
+bool mob_bmsg_is(const uint8_t *pkt, size_t len);
 /*
  * Decodes and authenticates a binding message. -EBADMSG malformed,
  * -EOPNOTSUPP unknown version or type, -EACCES HMAC mismatch (forged or
  * another key). key NULL skips authentication (fuzzing, inspection).
  * *ret is written only on success.
  */
-int net_bmsg_decode(const uint8_t *pkt, size_t len,
-		    const uint8_t key[NET_KEY_LEN], struct net_bmsg *ret);
+int mob_bmsg_decode(const uint8_t *pkt, size_t len,
+		    const uint8_t key[MOB_KEY_LEN], struct mob_bmsg *ret);
 
 /* ---- Text helpers ---- */
 
-int net_parse_mac(const char *s, uint8_t ret[6]);
-void net_format_mac(const uint8_t mac[6], char out[18]);
+int mob_parse_mac(const char *s, uint8_t ret[6]);
+void mob_format_mac(const uint8_t mac[6], char out[18]);
 /* Parses an IPv4 or IPv6 address (no prefix). */
-int net_parse_addr(const char *s, struct net_addr *ret);
+int mob_parse_addr(const char *s, struct mob_addr *ret);
 /* Checks a site name or VM id: 1..max of [A-Za-z0-9._-]. */
-bool net_name_ok(const char *s, size_t max);
+bool mob_name_ok(const char *s, size_t max);
 
 /* ---- Control protocol (JSON lines on a unix socket) ---- */
 
-enum net_ctl_op {
-	NET_CTL_ARRIVE,		/* VM now runs at this site */
-	NET_CTL_DEPART,		/* VM left this site */
-	NET_CTL_BIND,		/* install a binding by hand */
-	NET_CTL_UNBIND,		/* remove a binding */
-	NET_CTL_STATUS,		/* list bindings and counters */
+enum mob_ctl_op {
+	MOB_CTL_ARRIVE,		/* VM now runs at this site */
+	MOB_CTL_DEPART,		/* VM left this site */
+	MOB_CTL_BIND,		/* install a binding by hand */
+	MOB_CTL_UNBIND,		/* remove a binding */
+	MOB_CTL_STATUS,		/* list bindings and counters */
 };
 
-struct net_ctl_req {
-	enum net_ctl_op op;
-	char vm[NET_ID_MAX + 1];
+struct mob_ctl_req {
+	enum mob_ctl_op op;
+	char vm[MOB_ID_MAX + 1];
 	uint8_t mac[6];
 	bool has_mac;
 	unsigned n_addrs;
-	struct net_addr addrs[NET_ADDRS_MAX];
-	char home[NET_SITE_MAX + 1];
-	char current[NET_SITE_MAX + 1];
+	struct mob_addr addrs[MOB_ADDRS_MAX];
+	char home[MOB_SITE_MAX + 1];
+	char current[MOB_SITE_MAX + 1];
 	uint32_t lifetime;		/* 0 = agent default */
 	uint32_t seq;			/* 0 = agent chooses */
 	uint32_t wait_ms;		/* arrive: wait for the BA (0 = don't) */
@@ -206,48 +206,48 @@ struct net_ctl_req {
 
 /*
  * Parses one request line (len bytes, no newline needed). 0, -EMSGSIZE
- * over NET_CTL_LINE_MAX, -EBADMSG with a reason in err (errlen bytes).
+ * over MOB_CTL_LINE_MAX, -EBADMSG with a reason in err (errlen bytes).
  */
-int net_ctl_parse(const char *line, size_t len, struct net_ctl_req *ret,
+int mob_ctl_parse(const char *line, size_t len, struct mob_ctl_req *ret,
 		  char *err, size_t errlen);
 
 /* ---- The agent ---- */
 
-#define NET_PEERS_MAX 16
-#define NET_DIRECT_MAX 8
+#define MOB_PEERS_MAX 16
+#define MOB_DIRECT_MAX 8
 
-struct net_peer {
-	char name[NET_SITE_MAX + 1];
+struct mob_peer {
+	char name[MOB_SITE_MAX + 1];
 	struct sockaddr_storage addr;	/* agent's VXLAN/binding address */
 	socklen_t addrlen;
 };
 
 /* Site-local delivery: IPv4 prefix reached through next-hop MAC. */
-struct net_direct {
+struct mob_direct {
 	struct in_addr net;
 	uint32_t mask;			/* host order */
 	uint8_t mac[6];
 };
 
-struct net_agent_config {
+struct mob_agent_config {
 	const char *site;		/* this site's name */
 	const char *dev;		/* interface on the site segment */
 	const char *listen;		/* UDP host:port (VXLAN + bindings) */
 	const char *control;		/* unix socket path */
-	uint8_t key[NET_KEY_LEN];	/* site key */
+	uint8_t key[MOB_KEY_LEN];	/* site key */
 	uint32_t vni;
 	uint32_t lifetime;		/* default binding lifetime, s */
 	uint32_t retrans_ms;		/* first BU retransmission */
 	unsigned n_peers;
-	struct net_peer peers[NET_PEERS_MAX];
+	struct mob_peer peers[MOB_PEERS_MAX];
 	unsigned n_direct;
-	struct net_direct direct[NET_DIRECT_MAX];
+	struct mob_direct direct[MOB_DIRECT_MAX];
 };
 
 /*
  * Runs the agent until SIGINT/SIGTERM. Returns 0 after a clean stop or a
  * negative errno on a setup failure (logged). cfg is borrowed.
  */
-int net_agent_run(const struct net_agent_config *cfg);
+int mob_agent_run(const struct mob_agent_config *cfg);
 
 #endif

@@ -22,7 +22,7 @@
 
 static const uint8_t bcast[6] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
 
-static int parse_arp(struct tsb_reader *r, struct net_frame_info *f)
+static int parse_arp(struct tsb_reader *r, struct mob_frame_info *f)
 {
 	const uint8_t *p;
 	uint16_t htype, ptype, op;
@@ -36,7 +36,7 @@ static int parse_arp(struct tsb_reader *r, struct net_frame_info *f)
 	if (r->err)
 		return -EBADMSG;
 	if (htype != 1 || ptype != ETH_P_IPV4 || hlen != 6 || plen != 4) {
-		f->kind = NET_FK_OTHER;
+		f->kind = MOB_FK_OTHER;
 		return 0;
 	}
 	p = tsb_get_bytes(r, 20);
@@ -47,15 +47,15 @@ static int parse_arp(struct tsb_reader *r, struct net_frame_info *f)
 	memcpy(f->arp_tha, p + 10, 6);
 	memcpy(&f->arp_tpa, p + 16, 4);
 	if (op == 1)
-		f->kind = NET_FK_ARP_REQUEST;
+		f->kind = MOB_FK_ARP_REQUEST;
 	else if (op == 2)
-		f->kind = NET_FK_ARP_REPLY;
+		f->kind = MOB_FK_ARP_REPLY;
 	else
-		f->kind = NET_FK_OTHER;
+		f->kind = MOB_FK_OTHER;
 	return 0;
 }
 
-static int parse_ipv4(struct tsb_reader *r, struct net_frame_info *f)
+static int parse_ipv4(struct tsb_reader *r, struct mob_frame_info *f)
 {
 	const uint8_t *p = tsb_get_bytes(r, 20);
 	unsigned ihl;
@@ -71,11 +71,11 @@ static int parse_ipv4(struct tsb_reader *r, struct net_frame_info *f)
 		return -EBADMSG;
 	memcpy(&f->ip4_src, p + 12, 4);
 	memcpy(&f->ip4_dst, p + 16, 4);
-	f->kind = NET_FK_IPV4;
+	f->kind = MOB_FK_IPV4;
 	return 0;
 }
 
-static int parse_ipv6(struct tsb_reader *r, struct net_frame_info *f)
+static int parse_ipv6(struct tsb_reader *r, struct mob_frame_info *f)
 {
 	const uint8_t *p = tsb_get_bytes(r, 40);
 	const uint8_t *ns;
@@ -88,7 +88,7 @@ static int parse_ipv6(struct tsb_reader *r, struct net_frame_info *f)
 	plen = tsb_load_be16(p + 4);
 	memcpy(&f->ip6_src, p + 8, 16);
 	memcpy(&f->ip6_dst, p + 24, 16);
-	f->kind = NET_FK_IPV6;
+	f->kind = MOB_FK_IPV6;
 	/* Neighbour solicitation: ICMPv6 right after the header, type 135,
 	 * hop limit 255 (RFC 4861 7.1.1). Extension headers: not an NS. */
 	if (p[6] != 58 || p[7] != 255 || plen < 24 ||
@@ -98,7 +98,7 @@ static int parse_ipv6(struct tsb_reader *r, struct net_frame_info *f)
 	if (!ns || ns[0] != 135 || ns[1] != 0)
 		return r->err ? -EBADMSG : 0;
 	memcpy(&f->ns_target, ns + 8, 16);
-	f->kind = NET_FK_NS;
+	f->kind = MOB_FK_NS;
 	plen -= 24;
 	while (plen >= 8) {
 		const uint8_t *opt = tsb_get_bytes(r, 2);
@@ -121,10 +121,10 @@ static int parse_ipv6(struct tsb_reader *r, struct net_frame_info *f)
 	return 0;
 }
 
-int net_frame_parse(const uint8_t *frame, size_t len,
-		    struct net_frame_info *ret)
+int mob_frame_parse(const uint8_t *frame, size_t len,
+		    struct mob_frame_info *ret)
 {
-	struct net_frame_info f;
+	struct mob_frame_info f;
 	struct tsb_reader r;
 	const uint8_t *p;
 	int err = 0;
@@ -137,7 +137,7 @@ int net_frame_parse(const uint8_t *frame, size_t len,
 		return -EBADMSG;
 	memcpy(f.dst, p, 6);
 	memcpy(f.src, p + 6, 6);
-	f.kind = NET_FK_OTHER;
+	f.kind = MOB_FK_OTHER;
 	switch (f.ethertype) {
 	case ETH_P_ARP_:
 		err = parse_arp(&r, &f);
@@ -157,7 +157,7 @@ int net_frame_parse(const uint8_t *frame, size_t len,
 	return 0;
 }
 
-int net_build_arp(uint8_t *buf, size_t cap, uint16_t op,
+int mob_build_arp(uint8_t *buf, size_t cap, uint16_t op,
 		  const uint8_t eth_dst[6], const uint8_t eth_src[6],
 		  const uint8_t sha[6], struct in_addr spa,
 		  const uint8_t tha[6], struct in_addr tpa)
@@ -198,7 +198,7 @@ static uint16_t fold(uint32_t acc)
 	return (uint16_t)acc;
 }
 
-int net_build_na(uint8_t *buf, size_t cap, const uint8_t eth_dst[6],
+int mob_build_na(uint8_t *buf, size_t cap, const uint8_t eth_dst[6],
 		 const uint8_t eth_src[6], const struct in6_addr *ip_src,
 		 const struct in6_addr *ip_dst, const struct in6_addr *target,
 		 bool solicited)
@@ -235,7 +235,7 @@ int net_build_na(uint8_t *buf, size_t cap, const uint8_t eth_dst[6],
 	return (int)(14 + 40 + icmp_len);
 }
 
-int net_csum_complete(uint8_t *frame, size_t len, uint16_t start,
+int mob_csum_complete(uint8_t *frame, size_t len, uint16_t start,
 		      uint16_t off)
 {
 	uint32_t acc;
@@ -248,14 +248,14 @@ int net_csum_complete(uint8_t *frame, size_t len, uint16_t start,
 	return 0;
 }
 
-void net_vxlan_put(uint8_t hdr[NET_VXLAN_HLEN], uint32_t vni)
+void mob_vxlan_put(uint8_t hdr[MOB_VXLAN_HLEN], uint32_t vni)
 {
 	hdr[0] = 0x08;
 	hdr[1] = hdr[2] = hdr[3] = 0;
 	tsb_put_be32(hdr + 4, (vni & 0xffffff) << 8);
 }
 
-int net_vxlan_parse(const uint8_t *pkt, size_t len, uint32_t *ret_vni,
+int mob_vxlan_parse(const uint8_t *pkt, size_t len, uint32_t *ret_vni,
 		    size_t *ret_off)
 {
 	struct tsb_reader r;
@@ -268,11 +268,11 @@ int net_vxlan_parse(const uint8_t *pkt, size_t len, uint32_t *ret_vni,
 	w = tsb_get_be32(&r);
 	if (r.err || !(flags & 0x08))
 		return -EBADMSG;
-	if (tsb_reader_remaining(&r) < NET_ETH_HLEN ||
-	    tsb_reader_remaining(&r) > NET_FRAME_MAX)
+	if (tsb_reader_remaining(&r) < MOB_ETH_HLEN ||
+	    tsb_reader_remaining(&r) > MOB_FRAME_MAX)
 		return -EBADMSG;
 	*ret_vni = w >> 8;
-	*ret_off = NET_VXLAN_HLEN;
+	*ret_off = MOB_VXLAN_HLEN;
 	return 0;
 }
 
@@ -314,31 +314,31 @@ static int get_str(struct tsb_reader *r, char *out, size_t max, bool empty_ok)
 	return 0;
 }
 
-static int hmac(const uint8_t key[NET_KEY_LEN], const uint8_t *p, size_t n,
-		uint8_t out[NET_HMAC_LEN])
+static int hmac(const uint8_t key[MOB_KEY_LEN], const uint8_t *p, size_t n,
+		uint8_t out[MOB_HMAC_LEN])
 {
 	unsigned int olen = 0;
 
-	if (!HMAC(EVP_sha256(), key, NET_KEY_LEN, p, n, out, &olen) ||
-	    olen != NET_HMAC_LEN)
+	if (!HMAC(EVP_sha256(), key, MOB_KEY_LEN, p, n, out, &olen) ||
+	    olen != MOB_HMAC_LEN)
 		return -EIO;
 	return 0;
 }
 
-int net_bmsg_encode(const struct net_bmsg *m, const uint8_t key[NET_KEY_LEN],
+int mob_bmsg_encode(const struct mob_bmsg *m, const uint8_t key[MOB_KEY_LEN],
 		    uint8_t *buf, size_t cap)
 {
 	size_t pos = 0;
 	unsigned i;
 	int err;
 
-	if (m->n_addrs > NET_ADDRS_MAX ||
-	    (m->type != NET_BU && m->type != NET_BA))
+	if (m->n_addrs > MOB_ADDRS_MAX ||
+	    (m->type != MOB_BU && m->type != MOB_BA))
 		return -EINVAL;
 	if (cap < 31)
 		return -ENOSPC;
-	memcpy(buf, NET_BMSG_MAGIC, 4);
-	buf[4] = NET_BMSG_VERSION;
+	memcpy(buf, MOB_BMSG_MAGIC, 4);
+	buf[4] = MOB_BMSG_VERSION;
 	buf[5] = (uint8_t)m->type;
 	buf[6] = m->status;
 	buf[7] = 0;
@@ -348,13 +348,13 @@ int net_bmsg_encode(const struct net_bmsg *m, const uint8_t key[NET_KEY_LEN],
 	memcpy(buf + 24, m->mac, 6);
 	buf[30] = (uint8_t)m->n_addrs;
 	pos = 31;
-	if ((err = put_str(buf, cap, &pos, m->sender, NET_SITE_MAX)) ||
-	    (err = put_str(buf, cap, &pos, m->vm, NET_ID_MAX)) ||
-	    (err = put_str(buf, cap, &pos, m->home, NET_SITE_MAX)) ||
-	    (err = put_str(buf, cap, &pos, m->current, NET_SITE_MAX)))
+	if ((err = put_str(buf, cap, &pos, m->sender, MOB_SITE_MAX)) ||
+	    (err = put_str(buf, cap, &pos, m->vm, MOB_ID_MAX)) ||
+	    (err = put_str(buf, cap, &pos, m->home, MOB_SITE_MAX)) ||
+	    (err = put_str(buf, cap, &pos, m->current, MOB_SITE_MAX)))
 		return err;
 	for (i = 0; i < m->n_addrs; i++) {
-		const struct net_addr *a = &m->addrs[i];
+		const struct mob_addr *a = &m->addrs[i];
 		size_t n = a->family == AF_INET ? 4 : 16;
 
 		if (a->family != AF_INET && a->family != AF_INET6)
@@ -366,33 +366,33 @@ int net_bmsg_encode(const struct net_bmsg *m, const uint8_t key[NET_KEY_LEN],
 		       (const void *)&a->v6, n);
 		pos += n;
 	}
-	if (pos + NET_HMAC_LEN > cap)
+	if (pos + MOB_HMAC_LEN > cap)
 		return -ENOSPC;
 	err = hmac(key, buf, pos, buf + pos);
 	if (err)
 		return err;
-	return (int)(pos + NET_HMAC_LEN);
+	return (int)(pos + MOB_HMAC_LEN);
 }
 
-bool net_bmsg_is(const uint8_t *pkt, size_t len)
+bool mob_bmsg_is(const uint8_t *pkt, size_t len)
 {
-	return len >= 4 && !memcmp(pkt, NET_BMSG_MAGIC, 4);
+	return len >= 4 && !memcmp(pkt, MOB_BMSG_MAGIC, 4);
 }
 
-int net_bmsg_decode(const uint8_t *pkt, size_t len,
-		    const uint8_t key[NET_KEY_LEN], struct net_bmsg *ret)
+int mob_bmsg_decode(const uint8_t *pkt, size_t len,
+		    const uint8_t key[MOB_KEY_LEN], struct mob_bmsg *ret)
 {
-	struct net_bmsg m;
+	struct mob_bmsg m;
 	struct tsb_reader r;
 	const uint8_t *p;
 	uint8_t ver, flags;
 	unsigned i;
 	size_t body;
 
-	if (len > NET_BMSG_MAX || len < 31 + 4 + NET_HMAC_LEN ||
-	    !net_bmsg_is(pkt, len))
+	if (len > MOB_BMSG_MAX || len < 31 + 4 + MOB_HMAC_LEN ||
+	    !mob_bmsg_is(pkt, len))
 		return -EBADMSG;
-	body = len - NET_HMAC_LEN;
+	body = len - MOB_HMAC_LEN;
 	memset(&m, 0, sizeof(m));
 	tsb_reader_init(&r, pkt, body);
 	tsb_skip(&r, 4);
@@ -402,7 +402,7 @@ int net_bmsg_decode(const uint8_t *pkt, size_t len,
 	flags = tsb_get_u8(&r);
 	if (r.err)
 		return -EBADMSG;
-	if (ver != NET_BMSG_VERSION || (m.type != NET_BU && m.type != NET_BA) ||
+	if (ver != MOB_BMSG_VERSION || (m.type != MOB_BU && m.type != MOB_BA) ||
 	    flags)
 		return -EOPNOTSUPP;
 	m.seq = tsb_get_be32(&r);
@@ -410,13 +410,13 @@ int net_bmsg_decode(const uint8_t *pkt, size_t len,
 	m.nonce = tsb_get_be64(&r);
 	p = tsb_get_bytes(&r, 6);
 	m.n_addrs = tsb_get_u8(&r);
-	if (r.err || m.n_addrs > NET_ADDRS_MAX)
+	if (r.err || m.n_addrs > MOB_ADDRS_MAX)
 		return -EBADMSG;
 	memcpy(m.mac, p, 6);
-	if (get_str(&r, m.sender, NET_SITE_MAX, false) ||
-	    get_str(&r, m.vm, NET_ID_MAX, false) ||
-	    get_str(&r, m.home, NET_SITE_MAX, true) ||
-	    get_str(&r, m.current, NET_SITE_MAX, true))
+	if (get_str(&r, m.sender, MOB_SITE_MAX, false) ||
+	    get_str(&r, m.vm, MOB_ID_MAX, false) ||
+	    get_str(&r, m.home, MOB_SITE_MAX, true) ||
+	    get_str(&r, m.current, MOB_SITE_MAX, true))
 		return -EBADMSG;
 	for (i = 0; i < m.n_addrs; i++) {
 		uint8_t fam = tsb_get_u8(&r);
@@ -440,11 +440,11 @@ int net_bmsg_decode(const uint8_t *pkt, size_t len,
 	if (r.err || tsb_reader_remaining(&r))
 		return -EBADMSG;
 	if (key) {
-		uint8_t mac[NET_HMAC_LEN];
+		uint8_t mac[MOB_HMAC_LEN];
 
 		if (hmac(key, pkt, body, mac))
 			return -EIO;
-		if (CRYPTO_memcmp(mac, pkt + body, NET_HMAC_LEN))
+		if (CRYPTO_memcmp(mac, pkt + body, MOB_HMAC_LEN))
 			return -EACCES;
 	}
 	*ret = m;
@@ -453,7 +453,7 @@ int net_bmsg_decode(const uint8_t *pkt, size_t len,
 
 /* ---- text ---- */
 
-int net_parse_mac(const char *s, uint8_t ret[6])
+int mob_parse_mac(const char *s, uint8_t ret[6])
 {
 	unsigned v[6];
 	char tail;
@@ -467,15 +467,15 @@ int net_parse_mac(const char *s, uint8_t ret[6])
 	return 0;
 }
 
-void net_format_mac(const uint8_t m[6], char out[18])
+void mob_format_mac(const uint8_t m[6], char out[18])
 {
 	snprintf(out, 18, "%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2],
 		 m[3], m[4], m[5]);
 }
 
-int net_parse_addr(const char *s, struct net_addr *ret)
+int mob_parse_addr(const char *s, struct mob_addr *ret)
 {
-	struct net_addr a;
+	struct mob_addr a;
 
 	memset(&a, 0, sizeof(a));
 	if (inet_pton(AF_INET, s, &a.v4) == 1)
@@ -488,7 +488,7 @@ int net_parse_addr(const char *s, struct net_addr *ret)
 	return 0;
 }
 
-bool net_name_ok(const char *s, size_t max)
+bool mob_name_ok(const char *s, size_t max)
 {
 	size_t i, n = strlen(s);
 
@@ -502,7 +502,7 @@ bool net_name_ok(const char *s, size_t max)
 	return true;
 }
 
-bool net_mac_is_broadcast(const uint8_t mac[6])
+bool mob_mac_is_broadcast(const uint8_t mac[6])
 {
 	return !memcmp(mac, bcast, 6);
 }

@@ -9,11 +9,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct net_ctl_req q;
+	struct mob_ctl_req q;
 	char err[160];
 
-	if (net_ctl_parse((const char *)data, size, &q, err, sizeof(err)) == 0) {
-		if (q.n_addrs > NET_ADDRS_MAX || strlen(q.vm) > NET_ID_MAX)
+	if (mob_ctl_parse((const char *)data, size, &q, err, sizeof(err)) == 0) {
+		if (q.n_addrs > MOB_ADDRS_MAX || strlen(q.vm) > MOB_ID_MAX)
 			__builtin_trap();
 	}
 	return 0;

@@ -1,5 +1,5 @@
 /* Fuzz target: frames from the site segment and VXLAN datagrams from peers
- * (net_frame_parse, net_vxlan_parse, net_csum_complete). */
+ * (mob_frame_parse, mob_vxlan_parse, mob_csum_complete). */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -10,16 +10,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct net_frame_info f;
-	uint8_t copy[NET_FRAME_MAX + 64];
+	struct mob_frame_info f;
+	uint8_t copy[MOB_FRAME_MAX + 64];
 	uint32_t vni;
 	size_t off;
 
-	(void)net_frame_parse(data, size, &f);
-	if (net_vxlan_parse(data, size, &vni, &off) == 0) {
+	(void)mob_frame_parse(data, size, &f);
+	if (mob_vxlan_parse(data, size, &vni, &off) == 0) {
 		if (off > size || vni > 0xffffff)
 			__builtin_trap();
-		(void)net_frame_parse(data + off, size - off, &f);
+		(void)mob_frame_parse(data + off, size - off, &f);
 	}
 	/* Checksum completion with offsets taken from the input itself. */
 	if (size >= 4 && size - 4 <= sizeof(copy)) {
@@ -27,7 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		uint16_t csoff = (uint16_t)(data[2] << 8 | data[3]);
 
 		memcpy(copy, data + 4, size - 4);
-		(void)net_csum_complete(copy, size - 4, start, csoff);
+		(void)mob_csum_complete(copy, size - 4, start, csoff);
 	}
 	return 0;
 }

@@ -10,14 +10,14 @@
 
 #include "net/net.h"
 
-static const uint8_t key[NET_KEY_LEN] = { 1, 2, 3, 4, 5, 6, 7, 8 };
+static const uint8_t key[MOB_KEY_LEN] = { 1, 2, 3, 4, 5, 6, 7, 8 };
 static const uint8_t vm_mac[6] = { 0x52, 0x54, 0, 0x61, 0, 0x10 };
 static const uint8_t gw_mac[6] = { 0x52, 0x54, 0, 0x61, 0, 0xaa };
 
-static void sample_bu(struct net_bmsg *m)
+static void sample_bu(struct mob_bmsg *m)
 {
 	memset(m, 0, sizeof(*m));
-	m->type = NET_BU;
+	m->type = MOB_BU;
 	m->seq = 42;
 	m->lifetime = 60;
 	m->nonce = 0x0102030405060708ull;
@@ -27,22 +27,22 @@ static void sample_bu(struct net_bmsg *m)
 	strcpy(m->current, "B");
 	memcpy(m->mac, vm_mac, 6);
 	m->n_addrs = 2;
-	assert_int_equal(net_parse_addr("10.61.1.10", &m->addrs[0]), 0);
-	assert_int_equal(net_parse_addr("fd61:1::a", &m->addrs[1]), 0);
+	assert_int_equal(mob_parse_addr("10.61.1.10", &m->addrs[0]), 0);
+	assert_int_equal(mob_parse_addr("fd61:1::a", &m->addrs[1]), 0);
 }
 
 static void test_bmsg_round_trip(void **state)
 {
-	uint8_t buf[NET_BMSG_MAX];
-	struct net_bmsg m, d;
+	uint8_t buf[MOB_BMSG_MAX];
+	struct mob_bmsg m, d;
 	int n;
 
 	sample_bu(&m);
-	n = net_bmsg_encode(&m, key, buf, sizeof(buf));
+	n = mob_bmsg_encode(&m, key, buf, sizeof(buf));
 	assert_true(n > 0);
-	assert_true(net_bmsg_is(buf, (size_t)n));
-	assert_int_equal(net_bmsg_decode(buf, (size_t)n, key, &d), 0);
-	assert_int_equal(d.type, NET_BU);
+	assert_true(mob_bmsg_is(buf, (size_t)n));
+	assert_int_equal(mob_bmsg_decode(buf, (size_t)n, key, &d), 0);
+	assert_int_equal(d.type, MOB_BU);
 	assert_int_equal(d.seq, 42);
 	assert_int_equal(d.lifetime, 60);
 	assert_true(d.nonce == m.nonce);
@@ -58,53 +58,53 @@ static void test_bmsg_round_trip(void **state)
 
 static void test_bmsg_forged_and_malformed(void **state)
 {
-	uint8_t buf[NET_BMSG_MAX], other[NET_KEY_LEN] = { 9 };
-	struct net_bmsg m, d;
+	uint8_t buf[MOB_BMSG_MAX], other[MOB_KEY_LEN] = { 9 };
+	struct mob_bmsg m, d;
 	int n, i;
 
 	sample_bu(&m);
-	n = net_bmsg_encode(&m, key, buf, sizeof(buf));
+	n = mob_bmsg_encode(&m, key, buf, sizeof(buf));
 	/* another key */
-	assert_int_equal(net_bmsg_decode(buf, (size_t)n, other, &d), -EACCES);
+	assert_int_equal(mob_bmsg_decode(buf, (size_t)n, other, &d), -EACCES);
 	/* any flipped bit in the body or the MAC */
 	for (i = 8; i < n; i += 7) {
 		buf[i] ^= 0x10;
-		assert_true(net_bmsg_decode(buf, (size_t)n, key, &d) < 0);
+		assert_true(mob_bmsg_decode(buf, (size_t)n, key, &d) < 0);
 		buf[i] ^= 0x10;
 	}
 	/* every truncation */
 	for (i = 0; i < n; i++)
-		assert_true(net_bmsg_decode(buf, (size_t)i, key, &d) < 0);
+		assert_true(mob_bmsg_decode(buf, (size_t)i, key, &d) < 0);
 	/* unknown version */
 	buf[4] = 2;
-	assert_int_equal(net_bmsg_decode(buf, (size_t)n, key, &d), -EOPNOTSUPP);
+	assert_int_equal(mob_bmsg_decode(buf, (size_t)n, key, &d), -EOPNOTSUPP);
 	/* oversized fields refuse to encode */
 	sample_bu(&m);
-	m.n_addrs = NET_ADDRS_MAX + 1;
-	assert_int_equal(net_bmsg_encode(&m, key, buf, sizeof(buf)), -EINVAL);
+	m.n_addrs = MOB_ADDRS_MAX + 1;
+	assert_int_equal(mob_bmsg_encode(&m, key, buf, sizeof(buf)), -EINVAL);
 	sample_bu(&m);
-	assert_int_equal(net_bmsg_encode(&m, key, buf, 40), -ENOSPC);
+	assert_int_equal(mob_bmsg_encode(&m, key, buf, 40), -ENOSPC);
 }
 
 static void test_arp_build_parse(void **state)
 {
 	static const uint8_t bc[6] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
-	struct net_frame_info f;
+	struct mob_frame_info f;
 	struct in_addr spa, tpa;
 	uint8_t buf[64];
 	int n;
 
 	inet_pton(AF_INET, "10.61.1.1", &spa);
 	inet_pton(AF_INET, "10.61.1.10", &tpa);
-	n = net_build_arp(buf, sizeof(buf), 1, bc, gw_mac, gw_mac, spa, bc, tpa);
+	n = mob_build_arp(buf, sizeof(buf), 1, bc, gw_mac, gw_mac, spa, bc, tpa);
 	assert_int_equal(n, 42);
-	assert_int_equal(net_frame_parse(buf, (size_t)n, &f), 0);
-	assert_int_equal(f.kind, NET_FK_ARP_REQUEST);
-	assert_true(net_mac_is_broadcast(f.dst));
+	assert_int_equal(mob_frame_parse(buf, (size_t)n, &f), 0);
+	assert_int_equal(f.kind, MOB_FK_ARP_REQUEST);
+	assert_true(mob_mac_is_broadcast(f.dst));
 	assert_memory_equal(f.arp_sha, gw_mac, 6);
 	assert_true(f.arp_tpa.s_addr == tpa.s_addr);
-	assert_int_equal(net_frame_parse(buf, 30, &f), -EBADMSG);
-	assert_int_equal(net_build_arp(buf, 41, 1, bc, gw_mac, gw_mac, spa, bc, tpa),
+	assert_int_equal(mob_frame_parse(buf, 30, &f), -EBADMSG);
+	assert_int_equal(mob_build_arp(buf, 41, 1, bc, gw_mac, gw_mac, spa, bc, tpa),
 			 -ENOSPC);
 }
 
@@ -127,14 +127,14 @@ static uint16_t icmp6_check(const uint8_t *ip)
 static void test_na_and_ns(void **state)
 {
 	struct in6_addr src, dst, tgt;
-	struct net_frame_info f;
+	struct mob_frame_info f;
 	uint8_t buf[128], ns[86];
 	int n;
 
 	inet_pton(AF_INET6, "fd61:1::a", &tgt);
 	inet_pton(AF_INET6, "fd61:1::1", &dst);
 	src = tgt;
-	n = net_build_na(buf, sizeof(buf), gw_mac, vm_mac, &src, &dst, &tgt, true);
+	n = mob_build_na(buf, sizeof(buf), gw_mac, vm_mac, &src, &dst, &tgt, true);
 	assert_int_equal(n, 86);
 	assert_int_equal(icmp6_check(buf + 14), 0xffff);
 	assert_int_equal(buf[54], 136);
@@ -144,18 +144,18 @@ static void test_na_and_ns(void **state)
 	memcpy(ns, buf, sizeof(ns));
 	ns[54] = 135;
 	ns[54 + 24] = 1;
-	assert_int_equal(net_frame_parse(ns, sizeof(ns), &f), 0);
-	assert_int_equal(f.kind, NET_FK_NS);
+	assert_int_equal(mob_frame_parse(ns, sizeof(ns), &f), 0);
+	assert_int_equal(f.kind, MOB_FK_NS);
 	assert_memory_equal(&f.ns_target, &tgt, 16);
 	assert_true(f.has_sllao);
 	/* option length 0 is malformed */
 	ns[54 + 25] = 0;
-	assert_int_equal(net_frame_parse(ns, sizeof(ns), &f), -EBADMSG);
+	assert_int_equal(mob_frame_parse(ns, sizeof(ns), &f), -EBADMSG);
 	/* hop limit other than 255: not an NS */
 	ns[54 + 25] = 1;
 	ns[14 + 7] = 64;
-	assert_int_equal(net_frame_parse(ns, sizeof(ns), &f), 0);
-	assert_int_equal(f.kind, NET_FK_IPV6);
+	assert_int_equal(mob_frame_parse(ns, sizeof(ns), &f), 0);
+	assert_int_equal(f.kind, MOB_FK_IPV6);
 }
 
 static void test_csum_complete(void **state)
@@ -176,7 +176,7 @@ static void test_csum_complete(void **state)
 	acc = 0x0a00 + 0x0001 + 0x0a00 + 0x0002 + 17 + 12;
 	udp[6] = (uint8_t)(acc >> 8);
 	udp[7] = (uint8_t)acc;
-	assert_int_equal(net_csum_complete(f, sizeof(f), 34, 6), 0);
+	assert_int_equal(mob_csum_complete(f, sizeof(f), 34, 6), 0);
 	/* verify: pseudo header + UDP segment sums to 0xffff */
 	acc = 0x0a00 + 0x0001 + 0x0a00 + 0x0002 + 17 + 12;
 	for (int i = 0; i < 12; i += 2)
@@ -184,8 +184,8 @@ static void test_csum_complete(void **state)
 	while (acc >> 16)
 		acc = (acc & 0xffff) + (acc >> 16);
 	assert_int_equal(acc, 0xffff);
-	assert_int_equal(net_csum_complete(f, sizeof(f), 44, 6), -EBADMSG);
-	assert_int_equal(net_csum_complete(f, sizeof(f), 100, 0), -EBADMSG);
+	assert_int_equal(mob_csum_complete(f, sizeof(f), 44, 6), -EBADMSG);
+	assert_int_equal(mob_csum_complete(f, sizeof(f), 100, 0), -EBADMSG);
 }
 
 static void test_vxlan(void **state)
@@ -194,14 +194,14 @@ static void test_vxlan(void **state)
 	uint32_t vni;
 	size_t off;
 
-	net_vxlan_put(pkt, 0x123456);
+	mob_vxlan_put(pkt, 0x123456);
 	assert_int_equal(pkt[0], 0x08);
-	assert_int_equal(net_vxlan_parse(pkt, sizeof(pkt), &vni, &off), 0);
+	assert_int_equal(mob_vxlan_parse(pkt, sizeof(pkt), &vni, &off), 0);
 	assert_int_equal(vni, 0x123456);
 	assert_int_equal(off, 8);
-	assert_int_equal(net_vxlan_parse(pkt, 8 + 13, &vni, &off), -EBADMSG);
+	assert_int_equal(mob_vxlan_parse(pkt, 8 + 13, &vni, &off), -EBADMSG);
 	pkt[0] = 0;
-	assert_int_equal(net_vxlan_parse(pkt, sizeof(pkt), &vni, &off), -EBADMSG);
+	assert_int_equal(mob_vxlan_parse(pkt, sizeof(pkt), &vni, &off), -EBADMSG);
 }
 
 static void test_ctl_parse(void **state)
@@ -209,15 +209,15 @@ static void test_ctl_parse(void **state)
 	static const char arrive[] =
 		"{\"op\":\"arrive\",\"vm\":\"vm1\",\"mac\":\"52:54:00:61:00:10\","
 		"\"addrs\":[\"10.61.1.10\",\"fd61:1::a\"],\"home\":\"A\",\"wait_ms\":100}";
-	struct net_ctl_req q;
-	char err[160], big[NET_CTL_LINE_MAX + 2];
+	struct mob_ctl_req q;
+	char err[160], big[MOB_CTL_LINE_MAX + 2];
 
-	assert_int_equal(net_ctl_parse(arrive, strlen(arrive), &q, err, sizeof(err)), 0);
-	assert_int_equal(q.op, NET_CTL_ARRIVE);
+	assert_int_equal(mob_ctl_parse(arrive, strlen(arrive), &q, err, sizeof(err)), 0);
+	assert_int_equal(q.op, MOB_CTL_ARRIVE);
 	assert_int_equal(q.n_addrs, 2);
 	assert_int_equal(q.wait_ms, 100);
 	assert_memory_equal(q.mac, vm_mac, 6);
-#define BAD(s) assert_int_equal(net_ctl_parse(s, strlen(s), &q, err, sizeof(err)), -EBADMSG)
+#define BAD(s) assert_int_equal(mob_ctl_parse(s, strlen(s), &q, err, sizeof(err)), -EBADMSG)
 	BAD("{\"op\":\"arrive\",\"vm\":\"vm1\",\"home\":\"A\"}");	/* no mac */
 	BAD("{\"op\":\"fly\"}");
 	BAD("{\"op\":\"status\",\"op\":\"status\"}");
@@ -226,24 +226,24 @@ static void test_ctl_parse(void **state)
 	BAD("{\"op\":\"depart\",\"vm\":\"v\",\"lifetime\":-1}");
 	BAD("not json");
 	memset(big, ' ', sizeof(big));
-	assert_int_equal(net_ctl_parse(big, sizeof(big), &q, err, sizeof(err)), -EMSGSIZE);
+	assert_int_equal(mob_ctl_parse(big, sizeof(big), &q, err, sizeof(err)), -EMSGSIZE);
 }
 
 static void test_text(void **state)
 {
 	uint8_t mac[6];
 	char s[18];
-	struct net_addr a;
+	struct mob_addr a;
 
-	assert_int_equal(net_parse_mac("52:54:00:61:00:10", mac), 0);
-	net_format_mac(mac, s);
+	assert_int_equal(mob_parse_mac("52:54:00:61:00:10", mac), 0);
+	mob_format_mac(mac, s);
 	assert_string_equal(s, "52:54:00:61:00:10");
-	assert_int_equal(net_parse_mac("52:54:00:61:00", mac), -EINVAL);
-	assert_int_equal(net_parse_mac("52:54:00:61:00:10:", mac), -EINVAL);
-	assert_int_equal(net_parse_addr("10.0.0.300", &a), -EINVAL);
-	assert_true(net_name_ok("site-A.1", NET_SITE_MAX));
-	assert_false(net_name_ok("", NET_SITE_MAX));
-	assert_false(net_name_ok("a/b", NET_SITE_MAX));
+	assert_int_equal(mob_parse_mac("52:54:00:61:00", mac), -EINVAL);
+	assert_int_equal(mob_parse_mac("52:54:00:61:00:10:", mac), -EINVAL);
+	assert_int_equal(mob_parse_addr("10.0.0.300", &a), -EINVAL);
+	assert_true(mob_name_ok("site-A.1", MOB_SITE_MAX));
+	assert_false(mob_name_ok("", MOB_SITE_MAX));
+	assert_false(mob_name_ok("a/b", MOB_SITE_MAX));
 }
 
 int main(void)

@@ -40,7 +40,8 @@
 #define MOB_BINDINGS_MAX 256
 #define CONNS_MAX 16
 #define BATCH 64
-#define SLOT 2048		/* vnet header + frame, or VXLAN datagram */
+#define SLOT (VNET_HLEN + 65536)	/* vnet header + (GSO) frame, or datagram */
+#define SEGS 128		/* software-segmented frames in flight */
 #define VNET_HLEN ((int)sizeof(struct virtio_net_hdr))
 #define BU_TRIES_MAX 10
 #define RTO_MAX_MS 2000
@@ -102,6 +103,7 @@ struct batch {
 struct counters {
 	uint64_t seg_rx, seg_tx, tun_rx, tun_tx, arp_replies, na_replies;
 	uint64_t direct, drop_bad, drop_gso, drop_unknown_peer, drop_vni;
+	uint64_t gso_frames;
 	uint64_t drop_unbound, drop_tx;
 	uint64_t bu_tx, bu_rx, ba_tx, ba_rx, bu_forged, bu_stale, bu_refused;
 };
@@ -121,6 +123,8 @@ struct agent {
 	struct batch seg_out, tun_out;
 	uint8_t gen[BATCH][128];	/* generated frames (ARP, NA) */
 	unsigned n_gen;
+	uint8_t seg[SEGS][MOB_FRAME_MAX];	/* segments of GSO frames */
+	unsigned n_seg;
 	struct counters c;
 	bool stop;
 };
@@ -276,13 +280,21 @@ static void flush(struct agent *a, struct batch *q, int fd, uint64_t *sent)
 	q->n = 0;
 }
 
+/* Sends what is queued. Buffers of gen[] and seg[] stay allocated until
+ * reset_pools(): a frame being built when a queue fills must survive. */
 static void flush_all(struct agent *a)
 {
 	if (a->seg_out.n)
 		flush(a, &a->seg_out, a->pfd, &a->c.seg_tx);
 	if (a->tun_out.n)
 		flush(a, &a->tun_out, a->ufd, &a->c.tun_tx);
+}
+
+/* After flush_all() with nothing half-built: the pools are free again. */
+static void reset_pools(struct agent *a)
+{
 	a->n_gen = 0;
+	a->n_seg = 0;
 }
 
 /* Queues a frame for the segment; it must stay valid until flush_all(). */
@@ -326,11 +338,24 @@ static void to_tunnel(struct agent *a, int p, const uint8_t *frame, size_t len)
 	q->msg[i].msg_hdr.msg_iovlen = 2;
 }
 
+/* A buffer for a generated frame; must be queued before the next call. */
 static uint8_t *gen_slot(struct agent *a)
 {
-	if (a->n_gen == BATCH)
+	if (a->n_gen == BATCH) {
 		flush_all(a);
+		a->n_gen = 0;
+	}
 	return a->gen[a->n_gen++];
+}
+
+/* A buffer for one segment; same rule. */
+static uint8_t *seg_slot(struct agent *a)
+{
+	if (a->n_seg == SEGS) {
+		flush_all(a);
+		a->n_seg = 0;
+	}
+	return a->seg[a->n_seg++];
 }
 
 /* Gratuitous ARP and unsolicited NA for b on the segment, sent with the
@@ -359,6 +384,7 @@ static void announce(struct agent *a, struct binding *b)
 			to_segment(a, f, (size_t)n);
 	}
 	flush_all(a);
+	reset_pools(a);
 }
 
 /* ---- frames from the site segment ---- */
@@ -478,6 +504,36 @@ static void segment_frame(struct agent *a, uint8_t *frame, size_t len)
 	}
 }
 
+/* A TCP super-frame (offloaded segmentation): cut it into MTU-sized
+ * segments with full checksums and handle each. */
+static void gso_frame(struct agent *a, const struct virtio_net_hdr *vh,
+		      const uint8_t *frame, size_t len)
+{
+	struct mob_gso g;
+	unsigned i;
+	int nseg, n;
+
+	nseg = vh->gso_type == VIRTIO_NET_HDR_GSO_NONE ? -EMSGSIZE :
+		mob_gso_prepare(frame, len, vh->gso_size, &g);
+	if (nseg < 0) {
+		if (a->c.drop_gso++ == 0)
+			log_warn("dropping an oversized frame on %s that cannot be segmented (%s): disable segmentation offloads towards it (see docs/network.md)",
+				 a->cfg->dev, strerror(-nseg));
+		return;
+	}
+	a->c.gso_frames++;
+	for (i = 0; i < (unsigned)nseg; i++) {
+		uint8_t *seg = seg_slot(a);
+
+		n = mob_gso_segment(frame, &g, i, seg, MOB_FRAME_MAX);
+		if (n < 0) {
+			a->c.drop_bad++;
+			return;
+		}
+		segment_frame(a, seg, (size_t)n);
+	}
+}
+
 static void on_packet(struct agent *a)
 {
 	unsigned i;
@@ -501,14 +557,15 @@ static void on_packet(struct agent *a)
 
 			a->c.seg_rx++;
 			if ((a->rmsg[i].msg_hdr.msg_flags & MSG_TRUNC) ||
-			    len < (size_t)VNET_HLEN + MOB_ETH_HLEN ||
-			    len - VNET_HLEN > MOB_FRAME_MAX) {
-				if (a->c.drop_gso++ == 0)
-					log_warn("dropping an oversized frame on %s: disable segmentation offloads towards it (see docs/network.md)",
-						 a->cfg->dev);
+			    len < (size_t)VNET_HLEN + MOB_ETH_HLEN) {
+				a->c.drop_bad++;
 				continue;
 			}
 			memcpy(&vh, p, sizeof(vh));
+			if (len - VNET_HLEN > MOB_FRAME_MAX) {
+				gso_frame(a, &vh, p + VNET_HLEN, len - VNET_HLEN);
+				continue;
+			}
 			if ((vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) &&
 			    mob_csum_complete(p + VNET_HLEN, len - VNET_HLEN,
 					      vh.csum_start, vh.csum_offset)) {
@@ -518,6 +575,7 @@ static void on_packet(struct agent *a)
 			segment_frame(a, p + VNET_HLEN, len - VNET_HLEN);
 		}
 		flush_all(a);
+		reset_pools(a);
 		if (n < BATCH)
 			break;
 	}
@@ -879,6 +937,7 @@ static void on_udp(struct agent *a)
 			tunnel_frame(a, peer, p + off, len - off);
 		}
 		flush_all(a);
+		reset_pools(a);
 		if (n < BATCH)
 			break;
 	}
@@ -986,6 +1045,7 @@ static json_t *status_json(struct agent *a)
 		"drop_unknown_peer", (json_int_t)a->c.drop_unknown_peer,
 		"drop_unbound", (json_int_t)a->c.drop_unbound);
 	json_object_set_new(c, "drop_vni", json_integer((json_int_t)a->c.drop_vni));
+	json_object_set_new(c, "gso_frames", json_integer((json_int_t)a->c.gso_frames));
 	json_object_set_new(c, "drop_tx", json_integer((json_int_t)a->c.drop_tx));
 	json_object_set_new(c, "bu_tx", json_integer((json_int_t)a->c.bu_tx));
 	json_object_set_new(c, "bu_rx", json_integer((json_int_t)a->c.bu_rx));

@@ -99,6 +99,28 @@ int mob_build_na(uint8_t *buf, size_t cap, const uint8_t eth_dst[6],
 int mob_csum_complete(uint8_t *frame, size_t len, uint16_t start,
 		      uint16_t off);
 
+/*
+ * Software segmentation of a TCP super-frame (GSO/TSO: what a guest or a
+ * veth hands over before the NIC would cut it). mob_gso_prepare() checks
+ * the Ethernet/IPv4-or-IPv6/TCP headers of frame (len bytes) and the
+ * segment size; on success it fills *ret and returns the number of
+ * segments (>= 1), else -EBADMSG (malformed) or -EOPNOTSUPP (not TCP over
+ * IPv4/IPv6 without extension headers). mob_gso_segment() writes segment
+ * idx (complete, checksummed) into out (cap bytes) and returns its length
+ * or -ENOSPC. Neither keeps a pointer to frame.
+ */
+struct mob_gso {
+	size_t l3, l4, hlen;	/* offsets of IP and TCP, header length */
+	size_t payload, mss;
+	bool v6;
+	unsigned nseg;
+};
+
+int mob_gso_prepare(const uint8_t *frame, size_t len, uint16_t mss,
+		    struct mob_gso *ret);
+int mob_gso_segment(const uint8_t *frame, const struct mob_gso *g,
+		    unsigned idx, uint8_t *out, size_t cap);
+
 /* ---- VXLAN (RFC 7348) ---- */
 
 /* Writes the 8-byte VXLAN header (I flag, 24-bit vni). */

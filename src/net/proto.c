@@ -248,6 +248,101 @@ int mob_csum_complete(uint8_t *frame, size_t len, uint16_t start,
 	return 0;
 }
 
+int mob_gso_prepare(const uint8_t *frame, size_t len, uint16_t mss,
+		    struct mob_gso *ret)
+{
+	struct mob_gso g;
+	struct tsb_reader r;
+	const uint8_t *ip, *tcp;
+	uint16_t et;
+	size_t l3len;
+
+	memset(&g, 0, sizeof(g));
+	tsb_reader_init(&r, frame, len);
+	tsb_skip(&r, 12);
+	et = tsb_get_be16(&r);
+	if (r.err)
+		return -EBADMSG;
+	g.l3 = MOB_ETH_HLEN;
+	if (et == ETH_P_IPV4) {
+		ip = tsb_get_bytes(&r, 20);
+		if (!ip)
+			return -EBADMSG;
+		l3len = (ip[0] & 0x0f) * 4u;
+		if ((ip[0] >> 4) != 4 || l3len < 20)
+			return -EBADMSG;
+		if (ip[9] != 6)
+			return -EOPNOTSUPP;
+		tsb_skip(&r, l3len - 20);
+	} else if (et == ETH_P_IPV6_) {
+		ip = tsb_get_bytes(&r, 40);
+		if (!ip)
+			return -EBADMSG;
+		if (ip[6] != 6)
+			return -EOPNOTSUPP;
+		l3len = 40;
+		g.v6 = true;
+	} else {
+		return -EOPNOTSUPP;
+	}
+	g.l4 = g.l3 + l3len;
+	tcp = tsb_get_bytes(&r, 20);
+	if (!tcp || (tcp[12] >> 4) < 5)
+		return -EBADMSG;
+	tsb_skip(&r, (tcp[12] >> 4) * 4u - 20);
+	if (r.err)
+		return -EBADMSG;
+	g.hlen = r.pos;
+	g.payload = len - g.hlen;
+	if (!mss || g.hlen + mss > MOB_FRAME_MAX)
+		return -EBADMSG;
+	g.mss = mss;
+	g.nseg = g.payload ? (unsigned)((g.payload + mss - 1) / mss) : 1;
+	*ret = g;
+	return (int)g.nseg;
+}
+
+int mob_gso_segment(const uint8_t *frame, const struct mob_gso *g,
+		    unsigned idx, uint8_t *out, size_t cap)
+{
+	size_t off = (size_t)idx * g->mss, n, l4len;
+	uint8_t *ip = out + g->l3, *tcp = out + g->l4;
+	bool last = idx + 1 >= g->nseg;
+	uint32_t acc;
+
+	if (idx >= g->nseg)
+		return -EINVAL;
+	n = g->payload - off < g->mss ? g->payload - off : g->mss;
+	if (g->hlen + n > cap)
+		return -ENOSPC;
+	memcpy(out, frame, g->hlen);
+	memcpy(out + g->hlen, frame + g->hlen + off, n);
+	l4len = g->hlen - g->l4 + n;
+	if (g->v6) {
+		tsb_put_be16(ip + 4, (uint16_t)l4len);
+	} else {
+		tsb_put_be16(ip + 2, (uint16_t)(g->l4 - g->l3 + l4len));
+		tsb_put_be16(ip + 4, (uint16_t)(tsb_load_be16(ip + 4) + idx));
+		ip[10] = ip[11] = 0;
+		tsb_put_be16(ip + 10,
+			     (uint16_t)~fold(sum16(ip, g->l4 - g->l3, 0)));
+	}
+	tsb_put_be32(tcp + 4, tsb_load_be32(tcp + 4) + (uint32_t)off);
+	if (!last)
+		tcp[13] &= (uint8_t)~0x09;	/* FIN, PSH: last segment only */
+	if (idx)
+		tcp[13] &= (uint8_t)~0x80;	/* CWR: first segment only */
+	tcp[16] = tcp[17] = 0;
+	if (g->v6)
+		acc = sum16(ip + 8, 32, 0);
+	else
+		acc = sum16(ip + 12, 8, 0);
+	acc += (uint32_t)l4len + 6;
+	acc = sum16(tcp, l4len, acc);
+	tsb_put_be16(tcp + 16, (uint16_t)~fold(acc));
+	return (int)(g->hlen + n);
+}
+
 void mob_vxlan_put(uint8_t hdr[MOB_VXLAN_HLEN], uint32_t vni)
 {
 	hdr[0] = 0x08;

@@ -1,5 +1,5 @@
 /* Fuzz target: frames from the site segment and VXLAN datagrams from peers
- * (mob_frame_parse, mob_vxlan_parse, mob_csum_complete). */
+ * (mob_frame_parse, mob_vxlan_parse, mob_csum_complete, mob_gso_*). */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -28,6 +28,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 		memcpy(copy, data + 4, size - 4);
 		(void)mob_csum_complete(copy, size - 4, start, csoff);
+	}
+	/* Segmentation with the segment size from the first two bytes. */
+	if (size >= 2) {
+		struct mob_gso g;
+		int n = mob_gso_prepare(data + 2, size - 2,
+					(uint16_t)(data[0] << 8 | data[1]), &g);
+		int i;
+
+		for (i = 0; i < n; i++) {
+			int len = mob_gso_segment(data + 2, &g, (unsigned)i, copy,
+						  sizeof(copy));
+			if (len < 0 || (size_t)len > sizeof(copy))
+				__builtin_trap();
+		}
 	}
 	return 0;
 }

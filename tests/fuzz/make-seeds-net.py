@@ -34,6 +34,8 @@ w("net-frame", "vxlan-arp", vx + arp_req)
 w("net-frame", "vxlan-no-i-flag", bytes(8) + arp_req)
 w("net-frame", "short", b"\x08\x00\x00")
 w("net-frame", "csum-offsets", struct.pack("!HH", 34, 16) + ipv4_frame)
+ip4big = bytes([0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 61, 103, 2, 10, 61, 1, 10])
+w("net-frame", "gso-tcp4", struct.pack("!H", 1448) + vm_mac + gw_mac + b"\x08\x00" + ip4big + tcp + bytes(4000))
 
 def s(x):
     return bytes([len(x)]) + x

@@ -188,6 +188,72 @@ static void test_csum_complete(void **state)
 	assert_int_equal(mob_csum_complete(f, sizeof(f), 100, 0), -EBADMSG);
 }
 
+/* Verifies an IPv4 TCP segment's header and TCP checksums. */
+static void check_tcp4(const uint8_t *f, size_t len)
+{
+	const uint8_t *ip = f + 14, *tcp = ip + 20;
+	size_t l4 = len - 34, i;
+	uint32_t acc = 0;
+
+	for (i = 0; i < 20; i += 2)
+		acc += (uint32_t)(ip[i] << 8 | ip[i + 1]);
+	while (acc >> 16)
+		acc = (acc & 0xffff) + (acc >> 16);
+	assert_int_equal(acc, 0xffff);
+	acc = 0;
+	for (i = 12; i < 20; i += 2)
+		acc += (uint32_t)(ip[i] << 8 | ip[i + 1]);
+	acc += (uint32_t)l4 + 6;
+	for (i = 0; i < l4; i += 2)
+		acc += (uint32_t)(tcp[i] << 8 | (i + 1 < l4 ? tcp[i + 1] : 0));
+	while (acc >> 16)
+		acc = (acc & 0xffff) + (acc >> 16);
+	assert_int_equal(acc, 0xffff);
+}
+
+static void test_gso_segment(void **state)
+{
+	static uint8_t f[14 + 20 + 20 + 2500], out[MOB_FRAME_MAX];
+	struct mob_gso g;
+	uint8_t *ip = f + 14, *tcp = ip + 20;
+	size_t i;
+	int n, len;
+
+	memset(f, 0, sizeof(f));
+	f[12] = 0x08;
+	ip[0] = 0x45;
+	ip[4] = 0x12; ip[5] = 0x34;	/* id */
+	ip[8] = 64;
+	ip[9] = 6;
+	ip[12] = 10; ip[15] = 1; ip[16] = 10; ip[19] = 2;
+	tcp[0] = 0x9c; tcp[1] = 0x40; tcp[3] = 80;
+	tcp[4] = 0; tcp[5] = 0; tcp[6] = 0x10; tcp[7] = 0;	/* seq 4096 */
+	tcp[12] = 0x50;
+	tcp[13] = 0x18 | 0x01 | 0x80;	/* ACK PSH FIN CWR */
+	for (i = 0; i < 2500; i++)
+		f[54 + i] = (uint8_t)i;
+	n = mob_gso_prepare(f, sizeof(f), 1000, &g);
+	assert_int_equal(n, 3);
+	assert_int_equal(g.hlen, 54);
+	for (i = 0; i < 3; i++) {
+		len = mob_gso_segment(f, &g, (unsigned)i, out, sizeof(out));
+		assert_int_equal(len, 54 + (i < 2 ? 1000 : 500));
+		check_tcp4(out, (size_t)len);
+		assert_int_equal(out[16] << 8 | out[17], 40 + (i < 2 ? 1000 : 500));
+		assert_int_equal(out[18] << 8 | out[19], 0x1234 + i);
+		assert_int_equal(out[38] << 24 | out[39] << 16 | out[40] << 8 | out[41],
+				 4096 + 1000 * i);
+		assert_int_equal(out[47] & 0x09, i == 2 ? 0x09 : 0);	/* PSH FIN */
+		assert_int_equal(out[47] & 0x80, i == 0 ? 0x80 : 0);	/* CWR */
+		assert_int_equal(out[54], (uint8_t)(1000 * i));
+	}
+	assert_int_equal(mob_gso_segment(f, &g, 1, out, 100), -ENOSPC);
+	assert_int_equal(mob_gso_prepare(f, sizeof(f), 0, &g), -EBADMSG);
+	assert_int_equal(mob_gso_prepare(f, 40, 1000, &g), -EBADMSG);
+	ip[9] = 17;
+	assert_int_equal(mob_gso_prepare(f, sizeof(f), 1000, &g), -EOPNOTSUPP);
+}
+
 static void test_vxlan(void **state)
 {
 	uint8_t pkt[8 + 60] = { 0 };
@@ -254,6 +320,7 @@ int main(void)
 		cmocka_unit_test(test_arp_build_parse),
 		cmocka_unit_test(test_na_and_ns),
 		cmocka_unit_test(test_csum_complete),
+		cmocka_unit_test(test_gso_segment),
 		cmocka_unit_test(test_vxlan),
 		cmocka_unit_test(test_ctl_parse),
 		cmocka_unit_test(test_text),

@@ -454,7 +454,10 @@ static void segment_frame(struct agent *a, uint8_t *frame, size_t len)
 	if (b) {
 		if (f.kind == MOB_FK_IPV4 && !mob_mac_is_multicast(f.dst) &&
 		    direct_match(a, f.ip4_dst, &nh)) {
+			/* Our own MAC as source: the bridge must keep
+			 * learning the VM behind its tap, not behind us. */
 			memcpy(frame, nh, 6);
+			memcpy(frame + 6, a->ifmac, 6);
 			to_segment(a, frame, len);
 			a->c.direct++;
 			return;

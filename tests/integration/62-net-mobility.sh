@@ -106,8 +106,12 @@ move a1 b1 "${P}tB0"
 wait_state "$sa" away
 wait_state "$sb" visiting
 log "at site B: $(grep -a "accepted vm 'vm1'" "$T/b.log" | tail -1)"
-ip netns exec "$P-lb" python3 "$CORR" check 10.61.1.10 7000 50000 >/dev/null ||
+ip netns exec "$P-lb" python3 "$CORR" check 10.61.1.10 7000 50000 >/dev/null || {
+	"$TSUBAME" net status --agent "$sb" >&2
+	"$TSUBAME" net status --agent "$sa" >&2
+	ip netns exec "$P-b" nstat -az 2>/dev/null | grep -iE "Redirect|RPFilter|InNoRoutes|OutRequests|ForwDatagrams" >&2 || true
 	fail "site B's local host could not talk to the visiting VM"
+}
 [ "$(counter "$sb" direct)" -gt 0 ] || fail "nothing was delivered directly at site B"
 log "site-local traffic at B: $(counter "$sb" direct) frames delivered directly"
 sleep 2

@@ -502,6 +502,17 @@ int cmd_net(int argc, char **argv)
 		return usage_error("%s needs --agent SOCKET", sub);
 	if ((err = check_ips(&o)))
 		return err;
+	if (o.mac) {
+		uint8_t mac[6];
+
+		if (mob_parse_mac(o.mac, mac))
+			return usage_error("--mac '%s' is not xx:xx:xx:xx:xx:xx", o.mac);
+	}
+	if ((o.vm && !mob_name_ok(o.vm, MOB_ID_MAX)) ||
+	    (o.home && !mob_name_ok(o.home, MOB_SITE_MAX)) ||
+	    (o.current && !mob_name_ok(o.current, MOB_SITE_MAX)))
+		return usage_error("--vm (1..%d), --home and --current (1..%d) take [A-Za-z0-9._-]",
+				   MOB_ID_MAX, MOB_SITE_MAX);
 	if (!strcmp(sub, "status"))
 		return ctl_call(o.agent, json_pack("{s:s}", "op", "status"), 5000);
 	if (!o.vm)

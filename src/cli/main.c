@@ -19,6 +19,7 @@ static const struct command commands[] = {
 	{ "store", cmd_store, "stats, gc and verify of the persistent content store" },
 	{ "migrate-native", cmd_migrate_native,
 	  "run QEMU's own migration between two QEMUs and measure it" },
+	{ "net", cmd_net, "mobility agent: keep moved VMs reachable at their addresses" },
 };
 
 static void usage(FILE *f)

@@ -318,67 +318,21 @@ static int run_agent(struct opts *o)
 /* Sends one request line to the agent; prints the reply line to stdout. */
 static int ctl_call(const char *path, json_t *req, unsigned timeout_ms)
 {
-	struct sockaddr_un sun;
-	char buf[65536];
-	size_t len = 0;
-	char *s;
-	int fd, ok = 0;
-	json_t *rep;
+	json_t *rep = NULL;
+	char err[512];
+	int r = mob_ctl_call(path, req, timeout_ms, &rep, err, sizeof(err));
 
-	if (strlen(path) >= sizeof(sun.sun_path)) {
-		json_decref(req);
-		fprintf(stderr, "tsubame net: socket path too long\n");
-		return TSB_EXIT_FAILED;
-	}
-	s = json_dumps(req, JSON_COMPACT);
-	json_decref(req);
-	if (!s)
-		return TSB_EXIT_FAILED;
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	memset(&sun, 0, sizeof(sun));
-	sun.sun_family = AF_UNIX;
-	memcpy(sun.sun_path, path, strlen(path));
-	if (fd < 0 || connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
-		fprintf(stderr, "tsubame net: cannot reach the agent at %s: %s\n",
-			path, strerror(errno));
-		goto out;
-	}
-	if (write(fd, s, strlen(s)) < 0 || write(fd, "\n", 1) != 1) {
-		fprintf(stderr, "tsubame net: write to %s: %s\n", path, strerror(errno));
-		goto out;
-	}
-	for (;;) {
-		struct pollfd p = { .fd = fd, .events = POLLIN };
-		ssize_t n;
+	if (rep) {
+		char *s = json_dumps(rep, JSON_COMPACT);
 
-		if (poll(&p, 1, (int)timeout_ms) <= 0) {
-			fprintf(stderr, "tsubame net: no reply from the agent\n");
-			goto out;
-		}
-		n = read(fd, buf + len, sizeof(buf) - 1 - len);
-		if (n <= 0) {
-			fprintf(stderr, "tsubame net: the agent closed the connection\n");
-			goto out;
-		}
-		len += (size_t)n;
-		if (memchr(buf, '\n', len) || len == sizeof(buf) - 1)
-			break;
+		if (s)
+			printf("%s\n", s);
+		free(s);
+		json_decref(rep);
 	}
-	buf[len] = '\0';
-	fputs(buf, stdout);
-	rep = json_loads(buf, JSON_DISABLE_EOF_CHECK, NULL);
-	ok = rep && json_is_true(json_object_get(rep, "ok"));
-	if (!ok) {
-		json_t *e = rep ? json_object_get(rep, "error") : NULL;
-		fprintf(stderr, "tsubame net: %s\n",
-			e ? json_string_value(e) : "agent refused the request");
-	}
-	json_decref(rep);
-out:
-	if (fd >= 0)
-		close(fd);
-	free(s);
-	return ok ? TSB_EXIT_OK : TSB_EXIT_FAILED;
+	if (r < 0)
+		fprintf(stderr, "tsubame net: %s\n", err);
+	return r < 0 ? TSB_EXIT_FAILED : TSB_EXIT_OK;
 }
 
 static json_t *ips_json(const struct opts *o)

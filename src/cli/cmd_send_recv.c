@@ -60,6 +60,8 @@ static int exit_code(enum proxy_outcome oc)
 	"  --store-cap SIZE       size cap of the store (default 8G; LRU images go first)\n" \
 	"  --tenant NAME          share content with VMs of this tenant only\n" \
 	"                         (default: every VM is its own tenant)\n" \
+	"  --net-agent SOCKET     tell this host's mobility agent ('tsubame net agent')\n" \
+	"                         that the VM arrives (recv) or left (send)\n" \
 	"  -v, --verbose          more log output\n" \
 	"  -h, --help             show this help\n"
 
@@ -68,7 +70,7 @@ enum {
 	OPT_STALL, OPT_CACHE, OPT_TO, OPT_LISTEN, OPT_CAPS, OPT_MAX_BW, OPT_DOWNTIME,
 	OPT_POSTCOPY_AFTER, OPT_ZSTD, OPT_PROGRESS, OPT_NO_PROGRESS,
 	OPT_STORE, OPT_NO_STORE, OPT_STORE_CAP, OPT_TENANT, OPT_VM_ID, OPT_DISK_SOURCE,
-	OPT_NO_VM_DISKS, OPT_FLOOR,
+	OPT_NO_VM_DISKS, OPT_FLOOR, OPT_NET_AGENT, OPT_NET_MAC, OPT_NET_IP, OPT_NET_HOME,
 };
 
 static const struct option options[] = {
@@ -98,6 +100,10 @@ static const struct option options[] = {
 	{ "disk-source", required_argument, NULL, OPT_DISK_SOURCE },
 	{ "no-vm-disks", no_argument, NULL, OPT_NO_VM_DISKS },
 	{ "floor", no_argument, NULL, OPT_FLOOR },
+	{ "net-agent", required_argument, NULL, OPT_NET_AGENT },
+	{ "net-mac", required_argument, NULL, OPT_NET_MAC },
+	{ "net-ip", required_argument, NULL, OPT_NET_IP },
+	{ "net-home", required_argument, NULL, OPT_NET_HOME },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, 'h' },
 	{}
@@ -112,6 +118,8 @@ struct parsed {
 	bool help, no_store, no_vm_disks, floor;
 	const char *disk_sources[PROXY_MAX_DISK_SOURCES];
 	unsigned n_disk_sources;
+	const char *net_mac, *net_home, *net_ips[8];
+	unsigned n_net_ips;
 };
 
 /* An id for stores and the wire: printable, no spaces or '/'. */
@@ -181,6 +189,23 @@ static int parse(const char *cmd, bool send, int argc, char **argv, struct parse
 						   "characters, no spaces or '/')", optarg,
 						   STORE_MAX_ID);
 			p->vm_id = optarg;
+			break;
+		case OPT_NET_AGENT: p->c.net_agent = optarg; break;
+		case OPT_NET_MAC:
+		case OPT_NET_IP:
+		case OPT_NET_HOME:
+			if (send)
+				return cli_usage_error(cmd, "option --%s is for 'tsubame recv'",
+						   options[c - OPT_QMP].name);
+			if (c == OPT_NET_MAC)
+				p->net_mac = optarg;
+			else if (c == OPT_NET_HOME)
+				p->net_home = optarg;
+			else if (p->n_net_ips == TSB_ARRAY_SIZE(p->net_ips))
+				return cli_usage_error(cmd, "at most %zu --net-ip",
+						   TSB_ARRAY_SIZE(p->net_ips));
+			else
+				p->net_ips[p->n_net_ips++] = optarg;
 			break;
 		case OPT_FLOOR:
 			if (!send)
@@ -258,6 +283,11 @@ static int parse(const char *cmd, bool send, int argc, char **argv, struct parse
 		return cli_usage_error(cmd, "--listen HOST:PORT is required");
 	if (!p->c.key_path && !(p->c.cert && p->c.cert_key && p->c.ca))
 		return cli_usage_error(cmd, "--key FILE (or --cert, --cert-key and --ca) is required");
+	if (!send && p->c.net_agent && (!p->net_mac || !p->net_home || !p->n_net_ips))
+		return cli_usage_error(cmd, "--net-agent needs --net-mac, --net-home and at "
+				   "least one --net-ip");
+	if (!send && !p->c.net_agent && (p->net_mac || p->net_home || p->n_net_ips))
+		return cli_usage_error(cmd, "--net-mac, --net-ip and --net-home need --net-agent");
 	if (p->no_store && p->c.store_dir)
 		return cli_usage_error(cmd, "--store and --no-store exclude each other");
 	if (!p->no_store && !p->c.store_dir)
@@ -350,6 +380,10 @@ int cmd_recv(int argc, char **argv)
 		       "  --disk-source FILE     also rebuild pages from this disk image (raw or\n"
 		       "                         qcow2; repeatable); the VM's own disks are used\n"
 		       "  --no-vm-disks          do not index the destination VM's own disks\n"
+		       "  --net-mac MAC --net-ip ADDR --net-home SITE\n"
+		       "                         with --net-agent: the VM's MAC, addresses\n"
+		       "                         (repeatable) and home site, so that it stays\n"
+		       "                         reachable at them here (docs/network.md)\n"
 		       "\n"
 		       "Pages the destination can rebuild travel as references: from this VM's\n"
 		       "image left here on an earlier visit, from other VMs of the same tenant in\n"
@@ -362,6 +396,10 @@ int cmd_recv(int argc, char **argv)
 	memcpy(o.disk_sources, p.disk_sources, sizeof(o.disk_sources));
 	o.n_disk_sources = p.n_disk_sources;
 	o.no_vm_disks = p.no_vm_disks;
+	o.net_mac = p.net_mac;
+	o.net_home = p.net_home;
+	memcpy(o.net_ips, p.net_ips, sizeof(o.net_ips));
+	o.n_net_ips = p.n_net_ips;
 	oc = proxy_recv(&o, &report);
 	if (oc == PROXY_OK)
 		log_notice("migration received; the VM runs here");

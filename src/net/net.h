@@ -9,6 +9,7 @@
 #ifndef TSB_NET_H
 #define TSB_NET_H
 
+#include <jansson.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -271,5 +272,14 @@ struct mob_agent_config {
  * negative errno on a setup failure (logged). cfg is borrowed.
  */
 int mob_agent_run(const struct mob_agent_config *cfg);
+
+/*
+ * Sends one request (reference stolen) to an agent's control socket and
+ * reads its reply line into *ret_reply (owned; set also when the agent
+ * said ok:false). 0 when the agent said ok, -EREMOTEIO when it refused,
+ * other -errno when it could not be asked; err explains.
+ */
+int mob_ctl_call(const char *path, json_t *req, unsigned timeout_ms, json_t **ret_reply,
+		 char *err, size_t errlen);
 
 #endif

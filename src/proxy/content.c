@@ -2,6 +2,7 @@
 #include "proxy/content.h"
 
 #include "common/buf.h"
+#include "net/net.h"
 #include "common/log.h"
 #include "qmp/qmp.h"
 
@@ -42,6 +43,36 @@ void content_tenant(const char *given, const char *vm, char out[WIRE_MAX_ID + 1]
 		snprintf(out, WIRE_MAX_ID + 1, "%s", given);
 	else
 		snprintf(out, WIRE_MAX_ID + 1, "vm-%s", vm);
+}
+
+void content_net_notify(const char *agent, const char *vm,
+			const struct proxy_recv_options *o)
+{
+	json_t *req, *reply = NULL, *ips;
+	char err[256];
+	unsigned i;
+
+	if (!agent)
+		return;
+	if (!vm || !*vm) {
+		log_warn("not telling the mobility agent: the VM has no id (give --vm-id to send)");
+		return;
+	}
+	if (o) {
+		ips = json_array();
+		for (i = 0; i < o->n_net_ips; i++)
+			json_array_append_new(ips, json_string(o->net_ips[i]));
+		req = json_pack("{s:s, s:s, s:s, s:o, s:s, s:b}", "op", "arrive", "vm", vm,
+				"mac", o->net_mac, "addrs", ips, "home", o->net_home,
+				"when_seen", 1);
+	} else {
+		req = json_pack("{s:s, s:s}", "op", "depart", "vm", vm);
+	}
+	if (mob_ctl_call(agent, req, 5000, &reply, err, sizeof(err)) < 0)
+		log_warn("mobility agent: %s: %s", o ? "arrival" : "departure", err);
+	else
+		log_info("mobility agent told: %s of %s", o ? "arrival" : "departure", vm);
+	json_decref(reply);
 }
 
 /* ---- receiver ---- */

@@ -33,6 +33,15 @@ int content_open_store(const struct proxy_common_options *c, const char *tenant,
 /* The tenant for a VM: the one given, else one of its own ("vm-<id>"). */
 void content_tenant(const char *given, const char *vm, char out[WIRE_MAX_ID + 1]);
 
+/*
+ * Tells the local mobility agent (docs/network.md) that the VM arrives
+ * here (o != NULL: its MAC, addresses and home site; the agent acts when
+ * the VM's first frame shows up) or departed (o == NULL). Best effort: a
+ * failure is logged, the migration goes on.
+ */
+void content_net_notify(const char *agent, const char *vm,
+			const struct proxy_recv_options *o);
+
 /* ---- receiver ---- */
 
 /*

@@ -33,6 +33,7 @@ struct proxy_common_options {
 	const char *store_dir;		/* content store; NULL: none */
 	uint64_t store_cap;		/* 0: the store's default */
 	const char *tenant;		/* NULL: one tenant per VM */
+	const char *net_agent;		/* mobility agent's control socket, or NULL */
 };
 
 struct proxy_send_options {
@@ -55,6 +56,10 @@ struct proxy_recv_options {
 	const char *disk_sources[PROXY_MAX_DISK_SOURCES]; /* images to rebuild pages from */
 	unsigned n_disk_sources;
 	bool no_vm_disks;		/* do not index the destination VM's own disks */
+	/* The VM's network identity for the mobility agent (with c.net_agent). */
+	const char *net_mac, *net_home;
+	const char *net_ips[8];
+	unsigned n_net_ips;
 };
 
 /* Runs the source side; fills *ret_report (owned ref, may be NULL on early errors). */

@@ -935,6 +935,8 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 		fail(rc, PROXY_FAILED, "%s", err);
 		goto out;
 	}
+	/* The VM's addresses follow it here (the agent acts on its first frame). */
+	content_net_notify(o->c.net_agent, rc->vm, o);
 	if (peer.caps & WIRE_CAP_STORE) {
 		struct tsb_buf b;
 

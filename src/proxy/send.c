@@ -1317,7 +1317,7 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 		goto out;
 	}
 
-	if (o->c.store_dir) {
+	if (o->c.store_dir || o->c.net_agent) {
 		/* Only reads from QEMU here: who the VM is, to find its images. */
 		r = qmp_open(o->c.qmp_path, 10000, &q);
 		if (r < 0) {
@@ -1329,7 +1329,7 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 		if (r < 0) {
 			/* The store only saves bytes: go on without it. */
 			log_warn("%s; this migration neither keeps nor reuses an image", err);
-		} else {
+		} else if (o->c.store_dir) {
 			content_tenant(o->c.tenant, s->vm, s->tenant);
 			r = content_open_store(&o->c, s->tenant, &s->store, err, sizeof(err));
 			if (r < 0) {
@@ -1370,6 +1370,7 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 	hello.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
 		     (o->postcopy_after_ms ? WIRE_CAP_POSTCOPY : 0);
 	hello.site = "source";
+	hello.vm = s->vm[0] ? s->vm : NULL;
 	if (s->store) {
 		hello.caps |= WIRE_CAP_STORE;
 		hello.site = store_site_id(s->store);
@@ -1502,6 +1503,8 @@ out:
 	if (s->failed && s->outcome == PROXY_OK)
 		oc = s->outcome = PROXY_FAILED;
 	end_ns = tsb_now_ns();
+	if (oc == PROXY_OK)
+		content_net_notify(o->c.net_agent, s->vm, NULL);
 	if (oc == PROXY_OK && s->image && !s->store_failed) {
 		/* This host keeps the VM's last image for when it comes back. */
 		r = store_image_commit(s->store, s->image, err, sizeof(err));

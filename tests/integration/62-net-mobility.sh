@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A guest keeps its address while it moves from site A to site B and back
-# (QEMU's own migration between the two sites' QEMUs; the guest's network
+# (QEMU's own migration A -> B, tsubame send/recv B -> A, which notify the
+# sites' mobility agents themselves; the guest's network
 # lives in the sites of scripts/netns-sites). The correspondent node (CN,
 # outside both sites) and a host of the VM's group that stays at home (V2,
 # on site A's segment) each hold a TCP connection to the guest's echo
@@ -117,12 +118,17 @@ log "site-local traffic at B: $(counter "$sb" direct) frames delivered directly"
 sleep 2
 kill -0 "$cn_pid" 2>/dev/null || fail "correspondent's connection broke after the move to B"
 
-# B -> A: home expects it back and drops the binding on its first frame
-# there; B forgets the VM when the source side departs.
-"$TSUBAME" net notify --agent "$sa" --event arrive "${ident[@]}" --when-seen >/dev/null
-move b1 a2 "${P}tA1"
+# B -> A through tsubame send/recv, which tell the agents themselves: recv
+# at A announces the arrival (home expects the VM back and drops the
+# binding on its first frame there); send at B reports the departure.
+start_dest_vm a2 "$guest" --tap "${P}tA1" --mac "$mac"
+tsubame_migrate b1 a2 back "--vm-id vm1 --store $T/store-b --net-agent $sb" \
+	"--store $T/store-a --net-agent $sa --net-mac $mac --net-ip 10.61.1.10 --net-home A"
+cp "$T/back-send.json" "$T/a2.json"
+kill -9 "$(cat "$T/b1/qemu.pid")" 2>/dev/null || true
 wait_state "$sa" home
-"$TSUBAME" net notify --agent "$sb" --event depart --vm vm1 >/dev/null
+grep -q "mobility agent" "$T/back-recv.log" "$T/back-send.log" &&
+	fail "send/recv could not tell the agents: $(grep -h 'mobility agent' "$T"/back-*.log)"
 log "back at site A"
 sleep 3
 

@@ -71,6 +71,11 @@ struct receiver {
 	uint8_t page_buf[4096];
 	uint8_t missing[WIRE_MAX_BATCH_PAGES][WIRE_HASH_LEN];
 	uint8_t data_hash[WIRE_MAX_BATCH_PAGES][WIRE_HASH_LEN];
+	/* The image of ours that SAME and SAMERUN entries refer to (BASE). */
+	struct store_image *base;
+	int base_block[WIRE_MAX_BLOCKS];
+	uint8_t run_hashes[WIRE_MAX_SAMERUN][WIRE_HASH_LEN];
+	uint8_t *run_buf;		/* WIRE_MAX_SAMERUN pages */
 	char vm[WIRE_MAX_ID + 1], tenant[WIRE_MAX_ID + 1], image_id[33];
 	char peer_site[WIRE_MAX_ID + 1], peer_image[WIRE_MAX_ID + 1];
 	uint64_t peer_gen, summary_bytes;
@@ -244,6 +249,52 @@ static const uint8_t *resolve(struct receiver *rc, const uint8_t *want, bool tou
 	return NULL;
 }
 
+/* BASE: the sender will name pages of this image of ours. */
+static int handle_base(struct receiver *rc, const struct wire_str *id)
+{
+	char name[WIRE_MAX_ID + 1];
+	int r;
+
+	snprintf(name, sizeof(name), "%.*s", (int)id->len, id->p);
+	if (!rc->store) {
+		fail(rc, PROXY_FAILED, "the sender refers to image %s, but this receiver has "
+		     "no store", name);
+		return -EPROTO;
+	}
+	store_image_free(rc->base);
+	rc->base = NULL;
+	r = store_image_load(rc->store, name, &rc->base);
+	if (r < 0) {
+		fail(rc, PROXY_FAILED, "the sender refers to image %s, which this store cannot "
+		     "read: %s", name, strerror(-r));
+		return r;
+	}
+	return 0;
+}
+
+/*
+ * The hashes of a SAMERUN's pages from the BASE image, checked against the
+ * entry's digest: a stale belief of the sender is refused here.
+ */
+static int samerun_hashes(struct receiver *rc, const struct wire_page_entry *e)
+{
+	uint8_t digest[WIRE_HASH_LEN];
+	const uint8_t *h;
+	int bb = rc->base ? rc->base_block[e->block] : -1;
+	unsigned i;
+
+	if (bb < 0)
+		return -EPROTO;
+	for (i = 0; i < e->count; i++) {
+		if (store_image_page(rc->base, bb, e->offset / 4096 + i, &h) != STORE_PAGE_HASH)
+			return -EPROTO;
+		memcpy(rc->run_hashes[i], h, WIRE_HASH_LEN);
+	}
+	if (wire_sha256(rc->run_hashes, (size_t)e->count * WIRE_HASH_LEN, digest) < 0)
+		return -EIO;
+	return memcmp(digest, e->hash, WIRE_HASH_LEN) ? -EBADMSG : 0;
+}
+
 static int handle_blocks(struct receiver *rc, const struct wire_blocks *b)
 {
 	struct wire_blocks_iter it;
@@ -252,6 +303,8 @@ static int handle_blocks(struct receiver *rc, const struct wire_blocks *b)
 	image_setup(rc, b);
 	wire_blocks_iter_init(b, &it);
 	while (wire_blocks_next(&it, &wb)) {
+		rc->base_block[wb.index] = rc->base ?
+			store_image_block_find(rc->base, wb.name.p, wb.name.len) : -1;
 		struct qs_block *qb = &rc->blocks[wb.index];
 
 		if (wb.name.len > QS_IDSTR_MAX)
@@ -424,6 +477,12 @@ static int prefetch(struct receiver *rc, const struct wire_frame *f,
 			   n < WIRE_MAX_BATCH_PAGES && !can_resolve(rc, e.hash) &&
 			   !batch_set_has(set, rc->data_hash, e.hash)) {
 			memcpy(missing[n++], e.hash, WIRE_HASH_LEN);
+		} else if (e.enc == WIRE_ENC_SAMERUN && samerun_hashes(rc, &e) == 0) {
+			unsigned i;
+
+			for (i = 0; i < e.count && n < WIRE_MAX_BATCH_PAGES; i++)
+				if (!can_resolve(rc, rc->run_hashes[i]))
+					memcpy(missing[n++], rc->run_hashes[i], WIRE_HASH_LEN);
 		}
 	}
 	if (!n)
@@ -532,6 +591,53 @@ restart:
 			record_page(rc, &pg, STORE_PAGE_HASH, e.hash);
 			rc->pages_ref++;
 			break;
+		case WIRE_ENC_SAMERUN: {
+			size_t n_missing = 0, i;
+
+			r = samerun_hashes(rc, &e);
+			if (r < 0)
+				return r;
+			for (i = 0; i < e.count; i++) {
+				page = resolve(rc, rc->run_hashes[i], false);
+				if (page)
+					memcpy(rc->run_buf + i * 4096, page, 4096);
+				else
+					memcpy(rc->missing[n_missing++], rc->run_hashes[i],
+					       WIRE_HASH_LEN);
+			}
+			if (n_missing) {
+				/* Nothing of the run is written yet: fetch, then redo it. */
+				if (!copied) {
+					tsb_buf_reset(&rc->copy);
+					if (tsb_buf_append(&rc->copy, f->payload, f->len) < 0)
+						return -ENOMEM;
+					copied = true;
+				}
+				r = fetch_missing(rc, (const uint8_t (*)[WIRE_HASH_LEN])rc->missing,
+						  n_missing);
+				if (r == 0)
+					r = wire_msg_decode(WIRE_MSG_PAGES, f->flags, rc->copy.data,
+							    rc->copy.len, &m);
+				if (r < 0)
+					return r;
+				done = k;
+				goto restart;
+			}
+			for (i = 0; i < e.count; i++) {
+				pg.kind = QS_PAGE_NORMAL;
+				pg.offset = e.offset + i * 4096;
+				pg.cont = i ? true : (e.qflags & QS_RAM_CONTINUE);
+				pg.data = rc->run_buf + i * 4096;
+				pg.len = 4096;
+				record_page(rc, &pg, STORE_PAGE_HASH, rc->run_hashes[i]);
+				r = qs_writer_page(rc->writer, &pg);
+				if (r < 0)
+					return r;
+			}
+			rc->pages_ref += e.count;
+			done = k + 1;
+			continue;
+		}
 		case WIRE_ENC_RAW:
 			if (!(e.qflags & QS_RAM_XBZRLE))
 				return -EOPNOTSUPP;
@@ -578,6 +684,8 @@ static int handle_frame(struct receiver *rc, const struct wire_frame *f)
 		return r;
 	case WIRE_MSG_HASHDATA:
 		return put_hashdata(rc, &m.u.hashdata);
+	case WIRE_MSG_BASE:
+		return handle_base(rc, &m.u.base);
 	case WIRE_MSG_CANCEL:
 	case WIRE_MSG_ERROR:
 		fail(rc, PROXY_FAILED, "the sender %s: %.*s",
@@ -847,7 +955,8 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	rc->cache = pagecache_new(cache_pages, 4096);
 	rc->fetched = pagecache_new(4096, 4096);
 	rc->z = wire_zstd_new(1);
-	if (!rc->cache || !rc->fetched || !rc->z) {
+	rc->run_buf = malloc((size_t)WIRE_MAX_SAMERUN * 4096);
+	if (!rc->cache || !rc->fetched || !rc->z || !rc->run_buf) {
 		fail(rc, PROXY_FAILED, "out of memory");
 		goto out;
 	}
@@ -1074,6 +1183,8 @@ out:
 	pagecache_free(rc->cache);
 	pagecache_free(rc->fetched);
 	store_image_free(rc->image);
+	store_image_free(rc->base);
+	free(rc->run_buf);
 	if (rc->store)
 		store_close(rc->store);
 	diskindex_free(rc->disks);

@@ -39,7 +39,8 @@ struct job {
 	struct wire_pages_builder pb;
 	struct tsb_buf buf;
 	uint32_t n_zero, n_data, n_ref, n_raw;
-	uint32_t n_same, n_group, n_disk;	/* REF-sized entries by source */
+	uint32_t n_same, n_group, n_disk;	/* pages in REF-like entries by source */
+	uint32_t same_bytes;			/* bytes of SAME and SAMERUN entries */
 	struct job *next;
 };
 
@@ -129,6 +130,13 @@ struct sender {
 	char peer_site[WIRE_MAX_ID + 1];
 	uint64_t pages_same, pages_group, pages_disk, store_put_errors;
 	uint64_t summary_bytes;
+
+	/* Consecutive unchanged pages waiting to go as one SAMERUN (parse thread). */
+	struct {
+		uint16_t count, qflags, block;
+		uint64_t offset;
+		uint8_t hashes[WIRE_MAX_SAMERUN][WIRE_HASH_LEN];
+	} run;
 };
 
 /* Records the first failure and makes every thread stop. */
@@ -177,6 +185,7 @@ static struct job *job_get(struct sender *s)
 	tsb_buf_reset(&j->buf);
 	j->n_zero = j->n_data = j->n_ref = j->n_raw = 0;
 	j->n_same = j->n_group = j->n_disk = 0;
+	j->same_bytes = 0;
 	j->next = NULL;
 	return j;
 }
@@ -209,11 +218,16 @@ static void queue_push(struct sender *s, struct job *j, bool front)
 	pthread_mutex_unlock(&s->lock);
 }
 
+static int run_emit(struct sender *s);
+
 /* Sends the job being filled, if it holds anything. */
 static int flush_cur(struct sender *s)
 {
-	struct job *j = s->cur;
+	struct job *j;
 
+	if (s->run.count && run_emit(s) < 0)
+		return -ENOMEM;
+	j = s->cur;
 	if (!j)
 		return 0;
 	if ((j->kind == JOB_PAGES && !j->pb.count) || (j->kind == JOB_RUN && !j->buf.len))
@@ -256,10 +270,81 @@ static int send_frame(struct sender *s, const struct tsb_buf *frame, bool urgent
 
 /* ---- parse thread: QEMU stream -> jobs ---- */
 
+/*
+ * Puts the pending run of unchanged pages into the PAGES job: one SAME
+ * entry for a single page, else a SAMERUN with the digest of the hashes.
+ */
+static int run_emit(struct sender *s)
+{
+	uint8_t digest[WIRE_HASH_LEN];
+	uint16_t n = s->run.count;
+	int r = 0, tries;
+
+	if (!n)
+		return 0;
+	if (n > 1 && wire_sha256(s->run.hashes, (size_t)n * WIRE_HASH_LEN, digest) < 0)
+		return -EIO;
+	for (tries = 0; tries < 2; tries++) {
+		if (!s->cur || s->cur->kind != JOB_PAGES || r == -ENOBUFS) {
+			/* Direct, not flush_cur(): that would come back here. */
+			if (s->cur && (s->cur->pb.count || s->cur->buf.len)) {
+				queue_push(s, s->cur, false);
+				s->cur = NULL;
+			}
+			if (!s->cur)
+				s->cur = job_get(s);
+			if (!s->cur)
+				return -ECANCELED;
+			s->cur->kind = JOB_PAGES;
+		}
+		if (n == 1)
+			r = wire_pages_add_ref(&s->cur->pb, s->run.block, s->run.qflags,
+					       s->run.offset, WIRE_ENC_SAME, s->run.hashes[0]);
+		else
+			r = wire_pages_add_samerun(&s->cur->pb, s->run.block, s->run.qflags,
+						   s->run.offset, n, digest);
+		if (r != -ENOBUFS)
+			break;
+	}
+	if (r < 0)
+		return r;
+	s->cur->n_same += n;
+	s->cur->same_bytes += n == 1 ? 45 : 47;
+	s->run.count = 0;
+	return 0;
+}
+
+/* Adds an unchanged page to the pending run, starting a new one if it does not follow. */
+static int run_add(struct sender *s, const struct qs_page *pg, uint16_t qflags,
+		   const uint8_t *hash)
+{
+	uint16_t block = pg->block->index;
+	int r;
+
+	if (s->run.count && (s->run.block != block || !(qflags & QS_RAM_CONTINUE) ||
+			     s->run.count == WIRE_MAX_SAMERUN ||
+			     pg->offset != s->run.offset + (uint64_t)s->run.count * 4096)) {
+		r = run_emit(s);
+		if (r < 0)
+			return r;
+	}
+	if (!s->run.count) {
+		s->run.block = block;
+		s->run.qflags = qflags;
+		s->run.offset = pg->offset;
+	}
+	memcpy(s->run.hashes[s->run.count++], hash, WIRE_HASH_LEN);
+	s->pages_same++;
+	return 0;
+}
+
 static int on_raw(void *opaque, const uint8_t *p, size_t n)
 {
 	struct sender *s = opaque;
-	int r = want_job(s, JOB_RUN);
+	int r = s->run.count ? run_emit(s) : 0;
+
+	if (r == 0)
+		r = want_job(s, JOB_RUN);
 
 	if (r < 0)
 		return r;
@@ -355,6 +440,12 @@ static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 	bool hit = false;
 	int r;
 
+	if (pg->kind != QS_PAGE_NORMAL && s->run.count) {
+		r = run_emit(s);
+		if (r < 0)
+			return r;
+		pb = &s->cur->pb;
+	}
 	switch (pg->kind) {
 	case QS_PAGE_ZERO:
 		record_page(s, pg, pg->fill ? STORE_PAGE_UNKNOWN : STORE_PAGE_ZERO, NULL);
@@ -379,14 +470,14 @@ static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 	if (r < 0)
 		return r;
 	record_page(s, pg, STORE_PAGE_HASH, hash);
-	if (s->manifest && same_as_manifest(s, pg, hash)) {
+	if (s->manifest && same_as_manifest(s, pg, hash))
 		/* The receiver still holds this VM's older image: address unchanged. */
-		r = wire_pages_add_ref(pb, block, qflags, pg->offset, WIRE_ENC_SAME, hash);
-		if (r == 0) {
-			s->cur->n_same++;
-			s->pages_same++;
-		}
-		return r;
+		return run_add(s, pg, qflags, hash);
+	if (s->run.count) {
+		r = run_emit(s);
+		if (r < 0)
+			return r;
+		pb = &s->cur->pb;
 	}
 	pthread_mutex_lock(&s->cache_lock);
 	/*
@@ -531,10 +622,20 @@ static bool more_input_ready(int fd)
 static void *parse_thread(void *arg)
 {
 	struct sender *s = arg;
+	bool blocked;
 	ssize_t n;
 	int r;
 
 	for (;;) {
+		/*
+		 * Out of credit: what we hold must go out first (a batch of
+		 * SAMERUNs can stand for more stream than the whole window).
+		 */
+		pthread_mutex_lock(&s->lock);
+		blocked = qs_parser_offset(s->parser) > s->acked + s->window;
+		pthread_mutex_unlock(&s->lock);
+		if (blocked)
+			flush_cur(s);
 		wait_for_credit(s);
 		if (s->failed)
 			break;
@@ -666,11 +767,11 @@ static void account_pages(struct sender *s, const struct job *j, size_t frame_le
 	size_t entries = j->pb.entries.len;
 	size_t literal = frame_len - WIRE_HDR_LEN - 8 - entries;
 	uint64_t zero = (uint64_t)j->n_zero * 14;
-	uint64_t ref = (uint64_t)(j->n_ref + j->n_same + j->n_group + j->n_disk) * 45;
+	uint64_t ref = (uint64_t)(j->n_ref + j->n_group + j->n_disk) * 45 + j->same_bytes;
 
 	s->wan.zero += zero;
 	s->wan.reference += (uint64_t)j->n_ref * 45;
-	s->wan.reused += (uint64_t)j->n_same * 45;
+	s->wan.reused += j->same_bytes;
 	s->wan.group += (uint64_t)j->n_group * 45;
 	s->wan.disk += (uint64_t)j->n_disk * 45;
 	s->wan.raw_entries += raw_entry_bytes;
@@ -762,9 +863,8 @@ static void *wan_thread(void *arg)
 			(void)raw_bytes;
 			if (j->n_raw)
 				raw_entry = j->pb.entries.len - (size_t)j->n_zero * 14 -
-					    (size_t)(j->n_ref + j->n_same + j->n_group +
-						     j->n_disk) * 45 -
-					    (size_t)j->n_data * 13;
+					    (size_t)(j->n_ref + j->n_group + j->n_disk) * 45 -
+					    j->same_bytes - (size_t)j->n_data * 13;
 			account_pages(s, j, out.len, zstd, raw_entry);
 			adapt_level(s, j->pb.entries.len + j->pb.literal.len, out.len,
 				    t1 - t0);
@@ -1066,9 +1166,22 @@ static int take_summary(struct sender *s, char *err, size_t errlen)
 	if (r < 0)
 		log_warn("store: cannot look for an earlier image of %s: %s", s->vm,
 			 strerror(-r));
-	if (s->manifest)
+	if (s->manifest) {
+		struct tsb_buf b;
+
 		log_info("the receiver still holds image %s of %s: unchanged pages stay there",
 			 store_image_get_info(s->manifest)->peer_image, s->vm);
+		/* SAME and SAMERUN entries name pages of that image. */
+		tsb_buf_init(&b);
+		r = wire_encode_base(&b, store_image_get_info(s->manifest)->peer_image);
+		if (r == 0)
+			r = wire_conn_write(s->conn, b.data, b.len);
+		tsb_buf_fini(&b);
+		if (r < 0) {
+			snprintf(err, errlen, "sending BASE: %s", strerror(-r));
+			return r;
+		}
+	}
 	return 0;
 }
 

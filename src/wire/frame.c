@@ -31,6 +31,7 @@ static const struct msg_info msg_info[WIRE_MSG_MAX + 1] = {
 	[WIRE_MSG_PING] = { "PING", 0, SND | RCV },
 	[WIRE_MSG_PONG] = { "PONG", 0, SND | RCV },
 	[WIRE_MSG_SUMMARY] = { "SUMMARY", 0, RCV },
+	[WIRE_MSG_BASE] = { "BASE", 0, SND },
 };
 
 static const struct msg_info *info_of(uint8_t type)

@@ -244,6 +244,7 @@ static int decode_page_entry(struct tsb_reader *r, uint32_t page_size,
 	e->base = NULL;
 	e->bytes = NULL;
 	e->bytes_len = 0;
+	e->count = 1;
 	if (r->err)
 		return r->err;
 	if (e->block >= WIRE_MAX_BLOCKS)
@@ -260,6 +261,18 @@ static int decode_page_entry(struct tsb_reader *r, uint32_t page_size,
 	case WIRE_ENC_REF:
 	case WIRE_ENC_SAME:
 		e->hash = tsb_get_bytes(r, WIRE_HASH_LEN);
+		break;
+	case WIRE_ENC_SAMERUN:
+		e->count = tsb_get_be16(r);
+		e->hash = tsb_get_bytes(r, WIRE_HASH_LEN);
+		if (r->err)
+			return r->err;
+		if (e->count < 2)
+			return -EBADMSG;
+		if (e->count > WIRE_MAX_SAMERUN)
+			return -EMSGSIZE;
+		if (e->offset > UINT64_MAX - (uint64_t)e->count * page_size)
+			return -EBADMSG;
 		break;
 	case WIRE_ENC_DELTA:
 	case WIRE_ENC_RAW:
@@ -493,6 +506,11 @@ int wire_msg_decode(uint8_t type, uint8_t flags, const uint8_t *payload,
 		break;
 	case WIRE_MSG_SUMMARY:
 		err = decode_summary(&r, &m.u.summary);
+		break;
+	case WIRE_MSG_BASE:
+		err = get_id(&r, WIRE_MAX_ID, &m.u.base);
+		if (!err && !m.u.base.len)
+			err = -EBADMSG;
 		break;
 	default:
 		return -EOPNOTSUPP;
@@ -755,6 +773,18 @@ int wire_encode_run(struct tsb_buf *out, uint8_t type, const void *data,
 	return frame_end(out, start, err);
 }
 
+int wire_encode_base(struct tsb_buf *out, const char *image_id)
+{
+	size_t start, n = image_id ? strlen(image_id) : 0;
+
+	if (!n || n > WIRE_MAX_ID || !id_ok((const uint8_t *)image_id, n))
+		return -EINVAL;
+	start = frame_begin(out, WIRE_MSG_BASE, 0);
+	tsb_buf_put_u8(out, (uint8_t)n);
+	tsb_buf_append(out, image_id, n);
+	return frame_end(out, start, 0);
+}
+
 int wire_encode_summary(struct tsb_buf *out, const struct wire_summary *s)
 {
 	size_t start, total = 8 + 2, i;
@@ -996,6 +1026,24 @@ int wire_pages_add_ref(struct wire_pages_builder *pb, uint16_t block,
 		return err;
 	put_entry_head(pb, block, qflags, offset, enc);
 	tsb_buf_append(&pb->entries, hash, WIRE_HASH_LEN);
+	return entry_done(pb, at, pb->literal.len, false);
+}
+
+int wire_pages_add_samerun(struct wire_pages_builder *pb, uint16_t block,
+			   uint16_t qflags, uint64_t offset, uint16_t count,
+			   const uint8_t digest[WIRE_HASH_LEN])
+{
+	size_t at = pb->entries.len;
+	int err;
+
+	if (count < 2 || count > WIRE_MAX_SAMERUN)
+		return -EINVAL;
+	err = pages_room(pb, block, qflags, offset, 2 + WIRE_HASH_LEN, false);
+	if (err)
+		return err;
+	put_entry_head(pb, block, qflags, offset, WIRE_ENC_SAMERUN);
+	tsb_buf_put_be16(&pb->entries, count);
+	tsb_buf_append(&pb->entries, digest, WIRE_HASH_LEN);
 	return entry_done(pb, at, pb->literal.len, false);
 }
 

@@ -45,6 +45,8 @@ struct wire_zstd;
 #define WIRE_MAX_ID 64
 /* Content filter summary in HELLO. */
 #define WIRE_MAX_FILTER (4u << 20)
+/* Pages in one SAMERUN entry. */
+#define WIRE_MAX_SAMERUN 1024
 /* Image ids and content filters in SUMMARY. */
 #define WIRE_MAX_IMAGES 16
 #define WIRE_MAX_FILTERS 4
@@ -73,7 +75,8 @@ enum wire_msg_type {
 	WIRE_MSG_PING = 14,
 	WIRE_MSG_PONG = 15,
 	WIRE_MSG_SUMMARY = 16,
-	WIRE_MSG_MAX = WIRE_MSG_SUMMARY,
+	WIRE_MSG_BASE = 17,
+	WIRE_MSG_MAX = WIRE_MSG_BASE,
 };
 
 /* Frame flags. */
@@ -106,7 +109,12 @@ enum wire_page_enc {
 	WIRE_ENC_SAME = 3,  /* as REF, hint: the receiver's previous image of this VM, same address */
 	WIRE_ENC_DELTA = 4, /* base (by hash) XOR zstd-decompressed delta; result hash given */
 	WIRE_ENC_RAW = 5,   /* QEMU record payload passed through verbatim (e.g. XBZRLE) */
-	WIRE_ENC_MAX = WIRE_ENC_RAW,
+	/*
+	 * count consecutive pages from offset, each as in the BASE image;
+	 * hash = SHA-256 of their hashes in the image, concatenated (STORE)
+	 */
+	WIRE_ENC_SAMERUN = 6,
+	WIRE_ENC_MAX = WIRE_ENC_SAMERUN,
 };
 
 /* Codes in ERROR and DONE. Peers may send codes unknown to us. */
@@ -225,6 +233,7 @@ struct wire_page_entry {
 	const uint8_t *bytes;   /* RAW payload, DELTA zstd frame */
 	uint32_t bytes_len;
 	uint32_t data_index;    /* DATA: page index in the literal area */
+	uint16_t count;         /* pages the entry stands for (SAMERUN: 2..WIRE_MAX_SAMERUN) */
 };
 
 /* PAGES: view; iterate with wire_pages_iter_*. */
@@ -309,6 +318,7 @@ struct wire_msg {
 		uint64_t ack;               /* ACK: bytes consumed */
 		uint64_t ping;              /* PING, PONG: token */
 		struct wire_summary summary;
+		struct wire_str base;       /* BASE: id of the receiver's image */
 	} u;
 };
 
@@ -369,6 +379,8 @@ int wire_encode_blocks(struct tsb_buf *out, const struct wire_block *blocks,
  */
 int wire_encode_run(struct tsb_buf *out, uint8_t type, const void *data,
 		    size_t len, struct wire_zstd *z);
+/* BASE: the receiver's image (id) that SAME and SAMERUN entries refer to. */
+int wire_encode_base(struct tsb_buf *out, const char *image_id);
 /* SUMMARY from s (views must stay valid for the call). */
 int wire_encode_summary(struct tsb_buf *out, const struct wire_summary *s);
 int wire_encode_need(struct tsb_buf *out, const uint8_t (*hashes)[WIRE_HASH_LEN],
@@ -417,6 +429,10 @@ int wire_pages_add_data(struct wire_pages_builder *pb, uint16_t block,
 int wire_pages_add_ref(struct wire_pages_builder *pb, uint16_t block,
 		       uint16_t qflags, uint64_t offset, uint8_t enc,
 		       const uint8_t hash[WIRE_HASH_LEN]);
+/* count (2..WIRE_MAX_SAMERUN) pages from offset; digest over their hashes. */
+int wire_pages_add_samerun(struct wire_pages_builder *pb, uint16_t block,
+			   uint16_t qflags, uint64_t offset, uint16_t count,
+			   const uint8_t digest[WIRE_HASH_LEN]);
 /* delta: a frame from wire_delta_encode(). */
 int wire_pages_add_delta(struct wire_pages_builder *pb, uint16_t block,
 			 uint16_t qflags, uint64_t offset,

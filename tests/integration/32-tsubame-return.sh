@@ -26,8 +26,9 @@ t = sys.argv[1]
 l1 = json.load(open(t + "/leg1-send.json")); l2 = json.load(open(t + "/leg2-send.json"))
 r2 = json.load(open(t + "/leg2-recv.json"))
 b1, b2 = l1["wan"]["bytes_sent"], l2["wan"]["bytes_sent"]
-print("leg 1: %.1f MB, leg 2: %.1f MB (%.1f%%); leg 2 pages %s; rebuilt at A %s" % (
-    b1 / 1e6, b2 / 1e6, 100.0 * b2 / b1, l2["pages"], r2["rebuilt_from"]), file=sys.stderr)
+print("leg 1: %.1f MB, leg 2: %.1f MB (%.1f%%); leg 2 pages %s, bytes %s; rebuilt at A %s" % (
+    b1 / 1e6, b2 / 1e6, 100.0 * b2 / b1, l2["pages"], l2["wan"]["by_category"],
+    r2["rebuilt_from"]), file=sys.stderr)
 assert l2["store"].get("reused_image"), "no earlier image of the VM was found at A"
 assert l2["pages"]["reused"] > l1["pages"]["data"] // 2, l2["pages"]
 assert r2["rebuilt_from"]["store"] >= l2["pages"]["reused"], r2["rebuilt_from"]

@@ -648,6 +648,56 @@ static void test_pages_round_trip(void **state)
 	tsb_buf_fini(&b);
 }
 
+static void test_samerun_and_base(void **state)
+{
+	struct wire_pages_builder pb;
+	struct wire_page_iter it;
+	struct wire_page_entry e;
+	uint8_t digest[WIRE_HASH_LEN];
+	struct tsb_buf b;
+	struct wire_msg m;
+
+	memset(digest, 0x3c, sizeof(digest));
+	assert_int_equal(wire_pages_builder_init(&pb, PS), 0);
+	assert_int_equal(wire_pages_add_samerun(&pb, 3, 0x28, 5 * PS, 700, digest), 0);
+	assert_int_equal(wire_pages_add_samerun(&pb, 3, 0x28, 0, 1, digest), -EINVAL);
+	assert_int_equal(wire_pages_add_samerun(&pb, 3, 0x28, 0, WIRE_MAX_SAMERUN + 1,
+						digest), -EINVAL);
+	tsb_buf_init(&b);
+	assert_int_equal(wire_pages_encode(&pb, &b, NULL), 0);
+	assert_int_equal(decode_buf(&b, &m), 0);
+	wire_pages_iter_init(&m.u.pages, &it);
+	assert_true(wire_pages_next(&it, &e));
+	assert_int_equal(e.enc, WIRE_ENC_SAMERUN);
+	assert_int_equal(e.block, 3);
+	assert_int_equal(e.offset, 5 * PS);
+	assert_int_equal(e.count, 700);
+	assert_memory_equal(e.hash, digest, WIRE_HASH_LEN);
+	assert_false(wire_pages_next(&it, &e));
+	assert_truncations_fail(&b);
+	assert_trailing_fails(&b);
+	/* A run of one page, or of more than the cap, is refused. */
+	tsb_put_be16(b.data + WIRE_HDR_LEN + 8 + 13, 1);
+	assert_int_equal(decode_buf(&b, &m), -EBADMSG);
+	tsb_put_be16(b.data + WIRE_HDR_LEN + 8 + 13, WIRE_MAX_SAMERUN + 1);
+	assert_int_equal(decode_buf(&b, &m), -EMSGSIZE);
+
+	tsb_buf_reset(&b);
+	assert_int_equal(wire_encode_base(&b, "0123abcd"), 0);
+	assert_int_equal(decode_buf(&b, &m), 0);
+	assert_int_equal(m.type, WIRE_MSG_BASE);
+	assert_int_equal(m.u.base.len, 8);
+	assert_memory_equal(m.u.base.p, "0123abcd", 8);
+	assert_truncations_fail(&b);
+	assert_trailing_fails(&b);
+	assert_true(wire_msg_role_ok(WIRE_MSG_BASE, WIRE_ROLE_SENDER));
+	assert_false(wire_msg_role_ok(WIRE_MSG_BASE, WIRE_ROLE_RECEIVER));
+	assert_int_equal(wire_encode_base(&b, ""), -EINVAL);
+	assert_int_equal(wire_encode_base(&b, "has space"), -EINVAL);
+	wire_pages_builder_fini(&pb);
+	tsb_buf_fini(&b);
+}
+
 static void test_pages_refusals(void **state)
 {
 	struct wire_pages_builder pb;
@@ -1131,6 +1181,7 @@ int main(void)
 		cmocka_unit_test(test_zstd_bomb),
 		cmocka_unit_test(test_pages_round_trip),
 		cmocka_unit_test(test_pages_refusals),
+		cmocka_unit_test(test_samerun_and_base),
 		cmocka_unit_test(test_pages_builder_caps),
 		cmocka_unit_test(test_need_hashdata),
 		cmocka_unit_test(test_summary),

@@ -50,8 +50,21 @@ def echo_server(addr, port):
                 conns.remove(c); c.close(); continue
             c.sendall(d)
 
+def connect(addr, port, patience=10.0):
+    """Connects, retrying while the server is not listening yet (it was
+    started in the background a moment ago, on a busy machine)."""
+    end = time.time() + patience
+    while True:
+        try:
+            return socket.create_connection((addr, port), timeout=10)
+        except ConnectionRefusedError:
+            if time.time() > end:
+                raise
+            time.sleep(0.1)
+
+
 def check(addr, port, nbytes):
-    s = socket.create_connection((addr, port), timeout=10)
+    s = connect(addr, port)
     data = bytes((i * 13 + 5) & 0xff for i in range(nbytes))
     s.sendall(data)
     got = b""

@@ -134,10 +134,13 @@ static void add_to_filter(const uint8_t hash[32], void *arg)
 	tsb_filter_add(arg, hash);
 }
 
-/* Serializes a filter of the hashes fn enumerates into buf. */
-static int make_filter(struct tsb_buf *buf, size_t n,
-		       void (*each)(void *src, void (*fn)(const uint8_t *, void *), void *arg),
-		       void *src)
+/*
+ * Serializes into buf a filter of the n hashes each() enumerates, and
+ * lists it in the summary as content of that source.
+ */
+static int add_filter(struct wire_summary *s, uint8_t source, struct tsb_buf *buf, size_t n,
+		      void (*each)(void *src, void (*fn)(const uint8_t *, void *), void *arg),
+		      void *src)
 {
 	struct tsb_filter f;
 	int r = tsb_filter_init(&f, n);
@@ -149,6 +152,10 @@ static int make_filter(struct tsb_buf *buf, size_t n,
 	if (r == 0) {
 		tsb_filter_write(&f, buf->data);
 		buf->len = tsb_filter_size(&f);
+		s->filters[s->n_filters].source = source;
+		s->filters[s->n_filters].data = buf->data;
+		s->filters[s->n_filters].len = buf->len;
+		s->n_filters++;
 	}
 	tsb_filter_fini(&f);
 	return r;
@@ -184,25 +191,11 @@ int content_encode_summary(struct tsb_buf *out, struct store *st, struct diskind
 				s.n_images++;
 			}
 		}
-		if (store_page_count(st)) {
-			r = make_filter(&fs, store_page_count(st), each_store, st);
-			if (r == 0) {
-				s.filters[s.n_filters].source = WIRE_SRC_STORE;
-				s.filters[s.n_filters].data = fs.data;
-				s.filters[s.n_filters].len = fs.len;
-				s.n_filters++;
-			}
-		}
+		if (store_page_count(st))
+			r = add_filter(&s, WIRE_SRC_STORE, &fs, store_page_count(st), each_store, st);
 	}
-	if (r == 0 && disks) {
-		r = make_filter(&fd, diskindex_count(disks), each_disk, disks);
-		if (r == 0) {
-			s.filters[s.n_filters].source = WIRE_SRC_DISK;
-			s.filters[s.n_filters].data = fd.data;
-			s.filters[s.n_filters].len = fd.len;
-			s.n_filters++;
-		}
-	}
+	if (r == 0 && disks)
+		r = add_filter(&s, WIRE_SRC_DISK, &fd, diskindex_count(disks), each_disk, disks);
 	if (r == 0)
 		r = wire_encode_summary(out, &s);
 	if (ret_filter_bytes)

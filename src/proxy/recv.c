@@ -448,14 +448,34 @@ static bool batch_set_has(const uint16_t *set, uint8_t (*hashes)[WIRE_HASH_LEN],
 }
 
 /*
- * Before a PAGES batch is applied: hashes its DATA pages (into
- * rc->data_hash, by data index) and asks in one round trip for every
- * referenced page we will not hold (the sender's filter of our content
- * can be wrong). *fetched tells that frames were read meanwhile, so the
- * batch must be decoded again from rc->copy.
+ * Fetches pages in the middle of a PAGES batch: frames read meanwhile end
+ * the views into f, so the batch is kept in rc->copy (once) and decoded
+ * again from there into *m.
  */
-static int prefetch(struct receiver *rc, const struct wire_frame *f,
-		    const struct wire_pages *p, const uint8_t *literal, bool *fetched)
+static int fetch_mid_batch(struct receiver *rc, const struct wire_frame *f, bool *copied,
+			   const uint8_t (*hashes)[WIRE_HASH_LEN], size_t n, struct wire_msg *m)
+{
+	int r;
+
+	if (!*copied) {
+		tsb_buf_reset(&rc->copy);
+		if (tsb_buf_append(&rc->copy, f->payload, f->len) < 0)
+			return -ENOMEM;
+		*copied = true;
+	}
+	r = fetch_missing(rc, hashes, n);
+	if (r == 0)
+		r = wire_msg_decode(WIRE_MSG_PAGES, f->flags, rc->copy.data, rc->copy.len, m);
+	return r;
+}
+
+/*
+ * Before a PAGES batch is applied: hashes its DATA pages (into
+ * rc->data_hash, by data index) and lists in rc->missing every referenced
+ * page we will not hold (the sender's filter of our content can be
+ * wrong), to be asked for in one round trip. Returns how many.
+ */
+static ssize_t prefetch(struct receiver *rc, const struct wire_pages *p, const uint8_t *literal)
 {
 	uint8_t (*missing)[WIRE_HASH_LEN] = rc->missing;
 	uint16_t set[BATCH_SET] = { 0 };
@@ -464,7 +484,6 @@ static int prefetch(struct receiver *rc, const struct wire_frame *f,
 	size_t n = 0;
 	int r;
 
-	*fetched = false;
 	wire_pages_iter_init(p, &it);
 	while (wire_pages_next(&it, &e)) {
 		if (e.enc == WIRE_ENC_DATA) {
@@ -485,15 +504,7 @@ static int prefetch(struct receiver *rc, const struct wire_frame *f,
 					memcpy(missing[n++], rc->run_hashes[i], WIRE_HASH_LEN);
 		}
 	}
-	if (!n)
-		return 0;
-	/* Our views die with the next read: keep a copy. */
-	tsb_buf_reset(&rc->copy);
-	if (tsb_buf_append(&rc->copy, f->payload, f->len) < 0)
-		return -ENOMEM;
-	r = fetch_missing(rc, (const uint8_t (*)[WIRE_HASH_LEN])missing, n);
-	*fetched = r == 0;
-	return r;
+	return (ssize_t)n;
 }
 
 static int handle_pages(struct receiver *rc, const struct wire_frame *f)
@@ -507,6 +518,7 @@ static int handle_pages(struct receiver *rc, const struct wire_frame *f)
 	uint8_t hash[WIRE_HASH_LEN];
 	uint64_t done = 0, k;
 	bool copied = false;
+	ssize_t missing;
 	int r;
 
 	r = wire_frame_decode(f, &m);
@@ -517,11 +529,12 @@ static int handle_pages(struct receiver *rc, const struct wire_frame *f)
 	r = wire_pages_unpack(&m.u.pages, rc->z, &rc->scratch, &literal);
 	if (r < 0)
 		return r;
-	r = prefetch(rc, f, &m.u.pages, literal, &copied);
-	if (r < 0)
-		return r;
-	if (copied) {
-		r = wire_msg_decode(WIRE_MSG_PAGES, f->flags, rc->copy.data, rc->copy.len, &m);
+	missing = prefetch(rc, &m.u.pages, literal);
+	if (missing < 0)
+		return (int)missing;
+	if (missing > 0) {
+		r = fetch_mid_batch(rc, f, &copied, (const uint8_t (*)[WIRE_HASH_LEN])rc->missing,
+				    (size_t)missing, &m);
 		if (r < 0)
 			return r;
 	}
@@ -568,18 +581,8 @@ restart:
 			page = resolve(rc, e.hash, e.enc == WIRE_ENC_REF);
 			if (!page) {
 				memcpy(hash, e.hash, WIRE_HASH_LEN);
-				if (!copied) {
-					/* Our views die with the next read: keep a copy. */
-					tsb_buf_reset(&rc->copy);
-					if (tsb_buf_append(&rc->copy, f->payload, f->len) < 0)
-						return -ENOMEM;
-					copied = true;
-				}
-				r = fetch_missing(rc, (const uint8_t (*)[WIRE_HASH_LEN])hash, 1);
-				if (r < 0)
-					return r;
-				r = wire_msg_decode(WIRE_MSG_PAGES, f->flags, rc->copy.data,
-						    rc->copy.len, &m);
+				r = fetch_mid_batch(rc, f, &copied,
+						    (const uint8_t (*)[WIRE_HASH_LEN])hash, 1, &m);
 				if (r < 0)
 					return r;
 				done = k;
@@ -607,17 +610,9 @@ restart:
 			}
 			if (n_missing) {
 				/* Nothing of the run is written yet: fetch, then redo it. */
-				if (!copied) {
-					tsb_buf_reset(&rc->copy);
-					if (tsb_buf_append(&rc->copy, f->payload, f->len) < 0)
-						return -ENOMEM;
-					copied = true;
-				}
-				r = fetch_missing(rc, (const uint8_t (*)[WIRE_HASH_LEN])rc->missing,
-						  n_missing);
-				if (r == 0)
-					r = wire_msg_decode(WIRE_MSG_PAGES, f->flags, rc->copy.data,
-							    rc->copy.len, &m);
+				r = fetch_mid_batch(rc, f, &copied,
+						    (const uint8_t (*)[WIRE_HASH_LEN])rc->missing,
+						    n_missing, &m);
 				if (r < 0)
 					return r;
 				done = k;

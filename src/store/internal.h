@@ -152,4 +152,8 @@ int store_evict(struct store **hs, size_t n, uint64_t cap_bytes,
 		uint64_t other_pages, const char *pin, json_t *report,
 		char *err, size_t errlen);
 
+/* Formats a message into err (if any): the store's sentences for callers. */
+void store_errf(char *err, size_t errlen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
 #endif

@@ -19,19 +19,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || !errlen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 static const char *role_name(int role)
 {
@@ -107,7 +94,7 @@ int store_evict(struct store **hs, size_t n, uint64_t cap_bytes,
 	if (!refs || !evicted) {
 		free(refs);
 		json_decref(evicted);
-		errf(err, errlen, "store: out of memory");
+		store_errf(err, errlen, "store: out of memory");
 		return -ENOMEM;
 	}
 	for (i = 0; i < n; i++)
@@ -153,7 +140,7 @@ int store_evict(struct store **hs, size_t n, uint64_t cap_bytes,
 				live++;
 	}
 	if (r) {
-		errf(err, errlen, "store %s: cannot read images: %s", hs[0]->dir,
+		store_errf(err, errlen, "store %s: cannot read images: %s", hs[0]->dir,
 		     strerror(-r));
 		goto out;
 	}
@@ -191,7 +178,7 @@ int store_evict(struct store **hs, size_t n, uint64_t cap_bytes,
 				s->idx.e[k].rec |= ENT_LIVE;
 		r = store_compact_locked(s, false, &dropped);
 		if (r) {
-			errf(err, errlen, "store %s: cannot compact tenant %s: %s",
+			store_errf(err, errlen, "store %s: cannot compact tenant %s: %s",
 			     s->dir, s->tenant, strerror(-r));
 			goto out;
 		}
@@ -239,7 +226,7 @@ static int list_tenants(const char *dir, struct tenants *t, char *err,
 	if (stat(dir, &st)) {
 		int r = -errno;
 
-		errf(err, errlen, "store %s: %s", dir, strerror(-r));
+		store_errf(err, errlen, "store %s: %s", dir, strerror(-r));
 		return r;
 	}
 	snprintf(path, sizeof(path), "%s/tenants", dir);
@@ -249,7 +236,7 @@ static int list_tenants(const char *dir, struct tenants *t, char *err,
 
 		if (r == -ENOENT)
 			return 0;	/* an empty store */
-		errf(err, errlen, "store %s: %s", path, strerror(-r));
+		store_errf(err, errlen, "store %s: %s", path, strerror(-r));
 		return r;
 	}
 	while ((d = readdir(dh))) {
@@ -261,7 +248,7 @@ static int list_tenants(const char *dir, struct tenants *t, char *err,
 		if (!nn) {
 			closedir(dh);
 			free(t->names);
-			errf(err, errlen, "store: out of memory");
+			store_errf(err, errlen, "store: out of memory");
 			return -ENOMEM;
 		}
 		t->names = nn;
@@ -401,7 +388,7 @@ fail:
 	json_decref(o);
 	json_decref(arr);
 	free(t.names);
-	errf(err, errlen, "store: out of memory");
+	store_errf(err, errlen, "store: out of memory");
 	return r;
 }
 
@@ -414,7 +401,7 @@ static int open_all(const char *dir, struct tenants *t, struct store ***ret,
 
 	hs = calloc(t->n ? t->n : 1, sizeof(*hs));
 	if (!hs) {
-		errf(err, errlen, "store: out of memory");
+		store_errf(err, errlen, "store: out of memory");
 		return -ENOMEM;
 	}
 	for (i = 0; i < t->n; i++) {
@@ -473,7 +460,7 @@ int store_gc(const char *dir, uint64_t cap_bytes, json_t **ret, char *err,
 	if (!cap_bytes)
 		cap_bytes = STORE_DEFAULT_CAP;
 	if (!skipped) {
-		errf(err, errlen, "store: out of memory");
+		store_errf(err, errlen, "store: out of memory");
 		return -ENOMEM;
 	}
 	if ((r = list_tenants(dir, &t, err, errlen)))
@@ -509,7 +496,7 @@ int store_gc(const char *dir, uint64_t cap_bytes, json_t **ret, char *err,
 	o = json_pack("{s:s, s:I}", "dir", dir, "cap_bytes", (json_int_t)cap_bytes);
 	if (!o) {
 		r = -ENOMEM;
-		errf(err, errlen, "store: out of memory");
+		store_errf(err, errlen, "store: out of memory");
 		goto out;
 	}
 	json_object_set_new(o, "before", usage_json(hs, n, others));
@@ -725,7 +712,7 @@ int store_verify(const char *dir, json_t **ret, char *err, size_t errlen)
 	int r;
 
 	if (!skipped) {
-		errf(err, errlen, "store: out of memory");
+		store_errf(err, errlen, "store: out of memory");
 		return -ENOMEM;
 	}
 	if ((r = list_tenants(dir, &t, err, errlen)))
@@ -736,7 +723,7 @@ int store_verify(const char *dir, json_t **ret, char *err, size_t errlen)
 	arr = json_array();
 	if (!o || !arr) {
 		r = -ENOMEM;
-		errf(err, errlen, "store: out of memory");
+		store_errf(err, errlen, "store: out of memory");
 		goto out;
 	}
 	for (i = 0; i < n; i++) {
@@ -745,13 +732,13 @@ int store_verify(const char *dir, json_t **ret, char *err, size_t errlen)
 
 		if (!tj) {
 			r = -ENOMEM;
-			errf(err, errlen, "store: out of memory");
+			store_errf(err, errlen, "store: out of memory");
 			goto out;
 		}
 		r = verify_tenant(hs[i], tj, &dmg);
 		if (r) {
 			json_decref(tj);
-			errf(err, errlen, "store %s: cannot verify tenant %s: %s",
+			store_errf(err, errlen, "store %s: cannot verify tenant %s: %s",
 			     dir, hs[i]->tenant, strerror(-r));
 			goto out;
 		}

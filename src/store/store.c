@@ -30,10 +30,8 @@
 
 #define STATE_MAGIC "tsubame-store-state 1"
 
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
 
-static void errf(char *err, size_t errlen, const char *fmt, ...)
+void store_errf(char *err, size_t errlen, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -342,7 +340,7 @@ static int lock_take(struct store *s, int timeout_ms, char *err, size_t errlen)
 	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		r = -errno;
-		errf(err, errlen, "store %s: cannot open %s: %s", s->dir, path,
+		store_errf(err, errlen, "store %s: cannot open %s: %s", s->dir, path,
 		     strerror(-r));
 		return r;
 	}
@@ -362,16 +360,16 @@ static int lock_take(struct store *s, int timeout_ms, char *err, size_t errlen)
 				pidbuf[got > 0 ? got : 0] = 0;
 				pid = strtol(pidbuf, NULL, 10);
 				if (pid > 0)
-					errf(err, errlen,
+					store_errf(err, errlen,
 					     "store %s (tenant %s) is locked by pid %ld",
 					     s->dir, s->tenant, pid);
 				else
-					errf(err, errlen,
+					store_errf(err, errlen,
 					     "store %s (tenant %s) is locked by another process",
 					     s->dir, s->tenant);
 				r = -EBUSY;
 			} else {
-				errf(err, errlen, "store %s: cannot lock %s: %s",
+				store_errf(err, errlen, "store %s: cannot lock %s: %s",
 				     s->dir, path, strerror(-r));
 			}
 			close(fd);
@@ -1158,12 +1156,12 @@ int store_open_internal(const struct store_options *o, bool readonly,
 	int r;
 
 	if (!o || !o->dir || !*o->dir || !store_id_valid(o->tenant)) {
-		errf(err, errlen, "store: bad directory or tenant id");
+		store_errf(err, errlen, "store: bad directory or tenant id");
 		return -EINVAL;
 	}
 	s = calloc(1, sizeof(*s));
 	if (!s) {
-		errf(err, errlen, "store: out of memory");
+		store_errf(err, errlen, "store: out of memory");
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&s->mu, NULL);
@@ -1175,7 +1173,7 @@ int store_open_internal(const struct store_options *o, bool readonly,
 	if (!s->dir || asprintf(&s->tdir, "%s/tenants/%s", o->dir, o->tenant) < 0) {
 		s->tdir = NULL;
 		r = -ENOMEM;
-		errf(err, errlen, "store: out of memory");
+		store_errf(err, errlen, "store: out of memory");
 		goto fail;
 	}
 	if (getrandom(&s->idx.seed, sizeof(s->idx.seed), 0) != sizeof(s->idx.seed))
@@ -1183,7 +1181,7 @@ int store_open_internal(const struct store_options *o, bool readonly,
 			      (uint64_t)getpid();
 	if (ix_init(&s->idx, 1024)) {
 		r = -ENOMEM;
-		errf(err, errlen, "store: out of memory");
+		store_errf(err, errlen, "store: out of memory");
 		goto fail;
 	}
 	fresh = access(s->tdir, F_OK) != 0;
@@ -1195,7 +1193,7 @@ int store_open_internal(const struct store_options *o, bool readonly,
 		    (r = mkdir_one(path)) ||
 		    (r = path_of(path, sizeof(path), s->tdir, "images")) ||
 		    (r = mkdir_one(path))) {
-			errf(err, errlen, "store %s: cannot create directories: %s",
+			store_errf(err, errlen, "store %s: cannot create directories: %s",
 			     o->dir, strerror(-r));
 			goto fail;
 		}
@@ -1203,14 +1201,14 @@ int store_open_internal(const struct store_options *o, bool readonly,
 			(void)store_fsync_dir(path);
 	} else if (fresh) {
 		r = -ENOENT;
-		errf(err, errlen, "store %s has no tenant %s", o->dir, o->tenant);
+		store_errf(err, errlen, "store %s has no tenant %s", o->dir, o->tenant);
 		goto fail;
 	}
 	r = site_id_load(o->dir, !readonly, s->site);
 	if (r && readonly)
 		snprintf(s->site, sizeof(s->site), "%s", "");
 	else if (r) {
-		errf(err, errlen, "store %s: cannot read or create site-id: %s",
+		store_errf(err, errlen, "store %s: cannot read or create site-id: %s",
 		     o->dir, strerror(-r));
 		goto fail;
 	}
@@ -1220,19 +1218,19 @@ int store_open_internal(const struct store_options *o, bool readonly,
 		s->wbuf = malloc((size_t)STORE_WBUF_RECS * STORE_REC_SIZE);
 		if (!s->wbuf) {
 			r = -ENOMEM;
-			errf(err, errlen, "store: out of memory");
+			store_errf(err, errlen, "store: out of memory");
 			goto fail;
 		}
 	}
 	if (!readonly)
 		remove_tmp_files(s);
 	if ((r = state_load(s, fresh))) {
-		errf(err, errlen, "store %s: cannot write the state of tenant %s: %s",
+		store_errf(err, errlen, "store %s: cannot write the state of tenant %s: %s",
 		     o->dir, o->tenant, strerror(-r));
 		goto fail;
 	}
 	if ((r = recover(s))) {
-		errf(err, errlen, "store %s: cannot recover tenant %s: %s",
+		store_errf(err, errlen, "store %s: cannot recover tenant %s: %s",
 		     o->dir, o->tenant, strerror(-r));
 		goto fail;
 	}

@@ -62,6 +62,8 @@ struct wan_counts {
 };
 
 #define N_JOBS 6
+/* Literal bytes a batch needs for its compression to be a sample. */
+#define LEVEL_SAMPLE_MIN (256u << 10)
 #define N_LEVELS 3
 static const int zstd_levels[N_LEVELS] = { 0, 1, 3 }; /* 0: uncompressed */
 
@@ -110,6 +112,7 @@ struct sender {
 	double link_speed;	/* bytes/s the link carries when it is the limit */
 	double max_rate_seen;	/* highest bytes/s written in one sampling interval */
 	uint64_t wan_idle_ns, rate_idle0; /* WAN thread time waiting for jobs */
+	unsigned since_probe;	/* batches since one went a level harder */
 	uint64_t credit_wait_ns; /* parse thread time spent waiting for credits */
 	uint64_t rate_t0_ns, rate_wire0, rate_wait0; /* link sampling interval */
 	uint64_t wire_out;	/* bytes written by the WAN thread */
@@ -698,15 +701,16 @@ static double ewma(double avg, double sample)
  * loopback) we compress less or not at all, so tsubame is not slower than
  * sending raw. Levels not in use keep their last estimates.
  */
-static void adapt_level(struct sender *s, size_t in, size_t out, uint64_t compress_ns)
+static void adapt_level(struct sender *s, int used, size_t in, size_t out, size_t wire,
+			uint64_t compress_ns)
 {
 	double best = 0;
 	uint64_t now = tsb_now_ns(), dt, wait, idle;
 	int l;
 
-	if (s->o->zstd_level || !in)
+	if (s->o->zstd_level)
 		return;
-	s->wire_out += out;
+	s->wire_out += wire;
 	dt = now - s->rate_t0_ns;
 	if (dt >= 250000000ull) {
 		/*
@@ -738,10 +742,11 @@ static void adapt_level(struct sender *s, size_t in, size_t out, uint64_t compre
 		s->rate_t0_ns = now;
 		s->rate_wire0 = s->wire_out;
 	}
-	if (s->level > 0 && compress_ns) {
-		s->compress_speed[s->level] = ewma(s->compress_speed[s->level],
-						   (double)in * 1e9 / compress_ns);
-		s->ratio[s->level] = ewma(s->ratio[s->level], (double)out / in);
+	/* Small batches say more about fixed costs than about the level. */
+	if (used > 0 && compress_ns && in >= LEVEL_SAMPLE_MIN) {
+		s->compress_speed[used] = ewma(s->compress_speed[used],
+					       (double)in * 1e9 / compress_ns);
+		s->ratio[used] = ewma(s->ratio[used], (double)out / in);
 	}
 	double speed[N_LEVELS];
 
@@ -790,6 +795,7 @@ static void *wan_thread(void *arg)
 	struct tsb_buf out;
 	struct job *j;
 	uint64_t t0, t1;
+	int lvl;
 	int i, r;
 
 	tsb_buf_init(&out);
@@ -828,9 +834,20 @@ static void *wan_thread(void *arg)
 
 		tsb_buf_reset(&out);
 		t0 = tsb_now_ns();
+		lvl = s->level;
+		/*
+		 * Now and then a big batch goes one level harder, so that the
+		 * estimate of a level not in use does not go stale (one bad
+		 * sample must not turn compression off for good).
+		 */
+		if (j->kind == JOB_PAGES && j->pb.literal.len >= LEVEL_SAMPLE_MIN &&
+		    lvl + 1 < N_LEVELS && z[lvl + 1] && ++s->since_probe >= 32) {
+			lvl++;
+			s->since_probe = 0;
+		}
 		switch (j->kind) {
 		case JOB_PAGES:
-			r = wire_pages_encode(&j->pb, &out, z[s->level]);
+			r = wire_pages_encode(&j->pb, &out, z[lvl]);
 			break;
 		case JOB_RUN:
 			r = wire_encode_run(&out, WIRE_MSG_STREAM, j->buf.data, j->buf.len,
@@ -854,7 +871,7 @@ static void *wan_thread(void *arg)
 			job_put(s, j);
 			break;
 		}
-		s->level_uses[s->level]++;
+		s->level_uses[lvl]++;
 		if (j->kind == JOB_PAGES) {
 			size_t raw_bytes = wire_pages_builder_size(&j->pb);
 			bool zstd = out.len > WIRE_HDR_LEN && (out.data[1] & WIRE_F_ZSTD);
@@ -866,7 +883,9 @@ static void *wan_thread(void *arg)
 					    (size_t)(j->n_ref + j->n_group + j->n_disk) * 45 -
 					    j->same_bytes - (size_t)j->n_data * 13;
 			account_pages(s, j, out.len, zstd, raw_entry);
-			adapt_level(s, j->pb.entries.len + j->pb.literal.len, out.len,
+			/* Only the literal area is compressed: judge levels by it. */
+			adapt_level(s, lvl, j->pb.literal.len,
+				    out.len - WIRE_HDR_LEN - 8 - j->pb.entries.len, out.len,
 				    t1 - t0);
 		} else if (j->kind == JOB_RUN) {
 			s->wan.stream += out.len;

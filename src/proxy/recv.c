@@ -11,6 +11,7 @@
 #include "proxy/pagecache.h"
 
 #include "common/log.h"
+#include "disk/disk.h"
 #include "common/util.h"
 #include "migctl/migctl.h"
 #include "qmp/qmp.h"
@@ -64,6 +65,7 @@ struct receiver {
 	/* Content rebuilt locally (content.h); WAN thread only after setup. */
 	struct store *store;
 	struct diskindex *disks;
+	struct disk_recv *disk;		/* the disk channel (docs/disk.md), or NULL */
 	struct pagecache *fetched;	/* pages that came in HASHDATA (not mirrored) */
 	struct store_image *image;	/* arrival image being recorded */
 	int image_block[WIRE_MAX_BLOCKS];
@@ -918,8 +920,6 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 			goto out;
 		}
 	}
-	close(lfd);
-	lfd = -1;
 	hello.role = WIRE_ROLE_RECEIVER;
 	hello.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_POSTCOPY |
 		     WIRE_CAP_STORE;
@@ -948,6 +948,25 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 			     strerror(-r));
 			goto out;
 		}
+	}
+	/* Disks: the sender's disk channel comes to the same listening socket. */
+	if (peer.caps & WIRE_CAP_DISK) {
+		struct disk_recv_options dro = {
+			.tls = tls, .listen_fd = lfd, .index = rc->disks,
+			.stall_ms = o->c.stall_ms,
+		};
+
+		lfd = -1;
+		r = disk_recv_start(q, &dro, &rc->disk, err, sizeof(err));
+		if (r < 0) {
+			wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_QEMU, err);
+			fail(rc, PROXY_FAILED, "disks: %s", err);
+			goto out;
+		}
+	}
+	if (lfd >= 0) {
+		close(lfd);
+		lfd = -1;
 	}
 	if (o->c.stall_ms)
 		wire_conn_set_timeout(rc->conn, o->c.stall_ms);
@@ -1004,6 +1023,8 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 		}
 		if (sig && !rc->failed)
 			fail(rc, PROXY_INTERRUPTED, "interrupted by signal %d", sig);
+		if (disk_recv_failed(rc->disk) && !rc->failed)
+			fail(rc, PROXY_LINK, "the disk transfer failed");
 		if (o->c.timeout_ms && (tsb_now_ns() - t0) / 1000000 > o->c.timeout_ms)
 			fail(rc, PROXY_TIMEOUT, "the migration did not finish in time");
 	}
@@ -1051,6 +1072,12 @@ out:
 	}
 	if (ret_report)
 		*ret_report = make_report(rc, start_ns, resume_ns);
+	/* Disks: exports stopped; targets stay marked unless all went well. */
+	if (disk_recv_finish(rc->disk, q, oc == PROXY_OK, ret_report ? *ret_report : NULL,
+			     err, sizeof(err)) < 0 && oc == PROXY_OK) {
+		fail(rc, PROXY_FAILED, "disks: %s", err);
+		oc = PROXY_FAILED;
+	}
 	if (rc->failed)
 		log_error("%s", rc->error);
 

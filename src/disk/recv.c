@@ -69,7 +69,7 @@ struct disk_recv {
 	char error[256];
 
 	struct wire_zstd *z;
-	struct tsb_buf lit, hd, run;
+	struct tsb_buf lit, hd, run, cur;
 	struct backlog *bl_head, **bl_tail;
 	uint64_t applied, frames_in;
 	/* the current write run */
@@ -224,7 +224,11 @@ static int next_frame(struct disk_recv *dr, struct wire_msg *m, struct backlog *
 		return r;
 	if (!wire_msg_role_ok(f.type, WIRE_ROLE_SENDER))
 		return -EPROTO;
-	r = wire_frame_decode(&f, m);
+	/* A copy: fetch() reads more frames while this one is being applied. */
+	tsb_buf_reset(&dr->cur);
+	if (tsb_buf_append(&dr->cur, f.payload, f.len) < 0)
+		return -ENOMEM;
+	r = wire_msg_decode(f.type, f.flags, dr->cur.data, f.len, m);
 	return r < 0 ? r : 1;
 }
 
@@ -710,6 +714,7 @@ int disk_recv_start(struct qmp *q, const struct disk_recv_options *o,
 	tsb_buf_init(&dr->lit);
 	tsb_buf_init(&dr->hd);
 	tsb_buf_init(&dr->run);
+	tsb_buf_init(&dr->cur);
 	dr->z = wire_zstd_new(1);
 	if (!dr->z) {
 		snprintf(err, errlen, "out of memory");
@@ -851,6 +856,7 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 	tsb_buf_fini(&dr->lit);
 	tsb_buf_fini(&dr->hd);
 	tsb_buf_fini(&dr->run);
+	tsb_buf_fini(&dr->cur);
 	free(dr->resolved);
 	pthread_mutex_destroy(&dr->lock);
 	free(dr);

@@ -14,7 +14,8 @@
  *              disk; page size 512, 4096 or 65536; ZERO / DATA / REF
  *   NEED/HASHDATA  REFs the receiver could not rebuild
  *   PING/PONG  flush: token = disk << 48 | n; PONG once every earlier
- *              write is applied and the destination flushed the disk
+ *              write is applied and the destination flushed the disk;
+ *              keepalive: token has DISK_TOKEN_KEEPALIVE, PONG only
  *   ACK        frames applied (the sender keeps <= DISK_WINDOW unacked)
  *   DONE       end: the sender's after the last write, the receiver's
  *              once everything is applied and flushed
@@ -34,6 +35,9 @@ struct diskindex;
 #define DISK_MAX 8
 /* Frames the sender may have sent that the receiver has not applied yet. */
 #define DISK_WINDOW 16
+/* PING tokens with this bit are keepalives (PONG only, no flush). */
+#define DISK_TOKEN_KEEPALIVE (1ull << 63)
+#define DISK_KEEPALIVE_MS 3000
 /* Entries per PAGES frame on the disk channel. */
 #define DISK_BATCH 256
 

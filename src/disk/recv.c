@@ -621,7 +621,7 @@ static void *channel_thread(void *arg)
 			break;
 		}
 		dr->frames_in++;
-		if (m.type != WIRE_MSG_PAGES)
+		if (m.type != WIRE_MSG_PAGES && m.type != WIRE_MSG_PING)
 			log_debug("disk channel: %s", wire_msg_name(m.type));
 		switch (m.type) {
 		case WIRE_MSG_PAGES:
@@ -634,7 +634,7 @@ static void *channel_thread(void *arg)
 		case WIRE_MSG_PING:
 			/* Flush marker: every earlier write is applied (synchronously). */
 			r = 0;
-			if (m.u.ping) {
+			if (m.u.ping && !(m.u.ping & DISK_TOKEN_KEEPALIVE)) {
 				k = (unsigned)(m.u.ping >> 48);
 				if (map_disk(dr, (uint16_t)k) < 0)
 					r = -EPROTO;

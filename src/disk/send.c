@@ -69,7 +69,9 @@ struct disk_send {
 	uint8_t *rdata;
 	size_t rpos, rcount;
 	uint64_t need_served;
-	pthread_t reader;
+	pthread_t reader, ka;
+	bool ka_started;
+	uint64_t last_write_ns;		/* under wlock */
 	char dir[64];
 	unsigned n;
 	struct sdisk d[DISK_MAX];
@@ -125,6 +127,7 @@ static int ds_write(struct disk_send *ds, const struct tsb_buf *b, bool counted)
 		return b->err;
 	pthread_mutex_lock(&ds->wlock);
 	r = wire_conn_write(ds->conn, b->data, b->len);
+	ds->last_write_ns = tsb_now_ns();
 	pthread_mutex_unlock(&ds->wlock);
 	if (r < 0) {
 		ds_fail(ds, "disk channel: %s", wire_conn_errmsg(ds->conn));
@@ -467,6 +470,39 @@ static void *reader_thread(void *arg)
 	}
 }
 
+/*
+ * An idle disk channel (no guest writes while memory moves) still carries
+ * a PING every few seconds, so that both ends' stall timeouts only fire
+ * on a dead link. Keepalive tokens have bit 63 set.
+ */
+static void *keepalive_thread(void *arg)
+{
+	struct disk_send *ds = arg;
+	uint64_t n = 0, last;
+	struct tsb_buf b;
+
+	tsb_buf_init(&b);
+	for (;;) {
+		pthread_mutex_lock(&ds->lock);
+		bool stop = ds->failed || ds->peer_done;
+		pthread_mutex_unlock(&ds->lock);
+		if (stop)
+			break;
+		pthread_mutex_lock(&ds->wlock);
+		last = ds->last_write_ns;
+		pthread_mutex_unlock(&ds->wlock);
+		if (tsb_now_ns() - last > DISK_KEEPALIVE_MS * 1000000ull) {
+			tsb_buf_reset(&b);
+			wire_encode_u64(&b, WIRE_MSG_PING, DISK_TOKEN_KEEPALIVE | ++n);
+			if (ds_write(ds, &b, false) < 0)
+				break;
+		}
+		usleep(200000);
+	}
+	tsb_buf_fini(&b);
+	return NULL;
+}
+
 /* Connects the disk channel and agrees on the disks. */
 static int connect_channel(struct disk_send *ds, const struct disk_send_options *o,
 			   char *err, size_t errlen)
@@ -696,6 +732,13 @@ int disk_send_start(struct qmp *q, const struct disk_send_options *o,
 		goto fail;
 	}
 	ds->reader_started = true;
+	ds->last_write_ns = tsb_now_ns();
+	if (pthread_create(&ds->ka, NULL, keepalive_thread, ds)) {
+		snprintf(err, errlen, "cannot start a thread");
+		r = -EAGAIN;
+		goto fail;
+	}
+	ds->ka_started = true;
 
 	snprintf(ds->dir, sizeof(ds->dir), "/tmp/tsb-disk.XXXXXX");
 	if (!mkdtemp(ds->dir)) {
@@ -955,6 +998,8 @@ void disk_send_finish(struct disk_send *ds, struct qmp *q, json_t *report)
 	}
 	if (ds->reader_started)
 		pthread_join(ds->reader, NULL);
+	if (ds->ka_started)
+		pthread_join(ds->ka, NULL);
 	if (report)
 		json_object_set_new(report, "disks", make_report(ds));
 	for (i = 0; i < ds->n; i++) {

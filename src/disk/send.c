@@ -258,6 +258,7 @@ static int encode_zero(struct sdisk *d, uint64_t off, uint32_t len)
 		r = use_page_size(d, ps);
 		if (r == 0)
 			r = ADD(d, wire_pages_add_zero(&d->pb, d->idx, 0, o, 0));
+		d->blk_zero += ps >= BLOCK ? ps / BLOCK : 1;
 		done += ps;
 	}
 	if (r == 0)

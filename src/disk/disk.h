@@ -97,7 +97,6 @@ struct disk_recv_options {
 	int listen_fd;			/* taken over: the disk channel arrives here */
 	struct diskindex *index;	/* blocks to rebuild REFs from (borrowed; read only) */
 	uint64_t stall_ms;		/* wire timeout; 0: none */
-	uint64_t accept_timeout_ms;	/* 0: 60 s */
 };
 
 struct disk_recv;

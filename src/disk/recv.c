@@ -39,7 +39,7 @@ struct rdisk {
 	struct nbd_client *cl;
 	/* statistics */
 	uint64_t bytes_written, bytes_zeroed, flushes;
-	uint64_t blk_zero, blk_data, blk_ref, blk_need;
+	uint64_t blk_zero, blk_data, blk_ref, blk_need, blk_same;
 };
 
 struct backlog {
@@ -52,7 +52,7 @@ struct disk_recv {
 	struct wire_tls *tls;
 	int lfd;
 	struct diskindex *index;
-	uint64_t stall_ms, accept_timeout_ms;
+	uint64_t stall_ms;
 	char dir[64], sock[128];
 	bool server_started;
 	unsigned n;
@@ -78,7 +78,10 @@ struct disk_recv {
 	bool run_zero;
 	uint64_t run_len;
 	uint8_t *resolved;		/* count * BLOCK for REF entries */
+	bool *same;			/* count: already there, no write */
 	size_t resolved_cap;
+	struct tsb_buf tgt;		/* the target under a frame's REFs */
+	uint64_t tgt_lo;
 };
 
 static void dr_fail(struct disk_recv *dr, const char *fmt, ...)
@@ -328,14 +331,52 @@ static int apply_pages(struct disk_recv *dr, const struct wire_pages *p)
 		if (r < 0)
 			return r;
 	}
-	/* Pass 1: check ranges, rebuild REFs locally, list what is missing. */
 	if (dr->resolved_cap < p->count) {
 		free(dr->resolved);
+		free(dr->same);
 		dr->resolved = malloc((size_t)p->count * BLOCK);
-		dr->resolved_cap = dr->resolved ? p->count : 0;
-		if (!dr->resolved)
+		dr->same = malloc(p->count * sizeof(*dr->same));
+		dr->resolved_cap = dr->resolved && dr->same ? p->count : 0;
+		if (!dr->resolved_cap)
 			return -ENOMEM;
 	}
+	memset(dr->same, 0, p->count * sizeof(*dr->same));
+	/*
+	 * SAME: most REFs of a return migration name the block that is
+	 * already at that offset of the target. One read of the range the
+	 * frame's REFs cover finds them; they need no write at all.
+	 */
+	{
+		uint64_t lo = UINT64_MAX, hi = 0;
+		int kd = -1;
+		bool one = p->page_size == BLOCK;
+
+		wire_pages_iter_init(p, &it);
+		while (one && wire_pages_next(&it, &e)) {
+			int k = map_disk(dr, e.block);
+
+			if (e.enc != WIRE_ENC_REF && e.enc != WIRE_ENC_SAME)
+				continue;
+			if (k < 0 || (kd >= 0 && k != kd) || e.offset % BLOCK ||
+			    e.offset + BLOCK > dr->d[k].dev.size) {
+				one = false;
+				break;
+			}
+			kd = k;
+			lo = e.offset < lo ? e.offset : lo;
+			hi = e.offset + BLOCK > hi ? e.offset + BLOCK : hi;
+		}
+		dr->tgt.len = 0;
+		if (one && kd >= 0 && hi - lo <= RUN_MAX) {
+			tsb_buf_reset(&dr->tgt);
+			if (!tsb_buf_extend(&dr->tgt, hi - lo))
+				return -ENOMEM;
+			if (nbd_client_pread(dr->d[kd].cl, dr->tgt.data, (uint32_t)(hi - lo), lo) < 0)
+				dr->tgt.len = 0;	/* no shortcut; REFs as usual */
+			dr->tgt_lo = lo;
+		}
+	}
+	/* Pass 1: check ranges, rebuild REFs locally, list what is missing. */
 	wire_pages_iter_init(p, &it);
 	while (wire_pages_next(&it, &e)) {
 		int k = map_disk(dr, e.block);
@@ -349,6 +390,17 @@ static int apply_pages(struct disk_recv *dr, const struct wire_pages *p)
 			if (p->page_size != BLOCK) {
 				r = -EPROTO;
 				goto out;
+			}
+			if (dr->tgt.len && e.offset >= dr->tgt_lo &&
+			    e.offset + BLOCK <= dr->tgt_lo + dr->tgt.len) {
+				uint8_t h[WIRE_HASH_LEN];
+
+				wire_sha256(dr->tgt.data + (e.offset - dr->tgt_lo), BLOCK, h);
+				if (!memcmp(h, e.hash, WIRE_HASH_LEN)) {
+					dr->same[i++] = true;
+					dr->d[k].blk_same++;
+					continue;
+				}
 			}
 			if (!dr->index || diskindex_get(dr->index, e.hash,
 							dr->resolved + i * BLOCK) < 0) {
@@ -413,7 +465,9 @@ static int apply_pages(struct disk_recv *dr, const struct wire_pages *p)
 			d->blk_data++;
 			break;
 		default:
-			r = run_add(dr, k, e.offset, BLOCK, dr->resolved + i * BLOCK);
+			/* A block already in place is skipped (the run breaks there). */
+			if (!dr->same[i])
+				r = run_add(dr, k, e.offset, BLOCK, dr->resolved + i * BLOCK);
 			d->blk_ref++;
 			break;
 		}
@@ -530,18 +584,17 @@ static int accept_channel(struct disk_recv *dr)
 	struct wire_hello_args hello = { 0 };
 	struct wire_hello peer;
 	struct wire_conn *c;
-	uint64_t t0 = tsb_now_ns();
 	int fd, r;
 
 	for (;;) {
 		struct pollfd pfd = { .fd = dr->lfd, .events = POLLIN };
 
+		/*
+		 * No timeout: a sender whose VM has no disk to move never comes,
+		 * and that is not an error here (the sender fails if it wanted to).
+		 */
 		if (dr->stop)
 			return -ECANCELED;
-		if ((tsb_now_ns() - t0) / 1000000 > dr->accept_timeout_ms) {
-			dr_fail(dr, "the disk channel did not arrive");
-			return -ETIMEDOUT;
-		}
 		if (poll(&pfd, 1, 200) <= 0)
 			continue;
 		r = wire_tcp_accept(dr->lfd, &fd);
@@ -709,12 +762,12 @@ int disk_recv_start(struct qmp *q, const struct disk_recv_options *o,
 	dr->lfd = o->listen_fd;
 	dr->index = o->index;
 	dr->stall_ms = o->stall_ms;
-	dr->accept_timeout_ms = o->accept_timeout_ms ? o->accept_timeout_ms : 60000;
 	dr->bl_tail = &dr->bl_head;
 	tsb_buf_init(&dr->lit);
 	tsb_buf_init(&dr->hd);
 	tsb_buf_init(&dr->run);
 	tsb_buf_init(&dr->cur);
+	tsb_buf_init(&dr->tgt);
 	dr->z = wire_zstd_new(1);
 	if (!dr->z) {
 		snprintf(err, errlen, "out of memory");
@@ -825,7 +878,7 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 			if (!d->used)
 				continue;
 			json_array_append_new(arr, json_pack(
-				"{s:s, s:s, s:I, s:b, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I}}",
+				"{s:s, s:s, s:I, s:b, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I}}",
 				"device", d->dev.device, "file", d->dev.file,
 				"size", (json_int_t)d->dev.size,
 				"complete", r == 0 && ok && dr->done,
@@ -834,7 +887,8 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 				"flushes", (json_int_t)d->flushes,
 				"blocks", "zero", (json_int_t)d->blk_zero,
 				"data", (json_int_t)d->blk_data, "ref", (json_int_t)d->blk_ref,
-				"fetched", (json_int_t)d->blk_need));
+				"fetched", (json_int_t)d->blk_need,
+				"same", (json_int_t)d->blk_same));
 		}
 		json_object_set_new(report, "disks", json_pack("{s:o, s:b, s:s}", "disks", arr,
 			"channel", dr->connected, "error", dr->failed ? dr->error : ""));
@@ -857,7 +911,9 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 	tsb_buf_fini(&dr->hd);
 	tsb_buf_fini(&dr->run);
 	tsb_buf_fini(&dr->cur);
+	tsb_buf_fini(&dr->tgt);
 	free(dr->resolved);
+	free(dr->same);
 	pthread_mutex_destroy(&dr->lock);
 	free(dr);
 	return r;

@@ -235,13 +235,17 @@ static void migrate_disk(bool older_copy)
 	assert_int_equal(run("cmp %s %s", src, dst), 0);
 
 	json_int_t ref = report_int(srep, "ref"), data = report_int(srep, "data");
-	print_message("%s: sender blocks data %lld ref %lld zero %lld; receiver fetched %lld\n",
+	print_message("%s: sender blocks data %lld ref %lld zero %lld; receiver fetched %lld, "
+		      "already in place %lld\n",
 		      older_copy ? "return" : "first", (long long)data, (long long)ref,
-		      (long long)report_int(srep, "zero"), (long long)report_int(rrep, "fetched"));
+		      (long long)report_int(srep, "zero"), (long long)report_int(rrep, "fetched"),
+		      (long long)report_int(rrep, "same"));
 	if (older_copy) {
 		/* 12 MiB of data of which 1.6 MiB changed (+ the late writes). */
 		assert_true(ref >= (SIZE / 4096 - 1024) * 8 / 10);
 		assert_true(data <= (SIZE / 4096) * 2 / 10);
+		/* Unchanged blocks are found in place, not rewritten. */
+		assert_true(report_int(rrep, "same") >= ref * 8 / 10);
 	} else {
 		assert_int_equal(ref, 0);
 		assert_true(data >= (SIZE / 4096 - 1024));

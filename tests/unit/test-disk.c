@@ -7,7 +7,10 @@
  * follow; disk_send_switchover() completes it. The images must be equal.
  *  - first copy: the destination image is empty;
  *  - return: the destination holds an older copy (10% changed since):
- *    unchanged blocks travel as references.
+ *    unchanged blocks travel as references, found in place;
+ *  - clone: the destination image is empty but the receiver indexes a
+ *    base image the disk was cloned from (recv --disk-source): the
+ *    blocks still from the base travel as references, read from it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -158,9 +161,12 @@ static json_int_t report_int(json_t *report, const char *key)
 	return json_integer_value(json_object_get(json_object_get(d, "blocks"), key));
 }
 
-static void migrate_disk(bool older_copy)
+enum mode { FIRST, RETURN, CLONE };
+
+static void migrate_disk(enum mode mode)
 {
-	char src[128], dst[128], key[128], marker[160], err[512] = "";
+	bool older_copy = mode != FIRST;
+	char src[128], dst[128], base[128], key[128], marker[160], err[512] = "";
 	struct wire_tls *tc, *ts;
 	struct wire_key k;
 	struct diskindex *idx = NULL;
@@ -177,13 +183,16 @@ static void migrate_disk(bool older_copy)
 	path(src, sizeof(src), "src.raw");
 	path(dst, sizeof(dst), "dst.raw");
 	path(key, sizeof(key), "key");
+	path(base, sizeof(base), "base.raw");
 	/* Random content everywhere but a zero hole (8..12 MiB). */
 	assert_int_equal(run("head -c %d /dev/urandom > %s && "
 			     "qemu-io -f raw -c 'write -z 8M 4M' %s >/dev/null",
 			     SIZE, src, src), 0);
 	if (older_copy) {
-		/* The destination's copy; then 10% of the source changes. */
-		assert_int_equal(run("cp %s %s", src, dst), 0);
+		/* The destination's copy (or base); then 10% of the source changes. */
+		assert_int_equal(run("cp %s %s", src, mode == RETURN ? dst : base), 0);
+		if (mode == CLONE)
+			assert_int_equal(run("qemu-img create -q -f raw %s %d", dst, SIZE), 0);
 		assert_int_equal(run("qemu-io -f raw -c 'write -P 0x5a 1M 1M' "
 				     "-c 'write -P 0x6b 13M 640k' %s >/dev/null", src), 0);
 	} else {
@@ -205,7 +214,8 @@ static void migrate_disk(bool older_copy)
 	if (older_copy) {
 		idx = diskindex_new();
 		assert_non_null(idx);
-		assert_int_equal(diskindex_add(idx, dst, "raw", err, sizeof(err)), 0);
+		assert_int_equal(diskindex_add(idx, mode == RETURN ? dst : base, "raw", err,
+					       sizeof(err)), 0);
 	}
 	qs = start_qemu(0, src);
 	qd = start_qemu(1, dst);
@@ -237,7 +247,7 @@ static void migrate_disk(bool older_copy)
 	json_int_t ref = report_int(srep, "ref"), data = report_int(srep, "data");
 	print_message("%s: sender blocks data %lld ref %lld zero %lld; receiver fetched %lld, "
 		      "already in place %lld\n",
-		      older_copy ? "return" : "first", (long long)data, (long long)ref,
+		      mode == RETURN ? "return" : mode == CLONE ? "clone" : "first", (long long)data, (long long)ref,
 		      (long long)report_int(srep, "zero"), (long long)report_int(rrep, "fetched"),
 		      (long long)report_int(rrep, "same"));
 	if (older_copy) {
@@ -245,7 +255,10 @@ static void migrate_disk(bool older_copy)
 		assert_true(ref >= (SIZE / 4096 - 1024) * 8 / 10);
 		assert_true(data <= (SIZE / 4096) * 2 / 10);
 		/* Unchanged blocks are found in place, not rewritten. */
-		assert_true(report_int(rrep, "same") >= ref * 8 / 10);
+		if (mode == RETURN)
+			assert_true(report_int(rrep, "same") >= ref * 8 / 10);
+		else
+			assert_int_equal(report_int(rrep, "same"), 0);
 	} else {
 		assert_int_equal(ref, 0);
 		assert_true(data >= (SIZE / 4096 - 1024));
@@ -261,13 +274,19 @@ static void migrate_disk(bool older_copy)
 static void test_first_copy(void **state)
 {
 	(void)state;
-	migrate_disk(false);
+	migrate_disk(FIRST);
 }
 
 static void test_return(void **state)
 {
 	(void)state;
-	migrate_disk(true);
+	migrate_disk(RETURN);
+}
+
+static void test_clone(void **state)
+{
+	(void)state;
+	migrate_disk(CLONE);
 }
 
 int main(void)
@@ -275,6 +294,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_first_copy, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_return, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_clone, setup, teardown),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

@@ -80,6 +80,14 @@ int disk_send_start(struct qmp *q, const struct disk_send_options *o,
 int disk_send_switchover(struct disk_send *ds, struct qmp *q, char *err,
 			 size_t errlen);
 
+/*
+ * True if a block with this content was sent to the destination's disks
+ * (a Bloom filter: rarely a false hit). Memory pages with such content
+ * can travel as references: the receiver rebuilds them from the disk
+ * (disk_recv_get). Any thread; ds may be NULL.
+ */
+bool disk_send_has(struct disk_send *ds, const uint8_t hash[32]);
+
 /* True once the disk channel or a mirror failed (err says why). */
 bool disk_send_failed(struct disk_send *ds, char *err, size_t errlen);
 
@@ -119,6 +127,15 @@ int disk_recv_start(struct qmp *q, const struct disk_recv_options *o,
  */
 int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok,
 		     json_t *report, char *err, size_t errlen);
+
+/*
+ * Page-cache restore: a block with this content written to a target disk
+ * during this migration. _has is a lookup; _get reads the block back from
+ * the destination QEMU and checks its hash (0, or -ENOENT when it is not
+ * there any more). Any thread; dr may be NULL.
+ */
+bool disk_recv_has(struct disk_recv *dr, const uint8_t hash[32]);
+int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[4096]);
 
 /* True once the disk channel failed. */
 bool disk_recv_failed(struct disk_recv *dr);

@@ -42,6 +42,13 @@ struct rdisk {
 	uint64_t blk_zero, blk_data, blk_ref, blk_need, blk_same;
 };
 
+/* hash -> where it was written (page-cache restore); under disk_recv.lock. */
+struct wmap_entry {
+	uint8_t hash[32];
+	uint64_t offset;
+	int16_t disk;		/* -1: empty */
+};
+
 struct backlog {
 	struct backlog *next;
 	uint8_t type, flags;
@@ -81,6 +88,11 @@ struct disk_recv {
 	bool *same;			/* count: already there, no write */
 	size_t resolved_cap;
 	struct tsb_buf tgt;		/* the target under a frame's REFs */
+	struct wmap_entry *wm;
+	size_t wm_cap, wm_count;
+	pthread_mutex_t rlock;		/* the read clients below */
+	struct nbd_client *rd[DISK_MAX];
+	uint64_t restored;
 	uint64_t tgt_lo;
 };
 
@@ -153,6 +165,112 @@ static void mark_incomplete(struct rdisk *d)
 		"completed; its content is not consistent\n");
 	close(fd);
 	d->marked = true;
+}
+
+/* ---- blocks written, for page-cache restore ---- */
+
+static size_t wm_slot(const struct disk_recv *dr, const uint8_t *hash)
+{
+	uint64_t h;
+
+	memcpy(&h, hash, sizeof(h));
+	return (size_t)h & (dr->wm_cap - 1);
+}
+
+static void wm_insert(struct wmap_entry *wm, size_t cap, const uint8_t *hash, int disk,
+		      uint64_t off, size_t *count)
+{
+	uint64_t h;
+	size_t j;
+
+	memcpy(&h, hash, sizeof(h));
+	for (j = (size_t)h & (cap - 1); wm[j].disk >= 0; j = (j + 1) & (cap - 1))
+		if (!memcmp(wm[j].hash, hash, 32))
+			break;
+	if (wm[j].disk < 0)
+		(*count)++;
+	memcpy(wm[j].hash, hash, 32);
+	wm[j].disk = (int16_t)disk;
+	wm[j].offset = off;
+}
+
+/* Remembers that a block with this content now lies at (disk, off). */
+static void wm_put(struct disk_recv *dr, const uint8_t *hash, int disk, uint64_t off)
+{
+	pthread_mutex_lock(&dr->lock);
+	if ((dr->wm_count + 1) * 2 > dr->wm_cap) {
+		size_t cap = dr->wm_cap ? dr->wm_cap * 2 : 65536, i, n = 0;
+		struct wmap_entry *wm = malloc(cap * sizeof(*wm));
+
+		if (!wm) {
+			pthread_mutex_unlock(&dr->lock);
+			return;		/* only an optimisation */
+		}
+		for (i = 0; i < cap; i++)
+			wm[i].disk = -1;
+		for (i = 0; i < dr->wm_cap; i++)
+			if (dr->wm[i].disk >= 0)
+				wm_insert(wm, cap, dr->wm[i].hash, dr->wm[i].disk,
+					  dr->wm[i].offset, &n);
+		free(dr->wm);
+		dr->wm = wm;
+		dr->wm_cap = cap;
+		dr->wm_count = n;
+	}
+	wm_insert(dr->wm, dr->wm_cap, hash, disk, off, &dr->wm_count);
+	pthread_mutex_unlock(&dr->lock);
+}
+
+static bool wm_find(struct disk_recv *dr, const uint8_t *hash, int *ret_disk, uint64_t *ret_off)
+{
+	bool found = false;
+	size_t j;
+
+	pthread_mutex_lock(&dr->lock);
+	if (dr->wm_cap) {
+		for (j = wm_slot(dr, hash); dr->wm[j].disk >= 0; j = (j + 1) & (dr->wm_cap - 1)) {
+			if (!memcmp(dr->wm[j].hash, hash, 32)) {
+				*ret_disk = dr->wm[j].disk;
+				*ret_off = dr->wm[j].offset;
+				found = true;
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&dr->lock);
+	return found;
+}
+
+bool disk_recv_has(struct disk_recv *dr, const uint8_t hash[32])
+{
+	int k;
+	uint64_t off;
+
+	return dr && wm_find(dr, hash, &k, &off);
+}
+
+int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[4096])
+{
+	struct nbd_client_config cc = { .max_inflight = 1 };
+	uint8_t got[WIRE_HASH_LEN];
+	uint64_t off;
+	int k, r;
+
+	if (!dr || !wm_find(dr, hash, &k, &off))
+		return -ENOENT;
+	pthread_mutex_lock(&dr->rlock);
+	r = 0;
+	if (!dr->rd[k]) {
+		cc.export_name = dr->d[k].dev.device;
+		r = nbd_client_connect_unix(dr->sock, &cc, &dr->rd[k], NULL, 0);
+	}
+	if (r == 0)
+		r = nbd_client_pread(dr->rd[k], out, BLOCK, off);
+	pthread_mutex_unlock(&dr->rlock);
+	if (r < 0 || wire_sha256(out, BLOCK, got) < 0 || memcmp(got, hash, WIRE_HASH_LEN))
+		return -ENOENT;
+	__atomic_add_fetch(&dr->restored, 1, __ATOMIC_RELAXED);
+	return 0;
 }
 
 /* ---- applying writes ---- */
@@ -462,12 +580,20 @@ static int apply_pages(struct disk_recv *dr, const struct wire_pages *p)
 		case WIRE_ENC_DATA:
 			r = run_add(dr, k, e.offset, p->page_size,
 				    lit + (size_t)e.data_index * p->page_size);
+			if (r == 0 && p->page_size == BLOCK) {
+				uint8_t h[WIRE_HASH_LEN];
+
+				if (wire_sha256(lit + (size_t)e.data_index * BLOCK, BLOCK, h) == 0)
+					wm_put(dr, h, k, e.offset);
+			}
 			d->blk_data++;
 			break;
 		default:
 			/* A block already in place is skipped (the run breaks there). */
 			if (!dr->same[i])
 				r = run_add(dr, k, e.offset, BLOCK, dr->resolved + i * BLOCK);
+			if (r == 0)
+				wm_put(dr, e.hash, k, e.offset);
 			d->blk_ref++;
 			break;
 		}
@@ -758,6 +884,7 @@ int disk_recv_start(struct qmp *q, const struct disk_recv_options *o,
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&dr->lock, NULL);
+	pthread_mutex_init(&dr->rlock, NULL);
 	dr->tls = o->tls;
 	dr->lfd = o->listen_fd;
 	dr->index = o->index;
@@ -846,6 +973,12 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 		dr->d[i].cl = NULL;
 		used |= dr->d[i].used;
 	}
+	pthread_mutex_lock(&dr->rlock);
+	for (i = 0; i < DISK_MAX; i++) {
+		nbd_client_close(dr->rd[i]);
+		dr->rd[i] = NULL;
+	}
+	pthread_mutex_unlock(&dr->rlock);
 	if (q) {
 		for (i = 0; i < dr->n; i++)
 			if (dr->d[i].exported)
@@ -890,8 +1023,9 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 				"fetched", (json_int_t)d->blk_need,
 				"same", (json_int_t)d->blk_same));
 		}
-		json_object_set_new(report, "disks", json_pack("{s:o, s:b, s:s}", "disks", arr,
-			"channel", dr->connected, "error", dr->failed ? dr->error : ""));
+		json_object_set_new(report, "disks", json_pack("{s:o, s:b, s:s, s:I}", "disks", arr,
+			"channel", dr->connected, "error", dr->failed ? dr->error : "",
+			"pages_restored", (json_int_t)dr->restored));
 	}
 	if (dr->lfd >= 0)
 		close(dr->lfd);
@@ -914,7 +1048,9 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 	tsb_buf_fini(&dr->tgt);
 	free(dr->resolved);
 	free(dr->same);
+	free(dr->wm);
 	pthread_mutex_destroy(&dr->lock);
+	pthread_mutex_destroy(&dr->rlock);
 	free(dr);
 	return r;
 }

@@ -65,6 +65,8 @@ struct disk_send {
 	struct pending_flush flushes[MAX_FLUSHES];
 	bool has_filter;
 	struct tsb_filter filter;
+	bool has_sent;
+	struct tsb_filter sent;		/* blocks written to the targets (under lock) */
 	uint8_t (*rhash)[WIRE_HASH_LEN];
 	uint8_t *rdata;
 	size_t rpos, rcount;
@@ -210,8 +212,19 @@ static int encode_write(struct sdisk *d, uint64_t off, uint32_t len, const uint8
 			if (!memcmp(p, zero_block, BLOCK)) {
 				r = ADD(d, wire_pages_add_zero(&d->pb, d->idx, 0, o, 0));
 				d->blk_zero++;
-			} else if (ds->has_filter && wire_sha256(p, BLOCK, hash) == 0 &&
-				   tsb_filter_maybe(&ds->filter, hash)) {
+				done += BLOCK;
+				continue;
+			}
+			if (wire_sha256(p, BLOCK, hash) < 0) {
+				r = -EIO;
+				break;
+			}
+			if (ds->has_sent) {
+				pthread_mutex_lock(&ds->lock);
+				tsb_filter_add(&ds->sent, hash);
+				pthread_mutex_unlock(&ds->lock);
+			}
+			if (ds->has_filter && tsb_filter_maybe(&ds->filter, hash)) {
 				r = ADD(d, wire_pages_add_ref(&d->pb, d->idx, 0, o,
 							      WIRE_ENC_REF, hash));
 				ring_put(ds, hash, p);
@@ -640,6 +653,18 @@ static int poll_jobs(struct disk_send *ds, struct qmp *q, unsigned *ret_ready,
 	return 0;
 }
 
+bool disk_send_has(struct disk_send *ds, const uint8_t hash[32])
+{
+	bool r;
+
+	if (!ds || !ds->has_sent)
+		return false;
+	pthread_mutex_lock(&ds->lock);
+	r = tsb_filter_maybe(&ds->sent, hash);
+	pthread_mutex_unlock(&ds->lock);
+	return r;
+}
+
 bool disk_send_failed(struct disk_send *ds, char *err, size_t errlen)
 {
 	bool f;
@@ -723,6 +748,13 @@ int disk_send_start(struct qmp *q, const struct disk_send_options *o,
 			goto fail;
 		}
 		tsb_buf_init(&d->out);
+	}
+	{
+		uint64_t blocks = 0;
+
+		for (i = 0; i < ds->n; i++)
+			blocks += ds->d[i].dev.size / BLOCK;
+		ds->has_sent = tsb_filter_init(&ds->sent, blocks ? blocks : 1) == 0;
 	}
 	log_info("disks: moving %u disk(s) with the VM", ds->n);
 	r = connect_channel(ds, o, err, errlen);
@@ -1019,6 +1051,8 @@ void disk_send_finish(struct disk_send *ds, struct qmp *q, json_t *report)
 	wire_conn_free(ds->conn);
 	if (ds->has_filter)
 		tsb_filter_fini(&ds->filter);
+	if (ds->has_sent)
+		tsb_filter_fini(&ds->sent);
 	free(ds->rhash);
 	free(ds->rdata);
 	pthread_mutex_destroy(&ds->lock);

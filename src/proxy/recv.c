@@ -243,6 +243,11 @@ static const uint8_t *resolve(struct receiver *rc, const uint8_t *want, bool tou
 		rc->from_disk++;
 		return rc->page_buf;
 	}
+	/* Blocks the disk channel wrote in this migration (docs/disk.md). */
+	if (disk_recv_get(rc->disk, want, rc->page_buf) == 0) {
+		rc->from_disk++;
+		return rc->page_buf;
+	}
 	return NULL;
 }
 
@@ -367,7 +372,8 @@ static bool can_resolve(struct receiver *rc, const uint8_t *hash)
 {
 	return pagecache_has(rc->cache, hash) || pagecache_has(rc->fetched, hash) ||
 	       (rc->store && store_has(rc->store, hash)) ||
-	       (rc->disks && diskindex_has(rc->disks, hash));
+	       (rc->disks && diskindex_has(rc->disks, hash)) ||
+	       disk_recv_has(rc->disk, hash);
 }
 
 /* This batch's DATA hashes, as a small open-addressing set. */

@@ -404,6 +404,19 @@ static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 		}
 		return r;
 	}
+	if (s->disks && s->image && !s->store_failed && s->image_block[pg->block->index] >= 0 &&
+	    disk_send_has(s->disks, hash)) {
+		/*
+		 * On the destination's disk, written there by this migration's
+		 * disk channel (docs/disk.md); a miss is served from our store.
+		 */
+		r = wire_pages_add_ref(pb, block, qflags, pg->offset, WIRE_ENC_REF, hash);
+		if (r == 0) {
+			s->cur->n_disk++;
+			s->pages_disk++;
+		}
+		return r;
+	}
 	if (s->use_peer && ((s->peer.has_store && tsb_filter_maybe(&s->peer.store_filter, hash)) ||
 			    (s->peer.has_disk && tsb_filter_maybe(&s->peer.disk_filter, hash)))) {
 		/* Held by the receiver's store or disks (a false hit costs a NEED). */

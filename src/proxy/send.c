@@ -10,8 +10,8 @@
 #include "proxy/pagecache.h"
 
 #include "common/log.h"
-#include "disk/disk.h"
 #include "common/util.h"
+#include "disk/disk.h"
 #include "migctl/migctl.h"
 #include "qmp/qmp.h"
 #include "qstream/qstream.h"

@@ -4,7 +4,31 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+int disk_private_dir(char *dir, size_t len, char *err, size_t errlen)
+{
+	const char *t = getenv("TMPDIR");
+	int n;
+
+	if (!t || !*t)
+		t = "/tmp";
+	n = snprintf(dir, len, "%s/tsb-disk.XXXXXX", t);
+	if (n < 0 || (size_t)n >= len) {
+		snprintf(err, errlen, "TMPDIR '%s' is too long for socket paths", t);
+		dir[0] = '\0';
+		return -ENAMETOOLONG;
+	}
+	if (!mkdtemp(dir)) {
+		n = -errno;
+		snprintf(err, errlen, "cannot create a private directory in %s: %s", t,
+			 strerror(-n));
+		dir[0] = '\0';
+		return n;
+	}
+	return 0;
+}
 
 int disk_qmp(struct qmp *q, const char *cmd, json_t *args, json_t **ret,
 	     char *err, size_t errlen)

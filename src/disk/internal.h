@@ -28,6 +28,13 @@ struct disk_dev {
 int disk_query(struct qmp *q, struct disk_dev *out, unsigned max, char *err,
 	       size_t errlen);
 
+/*
+ * Creates a private directory $TMPDIR/tsb-disk.XXXXXX (TMPDIR default
+ * /tmp) for unix sockets into dir (len bytes; short enough for socket
+ * paths). 0 or -errno, err says why.
+ */
+int disk_private_dir(char *dir, size_t len, char *err, size_t errlen);
+
 /* Runs a QMP command built with json_pack (args taken over). */
 int disk_qmp(struct qmp *q, const char *cmd, json_t *args, json_t **ret,
 	     char *err, size_t errlen);

@@ -60,7 +60,7 @@ struct disk_recv {
 	int lfd;
 	struct diskindex *index;
 	uint64_t stall_ms;
-	char dir[64], sock[128];
+	char dir[80], sock[100];
 	bool server_started;
 	unsigned n;
 	struct rdisk d[DISK_MAX];
@@ -906,13 +906,9 @@ int disk_recv_start(struct qmp *q, const struct disk_recv_options *o,
 		r = n;
 		goto fail;
 	}
-	snprintf(dr->dir, sizeof(dr->dir), "/tmp/tsb-disk.XXXXXX");
-	if (!mkdtemp(dr->dir)) {
-		r = -errno;
-		snprintf(err, errlen, "cannot create a private directory: %s", strerror(-r));
-		dr->dir[0] = '\0';
+	r = disk_private_dir(dr->dir, sizeof(dr->dir), err, errlen);
+	if (r < 0)
 		goto fail;
-	}
 	snprintf(dr->sock, sizeof(dr->sock), "%s/nbd.sock", dr->dir);
 	if (n > 0) {
 		r = disk_qmp(q, "nbd-server-start",

@@ -74,7 +74,7 @@ struct disk_send {
 	pthread_t reader, ka;
 	bool ka_started;
 	uint64_t last_write_ns;		/* under wlock */
-	char dir[64];
+	char dir[80];
 	unsigned n;
 	struct sdisk d[DISK_MAX];
 	uint64_t start_ns, mirror_ms;
@@ -774,13 +774,9 @@ int disk_send_start(struct qmp *q, const struct disk_send_options *o,
 	}
 	ds->ka_started = true;
 
-	snprintf(ds->dir, sizeof(ds->dir), "/tmp/tsb-disk.XXXXXX");
-	if (!mkdtemp(ds->dir)) {
-		r = -errno;
-		snprintf(err, errlen, "cannot create a private directory: %s", strerror(-r));
-		ds->dir[0] = '\0';
+	r = disk_private_dir(ds->dir, sizeof(ds->dir), err, errlen);
+	if (r < 0)
 		goto fail;
-	}
 	for (i = 0; i < ds->n; i++) {
 		struct sdisk *d = &ds->d[i];
 

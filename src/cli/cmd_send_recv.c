@@ -71,6 +71,7 @@ enum {
 	OPT_POSTCOPY_AFTER, OPT_ZSTD, OPT_PROGRESS, OPT_NO_PROGRESS,
 	OPT_STORE, OPT_NO_STORE, OPT_STORE_CAP, OPT_TENANT, OPT_VM_ID, OPT_DISK_SOURCE,
 	OPT_NO_VM_DISKS, OPT_FLOOR, OPT_NET_AGENT, OPT_NET_MAC, OPT_NET_IP, OPT_NET_HOME,
+	OPT_DISK, OPT_NO_DISKS,
 };
 
 static const struct option options[] = {
@@ -104,6 +105,8 @@ static const struct option options[] = {
 	{ "net-mac", required_argument, NULL, OPT_NET_MAC },
 	{ "net-ip", required_argument, NULL, OPT_NET_IP },
 	{ "net-home", required_argument, NULL, OPT_NET_HOME },
+	{ "disk", required_argument, NULL, OPT_DISK },
+	{ "no-disks", no_argument, NULL, OPT_NO_DISKS },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, 'h' },
 	{}
@@ -115,7 +118,9 @@ struct parsed {
 	const char *to, *listen, *caps, *vm_id;
 	uint64_t max_bw, downtime, postcopy_after;
 	int zstd_level;
-	bool help, no_store, no_vm_disks, floor;
+	bool help, no_store, no_vm_disks, floor, no_disks;
+	const char *disks[8];
+	unsigned n_disks;
 	const char *disk_sources[PROXY_MAX_DISK_SOURCES];
 	unsigned n_disk_sources;
 	const char *net_mac, *net_home, *net_ips[8];
@@ -212,6 +217,18 @@ static int parse(const char *cmd, bool send, int argc, char **argv, struct parse
 				return cli_usage_error(cmd, "option --floor is for 'tsubame send'");
 			p->floor = true;
 			break;
+		case OPT_DISK:
+		case OPT_NO_DISKS:
+			if (!send)
+				return cli_usage_error(cmd, "option --%s is for 'tsubame send'",
+						   options[c - OPT_QMP].name);
+			if (c == OPT_NO_DISKS)
+				p->no_disks = true;
+			else if (p->n_disks == 8)
+				return cli_usage_error(cmd, "at most 8 --disk");
+			else
+				p->disks[p->n_disks++] = optarg;
+			break;
 		case OPT_DISK_SOURCE:
 		case OPT_NO_VM_DISKS:
 			if (send)
@@ -277,6 +294,8 @@ static int parse(const char *cmd, bool send, int argc, char **argv, struct parse
 		return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
 	if (!p->c.qmp_path)
 		return cli_usage_error(cmd, "--qmp is required");
+	if (p->no_disks && p->n_disks)
+		return cli_usage_error(cmd, "--disk and --no-disks exclude each other");
 	if (send && !p->to)
 		return cli_usage_error(cmd, "--to HOST:PORT is required");
 	if (!send && !p->listen)
@@ -339,11 +358,17 @@ int cmd_send(int argc, char **argv)
 		       "  --floor                report the floor: the zstd size of the final\n"
 		       "                         pages that had to travel (costs CPU at the end)\n"
 		       "  --progress, --no-progress  progress line on stderr (default: on a TTY)\n"
+		       "  --disk DEVICE          move this local disk with the VM (repeatable;\n"
+		       "                         default: every writable disk; docs/disk.md)\n"
+		       "  --no-disks             move memory only (shared storage)\n"
 		       "\n" EXIT_CODES_HELP);
 		return TSB_EXIT_OK;
 	}
 	o.c = p.c;
 	o.to = p.to;
+	for (unsigned i = 0; i < p.n_disks; i++)
+		o.disks[o.n_disks++] = p.disks[i];
+	o.no_disks = p.no_disks;
 	o.caps = p.caps;
 	o.max_bandwidth = p.max_bw;
 	o.downtime_limit_ms = p.downtime;

@@ -190,6 +190,7 @@ int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *op
 	uint64_t start, start_wall, last_poll = 0, completed_at = 0, now_ms;
 	json_t *args;
 	const char *st = NULL;
+	bool switched = false;
 	int r;
 
 	memset(res, 0, sizeof(*res));
@@ -235,6 +236,27 @@ int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *op
 				cancel_and_wait(src, res, &w);
 			res->wall_ms = (tsb_now_ns() - start) / 1000000;
 			return -EIO;
+		}
+		if (opts->pre_switchover && !switched && !strcmp(st, "pre-switchover")) {
+			/* The source is stopped: finish what must precede the switch. */
+			switched = true;
+			r = opts->pre_switchover(opts->pre_switchover_opaque, src, res->error,
+						 sizeof(res->error));
+			if (r == 0) {
+				args = json_pack("{s:s}", "state", "pre-switchover");
+				r = qmp_execute(src, "migrate-continue", args, NULL, res->error,
+						sizeof(res->error));
+				json_decref(args);
+			}
+			if (r < 0) {
+				cancel_and_wait(src, res, &w);
+				snprintf(res->status, sizeof(res->status), "failed");
+				res->wall_ms = (tsb_now_ns() - start) / 1000000;
+				return -EIO;
+			}
+			st = query_status(src, &res->src_stats);
+			if (!st)
+				continue;
 		}
 		if (!strcmp(st, "completed")) {
 			if (!completed_at)

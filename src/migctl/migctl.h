@@ -11,6 +11,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct qmp;
@@ -40,6 +41,14 @@ struct migctl_options {
 	 * migctl_run returns -ECANCELED.
 	 */
 	volatile int *abort_flag;
+	/*
+	 * Optional: called once when the source reaches pre-switchover
+	 * (needs "pause-before-switchover" in caps; the source VM is
+	 * stopped). 0: migctl continues (migrate-continue); -errno: the
+	 * migration is cancelled, err says why.
+	 */
+	int (*pre_switchover)(void *opaque, struct qmp *src, char *err, size_t errlen);
+	void *pre_switchover_opaque;
 };
 
 struct migctl_result {

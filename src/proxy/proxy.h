@@ -46,6 +46,10 @@ struct proxy_send_options {
 	int zstd_level;			/* 0: adaptive */
 	const char *vm_id;		/* NULL: QEMU's -name, else its UUID */
 	bool floor;			/* report the compressed size of what had to travel */
+	/* Local disks (docs/disk.md): moved unless no_disks; only these if any. */
+	const char *disks[8];
+	unsigned n_disks;
+	bool no_disks;
 };
 
 #define PROXY_MAX_DISK_SOURCES 16

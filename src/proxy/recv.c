@@ -12,6 +12,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "disk/disk.h"
 #include "migctl/migctl.h"
 #include "qmp/qmp.h"
 #include "qstream/qstream.h"
@@ -64,6 +65,7 @@ struct receiver {
 	/* Content rebuilt locally (content.h); WAN thread only after setup. */
 	struct store *store;
 	struct diskindex *disks;
+	struct disk_recv *disk;		/* the disk channel (docs/disk.md), or NULL */
 	struct pagecache *fetched;	/* pages that came in HASHDATA (not mirrored) */
 	struct store_image *image;	/* arrival image being recorded */
 	int image_block[WIRE_MAX_BLOCKS];
@@ -246,6 +248,11 @@ static const uint8_t *resolve(struct receiver *rc, const uint8_t *want, bool tou
 		rc->from_disk++;
 		return rc->page_buf;
 	}
+	/* Blocks the disk channel wrote in this migration (docs/disk.md). */
+	if (disk_recv_get(rc->disk, want, rc->page_buf) == 0) {
+		rc->from_disk++;
+		return rc->page_buf;
+	}
 	return NULL;
 }
 
@@ -418,7 +425,8 @@ static bool can_resolve(struct receiver *rc, const uint8_t *hash)
 {
 	return pagecache_has(rc->cache, hash) || pagecache_has(rc->fetched, hash) ||
 	       (rc->store && store_has(rc->store, hash)) ||
-	       (rc->disks && diskindex_has(rc->disks, hash));
+	       (rc->disks && diskindex_has(rc->disks, hash)) ||
+	       disk_recv_has(rc->disk, hash);
 }
 
 /* This batch's DATA hashes, as a small open-addressing set. */
@@ -1022,8 +1030,6 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 			goto out;
 		}
 	}
-	close(lfd);
-	lfd = -1;
 	hello.role = WIRE_ROLE_RECEIVER;
 	hello.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_POSTCOPY |
 		     WIRE_CAP_STORE;
@@ -1054,6 +1060,25 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 			     strerror(-r));
 			goto out;
 		}
+	}
+	/* Disks: the sender's disk channel comes to the same listening socket. */
+	if (peer.caps & WIRE_CAP_DISK) {
+		struct disk_recv_options dro = {
+			.tls = tls, .listen_fd = lfd, .index = rc->disks,
+			.stall_ms = o->c.stall_ms,
+		};
+
+		lfd = -1;
+		r = disk_recv_start(q, &dro, &rc->disk, err, sizeof(err));
+		if (r < 0) {
+			wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_QEMU, err);
+			fail(rc, PROXY_FAILED, "disks: %s", err);
+			goto out;
+		}
+	}
+	if (lfd >= 0) {
+		close(lfd);
+		lfd = -1;
 	}
 	if (o->c.stall_ms)
 		wire_conn_set_timeout(rc->conn, o->c.stall_ms);
@@ -1110,6 +1135,8 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 		}
 		if (sig && !rc->failed)
 			fail(rc, PROXY_INTERRUPTED, "interrupted by signal %d", sig);
+		if (disk_recv_failed(rc->disk) && !rc->failed)
+			fail(rc, PROXY_LINK, "the disk transfer failed");
 		if (o->c.timeout_ms && (tsb_now_ns() - t0) / 1000000 > o->c.timeout_ms)
 			fail(rc, PROXY_TIMEOUT, "the migration did not finish in time");
 	}
@@ -1157,6 +1184,12 @@ out:
 	}
 	if (ret_report)
 		*ret_report = make_report(rc, start_ns, resume_ns);
+	/* Disks: exports stopped; targets stay marked unless all went well. */
+	if (disk_recv_finish(rc->disk, q, oc == PROXY_OK, ret_report ? *ret_report : NULL,
+			     err, sizeof(err)) < 0 && oc == PROXY_OK) {
+		fail(rc, PROXY_FAILED, "disks: %s", err);
+		oc = PROXY_FAILED;
+	}
 	if (rc->failed)
 		log_error("%s", rc->error);
 

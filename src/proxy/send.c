@@ -11,6 +11,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "disk/disk.h"
 #include "migctl/migctl.h"
 #include "qmp/qmp.h"
 #include "qstream/qstream.h"
@@ -69,6 +70,7 @@ static const int zstd_levels[N_LEVELS] = { 0, 1, 3 }; /* 0: uncompressed */
 
 struct sender {
 	const struct proxy_send_options *o;
+	struct disk_send *disks;	/* local disks moved with the VM, or NULL */
 	struct wire_conn *conn;
 	int qfd;
 
@@ -494,6 +496,19 @@ static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 		if (r == 0) {
 			s->cur->n_ref++;
 			s->pages_ref++;
+		}
+		return r;
+	}
+	if (s->disks && s->image && !s->store_failed && s->image_block[pg->block->index] >= 0 &&
+	    disk_send_has(s->disks, hash)) {
+		/*
+		 * On the destination's disk, written there by this migration's
+		 * disk channel (docs/disk.md); a miss is served from our store.
+		 */
+		r = wire_pages_add_ref(pb, block, qflags, pg->offset, WIRE_ENC_REF, hash);
+		if (r == 0) {
+			s->cur->n_disk++;
+			s->pages_disk++;
 		}
 		return r;
 	}
@@ -1397,6 +1412,63 @@ static json_t *make_report(struct sender *s, const struct migctl_result *res,
 	return r;
 }
 
+/* ---- disks (docs/disk.md) ---- */
+
+/* Keeps the idle main connection alive while the disk mirrors converge. */
+static void disk_keepalive(void *opaque)
+{
+	struct sender *s = opaque;
+	struct tsb_buf b;
+
+	tsb_buf_init(&b);
+	if (wire_encode_u64(&b, WIRE_MSG_PING, 0) == 0)
+		(void)wire_conn_write(s->conn, b.data, b.len);
+	tsb_buf_fini(&b);
+}
+
+static int disk_pre_switchover(void *opaque, struct qmp *q, char *err, size_t errlen)
+{
+	return disk_send_switchover(opaque, q, err, errlen);
+}
+
+static int disks_start(struct sender *s, struct qmp *q, struct wire_tls *tls,
+		       const char *host, const char *port, struct migctl_options *mo)
+{
+	const struct proxy_send_options *o = s->o;
+	struct disk_send_options dso = {
+		.host = host, .port = port, .tls = tls,
+		.migration = s->image_id[0] ? s->image_id : NULL,
+		.stall_ms = o->c.stall_ms, .ready_timeout_ms = o->c.timeout_ms,
+		.abort_flag = &s->abort_flag,
+		.keepalive = disk_keepalive, .keepalive_opaque = s,
+	};
+	char err[512];
+	unsigned i;
+	int r;
+
+	for (i = 0; i < o->n_disks && i < DISK_MAX; i++)
+		dso.only[dso.n_only++] = o->disks[i];
+	r = disk_send_start(q, &dso, &s->disks, err, sizeof(err));
+	if (r < 0) {
+		fail(s, r == -ECONNRESET || r == -ECONNREFUSED ? PROXY_LINK :
+		     r == -ECANCELED ? PROXY_INTERRUPTED : r == -ETIMEDOUT ? PROXY_TIMEOUT :
+		     PROXY_FAILED, "disks: %s", err);
+		return r;
+	}
+	if (s->disks) {
+		if (mo->n_caps >= MIGCTL_MAX_CAPS) {
+			fail(s, PROXY_FAILED, "too many capabilities");
+			return -E2BIG;
+		}
+		mo->caps[mo->n_caps++] = "pause-before-switchover";
+		mo->pre_switchover = disk_pre_switchover;
+		mo->pre_switchover_opaque = s->disks;
+	}
+	return 0;
+}
+
+/* ---- end of disks ---- */
+
 enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_report)
 {
 	static const struct qs_handlers handlers = {
@@ -1500,7 +1572,8 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 	}
 	hello.role = WIRE_ROLE_SENDER;
 	hello.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
-		     (o->postcopy_after_ms ? WIRE_CAP_POSTCOPY : 0);
+		     (o->postcopy_after_ms ? WIRE_CAP_POSTCOPY : 0) |
+		     (o->no_disks ? 0 : WIRE_CAP_DISK);
 	hello.site = "source";
 	hello.vm = s->vm[0] ? s->vm : NULL;
 	if (s->store) {
@@ -1551,6 +1624,8 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 	mo.downtime_limit_ms = o->downtime_limit_ms;
 	mo.timeout_ms = o->c.timeout_ms;
 	mo.abort_flag = &s->abort_flag;
+	if (!o->no_disks && disks_start(s, q, tls, host, port, &mo) < 0)
+		goto out;
 	r = setup_source(s, q, &mo, err, sizeof(err));
 	if (r < 0) {
 		fail(s, r == -EOPNOTSUPP ? PROXY_UNSUPPORTED : PROXY_FAILED,
@@ -1658,6 +1733,8 @@ out:
 					"bytes", (json_int_t)fb, "pages", (json_int_t)fp));
 		}
 	}
+	/* Disks: jobs still running are cancelled; the source keeps its disks. */
+	disk_send_finish(s->disks, q, ret_report ? *ret_report : NULL);
 	if (s->failed)
 		log_error("%s", s->error);
 

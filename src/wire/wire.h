@@ -99,6 +99,8 @@ enum {
 	WIRE_CAP_POSTCOPY = 1u << 4, /* postcopy with a relayed return path */
 	WIRE_CAP_ACK = 1u << 5,      /* ACK credit flow control */
 	WIRE_CAP_STORE = 1u << 6,    /* the receiver sends SUMMARY after HELLO */
+	WIRE_CAP_DISK = 1u << 7,     /* main connection: a disk channel follows;
+				      * else: this is the disk channel (docs/disk.md) */
 };
 
 /* Page entry encodings in PAGES. */

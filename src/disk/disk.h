@@ -1,0 +1,143 @@
+/*
+ * Local disks in a live migration (docs/disk.md). tsubame sits in the
+ * middle of QEMU's own storage route (a mirror job into an NBD export of
+ * the destination QEMU): `send` serves the source QEMU's mirror jobs with
+ * its own NBD servers and carries the writes over a second wire
+ * connection (the disk channel); `recv` applies them through an NBD
+ * client of the destination QEMU's export.
+ *
+ * On the disk channel (HELLO with WIRE_CAP_DISK, same TLS as the main
+ * connection) existing messages are reused:
+ *   BLOCKS     disk index -> device name and size (sender, first)
+ *   SUMMARY    the receiver's disk-block filter (receiver, after HELLO)
+ *   PAGES      writes; block = disk index, offset = byte offset in the
+ *              disk; page size 512, 4096 or 65536; ZERO / DATA / REF
+ *   NEED/HASHDATA  REFs the receiver could not rebuild
+ *   PING/PONG  flush: token = disk << 48 | n; PONG once every earlier
+ *              write is applied and the destination flushed the disk;
+ *              keepalive: token has DISK_TOKEN_KEEPALIVE, PONG only
+ *   ACK        frames applied (the sender keeps <= DISK_WINDOW unacked)
+ *   DONE       end: the sender's after the last write, the receiver's
+ *              once everything is applied and flushed
+ *   ERROR/CANCEL  failure
+ */
+#ifndef TSB_DISK_H
+#define TSB_DISK_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct qmp;
+struct wire_tls;
+struct diskindex;
+
+#define DISK_MAX 8
+/* Frames the sender may have sent that the receiver has not applied yet. */
+#define DISK_WINDOW 16
+/* PING tokens with this bit are keepalives (PONG only, no flush). */
+#define DISK_TOKEN_KEEPALIVE (1ull << 63)
+#define DISK_KEEPALIVE_MS 3000
+/* Entries per PAGES frame on the disk channel. */
+#define DISK_BATCH 256
+
+/* ---- source side ---- */
+
+struct disk_send_options {
+	const char *host, *port;	/* the receiver (same as the main connection) */
+	struct wire_tls *tls;		/* client context (borrowed) */
+	const char *migration;		/* id naming the main connection, or NULL */
+	const char *only[DISK_MAX];	/* --disk DEVICE...; none: every writable disk */
+	unsigned n_only;
+	uint64_t stall_ms;		/* wire timeout; 0: none */
+	uint64_t ready_timeout_ms;	/* mirror convergence; 0: none */
+	volatile int *abort_flag;	/* non-zero: give up (signal) */
+	/* Called about every 5 s while the mirrors converge (main link keepalive). */
+	void (*keepalive)(void *opaque);
+	void *keepalive_opaque;
+};
+
+struct disk_send;
+
+/*
+ * Finds the disks of the source VM (query-block: inserted, writable;
+ * or the ones named), connects the disk channel, starts one NBD server
+ * and one mirror job per disk and waits until every job is ready.
+ * *ret is NULL (and 0 returned) when the VM has no disk to move.
+ * On failure everything started is undone (the source keeps its disks)
+ * and err says why. Free with disk_send_finish().
+ */
+int disk_send_start(struct qmp *q, const struct disk_send_options *o,
+		    struct disk_send **ret, char *err, size_t errlen);
+
+/*
+ * At pre-switchover (the source VM is stopped): completes every mirror
+ * without pivot (block-job-cancel on a ready job), removes the NBD
+ * nodes, and waits until the receiver confirmed that every write is
+ * applied and flushed at the destination. 0 or -errno (err says why):
+ * then the migration must be cancelled.
+ */
+int disk_send_switchover(struct disk_send *ds, struct qmp *q, char *err,
+			 size_t errlen);
+
+/*
+ * True if a block with this content was sent to the destination's disks
+ * (a Bloom filter: rarely a false hit). Memory pages with such content
+ * can travel as references: the receiver rebuilds them from the disk
+ * (disk_recv_get). Any thread; ds may be NULL.
+ */
+bool disk_send_has(struct disk_send *ds, const uint8_t hash[32]);
+
+/* True once the disk channel or a mirror failed (err says why). */
+bool disk_send_failed(struct disk_send *ds, char *err, size_t errlen);
+
+/*
+ * Stops everything (cancelling jobs still running: the source keeps
+ * its own disks), adds a "disks" report to report (may be NULL) and
+ * frees. Accepts NULL.
+ */
+void disk_send_finish(struct disk_send *ds, struct qmp *q, json_t *report);
+
+/* ---- destination side ---- */
+
+struct disk_recv_options {
+	struct wire_tls *tls;		/* server context (borrowed) */
+	int listen_fd;			/* taken over: the disk channel arrives here */
+	struct diskindex *index;	/* blocks to rebuild REFs from (borrowed; read only) */
+	uint64_t stall_ms;		/* wire timeout; 0: none */
+};
+
+struct disk_recv;
+
+/*
+ * Exports every writable disk of the destination QEMU over NBD on a
+ * private unix socket (nbd-server-start + block-export-add) and starts
+ * the thread that accepts the disk channel and applies what comes.
+ * Every target written to is marked "<image>.tsubame-incomplete" until
+ * disk_recv_finish() says the migration succeeded.
+ */
+int disk_recv_start(struct qmp *q, const struct disk_recv_options *o,
+		    struct disk_recv **ret, char *err, size_t errlen);
+
+/*
+ * Ends the disk side. ok: the migration succeeded; returns 0 when the
+ * disk channel had ended cleanly too (markers removed), else -EIO and
+ * the markers stay. Stops the exports, adds a "disks" report to report
+ * (may be NULL), frees. Accepts NULL (returns 0).
+ */
+int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok,
+		     json_t *report, char *err, size_t errlen);
+
+/*
+ * Page-cache restore: a block with this content written to a target disk
+ * during this migration. _has is a lookup; _get reads the block back from
+ * the destination QEMU and checks its hash (0, or -ENOENT when it is not
+ * there any more). Any thread; dr may be NULL.
+ */
+bool disk_recv_has(struct disk_recv *dr, const uint8_t hash[32]);
+int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[4096]);
+
+/* True once the disk channel failed. */
+bool disk_recv_failed(struct disk_recv *dr);
+
+#endif

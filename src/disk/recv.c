@@ -1,0 +1,1052 @@
+/*
+ * The destination side of the disk route: the destination QEMU exports
+ * its disks over NBD on a private unix socket; a thread takes the disk
+ * channel and applies its writes through NBD clients (docs/disk.md).
+ */
+#include "disk/disk.h"
+#include "disk/internal.h"
+
+#include "common/buf.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "nbd/nbd.h"
+#include "qmp/qmp.h"
+#include "store/diskindex.h"
+#include "store/filter.h"
+#include "wire/codec.h"
+#include "wire/tls.h"
+#include "wire/wire.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define BLOCK 4096u
+/* Largest write we hand the destination QEMU at once. */
+#define RUN_MAX (4u << 20)
+
+struct rdisk {
+	struct disk_dev dev;
+	char export_id[64];
+	bool exported, used, marked;
+	char marker[4200];
+	struct nbd_client *cl;
+	/* statistics */
+	uint64_t bytes_written, bytes_zeroed, flushes;
+	uint64_t blk_zero, blk_data, blk_ref, blk_need, blk_same;
+};
+
+/* hash -> where it was written (page-cache restore); under disk_recv.lock. */
+struct wmap_entry {
+	uint8_t hash[32];
+	uint64_t offset;
+	int16_t disk;		/* -1: empty */
+};
+
+struct backlog {
+	struct backlog *next;
+	uint8_t type, flags;
+	struct tsb_buf payload;
+};
+
+struct disk_recv {
+	struct wire_tls *tls;
+	int lfd;
+	struct diskindex *index;
+	uint64_t stall_ms;
+	char dir[80], sock[100];
+	bool server_started;
+	unsigned n;
+	struct rdisk d[DISK_MAX];
+	int map[DISK_MAX];		/* wire index -> d[]; -1 unknown */
+	unsigned n_map;
+
+	pthread_t th;
+	bool th_started;
+	pthread_mutex_t lock;
+	struct wire_conn *conn;		/* set under lock (abort from finish) */
+	volatile bool stop;
+	bool connected, done, failed;
+	char error[256];
+
+	struct wire_zstd *z;
+	struct tsb_buf lit, hd, run, cur;
+	struct backlog *bl_head, **bl_tail;
+	uint64_t applied, frames_in;
+	/* the current write run */
+	int run_disk;
+	uint64_t run_off;
+	bool run_zero;
+	uint64_t run_len;
+	uint8_t *resolved;		/* count * BLOCK for REF entries */
+	bool *same;			/* count: already there, no write */
+	size_t resolved_cap;
+	struct tsb_buf tgt;		/* the target under a frame's REFs */
+	struct wmap_entry *wm;
+	size_t wm_cap, wm_count;
+	pthread_mutex_t rlock;		/* the read clients below */
+	struct nbd_client *rd[DISK_MAX];
+	uint64_t restored;
+	uint64_t tgt_lo;
+};
+
+static void dr_fail(struct disk_recv *dr, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void dr_fail(struct disk_recv *dr, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&dr->lock);
+	if (!dr->failed) {
+		dr->failed = true;
+		va_start(ap, fmt);
+		vsnprintf(dr->error, sizeof(dr->error), fmt, ap);
+		va_end(ap);
+		log_debug("disk: %s", dr->error);
+	}
+	pthread_mutex_unlock(&dr->lock);
+}
+
+bool disk_recv_failed(struct disk_recv *dr)
+{
+	bool f;
+
+	if (!dr)
+		return false;
+	pthread_mutex_lock(&dr->lock);
+	f = dr->failed;
+	pthread_mutex_unlock(&dr->lock);
+	return f;
+}
+
+static int send_msg(struct disk_recv *dr, struct tsb_buf *b)
+{
+	int r = b->err ? b->err : wire_conn_write(dr->conn, b->data, b->len);
+
+	tsb_buf_reset(b);
+	return r;
+}
+
+static int send_u64(struct disk_recv *dr, uint8_t type, uint64_t v)
+{
+	struct tsb_buf b;
+	int r;
+
+	tsb_buf_init(&b);
+	wire_encode_u64(&b, type, v);
+	r = send_msg(dr, &b);
+	tsb_buf_fini(&b);
+	return r;
+}
+
+static void mark_incomplete(struct rdisk *d)
+{
+	static const char suffix[] = ".tsubame-incomplete";
+	size_t n = strnlen(d->dev.file, sizeof(d->dev.file));
+	int fd;
+
+	if (d->marked || !n || n + sizeof(suffix) > sizeof(d->marker))
+		return;
+	memcpy(d->marker, d->dev.file, n);
+	memcpy(d->marker + n, suffix, sizeof(suffix));
+	fd = open(d->marker, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		log_warn("disk %s: cannot create %s: %s", d->dev.device, d->marker,
+			 strerror(errno));
+		return;
+	}
+	dprintf(fd, "tsubame: this image is the target of a disk migration that has not "
+		"completed; its content is not consistent\n");
+	close(fd);
+	d->marked = true;
+}
+
+/* ---- blocks written, for page-cache restore ---- */
+
+static size_t wm_slot(const struct disk_recv *dr, const uint8_t *hash)
+{
+	uint64_t h;
+
+	memcpy(&h, hash, sizeof(h));
+	return (size_t)h & (dr->wm_cap - 1);
+}
+
+static void wm_insert(struct wmap_entry *wm, size_t cap, const uint8_t *hash, int disk,
+		      uint64_t off, size_t *count)
+{
+	uint64_t h;
+	size_t j;
+
+	memcpy(&h, hash, sizeof(h));
+	for (j = (size_t)h & (cap - 1); wm[j].disk >= 0; j = (j + 1) & (cap - 1))
+		if (!memcmp(wm[j].hash, hash, 32))
+			break;
+	if (wm[j].disk < 0)
+		(*count)++;
+	memcpy(wm[j].hash, hash, 32);
+	wm[j].disk = (int16_t)disk;
+	wm[j].offset = off;
+}
+
+/* Remembers that a block with this content now lies at (disk, off). */
+static void wm_put(struct disk_recv *dr, const uint8_t *hash, int disk, uint64_t off)
+{
+	pthread_mutex_lock(&dr->lock);
+	if ((dr->wm_count + 1) * 2 > dr->wm_cap) {
+		size_t cap = dr->wm_cap ? dr->wm_cap * 2 : 65536, i, n = 0;
+		struct wmap_entry *wm = malloc(cap * sizeof(*wm));
+
+		if (!wm) {
+			pthread_mutex_unlock(&dr->lock);
+			return;		/* only an optimisation */
+		}
+		for (i = 0; i < cap; i++)
+			wm[i].disk = -1;
+		for (i = 0; i < dr->wm_cap; i++)
+			if (dr->wm[i].disk >= 0)
+				wm_insert(wm, cap, dr->wm[i].hash, dr->wm[i].disk,
+					  dr->wm[i].offset, &n);
+		free(dr->wm);
+		dr->wm = wm;
+		dr->wm_cap = cap;
+		dr->wm_count = n;
+	}
+	wm_insert(dr->wm, dr->wm_cap, hash, disk, off, &dr->wm_count);
+	pthread_mutex_unlock(&dr->lock);
+}
+
+static bool wm_find(struct disk_recv *dr, const uint8_t *hash, int *ret_disk, uint64_t *ret_off)
+{
+	bool found = false;
+	size_t j;
+
+	pthread_mutex_lock(&dr->lock);
+	if (dr->wm_cap) {
+		for (j = wm_slot(dr, hash); dr->wm[j].disk >= 0; j = (j + 1) & (dr->wm_cap - 1)) {
+			if (!memcmp(dr->wm[j].hash, hash, 32)) {
+				*ret_disk = dr->wm[j].disk;
+				*ret_off = dr->wm[j].offset;
+				found = true;
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&dr->lock);
+	return found;
+}
+
+bool disk_recv_has(struct disk_recv *dr, const uint8_t hash[32])
+{
+	int k;
+	uint64_t off;
+
+	return dr && wm_find(dr, hash, &k, &off);
+}
+
+int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[4096])
+{
+	struct nbd_client_config cc = { .max_inflight = 1 };
+	uint8_t got[WIRE_HASH_LEN];
+	uint64_t off;
+	int k, r;
+
+	if (!dr || !wm_find(dr, hash, &k, &off))
+		return -ENOENT;
+	pthread_mutex_lock(&dr->rlock);
+	r = 0;
+	if (!dr->rd[k]) {
+		cc.export_name = dr->d[k].dev.device;
+		r = nbd_client_connect_unix(dr->sock, &cc, &dr->rd[k], NULL, 0);
+	}
+	if (r == 0)
+		r = nbd_client_pread(dr->rd[k], out, BLOCK, off);
+	pthread_mutex_unlock(&dr->rlock);
+	if (r < 0 || wire_sha256(out, BLOCK, got) < 0 || memcmp(got, hash, WIRE_HASH_LEN))
+		return -ENOENT;
+	__atomic_add_fetch(&dr->restored, 1, __ATOMIC_RELAXED);
+	return 0;
+}
+
+/* ---- applying writes ---- */
+
+static int run_flush(struct disk_recv *dr)
+{
+	struct rdisk *d;
+	int r;
+
+	if (!dr->run_len)
+		return 0;
+	d = &dr->d[dr->run_disk];
+	if (dr->run_zero) {
+		r = nbd_client_write_zeroes(d->cl, dr->run_off, (uint32_t)dr->run_len, 0);
+		d->bytes_zeroed += dr->run_len;
+	} else {
+		r = nbd_client_pwrite(d->cl, dr->run.data, (uint32_t)dr->run_len, dr->run_off, 0);
+		d->bytes_written += dr->run_len;
+	}
+	dr->run_len = 0;
+	tsb_buf_reset(&dr->run);
+	if (r < 0)
+		dr_fail(dr, "disk %s: writing to the destination QEMU: %s", d->dev.device,
+			nbd_client_error(d->cl)[0] ? nbd_client_error(d->cl) : strerror(-r));
+	return r;
+}
+
+/* Adds a range to the current run (data NULL: zeroes). */
+static int run_add(struct disk_recv *dr, int disk, uint64_t off, uint32_t len,
+		   const uint8_t *data)
+{
+	bool zero = !data;
+	int r;
+
+	if (dr->run_len && (dr->run_disk != disk || dr->run_zero != zero ||
+			    dr->run_off + dr->run_len != off ||
+			    dr->run_len + len > (zero ? (1u << 30) : RUN_MAX))) {
+		r = run_flush(dr);
+		if (r < 0)
+			return r;
+	}
+	if (!dr->run_len) {
+		dr->run_disk = disk;
+		dr->run_off = off;
+		dr->run_zero = zero;
+	}
+	if (!zero && tsb_buf_append(&dr->run, data, len) < 0)
+		return -ENOMEM;
+	dr->run_len += len;
+	return 0;
+}
+
+/* Reads the next frame: from the backlog first, then the connection. */
+static int next_frame(struct disk_recv *dr, struct wire_msg *m, struct backlog **ret_bl)
+{
+	struct wire_frame f;
+	int r;
+
+	*ret_bl = NULL;
+	if (dr->bl_head) {
+		struct backlog *b = dr->bl_head;
+
+		dr->bl_head = b->next;
+		if (!dr->bl_head)
+			dr->bl_tail = &dr->bl_head;
+		*ret_bl = b;
+		r = wire_msg_decode(b->type, b->flags, b->payload.data, b->payload.len, m);
+		return r < 0 ? r : 1;
+	}
+	r = wire_conn_read_frame(dr->conn, &f);
+	if (r <= 0)
+		return r;
+	if (!wire_msg_role_ok(f.type, WIRE_ROLE_SENDER))
+		return -EPROTO;
+	/* A copy: fetch() reads more frames while this one is being applied. */
+	tsb_buf_reset(&dr->cur);
+	if (tsb_buf_append(&dr->cur, f.payload, f.len) < 0)
+		return -ENOMEM;
+	r = wire_msg_decode(f.type, f.flags, dr->cur.data, f.len, m);
+	return r < 0 ? r : 1;
+}
+
+static void backlog_free(struct backlog *b)
+{
+	if (!b)
+		return;
+	tsb_buf_fini(&b->payload);
+	free(b);
+}
+
+/*
+ * Sends NEED for the count hashes and waits for the HASHDATA answer,
+ * keeping frames that arrive meanwhile for later. Fills out (count * BLOCK).
+ */
+static int fetch(struct disk_recv *dr, const uint8_t (*hashes)[WIRE_HASH_LEN], size_t count,
+		 uint8_t *out)
+{
+	struct tsb_buf b;
+	struct wire_frame f;
+	struct wire_msg m;
+	const uint8_t *data;
+	uint8_t got[WIRE_HASH_LEN];
+	size_t i, j;
+	int r;
+
+	tsb_buf_init(&b);
+	wire_encode_need(&b, hashes, count);
+	r = send_msg(dr, &b);
+	tsb_buf_fini(&b);
+	if (r < 0)
+		return r;
+	for (;;) {
+		r = wire_conn_read_frame(dr->conn, &f);
+		if (r <= 0)
+			return r < 0 ? r : -ECONNRESET;
+		if (!wire_msg_role_ok(f.type, WIRE_ROLE_SENDER))
+			return -EPROTO;
+		if (f.type != WIRE_MSG_HASHDATA) {
+			struct backlog *bl = calloc(1, sizeof(*bl));
+
+			if (!bl)
+				return -ENOMEM;
+			tsb_buf_init(&bl->payload);
+			bl->type = f.type;
+			bl->flags = f.flags;
+			if (tsb_buf_append(&bl->payload, f.payload, f.len) < 0) {
+				backlog_free(bl);
+				return -ENOMEM;
+			}
+			*dr->bl_tail = bl;
+			dr->bl_tail = &bl->next;
+			continue;
+		}
+		r = wire_frame_decode(&f, &m);
+		if (r < 0)
+			return r;
+		if (m.u.hashdata.obj_size != BLOCK || m.u.hashdata.count != count)
+			return -EPROTO;
+		r = wire_hashdata_unpack(&m.u.hashdata, dr->z, &dr->hd, &data);
+		if (r < 0)
+			return r;
+		for (i = 0; i < count; i++) {
+			/* Answers come in NEED order; check each against its hash. */
+			if (memcmp(m.u.hashdata.hashes + i * WIRE_HASH_LEN, hashes[i], WIRE_HASH_LEN))
+				return -EPROTO;
+			wire_sha256(data + i * BLOCK, BLOCK, got);
+			if (memcmp(got, hashes[i], WIRE_HASH_LEN))
+				return -EBADMSG;
+			j = i;
+			memcpy(out + j * BLOCK, data + i * BLOCK, BLOCK);
+		}
+		return 0;
+	}
+}
+
+static int map_disk(struct disk_recv *dr, uint16_t block)
+{
+	if (block >= dr->n_map || dr->map[block] < 0)
+		return -1;
+	return dr->map[block];
+}
+
+static int apply_pages(struct disk_recv *dr, const struct wire_pages *p)
+{
+	struct wire_page_iter it;
+	struct wire_page_entry e;
+	const uint8_t *lit = NULL;
+	uint8_t (*need)[WIRE_HASH_LEN] = NULL;
+	uint32_t *need_idx = NULL;
+	size_t n_need = 0, i = 0;
+	uint8_t *fetched = NULL;
+	int r;
+
+	if (p->n_data) {
+		r = wire_pages_unpack(p, dr->z, &dr->lit, &lit);
+		if (r < 0)
+			return r;
+	}
+	if (dr->resolved_cap < p->count) {
+		free(dr->resolved);
+		free(dr->same);
+		dr->resolved = malloc((size_t)p->count * BLOCK);
+		dr->same = malloc(p->count * sizeof(*dr->same));
+		dr->resolved_cap = dr->resolved && dr->same ? p->count : 0;
+		if (!dr->resolved_cap)
+			return -ENOMEM;
+	}
+	memset(dr->same, 0, p->count * sizeof(*dr->same));
+	/*
+	 * SAME: most REFs of a return migration name the block that is
+	 * already at that offset of the target. One read of the range the
+	 * frame's REFs cover finds them; they need no write at all.
+	 */
+	{
+		uint64_t lo = UINT64_MAX, hi = 0;
+		int kd = -1;
+		bool one = p->page_size == BLOCK;
+
+		wire_pages_iter_init(p, &it);
+		while (one && wire_pages_next(&it, &e)) {
+			int k = map_disk(dr, e.block);
+
+			if (e.enc != WIRE_ENC_REF && e.enc != WIRE_ENC_SAME)
+				continue;
+			if (k < 0 || (kd >= 0 && k != kd) || e.offset % BLOCK ||
+			    e.offset + BLOCK > dr->d[k].dev.size) {
+				one = false;
+				break;
+			}
+			kd = k;
+			lo = e.offset < lo ? e.offset : lo;
+			hi = e.offset + BLOCK > hi ? e.offset + BLOCK : hi;
+		}
+		dr->tgt.len = 0;
+		if (one && kd >= 0 && hi - lo <= RUN_MAX) {
+			tsb_buf_reset(&dr->tgt);
+			if (!tsb_buf_extend(&dr->tgt, hi - lo))
+				return -ENOMEM;
+			if (nbd_client_pread(dr->d[kd].cl, dr->tgt.data, (uint32_t)(hi - lo), lo) < 0)
+				dr->tgt.len = 0;	/* no shortcut; REFs as usual */
+			dr->tgt_lo = lo;
+		}
+	}
+	/* Pass 1: check ranges, rebuild REFs locally, list what is missing. */
+	wire_pages_iter_init(p, &it);
+	while (wire_pages_next(&it, &e)) {
+		int k = map_disk(dr, e.block);
+
+		if (k < 0 || e.offset % p->page_size ||
+		    e.offset + p->page_size > dr->d[k].dev.size) {
+			r = -EPROTO;
+			goto out;
+		}
+		if (e.enc == WIRE_ENC_REF || e.enc == WIRE_ENC_SAME) {
+			if (p->page_size != BLOCK) {
+				r = -EPROTO;
+				goto out;
+			}
+			if (dr->tgt.len && e.offset >= dr->tgt_lo &&
+			    e.offset + BLOCK <= dr->tgt_lo + dr->tgt.len) {
+				uint8_t h[WIRE_HASH_LEN];
+
+				wire_sha256(dr->tgt.data + (e.offset - dr->tgt_lo), BLOCK, h);
+				if (!memcmp(h, e.hash, WIRE_HASH_LEN)) {
+					dr->same[i++] = true;
+					dr->d[k].blk_same++;
+					continue;
+				}
+			}
+			if (!dr->index || diskindex_get(dr->index, e.hash,
+							dr->resolved + i * BLOCK) < 0) {
+				if (!need) {
+					need = malloc((size_t)p->count * WIRE_HASH_LEN);
+					need_idx = malloc((size_t)p->count * sizeof(*need_idx));
+					if (!need || !need_idx) {
+						r = -ENOMEM;
+						goto out;
+					}
+				}
+				memcpy(need[n_need], e.hash, WIRE_HASH_LEN);
+				need_idx[n_need++] = (uint32_t)i;
+				dr->d[k].blk_need++;
+			}
+		} else if (e.enc != WIRE_ENC_ZERO && e.enc != WIRE_ENC_DATA) {
+			r = -EOPNOTSUPP;
+			goto out;
+		}
+		i++;
+	}
+	if (n_need) {
+		fetched = malloc(n_need * BLOCK);
+		if (!fetched) {
+			r = -ENOMEM;
+			goto out;
+		}
+		r = fetch(dr, (const uint8_t (*)[WIRE_HASH_LEN])need, n_need, fetched);
+		if (r < 0)
+			goto out;
+		for (i = 0; i < n_need; i++)
+			memcpy(dr->resolved + (size_t)need_idx[i] * BLOCK, fetched + i * BLOCK, BLOCK);
+	}
+	/* Pass 2: write, coalescing neighbours. */
+	i = 0;
+	r = 0;
+	wire_pages_iter_init(p, &it);
+	while (r == 0 && wire_pages_next(&it, &e)) {
+		int k = map_disk(dr, e.block);
+		struct rdisk *d = &dr->d[k];
+
+		switch (e.enc) {
+		case WIRE_ENC_ZERO:
+			if (e.fill == 0) {
+				r = run_add(dr, k, e.offset, p->page_size, NULL);
+			} else {
+				uint8_t *tmp = malloc(p->page_size);
+
+				if (!tmp) {
+					r = -ENOMEM;
+					break;
+				}
+				memset(tmp, e.fill, p->page_size);
+				r = run_add(dr, k, e.offset, p->page_size, tmp);
+				free(tmp);
+			}
+			d->blk_zero++;
+			break;
+		case WIRE_ENC_DATA:
+			r = run_add(dr, k, e.offset, p->page_size,
+				    lit + (size_t)e.data_index * p->page_size);
+			if (r == 0 && p->page_size == BLOCK) {
+				uint8_t h[WIRE_HASH_LEN];
+
+				if (wire_sha256(lit + (size_t)e.data_index * BLOCK, BLOCK, h) == 0)
+					wm_put(dr, h, k, e.offset);
+			}
+			d->blk_data++;
+			break;
+		default:
+			/* A block already in place is skipped (the run breaks there). */
+			if (!dr->same[i])
+				r = run_add(dr, k, e.offset, BLOCK, dr->resolved + i * BLOCK);
+			if (r == 0)
+				wm_put(dr, e.hash, k, e.offset);
+			d->blk_ref++;
+			break;
+		}
+		i++;
+	}
+	if (r == 0)
+		r = run_flush(dr);
+out:
+	free(need);
+	free(need_idx);
+	free(fetched);
+	return r;
+}
+
+static int flush_disk(struct disk_recv *dr, struct rdisk *d)
+{
+	int r = nbd_client_flush(d->cl);
+
+	d->flushes++;
+	if (r < 0)
+		dr_fail(dr, "disk %s: flush at the destination: %s", d->dev.device, strerror(-r));
+	return r;
+}
+
+/* BLOCKS: which of our disks each index names; opens an NBD client each. */
+static int take_blocks(struct disk_recv *dr, const struct wire_blocks *bl, char *why,
+		       size_t whylen)
+{
+	struct nbd_client_config cc = { 0 };
+	struct wire_blocks_iter it;
+	struct wire_block b;
+	unsigned k;
+	int r;
+
+	for (k = 0; k < DISK_MAX; k++)
+		dr->map[k] = -1;
+	wire_blocks_iter_init(bl, &it);
+	while (wire_blocks_next(&it, &b)) {
+		if (b.index >= DISK_MAX) {
+			snprintf(why, whylen, "disk index %u out of range", b.index);
+			return -EPROTO;
+		}
+		for (k = 0; k < dr->n; k++)
+			if (strlen(dr->d[k].dev.device) == b.name.len &&
+			    !memcmp(dr->d[k].dev.device, b.name.p, b.name.len))
+				break;
+		if (k == dr->n) {
+			snprintf(why, whylen, "the destination VM has no writable disk '%.*s'",
+				 (int)b.name.len, b.name.p);
+			return -ENOENT;
+		}
+		if (dr->d[k].dev.size != b.used_length) {
+			snprintf(why, whylen, "disk %s: %llu bytes at the source, %llu here",
+				 dr->d[k].dev.device, (unsigned long long)b.used_length,
+				 (unsigned long long)dr->d[k].dev.size);
+			return -EINVAL;
+		}
+		if (dr->d[k].used) {
+			snprintf(why, whylen, "disk %s named twice", dr->d[k].dev.device);
+			return -EPROTO;
+		}
+		cc.export_name = dr->d[k].dev.device;
+		cc.max_inflight = 4;
+		r = nbd_client_connect_unix(dr->sock, &cc, &dr->d[k].cl, why, whylen);
+		if (r < 0)
+			return r;
+		dr->d[k].used = true;
+		mark_incomplete(&dr->d[k]);
+		dr->map[b.index] = (int)k;
+		if (b.index >= dr->n_map)
+			dr->n_map = b.index + 1u;
+	}
+	return 0;
+}
+
+static void add_hash(const uint8_t hash[DISKINDEX_HASH_LEN], void *arg)
+{
+	tsb_filter_add(arg, hash);
+}
+
+static int send_summary(struct disk_recv *dr)
+{
+	struct wire_summary s = { 0 };
+	struct tsb_filter f;
+	struct tsb_buf fb, b;
+	int r = 0;
+
+	tsb_buf_init(&fb);
+	tsb_buf_init(&b);
+	if (dr->index && diskindex_count(dr->index)) {
+		r = tsb_filter_init(&f, diskindex_count(dr->index));
+		if (r == 0) {
+			diskindex_for_each_hash(dr->index, add_hash, &f);
+			if (tsb_buf_extend(&fb, tsb_filter_size(&f)))
+				tsb_filter_write(&f, fb.data);
+			tsb_filter_fini(&f);
+			s.filters[0].source = WIRE_SRC_DISK;
+			s.filters[0].data = fb.data;
+			s.filters[0].len = (uint32_t)fb.len;
+			s.n_filters = fb.err ? 0 : 1;
+		}
+	}
+	if (r == 0)
+		r = wire_encode_summary(&b, &s);
+	if (r == 0)
+		r = send_msg(dr, &b);
+	tsb_buf_fini(&fb);
+	tsb_buf_fini(&b);
+	return r;
+}
+
+static int accept_channel(struct disk_recv *dr)
+{
+	struct wire_hello_args hello = { 0 };
+	struct wire_hello peer;
+	struct wire_conn *c;
+	int fd, r;
+
+	for (;;) {
+		struct pollfd pfd = { .fd = dr->lfd, .events = POLLIN };
+
+		/*
+		 * No timeout: a sender whose VM has no disk to move never comes,
+		 * and that is not an error here (the sender fails if it wanted to).
+		 */
+		if (dr->stop)
+			return -ECANCELED;
+		if (poll(&pfd, 1, 200) <= 0)
+			continue;
+		r = wire_tcp_accept(dr->lfd, &fd);
+		if (r < 0)
+			continue;
+		wire_tcp_tune(fd, 0);
+		c = wire_conn_new_take(dr->tls, fd);
+		if (!c)
+			return -ENOMEM;
+		r = wire_conn_handshake(c, 15000);
+		if (r == 0) {
+			hello.role = WIRE_ROLE_RECEIVER;
+			hello.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_DISK;
+			hello.site = "destination";
+			r = wire_conn_hello(c, &hello, &peer);
+			if (r == 0 && !(peer.caps & WIRE_CAP_DISK)) {
+				wire_conn_send_status(c, WIRE_MSG_ERROR, WIRE_CODE_REFUSED,
+						      "this connection takes disks only");
+				r = -EPROTO;
+			}
+		}
+		if (r < 0) {
+			log_error("disk channel: refused a connection: %s", wire_conn_errmsg(c));
+			wire_conn_free(c);
+			continue;
+		}
+		pthread_mutex_lock(&dr->lock);
+		dr->conn = c;
+		dr->connected = true;
+		pthread_mutex_unlock(&dr->lock);
+		if (dr->stop)
+			return -ECANCELED;
+		return 0;
+	}
+}
+
+static void *channel_thread(void *arg)
+{
+	struct disk_recv *dr = arg;
+	struct wire_msg m;
+	struct backlog *bl;
+	char why[256] = "";
+	unsigned k;
+	int r;
+
+	r = accept_channel(dr);
+	close(dr->lfd);
+	dr->lfd = -1;
+	if (r < 0)
+		return NULL;
+	wire_conn_set_timeout(dr->conn, 30000);
+	r = send_summary(dr);
+	if (r < 0) {
+		dr_fail(dr, "disk channel: %s", wire_conn_errmsg(dr->conn));
+		return NULL;
+	}
+	r = next_frame(dr, &m, &bl);
+	if (r > 0 && m.type == WIRE_MSG_BLOCKS) {
+		r = take_blocks(dr, &m.u.blocks, why, sizeof(why));
+		if (r < 0) {
+			wire_conn_send_status(dr->conn, WIRE_MSG_ERROR, WIRE_CODE_REFUSED, why);
+			dr_fail(dr, "disk channel: %s", why);
+			return NULL;
+		}
+	} else {
+		dr_fail(dr, "disk channel: expected the disk list");
+		return NULL;
+	}
+	wire_conn_set_timeout(dr->conn, dr->stall_ms ? (int)dr->stall_ms : -1);
+	for (;;) {
+		r = next_frame(dr, &m, &bl);
+		if (r <= 0) {
+			dr_fail(dr, "disk channel lost: %s",
+				r == 0 ? "closed by the sender" :
+				wire_conn_errmsg(dr->conn)[0] ? wire_conn_errmsg(dr->conn) :
+				strerror(-r));
+			break;
+		}
+		dr->frames_in++;
+		if (m.type != WIRE_MSG_PAGES && m.type != WIRE_MSG_PING)
+			log_debug("disk channel: %s", wire_msg_name(m.type));
+		switch (m.type) {
+		case WIRE_MSG_PAGES:
+			r = apply_pages(dr, &m.u.pages);
+			if (r == 0) {
+				dr->applied++;
+				r = send_u64(dr, WIRE_MSG_ACK, dr->applied);
+			}
+			break;
+		case WIRE_MSG_PING:
+			/* Flush marker: every earlier write is applied (synchronously). */
+			r = 0;
+			if (m.u.ping && !(m.u.ping & DISK_TOKEN_KEEPALIVE)) {
+				k = (unsigned)(m.u.ping >> 48);
+				if (map_disk(dr, (uint16_t)k) < 0)
+					r = -EPROTO;
+				else
+					r = flush_disk(dr, &dr->d[map_disk(dr, (uint16_t)k)]);
+			}
+			if (r == 0)
+				r = send_u64(dr, WIRE_MSG_PONG, m.u.ping);
+			break;
+		case WIRE_MSG_DONE:
+			r = 0;
+			for (k = 0; k < dr->n && r == 0; k++)
+				if (dr->d[k].used)
+					r = flush_disk(dr, &dr->d[k]);
+			if (r == 0) {
+				struct tsb_buf b;
+
+				tsb_buf_init(&b);
+				wire_encode_status(&b, WIRE_MSG_DONE, WIRE_CODE_OK, "disks applied");
+				r = send_msg(dr, &b);
+				tsb_buf_fini(&b);
+			}
+			if (r == 0) {
+				pthread_mutex_lock(&dr->lock);
+				dr->done = true;
+				pthread_mutex_unlock(&dr->lock);
+				log_info("disks: every write applied and flushed");
+				backlog_free(bl);
+				return NULL;
+			}
+			break;
+		case WIRE_MSG_CANCEL:
+		case WIRE_MSG_ERROR:
+			dr_fail(dr, "the sender stopped the disk transfer: %.*s",
+				(int)m.u.status.text.len, m.u.status.text.p);
+			backlog_free(bl);
+			return NULL;
+		default:
+			r = -EPROTO;
+			break;
+		}
+		backlog_free(bl);
+		if (r < 0) {
+			if (!disk_recv_failed(dr))
+				dr_fail(dr, "disk channel: %s (%s)", strerror(-r),
+					wire_msg_name(m.type));
+			wire_conn_send_status(dr->conn, WIRE_MSG_ERROR, WIRE_CODE_INTERNAL,
+					      dr->error);
+			break;
+		}
+	}
+	return NULL;
+}
+
+int disk_recv_start(struct qmp *q, const struct disk_recv_options *o,
+		    struct disk_recv **ret, char *err, size_t errlen)
+{
+	struct disk_dev devs[DISK_MAX];
+	struct disk_recv *dr;
+	unsigned i;
+	int n, r;
+
+	*ret = NULL;
+	dr = calloc(1, sizeof(*dr));
+	if (!dr) {
+		close(o->listen_fd);
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	pthread_mutex_init(&dr->lock, NULL);
+	pthread_mutex_init(&dr->rlock, NULL);
+	dr->tls = o->tls;
+	dr->lfd = o->listen_fd;
+	dr->index = o->index;
+	dr->stall_ms = o->stall_ms;
+	dr->bl_tail = &dr->bl_head;
+	tsb_buf_init(&dr->lit);
+	tsb_buf_init(&dr->hd);
+	tsb_buf_init(&dr->run);
+	tsb_buf_init(&dr->cur);
+	tsb_buf_init(&dr->tgt);
+	dr->z = wire_zstd_new(1);
+	if (!dr->z) {
+		snprintf(err, errlen, "out of memory");
+		r = -ENOMEM;
+		goto fail;
+	}
+	n = disk_query(q, devs, DISK_MAX, err, errlen);
+	if (n < 0) {
+		r = n;
+		goto fail;
+	}
+	r = disk_private_dir(dr->dir, sizeof(dr->dir), err, errlen);
+	if (r < 0)
+		goto fail;
+	snprintf(dr->sock, sizeof(dr->sock), "%s/nbd.sock", dr->dir);
+	if (n > 0) {
+		r = disk_qmp(q, "nbd-server-start",
+			     json_pack("{s:{s:s, s:{s:s}}}", "addr", "type", "unix", "data",
+				       "path", dr->sock), NULL, err, errlen);
+		if (r < 0)
+			goto fail;
+		dr->server_started = true;
+	}
+	for (i = 0; i < (unsigned)n; i++) {
+		struct rdisk *d = &dr->d[dr->n];
+
+		d->dev = devs[i];
+		snprintf(d->export_id, sizeof(d->export_id), "tsb-export-%u", i);
+		r = disk_qmp(q, "block-export-add",
+			     json_pack("{s:s, s:s, s:s, s:b, s:s}", "type", "nbd",
+				       "id", d->export_id, "node-name", d->dev.node,
+				       "writable", 1, "name", d->dev.device), NULL, err, errlen);
+		if (r < 0)
+			goto fail;
+		d->exported = true;
+		dr->n++;
+	}
+	if (pthread_create(&dr->th, NULL, channel_thread, dr)) {
+		snprintf(err, errlen, "cannot start a thread");
+		r = -EAGAIN;
+		goto fail;
+	}
+	dr->th_started = true;
+	log_info("disks: %u disk(s) exported for the disk channel", dr->n);
+	*ret = dr;
+	return 0;
+fail:
+	disk_recv_finish(dr, q, false, NULL, NULL, 0);
+	return r;
+}
+
+int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *report,
+		     char *err, size_t errlen)
+{
+	json_t *arr;
+	unsigned i;
+	bool used = false;
+	int r = 0;
+
+	if (!dr)
+		return 0;
+	if (dr->th_started) {
+		pthread_mutex_lock(&dr->lock);
+		dr->stop = true;
+		if (dr->conn && !dr->done)
+			wire_conn_abort(dr->conn);
+		pthread_mutex_unlock(&dr->lock);
+		pthread_join(dr->th, NULL);
+	}
+	for (i = 0; i < dr->n; i++) {
+		nbd_client_close(dr->d[i].cl);
+		dr->d[i].cl = NULL;
+		used |= dr->d[i].used;
+	}
+	pthread_mutex_lock(&dr->rlock);
+	for (i = 0; i < DISK_MAX; i++) {
+		nbd_client_close(dr->rd[i]);
+		dr->rd[i] = NULL;
+	}
+	pthread_mutex_unlock(&dr->rlock);
+	if (q) {
+		for (i = 0; i < dr->n; i++)
+			if (dr->d[i].exported)
+				(void)disk_qmp(q, "block-export-del",
+					       json_pack("{s:s}", "id", dr->d[i].export_id),
+					       NULL, NULL, 0);
+		if (dr->server_started)
+			(void)disk_qmp(q, "nbd-server-stop", NULL, NULL, NULL, 0);
+	}
+	if (used && (!ok || !dr->done)) {
+		if (err)
+			snprintf(err, errlen, "%s", dr->failed ? dr->error :
+				 "the disk transfer did not complete");
+		r = -EIO;
+	}
+	for (i = 0; i < dr->n; i++) {
+		if (!dr->d[i].marked)
+			continue;
+		if (r == 0 && ok)
+			unlink(dr->d[i].marker);
+		else
+			log_error("disk %s: incomplete; marked with %s", dr->d[i].dev.device,
+				  dr->d[i].marker);
+	}
+	if (report) {
+		arr = json_array();
+		for (i = 0; i < dr->n; i++) {
+			struct rdisk *d = &dr->d[i];
+
+			if (!d->used)
+				continue;
+			json_array_append_new(arr, json_pack(
+				"{s:s, s:s, s:I, s:b, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I}}",
+				"device", d->dev.device, "file", d->dev.file,
+				"size", (json_int_t)d->dev.size,
+				"complete", r == 0 && ok && dr->done,
+				"bytes_written", (json_int_t)d->bytes_written,
+				"bytes_zeroed", (json_int_t)d->bytes_zeroed,
+				"flushes", (json_int_t)d->flushes,
+				"blocks", "zero", (json_int_t)d->blk_zero,
+				"data", (json_int_t)d->blk_data, "ref", (json_int_t)d->blk_ref,
+				"fetched", (json_int_t)d->blk_need,
+				"same", (json_int_t)d->blk_same));
+		}
+		json_object_set_new(report, "disks", json_pack("{s:o, s:b, s:s, s:I}", "disks", arr,
+			"channel", dr->connected, "error", dr->failed ? dr->error : "",
+			"pages_restored", (json_int_t)dr->restored));
+	}
+	if (dr->lfd >= 0)
+		close(dr->lfd);
+	while (dr->bl_head) {
+		struct backlog *b = dr->bl_head;
+
+		dr->bl_head = b->next;
+		backlog_free(b);
+	}
+	if (dr->sock[0])
+		unlink(dr->sock);
+	if (dr->dir[0])
+		rmdir(dr->dir);
+	wire_conn_free(dr->conn);
+	wire_zstd_free(dr->z);
+	tsb_buf_fini(&dr->lit);
+	tsb_buf_fini(&dr->hd);
+	tsb_buf_fini(&dr->run);
+	tsb_buf_fini(&dr->cur);
+	tsb_buf_fini(&dr->tgt);
+	free(dr->resolved);
+	free(dr->same);
+	free(dr->wm);
+	pthread_mutex_destroy(&dr->lock);
+	pthread_mutex_destroy(&dr->rlock);
+	free(dr);
+	return r;
+}

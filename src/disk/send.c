@@ -1,0 +1,1058 @@
+/*
+ * The source side of the disk route: one NBD server per disk receives
+ * the source QEMU's mirror job; its writes become PAGES on the disk
+ * channel (docs/disk.md).
+ */
+#include "disk/disk.h"
+#include "disk/internal.h"
+
+#include "common/buf.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "nbd/nbd.h"
+#include "qmp/qmp.h"
+#include "store/filter.h"
+#include "wire/codec.h"
+#include "wire/tls.h"
+#include "wire/wire.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define RING_BLOCKS (DISK_WINDOW * DISK_BATCH * 2)
+#define MAX_FLUSHES 64
+#define BLOCK 4096u
+
+struct sdisk {
+	struct disk_send *ds;
+	unsigned idx;
+	struct disk_dev dev;
+	char sock[256];
+	char node[64], job[64];
+	struct nbd_server *srv;
+	pthread_t th;
+	bool th_started, node_added, job_started, job_gone;
+	int serve_rc;
+	struct wire_pages_builder pb;
+	struct wire_zstd *z;
+	struct tsb_buf out;
+	uint64_t flush_seq;
+	/* statistics (server thread only, read after it ends) */
+	uint64_t writes, write_bytes, zero_bytes, flushes;
+	uint64_t blk_zero, blk_data, blk_ref, blk_small, frames, wan_bytes;
+	uint64_t ready_ms;
+};
+
+struct pending_flush {
+	uint64_t token;
+	struct nbd_io *io;
+	struct sdisk *d;
+};
+
+struct disk_send {
+	struct wire_conn *conn;
+	pthread_mutex_t wlock;		/* writes on conn */
+	pthread_mutex_t lock;		/* everything below */
+	pthread_cond_t cond;
+	uint64_t sent_frames, acked_frames;
+	bool failed, peer_done, reader_started;
+	char error[256];
+	struct pending_flush flushes[MAX_FLUSHES];
+	bool has_filter;
+	struct tsb_filter filter;
+	bool has_sent;
+	struct tsb_filter sent;		/* blocks written to the targets (under lock) */
+	uint8_t (*rhash)[WIRE_HASH_LEN];
+	uint8_t *rdata;
+	size_t rpos, rcount;
+	uint64_t need_served;
+	pthread_t reader, ka;
+	bool ka_started;
+	uint64_t last_write_ns;		/* under wlock */
+	char dir[80];
+	unsigned n;
+	struct sdisk d[DISK_MAX];
+	uint64_t start_ns, mirror_ms;
+	volatile int *abort_flag;
+};
+
+static const uint8_t zero_block[BLOCK];
+
+static void ds_fail(struct disk_send *ds, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void ds_fail(struct disk_send *ds, const char *fmt, ...)
+{
+	va_list ap;
+	unsigned i;
+
+	pthread_mutex_lock(&ds->lock);
+	if (!ds->failed) {
+		ds->failed = true;
+		va_start(ap, fmt);
+		vsnprintf(ds->error, sizeof(ds->error), fmt, ap);
+		va_end(ap);
+		log_debug("disk: %s", ds->error);
+	}
+	/* Held flushes fail: the mirror job then fails, the source goes on. */
+	for (i = 0; i < MAX_FLUSHES; i++) {
+		if (ds->flushes[i].io) {
+			nbd_server_complete(ds->flushes[i].d->srv, ds->flushes[i].io, -EIO);
+			ds->flushes[i].io = NULL;
+		}
+	}
+	pthread_cond_broadcast(&ds->cond);
+	pthread_mutex_unlock(&ds->lock);
+}
+
+/* Writes a frame; PAGES frames wait for the window and count in it. */
+static int ds_write(struct disk_send *ds, const struct tsb_buf *b, bool counted)
+{
+	int r;
+
+	if (counted) {
+		pthread_mutex_lock(&ds->lock);
+		while (!ds->failed && ds->sent_frames - ds->acked_frames >= DISK_WINDOW)
+			pthread_cond_wait(&ds->cond, &ds->lock);
+		r = ds->failed ? -EIO : 0;
+		if (r == 0)
+			ds->sent_frames++;
+		pthread_mutex_unlock(&ds->lock);
+		if (r < 0)
+			return r;
+	}
+	if (b->err)
+		return b->err;
+	pthread_mutex_lock(&ds->wlock);
+	r = wire_conn_write(ds->conn, b->data, b->len);
+	ds->last_write_ns = tsb_now_ns();
+	pthread_mutex_unlock(&ds->wlock);
+	if (r < 0) {
+		ds_fail(ds, "disk channel: %s", wire_conn_errmsg(ds->conn));
+		return -EIO;
+	}
+	return 0;
+}
+
+static int flush_batch(struct sdisk *d)
+{
+	int r;
+
+	if (!d->pb.count)
+		return 0;
+	tsb_buf_reset(&d->out);
+	r = wire_pages_encode(&d->pb, &d->out, d->z);
+	wire_pages_builder_reset(&d->pb);
+	if (r < 0) {
+		ds_fail(d->ds, "encoding a batch: %s", strerror(-r));
+		return -EIO;
+	}
+	d->frames++;
+	d->wan_bytes += d->out.len;
+	return ds_write(d->ds, &d->out, true);
+}
+
+static int use_page_size(struct sdisk *d, uint32_t ps)
+{
+	int r;
+
+	if (d->pb.page_size == ps)
+		return 0;
+	r = flush_batch(d);
+	if (r < 0)
+		return r;
+	wire_pages_builder_fini(&d->pb);
+	return wire_pages_builder_init(&d->pb, ps);
+}
+
+/* Adds one entry through fn, flushing the batch when it is full. */
+#define ADD(d, call) ({							\
+	int _r = (d)->pb.count >= DISK_BATCH ? flush_batch(d) : 0;	\
+	if (_r == 0) {							\
+		_r = (call);						\
+		if (_r == -ENOBUFS) {					\
+			_r = flush_batch(d);				\
+			if (_r == 0)					\
+				_r = (call);				\
+		}							\
+	}								\
+	_r; })
+
+static void ring_put(struct disk_send *ds, const uint8_t *hash, const uint8_t *data)
+{
+	pthread_mutex_lock(&ds->lock);
+	memcpy(ds->rhash[ds->rpos], hash, WIRE_HASH_LEN);
+	memcpy(ds->rdata + ds->rpos * (size_t)BLOCK, data, BLOCK);
+	ds->rpos = (ds->rpos + 1) % RING_BLOCKS;
+	if (ds->rcount < RING_BLOCKS)
+		ds->rcount++;
+	pthread_mutex_unlock(&ds->lock);
+}
+
+static int encode_write(struct sdisk *d, uint64_t off, uint32_t len, const uint8_t *data)
+{
+	struct disk_send *ds = d->ds;
+	uint8_t hash[WIRE_HASH_LEN];
+	uint32_t done = 0;
+	int r = 0;
+
+	while (done < len && r == 0) {
+		uint64_t o = off + done;
+
+		if (o % BLOCK == 0 && len - done >= BLOCK) {
+			const uint8_t *p = data + done;
+
+			r = use_page_size(d, BLOCK);
+			if (r < 0)
+				break;
+			if (!memcmp(p, zero_block, BLOCK)) {
+				r = ADD(d, wire_pages_add_zero(&d->pb, d->idx, 0, o, 0));
+				d->blk_zero++;
+				done += BLOCK;
+				continue;
+			}
+			if (wire_sha256(p, BLOCK, hash) < 0) {
+				r = -EIO;
+				break;
+			}
+			if (ds->has_sent) {
+				pthread_mutex_lock(&ds->lock);
+				tsb_filter_add(&ds->sent, hash);
+				pthread_mutex_unlock(&ds->lock);
+			}
+			if (ds->has_filter && tsb_filter_maybe(&ds->filter, hash)) {
+				r = ADD(d, wire_pages_add_ref(&d->pb, d->idx, 0, o,
+							      WIRE_ENC_REF, hash));
+				ring_put(ds, hash, p);
+				d->blk_ref++;
+			} else {
+				r = ADD(d, wire_pages_add_data(&d->pb, d->idx, 0, o, p));
+				d->blk_data++;
+			}
+			done += BLOCK;
+		} else if (o % WIRE_MIN_PAGE_SIZE == 0 && len - done >= WIRE_MIN_PAGE_SIZE) {
+			r = use_page_size(d, WIRE_MIN_PAGE_SIZE);
+			if (r == 0)
+				r = ADD(d, wire_pages_add_data(&d->pb, d->idx, 0, o, data + done));
+			d->blk_small++;
+			done += WIRE_MIN_PAGE_SIZE;
+		} else {
+			return -EINVAL;	/* not sector aligned: QEMU never does this */
+		}
+	}
+	if (r == 0)
+		r = flush_batch(d);
+	return r < 0 ? -EIO : 0;
+}
+
+static int encode_zero(struct sdisk *d, uint64_t off, uint32_t len)
+{
+	static const uint32_t sizes[] = { WIRE_MAX_PAGE_SIZE, BLOCK, WIRE_MIN_PAGE_SIZE };
+	uint32_t done = 0;
+	int r = 0;
+
+	while (done < len && r == 0) {
+		uint64_t o = off + done;
+		uint32_t ps = 0;
+		size_t i;
+
+		for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+			if (o % sizes[i] == 0 && len - done >= sizes[i]) {
+				ps = sizes[i];
+				break;
+			}
+		}
+		if (!ps)
+			return -EINVAL;
+		r = use_page_size(d, ps);
+		if (r == 0)
+			r = ADD(d, wire_pages_add_zero(&d->pb, d->idx, 0, o, 0));
+		d->blk_zero += ps >= BLOCK ? ps / BLOCK : 1;
+		done += ps;
+	}
+	if (r == 0)
+		r = flush_batch(d);
+	return r < 0 ? -EIO : 0;
+}
+
+/* Sends a flush marker; io completes when the receiver answers it. */
+static int start_flush(struct sdisk *d, struct nbd_io *io)
+{
+	struct disk_send *ds = d->ds;
+	struct tsb_buf b;
+	uint64_t token = ((uint64_t)d->idx << 48) | ++d->flush_seq;
+	unsigned i;
+	int r;
+
+	pthread_mutex_lock(&ds->lock);
+	for (i = 0; i < MAX_FLUSHES && ds->flushes[i].io; i++)
+		;
+	if (ds->failed || i == MAX_FLUSHES) {
+		pthread_mutex_unlock(&ds->lock);
+		return -EIO;
+	}
+	ds->flushes[i].token = token;
+	ds->flushes[i].io = io;
+	ds->flushes[i].d = d;
+	pthread_mutex_unlock(&ds->lock);
+	d->flushes++;
+	tsb_buf_init(&b);
+	wire_encode_u64(&b, WIRE_MSG_PING, token);
+	r = ds_write(ds, &b, false);
+	tsb_buf_fini(&b);
+	/* Even on failure: ds_fail() completed the held io (with EIO). */
+	(void)r;
+	return NBD_IO_ASYNC;
+}
+
+static int cb_size(void *user, uint64_t *ret)
+{
+	*ret = ((struct sdisk *)user)->dev.size;
+	return 0;
+}
+
+static int cb_read(void *user, struct nbd_io *io)
+{
+	(void)user;
+	(void)io;
+	return -EIO;	/* the target is far away; a mirror never reads it */
+}
+
+static int cb_write(void *user, struct nbd_io *io)
+{
+	struct sdisk *d = user;
+	int r;
+
+	d->writes++;
+	d->write_bytes += io->length;
+	r = encode_write(d, io->offset, io->length, io->data);
+	if (r == 0 && (io->flags & NBD_CMD_FLAG_FUA))
+		return start_flush(d, io);
+	return r;
+}
+
+static int cb_write_zeroes(void *user, struct nbd_io *io)
+{
+	struct sdisk *d = user;
+	int r;
+
+	d->zero_bytes += io->length;
+	r = encode_zero(d, io->offset, io->length);
+	if (r == 0 && (io->flags & NBD_CMD_FLAG_FUA))
+		return start_flush(d, io);
+	return r;
+}
+
+static int cb_flush(void *user, struct nbd_io *io)
+{
+	return start_flush(user, io);
+}
+
+static const struct nbd_export_ops export_ops = {
+	.size = cb_size,
+	.read = cb_read,
+	.write = cb_write,
+	.write_zeroes = cb_write_zeroes,
+	.flush = cb_flush,
+};
+
+static void *serve_thread(void *arg)
+{
+	struct sdisk *d = arg;
+
+	d->serve_rc = nbd_server_serve(d->srv);
+	if (d->serve_rc < 0 && d->serve_rc != -ECANCELED)
+		log_debug("disk %s: nbd: %s", d->dev.device, nbd_server_error(d->srv));
+	return NULL;
+}
+
+static void complete_flush(struct disk_send *ds, uint64_t token)
+{
+	unsigned i;
+
+	pthread_mutex_lock(&ds->lock);
+	for (i = 0; i < MAX_FLUSHES; i++) {
+		if (ds->flushes[i].io && ds->flushes[i].token == token) {
+			nbd_server_complete(ds->flushes[i].d->srv, ds->flushes[i].io, 0);
+			ds->flushes[i].io = NULL;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&ds->lock);
+}
+
+static int serve_need(struct disk_send *ds, const struct wire_need *need)
+{
+	uint8_t (*hashes)[WIRE_HASH_LEN] = NULL;
+	uint8_t *data = NULL;
+	struct tsb_buf b;
+	size_t i, j;
+	int r = 0;
+
+	hashes = malloc((size_t)need->count * WIRE_HASH_LEN + 1);
+	data = malloc((size_t)need->count * BLOCK + 1);
+	if (!hashes || !data) {
+		free(hashes);
+		free(data);
+		return -ENOMEM;
+	}
+	pthread_mutex_lock(&ds->lock);
+	for (i = 0; i < need->count && r == 0; i++) {
+		const uint8_t *h = need->hashes + i * WIRE_HASH_LEN;
+
+		memcpy(hashes[i], h, WIRE_HASH_LEN);
+		for (j = 0; j < ds->rcount; j++)
+			if (!memcmp(ds->rhash[j], h, WIRE_HASH_LEN))
+				break;
+		if (j == ds->rcount)
+			r = -ENOENT;
+		else
+			memcpy(data + i * BLOCK, ds->rdata + j * (size_t)BLOCK, BLOCK);
+	}
+	pthread_mutex_unlock(&ds->lock);
+	if (r == 0) {
+		struct wire_zstd *z = wire_zstd_new(3);
+
+		tsb_buf_init(&b);
+		r = z ? wire_encode_hashdata(&b, BLOCK, (const uint8_t (*)[WIRE_HASH_LEN])hashes,
+					     data, need->count, z) : -ENOMEM;
+		if (r == 0)
+			r = ds_write(ds, &b, false);
+		tsb_buf_fini(&b);
+		wire_zstd_free(z);
+		ds->need_served += need->count;
+	}
+	free(hashes);
+	free(data);
+	return r;
+}
+
+static void *reader_thread(void *arg)
+{
+	struct disk_send *ds = arg;
+	struct wire_msg m;
+	int r;
+
+	for (;;) {
+		r = wire_conn_read_msg(ds->conn, WIRE_ROLE_RECEIVER, &m);
+		if (r <= 0) {
+			pthread_mutex_lock(&ds->lock);
+			bool done = ds->peer_done;
+			pthread_mutex_unlock(&ds->lock);
+			if (!done)
+				ds_fail(ds, "disk channel lost: %s",
+					r < 0 ? wire_conn_errmsg(ds->conn) : "closed by the receiver");
+			return NULL;
+		}
+		switch (m.type) {
+		case WIRE_MSG_ACK:
+			pthread_mutex_lock(&ds->lock);
+			if (m.u.ack > ds->acked_frames && m.u.ack <= ds->sent_frames)
+				ds->acked_frames = m.u.ack;
+			pthread_cond_broadcast(&ds->cond);
+			pthread_mutex_unlock(&ds->lock);
+			break;
+		case WIRE_MSG_PONG:
+			complete_flush(ds, m.u.ping);
+			break;
+		case WIRE_MSG_NEED:
+			r = serve_need(ds, &m.u.need);
+			if (r < 0) {
+				wire_conn_send_status(ds->conn, WIRE_MSG_ERROR, WIRE_CODE_NOT_FOUND,
+						      "a needed disk block is no longer held");
+				ds_fail(ds, "the receiver needs a block the sender no longer holds");
+				return NULL;
+			}
+			break;
+		case WIRE_MSG_DONE:
+			pthread_mutex_lock(&ds->lock);
+			ds->peer_done = true;
+			pthread_cond_broadcast(&ds->cond);
+			pthread_mutex_unlock(&ds->lock);
+			break;
+		case WIRE_MSG_ERROR:
+		case WIRE_MSG_CANCEL:
+			ds_fail(ds, "the receiver stopped the disk transfer: %.*s",
+				(int)m.u.status.text.len, m.u.status.text.p);
+			return NULL;
+		default:
+			break;
+		}
+	}
+}
+
+/*
+ * An idle disk channel (no guest writes while memory moves) still carries
+ * a PING every few seconds, so that both ends' stall timeouts only fire
+ * on a dead link. Keepalive tokens have bit 63 set.
+ */
+static void *keepalive_thread(void *arg)
+{
+	struct disk_send *ds = arg;
+	uint64_t n = 0, last;
+	struct tsb_buf b;
+
+	tsb_buf_init(&b);
+	for (;;) {
+		pthread_mutex_lock(&ds->lock);
+		bool stop = ds->failed || ds->peer_done;
+		pthread_mutex_unlock(&ds->lock);
+		if (stop)
+			break;
+		pthread_mutex_lock(&ds->wlock);
+		last = ds->last_write_ns;
+		pthread_mutex_unlock(&ds->wlock);
+		if (tsb_now_ns() - last > DISK_KEEPALIVE_MS * 1000000ull) {
+			tsb_buf_reset(&b);
+			wire_encode_u64(&b, WIRE_MSG_PING, DISK_TOKEN_KEEPALIVE | ++n);
+			if (ds_write(ds, &b, false) < 0)
+				break;
+		}
+		usleep(200000);
+	}
+	tsb_buf_fini(&b);
+	return NULL;
+}
+
+/* Connects the disk channel and agrees on the disks. */
+static int connect_channel(struct disk_send *ds, const struct disk_send_options *o,
+			   char *err, size_t errlen)
+{
+	struct wire_hello_args hello = { 0 };
+	struct wire_hello peer;
+	struct wire_block blocks[DISK_MAX];
+	struct wire_msg m;
+	struct tsb_buf b;
+	unsigned i;
+	int fd, r;
+
+	r = wire_tcp_connect(o->host, o->port, 10000, &fd, err, errlen);
+	if (r < 0)
+		return r;
+	wire_tcp_tune(fd, 0);
+	ds->conn = wire_conn_new_take(o->tls, fd);
+	if (!ds->conn)
+		return -ENOMEM;
+	wire_conn_set_timeout(ds->conn, 30000);
+	r = wire_conn_handshake(ds->conn, 15000);
+	if (r == 0) {
+		hello.role = WIRE_ROLE_SENDER;
+		hello.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_DISK;
+		hello.site = "source";
+		hello.migration = o->migration;
+		r = wire_conn_hello(ds->conn, &hello, &peer);
+	}
+	if (r == 0 && !(peer.caps & WIRE_CAP_DISK)) {
+		snprintf(err, errlen, "the receiver does not take disks");
+		return -EPROTO;
+	}
+	if (r < 0)
+		goto conn_err;
+	/* The receiver's view: a filter of the disk blocks it holds. */
+	r = wire_conn_read_msg(ds->conn, WIRE_ROLE_RECEIVER, &m);
+	if (r <= 0)
+		goto conn_err;
+	if (m.type != WIRE_MSG_SUMMARY) {
+		snprintf(err, errlen, "disk channel: expected SUMMARY, got %s",
+			 wire_msg_name(m.type));
+		return -EPROTO;
+	}
+	for (i = 0; i < m.u.summary.n_filters && !ds->has_filter; i++) {
+		if (m.u.summary.filters[i].source != WIRE_SRC_DISK)
+			continue;
+		if (tsb_filter_parse(&ds->filter, m.u.summary.filters[i].data,
+				     m.u.summary.filters[i].len) == 0)
+			ds->has_filter = true;
+	}
+	if (ds->has_filter) {
+		ds->rhash = calloc(RING_BLOCKS, WIRE_HASH_LEN);
+		ds->rdata = malloc((size_t)RING_BLOCKS * BLOCK);
+		if (!ds->rhash || !ds->rdata)
+			return -ENOMEM;
+	}
+	for (i = 0; i < ds->n; i++) {
+		blocks[i].index = (uint16_t)i;
+		blocks[i].name.p = ds->d[i].dev.device;
+		blocks[i].name.len = strlen(ds->d[i].dev.device);
+		blocks[i].used_length = ds->d[i].dev.size;
+	}
+	tsb_buf_init(&b);
+	r = wire_encode_blocks(&b, blocks, ds->n);
+	if (r == 0)
+		r = wire_encode_u64(&b, WIRE_MSG_PING, 0);
+	if (r == 0)
+		r = wire_conn_write(ds->conn, b.data, b.len);
+	tsb_buf_fini(&b);
+	if (r < 0)
+		goto conn_err;
+	/* PONG 0: the receiver has every target open. */
+	r = wire_conn_read_msg(ds->conn, WIRE_ROLE_RECEIVER, &m);
+	if (r <= 0)
+		goto conn_err;
+	if (m.type == WIRE_MSG_ERROR || m.type == WIRE_MSG_CANCEL) {
+		snprintf(err, errlen, "the receiver refused the disks: %.*s",
+			 (int)m.u.status.text.len, m.u.status.text.p);
+		return -ECONNREFUSED;
+	}
+	if (m.type != WIRE_MSG_PONG || m.u.ping != 0) {
+		snprintf(err, errlen, "disk channel: unexpected %s", wire_msg_name(m.type));
+		return -EPROTO;
+	}
+	wire_conn_set_timeout(ds->conn, o->stall_ms ? (int)o->stall_ms : -1);
+	return 0;
+conn_err:
+	snprintf(err, errlen, "disk channel: %s",
+		 r == 0 ? "closed by the receiver" : wire_conn_errmsg(ds->conn));
+	return r == 0 ? -ECONNRESET : r;
+}
+
+/* Our jobs in query-block-jobs: *ret_ready counts ready ones, *ret_gone vanished ones. */
+static int poll_jobs(struct disk_send *ds, struct qmp *q, unsigned *ret_ready,
+		     unsigned *ret_gone, char *err, size_t errlen)
+{
+	json_t *res = NULL, *e;
+	unsigned i, ready = 0, gone = 0;
+	size_t k;
+	int r;
+
+	r = disk_qmp(q, "query-block-jobs", NULL, &res, err, errlen);
+	if (r < 0)
+		return r;
+	for (i = 0; i < ds->n; i++) {
+		struct sdisk *d = &ds->d[i];
+		bool found = false;
+
+		if (!d->job_started || d->job_gone) {
+			gone += d->job_started;
+			continue;
+		}
+		json_array_foreach(res, k, e) {
+			const char *id = json_string_value(json_object_get(e, "device"));
+
+			if (!id || strcmp(id, d->job))
+				continue;
+			found = true;
+			if (json_is_true(json_object_get(e, "ready"))) {
+				ready++;
+				if (!d->ready_ms)
+					d->ready_ms = (tsb_now_ns() - ds->start_ns) / 1000000;
+			}
+		}
+		if (!found) {
+			d->job_gone = true;
+			gone++;
+		}
+	}
+	json_decref(res);
+	*ret_ready = ready;
+	*ret_gone = gone;
+	return 0;
+}
+
+bool disk_send_has(struct disk_send *ds, const uint8_t hash[32])
+{
+	bool r;
+
+	if (!ds || !ds->has_sent)
+		return false;
+	pthread_mutex_lock(&ds->lock);
+	r = tsb_filter_maybe(&ds->sent, hash);
+	pthread_mutex_unlock(&ds->lock);
+	return r;
+}
+
+bool disk_send_failed(struct disk_send *ds, char *err, size_t errlen)
+{
+	bool f;
+
+	if (!ds)
+		return false;
+	pthread_mutex_lock(&ds->lock);
+	f = ds->failed;
+	if (f && err)
+		snprintf(err, errlen, "%s", ds->error);
+	pthread_mutex_unlock(&ds->lock);
+	return f;
+}
+
+static bool wanted(const struct disk_send_options *o, const struct disk_dev *d)
+{
+	unsigned i;
+
+	if (!o->n_only)
+		return true;
+	for (i = 0; i < o->n_only; i++)
+		if (!strcmp(o->only[i], d->device) || !strcmp(o->only[i], d->node) ||
+		    (d->qdev[0] && !strcmp(o->only[i], d->qdev)))
+			return true;
+	return false;
+}
+
+int disk_send_start(struct qmp *q, const struct disk_send_options *o,
+		    struct disk_send **ret, char *err, size_t errlen)
+{
+	struct disk_dev devs[DISK_MAX];
+	struct nbd_server_config cfg = { .export_name = "disk" };
+	struct disk_send *ds;
+	unsigned i, k, ready, gone;
+	int n, r;
+
+	*ret = NULL;
+	n = disk_query(q, devs, DISK_MAX, err, errlen);
+	if (n < 0)
+		return n;
+	ds = calloc(1, sizeof(*ds));
+	if (!ds) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	pthread_mutex_init(&ds->lock, NULL);
+	pthread_mutex_init(&ds->wlock, NULL);
+	pthread_cond_init(&ds->cond, NULL);
+	ds->abort_flag = o->abort_flag;
+	ds->start_ns = tsb_now_ns();
+	for (i = 0; i < (unsigned)n; i++) {
+		if (!wanted(o, &devs[i]))
+			continue;
+		ds->d[ds->n].dev = devs[i];
+		ds->d[ds->n].ds = ds;
+		ds->d[ds->n].idx = ds->n;
+		ds->n++;
+	}
+	for (k = 0; k < o->n_only; k++) {
+		for (i = 0; i < ds->n; i++)
+			if (wanted(&(struct disk_send_options){ .only = { o->only[k] }, .n_only = 1 },
+				   &ds->d[i].dev))
+				break;
+		if (i == ds->n) {
+			snprintf(err, errlen, "--disk %s: no such writable disk in the source VM",
+				 o->only[k]);
+			r = -ENOENT;
+			goto fail;
+		}
+	}
+	if (!ds->n) {
+		disk_send_finish(ds, NULL, NULL);
+		return 0;
+	}
+	for (i = 0; i < ds->n; i++) {
+		struct sdisk *d = &ds->d[i];
+
+		if (wire_pages_builder_init(&d->pb, BLOCK) < 0 || !(d->z = wire_zstd_new(3))) {
+			snprintf(err, errlen, "out of memory");
+			r = -ENOMEM;
+			goto fail;
+		}
+		tsb_buf_init(&d->out);
+	}
+	{
+		uint64_t blocks = 0;
+
+		for (i = 0; i < ds->n; i++)
+			blocks += ds->d[i].dev.size / BLOCK;
+		ds->has_sent = tsb_filter_init(&ds->sent, blocks ? blocks : 1) == 0;
+	}
+	log_info("disks: moving %u disk(s) with the VM", ds->n);
+	r = connect_channel(ds, o, err, errlen);
+	if (r < 0)
+		goto fail;
+	if (pthread_create(&ds->reader, NULL, reader_thread, ds)) {
+		snprintf(err, errlen, "cannot start a thread");
+		r = -EAGAIN;
+		goto fail;
+	}
+	ds->reader_started = true;
+	ds->last_write_ns = tsb_now_ns();
+	if (pthread_create(&ds->ka, NULL, keepalive_thread, ds)) {
+		snprintf(err, errlen, "cannot start a thread");
+		r = -EAGAIN;
+		goto fail;
+	}
+	ds->ka_started = true;
+
+	r = disk_private_dir(ds->dir, sizeof(ds->dir), err, errlen);
+	if (r < 0)
+		goto fail;
+	for (i = 0; i < ds->n; i++) {
+		struct sdisk *d = &ds->d[i];
+
+		snprintf(d->sock, sizeof(d->sock), "%s/d%u.sock", ds->dir, i);
+		snprintf(d->node, sizeof(d->node), "tsb-target-%u", i);
+		snprintf(d->job, sizeof(d->job), "tsb-mirror-%u", i);
+		d->srv = nbd_server_new(&cfg, &export_ops, d);
+		if (!d->srv) {
+			snprintf(err, errlen, "out of memory");
+			r = -ENOMEM;
+			goto fail;
+		}
+		r = nbd_server_listen_unix(d->srv, d->sock);
+		if (r < 0) {
+			snprintf(err, errlen, "cannot listen on %s: %s", d->sock, strerror(-r));
+			goto fail;
+		}
+		if (pthread_create(&d->th, NULL, serve_thread, d)) {
+			snprintf(err, errlen, "cannot start a thread");
+			r = -EAGAIN;
+			goto fail;
+		}
+		d->th_started = true;
+		r = disk_qmp(q, "blockdev-add",
+			     json_pack("{s:s, s:s, s:{s:s, s:s}, s:s}", "driver", "nbd",
+				       "node-name", d->node, "server", "type", "unix",
+				       "path", d->sock, "export", "disk"), NULL, err, errlen);
+		if (r < 0)
+			goto fail;
+		d->node_added = true;
+		r = disk_qmp(q, "blockdev-mirror",
+			     json_pack("{s:s, s:s, s:s, s:s}", "job-id", d->job,
+				       "device", d->dev.node, "target", d->node, "sync", "full"),
+			     NULL, err, errlen);
+		if (r < 0)
+			goto fail;
+		d->job_started = true;
+	}
+	/* The bulk copy: every mirror must be ready before memory moves. */
+	for (uint64_t last_ka = tsb_now_ns();;) {
+		char why[256];
+
+		if (o->keepalive && tsb_now_ns() - last_ka > 5000000000ull) {
+			o->keepalive(o->keepalive_opaque);
+			last_ka = tsb_now_ns();
+		}
+
+		if (disk_send_failed(ds, why, sizeof(why))) {
+			snprintf(err, errlen, "%s", why);
+			r = -ECONNRESET;
+			goto fail;
+		}
+		r = poll_jobs(ds, q, &ready, &gone, err, errlen);
+		if (r < 0)
+			goto fail;
+		if (gone) {
+			if (!disk_send_failed(ds, err, errlen))
+				snprintf(err, errlen, "a mirror job ended before it was ready");
+			r = -EIO;
+			goto fail;
+		}
+		if (ready == ds->n)
+			break;
+		if (o->abort_flag && *o->abort_flag) {
+			snprintf(err, errlen, "interrupted");
+			r = -ECANCELED;
+			goto fail;
+		}
+		if (o->ready_timeout_ms &&
+		    (tsb_now_ns() - ds->start_ns) / 1000000 > o->ready_timeout_ms) {
+			snprintf(err, errlen, "the disk mirrors did not converge in time");
+			r = -ETIMEDOUT;
+			goto fail;
+		}
+		usleep(100000);
+	}
+	ds->mirror_ms = (tsb_now_ns() - ds->start_ns) / 1000000;
+	log_info("disks: mirrors ready after %llu ms", (unsigned long long)ds->mirror_ms);
+	*ret = ds;
+	return 0;
+fail:
+	disk_send_finish(ds, q, NULL);
+	return r;
+}
+
+/* Waits until none of our jobs is listed any more (bounded). */
+static int wait_jobs_gone(struct disk_send *ds, struct qmp *q, uint64_t timeout_ms,
+			  char *err, size_t errlen)
+{
+	uint64_t t0 = tsb_now_ns();
+	unsigned ready, gone, i, running;
+	int r;
+
+	for (;;) {
+		r = poll_jobs(ds, q, &ready, &gone, err, errlen);
+		if (r < 0)
+			return r;
+		for (running = 0, i = 0; i < ds->n; i++)
+			running += ds->d[i].job_started && !ds->d[i].job_gone;
+		if (!running)
+			return 0;
+		if ((tsb_now_ns() - t0) / 1000000 > timeout_ms) {
+			snprintf(err, errlen, "the mirror jobs did not end in time");
+			return -ETIMEDOUT;
+		}
+		usleep(50000);
+	}
+}
+
+static void del_nodes(struct disk_send *ds, struct qmp *q)
+{
+	unsigned i;
+
+	for (i = 0; i < ds->n; i++) {
+		if (!ds->d[i].node_added)
+			continue;
+		if (disk_qmp(q, "blockdev-del", json_pack("{s:s}", "node-name", ds->d[i].node),
+			     NULL, NULL, 0) == 0)
+			ds->d[i].node_added = false;
+	}
+}
+
+int disk_send_switchover(struct disk_send *ds, struct qmp *q, char *err, size_t errlen)
+{
+	struct tsb_buf b;
+	uint64_t t0;
+	unsigned i;
+	int r;
+
+	if (!ds)
+		return 0;
+	if (disk_send_failed(ds, err, errlen))
+		return -EIO;
+	/* A ready mirror cancelled completes without pivot, target flushed. */
+	for (i = 0; i < ds->n; i++) {
+		r = disk_qmp(q, "block-job-cancel", json_pack("{s:s}", "device", ds->d[i].job),
+			     NULL, err, errlen);
+		if (r < 0)
+			return r;
+	}
+	r = wait_jobs_gone(ds, q, 60000, err, errlen);
+	if (r < 0)
+		return r;
+	if (disk_send_failed(ds, err, errlen))
+		return -EIO;
+	del_nodes(ds, q);
+	/* Our DONE follows every write; the receiver's says all is applied. */
+	tsb_buf_init(&b);
+	wire_encode_status(&b, WIRE_MSG_DONE, WIRE_CODE_OK, "disks complete");
+	r = ds_write(ds, &b, false);
+	tsb_buf_fini(&b);
+	if (r < 0) {
+		disk_send_failed(ds, err, errlen);
+		return r;
+	}
+	t0 = tsb_now_ns();
+	pthread_mutex_lock(&ds->lock);
+	while (!ds->peer_done && !ds->failed && tsb_now_ns() - t0 < 60000000000ull) {
+		pthread_mutex_unlock(&ds->lock);
+		usleep(5000);
+		pthread_mutex_lock(&ds->lock);
+	}
+	r = ds->peer_done ? 0 : -ETIMEDOUT;
+	if (ds->failed) {
+		snprintf(err, errlen, "%s", ds->error);
+		r = -EIO;
+	} else if (r < 0) {
+		snprintf(err, errlen, "the receiver did not confirm the disks");
+	}
+	pthread_mutex_unlock(&ds->lock);
+	if (r == 0)
+		log_info("disks: every write applied and flushed at the destination");
+	return r;
+}
+
+static json_t *make_report(struct disk_send *ds)
+{
+	struct wire_conn_stats st = { 0 };
+	json_t *arr = json_array();
+	unsigned i;
+
+	if (ds->conn)
+		wire_conn_get_stats(ds->conn, &st);
+	for (i = 0; i < ds->n; i++) {
+		struct sdisk *d = &ds->d[i];
+
+		json_array_append_new(arr, json_pack(
+			"{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I}",
+			"device", d->dev.device, "format", d->dev.format,
+			"size", (json_int_t)d->dev.size,
+			"ready_ms", (json_int_t)d->ready_ms,
+			"nbd_writes", (json_int_t)d->writes,
+			"write_bytes", (json_int_t)d->write_bytes,
+			"write_zeroes_bytes", (json_int_t)d->zero_bytes,
+			"frame_bytes", (json_int_t)d->wan_bytes,
+			"blocks", "zero", (json_int_t)d->blk_zero, "data", (json_int_t)d->blk_data,
+			"ref", (json_int_t)d->blk_ref, "sector", (json_int_t)d->blk_small,
+			"flushes", (json_int_t)d->flushes));
+	}
+	return json_pack("{s:o, s:I, s:I, s:I, s:I, s:b}", "disks", arr,
+			 "mirror_ms", (json_int_t)ds->mirror_ms,
+			 "channel_net_bytes", (json_int_t)(st.net_out + st.net_in),
+			 "channel_net_out", (json_int_t)st.net_out,
+			 "need_served", (json_int_t)ds->need_served,
+			 "receiver_filter", ds->has_filter);
+}
+
+void disk_send_finish(struct disk_send *ds, struct qmp *q, json_t *report)
+{
+	unsigned i;
+	bool running = false;
+	char err[256];
+
+	if (!ds)
+		return;
+	for (i = 0; i < ds->n; i++)
+		running |= ds->d[i].job_started && !ds->d[i].job_gone;
+	if (q && running) {
+		/* Not switched over: stop the copy, the source keeps its disks. */
+		for (i = 0; i < ds->n; i++)
+			if (ds->d[i].job_started && !ds->d[i].job_gone)
+				(void)disk_qmp(q, "block-job-cancel",
+					       json_pack("{s:s, s:b}", "device", ds->d[i].job,
+							 "force", 1), NULL, NULL, 0);
+		/* Unblock held flushes so the jobs can end. */
+		if (!ds->failed)
+			ds_fail(ds, "disk transfer stopped");
+		(void)wait_jobs_gone(ds, q, 30000, err, sizeof(err));
+	}
+	if (q)
+		del_nodes(ds, q);
+	if (ds->conn && !ds->peer_done) {
+		pthread_mutex_lock(&ds->wlock);
+		wire_conn_send_status(ds->conn, WIRE_MSG_CANCEL, 0, "disk transfer stopped");
+		pthread_mutex_unlock(&ds->wlock);
+	}
+	if (!ds->failed && ds->n)
+		ds_fail(ds, "finished");
+	for (i = 0; i < ds->n; i++) {
+		if (ds->d[i].srv)
+			nbd_server_stop(ds->d[i].srv);
+		if (ds->d[i].th_started)
+			pthread_join(ds->d[i].th, NULL);
+	}
+	if (ds->conn) {
+		if (ds->peer_done)
+			wire_conn_close(ds->conn);
+		wire_conn_abort(ds->conn);
+	}
+	if (ds->reader_started)
+		pthread_join(ds->reader, NULL);
+	if (ds->ka_started)
+		pthread_join(ds->ka, NULL);
+	if (report)
+		json_object_set_new(report, "disks", make_report(ds));
+	for (i = 0; i < ds->n; i++) {
+		struct sdisk *d = &ds->d[i];
+
+		nbd_server_free(d->srv);
+		if (d->sock[0])
+			unlink(d->sock);
+		wire_pages_builder_fini(&d->pb);
+		wire_zstd_free(d->z);
+		tsb_buf_fini(&d->out);
+	}
+	if (ds->dir[0])
+		rmdir(ds->dir);
+	wire_conn_free(ds->conn);
+	if (ds->has_filter)
+		tsb_filter_fini(&ds->filter);
+	if (ds->has_sent)
+		tsb_filter_fini(&ds->sent);
+	free(ds->rhash);
+	free(ds->rdata);
+	pthread_mutex_destroy(&ds->lock);
+	pthread_mutex_destroy(&ds->wlock);
+	pthread_cond_destroy(&ds->cond);
+	free(ds);
+}

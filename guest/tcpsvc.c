@@ -29,7 +29,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_CONNS 128
@@ -337,11 +339,86 @@ static void tick(void)
 	}
 }
 
+/*
+ * --peer: a client of another guest's echo service, run in a child
+ * process. It sends a numbered 32-byte record every 100 ms on one
+ * connection and checks the echo byte for byte; every 10 records it prints
+ * "peer <n> ok", and "peer FAIL <why>" once if the connection breaks or an
+ * echo differs (then it stops). It waits up to 5 minutes for the peer to
+ * listen; after that one connection must last.
+ */
+static void peer_client(const char *spec)
+{
+	char host[64], rec[33], got[32];
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	struct timeval tv = { .tv_sec = 60 };
+	struct timespec pause = { 0, TICK_NS };
+	const char *colon = strrchr(spec, ':');
+	unsigned long n = 0, tries;
+	int fd = -1;
+
+	if (!colon || (size_t)(colon - spec) >= sizeof(host)) {
+		note("peer FAIL bad address '%s' (IP:PORT)", spec);
+		return;
+	}
+	memcpy(host, spec, (size_t)(colon - spec));
+	host[colon - spec] = '\0';
+	sa.sin_port = htons((uint16_t)strtoul(colon + 1, NULL, 10));
+	if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
+		note("peer FAIL bad address '%s' (IP:PORT)", spec);
+		return;
+	}
+	for (tries = 0; tries < 3000; tries++) {
+		fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+			break;
+		if (fd >= 0)
+			close(fd);
+		fd = -1;
+		nanosleep(&pause, NULL);
+	}
+	if (fd < 0) {
+		note("peer FAIL cannot connect to %s", spec);
+		return;
+	}
+	(void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	note("peer connected to %s", spec);
+	for (;;) {
+		size_t have = 0;
+
+		snprintf(rec, sizeof(rec), "peer-record %019lu\n", n);
+		if (send(fd, rec, 32, MSG_NOSIGNAL) != 32) {
+			note("peer FAIL send: %s", strerror(errno));
+			return;
+		}
+		while (have < 32) {
+			ssize_t r = recv(fd, got + have, 32 - have, 0);
+
+			if (r <= 0) {
+				note("peer FAIL %s after %lu records",
+				     r == 0 ? "closed" : strerror(errno), n);
+				return;
+			}
+			have += (size_t)r;
+		}
+		if (memcmp(got, rec, 32)) {
+			note("peer FAIL echo of record %lu differs", n);
+			return;
+		}
+		n++;
+		if (n % 10 == 0)
+			note("peer %lu ok", n);
+		nanosleep(&pause, NULL);
+	}
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f,
-"usage: tcpsvc [--port P] [--quiet]\n"
+"usage: tcpsvc [--port P] [--peer IP:PORT] [--quiet]\n"
 "  --port P   echo service on P, counter service on P+1 (default 7000)\n"
+"  --peer IP:PORT  also talk to another echo service: a record every\n"
+"             100 ms, echo checked, 'peer <n> ok' every 10 records\n"
 "  --quiet    do not log connections\n"
 "  -h, --help this text\n"
 "Echo (port P): sends back every byte received.\n"
@@ -353,6 +430,7 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "port", required_argument, NULL, 'p' },
 		{ "quiet", no_argument, NULL, 'q' },
+		{ "peer", required_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -360,12 +438,16 @@ int main(int argc, char **argv)
 		.it_interval = { 0, TICK_NS }, .it_value = { 0, TICK_NS },
 	};
 	unsigned long port = 7000;
+	const char *peer = NULL;
 	int c, efd, cfd, tfd;
 	char *end;
 	unsigned i;
 
-	while ((c = getopt_long(argc, argv, "p:qh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "p:qhP:", opts, NULL)) != -1) {
 		switch (c) {
+		case 'P':
+			peer = optarg;
+			break;
 		case 'p':
 			errno = 0;
 			port = strtoul(optarg, &end, 10);
@@ -393,6 +475,10 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	if (peer && fork() == 0) {
+		peer_client(peer);
+		_exit(0);
+	}
 	for (i = 0; i < MAX_CONNS; i++)
 		conns[i].fd = -1;
 

@@ -7,6 +7,8 @@
 # on site A's segment) each hold a TCP connection to the guest's echo
 # service and ping it the whole time: both connections must survive both
 # moves with every echoed byte matching. The outages they saw are logged.
+# A second VM of the group (G2, a guest at site A) talks to the moving VM
+# over one TCP connection too, through both moves.
 # While the VM is at B, a host local to site B (LB) talks to it too; site
 # B's agent delivers the VM's replies to it directly (--direct), not
 # through the home site.
@@ -35,7 +37,7 @@ host v2 A 10.61.1.11 10.61.1.1
 # LB: a host local to site B.
 host lb B 10.61.2.50 10.61.2.1
 rb_mac=$(ip -n "$P-b" link show lan | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p')
-for t in "${P}tA0" "${P}tA1"; do "$NETNS_SITES" tap "$P" A "$t"; done
+for t in "${P}tA0" "${P}tA1" "${P}tA2"; do "$NETNS_SITES" tap "$P" A "$t"; done
 "$NETNS_SITES" tap "$P" B "${P}tB0"
 
 "$TSUBAME" keygen --id sites "$T/site.key" >/dev/null
@@ -72,6 +74,10 @@ move() {
 }
 
 start_vm a1 "$guest" --tap "${P}tA0" --mac "$mac"
+# G2: a second VM of the group that stays at site A; its own client talks
+# to the moving VM's echo service over one connection the whole time.
+start_vm g2 "tsb.mode=tcpsvc tsb.ip=10.61.1.12/24 tsb.gw=10.61.1.1 tsb.port=7000 tsb.vmid=2 tsb.peer=10.61.1.10:7000" \
+	--tap "${P}tA2" --mac 52:54:00:61:00:12
 wait_serial a1 "tcpsvc listening" 120
 log "guest up at site A"
 
@@ -146,5 +152,13 @@ for m in b1 a2; do
 done
 [ "$(counter "$sa" tun_tx)" -gt 0 ] || fail "site A tunnelled nothing"
 grep -q "forged\|stale" "$T/a.log" "$T/b.log" && fail "unexpected refusals"
+# The group's other VM kept talking to the moved one through both moves.
+before=$(grep -a -o 'peer [0-9]* ok' "$T/g2/serial.log" | tail -1 | awk '{print $2}')
+sleep 2
+after=$(grep -a -o 'peer [0-9]* ok' "$T/g2/serial.log" | tail -1 | awk '{print $2}')
+grep -a 'peer FAIL' "$T/g2/serial.log" && fail "the group's other VM lost its connection"
+[ -n "$after" ] && [ "$after" -gt "${before:-0}" ] ||
+	fail "the group's other VM does not talk to the moved one: $(tail -3 "$T/g2/serial.log")"
+log "g2 (the VM that stayed): $after records echoed intact by the moved VM"
 log "TCP connections survived A -> B -> A"
 exit 0

@@ -442,7 +442,7 @@ static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 	struct wire_pages_builder *pb = &s->cur->pb;
 	uint16_t block = pg->block->index;
 	uint8_t hash[WIRE_HASH_LEN];
-	bool hit = false;
+	bool hit = false, in_store;
 	int r;
 
 	if (pg->kind != QS_PAGE_NORMAL && s->run.count) {
@@ -512,12 +512,11 @@ static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 		}
 		return r;
 	}
-	if (s->use_peer && ((s->peer.has_store && tsb_filter_maybe(&s->peer.store_filter, hash)) ||
-			    (s->peer.has_disk && tsb_filter_maybe(&s->peer.disk_filter, hash)))) {
+	in_store = s->use_peer && s->peer.has_store &&
+		   tsb_filter_maybe(&s->peer.store_filter, hash);
+	if (in_store || (s->use_peer && s->peer.has_disk &&
+			 tsb_filter_maybe(&s->peer.disk_filter, hash))) {
 		/* Held by the receiver's store or disks (a false hit costs a NEED). */
-		bool in_store = s->peer.has_store &&
-				tsb_filter_maybe(&s->peer.store_filter, hash);
-
 		r = wire_pages_add_ref(pb, block, qflags, pg->offset, WIRE_ENC_REF, hash);
 		if (r == 0) {
 			if (in_store) {

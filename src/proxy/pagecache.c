@@ -3,18 +3,20 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define NIL UINT32_MAX
 
 struct entry {
 	uint8_t hash[PAGECACHE_HASH_LEN];
-	uint8_t *page;
 	uint32_t prev, next; /* LRU list: head = most recent */
 };
 
 struct pagecache {
 	size_t capacity, page_size, count;
 	struct entry *entries;	/* capacity slots, filled in order */
+	uint8_t *pages;		/* slot i's content at i * page_size */
+	size_t pages_len;
 	uint32_t *table;	/* open addressing, linear probing: entry index or NIL */
 	size_t table_mask;
 	uint32_t head, tail;
@@ -45,7 +47,19 @@ struct pagecache *pagecache_new(size_t capacity, size_t page_size)
 	c->page_size = page_size;
 	c->entries = calloc(capacity, sizeof(*c->entries));
 	c->table = malloc(tsize * sizeof(*c->table));
-	if (!c->entries || !c->table) {
+	/*
+	 * One reservation for every slot, backed as pages arrive, by huge
+	 * pages where the kernel allows: a page fault per 4 KiB page (one
+	 * malloc each) cost more CPU than hashing the page.
+	 */
+	c->pages_len = capacity * page_size;
+	c->pages = mmap(NULL, c->pages_len, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (c->pages == MAP_FAILED)
+		c->pages = NULL;
+	else
+		madvise(c->pages, c->pages_len, MADV_HUGEPAGE);
+	if (!c->entries || !c->table || !c->pages) {
 		pagecache_free(c);
 		return NULL;
 	}
@@ -57,13 +71,10 @@ struct pagecache *pagecache_new(size_t capacity, size_t page_size)
 
 void pagecache_free(struct pagecache *c)
 {
-	size_t i;
-
 	if (!c)
 		return;
-	if (c->entries)
-		for (i = 0; i < c->count; i++)
-			free(c->entries[i].page);
+	if (c->pages)
+		munmap(c->pages, c->pages_len);
 	free(c->entries);
 	free(c->table);
 	free(c);
@@ -138,7 +149,7 @@ const uint8_t *pagecache_get(struct pagecache *c, const uint8_t hash[PAGECACHE_H
 		return NULL;
 	lru_unlink(c, i);
 	lru_push_front(c, i);
-	return c->entries[i].page;
+	return c->pages + (size_t)i * c->page_size;
 }
 
 const uint8_t *pagecache_peek(const struct pagecache *c,
@@ -146,7 +157,7 @@ const uint8_t *pagecache_peek(const struct pagecache *c,
 {
 	uint32_t i = c->table[find_slot(c, hash)];
 
-	return i == NIL ? NULL : c->entries[i].page;
+	return i == NIL ? NULL : c->pages + (size_t)i * c->page_size;
 }
 
 bool pagecache_has(const struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN])
@@ -167,11 +178,7 @@ int pagecache_put(struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN],
 		return 0;
 	}
 	if (c->count < c->capacity) {
-		i = c->count;
-		c->entries[i].page = malloc(c->page_size);
-		if (!c->entries[i].page)
-			return -ENOMEM;
-		c->count++;
+		i = c->count++;
 	} else {
 		/* Reuse the least recently used entry's slot and memory. */
 		i = c->tail;
@@ -180,7 +187,7 @@ int pagecache_put(struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN],
 		s = find_slot(c, hash);
 	}
 	memcpy(c->entries[i].hash, hash, PAGECACHE_HASH_LEN);
-	memcpy(c->entries[i].page, page, c->page_size);
+	memcpy(c->pages + (size_t)i * c->page_size, page, c->page_size);
 	c->table[s] = i;
 	lru_push_front(c, i);
 	return 0;

@@ -19,8 +19,9 @@
 struct pagecache;
 
 /*
- * A cache of up to capacity pages of page_size bytes; memory is allocated
- * as pages arrive. NULL on ENOMEM or a zero capacity.
+ * A cache of up to capacity pages of page_size bytes; their memory is
+ * reserved at once and backed as pages arrive. NULL on ENOMEM or a zero
+ * capacity.
  */
 struct pagecache *pagecache_new(size_t capacity, size_t page_size);
 void pagecache_free(struct pagecache *c);
@@ -40,7 +41,7 @@ bool pagecache_has(const struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_
 /*
  * Inserts content under hash (most recently used), evicting the least
  * recently used page when full. An existing entry is only touched.
- * 0 or -ENOMEM.
+ * Returns 0.
  */
 int pagecache_put(struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN],
 		  const void *page);

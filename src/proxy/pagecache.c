@@ -3,7 +3,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
+#include <sys/mman.h>	/* memfd_create */
+#include <unistd.h>
 
 #define NIL UINT32_MAX
 
@@ -15,8 +16,8 @@ struct entry {
 struct pagecache {
 	size_t capacity, page_size, count;
 	struct entry *entries;	/* capacity slots, filled in order */
-	uint8_t *pages;		/* slot i's content at i * page_size */
-	size_t pages_len;
+	int fd;			/* memfd: slot i's content at i * page_size */
+	uint8_t *buf;		/* the page last read, returned by get/peek */
 	uint32_t *table;	/* open addressing, linear probing: entry index or NIL */
 	size_t table_mask;
 	uint32_t head, tail;
@@ -43,23 +44,20 @@ struct pagecache *pagecache_new(size_t capacity, size_t page_size)
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return NULL;
+	c->fd = -1;
 	c->capacity = capacity;
 	c->page_size = page_size;
 	c->entries = calloc(capacity, sizeof(*c->entries));
 	c->table = malloc(tsize * sizeof(*c->table));
+	c->buf = malloc(page_size);
 	/*
-	 * One reservation for every slot, backed as pages arrive, by huge
-	 * pages where the kernel allows: a page fault per 4 KiB page (one
-	 * malloc each) cost more CPU than hashing the page.
+	 * Contents live in a memory file written and read with pwrite/pread:
+	 * first-touch faults on fresh anonymous memory (one per 4 KiB page)
+	 * cost several times more CPU than the copies, on virtualized hosts
+	 * most of all.
 	 */
-	c->pages_len = capacity * page_size;
-	c->pages = mmap(NULL, c->pages_len, PROT_READ | PROT_WRITE,
-			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (c->pages == MAP_FAILED)
-		c->pages = NULL;
-	else
-		madvise(c->pages, c->pages_len, MADV_HUGEPAGE);
-	if (!c->entries || !c->table || !c->pages) {
+	c->fd = memfd_create("tsubame-pagecache", MFD_CLOEXEC);
+	if (!c->entries || !c->table || !c->buf || c->fd < 0) {
 		pagecache_free(c);
 		return NULL;
 	}
@@ -73,8 +71,9 @@ void pagecache_free(struct pagecache *c)
 {
 	if (!c)
 		return;
-	if (c->pages)
-		munmap(c->pages, c->pages_len);
+	if (c->fd >= 0)
+		close(c->fd);
+	free(c->buf);
 	free(c->entries);
 	free(c->table);
 	free(c);
@@ -89,6 +88,16 @@ static size_t find_slot(const struct pagecache *c, const uint8_t *hash)
 	       memcmp(c->entries[c->table[s]].hash, hash, PAGECACHE_HASH_LEN))
 		s = (s + 1) & c->table_mask;
 	return s;
+}
+
+/* Reads slot i into buf; NULL if the memory file fails us. */
+static const uint8_t *read_slot(const struct pagecache *c, uint32_t i)
+{
+	off_t off = (off_t)i * (off_t)c->page_size;
+
+	if (pread(c->fd, c->buf, c->page_size, off) != (ssize_t)c->page_size)
+		return NULL;
+	return c->buf;
 }
 
 static void lru_unlink(struct pagecache *c, uint32_t i)
@@ -140,16 +149,20 @@ static void table_delete(struct pagecache *c, size_t s)
 	}
 }
 
-const uint8_t *pagecache_get(struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN])
+bool pagecache_touch(struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN])
 {
-	size_t s = find_slot(c, hash);
-	uint32_t i = c->table[s];
+	uint32_t i = c->table[find_slot(c, hash)];
 
 	if (i == NIL)
-		return NULL;
+		return false;
 	lru_unlink(c, i);
 	lru_push_front(c, i);
-	return c->pages + (size_t)i * c->page_size;
+	return true;
+}
+
+const uint8_t *pagecache_get(struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN])
+{
+	return pagecache_touch(c, hash) ? pagecache_peek(c, hash) : NULL;
 }
 
 const uint8_t *pagecache_peek(const struct pagecache *c,
@@ -157,7 +170,7 @@ const uint8_t *pagecache_peek(const struct pagecache *c,
 {
 	uint32_t i = c->table[find_slot(c, hash)];
 
-	return i == NIL ? NULL : c->pages + (size_t)i * c->page_size;
+	return i == NIL ? NULL : read_slot(c, i);
 }
 
 bool pagecache_has(const struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN])
@@ -169,6 +182,7 @@ int pagecache_put(struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN],
 		  const void *page)
 {
 	size_t s = find_slot(c, hash);
+	bool fresh = c->count < c->capacity;
 	uint32_t i;
 
 	if (c->table[s] != NIL) {
@@ -177,17 +191,19 @@ int pagecache_put(struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN],
 		lru_push_front(c, i);
 		return 0;
 	}
-	if (c->count < c->capacity) {
-		i = c->count++;
+	/* A new slot while there are some, else the least recently used one's. */
+	i = fresh ? (uint32_t)c->count : c->tail;
+	if (pwrite(c->fd, page, c->page_size, (off_t)i * (off_t)c->page_size) !=
+	    (ssize_t)c->page_size)
+		return -EIO;	/* a victim's bytes may be torn: gets verify hashes */
+	if (fresh) {
+		c->count++;
 	} else {
-		/* Reuse the least recently used entry's slot and memory. */
-		i = c->tail;
 		lru_unlink(c, i);
 		table_delete(c, find_slot(c, c->entries[i].hash));
 		s = find_slot(c, hash);
 	}
 	memcpy(c->entries[i].hash, hash, PAGECACHE_HASH_LEN);
-	memcpy(c->pages + (size_t)i * c->page_size, page, c->page_size);
 	c->table[s] = i;
 	lru_push_front(c, i);
 	return 0;

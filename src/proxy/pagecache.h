@@ -28,10 +28,12 @@ void pagecache_free(struct pagecache *c);
 
 /*
  * Looks a hash up; on a hit marks it most recently used and returns its
- * content (valid until the next insert), else NULL.
+ * content (valid until the next call on this cache), else NULL.
  */
 const uint8_t *pagecache_get(struct pagecache *c,
 			     const uint8_t hash[PAGECACHE_HASH_LEN]);
+/* Like pagecache_get without reading the content. */
+bool pagecache_touch(struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN]);
 /* Like pagecache_get without touching the LRU order. */
 const uint8_t *pagecache_peek(const struct pagecache *c,
 			      const uint8_t hash[PAGECACHE_HASH_LEN]);
@@ -41,7 +43,7 @@ bool pagecache_has(const struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_
 /*
  * Inserts content under hash (most recently used), evicting the least
  * recently used page when full. An existing entry is only touched.
- * Returns 0.
+ * 0, or -EIO if the memory file cannot take it.
  */
 int pagecache_put(struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN],
 		  const void *page);

@@ -489,7 +489,7 @@ static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 	 * Both caches see the same gets and puts in the same order, so a hit
 	 * here means the receiver holds the content too.
 	 */
-	hit = pagecache_get(s->cache, hash) != NULL;
+	hit = pagecache_touch(s->cache, hash);
 	pthread_mutex_unlock(&s->cache_lock);
 	if (hit) {
 		r = wire_pages_add_ref(pb, block, qflags, pg->offset, WIRE_ENC_REF, hash);

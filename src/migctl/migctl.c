@@ -108,6 +108,7 @@ struct watch {
 	uint64_t stop_ns;   /* source STOP event time, 0 if not seen */
 	uint64_t resume_ns; /* destination RESUME event time */
 	bool dst_failed;
+	bool src_changed;   /* the source announced a new migration state */
 };
 
 static void drain_events(struct qmp *q, bool is_source, struct watch *w)
@@ -119,6 +120,8 @@ static void drain_events(struct qmp *q, bool is_source, struct watch *w)
 			w->stop_ns = ev.time_ns;
 		else if (!is_source && !strcmp(ev.name, "RESUME") && !w->resume_ns)
 			w->resume_ns = ev.time_ns;
+		else if (is_source && !strcmp(ev.name, "MIGRATION"))
+			w->src_changed = true;
 		else if (!is_source && !strcmp(ev.name, "MIGRATION")) {
 			const char *st = json_string_value(json_object_get(ev.data, "status"));
 
@@ -213,8 +216,10 @@ int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *op
 			drain_events(dst, false, &w);
 		now_ms = (tsb_now_ns() - start) / 1000000;
 
-		if (now_ms - last_poll >= MIGCTL_POLL_MS || !st) {
+		/* Ask at once when QEMU says its state changed (completed, pre-switchover). */
+		if (now_ms - last_poll >= MIGCTL_POLL_MS || !st || w.src_changed) {
 			last_poll = now_ms;
+			w.src_changed = false;
 			st = query_status(src, &res->src_stats);
 			if (!st) {
 				snprintf(res->status, sizeof(res->status), "failed");

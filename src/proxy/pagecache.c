@@ -11,6 +11,7 @@
 struct entry {
 	uint8_t hash[PAGECACHE_HASH_LEN];
 	uint32_t prev, next; /* LRU list: head = most recent */
+	bool held;	     /* content in the memory file (else only the hash) */
 };
 
 struct pagecache {
@@ -170,7 +171,7 @@ const uint8_t *pagecache_peek(const struct pagecache *c,
 {
 	uint32_t i = c->table[find_slot(c, hash)];
 
-	return i == NIL ? NULL : read_slot(c, i);
+	return i == NIL || !c->entries[i].held ? NULL : read_slot(c, i);
 }
 
 bool pagecache_has(const struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN])
@@ -193,7 +194,7 @@ int pagecache_put(struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN],
 	}
 	/* A new slot while there are some, else the least recently used one's. */
 	i = fresh ? (uint32_t)c->count : c->tail;
-	if (pwrite(c->fd, page, c->page_size, (off_t)i * (off_t)c->page_size) !=
+	if (page && pwrite(c->fd, page, c->page_size, (off_t)i * (off_t)c->page_size) !=
 	    (ssize_t)c->page_size)
 		return -EIO;	/* a victim's bytes may be torn: gets verify hashes */
 	if (fresh) {
@@ -204,6 +205,7 @@ int pagecache_put(struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN],
 		s = find_slot(c, hash);
 	}
 	memcpy(c->entries[i].hash, hash, PAGECACHE_HASH_LEN);
+	c->entries[i].held = page != NULL;
 	c->table[s] = i;
 	lru_push_front(c, i);
 	return 0;

@@ -28,7 +28,8 @@ void pagecache_free(struct pagecache *c);
 
 /*
  * Looks a hash up; on a hit marks it most recently used and returns its
- * content (valid until the next call on this cache), else NULL.
+ * content (valid until the next call on this cache), else NULL. NULL too
+ * for an entry put without content: the hash was still found and touched.
  */
 const uint8_t *pagecache_get(struct pagecache *c,
 			     const uint8_t hash[PAGECACHE_HASH_LEN]);
@@ -43,6 +44,8 @@ bool pagecache_has(const struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_
 /*
  * Inserts content under hash (most recently used), evicting the least
  * recently used page when full. An existing entry is only touched.
+ * page may be NULL when the caller keeps the content elsewhere (the
+ * store): the entry then takes part in the LRU order with no copy.
  * 0, or -EIO if the memory file cannot take it.
  */
 int pagecache_put(struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN],

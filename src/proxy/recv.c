@@ -199,24 +199,28 @@ static void image_setup(struct receiver *rc, const struct wire_blocks *b)
 								   wb.name.len);
 }
 
-/* Keeps an arrived page in the store and the arrival image. */
-static void record_page(struct receiver *rc, const struct qs_page *pg,
+/*
+ * Keeps an arrived page in the store and the arrival image. True if the
+ * store now holds the content.
+ */
+static bool record_page(struct receiver *rc, const struct qs_page *pg,
 			enum store_page_state state, const uint8_t *hash)
 {
 	int ib = rc->image_block[pg->block->index], r;
 
 	if (!rc->image || ib < 0 || rc->store_failed)
-		return;
+		return false;
 	if (state == STORE_PAGE_HASH) {
 		r = store_put(rc->store, hash, pg->data);
 		if (r < 0) {
 			log_warn("store: cannot keep arriving pages (%s); the VM's image "
 				 "will not be recorded", strerror(-r));
 			rc->store_failed = true;
-			return;
+			return false;
 		}
 	}
 	store_image_set(rc->image, ib, pg->offset / STORE_PAGE_SIZE, state, hash);
+	return state == STORE_PAGE_HASH;
 }
 
 /*
@@ -228,8 +232,10 @@ static const uint8_t *resolve(struct receiver *rc, const uint8_t *want, bool tou
 {
 	const uint8_t *page;
 	uint8_t got[WIRE_HASH_LEN];
+	bool cached = touch ? pagecache_touch(rc->cache, want) : pagecache_has(rc->cache, want);
 
-	page = touch ? pagecache_get(rc->cache, want) : pagecache_peek(rc->cache, want);
+	/* A cached hash may have its content in the store (pagecache.h). */
+	page = cached ? pagecache_peek(rc->cache, want) : NULL;
 	if (page && wire_sha256(page, 4096, got) == 0 && !memcmp(got, want, WIRE_HASH_LEN)) {
 		rc->from_cache++;
 		return page;
@@ -241,7 +247,10 @@ static const uint8_t *resolve(struct receiver *rc, const uint8_t *want, bool tou
 	}
 	/* store_get and diskindex_get verify the hash themselves. */
 	if (rc->store && store_get(rc->store, want, rc->page_buf) == 0) {
-		rc->from_store++;
+		if (cached)
+			rc->from_cache++;	/* sent earlier in this migration */
+		else
+			rc->from_store++;
 		return rc->page_buf;
 	}
 	if (rc->disks && diskindex_get(rc->disks, want, rc->page_buf) == 0) {
@@ -525,7 +534,7 @@ static int handle_pages(struct receiver *rc, const struct wire_frame *f)
 	const uint8_t *literal, *page;
 	uint8_t hash[WIRE_HASH_LEN];
 	uint64_t done = 0, k;
-	bool copied = false;
+	bool copied = false, kept;
 	ssize_t missing;
 	int r;
 
@@ -576,11 +585,12 @@ restart:
 			pg.kind = QS_PAGE_NORMAL;
 			pg.data = literal + (size_t)e.data_index * 4096;
 			pg.len = 4096;
-			/* Hashed by prefetch(). */
-			r = pagecache_put(rc->cache, rc->data_hash[e.data_index], pg.data);
+			/* Hashed by prefetch(). Content the store keeps is not copied twice. */
+			kept = record_page(rc, &pg, STORE_PAGE_HASH, rc->data_hash[e.data_index]);
+			r = pagecache_put(rc->cache, rc->data_hash[e.data_index],
+					  kept ? NULL : pg.data);
 			if (r < 0)
 				return r;
-			record_page(rc, &pg, STORE_PAGE_HASH, rc->data_hash[e.data_index]);
 			rc->pages_data++;
 			break;
 		case WIRE_ENC_REF:

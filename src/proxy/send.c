@@ -116,8 +116,11 @@ struct sender {
 	uint64_t wan_idle_ns, rate_idle0; /* WAN thread time waiting for jobs */
 	unsigned since_probe;	/* batches since one went a level harder */
 	uint64_t credit_wait_ns; /* parse thread time spent waiting for credits */
+	uint64_t job_wait_ns;	/* time spent waiting for a free job (WAN thread behind) */
+	uint64_t rate_jobwait0;
 	uint64_t rate_t0_ns, rate_wire0, rate_wait0; /* link sampling interval */
 	uint64_t wire_out;	/* bytes written by the WAN thread */
+	uint64_t migrate_ns, qemu_done_ns; /* QEMU told to migrate; QEMU completed */
 	double compress_speed[N_LEVELS], ratio[N_LEVELS]; /* per level (EWMA) */
 	uint64_t level_uses[N_LEVELS];
 
@@ -178,8 +181,13 @@ static struct job *job_get(struct sender *s)
 	struct job *j;
 
 	pthread_mutex_lock(&s->lock);
-	while (!s->free_jobs && !s->failed)
-		pthread_cond_wait(&s->cond, &s->lock);
+	if (!s->free_jobs && !s->failed) {
+		uint64_t t0 = tsb_now_ns();
+
+		while (!s->free_jobs && !s->failed)
+			pthread_cond_wait(&s->cond, &s->lock);
+		s->job_wait_ns += tsb_now_ns() - t0;
+	}
 	j = s->free_jobs;
 	if (j)
 		s->free_jobs = j->next;
@@ -363,15 +371,16 @@ static int on_raw(void *opaque, const uint8_t *p, size_t n)
 
 /*
  * Records a page in the departure image (and its content in our store, so
- * that a NEED for a SAME or REF can always be served).
+ * that a NEED for a SAME or REF can always be served). True if the store
+ * now holds the content.
  */
-static void record_page(struct sender *s, const struct qs_page *pg,
+static bool record_page(struct sender *s, const struct qs_page *pg,
 			enum store_page_state state, const uint8_t *hash)
 {
 	int ib = s->image_block[pg->block->index], r;
 
 	if (!s->image || ib < 0 || s->store_failed)
-		return;
+		return false;
 	if (state == STORE_PAGE_HASH && pg->len == STORE_PAGE_SIZE) {
 		r = store_put(s->store, hash, pg->data);
 		if (r < 0) {
@@ -379,12 +388,13 @@ static void record_page(struct sender *s, const struct qs_page *pg,
 				 "goes on without recording its image", strerror(-r));
 			s->store_failed = true;
 			s->store_put_errors++;
-			return;
+			return false;
 		}
 	} else if (state == STORE_PAGE_HASH) {
 		state = STORE_PAGE_UNKNOWN;
 	}
 	store_image_set(s->image, ib, pg->offset / STORE_PAGE_SIZE, state, hash);
+	return state == STORE_PAGE_HASH;
 }
 
 static bool same_as_manifest(struct sender *s, const struct qs_page *pg, const uint8_t *hash)
@@ -442,7 +452,7 @@ static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 	struct wire_pages_builder *pb = &s->cur->pb;
 	uint16_t block = pg->block->index;
 	uint8_t hash[WIRE_HASH_LEN];
-	bool hit = false, in_store;
+	bool hit = false, in_store, kept;
 	int r;
 
 	if (pg->kind != QS_PAGE_NORMAL && s->run.count) {
@@ -474,7 +484,7 @@ static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 	r = wire_sha256(pg->data, pg->len, hash);
 	if (r < 0)
 		return r;
-	record_page(s, pg, STORE_PAGE_HASH, hash);
+	kept = record_page(s, pg, STORE_PAGE_HASH, hash);
 	if (s->manifest && same_as_manifest(s, pg, hash))
 		/* The receiver still holds this VM's older image: address unchanged. */
 		return run_add(s, pg, qflags, hash);
@@ -535,7 +545,8 @@ static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 	s->cur->n_data++;
 	s->pages_data++;
 	pthread_mutex_lock(&s->cache_lock);
-	r = pagecache_put(s->cache, hash, pg->data);
+	/* Content the store keeps is not copied twice: NEED reads the store. */
+	r = pagecache_put(s->cache, hash, kept ? NULL : pg->data);
 	pthread_mutex_unlock(&s->cache_lock);
 	return r;
 }
@@ -719,7 +730,7 @@ static void adapt_level(struct sender *s, int used, size_t in, size_t out, size_
 			uint64_t compress_ns)
 {
 	double best = 0;
-	uint64_t now = tsb_now_ns(), dt, wait, idle;
+	uint64_t now = tsb_now_ns(), dt, wait, idle, blocked;
 	int l;
 
 	if (s->o->zstd_level)
@@ -737,6 +748,8 @@ static void adapt_level(struct sender *s, int used, size_t in, size_t out, size_
 		s->rate_wait0 = s->credit_wait_ns;
 		idle = s->wan_idle_ns - s->rate_idle0;
 		s->rate_idle0 = s->wan_idle_ns;
+		blocked = s->job_wait_ns - s->rate_jobwait0;
+		s->rate_jobwait0 = s->job_wait_ns;
 		pthread_mutex_unlock(&s->lock);
 		double rate = (double)(s->wire_out - s->rate_wire0) * 1e9 / dt;
 
@@ -744,6 +757,14 @@ static void adapt_level(struct sender *s, int used, size_t in, size_t out, size_
 			s->max_rate_seen = rate;
 		if (s->rate_t0_ns && wait > dt / 2)
 			s->link_speed = ewma(s->link_speed, rate);
+		else if (s->rate_t0_ns && blocked > dt / 10 && wait < dt / 20 &&
+			 s->link_speed < 4 * s->max_rate_seen)
+			/*
+			 * QEMU's stream waited for us, not for the link: compression
+			 * is the bottleneck and the link has room (a fast LAN or
+			 * loopback). Find out quickly, in a second, not ten.
+			 */
+			s->link_speed *= 2;
 		else if (s->rate_t0_ns && idle < dt / 4 && s->link_speed < 4 * s->max_rate_seen)
 			/*
 			 * The link had room and we were busy compressing: it may
@@ -1233,6 +1254,7 @@ static int64_t compute_floor(struct sender *s, uint64_t *ret_pages)
 	uint64_t total = 0, i, pages = 0;
 	int64_t floor_bytes = 0;
 	const uint8_t *hash, *page;
+	uint8_t buf[4096];
 
 	if (!z)
 		return -1;
@@ -1254,7 +1276,11 @@ static int64_t compute_floor(struct sender *s, uint64_t *ret_pages)
 
 			if (store_image_page(s->image, b, i, &hash) != STORE_PAGE_HASH)
 				continue;
+			if (!pagecache_has(s->cache, hash))
+				continue;
 			page = pagecache_peek(s->cache, hash);
+			if (!page && store_get(s->store, hash, buf) == 0)
+				page = buf;
 			if (!page)
 				continue;
 			memcpy(&key, hash, sizeof(key));
@@ -1334,6 +1360,17 @@ static json_t *make_report(struct sender *s, const struct migctl_result *res,
 	if (s->error[0])
 		json_object_set_new(r, "error", json_string(s->error));
 	json_object_set_new(r, "total_time_ms", json_integer((end_ns - start_ns) / 1000000));
+	if (s->migrate_ns && s->qemu_done_ns)
+		/* Where the time went: before QEMU starts, QEMU, the receiver's word. */
+		json_object_set_new(r, "phases_ms", json_pack("{s:I, s:I, s:I}",
+			"setup", (json_int_t)((s->migrate_ns - start_ns) / 1000000),
+			"qemu", (json_int_t)((s->qemu_done_ns - s->migrate_ns) / 1000000),
+			"confirm", (json_int_t)((end_ns - s->qemu_done_ns) / 1000000)));
+	/* Where the pipeline stalled: which stage waited for which. */
+	json_object_set_new(r, "waits_ms", json_pack("{s:I, s:I, s:I}",
+		"credits", (json_int_t)(s->credit_wait_ns / 1000000),
+		"free_job", (json_int_t)(s->job_wait_ns / 1000000),
+		"wan_idle", (json_int_t)(s->wan_idle_ns / 1000000)));
 	p = strstr(s->peer_done_text, "resume_ns=");
 	if (p)
 		resume_ns = strtoull(p + 10, NULL, 10);
@@ -1659,7 +1696,9 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 	pc.tty = o->c.progress;
 	mo.tick = progress_tick;
 	mo.tick_opaque = &pc;
+	s->migrate_ns = tsb_now_ns();
 	r = migctl_run(q, NULL, &mo, "fd:" PROXY_FDNAME, &res);
+	s->qemu_done_ns = tsb_now_ns();
 	if (pc.tty)
 		fputc('\n', stderr);
 	if (r < 0) {

@@ -102,12 +102,58 @@ static void test_mirrored_caches_agree(void **state)
 	pagecache_free(b);
 }
 
+/*
+ * Entries put without content (the store holds it) take part in the LRU
+ * exactly like the others: a cache fed content-less and a cache fed
+ * content evict the same hashes. Reusing a content-less victim's slot for
+ * content, and the reverse, never shows stale bytes.
+ */
+static void test_hash_only_entries(void **state)
+{
+	struct pagecache *a = pagecache_new(8, PS), *b = pagecache_new(8, PS);
+	uint8_t h[PAGECACHE_HASH_LEN], p[PS];
+	const uint8_t *got;
+	unsigned i, k;
+
+	assert_non_null(a);
+	assert_non_null(b);
+	for (i = 0; i < 40; i++) {
+		k = (i * 5) % 13;
+		make_hash(h, k);
+		make_page(p, k);
+		if (i % 3 == 0) {
+			assert_int_equal(pagecache_touch(a, h), pagecache_touch(b, h));
+			continue;
+		}
+		/* a: every third put keeps no content; b: always content. */
+		assert_int_equal(pagecache_put(a, h, i % 2 ? NULL : p), 0);
+		assert_int_equal(pagecache_put(b, h, p), 0);
+	}
+	for (k = 0; k < 13; k++) {
+		make_hash(h, k);
+		make_page(p, k);
+		assert_int_equal(pagecache_has(a, h), pagecache_has(b, h));
+		got = pagecache_peek(a, h);
+		if (got)
+			assert_memory_equal(got, p, PS);
+	}
+	/* A hash-only entry is found and touched, but gives no bytes. */
+	make_hash(h, 200);
+	assert_int_equal(pagecache_put(a, h, NULL), 0);
+	assert_true(pagecache_touch(a, h));
+	assert_null(pagecache_get(a, h));
+	assert_null(pagecache_peek(a, h));
+	pagecache_free(a);
+	pagecache_free(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_put_get),
 		cmocka_unit_test(test_lru_eviction),
 		cmocka_unit_test(test_mirrored_caches_agree),
+		cmocka_unit_test(test_hash_only_entries),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

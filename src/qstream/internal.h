@@ -14,6 +14,7 @@
 #define TSB_QSTREAM_INTERNAL_H
 
 #include <stdbool.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -98,5 +99,15 @@ int qs_tok_emit(struct qs_tok *t, const uint8_t *v, size_t n);
  */
 int qs_tok_stream(struct qs_tok *t, uint64_t max, const uint8_t **ret_p,
 		  size_t *ret_n);
+
+/* names[i] of a table indexed by code, "unknown" outside it or in a hole. */
+const char *qs_name_of(const char *const *names, size_t n_names, unsigned i);
+
+/*
+ * Sticky error of a parser: keeps the first one (*err, msg + " at <where>
+ * offset <off>") and returns it; later calls only return the first.
+ */
+int qs_verror(int *err, char *msg, size_t msg_len, int e, const char *where,
+	      uint64_t off, const char *fmt, va_list ap);
 
 #endif

@@ -154,9 +154,7 @@ const char *qs_cmd_name(unsigned cmd)
 		[QS_CMD_SWITCHOVER_START] = "SWITCHOVER_START",
 	};
 
-	if (cmd < sizeof(names) / sizeof(names[0]) && names[cmd])
-		return names[cmd];
-	return "unknown";
+	return qs_name_of(names, sizeof(names) / sizeof(names[0]), cmd);
 }
 
 static int fail(struct qs_parser *p, int err, const char *fmt, ...)
@@ -166,17 +164,11 @@ static int fail(struct qs_parser *p, int err, const char *fmt, ...)
 static int fail(struct qs_parser *p, int err, const char *fmt, ...)
 {
 	va_list ap;
-	int n;
 
-	if (p->err)
-		return p->err;
 	va_start(ap, fmt);
-	n = vsnprintf(p->errmsg, sizeof(p->errmsg), fmt, ap);
+	err = qs_verror(&p->err, p->errmsg, sizeof(p->errmsg), err, "stream", p->t.off,
+			fmt, ap);
 	va_end(ap);
-	if (n >= 0 && (size_t)n < sizeof(p->errmsg))
-		snprintf(p->errmsg + n, sizeof(p->errmsg) - n,
-			 " at stream offset %llu", (unsigned long long)p->t.off);
-	p->err = err;
 	return err;
 }
 

@@ -56,9 +56,7 @@ const char *qs_rp_type_name(unsigned type)
 		[QS_RP_SWITCHOVER_ACK] = "SWITCHOVER_ACK",
 	};
 
-	if (type < sizeof(names) / sizeof(names[0]) && names[type])
-		return names[type];
-	return "unknown";
+	return qs_name_of(names, sizeof(names) / sizeof(names[0]), type);
 }
 
 static int rp_fail(struct qs_rp_parser *p, int err, const char *fmt, ...)
@@ -67,18 +65,11 @@ static int rp_fail(struct qs_rp_parser *p, int err, const char *fmt, ...)
 static int rp_fail(struct qs_rp_parser *p, int err, const char *fmt, ...)
 {
 	va_list ap;
-	int n;
 
-	if (p->err)
-		return p->err;
 	va_start(ap, fmt);
-	n = vsnprintf(p->errmsg, sizeof(p->errmsg), fmt, ap);
+	err = qs_verror(&p->err, p->errmsg, sizeof(p->errmsg), err, "return-path",
+			p->t.off, fmt, ap);
 	va_end(ap);
-	if (n >= 0 && (size_t)n < sizeof(p->errmsg))
-		snprintf(p->errmsg + n, sizeof(p->errmsg) - n,
-			 " at return-path offset %llu",
-			 (unsigned long long)p->t.off);
-	p->err = err;
 	return err;
 }
 

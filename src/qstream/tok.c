@@ -1,6 +1,7 @@
 #include "qstream/internal.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 int qs_tok_init(struct qs_tok *t, size_t hold_cap,
@@ -64,4 +65,24 @@ int qs_tok_stream(struct qs_tok *t, uint64_t max, const uint8_t **ret_p,
 	if (!n)
 		return 0;
 	return qs_tok_emit(t, p, n);
+}
+
+const char *qs_name_of(const char *const *names, size_t n_names, unsigned i)
+{
+	return i < n_names && names[i] ? names[i] : "unknown";
+}
+
+int qs_verror(int *err, char *msg, size_t msg_len, int e, const char *where,
+	      uint64_t off, const char *fmt, va_list ap)
+{
+	int n;
+
+	if (*err)
+		return *err;
+	n = vsnprintf(msg, msg_len, fmt, ap);
+	if (n >= 0 && (size_t)n < msg_len)
+		snprintf(msg + n, msg_len - n, " at %s offset %llu", where,
+			 (unsigned long long)off);
+	*err = e;
+	return e;
 }

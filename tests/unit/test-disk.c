@@ -20,7 +20,6 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <ftw.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -35,6 +34,7 @@
 #include "common/log.h"
 #include "disk/disk.h"
 #include "qmp/qmp.h"
+#include "scratch.h"
 #include "store/diskindex.h"
 #include "wire/tls.h"
 
@@ -42,42 +42,12 @@ extern char **environ;
 
 #define SIZE (16 << 20)
 
-static char tmpdir[64];
 static pid_t pids[2] = { -1, -1 };
-
-static bool have(const char *tool)
-{
-	char cmd[256];
-
-	snprintf(cmd, sizeof(cmd), "command -v %s >/dev/null 2>&1", tool);
-	return system(cmd) == 0;
-}
-
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...)
-{
-	char cmd[4096];
-	va_list ap;
-	int st;
-
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	st = system(cmd);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb, (void)flag, (void)ftw;
-	return remove(p);
-}
 
 static int setup(void **state)
 {
 	(void)state;
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/test-disk.XXXXXX");
-	return mkdtemp(tmpdir) ? 0 : -1;
+	return scratch_make("test-disk");
 }
 
 static int teardown(void **state)
@@ -90,13 +60,8 @@ static int teardown(void **state)
 			pids[i] = -1;
 		}
 	}
-	nftw(tmpdir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	scratch_remove();
 	return 0;
-}
-
-static void path(char *buf, size_t n, const char *name)
-{
-	snprintf(buf, n, "%s/%s", tmpdir, name);
 }
 
 /* Starts QEMU with image as drive "disk0"; returns its QMP connection. */
@@ -109,9 +74,9 @@ static struct qmp *start_qemu(int slot, const char *image)
 	int i = 0;
 
 	snprintf(name, sizeof(name), "qmp%d.sock", slot);
-	path(qsock, sizeof(qsock), name);
+	scratch_path(qsock, sizeof(qsock), name);
 	snprintf(name, sizeof(name), "qemu%d.log", slot);
-	path(log, sizeof(log), name);
+	scratch_path(log, sizeof(log), name);
 	snprintf(drive, sizeof(drive), "file=%s,format=raw,if=none,id=disk0", image);
 	snprintf(arg_qmp, sizeof(arg_qmp), "unix:%s,server=on,wait=off", qsock);
 	argv[i++] = "qemu-system-x86_64";
@@ -178,25 +143,25 @@ static void migrate_disk(enum mode mode)
 	char portstr[16];
 	int lfd;
 
-	if (!have("qemu-system-x86_64") || !have("qemu-img") || !have("qemu-io"))
+	if (!have_tool("qemu-system-x86_64") || !have_tool("qemu-img") || !have_tool("qemu-io"))
 		skip();
-	path(src, sizeof(src), "src.raw");
-	path(dst, sizeof(dst), "dst.raw");
-	path(key, sizeof(key), "key");
-	path(base, sizeof(base), "base.raw");
+	scratch_path(src, sizeof(src), "src.raw");
+	scratch_path(dst, sizeof(dst), "dst.raw");
+	scratch_path(key, sizeof(key), "key");
+	scratch_path(base, sizeof(base), "base.raw");
 	/* Random content everywhere but a zero hole (8..12 MiB). */
-	assert_int_equal(run("head -c %d /dev/urandom > %s && "
+	assert_int_equal(run_cmd("head -c %d /dev/urandom > %s && "
 			     "qemu-io -f raw -c 'write -z 8M 4M' %s >/dev/null",
 			     SIZE, src, src), 0);
 	if (older_copy) {
 		/* The destination's copy (or base); then 10% of the source changes. */
-		assert_int_equal(run("cp %s %s", src, mode == RETURN ? dst : base), 0);
+		assert_int_equal(run_cmd("cp %s %s", src, mode == RETURN ? dst : base), 0);
 		if (mode == CLONE)
-			assert_int_equal(run("qemu-img create -q -f raw %s %d", dst, SIZE), 0);
-		assert_int_equal(run("qemu-io -f raw -c 'write -P 0x5a 1M 1M' "
+			assert_int_equal(run_cmd("qemu-img create -q -f raw %s %d", dst, SIZE), 0);
+		assert_int_equal(run_cmd("qemu-io -f raw -c 'write -P 0x5a 1M 1M' "
 				     "-c 'write -P 0x6b 13M 640k' %s >/dev/null", src), 0);
 	} else {
-		assert_int_equal(run("qemu-img create -q -f raw %s %d", dst, SIZE), 0);
+		assert_int_equal(run_cmd("qemu-img create -q -f raw %s %d", dst, SIZE), 0);
 	}
 	assert_int_equal(wire_keygen(key, "test", err, sizeof(err)), 0);
 	assert_int_equal(wire_key_load(key, &k, err, sizeof(err)), 0);
@@ -242,7 +207,7 @@ static void migrate_disk(enum mode mode)
 	assert_int_not_equal(access(marker, F_OK), 0);
 	stop_qemu(0, qs);
 	stop_qemu(1, qd);
-	assert_int_equal(run("cmp %s %s", src, dst), 0);
+	assert_int_equal(run_cmd("cmp %s %s", src, dst), 0);
 
 	json_int_t ref = report_int(srep, "ref"), data = report_int(srep, "data");
 	print_message("%s: sender blocks data %lld ref %lld zero %lld; receiver fetched %lld, "

@@ -17,7 +17,6 @@
 #include <cmocka.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
@@ -33,46 +32,15 @@
 #include "common/log.h"
 #include "nbd/nbd.h"
 #include "qmp/qmp.h"
+#include "scratch.h"
 
 extern char **environ;
 
-static char tmpdir[64];
 static pid_t qemu_pid = -1;
-
-static bool have(const char *tool)
-{
-	char cmd[256];
-
-	snprintf(cmd, sizeof(cmd), "command -v %s >/dev/null 2>&1", tool);
-	return system(cmd) == 0;
-}
-
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...)
-{
-	char cmd[4096];
-	va_list ap;
-	int st;
-
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	st = system(cmd);
-	if (st)
-		print_message("command failed (%d): %s\n", st, cmd);
-	return st;
-}
-
-static int rm_cb(const char *p, const struct stat *sb, int flag,
-		 struct FTW *ftw)
-{
-	return remove(p);
-}
 
 static int setup(void **state)
 {
-	strcpy(tmpdir, "/tmp/tsb-nbd-XXXXXX");
-	return mkdtemp(tmpdir) ? 0 : -1;
+	return scratch_make("tsb-nbd");
 }
 
 static int teardown(void **state)
@@ -82,12 +50,8 @@ static int teardown(void **state)
 		(void)waitpid(qemu_pid, NULL, 0);
 		qemu_pid = -1;
 	}
-	return nftw(tmpdir, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
-}
-
-static void path(char *buf, size_t n, const char *name)
-{
-	snprintf(buf, n, "%s/%s", tmpdir, name);
+	scratch_remove();
+	return 0;
 }
 
 static void fill_pattern(uint8_t *p, size_t len, uint64_t offset, uint8_t seed)
@@ -244,7 +208,7 @@ static void *serve_thread(void *arg)
 	return NULL;
 }
 
-/* Starts our server on <tmpdir>/name.sock for a file of size bytes. */
+/* Starts our server on <scratch>/name.sock for a file of size bytes. */
 static void serve_file(struct served *s, const char *file, uint64_t size,
 		       const char *export)
 {
@@ -260,7 +224,7 @@ static void serve_file(struct served *s, const char *file, uint64_t size,
 	s->srv = nbd_server_new(&cfg, &fexp_ops, &s->f);
 	assert_non_null(s->srv);
 	s->f.srv = s->srv;
-	path(s->sock, sizeof(s->sock), "srv.sock");
+	scratch_path(s->sock, sizeof(s->sock), "srv.sock");
 	assert_int_equal(nbd_server_listen_unix(s->srv, s->sock), 0);
 	assert_int_equal(pthread_create(&s->f.worker, NULL, worker, &s->f), 0);
 	assert_int_equal(pthread_create(&s->thread, NULL, serve_thread, s), 0);
@@ -356,13 +320,13 @@ static void client_vs_qemu_nbd(const char *fmt)
 	pid_t pid;
 	int r, done;
 
-	if (!have("qemu-nbd") || !have("qemu-img"))
+	if (!have_tool("qemu-nbd") || !have_tool("qemu-img"))
 		skip();
-	path(img, sizeof(img), "img");
-	path(sock, sizeof(sock), "qemu-nbd.sock");
-	path(pidf, sizeof(pidf), "qemu-nbd.pid");
-	assert_int_equal(run("qemu-img create -q -f %s %s %d", fmt, img, SIZE), 0);
-	assert_int_equal(run("qemu-nbd --fork --pid-file=%s -k %s -x disk0 -f %s %s",
+	scratch_path(img, sizeof(img), "img");
+	scratch_path(sock, sizeof(sock), "qemu-nbd.sock");
+	scratch_path(pidf, sizeof(pidf), "qemu-nbd.pid");
+	assert_int_equal(run_cmd("qemu-img create -q -f %s %s %d", fmt, img, SIZE), 0);
+	assert_int_equal(run_cmd("qemu-nbd --fork --pid-file=%s -k %s -x disk0 -f %s %s",
 			     pidf, sock, fmt, img), 0);
 	pid = read_pid(pidf);
 
@@ -456,8 +420,8 @@ static void client_vs_qemu_nbd(const char *fmt)
 	{
 		char out[128];
 
-		path(out, sizeof(out), "img.raw");
-		assert_int_equal(run("qemu-img convert -f %s -O raw %s %s",
+		scratch_path(out, sizeof(out), "img.raw");
+		assert_int_equal(run_cmd("qemu-img convert -f %s -O raw %s %s",
 				     fmt, img, out), 0);
 		int fd = open(out, O_RDONLY | O_CLOEXEC);
 
@@ -490,12 +454,12 @@ static void test_server_qemu_io(void **state)
 	uint8_t *buf;
 	int fd, i;
 
-	if (!have("qemu-io") || !have("qemu-img"))
+	if (!have_tool("qemu-io") || !have_tool("qemu-img"))
 		skip();
-	path(file, sizeof(file), "target.raw");
+	scratch_path(file, sizeof(file), "target.raw");
 	serve_file(&s, file, SIZE, "exp");
 	snprintf(uri, sizeof(uri), "nbd+unix:///exp?socket=%s", s.sock);
-	assert_int_equal(run("qemu-io -f raw "
+	assert_int_equal(run_cmd("qemu-io -f raw "
 			     "-c 'write -P 0xab 0 1M' "
 			     "-c 'write -P 0xcd 1M 3M' "
 			     "-c 'write -z 2M 512k' "
@@ -536,25 +500,25 @@ static void test_server_qemu_io(void **state)
 
 	/* qemu-img reads the export through our server (structured reads). */
 	serve_file(&s, file, SIZE, "exp");
-	path(chk, sizeof(chk), "copy.raw");
-	assert_int_equal(run("qemu-img convert -f raw -O raw '%s' %s", uri,
+	scratch_path(chk, sizeof(chk), "copy.raw");
+	assert_int_equal(run_cmd("qemu-img convert -f raw -O raw '%s' %s", uri,
 			     chk), 0);
 	assert_int_equal(serve_join(&s), 0);
 	print_stats("qemu-img convert", s.srv);
 	served_fini(&s);
-	assert_int_equal(run("cmp -s %s %s", file, chk), 0);
+	assert_int_equal(run_cmd("cmp -s %s %s", file, chk), 0);
 
 	/* qemu-nbd --list: LIST, then INFO for each export. */
-	if (have("qemu-nbd")) {
+	if (have_tool("qemu-nbd")) {
 		serve_file(&s, file, SIZE, "exp");
 		char lst[128];
 
-		path(lst, sizeof(lst), "list.txt");
-		assert_int_equal(run("qemu-nbd --list -k %s > %s", s.sock, lst),
+		scratch_path(lst, sizeof(lst), "list.txt");
+		assert_int_equal(run_cmd("qemu-nbd --list -k %s > %s", s.sock, lst),
 				 0);
-		assert_int_equal(run("grep -q \"export: 'exp'\" %s", lst), 0);
-		assert_int_equal(run("grep -q 'base:allocation' %s", lst), 0);
-		assert_int_equal(run("grep -q 'max block: 33554432' %s", lst), 0);
+		assert_int_equal(run_cmd("grep -q \"export: 'exp'\" %s", lst), 0);
+		assert_int_equal(run_cmd("grep -q 'base:allocation' %s", lst), 0);
+		assert_int_equal(run_cmd("grep -q 'max block: 33554432' %s", lst), 0);
 		(void)serve_join(&s); /* qemu-nbd --list aborts: result 0 */
 		print_stats("qemu-nbd --list", s.srv);
 		served_fini(&s);
@@ -586,13 +550,13 @@ static void mirror(bool cancel)
 	pid_t pid;
 	int st, i = 0;
 
-	if (!have("qemu-system-x86_64") || !have("qemu-io") || !have("qemu-img"))
+	if (!have_tool("qemu-system-x86_64") || !have_tool("qemu-io") || !have_tool("qemu-img"))
 		skip();
-	path(src, sizeof(src), "src.raw");
-	path(tgt, sizeof(tgt), "tgt.raw");
-	path(qsock, sizeof(qsock), "qmp.sock");
-	assert_int_equal(run("qemu-img create -q -f raw %s %d", src, SIZE), 0);
-	assert_int_equal(run("qemu-io -f raw -c 'write -P 0x11 0 3M' "
+	scratch_path(src, sizeof(src), "src.raw");
+	scratch_path(tgt, sizeof(tgt), "tgt.raw");
+	scratch_path(qsock, sizeof(qsock), "qmp.sock");
+	assert_int_equal(run_cmd("qemu-img create -q -f raw %s %d", src, SIZE), 0);
+	assert_int_equal(run_cmd("qemu-io -f raw -c 'write -P 0x11 0 3M' "
 			     "-c 'write -P 0x22 10M 1M' -c 'write -P 0x33 31M 1M' "
 			     "%s >/dev/null", src), 0);
 	/* The target starts as garbage where the source is zero. */
@@ -629,7 +593,7 @@ static void mirror(bool cancel)
 		posix_spawn_file_actions_t fa;
 		char log[128];
 
-		path(log, sizeof(log), "qemu.log");
+		scratch_path(log, sizeof(log), "qemu.log");
 		posix_spawn_file_actions_init(&fa);
 		posix_spawn_file_actions_addopen(&fa, 1, log,
 			O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -682,7 +646,7 @@ static void mirror(bool cancel)
 	print_stats(cancel ? "mirror (cancel)" : "mirror (complete)", s.srv);
 	assert_int_equal(s.f.flush_violations, 0);
 	served_fini(&s);
-	assert_int_equal(run("cmp %s %s", src, tgt), 0);
+	assert_int_equal(run_cmd("cmp %s %s", src, tgt), 0);
 }
 
 static void test_mirror_cancel(void **state)

@@ -1,11 +1,15 @@
 #include "scratch.h"
 
+#include <fcntl.h>
 #include <ftw.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+
+extern char **environ;
 
 static char scratch_dir[128];
 
@@ -55,4 +59,25 @@ int run_cmd(const char *fmt, ...)
 	if (st)
 		fprintf(stderr, "command failed (%d): %s\n", st, cmd);
 	return st;
+}
+
+pid_t spawn_bare_qemu(const char *opt, const char *value, const char *qmp_sock,
+		      const char *log)
+{
+	char arg_qmp[256];
+	char *argv[] = {
+		"qemu-system-x86_64", "-machine", "none", "-accel", "tcg", "-nodefaults",
+		"-display", "none", (char *)opt, (char *)value, "-qmp", arg_qmp, NULL,
+	};
+	posix_spawn_file_actions_t fa;
+	pid_t pid;
+	int r;
+
+	snprintf(arg_qmp, sizeof(arg_qmp), "unix:%s,server=on,wait=off", qmp_sock);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	posix_spawn_file_actions_adddup2(&fa, 1, 2);
+	r = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	return r ? -1 : pid;
 }

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 /* Makes a fresh directory /tmp/<prefix>.XXXXXX; 0 or -1. */
 int scratch_make(const char *prefix);
@@ -15,6 +16,14 @@ int scratch_make(const char *prefix);
 void scratch_remove(void);
 /* buf = "<scratch>/<name>". */
 void scratch_path(char *buf, size_t n, const char *name);
+
+/*
+ * Starts a QEMU with no machine and no guest, just a block device
+ * (opt "-drive" or "-blockdev" with its value) and QMP on qmp_sock,
+ * output to log. Its pid, or -1.
+ */
+pid_t spawn_bare_qemu(const char *opt, const char *value, const char *qmp_sock,
+		      const char *log);
 
 /* True if the tool is on PATH. */
 bool have_tool(const char *tool);

@@ -13,7 +13,6 @@
  *    blocks still from the base travel as references, read from it.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,7 +20,6 @@
 #include <cmocka.h>
 
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,8 +35,6 @@
 #include "scratch.h"
 #include "store/diskindex.h"
 #include "wire/tls.h"
-
-extern char **environ;
 
 #define SIZE (16 << 20)
 
@@ -67,36 +63,16 @@ static int teardown(void **state)
 /* Starts QEMU with image as drive "disk0"; returns its QMP connection. */
 static struct qmp *start_qemu(int slot, const char *image)
 {
-	char drive[512], qsock[128], arg_qmp[256], log[128], name[32];
-	char *argv[16];
-	posix_spawn_file_actions_t fa;
+	char drive[512], qsock[128], log[128], name[32];
 	struct qmp *q = NULL;
-	int i = 0;
 
 	snprintf(name, sizeof(name), "qmp%d.sock", slot);
 	scratch_path(qsock, sizeof(qsock), name);
 	snprintf(name, sizeof(name), "qemu%d.log", slot);
 	scratch_path(log, sizeof(log), name);
 	snprintf(drive, sizeof(drive), "file=%s,format=raw,if=none,id=disk0", image);
-	snprintf(arg_qmp, sizeof(arg_qmp), "unix:%s,server=on,wait=off", qsock);
-	argv[i++] = "qemu-system-x86_64";
-	argv[i++] = "-machine";
-	argv[i++] = "none";
-	argv[i++] = "-accel";
-	argv[i++] = "tcg";
-	argv[i++] = "-nodefaults";
-	argv[i++] = "-display";
-	argv[i++] = "none";
-	argv[i++] = "-drive";
-	argv[i++] = drive;
-	argv[i++] = "-qmp";
-	argv[i++] = arg_qmp;
-	argv[i] = NULL;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	posix_spawn_file_actions_adddup2(&fa, 1, 2);
-	assert_int_equal(posix_spawnp(&pids[slot], argv[0], &fa, NULL, argv, environ), 0);
-	posix_spawn_file_actions_destroy(&fa);
+	pids[slot] = spawn_bare_qemu("-drive", drive, qsock, log);
+	assert_true(pids[slot] > 0);
 	assert_int_equal(qmp_open(qsock, 20000, &q), 0);
 	return q;
 }

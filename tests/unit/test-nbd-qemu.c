@@ -19,7 +19,6 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +33,6 @@
 #include "qmp/qmp.h"
 #include "scratch.h"
 
-extern char **environ;
 
 static pid_t qemu_pid = -1;
 
@@ -542,13 +540,11 @@ static int qmp_cmd(struct qmp *q, const char *cmd, json_t *args)
 static void mirror(bool cancel)
 {
 	enum { SIZE = 32 << 20 };
-	char src[128], tgt[128], qsock[128], arg_blk[512], arg_qmp[256];
-	char *argv[16];
+	char src[128], tgt[128], qsock[128], arg_blk[512];
 	struct served s;
 	struct qmp *q = NULL;
 	struct qmp_event ev;
-	pid_t pid;
-	int st, i = 0;
+	int st;
 
 	if (!have_tool("qemu-system-x86_64") || !have_tool("qemu-io") || !have_tool("qemu-img"))
 		skip();
@@ -575,33 +571,12 @@ static void mirror(bool cancel)
 	snprintf(arg_blk, sizeof(arg_blk),
 		 "driver=raw,node-name=drive0,file.driver=file,file.filename=%s",
 		 src);
-	snprintf(arg_qmp, sizeof(arg_qmp), "unix:%s,server=on,wait=off", qsock);
-	argv[i++] = "qemu-system-x86_64";
-	argv[i++] = "-machine";
-	argv[i++] = "none";
-	argv[i++] = "-accel";
-	argv[i++] = "tcg";
-	argv[i++] = "-nodefaults";
-	argv[i++] = "-display";
-	argv[i++] = "none";
-	argv[i++] = "-blockdev";
-	argv[i++] = arg_blk;
-	argv[i++] = "-qmp";
-	argv[i++] = arg_qmp;
-	argv[i] = NULL;
 	{
-		posix_spawn_file_actions_t fa;
 		char log[128];
 
 		scratch_path(log, sizeof(log), "qemu.log");
-		posix_spawn_file_actions_init(&fa);
-		posix_spawn_file_actions_addopen(&fa, 1, log,
-			O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		posix_spawn_file_actions_adddup2(&fa, 1, 2);
-		assert_int_equal(posix_spawnp(&pid, argv[0], &fa, NULL, argv,
-					      environ), 0);
-		posix_spawn_file_actions_destroy(&fa);
-		qemu_pid = pid;
+		qemu_pid = spawn_bare_qemu("-blockdev", arg_blk, qsock, log);
+		assert_true(qemu_pid > 0);
 	}
 
 	assert_int_equal(qmp_open(qsock, 20000, &q), 0);
@@ -639,7 +614,7 @@ static void mirror(bool cancel)
 			json_pack("{s:s}", "node-name", "tgt")), 0);
 	(void)qmp_cmd(q, "quit", NULL);
 	qmp_close(q);
-	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_int_equal(waitpid(qemu_pid, &st, 0), qemu_pid);
 	qemu_pid = -1;
 
 	assert_int_equal(serve_join(&s), 0);

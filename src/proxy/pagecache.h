@@ -19,9 +19,8 @@
 struct pagecache;
 
 /*
- * A cache of up to capacity pages of page_size bytes; their memory is
- * reserved at once and backed as pages arrive. NULL on ENOMEM or a zero
- * capacity.
+ * A cache of up to capacity pages of page_size bytes, kept in a memory
+ * file that grows as pages arrive. NULL on ENOMEM or a zero capacity.
  */
 struct pagecache *pagecache_new(size_t capacity, size_t page_size);
 void pagecache_free(struct pagecache *c);
@@ -35,7 +34,10 @@ const uint8_t *pagecache_get(struct pagecache *c,
 			     const uint8_t hash[PAGECACHE_HASH_LEN]);
 /* Like pagecache_get without reading the content. */
 bool pagecache_touch(struct pagecache *c, const uint8_t hash[PAGECACHE_HASH_LEN]);
-/* Like pagecache_get without touching the LRU order. */
+/*
+ * Like pagecache_get without touching the LRU order. It still reads into
+ * the cache's one page buffer: callers on several threads need a lock.
+ */
 const uint8_t *pagecache_peek(const struct pagecache *c,
 			      const uint8_t hash[PAGECACHE_HASH_LEN]);
 /* True if present, without touching the LRU order. */

@@ -966,6 +966,7 @@ static int serve_need(struct sender *s, const struct wire_need *need)
 {
 	uint8_t (*hashes)[WIRE_HASH_LEN] = NULL;
 	uint8_t *data = NULL;
+	bool *have = NULL;	/* taken from the cache */
 	struct tsb_buf frame;
 	const uint8_t *page;
 	unsigned i;
@@ -973,23 +974,30 @@ static int serve_need(struct sender *s, const struct wire_need *need)
 
 	hashes = calloc(need->count, WIRE_HASH_LEN);
 	data = malloc((size_t)need->count * 4096);
-	if (!hashes || !data) {
+	have = calloc(need->count, sizeof(*have));
+	if (!hashes || !data || !have) {
 		r = -ENOMEM;
 		goto out;
 	}
 	pthread_mutex_lock(&s->cache_lock);
-	for (i = 0; i < need->count && r == 0; i++) {
+	for (i = 0; i < need->count; i++) {
 		memcpy(hashes[i], need->hashes + (size_t)i * WIRE_HASH_LEN, WIRE_HASH_LEN);
 		/* Peek: a NEED must not change the mirrored cache's order. */
 		page = pagecache_peek(s->cache, hashes[i]);
 		if (page)
 			memcpy(data + (size_t)i * 4096, page, 4096);
-		else if (!s->store || store_get(s->store, hashes[i], data + (size_t)i * 4096) < 0)
-			r = -ENOENT;
+		have[i] = page != NULL;
 	}
 	pthread_mutex_unlock(&s->cache_lock);
-	if (r < 0)
-		goto out;
+	/* The rest from the store, without holding up the parse thread. */
+	for (i = 0; i < need->count; i++) {
+		if (have[i])
+			continue;
+		if (!s->store || store_get(s->store, hashes[i], data + (size_t)i * 4096) < 0) {
+			r = -ENOENT;
+			goto out;
+		}
+	}
 	tsb_buf_init(&frame);
 	r = wire_encode_hashdata(&frame, 4096, (const uint8_t (*)[WIRE_HASH_LEN])hashes,
 				 data, need->count, NULL);
@@ -1000,6 +1008,7 @@ static int serve_need(struct sender *s, const struct wire_need *need)
 out:
 	free(hashes);
 	free(data);
+	free(have);
 	return r;
 }
 

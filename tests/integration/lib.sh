@@ -61,12 +61,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# free_port: prints a TCP port on 127.0.0.1 that nothing listens on.
+# free_port: prints a TCP port on 127.0.0.1 that no socket uses. Taken
+# below the kernel's ephemeral range (32768+), so that an outgoing
+# connection cannot grab it between this check and the listen.
 free_port() {
 	local p
 	for _ in $(seq 1 50); do
-		p=$((20000 + RANDOM % 20000))
-		if ! ss -Htln "sport = :$p" 2>/dev/null | grep -q .; then
+		p=$((10000 + RANDOM % 22000))
+		if ! ss -Htan "sport = :$p" 2>/dev/null | grep -q .; then
 			echo "$p"
 			return 0
 		fi

@@ -24,5 +24,6 @@ int cmd_send(int argc, char **argv);
 int cmd_recv(int argc, char **argv);
 int cmd_store(int argc, char **argv);
 int cmd_net(int argc, char **argv);
+int cmd_resolve(int argc, char **argv);
 
 #endif

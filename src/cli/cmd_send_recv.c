@@ -26,6 +26,8 @@ static int exit_code(enum proxy_outcome oc)
 		return 5;
 	case PROXY_UNSUPPORTED:
 		return 6;
+	case PROXY_IN_DOUBT:
+		return 7;
 	case PROXY_INTERRUPTED:
 		return 130;
 	default:
@@ -42,9 +44,14 @@ static int exit_code(enum proxy_outcome oc)
 	"  4    link lost or the peer died\n" \
 	"  5    authentication failed (wrong key or certificate)\n" \
 	"  6    the migration stream uses something tsubame does not carry\n" \
+	"  7    in doubt: the switchover could not be settled within --commit-timeout;\n" \
+	"       the guest is paused on this side and a record is kept: run\n" \
+	"       'tsubame resolve' as the message says\n" \
 	"  130  interrupted (SIGINT/SIGTERM): cancelled\n" \
-	"Unless the migration completed, the source VM keeps running and the\n" \
-	"destination QEMU never runs a half-loaded guest.\n"
+	"The destination runs the guest only after the source committed the\n" \
+	"switchover; until then the source runs it (or resumes it on any failure).\n" \
+	"Never both; where a lost message leaves it undecided, both stay paused\n" \
+	"(exit 7) until 'tsubame resolve' settles it (docs/protocol.md).\n"
 
 #define COMMON_HELP \
 	"  --qmp SOCKET           the local QEMU's QMP socket (required)\n" \
@@ -62,6 +69,10 @@ static int exit_code(enum proxy_outcome oc)
 	"                         (default: every VM is its own tenant)\n" \
 	"  --net-agent SOCKET     tell this host's mobility agent ('tsubame net agent')\n" \
 	"                         that the VM arrives (recv) or left (send)\n" \
+	"  --commit-timeout DUR   how long to keep trying to settle a switchover whose\n" \
+	"                         messages were lost (default 3m; then exit 7)\n" \
+	"  --state-dir DIR        records of unsettled switchovers (default\n" \
+	"                         " PROXY_STATE_DIR_DEFAULT ")\n" \
 	"  -v, --verbose          more log output\n" \
 	"  -h, --help             show this help\n"
 
@@ -71,7 +82,7 @@ enum {
 	OPT_POSTCOPY_AFTER, OPT_ZSTD, OPT_PROGRESS, OPT_NO_PROGRESS,
 	OPT_STORE, OPT_NO_STORE, OPT_STORE_CAP, OPT_TENANT, OPT_VM_ID, OPT_DISK_SOURCE,
 	OPT_NO_VM_DISKS, OPT_FLOOR, OPT_NET_AGENT, OPT_NET_MAC, OPT_NET_IP, OPT_NET_HOME,
-	OPT_DISK, OPT_NO_DISKS,
+	OPT_DISK, OPT_NO_DISKS, OPT_COMMIT_TIMEOUT, OPT_STATE_DIR,
 };
 
 static const struct option options[] = {
@@ -107,6 +118,8 @@ static const struct option options[] = {
 	{ "net-home", required_argument, NULL, OPT_NET_HOME },
 	{ "disk", required_argument, NULL, OPT_DISK },
 	{ "no-disks", no_argument, NULL, OPT_NO_DISKS },
+	{ "commit-timeout", required_argument, NULL, OPT_COMMIT_TIMEOUT },
+	{ "state-dir", required_argument, NULL, OPT_STATE_DIR },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, 'h' },
 	{}
@@ -147,6 +160,8 @@ static int parse(const char *cmd, bool send, int argc, char **argv, struct parse
 	int c;
 
 	p->c.stall_ms = 60000;
+	p->c.commit_timeout_ms = PROXY_COMMIT_TIMEOUT_DEFAULT_MS;
+	p->c.state_dir = PROXY_STATE_DIR_DEFAULT;
 	p->c.progress = isatty(STDERR_FILENO);
 	while ((c = getopt_long(argc, argv, "vh", options, NULL)) != -1) {
 		switch (c) {
@@ -172,6 +187,13 @@ static int parse(const char *cmd, bool send, int argc, char **argv, struct parse
 				return cli_usage_error(cmd, "bad --cache '%s' (at least 1M)", optarg);
 			break;
 		case OPT_STORE: p->c.store_dir = optarg; break;
+		case OPT_STATE_DIR: p->c.state_dir = optarg; break;
+		case OPT_COMMIT_TIMEOUT:
+			if (tsb_parse_duration(optarg, &v) < 0 || v < 1000000000ull)
+				return cli_usage_error(cmd, "bad --commit-timeout '%s' (at least 1s)",
+						   optarg);
+			p->c.commit_timeout_ms = v / 1000000;
+			break;
 		case OPT_NO_STORE: p->no_store = true; break;
 		case OPT_STORE_CAP:
 			if (tsb_parse_size(optarg, &p->c.store_cap) < 0 ||

@@ -20,6 +20,7 @@ static const struct command commands[] = {
 	{ "migrate-native", cmd_migrate_native,
 	  "run QEMU's own migration between two QEMUs and measure it" },
 	{ "net", cmd_net, "mobility agent: keep moved VMs reachable at their addresses" },
+	{ "resolve", cmd_resolve, "settle a migration left in doubt (exit status 7)" },
 };
 
 static void usage(FILE *f)

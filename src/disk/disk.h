@@ -137,6 +137,12 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok,
 bool disk_recv_has(struct disk_recv *dr, const uint8_t hash[32]);
 int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[4096]);
 
+/*
+ * Stops waiting for a disk channel that has not come yet and frees the
+ * listening port (the switchover may need it for the sender's decision).
+ */
+void disk_recv_stop_listening(struct disk_recv *dr);
+
 /* True once the disk channel failed. */
 bool disk_recv_failed(struct disk_recv *dr);
 

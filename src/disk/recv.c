@@ -72,6 +72,7 @@ struct disk_recv {
 	pthread_mutex_t lock;
 	struct wire_conn *conn;		/* set under lock (abort from finish) */
 	volatile bool stop;
+	volatile bool stop_accepting;	/* the listening port is needed again */
 	bool connected, done, failed;
 	char error[256];
 
@@ -111,6 +112,12 @@ static void dr_fail(struct disk_recv *dr, const char *fmt, ...)
 		log_debug("disk: %s", dr->error);
 	}
 	pthread_mutex_unlock(&dr->lock);
+}
+
+void disk_recv_stop_listening(struct disk_recv *dr)
+{
+	if (dr)
+		dr->stop_accepting = true;
 }
 
 bool disk_recv_failed(struct disk_recv *dr)
@@ -719,7 +726,7 @@ static int accept_channel(struct disk_recv *dr)
 		 * No timeout: a sender whose VM has no disk to move never comes,
 		 * and that is not an error here (the sender fails if it wanted to).
 		 */
-		if (dr->stop)
+		if (dr->stop || dr->stop_accepting)
 			return -ECANCELED;
 		if (poll(&pfd, 1, 200) <= 0)
 			continue;

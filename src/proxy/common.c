@@ -129,6 +129,7 @@ const char *proxy_outcome_name(enum proxy_outcome o)
 		[PROXY_TIMEOUT] = "timeout",
 		[PROXY_INTERRUPTED] = "interrupted",
 		[PROXY_UNSUPPORTED] = "unsupported",
+		[PROXY_IN_DOUBT] = "in-doubt",
 	};
 
 	return o < sizeof(names) / sizeof(names[0]) ? names[o] : "?";

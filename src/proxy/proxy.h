@@ -19,7 +19,12 @@ enum proxy_outcome {
 	PROXY_TIMEOUT,		/* did not finish in time; cancelled */
 	PROXY_INTERRUPTED,	/* SIGINT/SIGTERM; cancelled */
 	PROXY_UNSUPPORTED,	/* stream construct or capability not supported */
+	PROXY_IN_DOUBT,		/* switchover not settled: paused here, record kept */
 };
+
+/* Defaults of --state-dir and --commit-timeout. */
+#define PROXY_STATE_DIR_DEFAULT "/var/lib/tsubame/migrations"
+#define PROXY_COMMIT_TIMEOUT_DEFAULT_MS (3 * 60 * 1000)
 
 struct proxy_common_options {
 	const char *qmp_path;		/* local QEMU's QMP socket */
@@ -34,6 +39,8 @@ struct proxy_common_options {
 	uint64_t store_cap;		/* 0: the store's default */
 	const char *tenant;		/* NULL: one tenant per VM */
 	const char *net_agent;		/* mobility agent's control socket, or NULL */
+	const char *state_dir;		/* durable migration records (switchover) */
+	uint64_t commit_timeout_ms;	/* how long to settle an undecided switchover */
 };
 
 struct proxy_send_options {
@@ -70,6 +77,23 @@ struct proxy_recv_options {
 enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_report);
 /* Runs the destination side, for one incoming migration. */
 enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_report);
+
+struct proxy_resolve_options {
+	const char *state_dir;
+	const char *id;			/* the migration id, as the message named it */
+	const char *qmp_path;		/* overrides the record's QMP socket */
+	int decision;			/* recv side: WIRE_DECIDE_*, 0 if not given */
+};
+
+/*
+ * Settles an in-doubt migration from the records this host keeps
+ * (docs/protocol.md, "Resolving"). Prints what it did and what to run on
+ * the other side. 0 done, 2 usage (e.g. recv side without a decision),
+ * 1 failed.
+ */
+int proxy_resolve(const struct proxy_resolve_options *o);
+/* Prints the records of unsettled migrations in dir; returns how many. */
+int proxy_resolve_list(const char *state_dir);
 
 /* Writes a report to path as indented JSON. 0 or -EIO. */
 int proxy_write_report(const char *path, json_t *report);

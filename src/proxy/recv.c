@@ -4,12 +4,17 @@
  * stream from STREAM runs and PAGES batches (every page taken from the
  * content cache is checked against its hash; a miss or mismatch is asked
  * for with NEED). The return thread carries QEMU's return path back. The
- * main thread watches QEMU and says DONE once the VM runs.
+ * main thread watches QEMU until the guest is loaded and paused, says
+ * PREPARED, and runs or discards it as the sender's DECISION says
+ * (docs/protocol.md, "Switchover").
  */
+#include "proxy/commit.h"
 #include "proxy/content.h"
 #include "proxy/internal.h"
 #include "proxy/pagecache.h"
+#include "proxy/record.h"
 
+#include "common/fault.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "disk/disk.h"
@@ -58,7 +63,12 @@ struct receiver {
 	enum proxy_outcome outcome;
 	char error[512];
 	atomic_bool sender_closed;	/* clean end of the connection */
-	atomic_bool vm_running;
+	atomic_bool prepared;		/* PREPARED sent: only the decision counts now */
+	atomic_bool link_lost;		/* the connection ended while prepared */
+	atomic_int decision;		/* WIRE_DECIDE_* from the main connection */
+	bool first_pages;
+	struct mig_record rec;		/* durable record of the switchover */
+	int lock_fd;
 	atomic_bool rp_shut;		/* QEMU's SHUT went to the sender */
 	bool shut_parsed;		/* return thread: SHUT seen in the bytes */
 
@@ -707,9 +717,29 @@ static int handle_frame(struct receiver *rc, const struct wire_frame *f)
 		return -ECANCELED;
 	case WIRE_MSG_PING:
 		return send_u64(rc, WIRE_MSG_PONG, m.u.ping);
+	case WIRE_MSG_DECISION:
+		if (m.u.status.code == WIRE_DECIDE_ABORT && !rc->prepared) {
+			fail(rc, PROXY_FAILED, "the sender aborted the migration");
+			return -ECANCELED;
+		}
+		if (!rc->prepared || (m.u.status.code != WIRE_DECIDE_COMMIT &&
+				      m.u.status.code != WIRE_DECIDE_ABORT))
+			return -EPROTO;
+		rc->decision = (int)m.u.status.code;
+		return 0;
 	default:
 		return 0;
 	}
+}
+
+/* The connection ended: before PREPARED the migration fails, after it we wait. */
+static void link_ended(struct receiver *rc, enum proxy_outcome oc, const char *what)
+{
+	if (rc->prepared) {
+		rc->link_lost = true;
+		return;
+	}
+	fail(rc, oc, "%s", what);
 }
 
 static void *wan_thread(void *arg)
@@ -741,17 +771,22 @@ static void *wan_thread(void *arg)
 		r = wire_conn_read_frame(rc->conn, &f);
 		if (r == 0) {
 			rc->sender_closed = true;
-			if (!rc->vm_running)
-				fail(rc, PROXY_LINK, "the sender closed the connection before "
-				     "the migration completed");
+			link_ended(rc, PROXY_LINK, "the sender closed the connection before "
+				   "the migration completed");
 			break;
 		}
 		if (r < 0) {
-			if (!rc->vm_running)
-				fail(rc, proxy_outcome_of_errno(r), "link to the sender: %s",
-				     wire_conn_errmsg(rc->conn)[0] ? wire_conn_errmsg(rc->conn)
-								   : strerror(-r));
+			char what[300];
+
+			snprintf(what, sizeof(what), "link to the sender: %s",
+				 wire_conn_errmsg(rc->conn)[0] ? wire_conn_errmsg(rc->conn)
+							       : strerror(-r));
+			link_ended(rc, proxy_outcome_of_errno(r), what);
 			break;
+		}
+		if (f.type == WIRE_MSG_PAGES && !rc->first_pages) {
+			rc->first_pages = true;
+			tsb_fault_point("precopy");
 		}
 		r = handle_frame(rc, &f);
 		if (r == 0)
@@ -761,6 +796,10 @@ static void *wan_thread(void *arg)
 	}
 	return NULL;
 bad:
+	if (rc->prepared) {
+		rc->link_lost = true;
+		return NULL;
+	}
 	if (!rc->failed)
 		fail(rc, r == -EOPNOTSUPP ? PROXY_UNSUPPORTED : r == -EPIPE ||
 		     r == -ECONNRESET ? PROXY_FAILED : proxy_outcome_of_errno(r),
@@ -808,7 +847,7 @@ static void *return_thread(void *arg)
 		if (r == 0)
 			r = send_locked(rc, &b);
 		if (r < 0) {
-			if (!rc->vm_running)
+			if (!rc->prepared)
 				fail(rc, proxy_outcome_of_errno(r), "sending QEMU's return path: %s",
 				     strerror(-r));
 			break;
@@ -859,6 +898,13 @@ static int setup_destination(struct qmp *q, bool postcopy, char *err, size_t err
 		return -EPROTO;
 	}
 	json_decref(st);
+	/*
+	 * 'stop' while incoming turns QEMU's autostart off: the guest stays
+	 * paused after loading until the sender's commit (docs/protocol.md).
+	 */
+	r = qmp_execute(q, "stop", NULL, NULL, err, errlen);
+	if (r < 0)
+		return r;
 	args = json_pack("{s:[{s:s, s:b}, {s:s, s:b}]}", "capabilities",
 			 "capability", "events", "state", 1,
 			 "capability", "postcopy-ram", "state", postcopy);
@@ -899,6 +945,32 @@ static int take_sender_identity(struct receiver *rc, const struct wire_hello *pe
 	return content_open_store(&o->c, rc->tenant, &rc->store, err, errlen);
 }
 
+/* Names the migration and takes its lock; the record is written at PREPARED. */
+static int record_begin(struct receiver *rc, const struct wire_hello *peer, char *err,
+			size_t errlen)
+{
+	const struct proxy_recv_options *o = rc->o;
+	struct mig_record *m = &rc->rec;
+
+	snprintf(m->id, sizeof(m->id), "%.*s", (int)peer->migration.len, peer->migration.p);
+	snprintf(m->side, sizeof(m->side), "recv");
+	snprintf(m->peer, sizeof(m->peer), "%s", o->listen);
+	snprintf(m->qmp, sizeof(m->qmp), "%s", o->c.qmp_path);
+	snprintf(m->vm, sizeof(m->vm), "%s", rc->vm);
+	if (strchr(m->id, '/') || m->id[0] == '.') {
+		snprintf(err, errlen, "bad migration id '%s'", m->id);
+		return -EINVAL;
+	}
+	rc->lock_fd = record_lock(o->c.state_dir, m->id, "recv");
+	if (rc->lock_fd < 0) {
+		snprintf(err, errlen, "cannot lock the record of migration %s in %s: %s",
+			 m->id, o->c.state_dir, rc->lock_fd == -EBUSY ? "another process holds it"
+			 : strerror(-rc->lock_fd));
+		return rc->lock_fd;
+	}
+	return 0;
+}
+
 static json_t *make_report(struct receiver *rc, uint64_t start_ns, uint64_t resume_ns)
 {
 	struct wire_conn_stats ws = { 0 };
@@ -936,6 +1008,220 @@ static json_t *make_report(struct receiver *rc, uint64_t start_ns, uint64_t resu
 	return r;
 }
 
+/* Is the destination QEMU past loading (paused, waiting for us)? */
+static bool dest_paused(struct qmp *q)
+{
+	json_t *st = NULL;
+	const char *v;
+	bool paused;
+
+	if (qmp_execute(q, "query-status", NULL, &st, NULL, 0) < 0)
+		return false;
+	v = json_string_value(json_object_get(st, "status"));
+	paused = v && !strcmp(v, "paused");
+	json_decref(st);
+	return paused;
+}
+
+/*
+ * Watches the destination QEMU until the incoming migration has loaded
+ * (precopy: completed; postcopy: the guest's device state is in and QEMU
+ * waits to run it). Autostart is off, so the guest stays paused.
+ */
+static void wait_loaded(struct receiver *rc, struct qmp *q, volatile int *sig)
+{
+	const struct proxy_recv_options *o = rc->o;
+	bool loaded = false, postcopy = false;
+	struct qmp_event ev;
+	uint64_t t0 = tsb_now_ns();
+	int r;
+
+	while (!rc->failed && !loaded) {
+		r = qmp_next_event(q, 200, &ev);
+		if (r == 0) {
+			const char *st = json_string_value(json_object_get(ev.data, "status"));
+
+			if (!strcmp(ev.name, "RESUME"))
+				fail(rc, PROXY_FAILED, "the destination QEMU ran the guest on its "
+				     "own (autostart could not be turned off)");
+			else if (!strcmp(ev.name, "MIGRATION") && st && !strcmp(st, "failed"))
+				fail(rc, PROXY_FAILED, "the destination QEMU failed to load "
+				     "the migration stream");
+			else if (!strcmp(ev.name, "MIGRATION") && st && !strcmp(st, "completed"))
+				loaded = dest_paused(q);
+			else if (!strcmp(ev.name, "MIGRATION") && st &&
+				 !strcmp(st, "postcopy-active"))
+				postcopy = true;
+			qmp_event_fini(&ev);
+		} else if (r != -ETIMEDOUT) {
+			fail(rc, PROXY_FAILED, "the destination QEMU went away: %s", strerror(-r));
+		} else if (postcopy) {
+			loaded = dest_paused(q);
+		}
+		if (*sig && !rc->failed)
+			fail(rc, PROXY_INTERRUPTED, "interrupted by signal %d", *sig);
+		if (disk_recv_failed(rc->disk) && !rc->failed)
+			fail(rc, PROXY_LINK, "the disk transfer failed");
+		if (o->c.timeout_ms && (tsb_now_ns() - t0) / 1000000 > o->c.timeout_ms)
+			fail(rc, PROXY_TIMEOUT, "the migration did not finish in time");
+	}
+}
+
+static int send_status_locked(struct receiver *rc, uint8_t type, uint32_t code,
+			      const char *text)
+{
+	int r;
+
+	pthread_mutex_lock(&rc->send_lock);
+	r = wire_conn_send_status(rc->conn, type, code, text);
+	pthread_mutex_unlock(&rc->send_lock);
+	return r;
+}
+
+/*
+ * Waits for the decision on the main connection; when it is lost, for the
+ * sender to reconnect with it. > 0 the decision (*ret_conn: where to answer,
+ * NULL for the main connection); -ETIMEDOUT/-EINTR: still in doubt; -EIO:
+ * the destination QEMU died (it can never run the guest).
+ */
+static int await_decision(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
+			  volatile int *sig, struct wire_conn **ret_conn)
+{
+	const struct proxy_recv_options *o = rc->o;
+	struct commit_link l = {
+		.c = &o->c, .tls = tls, .addr = o->listen, .id = rc->rec.id, .sig = sig,
+	};
+	struct qmp_event ev;
+	int r;
+
+	*ret_conn = NULL;
+	while (!rc->decision && !rc->link_lost && !*sig) {
+		r = qmp_next_event(q, 200, &ev);
+		if (r == 0)
+			qmp_event_fini(&ev);
+		else if (r != -ETIMEDOUT)
+			return -EIO;
+	}
+	if (rc->decision)
+		return rc->decision;
+	if (*sig)
+		return -EINTR;
+	log_warn("the link to the sender was lost while the guest waits here, paused, "
+		 "for the sender's decision");
+	l.deadline_ns = tsb_now_ns() + o->c.commit_timeout_ms * 1000000;
+	return commit_await(&l, ret_conn);
+}
+
+/* Tells the sender the outcome, reconnection included; false if it never heard. */
+static bool tell_outcome(struct receiver *rc, struct wire_tls *tls, volatile int *sig,
+			 struct wire_conn *c, int outcome, const char *text)
+{
+	struct commit_link l = {
+		.c = &rc->o->c, .tls = tls, .addr = rc->o->listen, .id = rc->rec.id, .sig = sig,
+	};
+	uint64_t t0 = tsb_now_ns();
+	int r;
+
+	if (c) {
+		r = commit_answer(c, outcome, text);
+		wire_conn_free(c);
+	} else {
+		r = send_status_locked(rc, WIRE_MSG_OUTCOME, (uint32_t)outcome, text);
+		tsb_fault_point("outcome-sent");
+		/* Known there once the sender closes after reading it. */
+		while (r == 0 && !rc->sender_closed && !rc->link_lost &&
+		       tsb_now_ns() - t0 < 10000000000ull)
+			usleep(10000);
+		r = r == 0 && rc->sender_closed ? 0 : -ECONNRESET;
+	}
+	if (r == 0)
+		return true;
+	/* The sender will come back for it: answer the same again. */
+	l.deadline_ns = tsb_now_ns() + rc->o->c.commit_timeout_ms * 1000000;
+	while (commit_await(&l, &c) > 0) {
+		r = commit_answer(c, outcome, text);
+		wire_conn_free(c);
+		if (r == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Switchover (docs/protocol.md): the guest is loaded and paused. Keep a
+ * record, say PREPARED, and run or discard the guest as the sender decides.
+ * Without a decision within --commit-timeout the guest stays paused, the
+ * record stays, and the outcome is PROXY_IN_DOUBT.
+ */
+static void settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
+		   volatile int *sig, uint64_t *ret_resume_ns)
+{
+	const struct proxy_recv_options *o = rc->o;
+	struct wire_conn *c = NULL;
+	char err[512], text[96];
+	int d, outcome;
+
+	/* QEMU's last word on the return path (SHUT) goes out before PREPARED. */
+	for (uint64_t t0 = tsb_now_ns(); !rc->rp_shut && tsb_now_ns() - t0 < 10000000000ull;)
+		usleep(5000);
+	tsb_fault_point("dest-loaded");
+	disk_recv_stop_listening(rc->disk);
+	snprintf(rc->rec.state, sizeof(rc->rec.state), "prepared");
+	if (record_save(o->c.state_dir, &rc->rec, err, sizeof(err)) < 0) {
+		fail(rc, PROXY_FAILED, "%s; the guest cannot be held here", err);
+		return;
+	}
+	rc->prepared = true;
+	if (send_status_locked(rc, WIRE_MSG_PREPARED, WIRE_CODE_OK, "loaded") < 0)
+		rc->link_lost = true;
+	tsb_fault_point("prepared-sent");
+	d = await_decision(rc, q, tls, sig, &c);
+	if (d == -EIO) {
+		/* The QEMU holding the guest is gone: it can never run here. */
+		fail(rc, PROXY_FAILED, "the destination QEMU died while the guest waited for "
+		     "the switchover; the source takes it back");
+		d = 0;
+	} else if (d < 0) {
+		rc->failed = 1;
+		snprintf(rc->error, sizeof(rc->error),
+			 "in doubt: the sender's decision did not arrive%s; the guest stays "
+			 "paused here. Run 'tsubame resolve %s' on the source host, then "
+			 "what it says here (--state-dir %s)",
+			 d == -EINTR ? " (interrupted)" : " within --commit-timeout", rc->rec.id,
+			 o->c.state_dir);
+		rc->outcome = PROXY_IN_DOUBT;
+		return;
+	}
+	outcome = WIRE_OUTCOME_DISCARDED;
+	snprintf(text, sizeof(text), "discarded");
+	if (d == WIRE_DECIDE_COMMIT) {
+		snprintf(rc->rec.state, sizeof(rc->rec.state), "commit");
+		if (record_save(o->c.state_dir, &rc->rec, err, sizeof(err)) < 0)
+			log_warn("%s", err);
+		tsb_fault_point("commit-received");
+		/* The VM's addresses follow it here once it is ours to run. */
+		content_net_notify(o->c.net_agent, rc->vm, o);
+		if (commit_run_destination(q, ret_resume_ns, err, sizeof(err)) == 0) {
+			outcome = WIRE_OUTCOME_RUNNING;
+			snprintf(text, sizeof(text), "destination running resume_ns=%llu",
+				 (unsigned long long)*ret_resume_ns);
+			tsb_fault_point("dest-running");
+		} else {
+			fail(rc, PROXY_FAILED, "the destination QEMU could not run the guest: %s; "
+			     "the source takes it back", err);
+		}
+	} else {
+		commit_discard_destination(q);
+		fail(rc, PROXY_FAILED, "the sender aborted the switchover; the destination "
+		     "discarded the guest");
+	}
+	record_drop(o->c.state_dir, &rc->rec);
+	if (!tell_outcome(rc, tls, sig, c, outcome, text))
+		log_warn("the sender did not hear that the guest %s here; it reports the "
+			 "migration in doubt until 'tsubame resolve %s' runs there",
+			 outcome == WIRE_OUTCOME_RUNNING ? "runs" : "was discarded", rc->rec.id);
+}
+
 enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_report)
 {
 	struct receiver *rc;
@@ -943,12 +1229,11 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	struct wire_hello_args hello = { 0 };
 	struct wire_hello peer;
 	struct qmp *q = NULL;
-	struct qmp_event ev;
 	pthread_t th_wan, th_ret;
 	bool threads = false, incoming = false;
 	volatile int sig = 0;
-	char host[256], port[32], err[512] = "", text[96], site[33] = "";
-	uint64_t start_ns, resume_ns = 0, cache_pages, t0;
+	char host[256], port[32], err[512] = "", site[33] = "";
+	uint64_t start_ns, resume_ns = 0, cache_pages;
 	enum proxy_outcome oc;
 	json_t *args;
 	int lfd = -1, fd = -1, r;
@@ -958,6 +1243,7 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 		return PROXY_FAILED;
 	rc->o = o;
 	rc->qfd = -1;
+	rc->lock_fd = -1;
 	pthread_mutex_init(&rc->send_lock, NULL);
 	tsb_buf_init(&rc->scratch);
 	tsb_buf_init(&rc->copy);
@@ -1029,8 +1315,10 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 			goto out;
 		}
 		r = wire_conn_handshake(rc->conn, 15000);
-		if (r == 0)
+		if (r == 0) {
+			tsb_fault_point("handshake");
 			break;
+		}
 		log_error("refused a connection: %s", wire_conn_errmsg(rc->conn));
 		wire_conn_free(rc->conn);
 		rc->conn = NULL;
@@ -1042,7 +1330,7 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	}
 	hello.role = WIRE_ROLE_RECEIVER;
 	hello.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_POSTCOPY |
-		     WIRE_CAP_STORE;
+		     WIRE_CAP_STORE | WIRE_CAP_COMMIT;
 	hello.site = o->c.store_dir ? site : "destination";
 	r = wire_conn_hello(rc->conn, &hello, &peer);
 	if (r < 0) {
@@ -1055,8 +1343,27 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 		fail(rc, PROXY_FAILED, "%s", err);
 		goto out;
 	}
-	/* The VM's addresses follow it here (the agent acts on its first frame). */
-	content_net_notify(o->c.net_agent, rc->vm, o);
+	if (!(peer.caps & WIRE_CAP_COMMIT) || !peer.migration.len) {
+		snprintf(err, sizeof(err), "the sender does not commit its switchover (an older "
+			 "tsubame?): refused, so that the guest can never run on both sides");
+		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_REFUSED, err);
+		fail(rc, PROXY_FAILED, "%s", err);
+		goto out;
+	}
+	if (peer.caps & WIRE_CAP_RESOLVE) {
+		snprintf(err, sizeof(err), "no migration %.*s waits for its decision here",
+			 (int)peer.migration.len, peer.migration.p);
+		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_REFUSED, err);
+		fail(rc, PROXY_FAILED, "a sender came to settle a migration this receiver does "
+		     "not hold: %s", err);
+		goto out;
+	}
+	r = record_begin(rc, &peer, err, sizeof(err));
+	if (r < 0) {
+		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_INTERNAL, err);
+		fail(rc, PROXY_FAILED, "%s", err);
+		goto out;
+	}
 	if (peer.caps & WIRE_CAP_STORE) {
 		struct tsb_buf b;
 
@@ -1125,50 +1432,10 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	}
 	threads = true;
 
-	/* Watch the destination QEMU until the guest runs there. */
-	t0 = tsb_now_ns();
-	while (!rc->failed && !resume_ns) {
-		r = qmp_next_event(q, 200, &ev);
-		if (r == 0) {
-			if (!strcmp(ev.name, "RESUME"))
-				resume_ns = ev.time_ns;
-			else if (!strcmp(ev.name, "MIGRATION")) {
-				const char *st = json_string_value(json_object_get(ev.data, "status"));
-
-				if (st && !strcmp(st, "failed"))
-					fail(rc, PROXY_FAILED, "the destination QEMU failed to load "
-					     "the migration stream");
-			}
-			qmp_event_fini(&ev);
-		} else if (r != -ETIMEDOUT) {
-			fail(rc, PROXY_FAILED, "the destination QEMU went away: %s", strerror(-r));
-		}
-		if (sig && !rc->failed)
-			fail(rc, PROXY_INTERRUPTED, "interrupted by signal %d", sig);
-		if (disk_recv_failed(rc->disk) && !rc->failed)
-			fail(rc, PROXY_LINK, "the disk transfer failed");
-		if (o->c.timeout_ms && (tsb_now_ns() - t0) / 1000000 > o->c.timeout_ms)
-			fail(rc, PROXY_TIMEOUT, "the migration did not finish in time");
-	}
-	if (!rc->failed) {
-		rc->vm_running = true;
-		/*
-		 * QEMU's last word on the return path (SHUT) must reach the
-		 * source before our DONE does.
-		 */
-		t0 = tsb_now_ns();
-		while (!rc->rp_shut && tsb_now_ns() - t0 < 10000000000ull)
-			usleep(5000);
-		snprintf(text, sizeof(text), "destination running resume_ns=%llu",
-			 (unsigned long long)resume_ns);
-		pthread_mutex_lock(&rc->send_lock);
-		r = wire_conn_send_status(rc->conn, WIRE_MSG_DONE, WIRE_CODE_OK, text);
-		pthread_mutex_unlock(&rc->send_lock);
-		/* Wait (bounded) for the sender to close after our DONE. */
-		t0 = tsb_now_ns();
-		while (!rc->sender_closed && tsb_now_ns() - t0 < 10000000000ull)
-			usleep(10000);
-	}
+	/* Watch the destination QEMU until it has loaded the guest, paused. */
+	wait_loaded(rc, q, &sig);
+	if (!rc->failed)
+		settle(rc, q, tls, &sig, &resume_ns);
 out:
 	if (rc->failed && rc->conn && rc->outcome != PROXY_LINK) {
 		pthread_mutex_lock(&rc->send_lock);
@@ -1181,7 +1448,7 @@ out:
 		pthread_join(th_wan, NULL);
 		pthread_join(th_ret, NULL);
 	}
-	if (rc->failed && q && incoming) {
+	if (rc->failed && q && incoming && rc->outcome != PROXY_IN_DOUBT) {
 		/* Make sure nothing half-loaded ever runs here. */
 		(void)qmp_execute(q, "quit", NULL, NULL, NULL, 0);
 	}
@@ -1195,7 +1462,7 @@ out:
 	if (ret_report)
 		*ret_report = make_report(rc, start_ns, resume_ns);
 	/* Disks: exports stopped; targets stay marked unless all went well. */
-	if (disk_recv_finish(rc->disk, q, oc == PROXY_OK, ret_report ? *ret_report : NULL,
+	if (disk_recv_finish(rc->disk, q, oc == PROXY_OK || oc == PROXY_IN_DOUBT, ret_report ? *ret_report : NULL,
 			     err, sizeof(err)) < 0 && oc == PROXY_OK) {
 		fail(rc, PROXY_FAILED, "disks: %s", err);
 		oc = PROXY_FAILED;
@@ -1229,6 +1496,8 @@ out:
 	wire_zstd_free(rc->z);
 	tsb_buf_fini(&rc->scratch);
 	tsb_buf_fini(&rc->copy);
+	if (rc->lock_fd >= 0)
+		close(rc->lock_fd);
 	pthread_mutex_destroy(&rc->send_lock);
 	free(rc);
 	return oc;

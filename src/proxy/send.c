@@ -5,10 +5,13 @@
  * thread reads the receiver's messages (QEMU's return path, credits,
  * NEED). The main thread drives QEMU over QMP.
  */
+#include "proxy/commit.h"
 #include "proxy/content.h"
 #include "proxy/internal.h"
+#include "proxy/record.h"
 #include "proxy/pagecache.h"
 
+#include "common/fault.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "disk/disk.h"
@@ -102,7 +105,17 @@ struct sender {
 	enum proxy_outcome outcome;
 	char error[512];
 	bool peer_done;		/* receiver sent DONE OK */
-	char peer_done_text[WIRE_MAX_TEXT + 1];
+	char peer_done_text[WIRE_MAX_TEXT + 1];	/* OUTCOME's text (resume time) */
+	/* Switchover (docs/protocol.md): the receiver's word and ours. */
+	atomic_bool prepared;	/* PREPARED: the destination holds the guest, paused */
+	atomic_bool link_lost;	/* the connection ended after PREPARED */
+	atomic_int peer_outcome; /* WIRE_OUTCOME_* on the main connection */
+	atomic_bool peer_failed; /* the receiver gave up (ERROR, CANCEL): holds nothing */
+	bool decided_commit;	/* the source must never run again */
+	atomic_bool wan_done;	/* the WAN thread ended: the main thread may write */
+	bool first_page;
+	struct mig_record rec;
+	int lock_fd;
 	bool stream_done;	/* QEMU closed after a complete stream */
 
 	/* Statistics (WAN thread writes wan, parse thread pages). */
@@ -557,6 +570,10 @@ static int on_page(void *opaque, const struct qs_page *pg)
 	uint16_t qflags;
 	int r;
 
+	if (!s->first_page) {
+		s->first_page = true;
+		tsb_fault_point("precopy");
+	}
 	r = want_job(s, JOB_PAGES);
 	if (r < 0)
 		return r;
@@ -610,8 +627,10 @@ static int on_event(void *opaque, const struct qs_event *ev)
 		s->sections++;
 		return 0;
 	case QS_EV_DEVICE_STATE:
-		if (!s->switchover_ns)
+		if (!s->switchover_ns) {
 			s->switchover_ns = tsb_now_ns();
+			tsb_fault_point("source-stopped");
+		}
 		return 0;
 	case QS_EV_COMMAND:
 		if (ev->command.cmd == QS_CMD_POSTCOPY_RUN && !s->switchover_ns)
@@ -934,6 +953,7 @@ out:
 	for (i = 0; i < N_LEVELS; i++)
 		wire_zstd_free(z[i]);
 	tsb_buf_fini(&out);
+	s->wan_done = true;
 	return NULL;
 }
 
@@ -1024,6 +1044,10 @@ static void *return_thread(void *arg)
 	tsb_buf_init(&scratch);
 	while (!s->failed && z) {
 		r = wire_conn_read_msg(s->conn, WIRE_ROLE_RECEIVER, &m);
+		if (r <= 0 && s->prepared) {
+			s->link_lost = true;
+			break;
+		}
 		if (r <= 0) {
 			if (!s->peer_done)
 				fail(s, r == 0 ? PROXY_LINK : proxy_outcome_of_errno(r),
@@ -1065,12 +1089,22 @@ static void *return_thread(void *arg)
 					 (int)m.u.status.text.len, m.u.status.text.p);
 				s->peer_done = true;
 			} else {
+				s->peer_failed = !s->prepared;
 				fail(s, PROXY_FAILED, "the receiver failed: %.*s",
 				     (int)m.u.status.text.len, m.u.status.text.p);
 			}
 			break;
+		case WIRE_MSG_PREPARED:
+			s->prepared = true;
+			break;
+		case WIRE_MSG_OUTCOME:
+			snprintf(s->peer_done_text, sizeof(s->peer_done_text), "%.*s",
+				 (int)m.u.status.text.len, m.u.status.text.p);
+			s->peer_outcome = (int)m.u.status.code;
+			break;
 		case WIRE_MSG_ERROR:
 		case WIRE_MSG_CANCEL:
+			s->peer_failed = !s->prepared;
 			fail(s, m.u.status.code == WIRE_CODE_UNSUPPORTED ? PROXY_UNSUPPORTED
 									  : PROXY_FAILED,
 			     "the receiver %s: %.*s",
@@ -1340,6 +1374,8 @@ static void progress_tick(void *opaque, json_t *stats)
 	json_int_t pass, remaining, total;
 	double pct, rate;
 
+	if (!strcmp(json_string_value(json_object_get(stats, "status")) ?: "", "postcopy-active"))
+		tsb_fault_point("postcopy");
 	if (!p->tty || !ram)
 		return;
 	wire_conn_get_stats(p->s->conn, &ws);
@@ -1457,6 +1493,188 @@ static json_t *make_report(struct sender *s, const struct migctl_result *res,
 	return r;
 }
 
+/* ---- switchover (docs/protocol.md) ---- */
+
+/* Names the migration, takes its lock and records that it began. */
+static int record_begin(struct sender *s, struct qmp *q)
+{
+	const struct proxy_send_options *o = s->o;
+	struct mig_record *m = &s->rec;
+	char err[512];
+	int r;
+
+	snprintf(m->id, sizeof(m->id), "%s", s->image_id);
+	snprintf(m->side, sizeof(m->side), "send");
+	snprintf(m->state, sizeof(m->state), "started");
+	snprintf(m->peer, sizeof(m->peer), "%s", o->to);
+	snprintf(m->qmp, sizeof(m->qmp), "%s", o->c.qmp_path);
+	snprintf(m->vm, sizeof(m->vm), "%s", s->vm);
+	r = commit_vm_running(q, &m->resume);
+	if (r < 0) {
+		fail(s, PROXY_FAILED, "the source QEMU does not answer: %s", strerror(-r));
+		return r;
+	}
+	s->lock_fd = record_lock(o->c.state_dir, m->id, "send");
+	if (s->lock_fd < 0) {
+		fail(s, PROXY_FAILED, "cannot lock the record of migration %s in %s: %s", m->id,
+		     o->c.state_dir, strerror(-s->lock_fd));
+		return s->lock_fd;
+	}
+	r = record_save(o->c.state_dir, m, err, sizeof(err));
+	if (r < 0)
+		fail(s, PROXY_FAILED, "%s", err);
+	return r;
+}
+
+static struct commit_link link_of(struct sender *s, struct wire_tls *tls)
+{
+	return (struct commit_link){
+		.c = &s->o->c, .tls = tls, .addr = s->o->to, .id = s->rec.id,
+		.sig = &s->abort_flag,
+		.deadline_ns = tsb_now_ns() + s->o->c.commit_timeout_ms * 1000000,
+	};
+}
+
+/*
+ * Sends DECISION on the migration's connection; false if it is gone. The
+ * stream is over, so the WAN thread ends: then this thread is the writer.
+ */
+static bool decide_on_main(struct sender *s, int decision)
+{
+	uint64_t t0 = tsb_now_ns();
+
+	while (!s->wan_done && tsb_now_ns() - t0 < 10000000000ull)
+		usleep(2000);
+	if (s->link_lost || s->failed || !s->wan_done)
+		return false;
+	return wire_conn_send_status(s->conn, WIRE_MSG_DECISION, (uint32_t)decision,
+				     s->rec.id) == 0;
+}
+
+/* Waits (bounded) for the receiver's OUTCOME on the migration's connection. */
+static int outcome_on_main(struct sender *s)
+{
+	uint64_t t0 = tsb_now_ns(), limit = 10000000000ull;
+
+	if (s->o->c.stall_ms && s->o->c.stall_ms * 1000000 < limit)
+		limit = s->o->c.stall_ms * 1000000;
+	while (!s->peer_outcome && !s->link_lost && !s->failed && tsb_now_ns() - t0 < limit)
+		usleep(5000);
+	return s->peer_outcome;
+}
+
+/*
+ * The source completed (it is paused, and QEMU will not resume it by
+ * itself). Commit when the receiver said PREPARED: record the decision,
+ * send it, and learn the outcome, over fresh connections if need be.
+ * Without PREPARED, fail: the caller aborts and the source runs again.
+ */
+static void settle(struct sender *s, struct wire_tls *tls)
+{
+	const struct proxy_send_options *o = s->o;
+	uint64_t t0 = tsb_now_ns(), acked = s->acked;
+	uint64_t limit = (o->c.stall_ms ? o->c.stall_ms : 60000) * 1000000;
+	struct commit_link l;
+	char err[512];
+	int outcome;
+
+	tsb_fault_point("source-completed");
+	/* The destination loads the last bytes in flight; give up only on a stall. */
+	while (!s->prepared && !s->failed && !s->abort_flag && tsb_now_ns() - t0 < limit) {
+		if (s->acked != acked) {
+			acked = s->acked;
+			t0 = tsb_now_ns();
+		}
+		usleep(5000);
+	}
+	if (!s->prepared || s->abort_flag) {
+		if (!s->failed)
+			fail(s, s->abort_flag ? PROXY_INTERRUPTED : PROXY_FAILED, "%s",
+			     s->abort_flag ? "interrupted before the switchover was committed"
+					   : "the receiver did not say that it holds the guest");
+		return;
+	}
+	snprintf(s->rec.state, sizeof(s->rec.state), "commit");
+	if (record_save(o->c.state_dir, &s->rec, err, sizeof(err)) < 0) {
+		fail(s, PROXY_FAILED, "%s: not committing", err);
+		return;
+	}
+	s->decided_commit = true;
+	log_info("switchover committed (migration %s)", s->rec.id);
+	outcome = decide_on_main(s, WIRE_DECIDE_COMMIT) ? 0 : -1;
+	tsb_fault_point("commit-sent");
+	outcome = outcome == 0 ? outcome_on_main(s) : 0;
+	if (!outcome) {
+		log_warn("no answer to the commit on the migration's connection: reconnecting "
+			 "to %s (for up to %llu s)", o->to,
+			 (unsigned long long)(o->c.commit_timeout_ms / 1000));
+		l = link_of(s, tls);
+		outcome = commit_deliver(&l, WIRE_DECIDE_COMMIT, s->peer_done_text,
+					 sizeof(s->peer_done_text));
+	}
+	if (outcome == WIRE_OUTCOME_RUNNING) {
+		s->peer_outcome = outcome;
+		record_drop(o->c.state_dir, &s->rec);
+		return;
+	}
+	if (outcome == WIRE_OUTCOME_DISCARDED) {
+		/* It never ran there and never will: the source takes the guest back. */
+		if (s->peer_outcome)
+			(void)wire_conn_close(s->conn); /* tells the receiver we heard it */
+		s->decided_commit = false;
+		s->peer_outcome = outcome;
+		fail(s, PROXY_FAILED, "the destination could not run the guest (%s); the source "
+		     "runs it again", s->peer_done_text);
+		return;
+	}
+	fail(s, PROXY_IN_DOUBT, "in doubt: the switchover was committed but the receiver's "
+	     "answer did not arrive%s; the source stays paused and never runs again by "
+	     "itself. On the destination host run 'tsubame resolve %s --commit' "
+	     "(--state-dir %s there)", outcome == -EINTR ? " (interrupted)" :
+	     " within --commit-timeout", s->rec.id, o->c.state_dir);
+}
+
+/*
+ * No commit: the source runs the guest again. When QEMU had completed,
+ * the receiver may hold the guest paused: tell it to discard it.
+ */
+static void abort_switchover(struct sender *s, struct qmp *q, struct wire_tls *tls)
+{
+	const struct proxy_send_options *o = s->o;
+	struct commit_link l;
+	bool completed = false;
+	char err[512], text[128];
+	int r;
+
+	if (!s->migrate_ns)
+		return; /* QEMU was never told to migrate */
+	r = commit_resume_source(q, s->rec.resume, &completed, err, sizeof(err));
+	if (r < 0)
+		log_error("the source VM could not be resumed: %s; run 'tsubame resolve %s' "
+			  "here", err, s->rec.id);
+	snprintf(s->rec.state, sizeof(s->rec.state), "abort");
+	/* Only a receiver that may have said PREPARED needs to hear it. */
+	if (s->peer_outcome == WIRE_OUTCOME_DISCARDED || s->peer_failed ||
+	    (!completed && !s->prepared)) {
+		if (r == 0)
+			record_drop(o->c.state_dir, &s->rec);
+		return;
+	}
+	(void)record_save(o->c.state_dir, &s->rec, err, sizeof(err));
+	if (decide_on_main(s, WIRE_DECIDE_ABORT) && outcome_on_main(s) > 0) {
+		record_drop(o->c.state_dir, &s->rec);
+		return;
+	}
+	l = link_of(s, tls);
+	r = commit_deliver(&l, WIRE_DECIDE_ABORT, text, sizeof(text));
+	if (r > 0 || r == -ENOENT) {
+		record_drop(o->c.state_dir, &s->rec);
+		return;
+	}
+	log_warn("the destination may hold a paused copy of the guest: run 'tsubame resolve "
+		 "%s --abort' on the destination host", s->rec.id);
+}
+
 /* ---- disks (docs/disk.md) ---- */
 
 /* Keeps the idle main connection alive while the disk mirrors converge. */
@@ -1473,6 +1691,7 @@ static void disk_keepalive(void *opaque)
 
 static int disk_pre_switchover(void *opaque, struct qmp *q, char *err, size_t errlen)
 {
+	tsb_fault_point("pre-switchover");
 	return disk_send_switchover(opaque, q, err, errlen);
 }
 
@@ -1530,7 +1749,7 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 	pthread_t th_parse, th_wan, th_ret;
 	bool threads = false;
 	char host[256], port[32], err[512] = "", *caps_copy = NULL;
-	uint64_t start_ns = tsb_now_ns(), cache_pages, wait_start, end_ns, commit_ms = 0;
+	uint64_t start_ns = tsb_now_ns(), cache_pages, end_ns, commit_ms = 0;
 	enum proxy_outcome oc;
 	int fd = -1, r, i;
 
@@ -1539,6 +1758,7 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 		return PROXY_FAILED;
 	s->o = o;
 	s->qfd = -1;
+	s->lock_fd = -1;
 	s->window = PROXY_WINDOW_MIN;
 	s->level = 1;
 	/* Starting guesses for half-compressible memory; measured from then on. */
@@ -1615,8 +1835,12 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 		fail(s, proxy_outcome_of_errno(r), "%s", wire_conn_errmsg(s->conn));
 		goto out;
 	}
+	tsb_fault_point("handshake");
 	hello.role = WIRE_ROLE_SENDER;
-	hello.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
+	if (!s->image_id[0])
+		content_new_id(s->image_id); /* the migration's id, store or not */
+	hello.migration = s->image_id;
+	hello.caps = WIRE_CAP_COMMIT | WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
 		     (o->postcopy_after_ms ? WIRE_CAP_POSTCOPY : 0) |
 		     (o->no_disks ? 0 : WIRE_CAP_DISK);
 	hello.site = "source";
@@ -1705,6 +1929,8 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 	pc.tty = o->c.progress;
 	mo.tick = progress_tick;
 	mo.tick_opaque = &pc;
+	if (record_begin(s, q) < 0)
+		goto out;
 	s->migrate_ns = tsb_now_ns();
 	r = migctl_run(q, NULL, &mo, "fd:" PROXY_FDNAME, &res);
 	s->qemu_done_ns = tsb_now_ns();
@@ -1721,19 +1947,15 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 			     res.error[0] ? ": " : "", res.error);
 		goto out;
 	}
-	/* The source completed: wait for the receiver's word that the VM runs. */
-	wait_start = tsb_now_ns();
-	while (!s->peer_done && !s->failed && tsb_now_ns() - wait_start < 60000000000ull)
-		usleep(10000);
-	if (!s->peer_done && !s->failed)
-		fail(s, PROXY_FAILED, "the receiver did not confirm that the destination runs");
+	/* The source completed: commit if the destination holds the guest. */
+	settle(s, tls);
 	/* QEMU is done with the socket; make sure the parse thread sees its end. */
 	if (!s->failed)
 		shutdown(s->qfd, SHUT_RDWR);
 
 out:
 	if (threads) {
-		if (!s->failed && s->peer_done) {
+		if (!s->failed && s->peer_outcome == WIRE_OUTCOME_RUNNING) {
 			/* Clean end: let the WAN thread drain, then close. */
 			pthread_mutex_lock(&s->lock);
 			s->queue_closed = true;
@@ -1744,15 +1966,13 @@ out:
 		}
 		pthread_join(th_parse, NULL);
 		pthread_join(th_wan, NULL);
-		if (!s->failed)
+		if (!s->failed || s->peer_outcome)
 			wire_conn_close(s->conn);
 		wire_conn_abort(s->conn);
 		pthread_join(th_ret, NULL);
 	}
-	if (s->failed && q) {
-		/* Whatever happened, the source keeps (or resumes) running the guest. */
-		(void)qmp_execute(q, "migrate_cancel", NULL, NULL, NULL, 0);
-	}
+	if (s->failed && q && !s->decided_commit)
+		abort_switchover(s, q, tls);
 	oc = s->failed ? s->outcome : PROXY_OK;
 	if (s->failed && s->outcome == PROXY_OK)
 		oc = s->outcome = PROXY_FAILED;
@@ -1802,6 +2022,8 @@ out:
 		wire_pages_builder_fini(&s->jobs[i].pb);
 		tsb_buf_fini(&s->jobs[i].buf);
 	}
+	if (s->lock_fd >= 0)
+		close(s->lock_fd);
 	free(s->readbuf);
 	free(caps_copy);
 	pthread_mutex_destroy(&s->lock);

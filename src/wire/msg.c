@@ -486,6 +486,9 @@ int wire_msg_decode(uint8_t type, uint8_t flags, const uint8_t *payload,
 	case WIRE_MSG_DONE:
 	case WIRE_MSG_CANCEL:
 	case WIRE_MSG_ERROR:
+	case WIRE_MSG_PREPARED:
+	case WIRE_MSG_DECISION:
+	case WIRE_MSG_OUTCOME:
 		err = decode_status(&r, &m.u.status);
 		break;
 	case WIRE_MSG_PROGRESS:
@@ -857,7 +860,8 @@ int wire_encode_status(struct tsb_buf *out, uint8_t type, uint32_t code,
 	size_t n = text ? strlen(text) : 0, start;
 
 	if (type != WIRE_MSG_DONE && type != WIRE_MSG_CANCEL &&
-	    type != WIRE_MSG_ERROR)
+	    type != WIRE_MSG_ERROR && type != WIRE_MSG_PREPARED &&
+	    type != WIRE_MSG_DECISION && type != WIRE_MSG_OUTCOME)
 		return -EINVAL;
 	/* Local text is ours: clip rather than fail, keep it printable. */
 	if (n > WIRE_MAX_TEXT)

@@ -76,7 +76,11 @@ enum wire_msg_type {
 	WIRE_MSG_PONG = 15,
 	WIRE_MSG_SUMMARY = 16,
 	WIRE_MSG_BASE = 17,
-	WIRE_MSG_MAX = WIRE_MSG_BASE,
+	/* Switchover by commit (docs/protocol.md §4a); status layout. */
+	WIRE_MSG_PREPARED = 18,	/* receiver: loaded, paused, waits for the decision */
+	WIRE_MSG_DECISION = 19,	/* sender: WIRE_DECIDE_COMMIT or WIRE_DECIDE_ABORT */
+	WIRE_MSG_OUTCOME = 20,	/* receiver: WIRE_OUTCOME_RUNNING or _DISCARDED */
+	WIRE_MSG_MAX = WIRE_MSG_OUTCOME,
 };
 
 /* Frame flags. */
@@ -101,6 +105,18 @@ enum {
 	WIRE_CAP_STORE = 1u << 6,    /* the receiver sends SUMMARY after HELLO */
 	WIRE_CAP_DISK = 1u << 7,     /* main connection: a disk channel follows;
 				      * else: this is the disk channel (docs/disk.md) */
+	WIRE_CAP_COMMIT = 1u << 8,   /* switchover by commit: PREPARED/DECISION/OUTCOME */
+	WIRE_CAP_RESOLVE = 1u << 9,  /* sender: this connection only carries the
+				      * DECISION of the migration named in HELLO */
+};
+
+/* Codes of DECISION and OUTCOME. */
+enum {
+	WIRE_DECIDE_COMMIT = 1,
+	WIRE_DECIDE_ABORT = 2,
+	WIRE_OUTCOME_RUNNING = 1,	/* the destination runs the guest */
+	WIRE_OUTCOME_DISCARDED = 2,	/* the destination never ran it and never will */
+	WIRE_OUTCOME_UNKNOWN = 3,	/* resolve: this receiver knows no such migration */
 };
 
 /* Page entry encodings in PAGES. */
@@ -315,7 +331,7 @@ struct wire_msg {
 		struct wire_pages pages;
 		struct wire_need need;
 		struct wire_hashdata hashdata;
-		struct wire_status status;  /* DONE, CANCEL, ERROR */
+		struct wire_status status;  /* DONE, CANCEL, ERROR, PREPARED, DECISION, OUTCOME */
 		struct wire_progress progress;
 		uint64_t ack;               /* ACK: bytes consumed */
 		uint64_t ping;              /* PING, PONG: token */

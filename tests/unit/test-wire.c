@@ -946,7 +946,8 @@ static void test_summary(void **state)
 static void test_control_messages(void **state)
 {
 	static const uint8_t types[] = { WIRE_MSG_DONE, WIRE_MSG_CANCEL,
-					 WIRE_MSG_ERROR };
+					 WIRE_MSG_ERROR, WIRE_MSG_PREPARED,
+					 WIRE_MSG_DECISION, WIRE_MSG_OUTCOME };
 	struct wire_progress pr = { 1, 2, 3, 4 };
 	char text[WIRE_MAX_TEXT + 10];
 	struct tsb_buf b;

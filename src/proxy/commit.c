@@ -1,0 +1,317 @@
+/* Switchover by commit: QEMU steps and decision delivery (commit.h). */
+#include "proxy/commit.h"
+#include "proxy/internal.h"
+
+#include "common/fault.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "qmp/qmp.h"
+#include "wire/tls.h"
+#include "wire/wire.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- QEMU ---- */
+
+static int query_status(struct qmp *q, char *status, size_t len)
+{
+	json_t *st = NULL;
+	const char *v;
+	int r;
+
+	r = qmp_execute(q, "query-status", NULL, &st, NULL, 0);
+	if (r < 0)
+		return r;
+	v = json_string_value(json_object_get(st, "status"));
+	snprintf(status, len, "%s", v ? v : "?");
+	json_decref(st);
+	return 0;
+}
+
+int commit_vm_running(struct qmp *q, bool *ret_running)
+{
+	char st[32];
+	int r = query_status(q, st, sizeof(st));
+
+	if (r == 0)
+		*ret_running = !strcmp(st, "running");
+	return r;
+}
+
+/* Is QEMU's outgoing migration still busy (not yet ended one way or another)? */
+static bool migration_busy(struct qmp *q, bool *completed)
+{
+	static const char *const busy[] = {
+		"setup", "active", "pre-switchover", "device", "cancelling", "wait-unplug",
+	};
+	json_t *m = NULL;
+	const char *st;
+	bool b = false;
+	size_t i;
+
+	if (qmp_execute(q, "query-migrate", NULL, &m, NULL, 0) < 0)
+		return false;
+	st = json_string_value(json_object_get(m, "status"));
+	for (i = 0; st && i < TSB_ARRAY_SIZE(busy); i++)
+		b |= !strcmp(st, busy[i]);
+	*completed = st && !strcmp(st, "completed");
+	json_decref(m);
+	return b;
+}
+
+int commit_resume_source(struct qmp *q, bool was_running, bool *ret_completed,
+			 char *err, size_t errlen)
+{
+	uint64_t t0 = tsb_now_ns();
+	char st[32] = "";
+	int r;
+
+	/* A migration still under way is cancelled; QEMU then resumes by itself. */
+	(void)qmp_execute(q, "migrate_cancel", NULL, NULL, NULL, 0);
+	while (migration_busy(q, ret_completed) && tsb_now_ns() - t0 < 30000000000ull)
+		usleep(50000);
+	for (;;) {
+		r = query_status(q, st, sizeof(st));
+		if (r < 0) {
+			snprintf(err, errlen, "the source QEMU does not answer: %s", strerror(-r));
+			return r;
+		}
+		if (!strcmp(st, "running") || !was_running)
+			return 0;
+		if (strcmp(st, "finish-migrate") || tsb_now_ns() - t0 > 30000000000ull)
+			break;
+		usleep(50000);
+	}
+	/* Completed (postmigrate) or stopped by the migration: take it back. */
+	r = qmp_execute(q, "cont", NULL, NULL, err, errlen);
+	if (r == 0)
+		log_notice("the source VM runs again (it was '%s')", st);
+	return r;
+}
+
+int commit_run_destination(struct qmp *q, uint64_t *ret_resume_ns, char *err, size_t errlen)
+{
+	struct qmp_event ev;
+	int r;
+
+	*ret_resume_ns = 0;
+	r = qmp_execute(q, "cont", NULL, NULL, err, errlen);
+	if (r < 0) {
+		/* It must never run later by someone's mistake: the source takes over. */
+		commit_discard_destination(q);
+		return r;
+	}
+	if (qmp_wait_event(q, "RESUME", 5000, &ev) == 0) {
+		*ret_resume_ns = ev.time_ns;
+		qmp_event_fini(&ev);
+	}
+	return 0;
+}
+
+void commit_discard_destination(struct qmp *q)
+{
+	(void)qmp_execute(q, "quit", NULL, NULL, NULL, 0);
+}
+
+/* ---- decisions over fresh connections ---- */
+
+static bool expired(const struct commit_link *l)
+{
+	return (l->sig && *l->sig) || tsb_now_ns() >= l->deadline_ns;
+}
+
+/* Sleeps ms, but not past the deadline or a signal. */
+static void nap(const struct commit_link *l, unsigned ms)
+{
+	uint64_t until = tsb_now_ns() + (uint64_t)ms * 1000000;
+
+	while (!expired(l) && tsb_now_ns() < until)
+		usleep(50000);
+}
+
+/* One attempt: connect, HELLO, DECISION, OUTCOME. */
+static int deliver_once(const struct commit_link *l, const char *host, const char *port,
+			int decision, char *text, size_t textlen)
+{
+	struct wire_hello_args hello = {
+		.role = WIRE_ROLE_SENDER, .caps = WIRE_CAP_COMMIT | WIRE_CAP_RESOLVE,
+		.site = "source", .migration = l->id,
+	};
+	struct wire_hello peer;
+	struct wire_conn *c;
+	struct wire_msg m;
+	char msg[256];
+	int fd, r;
+
+	r = wire_tcp_connect(host, port, 5000, &fd, msg, sizeof(msg));
+	if (r < 0) {
+		log_info("resolve: %s", msg);
+		return r;
+	}
+	wire_tcp_tune(fd, 0);
+	c = wire_conn_new_take(l->tls, fd);
+	if (!c)
+		return -ENOMEM;
+	wire_conn_set_timeout(c, 10000);
+	r = wire_conn_handshake(c, 10000);
+	if (r == 0)
+		r = wire_conn_hello(c, &hello, &peer);
+	/* A receiver that knows no such migration holds nothing of it. */
+	if (r == -ECONNREFUSED && strstr(wire_conn_errmsg(c), "waits for its decision"))
+		r = -ENOENT;
+	if (r == 0)
+		r = wire_conn_send_status(c, WIRE_MSG_DECISION, (uint32_t)decision, l->id);
+	while (r == 0) {
+		r = wire_conn_read_msg(c, WIRE_ROLE_RECEIVER, &m);
+		if (r == 0)
+			r = -ECONNRESET;
+		if (r < 0)
+			break;
+		if (m.type == WIRE_MSG_OUTCOME) {
+			snprintf(text, textlen, "%.*s", (int)m.u.status.text.len,
+				 m.u.status.text.p);
+			r = (int)m.u.status.code;
+			(void)wire_conn_close(c);
+			wire_conn_free(c);
+			return r > 0 ? r : -EBADMSG;
+		}
+		if (m.type == WIRE_MSG_ERROR || m.type == WIRE_MSG_CANCEL)
+			r = m.u.status.code == WIRE_CODE_REFUSED ? -ENOENT : -ECONNREFUSED;
+		else
+			r = 0; /* PING and the like */
+	}
+	log_info("resolve: %s", wire_conn_errmsg(c)[0] ? wire_conn_errmsg(c) : strerror(-r));
+	wire_conn_free(c);
+	return r;
+}
+
+int commit_deliver(const struct commit_link *l, int decision, char *text, size_t textlen)
+{
+	char host[256], port[32];
+	unsigned backoff = 250, attempts = 0;
+	int r;
+
+	if (tsb_split_hostport(l->addr, host, sizeof(host), port, sizeof(port)) < 0)
+		return -EINVAL;
+	while (!expired(l)) {
+		attempts++;
+		r = deliver_once(l, host, port, decision, text, textlen);
+		if (r > 0) {
+			log_notice("the receiver answered on reconnection %u", attempts);
+			return r;
+		}
+		if (r == -EACCES || (r == -ENOENT && decision == WIRE_DECIDE_ABORT))
+			return r;
+		nap(l, backoff);
+		backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
+	}
+	return l->sig && *l->sig ? -EINTR : -ETIMEDOUT;
+}
+
+/* Listens on addr, retrying while the old socket still holds the port. */
+static int listen_again(const struct commit_link *l, int *ret_fd)
+{
+	char host[256], port[32];
+	int r;
+
+	if (tsb_split_hostport(l->addr, host, sizeof(host), port, sizeof(port)) < 0)
+		return -EINVAL;
+	for (;;) {
+		r = wire_tcp_listen(host, port, 8, ret_fd);
+		if (r != -EADDRINUSE || expired(l))
+			return r;
+		nap(l, 200);
+	}
+}
+
+/* One resolve connection: returns the decision, or <= 0 to go on waiting. */
+static int take_decision(const struct commit_link *l, struct wire_conn *c)
+{
+	struct wire_hello_args hello = {
+		.role = WIRE_ROLE_RECEIVER, .caps = WIRE_CAP_COMMIT, .site = "destination",
+	};
+	struct wire_hello peer;
+	struct wire_msg m;
+	char text[160];
+	int r;
+
+	wire_conn_set_timeout(c, 10000);
+	r = wire_conn_handshake(c, 10000);
+	if (r == 0)
+		r = wire_conn_hello(c, &hello, &peer);
+	if (r < 0) {
+		log_warn("resolve: refused a connection: %s", wire_conn_errmsg(c));
+		return r;
+	}
+	if (!(peer.caps & WIRE_CAP_RESOLVE) || peer.migration.len != strlen(l->id) ||
+	    memcmp(peer.migration.p, l->id, peer.migration.len)) {
+		snprintf(text, sizeof(text), "migration %s is waiting for its decision here; "
+			 "nothing else is accepted until it is settled", l->id);
+		(void)wire_conn_send_status(c, WIRE_MSG_ERROR, WIRE_CODE_REFUSED, text);
+		log_warn("resolve: refused a connection that is not the sender of %s", l->id);
+		return 0;
+	}
+	r = wire_conn_read_msg(c, WIRE_ROLE_SENDER, &m);
+	if (r <= 0 || m.type != WIRE_MSG_DECISION ||
+	    (m.u.status.code != WIRE_DECIDE_COMMIT && m.u.status.code != WIRE_DECIDE_ABORT))
+		return r < 0 ? r : -EPROTO;
+	return (int)m.u.status.code;
+}
+
+int commit_await(const struct commit_link *l, struct wire_conn **ret_conn)
+{
+	struct pollfd p = { .events = POLLIN };
+	struct wire_conn *c;
+	int lfd, fd, r;
+
+	r = listen_again(l, &lfd);
+	if (r < 0)
+		return r;
+	log_notice("waiting for the sender's decision on %s (migration %s)", l->addr, l->id);
+	p.fd = lfd;
+	while (!expired(l)) {
+		r = poll(&p, 1, 200);
+		if (r <= 0)
+			continue;
+		if (wire_tcp_accept(lfd, &fd) < 0)
+			continue;
+		wire_tcp_tune(fd, 0);
+		c = wire_conn_new_take(l->tls, fd);
+		if (!c)
+			continue;
+		r = take_decision(l, c);
+		if (r > 0) {
+			close(lfd);
+			*ret_conn = c;
+			return r;
+		}
+		wire_conn_free(c);
+	}
+	close(lfd);
+	return l->sig && *l->sig ? -EINTR : -ETIMEDOUT;
+}
+
+int commit_answer(struct wire_conn *c, int outcome, const char *text)
+{
+	struct wire_frame f;
+	uint64_t t0 = tsb_now_ns();
+	int r;
+
+	r = wire_conn_send_status(c, WIRE_MSG_OUTCOME, (uint32_t)outcome, text);
+	if (r < 0)
+		return r;
+	tsb_fault_point("outcome-sent");
+	/* The sender closes once it has read it: only then is it known there. */
+	while (tsb_now_ns() - t0 < 10000000000ull) {
+		r = wire_conn_read_frame(c, &f);
+		if (r == 0)
+			return 0;
+		if (r < 0)
+			return r;
+	}
+	return -ETIMEDOUT;
+}

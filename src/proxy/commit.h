@@ -1,0 +1,68 @@
+/*
+ * Switchover by commit (docs/protocol.md, "Switchover"): what send and
+ * recv do to settle who runs the guest, on the QEMUs and over fresh
+ * connections when the migration's own connection is gone.
+ */
+#ifndef TSB_PROXY_COMMIT_H
+#define TSB_PROXY_COMMIT_H
+
+#include "proxy/proxy.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct qmp;
+struct wire_conn;
+struct wire_tls;
+
+/* Where to reach the peer for a decision, and for how long to try. */
+struct commit_link {
+	const struct proxy_common_options *c;
+	struct wire_tls *tls;
+	const char *addr;	/* send: the receiver's HOST:PORT; recv: its --listen */
+	const char *id;		/* the migration id */
+	uint64_t deadline_ns;	/* CLOCK_MONOTONIC */
+	volatile int *sig;	/* stop early when set (SIGINT/SIGTERM) */
+};
+
+/* Is the local QEMU's VM running ("running" state)? */
+int commit_vm_running(struct qmp *q, bool *ret_running);
+
+/*
+ * Source, abort: ends QEMU's migration and runs the guest again if it ran
+ * when the migration began (cont from the state the migration left it
+ * in). *ret_completed: QEMU's migration had completed (so the receiver
+ * may hold the guest). 0 when the source runs (or was not to be resumed).
+ */
+int commit_resume_source(struct qmp *q, bool was_running, bool *ret_completed,
+			 char *err, size_t errlen);
+
+/*
+ * Destination, commit: runs the loaded, paused guest. Fills *ret_resume_ns
+ * with QEMU's RESUME time (CLOCK_REALTIME, 0 if unseen). On failure the
+ * destination QEMU is quit, so that it can never run the guest later.
+ */
+int commit_run_destination(struct qmp *q, uint64_t *ret_resume_ns, char *err, size_t errlen);
+/* Destination, abort: quits the destination QEMU (it never ran the guest). */
+void commit_discard_destination(struct qmp *q);
+
+/*
+ * Sender: delivers decision (WIRE_DECIDE_*) to the receiver over fresh
+ * connections, with back-off, until it answers OUTCOME or the deadline
+ * passes. Returns the OUTCOME code (> 0; text gets its text), -ETIMEDOUT,
+ * -EINTR, or -EACCES when the receiver refuses our credentials.
+ */
+int commit_deliver(const struct commit_link *l, int decision, char *text, size_t textlen);
+
+/*
+ * Receiver: listens again on l->addr and waits for the sender of this
+ * migration to deliver its decision. Returns the decision (> 0) with
+ * *ret_conn open to answer OUTCOME on, -ETIMEDOUT or -EINTR.
+ */
+int commit_await(const struct commit_link *l, struct wire_conn **ret_conn);
+
+/* Receiver: answers OUTCOME on c and waits (bounded) for the sender to close. */
+int commit_answer(struct wire_conn *c, int outcome, const char *text);
+
+#endif

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # tsubame-wanem: checks the emulated link's rate and delay against its spec
 # (rate within 5%, added RTT within 3 ms of 2 x one-way delay), the byte
-# counts in its stats file, half-close, sharing between connections, and
-# the SIGUSR1/SIGUSR2 link cut.
+# counts in its stats file, half-close, sharing between connections, the
+# SIGUSR1/SIGUSR2 link cut and the SIGRTMIN/SIGRTMIN+1 blackhole.
 #
 # Usage: 10-wanem.sh [TSUBAME_WANEM TSUBAME_NETPROBE]
 # (or WANEM=... NETPROBE=... in the environment). Exit 77 = skipped.
@@ -17,7 +17,7 @@ if [ -z "$WANEM" ] || [ -z "$PROBE" ] || [ ! -x "$WANEM" ] || [ ! -x "$PROBE" ];
 	echo "SKIP: tsubame-wanem or tsubame-netprobe not given or not built"
 	exit 77
 fi
-for tool in awk grep sed timeout mktemp; do
+for tool in awk grep sed timeout mktemp head tr seq date; do
 	if ! command -v "$tool" >/dev/null; then
 		echo "SKIP: $tool missing"
 		exit 77
@@ -246,6 +246,134 @@ probe ping --connect "$relay" --count 3 >/dev/null && ok "SIGUSR2 restores the l
 	bad "ping after SIGUSR2 failed"
 grep -q "SIGUSR1: link cut" "$tmp/wanem.log" && grep -q "SIGUSR2: link restored" "$tmp/wanem.log" &&
 	ok "cut and restore logged" || bad "cut/restore not logged"
+
+# ---- blackhole: SIGRTMIN silences the link, SIGRTMIN+1 resumes it ----
+# An echo connection held open by this shell (bash's /dev/tcp): bytes sent
+# just before and during the blackhole must not come back while it lasts,
+# nothing is reset, and after SIGRTMIN+1 they all come back in order on the
+# same connection. A connection opened meanwhile waits in the listen
+# backlog and works afterwards. The relay must not spin while blackholed.
+relay_state() { [ "$(json_str "$stats" link)" = "$1" ]; }
+# cpu_ticks PID: user + system CPU time in clock ticks.
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+# echo_read FD TIMEOUT N: reads N lines from FD into echo_got (joined by
+# spaces); returns read's status (> 128: timed out, 1: closed or reset).
+echo_got=
+echo_read() {
+	local fd=$1 t=$2 n=$3 line i
+	echo_got=
+	for ((i = 0; i < n; i++)); do
+		IFS= read -r -t "$t" -u "$fd" line || return $?
+		echo_got+="${echo_got:+ }$line"
+	done
+}
+rport=$(json_num "$stats" listen_port)
+conns0=$(json_num "$stats" connections)
+resets0=$(json_num "$stats" resets)
+exec 3<>"/dev/tcp/127.0.0.1/$rport" || die "cannot open a connection to the relay with /dev/tcp"
+printf 'ECHO\nwarm-1\nwarm-2\n' >&3
+rc=0
+echo_read 3 5 2 || rc=$?
+[ $rc -eq 0 ] && [ "$echo_got" = "warm-1 warm-2" ] || die "echo through the relay: rc $rc, got '$echo_got'"
+big=$(head -c 150000 /dev/zero | tr '\0' 'b')
+want=
+for i in $(seq 1 20); do printf 'pre-%d\n' "$i"; want+="${want:+ }pre-$i"; done >&3
+# The pre- lines are on the up link (25 ms) or not yet read: the echo of
+# none of them can be back before the blackhole starts.
+kill -s RTMIN "$wpid"
+wait_for "stats to show the blackhole" 10 relay_state blackhole
+cpu0=$(cpu_ticks "$wpid")
+t0=$(date +%s%N)
+for i in $(seq 1 20); do printf 'during-%d\n' "$i"; want+=" during-$i"; done >&3
+printf '%s\n' "$big" >&3
+want+=" $big"
+for i in $(seq 21 40); do printf 'during-%d\n' "$i"; want+=" during-$i"; done >&3
+exec 4<>"/dev/tcp/127.0.0.1/$rport" || die "a new connection during the blackhole failed"
+printf 'ECHO\nnew-1\n' >&4
+rc=0
+echo_read 3 1 1 || rc=$?
+if [ $rc -gt 128 ]; then
+	ok "blackholed: nothing comes back for 1 s, the connection stays open"
+elif [ $rc -eq 0 ]; then
+	bad "blackholed: '${echo_got:0:40}' came back"
+else
+	bad "blackholed: the connection was closed or reset (read status $rc)"
+fi
+rc=0
+echo_read 4 0.2 1 || rc=$?
+[ $rc -gt 128 ] && ok "blackholed: a new connection is held, not refused" ||
+	bad "blackholed: new connection read status $rc, got '${echo_got:0:40}'"
+[ "$(json_num "$stats" resets)" = "$resets0" ] && [ "$(json_num "$stats" active)" = 1 ] &&
+	[ "$(json_num "$stats" connections)" = $((conns0 + 1)) ] &&
+	ok "blackholed: no reset, the new connection waits in the backlog" ||
+	bad "blackholed stats: $(cat "$stats")"
+cpu1=$(cpu_ticks "$wpid")
+held_ms=$((($(date +%s%N) - t0) / 1000000))
+echo "blackhole: relay used $((cpu1 - cpu0)) CPU ticks in $held_ms ms"
+[ $((cpu1 - cpu0)) -le 10 ] && ok "blackholed relay does not spin" ||
+	bad "blackholed relay used $((cpu1 - cpu0)) CPU ticks in $held_ms ms"
+kill -s RTMIN+1 "$wpid"
+wait_for "stats to show the link up after the blackhole" 10 relay_state up
+rc=0
+echo_read 3 10 61 || rc=$?
+if [ $rc -eq 0 ] && [ "$echo_got" = "$want" ]; then
+	ok "SIGRTMIN+1: every byte sent before and during the blackhole arrives, in order"
+else
+	bad "after SIGRTMIN+1: read status $rc, got $(printf '%s' "$echo_got" | wc -c) of $(printf '%s' "$want" | wc -c) bytes"
+fi
+printf 'after-1\n' >&3
+rc=0
+echo_read 3 5 1 || rc=$?
+[ $rc -eq 0 ] && [ "$echo_got" = after-1 ] && ok "the same connection goes on after the blackhole" ||
+	bad "echo after the blackhole: status $rc, got '$echo_got'"
+rc=0
+echo_read 4 5 1 || rc=$?
+[ $rc -eq 0 ] && [ "$echo_got" = new-1 ] && ok "the connection held in the backlog flows" ||
+	bad "held connection after the blackhole: status $rc, got '$echo_got'"
+exec 3>&- 4>&-
+[ "$(json_num "$stats" resets)" = "$resets0" ] || bad "resets during the blackhole test: $(cat "$stats")"
+wait_for "relay to close the echo connections" 10 relay_stats_active_zero
+
+# A bulk transfer blackholed for 1 s in its middle: no byte reaches the
+# server meanwhile (bytes_up is the same in the stats written at the start
+# and at the end of the blackhole), then the sink gets every byte.
+probe send --connect "$relay" --seconds 3 >"$tmp/bh.out" 2>"$tmp/bh.log" &
+psend=$!
+pids+=($psend)
+wait_for "the transfer's connection" 10 relay_stats_active_one
+sleep 0.7
+kill -s RTMIN "$wpid"
+wait_for "stats to show the blackhole" 10 relay_state blackhole
+up0=$(json_num "$stats" bytes_up)
+sleep 1
+kill -s RTMIN+1 "$wpid"
+wait_for "stats to show the link up after the blackhole" 10 relay_state up
+up1=$(json_num "$stats" bytes_up)
+set +e
+wait "$psend"
+rc=$?
+set -e
+out=$(cat "$tmp/bh.out")
+echo "blackholed transfer: bytes_up $up0 at the start of the blackhole, $up1 at its end; $out"
+[ "$up0" = "$up1" ] && ok "blackholed transfer: nothing delivered for 1 s" ||
+	bad "blackholed transfer: $((up1 - up0)) bytes delivered during the blackhole"
+if [ $rc -eq 0 ] && [ "$(kv "$out" received)" = "$(kv "$out" sent)" ]; then
+	ok "blackholed transfer: the sink got all $(kv "$out" sent) bytes on one connection"
+else
+	bad "blackholed transfer: exit $rc, $out $(cat "$tmp/bh.log")"
+fi
+[ "$(json_num "$stats" resets)" = "$resets0" ] || bad "the blackholed transfer was reset"
+
+# SIGUSR2 also ends a blackhole; both are logged.
+kill -s RTMIN "$wpid"
+wait_for "stats to show the blackhole" 10 relay_state blackhole
+kill -USR2 "$wpid"
+wait_for "stats to show the link up" 10 relay_state up
+probe ping --connect "$relay" --count 3 >/dev/null && ok "SIGUSR2 ends a blackhole too" ||
+	bad "ping after SIGRTMIN, SIGUSR2 failed"
+grep -q "SIGRTMIN: link blackholed" "$tmp/wanem.log" &&
+	grep -q "SIGRTMIN+1: link flows again" "$tmp/wanem.log" &&
+	ok "blackhole and its end logged" || bad "blackhole not logged"
 
 # ---- relay to a closed port: the client is reset, the relay says why ----
 "$WANEM" --listen 127.0.0.1:0 --connect 127.0.0.1:1 --stats "$tmp/dead.json" 2>"$tmp/dead.log" &

@@ -18,7 +18,9 @@
  *
  * One thread, one epoll loop; signals arrive through a signalfd:
  * SIGTERM/SIGINT stop, SIGUSR1 cuts the link (resets every connection and
- * refuses new ones), SIGUSR2 restores it.
+ * refuses new ones), SIGRTMIN blackholes it (nothing is read, written or
+ * accepted, nothing is reset; the links' clocks stop with their chunks
+ * queued), SIGUSR2 or SIGRTMIN+1 brings it up again.
  */
 #include "common/log.h"
 #include "common/util.h"
@@ -78,6 +80,12 @@ struct watch {
 	enum watch_kind kind;
 };
 
+enum link_state {
+	LINK_UP,
+	LINK_CUT,		/* SIGUSR1: connections reset, new ones refused */
+	LINK_BLACKHOLE,		/* SIGRTMIN: silent, nothing moves */
+};
+
 struct conn;
 struct pipe;
 
@@ -106,6 +114,7 @@ struct link {
 	struct chunk *head, *tail;
 	struct pipe *wait_head, *wait_tail;	/* paused: link full */
 	bool waking;
+	bool blackhole;			/* nothing read, released or written */
 };
 
 struct pipe {
@@ -150,6 +159,7 @@ struct wanem {
 	struct watch timer_w;
 	int timer_fd;
 	uint64_t timer_armed;		/* 0 = disarmed */
+	bool listen_watched;		/* listen_fd in epoll */
 	struct watch signal_w;
 	int signal_fd;
 
@@ -167,7 +177,8 @@ struct wanem {
 	uint64_t nconns_active;
 	uint64_t nresets;
 	uint64_t max_conns;
-	bool cut;
+	enum link_state state;
+	uint64_t blackhole_ns;		/* when the blackhole began */
 	bool stop;
 
 	struct closed_rec closed[CLOSED_KEEP];
@@ -253,7 +264,8 @@ static int write_stats(struct wanem *w)
 	fprintf(f, "{\"pid\":%d,\"listen\":\"%s\",\"listen_port\":%d,"
 		   "\"connect\":\"%s\",\"link\":\"%s\",",
 		(int)getpid(), w->listen_str, w->listen_port, w->connect_str,
-		w->cut ? "cut" : "up");
+		w->state == LINK_CUT ? "cut" :
+		w->state == LINK_BLACKHOLE ? "blackhole" : "up");
 	fprintf(f, "\"connections\":%" PRIu64 ",\"active\":%" PRIu64
 		   ",\"resets\":%" PRIu64 ",",
 		w->nconns_total, w->nconns_active, w->nresets);
@@ -414,7 +426,7 @@ static bool pipe_can_read(const struct pipe *p)
 {
 	const struct conn *c = p->conn;
 
-	if (c->dead || p->in_eof || p->done)
+	if (c->dead || p->in_eof || p->done || p->link->blackhole)
 		return false;
 	/* The server's bytes cannot be read before it is connected. */
 	if (p->in == &c->server && c->connecting)
@@ -426,7 +438,7 @@ static bool pipe_wants_write(const struct pipe *p)
 {
 	const struct conn *c = p->conn;
 
-	if (c->dead || !p->head || !p->head->released)
+	if (c->dead || p->link->blackhole || !p->head || !p->head->released)
 		return false;
 	return !(p->out == &c->server && c->connecting);
 }
@@ -548,7 +560,8 @@ static int pipe_read(struct wanem *w, struct pipe *p, int max_reads)
  */
 static void link_wake(struct wanem *w, struct link *l)
 {
-	if (l->waking)
+	/* Paused pipes keep their turn until the blackhole ends. */
+	if (l->waking || l->blackhole)
 		return;
 	l->waking = true;
 	while (l->wait_head && !link_is_full(l)) {
@@ -669,6 +682,16 @@ static void conn_update(struct wanem *w, struct conn *c)
 		conn_kill(w, c, false);
 		return;
 	}
+	/*
+	 * A blackholed link watches nothing, not even errors or a connect in
+	 * progress: a peer's RST or FIN is found when the link flows again,
+	 * as on a path that drops packets.
+	 */
+	if (w->state == LINK_BLACKHOLE) {
+		ep_set(w, &c->client, 0);
+		ep_set(w, &c->server, 0);
+		return;
+	}
 	if (pipe_wants_read(&c->up))
 		ev_client |= EPOLLIN;
 	if (pipe_wants_read(&c->down))
@@ -723,7 +746,8 @@ static void endpoint_event(struct wanem *w, struct endpoint *ep,
 	struct pipe *out = is_client ? &c->down : &c->up;
 	int r;
 
-	if (c->dead)
+	/* Events of this wake-up that came before a SIGRTMIN in it. */
+	if (c->dead || w->state == LINK_BLACKHOLE)
 		return;
 	if (!is_client && c->connecting) {
 		if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
@@ -819,6 +843,9 @@ static void listen_event(struct wanem *w)
 	char peer[128];
 	int i, fd;
 
+	/* Blackholed: new connections wait in the listen backlog. */
+	if (w->state == LINK_BLACKHOLE)
+		return;
 	for (i = 0; i < ACCEPTS_PER_WAKE; i++) {
 		socklen_t len = sizeof(ss);
 
@@ -834,7 +861,7 @@ static void listen_event(struct wanem *w)
 		if (sockaddr_to_str((struct sockaddr *)&ss, len, peer,
 				    sizeof(peer), NULL) < 0)
 			snprintf(peer, sizeof(peer), "?");
-		if (w->cut) {
+		if (w->state == LINK_CUT) {
 			log_notice("link cut: refusing connection from %s", peer);
 			close_rst(fd);
 			continue;
@@ -846,32 +873,133 @@ static void listen_event(struct wanem *w)
 	}
 }
 
-static void cut_link(struct wanem *w)
+/*
+ * The listening socket leaves epoll while the link is blackholed, so that
+ * new connections wait in the kernel's listen backlog.
+ */
+static void listen_watch(struct wanem *w, bool on)
 {
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &w->listen_w };
+
+	if (w->listen_watched == on)
+		return;
+	if (epoll_ctl(w->epfd, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL,
+		      w->listen_fd, &ev) < 0) {
+		tsb_log_errno(TSB_LOG_WARN, -errno, "epoll_ctl(listen fd)");
+		return;
+	}
+	w->listen_watched = on;
+}
+
+/*
+ * Restarts a link's clock after a blackhole of d ns that began at since:
+ * every chunk on it keeps the time it had left, and the link stays busy
+ * for as long as it had still to be.
+ */
+static void link_thaw(struct link *l, uint64_t since, uint64_t d)
+{
+	struct chunk *ch;
+
+	l->blackhole = false;
+	for (ch = l->head; ch; ch = ch->lnext)
+		ch->deliver_ns += d;
+	if (l->free_at_ns > since)
+		l->free_at_ns += d;
+}
+
+/* Ends a blackhole; returns the number of connections that resume. */
+static unsigned int blackhole_end(struct wanem *w)
+{
+	uint64_t now = tsb_now_ns();
+	struct conn *c, *next;
 	unsigned int n = 0;
 
-	if (w->cut) {
+	link_thaw(&w->up, w->blackhole_ns, now - w->blackhole_ns);
+	link_thaw(&w->down, w->blackhole_ns, now - w->blackhole_ns);
+	w->state = LINK_UP;
+	listen_watch(w, true);
+	/*
+	 * Watch the sockets again. No pair has both FINs passed (it would
+	 * have closed then), so this closes none; run() releases what is due.
+	 */
+	for (c = w->conns; c; c = next) {
+		next = c->next;
+		conn_update(w, c);
+		n++;
+	}
+	return n;
+}
+
+static void cut_link(struct wanem *w)
+{
+	enum link_state was = w->state;
+	unsigned int n = 0;
+
+	if (was == LINK_CUT) {
 		log_notice("SIGUSR1: link already cut");
 		return;
 	}
-	w->cut = true;
+	/* Queued chunks go with their connections. */
+	if (was == LINK_BLACKHOLE)
+		(void)blackhole_end(w);
+	w->state = LINK_CUT;
 	while (w->conns) {
 		conn_reset(w, w->conns, "link cut");
 		n++;
 	}
-	log_notice("SIGUSR1: link cut, %u connection(s) reset, refusing new ones",
-		   n);
+	log_notice("SIGUSR1: link cut, %u connection(s) reset, refusing new ones%s",
+		   n, was == LINK_BLACKHOLE ? " (was blackholed)" : "");
 	(void)write_stats(w);
 }
 
-static void restore_link(struct wanem *w)
+static void blackhole_link(struct wanem *w)
 {
-	if (!w->cut) {
-		log_notice("SIGUSR2: link already up");
+	enum link_state was = w->state;
+	struct conn *c, *next;
+	unsigned int n = 0;
+
+	if (was == LINK_BLACKHOLE) {
+		log_notice("SIGRTMIN: link already blackholed");
 		return;
 	}
-	w->cut = false;
-	log_notice("SIGUSR2: link restored");
+	w->state = LINK_BLACKHOLE;
+	w->blackhole_ns = tsb_now_ns();
+	w->up.blackhole = w->down.blackhole = true;
+	listen_watch(w, false);
+	for (c = w->conns; c; c = next) {
+		next = c->next;
+		conn_update(w, c);	/* watches nothing, closes nothing */
+		n++;
+	}
+	log_notice("SIGRTMIN: link blackholed%s, %u connection(s) stalled with %"
+		   PRIu64 " bytes up and %" PRIu64 " down on the link, new ones "
+		   "wait in the listen backlog", was == LINK_CUT ? " (was cut)" : "",
+		   n, w->up.onlink, w->down.onlink);
+	(void)write_stats(w);
+}
+
+/* SIGUSR2 or SIGRTMIN+1: the link is up again, whichever way it was down. */
+static void restore_link(struct wanem *w, const char *sig)
+{
+	enum link_state was = w->state;
+	uint64_t since = w->blackhole_ns;
+	unsigned int n;
+
+	if (was == LINK_UP) {
+		log_notice("%s: link already up", sig);
+		return;
+	}
+	if (was == LINK_CUT) {
+		w->state = LINK_UP;
+		log_notice("%s: link restored", sig);
+	} else {
+		n = blackhole_end(w);
+		log_notice("%s: link flows again after %.3f s blackholed, %u "
+			   "connection(s) resume with %" PRIu64 " bytes up and %"
+			   PRIu64 " down on the link", sig,
+			   (tsb_now_ns() - since) / 1e9, n, w->up.onlink,
+			   w->down.onlink);
+	}
 	(void)write_stats(w);
 }
 
@@ -880,17 +1008,28 @@ static void signal_event(struct wanem *w)
 	struct signalfd_siginfo si;
 
 	while (read(w->signal_fd, &si, sizeof(si)) == sizeof(si)) {
-		switch (si.ssi_signo) {
+		int sig = (int)si.ssi_signo;
+
+		/* SIGRTMIN is not a constant with glibc: no case label. */
+		if (sig == SIGRTMIN) {
+			blackhole_link(w);
+			continue;
+		}
+		if (sig == SIGRTMIN + 1) {
+			restore_link(w, "SIGRTMIN+1");
+			continue;
+		}
+		switch (sig) {
 		case SIGTERM:
 		case SIGINT:
-			log_notice("%s: stopping", strsignal(si.ssi_signo));
+			log_notice("%s: stopping", strsignal(sig));
 			w->stop = true;
 			break;
 		case SIGUSR1:
 			cut_link(w);
 			break;
 		case SIGUSR2:
-			restore_link(w);
+			restore_link(w, "SIGUSR2");
 			break;
 		default:
 			break;
@@ -903,6 +1042,8 @@ static void link_release(struct wanem *w, struct link *l, uint64_t now)
 {
 	bool was_full = link_is_full(l);
 
+	if (l->blackhole)
+		return;
 	while (l->head && l->head->deliver_ns <= now) {
 		struct chunk *ch = l->head;
 		struct pipe *p = ch->pipe;
@@ -922,9 +1063,11 @@ static void arm_timer(struct wanem *w)
 	struct itimerspec its = { 0 };
 	uint64_t next = 0;
 
-	if (w->up.head)
+	/* Blackholed, the links' clocks stop: the timer stays disarmed. */
+	if (w->up.head && !w->up.blackhole)
 		next = w->up.head->deliver_ns;
-	if (w->down.head && (!next || w->down.head->deliver_ns < next))
+	if (w->down.head && !w->down.blackhole &&
+	    (!next || w->down.head->deliver_ns < next))
 		next = w->down.head->deliver_ns;
 	if (next == w->timer_armed)
 		return;
@@ -1129,16 +1272,26 @@ static void usage(FILE *f)
 "                           reading when it is reached\n"
 "      --max-conns N        connections at once (default %d)\n"
 "  -s, --stats FILE         write byte counts as JSON to FILE (atomically) at\n"
-"                           start, on every connection open/close, link cut or\n"
-"                           restore, and at exit\n"
+"                           start, on every connection open/close, link cut,\n"
+"                           blackhole or restore, and at exit\n"
 "  -p, --pidfile FILE       write the process id to FILE\n"
 "  -v, --verbose            log each connection (twice: debug)\n"
 "  -q, --quiet              log errors and warnings only\n"
 "  -h, --help               show this help\n"
 "      --version            show the version\n"
 "\n"
-"Signals: SIGTERM/SIGINT write stats and exit 0; SIGUSR1 cuts the link\n"
-"(resets all connections, refuses new ones); SIGUSR2 restores it.\n"
+"Signals:\n"
+"  SIGTERM, SIGINT   write stats and exit 0\n"
+"  SIGUSR1           cut the link: reset all connections, refuse new ones\n"
+"  SIGRTMIN          blackhole the link: nothing is read, delivered or\n"
+"                    written either way and nothing is reset; bytes on the\n"
+"                    link stay queued, new connections wait in the listen\n"
+"                    backlog (kill -s RTMIN PID)\n"
+"  SIGRTMIN+1        end a blackhole: queued bytes are delivered, in order,\n"
+"                    on the same connections (kill -s RTMIN+1 PID)\n"
+"  SIGUSR2           restore the link (SIGUSR2 and SIGRTMIN+1 both bring it\n"
+"                    up, from a cut or a blackhole)\n"
+"\n"
 "Exit status: 0 stopped by a signal, 1 failure, 2 usage error.\n",
 		DEFAULT_MAX_CONNS);
 }
@@ -1201,6 +1354,8 @@ static int setup_fds(struct wanem *w)
 	sigaddset(&mask, SIGINT);
 	sigaddset(&mask, SIGUSR1);
 	sigaddset(&mask, SIGUSR2);
+	sigaddset(&mask, SIGRTMIN);
+	sigaddset(&mask, SIGRTMIN + 1);
 	if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
 		return log_error_errno(-errno, "sigprocmask");
 	w->signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
@@ -1214,6 +1369,7 @@ static int setup_fds(struct wanem *w)
 	ev.data.ptr = &w->listen_w;
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->listen_fd, &ev) < 0)
 		return log_error_errno(-errno, "epoll_ctl");
+	w->listen_watched = true;
 	ev.data.ptr = &w->timer_w;
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->timer_fd, &ev) < 0)
 		return log_error_errno(-errno, "epoll_ctl");

@@ -121,7 +121,7 @@ void commit_discard_destination(struct qmp *q)
 
 static bool expired(const struct commit_link *l)
 {
-	return (l->sig && *l->sig) || tsb_now_ns() >= l->deadline_ns;
+	return (l->sig && *l->sig > 1) || tsb_now_ns() >= l->deadline_ns;
 }
 
 /* Sleeps ms, but not past the deadline or a signal. */
@@ -209,7 +209,7 @@ int commit_deliver(const struct commit_link *l, int decision, char *text, size_t
 		nap(l, backoff);
 		backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
 	}
-	return l->sig && *l->sig ? -EINTR : -ETIMEDOUT;
+	return l->sig && *l->sig > 1 ? -EINTR : -ETIMEDOUT;
 }
 
 /* Listens on addr, retrying while the old socket still holds the port. */
@@ -292,7 +292,7 @@ int commit_await(const struct commit_link *l, struct wire_conn **ret_conn)
 		wire_conn_free(c);
 	}
 	close(lfd);
-	return l->sig && *l->sig ? -EINTR : -ETIMEDOUT;
+	return l->sig && *l->sig > 1 ? -EINTR : -ETIMEDOUT;
 }
 
 int commit_answer(struct wire_conn *c, int outcome, const char *text)

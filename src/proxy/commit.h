@@ -23,7 +23,7 @@ struct commit_link {
 	const char *addr;	/* send: the receiver's HOST:PORT; recv: its --listen */
 	const char *id;		/* the migration id */
 	uint64_t deadline_ns;	/* CLOCK_MONOTONIC */
-	volatile int *sig;	/* stop early when set (SIGINT/SIGTERM) */
+	volatile int *sig;	/* stop early when it holds a signal number (> 1) */
 };
 
 /* Is the local QEMU's VM running ("running" state)? */

@@ -1580,17 +1580,17 @@ static void settle(struct sender *s, struct wire_tls *tls)
 
 	tsb_fault_point("source-completed");
 	/* The destination loads the last bytes in flight; give up only on a stall. */
-	while (!s->prepared && !s->failed && !s->abort_flag && tsb_now_ns() - t0 < limit) {
+	while (!s->prepared && !s->failed && s->abort_flag <= 1 && tsb_now_ns() - t0 < limit) {
 		if (s->acked != acked) {
 			acked = s->acked;
 			t0 = tsb_now_ns();
 		}
 		usleep(5000);
 	}
-	if (!s->prepared || s->abort_flag) {
+	if (!s->prepared || s->abort_flag > 1) {
 		if (!s->failed)
-			fail(s, s->abort_flag ? PROXY_INTERRUPTED : PROXY_FAILED, "%s",
-			     s->abort_flag ? "interrupted before the switchover was committed"
+			fail(s, s->abort_flag > 1 ? PROXY_INTERRUPTED : PROXY_FAILED, "%s",
+			     s->abort_flag > 1 ? "interrupted before the switchover was committed"
 					   : "the receiver did not say that it holds the guest");
 		return;
 	}

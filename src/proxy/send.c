@@ -1653,9 +1653,13 @@ static void abort_switchover(struct sender *s, struct qmp *q, struct wire_tls *t
 		log_error("the source VM could not be resumed: %s; run 'tsubame resolve %s' "
 			  "here", err, s->rec.id);
 	snprintf(s->rec.state, sizeof(s->rec.state), "abort");
-	/* Only a receiver that may have said PREPARED needs to hear it. */
+	/*
+	 * Only a receiver that may have said PREPARED needs to hear it: one
+	 * that may have the whole stream, i.e. once the source stopped (QEMU
+	 * may fail and resume after its last byte, e.g. on the return path).
+	 */
 	if (s->peer_outcome == WIRE_OUTCOME_DISCARDED || s->peer_failed ||
-	    (!completed && !s->prepared)) {
+	    (!completed && !s->prepared && !s->switchover_ns)) {
 		if (r == 0)
 			record_drop(o->c.state_dir, &s->rec);
 		return;

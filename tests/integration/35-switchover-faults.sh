@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Switchover faults (docs/protocol.md, "Switchover"): the link is cut or
+# blackholed, tsubame or a QEMU is killed, recv is interrupted, the
+# destination's store is full -- each at an exact protocol point, fired by
+# the point itself (TSUBAME_FAULT_AT / TSUBAME_FAULT_CMD). After every case
+# exactly one copy of the guest runs and verifies all its memory, or both
+# are paused (exit 7) and 'tsubame resolve' brings exactly one back. The
+# guest moves back and forth between two "sites" (stores and records of A
+# and B); each case gets a fresh incoming QEMU.
+: "${VM_MEM:=131076K}"
+. "$(dirname "$0")/lib.sh"
+require_guest
+requires "$WANEM" ss
+
+"$TSUBAME" keygen "$T/key" >/dev/null
+workload="tsb.mode=memverify tsb.mem=48 tsb.seed=9 tsb.vmid=6 tsb.random=100 tsb.dup=0"
+# Only what a case needs: a short commit timeout keeps in-doubt cases short.
+common_args="--key $T/key --commit-timeout 6s --stall-timeout 4s --no-progress ${TSB_VERBOSE:+-v -v}"
+cur=a site=A n=0
+start_vm a "$workload"
+wait_beat a 1 120 >/dev/null || fail "the guest did not start verifying"
+
+other() { [ "$1" = A ] && echo B || echo A; }
+status_of() {
+	"$TSUBAME" qmp --timeout 2 --qmp "$T/$1/qmp.sock" query-status 2>/dev/null |
+		sed -n 's/.*"status": *"\([a-z-]*\)".*/\1/p' || true
+}
+running() { [ "$(status_of "$1")" = running ]; }
+kill_vm() { kill -9 "$(cat "$T/$1/qemu.pid" 2>/dev/null)" 2>/dev/null || true; }
+
+# resolve_site SRC_SITE DST_SITE: settles every record left, the source's
+# side first, then the destination's with the word the source's printed.
+resolve_site() {
+	local f id out flag
+	for f in "$T/state-$1"/*.send.json; do
+		[ -e "$f" ] || continue
+		id=$(basename "$f" .send.json)
+		out=$("$TSUBAME" resolve --state-dir "$T/state-$1" "$id") ||
+			fail "$case_name: resolve on the source failed: $out"
+		log "$case_name: source resolve: $(echo "$out" | head -1)"
+		flag=$(echo "$out" | grep -o -e '--commit' -e '--abort' | head -1)
+		if [ -e "$T/state-$2/$id.recv.json" ]; then
+			out=$("$TSUBAME" resolve --state-dir "$T/state-$2" "$id" "$flag") ||
+				fail "$case_name: resolve on the destination failed: $out"
+			log "$case_name: destination resolve: $out"
+		fi
+	done
+	for f in "$T/state-$2"/*.recv.json; do
+		[ -e "$f" ] && fail "$case_name: a destination record is left without a source record: $f"
+	done
+	return 0
+}
+
+# case_run NAME SIDE POINT COMMAND SEND_CODES RECV_CODES [DELAY] [EXTRA_RECV_ARGS]
+# One migration from the current VM to a fresh one, with COMMAND armed at
+# POINT in send or recv (SIDE; "none": no fault). *_CODES: the exit codes
+# allowed, e.g. "0" or "4 7". COMMAND may use $WANEM_PID, $SRC_QEMU, $DST_QEMU,
+# and $PPID (the tsubame process that reached the point).
+case_run() {
+	local name=$1 side=$2 point=$3 cmd=$4 scodes=$5 rcodes=$6 delay=${7:-5ms}
+	local rargs=${8:-} i dst dsite rport wport rpid spid rs=0 rr=0 a b winner loser last
+	# ONLY="name ...": run just these cases (debugging).
+	[ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $name "* ]] || return 0
+	case_name=$name
+	n=$((n + 1))
+	dst=v$n dsite=$(other "$site")
+	start_dest_vm "$dst" "$workload"
+	rport=$(free_port)
+	wport=$(free_port)
+	start_wanem "$wport" "$rport" 400mbit "$delay"
+	export WANEM_PID=${cleanup_pids[-1]}
+	export SRC_QEMU=$(cat "$T/$cur/qemu.pid") DST_QEMU=$(cat "$T/$dst/qemu.pid")
+	local fault=(env TSUBAME_FAULT_AT="$point" TSUBAME_FAULT_CMD="$cmd")
+	local rfault=(env) sfault=(env)
+	[ "$side" = recv ] && rfault=("${fault[@]}")
+	[ "$side" = send ] && sfault=("${fault[@]}")
+	# shellcheck disable=SC2086
+	"${rfault[@]}" "$TSUBAME" recv --listen "127.0.0.1:$rport" --qmp "$T/$dst/qmp.sock" \
+		--store "$T/store-$dsite" --state-dir "$T/state-$dsite" $common_args $rargs \
+		2>"$T/$name-recv.log" &
+	rpid=$!
+	cleanup_pids+=("$rpid")
+	wait_listen "$rport" 30 || fail "$name: recv did not listen: $(cat "$T/$name-recv.log")"
+	# shellcheck disable=SC2086
+	"${sfault[@]}" "$TSUBAME" send --qmp "$T/$cur/qmp.sock" --to "127.0.0.1:$wport" \
+		--vm-id guest --store "$T/store-$site" --state-dir "$T/state-$site" \
+		--timeout 120s $common_args 2>"$T/$name-send.log" &
+	spid=$!
+	cleanup_pids+=("$spid")
+	wait "$spid" || rs=$?
+	# A receiver whose sender never got through keeps waiting for one: that
+	# is by design, so it is interrupted once the settling time is over.
+	for ((i = 0; i < 200; i++)); do
+		kill -0 "$rpid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -INT "$rpid" 2>/dev/null || true
+	wait "$rpid" || rr=$?
+	kill "$WANEM_PID" 2>/dev/null || true
+	[[ " $scodes " == *" $rs "* ]] ||
+		fail "$name: send exit $rs, expected one of: $scodes ($(tail -3 "$T/$name-send.log"))"
+	[[ " $rcodes " == *" $rr "* ]] ||
+		fail "$name: recv exit $rr, expected one of: $rcodes ($(tail -3 "$T/$name-recv.log"))"
+	grep -q "fault injection at '$point'" "$T/$name-$side.log" 2>/dev/null ||
+		[ "$side" = none ] || fail "$name: the fault at $point did not fire"
+	# Never two copies: check before resolving, then settle what is left.
+	a=$(status_of "$cur") b=$(status_of "$dst")
+	[ "$a" = running ] && [ "$b" = running ] && fail "$name: both copies run"
+	if [ "$rs" = 7 ] || [ "$rr" = 7 ] || ls "$T/state-$site"/*.send.json >/dev/null 2>&1; then
+		[ "$a" = running ] || [ "$b" = running ] || log "$name: in doubt, both paused ($a, $b)"
+		resolve_site "$site" "$dsite"
+	fi
+	if running "$cur" && ! running "$dst"; then
+		winner=$cur loser=$dst
+	elif running "$dst" && ! running "$cur"; then
+		winner=$dst loser=$cur
+	else
+		fail "$name: after resolving, source '$(status_of "$cur")', destination '$(status_of "$dst")'"
+	fi
+	last=$(grep -a -o 'beat [0-9]* ok' "$T/$winner/serial.log" "$T/$loser/serial.log" |
+		awk '{print $2}' | sort -n | tail -1)
+	wait_beat "$winner" "${last:-0}" 90 >/dev/null || fail "$name: $winner stopped verifying"
+	grep -aq CORRUPT "$T/$winner/serial.log" && fail "$name: $winner found corrupted memory"
+	log "$name: send $rs, recv $rr; $([ "$winner" = "$dst" ] && echo destination ||
+		echo source) runs and verifies"
+	kill_vm "$loser"
+	if [ "$winner" = "$dst" ]; then
+		cur=$dst site=$dsite
+	fi
+}
+
+cut='kill -USR1 $WANEM_PID'
+cut_2s='kill -USR1 $WANEM_PID; (sleep 2; kill -USR2 $WANEM_PID) >/dev/null 2>&1 &'
+hole_3s='kill -s RTMIN $WANEM_PID; (sleep 3; kill -s RTMIN+1 $WANEM_PID) >/dev/null 2>&1 &'
+
+# Before the source stops: the migration fails, the source runs on.
+case_run hs-cut send handshake "$cut" "4" "1 4 130"
+case_run precopy-cut recv precopy "$cut" "4" "1 4"
+case_run stopped-cut send source-stopped "$cut" "4" "1 4"
+# The source completed; unless PREPARED came first: abort, the destination
+# hears it once the link is back.
+case_run completed-cut send source-completed "$cut_2s" "0 4" "0 1 4"
+case_run loaded-cut recv dest-loaded "$cut_2s" "4" "1 4"
+# PREPARED may or may not have crossed: either outcome, exactly one.
+case_run prepared-cut recv prepared-sent "$cut_2s" "0 1 4" "0 1 4"
+# The commit is decided: the destination runs, over a new connection.
+case_run commit-cut send commit-sent "$cut_2s" "0" "0"
+case_run received-cut recv commit-received "$cut_2s" "0" "0"
+case_run outcome-cut recv outcome-sent "$cut_2s" "0" "0"
+# The link stays down: both in doubt, resolve settles it.
+case_run commit-down send commit-sent "$cut" "7" "0 7"
+case_run loaded-down recv dest-loaded "$cut" "4" "7"
+# Silent link, then flowing again.
+if kill -l RTMIN >/dev/null 2>&1 && "$WANEM" --help 2>&1 | grep -q RTMIN; then
+	case_run commit-hole send commit-sent "$hole_3s" "0" "0"
+	case_run prepared-hole recv prepared-sent "$hole_3s" "0 1 4" "0 1 4"
+else
+	log "the WAN emulator has no blackhole: those cases skipped"
+fi
+# Processes killed at the point.
+case_run send-killed-completed send source-completed 'kill -9 $PPID' "137" "1 4 7"
+case_run send-killed-commit send commit-sent 'kill -9 $PPID' "137" "0 7"
+case_run recv-killed-prepared recv prepared-sent 'kill -9 $PPID' "1 4 7" "137"
+case_run recv-killed-running recv dest-running 'kill -9 $PPID' "7" "137"
+case_run dst-qemu-killed-loaded recv dest-loaded 'kill -9 $DST_QEMU' "1" "1"
+case_run dst-qemu-killed-commit recv commit-received 'kill -9 $DST_QEMU' "1" "1"
+case_run src-qemu-killed-completed send source-completed 'kill -9 $SRC_QEMU' "0" "0"
+# Ctrl-C on recv: before PREPARED it cancels; after, it leaves it in doubt.
+case_run recv-int-precopy recv precopy 'kill -INT $PPID' "1 4" "130"
+case_run recv-int-prepared recv prepared-sent 'kill -INT $PPID' "0 4 7" "0 7"
+# A long path (400 ms RTT): messages stay in flight while the fault lands.
+case_run long-loaded-cut recv dest-loaded "$cut_2s" "4" "1 4" 200ms
+case_run long-prepared-cut recv prepared-sent "$cut_2s" "0 1 4" "0 1 4" 200ms
+case_run long-commit-cut send commit-sent "$cut_2s" "0" "0" 200ms
+# The destination's store is full: it only saves bytes, the move goes on.
+mkdir -p "$T/full"
+if mount -t tmpfs -o size=256k tsb-full "$T/full" 2>/dev/null; then
+	trap 'r=$?; umount -l "$T/full" 2>/dev/null; (exit $r); cleanup' EXIT
+	case_run store-full none none true "0" "0" 5ms "--store $T/full/store"
+else
+	log "cannot mount a small tmpfs: the full-store case skipped"
+fi
+exit 0

@@ -1,9 +1,15 @@
 # Thin wrapper: the real build is meson (see HACKING.md).
+comma := ,
 BUILD ?= build
 BUILD_SAN ?= build-san
 GUEST ?= cache/guest
 
 .PHONY: all deps build build-san guest check demo bench clean
+
+# $(call quiet,COMMAND): runs COMMAND with its output in a file, shown (and
+# the step failed) only if COMMAND fails: never hides an error.
+quiet = log=$$(mktemp) && if $(1) >$$log 2>&1; then rm -f $$log; \
+	else rc=$$?; echo "make: '$(1)' failed:" >&2; cat $$log >&2; rm -f $$log; exit $$rc; fi
 
 all: build
 
@@ -11,10 +17,10 @@ deps:
 	@scripts/install-deps
 
 $(BUILD)/build.ninja:
-	meson setup $(BUILD) >/dev/null
+	@$(call quiet,meson setup $(BUILD))
 
 $(BUILD_SAN)/build.ninja:
-	meson setup $(BUILD_SAN) -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
+	@$(call quiet,meson setup $(BUILD_SAN) -Db_sanitize=address$(comma)undefined -Db_lundef=false)
 
 build: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)

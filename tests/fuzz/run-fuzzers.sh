@@ -32,15 +32,55 @@ if ! [[ $secs =~ ^[0-9]+$ ]] || [ "$secs" -eq 0 ]; then
 	exit 2
 fi
 if ! command -v clang >/dev/null; then
-	echo "run-fuzzers: clang not found, skipping" >&2
+	echo "run-fuzzers: SKIP: clang not found (Debian: clang, installed by scripts/install-deps)" >&2
 	exit 77
 fi
 
-if [ ! -f "$build/build.ninja" ]; then
-	CC=clang meson setup "$build" "$src" -Dfuzzing=true \
-		-Dbuildtype=debugoptimized >/dev/null
+# step LOG CMD...: runs a build step with its output in LOG; if it fails,
+# shows the output (from the first FAILED: line on, for ninja) and exits 1.
+step() {
+	local log=$1 rc=0
+	shift
+	"$@" >"$log" 2>&1 || rc=$?
+	[ $rc -eq 0 ] && return 0
+	echo "run-fuzzers: '$*' failed (exit $rc); its output (all of it in $log):" >&2
+	if grep -q '^FAILED: ' "$log"; then
+		sed -n '/^FAILED: /,$p' "$log" | head -n 200 >&2
+	else
+		tail -n 200 "$log" >&2
+	fi
+	exit 1
+}
+
+# The libFuzzer and sanitizer runtimes are a package of their own, which
+# clang only recommends: without them nothing can be linked. Probe with a
+# one-line target so that their absence says so instead of failing the
+# build of every target.
+probe=$(mktemp -d)
+trap 'rm -rf "$probe"' EXIT
+echo 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { (void)d; return (int)n * 0; }' \
+	>"$probe/probe.c"
+if ! clang -fsanitize=fuzzer,address,undefined -o "$probe/probe" "$probe/probe.c" \
+	>"$probe/log" 2>&1; then
+	sed 's/^/  /' "$probe/log" | head -n 20 >&2
+	if grep -q 'libclang_rt' "$probe/log"; then
+		echo "run-fuzzers: SKIP: clang's fuzzer and sanitizer runtimes are missing" \
+			"(Debian: libclang-rt-$(clang -dumpversion | cut -d. -f1)-dev," \
+			"installed by scripts/install-deps)" >&2
+		exit 77
+	fi
+	echo "run-fuzzers: clang cannot link a one-line libFuzzer target (see above)" >&2
+	exit 1
 fi
-ninja -C "$build" fuzzers >/dev/null
+
+mkdir -p "$build"
+if [ ! -f "$build/build.ninja" ]; then
+	# (what a failed setup left behind would stop the next one)
+	rm -rf "$build/meson-private" "$build/meson-info" "$build/meson-logs"
+	CC=clang step "$build/setup.log" meson setup "$build" "$src" -Dfuzzing=true \
+		-Dbuildtype=debugoptimized
+fi
+step "$build/ninja.log" ninja -C "$build" fuzzers
 
 mkdir -p "$build/fuzz-artifacts"
 failed=0

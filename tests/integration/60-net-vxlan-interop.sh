@@ -8,7 +8,7 @@
 #   ns H: a host on br0, 10.62.0.2
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/net-lib.sh"
-require_netns
+require_netns vxlan
 P=$(net_prefix)
 K=$P-k G=$P-g H=$P-h
 netns_cleanup() {

@@ -16,6 +16,7 @@
 . "$(dirname "$0")/net-lib.sh"
 require_guest
 require_netns
+require_tap
 P=$(net_prefix)
 trap 'rc=$?; set +e; "$NETNS_SITES" down "$P"; ip netns del "$P-v2" 2>/dev/null; ip netns del "$P-lb" 2>/dev/null; (exit $rc); cleanup' EXIT
 "$NETNS_SITES" up "$P"

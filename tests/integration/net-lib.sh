@@ -2,13 +2,29 @@
 : "${NETNS_SITES:=$top/scripts/netns-sites}"
 CORR="$top/tests/integration/net-correspondent.py"
 
-# require_netns: skip unless root with network namespaces and veth.
+# require_netns [LINK_TYPE...]: skip unless root with network namespaces
+# and the kernel's veth and bridge devices (and each LINK_TYPE, e.g. vxlan).
 require_netns() {
+	local probe="tsbprobe$$" t err
 	requires ip python3 "$TSUBAME"
 	[ "$(id -u)" -eq 0 ] || skip "needs root for network namespaces"
-	local probe="tsbprobe$$"
-	ip netns add "$probe" 2>/dev/null || skip "cannot create network namespaces here"
+	err=$(ip netns add "$probe" 2>&1) || skip "cannot create network namespaces here: $err"
+	for t in veth bridge "$@"; do
+		case $t in
+		veth) err=$(ip -n "$probe" link add p0 type veth peer name p1 2>&1) ;;
+		vxlan) err=$(ip -n "$probe" link add p2 type vxlan id 1 dstport 4789 2>&1) ;;
+		*) err=$(ip -n "$probe" link add "p$t" type "$t" 2>&1) ;;
+		esac || { ip netns del "$probe"; skip "this kernel cannot make $t devices: $err"; }
+	done
 	ip netns del "$probe"
+}
+
+# require_tap: skip unless TAP devices can be made (/dev/net/tun).
+require_tap() {
+	local probe="tsbtap$$" err
+	[ -c /dev/net/tun ] || skip "needs /dev/net/tun for the guests' TAP devices"
+	err=$(ip tuntap add "$probe" mode tap 2>&1) || skip "cannot make TAP devices here: $err"
+	ip link del "$probe"
 }
 
 # A short random prefix for this test's namespaces and interfaces.

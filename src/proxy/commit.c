@@ -1,4 +1,5 @@
 /* Switchover by commit: QEMU steps and decision delivery (commit.h). */
+#include "proxy/accept.h"
 #include "proxy/commit.h"
 #include "proxy/internal.h"
 
@@ -221,78 +222,60 @@ static int listen_again(const struct commit_link *l, int *ret_fd)
 	if (tsb_split_hostport(l->addr, host, sizeof(host), port, sizeof(port)) < 0)
 		return -EINVAL;
 	for (;;) {
-		r = wire_tcp_listen(host, port, 8, ret_fd);
+		r = wire_tcp_listen(host, port, 128, ret_fd);
 		if (r != -EADDRINUSE || expired(l))
 			return r;
 		nap(l, 200);
 	}
 }
 
-/* One resolve connection: returns the decision, or <= 0 to go on waiting. */
-static int take_decision(const struct commit_link *l, struct wire_conn *c)
+/* Only the sender of this migration, coming with its decision. (accept.h) */
+static bool want_resolver(const struct wire_hello *peer, void *opaque, char *why, size_t len)
 {
-	struct wire_hello_args hello = {
-		.role = WIRE_ROLE_RECEIVER, .caps = WIRE_CAP_COMMIT, .site = "destination",
-	};
-	struct wire_hello peer;
-	struct wire_msg m;
-	char text[160];
-	int r;
+	const struct commit_link *l = opaque;
 
-	wire_conn_set_timeout(c, 10000);
-	r = wire_conn_handshake(c, 10000);
-	if (r == 0)
-		r = wire_conn_hello(c, &hello, &peer);
-	if (r < 0) {
-		log_warn("resolve: refused a connection: %s", wire_conn_errmsg(c));
-		return r;
+	if (!(peer->caps & WIRE_CAP_RESOLVE) || peer->migration.len != strlen(l->id) ||
+	    memcmp(peer->migration.p, l->id, peer->migration.len)) {
+		snprintf(why, len, "migration %s is waiting for its decision here; nothing "
+			 "else is accepted until it is settled", l->id);
+		return false;
 	}
-	if (!(peer.caps & WIRE_CAP_RESOLVE) || peer.migration.len != strlen(l->id) ||
-	    memcmp(peer.migration.p, l->id, peer.migration.len)) {
-		snprintf(text, sizeof(text), "migration %s is waiting for its decision here; "
-			 "nothing else is accepted until it is settled", l->id);
-		(void)wire_conn_send_status(c, WIRE_MSG_ERROR, WIRE_CODE_REFUSED, text);
-		log_warn("resolve: refused a connection that is not the sender of %s", l->id);
-		return 0;
-	}
-	r = wire_conn_read_msg(c, WIRE_ROLE_SENDER, &m);
-	if (r <= 0 || m.type != WIRE_MSG_DECISION ||
-	    (m.u.status.code != WIRE_DECIDE_COMMIT && m.u.status.code != WIRE_DECIDE_ABORT))
-		return r < 0 ? r : -EPROTO;
-	return (int)m.u.status.code;
+	return true;
 }
 
 int commit_await(const struct commit_link *l, struct wire_conn **ret_conn)
 {
-	struct pollfd p = { .events = POLLIN };
+	struct wire_hello_args hello = {
+		.role = WIRE_ROLE_RECEIVER, .caps = WIRE_CAP_COMMIT, .site = "destination",
+	};
+	struct accept_options ao = {
+		.tls = l->tls, .hello = &hello, .want = want_resolver, .opaque = (void *)l,
+		.sig = l->sig, .deadline_ns = l->deadline_ns,
+	};
+	struct wire_hello peer;
 	struct wire_conn *c;
-	int lfd, fd, r;
+	struct wire_msg m;
+	int lfd, r;
 
 	r = listen_again(l, &lfd);
 	if (r < 0)
 		return r;
+	ao.lfd = lfd;
 	log_notice("waiting for the sender's decision on %s (migration %s)", l->addr, l->id);
-	p.fd = lfd;
-	while (!expired(l)) {
-		r = poll(&p, 1, 200);
-		if (r <= 0)
-			continue;
-		if (wire_tcp_accept(lfd, &fd) < 0)
-			continue;
-		wire_tcp_tune(fd, 0);
-		c = wire_conn_new_take(l->tls, fd);
-		if (!c)
-			continue;
-		r = take_decision(l, c);
-		if (r > 0) {
+	while ((r = accept_peer(&ao, &c, &peer, NULL)) == 0) {
+		wire_conn_set_timeout(c, 10000);
+		r = wire_conn_read_msg(c, WIRE_ROLE_SENDER, &m);
+		if (r > 0 && m.type == WIRE_MSG_DECISION &&
+		    (m.u.status.code == WIRE_DECIDE_COMMIT || m.u.status.code == WIRE_DECIDE_ABORT)) {
 			close(lfd);
 			*ret_conn = c;
-			return r;
+			return (int)m.u.status.code;
 		}
+		log_warn("resolve: the sender's connection ended without a decision");
 		wire_conn_free(c);
 	}
 	close(lfd);
-	return l->sig && *l->sig > 1 ? -EINTR : -ETIMEDOUT;
+	return r;
 }
 
 int commit_answer(struct wire_conn *c, int outcome, const char *text)

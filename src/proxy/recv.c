@@ -8,6 +8,7 @@
  * PREPARED, and runs or discards it as the sender's DECISION says
  * (docs/protocol.md, "Switchover").
  */
+#include "proxy/accept.h"
 #include "proxy/commit.h"
 #include "proxy/content.h"
 #include "proxy/internal.h"
@@ -67,6 +68,7 @@ struct receiver {
 	atomic_bool link_lost;		/* the connection ended while prepared */
 	atomic_int decision;		/* WIRE_DECIDE_* from the main connection */
 	bool first_pages;
+	unsigned refused;		/* connections refused before the sender came */
 	struct mig_record rec;		/* durable record of the switchover */
 	int lock_fd;
 	atomic_bool rp_shut;		/* QEMU's SHUT went to the sender */
@@ -861,26 +863,6 @@ static void *return_thread(void *arg)
 	return NULL;
 }
 
-/* Waits until a connection is ready to accept, a signal, or the timeout. */
-static int wait_for_sender(int lfd, volatile int *sig, uint64_t timeout_ms)
-{
-	struct pollfd p = { .fd = lfd, .events = POLLIN };
-	uint64_t start = tsb_now_ns();
-	int r;
-
-	for (;;) {
-		if (*sig)
-			return -EINTR;
-		if (timeout_ms && (tsb_now_ns() - start) / 1000000 > timeout_ms)
-			return -ETIMEDOUT;
-		r = poll(&p, 1, 200);
-		if (r > 0)
-			return 0;
-		if (r < 0 && errno != EINTR)
-			return -errno;
-	}
-}
-
 static int setup_destination(struct qmp *q, bool postcopy, char *err, size_t errlen)
 {
 	json_t *st = NULL, *args;
@@ -945,6 +927,33 @@ static int take_sender_identity(struct receiver *rc, const struct wire_hello *pe
 	return content_open_store(&o->c, rc->tenant, &rc->store, err, errlen);
 }
 
+/* Is this authenticated peer a sender we take? (accept.h) */
+static bool want_sender(const struct wire_hello *peer, void *opaque, char *why, size_t len)
+{
+	struct receiver *rc = opaque;
+	const char *tenant = rc->o->c.tenant;
+
+	if (peer->caps & WIRE_CAP_RESOLVE) {
+		snprintf(why, len, "no migration %.*s waits for its decision here",
+			 (int)peer->migration.len, peer->migration.p);
+		return false;
+	}
+	if (!(peer->caps & WIRE_CAP_COMMIT) || !peer->migration.len) {
+		snprintf(why, len, "the sender does not commit its switchover (an older "
+			 "tsubame?): refused, so that the guest can never run on both sides");
+		return false;
+	}
+	if (tenant && peer->tenant.len && (peer->tenant.len != strlen(tenant) ||
+					   memcmp(peer->tenant.p, tenant, peer->tenant.len))) {
+		/* Content never crosses tenants: refuse rather than guess. */
+		snprintf(why, len, "tenant mismatch: the sender migrates a VM of tenant '%.*s', "
+			 "this receiver serves tenant '%s'", (int)peer->tenant.len,
+			 peer->tenant.p, tenant);
+		return false;
+	}
+	return true;
+}
+
 /* Names the migration and takes its lock; the record is written at PREPARED. */
 static int record_begin(struct receiver *rc, const struct wire_hello *peer, char *err,
 			size_t errlen)
@@ -987,6 +996,7 @@ static json_t *make_report(struct receiver *rc, uint64_t start_ns, uint64_t resu
 	if (resume_ns)
 		json_object_set_new(r, "resume_time_ns", json_integer(resume_ns));
 	json_object_set_new(r, "qemu_stream_bytes", json_integer(rc->written));
+	json_object_set_new(r, "refused_connections", json_integer(rc->refused));
 	json_object_set_new(r, "wan", json_pack("{s:I, s:I}",
 		"bytes_received", (json_int_t)ws.net_in, "bytes_sent", (json_int_t)ws.net_out));
 	json_object_set_new(r, "pages", json_pack("{s:I, s:I, s:I, s:I, s:I}",
@@ -1236,7 +1246,7 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	uint64_t start_ns, resume_ns = 0, cache_pages;
 	enum proxy_outcome oc;
 	json_t *args;
-	int lfd = -1, fd = -1, r;
+	int lfd = -1, r;
 
 	rc = calloc(1, sizeof(*rc));
 	if (!rc)
@@ -1285,77 +1295,43 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 		fail(rc, PROXY_FAILED, "%s", err);
 		goto out;
 	}
-	r = wire_tcp_listen(host, port, 4, &lfd);
+	r = wire_tcp_listen(host, port, 128, &lfd);
 	if (r < 0) {
 		fail(rc, PROXY_FAILED, "cannot listen on %s: %s", o->listen, strerror(-r));
 		goto out;
 	}
 	log_info("waiting for the sender on %s", o->listen);
-	/* Accept until a peer authenticates: a stray client does not end us. */
-	for (;;) {
-		r = wait_for_sender(lfd, &sig, o->c.timeout_ms);
-		if (r == -EINTR) {
-			fail(rc, PROXY_INTERRUPTED, "interrupted while waiting for the sender");
-			goto out;
-		}
-		if (r == -ETIMEDOUT) {
-			fail(rc, PROXY_TIMEOUT, "no sender came within the timeout");
-			goto out;
-		}
-		if (r == 0)
-			r = wire_tcp_accept(lfd, &fd);
-		if (r < 0) {
-			fail(rc, PROXY_FAILED, "accept: %s", strerror(-r));
-			goto out;
-		}
-		wire_tcp_tune(fd, 0);
-		rc->conn = wire_conn_new_take(tls, fd);
-		if (!rc->conn) {
-			fail(rc, PROXY_FAILED, "out of memory");
-			goto out;
-		}
-		r = wire_conn_handshake(rc->conn, 15000);
-		if (r == 0) {
-			tsb_fault_point("handshake");
-			break;
-		}
-		log_error("refused a connection: %s", wire_conn_errmsg(rc->conn));
-		wire_conn_free(rc->conn);
-		rc->conn = NULL;
-		if (r == -EACCES) {
-			/* A peer with the wrong key is an error the operator must see. */
-			fail(rc, PROXY_AUTH, "the sender was refused: authentication failed");
-			goto out;
-		}
-	}
 	hello.role = WIRE_ROLE_RECEIVER;
 	hello.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_POSTCOPY |
 		     WIRE_CAP_STORE | WIRE_CAP_COMMIT;
 	hello.site = o->c.store_dir ? site : "destination";
-	r = wire_conn_hello(rc->conn, &hello, &peer);
-	if (r < 0) {
-		fail(rc, proxy_outcome_of_errno(r), "%s", wire_conn_errmsg(rc->conn));
+	{
+		/* A stray, slow or refused client does not end us (accept.h). */
+		struct accept_options ao = {
+			.tls = tls, .lfd = lfd, .hello = &hello, .want = want_sender,
+			.opaque = rc, .sig = &sig,
+			.deadline_ns = o->c.timeout_ms ? start_ns + o->c.timeout_ms * 1000000 : 0,
+		};
+
+		r = accept_peer(&ao, &rc->conn, &peer, &rc->refused);
+	}
+	if (r == -EINTR) {
+		fail(rc, PROXY_INTERRUPTED, "interrupted while waiting for the sender");
 		goto out;
 	}
+	if (r == -ETIMEDOUT) {
+		fail(rc, PROXY_TIMEOUT, "no sender came within the timeout");
+		goto out;
+	}
+	if (r < 0) {
+		fail(rc, PROXY_FAILED, "accepting the sender: %s", strerror(-r));
+		goto out;
+	}
+	tsb_fault_point("handshake");
 	r = take_sender_identity(rc, &peer, err, sizeof(err));
 	if (r < 0) {
 		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_REFUSED, err);
 		fail(rc, PROXY_FAILED, "%s", err);
-		goto out;
-	}
-	if (!(peer.caps & WIRE_CAP_COMMIT) || !peer.migration.len) {
-		snprintf(err, sizeof(err), "the sender does not commit its switchover (an older "
-			 "tsubame?): refused, so that the guest can never run on both sides");
-		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_REFUSED, err);
-		fail(rc, PROXY_FAILED, "%s", err);
-		goto out;
-	}
-	if (peer.caps & WIRE_CAP_RESOLVE) {
-		snprintf(err, sizeof(err), "no migration %.*s waits for its decision here",
-			 (int)peer.migration.len, peer.migration.p);
-		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_REFUSED, err);
-		fail(rc, PROXY_FAILED, "a sender came to settle a migration this receiver does "
-		     "not hold: %s", err);
 		goto out;
 	}
 	r = record_begin(rc, &peer, err, sizeof(err));
@@ -1437,7 +1413,7 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	if (!rc->failed)
 		settle(rc, q, tls, &sig, &resume_ns);
 out:
-	if (rc->failed && rc->conn && rc->outcome != PROXY_LINK) {
+	if (rc->failed && rc->conn && rc->outcome != PROXY_LINK && !rc->prepared) {
 		pthread_mutex_lock(&rc->send_lock);
 		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_QEMU, rc->error);
 		pthread_mutex_unlock(&rc->send_lock);

@@ -9,6 +9,7 @@
 #include "proxy/content.h"
 #include "proxy/internal.h"
 #include "proxy/record.h"
+#include "proxy/hashset.h"
 #include "proxy/pagecache.h"
 
 #include "common/fault.h"
@@ -85,6 +86,7 @@ struct sender {
 	/* Content cache, shared with the return thread (NEED). */
 	pthread_mutex_t cache_lock;
 	struct pagecache *cache;
+	struct hashset seen;	/* every content this migration handled: NEED scope */
 
 	/* Job queue: parse thread -> WAN thread; bounded by the job pool. */
 	pthread_mutex_t lock;
@@ -495,6 +497,11 @@ static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 		break;
 	}
 	r = wire_sha256(pg->data, pg->len, hash);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&s->cache_lock);
+	r = hashset_add(&s->seen, hash);
+	pthread_mutex_unlock(&s->cache_lock);
 	if (r < 0)
 		return r;
 	kept = record_page(s, pg, STORE_PAGE_HASH, hash);
@@ -1002,6 +1009,14 @@ static int serve_need(struct sender *s, const struct wire_need *need)
 	pthread_mutex_lock(&s->cache_lock);
 	for (i = 0; i < need->count; i++) {
 		memcpy(hashes[i], need->hashes + (size_t)i * WIRE_HASH_LEN, WIRE_HASH_LEN);
+		/* Only what this migration sent: the store is not an oracle. */
+		if (!hashset_has(&s->seen, hashes[i])) {
+			pthread_mutex_unlock(&s->cache_lock);
+			log_warn("the receiver asked for content this migration never "
+				 "referred to: refused");
+			r = -ENOENT;
+			goto out;
+		}
 		/* Peek: a NEED must not change the mirrored cache's order. */
 		page = pagecache_peek(s->cache, hashes[i]);
 		if (page)
@@ -1104,7 +1119,14 @@ static void *return_thread(void *arg)
 			break;
 		case WIRE_MSG_ERROR:
 		case WIRE_MSG_CANCEL:
-			s->peer_failed = !s->prepared;
+			if (s->prepared) {
+				/* Holding the guest, it can only wait: settle by reconnecting. */
+				log_warn("the receiver: %.*s", (int)m.u.status.text.len,
+					 m.u.status.text.p);
+				s->link_lost = true;
+				break;
+			}
+			s->peer_failed = true;
 			fail(s, m.u.status.code == WIRE_CODE_UNSUPPORTED ? PROXY_UNSUPPORTED
 									  : PROXY_FAILED,
 			     "the receiver %s: %.*s",
@@ -1783,6 +1805,7 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 	proxy_catch_signals(&s->abort_flag);
 
 	cache_pages = (o->c.cache_bytes ? o->c.cache_bytes : PROXY_CACHE_DEFAULT) / 4096;
+	hashset_init(&s->seen);
 	s->cache = pagecache_new(cache_pages, 4096);
 	s->readbuf = malloc(PROXY_READ_CHUNK);
 	if (!s->cache || !s->readbuf) {
@@ -2017,6 +2040,7 @@ out:
 	if (s->qfd >= 0)
 		close(s->qfd);
 	pagecache_free(s->cache);
+	hashset_fini(&s->seen);
 	store_image_free(s->image);
 	store_image_free(s->manifest);
 	peer_view_fini(&s->peer);

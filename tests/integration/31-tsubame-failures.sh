@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Failures before switchover leave the source VM running and verifying:
-# a wrong key, a plaintext client, the link cut mid-migration, the receiver
-# killed, and Ctrl-C on the sender. One source guest lives through them all;
-# each attempt gets a fresh destination QEMU.
+# a wrong key (refused; recv waits on), a plaintext client, the link cut
+# mid-migration, the receiver killed, and Ctrl-C on the sender. One source
+# guest lives through them all; each attempt gets a fresh destination QEMU.
 . "$(dirname "$0")/lib.sh"
 require_guest
 requires "$WANEM" ss
@@ -52,7 +52,12 @@ rc=0
 	--key "$T/other-key" --store "$T/store-a" 2>"$T/send1.log" || rc=$?
 [ "$rc" -eq 5 ] || fail "wrong key: send exit $rc, expected 5 ($(cat "$T/send1.log"))"
 grep -qi "key" "$T/send1.log" || fail "wrong key: no clear message: $(cat "$T/send1.log")"
-expect_exit "$recv_pid" 5 "wrong key: recv"
+# The receiver logs the refusal and waits on for the real sender (test 36).
+sleep 0.5
+kill -0 "$recv_pid" || fail "wrong key: the receiver gave up"
+grep -qi "refused a connection" "$T/recv1.log" || fail "wrong key: recv logged nothing"
+kill -INT "$recv_pid"
+expect_exit "$recv_pid" 130 "wrong key: recv interrupted"
 st=$("$TSUBAME" qmp --qmp "$T/dst1/qmp.sock" query-status)
 echo "$st" | grep -q '"inmigrate"' || fail "destination QEMU left its incoming state: $st"
 source_still_verifies "a wrong key"

@@ -1,0 +1,194 @@
+/* Accepting a peer while strangers knock (accept.h). */
+#include "proxy/accept.h"
+
+#include "common/log.h"
+#include "common/util.h"
+#include "wire/tls.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+struct slot {
+	struct acceptor *a;
+	pthread_t th;
+	bool used;
+	atomic_bool done;
+	uint64_t start_ns;
+	bool evicted;		/* under a->lock */
+	int fd;
+	struct wire_conn *c;	/* under a->lock */
+};
+
+struct acceptor {
+	const struct accept_options *o;
+	pthread_mutex_t lock;
+	struct slot slots[ACCEPT_MAX_PENDING];
+	struct wire_conn *winner;
+	struct wire_hello peer;
+	unsigned refused;
+};
+
+/* Logs the first refusals one by one, then one line in a hundred. */
+static void refused(struct acceptor *a, const char *why)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&a->lock);
+	n = ++a->refused;
+	pthread_mutex_unlock(&a->lock);
+	if (n <= 10 || n % 100 == 0)
+		log_warn("refused a connection: %s (%u refused so far)", why, n);
+}
+
+static void *handshake_thread(void *arg)
+{
+	struct slot *sl = arg;
+	struct acceptor *a = sl->a;
+	const struct accept_options *o = a->o;
+	struct wire_conn *c = wire_conn_new_take(o->tls, sl->fd);
+	struct wire_hello peer;
+	char why[256] = "";
+	int r;
+
+	if (!c) {
+		sl->done = true;
+		return NULL;
+	}
+	pthread_mutex_lock(&a->lock);
+	sl->c = c;
+	r = sl->evicted ? -ECANCELED : 0;
+	pthread_mutex_unlock(&a->lock);
+	wire_conn_set_timeout(c, ACCEPT_HANDSHAKE_MS);
+	if (r == 0)
+		r = wire_conn_handshake(c, ACCEPT_HANDSHAKE_MS);
+	if (r == 0)
+		r = wire_conn_hello(c, o->hello, &peer);
+	if (r == 0 && !o->want(&peer, o->opaque, why, sizeof(why))) {
+		(void)wire_conn_send_status(c, WIRE_MSG_ERROR, WIRE_CODE_REFUSED, why);
+		r = -EPERM;
+	}
+	pthread_mutex_lock(&a->lock);
+	if (r == 0 && !a->winner) {
+		a->winner = c;
+		a->peer = peer;
+		c = NULL;
+	}
+	sl->c = NULL;
+	pthread_mutex_unlock(&a->lock);
+	if (c) {
+		if (r == -EPERM)
+			refused(a, why);
+		else if (r == -ECANCELED)
+			refused(a, "too many handshakes at once: the oldest was dropped");
+		else if (r < 0)
+			refused(a, wire_conn_errmsg(c)[0] ? wire_conn_errmsg(c) : strerror(-r));
+		wire_conn_free(c);
+	}
+	sl->done = true;
+	return NULL;
+}
+
+/* Joins finished handshakes; with all, aborts and joins every one. */
+static void reap(struct acceptor *a, bool all)
+{
+	for (unsigned i = 0; i < ACCEPT_MAX_PENDING; i++) {
+		struct slot *sl = &a->slots[i];
+
+		if (!sl->used || (!all && !sl->done))
+			continue;
+		if (all) {
+			pthread_mutex_lock(&a->lock);
+			if (sl->c)
+				wire_conn_abort(sl->c);
+			pthread_mutex_unlock(&a->lock);
+		}
+		pthread_join(sl->th, NULL);
+		sl->used = false;
+	}
+}
+
+/*
+ * A free slot; when all are taken, the oldest handshake makes room (a
+ * real peer finishes in a round trip or two, so a flood of stalled
+ * connections cannot keep it out).
+ */
+static struct slot *free_slot(struct acceptor *a)
+{
+	struct slot *oldest = NULL;
+
+	for (unsigned i = 0; i < ACCEPT_MAX_PENDING; i++) {
+		struct slot *sl = &a->slots[i];
+
+		if (!sl->used)
+			return sl;
+		if (!oldest || sl->start_ns < oldest->start_ns)
+			oldest = sl;
+	}
+	pthread_mutex_lock(&a->lock);
+	oldest->evicted = true;
+	if (oldest->c)
+		wire_conn_abort(oldest->c);
+	pthread_mutex_unlock(&a->lock);
+	pthread_join(oldest->th, NULL);
+	oldest->used = false;
+	return oldest;
+}
+
+int accept_peer(const struct accept_options *o, struct wire_conn **ret_conn,
+		struct wire_hello *ret_peer, unsigned *ret_refused)
+{
+	struct acceptor a = { .o = o };
+	struct pollfd p = { .fd = o->lfd, .events = POLLIN };
+	struct slot *sl;
+	int fd, r = 0;
+
+	pthread_mutex_init(&a.lock, NULL);
+	for (;;) {
+		reap(&a, false);
+		pthread_mutex_lock(&a.lock);
+		if (a.winner) {
+			pthread_mutex_unlock(&a.lock);
+			break;
+		}
+		pthread_mutex_unlock(&a.lock);
+		if (o->sig && *o->sig > 1) {
+			r = -EINTR;
+			break;
+		}
+		if (o->deadline_ns && tsb_now_ns() >= o->deadline_ns) {
+			r = -ETIMEDOUT;
+			break;
+		}
+		if (poll(&p, 1, 50) <= 0)
+			continue;
+		if (wire_tcp_accept(o->lfd, &fd) < 0)
+			continue;
+		sl = free_slot(&a);
+		wire_tcp_tune(fd, 0);
+		memset(sl, 0, sizeof(*sl));
+		sl->a = &a;
+		sl->start_ns = tsb_now_ns();
+		sl->fd = fd;
+		sl->used = true;
+		if (pthread_create(&sl->th, NULL, handshake_thread, sl)) {
+			sl->used = false;
+			close(fd);
+		}
+	}
+	reap(&a, true);
+	if (a.winner) {
+		wire_conn_set_timeout(a.winner, 0); /* the caller sets its own */
+		*ret_conn = a.winner;
+		*ret_peer = a.peer;
+		r = 0;
+	}
+	if (ret_refused)
+		*ret_refused += a.refused;
+	pthread_mutex_destroy(&a.lock);
+	return r;
+}

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Strangers at a waiting receiver's port cannot stop the migration: a
+# sender with the wrong key, a plaintext client, a TLS client (openssl)
+# without the key, a client that stalls after one byte, and 100 connections
+# at once are refused and counted while recv keeps waiting; then the real
+# sender migrates the guest and it verifies at the destination.
+: "${VM_MEM:=131076K}"
+. "$(dirname "$0")/lib.sh"
+require_guest
+requires python3 ss
+
+"$TSUBAME" keygen "$T/key" >/dev/null
+"$TSUBAME" keygen "$T/other-key" >/dev/null
+workload="tsb.mode=memverify tsb.mem=48 tsb.seed=11 tsb.vmid=8 tsb.random=100 tsb.dup=0"
+start_vm src "$workload"
+start_dest_vm dst "$workload"
+wait_beat src 1 120 >/dev/null || fail "the guest did not start verifying"
+
+port=$(free_port)
+"$TSUBAME" recv --listen "127.0.0.1:$port" --qmp "$T/dst/qmp.sock" --key "$T/key" \
+	--no-store --state-dir "$T/state-b" --report "$T/recv.json" 2>"$T/recv.log" &
+rpid=$!
+cleanup_pids+=("$rpid")
+wait_listen "$port" 30 || fail "recv did not listen: $(cat "$T/recv.log")"
+alive() { kill -0 "$rpid" 2>/dev/null || fail "recv gave up after $1: $(tail -3 "$T/recv.log")"; }
+
+# 1. A real tsubame with the wrong key: it is told, recv waits on.
+rc=0
+"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$port" --key "$T/other-key" \
+	--no-store --state-dir "$T/state-a" --no-progress 2>"$T/send-wrong.log" || rc=$?
+[ "$rc" -eq 5 ] || fail "wrong key: send exit $rc, expected 5 ($(cat "$T/send-wrong.log"))"
+sleep 0.5
+alive "a wrong key"
+
+# 2. Plaintext.
+python3 - "$port" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+s.settimeout(10)
+try:
+    s.recv(100)
+except Exception:
+    pass
+PY
+alive "a plaintext client"
+
+# 3. A TLS client without the key (as anyone could try).
+if command -v openssl >/dev/null; then
+	timeout 10 openssl s_client -tls1_3 -connect "127.0.0.1:$port" </dev/null >/dev/null 2>&1 || true
+	alive "openssl s_client"
+fi
+
+# 4. One byte of a TLS record, then silence; and 100 connections at once,
+# half of them stalled, half sending garbage. They stay open meanwhile.
+python3 - "$port" "$T/flood.ready" <<'PY' &
+import os, socket, sys, time
+port, ready = int(sys.argv[1]), sys.argv[2]
+socks = []
+for i in range(101):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"\x16" if i % 2 == 0 else os.urandom(64))
+    socks.append(s)
+open(ready, "w").close()
+time.sleep(20)
+PY
+flood=$!
+cleanup_pids+=("$flood")
+for ((i = 0; i < 100; i++)); do [ -e "$T/flood.ready" ] && break; sleep 0.1; done
+[ -e "$T/flood.ready" ] || fail "the flood did not connect"
+alive "101 connections"
+
+# 5. The real sender still gets through, while the flood holds its sockets.
+"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$port" --key "$T/key" \
+	--no-store --state-dir "$T/state-a" --no-progress --timeout 120s 2>"$T/send.log" ||
+	fail "the real sender failed: $(cat "$T/send.log")"
+wait "$rpid" || fail "recv failed: $(tail -3 "$T/recv.log")"
+verify_after src dst
+n=$(python3 -c "import json;print(json.load(open('$T/recv.json'))['refused_connections'])")
+[ "$n" -ge 100 ] || fail "recv counted $n refused connections, expected at least 100"
+grep -q "refused a connection" "$T/recv.log" || fail "no refusal was logged"
+log "recv refused $n connections and took the real sender"
+exit 0

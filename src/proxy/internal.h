@@ -22,6 +22,10 @@ struct qmp;
 /* Credit window (stream bytes in flight between the two QEMUs). */
 #define PROXY_WINDOW_MIN (4ull << 20)
 #define PROXY_WINDOW_MAX (256ull << 20)
+/* Frames a receiver keeps aside while it waits for HASHDATA (peer-controlled). */
+#define PROXY_BACKLOG_MAX (PROXY_WINDOW_MAX + (16ull << 20))
+/* Device RAM (video memory, ROMs) a stream may add to the guest's memory. */
+#define PROXY_DEVICE_RAM_MAX (1ull << 30)
 /* The window holds this much time of the measured end-to-end rate. */
 #define PROXY_WINDOW_MS 150
 /* Default content cache per side (must be the same on both ends). */

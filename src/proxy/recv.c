@@ -58,6 +58,9 @@ struct receiver {
 	struct wire_zstd *z;
 	struct tsb_buf scratch, copy;
 	struct backlog *backlog_head, *backlog_tail;
+	uint64_t backlog_bytes;
+	uint64_t ram_limit;		/* RAM the stream may describe (destination's) */
+	char why[160];			/* what a peer-size check refused */
 	uint64_t written, acked_sent;
 
 	atomic_int failed;
@@ -327,7 +330,24 @@ static int handle_blocks(struct receiver *rc, const struct wire_blocks *b)
 {
 	struct wire_blocks_iter it;
 	struct wire_block wb;
+	bool replaced[WIRE_MAX_BLOCKS] = { false };
+	uint64_t total = 0;
 
+	/* The sizes after this message (it may replace blocks), added up. */
+	wire_blocks_iter_init(b, &it);
+	while (wire_blocks_next(&it, &wb)) {
+		replaced[wb.index] = true;
+		total += wb.used_length > rc->ram_limit ? rc->ram_limit + 1 : wb.used_length;
+	}
+	for (unsigned i = 0; i < WIRE_MAX_BLOCKS; i++)
+		if (rc->block_known[i] && !replaced[i])
+			total += rc->blocks[i].used_length;
+	if (rc->ram_limit && total > rc->ram_limit) {
+		snprintf(rc->why, sizeof(rc->why), "the sender's RAM blocks exceed what the "
+			 "destination VM has (%llu MiB with device memory)",
+			 (unsigned long long)(rc->ram_limit >> 20));
+		return -EMSGSIZE;
+	}
 	image_setup(rc, b);
 	wire_blocks_iter_init(b, &it);
 	while (wire_blocks_next(&it, &wb)) {
@@ -347,13 +367,23 @@ static int handle_blocks(struct receiver *rc, const struct wire_blocks *b)
 	return 0;
 }
 
-/* Moves a frame aside while we wait for HASHDATA. */
+/*
+ * Moves a frame aside while we wait for HASHDATA. An honest sender has at
+ * most its credit window in flight; more is refused, not buffered.
+ */
 static int backlog_add(struct receiver *rc, const struct wire_frame *f)
 {
-	struct backlog *b = calloc(1, sizeof(*b));
+	struct backlog *b;
 
+	if (rc->backlog_bytes + f->len > PROXY_BACKLOG_MAX) {
+		snprintf(rc->why, sizeof(rc->why), "the sender sent more than %llu MiB while "
+			 "a NEED was outstanding", PROXY_BACKLOG_MAX >> 20);
+		return -EMSGSIZE;
+	}
+	b = calloc(1, sizeof(*b));
 	if (!b)
 		return -ENOMEM;
+	rc->backlog_bytes += f->len;
 	b->type = f->type;
 	b->flags = f->flags;
 	tsb_buf_init(&b->payload);
@@ -757,6 +787,7 @@ static void *wan_thread(void *arg)
 			rc->backlog_head = b->next;
 			if (!rc->backlog_head)
 				rc->backlog_tail = NULL;
+			rc->backlog_bytes -= b->payload.len;
 			f.type = b->type;
 			f.flags = b->flags;
 			f.len = b->payload.len;
@@ -802,6 +833,8 @@ bad:
 		rc->link_lost = true;
 		return NULL;
 	}
+	if (!rc->failed && rc->why[0])
+		fail(rc, PROXY_FAILED, "refused: %s", rc->why);
 	if (!rc->failed)
 		fail(rc, r == -EOPNOTSUPP ? PROXY_UNSUPPORTED : r == -EPIPE ||
 		     r == -ECONNRESET ? PROXY_FAILED : proxy_outcome_of_errno(r),
@@ -861,6 +894,22 @@ static void *return_thread(void *arg)
 	qs_rp_parser_free(rp);
 	rc->rp_shut = true;
 	return NULL;
+}
+
+/* How much RAM a stream for the destination VM may describe (BLOCKS cap). */
+static uint64_t ram_limit_of(struct qmp *q)
+{
+	json_t *m = NULL;
+	uint64_t base = 0, plugged = 0;
+
+	if (qmp_execute(q, "query-memory-size-summary", NULL, &m, NULL, 0) == 0) {
+		base = (uint64_t)json_integer_value(json_object_get(m, "base-memory"));
+		plugged = (uint64_t)json_integer_value(json_object_get(m, "plugged-memory"));
+	}
+	json_decref(m);
+	if (!base || base > (1ull << 50) || plugged > (1ull << 50))
+		return 0; /* unknown: the destination QEMU checks the stream itself */
+	return base + plugged + PROXY_DEVICE_RAM_MAX;
 }
 
 static int setup_destination(struct qmp *q, bool postcopy, char *err, size_t errlen)
@@ -1285,6 +1334,7 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 		     o->c.qmp_path, strerror(-r));
 		goto out;
 	}
+	rc->ram_limit = ram_limit_of(q);
 	/* Disk images to rebuild guest page-cache pages from: indexed up front. */
 	r = content_index_disks(q, o, &rc->disks, err, sizeof(err));
 	if (r < 0) {

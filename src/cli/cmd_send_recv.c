@@ -209,8 +209,6 @@ static int parse(const char *cmd, bool send, int argc, char **argv, struct parse
 			p->c.tenant = optarg;
 			break;
 		case OPT_VM_ID:
-			if (!send)
-				return cli_usage_error(cmd, "option --vm-id is for 'tsubame send'");
 			if (!id_ok(optarg))
 				return cli_usage_error(cmd, "bad --vm-id '%s' (1-%d printable "
 						   "characters, no spaces or '/')", optarg,
@@ -324,9 +322,11 @@ static int parse(const char *cmd, bool send, int argc, char **argv, struct parse
 		return cli_usage_error(cmd, "--listen HOST:PORT is required");
 	if (!p->c.key_path && !(p->c.cert && p->c.cert_key && p->c.ca))
 		return cli_usage_error(cmd, "--key FILE (or --cert, --cert-key and --ca) is required");
-	if (!send && p->c.net_agent && (!p->net_mac || !p->net_home || !p->n_net_ips))
-		return cli_usage_error(cmd, "--net-agent needs --net-mac, --net-home and at "
-				   "least one --net-ip");
+	if (!send && p->c.net_agent && (!p->net_mac || !p->net_home || !p->n_net_ips ||
+					!p->vm_id))
+		return cli_usage_error(cmd, "--net-agent needs --vm-id, --net-mac, --net-home "
+				   "and at least one --net-ip (the agent is told what this "
+				   "receiver was told, never the sender's word alone)");
 	if (!send && !p->c.net_agent && (p->net_mac || p->net_home || p->n_net_ips))
 		return cli_usage_error(cmd, "--net-mac, --net-ip and --net-home need --net-agent");
 	if (p->no_store && p->c.store_dir)
@@ -427,6 +427,8 @@ int cmd_recv(int argc, char **argv)
 		       "  --disk-source FILE     also rebuild pages from this disk image (raw or\n"
 		       "                         qcow2; repeatable); the VM's own disks are used\n"
 		       "  --no-vm-disks          do not index the destination VM's own disks\n"
+		       "  --vm-id ID             take only this VM (a sender of another is\n"
+		       "                         refused); required with --net-agent\n"
 		       "  --net-mac MAC --net-ip ADDR --net-home SITE\n"
 		       "                         with --net-agent: the VM's MAC, addresses\n"
 		       "                         (repeatable) and home site, so that it stays\n"
@@ -443,6 +445,7 @@ int cmd_recv(int argc, char **argv)
 	memcpy(o.disk_sources, p.disk_sources, sizeof(o.disk_sources));
 	o.n_disk_sources = p.n_disk_sources;
 	o.no_vm_disks = p.no_vm_disks;
+	o.vm_id = p.vm_id;
 	o.net_mac = p.net_mac;
 	o.net_home = p.net_home;
 	memcpy(o.net_ips, p.net_ips, sizeof(o.net_ips));

@@ -67,6 +67,8 @@ struct proxy_recv_options {
 	const char *disk_sources[PROXY_MAX_DISK_SOURCES]; /* images to rebuild pages from */
 	unsigned n_disk_sources;
 	bool no_vm_disks;		/* do not index the destination VM's own disks */
+	/* The VM expected (a sender of another VM is refused); NULL: any. */
+	const char *vm_id;
 	/* The VM's network identity for the mobility agent (with c.net_agent). */
 	const char *net_mac, *net_home;
 	const char *net_ips[8];

@@ -992,6 +992,12 @@ static bool want_sender(const struct wire_hello *peer, void *opaque, char *why, 
 			 "tsubame?): refused, so that the guest can never run on both sides");
 		return false;
 	}
+	if (rc->o->vm_id && (peer->vm.len != strlen(rc->o->vm_id) ||
+			     memcmp(peer->vm.p, rc->o->vm_id, peer->vm.len))) {
+		snprintf(why, len, "this receiver waits for VM '%s'; the sender migrates VM "
+			 "'%.*s'", rc->o->vm_id, (int)peer->vm.len, peer->vm.p);
+		return false;
+	}
 	if (tenant && peer->tenant.len && (peer->tenant.len != strlen(tenant) ||
 					   memcmp(peer->tenant.p, tenant, peer->tenant.len))) {
 		/* Content never crosses tenants: refuse rather than guess. */

@@ -1813,8 +1813,8 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 		goto out;
 	}
 
-	if (o->c.store_dir || o->c.net_agent) {
-		/* Only reads from QEMU here: who the VM is, to find its images. */
+	{
+		/* Only reads from QEMU here: who the VM is, to name it and find its images. */
 		r = qmp_open(o->c.qmp_path, 10000, &q);
 		if (r < 0) {
 			fail(s, PROXY_FAILED, "cannot reach the source QEMU at %s: %s",
@@ -1822,10 +1822,10 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 			goto out;
 		}
 		r = vm_identity(q, o->vm_id, s->vm, err, sizeof(err));
-		if (r < 0) {
+		if (r < 0 && o->c.store_dir) {
 			/* The store only saves bytes: go on without it. */
 			log_warn("%s; this migration neither keeps nor reuses an image", err);
-		} else if (o->c.store_dir) {
+		} else if (r == 0 && o->c.store_dir) {
 			content_tenant(o->c.tenant, s->vm, s->tenant);
 			r = content_open_store(&o->c, s->tenant, &s->store, err, sizeof(err));
 			if (r < 0) {

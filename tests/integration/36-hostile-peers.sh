@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Strangers at a waiting receiver's port cannot stop the migration: a
-# sender with the wrong key, a plaintext client, a TLS client (openssl)
-# without the key, a client that stalls after one byte, and 100 connections
-# at once are refused and counted while recv keeps waiting; then the real
+# sender with the wrong key, one of another VM, a plaintext client, a TLS
+# client (openssl) without the key, a client that stalls after one byte,
+# and 100 connections at once are refused and counted while recv keeps waiting; then the real
 # sender migrates the guest and it verifies at the destination.
 : "${VM_MEM:=131076K}"
 . "$(dirname "$0")/lib.sh"
@@ -18,7 +18,7 @@ wait_beat src 1 120 >/dev/null || fail "the guest did not start verifying"
 
 port=$(free_port)
 "$TSUBAME" recv --listen "127.0.0.1:$port" --qmp "$T/dst/qmp.sock" --key "$T/key" \
-	--no-store --state-dir "$T/state-b" --report "$T/recv.json" 2>"$T/recv.log" &
+	--no-store --state-dir "$T/state-b" --report "$T/recv.json" --vm-id guest 2>"$T/recv.log" &
 rpid=$!
 cleanup_pids+=("$rpid")
 wait_listen "$port" 30 || fail "recv did not listen: $(cat "$T/recv.log")"
@@ -32,7 +32,15 @@ rc=0
 sleep 0.5
 alive "a wrong key"
 
-# 2. Plaintext.
+# 2. The right key, another VM than this receiver waits for.
+rc=0
+"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$port" --key "$T/key" --vm-id intruder \
+	--no-store --state-dir "$T/state-a" --no-progress 2>"$T/send-vm.log" || rc=$?
+[ "$rc" -ne 0 ] || fail "another VM was taken"
+grep -q "waits for VM 'guest'" "$T/send-vm.log" || fail "another VM: no reason: $(cat "$T/send-vm.log")"
+alive "another VM"
+
+# 3. Plaintext.
 python3 - "$port" <<'PY'
 import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
@@ -45,13 +53,13 @@ except Exception:
 PY
 alive "a plaintext client"
 
-# 3. A TLS client without the key (as anyone could try).
+# 4. A TLS client without the key (as anyone could try).
 if command -v openssl >/dev/null; then
 	timeout 10 openssl s_client -tls1_3 -connect "127.0.0.1:$port" </dev/null >/dev/null 2>&1 || true
 	alive "openssl s_client"
 fi
 
-# 4. One byte of a TLS record, then silence; and 100 connections at once,
+# 5. One byte of a TLS record, then silence; and 100 connections at once,
 # half of them stalled, half sending garbage. They stay open meanwhile.
 python3 - "$port" "$T/flood.ready" <<'PY' &
 import os, socket, sys, time
@@ -70,8 +78,8 @@ for ((i = 0; i < 100; i++)); do [ -e "$T/flood.ready" ] && break; sleep 0.1; don
 [ -e "$T/flood.ready" ] || fail "the flood did not connect"
 alive "101 connections"
 
-# 5. The real sender still gets through, while the flood holds its sockets.
-"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$port" --key "$T/key" \
+# 6. The real sender still gets through, while the flood holds its sockets.
+"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$port" --key "$T/key" --vm-id guest \
 	--no-store --state-dir "$T/state-a" --no-progress --timeout 120s 2>"$T/send.log" ||
 	fail "the real sender failed: $(cat "$T/send.log")"
 wait "$rpid" || fail "recv failed: $(tail -3 "$T/recv.log")"

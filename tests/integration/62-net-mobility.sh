@@ -130,7 +130,7 @@ kill -0 "$cn_pid" 2>/dev/null || fail "correspondent's connection broke after th
 # binding on its first frame there); send at B reports the departure.
 start_dest_vm a2 "$guest" --tap "${P}tA1" --mac "$mac"
 tsubame_migrate b1 a2 back "--vm-id vm1 --store $T/store-b --net-agent $sb" \
-	"--store $T/store-a --net-agent $sa --net-mac $mac --net-ip 10.61.1.10 --net-home A"
+	"--store $T/store-a --vm-id vm1 --net-agent $sa --net-mac $mac --net-ip 10.61.1.10 --net-home A"
 cp "$T/back-send.json" "$T/a2.json"
 kill -9 "$(cat "$T/b1/qemu.pid")" 2>/dev/null || true
 wait_state "$sa" home

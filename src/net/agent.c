@@ -519,7 +519,12 @@ static void gso_frame(struct agent *a, const struct virtio_net_hdr *vh,
 	nseg = vh->gso_type == VIRTIO_NET_HDR_GSO_NONE ? -EMSGSIZE :
 		mob_gso_prepare(frame, len, vh->gso_size, &g);
 	if (nseg < 0) {
-		if (a->c.drop_gso++ == 0)
+		a->c.drop_gso++;
+		if (nseg == -EMSGSIZE && ratelimit(a->c.drop_gso))
+			log_warn("dropping a %zu-byte frame on %s with segment size %u: segments under %d bytes or more than %d per frame are refused",
+				 len, a->cfg->dev, vh->gso_size, MOB_GSO_MSS_MIN,
+				 MOB_GSO_SEGS_MAX);
+		else if (ratelimit(a->c.drop_gso))
 			log_warn("dropping an oversized frame on %s that cannot be segmented (%s): disable segmentation offloads towards it (see docs/network.md)",
 				 a->cfg->dev, strerror(-nseg));
 		return;

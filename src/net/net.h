@@ -105,11 +105,16 @@ int mob_csum_complete(uint8_t *frame, size_t len, uint16_t start,
  * veth hands over before the NIC would cut it). mob_gso_prepare() checks
  * the Ethernet/IPv4-or-IPv6/TCP headers of frame (len bytes) and the
  * segment size; on success it fills *ret and returns the number of
- * segments (>= 1), else -EBADMSG (malformed) or -EOPNOTSUPP (not TCP over
- * IPv4/IPv6 without extension headers). mob_gso_segment() writes segment
- * idx (complete, checksummed) into out (cap bytes) and returns its length
- * or -ENOSPC. Neither keeps a pointer to frame.
+ * segments (1..MOB_GSO_SEGS_MAX), else -EBADMSG (malformed), -EOPNOTSUPP
+ * (not TCP over IPv4/IPv6 without extension headers) or -EMSGSIZE (segment
+ * size below MOB_GSO_MSS_MIN, or more than MOB_GSO_SEGS_MAX segments: the
+ * segment size comes from the guest, and a tiny one would turn one frame
+ * into tens of thousands). mob_gso_segment() writes segment idx (complete,
+ * checksummed) into out (cap bytes) and returns its length or -ENOSPC.
+ * Neither keeps a pointer to frame.
  */
+#define MOB_GSO_MSS_MIN 536	/* RFC 1122's default MSS: every host takes it */
+#define MOB_GSO_SEGS_MAX 128	/* 64 KiB at MOB_GSO_MSS_MIN is 123 */
 struct mob_gso {
 	size_t l3, l4, hlen;	/* offsets of IP and TCP, header length */
 	size_t payload, mss;

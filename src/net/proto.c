@@ -296,6 +296,9 @@ int mob_gso_prepare(const uint8_t *frame, size_t len, uint16_t mss,
 	g.payload = len - g.hlen;
 	if (!mss || g.hlen + mss > MOB_FRAME_MAX)
 		return -EBADMSG;
+	if (mss < MOB_GSO_MSS_MIN ||
+	    g.payload > (size_t)MOB_GSO_SEGS_MAX * mss)
+		return -EMSGSIZE;
 	g.mss = mss;
 	g.nseg = g.payload ? (unsigned)((g.payload + mss - 1) / mss) : 1;
 	*ret = g;

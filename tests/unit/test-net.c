@@ -254,6 +254,45 @@ static void test_gso_segment(void **state)
 	assert_int_equal(mob_gso_prepare(f, sizeof(f), 1000, &g), -EOPNOTSUPP);
 }
 
+/* The segment size comes from the guest's virtio-net header: a tiny one
+ * must not make the agent cut one 64 KiB frame into 65,000 segments. */
+static void test_gso_caps(void **state)
+{
+	static uint8_t f[14 + 20 + 20 + 65000], out[MOB_FRAME_MAX];
+	uint8_t *ip = f + 14, *tcp = ip + 20;
+	struct mob_gso g;
+	unsigned i;
+	int n, len;
+
+	memset(f, 0, sizeof(f));
+	f[12] = 0x08;
+	ip[0] = 0x45;
+	ip[8] = 64;
+	ip[9] = 6;
+	tcp[12] = 0x50;
+	tcp[13] = 0x10;
+	assert_int_equal(mob_gso_prepare(f, sizeof(f), 1, &g), -EMSGSIZE);
+	assert_int_equal(mob_gso_prepare(f, sizeof(f), 64, &g), -EMSGSIZE);
+	assert_int_equal(mob_gso_prepare(f, sizeof(f), MOB_GSO_MSS_MIN - 1, &g),
+			 -EMSGSIZE);
+	/* A small frame is refused with a small segment size too: the
+	 * minimum does not depend on the frame's length. */
+	assert_int_equal(mob_gso_prepare(f, 54 + 100, 10, &g), -EMSGSIZE);
+	n = mob_gso_prepare(f, sizeof(f), MOB_GSO_MSS_MIN, &g);
+	assert_int_equal(n, (65000 + MOB_GSO_MSS_MIN - 1) / MOB_GSO_MSS_MIN);
+	assert_true(n <= MOB_GSO_SEGS_MAX);
+	for (i = 0; i < (unsigned)n; i++) {
+		len = mob_gso_segment(f, &g, i, out, sizeof(out));
+		assert_true(len > 54 && len <= 54 + MOB_GSO_MSS_MIN);
+		check_tcp4(out, (size_t)len);
+	}
+	assert_int_equal(mob_gso_segment(f, &g, (unsigned)n, out, sizeof(out)),
+			 -EINVAL);
+	/* 1448 (a 1500-byte MTU) is the common case */
+	assert_int_equal(mob_gso_prepare(f, sizeof(f), 1448, &g),
+			 (65000 + 1447) / 1448);
+}
+
 static void test_vxlan(void **state)
 {
 	uint8_t pkt[8 + 60] = { 0 };
@@ -321,6 +360,7 @@ int main(void)
 		cmocka_unit_test(test_na_and_ns),
 		cmocka_unit_test(test_csum_complete),
 		cmocka_unit_test(test_gso_segment),
+		cmocka_unit_test(test_gso_caps),
 		cmocka_unit_test(test_vxlan),
 		cmocka_unit_test(test_ctl_parse),
 		cmocka_unit_test(test_text),

@@ -67,6 +67,10 @@ struct wan_counts {
 };
 
 #define N_JOBS 6
+/* Delay samples in flight, one per DELAY_SAMPLE_EVERY stream bytes. */
+#define DELAY_SAMPLES 1024
+#define DELAY_SAMPLE_EVERY (256u << 10)
+#define DELAY_MIN_PERIOD_NS 10000000000ull
 /* Literal bytes a batch needs for its compression to be a sample. */
 #define LEVEL_SAMPLE_MIN (256u << 10)
 #define N_LEVELS 3
@@ -100,6 +104,15 @@ struct sender {
 	uint64_t acked;
 	uint64_t window;
 	uint64_t ack_rate_t0_ns, ack_rate_b0;
+	/*
+	 * End-to-end delay (parsed here -> written there), from (offset, time)
+	 * samples matched with ACKs; its minimum over ~10 s is the path's
+	 * delay without our own queueing, so the window covers the
+	 * bandwidth-delay product. Under lock.
+	 */
+	struct { uint64_t off, t; } delay_ring[DELAY_SAMPLES];
+	unsigned delay_head, delay_count;
+	uint64_t delay_last_off, delay_min, delay_min_cur, delay_min_t0;
 
 	/* Outcome. */
 	atomic_int failed;
@@ -656,6 +669,18 @@ static void wait_for_credit(struct sender *s)
 	uint64_t t0 = 0;
 
 	pthread_mutex_lock(&s->lock);
+	if (parsed >= s->delay_last_off + DELAY_SAMPLE_EVERY) {
+		unsigned i = (s->delay_head + s->delay_count) % DELAY_SAMPLES;
+
+		if (s->delay_count == DELAY_SAMPLES) { /* full: drop the oldest */
+			s->delay_head = (s->delay_head + 1) % DELAY_SAMPLES;
+			s->delay_count--;
+		}
+		s->delay_ring[i].off = parsed;
+		s->delay_ring[i].t = tsb_now_ns();
+		s->delay_count++;
+		s->delay_last_off = parsed;
+	}
 	while (!s->failed && parsed > s->acked + s->window) {
 		if (!t0)
 			t0 = tsb_now_ns();
@@ -966,10 +991,39 @@ out:
 
 /* ---- return thread: receiver -> us ---- */
 
+/* Matches an ACK with the delay samples it covers (under s->lock). */
+static void sample_delay(struct sender *s, uint64_t acked, uint64_t now)
+{
+	uint64_t t = 0;
+
+	while (s->delay_count && s->delay_ring[s->delay_head].off <= acked) {
+		t = s->delay_ring[s->delay_head].t;
+		s->delay_head = (s->delay_head + 1) % DELAY_SAMPLES;
+		s->delay_count--;
+	}
+	if (t && (!s->delay_min_cur || now - t < s->delay_min_cur))
+		s->delay_min_cur = now - t;
+	if (now - s->delay_min_t0 >= DELAY_MIN_PERIOD_NS) {
+		/* A new period: the path may have changed. */
+		s->delay_min = s->delay_min_cur;
+		s->delay_min_cur = 0;
+		s->delay_min_t0 = now;
+	}
+}
+
+/* The path's delay: the lowest seen in this period or the last one. */
+static uint64_t path_delay(const struct sender *s)
+{
+	if (!s->delay_min || (s->delay_min_cur && s->delay_min_cur < s->delay_min))
+		return s->delay_min_cur;
+	return s->delay_min;
+}
+
 static void update_window(struct sender *s, uint64_t acked)
 {
-	uint64_t now = tsb_now_ns(), rate, w;
+	uint64_t now = tsb_now_ns(), rate, w, w_ms, delay_ms;
 
+	sample_delay(s, acked, now);
 	if (!s->ack_rate_t0_ns) {
 		s->ack_rate_t0_ns = now;
 		s->ack_rate_b0 = acked;
@@ -979,7 +1033,15 @@ static void update_window(struct sender *s, uint64_t acked)
 		return;
 	/* Bytes per second delivered end to end, over the last half second or more. */
 	rate = (acked - s->ack_rate_b0) * 1000000000ull / (now - s->ack_rate_t0_ns);
-	w = rate * PROXY_WINDOW_MS / 1000;
+	/*
+	 * ~150 ms of the rate, or on a long path its bandwidth-delay product
+	 * and a quarter more: while the window is what limits the rate, rate x
+	 * delay is the window itself, so the quarter makes it grow until the
+	 * link is the limit; then a quarter of the delay queues, no more.
+	 */
+	delay_ms = path_delay(s) / 1000000;
+	w_ms = delay_ms + delay_ms / 4 + 25;
+	w = rate * (w_ms > PROXY_WINDOW_MS ? w_ms : PROXY_WINDOW_MS) / 1000;
 	if (w < PROXY_WINDOW_MIN)
 		w = PROXY_WINDOW_MIN;
 	if (w > PROXY_WINDOW_MAX)

@@ -3,6 +3,7 @@
 #include "qmp/qmp.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,11 +44,16 @@ int disk_qmp(struct qmp *q, const char *cmd, json_t *args, json_t **ret,
 	return r;
 }
 
-static void copy_str(char *dst, size_t len, json_t *v)
+/* Copies a string of QEMU's answer; false (dst empty) when it does not fit. */
+static bool copy_str(char *dst, size_t len, json_t *v)
 {
 	const char *s = json_string_value(v);
 
+	dst[0] = '\0';
+	if (s && strlen(s) >= len)
+		return false;
 	snprintf(dst, len, "%s", s ? s : "");
+	return true;
 }
 
 int disk_query(struct qmp *q, struct disk_dev *out, unsigned max, char *err,
@@ -68,7 +74,7 @@ int disk_query(struct qmp *q, struct disk_dev *out, unsigned max, char *err,
 	}
 	json_array_foreach(res, i, e) {
 		json_t *ins = json_object_get(e, "inserted");
-		json_t *img;
+		json_t *img, *vsize;
 		struct disk_dev *d;
 
 		if (!json_is_object(ins) || json_is_true(json_object_get(ins, "ro")))
@@ -80,15 +86,28 @@ int disk_query(struct qmp *q, struct disk_dev *out, unsigned max, char *err,
 		}
 		d = &out[n];
 		memset(d, 0, sizeof(*d));
-		copy_str(d->device, sizeof(d->device), json_object_get(e, "device"));
-		copy_str(d->qdev, sizeof(d->qdev), json_object_get(e, "qdev"));
-		copy_str(d->node, sizeof(d->node), json_object_get(ins, "node-name"));
-		copy_str(d->file, sizeof(d->file), json_object_get(ins, "file"));
-		copy_str(d->format, sizeof(d->format), json_object_get(ins, "drv"));
+		if (!copy_str(d->device, sizeof(d->device), json_object_get(e, "device")) ||
+		    !copy_str(d->qdev, sizeof(d->qdev), json_object_get(e, "qdev")) ||
+		    !copy_str(d->node, sizeof(d->node), json_object_get(ins, "node-name"))) {
+			snprintf(err, errlen, "query-block: a disk name is longer than %d bytes",
+				 DISK_NAME_MAX - 1);
+			json_decref(res);
+			return -ENAMETOOLONG;
+		}
+		/* An image name too long for us: no marker (mark_incomplete). */
+		(void)copy_str(d->file, sizeof(d->file), json_object_get(ins, "file"));
+		(void)copy_str(d->format, sizeof(d->format), json_object_get(ins, "drv"));
 		if (!d->device[0])
 			snprintf(d->device, sizeof(d->device), "%s", d->node);
 		img = json_object_get(ins, "image");
-		d->size = (uint64_t)json_integer_value(json_object_get(img, "virtual-size"));
+		vsize = json_object_get(img, "virtual-size");
+		if (!json_is_integer(vsize) || json_integer_value(vsize) < 0) {
+			snprintf(err, errlen, "query-block: disk '%s' has no valid virtual size",
+				 d->device);
+			json_decref(res);
+			return -EPROTO;
+		}
+		d->size = (uint64_t)json_integer_value(vsize);
 		if (!d->device[0] || !d->node[0] || !d->size)
 			continue;
 		n++;

@@ -17,19 +17,39 @@
 #include "wire/tls.h"
 #include "wire/wire.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define BLOCK 4096u
 /* Largest write we hand the destination QEMU at once. */
 #define RUN_MAX (4u << 20)
+/*
+ * Waiting for the disk channel: connections whose TLS handshake and HELLO
+ * run at once (a new one evicts the oldest), and the time each has for
+ * them. A stranger, a stalled or a garbage connection never holds up the
+ * sender for longer than its own round trips.
+ */
+#define ACCEPT_PENDING 16
+#define ACCEPT_HANDSHAKE_MS 5000
+/*
+ * Frames kept while a NEED is answered: the sender has at most DISK_WINDOW
+ * PAGES frames unacknowledged, besides a few PINGs (flushes, keepalives)
+ * and its DONE. More is a broken or hostile sender.
+ */
+#define BACKLOG_MAX_PAGES DISK_WINDOW
+#define BACKLOG_MAX_OTHER 256
+/* The page-cache restore map starts with this many slots. */
+#define WM_MIN_CAP 1024
 
 struct rdisk {
 	struct disk_dev dev;
@@ -58,6 +78,7 @@ struct backlog {
 struct disk_recv {
 	struct wire_tls *tls;
 	int lfd;
+	const struct disk_recv_io *io;	/* tests, fuzz: instead of conn and sock */
 	struct diskindex *index;
 	uint64_t stall_ms;
 	char dir[80], sock[100];
@@ -75,10 +96,12 @@ struct disk_recv {
 	volatile bool stop_accepting;	/* the listening port is needed again */
 	bool connected, done, failed;
 	char error[256];
+	unsigned refused;		/* connections refused while accepting (lock) */
 
 	struct wire_zstd *z;
 	struct tsb_buf lit, hd, run, cur;
 	struct backlog *bl_head, **bl_tail;
+	unsigned bl_pages, bl_other;	/* PAGES and other frames in the backlog */
 	uint64_t applied, frames_in;
 	/* the current write run */
 	int run_disk;
@@ -91,6 +114,7 @@ struct disk_recv {
 	struct tsb_buf tgt;		/* the target under a frame's REFs */
 	struct wmap_entry *wm;
 	size_t wm_cap, wm_count;
+	size_t wm_max;			/* entries at most: blocks of the disks written */
 	pthread_mutex_t rlock;		/* the read clients below */
 	struct nbd_client *rd[DISK_MAX];
 	uint64_t restored;
@@ -132,12 +156,62 @@ bool disk_recv_failed(struct disk_recv *dr)
 	return f;
 }
 
+/* ---- the channel: a wire_conn, or the io of disk_recv_run_io() ---- */
+
+static int ch_read_frame(struct disk_recv *dr, struct wire_frame *f)
+{
+	return dr->io ? dr->io->read_frame(dr->io->opaque, f) : wire_conn_read_frame(dr->conn, f);
+}
+
+static int ch_write(struct disk_recv *dr, const void *data, size_t len)
+{
+	return dr->io ? dr->io->write(dr->io->opaque, data, len) :
+			wire_conn_write(dr->conn, data, len);
+}
+
+static const char *ch_errmsg(struct disk_recv *dr)
+{
+	return dr->io ? "" : wire_conn_errmsg(dr->conn);
+}
+
+static void ch_set_timeout(struct disk_recv *dr, int ms)
+{
+	if (!dr->io)
+		wire_conn_set_timeout(dr->conn, ms);
+}
+
+/* An NBD client of the destination's export of disk k. */
+static int ch_nbd_connect(struct disk_recv *dr, unsigned k, const struct nbd_client_config *cc,
+			  struct nbd_client **ret, char *why, size_t whylen)
+{
+	int r;
+
+	if (!dr->io)
+		return nbd_client_connect_unix(dr->sock, cc, ret, why, whylen);
+	r = dr->io->nbd_connect(dr->io->opaque, k, cc, ret);
+	if (r < 0 && why)
+		snprintf(why, whylen, "disk %s: cannot connect to its export: %s",
+			 dr->d[k].dev.device, strerror(-r));
+	return r;
+}
+
 static int send_msg(struct disk_recv *dr, struct tsb_buf *b)
 {
-	int r = b->err ? b->err : wire_conn_write(dr->conn, b->data, b->len);
+	int r = b->err ? b->err : ch_write(dr, b->data, b->len);
 
 	tsb_buf_reset(b);
 	return r;
+}
+
+/* DONE, CANCEL or ERROR (best effort). */
+static void send_status(struct disk_recv *dr, uint8_t type, uint32_t code, const char *text)
+{
+	struct tsb_buf b;
+
+	tsb_buf_init(&b);
+	if (wire_encode_status(&b, type, code, text) == 0)
+		(void)send_msg(dr, &b);
+	tsb_buf_fini(&b);
 }
 
 static int send_u64(struct disk_recv *dr, uint8_t type, uint64_t v)
@@ -176,22 +250,31 @@ static void mark_incomplete(struct rdisk *d)
 
 /* ---- blocks written, for page-cache restore ---- */
 
-static size_t wm_slot(const struct disk_recv *dr, const uint8_t *hash)
+/*
+ * An open-addressing table (linear probing, at most half full). It holds
+ * at most wm_max entries, one per block of the disks being written: the
+ * sender decides how many distinct contents it writes, not how much
+ * memory we spend. When it is full, a new content evicts an old one.
+ */
+static size_t wm_home(const uint8_t *hash, size_t cap)
 {
 	uint64_t h;
 
 	memcpy(&h, hash, sizeof(h));
-	return (size_t)h & (dr->wm_cap - 1);
+	return (size_t)h & (cap - 1);
+}
+
+static size_t wm_slot(const struct disk_recv *dr, const uint8_t *hash)
+{
+	return wm_home(hash, dr->wm_cap);
 }
 
 static void wm_insert(struct wmap_entry *wm, size_t cap, const uint8_t *hash, int disk,
 		      uint64_t off, size_t *count)
 {
-	uint64_t h;
 	size_t j;
 
-	memcpy(&h, hash, sizeof(h));
-	for (j = (size_t)h & (cap - 1); wm[j].disk >= 0; j = (j + 1) & (cap - 1))
+	for (j = wm_home(hash, cap); wm[j].disk >= 0; j = (j + 1) & (cap - 1))
 		if (!memcmp(wm[j].hash, hash, 32))
 			break;
 	if (wm[j].disk < 0)
@@ -201,12 +284,44 @@ static void wm_insert(struct wmap_entry *wm, size_t cap, const uint8_t *hash, in
 	wm[j].offset = off;
 }
 
+/* Removes slot i, moving later entries of its cluster back (no tombstones). */
+static void wm_delete(struct wmap_entry *wm, size_t cap, size_t i, size_t *count)
+{
+	size_t j = i, k;
+
+	for (;;) {
+		j = (j + 1) & (cap - 1);
+		if (wm[j].disk < 0)
+			break;
+		k = wm_home(wm[j].hash, cap);
+		/* wm[j] stays when its home lies cyclically in (i, j]. */
+		if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
+			continue;
+		wm[i] = wm[j];
+		i = j;
+	}
+	wm[i].disk = -1;
+	(*count)--;
+}
+
+static bool wm_has_key(const struct wmap_entry *wm, size_t cap, const uint8_t *hash)
+{
+	size_t j;
+
+	for (j = wm_home(hash, cap); wm[j].disk >= 0; j = (j + 1) & (cap - 1))
+		if (!memcmp(wm[j].hash, hash, 32))
+			return true;
+	return false;
+}
+
 /* Remembers that a block with this content now lies at (disk, off). */
 static void wm_put(struct disk_recv *dr, const uint8_t *hash, int disk, uint64_t off)
 {
+	size_t j;
+
 	pthread_mutex_lock(&dr->lock);
-	if ((dr->wm_count + 1) * 2 > dr->wm_cap) {
-		size_t cap = dr->wm_cap ? dr->wm_cap * 2 : 65536, i, n = 0;
+	if ((dr->wm_count + 1) * 2 > dr->wm_cap && dr->wm_count < dr->wm_max) {
+		size_t cap = dr->wm_cap ? dr->wm_cap * 2 : WM_MIN_CAP, i, n = 0;
 		struct wmap_entry *wm = malloc(cap * sizeof(*wm));
 
 		if (!wm) {
@@ -223,6 +338,16 @@ static void wm_put(struct disk_recv *dr, const uint8_t *hash, int disk, uint64_t
 		dr->wm = wm;
 		dr->wm_cap = cap;
 		dr->wm_count = n;
+	}
+	if (!dr->wm_cap) {
+		pthread_mutex_unlock(&dr->lock);
+		return;
+	}
+	if (dr->wm_count && dr->wm_count >= dr->wm_max && !wm_has_key(dr->wm, dr->wm_cap, hash)) {
+		/* Full: the first entry at or after this content's home goes. */
+		for (j = wm_home(hash, dr->wm_cap); dr->wm[j].disk < 0; j = (j + 1) & (dr->wm_cap - 1))
+			;
+		wm_delete(dr->wm, dr->wm_cap, j, &dr->wm_count);
 	}
 	wm_insert(dr->wm, dr->wm_cap, hash, disk, off, &dr->wm_count);
 	pthread_mutex_unlock(&dr->lock);
@@ -269,7 +394,7 @@ int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[4096
 	r = 0;
 	if (!dr->rd[k]) {
 		cc.export_name = dr->d[k].dev.device;
-		r = nbd_client_connect_unix(dr->sock, &cc, &dr->rd[k], NULL, 0);
+		r = ch_nbd_connect(dr, (unsigned)k, &cc, &dr->rd[k], NULL, 0);
 	}
 	if (r == 0)
 		r = nbd_client_pread(dr->rd[k], out, BLOCK, off);
@@ -343,11 +468,15 @@ static int next_frame(struct disk_recv *dr, struct wire_msg *m, struct backlog *
 		dr->bl_head = b->next;
 		if (!dr->bl_head)
 			dr->bl_tail = &dr->bl_head;
+		if (b->type == WIRE_MSG_PAGES)
+			dr->bl_pages--;
+		else
+			dr->bl_other--;
 		*ret_bl = b;
 		r = wire_msg_decode(b->type, b->flags, b->payload.data, b->payload.len, m);
 		return r < 0 ? r : 1;
 	}
-	r = wire_conn_read_frame(dr->conn, &f);
+	r = ch_read_frame(dr, &f);
 	if (r <= 0)
 		return r;
 	if (!wire_msg_role_ok(f.type, WIRE_ROLE_SENDER))
@@ -390,14 +519,31 @@ static int fetch(struct disk_recv *dr, const uint8_t (*hashes)[WIRE_HASH_LEN], s
 	if (r < 0)
 		return r;
 	for (;;) {
-		r = wire_conn_read_frame(dr->conn, &f);
+		r = ch_read_frame(dr, &f);
 		if (r <= 0)
 			return r < 0 ? r : -ECONNRESET;
 		if (!wire_msg_role_ok(f.type, WIRE_ROLE_SENDER))
 			return -EPROTO;
 		if (f.type != WIRE_MSG_HASHDATA) {
-			struct backlog *bl = calloc(1, sizeof(*bl));
+			struct backlog *bl;
+			bool pages = f.type == WIRE_MSG_PAGES;
 
+			/* Only what a sender may send meanwhile, and no more than its window. */
+			if (!pages && f.type != WIRE_MSG_PING && f.type != WIRE_MSG_DONE &&
+			    f.type != WIRE_MSG_CANCEL && f.type != WIRE_MSG_ERROR) {
+				dr_fail(dr, "disk channel: %s while waiting for the answer to a NEED",
+					wire_msg_name(f.type));
+				return -EPROTO;
+			}
+			if (pages ? dr->bl_pages >= BACKLOG_MAX_PAGES :
+				    dr->bl_other >= BACKLOG_MAX_OTHER) {
+				dr_fail(dr, "disk channel: the sender sent more than %u %s frames "
+					"while a NEED was waiting for its answer (its window is %u)",
+					pages ? BACKLOG_MAX_PAGES : BACKLOG_MAX_OTHER,
+					pages ? "PAGES" : "other", DISK_WINDOW);
+				return -EMSGSIZE;
+			}
+			bl = calloc(1, sizeof(*bl));
 			if (!bl)
 				return -ENOMEM;
 			tsb_buf_init(&bl->payload);
@@ -409,23 +555,36 @@ static int fetch(struct disk_recv *dr, const uint8_t (*hashes)[WIRE_HASH_LEN], s
 			}
 			*dr->bl_tail = bl;
 			dr->bl_tail = &bl->next;
+			if (pages)
+				dr->bl_pages++;
+			else
+				dr->bl_other++;
 			continue;
 		}
 		r = wire_frame_decode(&f, &m);
 		if (r < 0)
 			return r;
-		if (m.u.hashdata.obj_size != BLOCK || m.u.hashdata.count != count)
+		if (m.u.hashdata.obj_size != BLOCK || m.u.hashdata.count != count) {
+			dr_fail(dr, "disk channel: the answer to a NEED of %zu blocks holds %u "
+				"objects of %u bytes", count, m.u.hashdata.count,
+				m.u.hashdata.obj_size);
 			return -EPROTO;
+		}
 		r = wire_hashdata_unpack(&m.u.hashdata, dr->z, &dr->hd, &data);
 		if (r < 0)
 			return r;
 		for (i = 0; i < count; i++) {
 			/* Answers come in NEED order; check each against its hash. */
-			if (memcmp(m.u.hashdata.hashes + i * WIRE_HASH_LEN, hashes[i], WIRE_HASH_LEN))
+			if (memcmp(m.u.hashdata.hashes + i * WIRE_HASH_LEN, hashes[i], WIRE_HASH_LEN)) {
+				dr_fail(dr, "disk channel: the answer to a NEED is out of order");
 				return -EPROTO;
+			}
 			wire_sha256(data + i * BLOCK, BLOCK, got);
-			if (memcmp(got, hashes[i], WIRE_HASH_LEN))
+			if (memcmp(got, hashes[i], WIRE_HASH_LEN)) {
+				dr_fail(dr, "disk channel: a block in the answer to a NEED does not "
+					"match its hash");
 				return -EBADMSG;
+			}
 			j = i;
 			memcpy(out + j * BLOCK, data + i * BLOCK, BLOCK);
 		}
@@ -483,7 +642,7 @@ static int apply_pages(struct disk_recv *dr, const struct wire_pages *p)
 			if (e.enc != WIRE_ENC_REF && e.enc != WIRE_ENC_SAME)
 				continue;
 			if (k < 0 || (kd >= 0 && k != kd) || e.offset % BLOCK ||
-			    e.offset + BLOCK > dr->d[k].dev.size) {
+			    !disk_range_ok(e.offset, BLOCK, dr->d[k].dev.size)) {
 				one = false;
 				break;
 			}
@@ -507,7 +666,15 @@ static int apply_pages(struct disk_recv *dr, const struct wire_pages *p)
 		int k = map_disk(dr, e.block);
 
 		if (k < 0 || e.offset % p->page_size ||
-		    e.offset + p->page_size > dr->d[k].dev.size) {
+		    !disk_range_ok(e.offset, p->page_size, dr->d[k].dev.size)) {
+			if (k < 0)
+				dr_fail(dr, "disk channel: a write names disk index %u, not in BLOCKS",
+					e.block);
+			else
+				dr_fail(dr, "disk channel: a write of %u bytes at offset %llu is "
+					"outside disk %s (%llu bytes)", p->page_size,
+					(unsigned long long)e.offset, dr->d[k].dev.device,
+					(unsigned long long)dr->d[k].dev.size);
 			r = -EPROTO;
 			goto out;
 		}
@@ -517,7 +684,7 @@ static int apply_pages(struct disk_recv *dr, const struct wire_pages *p)
 				goto out;
 			}
 			if (dr->tgt.len && e.offset >= dr->tgt_lo &&
-			    e.offset + BLOCK <= dr->tgt_lo + dr->tgt.len) {
+			    disk_range_ok(e.offset - dr->tgt_lo, BLOCK, dr->tgt.len)) {
 				uint8_t h[WIRE_HASH_LEN];
 
 				wire_sha256(dr->tgt.data + (e.offset - dr->tgt_lo), BLOCK, h);
@@ -664,10 +831,19 @@ static int take_blocks(struct disk_recv *dr, const struct wire_blocks *bl, char 
 		}
 		cc.export_name = dr->d[k].dev.device;
 		cc.max_inflight = 4;
-		r = nbd_client_connect_unix(dr->sock, &cc, &dr->d[k].cl, why, whylen);
+		r = ch_nbd_connect(dr, k, &cc, &dr->d[k].cl, why, whylen);
 		if (r < 0)
 			return r;
+		/* Writes are checked against the size QEMU told; its export must agree. */
+		if (nbd_client_info(dr->d[k].cl)->size != dr->d[k].dev.size) {
+			snprintf(why, whylen, "disk %s: the destination QEMU exports %llu bytes, "
+				 "not its size of %llu", dr->d[k].dev.device,
+				 (unsigned long long)nbd_client_info(dr->d[k].cl)->size,
+				 (unsigned long long)dr->d[k].dev.size);
+			return -EIO;
+		}
 		dr->d[k].used = true;
+		dr->wm_max += dr->d[k].dev.size / BLOCK;
 		mark_incomplete(&dr->d[k]);
 		dr->map[b.index] = (int)k;
 		if (b.index >= dr->n_map)
@@ -712,99 +888,271 @@ static int send_summary(struct disk_recv *dr)
 	return r;
 }
 
-static int accept_channel(struct disk_recv *dr)
+/* ---- waiting for the disk channel ---- */
+
+/* One connection between accept() and its HELLO. */
+struct pending {
+	struct disk_recv *dr;
+	pthread_t th;
+	bool used;
+	bool done;			/* atomic */
+	bool evicted;			/* under dr->lock */
+	uint64_t start_ns;
+	int fd;
+	struct wire_conn *c;		/* under dr->lock */
+	char addr[64];
+};
+
+/* Logs the first refusals one by one, then one line in a hundred. */
+static void refused(struct disk_recv *dr, const char *addr, const char *why)
 {
-	struct wire_hello_args hello = { 0 };
+	unsigned n;
+
+	pthread_mutex_lock(&dr->lock);
+	n = ++dr->refused;
+	pthread_mutex_unlock(&dr->lock);
+	if (n <= 10 || n % 100 == 0)
+		log_warn("disk channel: refused a connection from %s: %s (%u refused so far)",
+			 addr, why, n);
+}
+
+static void peer_addr(int fd, char *buf, size_t len)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char host[INET6_ADDRSTRLEN] = "?";
+	unsigned port = 0;
+
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
+		if (ss.ss_family == AF_INET) {
+			struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+
+			inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+			port = ntohs(a->sin_port);
+		} else if (ss.ss_family == AF_INET6) {
+			struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+
+			inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+			port = ntohs(a->sin6_port);
+		}
+	}
+	snprintf(buf, len, "%s:%u", host, port);
+}
+
+/*
+ * TLS handshake and HELLO of one connection, within ACCEPT_HANDSHAKE_MS.
+ * The first that authenticates and asks for disks becomes the channel.
+ */
+static void *handshake_thread(void *arg)
+{
+	struct pending *p = arg;
+	struct disk_recv *dr = p->dr;
+	struct wire_hello_args hello = {
+		.role = WIRE_ROLE_RECEIVER,
+		.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_DISK,
+		.site = "destination",
+	};
 	struct wire_hello peer;
-	struct wire_conn *c;
-	int fd, r;
+	struct wire_conn *c = wire_conn_new_take(dr->tls, p->fd);
+	const char *why = NULL;
+	int r;
 
-	for (;;) {
-		struct pollfd pfd = { .fd = dr->lfd, .events = POLLIN };
-
-		/*
-		 * No timeout: a sender whose VM has no disk to move never comes,
-		 * and that is not an error here (the sender fails if it wanted to).
-		 */
-		if (dr->stop || dr->stop_accepting)
-			return -ECANCELED;
-		if (poll(&pfd, 1, 200) <= 0)
-			continue;
-		r = wire_tcp_accept(dr->lfd, &fd);
-		if (r < 0)
-			continue;
-		wire_tcp_tune(fd, 0);
-		c = wire_conn_new_take(dr->tls, fd);
-		if (!c)
-			return -ENOMEM;
-		r = wire_conn_handshake(c, 15000);
-		if (r == 0) {
-			hello.role = WIRE_ROLE_RECEIVER;
-			hello.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_DISK;
-			hello.site = "destination";
-			r = wire_conn_hello(c, &hello, &peer);
-			if (r == 0 && !(peer.caps & WIRE_CAP_DISK)) {
-				wire_conn_send_status(c, WIRE_MSG_ERROR, WIRE_CODE_REFUSED,
-						      "this connection takes disks only");
-				r = -EPROTO;
-			}
-		}
-		if (r < 0) {
-			log_error("disk channel: refused a connection: %s", wire_conn_errmsg(c));
-			wire_conn_free(c);
-			continue;
-		}
-		pthread_mutex_lock(&dr->lock);
+	if (!c) {
+		refused(dr, p->addr, "out of memory");
+		__atomic_store_n(&p->done, true, __ATOMIC_RELEASE);
+		return NULL;
+	}
+	pthread_mutex_lock(&dr->lock);
+	p->c = c;
+	r = p->evicted ? -ECANCELED : 0;
+	pthread_mutex_unlock(&dr->lock);
+	wire_conn_set_timeout(c, ACCEPT_HANDSHAKE_MS);
+	if (r == 0)
+		r = wire_conn_handshake(c, ACCEPT_HANDSHAKE_MS);
+	if (r == 0)
+		r = wire_conn_hello(c, &hello, &peer);
+	if (r == 0 && !(peer.caps & WIRE_CAP_DISK)) {
+		why = "this connection takes disks only";
+		r = -EPROTO;
+	}
+	pthread_mutex_lock(&dr->lock);
+	p->c = NULL;
+	if (r == 0 && !dr->conn && !dr->stop && !dr->stop_accepting) {
 		dr->conn = c;
 		dr->connected = true;
-		pthread_mutex_unlock(&dr->lock);
-		if (dr->stop)
-			return -ECANCELED;
-		return 0;
+		c = NULL;
+	} else if (r == 0) {
+		why = dr->conn ? "the disk channel is already connected" :
+			         "no longer waiting for a disk channel";
+		r = -EALREADY;
+	}
+	if (c && p->evicted && r < 0)
+		why = "too many connections at once: the oldest was dropped";
+	pthread_mutex_unlock(&dr->lock);
+	if (c) {
+		if (why && (r == -EPROTO || r == -EALREADY))
+			(void)wire_conn_send_status(c, WIRE_MSG_ERROR, WIRE_CODE_REFUSED, why);
+		refused(dr, p->addr, why ? why : wire_conn_errmsg(c)[0] ? wire_conn_errmsg(c) :
+			strerror(-r));
+		wire_conn_free(c);
+	}
+	__atomic_store_n(&p->done, true, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/* Joins finished handshakes; with all, first aborts those still running. */
+static void reap(struct disk_recv *dr, struct pending *pend, bool all)
+{
+	unsigned i;
+
+	for (i = 0; i < ACCEPT_PENDING; i++) {
+		struct pending *p = &pend[i];
+
+		if (!p->used || (!all && !__atomic_load_n(&p->done, __ATOMIC_ACQUIRE)))
+			continue;
+		if (all) {
+			pthread_mutex_lock(&dr->lock);
+			p->evicted = true;
+			if (p->c)
+				wire_conn_abort(p->c);
+			pthread_mutex_unlock(&dr->lock);
+		}
+		pthread_join(p->th, NULL);
+		p->used = false;
 	}
 }
 
-static void *channel_thread(void *arg)
+/* A free slot; when every one is taken, the oldest handshake makes room. */
+static struct pending *free_slot(struct disk_recv *dr, struct pending *pend)
 {
-	struct disk_recv *dr = arg;
+	struct pending *oldest = NULL;
+	unsigned i;
+
+	for (i = 0; i < ACCEPT_PENDING; i++) {
+		if (!pend[i].used)
+			return &pend[i];
+		if (!oldest || pend[i].start_ns < oldest->start_ns)
+			oldest = &pend[i];
+	}
+	pthread_mutex_lock(&dr->lock);
+	oldest->evicted = true;
+	if (oldest->c)
+		wire_conn_abort(oldest->c);
+	pthread_mutex_unlock(&dr->lock);
+	pthread_join(oldest->th, NULL);
+	oldest->used = false;
+	return oldest;
+}
+
+/*
+ * Accepts until a sender authenticates and says HELLO with
+ * WIRE_CAP_DISK (dr->conn). Handshakes run concurrently, each within
+ * ACCEPT_HANDSHAKE_MS: a plaintext, garbage, stalled, unauthenticated or
+ * main-connection client is logged, counted (dr->refused) and closed while
+ * the real sender goes on. No overall timeout: a sender whose VM has no
+ * disk to move never comes, and that is not an error here.
+ */
+static int accept_channel(struct disk_recv *dr)
+{
+	struct pending pend[ACCEPT_PENDING];
+	struct pollfd pfd = { .fd = dr->lfd, .events = POLLIN };
+	struct pending *p;
+	bool won;
+	int fd, r;
+
+	memset(pend, 0, sizeof(pend));
+	for (;;) {
+		reap(dr, pend, false);
+		pthread_mutex_lock(&dr->lock);
+		won = dr->conn != NULL;
+		pthread_mutex_unlock(&dr->lock);
+		if (won || dr->stop || dr->stop_accepting)
+			break;
+		if (poll(&pfd, 1, 100) <= 0)
+			continue;
+		r = wire_tcp_accept(dr->lfd, &fd);
+		if (r < 0) {
+			if (r == -EMFILE || r == -ENFILE || r == -ENOBUFS || r == -ENOMEM)
+				usleep(100000);	/* out of fds: no busy loop */
+			continue;
+		}
+		wire_tcp_tune(fd, 0);
+		p = free_slot(dr, pend);
+		memset(p, 0, sizeof(*p));
+		p->dr = dr;
+		p->fd = fd;
+		p->start_ns = tsb_now_ns();
+		peer_addr(fd, p->addr, sizeof(p->addr));
+		p->used = true;
+		if (pthread_create(&p->th, NULL, handshake_thread, p)) {
+			p->used = false;
+			close(fd);
+			refused(dr, p->addr, "cannot start a thread");
+		}
+	}
+	reap(dr, pend, true);
+	pthread_mutex_lock(&dr->lock);
+	won = dr->conn != NULL;
+	pthread_mutex_unlock(&dr->lock);
+	if (!won || dr->stop)
+		return -ECANCELED;
+	log_info("disk channel: connected (%s)", wire_conn_peer(dr->conn));
+	return 0;
+}
+
+/* ---- the channel ---- */
+
+static uint32_t error_code(int r)
+{
+	return r == -EPROTO || r == -EBADMSG || r == -EMSGSIZE || r == -EOPNOTSUPP ?
+	       WIRE_CODE_PROTOCOL : WIRE_CODE_INTERNAL;
+}
+
+/*
+ * The receiver's side of the disk channel after HELLO: SUMMARY, the
+ * sender's BLOCKS, then writes, flushes and NEEDs until DONE. 0 when the
+ * channel ended with DONE; -errno and dr->error otherwise.
+ */
+static int serve_channel(struct disk_recv *dr)
+{
 	struct wire_msg m;
 	struct backlog *bl;
 	char why[256] = "";
 	unsigned k;
 	int r;
 
-	r = accept_channel(dr);
-	close(dr->lfd);
-	dr->lfd = -1;
-	if (r < 0)
-		return NULL;
-	wire_conn_set_timeout(dr->conn, 30000);
+	ch_set_timeout(dr, 30000);
 	r = send_summary(dr);
 	if (r < 0) {
-		dr_fail(dr, "disk channel: %s", wire_conn_errmsg(dr->conn));
-		return NULL;
+		dr_fail(dr, "disk channel: %s", ch_errmsg(dr)[0] ? ch_errmsg(dr) : strerror(-r));
+		return r;
 	}
 	r = next_frame(dr, &m, &bl);
 	if (r > 0 && m.type == WIRE_MSG_BLOCKS) {
 		r = take_blocks(dr, &m.u.blocks, why, sizeof(why));
 		if (r < 0) {
-			wire_conn_send_status(dr->conn, WIRE_MSG_ERROR, WIRE_CODE_REFUSED, why);
 			dr_fail(dr, "disk channel: %s", why);
-			return NULL;
+			send_status(dr, WIRE_MSG_ERROR, WIRE_CODE_REFUSED, why);
+			return r;
 		}
 	} else {
 		dr_fail(dr, "disk channel: expected the disk list");
-		return NULL;
+		if (r >= 0 || error_code(r) == WIRE_CODE_PROTOCOL)
+			send_status(dr, WIRE_MSG_ERROR, WIRE_CODE_PROTOCOL, dr->error);
+		backlog_free(bl);
+		return r < 0 ? r : -EPROTO;
 	}
-	wire_conn_set_timeout(dr->conn, dr->stall_ms ? (int)dr->stall_ms : -1);
+	ch_set_timeout(dr, dr->stall_ms ? (int)dr->stall_ms : -1);
 	for (;;) {
 		r = next_frame(dr, &m, &bl);
 		if (r <= 0) {
 			dr_fail(dr, "disk channel lost: %s",
 				r == 0 ? "closed by the sender" :
-				wire_conn_errmsg(dr->conn)[0] ? wire_conn_errmsg(dr->conn) :
-				strerror(-r));
-			break;
+				ch_errmsg(dr)[0] ? ch_errmsg(dr) : strerror(-r));
+			if (r < 0 && error_code(r) == WIRE_CODE_PROTOCOL)
+				send_status(dr, WIRE_MSG_ERROR, WIRE_CODE_PROTOCOL, dr->error);
+			backlog_free(bl);
+			return r < 0 ? r : -ECONNRESET;
 		}
 		dr->frames_in++;
 		if (m.type != WIRE_MSG_PAGES && m.type != WIRE_MSG_PING)
@@ -821,11 +1169,15 @@ static void *channel_thread(void *arg)
 			/* Flush marker: every earlier write is applied (synchronously). */
 			r = 0;
 			if (m.u.ping && !(m.u.ping & DISK_TOKEN_KEEPALIVE)) {
-				k = (unsigned)(m.u.ping >> 48);
-				if (map_disk(dr, (uint16_t)k) < 0)
+				int kd = map_disk(dr, (uint16_t)(m.u.ping >> 48));
+
+				if (kd < 0) {
+					dr_fail(dr, "disk channel: a flush names disk index %u, "
+						"not in BLOCKS", (unsigned)(m.u.ping >> 48));
 					r = -EPROTO;
-				else
-					r = flush_disk(dr, &dr->d[map_disk(dr, (uint16_t)k)]);
+				} else {
+					r = flush_disk(dr, &dr->d[kd]);
+				}
 			}
 			if (r == 0)
 				r = send_u64(dr, WIRE_MSG_PONG, m.u.ping);
@@ -849,7 +1201,7 @@ static void *channel_thread(void *arg)
 				pthread_mutex_unlock(&dr->lock);
 				log_info("disks: every write applied and flushed");
 				backlog_free(bl);
-				return NULL;
+				return 0;
 			}
 			break;
 		case WIRE_MSG_CANCEL:
@@ -857,8 +1209,9 @@ static void *channel_thread(void *arg)
 			dr_fail(dr, "the sender stopped the disk transfer: %.*s",
 				(int)m.u.status.text.len, m.u.status.text.p);
 			backlog_free(bl);
-			return NULL;
+			return -ECANCELED;
 		default:
+			dr_fail(dr, "disk channel: unexpected %s", wire_msg_name(m.type));
 			r = -EPROTO;
 			break;
 		}
@@ -867,12 +1220,65 @@ static void *channel_thread(void *arg)
 			if (!disk_recv_failed(dr))
 				dr_fail(dr, "disk channel: %s (%s)", strerror(-r),
 					wire_msg_name(m.type));
-			wire_conn_send_status(dr->conn, WIRE_MSG_ERROR, WIRE_CODE_INTERNAL,
-					      dr->error);
-			break;
+			send_status(dr, WIRE_MSG_ERROR, error_code(r), dr->error);
+			return r;
 		}
 	}
+}
+
+static void *channel_thread(void *arg)
+{
+	struct disk_recv *dr = arg;
+	int r = accept_channel(dr);
+
+	close(dr->lfd);
+	dr->lfd = -1;
+	if (r == 0)
+		(void)serve_channel(dr);
 	return NULL;
+}
+
+static struct disk_recv *dr_new(int lfd)
+{
+	struct disk_recv *dr = calloc(1, sizeof(*dr));
+
+	if (!dr)
+		return NULL;
+	pthread_mutex_init(&dr->lock, NULL);
+	pthread_mutex_init(&dr->rlock, NULL);
+	dr->lfd = lfd;
+	dr->bl_tail = &dr->bl_head;
+	tsb_buf_init(&dr->lit);
+	tsb_buf_init(&dr->hd);
+	tsb_buf_init(&dr->run);
+	tsb_buf_init(&dr->cur);
+	tsb_buf_init(&dr->tgt);
+	dr->z = wire_zstd_new(1);
+	if (!dr->z) {
+		disk_recv_finish(dr, NULL, false, NULL, NULL, 0);
+		return NULL;
+	}
+	return dr;
+}
+
+int disk_recv_run_io(const struct disk_dev *devs, unsigned n, struct diskindex *index,
+		     const struct disk_recv_io *io, struct disk_recv **ret)
+{
+	struct disk_recv *dr;
+
+	*ret = NULL;
+	if (n > DISK_MAX)
+		return -E2BIG;
+	dr = dr_new(-1);
+	if (!dr)
+		return -ENOMEM;
+	dr->io = io;
+	dr->index = index;
+	for (dr->n = 0; dr->n < n; dr->n++)
+		dr->d[dr->n].dev = devs[dr->n];
+	dr->connected = true;
+	*ret = dr;
+	return serve_channel(dr);
 }
 
 int disk_recv_start(struct qmp *q, const struct disk_recv_options *o,
@@ -884,30 +1290,15 @@ int disk_recv_start(struct qmp *q, const struct disk_recv_options *o,
 	int n, r;
 
 	*ret = NULL;
-	dr = calloc(1, sizeof(*dr));
+	dr = dr_new(o->listen_fd);
 	if (!dr) {
 		close(o->listen_fd);
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
-	pthread_mutex_init(&dr->lock, NULL);
-	pthread_mutex_init(&dr->rlock, NULL);
 	dr->tls = o->tls;
-	dr->lfd = o->listen_fd;
 	dr->index = o->index;
 	dr->stall_ms = o->stall_ms;
-	dr->bl_tail = &dr->bl_head;
-	tsb_buf_init(&dr->lit);
-	tsb_buf_init(&dr->hd);
-	tsb_buf_init(&dr->run);
-	tsb_buf_init(&dr->cur);
-	tsb_buf_init(&dr->tgt);
-	dr->z = wire_zstd_new(1);
-	if (!dr->z) {
-		snprintf(err, errlen, "out of memory");
-		r = -ENOMEM;
-		goto fail;
-	}
 	n = disk_query(q, devs, DISK_MAX, err, errlen);
 	if (n < 0) {
 		r = n;
@@ -1026,9 +1417,12 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 				"fetched", (json_int_t)d->blk_need,
 				"same", (json_int_t)d->blk_same));
 		}
-		json_object_set_new(report, "disks", json_pack("{s:o, s:b, s:s, s:I}", "disks", arr,
-			"channel", dr->connected, "error", dr->failed ? dr->error : "",
-			"pages_restored", (json_int_t)dr->restored));
+		json_object_set_new(report, "disks", json_pack("{s:o, s:b, s:s, s:I, s:I, s:I}",
+			"disks", arr, "channel", dr->connected,
+			"error", dr->failed ? dr->error : "",
+			"refused", (json_int_t)dr->refused,
+			"pages_restored", (json_int_t)dr->restored,
+			"restore_map", (json_int_t)dr->wm_count));
 	}
 	if (dr->lfd >= 0)
 		close(dr->lfd);

@@ -52,6 +52,12 @@ int proxy_tls_setup(const struct proxy_common_options *o, enum wire_tls_side sid
 /* Installs SIGINT/SIGTERM handlers that set *flag (and ignore SIGPIPE). */
 void proxy_catch_signals(volatile int *flag);
 
+/*
+ * Fuzzing only: feeds frames (wire header + payload each) to a receiver
+ * with no peer, no store and /dev/null for QEMU (recv.c).
+ */
+int proxy_recv_fuzz(const uint8_t *data, size_t len);
+
 /* Maps a wire/TLS error to an outcome. */
 enum proxy_outcome proxy_outcome_of_errno(int err);
 

@@ -27,6 +27,7 @@
 #include "wire/wire.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -44,9 +45,12 @@ struct backlog {
 	struct backlog *next;
 };
 
+struct fuzz_input;
+
 struct receiver {
 	const struct proxy_recv_options *o;
-	struct wire_conn *conn;
+	struct wire_conn *conn;		/* NULL when fuzzing: frames come from fuzz */
+	struct fuzz_input *fuzz;
 	pthread_mutex_t send_lock;	/* one writer at a time on conn */
 	int qfd;
 
@@ -126,6 +130,8 @@ static void fail(struct receiver *rc, enum proxy_outcome oc, const char *fmt, ..
 
 static int send_locked(struct receiver *rc, const struct tsb_buf *frame)
 {
+	if (!rc->conn)
+		return 0; /* fuzzing: nobody to tell */
 	int r;
 
 	pthread_mutex_lock(&rc->send_lock);
@@ -438,6 +444,32 @@ static bool all_fetched(struct receiver *rc, const uint8_t (*hashes)[WIRE_HASH_L
  * Pages we were told we hold are missing or damaged: ask for them in one
  * NEED and read on until they all arrived, keeping other frames for later.
  */
+struct fuzz_input {
+	const uint8_t *p;
+	size_t len, off;
+};
+
+/* The next frame from the sender (or from the fuzzer's input): 1, 0 at the end, -errno. */
+static int next_frame(struct receiver *rc, struct wire_frame *f)
+{
+	struct fuzz_input *in = rc->fuzz;
+	int r;
+
+	if (!in)
+		return wire_conn_read_frame(rc->conn, f);
+	if (in->len - in->off < WIRE_HDR_LEN)
+		return 0;
+	r = wire_header_decode(in->p + in->off, f);
+	if (r < 0)
+		return r;
+	in->off += WIRE_HDR_LEN;
+	if (f->len > in->len - in->off)
+		return -EBADMSG;
+	f->payload = in->p + in->off;
+	in->off += f->len;
+	return 1;
+}
+
 static int fetch_missing(struct receiver *rc, const uint8_t (*hashes)[WIRE_HASH_LEN],
 			 size_t n)
 {
@@ -453,7 +485,7 @@ static int fetch_missing(struct receiver *rc, const uint8_t (*hashes)[WIRE_HASH_
 		r = send_locked(rc, &b);
 	tsb_buf_fini(&b);
 	while (r == 0) {
-		r = wire_conn_read_frame(rc->conn, &f);
+		r = next_frame(rc, &f);
 		if (r == 0)
 			return -ECONNRESET;
 		if (r < 0)
@@ -660,6 +692,11 @@ restart:
 			r = samerun_hashes(rc, &e);
 			if (r < 0)
 				return r;
+			/* Taken when first needed: most migrations have no SAMERUN. */
+			if (!rc->run_buf)
+				rc->run_buf = malloc((size_t)WIRE_MAX_SAMERUN * 4096);
+			if (!rc->run_buf)
+				return -ENOMEM;
 			for (i = 0; i < e.count; i++) {
 				page = resolve(rc, rc->run_hashes[i], false);
 				if (page)
@@ -774,9 +811,9 @@ static void link_ended(struct receiver *rc, enum proxy_outcome oc, const char *w
 	fail(rc, oc, "%s", what);
 }
 
-static void *wan_thread(void *arg)
+/* Handles the sender's frames until the connection ends or fails. */
+static void process_frames(struct receiver *rc)
 {
-	struct receiver *rc = arg;
 	struct wire_frame f;
 	struct backlog *b;
 	int r;
@@ -801,7 +838,7 @@ static void *wan_thread(void *arg)
 			if (r < 0)
 				goto bad;
 		}
-		r = wire_conn_read_frame(rc->conn, &f);
+		r = next_frame(rc, &f);
 		if (r == 0) {
 			rc->sender_closed = true;
 			link_ended(rc, PROXY_LINK, "the sender closed the connection before "
@@ -812,8 +849,8 @@ static void *wan_thread(void *arg)
 			char what[300];
 
 			snprintf(what, sizeof(what), "link to the sender: %s",
-				 wire_conn_errmsg(rc->conn)[0] ? wire_conn_errmsg(rc->conn)
-							       : strerror(-r));
+				 rc->conn && wire_conn_errmsg(rc->conn)[0] ?
+				 wire_conn_errmsg(rc->conn) : strerror(-r));
 			link_ended(rc, proxy_outcome_of_errno(r), what);
 			break;
 		}
@@ -827,11 +864,11 @@ static void *wan_thread(void *arg)
 		if (r < 0)
 			goto bad;
 	}
-	return NULL;
+	return;
 bad:
 	if (rc->prepared) {
 		rc->link_lost = true;
-		return NULL;
+		return;
 	}
 	if (!rc->failed && rc->why[0])
 		fail(rc, PROXY_FAILED, "refused: %s", rc->why);
@@ -840,6 +877,12 @@ bad:
 		     r == -ECONNRESET ? PROXY_FAILED : proxy_outcome_of_errno(r),
 		     "rebuilding the stream for QEMU: %s%s", strerror(-r),
 		     r == -EPIPE || r == -ECONNRESET ? " (the destination QEMU closed it)" : "");
+	return;
+}
+
+static void *wan_thread(void *arg)
+{
+	process_frames(arg);
 	return NULL;
 }
 
@@ -1287,6 +1330,60 @@ static void settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 			 outcome == WIRE_OUTCOME_RUNNING ? "runs" : "was discarded", rc->rec.id);
 }
 
+/* Frees what the receiver owns (not its connection, QEMU or TLS). */
+static void receiver_free(struct receiver *rc)
+{
+	while (rc->backlog_head) {
+		struct backlog *b = rc->backlog_head;
+
+		rc->backlog_head = b->next;
+		tsb_buf_fini(&b->payload);
+		free(b);
+	}
+	qs_writer_free(rc->writer);
+	if (rc->qfd >= 0)
+		close(rc->qfd);
+	pagecache_free(rc->cache);
+	pagecache_free(rc->fetched);
+	store_image_free(rc->image);
+	store_image_free(rc->base);
+	free(rc->run_buf);
+	if (rc->store)
+		store_close(rc->store);
+	diskindex_free(rc->disks);
+	wire_zstd_free(rc->z);
+	tsb_buf_fini(&rc->scratch);
+	tsb_buf_fini(&rc->copy);
+	if (rc->lock_fd >= 0)
+		close(rc->lock_fd);
+	pthread_mutex_destroy(&rc->send_lock);
+	free(rc);
+}
+
+/* A receiver with its content caches; NULL when out of memory. */
+static struct receiver *receiver_new(const struct proxy_recv_options *o, uint64_t cache_pages,
+				     uint64_t fetched_pages)
+{
+	struct receiver *rc = calloc(1, sizeof(*rc));
+
+	if (!rc)
+		return NULL;
+	rc->o = o;
+	rc->qfd = -1;
+	rc->lock_fd = -1;
+	pthread_mutex_init(&rc->send_lock, NULL);
+	tsb_buf_init(&rc->scratch);
+	tsb_buf_init(&rc->copy);
+	rc->cache = pagecache_new(cache_pages, 4096);
+	rc->fetched = pagecache_new(fetched_pages, 4096);
+	rc->z = wire_zstd_new(1);
+	if (!rc->cache || !rc->fetched || !rc->z) {
+		receiver_free(rc);
+		return NULL;
+	}
+	return rc;
+}
+
 enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_report)
 {
 	struct receiver *rc;
@@ -1303,27 +1400,15 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	json_t *args;
 	int lfd = -1, r;
 
-	rc = calloc(1, sizeof(*rc));
-	if (!rc)
+	cache_pages = (o->c.cache_bytes ? o->c.cache_bytes : PROXY_CACHE_DEFAULT) / 4096;
+	rc = receiver_new(o, cache_pages, 4096);
+	if (!rc) {
+		log_error("out of memory");
 		return PROXY_FAILED;
-	rc->o = o;
-	rc->qfd = -1;
-	rc->lock_fd = -1;
-	pthread_mutex_init(&rc->send_lock, NULL);
-	tsb_buf_init(&rc->scratch);
-	tsb_buf_init(&rc->copy);
+	}
 	proxy_catch_signals(&sig);
 	start_ns = tsb_now_ns();
 
-	cache_pages = (o->c.cache_bytes ? o->c.cache_bytes : PROXY_CACHE_DEFAULT) / 4096;
-	rc->cache = pagecache_new(cache_pages, 4096);
-	rc->fetched = pagecache_new(4096, 4096);
-	rc->z = wire_zstd_new(1);
-	rc->run_buf = malloc((size_t)WIRE_MAX_SAMERUN * 4096);
-	if (!rc->cache || !rc->fetched || !rc->z || !rc->run_buf) {
-		fail(rc, PROXY_FAILED, "out of memory");
-		goto out;
-	}
 	if (tsb_split_hostport(o->listen, host, sizeof(host), port, sizeof(port)) < 0) {
 		fail(rc, PROXY_FAILED, "bad --listen '%s': expected HOST:PORT", o->listen);
 		goto out;
@@ -1502,35 +1587,37 @@ out:
 	if (rc->failed)
 		log_error("%s", rc->error);
 
-	while (rc->backlog_head) {
-		struct backlog *b = rc->backlog_head;
-
-		rc->backlog_head = b->next;
-		tsb_buf_fini(&b->payload);
-		free(b);
-	}
 	if (lfd >= 0)
 		close(lfd);
-	qs_writer_free(rc->writer);
 	qmp_close(q);
 	wire_conn_free(rc->conn);
 	wire_tls_free(tls);
-	if (rc->qfd >= 0)
-		close(rc->qfd);
-	pagecache_free(rc->cache);
-	pagecache_free(rc->fetched);
-	store_image_free(rc->image);
-	store_image_free(rc->base);
-	free(rc->run_buf);
-	if (rc->store)
-		store_close(rc->store);
-	diskindex_free(rc->disks);
-	wire_zstd_free(rc->z);
-	tsb_buf_fini(&rc->scratch);
-	tsb_buf_fini(&rc->copy);
-	if (rc->lock_fd >= 0)
-		close(rc->lock_fd);
-	pthread_mutex_destroy(&rc->send_lock);
-	free(rc);
+	receiver_free(rc);
 	return oc;
+}
+
+/*
+ * Fuzzing (tests/fuzz/fuzz-recv.c): the receiver's frame handling, with
+ * frames (header and payload, as on the wire) from data instead of a
+ * sender, no store, and the rebuilt stream going to /dev/null. 0 when all
+ * was taken, else the receiver refused.
+ */
+int proxy_recv_fuzz(const uint8_t *data, size_t len)
+{
+	static const struct proxy_recv_options o;
+	struct fuzz_input in = { .p = data, .len = len };
+	struct receiver *rc = receiver_new(&o, 64, 64);
+	int failed;
+
+	if (!rc)
+		return -ENOMEM;
+	rc->fuzz = &in;
+	rc->ram_limit = 1ull << 30;
+	rc->qfd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	rc->writer = qs_writer_new(4096, to_qemu, rc);
+	if (rc->qfd >= 0 && rc->writer)
+		process_frames(rc);
+	failed = rc->failed;
+	receiver_free(rc);
+	return failed ? -EBADMSG : 0;
 }

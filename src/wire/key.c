@@ -1,4 +1,8 @@
-/* Shared key files: "tsubame-psk-v1 <key-id> <64 hex digits>\n", mode 0600. */
+/*
+ * Shared key files: "tsubame-psk-v1 <key-id> <64 hex digits>\n", mode 0600,
+ * owned by the user that runs tsubame; a second such line (another key id)
+ * is a key a server accepts too, for a key rollover (tls.h says how).
+ */
 #include "wire/tls.h"
 
 #include <errno.h>
@@ -71,37 +75,21 @@ static const char *next_field(const char **p, const char *end, size_t *ret_len)
 	return *ret_len ? s : NULL;
 }
 
-int wire_key_parse(const char *buf, size_t len, struct wire_key *k)
+/* One key line p..line_end: "tsubame-psk-v1 <key-id> <64 hex digits>". */
+static int parse_line(const char *p, const char *line_end, char *id, uint8_t *secret)
 {
-	const char *p = buf, *end = buf + len, *line_end, *f;
+	const char *f;
 	size_t n, i;
 	int hi, lo;
 
-	/* Skip blank lines and '#' comments. */
-	for (;;) {
-		while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' ||
-				   *p == '\r'))
-			p++;
-		if (p >= end)
-			return -EBADMSG;
-		if (*p != '#')
-			break;
-		while (p < end && *p != '\n')
-			p++;
-	}
-	line_end = memchr(p, '\n', end - p);
-	if (!line_end)
-		line_end = end;
-	if (line_end > p && line_end[-1] == '\r')
-		line_end--;
 	f = next_field(&p, line_end, &n);
 	if (!f || n != strlen(WIRE_KEY_MAGIC) || memcmp(f, WIRE_KEY_MAGIC, n))
 		return -EBADMSG;
 	f = next_field(&p, line_end, &n);
 	if (!f || !key_id_ok(f, n))
 		return -EBADMSG;
-	memcpy(k->id, f, n);
-	k->id[n] = '\0';
+	memcpy(id, f, n);
+	id[n] = '\0';
 	f = next_field(&p, line_end, &n);
 	if (!f || n != 2 * WIRE_KEY_LEN)
 		return -EBADMSG;
@@ -110,72 +98,159 @@ int wire_key_parse(const char *buf, size_t len, struct wire_key *k)
 		lo = hexval(f[2 * i + 1]);
 		if (hi < 0 || lo < 0)
 			return -EBADMSG;
-		k->secret[i] = (uint8_t)(hi << 4 | lo);
+		secret[i] = (uint8_t)(hi << 4 | lo);
 	}
 	if (next_field(&p, line_end, &n))
 		return -EBADMSG;
 	return 0;
 }
 
-int wire_key_load(const char *path, struct wire_key *ret, char *msg,
-		  size_t msglen)
+int wire_key_parse(const char *buf, size_t len, struct wire_key *k)
 {
-	char buf[KEY_FILE_MAX + 1];
-	struct wire_key k = { 0 };
+	const char *p = buf, *end = buf + len, *nl, *line_end;
+	unsigned keys = 0;
+	int err;
+
+	k->has_alt = false;
+	for (;;) {
+		/* Skip blank lines and '#' comments. */
+		while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' ||
+				   *p == '\r'))
+			p++;
+		if (p >= end)
+			break;
+		nl = memchr(p, '\n', end - p);
+		line_end = nl ? nl : end;
+		if (*p != '#') {
+			/* The key, then at most one more (rollover). */
+			if (keys == 2)
+				return -EBADMSG;
+			if (line_end > p && line_end[-1] == '\r')
+				line_end--;
+			err = keys ? parse_line(p, line_end, k->alt_id, k->alt_secret) :
+				     parse_line(p, line_end, k->id, k->secret);
+			if (err)
+				return err;
+			keys++;
+		}
+		p = nl ? nl + 1 : end;
+	}
+	if (!keys)
+		return -EBADMSG;
+	if (keys == 2) {
+		/* The id is what tells a server which key a client uses. */
+		if (!strcmp(k->id, k->alt_id))
+			return -EBADMSG;
+		k->has_alt = true;
+	}
+	return 0;
+}
+
+int wire_secret_file_read(const char *path, const char *what, char *buf,
+			  size_t cap, size_t *ret_len, char *msg, size_t msglen)
+{
 	struct stat st;
 	size_t len = 0;
 	ssize_t n;
+	uid_t uid = geteuid();
 	int fd, err;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	/* No link to follow; no FIFO or device to block on. */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK);
+	if (fd < 0 && errno == ELOOP)
+		return fail(msg, msglen, -ELOOP,
+			    "%s %s is a symbolic link; refusing to follow it: give the file itself",
+			    what, path);
 	if (fd < 0)
-		return fail(msg, msglen, -errno, "cannot open key file %s: %s",
+		return fail(msg, msglen, -errno, "cannot open %s %s: %s", what,
 			    path, strerror(errno));
 	if (fstat(fd, &st) < 0) {
 		err = -errno;
 		close(fd);
-		return fail(msg, msglen, err, "cannot stat key file %s: %s",
+		return fail(msg, msglen, err, "cannot stat %s %s: %s", what,
 			    path, strerror(-err));
 	}
 	if (!S_ISREG(st.st_mode)) {
 		close(fd);
-		return fail(msg, msglen, -EINVAL,
-			    "key file %s is not a regular file", path);
+		return fail(msg, msglen, -EINVAL, "%s %s is not a regular file",
+			    what, path);
+	}
+	if (st.st_uid != uid) {
+		close(fd);
+		return fail(msg, msglen, -EPERM,
+			    "%s %s belongs to uid %u, not to uid %u that runs tsubame; refusing to use it: run 'chown %u %s'",
+			    what, path, (unsigned int)st.st_uid,
+			    (unsigned int)uid, (unsigned int)uid, path);
 	}
 	if (st.st_mode & 077) {
 		close(fd);
 		return fail(msg, msglen, -EPERM,
-			    "key file %s is accessible by group or others (mode %04o); refusing to use it: run 'chmod 600 %s'",
-			    path, (unsigned int)(st.st_mode & 07777), path);
+			    "%s %s is accessible by group or others (mode %04o); refusing to use it: run 'chmod 600 %s'",
+			    what, path, (unsigned int)(st.st_mode & 07777), path);
 	}
-	while (len < sizeof(buf)) {
-		n = read(fd, buf + len, sizeof(buf) - len);
+	if (fcntl(fd, F_SETFL, O_RDONLY) < 0) {
+		err = -errno;
+		close(fd);
+		return fail(msg, msglen, err, "cannot read %s %s: %s", what,
+			    path, strerror(-err));
+	}
+	while (len < cap) {
+		n = read(fd, buf + len, cap - len);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
 			err = -errno;
 			close(fd);
-			OPENSSL_cleanse(buf, sizeof(buf));
-			return fail(msg, msglen, err,
-				    "cannot read key file %s: %s", path,
-				    strerror(-err));
+			return fail(msg, msglen, err, "cannot read %s %s: %s",
+				    what, path, strerror(-err));
 		}
 		if (!n)
 			break;
 		len += n;
 	}
+	/* One byte more says whether the file is larger. */
+	if (len == cap) {
+		char extra;
+
+		do
+			n = read(fd, &extra, 1);
+		while (n < 0 && errno == EINTR);
+		if (n > 0) {
+			close(fd);
+			return fail(msg, msglen, -EFBIG, "%s %s is too large", what,
+				    path);
+		}
+	}
 	close(fd);
-	if (len > KEY_FILE_MAX) {
+	*ret_len = len;
+	return 0;
+}
+
+int wire_key_load(const char *path, struct wire_key *ret, char *msg,
+		  size_t msglen)
+{
+	char buf[KEY_FILE_MAX];
+	struct wire_key k = { 0 };
+	size_t len = 0;
+	int err;
+
+	err = wire_secret_file_read(path, "key file", buf, sizeof(buf), &len,
+				    msg, msglen);
+	if (err == -EFBIG) {
 		OPENSSL_cleanse(buf, sizeof(buf));
 		return fail(msg, msglen, -EBADMSG,
 			    "key file %s is too large to be a tsubame key", path);
+	}
+	if (err) {
+		OPENSSL_cleanse(buf, sizeof(buf));
+		return err;
 	}
 	err = wire_key_parse(buf, len, &k);
 	OPENSSL_cleanse(buf, sizeof(buf));
 	if (err) {
 		wire_key_wipe(&k);
 		return fail(msg, msglen, err,
-			    "key file %s is malformed: expected one line '%s <key-id> <64 hex digits>' (make one with 'tsubame keygen')",
+			    "key file %s is malformed: expected a line '%s <key-id> <64 hex digits>', and at most a second one with another key id (make one with 'tsubame keygen')",
 			    path, WIRE_KEY_MAGIC);
 	}
 	*ret = k;

@@ -17,8 +17,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -32,6 +34,8 @@
 #define KEY_UPDATE_BYTES (64ull << 30)
 /* TLS record content type of a handshake record: what a TLS client sends first. */
 #define TLS_RECORD_HANDSHAKE 0x16
+/* Largest private key file (PEM) we read. */
+#define PRIVATE_KEY_MAX (64u << 10)
 
 struct wire_tls {
 	SSL_CTX *ctx;
@@ -56,6 +60,7 @@ struct wire_conn {
 	int bio_errno;
 	bool identity_unknown;     /* server: the client's key id is not ours */
 	char bad_identity[WIRE_KEY_ID_MAX + 1];
+	const char *psk_id;        /* server: which of our key ids the client used */
 	uint64_t since_rekey;
 	char errmsg[WIRE_ERRMSG_MAX];
 	char peer[160];
@@ -242,6 +247,11 @@ static int map_ssl_error_locked(struct wire_conn *c, int ssl_err,
 		return fail_locked(c, -c->bio_errno, "%s: %s", what,
 				   strerror(c->bio_errno));
 	}
+	if (c->identity_unknown && c->tls->key.has_alt)
+		return fail_locked(c, -EACCES,
+				   "%s: the peer uses key id '%s' but ours are '%s' and '%s' (the two sides have different key files)",
+				   what, c->bad_identity, c->tls->key.id,
+				   c->tls->key.alt_id);
 	if (c->identity_unknown)
 		return fail_locked(c, -EACCES,
 				   "%s: the peer uses key id '%s' but ours is '%s' (the two sides have different key files)",
@@ -402,7 +412,7 @@ static bool is_sha256(const EVP_MD *md)
 	return EVP_MD_get_type(md) == NID_sha256;
 }
 
-static SSL_SESSION *psk_session(SSL *ssl, const struct wire_key *k)
+static SSL_SESSION *psk_session(SSL *ssl, const uint8_t secret[WIRE_KEY_LEN])
 {
 	static const unsigned char aes128gcm_sha256[] = { 0x13, 0x01 };
 	const SSL_CIPHER *cipher = SSL_CIPHER_find(ssl, aes128gcm_sha256);
@@ -413,7 +423,7 @@ static SSL_SESSION *psk_session(SSL *ssl, const struct wire_key *k)
 	s = SSL_SESSION_new();
 	if (!s)
 		return NULL;
-	if (!SSL_SESSION_set1_master_key(s, k->secret, sizeof(k->secret)) ||
+	if (!SSL_SESSION_set1_master_key(s, secret, WIRE_KEY_LEN) ||
 	    !SSL_SESSION_set_cipher(s, cipher) ||
 	    !SSL_SESSION_set_protocol_version(s, TLS1_3_VERSION)) {
 		SSL_SESSION_free(s);
@@ -434,7 +444,8 @@ static int client_psk_cb(SSL *ssl, const EVP_MD *md, const unsigned char **id,
 	/* After a HelloRetryRequest: only a SHA-256 suite fits our PSK. */
 	if (md && !is_sha256(md))
 		return 1;
-	s = psk_session(ssl, &t->key);
+	/* A client always uses the first key of its file. */
+	s = psk_session(ssl, t->key.secret);
 	if (!s)
 		return 0;
 	*sess = s;
@@ -458,9 +469,20 @@ static int server_psk_cb(SSL *ssl, const unsigned char *id, size_t idlen,
 {
 	struct wire_tls *t = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
 	struct wire_conn *c = SSL_get_app_data(ssl);
+	const uint8_t *secret = NULL;
+	const char *ours = NULL;
 
 	*sess = NULL;
-	if (idlen != strlen(t->key.id) || memcmp(id, t->key.id, idlen)) {
+	/* Our key, or during a rollover the other key of our file. */
+	if (idlen == strlen(t->key.id) && !memcmp(id, t->key.id, idlen)) {
+		ours = t->key.id;
+		secret = t->key.secret;
+	} else if (t->key.has_alt && idlen == strlen(t->key.alt_id) &&
+		   !memcmp(id, t->key.alt_id, idlen)) {
+		ours = t->key.alt_id;
+		secret = t->key.alt_secret;
+	}
+	if (!ours) {
 		/* Not ours: no PSK, and the handshake fails (no certificate). */
 		if (c) {
 			c->identity_unknown = true;
@@ -469,7 +491,9 @@ static int server_psk_cb(SSL *ssl, const unsigned char *id, size_t idlen,
 		}
 		return 1;
 	}
-	*sess = psk_session(ssl, &t->key);
+	if (c)
+		c->psk_id = ours;
+	*sess = psk_session(ssl, secret);
 	return *sess ? 1 : 0;
 }
 
@@ -517,7 +541,7 @@ void wire_tls_free(struct wire_tls *t)
 
 int wire_tls_set_psk(struct wire_tls *t, const struct wire_key *key)
 {
-	if (t->configured || !key->id[0])
+	if (t->configured || !key->id[0] || (key->has_alt && !key->alt_id[0]))
 		return -EINVAL;
 	t->key = *key;
 	if (t->side == WIRE_TLS_CLIENT)
@@ -541,10 +565,45 @@ static int cert_fail(char *msg, size_t msglen, const char *what,
 	return -EINVAL;
 }
 
+/*
+ * The private key (PEM), read with the checks of a key file: ours, not a
+ * link, mode 0600 or stricter. OpenSSL then parses it from memory.
+ */
+static int use_private_key(struct wire_tls *t, const char *key_file, char *msg,
+			   size_t msglen)
+{
+	char *buf = malloc(PRIVATE_KEY_MAX);
+	size_t len = 0;
+	EVP_PKEY *pk = NULL;
+	BIO *bio;
+	int err;
+
+	if (!buf)
+		return -ENOMEM;
+	err = wire_secret_file_read(key_file, "private key", buf, PRIVATE_KEY_MAX,
+				    &len, msg, msglen);
+	if (err == 0) {
+		bio = BIO_new_mem_buf(buf, (int)len);
+		if (bio)
+			pk = PEM_read_bio_PrivateKey(bio, NULL,
+						     SSL_CTX_get_default_passwd_cb(t->ctx),
+						     SSL_CTX_get_default_passwd_cb_userdata(t->ctx));
+		BIO_free(bio);
+		if (!pk || SSL_CTX_use_PrivateKey(t->ctx, pk) != 1)
+			err = cert_fail(msg, msglen, "private key", key_file);
+		EVP_PKEY_free(pk);
+	}
+	OPENSSL_cleanse(buf, PRIVATE_KEY_MAX);
+	free(buf);
+	return err;
+}
+
 int wire_tls_set_certs(struct wire_tls *t, const char *cert_file,
 		       const char *key_file, const char *ca_file, char *msg,
 		       size_t msglen)
 {
+	int err;
+
 	if (t->configured) {
 		if (msg && msglen)
 			snprintf(msg, msglen,
@@ -554,8 +613,9 @@ int wire_tls_set_certs(struct wire_tls *t, const char *cert_file,
 	ERR_clear_error();
 	if (SSL_CTX_use_certificate_chain_file(t->ctx, cert_file) != 1)
 		return cert_fail(msg, msglen, "certificate", cert_file);
-	if (SSL_CTX_use_PrivateKey_file(t->ctx, key_file, SSL_FILETYPE_PEM) != 1)
-		return cert_fail(msg, msglen, "private key", key_file);
+	err = use_private_key(t, key_file, msg, msglen);
+	if (err)
+		return err;
 	if (SSL_CTX_check_private_key(t->ctx) != 1)
 		return cert_fail(msg, msglen, "private key (does not match the certificate)",
 				 key_file);
@@ -701,7 +761,8 @@ static void describe_peer_locked(struct wire_conn *c)
 	X509 *cert;
 
 	if (c->tls->psk) {
-		snprintf(c->peer, sizeof(c->peer), "key %s", c->tls->key.id);
+		snprintf(c->peer, sizeof(c->peer), "key %s",
+			 c->psk_id ? c->psk_id : c->tls->key.id);
 		return;
 	}
 	cert = SSL_get1_peer_certificate(c->ssl);

@@ -33,30 +33,61 @@
 #define WIRE_KEY_LEN 32
 #define WIRE_KEY_ID_MAX 64
 #define WIRE_ERRMSG_MAX 320
-/* First line of a key file: "tsubame-psk-v1 <key-id> <64 hex digits>". */
+/* A key line of a key file: "tsubame-psk-v1 <key-id> <64 hex digits>". */
 #define WIRE_KEY_MAGIC "tsubame-psk-v1"
 
 /* ---- Shared keys ---- */
 
+/*
+ * A key file holds one key line, or two for a key rollover (blank lines
+ * and '#' comments anywhere):
+ *
+ *   tsubame-psk-v1 <key-id> <64 hex digits>     the key: a client uses it
+ *   tsubame-psk-v1 <key-id> <64 hex digits>     optional: a server accepts
+ *                                               it too (another key id)
+ *
+ * Changing the key of two sites without a moment where they disagree:
+ * make the new key (`tsubame keygen --id NEW`), append its line to both
+ * key files (every server now takes old and new, every client still uses
+ * old); then put the new line first on both (clients use new, servers
+ * still take old); then remove the old line. The PSK identity tells a
+ * server which of its keys the client uses, so the two ids must differ.
+ */
 struct wire_key {
 	char id[WIRE_KEY_ID_MAX + 1]; /* PSK identity (not secret) */
 	uint8_t secret[WIRE_KEY_LEN];
+	/* Key rollover: the second key line, which servers accept too. */
+	bool has_alt;
+	char alt_id[WIRE_KEY_ID_MAX + 1];
+	uint8_t alt_secret[WIRE_KEY_LEN];
 };
 
 /*
- * Loads a key file. It must be a regular file not accessible by group
- * or others (mode 0600 or stricter): -EPERM otherwise. -EBADMSG when
- * malformed, -errno when unreadable. On failure msg (msglen bytes, may
- * be NULL) receives a sentence naming the file and the fix.
+ * Loads a key file. It must be a regular file (a symbolic link is
+ * refused: -ELOOP), owned by the user we run as (root: by root) and not
+ * accessible by group or others (mode 0600 or stricter): -EPERM
+ * otherwise. -EBADMSG when malformed, -errno when unreadable. On failure
+ * msg (msglen bytes, may be NULL) receives a sentence naming the file and
+ * the fix.
  */
 int wire_key_load(const char *path, struct wire_key *ret, char *msg,
 		  size_t msglen);
 /*
- * Parses the text of a key file (len bytes, no NUL needed): blank lines and
- * '#' comments, then one line "tsubame-psk-v1 <key-id> <64 hex digits>".
- * 0 or -EBADMSG; *ret may be partly written on failure (wipe it).
+ * Parses the text of a key file (len bytes, no NUL needed): one or two
+ * key lines as above (two with the same key id are malformed), blank
+ * lines and '#' comments. 0 or -EBADMSG; *ret may be partly written on
+ * failure (wipe it).
  */
 int wire_key_parse(const char *buf, size_t len, struct wire_key *ret);
+/*
+ * Reads a file holding a secret (what: "key file", "private key") into
+ * buf (cap bytes; a larger file is -EFBIG) with the checks of
+ * wire_key_load(): a regular file, no symbolic link, ours, mode 0600 or
+ * stricter. *ret_len bytes read; msg as for wire_key_load(). The caller
+ * wipes buf.
+ */
+int wire_secret_file_read(const char *path, const char *what, char *buf,
+			  size_t cap, size_t *ret_len, char *msg, size_t msglen);
 /*
  * Writes a new random key to path (created with O_EXCL, mode 0600;
  * -EEXIST if it exists). key_id: 1..WIRE_KEY_ID_MAX printable characters
@@ -108,7 +139,8 @@ int wire_tls_set_psk(struct wire_tls *t, const struct wire_key *key);
 /*
  * Uses certificates: our chain (PEM) and private key, and the CA file
  * that must have signed the peer's certificate. Both sides require and
- * verify the peer's certificate. msg as for wire_key_load().
+ * verify the peer's certificate. The private key file is checked as a
+ * key file is (wire_secret_file_read()). msg as for wire_key_load().
  */
 int wire_tls_set_certs(struct wire_tls *t, const char *cert_file,
 		       const char *key_file, const char *ca_file, char *msg,

@@ -1,4 +1,4 @@
-/* Fuzz target: the key file parser (bytes from disk). */
+/* Fuzz target: the key file parser (bytes from disk; one key or two). */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -15,6 +15,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (wire_key_parse((const char *)data, size, &k) == 0) {
 		/* A key that parses has a printable id and a full secret. */
 		if (!k.id[0] || strlen(k.id) > WIRE_KEY_ID_MAX)
+			__builtin_trap();
+		/* A second key (rollover) has an id of its own. */
+		if (k.has_alt && (!k.alt_id[0] || strlen(k.alt_id) > WIRE_KEY_ID_MAX ||
+				  !strcmp(k.id, k.alt_id)))
 			__builtin_trap();
 	}
 	wire_key_wipe(&k);

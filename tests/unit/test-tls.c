@@ -2,8 +2,10 @@
  * Real TLS 1.3 connections between two threads: PSK and certificate
  * authentication, refusals (wrong key, plaintext client, other protocol
  * version), tampering detected by a relay that flips one byte, key file
- * permissions, abort and timeout. Prints the throughput of a bulk
- * transfer (TSB_TLS_MIB sets its size in MiB; default 256).
+ * checks (permissions, owner, symbolic links, FIFOs; the same for a
+ * certificate's private key), key rollover (a server holding two keys
+ * takes clients of either), abort and timeout. Prints the throughput of a
+ * bulk transfer (TSB_TLS_MIB sets its size in MiB; default 256).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,6 +23,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <openssl/rand.h>
@@ -892,6 +895,195 @@ static void test_key_file_malformed(void **state)
 	assert_non_null(strstr(msg, "missing.key"));
 }
 
+/* A key line for k. */
+static void key_line(char *buf, size_t len, const struct wire_key *k)
+{
+	size_t n = (size_t)snprintf(buf, len, "%s %s ", WIRE_KEY_MAGIC, k->id);
+
+	for (size_t i = 0; i < WIRE_KEY_LEN && n + 3 < len; i++)
+		n += (size_t)snprintf(buf + n, len - n, "%02x", k->secret[i]);
+	snprintf(buf + n, len - n, "\n");
+}
+
+/* Writes a key file of one key (b NULL) or two (a first), mode 0600. */
+static void write_keys(const char *path, const struct wire_key *a, const struct wire_key *b)
+{
+	char text[512], la[200], lb[200] = "";
+
+	key_line(la, sizeof(la), a);
+	if (b)
+		key_line(lb, sizeof(lb), b);
+	snprintf(text, sizeof(text), "# key rollover\n%s\n# the other one\n%s", la, lb);
+	write_file(path, text, 0600);
+}
+
+/* A PSK handshake between a client and a server loading these key files. */
+static void handshake_files(const char *cli_path, const char *srv_path, struct side *cli,
+			    struct side *srv)
+{
+	char msg[WIRE_ERRMSG_MAX];
+	struct wire_key kc, ks;
+	int a, b;
+
+	assert_int_equal(wire_key_load(cli_path, &kc, msg, sizeof(msg)), 0);
+	assert_int_equal(wire_key_load(srv_path, &ks, msg, sizeof(msg)), 0);
+	socket_pair(&a, &b);
+	side_init(cli, WIRE_TLS_CLIENT, &kc, a);
+	side_init(srv, WIRE_TLS_SERVER, &ks, b);
+	handshake_pair(cli, srv);
+	wire_key_wipe(&kc);
+	wire_key_wipe(&ks);
+}
+
+static void test_key_rollover(void **state)
+{
+	char old_only[128], new_only[128], old_new[128], new_old[128], other[128];
+	char msg[WIRE_ERRMSG_MAX];
+	struct wire_key kold, knew, kother, k;
+	struct side cli, srv;
+
+	make_key(&kold, "pair-2026");
+	make_key(&knew, "pair-2027");
+	make_key(&kother, "pair-other");
+	path_in_tmp(old_only, sizeof(old_only), "old.key");
+	path_in_tmp(new_only, sizeof(new_only), "new.key");
+	path_in_tmp(old_new, sizeof(old_new), "old-new.key");
+	path_in_tmp(new_old, sizeof(new_old), "new-old.key");
+	path_in_tmp(other, sizeof(other), "other.key");
+	write_keys(old_only, &kold, NULL);
+	write_keys(new_only, &knew, NULL);
+	write_keys(old_new, &kold, &knew);
+	write_keys(new_old, &knew, &kold);
+	write_keys(other, &kother, NULL);
+
+	assert_int_equal(wire_key_load(old_new, &k, msg, sizeof(msg)), 0);
+	assert_string_equal(k.id, "pair-2026");
+	assert_true(k.has_alt);
+	assert_string_equal(k.alt_id, "pair-2027");
+	assert_memory_equal(k.alt_secret, knew.secret, WIRE_KEY_LEN);
+	assert_int_equal(wire_key_load(old_only, &k, msg, sizeof(msg)), 0);
+	assert_false(k.has_alt);
+
+	/* A server holding both takes a client of the old key and one of the new. */
+	handshake_files(old_only, old_new, &cli, &srv);
+	assert_int_equal(cli.err, 0);
+	assert_int_equal(srv.err, 0);
+	assert_string_equal(wire_conn_peer(srv.conn), "key pair-2026");
+	side_fini(&cli);
+	side_fini(&srv);
+	handshake_files(new_only, old_new, &cli, &srv);
+	assert_int_equal(cli.err, 0);
+	assert_int_equal(srv.err, 0);
+	assert_string_equal(wire_conn_peer(srv.conn), "key pair-2027");
+	side_fini(&cli);
+	side_fini(&srv);
+	/* Mid-change: both sides hold both, in either order. */
+	handshake_files(new_old, old_new, &cli, &srv);
+	assert_int_equal(cli.err, 0);
+	assert_int_equal(srv.err, 0);
+	assert_string_equal(wire_conn_peer(srv.conn), "key pair-2027");
+	side_fini(&cli);
+	side_fini(&srv);
+	handshake_files(old_new, new_old, &cli, &srv);
+	assert_int_equal(cli.err, 0);
+	assert_int_equal(srv.err, 0);
+	assert_string_equal(wire_conn_peer(srv.conn), "key pair-2026");
+	side_fini(&cli);
+	side_fini(&srv);
+
+	/* A client uses its first key only: a server with just the other refuses. */
+	handshake_files(new_old, old_only, &cli, &srv);
+	assert_int_equal(srv.err, -EACCES);
+	assert_non_null(strstr(srv.msg, "'pair-2027'"));
+	side_fini(&cli);
+	side_fini(&srv);
+	/* A third key is refused, and the server names both of its own. */
+	handshake_files(other, old_new, &cli, &srv);
+	assert_int_equal(srv.err, -EACCES);
+	assert_int_not_equal(cli.err, 0);
+	printf("# %s\n", srv.msg);
+	assert_non_null(strstr(srv.msg, "'pair-other'"));
+	assert_non_null(strstr(srv.msg, "'pair-2026' and 'pair-2027'"));
+	side_fini(&cli);
+	side_fini(&srv);
+	/* The right id with another secret is no key of ours either. */
+	make_key(&kother, "pair-2027");
+	write_keys(other, &kother, NULL);
+	handshake_files(other, old_new, &cli, &srv);
+	assert_int_equal(srv.err, -EACCES);
+	side_fini(&cli);
+	side_fini(&srv);
+	wire_key_wipe(&k);
+}
+
+static void test_key_file_two_keys_malformed(void **state)
+{
+	static const char l1[] =
+		"tsubame-psk-v1 a 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n";
+	static const char l2[] =
+		"tsubame-psk-v1 b 00112233445566778899aabbccddeeff00112233445566778899aabbccddee00\n";
+	static const char l1b[] =
+		"tsubame-psk-v1 a ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff\n";
+	char path[128], msg[WIRE_ERRMSG_MAX], text[512];
+	struct wire_key k;
+
+	path_in_tmp(path, sizeof(path), "two.key");
+	/* The same key id twice. */
+	snprintf(text, sizeof(text), "%s%s", l1, l1b);
+	write_file(path, text, 0600);
+	assert_int_equal(wire_key_load(path, &k, msg, sizeof(msg)), -EBADMSG);
+	/* Three keys. */
+	snprintf(text, sizeof(text), "%s%s%s", l1, l2,
+		 "tsubame-psk-v1 c 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n");
+	write_file(path, text, 0600);
+	assert_int_equal(wire_key_load(path, &k, msg, sizeof(msg)), -EBADMSG);
+	/* A second line that is no key. */
+	snprintf(text, sizeof(text), "%sgarbage\n", l1);
+	write_file(path, text, 0600);
+	assert_int_equal(wire_key_load(path, &k, msg, sizeof(msg)), -EBADMSG);
+	assert_non_null(strstr(msg, "malformed"));
+	/* Two keys, CRLF and comments in between: fine. */
+	snprintf(text, sizeof(text), "%.*s\r\n# next\r\n\r\n%s", (int)strlen(l1) - 1, l1, l2);
+	write_file(path, text, 0600);
+	assert_int_equal(wire_key_load(path, &k, msg, sizeof(msg)), 0);
+	assert_string_equal(k.id, "a");
+	assert_string_equal(k.alt_id, "b");
+	assert_int_equal(k.alt_secret[31], 0x00);
+	wire_key_wipe(&k);
+}
+
+static void test_key_file_link_owner_fifo(void **state)
+{
+	char path[128], link[128], fifo[128], msg[WIRE_ERRMSG_MAX];
+	struct wire_key k;
+
+	path_in_tmp(path, sizeof(path), "real.key");
+	path_in_tmp(link, sizeof(link), "link.key");
+	path_in_tmp(fifo, sizeof(fifo), "fifo.key");
+	assert_int_equal(wire_keygen(path, "real", msg, sizeof(msg)), 0);
+	/* A symbolic link, even to a good key file. */
+	assert_int_equal(symlink(path, link), 0);
+	assert_int_equal(wire_key_load(link, &k, msg, sizeof(msg)), -ELOOP);
+	printf("# %s\n", msg);
+	assert_non_null(strstr(msg, "symbolic link"));
+	/* A FIFO is refused without waiting for a writer. */
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	assert_int_equal(wire_key_load(fifo, &k, msg, sizeof(msg)), -EINVAL);
+	assert_non_null(strstr(msg, "not a regular file"));
+	/* Another user's file (only root can make one here). */
+	if (geteuid() == 0) {
+		assert_int_equal(chown(path, 65534, 65534), 0);
+		assert_int_equal(wire_key_load(path, &k, msg, sizeof(msg)), -EPERM);
+		printf("# %s\n", msg);
+		assert_non_null(strstr(msg, "belongs to uid 65534"));
+		assert_int_equal(chown(path, 0, 0), 0);
+	} else {
+		printf("# not root: another user's key file not tried\n");
+	}
+	assert_int_equal(wire_key_load(path, &k, msg, sizeof(msg)), 0);
+	wire_key_wipe(&k);
+}
+
 /* ---- certificates ---- */
 
 static bool make_certs(void)
@@ -983,6 +1175,40 @@ static void test_certificates(void **state)
 	assert_non_null(strstr(cli.msg, "not trusted"));
 	side_fini(&cli);
 	side_fini(&srv);
+
+	/* The private key file is checked like a key file. */
+	{
+		struct wire_tls *t = wire_tls_new(WIRE_TLS_CLIENT);
+		char link[128], msg[WIRE_ERRMSG_MAX];
+
+		assert_non_null(t);
+		assert_int_equal(chmod(pa[1], 0640), 0);
+		assert_int_equal(wire_tls_set_certs(t, pa[0], pa[1], pa[2], msg, sizeof(msg)),
+				 -EPERM);
+		printf("# %s\n", msg);
+		assert_non_null(strstr(msg, "private key"));
+		assert_non_null(strstr(msg, "chmod 600"));
+		assert_int_equal(chmod(pa[1], 0600), 0);
+		path_in_tmp(link, sizeof(link), "host-a-link.key");
+		assert_int_equal(symlink(pa[1], link), 0);
+		assert_int_equal(wire_tls_set_certs(t, pa[0], link, pa[2], msg, sizeof(msg)),
+				 -ELOOP);
+		if (geteuid() == 0) {
+			assert_int_equal(chown(pa[1], 65534, 65534), 0);
+			assert_int_equal(wire_tls_set_certs(t, pa[0], pa[1], pa[2], msg,
+							    sizeof(msg)), -EPERM);
+			assert_non_null(strstr(msg, "belongs to uid 65534"));
+			assert_int_equal(chown(pa[1], 0, 0), 0);
+		}
+		/* Not a key at all. */
+		path_in_tmp(link, sizeof(link), "not-a.key");
+		write_file(link, "-----BEGIN NOTHING-----\n", 0600);
+		assert_int_equal(wire_tls_set_certs(t, pa[0], link, pa[2], msg, sizeof(msg)),
+				 -EINVAL);
+		assert_non_null(strstr(msg, "cannot load private key"));
+		assert_int_equal(wire_tls_set_certs(t, pa[0], pa[1], pa[2], msg, sizeof(msg)), 0);
+		wire_tls_free(t);
+	}
 }
 
 static int setup_tmp(void **state)
@@ -1018,6 +1244,9 @@ int main(void)
 		cmocka_unit_test(test_keygen_and_load),
 		cmocka_unit_test(test_key_file_mode_refused),
 		cmocka_unit_test(test_key_file_malformed),
+		cmocka_unit_test(test_key_rollover),
+		cmocka_unit_test(test_key_file_two_keys_malformed),
+		cmocka_unit_test(test_key_file_link_owner_fifo),
 		cmocka_unit_test(test_certificates),
 	};
 

@@ -36,15 +36,20 @@ static void mob_usage(FILE *f)
 "\n"
 "Keeps migrated VMs reachable at their home addresses (docs/network.md).\n"
 "\n"
-"  tsubame net agent --site NAME --dev IFNAME --key FILE --control SOCKET\n"
-"                    [--listen HOST:PORT] [--peer NAME=HOST:PORT]...\n"
+"  tsubame net agent --site NAME --dev IFNAME --control SOCKET\n"
+"                    [--peer NAME=HOST:PORT [--peer-key NAME=FILE]]...\n"
+"                    [--key FILE] [--state-dir DIR] [--listen HOST:PORT]\n"
 "                    [--vni N] [--lifetime SECONDS] [--retrans MS]\n"
 "                    [--direct A.B.C.D/LEN=MAC]... [-v]\n"
 "      Runs the agent of one site: AF_PACKET on IFNAME (a port of the site\n"
 "      segment), VXLAN and binding messages on UDP --listen (default\n"
-"      0.0.0.0:%d), JSON-lines control on the unix SOCKET. --key is the\n"
-"      site key shared by all sites (a 'tsubame keygen' file). Each --peer\n"
-"      names another site's agent. --direct delivers a visiting VM's IPv4\n"
+"      0.0.0.0:%d), JSON-lines control on the unix SOCKET. Each --peer\n"
+"      names another site's agent; --peer-key gives the key this site\n"
+"      shares with that one only (a 'tsubame keygen' file); --key is the\n"
+"      key for peers without their own (one key for every pair lets any\n"
+"      site speak for any other). --state-dir keeps the accepted bindings\n"
+"      and sequence numbers across restarts, so that old binding updates\n"
+"      cannot be replayed then. --direct delivers a visiting VM's IPv4\n"
 "      traffic to the prefix through the local next hop MAC instead of\n"
 "      reverse-tunnelling it home. Defaults: vni 1, lifetime 60 s, first\n"
 "      retransmission after 100 ms (doubling, up to 2 s, 10 tries).\n"
@@ -70,10 +75,14 @@ static void mob_usage(FILE *f)
 "\n"
 "  tsubame net update --to HOST:PORT --key FILE --from SITE --vm ID\n"
 "                     --mac MAC --home SITE --seq N [--ip ADDR]...\n"
-"                     [--lifetime SECONDS] [--timeout MS]\n"
-"      Sends one binding update (as site --from) and prints the reply:\n"
-"      'accepted', 'refused <status> seq <n>' or 'no reply'. For operators\n"
-"      and tests; exit 0 only when accepted.\n"
+"                     [--lifetime SECONDS] [--timeout MS] [--save FILE]\n"
+"                     [--replay FILE]\n"
+"      Sends one binding update (as site --from, with the key of the pair\n"
+"      --from/--home) and prints the reply: 'accepted', 'refused <status>\n"
+"      seq <n>' or 'no reply'. --save FILE keeps the bytes sent; --replay\n"
+"      FILE sends those bytes again instead of a new update (the other\n"
+"      options only say where to and how to read the answer). For\n"
+"      operators and tests; exit 0 only when accepted.\n"
 "\n"
 "Exit: 0 success, 1 failure (reason on stderr), 2 usage.\n",
 		MOB_VXLAN_PORT);
@@ -85,16 +94,20 @@ enum {
 	OPT_SITE = 256, OPT_DEV, OPT_KEY, OPT_CONTROL, OPT_LISTEN, OPT_PEER,
 	OPT_VNI, OPT_LIFETIME, OPT_RETRANS, OPT_DIRECT, OPT_AGENT, OPT_EVENT,
 	OPT_VM, OPT_MAC, OPT_HOME, OPT_CURRENT, OPT_IP, OPT_WAIT, OPT_TO,
-	OPT_FROM, OPT_SEQ, OPT_TIMEOUT, OPT_WHEN_SEEN,
+	OPT_FROM, OPT_SEQ, OPT_TIMEOUT, OPT_WHEN_SEEN, OPT_PEER_KEY,
+	OPT_STATE_DIR, OPT_SAVE, OPT_REPLAY,
 };
 
 struct opts {
 	const char *site, *dev, *key, *control, *listen, *agent, *event;
 	const char *vm, *mac, *home, *current, *to, *from;
+	const char *state_dir, *save, *replay;
 	const char *ips[MOB_ADDRS_MAX];
 	unsigned n_ips;
 	const char *peers[MOB_PEERS_MAX];
 	unsigned n_peers;
+	const char *peer_keys[MOB_PEERS_MAX];
+	unsigned n_peer_keys;
 	const char *direct[MOB_DIRECT_MAX];
 	unsigned n_direct;
 	uint64_t vni, lifetime, retrans, wait, seq, timeout;
@@ -128,6 +141,10 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "seq", required_argument, NULL, OPT_SEQ },
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 		{ "when-seen", no_argument, NULL, OPT_WHEN_SEEN },
+		{ "peer-key", required_argument, NULL, OPT_PEER_KEY },
+		{ "state-dir", required_argument, NULL, OPT_STATE_DIR },
+		{ "save", required_argument, NULL, OPT_SAVE },
+		{ "replay", required_argument, NULL, OPT_REPLAY },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -156,6 +173,14 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case OPT_CURRENT: o->current = optarg; break;
 		case OPT_TO: o->to = optarg; break;
 		case OPT_FROM: o->from = optarg; break;
+		case OPT_STATE_DIR: o->state_dir = optarg; break;
+		case OPT_SAVE: o->save = optarg; break;
+		case OPT_REPLAY: o->replay = optarg; break;
+		case OPT_PEER_KEY:
+			if (o->n_peer_keys == MOB_PEERS_MAX)
+				return usage_error("at most %d --peer-key", MOB_PEERS_MAX);
+			o->peer_keys[o->n_peer_keys++] = optarg;
+			break;
 		case OPT_PEER:
 			if (o->n_peers == MOB_PEERS_MAX)
 				return usage_error("at most %d --peer", MOB_PEERS_MAX);
@@ -244,14 +269,68 @@ static int load_key(const char *path, uint8_t out[MOB_KEY_LEN])
 	return 0;
 }
 
+/* The keys of cfg's peers: --peer-key NAME=FILE, else --key. */
+static int load_peer_keys(const struct opts *o, struct mob_agent_config *cfg)
+{
+	bool have[MOB_PEERS_MAX] = { false };
+	uint8_t fallback[MOB_KEY_LEN];
+	unsigned i, j;
+	int rc = 0;
+
+	for (i = 0; i < o->n_peer_keys; i++) {
+		const char *eq = strchr(o->peer_keys[i], '=');
+		size_t n = eq ? (size_t)(eq - o->peer_keys[i]) : 0;
+
+		for (j = 0; j < cfg->n_peers; j++)
+			if (n && strlen(cfg->peers[j].name) == n &&
+			    !memcmp(cfg->peers[j].name, o->peer_keys[i], n))
+				break;
+		if (!eq || !eq[1] || j == cfg->n_peers)
+			return usage_error("--peer-key '%s' is not NAME=FILE for a --peer NAME",
+					   o->peer_keys[i]);
+		if (have[j])
+			return usage_error("two --peer-key for site '%s'", cfg->peers[j].name);
+		if (load_key(eq + 1, cfg->peers[j].key))
+			return TSB_EXIT_FAILED;
+		have[j] = true;
+	}
+	for (j = 0; j < cfg->n_peers; j++)
+		if (!have[j] && !o->key)
+			return usage_error("site '%s' has no key: give it --peer-key %s=FILE, or --key FILE",
+					   cfg->peers[j].name, cfg->peers[j].name);
+	if (!o->key)
+		return 0;
+	if (load_key(o->key, fallback))
+		return TSB_EXIT_FAILED;
+	for (j = 0; j < cfg->n_peers; j++) {
+		if (have[j])
+			continue;
+		memcpy(cfg->peers[j].key, fallback, MOB_KEY_LEN);
+		rc++;
+	}
+	OPENSSL_cleanse(fallback, sizeof(fallback));
+	if (rc > 1)
+		log_notice("%d peers share the key of --key: each of them can speak for the others (give each its own with --peer-key)",
+			   rc);
+	return 0;
+}
+
+static void wipe_keys(struct mob_agent_config *cfg)
+{
+	unsigned i;
+
+	for (i = 0; i < MOB_PEERS_MAX; i++)
+		OPENSSL_cleanse(cfg->peers[i].key, MOB_KEY_LEN);
+}
+
 static int run_agent(struct opts *o)
 {
 	struct mob_agent_config cfg;
-	unsigned i;
+	unsigned i, j;
 	int err;
 
-	if (!o->site || !o->dev || !o->key || !o->control)
-		return usage_error("agent needs --site, --dev, --key and --control");
+	if (!o->site || !o->dev || !o->control)
+		return usage_error("agent needs --site, --dev and --control");
 	if (!mob_name_ok(o->site, MOB_SITE_MAX))
 		return usage_error("--site: 1..%d of [A-Za-z0-9._-]", MOB_SITE_MAX);
 	memset(&cfg, 0, sizeof(cfg));
@@ -259,6 +338,7 @@ static int run_agent(struct opts *o)
 	cfg.dev = o->dev;
 	cfg.listen = o->listen;
 	cfg.control = o->control;
+	cfg.state_dir = o->state_dir;
 	cfg.vni = (uint32_t)o->vni;
 	cfg.lifetime = o->lifetime ? (uint32_t)o->lifetime : 60;
 	cfg.retrans_ms = (uint32_t)o->retrans;
@@ -275,6 +355,11 @@ static int run_agent(struct opts *o)
 		    resolve(eq + 1, &p->addr, &p->addrlen))
 			return usage_error("--peer '%s' is not NAME=HOST:PORT (numeric address)",
 					   o->peers[i]);
+		if (!strcmp(p->name, o->site))
+			return usage_error("--peer '%s' names this site", o->peers[i]);
+		for (j = 0; j < i; j++)
+			if (!strcmp(cfg.peers[j].name, p->name))
+				return usage_error("two --peer named '%s'", p->name);
 	}
 	cfg.n_peers = o->n_peers;
 	for (i = 0; i < o->n_direct; i++) {
@@ -306,12 +391,14 @@ static int run_agent(struct opts *o)
 		d->net.s_addr = htonl(ntohl(d->net.s_addr) & d->mask);
 	}
 	cfg.n_direct = o->n_direct;
-	if (load_key(o->key, cfg.key))
-		return TSB_EXIT_FAILED;
 	if (o->verbose)
 		tsb_log_set_level(o->verbose > 1 ? TSB_LOG_DEBUG : TSB_LOG_INFO);
+	if ((err = load_peer_keys(o, &cfg))) {
+		wipe_keys(&cfg);
+		return err;
+	}
 	err = mob_agent_run(&cfg);
-	OPENSSL_cleanse(cfg.key, sizeof(cfg.key));
+	wipe_keys(&cfg);
 	return err ? TSB_EXIT_FAILED : TSB_EXIT_OK;
 }
 
@@ -356,6 +443,39 @@ static int check_ips(const struct opts *o)
 	return 0;
 }
 
+/* --replay FILE: the bytes of a binding update sent before (--save). */
+static int read_update(const char *path, const uint8_t key[MOB_KEY_LEN],
+		       uint8_t *buf, struct mob_bmsg *m)
+{
+	FILE *f = fopen(path, "rb");
+	size_t n;
+	int err;
+
+	if (!f) {
+		fprintf(stderr, "tsubame net: cannot read %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	n = fread(buf, 1, MOB_BMSG_MAX, f);
+	fclose(f);
+	err = mob_bmsg_decode(buf, n, key, m);
+	if (err || m->type != MOB_BU) {
+		fprintf(stderr, "tsubame net: %s is not a binding update under that key\n", path);
+		return -1;
+	}
+	return (int)n;
+}
+
+static int save_update(const char *path, const uint8_t *buf, size_t n)
+{
+	FILE *f = fopen(path, "wb");
+
+	if (!f || fwrite(buf, 1, n, f) != n || fclose(f)) {
+		fprintf(stderr, "tsubame net: cannot write %s\n", path);
+		return -1;
+	}
+	return 0;
+}
+
 static int run_update(struct opts *o)
 {
 	struct sockaddr_storage to, from;
@@ -364,8 +484,20 @@ static int run_update(struct opts *o)
 	struct mob_bmsg m, r;
 	struct pollfd p;
 	unsigned i;
-	int fd, n, rc = TSB_EXIT_FAILED;
+	int fd = -1, n, rc = TSB_EXIT_FAILED;
 
+	if (o->replay) {
+		if (!o->to || !o->key)
+			return usage_error("update --replay needs --to and --key");
+		if (resolve(o->to, &to, &tolen))
+			return usage_error("bad --to");
+		if (load_key(o->key, key))
+			return TSB_EXIT_FAILED;
+		n = read_update(o->replay, key, buf, &m);
+		if (n < 0)
+			goto out;
+		goto send;
+	}
 	if (!o->to || !o->key || !o->from || !o->vm || !o->mac || !o->home ||
 	    !o->has_seq)
 		return usage_error("update needs --to, --key, --from, --vm, --mac, --home and --seq");
@@ -390,6 +522,9 @@ static int run_update(struct opts *o)
 	if (load_key(o->key, key))
 		return TSB_EXIT_FAILED;
 	n = mob_bmsg_encode(&m, key, buf, sizeof(buf));
+	if (n > 0 && o->save && save_update(o->save, buf, (size_t)n))
+		goto out;
+send:
 	fd = socket(to.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (n < 0 || fd < 0 || sendto(fd, buf, (size_t)n, 0,
 				      (struct sockaddr *)&to, tolen) < 0) {

@@ -1,11 +1,14 @@
 /*
- * net: the mobility agent. One epoll loop owns an AF_PACKET socket on the
- * site segment, a UDP socket for VXLAN and binding messages, and a unix
- * control socket. Frames move in batches (recvmmsg/sendmmsg); the
- * binding table is a small array scanned linearly (MOB_BINDINGS_MAX).
- * See docs/network.md.
+ * net: the mobility agent's state machine (agent.h): the binding table,
+ * frames from the site segment and the tunnel, binding messages, control
+ * requests, timers and the state file. No sockets here: run.c feeds it and
+ * sends what it queues (struct mob_io). See docs/network.md.
+ *
+ * Everything from the network or a guest is untrusted: a refusal is
+ * counted, logged at most MOB_LOG_BURST times a minute per kind, and
+ * changes no binding.
  */
-#include "net/net.h"
+#include "net/agent.h"
 #include "common/log.h"
 #include "common/reader.h"
 #include "common/util.h"
@@ -13,129 +16,88 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
-#include <linux/if_packet.h>
-#include <linux/virtio_net.h>
-#include <net/ethernet.h>
-#include <net/if.h>
 #include <netdb.h>
-#include <openssl/crypto.h>
 #include <openssl/rand.h>
-#include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/ioctl.h>
-#include <sys/signalfd.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
-#ifndef PACKET_IGNORE_OUTGOING
-#define PACKET_IGNORE_OUTGOING 23
-#endif
-
-#define MOB_BINDINGS_MAX 256
-#define CONNS_MAX 16
-#define BATCH 64
-#define SLOT (VNET_HLEN + 65536)	/* vnet header + (GSO) frame, or datagram */
-#define SEGS 128		/* software-segmented frames in flight */
-#define VNET_HLEN ((int)sizeof(struct virtio_net_hdr))
 #define BU_TRIES_MAX 10
 #define RTO_MAX_MS 2000
 #define NS_PER_MS 1000000ull
 #define NS_PER_S 1000000000ull
-
-enum tag { TAG_PKT = 1, TAG_UDP, TAG_LISTEN, TAG_SIG, TAG_CONN = 100 };
-
-enum bstate {
-	B_FREE,
-	B_HOME_IDLE,	/* home agent: VM at home; last seq remembered */
-	B_HOME_AWAY,	/* home agent: VM away, forwarding to current */
-	B_VISIT,	/* VM runs here; its home is elsewhere */
-	B_EXPECT,	/* VM about to arrive: register on its first frame */
-};
+#define LIFETIME_MAX 86400u	/* longest binding a home agent grants, s */
+#define STATE_VERSION 1
 
 static const char *const state_names[] = {
 	"free", "home", "away", "visiting", "expected",
 };
 
-struct binding {
-	enum bstate state;
-	char vm[MOB_ID_MAX + 1];
-	char home[MOB_SITE_MAX + 1];
-	char current[MOB_SITE_MAX + 1];
-	uint8_t mac[6];
-	unsigned n_addrs;
-	struct mob_addr addrs[MOB_ADDRS_MAX];
-	uint32_t seq;		/* home: last accepted; visit: last sent */
-	uint32_t lifetime;	/* s */
-	uint64_t expires_ns;	/* home: 0 = never (manual) */
-	int peer;		/* tunnel endpoint (peers[] index) */
-	bool manual;
-	bool return_expected;	/* home: drop the binding on the VM's frame */
-	/* visitor registration state */
-	bool acked, resync_ok, failed;
-	uint64_t nonce;		/* of the outstanding BU / last accepted */
-	unsigned tries;
-	uint64_t next_tx_ns, rto_ns, refresh_ns, first_tx_ns, ack_ns;
-	int waiter;		/* control connection waiting for the BA */
-	uint64_t wait_deadline_ns;
-	uint64_t frames_out, frames_in;
+static const char *const rl_what[MOB_RL_COUNT] = {
+	[MOB_RL_BAD_DGRAM] = "truncated or malformed datagrams",
+	[MOB_RL_BAD_BMSG] = "malformed binding messages",
+	[MOB_RL_FORGED] = "forged binding messages",
+	[MOB_RL_SPOOFED] = "binding messages from an unknown site or a wrong address",
+	[MOB_RL_STALE] = "stale binding updates",
+	[MOB_RL_REFUSED] = "refused binding updates",
+	[MOB_RL_UNKNOWN_PEER] = "tunnel datagrams from addresses that are no peer",
+	[MOB_RL_VNI] = "tunnel datagrams with another VNI",
+	[MOB_RL_GSO] = "refused offloaded frames",
+	[MOB_RL_BAD_FRAME] = "malformed frames",
+	[MOB_RL_STATE] = "state file errors",
 };
 
-struct conn {
-	int fd;
-	size_t len;
-	char buf[MOB_CTL_LINE_MAX + 1];
-};
-
-struct batch {
-	struct mmsghdr msg[BATCH];
-	struct iovec iov[BATCH][2];
-	struct sockaddr_storage name[BATCH];
-	uint8_t hdr[BATCH][MOB_VXLAN_HLEN];
-	unsigned n;
-};
-
-struct counters {
-	uint64_t seg_rx, seg_tx, tun_rx, tun_tx, arp_replies, na_replies;
-	uint64_t direct, drop_bad, drop_gso, drop_unknown_peer, drop_vni;
-	uint64_t gso_frames;
-	uint64_t drop_unbound, drop_tx;
-	uint64_t bu_tx, bu_rx, ba_tx, ba_rx, bu_forged, bu_stale, bu_refused;
-};
-
-struct agent {
-	const struct mob_agent_config *cfg;
-	int ep, pfd, ufd, lfd, sfd;
-	int ifindex;
-	uint8_t ifmac[6];
-	int family;
-	struct binding b[MOB_BINDINGS_MAX];
-	struct conn conns[CONNS_MAX];
-	uint8_t rbuf[BATCH][SLOT];
-	struct mmsghdr rmsg[BATCH];
-	struct iovec riov[BATCH];
-	struct sockaddr_storage rname[BATCH];
-	struct batch seg_out, tun_out;
-	uint8_t gen[BATCH][128];	/* generated frames (ARP, NA) */
-	unsigned n_gen;
-	uint8_t seg[SEGS][MOB_FRAME_MAX];	/* segments of GSO frames */
-	unsigned n_seg;
-	struct counters c;
-	bool stop;
-};
-
-static const uint8_t zero_vnet[VNET_HLEN];
+static const uint8_t zero_vnet[MOB_VNET_HLEN];
 static const uint8_t bcast_mac[6] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
+static const uint8_t zero_mac[6];
 
-/* Log the first few of a kind, then every 1000th (untrusted senders). */
-static bool ratelimit(uint64_t count)
+static uint64_t now_ns(struct mob_agent *a)
 {
-	return count <= 10 || count % 1000 == 0;
+	return a->io.now(a->io.ctx);
+}
+
+/* a is newer than b, modulo 2^32 (RFC 1982, as RFC 6275 9.5.1 does with
+ * its 16-bit numbers): no value locks a VM out for good. */
+static bool seq_newer(uint32_t a, uint32_t b)
+{
+	return (int32_t)(a - b) > 0;
+}
+
+/* ---- rate-limited logging of refusals ---- */
+
+static void rl_close(struct mob_agent *a, enum mob_rl k, uint64_t t)
+{
+	struct mob_ratelog *r = &a->rl[k];
+
+	if (r->suppressed)
+		log_warn("%llu more %s in the last %llu s, not logged (at most %d of each kind a minute are)",
+			 (unsigned long long)r->suppressed, rl_what[k],
+			 (unsigned long long)((t - r->start_ns) / NS_PER_S),
+			 MOB_LOG_BURST);
+	r->logged = 0;
+	r->suppressed = 0;
+}
+
+/* True when one more refusal of kind k may be logged now. */
+static bool rl(struct mob_agent *a, enum mob_rl k)
+{
+	struct mob_ratelog *r = &a->rl[k];
+	uint64_t t = now_ns(a);
+
+	if (r->logged && t - r->start_ns >= MOB_LOG_WINDOW_NS)
+		rl_close(a, k, t);
+	if (!r->logged)
+		r->start_ns = t;
+	if (r->logged < MOB_LOG_BURST) {
+		r->logged++;
+		return true;
+	}
+	r->suppressed++;
+	a->c.log_suppressed++;
+	return false;
 }
 
 static const char *addr_str(const struct sockaddr_storage *ss, char *buf,
@@ -154,18 +116,18 @@ static const char *addr_str(const struct sockaddr_storage *ss, char *buf,
 
 /* ---- binding table ---- */
 
-static struct binding *find_vm(struct agent *a, const char *vm)
+static struct mob_binding *find_vm(struct mob_agent *a, const char *vm)
 {
 	unsigned i;
 
 	for (i = 0; i < MOB_BINDINGS_MAX; i++)
-		if (a->b[i].state != B_FREE && !strcmp(a->b[i].vm, vm))
+		if (a->b[i].state != MOB_B_FREE && !strcmp(a->b[i].vm, vm))
 			return &a->b[i];
 	return NULL;
 }
 
-static struct binding *find_mac(struct agent *a, const uint8_t mac[6],
-				enum bstate st)
+static struct mob_binding *find_mac(struct mob_agent *a, const uint8_t mac[6],
+				    enum mob_bstate st)
 {
 	unsigned i;
 
@@ -175,15 +137,32 @@ static struct binding *find_mac(struct agent *a, const uint8_t mac[6],
 	return NULL;
 }
 
-static struct binding *find_away_addr(struct agent *a, int family,
-				      const void *addr)
+/* Another VM's binding that forwards or delivers frames of this MAC. */
+static struct mob_binding *mac_in_use(struct mob_agent *a, const uint8_t mac[6],
+				      const char *vm)
+{
+	unsigned i;
+
+	for (i = 0; i < MOB_BINDINGS_MAX; i++) {
+		struct mob_binding *b = &a->b[i];
+
+		if ((b->state == MOB_B_HOME_AWAY || b->state == MOB_B_VISIT ||
+		     b->state == MOB_B_EXPECT) && strcmp(b->vm, vm) &&
+		    !memcmp(b->mac, mac, 6))
+			return b;
+	}
+	return NULL;
+}
+
+static struct mob_binding *find_away_addr(struct mob_agent *a, int family,
+					  const void *addr)
 {
 	unsigned i, j;
 
 	for (i = 0; i < MOB_BINDINGS_MAX; i++) {
-		struct binding *b = &a->b[i];
+		struct mob_binding *b = &a->b[i];
 
-		if (b->state != B_HOME_AWAY)
+		if (b->state != MOB_B_HOME_AWAY)
 			continue;
 		for (j = 0; j < b->n_addrs; j++) {
 			if (b->addrs[j].family != family)
@@ -199,15 +178,15 @@ static struct binding *find_away_addr(struct agent *a, int family,
 	return NULL;
 }
 
-static struct binding *alloc_binding(struct agent *a, const char *vm)
+static struct mob_binding *alloc_binding(struct mob_agent *a, const char *vm)
 {
-	struct binding *b = find_vm(a, vm);
+	struct mob_binding *b = find_vm(a, vm);
 	unsigned i;
 
 	if (b)
 		return b;
 	for (i = 0; i < MOB_BINDINGS_MAX; i++) {
-		if (a->b[i].state == B_FREE) {
+		if (a->b[i].state == MOB_B_FREE) {
 			b = &a->b[i];
 			memset(b, 0, sizeof(*b));
 			snprintf(b->vm, sizeof(b->vm), "%s", vm);
@@ -219,7 +198,7 @@ static struct binding *alloc_binding(struct agent *a, const char *vm)
 	return NULL;
 }
 
-static int peer_by_name(struct agent *a, const char *name)
+static int peer_by_name(struct mob_agent *a, const char *name)
 {
 	unsigned i;
 
@@ -248,7 +227,7 @@ static bool same_ip(const struct sockaddr_storage *x,
 	return false;
 }
 
-static int peer_by_addr(struct agent *a, const struct sockaddr_storage *ss)
+static int peer_by_addr(struct mob_agent *a, const struct sockaddr_storage *ss)
 {
 	unsigned i;
 
@@ -258,56 +237,287 @@ static int peer_by_addr(struct agent *a, const struct sockaddr_storage *ss)
 	return -1;
 }
 
+/* ---- the state file: what the home agent accepted, across restarts ---- */
+
+static json_t *addrs_json(const struct mob_binding *b)
+{
+	char ip[INET6_ADDRSTRLEN];
+	json_t *addrs = json_array();
+	unsigned i;
+
+	for (i = 0; i < b->n_addrs; i++) {
+		inet_ntop(b->addrs[i].family, &b->addrs[i].v6, ip, sizeof(ip));
+		json_array_append_new(addrs, json_string(ip));
+	}
+	return addrs;
+}
+
+/*
+ * Writes the home-side bindings (sequence numbers, nonces, and where the
+ * away ones point) through io.save. 0 without a state file. A failure is
+ * counted and logged; the caller decides what it may still do.
+ */
+static int persist(struct mob_agent *a)
+{
+	uint64_t t = now_ns(a), wall = a->io.wall(a->io.ctx) / NS_PER_S;
+	json_t *root, *vms;
+	char *text;
+	unsigned i;
+	int err;
+
+	if (!a->io.save)
+		return 0;
+	vms = json_array();
+	if (!vms) {
+		err = -ENOMEM;
+		goto fail;
+	}
+	for (i = 0; i < MOB_BINDINGS_MAX; i++) {
+		const struct mob_binding *b = &a->b[i];
+		char mac[18], nonce[17];
+		json_t *e;
+
+		if (b->state != MOB_B_HOME_IDLE && b->state != MOB_B_HOME_AWAY)
+			continue;
+		mob_format_mac(b->mac, mac);
+		snprintf(nonce, sizeof(nonce), "%016llx",
+			 (unsigned long long)b->nonce);
+		e = json_pack("{s:s, s:s, s:I, s:s, s:s, s:o}",
+			      "vm", b->vm, "state", state_names[b->state],
+			      "seq", (json_int_t)b->seq, "nonce", nonce,
+			      "mac", mac, "addrs", addrs_json(b));
+		if (e && b->state == MOB_B_HOME_AWAY) {
+			uint64_t exp = 0;
+
+			if (b->expires_ns)	/* round up: never early */
+				exp = wall + (b->expires_ns > t ?
+					(b->expires_ns - t + NS_PER_S - 1) / NS_PER_S : 0);
+			json_object_set_new(e, "current", json_string(b->current));
+			json_object_set_new(e, "lifetime", json_integer(b->lifetime));
+			json_object_set_new(e, "expires", json_integer((json_int_t)exp));
+			json_object_set_new(e, "manual", json_boolean(b->manual));
+		}
+		if (!e || json_array_append_new(vms, e)) {
+			json_decref(vms);
+			err = -ENOMEM;
+			goto fail;
+		}
+	}
+	root = json_pack("{s:i, s:s, s:I, s:o}", "version", STATE_VERSION,
+			 "site", a->cfg->site, "saved", (json_int_t)wall,
+			 "vms", vms);
+	text = root ? json_dumps(root, JSON_INDENT(1)) : NULL;
+	json_decref(root);
+	if (!text) {
+		err = -ENOMEM;
+		goto fail;
+	}
+	err = a->io.save(a->io.ctx, text, strlen(text));
+	free(text);
+	if (!err)
+		return 0;
+fail:
+	a->c.state_errors++;
+	if (rl(a, MOB_RL_STATE))
+		log_error("cannot write the state file in %s: %s",
+			  a->cfg->state_dir ? a->cfg->state_dir : "?",
+			  strerror(-err));
+	return err;
+}
+
+static int load_err(char *err, size_t errlen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int load_err(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return -EBADMSG;
+}
+
+static void announce(struct mob_agent *a, struct mob_binding *b);
+
+static int load_entry(struct mob_agent *a, json_t *e, uint64_t t,
+		      uint64_t wall, char *err, size_t errlen)
+{
+	const char *vm, *state, *nonce, *mac, *current = NULL;
+	json_int_t seq, lifetime = 0, expires = 0;
+	json_t *addrs;
+	int manual = 0;
+	struct mob_binding *b;
+	unsigned long long nv;
+	char tail;
+	size_t i;
+
+	if (json_unpack(e, "{s:s, s:s, s:I, s:s, s:s, s:o, s?s, s?I, s?I, s?b}",
+			"vm", &vm, "state", &state, "seq", &seq,
+			"nonce", &nonce, "mac", &mac, "addrs", &addrs,
+			"current", &current, "lifetime", &lifetime,
+			"expires", &expires, "manual", &manual))
+		return load_err(err, errlen, "an entry lacks a field or has one of the wrong type");
+	if (!mob_name_ok(vm, MOB_ID_MAX))
+		return load_err(err, errlen, "bad vm id");
+	if (find_vm(a, vm))
+		return load_err(err, errlen, "vm '%s' twice", vm);
+	b = alloc_binding(a, vm);
+	if (!b)
+		return load_err(err, errlen, "more than %d vms", MOB_BINDINGS_MAX);
+	if (seq < 0 || seq > UINT32_MAX || strlen(nonce) != 16 ||
+	    sscanf(nonce, "%16llx%c", &nv, &tail) != 1 ||
+	    mob_parse_mac(mac, b->mac) || !json_is_array(addrs) ||
+	    json_array_size(addrs) > MOB_ADDRS_MAX || lifetime < 0 ||
+	    lifetime > LIFETIME_MAX || expires < 0)
+		return load_err(err, errlen, "vm '%s': a field is out of range", vm);
+	for (i = 0; i < json_array_size(addrs); i++) {
+		const char *s = json_string_value(json_array_get(addrs, i));
+
+		if (!s || mob_parse_addr(s, &b->addrs[i]))
+			return load_err(err, errlen, "vm '%s': bad address", vm);
+	}
+	b->n_addrs = (unsigned)json_array_size(addrs);
+	b->seq = (uint32_t)seq;
+	b->nonce = nv;
+	snprintf(b->home, sizeof(b->home), "%s", a->cfg->site);
+	b->state = MOB_B_HOME_IDLE;
+	if (!strcmp(state, "home"))
+		return 0;
+	if (strcmp(state, "away") || !current ||
+	    !mob_name_ok(current, MOB_SITE_MAX))
+		return load_err(err, errlen, "vm '%s': bad state", vm);
+	b->peer = peer_by_name(a, current);
+	if (b->peer < 0) {
+		log_notice("vm '%s' was away at site '%s', which is no peer now: delivering at home (seq %u kept)",
+			   vm, current, b->seq);
+		return 0;
+	}
+	if (expires && (uint64_t)expires <= wall) {
+		log_notice("the binding of vm '%s' at site '%s' expired while the agent was down: delivering at home (seq %u kept)",
+			   vm, current, b->seq);
+		b->peer = -1;
+		return 0;
+	}
+	b->state = MOB_B_HOME_AWAY;
+	snprintf(b->current, sizeof(b->current), "%s", current);
+	b->lifetime = (uint32_t)lifetime;
+	b->manual = manual;
+	b->acked = true;
+	if (expires) {
+		/* never longer than it was granted (the clock may have
+		 * been set back) */
+		uint64_t left = (uint64_t)expires - wall, max = lifetime ?
+			(uint64_t)lifetime : LIFETIME_MAX;
+
+		b->expires_ns = t + (left < max ? left : max) * NS_PER_S;
+	}
+	log_notice("vm '%s' is away at site '%s' (seq %u, restored): proxying and tunnelling",
+		   vm, current, b->seq);
+	return 0;
+}
+
+int mob_agent_load(struct mob_agent *a, const char *text, size_t len,
+		   char *err, size_t errlen)
+{
+	uint64_t t = now_ns(a), wall = a->io.wall(a->io.ctx) / NS_PER_S;
+	json_t *root, *vms;
+	const char *site;
+	json_int_t version;
+	json_error_t jerr;
+	int rc = -EBADMSG;
+	size_t i;
+
+	if (len > MOB_STATE_MAX)
+		return load_err(err, errlen, "larger than %u bytes", MOB_STATE_MAX);
+	root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!root)
+		return load_err(err, errlen, "not JSON (line %d: %s)", jerr.line,
+				jerr.text);
+	if (json_unpack(root, "{s:I, s:s, s:o}", "version", &version,
+			"site", &site, "vms", &vms) || !json_is_array(vms)) {
+		load_err(err, errlen, "lacks version, site or vms");
+		goto out;
+	}
+	if (version != STATE_VERSION) {
+		load_err(err, errlen, "version %lld, this agent knows %d",
+			 (long long)version, STATE_VERSION);
+		goto out;
+	}
+	if (strcmp(site, a->cfg->site)) {
+		load_err(err, errlen, "it belongs to site '%.32s', this agent is site '%s'",
+			 site, a->cfg->site);
+		goto out;
+	}
+	for (i = 0; i < json_array_size(vms); i++)
+		if ((rc = load_entry(a, json_array_get(vms, i), t, wall, err,
+				     errlen)))
+			goto out;
+	rc = 0;
+	for (i = 0; i < MOB_BINDINGS_MAX; i++)
+		if (a->b[i].state == MOB_B_HOME_AWAY)
+			announce(a, &a->b[i]);
+out:
+	if (rc)
+		for (i = 0; i < MOB_BINDINGS_MAX; i++)
+			a->b[i].state = MOB_B_FREE;
+	json_decref(root);
+	return rc;
+}
+
 /* ---- output batches ---- */
 
-static void flush(struct agent *a, struct batch *q, int fd, uint64_t *sent)
+static void flush_q(struct mob_agent *a, struct mob_batch *q, bool seg)
 {
 	unsigned done = 0;
 
 	while (done < q->n) {
-		int n = sendmmsg(fd, q->msg + done, q->n - done, MSG_DONTWAIT);
+		int n = seg ? a->io.send_segment(a->io.ctx, q->msg + done,
+						 q->n - done) :
+			a->io.send_tunnel(a->io.ctx, q->msg + done, q->n - done);
 
 		if (n <= 0) {
-			if (n < 0 && errno == EINTR)
-				continue;
-			/* EAGAIN or a dead route: drop the rest of the batch */
+			/* a full queue or a dead route: drop the rest */
 			a->c.drop_tx += q->n - done;
 			break;
 		}
 		done += (unsigned)n;
-		*sent += (uint64_t)n;
+		if (seg)
+			a->c.seg_tx += (uint64_t)n;
+		else
+			a->c.tun_tx += (uint64_t)n;
 	}
 	q->n = 0;
 }
 
 /* Sends what is queued. Buffers of gen[] and seg[] stay allocated until
- * reset_pools(): a frame being built when a queue fills must survive. */
-static void flush_all(struct agent *a)
+ * mob_agent_flush(): a frame being built when a queue fills must survive. */
+static void flush_all(struct mob_agent *a)
 {
 	if (a->seg_out.n)
-		flush(a, &a->seg_out, a->pfd, &a->c.seg_tx);
+		flush_q(a, &a->seg_out, true);
 	if (a->tun_out.n)
-		flush(a, &a->tun_out, a->ufd, &a->c.tun_tx);
+		flush_q(a, &a->tun_out, false);
 }
 
-/* After flush_all() with nothing half-built: the pools are free again. */
-static void reset_pools(struct agent *a)
+void mob_agent_flush(struct mob_agent *a)
 {
+	flush_all(a);
 	a->n_gen = 0;
 	a->n_seg = 0;
 }
 
 /* Queues a frame for the segment; it must stay valid until flush_all(). */
-static void to_segment(struct agent *a, const uint8_t *frame, size_t len)
+static void to_segment(struct mob_agent *a, const uint8_t *frame, size_t len)
 {
-	struct batch *q = &a->seg_out;
+	struct mob_batch *q = &a->seg_out;
 	unsigned i;
 
-	if (q->n == BATCH)
+	if (q->n == MOB_BATCH)
 		flush_all(a);
 	i = q->n++;
 	q->iov[i][0].iov_base = (void *)zero_vnet;
-	q->iov[i][0].iov_len = VNET_HLEN;
+	q->iov[i][0].iov_len = MOB_VNET_HLEN;
 	q->iov[i][1].iov_base = (void *)frame;
 	q->iov[i][1].iov_len = len;
 	memset(&q->msg[i], 0, sizeof(q->msg[i]));
@@ -316,13 +526,19 @@ static void to_segment(struct agent *a, const uint8_t *frame, size_t len)
 }
 
 /* Queues a frame for the tunnel to peer p; same lifetime rule. */
-static void to_tunnel(struct agent *a, int p, const uint8_t *frame, size_t len)
+static void to_tunnel(struct mob_agent *a, int p, const uint8_t *frame,
+		      size_t len)
 {
-	struct batch *q = &a->tun_out;
-	const struct mob_peer *peer = &a->cfg->peers[p];
+	struct mob_batch *q = &a->tun_out;
+	const struct mob_peer *peer;
 	unsigned i;
 
-	if (q->n == BATCH)
+	if (p < 0 || (unsigned)p >= a->cfg->n_peers) {
+		a->c.drop_unbound++;
+		return;
+	}
+	peer = &a->cfg->peers[p];
+	if (q->n == MOB_BATCH)
 		flush_all(a);
 	i = q->n++;
 	mob_vxlan_put(q->hdr[i], a->cfg->vni);
@@ -339,9 +555,9 @@ static void to_tunnel(struct agent *a, int p, const uint8_t *frame, size_t len)
 }
 
 /* A buffer for a generated frame; must be queued before the next call. */
-static uint8_t *gen_slot(struct agent *a)
+static uint8_t *gen_slot(struct mob_agent *a)
 {
-	if (a->n_gen == BATCH) {
+	if (a->n_gen == MOB_BATCH) {
 		flush_all(a);
 		a->n_gen = 0;
 	}
@@ -349,9 +565,9 @@ static uint8_t *gen_slot(struct agent *a)
 }
 
 /* A buffer for one segment; same rule. */
-static uint8_t *seg_slot(struct agent *a)
+static uint8_t *seg_slot(struct mob_agent *a)
 {
-	if (a->n_seg == SEGS) {
+	if (a->n_seg == MOB_GSO_SEGS_MAX) {
 		flush_all(a);
 		a->n_seg = 0;
 	}
@@ -360,7 +576,7 @@ static uint8_t *seg_slot(struct agent *a)
 
 /* Gratuitous ARP and unsolicited NA for b on the segment, sent with the
  * VM's MAC as source so the bridge learns the VM behind this agent. */
-static void announce(struct agent *a, struct binding *b)
+static void announce(struct mob_agent *a, struct mob_binding *b)
 {
 	static const struct in6_addr all_nodes = {
 		{ { 0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1 } } };
@@ -384,38 +600,40 @@ static void announce(struct agent *a, struct binding *b)
 			to_segment(a, f, (size_t)n);
 	}
 	flush_all(a);
-	reset_pools(a);
 }
 
 /* ---- frames from the site segment ---- */
 
-static void start_registration(struct agent *a, struct binding *b,
+static void start_registration(struct mob_agent *a, struct mob_binding *b,
 			       bool resync_ok);
 
 /* An expected VM sent its first frame here (QEMU announces the guest right
  * after the switchover): it is visiting now; register with its home. */
-static void arrived(struct agent *a, struct binding *b)
+static void arrived(struct mob_agent *a, struct mob_binding *b)
 {
-	b->state = B_VISIT;
+	b->state = MOB_B_VISIT;
 	log_notice("vm '%s' seen on %s: registering with home '%s' (seq %u)",
 		   b->vm, a->cfg->dev, b->home, b->seq);
 	start_registration(a, b, b->resync_ok);
 }
 
-/* The away VM sent a frame on the home segment: it is back. Consume a
- * sequence number so that refreshes from the old site are stale. */
-static void back_home(struct agent *a, struct binding *b)
+/* The away VM is back on the home segment. Consume a sequence number so
+ * that refreshes (and replays) from the old site are stale. Delivering
+ * at home is always safe, so it goes on even if the state file cannot be
+ * written (logged). */
+static void back_home(struct mob_agent *a, struct mob_binding *b)
 {
 	log_notice("vm '%s' is back home from site '%s': binding removed",
 		   b->vm, b->current);
 	b->seq++;
-	b->state = B_HOME_IDLE;
+	b->state = MOB_B_HOME_IDLE;
 	b->peer = -1;
 	b->return_expected = false;
 	b->current[0] = '\0';
+	(void)persist(a);
 }
 
-static bool direct_match(struct agent *a, struct in_addr dst,
+static bool direct_match(struct mob_agent *a, struct in_addr dst,
 			 const uint8_t **ret_mac)
 {
 	unsigned i;
@@ -431,10 +649,10 @@ static bool direct_match(struct agent *a, struct in_addr dst,
 	return false;
 }
 
-static void segment_frame(struct agent *a, uint8_t *frame, size_t len)
+static void segment_frame(struct mob_agent *a, uint8_t *frame, size_t len)
 {
 	struct mob_frame_info f;
-	struct binding *b;
+	struct mob_binding *b;
 	const uint8_t *nh;
 
 	if (mob_frame_parse(frame, len, &f)) {
@@ -442,14 +660,15 @@ static void segment_frame(struct agent *a, uint8_t *frame, size_t len)
 		return;
 	}
 	/* From a VM visiting here: reverse-tunnel home, or deliver locally. */
-	b = find_mac(a, f.src, B_VISIT);
-	if (!b && (b = find_mac(a, f.src, B_EXPECT)))
+	b = find_mac(a, f.src, MOB_B_VISIT);
+	if (!b && (b = find_mac(a, f.src, MOB_B_EXPECT)))
 		arrived(a, b);
-	if (!b && (b = find_mac(a, f.src, B_HOME_AWAY)) && b->return_expected) {
+	if (!b && (b = find_mac(a, f.src, MOB_B_HOME_AWAY)) &&
+	    b->return_expected) {
 		back_home(a, b);
 		return;
 	}
-	if (b && b->state != B_VISIT)
+	if (b && b->state != MOB_B_VISIT)
 		b = NULL;
 	if (b) {
 		if (f.kind == MOB_FK_IPV4 && !mob_mac_is_multicast(f.dst) &&
@@ -468,7 +687,7 @@ static void segment_frame(struct agent *a, uint8_t *frame, size_t len)
 	}
 	/* To a VM that is away from home: forward to its current site. */
 	if (!mob_mac_is_multicast(f.dst)) {
-		b = find_mac(a, f.dst, B_HOME_AWAY);
+		b = find_mac(a, f.dst, MOB_B_HOME_AWAY);
 		if (b) {
 			b->frames_out++;
 			to_tunnel(a, b->peer, frame, len);
@@ -508,8 +727,9 @@ static void segment_frame(struct agent *a, uint8_t *frame, size_t len)
 }
 
 /* A TCP super-frame (offloaded segmentation): cut it into MTU-sized
- * segments with full checksums and handle each. */
-static void gso_frame(struct agent *a, const struct virtio_net_hdr *vh,
+ * segments with full checksums and handle each. The segment size comes
+ * from the guest: mob_gso_prepare() bounds the segments per frame. */
+static void gso_frame(struct mob_agent *a, const struct virtio_net_hdr *vh,
 		      const uint8_t *frame, size_t len)
 {
 	struct mob_gso g;
@@ -520,11 +740,13 @@ static void gso_frame(struct agent *a, const struct virtio_net_hdr *vh,
 		mob_gso_prepare(frame, len, vh->gso_size, &g);
 	if (nseg < 0) {
 		a->c.drop_gso++;
-		if (nseg == -EMSGSIZE && ratelimit(a->c.drop_gso))
+		if (!rl(a, MOB_RL_GSO))
+			return;
+		if (vh->gso_type != VIRTIO_NET_HDR_GSO_NONE && nseg == -EMSGSIZE)
 			log_warn("dropping a %zu-byte frame on %s with segment size %u: segments under %d bytes or more than %d per frame are refused",
 				 len, a->cfg->dev, vh->gso_size, MOB_GSO_MSS_MIN,
 				 MOB_GSO_SEGS_MAX);
-		else if (ratelimit(a->c.drop_gso))
+		else
 			log_warn("dropping an oversized frame on %s that cannot be segmented (%s): disable segmentation offloads towards it (see docs/network.md)",
 				 a->cfg->dev, strerror(-nseg));
 		return;
@@ -542,77 +764,54 @@ static void gso_frame(struct agent *a, const struct virtio_net_hdr *vh,
 	}
 }
 
-static void on_packet(struct agent *a)
+void mob_agent_packet(struct mob_agent *a, uint8_t *p, size_t len,
+		      bool truncated)
 {
-	unsigned i;
-	int n;
+	struct virtio_net_hdr vh;
+	uint8_t *frame = p + MOB_VNET_HLEN;
+	size_t flen;
 
-	for (;;) {
-		for (i = 0; i < BATCH; i++) {
-			a->riov[i].iov_base = a->rbuf[i];
-			a->riov[i].iov_len = SLOT;
-			memset(&a->rmsg[i].msg_hdr, 0, sizeof(a->rmsg[i].msg_hdr));
-			a->rmsg[i].msg_hdr.msg_iov = &a->riov[i];
-			a->rmsg[i].msg_hdr.msg_iovlen = 1;
-		}
-		n = recvmmsg(a->pfd, a->rmsg, BATCH, MSG_DONTWAIT, NULL);
-		if (n <= 0)
-			break;
-		for (i = 0; i < (unsigned)n; i++) {
-			uint8_t *p = a->rbuf[i];
-			size_t len = a->rmsg[i].msg_len;
-			struct virtio_net_hdr vh;
-
-			a->c.seg_rx++;
-			if ((a->rmsg[i].msg_hdr.msg_flags & MSG_TRUNC) ||
-			    len < (size_t)VNET_HLEN + MOB_ETH_HLEN) {
-				a->c.drop_bad++;
-				continue;
-			}
-			memcpy(&vh, p, sizeof(vh));
-			if (len - VNET_HLEN > MOB_FRAME_MAX) {
-				gso_frame(a, &vh, p + VNET_HLEN, len - VNET_HLEN);
-				continue;
-			}
-			if ((vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) &&
-			    mob_csum_complete(p + VNET_HLEN, len - VNET_HLEN,
-					      vh.csum_start, vh.csum_offset)) {
-				a->c.drop_bad++;
-				continue;
-			}
-			segment_frame(a, p + VNET_HLEN, len - VNET_HLEN);
-		}
-		flush_all(a);
-		reset_pools(a);
-		if (n < BATCH)
-			break;
+	a->c.seg_rx++;
+	if (truncated || len < (size_t)MOB_VNET_HLEN + MOB_ETH_HLEN) {
+		a->c.drop_bad++;
+		return;
 	}
+	memcpy(&vh, p, sizeof(vh));
+	flen = len - MOB_VNET_HLEN;
+	if (flen > MOB_FRAME_MAX) {
+		gso_frame(a, &vh, frame, flen);
+		return;
+	}
+	if ((vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) &&
+	    mob_csum_complete(frame, flen, vh.csum_start, vh.csum_offset)) {
+		a->c.drop_bad++;
+		return;
+	}
+	segment_frame(a, frame, flen);
 }
 
 /* ---- binding messages ---- */
 
-static void send_bmsg(struct agent *a, const struct mob_bmsg *m, int peer,
-		      const struct sockaddr_storage *to, socklen_t tolen)
+static void send_bmsg(struct mob_agent *a, const struct mob_bmsg *m, int peer,
+		      const struct sockaddr_storage *to)
 {
+	const struct mob_peer *p = &a->cfg->peers[peer];
 	uint8_t buf[MOB_BMSG_MAX];
-	int n = mob_bmsg_encode(m, a->cfg->key, buf, sizeof(buf));
+	int n = mob_bmsg_encode(m, p->key, buf, sizeof(buf));
 
 	if (n < 0) {
 		log_error_errno(n, "cannot encode a binding message for vm '%s'",
 				m->vm);
 		return;
 	}
-	if (peer >= 0) {
-		to = &a->cfg->peers[peer].addr;
-		tolen = a->cfg->peers[peer].addrlen;
-	}
-	if (sendto(a->ufd, buf, (size_t)n, MSG_DONTWAIT,
-		   (const struct sockaddr *)to, tolen) < 0)
-		log_debug("binding message to peer lost: %s",
-			  strerror(errno));
+	if (!to)
+		to = &p->addr;
+	a->io.send_bmsg(a->io.ctx, buf, (size_t)n, to,
+			to->ss_family == AF_INET ? sizeof(struct sockaddr_in) :
+			sizeof(struct sockaddr_in6));
 }
 
-static void send_bu(struct agent *a, struct binding *b)
+static void send_bu(struct mob_agent *a, struct mob_binding *b)
 {
 	struct mob_bmsg m;
 
@@ -628,15 +827,15 @@ static void send_bu(struct agent *a, struct binding *b)
 	memcpy(m.mac, b->mac, 6);
 	m.n_addrs = b->n_addrs;
 	memcpy(m.addrs, b->addrs, sizeof(m.addrs));
-	send_bmsg(a, &m, b->peer, NULL, 0);
+	send_bmsg(a, &m, b->peer, NULL);
 	a->c.bu_tx++;
-	b->next_tx_ns = tsb_now_ns() + b->rto_ns;
+	b->next_tx_ns = now_ns(a) + b->rto_ns;
 }
 
-static void start_registration(struct agent *a, struct binding *b,
+static void start_registration(struct mob_agent *a, struct mob_binding *b,
 			       bool resync_ok)
 {
-	uint64_t now = tsb_now_ns();
+	uint64_t now = now_ns(a);
 
 	if (RAND_bytes((unsigned char *)&b->nonce, sizeof(b->nonce)) != 1)
 		b->nonce = now ^ ((uint64_t)getpid() << 32);
@@ -649,9 +848,9 @@ static void start_registration(struct agent *a, struct binding *b,
 	send_bu(a, b);
 }
 
-static void ctl_reply(struct agent *a, int ci, json_t *obj);
+static void ctl_reply(struct mob_agent *a, int ci, json_t *obj);
 
-static void answer_waiter(struct agent *a, struct binding *b, bool ok,
+static void answer_waiter(struct mob_agent *a, struct mob_binding *b, bool ok,
 			  const char *why)
 {
 	json_t *r;
@@ -666,8 +865,9 @@ static void answer_waiter(struct agent *a, struct binding *b, bool ok,
 	b->waiter = -1;
 }
 
-static void send_ba(struct agent *a, const struct mob_bmsg *bu, uint8_t status,
-		    uint32_t seq, const struct sockaddr_storage *to)
+static void send_ba(struct mob_agent *a, const struct mob_bmsg *bu, int peer,
+		    uint8_t status, uint32_t seq, uint32_t lifetime,
+		    const struct sockaddr_storage *to)
 {
 	struct mob_bmsg m;
 
@@ -675,117 +875,161 @@ static void send_ba(struct agent *a, const struct mob_bmsg *bu, uint8_t status,
 	m.type = MOB_BA;
 	m.status = status;
 	m.seq = seq;
-	m.lifetime = status == MOB_BA_ACCEPTED ? bu->lifetime : 0;
+	m.lifetime = status == MOB_BA_ACCEPTED ? lifetime : 0;
 	m.nonce = bu->nonce;
 	snprintf(m.sender, sizeof(m.sender), "%s", a->cfg->site);
 	snprintf(m.vm, sizeof(m.vm), "%s", bu->vm);
 	snprintf(m.home, sizeof(m.home), "%s", bu->home);
 	snprintf(m.current, sizeof(m.current), "%s", bu->current);
 	memcpy(m.mac, bu->mac, 6);
-	send_bmsg(a, &m, -1, to, to->ss_family == AF_INET ?
-		  sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+	send_bmsg(a, &m, peer, to);
 	a->c.ba_tx++;
 }
 
-/* Home agent: a binding update from the VM's current site. */
-static void on_bu(struct agent *a, const struct mob_bmsg *m, int peer,
+static void refuse_bu(struct mob_agent *a, const struct mob_bmsg *m, int peer,
+		      const struct sockaddr_storage *from, uint8_t status,
+		      const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+/* Counts and logs a refused BU and answers with status (0: no answer). */
+static void refuse_bu(struct mob_agent *a, const struct mob_bmsg *m, int peer,
+		      const struct sockaddr_storage *from, uint8_t status,
+		      const char *fmt, ...)
+{
+	char msg[256], who[80];
+	va_list ap;
+
+	a->c.bu_refused++;
+	if (rl(a, MOB_RL_REFUSED)) {
+		va_start(ap, fmt);
+		vsnprintf(msg, sizeof(msg), fmt, ap);
+		va_end(ap);
+		log_warn("binding update for vm '%s' from site '%s' (%s): %s: refused",
+			 m->vm, m->sender, addr_str(from, who, sizeof(who)), msg);
+	}
+	if (status)
+		send_ba(a, m, peer, status, 0, 0, from);
+}
+
+/* Home agent: a binding update from the VM's current site, authenticated
+ * with the key of this site pair and from that site's address. */
+static void on_bu(struct mob_agent *a, const struct mob_bmsg *m, int peer,
 		  const struct sockaddr_storage *from)
 {
+	struct mob_binding *b, *other, old;
+	uint32_t life;
 	char who[80];
-	struct binding *b;
 	bool moved;
 
-	addr_str(from, who, sizeof(who));
 	if (strcmp(m->home, a->cfg->site)) {
-		a->c.bu_refused++;
-		log_warn("binding update for vm '%s' from %s names home '%s', not this site: refused",
-			 m->vm, who, m->home);
-		send_ba(a, m, MOB_BA_NOT_HOME_AGENT, 0, from);
+		refuse_bu(a, m, peer, from, MOB_BA_NOT_HOME_AGENT,
+			  "it names home '%s', not this site", m->home);
 		return;
 	}
 	if (strcmp(m->current, m->sender)) {
-		a->c.bu_refused++;
-		log_warn("site '%s' (%s) tried to register vm '%s' at another site '%s': refused",
-			 m->sender, who, m->vm, m->current);
+		refuse_bu(a, m, peer, from, 0,
+			  "a site registers only itself, not '%s'", m->current);
 		return;
 	}
 	b = find_vm(a, m->vm);
-	if (b && b->state == B_VISIT) {
-		a->c.bu_refused++;
-		log_warn("binding update for vm '%s' from %s, but it runs here: refused",
-			 m->vm, who);
-		send_ba(a, m, MOB_BA_REASON_UNSPEC, 0, from);
+	if (b && (b->state == MOB_B_VISIT || b->state == MOB_B_EXPECT)) {
+		refuse_bu(a, m, peer, from, MOB_BA_REASON_UNSPEC,
+			  "the vm runs here");
 		return;
 	}
-	if (b && m->seq <= b->seq) {
+	if (b && !seq_newer(m->seq, b->seq)) {
 		/* A retransmission of the BU we accepted last: ack again. */
 		if (m->seq == b->seq && m->nonce == b->nonce &&
-		    b->state == B_HOME_AWAY && !strcmp(b->current, m->sender)) {
-			send_ba(a, m, MOB_BA_ACCEPTED, b->seq, from);
+		    b->state == MOB_B_HOME_AWAY && !strcmp(b->current, m->sender)) {
+			send_ba(a, m, peer, MOB_BA_ACCEPTED, b->seq,
+				b->lifetime, from);
 			return;
 		}
 		a->c.bu_stale++;
-		if (ratelimit(a->c.bu_stale))
+		if (rl(a, MOB_RL_STALE))
 			log_warn("stale binding update for vm '%s' from site '%s' (%s): seq %u, last accepted %u: refused",
-				 m->vm, m->sender, who, m->seq, b->seq);
-		send_ba(a, m, MOB_BA_SEQ_OUT_OF_WINDOW, b->seq, from);
+				 m->vm, m->sender, addr_str(from, who, sizeof(who)),
+				 m->seq, b->seq);
+		send_ba(a, m, peer, MOB_BA_SEQ_OUT_OF_WINDOW, b->seq, 0, from);
+		return;
+	}
+	if (m->lifetime && (mob_mac_is_multicast(m->mac) ||
+			    !memcmp(m->mac, zero_mac, 6))) {
+		refuse_bu(a, m, peer, from, MOB_BA_REASON_UNSPEC,
+			  "its MAC is not a unicast address");
+		return;
+	}
+	if (m->lifetime && (other = mac_in_use(a, m->mac, m->vm))) {
+		refuse_bu(a, m, peer, from, MOB_BA_REASON_UNSPEC,
+			  "its MAC is vm '%s''s", other->vm);
 		return;
 	}
 	if (!b)
 		b = alloc_binding(a, m->vm);
 	if (!b) {
-		a->c.bu_refused++;
-		log_error("binding table full (%d): update for vm '%s' refused",
-			  MOB_BINDINGS_MAX, m->vm);
-		send_ba(a, m, MOB_BA_REASON_UNSPEC, 0, from);
+		refuse_bu(a, m, peer, from, MOB_BA_REASON_UNSPEC,
+			  "the binding table is full (%d)", MOB_BINDINGS_MAX);
 		return;
 	}
+	old = *b;
 	b->seq = m->seq;
 	b->nonce = m->nonce;
 	if (m->lifetime == 0) {
 		log_notice("vm '%s' deregistered by site '%s' (seq %u): delivering at home",
 			   m->vm, m->sender, m->seq);
-		b->state = B_HOME_IDLE;
+		if (b->state == MOB_B_FREE)
+			snprintf(b->home, sizeof(b->home), "%s", a->cfg->site);
+		b->state = MOB_B_HOME_IDLE;
 		b->peer = -1;
-		send_ba(a, m, MOB_BA_ACCEPTED, m->seq, from);
+		b->current[0] = '\0';
+		(void)persist(a);	/* delivering at home is always safe */
+		send_ba(a, m, peer, MOB_BA_ACCEPTED, m->seq, 0, from);
 		return;
 	}
-	moved = b->state != B_HOME_AWAY || strcmp(b->current, m->sender) ||
+	life = m->lifetime < LIFETIME_MAX ? m->lifetime : LIFETIME_MAX;
+	moved = b->state != MOB_B_HOME_AWAY || strcmp(b->current, m->sender) ||
 		memcmp(b->mac, m->mac, 6);
-	b->state = B_HOME_AWAY;
+	b->state = MOB_B_HOME_AWAY;
 	b->manual = false;
+	b->return_expected = false;
 	snprintf(b->home, sizeof(b->home), "%s", a->cfg->site);
 	snprintf(b->current, sizeof(b->current), "%s", m->sender);
 	memcpy(b->mac, m->mac, 6);
 	b->n_addrs = m->n_addrs;
 	memcpy(b->addrs, m->addrs, sizeof(b->addrs));
 	b->peer = peer;
-	b->lifetime = m->lifetime;
-	b->expires_ns = tsb_now_ns() + (uint64_t)m->lifetime * NS_PER_S;
-	send_ba(a, m, MOB_BA_ACCEPTED, m->seq, from);
+	b->lifetime = life;
+	b->expires_ns = now_ns(a) + (uint64_t)life * NS_PER_S;
+	/* What a restarted agent would not remember must not be acted on. */
+	if (persist(a)) {
+		*b = old;
+		send_ba(a, m, peer, MOB_BA_REASON_UNSPEC, 0, 0, from);
+		return;
+	}
+	send_ba(a, m, peer, MOB_BA_ACCEPTED, m->seq, life, from);
 	if (moved) {
 		log_notice("vm '%s' is away at site '%s' (seq %u, lifetime %u s): proxying and tunnelling",
-			   m->vm, m->sender, m->seq, m->lifetime);
+			   m->vm, m->sender, m->seq, life);
 		announce(a, b);
 	}
 }
 
 /* Visited site: the home agent's acknowledgement. */
-static void on_ba(struct agent *a, const struct mob_bmsg *m, int peer)
+static void on_ba(struct mob_agent *a, const struct mob_bmsg *m, int peer)
 {
-	struct binding *b = find_vm(a, m->vm);
+	struct mob_binding *b = find_vm(a, m->vm);
 
-	if (!b || b->state != B_VISIT || b->peer != peer ||
+	if (!b || b->state != MOB_B_VISIT || b->peer != peer ||
 	    b->nonce != m->nonce || b->acked) {
 		log_debug("unexpected binding ack for vm '%s': ignored",
 			  m->vm);
 		return;
 	}
 	if (m->status == MOB_BA_ACCEPTED) {
-		uint32_t life = m->lifetime ? m->lifetime : b->lifetime;
+		uint32_t life = m->lifetime && m->lifetime < b->lifetime ?
+			m->lifetime : b->lifetime;
 
 		b->acked = true;
-		b->ack_ns = tsb_now_ns();
+		b->ack_ns = now_ns(a);
 		b->refresh_ns = b->ack_ns + (uint64_t)life * NS_PER_S / 2;
 		log_notice("home site '%s' accepted vm '%s' here (seq %u, %llu ms)",
 			   b->home, b->vm, b->seq,
@@ -804,10 +1048,10 @@ static void on_ba(struct agent *a, const struct mob_bmsg *m, int peer)
 	}
 	if (m->status == MOB_BA_SEQ_OUT_OF_WINDOW) {
 		/* A later registration from elsewhere won: the VM moved on. */
-		log_notice("home site '%s' has a newer binding for vm '%s' (seq %u > %u): dropping it here",
+		log_notice("home site '%s' has a newer binding for vm '%s' (seq %u, ours %u): dropping it here",
 			   b->home, b->vm, m->seq, b->seq);
 		answer_waiter(a, b, false, "home has a newer binding");
-		b->state = B_FREE;
+		b->state = MOB_B_FREE;
 		return;
 	}
 	b->failed = true;
@@ -817,25 +1061,23 @@ static void on_ba(struct agent *a, const struct mob_bmsg *m, int peer)
 	answer_waiter(a, b, false, "home agent refused the binding");
 }
 
-static void on_bmsg(struct agent *a, const uint8_t *p, size_t len,
+/*
+ * A datagram that starts like a binding message. The cheap checks come
+ * first (layout, a configured site, from its address), then the HMAC under
+ * the key of this site pair: one site's key cannot speak for another.
+ */
+static void on_bmsg(struct mob_agent *a, const uint8_t *p, size_t len,
 		    const struct sockaddr_storage *from)
 {
 	char who[80];
 	struct mob_bmsg m;
 	int peer, err;
 
-	err = mob_bmsg_decode(p, len, a->cfg->key, &m);
-	if (err == -EACCES) {
-		a->c.bu_forged++;
-		if (ratelimit(a->c.bu_forged))
-			log_warn("forged binding message from %s (HMAC does not verify under the site key): refused",
-				 addr_str(from, who, sizeof(who)));
-		return;
-	}
+	err = mob_bmsg_decode(p, len, NULL, &m);
 	if (err) {
-		a->c.drop_bad++;
-		if (ratelimit(a->c.drop_bad))
-			log_warn("malformed binding message from %s: %s",
+		a->c.bmsg_bad++;
+		if (rl(a, MOB_RL_BAD_BMSG))
+			log_warn("malformed binding message from %s (%s): refused",
 				 addr_str(from, who, sizeof(who)),
 				 strerror(-err));
 		return;
@@ -843,9 +1085,18 @@ static void on_bmsg(struct agent *a, const uint8_t *p, size_t len,
 	peer = peer_by_name(a, m.sender);
 	if (peer < 0 || !same_ip(from, &a->cfg->peers[peer].addr)) {
 		a->c.bu_refused++;
-		if (ratelimit(a->c.bu_refused))
+		if (rl(a, MOB_RL_SPOOFED))
 			log_warn("binding message claims site '%s' but comes from %s: refused",
 				 m.sender, addr_str(from, who, sizeof(who)));
+		return;
+	}
+	err = mob_bmsg_verify(p, len, a->cfg->peers[peer].key);
+	if (err) {
+		a->c.bu_forged++;
+		if (rl(a, MOB_RL_FORGED))
+			log_warn("forged binding message from %s claiming site '%s' (HMAC does not verify under the key of sites '%s' and '%s'): refused",
+				 addr_str(from, who, sizeof(who)), m.sender,
+				 a->cfg->site, m.sender);
 		return;
 	}
 	if (m.type == MOB_BU) {
@@ -859,11 +1110,11 @@ static void on_bmsg(struct agent *a, const uint8_t *p, size_t len,
 
 /* ---- datagrams: VXLAN and binding messages ---- */
 
-static void tunnel_frame(struct agent *a, int peer, const uint8_t *frame,
+static void tunnel_frame(struct mob_agent *a, int peer, const uint8_t *frame,
 			 size_t len)
 {
 	struct mob_frame_info f;
-	struct binding *b;
+	struct mob_binding *b;
 	unsigned i;
 
 	if (mob_frame_parse(frame, len, &f)) {
@@ -871,7 +1122,7 @@ static void tunnel_frame(struct agent *a, int peer, const uint8_t *frame,
 		return;
 	}
 	/* Reverse tunnel: the away VM's traffic arriving home. */
-	b = find_mac(a, f.src, B_HOME_AWAY);
+	b = find_mac(a, f.src, MOB_B_HOME_AWAY);
 	if (b && b->peer == peer) {
 		b->frames_in++;
 		to_segment(a, frame, len);
@@ -879,7 +1130,7 @@ static void tunnel_frame(struct agent *a, int peer, const uint8_t *frame,
 	}
 	/* Forward tunnel: traffic for a VM visiting here. */
 	if (!mob_mac_is_multicast(f.dst)) {
-		b = find_mac(a, f.dst, B_VISIT);
+		b = find_mac(a, f.dst, MOB_B_VISIT);
 		if (b && b->peer == peer) {
 			b->frames_in++;
 			to_segment(a, frame, len);
@@ -887,7 +1138,7 @@ static void tunnel_frame(struct agent *a, int peer, const uint8_t *frame,
 		}
 	} else {
 		for (i = 0; i < MOB_BINDINGS_MAX; i++) {
-			if (a->b[i].state == B_VISIT && a->b[i].peer == peer) {
+			if (a->b[i].state == MOB_B_VISIT && a->b[i].peer == peer) {
 				to_segment(a, frame, len);
 				return;
 			}
@@ -896,82 +1147,60 @@ static void tunnel_frame(struct agent *a, int peer, const uint8_t *frame,
 	a->c.drop_unbound++;
 }
 
-static void on_udp(struct agent *a)
+void mob_agent_datagram(struct mob_agent *a, const uint8_t *p, size_t len,
+			bool truncated, const struct sockaddr_storage *from)
 {
-	unsigned i;
-	int n;
+	char who[80];
+	size_t off;
+	uint32_t vni;
+	int peer;
 
-	for (;;) {
-		for (i = 0; i < BATCH; i++) {
-			a->riov[i].iov_base = a->rbuf[i];
-			a->riov[i].iov_len = SLOT;
-			memset(&a->rmsg[i].msg_hdr, 0, sizeof(a->rmsg[i].msg_hdr));
-			a->rmsg[i].msg_hdr.msg_iov = &a->riov[i];
-			a->rmsg[i].msg_hdr.msg_iovlen = 1;
-			a->rmsg[i].msg_hdr.msg_name = &a->rname[i];
-			a->rmsg[i].msg_hdr.msg_namelen = sizeof(a->rname[i]);
-		}
-		n = recvmmsg(a->ufd, a->rmsg, BATCH, MSG_DONTWAIT, NULL);
-		if (n <= 0)
-			break;
-		for (i = 0; i < (unsigned)n; i++) {
-			const uint8_t *p = a->rbuf[i];
-			size_t len = a->rmsg[i].msg_len, off;
-			uint32_t vni;
-			int peer;
-
-			if (a->rmsg[i].msg_hdr.msg_flags & MSG_TRUNC) {
-				a->c.drop_bad++;
-				continue;
-			}
-			if (mob_bmsg_is(p, len)) {
-				on_bmsg(a, p, len, &a->rname[i]);
-				continue;
-			}
-			a->c.tun_rx++;
-			peer = peer_by_addr(a, &a->rname[i]);
-			if (peer < 0) {
-				a->c.drop_unknown_peer++;
-				continue;
-			}
-			if (mob_vxlan_parse(p, len, &vni, &off)) {
-				a->c.drop_bad++;
-				continue;
-			}
-			if (vni != a->cfg->vni) {
-				a->c.drop_vni++;
-				continue;
-			}
-			tunnel_frame(a, peer, p + off, len - off);
-		}
-		flush_all(a);
-		reset_pools(a);
-		if (n < BATCH)
-			break;
-	}
-}
-
-/* ---- control socket ---- */
-
-static void ctl_close(struct agent *a, int ci)
-{
-	unsigned i;
-
-	if (a->conns[ci].fd < 0)
+	if (truncated) {
+		a->c.drop_bad++;
+		if (rl(a, MOB_RL_BAD_DGRAM))
+			log_warn("datagram from %s longer than %d bytes: dropped",
+				 addr_str(from, who, sizeof(who)), MOB_SLOT);
 		return;
-	for (i = 0; i < MOB_BINDINGS_MAX; i++)
-		if (a->b[i].waiter == ci)
-			a->b[i].waiter = -1;
-	close(a->conns[ci].fd);
-	a->conns[ci].fd = -1;
+	}
+	if (mob_bmsg_is(p, len)) {
+		on_bmsg(a, p, len, from);
+		return;
+	}
+	a->c.tun_rx++;
+	peer = peer_by_addr(a, from);
+	if (peer < 0) {
+		a->c.drop_unknown_peer++;
+		if (rl(a, MOB_RL_UNKNOWN_PEER))
+			log_warn("datagram from %s, which is no peer: dropped",
+				 addr_str(from, who, sizeof(who)));
+		return;
+	}
+	if (mob_vxlan_parse(p, len, &vni, &off)) {
+		a->c.drop_bad++;
+		if (rl(a, MOB_RL_BAD_DGRAM))
+			log_warn("malformed tunnel datagram (%zu bytes) from site '%s' (%s): dropped",
+				 len, a->cfg->peers[peer].name,
+				 addr_str(from, who, sizeof(who)));
+		return;
+	}
+	if (vni != a->cfg->vni) {
+		a->c.drop_vni++;
+		if (rl(a, MOB_RL_VNI))
+			log_warn("tunnel datagram with VNI %u (ours is %u) from site '%s' (%s): dropped",
+				 vni, a->cfg->vni, a->cfg->peers[peer].name,
+				 addr_str(from, who, sizeof(who)));
+		return;
+	}
+	tunnel_frame(a, peer, p + off, len - off);
 }
 
-/* Sends obj (taken) as one line; replies are small, the socket blocks
- * briefly at worst. */
-static void ctl_reply(struct agent *a, int ci, json_t *obj)
+/* ---- control requests ---- */
+
+/* Sends obj (taken) as one line. */
+static void ctl_reply(struct mob_agent *a, int ci, json_t *obj)
 {
 	char *s;
-	size_t n, off = 0;
+	size_t n;
 
 	if (!obj)
 		return;
@@ -981,15 +1210,7 @@ static void ctl_reply(struct agent *a, int ci, json_t *obj)
 		return;
 	n = strlen(s);
 	s[n] = '\n';	/* json_dumps leaves room: replace NUL, send n+1 */
-	while (off < n + 1) {
-		ssize_t w = send(a->conns[ci].fd, s + off, n + 1 - off,
-				 MSG_NOSIGNAL);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			break;
-		off += (size_t)w;
-	}
+	a->io.ctl_reply(a->io.ctx, ci, s, n + 1);
 	free(s);
 }
 
@@ -1007,96 +1228,104 @@ static json_t *ctl_error(const char *fmt, ...)
 	return json_pack("{s:b, s:s}", "ok", 0, "error", msg);
 }
 
-static json_t *binding_json(struct agent *a, const struct binding *b)
+static json_t *binding_json(struct mob_agent *a, const struct mob_binding *b)
 {
-	char mac[18], ip[INET6_ADDRSTRLEN];
-	json_t *addrs = json_array();
-	uint64_t now = tsb_now_ns();
-	unsigned i;
+	char mac[18];
+	uint64_t now = now_ns(a);
 
 	mob_format_mac(b->mac, mac);
-	for (i = 0; i < b->n_addrs; i++) {
-		inet_ntop(b->addrs[i].family, &b->addrs[i].v6, ip, sizeof(ip));
-		json_array_append_new(addrs, json_string(ip));
-	}
 	return json_pack("{s:s, s:s, s:s, s:o, s:s, s:s, s:I, s:I, s:b, s:b, s:I, s:I}",
 		"vm", b->vm, "state", state_names[b->state], "mac", mac,
-		"addrs", addrs, "home", b->home, "current", b->current,
+		"addrs", addrs_json(b), "home", b->home, "current", b->current,
 		"seq", (json_int_t)b->seq,
 		"expires_in", (json_int_t)(b->expires_ns > now ?
 			(b->expires_ns - now) / NS_PER_S : 0),
-		"registered", b->state == B_VISIT ? b->acked && !b->failed :
-			b->state == B_HOME_AWAY,
+		"registered", b->state == MOB_B_VISIT ? b->acked && !b->failed :
+			b->state == MOB_B_HOME_AWAY,
 		"manual", b->manual,
 		"frames_out", (json_int_t)b->frames_out,
 		"frames_in", (json_int_t)b->frames_in);
 }
 
-static json_t *status_json(struct agent *a)
+static json_t *status_json(struct mob_agent *a)
 {
-	json_t *list = json_array(), *c;
+	static const struct {
+		const char *name;
+		size_t off;
+	} cs[] = {
+#define C(n, f) { n, offsetof(struct mob_counters, f) }
+		C("seg_rx", seg_rx), C("seg_tx", seg_tx),
+		C("tun_rx", tun_rx), C("tun_tx", tun_tx),
+		C("arp_replies", arp_replies), C("na_replies", na_replies),
+		C("direct", direct), C("drop_bad", drop_bad),
+		C("drop_oversized", drop_gso),
+		C("drop_unknown_peer", drop_unknown_peer),
+		C("drop_unbound", drop_unbound), C("drop_vni", drop_vni),
+		C("gso_frames", gso_frames), C("drop_tx", drop_tx),
+		C("bu_tx", bu_tx), C("bu_rx", bu_rx),
+		C("ba_tx", ba_tx), C("ba_rx", ba_rx),
+		C("bu_forged", bu_forged), C("bu_stale", bu_stale),
+		C("bu_refused", bu_refused), C("bmsg_bad", bmsg_bad),
+		C("state_errors", state_errors),
+		C("log_suppressed", log_suppressed),
+#undef C
+	};
+	json_t *list = json_array(), *c = json_object();
 	unsigned i;
 
 	for (i = 0; i < MOB_BINDINGS_MAX; i++)
-		if (a->b[i].state != B_FREE)
+		if (a->b[i].state != MOB_B_FREE)
 			json_array_append_new(list, binding_json(a, &a->b[i]));
-	c = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
-		"seg_rx", (json_int_t)a->c.seg_rx,
-		"seg_tx", (json_int_t)a->c.seg_tx,
-		"tun_rx", (json_int_t)a->c.tun_rx,
-		"tun_tx", (json_int_t)a->c.tun_tx,
-		"arp_replies", (json_int_t)a->c.arp_replies,
-		"na_replies", (json_int_t)a->c.na_replies,
-		"direct", (json_int_t)a->c.direct,
-		"drop_bad", (json_int_t)a->c.drop_bad,
-		"drop_oversized", (json_int_t)a->c.drop_gso,
-		"drop_unknown_peer", (json_int_t)a->c.drop_unknown_peer,
-		"drop_unbound", (json_int_t)a->c.drop_unbound);
-	json_object_set_new(c, "drop_vni", json_integer((json_int_t)a->c.drop_vni));
-	json_object_set_new(c, "gso_frames", json_integer((json_int_t)a->c.gso_frames));
-	json_object_set_new(c, "drop_tx", json_integer((json_int_t)a->c.drop_tx));
-	json_object_set_new(c, "bu_tx", json_integer((json_int_t)a->c.bu_tx));
-	json_object_set_new(c, "bu_rx", json_integer((json_int_t)a->c.bu_rx));
-	json_object_set_new(c, "ba_tx", json_integer((json_int_t)a->c.ba_tx));
-	json_object_set_new(c, "ba_rx", json_integer((json_int_t)a->c.ba_rx));
-	json_object_set_new(c, "bu_forged", json_integer((json_int_t)a->c.bu_forged));
-	json_object_set_new(c, "bu_stale", json_integer((json_int_t)a->c.bu_stale));
-	json_object_set_new(c, "bu_refused", json_integer((json_int_t)a->c.bu_refused));
-	return json_pack("{s:b, s:s, s:o, s:o}", "ok", 1, "site", a->cfg->site,
+	for (i = 0; i < TSB_ARRAY_SIZE(cs); i++) {
+		uint64_t v;
+
+		memcpy(&v, (const char *)&a->c + cs[i].off, sizeof(v));
+		json_object_set_new(c, cs[i].name, json_integer((json_int_t)v));
+	}
+	return json_pack("{s:b, s:s, s:b, s:o, s:o}", "ok", 1,
+			 "site", a->cfg->site, "persistent", a->io.save != NULL,
 			 "bindings", list, "counters", c);
 }
 
-static void set_addrs(struct binding *b, const struct mob_ctl_req *q)
+static void set_addrs(struct mob_binding *b, const struct mob_ctl_req *q)
 {
 	memcpy(b->mac, q->mac, 6);
 	b->n_addrs = q->n_addrs;
 	memcpy(b->addrs, q->addrs, sizeof(b->addrs));
 }
 
-static json_t *ctl_arrive(struct agent *a, int ci, const struct mob_ctl_req *q,
-			  bool *deferred)
+static json_t *ctl_arrive(struct mob_agent *a, int ci,
+			  const struct mob_ctl_req *q, bool *deferred)
 {
-	struct binding *b = find_vm(a, q->vm);
+	struct mob_binding *b = find_vm(a, q->vm);
 	int peer;
 
 	if (!strcmp(q->home, a->cfg->site)) {
 		/* Back home: deliver directly again. */
-		if (b && b->state == B_HOME_AWAY && q->when_seen) {
+		if (b && b->state == MOB_B_HOME_AWAY && q->when_seen) {
 			b->return_expected = true;
 			return json_pack("{s:b, s:s, s:s}", "ok", 1, "vm", q->vm,
 					 "state", "return-expected");
 		}
-		if (b && b->state == B_HOME_AWAY)
+		if (b && b->state == MOB_B_HOME_AWAY)
 			back_home(a, b);
+		if (b && (b->state == MOB_B_VISIT || b->state == MOB_B_EXPECT)) {
+			/* It visited here; now this is its home (a config
+			 * change): no visitor state any more. */
+			answer_waiter(a, b, false, "superseded by a new arrival");
+			b->state = MOB_B_FREE;
+			b = NULL;
+		}
 		if (!b)
 			b = alloc_binding(a, q->vm);
 		if (!b)
 			return ctl_error("binding table full");
-		b->state = B_HOME_IDLE;
+		b->state = MOB_B_HOME_IDLE;
 		b->peer = -1;
 		b->current[0] = '\0';
 		snprintf(b->home, sizeof(b->home), "%s", a->cfg->site);
 		set_addrs(b, q);
+		(void)persist(a);
 		return json_pack("{s:b, s:s, s:s}", "ok", 1, "vm", q->vm,
 				 "state", "home");
 	}
@@ -1104,17 +1333,18 @@ static json_t *ctl_arrive(struct agent *a, int ci, const struct mob_ctl_req *q,
 	if (peer < 0)
 		return ctl_error("home site '%s' is not a configured peer",
 				 q->home);
-	if (b && b->state != B_VISIT && b->state != B_EXPECT) {
+	if (b && b->state != MOB_B_VISIT && b->state != MOB_B_EXPECT) {
 		/* This site was the VM's home before; now it is a visitor
 		 * here (a config change): start afresh. */
-		b->state = B_FREE;
+		b->state = MOB_B_FREE;
 		b = NULL;
+		(void)persist(a);
 	}
 	if (!b)
 		b = alloc_binding(a, q->vm);
 	if (!b)
 		return ctl_error("binding table full");
-	b->state = B_VISIT;
+	b->state = MOB_B_VISIT;
 	b->manual = false;
 	snprintf(b->home, sizeof(b->home), "%s", q->home);
 	snprintf(b->current, sizeof(b->current), "%s", a->cfg->site);
@@ -1126,7 +1356,7 @@ static json_t *ctl_arrive(struct agent *a, int ci, const struct mob_ctl_req *q,
 	if (b->waiter >= 0)
 		answer_waiter(a, b, false, "superseded by a new arrival");
 	if (q->when_seen) {
-		b->state = B_EXPECT;
+		b->state = MOB_B_EXPECT;
 		b->resync_ok = !q->seq;
 		log_notice("vm '%s' expected (home '%s'): registering on its first frame",
 			   b->vm, b->home);
@@ -1138,7 +1368,7 @@ static json_t *ctl_arrive(struct agent *a, int ci, const struct mob_ctl_req *q,
 	start_registration(a, b, !q->seq);
 	if (q->wait_ms) {
 		b->waiter = ci;
-		b->wait_deadline_ns = tsb_now_ns() + q->wait_ms * NS_PER_MS;
+		b->wait_deadline_ns = now_ns(a) + q->wait_ms * NS_PER_MS;
 		*deferred = true;
 		return NULL;
 	}
@@ -1146,9 +1376,9 @@ static json_t *ctl_arrive(struct agent *a, int ci, const struct mob_ctl_req *q,
 			 "state", "registering", "seq", (json_int_t)b->seq);
 }
 
-static json_t *ctl_bind(struct agent *a, const struct mob_ctl_req *q)
+static json_t *ctl_bind(struct mob_agent *a, const struct mob_ctl_req *q)
 {
-	struct binding *b;
+	struct mob_binding *b, old;
 	bool home = !strcmp(q->home, a->cfg->site);
 	bool here = !strcmp(q->current, a->cfg->site);
 	int peer;
@@ -1163,18 +1393,28 @@ static json_t *ctl_bind(struct agent *a, const struct mob_ctl_req *q)
 	b = alloc_binding(a, q->vm);
 	if (!b)
 		return ctl_error("binding table full");
-	b->state = home ? B_HOME_AWAY : B_VISIT;
+	old = *b;
+	if (b->waiter >= 0)
+		answer_waiter(a, b, false, "superseded by a binding by hand");
+	b->state = home ? MOB_B_HOME_AWAY : MOB_B_VISIT;
 	b->manual = true;
 	b->acked = true;
 	b->failed = false;
+	b->return_expected = false;
 	snprintf(b->home, sizeof(b->home), "%s", q->home);
 	snprintf(b->current, sizeof(b->current), "%s", q->current);
 	set_addrs(b, q);
 	b->peer = peer;
 	b->lifetime = q->lifetime;
 	b->expires_ns = q->lifetime && home ?
-		tsb_now_ns() + q->lifetime * NS_PER_S : 0;
+		now_ns(a) + q->lifetime * NS_PER_S : 0;
 	b->refresh_ns = 0;
+	if ((home || old.state == MOB_B_HOME_IDLE ||
+	     old.state == MOB_B_HOME_AWAY) && persist(a)) {
+		*b = old;
+		b->waiter = -1;
+		return ctl_error("cannot write the state file: binding not made");
+	}
 	log_notice("vm '%s' bound by hand: home '%s', current '%s'",
 		   b->vm, b->home, b->current);
 	if (home)
@@ -1183,10 +1423,11 @@ static json_t *ctl_bind(struct agent *a, const struct mob_ctl_req *q)
 			 state_names[b->state]);
 }
 
-static void ctl_line(struct agent *a, int ci, const char *line, size_t len)
+void mob_agent_ctl_line(struct mob_agent *a, int ci, const char *line,
+			size_t len)
 {
 	struct mob_ctl_req q;
-	struct binding *b;
+	struct mob_binding *b;
 	bool deferred = false;
 	json_t *r = NULL;
 	char err[160];
@@ -1201,11 +1442,11 @@ static void ctl_line(struct agent *a, int ci, const char *line, size_t len)
 		break;
 	case MOB_CTL_DEPART:
 		b = find_vm(a, q.vm);
-		if (b && (b->state == B_VISIT || b->state == B_EXPECT)) {
+		if (b && (b->state == MOB_B_VISIT || b->state == MOB_B_EXPECT)) {
 			log_notice("vm '%s' departed: visitor binding dropped",
 				   b->vm);
 			answer_waiter(a, b, false, "departed");
-			b->state = B_FREE;
+			b->state = MOB_B_FREE;
 		}
 		r = json_pack("{s:b, s:s}", "ok", 1, "vm", q.vm);
 		break;
@@ -1220,8 +1461,14 @@ static void ctl_line(struct agent *a, int ci, const char *line, size_t len)
 		}
 		log_notice("vm '%s' unbound by hand", b->vm);
 		answer_waiter(a, b, false, "unbound");
-		b->state = b->state == B_VISIT || b->state == B_EXPECT ?
-			B_FREE : B_HOME_IDLE;
+		if (b->state == MOB_B_VISIT || b->state == MOB_B_EXPECT) {
+			b->state = MOB_B_FREE;
+		} else {
+			b->state = MOB_B_HOME_IDLE;
+			b->peer = -1;
+			b->return_expected = false;
+			(void)persist(a);
+		}
 		r = json_pack("{s:b, s:s}", "ok", 1, "vm", q.vm);
 		break;
 	case MOB_CTL_STATUS:
@@ -1232,83 +1479,46 @@ static void ctl_line(struct agent *a, int ci, const char *line, size_t len)
 		ctl_reply(a, ci, r);
 }
 
-static void on_conn(struct agent *a, int ci)
+void mob_agent_ctl_closed(struct mob_agent *a, int ci)
 {
-	struct conn *c = &a->conns[ci];
-	ssize_t n;
-	char *nl;
+	unsigned i;
 
-	n = recv(c->fd, c->buf + c->len, sizeof(c->buf) - 1 - c->len,
-		 MSG_DONTWAIT);
-	if (n < 0 && (errno == EAGAIN || errno == EINTR))
-		return;
-	if (n <= 0) {
-		ctl_close(a, ci);
-		return;
-	}
-	c->len += (size_t)n;
-	while (c->fd >= 0 && (nl = memchr(c->buf, '\n', c->len))) {
-		size_t ll = (size_t)(nl - c->buf);
-
-		ctl_line(a, ci, c->buf, ll);
-		if (c->fd < 0)
-			return;
-		memmove(c->buf, nl + 1, c->len - ll - 1);
-		c->len -= ll + 1;
-	}
-	if (c->len == sizeof(c->buf) - 1) {
-		ctl_reply(a, ci, ctl_error("request line longer than %d bytes",
-					   MOB_CTL_LINE_MAX));
-		ctl_close(a, ci);
-	}
-}
-
-static void on_listen(struct agent *a)
-{
-	struct epoll_event ev = { .events = EPOLLIN };
-	int fd, i;
-
-	fd = accept4(a->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-	if (fd < 0)
-		return;
-	for (i = 0; i < CONNS_MAX; i++)
-		if (a->conns[i].fd < 0)
-			break;
-	if (i == CONNS_MAX) {
-		log_warn("too many control connections (%d): closing a new one",
-			 CONNS_MAX);
-		close(fd);
-		return;
-	}
-	a->conns[i].fd = fd;
-	a->conns[i].len = 0;
-	ev.data.u64 = TAG_CONN + (unsigned)i;
-	if (epoll_ctl(a->ep, EPOLL_CTL_ADD, fd, &ev) < 0)
-		ctl_close(a, i);
+	for (i = 0; i < MOB_BINDINGS_MAX; i++)
+		if (a->b[i].waiter == ci)
+			a->b[i].waiter = -1;
 }
 
 /* ---- timers ---- */
 
-static uint64_t timers(struct agent *a)
+uint64_t mob_agent_timers(struct mob_agent *a)
 {
-	uint64_t now = tsb_now_ns(), next = now + NS_PER_S;
+	uint64_t now = now_ns(a), next = now + NS_PER_S;
 	unsigned i;
 
-	for (i = 0; i < MOB_BINDINGS_MAX; i++) {
-		struct binding *b = &a->b[i];
+	for (i = 0; i < MOB_RL_COUNT; i++) {
+		struct mob_ratelog *r = &a->rl[i];
 
-		if (b->state == B_HOME_AWAY && b->expires_ns) {
+		if (r->logged && now - r->start_ns >= MOB_LOG_WINDOW_NS)
+			rl_close(a, (enum mob_rl)i, now);
+		else if (r->suppressed && r->start_ns + MOB_LOG_WINDOW_NS < next)
+			next = r->start_ns + MOB_LOG_WINDOW_NS;
+	}
+	for (i = 0; i < MOB_BINDINGS_MAX; i++) {
+		struct mob_binding *b = &a->b[i];
+
+		if (b->state == MOB_B_HOME_AWAY && b->expires_ns) {
 			if (now >= b->expires_ns) {
 				log_notice("binding for vm '%s' at site '%s' expired: delivering at home",
 					   b->vm, b->current);
-				b->state = B_HOME_IDLE;
+				b->state = MOB_B_HOME_IDLE;
 				b->peer = -1;
+				b->return_expected = false;
 				continue;
 			}
 			if (b->expires_ns < next)
 				next = b->expires_ns;
 		}
-		if (b->state != B_VISIT || b->manual)
+		if (b->state != MOB_B_VISIT || b->manual)
 			continue;
 		if (b->waiter >= 0 && now >= b->wait_deadline_ns)
 			answer_waiter(a, b, false, "no acknowledgement from the home agent in time");
@@ -1342,222 +1552,46 @@ static uint64_t timers(struct agent *a)
 	return next > now ? next - now : 0;
 }
 
-/* ---- setup ---- */
+/* ---- life ---- */
 
-static int open_packet(struct agent *a)
+struct mob_agent *mob_agent_new(const struct mob_agent_config *cfg,
+				const struct mob_io *io,
+				const uint8_t ifmac[6])
 {
-	struct packet_mreq mr;
-	struct sockaddr_ll sll;
-	struct ifreq ifr;
-	int one = 1, fd, bufsz = 4 << 20;
+	struct mob_agent *a = calloc(1, sizeof(*a));
+	unsigned i;
 
-	a->ifindex = (int)if_nametoindex(a->cfg->dev);
-	if (!a->ifindex)
-		return log_error_errno(-errno, "no interface '%s'",
-				       a->cfg->dev);
-	fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC,
-		    htons(ETH_P_ALL));
-	if (fd < 0)
-		return log_error_errno(-errno, "cannot open a packet socket (needs CAP_NET_RAW)");
-	a->pfd = fd;
-	if (setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)) < 0)
-		return log_error_errno(-errno, "PACKET_VNET_HDR");
-	if (setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one,
-		       sizeof(one)) < 0)
-		return log_error_errno(-errno, "PACKET_IGNORE_OUTGOING (Linux >= 4.20)");
-	(void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufsz, sizeof(bufsz));
-	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bufsz, sizeof(bufsz));
-	memset(&sll, 0, sizeof(sll));
-	sll.sll_family = AF_PACKET;
-	sll.sll_protocol = htons(ETH_P_ALL);
-	sll.sll_ifindex = a->ifindex;
-	if (bind(fd, (struct sockaddr *)&sll, sizeof(sll)) < 0)
-		return log_error_errno(-errno, "cannot bind to '%s'",
-				       a->cfg->dev);
-	memset(&mr, 0, sizeof(mr));
-	mr.mr_ifindex = a->ifindex;
-	mr.mr_type = PACKET_MR_PROMISC;
-	if (setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr,
-		       sizeof(mr)) < 0)
-		return log_error_errno(-errno, "promiscuous mode on '%s'",
-				       a->cfg->dev);
-	memset(&ifr, 0, sizeof(ifr));
-	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", a->cfg->dev);
-	if (ioctl(fd, SIOCGIFHWADDR, &ifr) == 0)
-		memcpy(a->ifmac, ifr.ifr_hwaddr.sa_data, 6);
-	return 0;
-}
-
-static int open_udp(struct agent *a)
-{
-	struct addrinfo hints, *ai = NULL;
-	char host[256], port[16];
-	int fd, err, off = 0, dont = IP_PMTUDISC_DONT, bufsz = 4 << 20;
-
-	if (tsb_split_hostport(a->cfg->listen, host, sizeof(host), port,
-			       sizeof(port)))
-		return log_error_errno(-EINVAL, "--listen '%s' is not HOST:PORT",
-				       a->cfg->listen);
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_socktype = SOCK_DGRAM;
-	hints.ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV;
-	err = getaddrinfo(host[0] ? host : NULL, port, &hints, &ai);
-	if (err)
-		return log_error_errno(-EINVAL, "--listen '%s': %s",
-				       a->cfg->listen, gai_strerror(err));
-	fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		err = -errno;
-		freeaddrinfo(ai);
-		return log_error_errno(err, "UDP socket");
-	}
-	a->ufd = fd;
-	a->family = ai->ai_family;
-	if (ai->ai_family == AF_INET6)
-		(void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off));
-	else
-		(void)setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &dont,
-				 sizeof(dont));
-	(void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufsz, sizeof(bufsz));
-	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bufsz, sizeof(bufsz));
-	if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
-		err = -errno;
-		freeaddrinfo(ai);
-		return log_error_errno(err, "cannot bind UDP %s",
-				       a->cfg->listen);
-	}
-	freeaddrinfo(ai);
-	return 0;
-}
-
-static int open_control(struct agent *a)
-{
-	struct sockaddr_un sun;
-	struct stat st;
-	int fd;
-
-	if (strlen(a->cfg->control) >= sizeof(sun.sun_path))
-		return log_error_errno(-ENAMETOOLONG, "control path too long");
-	if (lstat(a->cfg->control, &st) == 0) {
-		if (!S_ISSOCK(st.st_mode))
-			return log_error_errno(-EEXIST, "'%s' exists and is not a socket",
-					       a->cfg->control);
-		unlink(a->cfg->control);
-	}
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return log_error_errno(-errno, "unix socket");
-	a->lfd = fd;
-	memset(&sun, 0, sizeof(sun));
-	sun.sun_family = AF_UNIX;
-	memcpy(sun.sun_path, a->cfg->control, strlen(a->cfg->control));
-	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0)
-		return log_error_errno(-errno, "cannot bind '%s'",
-				       a->cfg->control);
-	(void)chmod(a->cfg->control, 0600);
-	if (listen(fd, 8) < 0)
-		return log_error_errno(-errno, "listen on '%s'",
-				       a->cfg->control);
-	return 0;
-}
-
-static int watch(struct agent *a, int fd, uint64_t tag)
-{
-	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = tag };
-
-	if (epoll_ctl(a->ep, EPOLL_CTL_ADD, fd, &ev) < 0)
-		return -errno;
-	return 0;
-}
-
-int mob_agent_run(const struct mob_agent_config *cfg)
-{
-	struct epoll_event evs[16];
-	struct agent *a;
-	sigset_t mask;
-	int err, i;
-
-	a = calloc(1, sizeof(*a));
 	if (!a)
-		return -ENOMEM;
+		return NULL;
 	a->cfg = cfg;
-	a->ep = a->pfd = a->ufd = a->lfd = a->sfd = -1;
-	for (i = 0; i < CONNS_MAX; i++)
-		a->conns[i].fd = -1;
-	for (i = 0; i < MOB_BINDINGS_MAX; i++)
+	a->io = *io;
+	memcpy(a->ifmac, ifmac, 6);
+	for (i = 0; i < MOB_BINDINGS_MAX; i++) {
 		a->b[i].waiter = -1;
-
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGINT);
-	sigaddset(&mask, SIGTERM);
-	sigprocmask(SIG_BLOCK, &mask, NULL);
-	a->sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-	a->ep = epoll_create1(EPOLL_CLOEXEC);
-	if (a->sfd < 0 || a->ep < 0) {
-		err = log_error_errno(-errno, "epoll/signalfd");
-		goto out;
+		a->b[i].peer = -1;
 	}
-	if ((err = open_packet(a)) || (err = open_udp(a)) ||
-	    (err = open_control(a)))
-		goto out;
-	if ((err = watch(a, a->pfd, TAG_PKT)) ||
-	    (err = watch(a, a->ufd, TAG_UDP)) ||
-	    (err = watch(a, a->lfd, TAG_LISTEN)) ||
-	    (err = watch(a, a->sfd, TAG_SIG))) {
-		log_error_errno(err, "epoll_ctl");
-		goto out;
-	}
-	log_notice("site '%s' on %s, tunnel %s vni %u, %u peers, control %s",
-		   cfg->site, cfg->dev, cfg->listen, cfg->vni, cfg->n_peers,
-		   cfg->control);
-	while (!a->stop) {
-		uint64_t wait_ns = timers(a);
-		int n = epoll_wait(a->ep, evs, 16,
-				   (int)((wait_ns + NS_PER_MS - 1) / NS_PER_MS));
+	return a;
+}
 
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			err = log_error_errno(-errno, "epoll_wait");
-			goto out;
-		}
-		for (i = 0; i < n; i++) {
-			uint64_t tag = evs[i].data.u64;
+void mob_agent_log_summary(struct mob_agent *a)
+{
+	uint64_t t = now_ns(a);
+	unsigned i;
 
-			if (tag == TAG_PKT)
-				on_packet(a);
-			else if (tag == TAG_UDP)
-				on_udp(a);
-			else if (tag == TAG_LISTEN)
-				on_listen(a);
-			else if (tag == TAG_SIG)
-				a->stop = true;
-			else if (tag >= TAG_CONN && tag < TAG_CONN + CONNS_MAX)
-				on_conn(a, (int)(tag - TAG_CONN));
-		}
-	}
-	log_notice("stopping: %llu frames tunnelled out, %llu in, %llu forged and %llu stale updates refused",
+	for (i = 0; i < MOB_RL_COUNT; i++)
+		rl_close(a, (enum mob_rl)i, t);
+	log_notice("stopping: %llu frames tunnelled out, %llu in, %llu forged, %llu spoofed or refused and %llu stale updates refused, %llu malformed binding messages",
 		   (unsigned long long)a->c.tun_tx,
 		   (unsigned long long)a->c.tun_rx,
 		   (unsigned long long)a->c.bu_forged,
-		   (unsigned long long)a->c.bu_stale);
-	err = 0;
-out:
-	for (i = 0; i < CONNS_MAX; i++)
-		ctl_close(a, i);
-	if (a->lfd >= 0) {
-		close(a->lfd);
-		unlink(cfg->control);
-	}
-	if (a->pfd >= 0)
-		close(a->pfd);
-	if (a->ufd >= 0)
-		close(a->ufd);
-	if (a->sfd >= 0)
-		close(a->sfd);
-	if (a->ep >= 0)
-		close(a->ep);
-	OPENSSL_cleanse(a, sizeof(*a));
+		   (unsigned long long)a->c.bu_refused,
+		   (unsigned long long)a->c.bu_stale,
+		   (unsigned long long)a->c.bmsg_bad);
+}
+
+void mob_agent_free(struct mob_agent *a)
+{
+	if (!a)
+		return;
 	free(a);
-	return err;
 }

@@ -197,6 +197,13 @@ bool mob_bmsg_is(const uint8_t *pkt, size_t len);
  */
 int mob_bmsg_decode(const uint8_t *pkt, size_t len,
 		    const uint8_t key[MOB_KEY_LEN], struct mob_bmsg *ret);
+/*
+ * Checks the HMAC of a binding message that mob_bmsg_decode() (key NULL)
+ * accepted: 0, -EACCES when it does not verify under key, -EBADMSG when
+ * too short.
+ */
+int mob_bmsg_verify(const uint8_t *pkt, size_t len,
+		    const uint8_t key[MOB_KEY_LEN]);
 
 /* ---- Text helpers ---- */
 
@@ -248,6 +255,7 @@ struct mob_peer {
 	char name[MOB_SITE_MAX + 1];
 	struct sockaddr_storage addr;	/* agent's VXLAN/binding address */
 	socklen_t addrlen;
+	uint8_t key[MOB_KEY_LEN];	/* key of this site pair */
 };
 
 /* Site-local delivery: IPv4 prefix reached through next-hop MAC. */
@@ -262,7 +270,7 @@ struct mob_agent_config {
 	const char *dev;		/* interface on the site segment */
 	const char *listen;		/* UDP host:port (VXLAN + bindings) */
 	const char *control;		/* unix socket path */
-	uint8_t key[MOB_KEY_LEN];	/* site key */
+	const char *state_dir;		/* NULL: nothing kept across restarts */
 	uint32_t vni;
 	uint32_t lifetime;		/* default binding lifetime, s */
 	uint32_t retrans_ms;		/* first BU retransmission */

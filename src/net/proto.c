@@ -538,14 +538,28 @@ int mob_bmsg_decode(const uint8_t *pkt, size_t len,
 	if (r.err || tsb_reader_remaining(&r))
 		return -EBADMSG;
 	if (key) {
-		uint8_t mac[MOB_HMAC_LEN];
+		int err = mob_bmsg_verify(pkt, len, key);
 
-		if (hmac(key, pkt, body, mac))
-			return -EIO;
-		if (CRYPTO_memcmp(mac, pkt + body, MOB_HMAC_LEN))
-			return -EACCES;
+		if (err)
+			return err;
 	}
 	*ret = m;
+	return 0;
+}
+
+int mob_bmsg_verify(const uint8_t *pkt, size_t len,
+		    const uint8_t key[MOB_KEY_LEN])
+{
+	uint8_t mac[MOB_HMAC_LEN];
+	size_t body;
+
+	if (len < MOB_HMAC_LEN || len > MOB_BMSG_MAX)
+		return -EBADMSG;
+	body = len - MOB_HMAC_LEN;
+	if (hmac(key, pkt, body, mac))
+		return -EIO;
+	if (CRYPTO_memcmp(mac, pkt + body, MOB_HMAC_LEN))
+		return -EACCES;
 	return 0;
 }
 

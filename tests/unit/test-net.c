@@ -1,4 +1,5 @@
-/* Unit tests of the mobility agent's codecs (src/net). */
+/* Unit tests of the mobility agent (src/net): its codecs, and its state
+ * machine driven through a mock struct mob_io. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -8,7 +9,12 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "common/log.h"
+#include "net/agent.h"
 #include "net/net.h"
+
+#include <stdio.h>
+#include <stdlib.h>
 
 static const uint8_t key[MOB_KEY_LEN] = { 1, 2, 3, 4, 5, 6, 7, 8 };
 static const uint8_t vm_mac[6] = { 0x52, 0x54, 0, 0x61, 0, 0x10 };
@@ -351,6 +357,497 @@ static void test_text(void **state)
 	assert_false(mob_name_ok("a/b", MOB_SITE_MAX));
 }
 
+/* ---- the agent's state machine, through a mock io ---- */
+
+struct mock {
+	uint64_t now, wall;
+	unsigned seg_frames, tun_frames, n_bmsg;
+	uint8_t bmsg[MOB_BMSG_MAX];
+	size_t bmsg_len;
+	struct sockaddr_storage bmsg_to;
+	char reply[8192];
+	size_t reply_len;
+	char *saved;
+	size_t saved_len;
+	int save_err;
+	unsigned saves;
+};
+
+static uint64_t m_now(void *ctx) { return ((struct mock *)ctx)->now; }
+static uint64_t m_wall(void *ctx) { return ((struct mock *)ctx)->wall; }
+
+static int m_send_seg(void *ctx, struct mmsghdr *msgs, unsigned n)
+{
+	unsigned i;
+
+	for (i = 0; i < n; i++)
+		assert_true(msgs[i].msg_hdr.msg_iov[1].iov_len <= MOB_FRAME_MAX);
+	((struct mock *)ctx)->seg_frames += n;
+	return (int)n;
+}
+
+static int m_send_tun(void *ctx, struct mmsghdr *msgs, unsigned n)
+{
+	unsigned i;
+
+	for (i = 0; i < n; i++)
+		assert_true(msgs[i].msg_hdr.msg_iov[1].iov_len <= MOB_FRAME_MAX);
+	((struct mock *)ctx)->tun_frames += n;
+	return (int)n;
+}
+
+static void m_send_bmsg(void *ctx, const uint8_t *buf, size_t len,
+			const struct sockaddr_storage *to, socklen_t tolen)
+{
+	struct mock *m = ctx;
+
+	assert_true(len <= sizeof(m->bmsg));
+	memcpy(m->bmsg, buf, len);
+	m->bmsg_len = len;
+	memcpy(&m->bmsg_to, to, tolen);
+	m->n_bmsg++;
+}
+
+static void m_ctl_reply(void *ctx, int ci, const char *line, size_t len)
+{
+	struct mock *m = ctx;
+
+	assert_true(len < sizeof(m->reply));
+	memcpy(m->reply, line, len);
+	m->reply[len] = '\0';
+	m->reply_len = len;
+}
+
+static int m_save(void *ctx, const char *text, size_t len)
+{
+	struct mock *m = ctx;
+
+	if (m->save_err)
+		return m->save_err;
+	free(m->saved);
+	m->saved = malloc(len);
+	assert_non_null(m->saved);
+	memcpy(m->saved, text, len);
+	m->saved_len = len;
+	m->saves++;
+	return 0;
+}
+
+static const uint8_t key_ab[MOB_KEY_LEN] = "key of the pair of sites A and B";
+static const uint8_t key_ac[MOB_KEY_LEN] = "key of the pair of sites A and C";
+static const uint8_t ifmac[6] = { 0x52, 0x54, 0, 0x61, 0, 0xee };
+
+struct fixture {
+	struct mob_agent_config cfg;
+	struct mock m;
+	struct mob_io io;
+	struct mob_agent *a;
+	struct sockaddr_storage from_b, from_c, from_x;
+};
+
+static void set_addr(struct sockaddr_storage *ss, const char *ip, int port)
+{
+	struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+
+	memset(ss, 0, sizeof(*ss));
+	sin->sin_family = AF_INET;
+	sin->sin_port = htons((uint16_t)port);
+	assert_int_equal(inet_pton(AF_INET, ip, &sin->sin_addr), 1);
+}
+
+/* Agent of site A with peers B and C (a key per pair); persistent when
+ * asked. */
+static struct fixture *fixture_new(bool persistent)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+
+	assert_non_null(f);
+	tsb_log_set_level(TSB_LOG_ERROR);
+	f->cfg.site = "A";
+	f->cfg.dev = "ag";
+	f->cfg.state_dir = persistent ? "/mock" : NULL;
+	f->cfg.vni = 1;
+	f->cfg.lifetime = 60;
+	f->cfg.retrans_ms = 100;
+	f->cfg.n_peers = 2;
+	strcpy(f->cfg.peers[0].name, "B");
+	set_addr(&f->cfg.peers[0].addr, "192.0.2.2", 4789);
+	f->cfg.peers[0].addrlen = sizeof(struct sockaddr_in);
+	memcpy(f->cfg.peers[0].key, key_ab, MOB_KEY_LEN);
+	strcpy(f->cfg.peers[1].name, "C");
+	set_addr(&f->cfg.peers[1].addr, "192.0.2.3", 4789);
+	f->cfg.peers[1].addrlen = sizeof(struct sockaddr_in);
+	memcpy(f->cfg.peers[1].key, key_ac, MOB_KEY_LEN);
+	set_addr(&f->from_b, "192.0.2.2", 40000);
+	set_addr(&f->from_c, "192.0.2.3", 40000);
+	set_addr(&f->from_x, "198.51.100.9", 40000);
+	f->m.now = 1000 * 1000000000ull;
+	f->m.wall = 1800000000ull * 1000000000ull;
+	f->io = (struct mob_io){ .ctx = &f->m, .now = m_now, .wall = m_wall,
+		.send_segment = m_send_seg, .send_tunnel = m_send_tun,
+		.send_bmsg = m_send_bmsg, .ctl_reply = m_ctl_reply,
+		.save = persistent ? m_save : NULL };
+	f->a = mob_agent_new(&f->cfg, &f->io, ifmac);
+	assert_non_null(f->a);
+	return f;
+}
+
+/* Stops the agent and starts a new one from what it saved. */
+static int fixture_restart(struct fixture *f)
+{
+	char err[256];
+	int r = 0;
+
+	mob_agent_free(f->a);
+	f->a = mob_agent_new(&f->cfg, &f->io, ifmac);
+	assert_non_null(f->a);
+	if (f->m.saved)
+		r = mob_agent_load(f->a, f->m.saved, f->m.saved_len, err,
+				   sizeof(err));
+	mob_agent_flush(f->a);
+	return r;
+}
+
+static void fixture_free(struct fixture *f)
+{
+	mob_agent_free(f->a);
+	free(f->m.saved);
+	free(f);
+}
+
+static int encode_bu(uint8_t *buf, const char *sender, uint32_t seq,
+		     uint32_t lifetime, uint64_t nonce, const uint8_t *k)
+{
+	struct mob_bmsg m;
+
+	sample_bu(&m);
+	strcpy(m.sender, sender);
+	strcpy(m.current, sender);
+	m.seq = seq;
+	m.lifetime = lifetime;
+	m.nonce = nonce;
+	return mob_bmsg_encode(&m, k, buf, MOB_BMSG_MAX);
+}
+
+/* Feeds one datagram; returns the status of the BA it caused, -1 none. */
+static int feed(struct fixture *f, const uint8_t *p, size_t len,
+		const struct sockaddr_storage *from, const uint8_t *k,
+		uint32_t *ret_seq)
+{
+	unsigned before = f->m.n_bmsg;
+	struct mob_bmsg ba;
+
+	mob_agent_datagram(f->a, p, len, false, from);
+	mob_agent_flush(f->a);
+	if (f->m.n_bmsg == before)
+		return -1;
+	assert_int_equal(mob_bmsg_decode(f->m.bmsg, f->m.bmsg_len, k, &ba), 0);
+	assert_int_equal(ba.type, MOB_BA);
+	if (ret_seq)
+		*ret_seq = ba.seq;
+	return ba.status;
+}
+
+static int bu(struct fixture *f, const char *sender, uint32_t seq,
+	      uint32_t lifetime, const struct sockaddr_storage *from,
+	      const uint8_t *k, const uint8_t *answer_key, uint32_t *ret_seq)
+{
+	uint8_t buf[MOB_BMSG_MAX];
+	int n = encode_bu(buf, sender, seq, lifetime, 0x5eed0000u + seq, k);
+
+	assert_true(n > 0);
+	return feed(f, buf, (size_t)n, from, answer_key, ret_seq);
+}
+
+static const struct mob_binding *vm1(struct fixture *f)
+{
+	unsigned i;
+
+	for (i = 0; i < MOB_BINDINGS_MAX; i++)
+		if (f->a->b[i].state != MOB_B_FREE && !strcmp(f->a->b[i].vm, "vm1"))
+			return &f->a->b[i];
+	return NULL;
+}
+
+static void ctl(struct fixture *f, const char *line)
+{
+	f->m.reply_len = 0;
+	mob_agent_ctl_line(f->a, 0, line, strlen(line));
+	mob_agent_flush(f->a);
+}
+
+/* Part of the hostile-input audit: a 64 KiB frame from a guest with a
+ * one-byte segment size makes nothing; a sane one makes 45 segments. */
+static void test_agent_gso_bound(void **state)
+{
+	static uint8_t pkt[MOB_VNET_HLEN + 14 + 20 + 20 + 65000];
+	struct fixture *f = fixture_new(false);
+	struct virtio_net_hdr vh;
+	uint8_t *fr = pkt + MOB_VNET_HLEN, *ip = fr + 14;
+
+	ctl(f, "{\"op\":\"bind\",\"vm\":\"vm1\",\"mac\":\"52:54:00:61:00:10\","
+	    "\"addrs\":[\"10.61.1.10\"],\"home\":\"B\",\"current\":\"A\"}");
+	assert_non_null(strstr(f->m.reply, "\"ok\":true"));
+	memcpy(fr, gw_mac, 6);
+	memcpy(fr + 6, vm_mac, 6);
+	fr[12] = 0x08;
+	ip[0] = 0x45;
+	ip[8] = 64;
+	ip[9] = 6;
+	ip[20 + 12] = 0x50;
+	memset(&vh, 0, sizeof(vh));
+	vh.gso_type = VIRTIO_NET_HDR_GSO_TCPV4;
+	vh.gso_size = 1;
+	memcpy(pkt, &vh, sizeof(vh));
+	mob_agent_packet(f->a, pkt, sizeof(pkt), false);
+	mob_agent_flush(f->a);
+	assert_int_equal(f->m.tun_frames, 0);
+	assert_int_equal(f->a->c.drop_gso, 1);
+	vh.gso_size = 1448;
+	memcpy(pkt, &vh, sizeof(vh));
+	mob_agent_packet(f->a, pkt, sizeof(pkt), false);
+	mob_agent_flush(f->a);
+	assert_int_equal(f->m.tun_frames, (65000 + 1447) / 1448);
+	fixture_free(f);
+}
+
+/* Garbage, forged, spoofed and flooding input: every datagram is counted,
+ * at most MOB_LOG_BURST of each kind are logged a minute, and the agent
+ * still serves an authentic update afterwards. */
+static void test_agent_flood(void **state)
+{
+	struct fixture *f = fixture_new(false);
+	uint8_t buf[MOB_BMSG_MAX + 64], junk[300];
+	unsigned i, kinds = 6, per = 2000;
+	uint64_t suppressed;
+	int n;
+
+	for (i = 0; i < per; i++) {
+		unsigned j;
+
+		for (j = 0; j < sizeof(junk); j++)
+			junk[j] = (uint8_t)(i * 31 + j * 7);
+		junk[0] = 0;	/* not VXLAN's I flag, not TSBN */
+		/* 1. garbage from an address that is no peer */
+		mob_agent_datagram(f->a, junk, sizeof(junk), false, &f->from_x);
+		/* 2. garbage from a peer */
+		mob_agent_datagram(f->a, junk, sizeof(junk), false, &f->from_b);
+		/* 3. TSBN and garbage */
+		memcpy(junk, "TSBN", 4);
+		mob_agent_datagram(f->a, junk, 100, false, &f->from_b);
+		/* 4. forged: B's address and name, C's key */
+		n = encode_bu(buf, "B", 100 + i, 60, i, key_ac);
+		mob_agent_datagram(f->a, buf, (size_t)n, false, &f->from_b);
+		/* 5. spoofed: B's key and name, another address */
+		n = encode_bu(buf, "B", 100 + i, 60, i, key_ab);
+		mob_agent_datagram(f->a, buf, (size_t)n, false, &f->from_x);
+		/* 6. VXLAN from B with another VNI */
+		memset(buf, 0, 64);
+		mob_vxlan_put(buf, 7);
+		mob_agent_datagram(f->a, buf, 64, false, &f->from_b);
+		mob_agent_flush(f->a);
+	}
+	assert_int_equal(f->a->c.drop_unknown_peer, per);
+	assert_int_equal(f->a->c.drop_bad, per);
+	assert_int_equal(f->a->c.bmsg_bad, per);
+	assert_int_equal(f->a->c.bu_forged, per);
+	assert_int_equal(f->a->c.bu_refused, per);
+	assert_int_equal(f->a->c.drop_vni, per);
+	assert_int_equal(f->m.n_bmsg, 0);	/* nothing answered */
+	suppressed = f->a->c.log_suppressed;
+	assert_int_equal(suppressed, kinds * (per - MOB_LOG_BURST));
+	/* A minute later each kind may be logged again, ten times. */
+	f->m.now += MOB_LOG_WINDOW_NS;
+	(void)mob_agent_timers(f->a);
+	for (i = 0; i < MOB_LOG_BURST; i++)
+		mob_agent_datagram(f->a, junk, sizeof(junk), false, &f->from_x);
+	assert_int_equal(f->a->c.log_suppressed, suppressed);
+	mob_agent_datagram(f->a, junk, sizeof(junk), false, &f->from_x);
+	assert_int_equal(f->a->c.log_suppressed, suppressed + 1);
+	/* An authentic update is still served. */
+	assert_int_equal(bu(f, "B", 1, 60, &f->from_b, key_ab, key_ab, NULL),
+			 MOB_BA_ACCEPTED);
+	assert_int_equal(vm1(f)->state, MOB_B_HOME_AWAY);
+	fixture_free(f);
+}
+
+/* A binding update captured on the wire cannot be replayed after the
+ * home agent restarts: the state file keeps what it accepted. */
+static void test_agent_replay_after_restart(void **state)
+{
+	struct fixture *f = fixture_new(true);
+	uint8_t bu5[MOB_BMSG_MAX], bu6[MOB_BMSG_MAX];
+	int n5 = encode_bu(bu5, "B", 5, 60, 0x55, key_ab);
+	int n6 = encode_bu(bu6, "B", 6, 60, 0x66, key_ab);
+	uint32_t seq;
+
+	assert_int_equal(feed(f, bu5, (size_t)n5, &f->from_b, key_ab, NULL),
+			 MOB_BA_ACCEPTED);
+	assert_int_equal(feed(f, bu6, (size_t)n6, &f->from_b, key_ab, NULL),
+			 MOB_BA_ACCEPTED);
+	assert_int_equal(f->m.saves, 2);
+	assert_int_equal(fixture_restart(f), 0);
+	/* restored: still away at B with seq 6 */
+	assert_int_equal(vm1(f)->state, MOB_B_HOME_AWAY);
+	assert_int_equal(vm1(f)->seq, 6);
+	assert_string_equal(vm1(f)->current, "B");
+	assert_true(f->m.seg_frames >= 1);	/* announced again */
+	/* the older one is stale */
+	assert_int_equal(feed(f, bu5, (size_t)n5, &f->from_b, key_ab, &seq),
+			 MOB_BA_SEQ_OUT_OF_WINDOW);
+	assert_int_equal(seq, 6);
+	/* the last one is a retransmission: acknowledged, nothing changes */
+	assert_int_equal(feed(f, bu6, (size_t)n6, &f->from_b, key_ab, NULL),
+			 MOB_BA_ACCEPTED);
+	/* back home consumes seq 7; after a restart seq 6 cannot take the
+	 * VM's traffic away again */
+	ctl(f, "{\"op\":\"arrive\",\"vm\":\"vm1\",\"mac\":\"52:54:00:61:00:10\","
+	    "\"addrs\":[\"10.61.1.10\"],\"home\":\"A\"}");
+	assert_int_equal(vm1(f)->state, MOB_B_HOME_IDLE);
+	assert_int_equal(fixture_restart(f), 0);
+	assert_int_equal(vm1(f)->state, MOB_B_HOME_IDLE);
+	assert_int_equal(vm1(f)->seq, 7);
+	assert_int_equal(feed(f, bu6, (size_t)n6, &f->from_b, key_ab, &seq),
+			 MOB_BA_SEQ_OUT_OF_WINDOW);
+	assert_int_equal(seq, 7);
+	assert_int_equal(vm1(f)->state, MOB_B_HOME_IDLE);
+	/* a binding whose lifetime ran out while the agent was down is not
+	 * restored, and its update not replayable */
+	assert_int_equal(bu(f, "B", 8, 60, &f->from_b, key_ab, key_ab, NULL),
+			 MOB_BA_ACCEPTED);
+	f->m.wall += 61 * 1000000000ull;
+	assert_int_equal(fixture_restart(f), 0);
+	assert_int_equal(vm1(f)->state, MOB_B_HOME_IDLE);
+	assert_int_equal(vm1(f)->seq, 8);
+	/* what cannot be written is not acted on */
+	f->m.save_err = -ENOSPC;
+	assert_int_equal(bu(f, "B", 9, 60, &f->from_b, key_ab, key_ab, NULL),
+			 MOB_BA_REASON_UNSPEC);
+	assert_int_equal(vm1(f)->state, MOB_B_HOME_IDLE);
+	assert_int_equal(vm1(f)->seq, 8);
+	assert_int_equal(f->a->c.state_errors, 1);
+	fixture_free(f);
+
+	/* Without a state file, a restarted agent takes the replay: the
+	 * case the state file is for. */
+	f = fixture_new(false);
+	assert_int_equal(feed(f, bu6, (size_t)n6, &f->from_b, key_ab, NULL),
+			 MOB_BA_ACCEPTED);
+	assert_int_equal(fixture_restart(f), 0);
+	assert_int_equal(feed(f, bu5, (size_t)n5, &f->from_b, key_ab, NULL),
+			 MOB_BA_ACCEPTED);
+	fixture_free(f);
+}
+
+static void test_agent_state_file(void **state)
+{
+	struct fixture *f = fixture_new(true);
+	char err[256];
+#define LOAD(s) mob_agent_load(f->a, s, strlen(s), err, sizeof(err))
+
+	assert_int_equal(LOAD("not json"), -EBADMSG);
+	assert_int_equal(LOAD("{\"version\":1,\"site\":\"B\",\"vms\":[]}"), -EBADMSG);
+	assert_non_null(strstr(err, "site 'B'"));
+	assert_int_equal(LOAD("{\"version\":2,\"site\":\"A\",\"vms\":[]}"), -EBADMSG);
+	assert_int_equal(LOAD("{\"version\":1,\"site\":\"A\",\"vms\":[{\"vm\":\"v\"}]}"),
+			 -EBADMSG);
+	assert_int_equal(LOAD("{\"version\":1,\"site\":\"A\",\"vms\":[{\"vm\":\"v\","
+			      "\"state\":\"home\",\"seq\":-1,\"nonce\":\"0000000000000000\","
+			      "\"mac\":\"52:54:00:61:00:10\",\"addrs\":[]}]}"), -EBADMSG);
+	assert_int_equal(LOAD("{\"version\":1,\"site\":\"A\",\"vms\":[{\"vm\":\"v\","
+			      "\"state\":\"away\",\"seq\":1,\"nonce\":\"0000000000000000\","
+			      "\"mac\":\"52:54:00:61:00:10\",\"addrs\":[]}]}"), -EBADMSG);
+	/* nothing half-loaded stays behind */
+	assert_int_equal(f->a->b[0].state, MOB_B_FREE);
+	/* an away binding at a site that is no peer any more: home */
+	assert_int_equal(LOAD("{\"version\":1,\"site\":\"A\",\"vms\":[{\"vm\":\"vm1\","
+			      "\"state\":\"away\",\"seq\":3,\"nonce\":\"00000000000000ff\","
+			      "\"mac\":\"52:54:00:61:00:10\",\"addrs\":[\"10.61.1.10\"],"
+			      "\"current\":\"Z\",\"lifetime\":60,\"expires\":1900000000}]}"), 0);
+	assert_int_equal(vm1(f)->state, MOB_B_HOME_IDLE);
+	assert_int_equal(vm1(f)->seq, 3);
+	fixture_free(f);
+#undef LOAD
+}
+
+/* A key per site pair: the key A shares with C cannot speak for B, nor
+ * the reverse; each speaks for its own site. */
+static void test_agent_pair_keys(void **state)
+{
+	struct fixture *f = fixture_new(false);
+
+	/* C's address, claims C, B's key: forged */
+	assert_int_equal(bu(f, "C", 10, 60, &f->from_c, key_ab, key_ac, NULL), -1);
+	assert_int_equal(f->a->c.bu_forged, 1);
+	/* B's address, claims B, C's key: forged */
+	assert_int_equal(bu(f, "B", 10, 60, &f->from_b, key_ac, key_ab, NULL), -1);
+	assert_int_equal(f->a->c.bu_forged, 2);
+	/* C's address, claims B, C's key: wrong address */
+	assert_int_equal(bu(f, "B", 10, 60, &f->from_c, key_ac, key_ab, NULL), -1);
+	assert_int_equal(f->a->c.bu_refused, 1);
+	assert_null(vm1(f));
+	/* each with its own key: accepted, answered under that key */
+	assert_int_equal(bu(f, "B", 10, 60, &f->from_b, key_ab, key_ab, NULL),
+			 MOB_BA_ACCEPTED);
+	assert_string_equal(vm1(f)->current, "B");
+	assert_int_equal(bu(f, "C", 11, 60, &f->from_c, key_ac, key_ac, NULL),
+			 MOB_BA_ACCEPTED);
+	assert_string_equal(vm1(f)->current, "C");
+	fixture_free(f);
+}
+
+/* What an authenticated peer may ask is bounded too. */
+static void test_agent_bu_limits(void **state)
+{
+	struct fixture *f = fixture_new(false);
+	uint8_t buf[MOB_BMSG_MAX];
+	struct mob_bmsg m, ba;
+	uint32_t seq;
+	int n;
+
+	/* the lifetime granted is at most a day, and the BA says so */
+	assert_int_equal(bu(f, "B", 1, UINT32_MAX, &f->from_b, key_ab, key_ab, NULL),
+			 MOB_BA_ACCEPTED);
+	assert_int_equal(mob_bmsg_decode(f->m.bmsg, f->m.bmsg_len, key_ab, &ba), 0);
+	assert_int_equal(ba.lifetime, 86400);
+	assert_int_equal(vm1(f)->lifetime, 86400);
+	/* sequence numbers compare modulo 2^32 (RFC 1982): the highest one
+	 * does not lock the VM out, the one after it is newer; a jump of
+	 * 2^31 or more is older */
+	assert_int_equal(bu(f, "B", 0x80000001u, 60, &f->from_b, key_ab, key_ab, NULL),
+			 MOB_BA_SEQ_OUT_OF_WINDOW);
+	assert_int_equal(bu(f, "B", 0x80000000u, 60, &f->from_b, key_ab, key_ab, NULL),
+			 MOB_BA_ACCEPTED);
+	assert_int_equal(bu(f, "B", UINT32_MAX, 60, &f->from_b, key_ab, key_ab, NULL),
+			 MOB_BA_ACCEPTED);
+	assert_int_equal(bu(f, "B", 0, 60, &f->from_b, key_ab, key_ab, NULL),
+			 MOB_BA_ACCEPTED);
+	assert_int_equal(bu(f, "B", UINT32_MAX, 60, &f->from_b, key_ab, key_ab, &seq),
+			 MOB_BA_SEQ_OUT_OF_WINDOW);
+	assert_int_equal(seq, 0);
+	/* a multicast MAC, or another VM's MAC, is refused */
+	sample_bu(&m);
+	m.seq = 5;
+	m.mac[0] = 0x01;
+	n = mob_bmsg_encode(&m, key_ab, buf, sizeof(buf));
+	assert_int_equal(feed(f, buf, (size_t)n, &f->from_b, key_ab, NULL),
+			 MOB_BA_REASON_UNSPEC);
+	sample_bu(&m);
+	strcpy(m.vm, "vm2");
+	n = mob_bmsg_encode(&m, key_ab, buf, sizeof(buf));
+	assert_int_equal(feed(f, buf, (size_t)n, &f->from_b, key_ab, NULL),
+			 MOB_BA_REASON_UNSPEC);
+	assert_int_equal(vm1(f)->seq, 0);
+	/* a site registers only itself */
+	sample_bu(&m);
+	m.seq = 6;
+	strcpy(m.current, "C");
+	n = mob_bmsg_encode(&m, key_ab, buf, sizeof(buf));
+	assert_int_equal(feed(f, buf, (size_t)n, &f->from_b, key_ab, NULL), -1);
+	assert_string_equal(vm1(f)->current, "B");
+	fixture_free(f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -364,6 +861,12 @@ int main(void)
 		cmocka_unit_test(test_vxlan),
 		cmocka_unit_test(test_ctl_parse),
 		cmocka_unit_test(test_text),
+		cmocka_unit_test(test_agent_gso_bound),
+		cmocka_unit_test(test_agent_flood),
+		cmocka_unit_test(test_agent_replay_after_restart),
+		cmocka_unit_test(test_agent_state_file),
+		cmocka_unit_test(test_agent_pair_keys),
+		cmocka_unit_test(test_agent_bu_limits),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

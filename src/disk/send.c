@@ -61,6 +61,7 @@ struct disk_send {
 	pthread_cond_t cond;
 	uint64_t sent_frames, acked_frames;
 	bool failed, peer_done, reader_started;
+	bool sent_done;			/* our DONE is on its way: the receiver's may come */
 	char error[256];
 	struct pending_flush flushes[MAX_FLUSHES];
 	bool has_filter;
@@ -393,6 +394,9 @@ static int serve_need(struct disk_send *ds, const struct wire_need *need)
 	size_t i, j;
 	int r = 0;
 
+	/* A receiver asks for the REFs of one frame at a time. */
+	if (need->count > DISK_BATCH)
+		return -EMSGSIZE;
 	hashes = malloc((size_t)need->count * WIRE_HASH_LEN + 1);
 	data = malloc((size_t)need->count * BLOCK + 1);
 	if (!hashes || !data) {
@@ -431,10 +435,21 @@ static int serve_need(struct disk_send *ds, const struct wire_need *need)
 	return r;
 }
 
+/* A receiver that broke the protocol: tell it, and fail (held flushes fail too). */
+static void refuse(struct disk_send *ds, const char *why)
+{
+	ds_fail(ds, "disk channel: %s", why);
+	pthread_mutex_lock(&ds->wlock);
+	(void)wire_conn_send_status(ds->conn, WIRE_MSG_ERROR, WIRE_CODE_PROTOCOL, why);
+	pthread_mutex_unlock(&ds->wlock);
+}
+
 static void *reader_thread(void *arg)
 {
 	struct disk_send *ds = arg;
 	struct wire_msg m;
+	char why[128];
+	bool bad;
 	int r;
 
 	for (;;) {
@@ -451,28 +466,46 @@ static void *reader_thread(void *arg)
 		switch (m.type) {
 		case WIRE_MSG_ACK:
 			pthread_mutex_lock(&ds->lock);
-			if (m.u.ack > ds->acked_frames && m.u.ack <= ds->sent_frames)
+			bad = m.u.ack > ds->sent_frames;
+			if (!bad && m.u.ack > ds->acked_frames)
 				ds->acked_frames = m.u.ack;
 			pthread_cond_broadcast(&ds->cond);
 			pthread_mutex_unlock(&ds->lock);
+			if (bad) {
+				refuse(ds, "the receiver acknowledged a frame not sent yet");
+				return NULL;
+			}
 			break;
 		case WIRE_MSG_PONG:
 			complete_flush(ds, m.u.ping);
 			break;
 		case WIRE_MSG_NEED:
 			r = serve_need(ds, &m.u.need);
+			if (r == -EMSGSIZE) {
+				refuse(ds, "the receiver needs more blocks at once than a frame holds");
+				return NULL;
+			}
 			if (r < 0) {
+				pthread_mutex_lock(&ds->wlock);
 				wire_conn_send_status(ds->conn, WIRE_MSG_ERROR, WIRE_CODE_NOT_FOUND,
 						      "a needed disk block is no longer held");
+				pthread_mutex_unlock(&ds->wlock);
 				ds_fail(ds, "the receiver needs a block the sender no longer holds");
 				return NULL;
 			}
 			break;
 		case WIRE_MSG_DONE:
+			/* All applied: only meaningful once we said there is no more. */
 			pthread_mutex_lock(&ds->lock);
-			ds->peer_done = true;
+			bad = !ds->sent_done;
+			if (!bad)
+				ds->peer_done = true;
 			pthread_cond_broadcast(&ds->cond);
 			pthread_mutex_unlock(&ds->lock);
+			if (bad) {
+				refuse(ds, "the receiver said DONE before the sender did");
+				return NULL;
+			}
 			break;
 		case WIRE_MSG_ERROR:
 		case WIRE_MSG_CANCEL:
@@ -480,7 +513,10 @@ static void *reader_thread(void *arg)
 				(int)m.u.status.text.len, m.u.status.text.p);
 			return NULL;
 		default:
-			break;
+			snprintf(why, sizeof(why), "the receiver sent %s on the disk channel",
+				 wire_msg_name(m.type));
+			refuse(ds, why);
+			return NULL;
 		}
 	}
 }
@@ -924,6 +960,9 @@ int disk_send_switchover(struct disk_send *ds, struct qmp *q, char *err, size_t 
 		return -EIO;
 	del_nodes(ds, q);
 	/* Our DONE follows every write; the receiver's says all is applied. */
+	pthread_mutex_lock(&ds->lock);
+	ds->sent_done = true;
+	pthread_mutex_unlock(&ds->lock);
 	tsb_buf_init(&b);
 	wire_encode_status(&b, WIRE_MSG_DONE, WIRE_CODE_OK, "disks complete");
 	r = ds_write(ds, &b, false);

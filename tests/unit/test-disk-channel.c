@@ -1,9 +1,12 @@
 /*
- * The receiving side of the disk channel against broken and hostile
- * peers, without QEMU: disk_recv_start() runs as in `tsubame recv`, but
- * its QMP peer is a fake (query-block, nbd-server-start...) whose NBD
- * export is a disk in memory (memdisk.c); the test plays the sender over
- * real TLS on loopback, frame by frame.
+ * Both sides of the disk channel against broken and hostile peers,
+ * without QEMU. disk_recv_start() runs as in `tsubame recv`, but its QMP
+ * peer is a fake (query-block, nbd-server-start...) whose NBD export is a
+ * disk in memory (memdisk.c); the test plays the sender over real TLS on
+ * loopback, frame by frame. disk_send_start() runs against a fake source
+ * QMP (blockdev-add connects the test as the mirror job to the sender's
+ * NBD server; the job is ready at once); the test plays the receiver.
+ * Receiver:
  *  - a plain copy (DATA, ZERO, sectors, flush, DONE) lands in the disk;
  *  - offsets near 2^64 do not wrap the range checks (REF, DATA, ZERO);
  *  - frames queued behind a NEED are bounded by the sender's window;
@@ -13,6 +16,10 @@
  *  - while it waits for the disk channel, plaintext, stalled, wrong-key
  *    and wrong-HELLO connections are refused and counted, and the real
  *    sender gets through.
+ * Sender:
+ *  - writes and flushes of the mirror travel and complete; DONE both ways;
+ *  - a DONE before the sender's, an ACK of a frame not sent, a NEED larger
+ *    than a frame and a message a receiver never sends fail the transfer.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -38,6 +45,7 @@
 #include "common/log.h"
 #include "disk/disk.h"
 #include "memdisk.h"
+#include "nbd/nbd.h"
 #include "qmp/qmp.h"
 #include "scratch.h"
 #include "wire/codec.h"
@@ -56,6 +64,9 @@ struct fakeqmp {
 	pthread_t th;
 	char *query_block;		/* JSON text of query-block's return */
 	struct memdisk *md;		/* nbd-server-start serves it */
+	/* source side: blockdev-add connects this client, the mirror job */
+	struct nbd_client *mirror;
+	bool cancelled;			/* block-job-cancel: the job is gone */
 };
 
 static bool read_line(int fd, char *buf, size_t len)
@@ -105,6 +116,22 @@ static void *fakeqmp_main(void *arg)
 		}
 		if (!strcmp(cmd, "query-block")) {
 			reply(fd, id, f->query_block);
+		} else if (!strcmp(cmd, "blockdev-add")) {
+			struct nbd_client_config cc = { .export_name = "disk" };
+
+			(void)json_unpack(req, "{s:{s:{s:s}}}", "arguments", "server", "path",
+					  &path);
+			if (path && nbd_client_connect_unix(path, &cc, &f->mirror, NULL, 0) == 0)
+				reply(fd, id, "{}");
+			else
+				dprintf(fd, "{\"error\": {\"class\": \"GenericError\", "
+					"\"desc\": \"no\"}, \"id\": %lld}\r\n", (long long)id);
+		} else if (!strcmp(cmd, "query-block-jobs")) {
+			reply(fd, id, f->cancelled ? "[]" :
+				      "[{\"device\": \"tsb-mirror-0\", \"ready\": true}]");
+		} else if (!strcmp(cmd, "block-job-cancel")) {
+			f->cancelled = true;
+			reply(fd, id, "{}");
 		} else if (!strcmp(cmd, "nbd-server-start")) {
 			(void)json_unpack(req, "{s:{s:{s:{s:s}}}}", "arguments", "addr", "data",
 					  "path", &path);
@@ -114,7 +141,10 @@ static void *fakeqmp_main(void *arg)
 				dprintf(fd, "{\"error\": {\"class\": \"GenericError\", "
 					"\"desc\": \"no\"}, \"id\": %lld}\r\n", (long long)id);
 		} else {
-			/* qmp_capabilities, block-export-add/-del, nbd-server-stop */
+			/*
+			 * qmp_capabilities, block-export-add/-del, nbd-server-stop,
+			 * blockdev-mirror, blockdev-del
+			 */
 			reply(fd, id, "{}");
 		}
 		json_decref(req);
@@ -131,7 +161,8 @@ static void fakeqmp_start(struct fakeqmp *f)
 	scratch_path(f->path, sizeof(f->path), "qmp.sock");
 	f->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	assert_true(f->lfd >= 0);
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", f->path);
+	assert_true(strlen(f->path) < sizeof(sa.sun_path));
+	memcpy(sa.sun_path, f->path, strlen(f->path) + 1);
 	assert_int_equal(bind(f->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	assert_int_equal(listen(f->lfd, 1), 0);
 	assert_int_equal(pthread_create(&f->th, NULL, fakeqmp_main, f), 0);
@@ -143,6 +174,7 @@ static void fakeqmp_stop(struct fakeqmp *f)
 	close(f->lfd);
 	unlink(f->path);
 	free(f->query_block);
+	nbd_client_close(f->mirror);
 }
 
 /* ---- the receiver, its fake QEMU and the keys ---- */
@@ -789,6 +821,246 @@ static void test_accept_strangers(void **state)
 	rig_down(&r);
 }
 
+/* ---- the sender, with the test as its receiver ---- */
+
+struct srig {
+	struct fakeqmp fq;
+	struct qmp *q;
+	struct wire_key key;
+	struct wire_tls *ts, *tc;
+	int lfd;
+	char port[16];
+	pthread_t th;
+	struct wire_conn *c;		/* the test's end of the disk channel */
+	int err;
+	struct disk_send *ds;
+	json_t *report;
+};
+
+/* The receiver's side up to PONG 0, on a thread while disk_send_start() runs. */
+static void *recv_accept_main(void *arg)
+{
+	struct srig *s = arg;
+	struct wire_hello_args h = { .role = WIRE_ROLE_RECEIVER, .site = "destination",
+				     .caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
+					     WIRE_CAP_DISK };
+	struct wire_summary sum = { 0 };
+	struct wire_hello peer;
+	struct wire_msg m;
+	struct tsb_buf b;
+	int fd;
+
+	s->err = wire_tcp_accept(s->lfd, &fd);
+	if (s->err)
+		return NULL;
+	s->c = wire_conn_new_take(s->ts, fd);
+	if (!s->c) {
+		s->err = -ENOMEM;
+		return NULL;
+	}
+	wire_conn_set_timeout(s->c, IO_TIMEOUT_MS);
+	s->err = wire_conn_handshake(s->c, IO_TIMEOUT_MS);
+	if (!s->err)
+		s->err = wire_conn_hello(s->c, &h, &peer);
+	tsb_buf_init(&b);
+	if (!s->err)
+		s->err = wire_encode_summary(&b, &sum);
+	if (!s->err)
+		s->err = wire_conn_write(s->c, b.data, b.len);
+	tsb_buf_fini(&b);
+	if (!s->err && (wire_conn_read_msg(s->c, WIRE_ROLE_SENDER, &m) != 1 ||
+			m.type != WIRE_MSG_BLOCKS || m.u.blocks.count != 1))
+		s->err = -EPROTO;
+	if (!s->err && (wire_conn_read_msg(s->c, WIRE_ROLE_SENDER, &m) != 1 ||
+			m.type != WIRE_MSG_PING || m.u.ping != 0))
+		s->err = -EPROTO;
+	tsb_buf_init(&b);
+	if (!s->err)
+		s->err = wire_encode_u64(&b, WIRE_MSG_PONG, 0);
+	if (!s->err)
+		s->err = wire_conn_write(s->c, b.data, b.len);
+	tsb_buf_fini(&b);
+	return NULL;
+}
+
+static void srig_up(struct srig *s)
+{
+	char image[128], size[32], err[256] = "";
+	uint16_t port;
+
+	memset(s, 0, sizeof(*s));
+	scratch_path(image, sizeof(image), "src.raw");
+	snprintf(size, sizeof(size), "%u", DISK_SIZE);
+	s->fq.query_block = query_block_json("disk0", image, size);
+	fakeqmp_start(&s->fq);
+	assert_int_equal(qmp_open(s->fq.path, 5000, &s->q), 0);
+	snprintf(s->key.id, sizeof(s->key.id), "disk-test");
+	assert_int_equal(RAND_bytes(s->key.secret, sizeof(s->key.secret)), 1);
+	s->ts = wire_tls_new(WIRE_TLS_SERVER);
+	s->tc = wire_tls_new(WIRE_TLS_CLIENT);
+	assert_non_null(s->ts);
+	assert_non_null(s->tc);
+	assert_int_equal(wire_tls_set_psk(s->ts, &s->key), 0);
+	assert_int_equal(wire_tls_set_psk(s->tc, &s->key), 0);
+	assert_int_equal(wire_tcp_listen("127.0.0.1", "0", 4, &s->lfd), 0);
+	assert_int_equal(wire_tcp_local_port(s->lfd, &port), 0);
+	snprintf(s->port, sizeof(s->port), "%u", port);
+	assert_int_equal(pthread_create(&s->th, NULL, recv_accept_main, s), 0);
+
+	struct disk_send_options o = { .host = "127.0.0.1", .port = s->port, .tls = s->tc,
+				       .ready_timeout_ms = IO_TIMEOUT_MS };
+
+	if (disk_send_start(s->q, &o, &s->ds, err, sizeof(err)) < 0)
+		fail_msg("disk_send_start: %s", err);
+	assert_int_equal(pthread_join(s->th, NULL), 0);
+	assert_int_equal(s->err, 0);
+	assert_non_null(s->ds);
+	assert_non_null(s->fq.mirror);
+	s->report = json_object();
+}
+
+static void srig_down(struct srig *s)
+{
+	disk_send_finish(s->ds, s->q, s->report);
+	wire_conn_free(s->c);
+	qmp_close(s->q);
+	fakeqmp_stop(&s->fq);
+	close(s->lfd);
+	wire_tls_free(s->ts);
+	wire_tls_free(s->tc);
+	wire_key_wipe(&s->key);
+	json_decref(s->report);
+}
+
+/* Waits (boundedly) until the sender has failed; its reason. */
+static void expect_send_failed(struct srig *s, const char *what)
+{
+	char err[256] = "";
+
+	for (int i = 0; i < IO_TIMEOUT_MS / 10 && !disk_send_failed(s->ds, err, sizeof(err)); i++)
+		usleep(10000);
+	print_message("# sender: %s\n", err);
+	if (!strstr(err, what))
+		fail_msg("'%s' is not in '%s'", what, err);
+}
+
+/* The test's receiver: ACKs, PONGs, DONE; counts what it got. */
+struct responder {
+	struct wire_conn *c;
+	unsigned pages, pings, entries;
+	bool done;
+};
+
+static void *responder_main(void *arg)
+{
+	struct responder *rp = arg;
+	struct wire_page_iter it;
+	struct wire_page_entry e;
+	struct wire_msg m;
+	struct tsb_buf b;
+	uint64_t applied = 0;
+
+	tsb_buf_init(&b);
+	while (wire_conn_read_msg(rp->c, WIRE_ROLE_SENDER, &m) == 1) {
+		tsb_buf_reset(&b);
+		if (m.type == WIRE_MSG_PAGES) {
+			rp->pages++;
+			wire_pages_iter_init(&m.u.pages, &it);
+			while (wire_pages_next(&it, &e))
+				rp->entries++;
+			wire_encode_u64(&b, WIRE_MSG_ACK, ++applied);
+		} else if (m.type == WIRE_MSG_PING) {
+			rp->pings++;
+			wire_encode_u64(&b, WIRE_MSG_PONG, m.u.ping);
+		} else if (m.type == WIRE_MSG_DONE) {
+			rp->done = true;
+			wire_encode_status(&b, WIRE_MSG_DONE, WIRE_CODE_OK, "applied");
+		} else {
+			break;
+		}
+		if (wire_conn_write(rp->c, b.data, b.len) < 0 || rp->done)
+			break;
+	}
+	tsb_buf_fini(&b);
+	return NULL;
+}
+
+static void test_send_copy(void **state)
+{
+	struct responder rp = { 0 };
+	struct srig s;
+	pthread_t t;
+	uint8_t blk[4 * BLOCK];
+	char err[256] = "";
+
+	(void)state;
+	srig_up(&s);
+	rp.c = s.c;
+	assert_int_equal(pthread_create(&t, NULL, responder_main, &rp), 0);
+	for (unsigned i = 0; i < 4; i++)
+		fill_block(blk + i * BLOCK, i);
+	assert_int_equal(nbd_client_pwrite(s.fq.mirror, blk, sizeof(blk), 8 * BLOCK, 0), 0);
+	assert_int_equal(nbd_client_write_zeroes(s.fq.mirror, 64 * BLOCK, 128 * 1024, 0), 0);
+	/* A flush completes once the receiver answered its PING. */
+	assert_int_equal(nbd_client_flush(s.fq.mirror), 0);
+	if (disk_send_switchover(s.ds, s.q, err, sizeof(err)) < 0)
+		fail_msg("switchover: %s", err);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_true(rp.done);
+	assert_true(rp.pings >= 1);
+	assert_int_equal(rp.entries, 4 + 2);
+	srig_down(&s);
+}
+
+static void send_need(struct wire_conn *c, size_t n)
+{
+	uint8_t (*h)[WIRE_HASH_LEN] = calloc(n, WIRE_HASH_LEN);
+	struct tsb_buf b;
+
+	assert_non_null(h);
+	tsb_buf_init(&b);
+	assert_int_equal(wire_encode_need(&b, (const uint8_t (*)[WIRE_HASH_LEN])h, n), 0);
+	send_buf(c, &b);
+	tsb_buf_fini(&b);
+	free(h);
+}
+
+static void test_send_hostile_receiver(void **state)
+{
+	struct srig s;
+	struct tsb_buf b;
+	char err[256] = "";
+
+	(void)state;
+	/* DONE before the sender's: "everything is applied" cannot be true yet. */
+	srig_up(&s);
+	tsb_buf_init(&b);
+	assert_int_equal(wire_encode_status(&b, WIRE_MSG_DONE, WIRE_CODE_OK, "applied"), 0);
+	send_buf(s.c, &b);
+	tsb_buf_fini(&b);
+	expect_send_failed(&s, "DONE before the sender");
+	assert_true(disk_send_switchover(s.ds, s.q, err, sizeof(err)) < 0);
+	srig_down(&s);
+
+	/* An ACK of frames never sent. */
+	srig_up(&s);
+	send_u64(s.c, WIRE_MSG_ACK, 5);
+	expect_send_failed(&s, "acknowledged a frame not sent");
+	srig_down(&s);
+
+	/* A NEED larger than a frame. */
+	srig_up(&s);
+	send_need(s.c, DISK_BATCH + 1);
+	expect_send_failed(&s, "more blocks at once");
+	srig_down(&s);
+
+	/* What a receiver never sends on the disk channel. */
+	srig_up(&s);
+	send_u64(s.c, WIRE_MSG_PING, 1);
+	expect_send_failed(&s, "the receiver sent PING");
+	srig_down(&s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -800,6 +1072,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_query_block_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_flush_unknown_disk, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_accept_strangers, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_send_copy, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_send_hostile_receiver, setup, teardown),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

@@ -729,7 +729,9 @@ static void *parse_thread(void *arg)
 		if (n == 0) {
 			r = qs_parser_finish(s->parser);
 			if (r < 0) {
-				fail(s, PROXY_FAILED, "QEMU closed the migration stream %s: %s",
+				/* A signal cancelled QEMU's migration: that is why it ended. */
+				fail(s, s->abort_flag > 1 ? PROXY_INTERRUPTED : PROXY_FAILED,
+				     "QEMU closed the migration stream %s: %s",
 				     r == -ENODATA ? "before its end" : "after an error",
 				     qs_parser_error(s->parser));
 				break;

@@ -87,14 +87,17 @@ static int backlog_flood(struct wire_conn *c)
 	if (r == 0)
 		r = wire_conn_write(c, buf.data, buf.len);
 	wire_pages_builder_fini(&pb);
-	if (r < 0)
+	if (r < 0) {
+		tsb_buf_fini(&buf);
 		return 0;
+	}
 	/* The receiver cannot resolve that REF: it asks, and waits. */
 	do {
 		r = wire_conn_read_msg(c, WIRE_ROLE_RECEIVER, &m);
 	} while (r > 0 && m.type != WIRE_MSG_NEED);
 	if (r <= 0) {
 		fprintf(stderr, "hostile-sender: no NEED came\n");
+		tsb_buf_fini(&buf);
 		return 2;
 	}
 	for (mib = 0; mib < 400; mib++) {
@@ -121,10 +124,10 @@ int main(int argc, char **argv)
 		.caps = WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_COMMIT,
 	};
 	struct wire_hello peer;
-	struct wire_key key;
+	struct wire_key key = { 0 };
 	struct wire_tls *tls;
 	struct wire_conn *c;
-	int opt, fd;
+	int opt, fd, rc = 2;
 
 	while ((opt = getopt(argc, argv, "t:k:s:")) != -1) {
 		if (opt == 't')
@@ -145,22 +148,27 @@ int main(int argc, char **argv)
 	if (!tls || wire_key_load(key_path, &key, msg, sizeof(msg)) < 0 ||
 	    wire_tls_set_psk(tls, &key) < 0) {
 		fprintf(stderr, "hostile-sender: key: %s\n", msg);
-		return 2;
+		goto out;
 	}
 	if (wire_tcp_connect(host, port, 5000, &fd, msg, sizeof(msg)) < 0) {
 		fprintf(stderr, "hostile-sender: %s\n", msg);
-		return 2;
+		goto out;
 	}
 	c = wire_conn_new_take(tls, fd);
+	if (!c)
+		goto out;
 	wire_conn_set_timeout(c, 30000);
-	if (wire_conn_handshake(c, 10000) < 0 || wire_conn_hello(c, &hello, &peer) < 0) {
+	if (wire_conn_handshake(c, 10000) < 0 || wire_conn_hello(c, &hello, &peer) < 0)
 		fprintf(stderr, "hostile-sender: %s\n", wire_conn_errmsg(c));
-		return 2;
-	}
-	if (!strcmp(scenario, "huge-blocks"))
-		return huge_blocks(c);
-	if (!strcmp(scenario, "backlog-flood"))
-		return backlog_flood(c);
-	fprintf(stderr, "hostile-sender: unknown scenario '%s'\n", scenario);
-	return 2;
+	else if (!strcmp(scenario, "huge-blocks"))
+		rc = huge_blocks(c);
+	else if (!strcmp(scenario, "backlog-flood"))
+		rc = backlog_flood(c);
+	else
+		fprintf(stderr, "hostile-sender: unknown scenario '%s'\n", scenario);
+	wire_conn_free(c);
+out:
+	wire_tls_free(tls);
+	wire_key_wipe(&key);
+	return rc;
 }

@@ -13,34 +13,23 @@
 #include "qmp/qmp.h"
 #include "store/diskindex.h"
 #include "store/filter.h"
+#include "wire/accept.h"
 #include "wire/codec.h"
 #include "wire/tls.h"
 #include "wire/wire.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #define BLOCK 4096u
 /* Largest write we hand the destination QEMU at once. */
 #define RUN_MAX (4u << 20)
-/*
- * Waiting for the disk channel: connections whose TLS handshake and HELLO
- * run at once (a new one evicts the oldest), and the time each has for
- * them. A stranger, a stalled or a garbage connection never holds up the
- * sender for longer than its own round trips.
- */
-#define ACCEPT_PENDING 16
-#define ACCEPT_HANDSHAKE_MS 5000
 /*
  * Frames kept while a NEED is answered: the sender has at most DISK_WINDOW
  * PAGES frames unacknowledged, besides a few PINGs (flushes, keepalives)
@@ -890,212 +879,61 @@ static int send_summary(struct disk_recv *dr)
 
 /* ---- waiting for the disk channel ---- */
 
-/* One connection between accept() and its HELLO. */
-struct pending {
-	struct disk_recv *dr;
-	pthread_t th;
-	bool used;
-	bool done;			/* atomic */
-	bool evicted;			/* under dr->lock */
-	uint64_t start_ns;
-	int fd;
-	struct wire_conn *c;		/* under dr->lock */
-	char addr[64];
-};
-
-/* Logs the first refusals one by one, then one line in a hundred. */
-static void refused(struct disk_recv *dr, const char *addr, const char *why)
+/* Only a sender's disk channel (wire/accept.h). */
+static bool want_disk_channel(const struct wire_hello *peer, void *opaque, char *why,
+			      size_t len)
 {
-	unsigned n;
-
-	pthread_mutex_lock(&dr->lock);
-	n = ++dr->refused;
-	pthread_mutex_unlock(&dr->lock);
-	if (n <= 10 || n % 100 == 0)
-		log_warn("disk channel: refused a connection from %s: %s (%u refused so far)",
-			 addr, why, n);
+	(void)opaque;
+	if (peer->caps & WIRE_CAP_DISK)
+		return true;
+	snprintf(why, len, "this connection takes disks only");
+	return false;
 }
 
-static void peer_addr(int fd, char *buf, size_t len)
+static bool accept_stopped(void *opaque)
 {
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
-	char host[INET6_ADDRSTRLEN] = "?";
-	unsigned port = 0;
+	struct disk_recv *dr = opaque;
 
-	if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
-		if (ss.ss_family == AF_INET) {
-			struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-
-			inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-			port = ntohs(a->sin_port);
-		} else if (ss.ss_family == AF_INET6) {
-			struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-
-			inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-			port = ntohs(a->sin6_port);
-		}
-	}
-	snprintf(buf, len, "%s:%u", host, port);
+	return dr->stop || dr->stop_accepting;
 }
 
 /*
- * TLS handshake and HELLO of one connection, within ACCEPT_HANDSHAKE_MS.
- * The first that authenticates and asks for disks becomes the channel.
+ * Accepts until a sender authenticates and says HELLO with WIRE_CAP_DISK
+ * (dr->conn); strangers are refused and counted (dr->refused) meanwhile.
+ * No overall timeout: a sender whose VM has no disk to move never comes,
+ * and that is not an error here.
  */
-static void *handshake_thread(void *arg)
+static int accept_channel(struct disk_recv *dr)
 {
-	struct pending *p = arg;
-	struct disk_recv *dr = p->dr;
-	struct wire_hello_args hello = {
+	static const struct wire_hello_args hello = {
 		.role = WIRE_ROLE_RECEIVER,
 		.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_DISK,
 		.site = "destination",
 	};
+	struct wire_accept_options ao = {
+		.tls = dr->tls, .lfd = dr->lfd, .hello = &hello, .want = want_disk_channel,
+		.opaque = dr, .what = "disk channel", .stopped = accept_stopped,
+	};
 	struct wire_hello peer;
-	struct wire_conn *c = wire_conn_new_take(dr->tls, p->fd);
-	const char *why = NULL;
+	struct wire_conn *c;
+	unsigned refused = 0;
 	int r;
 
-	if (!c) {
-		refused(dr, p->addr, "out of memory");
-		__atomic_store_n(&p->done, true, __ATOMIC_RELEASE);
-		return NULL;
-	}
+	r = wire_accept_peer(&ao, &c, &peer, &refused);
 	pthread_mutex_lock(&dr->lock);
-	p->c = c;
-	r = p->evicted ? -ECANCELED : 0;
-	pthread_mutex_unlock(&dr->lock);
-	wire_conn_set_timeout(c, ACCEPT_HANDSHAKE_MS);
-	if (r == 0)
-		r = wire_conn_handshake(c, ACCEPT_HANDSHAKE_MS);
-	if (r == 0)
-		r = wire_conn_hello(c, &hello, &peer);
-	if (r == 0 && !(peer.caps & WIRE_CAP_DISK)) {
-		why = "this connection takes disks only";
-		r = -EPROTO;
-	}
-	pthread_mutex_lock(&dr->lock);
-	p->c = NULL;
-	if (r == 0 && !dr->conn && !dr->stop && !dr->stop_accepting) {
+	dr->refused += refused;
+	if (r == 0 && !dr->stop) {
 		dr->conn = c;
 		dr->connected = true;
 		c = NULL;
-	} else if (r == 0) {
-		why = dr->conn ? "the disk channel is already connected" :
-			         "no longer waiting for a disk channel";
-		r = -EALREADY;
 	}
-	if (c && p->evicted && r < 0)
-		why = "too many connections at once: the oldest was dropped";
 	pthread_mutex_unlock(&dr->lock);
-	if (c) {
-		if (why && (r == -EPROTO || r == -EALREADY))
-			(void)wire_conn_send_status(c, WIRE_MSG_ERROR, WIRE_CODE_REFUSED, why);
-		refused(dr, p->addr, why ? why : wire_conn_errmsg(c)[0] ? wire_conn_errmsg(c) :
-			strerror(-r));
+	if (r == 0 && c) {
 		wire_conn_free(c);
+		r = -ECANCELED;
 	}
-	__atomic_store_n(&p->done, true, __ATOMIC_RELEASE);
-	return NULL;
-}
-
-/* Joins finished handshakes; with all, first aborts those still running. */
-static void reap(struct disk_recv *dr, struct pending *pend, bool all)
-{
-	unsigned i;
-
-	for (i = 0; i < ACCEPT_PENDING; i++) {
-		struct pending *p = &pend[i];
-
-		if (!p->used || (!all && !__atomic_load_n(&p->done, __ATOMIC_ACQUIRE)))
-			continue;
-		if (all) {
-			pthread_mutex_lock(&dr->lock);
-			p->evicted = true;
-			if (p->c)
-				wire_conn_abort(p->c);
-			pthread_mutex_unlock(&dr->lock);
-		}
-		pthread_join(p->th, NULL);
-		p->used = false;
-	}
-}
-
-/* A free slot; when every one is taken, the oldest handshake makes room. */
-static struct pending *free_slot(struct disk_recv *dr, struct pending *pend)
-{
-	struct pending *oldest = NULL;
-	unsigned i;
-
-	for (i = 0; i < ACCEPT_PENDING; i++) {
-		if (!pend[i].used)
-			return &pend[i];
-		if (!oldest || pend[i].start_ns < oldest->start_ns)
-			oldest = &pend[i];
-	}
-	pthread_mutex_lock(&dr->lock);
-	oldest->evicted = true;
-	if (oldest->c)
-		wire_conn_abort(oldest->c);
-	pthread_mutex_unlock(&dr->lock);
-	pthread_join(oldest->th, NULL);
-	oldest->used = false;
-	return oldest;
-}
-
-/*
- * Accepts until a sender authenticates and says HELLO with
- * WIRE_CAP_DISK (dr->conn). Handshakes run concurrently, each within
- * ACCEPT_HANDSHAKE_MS: a plaintext, garbage, stalled, unauthenticated or
- * main-connection client is logged, counted (dr->refused) and closed while
- * the real sender goes on. No overall timeout: a sender whose VM has no
- * disk to move never comes, and that is not an error here.
- */
-static int accept_channel(struct disk_recv *dr)
-{
-	struct pending pend[ACCEPT_PENDING];
-	struct pollfd pfd = { .fd = dr->lfd, .events = POLLIN };
-	struct pending *p;
-	bool won;
-	int fd, r;
-
-	memset(pend, 0, sizeof(pend));
-	for (;;) {
-		reap(dr, pend, false);
-		pthread_mutex_lock(&dr->lock);
-		won = dr->conn != NULL;
-		pthread_mutex_unlock(&dr->lock);
-		if (won || dr->stop || dr->stop_accepting)
-			break;
-		if (poll(&pfd, 1, 100) <= 0)
-			continue;
-		r = wire_tcp_accept(dr->lfd, &fd);
-		if (r < 0) {
-			if (r == -EMFILE || r == -ENFILE || r == -ENOBUFS || r == -ENOMEM)
-				usleep(100000);	/* out of fds: no busy loop */
-			continue;
-		}
-		wire_tcp_tune(fd, 0);
-		p = free_slot(dr, pend);
-		memset(p, 0, sizeof(*p));
-		p->dr = dr;
-		p->fd = fd;
-		p->start_ns = tsb_now_ns();
-		peer_addr(fd, p->addr, sizeof(p->addr));
-		p->used = true;
-		if (pthread_create(&p->th, NULL, handshake_thread, p)) {
-			p->used = false;
-			close(fd);
-			refused(dr, p->addr, "cannot start a thread");
-		}
-	}
-	reap(dr, pend, true);
-	pthread_mutex_lock(&dr->lock);
-	won = dr->conn != NULL;
-	pthread_mutex_unlock(&dr->lock);
-	if (!won || dr->stop)
-		return -ECANCELED;
+	if (r < 0)
+		return r;
 	log_info("disk channel: connected (%s)", wire_conn_peer(dr->conn));
 	return 0;
 }

@@ -1,5 +1,4 @@
 /* Switchover by commit: QEMU steps and decision delivery (commit.h). */
-#include "proxy/accept.h"
 #include "proxy/commit.h"
 #include "proxy/internal.h"
 
@@ -7,11 +6,11 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "qmp/qmp.h"
+#include "wire/accept.h"
 #include "wire/tls.h"
 #include "wire/wire.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -229,7 +228,7 @@ static int listen_again(const struct commit_link *l, int *ret_fd)
 	}
 }
 
-/* Only the sender of this migration, coming with its decision. (accept.h) */
+/* Only the sender of this migration, coming with its decision. (wire/accept.h) */
 static bool want_resolver(const struct wire_hello *peer, void *opaque, char *why, size_t len)
 {
 	const struct commit_link *l = opaque;
@@ -248,9 +247,9 @@ int commit_await(const struct commit_link *l, struct wire_conn **ret_conn)
 	struct wire_hello_args hello = {
 		.role = WIRE_ROLE_RECEIVER, .caps = WIRE_CAP_COMMIT, .site = "destination",
 	};
-	struct accept_options ao = {
+	struct wire_accept_options ao = {
 		.tls = l->tls, .hello = &hello, .want = want_resolver, .opaque = (void *)l,
-		.sig = l->sig, .deadline_ns = l->deadline_ns,
+		.what = "resolve", .sig = l->sig, .deadline_ns = l->deadline_ns,
 	};
 	struct wire_hello peer;
 	struct wire_conn *c;
@@ -262,7 +261,7 @@ int commit_await(const struct commit_link *l, struct wire_conn **ret_conn)
 		return r;
 	ao.lfd = lfd;
 	log_notice("waiting for the sender's decision on %s (migration %s)", l->addr, l->id);
-	while ((r = accept_peer(&ao, &c, &peer, NULL)) == 0) {
+	while ((r = wire_accept_peer(&ao, &c, &peer, NULL)) == 0) {
 		wire_conn_set_timeout(c, 10000);
 		r = wire_conn_read_msg(c, WIRE_ROLE_SENDER, &m);
 		if (r > 0 && m.type == WIRE_MSG_DECISION &&

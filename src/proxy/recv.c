@@ -8,7 +8,6 @@
  * PREPARED, and runs or discards it as the sender's DECISION says
  * (docs/protocol.md, "Switchover").
  */
-#include "proxy/accept.h"
 #include "proxy/commit.h"
 #include "proxy/content.h"
 #include "proxy/internal.h"
@@ -23,6 +22,7 @@
 #include "qmp/qmp.h"
 #include "qstream/qstream.h"
 #include "wire/codec.h"
+#include "wire/accept.h"
 #include "wire/tls.h"
 #include "wire/wire.h"
 
@@ -1019,7 +1019,7 @@ static int take_sender_identity(struct receiver *rc, const struct wire_hello *pe
 	return content_open_store(&o->c, rc->tenant, &rc->store, err, errlen);
 }
 
-/* Is this authenticated peer a sender we take? (accept.h) */
+/* Is this authenticated peer a sender we take? (wire/accept.h) */
 static bool want_sender(const struct wire_hello *peer, void *opaque, char *why, size_t len)
 {
 	struct receiver *rc = opaque;
@@ -1447,14 +1447,14 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 		     WIRE_CAP_STORE | WIRE_CAP_COMMIT;
 	hello.site = o->c.store_dir ? site : "destination";
 	{
-		/* A stray, slow or refused client does not end us (accept.h). */
-		struct accept_options ao = {
+		/* A stray, slow or refused client does not end us (wire/accept.h). */
+		struct wire_accept_options ao = {
 			.tls = tls, .lfd = lfd, .hello = &hello, .want = want_sender,
 			.opaque = rc, .sig = &sig,
 			.deadline_ns = o->c.timeout_ms ? start_ns + o->c.timeout_ms * 1000000 : 0,
 		};
 
-		r = accept_peer(&ao, &rc->conn, &peer, &rc->refused);
+		r = wire_accept_peer(&ao, &rc->conn, &peer, &rc->refused);
 	}
 	if (r == -EINTR) {
 		fail(rc, PROXY_INTERRUPTED, "interrupted while waiting for the sender");

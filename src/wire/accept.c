@@ -1,16 +1,19 @@
 /* Accepting a peer while strangers knock (accept.h). */
-#include "proxy/accept.h"
+#include "wire/accept.h"
 
 #include "common/log.h"
 #include "common/util.h"
 #include "wire/tls.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 struct slot {
@@ -22,40 +25,67 @@ struct slot {
 	bool evicted;		/* under a->lock */
 	int fd;
 	struct wire_conn *c;	/* under a->lock */
+	char addr[64];		/* the peer, for the log */
 };
 
 struct acceptor {
-	const struct accept_options *o;
+	const struct wire_accept_options *o;
 	pthread_mutex_t lock;
-	struct slot slots[ACCEPT_MAX_PENDING];
+	struct slot slots[WIRE_ACCEPT_MAX_PENDING];
 	struct wire_conn *winner;
 	struct wire_hello peer;
 	unsigned refused;
 };
 
 /* Logs the first refusals one by one, then one line in a hundred. */
-static void refused(struct acceptor *a, const char *why)
+static void refused(struct acceptor *a, const char *addr, const char *why)
 {
+	const char *what = a->o->what;
 	unsigned n;
 
 	pthread_mutex_lock(&a->lock);
 	n = ++a->refused;
 	pthread_mutex_unlock(&a->lock);
 	if (n <= 10 || n % 100 == 0)
-		log_warn("refused a connection: %s (%u refused so far)", why, n);
+		log_warn("%s%srefused a connection from %s: %s (%u refused so far)",
+			 what ? what : "", what ? ": " : "", addr, why, n);
+}
+
+static void peer_addr(int fd, char *buf, size_t len)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char host[INET6_ADDRSTRLEN] = "?";
+	unsigned port = 0;
+
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
+		if (ss.ss_family == AF_INET) {
+			struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+
+			inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+			port = ntohs(in->sin_port);
+		} else if (ss.ss_family == AF_INET6) {
+			struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+
+			inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+			port = ntohs(in6->sin6_port);
+		}
+	}
+	snprintf(buf, len, "%s:%u", host, port);
 }
 
 static void *handshake_thread(void *arg)
 {
 	struct slot *sl = arg;
 	struct acceptor *a = sl->a;
-	const struct accept_options *o = a->o;
+	const struct wire_accept_options *o = a->o;
 	struct wire_conn *c = wire_conn_new_take(o->tls, sl->fd);
 	struct wire_hello peer;
 	char why[256] = "";
 	int r;
 
 	if (!c) {
+		refused(a, sl->addr, "out of memory");
 		sl->done = true;
 		return NULL;
 	}
@@ -63,9 +93,9 @@ static void *handshake_thread(void *arg)
 	sl->c = c;
 	r = sl->evicted ? -ECANCELED : 0;
 	pthread_mutex_unlock(&a->lock);
-	wire_conn_set_timeout(c, ACCEPT_HANDSHAKE_MS);
+	wire_conn_set_timeout(c, WIRE_ACCEPT_HANDSHAKE_MS);
 	if (r == 0)
-		r = wire_conn_handshake(c, ACCEPT_HANDSHAKE_MS);
+		r = wire_conn_handshake(c, WIRE_ACCEPT_HANDSHAKE_MS);
 	if (r == 0)
 		r = wire_conn_hello(c, o->hello, &peer);
 	if (r == 0 && !o->want(&peer, o->opaque, why, sizeof(why))) {
@@ -82,11 +112,13 @@ static void *handshake_thread(void *arg)
 	pthread_mutex_unlock(&a->lock);
 	if (c) {
 		if (r == -EPERM)
-			refused(a, why);
+			refused(a, sl->addr, why);
 		else if (r == -ECANCELED)
-			refused(a, "too many handshakes at once: the oldest was dropped");
+			refused(a, sl->addr,
+				"too many handshakes at once: the oldest was dropped");
 		else if (r < 0)
-			refused(a, wire_conn_errmsg(c)[0] ? wire_conn_errmsg(c) : strerror(-r));
+			refused(a, sl->addr,
+				wire_conn_errmsg(c)[0] ? wire_conn_errmsg(c) : strerror(-r));
 		wire_conn_free(c);
 	}
 	sl->done = true;
@@ -96,7 +128,7 @@ static void *handshake_thread(void *arg)
 /* Joins finished handshakes; with all, aborts and joins every one. */
 static void reap(struct acceptor *a, bool all)
 {
-	for (unsigned i = 0; i < ACCEPT_MAX_PENDING; i++) {
+	for (unsigned i = 0; i < WIRE_ACCEPT_MAX_PENDING; i++) {
 		struct slot *sl = &a->slots[i];
 
 		if (!sl->used || (!all && !sl->done))
@@ -121,7 +153,7 @@ static struct slot *free_slot(struct acceptor *a)
 {
 	struct slot *oldest = NULL;
 
-	for (unsigned i = 0; i < ACCEPT_MAX_PENDING; i++) {
+	for (unsigned i = 0; i < WIRE_ACCEPT_MAX_PENDING; i++) {
 		struct slot *sl = &a->slots[i];
 
 		if (!sl->used)
@@ -139,8 +171,8 @@ static struct slot *free_slot(struct acceptor *a)
 	return oldest;
 }
 
-int accept_peer(const struct accept_options *o, struct wire_conn **ret_conn,
-		struct wire_hello *ret_peer, unsigned *ret_refused)
+int wire_accept_peer(const struct wire_accept_options *o, struct wire_conn **ret_conn,
+		     struct wire_hello *ret_peer, unsigned *ret_refused)
 {
 	struct acceptor a = { .o = o };
 	struct pollfd p = { .fd = o->lfd, .events = POLLIN };
@@ -164,20 +196,31 @@ int accept_peer(const struct accept_options *o, struct wire_conn **ret_conn,
 			r = -ETIMEDOUT;
 			break;
 		}
+		if (o->stopped && o->stopped(o->opaque)) {
+			r = -ECANCELED;
+			break;
+		}
 		if (poll(&p, 1, 50) <= 0)
 			continue;
-		if (wire_tcp_accept(o->lfd, &fd) < 0)
+		r = wire_tcp_accept(o->lfd, &fd);
+		if (r < 0) {
+			if (r == -EMFILE || r == -ENFILE || r == -ENOBUFS || r == -ENOMEM)
+				usleep(100000); /* out of fds: no busy loop */
+			r = 0;
 			continue;
+		}
 		sl = free_slot(&a);
 		wire_tcp_tune(fd, 0);
 		memset(sl, 0, sizeof(*sl));
 		sl->a = &a;
 		sl->start_ns = tsb_now_ns();
 		sl->fd = fd;
+		peer_addr(fd, sl->addr, sizeof(sl->addr));
 		sl->used = true;
 		if (pthread_create(&sl->th, NULL, handshake_thread, sl)) {
 			sl->used = false;
 			close(fd);
+			refused(&a, sl->addr, "cannot start a thread");
 		}
 	}
 	reap(&a, true);

@@ -1,6 +1,8 @@
 /* Durable migration records (record.h), small JSON files. */
 #include "proxy/record.h"
 
+#include "common/file.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -16,52 +18,18 @@ void record_path(const char *dir, const char *id, const char *side, char *out, s
 	snprintf(out, n, "%s/%s.%s.json", dir, id, side);
 }
 
-static int make_dir(const char *dir)
-{
-	char tmp[512], *p;
-
-	if (snprintf(tmp, sizeof(tmp), "%s", dir) >= (int)sizeof(tmp))
-		return -ENAMETOOLONG;
-	for (p = tmp + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-			return -errno;
-		*p = '/';
-	}
-	if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
-		return -errno;
-	return 0;
-}
-
-static int sync_dir(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), r = 0;
-
-	if (fd < 0)
-		return -errno;
-	if (fsync(fd) < 0)
-		r = -errno;
-	close(fd);
-	return r;
-}
-
 int record_save(const char *dir, const struct mig_record *r, char *err, size_t errlen)
 {
-	char path[600], tmp[620];
+	char name[RECORD_ID_MAX + 16];
 	json_t *j;
 	char *text;
-	size_t len;
-	int fd, e;
+	int e;
 
-	e = make_dir(dir);
+	e = tsb_mkdir_p(dir);
 	if (e < 0) {
 		snprintf(err, errlen, "cannot create %s: %s", dir, strerror(-e));
 		return e;
 	}
-	record_path(dir, r->id, r->side, path, sizeof(path));
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 	j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:b, s:I}", "id", r->id, "side", r->side,
 		      "state", r->state, "peer", r->peer, "qmp", r->qmp, "vm", r->vm,
 		      "resume_source", r->resume, "pid", (json_int_t)getpid());
@@ -71,25 +39,12 @@ int record_save(const char *dir, const struct mig_record *r, char *err, size_t e
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
-	len = strlen(text);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	e = fd < 0 ? -errno : 0;
-	if (!e && write(fd, text, len) != (ssize_t)len)
-		e = errno ? -errno : -EIO;
-	if (!e && fsync(fd) < 0)
-		e = -errno;
-	if (fd >= 0 && close(fd) < 0 && !e)
-		e = -errno;
-	if (!e && rename(tmp, path) < 0)
-		e = -errno;
-	if (!e)
-		e = sync_dir(dir);
+	snprintf(name, sizeof(name), "%s.%s.json", r->id, r->side);
+	e = tsb_write_atomic(dir, name, text, strlen(text), 0);
 	free(text);
-	if (e < 0) {
-		unlink(tmp);
-		snprintf(err, errlen, "cannot write the migration record %s: %s", path,
+	if (e < 0)
+		snprintf(err, errlen, "cannot write the migration record %s/%s: %s", dir, name,
 			 strerror(-e));
-	}
 	return e;
 }
 
@@ -167,7 +122,7 @@ void record_drop(const char *dir, const struct mig_record *r)
 	(void)unlink(path);
 	snprintf(path, sizeof(path), "%s/%s.%s.lock", dir, r->id, r->side);
 	(void)unlink(path);
-	(void)sync_dir(dir);
+	(void)tsb_fsync_dir(dir);
 }
 
 int record_lock(const char *dir, const char *id, const char *side)
@@ -175,7 +130,7 @@ int record_lock(const char *dir, const char *id, const char *side)
 	char path[600];
 	int fd, e;
 
-	e = make_dir(dir);
+	e = tsb_mkdir_p(dir);
 	if (e < 0)
 		return e;
 	snprintf(path, sizeof(path), "%s/%s.%s.lock", dir, id, side);

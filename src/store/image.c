@@ -3,7 +3,9 @@
  * their file format (docs/store.md) and the image verbs of a store.
  */
 #include "store/internal.h"
+
 #include "common/buf.h"
+#include "common/file.h"
 #include "common/reader.h"
 
 #include <dirent.h>
@@ -512,7 +514,7 @@ int store_image_commit(struct store *s, struct store_image *im, char *err,
 	snprintf(dir, sizeof(dir), "%s/images", s->tdir);
 	snprintf(name, sizeof(name), "%s.img", im->info.id);
 	if (!r)
-		r = store_write_atomic(dir, name, b.data, b.len, now);
+		r = tsb_write_atomic(dir, name, b.data, b.len, now);
 	tsb_buf_fini(&b);
 	if (r) {
 		snprintf(err, errlen, "store %s: cannot write image %s: %s", s->dir,
@@ -678,5 +680,5 @@ int store_image_remove(struct store *s, const char *id)
 	if (unlink(path))
 		return -errno;
 	snprintf(path, sizeof(path), "%s/images", s->tdir);
-	return store_fsync_dir(path);
+	return tsb_fsync_dir(path);
 }

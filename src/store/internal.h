@@ -95,9 +95,6 @@ bool store_id_valid(const char *id);
 /* Opens a tenant; readonly: no lock, nothing created or repaired. */
 int store_open_internal(const struct store_options *o, bool readonly,
 			struct store **ret, char *err, size_t errlen);
-int store_write_atomic(const char *dir, const char *name, const void *data,
-		       size_t len, int64_t mtime_ms);
-int store_fsync_dir(const char *path);
 int store_read_file(const char *path, uint64_t max, uint8_t **ret,
 		    size_t *ret_len);
 int64_t store_now_ms(void);

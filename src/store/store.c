@@ -4,7 +4,9 @@
  * Formats and crash-safety argument: docs/store.md.
  */
 #include "store/internal.h"
+
 #include "common/buf.h"
+#include "common/file.h"
 #include "common/log.h"
 #include "common/reader.h"
 #include "common/util.h"
@@ -72,40 +74,6 @@ int64_t store_now_ms(void)
 
 /* ---- small file helpers ---- */
 
-int store_fsync_dir(const char *path)
-{
-	int fd, r = 0;
-
-	fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	if (fsync(fd))
-		r = -errno;
-	close(fd);
-	return r;
-}
-
-static int write_all(int fd, const void *p, size_t n, off_t off)
-{
-	const uint8_t *b = p;
-
-	while (n) {
-		ssize_t w = pwrite(fd, b, n, off);
-
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (w == 0)
-			return -EIO;
-		b += w;
-		n -= w;
-		off += w;
-	}
-	return 0;
-}
-
 static ssize_t read_full(int fd, void *p, size_t n, off_t off)
 {
 	uint8_t *b = p;
@@ -124,40 +92,6 @@ static ssize_t read_full(int fd, void *p, size_t n, off_t off)
 		got += r;
 	}
 	return got;
-}
-
-int store_write_atomic(const char *dir, const char *name, const void *data,
-		       size_t len, int64_t mtime_ms)
-{
-	char tmp[PATH_MAX], dst[PATH_MAX];
-	int fd, r;
-
-	if (snprintf(tmp, sizeof(tmp), "%s/%s.tmp", dir, name) >= (int)sizeof(tmp) ||
-	    snprintf(dst, sizeof(dst), "%s/%s", dir, name) >= (int)sizeof(dst))
-		return -ENAMETOOLONG;
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return -errno;
-	r = write_all(fd, data, len, 0);
-	if (!r && mtime_ms > 0) {
-		struct timespec ts[2];
-
-		ts[0].tv_sec = ts[1].tv_sec = mtime_ms / 1000;
-		ts[0].tv_nsec = ts[1].tv_nsec = (mtime_ms % 1000) * 1000000;
-		if (futimens(fd, ts))
-			r = -errno;
-	}
-	if (!r && fsync(fd))
-		r = -errno;
-	if (close(fd) && !r)
-		r = -errno;
-	if (!r && rename(tmp, dst))
-		r = -errno;
-	if (r) {
-		(void)unlink(tmp);
-		return r;
-	}
-	return store_fsync_dir(dir);
 }
 
 int store_read_file(const char *path, uint64_t max, uint8_t **ret,
@@ -208,26 +142,6 @@ static int mkdir_one(const char *path)
 	return 0;
 }
 
-static int mkdir_p(const char *path)
-{
-	char buf[PATH_MAX];
-	size_t i, n = strlen(path);
-	int r;
-
-	if (n == 0 || n >= sizeof(buf))
-		return -ENAMETOOLONG;
-	memcpy(buf, path, n + 1);
-	for (i = 1; i < n; i++) {
-		if (buf[i] != '/')
-			continue;
-		buf[i] = 0;
-		r = mkdir_one(buf);
-		buf[i] = '/';
-		if (r)
-			return r;
-	}
-	return mkdir_one(buf);
-}
 
 static int path_of(char *buf, size_t len, const char *a, const char *b)
 {
@@ -283,7 +197,7 @@ static int site_id_load(const char *dir, bool create, char out[33])
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return -errno;
-	r = write_all(fd, line, 33, 0);
+	r = tsb_pwrite_all(fd, line, 33, 0);
 	if (!r && fsync(fd))
 		r = -errno;
 	close(fd);
@@ -309,7 +223,7 @@ static int site_id_load(const char *dir, bool create, char out[33])
 	(void)unlink(tmp);
 	if (r)
 		return r;
-	(void)store_fsync_dir(dir);
+	(void)tsb_fsync_dir(dir);
 	memcpy(out, line, 32);
 	out[32] = 0;
 	return 0;
@@ -319,7 +233,7 @@ static int site_id_load(const char *dir, bool create, char out[33])
 
 int store_dir_site_id(const char *dir, char out[33], char *err, size_t errlen)
 {
-	int r = mkdir_p(dir);
+	int r = tsb_mkdir_p(dir);
 
 	if (r == 0)
 		r = site_id_load(dir, true, out);
@@ -379,7 +293,7 @@ static int lock_take(struct store *s, int timeout_ms, char *err, size_t errlen)
 	}
 	n = snprintf(pidbuf, sizeof(pidbuf), "%d\n", (int)getpid());
 	if (ftruncate(fd, 0) == 0)
-		(void)write_all(fd, pidbuf, n, 0);
+		(void)tsb_pwrite_all(fd, pidbuf, n, 0);
 	s->lock_fd = fd;
 	return 0;
 }
@@ -427,7 +341,7 @@ int store_save_state_locked(struct store *s)
 		return -EROFS;
 	n = snprintf(text, sizeof(text), STATE_MAGIC "\ngeneration %" PRIu64
 		     "\ndamaged %" PRIu64 "\n", s->gen, s->damaged);
-	return store_write_atomic(s->tdir, "state", text, n, 0);
+	return tsb_write_atomic(s->tdir, "state", text, n, 0);
 }
 
 int store_bump_generation_locked(struct store *s)
@@ -636,7 +550,7 @@ int store_flush_locked(struct store *s)
 
 	if (!s->wbuf_n)
 		return 0;
-	r = write_all(p->fd, s->wbuf, s->wbuf_n * STORE_REC_SIZE, p->len);
+	r = tsb_pwrite_all(p->fd, s->wbuf, s->wbuf_n * STORE_REC_SIZE, p->len);
 	if (r)
 		return r;
 	p->len += (uint64_t)s->wbuf_n * STORE_REC_SIZE;
@@ -721,7 +635,7 @@ int store_sync_locked(struct store *s)
 	}
 	if (s->dir_dirty) {
 		if ((r = path_of(path, sizeof(path), s->tdir, "packs")) ||
-		    (r = store_fsync_dir(path)))
+		    (r = tsb_fsync_dir(path)))
 			return r;
 		s->dir_dirty = false;
 	}
@@ -846,7 +760,7 @@ int store_checkpoint_locked(struct store *s)
 	}
 	SHA256(b.data, b.len, md);
 	tsb_buf_append(&b, md, sizeof(md));
-	r = b.err ? b.err : store_write_atomic(s->tdir, "index", b.data, b.len, 0);
+	r = b.err ? b.err : tsb_write_atomic(s->tdir, "index", b.data, b.len, 0);
 	tsb_buf_fini(&b);
 	if (!r) {
 		s->index_dirty = false;
@@ -1186,7 +1100,7 @@ int store_open_internal(const struct store_options *o, bool readonly,
 	}
 	fresh = access(s->tdir, F_OK) != 0;
 	if (!readonly) {
-		if ((r = mkdir_p(o->dir)) ||
+		if ((r = tsb_mkdir_p(o->dir)) ||
 		    (r = path_of(path, sizeof(path), o->dir, "tenants")) ||
 		    (r = mkdir_one(path)) || (r = mkdir_one(s->tdir)) ||
 		    (r = path_of(path, sizeof(path), s->tdir, "packs")) ||
@@ -1198,7 +1112,7 @@ int store_open_internal(const struct store_options *o, bool readonly,
 			goto fail;
 		}
 		if (fresh && !path_of(path, sizeof(path), o->dir, "tenants"))
-			(void)store_fsync_dir(path);
+			(void)tsb_fsync_dir(path);
 	} else if (fresh) {
 		r = -ENOENT;
 		store_errf(err, errlen, "store %s has no tenant %s", o->dir, o->tenant);
@@ -1592,7 +1506,7 @@ int store_compact_locked(struct store *s, bool keep_all, uint64_t *ret_dropped)
 		if (!pack_path(s, redo[i], path, sizeof(path)))
 			(void)unlink(path);
 	if (!path_of(path, sizeof(path), s->tdir, "packs"))
-		(void)store_fsync_dir(path);
+		(void)tsb_fsync_dir(path);
 	goto clear;
 done:
 	if (dropped) {

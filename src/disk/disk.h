@@ -105,6 +105,9 @@ struct disk_recv_options {
 	int listen_fd;			/* taken over: the disk channel arrives here */
 	struct diskindex *index;	/* blocks to rebuild REFs from (borrowed; read only) */
 	uint64_t stall_ms;		/* wire timeout; 0: none */
+	/* Only the sender of this migration, with the credential it came with. */
+	const char *migration;		/* its id */
+	const char *credential;		/* wire_conn_peer() of its main connection */
 };
 
 struct disk_recv;

@@ -70,6 +70,8 @@ struct disk_recv {
 	const struct disk_recv_io *io;	/* tests, fuzz: instead of conn and sock */
 	struct diskindex *index;
 	uint64_t stall_ms;
+	char migration[WIRE_MAX_ID + 1];	/* the sender we take (disk_recv_options) */
+	char credential[160];
 	char dir[80], sock[100];
 	bool server_started;
 	unsigned n;
@@ -879,15 +881,32 @@ static int send_summary(struct disk_recv *dr)
 
 /* ---- waiting for the disk channel ---- */
 
-/* Only a sender's disk channel (wire/accept.h). */
-static bool want_disk_channel(const struct wire_hello *peer, void *opaque, char *why,
-			      size_t len)
+/*
+ * Only the disk channel of the sender whose migration this is, with the
+ * credential its main connection came with (wire/accept.h): the summary
+ * this channel sends is that tenant's.
+ */
+static bool want_disk_channel(const struct wire_conn *c, const struct wire_hello *peer,
+			      void *opaque, char *why, size_t len)
 {
-	(void)opaque;
-	if (peer->caps & WIRE_CAP_DISK)
-		return true;
-	snprintf(why, len, "this connection takes disks only");
-	return false;
+	const struct disk_recv *dr = opaque;
+
+	if (!(peer->caps & WIRE_CAP_DISK)) {
+		snprintf(why, len, "this connection takes disks only");
+		return false;
+	}
+	if (dr->migration[0] && (peer->migration.len != strlen(dr->migration) ||
+				 memcmp(peer->migration.p, dr->migration, peer->migration.len))) {
+		snprintf(why, len, "this port takes the disks of migration %s only",
+			 dr->migration);
+		return false;
+	}
+	if (dr->credential[0] && strcmp(wire_conn_peer(c), dr->credential)) {
+		snprintf(why, len, "the disks of migration %s come with %s only, not %s",
+			 dr->migration, dr->credential, wire_conn_peer(c));
+		return false;
+	}
+	return true;
 }
 
 static bool accept_stopped(void *opaque)
@@ -1137,6 +1156,8 @@ int disk_recv_start(struct qmp *q, const struct disk_recv_options *o,
 	dr->tls = o->tls;
 	dr->index = o->index;
 	dr->stall_ms = o->stall_ms;
+	snprintf(dr->migration, sizeof(dr->migration), "%s", o->migration ? o->migration : "");
+	snprintf(dr->credential, sizeof(dr->credential), "%s", o->credential ? o->credential : "");
 	n = disk_query(q, devs, DISK_MAX, err, errlen);
 	if (n < 0) {
 		r = n;

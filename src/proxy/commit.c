@@ -228,8 +228,12 @@ static int listen_again(const struct commit_link *l, int *ret_fd)
 	}
 }
 
-/* Only the sender of this migration, coming with its decision. (wire/accept.h) */
-static bool want_resolver(const struct wire_hello *peer, void *opaque, char *why, size_t len)
+/*
+ * Only the sender of this migration, coming with its decision and the
+ * credential it began with. (wire/accept.h)
+ */
+static bool want_resolver(const struct wire_conn *c, const struct wire_hello *peer,
+			  void *opaque, char *why, size_t len)
 {
 	const struct commit_link *l = opaque;
 
@@ -237,6 +241,12 @@ static bool want_resolver(const struct wire_hello *peer, void *opaque, char *why
 	    memcmp(peer->migration.p, l->id, peer->migration.len)) {
 		snprintf(why, len, "migration %s is waiting for its decision here; nothing "
 			 "else is accepted until it is settled", l->id);
+		return false;
+	}
+	if (l->credential && strcmp(wire_conn_peer(c), l->credential)) {
+		snprintf(why, len, "migration %s began with %s; its decision is taken from "
+			 "that credential only, not from %s", l->id, l->credential,
+			 wire_conn_peer(c));
 		return false;
 	}
 	return true;

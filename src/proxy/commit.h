@@ -22,6 +22,7 @@ struct commit_link {
 	struct wire_tls *tls;
 	const char *addr;	/* send: the receiver's HOST:PORT; recv: its --listen */
 	const char *id;		/* the migration id */
+	const char *credential;	/* recv: the sender's (wire_conn_peer()); NULL: any */
 	uint64_t deadline_ns;	/* CLOCK_MONOTONIC */
 	volatile int *sig;	/* stop early when it holds a signal number (> 1) */
 };

@@ -99,6 +99,7 @@ struct receiver {
 	uint8_t *run_buf;		/* WIRE_MAX_SAMERUN pages */
 	char vm[WIRE_MAX_ID + 1], tenant[WIRE_MAX_ID + 1], image_id[33];
 	char peer_site[WIRE_MAX_ID + 1], peer_image[WIRE_MAX_ID + 1];
+	char credential[160];	/* the sender's key id or certificate (wire_conn_peer()) */
 	uint64_t peer_gen, summary_bytes;
 
 	/* Statistics. */
@@ -1019,8 +1020,32 @@ static int take_sender_identity(struct receiver *rc, const struct wire_hello *pe
 	return content_open_store(&o->c, rc->tenant, &rc->store, err, errlen);
 }
 
+/*
+ * May this credential migrate the VM of this HELLO? A key or certificate
+ * bound to tenants (wire/tls.h) acts only for them; the tenant is the
+ * sender's, or else ours, or else the VM's own (content_tenant()).
+ */
+static bool credential_allows(const struct wire_conn *c, const struct wire_hello *peer,
+			      const char *our_tenant, char *why, size_t len)
+{
+	char vm[WIRE_MAX_ID + 1], tenant[WIRE_MAX_ID + 1];
+
+	if (peer->tenant.len) {
+		snprintf(tenant, sizeof(tenant), "%.*s", (int)peer->tenant.len, peer->tenant.p);
+	} else {
+		snprintf(vm, sizeof(vm), "%.*s", (int)peer->vm.len, peer->vm.p);
+		content_tenant(our_tenant, vm, tenant);
+	}
+	if (wire_conn_peer_may_act_for(c, tenant, strlen(tenant)))
+		return true;
+	snprintf(why, len, "%s may act for tenant(s) %s only; the sender migrates a VM of "
+		 "tenant '%s'", wire_conn_peer(c), wire_conn_peer_tenants(c), tenant);
+	return false;
+}
+
 /* Is this authenticated peer a sender we take? (wire/accept.h) */
-static bool want_sender(const struct wire_hello *peer, void *opaque, char *why, size_t len)
+static bool want_sender(const struct wire_conn *c, const struct wire_hello *peer, void *opaque,
+			char *why, size_t len)
 {
 	struct receiver *rc = opaque;
 	const char *tenant = rc->o->c.tenant;
@@ -1049,7 +1074,7 @@ static bool want_sender(const struct wire_hello *peer, void *opaque, char *why, 
 			 peer->tenant.p, tenant);
 		return false;
 	}
-	return true;
+	return credential_allows(c, peer, tenant, why, len);
 }
 
 /* Names the migration and takes its lock; the record is written at PREPARED. */
@@ -1198,6 +1223,7 @@ static int await_decision(struct receiver *rc, struct qmp *q, struct wire_tls *t
 	const struct proxy_recv_options *o = rc->o;
 	struct commit_link l = {
 		.c = &o->c, .tls = tls, .addr = o->listen, .id = rc->rec.id, .sig = sig,
+		.credential = rc->credential,
 	};
 	struct qmp_event ev;
 	int r;
@@ -1226,6 +1252,7 @@ static bool tell_outcome(struct receiver *rc, struct wire_tls *tls, volatile int
 {
 	struct commit_link l = {
 		.c = &rc->o->c, .tls = tls, .addr = rc->o->listen, .id = rc->rec.id, .sig = sig,
+		.credential = rc->credential,
 	};
 	uint64_t t0 = tsb_now_ns();
 	int r;
@@ -1469,6 +1496,8 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 		goto out;
 	}
 	tsb_fault_point("handshake");
+	/* Its disk channel and its decision must come with the same credential. */
+	snprintf(rc->credential, sizeof(rc->credential), "%s", wire_conn_peer(rc->conn));
 	r = take_sender_identity(rc, &peer, err, sizeof(err));
 	if (r < 0) {
 		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_REFUSED, err);
@@ -1499,7 +1528,8 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	if (peer.caps & WIRE_CAP_DISK) {
 		struct disk_recv_options dro = {
 			.tls = tls, .listen_fd = lfd, .index = rc->disks,
-			.stall_ms = o->c.stall_ms,
+			.stall_ms = o->c.stall_ms, .migration = rc->rec.id,
+			.credential = rc->credential,
 		};
 
 		lfd = -1;

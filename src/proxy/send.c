@@ -1936,6 +1936,7 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 		     (o->no_disks ? 0 : WIRE_CAP_DISK);
 	hello.site = "source";
 	hello.vm = s->vm[0] ? s->vm : NULL;
+	hello.tenant = o->c.tenant; /* the receiver checks our credential against it */
 	if (s->store) {
 		hello.caps |= WIRE_CAP_STORE;
 		hello.site = store_site_id(s->store);

@@ -98,7 +98,7 @@ static void *handshake_thread(void *arg)
 		r = wire_conn_handshake(c, WIRE_ACCEPT_HANDSHAKE_MS);
 	if (r == 0)
 		r = wire_conn_hello(c, o->hello, &peer);
-	if (r == 0 && !o->want(&peer, o->opaque, why, sizeof(why))) {
+	if (r == 0 && !o->want(c, &peer, o->opaque, why, sizeof(why))) {
 		(void)wire_conn_send_status(c, WIRE_MSG_ERROR, WIRE_CODE_REFUSED, why);
 		r = -EPERM;
 	}

@@ -23,11 +23,12 @@ struct wire_tls;
 #define WIRE_ACCEPT_HANDSHAKE_MS 5000
 
 /*
- * Decides whether a peer that authenticated and said HELLO is the one we
- * wait for. false: why says what the peer is told (ERROR REFUSED) and logged.
+ * Decides whether a peer that authenticated (c: its credential, e.g.
+ * wire_conn_peer_may_act_for()) and said HELLO is the one we wait for.
+ * false: why says what the peer is told (ERROR REFUSED) and logged.
  */
-typedef bool (*wire_accept_want_fn)(const struct wire_hello *peer, void *opaque, char *why,
-			       size_t whylen);
+typedef bool (*wire_accept_want_fn)(const struct wire_conn *c, const struct wire_hello *peer,
+				    void *opaque, char *why, size_t whylen);
 
 struct wire_accept_options {
 	struct wire_tls *tls;

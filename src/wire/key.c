@@ -1,7 +1,8 @@
 /*
- * Shared key files: "tsubame-psk-v1 <key-id> <64 hex digits>\n", mode 0600,
- * owned by the user that runs tsubame; a second such line (another key id)
- * is a key a server accepts too, for a key rollover (tls.h says how).
+ * Shared key files: "tsubame-psk-v1 <key-id> <64 hex digits>
+ * [tenants=T1,T2]\n", mode 0600, owned by the user that runs tsubame; a
+ * second such line (another key id) is a key a server accepts too, for a
+ * key rollover (tls.h says how).
  */
 #include "wire/tls.h"
 
@@ -75,8 +76,57 @@ static const char *next_field(const char **p, const char *end, size_t *ret_len)
 	return *ret_len ? s : NULL;
 }
 
-/* One key line p..line_end: "tsubame-psk-v1 <key-id> <64 hex digits>". */
-static int parse_line(const char *p, const char *line_end, char *id, uint8_t *secret)
+static bool tenant_char_ok(char c)
+{
+	return (unsigned char)c >= 0x21 && (unsigned char)c <= 0x7e && c != ',';
+}
+
+bool wire_tenants_valid(const char *list, size_t len)
+{
+	size_t i, name = 0;
+
+	if (len > WIRE_TENANTS_MAX)
+		return false;
+	for (i = 0; i < len; i++) {
+		if (list[i] == ',') {
+			if (!name)
+				return false;
+			name = 0;
+		} else if (!tenant_char_ok(list[i]) || ++name > WIRE_MAX_ID) {
+			return false;
+		}
+	}
+	return len == 0 || name > 0;
+}
+
+bool wire_tenants_allow(const char *list, const char *tenant, size_t len)
+{
+	const char *p = list, *comma;
+	size_t n;
+
+	if (!*list)
+		return true;
+	if (!len)
+		return false;
+	for (;;) {
+		comma = strchr(p, ',');
+		n = comma ? (size_t)(comma - p) : strlen(p);
+		if (n == len && !memcmp(p, tenant, len))
+			return true;
+		if (!comma)
+			return false;
+		p = comma + 1;
+	}
+}
+
+#define TENANTS_FIELD "tenants="
+
+/*
+ * One key line p..line_end: "tsubame-psk-v1 <key-id> <64 hex digits>
+ * [tenants=T1,T2]".
+ */
+static int parse_line(const char *p, const char *line_end, char *id, uint8_t *secret,
+		      char *tenants)
 {
 	const char *f;
 	size_t n, i;
@@ -99,6 +149,19 @@ static int parse_line(const char *p, const char *line_end, char *id, uint8_t *se
 		if (hi < 0 || lo < 0)
 			return -EBADMSG;
 		secret[i] = (uint8_t)(hi << 4 | lo);
+	}
+	tenants[0] = '\0';
+	f = next_field(&p, line_end, &n);
+	if (f) {
+		/* A key bound to tenants: a misspelt field must not widen it. */
+		if (n <= strlen(TENANTS_FIELD) || memcmp(f, TENANTS_FIELD, strlen(TENANTS_FIELD)))
+			return -EBADMSG;
+		f += strlen(TENANTS_FIELD);
+		n -= strlen(TENANTS_FIELD);
+		if (!wire_tenants_valid(f, n))
+			return -EBADMSG;
+		memcpy(tenants, f, n);
+		tenants[n] = '\0';
 	}
 	if (next_field(&p, line_end, &n))
 		return -EBADMSG;
@@ -127,8 +190,9 @@ int wire_key_parse(const char *buf, size_t len, struct wire_key *k)
 				return -EBADMSG;
 			if (line_end > p && line_end[-1] == '\r')
 				line_end--;
-			err = keys ? parse_line(p, line_end, k->alt_id, k->alt_secret) :
-				     parse_line(p, line_end, k->id, k->secret);
+			err = keys ? parse_line(p, line_end, k->alt_id, k->alt_secret,
+						k->alt_tenants) :
+				     parse_line(p, line_end, k->id, k->secret, k->tenants);
 			if (err)
 				return err;
 			keys++;
@@ -250,7 +314,7 @@ int wire_key_load(const char *path, struct wire_key *ret, char *msg,
 	if (err) {
 		wire_key_wipe(&k);
 		return fail(msg, msglen, err,
-			    "key file %s is malformed: expected a line '%s <key-id> <64 hex digits>', and at most a second one with another key id (make one with 'tsubame keygen')",
+			    "key file %s is malformed: expected a line '%s <key-id> <64 hex digits> [tenants=T1,T2]', and at most a second one with another key id (make one with 'tsubame keygen')",
 			    path, WIRE_KEY_MAGIC);
 	}
 	*ret = k;
@@ -274,16 +338,20 @@ static int write_all(int fd, const char *p, size_t len)
 	return 0;
 }
 
-int wire_keygen(const char *path, const char *key_id, char *msg,
+int wire_keygen(const char *path, const char *key_id, const char *tenants, char *msg,
 		size_t msglen)
 {
 	static const char hex[] = "0123456789abcdef";
 	struct wire_key k = { 0 };
 	uint8_t rnd[4];
-	char line[WIRE_KEY_ID_MAX + 2 * WIRE_KEY_LEN + 64];
+	char line[WIRE_KEY_ID_MAX + 2 * WIRE_KEY_LEN + WIRE_TENANTS_MAX + 64];
 	size_t i, n;
 	int fd, err;
 
+	if (tenants && (!*tenants || !wire_tenants_valid(tenants, strlen(tenants))))
+		return fail(msg, msglen, -EINVAL,
+			    "tenants must be a comma-separated list of names of 1 to %d printable characters without spaces or commas (%d characters in all at most)",
+			    WIRE_MAX_ID, WIRE_TENANTS_MAX);
 	if (key_id) {
 		if (!key_id_ok(key_id, strlen(key_id)))
 			return fail(msg, msglen, -EINVAL,
@@ -305,6 +373,8 @@ int wire_keygen(const char *path, const char *key_id, char *msg,
 		line[n++] = hex[k.secret[i] >> 4];
 		line[n++] = hex[k.secret[i] & 15];
 	}
+	if (tenants && *tenants)
+		n += (size_t)snprintf(line + n, sizeof(line) - n, " %s%s", TENANTS_FIELD, tenants);
 	line[n++] = '\n';
 	wire_key_wipe(&k);
 

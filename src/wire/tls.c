@@ -61,6 +61,9 @@ struct wire_conn {
 	bool identity_unknown;     /* server: the client's key id is not ours */
 	char bad_identity[WIRE_KEY_ID_MAX + 1];
 	const char *psk_id;        /* server: which of our key ids the client used */
+	const char *psk_tenants;   /* server: that key's tenants= ("" = any) */
+	bool peer_bound;           /* the peer's credential names its tenants */
+	char peer_tenants[WIRE_TENANTS_MAX + 1]; /* those tenants, comma-separated */
 	uint64_t since_rekey;
 	char errmsg[WIRE_ERRMSG_MAX];
 	char peer[160];
@@ -491,8 +494,10 @@ static int server_psk_cb(SSL *ssl, const unsigned char *id, size_t idlen,
 		}
 		return 1;
 	}
-	if (c)
+	if (c) {
 		c->psk_id = ours;
+		c->psk_tenants = ours == t->key.id ? t->key.tenants : t->key.alt_tenants;
+	}
 	*sess = psk_session(ssl, secret);
 	return *sess ? 1 : 0;
 }
@@ -703,6 +708,23 @@ const char *wire_conn_peer(const struct wire_conn *c)
 	return c->peer;
 }
 
+const char *wire_conn_peer_tenants(const struct wire_conn *c)
+{
+	if (!c->peer_bound)
+		return "";
+	return c->peer_tenants[0] ? c->peer_tenants : "(none usable)";
+}
+
+bool wire_conn_peer_may_act_for(const struct wire_conn *c, const char *tenant, size_t len)
+{
+	if (!c->handshake_done)
+		return false;
+	if (!c->peer_bound)
+		return true;
+	/* Bound, even if no name was usable: an empty list allows nothing here. */
+	return c->peer_tenants[0] && wire_tenants_allow(c->peer_tenants, tenant, len);
+}
+
 void wire_conn_get_stats(const struct wire_conn *c, struct wire_conn_stats *ret)
 {
 	ret->app_in = __atomic_load_n(&c->app_in, __ATOMIC_RELAXED);
@@ -756,13 +778,56 @@ static int check_first_byte(struct wire_conn *c, int64_t deadline,
 	return 0;
 }
 
+/*
+ * The tenants a certificate may act for: its URI subjectAltNames
+ * WIRE_CERT_TENANT_PREFIX<tenant>. Names that are not valid tenant names,
+ * or do not fit, are left out (the certificate may then do less, never more).
+ */
+static void cert_tenants_locked(struct wire_conn *c, X509 *cert)
+{
+	const size_t plen = strlen(WIRE_CERT_TENANT_PREFIX);
+	GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+	size_t used = 0, len;
+	const char *uri;
+	int i;
+
+	for (i = 0; names && i < sk_GENERAL_NAME_num(names); i++) {
+		const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+
+		if (g->type != GEN_URI)
+			continue;
+		uri = (const char *)ASN1_STRING_get0_data(g->d.uniformResourceIdentifier);
+		len = (size_t)ASN1_STRING_length(g->d.uniformResourceIdentifier);
+		if (len < plen || strncmp(uri, WIRE_CERT_TENANT_PREFIX, plen))
+			continue;
+		c->peer_bound = true;
+		uri += plen;
+		len -= plen;
+		if (!len || memchr(uri, ',', len) || !wire_tenants_valid(uri, len) ||
+		    used + !!used + len > WIRE_TENANTS_MAX)
+			continue;
+		if (used)
+			c->peer_tenants[used++] = ',';
+		memcpy(c->peer_tenants + used, uri, len);
+		used += len;
+		c->peer_tenants[used] = '\0';
+	}
+	GENERAL_NAMES_free(names);
+}
+
 static void describe_peer_locked(struct wire_conn *c)
 {
 	X509 *cert;
 
+	c->peer_bound = false;
+	c->peer_tenants[0] = '\0';
 	if (c->tls->psk) {
 		snprintf(c->peer, sizeof(c->peer), "key %s",
 			 c->psk_id ? c->psk_id : c->tls->key.id);
+		if (c->psk_tenants && c->psk_tenants[0]) {
+			c->peer_bound = true;
+			snprintf(c->peer_tenants, sizeof(c->peer_tenants), "%s", c->psk_tenants);
+		}
 		return;
 	}
 	cert = SSL_get1_peer_certificate(c->ssl);
@@ -772,6 +837,7 @@ static void describe_peer_locked(struct wire_conn *c)
 	}
 	X509_NAME_oneline(X509_get_subject_name(cert), c->peer,
 			  sizeof(c->peer));
+	cert_tenants_locked(c, cert);
 	X509_free(cert);
 }
 

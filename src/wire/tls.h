@@ -35,6 +35,10 @@
 #define WIRE_ERRMSG_MAX 320
 /* A key line of a key file: "tsubame-psk-v1 <key-id> <64 hex digits>". */
 #define WIRE_KEY_MAGIC "tsubame-psk-v1"
+/* The tenants a credential may act for: a comma-separated list, "" = any. */
+#define WIRE_TENANTS_MAX 512
+/* A certificate names each tenant it may act for in a URI subjectAltName. */
+#define WIRE_CERT_TENANT_PREFIX "urn:tsubame:tenant:"
 
 /* ---- Shared keys ---- */
 
@@ -42,9 +46,14 @@
  * A key file holds one key line, or two for a key rollover (blank lines
  * and '#' comments anywhere):
  *
- *   tsubame-psk-v1 <key-id> <64 hex digits>     the key: a client uses it
- *   tsubame-psk-v1 <key-id> <64 hex digits>     optional: a server accepts
- *                                               it too (another key id)
+ *   tsubame-psk-v1 <key-id> <64 hex digits> [tenants=T1,T2]
+ *       the key: a client uses it
+ *   tsubame-psk-v1 <key-id> <64 hex digits> [tenants=T1,T2]
+ *       optional: a server accepts it too (another key id)
+ *
+ * tenants= binds a key to the tenants its holder may migrate VMs of (a
+ * server refuses any other); without it the key is a site key, good for
+ * every tenant the server serves.
  *
  * Changing the key of two sites without a moment where they disagree:
  * make the new key (`tsubame keygen --id NEW`), append its line to both
@@ -56,11 +65,21 @@
 struct wire_key {
 	char id[WIRE_KEY_ID_MAX + 1]; /* PSK identity (not secret) */
 	uint8_t secret[WIRE_KEY_LEN];
+	char tenants[WIRE_TENANTS_MAX + 1]; /* "" = any */
 	/* Key rollover: the second key line, which servers accept too. */
 	bool has_alt;
 	char alt_id[WIRE_KEY_ID_MAX + 1];
 	uint8_t alt_secret[WIRE_KEY_LEN];
+	char alt_tenants[WIRE_TENANTS_MAX + 1];
 };
+
+/*
+ * Is tenant (len bytes) in a list of tenants ("" = any tenant)? A name is
+ * 1..WIRE_MAX_ID printable characters without spaces or commas.
+ */
+bool wire_tenants_allow(const char *list, const char *tenant, size_t len);
+/* Is list a valid tenants list: names as above, comma-separated, no empty one? */
+bool wire_tenants_valid(const char *list, size_t len);
 
 /*
  * Loads a key file. It must be a regular file (a symbolic link is
@@ -91,9 +110,11 @@ int wire_secret_file_read(const char *path, const char *what, char *buf,
 /*
  * Writes a new random key to path (created with O_EXCL, mode 0600;
  * -EEXIST if it exists). key_id: 1..WIRE_KEY_ID_MAX printable characters
- * without spaces, or NULL for a random one. msg as for wire_key_load().
+ * without spaces, or NULL for a random one; tenants: the tenants it may
+ * act for (wire_tenants_valid()), or NULL for a site key. msg as for
+ * wire_key_load().
  */
-int wire_keygen(const char *path, const char *key_id, char *msg,
+int wire_keygen(const char *path, const char *key_id, const char *tenants, char *msg,
 		size_t msglen);
 /* Overwrites the secret (OPENSSL_cleanse). */
 void wire_key_wipe(struct wire_key *k);
@@ -183,6 +204,15 @@ int wire_conn_handshake(struct wire_conn *c, int timeout_ms);
 const char *wire_conn_errmsg(const struct wire_conn *c);
 /* After the handshake: the peer's key id or certificate subject. */
 const char *wire_conn_peer(const struct wire_conn *c);
+/*
+ * Server, after the handshake: the tenants the peer's credential may act
+ * for ("" = any): the tenants= of the key it used, or the certificate's
+ * URI names WIRE_CERT_TENANT_PREFIX<tenant>. For messages: "(none
+ * usable)" for a certificate whose tenant names are all invalid.
+ */
+const char *wire_conn_peer_tenants(const struct wire_conn *c);
+/* Server: may the peer act for this tenant (len bytes)? */
+bool wire_conn_peer_may_act_for(const struct wire_conn *c, const char *tenant, size_t len);
 void wire_conn_get_stats(const struct wire_conn *c,
 			 struct wire_conn_stats *ret);
 

@@ -1,4 +1,4 @@
-/* Fuzz target: the key file parser (bytes from disk; one key or two). */
+/* Fuzz target: the key file parser (bytes from disk; one key or two, tenants=). */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -19,6 +19,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		/* A second key (rollover) has an id of its own. */
 		if (k.has_alt && (!k.alt_id[0] || strlen(k.alt_id) > WIRE_KEY_ID_MAX ||
 				  !strcmp(k.id, k.alt_id)))
+			__builtin_trap();
+		/* Tenant bindings that parse are valid lists, and allow what they name. */
+		if (!wire_tenants_valid(k.tenants, strlen(k.tenants)) ||
+		    (k.has_alt && !wire_tenants_valid(k.alt_tenants, strlen(k.alt_tenants))))
+			__builtin_trap();
+		if (k.tenants[0] && !wire_tenants_allow(k.tenants, k.tenants,
+							strcspn(k.tenants, ",")))
 			__builtin_trap();
 	}
 	wire_key_wipe(&k);

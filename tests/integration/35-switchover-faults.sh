@@ -68,7 +68,7 @@ case_run() {
 	rport=$(free_port)
 	wport=$(free_port)
 	start_wanem "$wport" "$rport" 400mbit "$delay"
-	export WANEM_PID=${cleanup_pids[-1]}
+	export WANEM_PID=${cleanup_pids[-1]} RECV_PORT=$rport RECV_STATE=$T/state-$dsite
 	export SRC_QEMU=$(cat "$T/$cur/qemu.pid") DST_QEMU=$(cat "$T/$dst/qemu.pid")
 	local fault=(env TSUBAME_FAULT_AT="$point" TSUBAME_FAULT_CMD="$cmd")
 	local rfault=(env) sfault=(env)
@@ -172,6 +172,27 @@ case_run recv-int-prepared recv prepared-sent 'kill -INT $PPID' "0 4 7" "0 7"
 case_run long-loaded-cut recv dest-loaded "$cut_2s" "4" "1 4" 200ms
 case_run long-prepared-cut recv prepared-sent "$cut_2s" "0 1 4" "0 1 4" 200ms
 case_run long-commit-cut send commit-sent "$cut_2s" "0" "0" 200ms
+# While the destination is in doubt, another key holder forges the commit
+# decision of this migration: refused (a decision counts only from the
+# credential the migration began with); the link comes back after it and
+# the real sender settles the switchover.
+if [ -n "${HOSTILE_SENDER:-}" ]; then
+	"$TSUBAME" keygen --id intruder "$T/intruder-key" >/dev/null
+	(umask 077 && cat "$T/key" "$T/intruder-key" >"$T/recv-keys")
+	export HOSTILE_SENDER INTRUDER_KEY=$T/intruder-key FORGE_LOG=$T/forge.log
+	forge='kill -USR1 $WANEM_PID; (id=$(basename "$(ls "$RECV_STATE"/*.recv.json)" .recv.json);
+		"$HOSTILE_SENDER" -t "127.0.0.1:$RECV_PORT" -k "$INTRUDER_KEY" -s forged-decision \
+		-m "$id" >"$FORGE_LOG" 2>&1; echo "exit $?" >>"$FORGE_LOG";
+		kill -USR2 $WANEM_PID) >/dev/null 2>&1 &'
+	case_run forged-decision recv prepared-sent "$forge" "0 1 4" "0 1 4" 5ms "--key $T/recv-keys"
+	if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" forged-decision "* ]]; then
+		grep -q "^exit 0" "$FORGE_LOG" || fail "forged decision: $(cat "$FORGE_LOG")"
+		log "forged decision: $(head -1 "$FORGE_LOG")"
+	fi
+else
+	log "HOSTILE_SENDER not set: the forged-decision case skipped"
+fi
+
 # The destination's store is full: it only saves bytes, the move goes on.
 mkdir -p "$T/full"
 if mount -t tmpfs -o size=256k tsb-full "$T/full" 2>/dev/null; then

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Strangers at a waiting receiver's port cannot stop the migration: a
-# sender with the wrong key, one of another VM, a plaintext client, a TLS
-# client (openssl) without the key, a client that stalls after one byte,
-# and 100 connections at once are refused and counted while recv keeps waiting; then the real
-# sender migrates the guest and it verifies at the destination.
+# sender with the wrong key, one of another VM, one whose key is bound to
+# another tenant, a plaintext client, a TLS client (openssl) without the
+# key, a client that stalls after one byte, and 100 connections at once are
+# refused and counted while recv keeps waiting; then the real sender (its
+# key bound to its tenant) migrates the guest and it verifies at the
+# destination.
 : "${VM_MEM:=131076K}"
 . "$(dirname "$0")/lib.sh"
 require_guest
@@ -11,13 +13,16 @@ requires python3 ss
 
 "$TSUBAME" keygen "$T/key" >/dev/null
 "$TSUBAME" keygen "$T/other-key" >/dev/null
+# The receiver takes a site key and a key bound to tenant acme.
+"$TSUBAME" keygen --id acme-only --tenants acme "$T/acme-key" >/dev/null
+(umask 077 && cat "$T/key" "$T/acme-key" >"$T/recv-keys")
 workload="tsb.mode=memverify tsb.mem=48 tsb.seed=11 tsb.vmid=8 tsb.random=100 tsb.dup=0"
 start_vm src "$workload"
 start_dest_vm dst "$workload"
 wait_beat src 1 120 >/dev/null || fail "the guest did not start verifying"
 
 port=$(free_port)
-"$TSUBAME" recv --listen "127.0.0.1:$port" --qmp "$T/dst/qmp.sock" --key "$T/key" \
+"$TSUBAME" recv --listen "127.0.0.1:$port" --qmp "$T/dst/qmp.sock" --key "$T/recv-keys" \
 	--no-store --state-dir "$T/state-b" --report "$T/recv.json" --vm-id guest 2>"$T/recv.log" &
 rpid=$!
 cleanup_pids+=("$rpid")
@@ -39,6 +44,18 @@ rc=0
 [ "$rc" -ne 0 ] || fail "another VM was taken"
 grep -q "waits for VM 'guest'" "$T/send-vm.log" || fail "another VM: no reason: $(cat "$T/send-vm.log")"
 alive "another VM"
+
+# 2b. A key bound to tenant acme, for a VM of another tenant, or of none.
+for t in beta ""; do
+	rc=0
+	"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$port" --key "$T/acme-key" \
+		--vm-id guest ${t:+--tenant "$t"} --no-store --state-dir "$T/state-a" \
+		--no-progress 2>"$T/send-tenant.log" || rc=$?
+	[ "$rc" -ne 0 ] || fail "a key bound to acme migrated a VM of tenant '${t:-vm-guest}'"
+	grep -q "may act for tenant(s) acme only" "$T/send-tenant.log" ||
+		fail "tenant '$t': no reason: $(cat "$T/send-tenant.log")"
+	alive "a key of another tenant"
+done
 
 # 3. Plaintext.
 python3 - "$port" <<'PY'
@@ -79,8 +96,9 @@ for ((i = 0; i < 100; i++)); do [ -e "$T/flood.ready" ] && break; sleep 0.1; don
 alive "101 connections"
 
 # 6. The real sender still gets through, while the flood holds its sockets.
-"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$port" --key "$T/key" --vm-id guest \
-	--no-store --state-dir "$T/state-a" --no-progress --timeout 120s 2>"$T/send.log" ||
+"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$port" --key "$T/acme-key" \
+	--vm-id guest --tenant acme --no-store --state-dir "$T/state-a" --no-progress \
+	--timeout 120s 2>"$T/send.log" ||
 	fail "the real sender failed: $(cat "$T/send.log")"
 wait "$rpid" || fail "recv failed: $(tail -3 "$T/recv.log")"
 verify_after src dst

@@ -8,6 +8,9 @@
  * huge-blocks    BLOCKS naming 16 TiB of RAM
  * backlog-flood  a REF the receiver cannot resolve (so it asks NEED and
  *                waits), then 400 MiB of STREAM without answering
+ * forged-decision  -m ID: a commit DECISION for migration ID, which a
+ *                receiver in doubt must take only from the credential the
+ *                migration began with (waits up to 20 s for the port)
  *
  * Exit 0: the receiver refused (closed or said ERROR) before the scenario
  * was through; 1: it took everything; 2: usage or setup error.
@@ -19,9 +22,11 @@
 #include <errno.h>
 #include <getopt.h>
 #include <openssl/rand.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int expect_refusal(struct wire_conn *c, const char *what)
 {
@@ -114,9 +119,49 @@ static int backlog_flood(struct wire_conn *c)
 	return expect_refusal(c, "400 MiB during a NEED") == 0 ? 0 : 1;
 }
 
+/*
+ * After HELLO a receiver refuses with ERROR at once; one that lets us in
+ * waits for our DECISION instead (not sent: the test must stay settleable).
+ */
+static int forged_decision(struct wire_conn *c)
+{
+	struct wire_msg m;
+	int r;
+
+	wire_conn_set_timeout(c, 3000);
+	r = wire_conn_read_msg(c, WIRE_ROLE_RECEIVER, &m);
+	if (r > 0 && m.type == WIRE_MSG_ERROR) {
+		printf("refused: the receiver said \"%.*s\"\n", (int)m.u.status.text.len,
+		       m.u.status.text.p);
+		/* Refused for naming another migration would prove nothing. */
+		return memmem(m.u.status.text.p, m.u.status.text.len, "nothing else is accepted",
+			      24) ? 2 : 0;
+	}
+	if (r == -ETIMEDOUT) {
+		printf("the receiver let in the connection of a forged decision\n");
+		return 1;
+	}
+	printf("unexpected: %d %s\n", r, r < 0 ? wire_conn_errmsg(c) : wire_msg_name(m.type));
+	return 2;
+}
+
+/* Connects, retrying while the port is closed (a receiver about to listen). */
+static int connect_retry(const char *host, const char *port, bool retry, int *fd, char *msg,
+			 size_t len)
+{
+	uint64_t end = tsb_now_ns() + 20000000000ull;
+	int r;
+
+	while ((r = wire_tcp_connect(host, port, 5000, fd, msg, len)) == -ECONNREFUSED &&
+	       retry && tsb_now_ns() < end)
+		usleep(50000);
+	return r;
+}
+
 int main(int argc, char **argv)
 {
 	const char *to = NULL, *key_path = NULL, *scenario = NULL;
+	bool forge = false;
 	char host[256], port[32], msg[256];
 	struct wire_hello_args hello = {
 		.role = WIRE_ROLE_SENDER, .site = "hostile", .vm = "hostile",
@@ -129,8 +174,10 @@ int main(int argc, char **argv)
 	struct wire_conn *c;
 	int opt, fd, rc = 2;
 
-	while ((opt = getopt(argc, argv, "t:k:s:")) != -1) {
-		if (opt == 't')
+	while ((opt = getopt(argc, argv, "t:k:s:m:")) != -1) {
+		if (opt == 'm')
+			hello.migration = optarg;
+		else if (opt == 't')
 			to = optarg;
 		else if (opt == 'k')
 			key_path = optarg;
@@ -150,7 +197,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "hostile-sender: key: %s\n", msg);
 		goto out;
 	}
-	if (wire_tcp_connect(host, port, 5000, &fd, msg, sizeof(msg)) < 0) {
+	forge = !strcmp(scenario, "forged-decision");
+	if (forge)
+		hello.caps = WIRE_CAP_COMMIT | WIRE_CAP_RESOLVE;
+	if (connect_retry(host, port, forge, &fd, msg, sizeof(msg)) < 0) {
 		fprintf(stderr, "hostile-sender: %s\n", msg);
 		goto out;
 	}
@@ -158,9 +208,15 @@ int main(int argc, char **argv)
 	if (!c)
 		goto out;
 	wire_conn_set_timeout(c, 30000);
-	if (wire_conn_handshake(c, 10000) < 0 || wire_conn_hello(c, &hello, &peer) < 0)
+	if (wire_conn_handshake(c, 10000) < 0) {
 		fprintf(stderr, "hostile-sender: %s\n", wire_conn_errmsg(c));
-	else if (!strcmp(scenario, "huge-blocks"))
+	} else if (wire_conn_hello(c, &hello, &peer) < 0) {
+		/* Refused at HELLO: the outcome a forged decision must get. */
+		printf("%s: %s\n", forge ? "refused" : "HELLO failed", wire_conn_errmsg(c));
+		rc = forge && !strstr(wire_conn_errmsg(c), "nothing else is accepted") ? 0 : 2;
+	} else if (forge) {
+		rc = forged_decision(c);
+	} else if (!strcmp(scenario, "huge-blocks"))
 		rc = huge_blocks(c);
 	else if (!strcmp(scenario, "backlog-flood"))
 		rc = backlog_flood(c);

@@ -55,6 +55,7 @@
 #define DISK_SIZE (1u << 20)
 #define BLOCK 4096u
 #define IO_TIMEOUT_MS 10000
+#define MIGRATION "mig-disk-test"
 
 /* ---- a fake QMP: what disk_recv_start() asks of the destination QEMU ---- */
 
@@ -222,6 +223,10 @@ static int rig_up(struct rig *r, uint64_t export_size, char *qb, char *err, size
 	memset(&r->key, 0, sizeof(r->key));
 	snprintf(r->key.id, sizeof(r->key.id), "disk-test");
 	assert_int_equal(RAND_bytes(r->key.secret, sizeof(r->key.secret)), 1);
+	/* A second key the server takes: its holder is not this migration's sender. */
+	r->key.has_alt = true;
+	snprintf(r->key.alt_id, sizeof(r->key.alt_id), "disk-alt");
+	assert_int_equal(RAND_bytes(r->key.alt_secret, sizeof(r->key.alt_secret)), 1);
 	r->ts = wire_tls_new(WIRE_TLS_SERVER);
 	r->tc = wire_tls_new(WIRE_TLS_CLIENT);
 	assert_non_null(r->ts);
@@ -232,7 +237,8 @@ static int rig_up(struct rig *r, uint64_t export_size, char *qb, char *err, size
 	assert_int_equal(wire_tcp_local_port(lfd, &port), 0);
 	snprintf(r->port, sizeof(r->port), "%u", port);
 
-	struct disk_recv_options o = { .tls = r->ts, .listen_fd = lfd };
+	struct disk_recv_options o = { .tls = r->ts, .listen_fd = lfd, .migration = MIGRATION,
+					.credential = "key disk-test" };
 
 	r->report = json_object();
 	return disk_recv_start(r->q, &o, &r->dr, err, errlen);
@@ -285,12 +291,18 @@ static struct wire_conn *tls_connect(struct rig *r, struct wire_tls *tls, int *r
 	return c;
 }
 
-static int hello(struct wire_conn *c, uint32_t caps)
+static int hello_for(struct wire_conn *c, uint32_t caps, const char *migration)
 {
-	struct wire_hello_args h = { .role = WIRE_ROLE_SENDER, .caps = caps, .site = "source" };
+	struct wire_hello_args h = { .role = WIRE_ROLE_SENDER, .caps = caps, .site = "source",
+				     .migration = migration };
 	struct wire_hello peer;
 
 	return wire_conn_hello(c, &h, &peer);
+}
+
+static int hello(struct wire_conn *c, uint32_t caps)
+{
+	return hello_for(c, caps, MIGRATION);
 }
 
 static void send_buf(struct wire_conn *c, struct tsb_buf *b)
@@ -757,7 +769,7 @@ static void test_accept_strangers(void **state)
 {
 	static const char http[] = "GET / HTTP/1.0\r\n\r\n";
 	struct wire_key other;
-	struct wire_tls *tbad;
+	struct wire_tls *tbad, *talt;
 	struct rig r;
 	struct wire_conn *c, *wrong;
 	struct wire_msg m;
@@ -803,6 +815,32 @@ static void test_accept_strangers(void **state)
 	assert_int_equal(m.u.status.code, WIRE_CODE_REFUSED);
 	wire_conn_free(wrong);
 
+	/* The disks of another migration. */
+	wrong = tls_connect(&r, r.tc, &e);
+	assert_int_equal(e, 0);
+	assert_int_equal(hello_for(wrong, WIRE_CAP_DISK, "another-migration"), 0);
+	read_msg(wrong, &m);
+	assert_int_equal(m.type, WIRE_MSG_ERROR);
+	assert_int_equal(m.u.status.code, WIRE_CODE_REFUSED);
+	wire_conn_free(wrong);
+
+	/* A key the server takes, but not the one this migration came with. */
+	memset(&other, 0, sizeof(other));
+	snprintf(other.id, sizeof(other.id), "disk-alt");
+	memcpy(other.secret, r.key.alt_secret, sizeof(other.secret));
+	talt = wire_tls_new(WIRE_TLS_CLIENT);
+	assert_non_null(talt);
+	assert_int_equal(wire_tls_set_psk(talt, &other), 0);
+	wrong = tls_connect(&r, talt, &e);
+	assert_int_equal(e, 0);
+	assert_int_equal(hello(wrong, WIRE_CAP_DISK), 0);
+	read_msg(wrong, &m);
+	assert_int_equal(m.type, WIRE_MSG_ERROR);
+	assert_int_equal(m.u.status.code, WIRE_CODE_REFUSED);
+	print_message("# %.*s\n", (int)m.u.status.text.len, m.u.status.text.p);
+	wire_conn_free(wrong);
+	wire_tls_free(talt);
+
 	/* The sender gets through while the stalled client still waits. */
 	c = sender_start(&r);
 	data_frame(c, 0, 1);
@@ -815,7 +853,7 @@ static void test_accept_strangers(void **state)
 
 	assert_int_equal(rig_finish(&r, true), 0);
 	print_message("# refused while waiting: %lld\n", (long long)report_int(&r, "refused"));
-	assert_int_equal(report_int(&r, "refused"), 4);
+	assert_int_equal(report_int(&r, "refused"), 6);
 	wire_tls_free(tbad);
 	wire_key_wipe(&other);
 	rig_down(&r);

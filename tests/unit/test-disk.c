@@ -139,7 +139,7 @@ static void migrate_disk(enum mode mode)
 	} else {
 		assert_int_equal(run_cmd("qemu-img create -q -f raw %s %d", dst, SIZE), 0);
 	}
-	assert_int_equal(wire_keygen(key, "test", err, sizeof(err)), 0);
+	assert_int_equal(wire_keygen(key, "test", NULL, err, sizeof(err)), 0);
 	assert_int_equal(wire_key_load(key, &k, err, sizeof(err)), 0);
 	tc = wire_tls_new(WIRE_TLS_CLIENT);
 	ts = wire_tls_new(WIRE_TLS_SERVER);

@@ -811,25 +811,25 @@ static void test_keygen_and_load(void **state)
 	struct stat st;
 
 	path_in_tmp(path, sizeof(path), "k1.key");
-	assert_int_equal(wire_keygen(path, "dc-pair-1", msg, sizeof(msg)), 0);
+	assert_int_equal(wire_keygen(path, "dc-pair-1", NULL, msg, sizeof(msg)), 0);
 	assert_int_equal(stat(path, &st), 0);
 	assert_int_equal(st.st_mode & 0777, 0600);
 	assert_int_equal(wire_key_load(path, &k1, msg, sizeof(msg)), 0);
 	assert_string_equal(k1.id, "dc-pair-1");
 	/* Refuses to overwrite. */
-	assert_int_equal(wire_keygen(path, NULL, msg, sizeof(msg)), -EEXIST);
+	assert_int_equal(wire_keygen(path, NULL, NULL, msg, sizeof(msg)), -EEXIST);
 	assert_non_null(strstr(msg, "refusing to overwrite"));
 	assert_int_equal(wire_key_load(path, &k2, msg, sizeof(msg)), 0);
 	assert_memory_equal(k1.secret, k2.secret, WIRE_KEY_LEN);
 
 	path_in_tmp(path, sizeof(path), "k2.key");
-	assert_int_equal(wire_keygen(path, NULL, msg, sizeof(msg)), 0);
+	assert_int_equal(wire_keygen(path, NULL, NULL, msg, sizeof(msg)), 0);
 	assert_int_equal(wire_key_load(path, &k2, msg, sizeof(msg)), 0);
 	assert_true(!strncmp(k2.id, "tsb-", 4));
 	assert_memory_not_equal(k1.secret, k2.secret, WIRE_KEY_LEN);
 	/* Bad id. */
 	path_in_tmp(path, sizeof(path), "k3.key");
-	assert_int_equal(wire_keygen(path, "has space", msg, sizeof(msg)),
+	assert_int_equal(wire_keygen(path, "has space", NULL, msg, sizeof(msg)),
 			 -EINVAL);
 }
 
@@ -839,7 +839,7 @@ static void test_key_file_mode_refused(void **state)
 	struct wire_key k;
 
 	path_in_tmp(path, sizeof(path), "open.key");
-	assert_int_equal(wire_keygen(path, NULL, msg, sizeof(msg)), 0);
+	assert_int_equal(wire_keygen(path, NULL, NULL, msg, sizeof(msg)), 0);
 	assert_int_equal(chmod(path, 0644), 0);
 	assert_int_equal(wire_key_load(path, &k, msg, sizeof(msg)), -EPERM);
 	printf("# %s\n", msg);
@@ -1016,6 +1016,90 @@ static void test_key_rollover(void **state)
 	wire_key_wipe(&k);
 }
 
+/* tenants= in a key line binds what the key's holder may do on a server. */
+static void test_key_tenants(void **state)
+{
+	static const char *bad[] = {
+		"tenants=", "tenants=a,,b", "tenants=,a", "tenants=a,", "tenant=a",
+		"tenants=a b", "x=1",
+	};
+	char path[128], cli_path[128], la[200], text[1200], msg[WIRE_ERRMSG_MAX];
+	struct wire_key k, kb, kc;
+	struct side cli, srv;
+	size_t i;
+
+	(void)state;
+	assert_true(wire_tenants_allow("", "anyone", 6));
+	assert_true(wire_tenants_allow("acme,beta", "beta", 4));
+	assert_false(wire_tenants_allow("acme,beta", "bet", 3));
+	assert_false(wire_tenants_allow("acme,beta", "acme,beta", 9));
+	assert_false(wire_tenants_allow("acme", "", 0));
+	assert_true(wire_tenants_valid("a,b-c,d_1", 9));
+	assert_false(wire_tenants_valid("a,,b", 4));
+
+	make_key(&kb, "bound");
+	key_line(la, sizeof(la), &kb);
+	la[strlen(la) - 1] = '\0';
+	path_in_tmp(path, sizeof(path), "bound.key");
+	snprintf(text, sizeof(text), "%s tenants=acme,beta\n", la);
+	write_file(path, text, 0600);
+	assert_int_equal(wire_key_load(path, &k, msg, sizeof(msg)), 0);
+	assert_string_equal(k.tenants, "acme,beta");
+	/* A mistyped or empty binding is an error, never a site key. */
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(text, sizeof(text), "%s %s\n", la, bad[i]);
+		write_file(path, text, 0600);
+		assert_int_equal(wire_key_load(path, &k, msg, sizeof(msg)), -EBADMSG);
+	}
+	/* Too long a list. */
+	{
+		size_t n = (size_t)snprintf(text, sizeof(text), "%s tenants=t", la);
+
+		for (i = 0; i < WIRE_TENANTS_MAX / 2; i++)
+			n += (size_t)snprintf(text + n, sizeof(text) - n, ",t");
+		snprintf(text + n, sizeof(text) - n, "\n");
+		write_file(path, text, 0600);
+		assert_int_equal(wire_key_load(path, &k, msg, sizeof(msg)), -EBADMSG);
+	}
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(wire_keygen(path, "gen", "a,,b", msg, sizeof(msg)), -EINVAL);
+	assert_int_equal(wire_keygen(path, "gen", "acme", msg, sizeof(msg)), 0);
+	assert_int_equal(wire_key_load(path, &k, msg, sizeof(msg)), 0);
+	assert_string_equal(k.tenants, "acme");
+
+	/* The server knows the tenants of the key the client used. */
+	snprintf(text, sizeof(text), "%s tenants=acme,beta\n", la);
+	write_file(path, text, 0600);
+	path_in_tmp(cli_path, sizeof(cli_path), "bound-client.key");
+	write_keys(cli_path, &kb, NULL);
+	handshake_files(cli_path, path, &cli, &srv);
+	assert_int_equal(srv.err, 0);
+	assert_string_equal(wire_conn_peer_tenants(srv.conn), "acme,beta");
+	assert_true(wire_conn_peer_may_act_for(srv.conn, "acme", 4));
+	assert_false(wire_conn_peer_may_act_for(srv.conn, "gamma", 5));
+	side_fini(&cli);
+	side_fini(&srv);
+	/* During a rollover each key keeps its own binding. */
+	make_key(&kc, "site");
+	key_line(text, sizeof(text), &kc);
+	snprintf(text + strlen(text), sizeof(text) - strlen(text), "%s tenants=acme\n", la);
+	write_file(path, text, 0600);
+	handshake_files(cli_path, path, &cli, &srv);
+	assert_int_equal(srv.err, 0);
+	assert_string_equal(wire_conn_peer_tenants(srv.conn), "acme");
+	assert_false(wire_conn_peer_may_act_for(srv.conn, "beta", 4));
+	side_fini(&cli);
+	side_fini(&srv);
+	write_keys(cli_path, &kc, NULL);
+	handshake_files(cli_path, path, &cli, &srv);
+	assert_int_equal(srv.err, 0);
+	assert_string_equal(wire_conn_peer_tenants(srv.conn), "");
+	assert_true(wire_conn_peer_may_act_for(srv.conn, "beta", 4));
+	side_fini(&cli);
+	side_fini(&srv);
+	wire_key_wipe(&k);
+}
+
 static void test_key_file_two_keys_malformed(void **state)
 {
 	static const char l1[] =
@@ -1060,7 +1144,7 @@ static void test_key_file_link_owner_fifo(void **state)
 	path_in_tmp(path, sizeof(path), "real.key");
 	path_in_tmp(link, sizeof(link), "link.key");
 	path_in_tmp(fifo, sizeof(fifo), "fifo.key");
-	assert_int_equal(wire_keygen(path, "real", msg, sizeof(msg)), 0);
+	assert_int_equal(wire_keygen(path, "real", NULL, msg, sizeof(msg)), 0);
 	/* A symbolic link, even to a good key file. */
 	assert_int_equal(symlink(path, link), 0);
 	assert_int_equal(wire_key_load(link, &k, msg, sizeof(msg)), -ELOOP);
@@ -1094,10 +1178,11 @@ static bool make_certs(void)
 		 "(cd %s && "
 		 "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca && "
 		 "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout other-ca.key -out other-ca.pem -days 2 -subj /CN=other-ca && "
-		 "for n in host-a host-b rogue; do "
+		 "for n in host-a host-b rogue host-t; do "
 		 "  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $n.key -out $n.csr -subj /CN=$n && "
 		 "  if [ $n = rogue ]; then c=other-ca; else c=ca; fi && "
-		 "  printf 'subjectAltName=DNS:%%s\\n' $n > $n.ext && "
+		 "  t=; if [ $n = host-t ]; then t=',URI:" WIRE_CERT_TENANT_PREFIX "acme,URI:" WIRE_CERT_TENANT_PREFIX "beta,URI:https://example.com/'; fi && "
+		 "  printf 'subjectAltName=DNS:%%s%%s\\n' $n \"$t\" > $n.ext && "
 		 "  openssl x509 -req -in $n.csr -CA $c.pem -CAkey $c.key -CAcreateserial -out $n.pem -days 2 -extfile $n.ext || exit 1; "
 		 "done) >/dev/null 2>&1",
 		 tmpdir);
@@ -1176,6 +1261,39 @@ static void test_certificates(void **state)
 	side_fini(&cli);
 	side_fini(&srv);
 
+	/* A certificate naming tenants acts for them only; one without, for any. */
+	{
+		char pt[3][128];
+
+		cert_paths(pt, "host-t");
+		socket_pair(&a, &b);
+		side_init(&cli, WIRE_TLS_CLIENT, NULL, a);
+		side_init(&srv, WIRE_TLS_SERVER, NULL, b);
+		cli.cert = pt[0], cli.keyfile = pt[1], cli.ca = pt[2];
+		srv.cert = pb[0], srv.keyfile = pb[1], srv.ca = pb[2];
+		handshake_pair(&cli, &srv);
+		assert_int_equal(cli.err, 0);
+		assert_int_equal(srv.err, 0);
+		assert_string_equal(wire_conn_peer_tenants(srv.conn), "acme,beta");
+		assert_true(wire_conn_peer_may_act_for(srv.conn, "acme", 4));
+		assert_true(wire_conn_peer_may_act_for(srv.conn, "beta", 4));
+		assert_false(wire_conn_peer_may_act_for(srv.conn, "acm", 3));
+		assert_false(wire_conn_peer_may_act_for(srv.conn, "gamma", 5));
+		side_fini(&cli);
+		side_fini(&srv);
+		socket_pair(&a, &b);
+		side_init(&cli, WIRE_TLS_CLIENT, NULL, a);
+		side_init(&srv, WIRE_TLS_SERVER, NULL, b);
+		cli.cert = pa[0], cli.keyfile = pa[1], cli.ca = pa[2];
+		srv.cert = pb[0], srv.keyfile = pb[1], srv.ca = pb[2];
+		handshake_pair(&cli, &srv);
+		assert_int_equal(srv.err, 0);
+		assert_string_equal(wire_conn_peer_tenants(srv.conn), "");
+		assert_true(wire_conn_peer_may_act_for(srv.conn, "gamma", 5));
+		side_fini(&cli);
+		side_fini(&srv);
+	}
+
 	/* The private key file is checked like a key file. */
 	{
 		struct wire_tls *t = wire_tls_new(WIRE_TLS_CLIENT);
@@ -1245,6 +1363,7 @@ int main(void)
 		cmocka_unit_test(test_key_file_mode_refused),
 		cmocka_unit_test(test_key_file_malformed),
 		cmocka_unit_test(test_key_rollover),
+		cmocka_unit_test(test_key_tenants),
 		cmocka_unit_test(test_key_file_two_keys_malformed),
 		cmocka_unit_test(test_key_file_link_owner_fifo),
 		cmocka_unit_test(test_certificates),

@@ -2,8 +2,11 @@
 # Builds the libFuzzer targets of tests/fuzz/meson.build with clang in a
 # separate build directory and runs each one for a bounded time.
 #
-#   tests/fuzz/run-fuzzers.sh [--build DIR] [--only NAME] SECONDS
+#   tests/fuzz/run-fuzzers.sh [--build DIR] [--only NAME] [--runs N] SECONDS
 #
+# Each target runs SECONDS; with --runs, until it has executed N inputs
+# (SECONDS is then the cap), e.g. the long run of HACKING.md:
+# --runs 10000000 7200. Each target's executions and time are printed.
 # Seeds come from tests/fuzz/corpus/<target>/ (read only); inputs libFuzzer
 # finds go to DIR/fuzz-corpus/<target>/, crashes to DIR/fuzz-artifacts/.
 # Exit status: 0 all targets ran clean, 1 a target crashed or failed,
@@ -18,15 +21,21 @@ src=$(cd "$(dirname "$0")/../.." && pwd)
 build=$src/build-fuzz
 only=
 secs=
+runs_wanted=0
 while [ $# -gt 0 ]; do
 	case $1 in
 	-h|--help) usage; exit 0 ;;
 	--build) build=$2; shift 2 ;;
 	--only) only=$2; shift 2 ;;
+	--runs) runs_wanted=$2; shift 2 ;;
 	-*) echo "run-fuzzers: unknown option $1 (try --help)" >&2; exit 2 ;;
 	*) secs=$1; shift ;;
 	esac
 done
+if ! [[ $runs_wanted =~ ^[0-9]+$ ]]; then
+	echo "run-fuzzers: --runs N: N must be a number (try --help)" >&2
+	exit 2
+fi
 if ! [[ $secs =~ ^[0-9]+$ ]] || [ "$secs" -eq 0 ]; then
 	echo "run-fuzzers: SECONDS must be a positive integer (try --help)" >&2
 	exit 2
@@ -96,14 +105,20 @@ for exe in "$build"/tests/fuzz/fuzz-*-libfuzzer; do
 	seeds=$src/tests/fuzz/corpus/$target
 	mkdir -p "$corpus"
 	[ -d "$seeds" ] || seeds=
-	echo "run-fuzzers: $name for ${secs}s" >&2
-	if "$exe" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+	if [ "$runs_wanted" -gt 0 ]; then
+		echo "run-fuzzers: $name for $runs_wanted runs (at most ${secs}s)" >&2
+	else
+		echo "run-fuzzers: $name for ${secs}s" >&2
+	fi
+	t0=$SECONDS
+	if "$exe" -max_total_time="$secs" -runs="$([ "$runs_wanted" -gt 0 ] && echo "$runs_wanted" || echo -1)" \
+		-timeout=10 -rss_limit_mb=2048 \
 		-artifact_prefix="$build/fuzz-artifacts/$name-" \
 		-print_final_stats=1 "$corpus" ${seeds:+"$seeds"} \
 		>"$build/fuzz-artifacts/$name.log" 2>&1; then
 		runs=$(sed -n 's/^stat::number_of_executed_units: *//p' \
 			"$build/fuzz-artifacts/$name.log")
-		echo "run-fuzzers: $name ok (${runs:-?} runs)" >&2
+		echo "run-fuzzers: $name ok (${runs:-?} runs in $((SECONDS - t0))s)" >&2
 	else
 		echo "run-fuzzers: $name FAILED, see $build/fuzz-artifacts/$name.log" >&2
 		tail -n 30 "$build/fuzz-artifacts/$name.log" >&2

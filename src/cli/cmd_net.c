@@ -255,7 +255,11 @@ static int resolve(const char *hostport, struct sockaddr_storage *ss,
 	return 0;
 }
 
-static int load_key(const char *path, uint8_t out[MOB_KEY_LEN])
+/*
+ * A key file of a site pair: the first key signs and verifies; during a
+ * rollover the second verifies too (as for send/recv, wire/tls.h).
+ */
+static int load_key(const char *path, struct mob_peer *p)
 {
 	char msg[WIRE_ERRMSG_MAX];
 	struct wire_key k;
@@ -264,7 +268,13 @@ static int load_key(const char *path, uint8_t out[MOB_KEY_LEN])
 		fprintf(stderr, "tsubame net: %s\n", msg);
 		return -1;
 	}
-	memcpy(out, k.secret, MOB_KEY_LEN);
+	if (k.tenants[0] || k.alt_tenants[0])
+		log_warn("key file %s: tenants= has no meaning for the mobility agent (its keys "
+			 "are per site pair): ignored", path);
+	memcpy(p->key, k.secret, MOB_KEY_LEN);
+	p->has_alt = k.has_alt;
+	if (k.has_alt)
+		memcpy(p->alt_key, k.alt_secret, MOB_KEY_LEN);
 	wire_key_wipe(&k);
 	return 0;
 }
@@ -273,7 +283,7 @@ static int load_key(const char *path, uint8_t out[MOB_KEY_LEN])
 static int load_peer_keys(const struct opts *o, struct mob_agent_config *cfg)
 {
 	bool have[MOB_PEERS_MAX] = { false };
-	uint8_t fallback[MOB_KEY_LEN];
+	struct mob_peer fallback;
 	unsigned i, j;
 	int rc = 0;
 
@@ -290,7 +300,7 @@ static int load_peer_keys(const struct opts *o, struct mob_agent_config *cfg)
 					   o->peer_keys[i]);
 		if (have[j])
 			return usage_error("two --peer-key for site '%s'", cfg->peers[j].name);
-		if (load_key(eq + 1, cfg->peers[j].key))
+		if (load_key(eq + 1, &cfg->peers[j]))
 			return TSB_EXIT_FAILED;
 		have[j] = true;
 	}
@@ -300,15 +310,17 @@ static int load_peer_keys(const struct opts *o, struct mob_agent_config *cfg)
 					   cfg->peers[j].name, cfg->peers[j].name);
 	if (!o->key)
 		return 0;
-	if (load_key(o->key, fallback))
+	if (load_key(o->key, &fallback))
 		return TSB_EXIT_FAILED;
 	for (j = 0; j < cfg->n_peers; j++) {
 		if (have[j])
 			continue;
-		memcpy(cfg->peers[j].key, fallback, MOB_KEY_LEN);
+		memcpy(cfg->peers[j].key, fallback.key, MOB_KEY_LEN);
+		cfg->peers[j].has_alt = fallback.has_alt;
+		memcpy(cfg->peers[j].alt_key, fallback.alt_key, MOB_KEY_LEN);
 		rc++;
 	}
-	OPENSSL_cleanse(fallback, sizeof(fallback));
+	OPENSSL_cleanse(&fallback, sizeof(fallback));
 	if (rc > 1)
 		log_notice("%d peers share the key of --key: each of them can speak for the others (give each its own with --peer-key)",
 			   rc);
@@ -319,8 +331,10 @@ static void wipe_keys(struct mob_agent_config *cfg)
 {
 	unsigned i;
 
-	for (i = 0; i < MOB_PEERS_MAX; i++)
+	for (i = 0; i < MOB_PEERS_MAX; i++) {
 		OPENSSL_cleanse(cfg->peers[i].key, MOB_KEY_LEN);
+		OPENSSL_cleanse(cfg->peers[i].alt_key, MOB_KEY_LEN);
+	}
 }
 
 static int run_agent(struct opts *o)
@@ -480,7 +494,8 @@ static int run_update(struct opts *o)
 {
 	struct sockaddr_storage to, from;
 	socklen_t tolen, fromlen = sizeof(from);
-	uint8_t key[MOB_KEY_LEN], buf[MOB_BMSG_MAX];
+	uint8_t buf[MOB_BMSG_MAX];
+	struct mob_peer kp;	/* only its key: an update signs with the first */
 	struct mob_bmsg m, r;
 	struct pollfd p;
 	unsigned i;
@@ -491,9 +506,9 @@ static int run_update(struct opts *o)
 			return usage_error("update --replay needs --to and --key");
 		if (resolve(o->to, &to, &tolen))
 			return usage_error("bad --to");
-		if (load_key(o->key, key))
+		if (load_key(o->key, &kp))
 			return TSB_EXIT_FAILED;
-		n = read_update(o->replay, key, buf, &m);
+		n = read_update(o->replay, kp.key, buf, &m);
 		if (n < 0)
 			goto out;
 		goto send;
@@ -519,9 +534,9 @@ static int run_update(struct opts *o)
 	snprintf(m.current, sizeof(m.current), "%s", o->current ? o->current : o->from);
 	snprintf(m.vm, sizeof(m.vm), "%s", o->vm);
 	snprintf(m.home, sizeof(m.home), "%s", o->home);
-	if (load_key(o->key, key))
+	if (load_key(o->key, &kp))
 		return TSB_EXIT_FAILED;
-	n = mob_bmsg_encode(&m, key, buf, sizeof(buf));
+	n = mob_bmsg_encode(&m, kp.key, buf, sizeof(buf));
 	if (n > 0 && o->save && save_update(o->save, buf, (size_t)n))
 		goto out;
 send:
@@ -544,7 +559,7 @@ send:
 		got = recvfrom(fd, buf, sizeof(buf), 0, (struct sockaddr *)&from, &fromlen);
 		if (got < 0)
 			goto out;
-		if (mob_bmsg_decode(buf, (size_t)got, key, &r) || r.type != MOB_BA ||
+		if (mob_bmsg_decode(buf, (size_t)got, kp.key, &r) || r.type != MOB_BA ||
 		    r.nonce != m.nonce)
 			continue;	/* not an authentic answer to us */
 		break;
@@ -556,7 +571,7 @@ send:
 		printf("refused %u seq %u\n", r.status, r.seq);
 	}
 out:
-	OPENSSL_cleanse(key, sizeof(key));
+	OPENSSL_cleanse(&kp, sizeof(kp));
 	if (fd >= 0)
 		close(fd);
 	return rc;

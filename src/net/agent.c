@@ -1091,6 +1091,8 @@ static void on_bmsg(struct mob_agent *a, const uint8_t *p, size_t len,
 		return;
 	}
 	err = mob_bmsg_verify(p, len, a->cfg->peers[peer].key);
+	if (err == -EACCES && a->cfg->peers[peer].has_alt)
+		err = mob_bmsg_verify(p, len, a->cfg->peers[peer].alt_key); /* mid-rollover */
 	if (err) {
 		a->c.bu_forged++;
 		if (rl(a, MOB_RL_FORGED))

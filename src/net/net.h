@@ -255,7 +255,10 @@ struct mob_peer {
 	char name[MOB_SITE_MAX + 1];
 	struct sockaddr_storage addr;	/* agent's VXLAN/binding address */
 	socklen_t addrlen;
-	uint8_t key[MOB_KEY_LEN];	/* key of this site pair */
+	uint8_t key[MOB_KEY_LEN];	/* key of this site pair: signs, verifies */
+	/* Key rollover: the second line of the key file, which verifies too. */
+	bool has_alt;
+	uint8_t alt_key[MOB_KEY_LEN];
 };
 
 /* Site-local delivery: IPv4 prefix reached through next-hop MAC. */

@@ -796,6 +796,31 @@ static void test_agent_pair_keys(void **state)
 	fixture_free(f);
 }
 
+/* A key rollover on one pair: while B's agent holds old and new, B's
+ * updates verify under either; C's key still cannot speak for B. */
+static void test_agent_pair_key_rollover(void **state)
+{
+	struct fixture *f = fixture_new(false);
+	uint8_t key_new[MOB_KEY_LEN];
+
+	memset(key_new, 0x5a, sizeof(key_new));
+	f->cfg.peers[0].has_alt = true;
+	memcpy(f->cfg.peers[0].alt_key, key_new, MOB_KEY_LEN);
+	/* the new key (B already switched): accepted; answered under the first */
+	assert_int_equal(bu(f, "B", 10, 60, &f->from_b, key_new, key_ab, NULL),
+			 MOB_BA_ACCEPTED);
+	/* the old key (B not yet switched): accepted */
+	assert_int_equal(bu(f, "B", 11, 60, &f->from_b, key_ab, key_ab, NULL),
+			 MOB_BA_ACCEPTED);
+	/* C's key for B: still forged */
+	assert_int_equal(bu(f, "B", 12, 60, &f->from_b, key_ac, key_ab, NULL), -1);
+	assert_int_equal(f->a->c.bu_forged, 1);
+	/* B's new key is not C's */
+	assert_int_equal(bu(f, "C", 13, 60, &f->from_c, key_new, key_ac, NULL), -1);
+	assert_int_equal(f->a->c.bu_forged, 2);
+	fixture_free(f);
+}
+
 /* What an authenticated peer may ask is bounded too. */
 static void test_agent_bu_limits(void **state)
 {
@@ -866,6 +891,7 @@ int main(void)
 		cmocka_unit_test(test_agent_replay_after_restart),
 		cmocka_unit_test(test_agent_state_file),
 		cmocka_unit_test(test_agent_pair_keys),
+		cmocka_unit_test(test_agent_pair_key_rollover),
 		cmocka_unit_test(test_agent_bu_limits),
 	};
 

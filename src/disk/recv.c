@@ -590,15 +590,269 @@ static int map_disk(struct disk_recv *dr, uint16_t block)
 	return dr->map[block];
 }
 
-static int apply_pages(struct disk_recv *dr, const struct wire_pages *p)
+/*
+ * A PAGES frame is applied in passes, so that nothing is written before
+ * the whole frame checks out: the target under its REFs is read once
+ * (read_target), every entry is checked and each REF resolved locally or
+ * listed as missing (check_entries), the missing blocks come with one
+ * NEED (fetch_needed), and everything is written in runs (write_entries).
+ */
+
+/* The blocks a frame's REFs lack here, asked for with one NEED. */
+struct need_list {
+	uint8_t (*hash)[WIRE_HASH_LEN];
+	uint32_t *idx;		/* the entry each answer is for */
+	size_t n;
+};
+
+/* dr->resolved and dr->same for count entries, same[] cleared. */
+static int reserve_resolved(struct disk_recv *dr, size_t count)
+{
+	if (dr->resolved_cap < count) {
+		free(dr->resolved);
+		free(dr->same);
+		dr->resolved = malloc(count * BLOCK);
+		dr->same = malloc(count * sizeof(*dr->same));
+		dr->resolved_cap = dr->resolved && dr->same ? count : 0;
+		if (!dr->resolved_cap)
+			return -ENOMEM;
+	}
+	memset(dr->same, 0, count * sizeof(*dr->same));
+	return 0;
+}
+
+/*
+ * SAME: most REFs of a return migration name the block that is
+ * already at that offset of the target. One read of the range the
+ * frame's REFs cover finds them; they need no write at all. dr->tgt
+ * stays empty when the REFs are not one range of one disk, or the read
+ * fails: REFs as usual.
+ */
+static int read_target(struct disk_recv *dr, const struct wire_pages *p)
 {
 	struct wire_page_iter it;
 	struct wire_page_entry e;
+	uint64_t lo = UINT64_MAX, hi = 0;
+	int kd = -1;
+	bool one = p->page_size == BLOCK;
+
+	wire_pages_iter_init(p, &it);
+	while (one && wire_pages_next(&it, &e)) {
+		int k = map_disk(dr, e.block);
+
+		if (e.enc != WIRE_ENC_REF && e.enc != WIRE_ENC_SAME)
+			continue;
+		if (k < 0 || (kd >= 0 && k != kd) || e.offset % BLOCK ||
+		    !disk_range_ok(e.offset, BLOCK, dr->d[k].dev.size)) {
+			one = false;
+			break;
+		}
+		kd = k;
+		lo = e.offset < lo ? e.offset : lo;
+		hi = e.offset + BLOCK > hi ? e.offset + BLOCK : hi;
+	}
+	dr->tgt.len = 0;
+	if (one && kd >= 0 && hi - lo <= RUN_MAX) {
+		tsb_buf_reset(&dr->tgt);
+		if (!tsb_buf_extend(&dr->tgt, hi - lo))
+			return -ENOMEM;
+		if (nbd_client_pread(dr->d[kd].cl, dr->tgt.data, (uint32_t)(hi - lo), lo) < 0)
+			dr->tgt.len = 0;	/* no shortcut; REFs as usual */
+		dr->tgt_lo = lo;
+	}
+	return 0;
+}
+
+/* The disk (d[] index) an entry writes to, its range checked; -1 (failed) if bad. */
+static int entry_disk(struct disk_recv *dr, const struct wire_pages *p,
+		      const struct wire_page_entry *e)
+{
+	int k = map_disk(dr, e->block);
+
+	if (k < 0 || e->offset % p->page_size ||
+	    !disk_range_ok(e->offset, p->page_size, dr->d[k].dev.size)) {
+		if (k < 0)
+			dr_fail(dr, "disk channel: a write names disk index %u, not in BLOCKS",
+				e->block);
+		else
+			dr_fail(dr, "disk channel: a write of %u bytes at offset %llu is "
+				"outside disk %s (%llu bytes)", p->page_size,
+				(unsigned long long)e->offset, dr->d[k].dev.device,
+				(unsigned long long)dr->d[k].dev.size);
+		return -1;
+	}
+	return k;
+}
+
+/*
+ * A REF or SAME entry i of disk k: already in place (same[i]), found in
+ * the page-cache index (into resolved[i]), or else listed in nl.
+ */
+static int resolve_ref(struct disk_recv *dr, const struct wire_pages *p,
+		       const struct wire_page_entry *e, int k, size_t i, struct need_list *nl)
+{
+	if (p->page_size != BLOCK)
+		return -EPROTO;
+	if (dr->tgt.len && e->offset >= dr->tgt_lo &&
+	    disk_range_ok(e->offset - dr->tgt_lo, BLOCK, dr->tgt.len)) {
+		uint8_t h[WIRE_HASH_LEN];
+
+		wire_sha256(dr->tgt.data + (e->offset - dr->tgt_lo), BLOCK, h);
+		if (!memcmp(h, e->hash, WIRE_HASH_LEN)) {
+			dr->same[i] = true;
+			dr->d[k].blk_same++;
+			return 0;
+		}
+	}
+	if (!dr->index || diskindex_get(dr->index, e->hash, dr->resolved + i * BLOCK) < 0) {
+		if (!nl->hash) {
+			nl->hash = malloc((size_t)p->count * WIRE_HASH_LEN);
+			nl->idx = malloc((size_t)p->count * sizeof(*nl->idx));
+			if (!nl->hash || !nl->idx)
+				return -ENOMEM;
+		}
+		memcpy(nl->hash[nl->n], e->hash, WIRE_HASH_LEN);
+		nl->idx[nl->n++] = (uint32_t)i;
+		dr->d[k].blk_need++;
+	}
+	return 0;
+}
+
+/* Pass 1: checks every entry's range and encoding, resolves REFs, lists what is missing. */
+static int check_entries(struct disk_recv *dr, const struct wire_pages *p, struct need_list *nl)
+{
+	struct wire_page_iter it;
+	struct wire_page_entry e;
+	size_t i = 0;
+	int r;
+
+	wire_pages_iter_init(p, &it);
+	while (wire_pages_next(&it, &e)) {
+		int k = entry_disk(dr, p, &e);
+
+		if (k < 0)
+			return -EPROTO;
+		if (e.enc == WIRE_ENC_REF || e.enc == WIRE_ENC_SAME) {
+			r = resolve_ref(dr, p, &e, k, i, nl);
+			if (r < 0)
+				return r;
+		} else if (e.enc != WIRE_ENC_ZERO && e.enc != WIRE_ENC_DATA) {
+			return -EOPNOTSUPP;
+		}
+		i++;
+	}
+	return 0;
+}
+
+/* Asks the sender for the blocks nl lists; each answer goes to its entry's resolved[]. */
+static int fetch_needed(struct disk_recv *dr, const struct need_list *nl)
+{
+	uint8_t *fetched;
+	size_t i;
+	int r;
+
+	if (!nl->n)
+		return 0;
+	fetched = malloc(nl->n * BLOCK);
+	if (!fetched)
+		return -ENOMEM;
+	r = fetch(dr, (const uint8_t (*)[WIRE_HASH_LEN])nl->hash, nl->n, fetched);
+	if (r < 0) {
+		free(fetched);
+		return r;
+	}
+	for (i = 0; i < nl->n; i++)
+		memcpy(dr->resolved + (size_t)nl->idx[i] * BLOCK, fetched + i * BLOCK, BLOCK);
+	free(fetched);
+	return 0;
+}
+
+/* A ZERO entry: zeroes, or a page of its fill byte. */
+static int write_zero(struct disk_recv *dr, const struct wire_pages *p,
+		      const struct wire_page_entry *e, int k)
+{
+	int r;
+
+	if (e->fill == 0) {
+		r = run_add(dr, k, e->offset, p->page_size, NULL);
+	} else {
+		uint8_t *tmp = malloc(p->page_size);
+
+		if (!tmp)
+			return -ENOMEM;
+		memset(tmp, e->fill, p->page_size);
+		r = run_add(dr, k, e->offset, p->page_size, tmp);
+		free(tmp);
+	}
+	dr->d[k].blk_zero++;
+	return r;
+}
+
+/* A DATA entry: its page of the literal area; a block is kept for page-cache restore. */
+static int write_data(struct disk_recv *dr, const struct wire_pages *p,
+		      const struct wire_page_entry *e, int k, const uint8_t *lit)
+{
+	int r = run_add(dr, k, e->offset, p->page_size,
+			lit + (size_t)e->data_index * p->page_size);
+
+	if (r == 0 && p->page_size == BLOCK) {
+		uint8_t h[WIRE_HASH_LEN];
+
+		if (wire_sha256(lit + (size_t)e->data_index * BLOCK, BLOCK, h) == 0)
+			wm_put(dr, h, k, e->offset);
+	}
+	dr->d[k].blk_data++;
+	return r;
+}
+
+/* A REF or SAME entry i, resolved in pass 1. */
+static int write_ref(struct disk_recv *dr, const struct wire_page_entry *e, int k, size_t i)
+{
+	int r = 0;
+
+	/* A block already in place is skipped (the run breaks there). */
+	if (!dr->same[i])
+		r = run_add(dr, k, e->offset, BLOCK, dr->resolved + i * BLOCK);
+	if (r == 0)
+		wm_put(dr, e->hash, k, e->offset);
+	dr->d[k].blk_ref++;
+	return r;
+}
+
+/* Pass 2: writes every entry (checked in pass 1), coalescing neighbours. */
+static int write_entries(struct disk_recv *dr, const struct wire_pages *p, const uint8_t *lit)
+{
+	struct wire_page_iter it;
+	struct wire_page_entry e;
+	size_t i = 0;
+	int r = 0;
+
+	wire_pages_iter_init(p, &it);
+	while (r == 0 && wire_pages_next(&it, &e)) {
+		int k = map_disk(dr, e.block);
+
+		switch (e.enc) {
+		case WIRE_ENC_ZERO:
+			r = write_zero(dr, p, &e, k);
+			break;
+		case WIRE_ENC_DATA:
+			r = write_data(dr, p, &e, k, lit);
+			break;
+		default:
+			r = write_ref(dr, &e, k, i);
+			break;
+		}
+		i++;
+	}
+	if (r == 0)
+		r = run_flush(dr);
+	return r;
+}
+
+static int apply_pages(struct disk_recv *dr, const struct wire_pages *p)
+{
+	struct need_list nl = { 0 };
 	const uint8_t *lit = NULL;
-	uint8_t (*need)[WIRE_HASH_LEN] = NULL;
-	uint32_t *need_idx = NULL;
-	size_t n_need = 0, i = 0;
-	uint8_t *fetched = NULL;
 	int r;
 
 	if (p->n_data) {
@@ -606,170 +860,17 @@ static int apply_pages(struct disk_recv *dr, const struct wire_pages *p)
 		if (r < 0)
 			return r;
 	}
-	if (dr->resolved_cap < p->count) {
-		free(dr->resolved);
-		free(dr->same);
-		dr->resolved = malloc((size_t)p->count * BLOCK);
-		dr->same = malloc(p->count * sizeof(*dr->same));
-		dr->resolved_cap = dr->resolved && dr->same ? p->count : 0;
-		if (!dr->resolved_cap)
-			return -ENOMEM;
-	}
-	memset(dr->same, 0, p->count * sizeof(*dr->same));
-	/*
-	 * SAME: most REFs of a return migration name the block that is
-	 * already at that offset of the target. One read of the range the
-	 * frame's REFs cover finds them; they need no write at all.
-	 */
-	{
-		uint64_t lo = UINT64_MAX, hi = 0;
-		int kd = -1;
-		bool one = p->page_size == BLOCK;
-
-		wire_pages_iter_init(p, &it);
-		while (one && wire_pages_next(&it, &e)) {
-			int k = map_disk(dr, e.block);
-
-			if (e.enc != WIRE_ENC_REF && e.enc != WIRE_ENC_SAME)
-				continue;
-			if (k < 0 || (kd >= 0 && k != kd) || e.offset % BLOCK ||
-			    !disk_range_ok(e.offset, BLOCK, dr->d[k].dev.size)) {
-				one = false;
-				break;
-			}
-			kd = k;
-			lo = e.offset < lo ? e.offset : lo;
-			hi = e.offset + BLOCK > hi ? e.offset + BLOCK : hi;
-		}
-		dr->tgt.len = 0;
-		if (one && kd >= 0 && hi - lo <= RUN_MAX) {
-			tsb_buf_reset(&dr->tgt);
-			if (!tsb_buf_extend(&dr->tgt, hi - lo))
-				return -ENOMEM;
-			if (nbd_client_pread(dr->d[kd].cl, dr->tgt.data, (uint32_t)(hi - lo), lo) < 0)
-				dr->tgt.len = 0;	/* no shortcut; REFs as usual */
-			dr->tgt_lo = lo;
-		}
-	}
-	/* Pass 1: check ranges, rebuild REFs locally, list what is missing. */
-	wire_pages_iter_init(p, &it);
-	while (wire_pages_next(&it, &e)) {
-		int k = map_disk(dr, e.block);
-
-		if (k < 0 || e.offset % p->page_size ||
-		    !disk_range_ok(e.offset, p->page_size, dr->d[k].dev.size)) {
-			if (k < 0)
-				dr_fail(dr, "disk channel: a write names disk index %u, not in BLOCKS",
-					e.block);
-			else
-				dr_fail(dr, "disk channel: a write of %u bytes at offset %llu is "
-					"outside disk %s (%llu bytes)", p->page_size,
-					(unsigned long long)e.offset, dr->d[k].dev.device,
-					(unsigned long long)dr->d[k].dev.size);
-			r = -EPROTO;
-			goto out;
-		}
-		if (e.enc == WIRE_ENC_REF || e.enc == WIRE_ENC_SAME) {
-			if (p->page_size != BLOCK) {
-				r = -EPROTO;
-				goto out;
-			}
-			if (dr->tgt.len && e.offset >= dr->tgt_lo &&
-			    disk_range_ok(e.offset - dr->tgt_lo, BLOCK, dr->tgt.len)) {
-				uint8_t h[WIRE_HASH_LEN];
-
-				wire_sha256(dr->tgt.data + (e.offset - dr->tgt_lo), BLOCK, h);
-				if (!memcmp(h, e.hash, WIRE_HASH_LEN)) {
-					dr->same[i++] = true;
-					dr->d[k].blk_same++;
-					continue;
-				}
-			}
-			if (!dr->index || diskindex_get(dr->index, e.hash,
-							dr->resolved + i * BLOCK) < 0) {
-				if (!need) {
-					need = malloc((size_t)p->count * WIRE_HASH_LEN);
-					need_idx = malloc((size_t)p->count * sizeof(*need_idx));
-					if (!need || !need_idx) {
-						r = -ENOMEM;
-						goto out;
-					}
-				}
-				memcpy(need[n_need], e.hash, WIRE_HASH_LEN);
-				need_idx[n_need++] = (uint32_t)i;
-				dr->d[k].blk_need++;
-			}
-		} else if (e.enc != WIRE_ENC_ZERO && e.enc != WIRE_ENC_DATA) {
-			r = -EOPNOTSUPP;
-			goto out;
-		}
-		i++;
-	}
-	if (n_need) {
-		fetched = malloc(n_need * BLOCK);
-		if (!fetched) {
-			r = -ENOMEM;
-			goto out;
-		}
-		r = fetch(dr, (const uint8_t (*)[WIRE_HASH_LEN])need, n_need, fetched);
-		if (r < 0)
-			goto out;
-		for (i = 0; i < n_need; i++)
-			memcpy(dr->resolved + (size_t)need_idx[i] * BLOCK, fetched + i * BLOCK, BLOCK);
-	}
-	/* Pass 2: write, coalescing neighbours. */
-	i = 0;
-	r = 0;
-	wire_pages_iter_init(p, &it);
-	while (r == 0 && wire_pages_next(&it, &e)) {
-		int k = map_disk(dr, e.block);
-		struct rdisk *d = &dr->d[k];
-
-		switch (e.enc) {
-		case WIRE_ENC_ZERO:
-			if (e.fill == 0) {
-				r = run_add(dr, k, e.offset, p->page_size, NULL);
-			} else {
-				uint8_t *tmp = malloc(p->page_size);
-
-				if (!tmp) {
-					r = -ENOMEM;
-					break;
-				}
-				memset(tmp, e.fill, p->page_size);
-				r = run_add(dr, k, e.offset, p->page_size, tmp);
-				free(tmp);
-			}
-			d->blk_zero++;
-			break;
-		case WIRE_ENC_DATA:
-			r = run_add(dr, k, e.offset, p->page_size,
-				    lit + (size_t)e.data_index * p->page_size);
-			if (r == 0 && p->page_size == BLOCK) {
-				uint8_t h[WIRE_HASH_LEN];
-
-				if (wire_sha256(lit + (size_t)e.data_index * BLOCK, BLOCK, h) == 0)
-					wm_put(dr, h, k, e.offset);
-			}
-			d->blk_data++;
-			break;
-		default:
-			/* A block already in place is skipped (the run breaks there). */
-			if (!dr->same[i])
-				r = run_add(dr, k, e.offset, BLOCK, dr->resolved + i * BLOCK);
-			if (r == 0)
-				wm_put(dr, e.hash, k, e.offset);
-			d->blk_ref++;
-			break;
-		}
-		i++;
-	}
+	r = reserve_resolved(dr, p->count);
 	if (r == 0)
-		r = run_flush(dr);
-out:
-	free(need);
-	free(need_idx);
-	free(fetched);
+		r = read_target(dr, p);
+	if (r == 0)
+		r = check_entries(dr, p, &nl);
+	if (r == 0)
+		r = fetch_needed(dr, &nl);
+	if (r == 0)
+		r = write_entries(dr, p, lit);
+	free(nl.hash);
+	free(nl.idx);
 	return r;
 }
 

@@ -728,30 +728,33 @@ static bool wanted(const struct disk_send_options *o, const struct disk_dev *d)
 	return false;
 }
 
-int disk_send_start(struct qmp *q, const struct disk_send_options *o,
-		    struct disk_send **ret, char *err, size_t errlen)
-{
-	struct disk_dev devs[DISK_MAX];
-	struct nbd_server_config cfg = { .export_name = "disk" };
-	struct disk_send *ds;
-	unsigned i, k, ready, gone;
-	int n, r;
+/*
+ * disk_send_start in phases: choose the disks, set up their encoders,
+ * connect the channel and start its threads, start one NBD server and
+ * mirror job per disk, then wait for the bulk copy.
+ */
 
-	*ret = NULL;
-	n = disk_query(q, devs, DISK_MAX, err, errlen);
-	if (n < 0)
-		return n;
-	ds = calloc(1, sizeof(*ds));
-	if (!ds) {
-		snprintf(err, errlen, "out of memory");
-		return -ENOMEM;
-	}
+static struct disk_send *ds_new(const struct disk_send_options *o)
+{
+	struct disk_send *ds = calloc(1, sizeof(*ds));
+
+	if (!ds)
+		return NULL;
 	pthread_mutex_init(&ds->lock, NULL);
 	pthread_mutex_init(&ds->wlock, NULL);
 	pthread_cond_init(&ds->cond, NULL);
 	ds->abort_flag = o->abort_flag;
 	ds->start_ns = tsb_now_ns();
-	for (i = 0; i < (unsigned)n; i++) {
+	return ds;
+}
+
+/* The disks of devs[0..n) that o wants; every --disk must name one of them. */
+static int choose_disks(struct disk_send *ds, const struct disk_send_options *o,
+			const struct disk_dev *devs, unsigned n, char *err, size_t errlen)
+{
+	unsigned i, k;
+
+	for (i = 0; i < n; i++) {
 		if (!wanted(o, &devs[i]))
 			continue;
 		ds->d[ds->n].dev = devs[i];
@@ -767,91 +770,110 @@ int disk_send_start(struct qmp *q, const struct disk_send_options *o,
 		if (i == ds->n) {
 			snprintf(err, errlen, "--disk %s: no such writable disk in the source VM",
 				 o->only[k]);
-			r = -ENOENT;
-			goto fail;
+			return -ENOENT;
 		}
 	}
-	if (!ds->n) {
-		disk_send_finish(ds, NULL, NULL);
-		return 0;
-	}
+	return 0;
+}
+
+/* Each disk's PAGES builder and compressor, and the filter of blocks sent. */
+static int init_encoders(struct disk_send *ds, char *err, size_t errlen)
+{
+	uint64_t blocks = 0;
+	unsigned i;
+
 	for (i = 0; i < ds->n; i++) {
 		struct sdisk *d = &ds->d[i];
 
 		if (wire_pages_builder_init(&d->pb, BLOCK) < 0 || !(d->z = wire_zstd_new(3))) {
 			snprintf(err, errlen, "out of memory");
-			r = -ENOMEM;
-			goto fail;
+			return -ENOMEM;
 		}
 		tsb_buf_init(&d->out);
 	}
-	{
-		uint64_t blocks = 0;
+	for (i = 0; i < ds->n; i++)
+		blocks += ds->d[i].dev.size / BLOCK;
+	ds->has_sent = tsb_filter_init(&ds->sent, blocks ? blocks : 1) == 0;
+	return 0;
+}
 
-		for (i = 0; i < ds->n; i++)
-			blocks += ds->d[i].dev.size / BLOCK;
-		ds->has_sent = tsb_filter_init(&ds->sent, blocks ? blocks : 1) == 0;
-	}
-	log_info("disks: moving %u disk(s) with the VM", ds->n);
+/* Connects the disk channel, then starts its reader and its keepalive. */
+static int start_channel(struct disk_send *ds, const struct disk_send_options *o,
+			 char *err, size_t errlen)
+{
+	int r;
+
 	r = connect_channel(ds, o, err, errlen);
 	if (r < 0)
-		goto fail;
+		return r;
 	if (pthread_create(&ds->reader, NULL, reader_thread, ds)) {
 		snprintf(err, errlen, "cannot start a thread");
-		r = -EAGAIN;
-		goto fail;
+		return -EAGAIN;
 	}
 	ds->reader_started = true;
 	ds->last_write_ns = tsb_now_ns();
 	if (pthread_create(&ds->ka, NULL, keepalive_thread, ds)) {
 		snprintf(err, errlen, "cannot start a thread");
-		r = -EAGAIN;
-		goto fail;
+		return -EAGAIN;
 	}
 	ds->ka_started = true;
+	return 0;
+}
 
-	r = disk_private_dir(ds->dir, sizeof(ds->dir), err, errlen);
-	if (r < 0)
-		goto fail;
-	for (i = 0; i < ds->n; i++) {
-		struct sdisk *d = &ds->d[i];
+/*
+ * Disk i: our NBD server on a unix socket in ds->dir and its thread, the
+ * source QEMU's NBD client node on it, and the mirror job into that node.
+ * Each step is flagged as it succeeds, for disk_send_finish to undo.
+ */
+static int start_mirror(struct disk_send *ds, struct qmp *q, unsigned i, char *err,
+			size_t errlen)
+{
+	static const struct nbd_server_config cfg = { .export_name = "disk" };
+	struct sdisk *d = &ds->d[i];
+	int r;
 
-		snprintf(d->sock, sizeof(d->sock), "%s/d%u.sock", ds->dir, i);
-		snprintf(d->node, sizeof(d->node), "tsb-target-%u", i);
-		snprintf(d->job, sizeof(d->job), "tsb-mirror-%u", i);
-		d->srv = nbd_server_new(&cfg, &export_ops, d);
-		if (!d->srv) {
-			snprintf(err, errlen, "out of memory");
-			r = -ENOMEM;
-			goto fail;
-		}
-		r = nbd_server_listen_unix(d->srv, d->sock);
-		if (r < 0) {
-			snprintf(err, errlen, "cannot listen on %s: %s", d->sock, strerror(-r));
-			goto fail;
-		}
-		if (pthread_create(&d->th, NULL, serve_thread, d)) {
-			snprintf(err, errlen, "cannot start a thread");
-			r = -EAGAIN;
-			goto fail;
-		}
-		d->th_started = true;
-		r = disk_qmp(q, "blockdev-add",
-			     json_pack("{s:s, s:s, s:{s:s, s:s}, s:s}", "driver", "nbd",
-				       "node-name", d->node, "server", "type", "unix",
-				       "path", d->sock, "export", "disk"), NULL, err, errlen);
-		if (r < 0)
-			goto fail;
-		d->node_added = true;
-		r = disk_qmp(q, "blockdev-mirror",
-			     json_pack("{s:s, s:s, s:s, s:s}", "job-id", d->job,
-				       "device", d->dev.node, "target", d->node, "sync", "full"),
-			     NULL, err, errlen);
-		if (r < 0)
-			goto fail;
-		d->job_started = true;
+	snprintf(d->sock, sizeof(d->sock), "%s/d%u.sock", ds->dir, i);
+	snprintf(d->node, sizeof(d->node), "tsb-target-%u", i);
+	snprintf(d->job, sizeof(d->job), "tsb-mirror-%u", i);
+	d->srv = nbd_server_new(&cfg, &export_ops, d);
+	if (!d->srv) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
 	}
-	/* The bulk copy: every mirror must be ready before memory moves. */
+	r = nbd_server_listen_unix(d->srv, d->sock);
+	if (r < 0) {
+		snprintf(err, errlen, "cannot listen on %s: %s", d->sock, strerror(-r));
+		return r;
+	}
+	if (pthread_create(&d->th, NULL, serve_thread, d)) {
+		snprintf(err, errlen, "cannot start a thread");
+		return -EAGAIN;
+	}
+	d->th_started = true;
+	r = disk_qmp(q, "blockdev-add",
+		     json_pack("{s:s, s:s, s:{s:s, s:s}, s:s}", "driver", "nbd",
+			       "node-name", d->node, "server", "type", "unix",
+			       "path", d->sock, "export", "disk"), NULL, err, errlen);
+	if (r < 0)
+		return r;
+	d->node_added = true;
+	r = disk_qmp(q, "blockdev-mirror",
+		     json_pack("{s:s, s:s, s:s, s:s}", "job-id", d->job,
+			       "device", d->dev.node, "target", d->node, "sync", "full"),
+		     NULL, err, errlen);
+	if (r < 0)
+		return r;
+	d->job_started = true;
+	return 0;
+}
+
+/* The bulk copy: every mirror must be ready before memory moves. */
+static int wait_mirrors_ready(struct disk_send *ds, struct qmp *q,
+			      const struct disk_send_options *o, char *err, size_t errlen)
+{
+	unsigned ready, gone;
+	int r;
+
 	for (uint64_t last_ka = tsb_now_ns();;) {
 		char why[256];
 
@@ -862,33 +884,73 @@ int disk_send_start(struct qmp *q, const struct disk_send_options *o,
 
 		if (disk_send_failed(ds, why, sizeof(why))) {
 			snprintf(err, errlen, "%s", why);
-			r = -ECONNRESET;
-			goto fail;
+			return -ECONNRESET;
 		}
 		r = poll_jobs(ds, q, &ready, &gone, err, errlen);
 		if (r < 0)
-			goto fail;
+			return r;
 		if (gone) {
 			if (!disk_send_failed(ds, err, errlen))
 				snprintf(err, errlen, "a mirror job ended before it was ready");
-			r = -EIO;
-			goto fail;
+			return -EIO;
 		}
 		if (ready == ds->n)
-			break;
+			return 0;
 		if (o->abort_flag && *o->abort_flag) {
 			snprintf(err, errlen, "interrupted");
-			r = -ECANCELED;
-			goto fail;
+			return -ECANCELED;
 		}
 		if (o->ready_timeout_ms &&
 		    (tsb_now_ns() - ds->start_ns) / 1000000 > o->ready_timeout_ms) {
 			snprintf(err, errlen, "the disk mirrors did not converge in time");
-			r = -ETIMEDOUT;
-			goto fail;
+			return -ETIMEDOUT;
 		}
 		usleep(100000);
 	}
+}
+
+int disk_send_start(struct qmp *q, const struct disk_send_options *o,
+		    struct disk_send **ret, char *err, size_t errlen)
+{
+	struct disk_dev devs[DISK_MAX];
+	struct disk_send *ds;
+	unsigned i;
+	int n, r;
+
+	*ret = NULL;
+	n = disk_query(q, devs, DISK_MAX, err, errlen);
+	if (n < 0)
+		return n;
+	ds = ds_new(o);
+	if (!ds) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	r = choose_disks(ds, o, devs, (unsigned)n, err, errlen);
+	if (r < 0)
+		goto fail;
+	if (!ds->n) {
+		disk_send_finish(ds, NULL, NULL);
+		return 0;
+	}
+	r = init_encoders(ds, err, errlen);
+	if (r < 0)
+		goto fail;
+	log_info("disks: moving %u disk(s) with the VM", ds->n);
+	r = start_channel(ds, o, err, errlen);
+	if (r < 0)
+		goto fail;
+	r = disk_private_dir(ds->dir, sizeof(ds->dir), err, errlen);
+	if (r < 0)
+		goto fail;
+	for (i = 0; i < ds->n; i++) {
+		r = start_mirror(ds, q, i, err, errlen);
+		if (r < 0)
+			goto fail;
+	}
+	r = wait_mirrors_ready(ds, q, o, err, errlen);
+	if (r < 0)
+		goto fail;
 	ds->mirror_ms = (tsb_now_ns() - ds->start_ns) / 1000000;
 	log_info("disks: mirrors ready after %llu ms", (unsigned long long)ds->mirror_ms);
 	*ret = ds;

@@ -116,152 +116,204 @@ static void progress_tick(void *opaque, json_t *stats)
 	p->shown = true;
 }
 
-int cmd_migrate_native(int argc, char **argv)
+/* What the command line asked for, besides the migctl options. */
+struct native_args {
+	const char *src_path, *dst_path, *uri, *listen_uri, *report;
+	char *caps_copy;	/* opts.caps point into it */
+	bool show_progress;
+	bool help;
+};
+
+/* One option into *a or *opts. 0 or the exit code to return. */
+static int parse_opt(int c, struct native_args *a, struct migctl_options *opts)
 {
-	const char *src_path = NULL, *dst_path = NULL, *uri = NULL;
-	const char *listen_uri = NULL, *report = NULL;
-	struct migctl_options opts = { .timeout_ms = 600000 };
-	struct migctl_result res = { 0 };
-	struct qmp *src = NULL, *dst = NULL;
-	char *caps_copy = NULL, err[512] = "";
-	json_t *out = NULL;
-	struct progress prog = { 0 };
-	bool show_progress = isatty(STDERR_FILENO);
 	uint64_t v;
-	int c, r, rc = TSB_EXIT_FAILED;
+
+	switch (c) {
+	case OPT_SRC_QMP:
+		a->src_path = optarg;
+		break;
+	case OPT_DST_QMP:
+		a->dst_path = optarg;
+		break;
+	case OPT_URI:
+		a->uri = optarg;
+		break;
+	case OPT_LISTEN_URI:
+		a->listen_uri = optarg;
+		break;
+	case OPT_CAPS:
+		free(a->caps_copy);
+		a->caps_copy = strdup(optarg);
+		opts->n_caps = 0;
+		if (!a->caps_copy || migctl_parse_caps(a->caps_copy, opts) < 0)
+			return usage_error("too many capabilities in '%s'", optarg);
+		break;
+	case OPT_MULTIFD_CHANNELS:
+		if (tsb_parse_u64(optarg, 1, 255, &v) < 0)
+			return usage_error("bad --multifd-channels '%s'", optarg);
+		opts->multifd_channels = v;
+		break;
+	case OPT_MULTIFD_COMPRESSION:
+		opts->multifd_compression = optarg;
+		break;
+	case OPT_XBZRLE_CACHE:
+		if (tsb_parse_size(optarg, &opts->xbzrle_cache_size) < 0)
+			return usage_error("bad --xbzrle-cache '%s'", optarg);
+		break;
+	case OPT_MAX_BANDWIDTH:
+		if (tsb_parse_rate(optarg, &opts->max_bandwidth) < 0)
+			return usage_error("bad --max-bandwidth '%s'", optarg);
+		break;
+	case OPT_DOWNTIME_LIMIT:
+		if (tsb_parse_u64(optarg, 1, 2000000, &opts->downtime_limit_ms) < 0)
+			return usage_error("bad --downtime-limit '%s'", optarg);
+		break;
+	case OPT_POSTCOPY_AFTER:
+		if (tsb_parse_duration(optarg, &v) < 0)
+			return usage_error("bad --postcopy-after '%s'", optarg);
+		opts->postcopy_after_ms = v / 1000000;
+		break;
+	case OPT_TIMEOUT:
+		if (tsb_parse_duration(optarg, &v) < 0)
+			return usage_error("bad --timeout '%s'", optarg);
+		opts->timeout_ms = v / 1000000;
+		break;
+	case OPT_REPORT:
+		a->report = optarg;
+		break;
+	case OPT_PROGRESS:
+		a->show_progress = true;
+		break;
+	case OPT_NO_PROGRESS:
+		a->show_progress = false;
+		break;
+	case 'v':
+		tsb_log_set_level(TSB_LOG_DEBUG);
+		break;
+	case 'h':
+		a->help = true;
+		break;
+	default:
+		fprintf(stderr, "Try 'tsubame migrate-native --help'.\n");
+		return TSB_EXIT_USAGE;
+	}
+	return 0;
+}
+
+/* The command line into *a and *opts. 0 (see a->help) or the exit code. */
+static int parse_args(int argc, char **argv, struct native_args *a,
+		      struct migctl_options *opts)
+{
+	int c, r;
 
 	while ((c = getopt_long(argc, argv, "vh", options, NULL)) != -1) {
-		switch (c) {
-		case OPT_SRC_QMP:
-			src_path = optarg;
-			break;
-		case OPT_DST_QMP:
-			dst_path = optarg;
-			break;
-		case OPT_URI:
-			uri = optarg;
-			break;
-		case OPT_LISTEN_URI:
-			listen_uri = optarg;
-			break;
-		case OPT_CAPS:
-			free(caps_copy);
-			caps_copy = strdup(optarg);
-			opts.n_caps = 0;
-			if (!caps_copy || migctl_parse_caps(caps_copy, &opts) < 0) {
-				free(caps_copy);
-				return usage_error("too many capabilities in '%s'", optarg);
-			}
-			break;
-		case OPT_MULTIFD_CHANNELS:
-			if (tsb_parse_u64(optarg, 1, 255, &v) < 0)
-				return usage_error("bad --multifd-channels '%s'", optarg);
-			opts.multifd_channels = v;
-			break;
-		case OPT_MULTIFD_COMPRESSION:
-			opts.multifd_compression = optarg;
-			break;
-		case OPT_XBZRLE_CACHE:
-			if (tsb_parse_size(optarg, &opts.xbzrle_cache_size) < 0)
-				return usage_error("bad --xbzrle-cache '%s'", optarg);
-			break;
-		case OPT_MAX_BANDWIDTH:
-			if (tsb_parse_rate(optarg, &opts.max_bandwidth) < 0)
-				return usage_error("bad --max-bandwidth '%s'", optarg);
-			break;
-		case OPT_DOWNTIME_LIMIT:
-			if (tsb_parse_u64(optarg, 1, 2000000, &opts.downtime_limit_ms) < 0)
-				return usage_error("bad --downtime-limit '%s'", optarg);
-			break;
-		case OPT_POSTCOPY_AFTER:
-			if (tsb_parse_duration(optarg, &v) < 0)
-				return usage_error("bad --postcopy-after '%s'", optarg);
-			opts.postcopy_after_ms = v / 1000000;
-			break;
-		case OPT_TIMEOUT:
-			if (tsb_parse_duration(optarg, &v) < 0)
-				return usage_error("bad --timeout '%s'", optarg);
-			opts.timeout_ms = v / 1000000;
-			break;
-		case OPT_REPORT:
-			report = optarg;
-			break;
-		case OPT_PROGRESS:
-			show_progress = true;
-			break;
-		case OPT_NO_PROGRESS:
-			show_progress = false;
-			break;
-		case 'v':
-			tsb_log_set_level(TSB_LOG_DEBUG);
-			break;
-		case 'h':
-			usage(stdout);
-			free(caps_copy);
-			return TSB_EXIT_OK;
-		default:
-			free(caps_copy);
-			fprintf(stderr, "Try 'tsubame migrate-native --help'.\n");
-			return TSB_EXIT_USAGE;
-		}
+		r = parse_opt(c, a, opts);
+		if (r || a->help)
+			return r;
 	}
 	if (optind < argc)
 		return usage_error("unexpected argument '%s'", argv[optind]);
-	if (!src_path || !dst_path || !uri) {
-		free(caps_copy);
+	if (!a->src_path || !a->dst_path || !a->uri)
 		return usage_error("%s", "--src-qmp, --dst-qmp and --uri are required");
-	}
-	if (!listen_uri)
-		listen_uri = uri;
+	if (!a->listen_uri)
+		a->listen_uri = a->uri;
+	return 0;
+}
 
-	r = qmp_open(src_path, 10000, &src);
+/* Connects to both QEMUs and sets them up. 0 or -errno (logged). */
+static int connect_and_prepare(const struct native_args *a,
+			       const struct migctl_options *opts,
+			       struct qmp **src, struct qmp **dst)
+{
+	char err[512] = "";
+	int r;
+
+	r = qmp_open(a->src_path, 10000, src);
 	if (r < 0) {
-		log_error_errno(r, "cannot connect to the source QMP socket %s", src_path);
-		goto out;
+		log_error_errno(r, "cannot connect to the source QMP socket %s", a->src_path);
+		return r;
 	}
-	r = qmp_open(dst_path, 10000, &dst);
+	r = qmp_open(a->dst_path, 10000, dst);
 	if (r < 0) {
-		log_error_errno(r, "cannot connect to the destination QMP socket %s", dst_path);
-		goto out;
+		log_error_errno(r, "cannot connect to the destination QMP socket %s",
+				a->dst_path);
+		return r;
 	}
-	r = migctl_prepare_destination(dst, &opts, listen_uri, err, sizeof(err));
+	r = migctl_prepare_destination(*dst, opts, a->listen_uri, err, sizeof(err));
 	if (r < 0) {
 		log_error("destination refused the setup: %s", err[0] ? err : strerror(-r));
-		goto out;
+		return r;
 	}
-	r = migctl_prepare_source(src, &opts, err, sizeof(err));
+	r = migctl_prepare_source(*src, opts, err, sizeof(err));
 	if (r < 0) {
 		log_error("source refused the setup: %s", err[0] ? err : strerror(-r));
-		goto out;
+		return r;
 	}
-	if (show_progress) {
-		prog.start_ns = tsb_now_ns();
-		opts.tick = progress_tick;
-		opts.tick_opaque = &prog;
-	}
-	r = migctl_run(src, dst, &opts, uri, &res);
-	if (prog.shown)
-		fputc('\n', stderr);
-	out = migctl_result_to_json(&res);
-	json_object_set_new(out, "mode", json_string("native"));
+	return 0;
+}
+
+/*
+ * Prints the result of migctl_run (r) as JSON and writes the report.
+ * Returns the exit code; *out receives the JSON (the caller frees it).
+ */
+static int emit_result(const struct native_args *a, int r,
+		       const struct migctl_result *res, json_t **out)
+{
+	int rc = TSB_EXIT_FAILED;
+
+	*out = migctl_result_to_json(res);
+	json_object_set_new(*out, "mode", json_string("native"));
 	if (r == 0)
 		rc = TSB_EXIT_OK;
 	else if (r == -ETIMEDOUT)
 		rc = 3;
 	if (r < 0)
-		log_error("migration %s: %s", res.status, res.error);
+		log_error("migration %s: %s", res->status, res->error);
 
-	if (report && json_dump_file(out, report, JSON_INDENT(2)) < 0) {
-		log_error("cannot write the report to %s", report);
+	if (a->report && json_dump_file(*out, a->report, JSON_INDENT(2)) < 0) {
+		log_error("cannot write the report to %s", a->report);
 		rc = TSB_EXIT_FAILED;
 	}
-	json_dumpf(out, stdout, JSON_INDENT(2));
+	json_dumpf(*out, stdout, JSON_INDENT(2));
 	fputc('\n', stdout);
+	return rc;
+}
+
+int cmd_migrate_native(int argc, char **argv)
+{
+	struct native_args a = { .show_progress = isatty(STDERR_FILENO) };
+	struct migctl_options opts = { .timeout_ms = 600000 };
+	struct migctl_result res = { 0 };
+	struct qmp *src = NULL, *dst = NULL;
+	json_t *out = NULL;
+	struct progress prog = { 0 };
+	int r, rc;
+
+	rc = parse_args(argc, argv, &a, &opts);
+	if (rc || a.help) {
+		if (a.help)
+			usage(stdout);
+		free(a.caps_copy);
+		return rc;
+	}
+	rc = TSB_EXIT_FAILED;
+	if (connect_and_prepare(&a, &opts, &src, &dst) < 0)
+		goto out;
+	if (a.show_progress) {
+		prog.start_ns = tsb_now_ns();
+		opts.tick = progress_tick;
+		opts.tick_opaque = &prog;
+	}
+	r = migctl_run(src, dst, &opts, a.uri, &res);
+	if (prog.shown)
+		fputc('\n', stderr);
+	rc = emit_result(&a, r, &res, &out);
 out:
 	json_decref(out);
 	migctl_result_fini(&res);
 	qmp_close(src);
 	qmp_close(dst);
-	free(caps_copy);
+	free(a.caps_copy);
 	return rc;
 }

@@ -63,7 +63,19 @@ static void print_event(struct qmp_event *ev, size_t flags)
 	json_decref(j);
 }
 
-int cmd_qmp(int argc, char **argv)
+/* What the command line asks for. */
+struct qmp_args {
+	const char *sock, *dir, *command;
+	json_t *args;		/* owned */
+	size_t flags;
+	bool events;
+	uint64_t events_ms;
+	int timeout_ms;
+	char path[PATH_MAX];	/* RUNDIR/qmp.sock with --dir */
+};
+
+/* The options. 0, or the exit code with *done set. */
+static int parse_opts(int argc, char **argv, struct qmp_args *a, bool *done)
 {
 	static const struct option opts[] = {
 		{ "qmp", required_argument, NULL, OPT_QMP },
@@ -75,35 +87,29 @@ int cmd_qmp(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
-	const char *sock = NULL, *dir = NULL, *command = NULL;
-	char path[PATH_MAX], err[1024];
-	size_t flags = JSON_COMPACT;
-	json_t *args = NULL, *res = NULL;
-	struct qmp *q = NULL;
-	uint64_t v, events_ms = 0, deadline;
-	bool events = false;
-	int timeout_ms = 30000;
-	int o, r, ret = TSB_EXIT_FAILED;
+	uint64_t v;
+	int o;
 
+	*done = true;
 	opterr = 0;
 	while ((o = getopt_long(argc, argv, "+:vh", opts, NULL)) != -1) {
 		switch (o) {
-		case OPT_QMP: sock = optarg; break;
-		case OPT_DIR: dir = optarg; break;
+		case OPT_QMP: a->sock = optarg; break;
+		case OPT_DIR: a->dir = optarg; break;
 		case OPT_EVENTS:
 			if (tsb_parse_u64(optarg, 0, 86400, &v) < 0)
 				return usage_error("bad --events '%s' (seconds)",
 						   optarg);
-			events = true;
-			events_ms = v * 1000;
+			a->events = true;
+			a->events_ms = v * 1000;
 			break;
 		case OPT_TIMEOUT:
 			if (tsb_parse_u64(optarg, 1, 86400, &v) < 0)
 				return usage_error("bad --timeout '%s' (seconds)",
 						   optarg);
-			timeout_ms = (int)(v * 1000);
+			a->timeout_ms = (int)(v * 1000);
 			break;
-		case OPT_PRETTY: flags = JSON_INDENT(2); break;
+		case OPT_PRETTY: a->flags = JSON_INDENT(2); break;
 		case 'v': tsb_log_set_level(TSB_LOG_DEBUG); break;
 		case 'h': qmp_usage(stdout); return TSB_EXIT_OK;
 		case ':':
@@ -114,76 +120,109 @@ int cmd_qmp(int argc, char **argv)
 					   argv[optind - 1]);
 		}
 	}
-	if (!sock == !dir)
+	*done = false;
+	return 0;
+}
+
+/* COMMAND, its JSON arguments and the socket. 0 or TSB_EXIT_USAGE. */
+static int parse_operands(int argc, char **argv, struct qmp_args *a)
+{
+	if (!a->sock == !a->dir)
 		return usage_error("give one of --qmp and --dir");
 	if (optind < argc)
-		command = argv[optind++];
+		a->command = argv[optind++];
 	if (optind < argc) {
 		json_error_t jerr;
 		const char *text = argv[optind++];
 
-		args = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
-		if (!args || !json_is_object(args)) {
-			json_decref(args);
+		a->args = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
+		if (!a->args || !json_is_object(a->args)) {
+			bool parsed = a->args != NULL;
+
+			json_decref(a->args);
+			a->args = NULL;
 			return usage_error("arguments '%s' are not a JSON object%s%s",
-					   text, args ? "" : ": ",
-					   args ? "" : jerr.text);
+					   text, parsed ? "" : ": ",
+					   parsed ? "" : jerr.text);
 		}
 	}
-	if (optind < argc) {
-		json_decref(args);
+	if (optind < argc)
 		return usage_error("unexpected argument '%s'", argv[optind]);
-	}
-	if (!command && !events)
+	if (!a->command && !a->events)
 		return usage_error("missing COMMAND");
-	if (dir) {
-		if (vm_path(dir, VM_QMP_SOCK, path, sizeof(path)) < 0) {
-			json_decref(args);
-			return usage_error("--dir '%s' too long", dir);
+	if (a->dir) {
+		if (vm_path(a->dir, VM_QMP_SOCK, a->path, sizeof(a->path)) < 0)
+			return usage_error("--dir '%s' too long", a->dir);
+		a->sock = a->path;
+	}
+	return 0;
+}
+
+/* Prints the events that arrive for events_ms. 0 or -errno (reported). */
+static int print_events(struct qmp *q, uint64_t events_ms, size_t flags)
+{
+	uint64_t deadline = tsb_now_ns() + events_ms * 1000000ull;
+	int r;
+
+	for (;;) {
+		struct qmp_event ev;
+		uint64_t now = tsb_now_ns();
+		int left = now >= deadline ? 0 :
+			   (int)((deadline - now) / 1000000ull);
+
+		r = qmp_next_event(q, left, &ev);
+		if (r == -ETIMEDOUT)
+			return 0;
+		if (r < 0) {
+			fprintf(stderr, "tsubame qmp: events: %s\n",
+				r == -ECONNRESET ? "QEMU closed the connection"
+						 : strerror(-r));
+			return r;
 		}
-		sock = path;
+		print_event(&ev, flags);
+		qmp_event_fini(&ev);
+	}
+}
+
+int cmd_qmp(int argc, char **argv)
+{
+	struct qmp_args a = { .flags = JSON_COMPACT, .timeout_ms = 30000 };
+	char err[1024];
+	json_t *res = NULL;
+	struct qmp *q = NULL;
+	bool done;
+	int r, ret = TSB_EXIT_FAILED;
+
+	r = parse_opts(argc, argv, &a, &done);
+	if (done)
+		return r;
+	r = parse_operands(argc, argv, &a);
+	if (r) {
+		json_decref(a.args);
+		return r;
 	}
 
-	r = qmp_open(sock, timeout_ms, &q);
+	r = qmp_open(a.sock, a.timeout_ms, &q);
 	if (r < 0) {
 		fprintf(stderr, "tsubame qmp: cannot connect to '%s': %s\n",
-			sock, strerror(-r));
+			a.sock, strerror(-r));
 		goto out;
 	}
-	qmp_set_timeout(q, timeout_ms);
-	if (command) {
-		r = qmp_execute(q, command, args, &res, err, sizeof(err));
+	qmp_set_timeout(q, a.timeout_ms);
+	if (a.command) {
+		r = qmp_execute(q, a.command, a.args, &res, err, sizeof(err));
 		if (r < 0) {
-			fprintf(stderr, "tsubame qmp: %s: %s\n", command, err);
+			fprintf(stderr, "tsubame qmp: %s: %s\n", a.command, err);
 			goto out;
 		}
-		print_json(res, flags);
+		print_json(res, a.flags);
 	}
-	if (events) {
-		deadline = tsb_now_ns() + events_ms * 1000000ull;
-		for (;;) {
-			struct qmp_event ev;
-			uint64_t now = tsb_now_ns();
-			int left = now >= deadline ? 0 :
-				   (int)((deadline - now) / 1000000ull);
-
-			r = qmp_next_event(q, left, &ev);
-			if (r == -ETIMEDOUT)
-				break;
-			if (r < 0) {
-				fprintf(stderr, "tsubame qmp: events: %s\n",
-					r == -ECONNRESET ? "QEMU closed the connection"
-							 : strerror(-r));
-				goto out;
-			}
-			print_event(&ev, flags);
-			qmp_event_fini(&ev);
-		}
-	}
+	if (a.events && print_events(q, a.events_ms, a.flags) < 0)
+		goto out;
 	ret = TSB_EXIT_OK;
 out:
 	json_decref(res);
-	json_decref(args);
+	json_decref(a.args);
 	qmp_close(q);
 	return ret;
 }

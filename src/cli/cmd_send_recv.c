@@ -153,165 +153,182 @@ static bool id_ok(const char *v)
 	return true;
 }
 
-/* Parses both commands' options; 'send' decides which ones are allowed. */
-static int parse(const char *cmd, bool send, int argc, char **argv, struct parsed *p)
+/* What an option handler returns for an option that is not in its group. */
+#define OPT_OTHER (-1)
+
+/* Options both commands take. 0, a usage error's exit code or OPT_OTHER. */
+static int parse_common_opt(const char *cmd, int c, struct parsed *p)
 {
 	uint64_t v;
-	int c;
 
-	p->c.stall_ms = 60000;
-	p->c.commit_timeout_ms = PROXY_COMMIT_TIMEOUT_DEFAULT_MS;
-	p->c.state_dir = PROXY_STATE_DIR_DEFAULT;
-	p->c.progress = isatty(STDERR_FILENO);
-	while ((c = getopt_long(argc, argv, "vh", options, NULL)) != -1) {
-		switch (c) {
-		case OPT_QMP: p->c.qmp_path = optarg; break;
-		case OPT_KEY: p->c.key_path = optarg; break;
-		case OPT_CERT: p->c.cert = optarg; break;
-		case OPT_CERT_KEY: p->c.cert_key = optarg; break;
-		case OPT_CA: p->c.ca = optarg; break;
-		case OPT_REPORT: p->c.report_path = optarg; break;
-		case OPT_TIMEOUT:
-			if (tsb_parse_duration(optarg, &v) < 0)
-				return cli_usage_error(cmd, "bad --timeout '%s'", optarg);
-			p->c.timeout_ms = v / 1000000;
-			break;
-		case OPT_STALL:
-			if (tsb_parse_duration(optarg, &v) < 0)
-				return cli_usage_error(cmd, "bad --stall-timeout '%s'", optarg);
-			p->c.stall_ms = v / 1000000;
-			break;
-		case OPT_CACHE:
-			if (tsb_parse_size(optarg, &p->c.cache_bytes) < 0 ||
-			    p->c.cache_bytes < (1u << 20))
-				return cli_usage_error(cmd, "bad --cache '%s' (at least 1M)", optarg);
-			break;
-		case OPT_STORE: p->c.store_dir = optarg; break;
-		case OPT_STATE_DIR: p->c.state_dir = optarg; break;
-		case OPT_COMMIT_TIMEOUT:
-			if (tsb_parse_duration(optarg, &v) < 0 || v < 1000000000ull)
-				return cli_usage_error(cmd, "bad --commit-timeout '%s' (at least 1s)",
-						   optarg);
-			p->c.commit_timeout_ms = v / 1000000;
-			break;
-		case OPT_NO_STORE: p->no_store = true; break;
-		case OPT_STORE_CAP:
-			if (tsb_parse_size(optarg, &p->c.store_cap) < 0 ||
-			    p->c.store_cap < (1u << 20))
-				return cli_usage_error(cmd, "bad --store-cap '%s' (at least 1M)",
-						   optarg);
-			break;
-		case OPT_TENANT:
-			if (!id_ok(optarg))
-				return cli_usage_error(cmd, "bad --tenant '%s' (1-%d printable "
-						   "characters, no spaces or '/')", optarg,
-						   STORE_MAX_ID);
-			p->c.tenant = optarg;
-			break;
-		case OPT_VM_ID:
-			if (!id_ok(optarg))
-				return cli_usage_error(cmd, "bad --vm-id '%s' (1-%d printable "
-						   "characters, no spaces or '/')", optarg,
-						   STORE_MAX_ID);
-			p->vm_id = optarg;
-			break;
-		case OPT_NET_AGENT: p->c.net_agent = optarg; break;
-		case OPT_NET_MAC:
-		case OPT_NET_IP:
-		case OPT_NET_HOME:
-			if (send)
-				return cli_usage_error(cmd, "option --%s is for 'tsubame recv'",
-						   options[c - OPT_QMP].name);
-			if (c == OPT_NET_MAC)
-				p->net_mac = optarg;
-			else if (c == OPT_NET_HOME)
-				p->net_home = optarg;
-			else if (p->n_net_ips == TSB_ARRAY_SIZE(p->net_ips))
-				return cli_usage_error(cmd, "at most %zu --net-ip",
-						   TSB_ARRAY_SIZE(p->net_ips));
-			else
-				p->net_ips[p->n_net_ips++] = optarg;
-			break;
-		case OPT_FLOOR:
-			if (!send)
-				return cli_usage_error(cmd, "option --floor is for 'tsubame send'");
-			p->floor = true;
-			break;
-		case OPT_DISK:
-		case OPT_NO_DISKS:
-			if (!send)
-				return cli_usage_error(cmd, "option --%s is for 'tsubame send'",
-						   options[c - OPT_QMP].name);
-			if (c == OPT_NO_DISKS)
-				p->no_disks = true;
-			else if (p->n_disks == 8)
-				return cli_usage_error(cmd, "at most 8 --disk");
-			else
-				p->disks[p->n_disks++] = optarg;
-			break;
-		case OPT_DISK_SOURCE:
-		case OPT_NO_VM_DISKS:
-			if (send)
-				return cli_usage_error(cmd, "option --%s is for 'tsubame recv'",
-						   options[c - OPT_QMP].name);
-			if (c == OPT_NO_VM_DISKS)
-				p->no_vm_disks = true;
-			else if (p->n_disk_sources == PROXY_MAX_DISK_SOURCES)
-				return cli_usage_error(cmd, "at most %d --disk-source",
-						   PROXY_MAX_DISK_SOURCES);
-			else
-				p->disk_sources[p->n_disk_sources++] = optarg;
-			break;
-		case OPT_PROGRESS: p->c.progress = true; break;
-		case OPT_NO_PROGRESS: p->c.progress = false; break;
-		case 'v':
-			tsb_log_set_level(tsb_log_get_level() < TSB_LOG_INFO ? TSB_LOG_INFO
-									   : TSB_LOG_DEBUG);
-			break;
-		case 'h':
-			p->help = true;
-			return 0;
-		case OPT_TO:
-		case OPT_CAPS:
-		case OPT_MAX_BW:
-		case OPT_DOWNTIME:
-		case OPT_POSTCOPY_AFTER:
-		case OPT_ZSTD:
-			if (!send)
-				return cli_usage_error(cmd, "option --%s is for 'tsubame send'",
-						   options[c - OPT_QMP].name);
-			if (c == OPT_TO)
-				p->to = optarg;
-			else if (c == OPT_CAPS)
-				p->caps = optarg;
-			else if (c == OPT_MAX_BW && tsb_parse_rate(optarg, &p->max_bw) < 0)
-				return cli_usage_error(cmd, "bad --max-bandwidth '%s'", optarg);
-			else if (c == OPT_DOWNTIME &&
-				 tsb_parse_u64(optarg, 1, 2000000, &p->downtime) < 0)
-				return cli_usage_error(cmd, "bad --downtime-limit '%s'", optarg);
-			else if (c == OPT_POSTCOPY_AFTER) {
-				if (tsb_parse_duration(optarg, &v) < 0 || v < 1000000)
-					return cli_usage_error(cmd, "bad --postcopy-after '%s'", optarg);
-				p->postcopy_after = v / 1000000;
-			} else if (c == OPT_ZSTD) {
-				if (tsb_parse_u64(optarg, 0, 19, &v) < 0)
-					return cli_usage_error(cmd, "bad --zstd-level '%s' (0 = off, 1-19)",
-							   optarg);
-				p->zstd_level = v ? (int)v : -1;
-			}
-			break;
-		case OPT_LISTEN:
-			if (send)
-				return cli_usage_error(cmd, "option --listen is for 'tsubame recv'");
-			p->listen = optarg;
-			break;
-		default:
-			fprintf(stderr, "Try 'tsubame %s --help'.\n", cmd);
-			return TSB_EXIT_USAGE;
-		}
+	switch (c) {
+	case OPT_QMP: p->c.qmp_path = optarg; break;
+	case OPT_KEY: p->c.key_path = optarg; break;
+	case OPT_CERT: p->c.cert = optarg; break;
+	case OPT_CERT_KEY: p->c.cert_key = optarg; break;
+	case OPT_CA: p->c.ca = optarg; break;
+	case OPT_REPORT: p->c.report_path = optarg; break;
+	case OPT_TIMEOUT:
+		if (tsb_parse_duration(optarg, &v) < 0)
+			return cli_usage_error(cmd, "bad --timeout '%s'", optarg);
+		p->c.timeout_ms = v / 1000000;
+		break;
+	case OPT_STALL:
+		if (tsb_parse_duration(optarg, &v) < 0)
+			return cli_usage_error(cmd, "bad --stall-timeout '%s'", optarg);
+		p->c.stall_ms = v / 1000000;
+		break;
+	case OPT_CACHE:
+		if (tsb_parse_size(optarg, &p->c.cache_bytes) < 0 ||
+		    p->c.cache_bytes < (1u << 20))
+			return cli_usage_error(cmd, "bad --cache '%s' (at least 1M)", optarg);
+		break;
+	case OPT_STORE: p->c.store_dir = optarg; break;
+	case OPT_STATE_DIR: p->c.state_dir = optarg; break;
+	case OPT_COMMIT_TIMEOUT:
+		if (tsb_parse_duration(optarg, &v) < 0 || v < 1000000000ull)
+			return cli_usage_error(cmd, "bad --commit-timeout '%s' (at least 1s)",
+					   optarg);
+		p->c.commit_timeout_ms = v / 1000000;
+		break;
+	case OPT_NO_STORE: p->no_store = true; break;
+	case OPT_STORE_CAP:
+		if (tsb_parse_size(optarg, &p->c.store_cap) < 0 ||
+		    p->c.store_cap < (1u << 20))
+			return cli_usage_error(cmd, "bad --store-cap '%s' (at least 1M)",
+					   optarg);
+		break;
+	case OPT_TENANT:
+		if (!id_ok(optarg))
+			return cli_usage_error(cmd, "bad --tenant '%s' (1-%d printable "
+					   "characters, no spaces or '/')", optarg,
+					   STORE_MAX_ID);
+		p->c.tenant = optarg;
+		break;
+	case OPT_VM_ID:
+		if (!id_ok(optarg))
+			return cli_usage_error(cmd, "bad --vm-id '%s' (1-%d printable "
+					   "characters, no spaces or '/')", optarg,
+					   STORE_MAX_ID);
+		p->vm_id = optarg;
+		break;
+	case OPT_NET_AGENT: p->c.net_agent = optarg; break;
+	case OPT_PROGRESS: p->c.progress = true; break;
+	case OPT_NO_PROGRESS: p->c.progress = false; break;
+	case 'v':
+		tsb_log_set_level(tsb_log_get_level() < TSB_LOG_INFO ? TSB_LOG_INFO
+								   : TSB_LOG_DEBUG);
+		break;
+	default:
+		return OPT_OTHER;
 	}
-	if (optind < argc)
-		return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+	return 0;
+}
+
+/* Options of 'tsubame send' only. 0, a usage error's exit code or OPT_OTHER. */
+static int parse_send_opt(const char *cmd, bool send, int c, struct parsed *p)
+{
+	uint64_t v;
+
+	switch (c) {
+	case OPT_FLOOR:
+		if (!send)
+			return cli_usage_error(cmd, "option --floor is for 'tsubame send'");
+		p->floor = true;
+		return 0;
+	case OPT_DISK:
+	case OPT_NO_DISKS:
+		if (!send)
+			return cli_usage_error(cmd, "option --%s is for 'tsubame send'",
+					   options[c - OPT_QMP].name);
+		if (c == OPT_NO_DISKS)
+			p->no_disks = true;
+		else if (p->n_disks == 8)
+			return cli_usage_error(cmd, "at most 8 --disk");
+		else
+			p->disks[p->n_disks++] = optarg;
+		return 0;
+	case OPT_TO:
+	case OPT_CAPS:
+	case OPT_MAX_BW:
+	case OPT_DOWNTIME:
+	case OPT_POSTCOPY_AFTER:
+	case OPT_ZSTD:
+		break;
+	default:
+		return OPT_OTHER;
+	}
+	if (!send)
+		return cli_usage_error(cmd, "option --%s is for 'tsubame send'",
+				   options[c - OPT_QMP].name);
+	if (c == OPT_TO)
+		p->to = optarg;
+	else if (c == OPT_CAPS)
+		p->caps = optarg;
+	else if (c == OPT_MAX_BW && tsb_parse_rate(optarg, &p->max_bw) < 0)
+		return cli_usage_error(cmd, "bad --max-bandwidth '%s'", optarg);
+	else if (c == OPT_DOWNTIME &&
+		 tsb_parse_u64(optarg, 1, 2000000, &p->downtime) < 0)
+		return cli_usage_error(cmd, "bad --downtime-limit '%s'", optarg);
+	else if (c == OPT_POSTCOPY_AFTER) {
+		if (tsb_parse_duration(optarg, &v) < 0 || v < 1000000)
+			return cli_usage_error(cmd, "bad --postcopy-after '%s'", optarg);
+		p->postcopy_after = v / 1000000;
+	} else if (c == OPT_ZSTD) {
+		if (tsb_parse_u64(optarg, 0, 19, &v) < 0)
+			return cli_usage_error(cmd, "bad --zstd-level '%s' (0 = off, 1-19)",
+					   optarg);
+		p->zstd_level = v ? (int)v : -1;
+	}
+	return 0;
+}
+
+/* Options of 'tsubame recv' only. 0, a usage error's exit code or OPT_OTHER. */
+static int parse_recv_opt(const char *cmd, bool send, int c, struct parsed *p)
+{
+	switch (c) {
+	case OPT_NET_MAC:
+	case OPT_NET_IP:
+	case OPT_NET_HOME:
+		if (send)
+			return cli_usage_error(cmd, "option --%s is for 'tsubame recv'",
+					   options[c - OPT_QMP].name);
+		if (c == OPT_NET_MAC)
+			p->net_mac = optarg;
+		else if (c == OPT_NET_HOME)
+			p->net_home = optarg;
+		else if (p->n_net_ips == TSB_ARRAY_SIZE(p->net_ips))
+			return cli_usage_error(cmd, "at most %zu --net-ip",
+					   TSB_ARRAY_SIZE(p->net_ips));
+		else
+			p->net_ips[p->n_net_ips++] = optarg;
+		return 0;
+	case OPT_DISK_SOURCE:
+	case OPT_NO_VM_DISKS:
+		if (send)
+			return cli_usage_error(cmd, "option --%s is for 'tsubame recv'",
+					   options[c - OPT_QMP].name);
+		if (c == OPT_NO_VM_DISKS)
+			p->no_vm_disks = true;
+		else if (p->n_disk_sources == PROXY_MAX_DISK_SOURCES)
+			return cli_usage_error(cmd, "at most %d --disk-source",
+					   PROXY_MAX_DISK_SOURCES);
+		else
+			p->disk_sources[p->n_disk_sources++] = optarg;
+		return 0;
+	case OPT_LISTEN:
+		if (send)
+			return cli_usage_error(cmd, "option --listen is for 'tsubame recv'");
+		p->listen = optarg;
+		return 0;
+	default:
+		return OPT_OTHER;
+	}
+}
+
+/* Checks the options together once all are parsed; settles the store. */
+static int check_parsed(const char *cmd, bool send, struct parsed *p)
+{
 	if (!p->c.qmp_path)
 		return cli_usage_error(cmd, "--qmp is required");
 	if (p->no_disks && p->n_disks)
@@ -336,6 +353,37 @@ static int parse(const char *cmd, bool send, int argc, char **argv, struct parse
 	if (p->no_store)
 		p->c.store_dir = NULL;
 	return 0;
+}
+
+/* Parses both commands' options; 'send' decides which ones are allowed. */
+static int parse(const char *cmd, bool send, int argc, char **argv, struct parsed *p)
+{
+	int c, r;
+
+	p->c.stall_ms = 60000;
+	p->c.commit_timeout_ms = PROXY_COMMIT_TIMEOUT_DEFAULT_MS;
+	p->c.state_dir = PROXY_STATE_DIR_DEFAULT;
+	p->c.progress = isatty(STDERR_FILENO);
+	while ((c = getopt_long(argc, argv, "vh", options, NULL)) != -1) {
+		if (c == 'h') {
+			p->help = true;
+			return 0;
+		}
+		r = parse_common_opt(cmd, c, p);
+		if (r == OPT_OTHER)
+			r = parse_send_opt(cmd, send, c, p);
+		if (r == OPT_OTHER)
+			r = parse_recv_opt(cmd, send, c, p);
+		if (r == OPT_OTHER) {
+			fprintf(stderr, "Try 'tsubame %s --help'.\n", cmd);
+			return TSB_EXIT_USAGE;
+		}
+		if (r)
+			return r;
+	}
+	if (optind < argc)
+		return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+	return check_parsed(cmd, send, p);
 }
 
 static int finish(enum proxy_outcome oc, json_t *report, const char *path)

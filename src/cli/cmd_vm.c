@@ -167,6 +167,140 @@ enum {
 	OPT_WAIT_AFTER, OPT_SERIAL,
 };
 
+/* What 'vm start' parses into: the config and the arrays it points into. */
+struct start_args {
+	struct vm_config c;
+	struct vm_disk disks[VM_MAX_DISKS];
+	const char *extra[VM_MAX_EXTRA];
+	int timeout_ms;
+};
+
+/*
+ * One option of 'vm start' besides -v and -h. 0, TSB_EXIT_USAGE, or -1 for
+ * what getopt could not take ('?' or ':').
+ */
+static int start_opt(int o, struct start_args *a)
+{
+	struct vm_config *c = &a->c;
+	uint64_t v;
+
+	switch (o) {
+	case OPT_NAME: c->name = optarg; break;
+	case OPT_DIR: c->dir = optarg; break;
+	case OPT_MEM: c->mem = optarg; break;
+	case OPT_CPUS:
+		if (tsb_parse_u64(optarg, 1, 64, &v) < 0)
+			return usage_error("--cpus '%s' is not 1..64",
+					   optarg);
+		c->cpus = (unsigned int)v;
+		break;
+	case OPT_KERNEL: c->kernel = optarg; break;
+	case OPT_INITRD: c->initrd = optarg; break;
+	case OPT_APPEND: c->append = optarg; break;
+	case OPT_DISK:
+		if (c->n_disks == VM_MAX_DISKS)
+			return usage_error("more than %d disks", VM_MAX_DISKS);
+		if (parse_disk(optarg, &a->disks[c->n_disks]) < 0)
+			return usage_error("bad --disk '%s' (FILE[,format=raw|qcow2][,id=ID])",
+					   optarg);
+		c->n_disks++;
+		break;
+	case OPT_TAP:
+		if (c->net == VM_NET_USER)
+			return usage_error("%s: --tap and --user-net exclude each other",
+					   "network");
+		c->net = VM_NET_TAP;
+		c->tap_ifname = optarg;
+		break;
+	case OPT_MAC: c->mac = optarg; break;
+	case OPT_USER_NET:
+		if (c->net == VM_NET_TAP)
+			return usage_error("%s: --tap and --user-net exclude each other",
+					   "network");
+		c->net = VM_NET_USER;
+		c->user_hostfwd = optarg;
+		break;
+	case OPT_INCOMING: c->incoming = true; break;
+	case OPT_PAUSED: c->paused = true; break;
+	case OPT_MACHINE: c->machine = optarg; break;
+	case OPT_ACCEL:
+		if (strcmp(optarg, "tcg") && strcmp(optarg, "kvm"))
+			return usage_error("--accel '%s' is not tcg or kvm",
+					   optarg);
+		c->accel = optarg;
+		break;
+	case OPT_QEMU: c->qemu = optarg; break;
+	case OPT_EXTRA:
+		if (c->n_extra == VM_MAX_EXTRA)
+			return usage_error("more than %d --extra", VM_MAX_EXTRA);
+		a->extra[c->n_extra++] = optarg;
+		break;
+	case OPT_TIMEOUT:
+		if (parse_seconds(optarg, &a->timeout_ms) < 0)
+			return usage_error("bad --timeout '%s' (seconds)",
+					   optarg);
+		break;
+	default:
+		return -1;
+	}
+	return 0;
+}
+
+/* Checks the options of 'vm start' together. 0 or TSB_EXIT_USAGE. */
+static int start_check(const struct vm_config *c)
+{
+	uint64_t mem;
+
+	if (!c->dir)
+		return usage_error("%s: --dir is required", "start");
+	if (!c->mem)
+		return usage_error("%s: --mem is required", "start");
+	mem = qemu_mem_bytes(c->mem);
+	if (!mem)
+		return usage_error("bad --mem '%s' (e.g. 524292K)", c->mem);
+	if ((c->initrd || c->append) && !c->kernel)
+		return usage_error("%s: --initrd and --append need --kernel",
+				   "start");
+	if (c->mac && c->net == VM_NET_NONE)
+		return usage_error("%s: --mac needs --tap or --user-net", "start");
+	if (strchr(c->dir, ','))
+		return usage_error("--dir '%s' must not contain a comma", c->dir);
+	if ((!c->accel || !strcmp(c->accel, "tcg")) && mem % (256 << 10) == 0)
+		log_warn("guest RAM %s is a multiple of 256 KiB: QEMU 7.2 under TCG loses guest writes during migration with such sizes (use e.g. 524292K)",
+			 c->mem);
+	return 0;
+}
+
+/* Starts QEMU in the run directory and prints where it is. An exit code. */
+static int start_and_print(struct vm_config *c, int timeout_ms)
+{
+	char dir[PATH_MAX], path[PATH_MAX], err[512];
+	pid_t pid;
+	int r;
+
+	r = abs_dir(c->dir, true, dir);
+	if (r < 0) {
+		fprintf(stderr, "tsubame vm: run directory '%s': %s\n", c->dir,
+			strerror(-r));
+		return TSB_EXIT_FAILED;
+	}
+	c->dir = dir;
+	r = vm_start(c, timeout_ms, &pid, err, sizeof(err));
+	if (r < 0) {
+		fprintf(stderr, "tsubame vm: start failed: %s\n", err);
+		if (r == -ECHILD || r == -ETIMEDOUT)
+			fprintf(stderr, "tsubame vm: see %s/" VM_QEMU_LOG "\n",
+				dir);
+		return TSB_EXIT_FAILED;
+	}
+	printf("pid %d\n", (int)pid);
+	(void)vm_path(dir, VM_QMP_SOCK, path, sizeof(path));
+	printf("qmp %s\n", path);
+	(void)vm_path(dir, VM_SERIAL_LOG, path, sizeof(path));
+	printf("serial %s\n", path);
+	return TSB_EXIT_OK;
+}
+
 static int vm_cmd_start(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -192,121 +326,30 @@ static int vm_cmd_start(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
-	struct vm_config c = { 0 };
-	struct vm_disk disks[VM_MAX_DISKS];
-	const char *extra[VM_MAX_EXTRA];
-	char dir[PATH_MAX], path[PATH_MAX], err[512];
-	int timeout_ms = 30000;
-	uint64_t v, mem;
-	pid_t pid;
+	struct start_args a = { .timeout_ms = 30000 };
 	int o, r;
 
-	c.extra = extra;
-	c.disks = disks;
+	a.c.extra = a.extra;
+	a.c.disks = a.disks;
 	opterr = 0;
 	while ((o = getopt_long(argc, argv, ":vh", opts, NULL)) != -1) {
 		switch (o) {
-		case OPT_NAME: c.name = optarg; break;
-		case OPT_DIR: c.dir = optarg; break;
-		case OPT_MEM: c.mem = optarg; break;
-		case OPT_CPUS:
-			if (tsb_parse_u64(optarg, 1, 64, &v) < 0)
-				return usage_error("--cpus '%s' is not 1..64",
-						   optarg);
-			c.cpus = (unsigned int)v;
-			break;
-		case OPT_KERNEL: c.kernel = optarg; break;
-		case OPT_INITRD: c.initrd = optarg; break;
-		case OPT_APPEND: c.append = optarg; break;
-		case OPT_DISK:
-			if (c.n_disks == VM_MAX_DISKS)
-				return usage_error("more than %d disks", VM_MAX_DISKS);
-			if (parse_disk(optarg, &disks[c.n_disks]) < 0)
-				return usage_error("bad --disk '%s' (FILE[,format=raw|qcow2][,id=ID])",
-						   optarg);
-			c.n_disks++;
-			break;
-		case OPT_TAP:
-			if (c.net == VM_NET_USER)
-				return usage_error("%s: --tap and --user-net exclude each other",
-						   "network");
-			c.net = VM_NET_TAP;
-			c.tap_ifname = optarg;
-			break;
-		case OPT_MAC: c.mac = optarg; break;
-		case OPT_USER_NET:
-			if (c.net == VM_NET_TAP)
-				return usage_error("%s: --tap and --user-net exclude each other",
-						   "network");
-			c.net = VM_NET_USER;
-			c.user_hostfwd = optarg;
-			break;
-		case OPT_INCOMING: c.incoming = true; break;
-		case OPT_PAUSED: c.paused = true; break;
-		case OPT_MACHINE: c.machine = optarg; break;
-		case OPT_ACCEL:
-			if (strcmp(optarg, "tcg") && strcmp(optarg, "kvm"))
-				return usage_error("--accel '%s' is not tcg or kvm",
-						   optarg);
-			c.accel = optarg;
-			break;
-		case OPT_QEMU: c.qemu = optarg; break;
-		case OPT_EXTRA:
-			if (c.n_extra == VM_MAX_EXTRA)
-				return usage_error("more than %d --extra", VM_MAX_EXTRA);
-			extra[c.n_extra++] = optarg;
-			break;
-		case OPT_TIMEOUT:
-			if (parse_seconds(optarg, &timeout_ms) < 0)
-				return usage_error("bad --timeout '%s' (seconds)",
-						   optarg);
-			break;
 		case 'v': tsb_log_set_level(TSB_LOG_DEBUG); break;
 		case 'h': vm_usage(stdout); return TSB_EXIT_OK;
-		default: return bad_option(argv, o);
+		default:
+			r = start_opt(o, &a);
+			if (r < 0)
+				return bad_option(argv, o);
+			if (r)
+				return r;
 		}
 	}
 	if (optind < argc)
 		return usage_error("unexpected argument '%s'", argv[optind]);
-	if (!c.dir)
-		return usage_error("%s: --dir is required", "start");
-	if (!c.mem)
-		return usage_error("%s: --mem is required", "start");
-	mem = qemu_mem_bytes(c.mem);
-	if (!mem)
-		return usage_error("bad --mem '%s' (e.g. 524292K)", c.mem);
-	if ((c.initrd || c.append) && !c.kernel)
-		return usage_error("%s: --initrd and --append need --kernel",
-				   "start");
-	if (c.mac && c.net == VM_NET_NONE)
-		return usage_error("%s: --mac needs --tap or --user-net", "start");
-	if (strchr(c.dir, ','))
-		return usage_error("--dir '%s' must not contain a comma", c.dir);
-	if ((!c.accel || !strcmp(c.accel, "tcg")) && mem % (256 << 10) == 0)
-		log_warn("guest RAM %s is a multiple of 256 KiB: QEMU 7.2 under TCG loses guest writes during migration with such sizes (use e.g. 524292K)",
-			 c.mem);
-
-	r = abs_dir(c.dir, true, dir);
-	if (r < 0) {
-		fprintf(stderr, "tsubame vm: run directory '%s': %s\n", c.dir,
-			strerror(-r));
-		return TSB_EXIT_FAILED;
-	}
-	c.dir = dir;
-	r = vm_start(&c, timeout_ms, &pid, err, sizeof(err));
-	if (r < 0) {
-		fprintf(stderr, "tsubame vm: start failed: %s\n", err);
-		if (r == -ECHILD || r == -ETIMEDOUT)
-			fprintf(stderr, "tsubame vm: see %s/" VM_QEMU_LOG "\n",
-				dir);
-		return TSB_EXIT_FAILED;
-	}
-	printf("pid %d\n", (int)pid);
-	(void)vm_path(dir, VM_QMP_SOCK, path, sizeof(path));
-	printf("qmp %s\n", path);
-	(void)vm_path(dir, VM_SERIAL_LOG, path, sizeof(path));
-	printf("serial %s\n", path);
-	return TSB_EXIT_OK;
+	r = start_check(&a.c);
+	if (r)
+		return r;
+	return start_and_print(&a.c, a.timeout_ms);
 }
 
 /* Parses --dir [--timeout] [-v] for stop and status. */

@@ -746,28 +746,165 @@ static int step_block(struct qs_parser *p, const uint8_t *v)
 	return 0;
 }
 
-static int step_record(struct qs_parser *p, const uint8_t *v)
+/* Refuses RAM flags tsubame does not carry. 0 or -EOPNOTSUPP. */
+static int check_ram_flags(struct qs_parser *p, uint32_t flags)
 {
-	const struct qs_block *b;
-	struct qs_page pg;
-	uint64_t hdr = tsb_load_be64(v), addr;
-	uint32_t flags, base, bad;
-	size_t pre, total;
-	int r;
+	uint32_t bad = flags & (~QS_RAM_KNOWN_FLAGS | QS_RAM_FULL | QS_RAM_HOOK |
+				QS_RAM_COMPRESS_PAGE | QS_RAM_MULTIFD_FLUSH);
 
-	flags = hdr & (p->page_size - 1);
-	addr = hdr & ~(uint64_t)(p->page_size - 1);
-	bad = flags & (~QS_RAM_KNOWN_FLAGS | QS_RAM_FULL | QS_RAM_HOOK |
-		       QS_RAM_COMPRESS_PAGE | QS_RAM_MULTIFD_FLUSH);
 	if (bad) {
 		uint32_t f = bad & -bad;
 
 		return fail(p, -EOPNOTSUPP, "unsupported RAM flag 0x%x (%s)", f,
 			    ram_flag_name(f));
 	}
-	base = flags & ~QS_RAM_CONTINUE;
+	return 0;
+}
 
-	switch (base) {
+/* An EOS or MEM_SIZE record: the 8-byte header v, flags and address. */
+static int step_ram_control(struct qs_parser *p, const uint8_t *v, uint32_t flags,
+			    uint64_t addr)
+{
+	uint32_t base = flags & ~QS_RAM_CONTINUE;
+
+	if (flags & QS_RAM_CONTINUE)
+		return fail(p, -EBADMSG,
+			    "CONTINUE flag on a %s record", ram_flag_name(base));
+	if (base == QS_RAM_EOS) {
+		if (emit(p, v, 8))
+			return p->err;
+		set_state(p, ST_FOOTER, 1);
+		return 0;
+	}
+	if (p->sec != QS_SEC_START || p->setup_seen || p->n_blocks)
+		return fail(p, -EBADMSG,
+			    "MEM_SIZE record outside the ram setup");
+	p->setup_total = p->setup_left = addr;
+	p->setup_off = p->t.off;
+	if (emit(p, v, 8))
+		return p->err;
+	if (!addr)
+		return ram_setup_done(p);
+	set_state(p, ST_BLOCK, 1);
+	return 0;
+}
+
+/*
+ * The block a page record v belongs to (the previous one with CONTINUE,
+ * else the idstr after the header) and the length of the record before
+ * its payload. *pre stays 0 while the view must grow (NEED). 0 or error.
+ */
+static int record_block(struct qs_parser *p, const uint8_t *v, bool cont,
+			const struct qs_block **ret_b, size_t *pre)
+{
+	const struct qs_block *b;
+	uint8_t n;
+
+	if (!p->setup_seen)
+		return fail(p, -EBADMSG, "page record before the RAM block list");
+	if (cont) {
+		if (p->last_block < 0)
+			return fail(p, -EBADMSG,
+				    "CONTINUE record without a previous block");
+		*ret_b = &p->blocks[p->last_block];
+		*pre = 8;
+		return 0;
+	}
+	NEED(p, 9);
+	n = v[8];
+	NEED(p, 9 + n);
+	b = find_block(p, v + 9, n);
+	if (!b)
+		return fail(p, -EBADMSG,
+			    "page of unknown RAM block \"%.*s\"", n,
+			    (const char *)v + 9);
+	*ret_b = b;
+	*pre = 9 + n;
+	return 0;
+}
+
+/*
+ * The payload of a page record v that starts after pre bytes, into pg's
+ * fill, data and len; the record's length into *total, which stays 0
+ * while the view must grow (NEED). 0 or error.
+ */
+static int record_payload(struct qs_parser *p, const uint8_t *v, size_t pre,
+			  struct qs_page *pg, size_t *total)
+{
+	uint16_t xlen;
+
+	switch (pg->kind) {
+	case QS_PAGE_ZERO:
+		NEED(p, pre + 1);
+		pg->fill = v[pre];
+		pg->data = v + pre;
+		pg->len = 1;
+		*total = pre + 1;
+		return 0;
+	case QS_PAGE_NORMAL:
+		NEED(p, pre + p->page_size);
+		pg->fill = 0;
+		pg->data = v + pre;
+		pg->len = p->page_size;
+		*total = pre + p->page_size;
+		return 0;
+	default:
+		break;
+	}
+	NEED(p, pre + 3);
+	if (v[pre] != 1)
+		return fail(p, -EBADMSG, "unknown XBZRLE encoding 0x%02x",
+			    v[pre]);
+	xlen = tsb_load_be16(v + pre + 1);
+	if (xlen > p->page_size)
+		return fail(p, -EBADMSG,
+			    "XBZRLE delta of %u bytes exceeds the page size %u",
+			    xlen, p->page_size);
+	NEED(p, pre + 3 + xlen);
+	pg->fill = 0;
+	pg->data = v + pre + 3;
+	pg->len = xlen;
+	*total = pre + 3 + xlen;
+	return 0;
+}
+
+/* Hands a whole page record (v, total bytes) to the page handler and consumes it. */
+static int deliver_page(struct qs_parser *p, const uint8_t *v, struct qs_page *pg,
+			size_t total)
+{
+	int r;
+
+	pg->stream_offset = p->t.off;
+	p->last_block = pg->block->index;
+	r = qs_tok_flush(&p->t);
+	if (r < 0)
+		return handler_failed(p, "raw", r);
+	if (p->h.page) {
+		r = p->h.page(p->opaque, pg);
+		if (r < 0)
+			return handler_failed(p, "page", r);
+	}
+	qs_tok_consume(&p->t, v, total);
+	p->t.need = 8;
+	return 0;
+}
+
+static int step_record(struct qs_parser *p, const uint8_t *v)
+{
+	const struct qs_block *b = NULL;
+	struct qs_page pg;
+	uint64_t hdr = tsb_load_be64(v), addr;
+	uint32_t flags;
+	size_t pre = 0, total = 0;
+	int r;
+
+	flags = hdr & (p->page_size - 1);
+	addr = hdr & ~(uint64_t)(p->page_size - 1);
+	r = check_ram_flags(p, flags);
+	if (r)
+		return r;
+
+	switch (flags & ~QS_RAM_CONTINUE) {
 	case QS_RAM_ZERO:
 		pg.kind = QS_PAGE_ZERO;
 		break;
@@ -779,110 +916,27 @@ static int step_record(struct qs_parser *p, const uint8_t *v)
 		break;
 	case QS_RAM_EOS:
 	case QS_RAM_MEM_SIZE:
-		if (flags & QS_RAM_CONTINUE)
-			return fail(p, -EBADMSG,
-				    "CONTINUE flag on a %s record", ram_flag_name(base));
-		if (base == QS_RAM_EOS) {
-			if (emit(p, v, 8))
-				return p->err;
-			set_state(p, ST_FOOTER, 1);
-			return 0;
-		}
-		if (p->sec != QS_SEC_START || p->setup_seen || p->n_blocks)
-			return fail(p, -EBADMSG,
-				    "MEM_SIZE record outside the ram setup");
-		p->setup_total = p->setup_left = addr;
-		p->setup_off = p->t.off;
-		if (emit(p, v, 8))
-			return p->err;
-		if (!addr)
-			return ram_setup_done(p);
-		set_state(p, ST_BLOCK, 1);
-		return 0;
+		return step_ram_control(p, v, flags, addr);
 	default:
 		return fail(p, -EBADMSG, "invalid RAM flag combination 0x%x",
 			    flags);
 	}
 
-	if (!p->setup_seen)
-		return fail(p, -EBADMSG, "page record before the RAM block list");
 	pg.cont = flags & QS_RAM_CONTINUE;
-	if (pg.cont) {
-		if (p->last_block < 0)
-			return fail(p, -EBADMSG,
-				    "CONTINUE record without a previous block");
-		b = &p->blocks[p->last_block];
-		pre = 8;
-	} else {
-		uint8_t n;
-
-		NEED(p, 9);
-		n = v[8];
-		NEED(p, 9 + n);
-		b = find_block(p, v + 9, n);
-		if (!b)
-			return fail(p, -EBADMSG,
-				    "page of unknown RAM block \"%.*s\"", n,
-				    (const char *)v + 9);
-		pre = 9 + n;
-	}
+	r = record_block(p, v, pg.cont, &b, &pre);
+	if (r || !pre)
+		return r;
 	if (addr >= b->used_length)
 		return fail(p, -EBADMSG,
 			    "page offset 0x%llx beyond RAM block \"%s\" (0x%llx bytes)",
 			    (unsigned long long)addr, b->name,
 			    (unsigned long long)b->used_length);
-
-	switch (pg.kind) {
-	case QS_PAGE_ZERO:
-		NEED(p, pre + 1);
-		pg.fill = v[pre];
-		pg.data = v + pre;
-		pg.len = 1;
-		total = pre + 1;
-		break;
-	case QS_PAGE_NORMAL:
-		NEED(p, pre + p->page_size);
-		pg.fill = 0;
-		pg.data = v + pre;
-		pg.len = p->page_size;
-		total = pre + p->page_size;
-		break;
-	default: {
-		uint16_t xlen;
-
-		NEED(p, pre + 3);
-		if (v[pre] != 1)
-			return fail(p, -EBADMSG, "unknown XBZRLE encoding 0x%02x",
-				    v[pre]);
-		xlen = tsb_load_be16(v + pre + 1);
-		if (xlen > p->page_size)
-			return fail(p, -EBADMSG,
-				    "XBZRLE delta of %u bytes exceeds the page size %u",
-				    xlen, p->page_size);
-		NEED(p, pre + 3 + xlen);
-		pg.fill = 0;
-		pg.data = v + pre + 3;
-		pg.len = xlen;
-		total = pre + 3 + xlen;
-		break;
-	}
-	}
-
+	r = record_payload(p, v, pre, &pg, &total);
+	if (r || !total)
+		return r;
 	pg.block = b;
 	pg.offset = addr;
-	pg.stream_offset = p->t.off;
-	p->last_block = b->index;
-	r = qs_tok_flush(&p->t);
-	if (r < 0)
-		return handler_failed(p, "raw", r);
-	if (p->h.page) {
-		r = p->h.page(p->opaque, &pg);
-		if (r < 0)
-			return handler_failed(p, "page", r);
-	}
-	qs_tok_consume(&p->t, v, total);
-	p->t.need = 8;
-	return 0;
+	return deliver_page(p, v, &pg, total);
 }
 
 static int step_footer(struct qs_parser *p, const uint8_t *v)

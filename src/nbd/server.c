@@ -478,15 +478,15 @@ static void do_meta(struct nbd_server *srv, const struct nbd_option *o)
 	nbd_put_option_reply(&srv->out, o->option, NBD_REP_ACK, NULL, 0);
 }
 
-/*
- * Option haggling. Returns 1 when transmission starts, 0 when the client
- * aborted, or -errno.
- */
-static int negotiate(struct nbd_server *srv)
+/* An option handler's result for "go on haggling" (besides 1, 0 and -errno). */
+#define NEGOTIATE_MORE 2
+
+/* Sends the greeting and takes the client's flags. 0 or -errno. */
+static int greet(struct nbd_server *srv)
 {
 	uint32_t cflags;
 	ssize_t n;
-	int r, n_opts = 0;
+	int r;
 
 	nbd_put_greeting(&srv->out, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
 	r = flush_out(srv);
@@ -507,114 +507,177 @@ static int negotiate(struct nbd_server *srv)
 	if (cflags & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES))
 		return fail(srv, -EBADMSG, "unknown client flags 0x%x", cflags);
 	srv->no_zeroes = cflags & NBD_FLAG_C_NO_ZEROES;
+	return 0;
+}
+
+/*
+ * Reads the next option (its data stays in the input buffer) and counts
+ * it against MAX_OPTIONS. 0 or -errno.
+ */
+static int next_option(struct nbd_server *srv, int *n_opts, struct nbd_option *o)
+{
+	ssize_t n;
+	int r;
 
 	for (;;) {
-		struct nbd_option o;
-		struct nbd_go_request g;
-
 		n = nbd_decode_option(srv->in.data + srv->in_pos,
-				      srv->in.len - srv->in_pos, &o);
+				      srv->in.len - srv->in_pos, o);
 		if (n < 0)
 			return fail(srv, (int)n, n == -EMSGSIZE ?
 				    "option data over %u bytes" :
 				    "bad option magic", NBD_MAX_OPTION_DATA);
-		if (n == 0) {
-			if (srv->eof)
-				return fail(srv, -ECONNRESET,
-					    "client closed during option haggling");
-			r = pump(srv, true);
-			if (r)
-				return r;
-			continue;
-		}
-		srv->in_pos += (size_t)n;
-		if (++n_opts > MAX_OPTIONS)
-			return fail(srv, -EMSGSIZE, "more than %d options",
-				    MAX_OPTIONS);
-		if (o.option < 32)
-			srv->stats.options_seen |= 1U << o.option;
-		log_debug("nbd-server: option %s (%u), %u bytes",
-			  nbd_opt_name(o.option), o.option, o.len);
+		if (n > 0)
+			break;
+		if (srv->eof)
+			return fail(srv, -ECONNRESET,
+				    "client closed during option haggling");
+		r = pump(srv, true);
+		if (r)
+			return r;
+	}
+	srv->in_pos += (size_t)n;
+	if (++*n_opts > MAX_OPTIONS)
+		return fail(srv, -EMSGSIZE, "more than %d options",
+			    MAX_OPTIONS);
+	if (o->option < 32)
+		srv->stats.options_seen |= 1U << o->option;
+	log_debug("nbd-server: option %s (%u), %u bytes",
+		  nbd_opt_name(o->option), o->option, o->len);
+	return 0;
+}
 
-		switch (o.option) {
-		case NBD_OPT_EXPORT_NAME:
-			if (!name_is(srv, (const char *)o.data, o.len))
-				return fail(srv, -ENOENT,
-					    "client asked for an unknown export");
-			nbd_put_export_name_reply(&srv->out, srv->params.size,
-						  tflags(srv), srv->no_zeroes);
-			srv->params.tflags = tflags(srv);
-			r = flush_out(srv);
-			return r ? r : 1;
-		case NBD_OPT_ABORT:
-			nbd_put_option_reply(&srv->out, o.option, NBD_REP_ACK,
-					     NULL, 0);
-			(void)flush_out(srv);
-			return 0;
-		case NBD_OPT_LIST:
-			if (o.len) {
-				reply_err(srv, o.option, NBD_REP_ERR_INVALID,
-					  "LIST takes no data");
-				break;
-			} else {
-				size_t l = strlen(srv->export_name);
+/* EXPORT_NAME: the old way into transmission. 1 or -errno. */
+static int opt_export_name(struct nbd_server *srv, const struct nbd_option *o)
+{
+	int r;
 
-				tsb_buf_put_be64(&srv->out, NBD_REP_MAGIC);
-				tsb_buf_put_be32(&srv->out, o.option);
-				tsb_buf_put_be32(&srv->out, NBD_REP_SERVER);
-				tsb_buf_put_be32(&srv->out, (uint32_t)(4 + l));
-				tsb_buf_put_be32(&srv->out, (uint32_t)l);
-				tsb_buf_append(&srv->out, srv->export_name, l);
-				nbd_put_option_reply(&srv->out, o.option,
-						     NBD_REP_ACK, NULL, 0);
-			}
-			break;
-		case NBD_OPT_STARTTLS:
-			reply_err(srv, o.option, NBD_REP_ERR_POLICY,
-				  "TLS is not offered on this socket");
-			break;
-		case NBD_OPT_INFO:
-		case NBD_OPT_GO:
-			r = nbd_parse_go(&o, &g);
-			if (r) {
-				reply_err(srv, o.option, r == -EMSGSIZE ?
-					  NBD_REP_ERR_TOO_BIG :
-					  NBD_REP_ERR_INVALID,
-					  "malformed INFO/GO request");
-				break;
-			}
-			if (!name_is(srv, g.name, g.name_len)) {
-				reply_err(srv, o.option, NBD_REP_ERR_UNKNOWN,
-					  "unknown export");
-				break;
-			}
-			send_info(srv, o.option, &g);
-			if (o.option == NBD_OPT_GO) {
-				srv->params.tflags = tflags(srv);
-				r = flush_out(srv);
-				return r ? r : 1;
-			}
-			break;
-		case NBD_OPT_STRUCTURED_REPLY:
-			if (o.len || srv->params.structured) {
-				reply_err(srv, o.option, NBD_REP_ERR_INVALID,
-					  o.len ? "STRUCTURED_REPLY takes no data" :
-					  "structured replies already negotiated");
-				break;
-			}
-			srv->params.structured = true;
-			nbd_put_option_reply(&srv->out, o.option, NBD_REP_ACK,
-					     NULL, 0);
-			break;
-		case NBD_OPT_LIST_META_CONTEXT:
-		case NBD_OPT_SET_META_CONTEXT:
-			do_meta(srv, &o);
-			break;
-		default:
-			reply_err(srv, o.option, NBD_REP_ERR_UNSUP,
-				  "option not supported");
-			break;
-		}
+	if (!name_is(srv, (const char *)o->data, o->len))
+		return fail(srv, -ENOENT,
+			    "client asked for an unknown export");
+	nbd_put_export_name_reply(&srv->out, srv->params.size,
+				  tflags(srv), srv->no_zeroes);
+	srv->params.tflags = tflags(srv);
+	r = flush_out(srv);
+	return r ? r : 1;
+}
+
+static void opt_list(struct nbd_server *srv, const struct nbd_option *o)
+{
+	size_t l = strlen(srv->export_name);
+
+	if (o->len) {
+		reply_err(srv, o->option, NBD_REP_ERR_INVALID,
+			  "LIST takes no data");
+		return;
+	}
+	tsb_buf_put_be64(&srv->out, NBD_REP_MAGIC);
+	tsb_buf_put_be32(&srv->out, o->option);
+	tsb_buf_put_be32(&srv->out, NBD_REP_SERVER);
+	tsb_buf_put_be32(&srv->out, (uint32_t)(4 + l));
+	tsb_buf_put_be32(&srv->out, (uint32_t)l);
+	tsb_buf_append(&srv->out, srv->export_name, l);
+	nbd_put_option_reply(&srv->out, o->option, NBD_REP_ACK, NULL, 0);
+}
+
+/* INFO or GO. 1 (GO: transmission), NEGOTIATE_MORE or -errno. */
+static int opt_info_go(struct nbd_server *srv, const struct nbd_option *o)
+{
+	struct nbd_go_request g;
+	int r;
+
+	r = nbd_parse_go(o, &g);
+	if (r) {
+		reply_err(srv, o->option, r == -EMSGSIZE ?
+			  NBD_REP_ERR_TOO_BIG :
+			  NBD_REP_ERR_INVALID,
+			  "malformed INFO/GO request");
+		return NEGOTIATE_MORE;
+	}
+	if (!name_is(srv, g.name, g.name_len)) {
+		reply_err(srv, o->option, NBD_REP_ERR_UNKNOWN,
+			  "unknown export");
+		return NEGOTIATE_MORE;
+	}
+	send_info(srv, o->option, &g);
+	if (o->option == NBD_OPT_GO) {
+		srv->params.tflags = tflags(srv);
+		r = flush_out(srv);
+		return r ? r : 1;
+	}
+	return NEGOTIATE_MORE;
+}
+
+static void opt_structured_reply(struct nbd_server *srv, const struct nbd_option *o)
+{
+	if (o->len || srv->params.structured) {
+		reply_err(srv, o->option, NBD_REP_ERR_INVALID,
+			  o->len ? "STRUCTURED_REPLY takes no data" :
+			  "structured replies already negotiated");
+		return;
+	}
+	srv->params.structured = true;
+	nbd_put_option_reply(&srv->out, o->option, NBD_REP_ACK, NULL, 0);
+}
+
+/*
+ * Answers one option: 1 when transmission starts, 0 when the client
+ * aborted, NEGOTIATE_MORE for the next option, or -errno.
+ */
+static int handle_option(struct nbd_server *srv, const struct nbd_option *o)
+{
+	switch (o->option) {
+	case NBD_OPT_EXPORT_NAME:
+		return opt_export_name(srv, o);
+	case NBD_OPT_ABORT:
+		nbd_put_option_reply(&srv->out, o->option, NBD_REP_ACK,
+				     NULL, 0);
+		(void)flush_out(srv);
+		return 0;
+	case NBD_OPT_LIST:
+		opt_list(srv, o);
+		break;
+	case NBD_OPT_STARTTLS:
+		reply_err(srv, o->option, NBD_REP_ERR_POLICY,
+			  "TLS is not offered on this socket");
+		break;
+	case NBD_OPT_INFO:
+	case NBD_OPT_GO:
+		return opt_info_go(srv, o);
+	case NBD_OPT_STRUCTURED_REPLY:
+		opt_structured_reply(srv, o);
+		break;
+	case NBD_OPT_LIST_META_CONTEXT:
+	case NBD_OPT_SET_META_CONTEXT:
+		do_meta(srv, o);
+		break;
+	default:
+		reply_err(srv, o->option, NBD_REP_ERR_UNSUP,
+			  "option not supported");
+		break;
+	}
+	return NEGOTIATE_MORE;
+}
+
+/*
+ * Option haggling. Returns 1 when transmission starts, 0 when the client
+ * aborted, or -errno.
+ */
+static int negotiate(struct nbd_server *srv)
+{
+	int r, n_opts = 0;
+
+	r = greet(srv);
+	if (r)
+		return r;
+	for (;;) {
+		struct nbd_option o;
+
+		r = next_option(srv, &n_opts, &o);
+		if (r)
+			return r;
+		r = handle_option(srv, &o);
+		if (r != NEGOTIATE_MORE)
+			return r;
 		r = flush_out(srv);
 		if (r)
 			return r;

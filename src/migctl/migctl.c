@@ -186,144 +186,253 @@ static void cancel_and_wait(struct qmp *src, struct migctl_result *res,
 	}
 }
 
+/* One migctl_run: what its steps share. */
+struct run {
+	struct qmp *src, *dst;
+	const struct migctl_options *opts;
+	struct migctl_result *res;
+	struct watch w;
+	uint64_t start, start_wall;	/* monotonic and wall clock at migrate */
+	uint64_t last_poll, completed_at, now_ms;	/* ms since start */
+	const char *st;			/* the source's last status */
+	bool switched;			/* pre-switchover handled */
+};
+
+/* Ends a run that did not complete: the time it took, then err. */
+static int run_end(struct run *m, int err)
+{
+	m->res->wall_ms = (tsb_now_ns() - m->start) / 1000000;
+	return err;
+}
+
+/* Polls the source's status when due. 0 or -EIO. */
+static int run_poll(struct run *m)
+{
+	struct migctl_result *res = m->res;
+
+	/* Ask at once when QEMU says its state changed (completed, pre-switchover). */
+	if (m->now_ms - m->last_poll >= MIGCTL_POLL_MS || !m->st || m->w.src_changed) {
+		m->last_poll = m->now_ms;
+		m->w.src_changed = false;
+		m->st = query_status(m->src, &res->src_stats);
+		if (!m->st) {
+			snprintf(res->status, sizeof(res->status), "failed");
+			snprintf(res->error, sizeof(res->error),
+				 "source QEMU stopped answering");
+			return run_end(m, -EIO);
+		}
+	}
+	return 0;
+}
+
+/* Ends the run if either side failed or the source was cancelled. 0 or -EIO. */
+static int run_check_failed(struct run *m)
+{
+	struct migctl_result *res = m->res;
+	const char *st = m->st, *desc;
+
+	if (strcmp(st, "failed") && strcmp(st, "cancelled") && !m->w.dst_failed)
+		return 0;
+	desc = json_string_value(json_object_get(res->src_stats, "error-desc"));
+	snprintf(res->status, sizeof(res->status), "%s",
+		 m->w.dst_failed ? "failed" : st);
+	snprintf(res->error, sizeof(res->error), "%s",
+		 desc ? desc : m->w.dst_failed ? "destination failed" : st);
+	if (m->w.dst_failed && strcmp(st, "failed"))
+		cancel_and_wait(m->src, res, &m->w);
+	return run_end(m, -EIO);
+}
+
+/*
+ * At pre-switchover (once): the caller's hook, then migrate-continue.
+ * 0 to go on, 1 to start the next round at once, or -EIO.
+ */
+static int run_pre_switchover(struct run *m)
+{
+	const struct migctl_options *opts = m->opts;
+	struct migctl_result *res = m->res;
+	json_t *args;
+	int r;
+
+	if (!opts->pre_switchover || m->switched || strcmp(m->st, "pre-switchover"))
+		return 0;
+	/* The source is stopped: finish what must precede the switch. */
+	m->switched = true;
+	r = opts->pre_switchover(opts->pre_switchover_opaque, m->src, res->error,
+				 sizeof(res->error));
+	if (r == 0) {
+		args = json_pack("{s:s}", "state", "pre-switchover");
+		r = qmp_execute(m->src, "migrate-continue", args, NULL, res->error,
+				sizeof(res->error));
+		json_decref(args);
+	}
+	if (r < 0) {
+		cancel_and_wait(m->src, res, &m->w);
+		snprintf(res->status, sizeof(res->status), "failed");
+		return run_end(m, -EIO);
+	}
+	m->st = query_status(m->src, &res->src_stats);
+	return m->st ? 0 : 1;
+}
+
+/*
+ * Once the source completed: 1 when the destination resumed (or there is
+ * none to watch), -EIO when it did not in time, else 0.
+ */
+static int run_check_completed(struct run *m)
+{
+	struct migctl_result *res = m->res;
+
+	if (strcmp(m->st, "completed"))
+		return 0;
+	if (!m->completed_at)
+		m->completed_at = m->now_ms;
+	if (!m->dst || m->w.resume_ns)
+		return 1;
+	if (m->now_ms - m->completed_at > MIGCTL_RESUME_WAIT_MS) {
+		snprintf(res->status, sizeof(res->status), "failed");
+		snprintf(res->error, sizeof(res->error),
+			 "source completed but the destination did not resume");
+		return run_end(m, -EIO);
+	}
+	return 0;
+}
+
+/* Switches to postcopy when --postcopy-after has passed (once). */
+static void run_maybe_postcopy(struct run *m)
+{
+	const struct migctl_options *opts = m->opts;
+	struct migctl_result *res = m->res;
+	int r;
+
+	if (!opts->postcopy_after_ms || res->postcopy || strcmp(m->st, "active") ||
+	    m->now_ms < opts->postcopy_after_ms)
+		return;
+	r = qmp_execute(m->src, "migrate-start-postcopy", NULL, NULL,
+			res->error, sizeof(res->error));
+	if (r < 0)
+		log_warn("migrate-start-postcopy: %s", res->error);
+	else
+		res->postcopy = true;
+	res->error[0] = '\0';
+}
+
+/* Cancels when the caller's abort flag is set. 0 or -ECANCELED. */
+static int run_check_abort(struct run *m)
+{
+	const struct migctl_options *opts = m->opts;
+	struct migctl_result *res = m->res;
+
+	if (opts->abort_flag && *opts->abort_flag &&
+	    strcmp(m->st, "completed")) {
+		cancel_and_wait(m->src, res, &m->w);
+		res->stop_ns = m->w.stop_ns;
+		snprintf(res->status, sizeof(res->status), "cancelled");
+		return run_end(m, -ECANCELED);
+	}
+	return 0;
+}
+
+/* Cancels a precopy migration that outlived the timeout. 0 or -ETIMEDOUT. */
+static int run_check_timeout(struct run *m)
+{
+	const struct migctl_options *opts = m->opts;
+	struct migctl_result *res = m->res;
+
+	if (opts->timeout_ms && m->now_ms >= opts->timeout_ms &&
+	    strcmp(m->st, "completed") && strncmp(m->st, "postcopy", 8)) {
+		cancel_and_wait(m->src, res, &m->w);
+		snprintf(res->status, sizeof(res->status), "timeout");
+		snprintf(res->error, sizeof(res->error),
+			 "did not converge within %llu ms; cancelled",
+			 (unsigned long long)opts->timeout_ms);
+		return run_end(m, -ETIMEDOUT);
+	}
+	return 0;
+}
+
+/*
+ * One round of watching: events, status, and what they call for.
+ * 1 when the migration completed, 0 to go on, or -errno.
+ */
+static int run_step(struct run *m)
+{
+	int r;
+
+	wait_readable(m->src, m->dst, MIGCTL_POLL_MS / 2);
+	drain_events(m->src, true, &m->w);
+	if (m->dst)
+		drain_events(m->dst, false, &m->w);
+	m->now_ms = (tsb_now_ns() - m->start) / 1000000;
+
+	r = run_poll(m);
+	if (!r)
+		r = run_check_failed(m);
+	if (r)
+		return r;
+	r = run_pre_switchover(m);
+	if (r)
+		return r < 0 ? r : 0;
+	r = run_check_completed(m);
+	if (r)
+		return r;
+	if (m->opts->tick && m->res->src_stats)
+		m->opts->tick(m->opts->tick_opaque, m->res->src_stats);
+	r = run_check_abort(m);
+	if (r)
+		return r;
+	run_maybe_postcopy(m);
+	return run_check_timeout(m);
+}
+
+/* The measurements of a completed migration. */
+static void run_completed(struct run *m)
+{
+	struct migctl_result *res = m->res;
+	const struct watch *w = &m->w;
+
+	snprintf(res->status, sizeof(res->status), "completed");
+	res->stop_ns = w->stop_ns;
+	res->resume_ns = w->resume_ns;
+	/* Event timestamps are exact; our polling may notice them late. */
+	if (w->resume_ns > m->start_wall)
+		res->wall_ms = (w->resume_ns - m->start_wall) / 1000000;
+	else
+		res->wall_ms = (tsb_now_ns() - m->start) / 1000000;
+	/*
+	 * Postcopy: the destination resumes at the switchover and pulls the
+	 * rest afterwards; the migration ends when the source completes.
+	 */
+	if (res->postcopy && m->completed_at > res->wall_ms)
+		res->wall_ms = m->completed_at;
+	if (w->stop_ns && w->resume_ns && w->resume_ns >= w->stop_ns)
+		res->downtime_ms = (int64_t)((w->resume_ns - w->stop_ns) / 1000000);
+}
+
 int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *opts,
 	       const char *uri, struct migctl_result *res)
 {
-	struct watch w = { 0 };
-	uint64_t start, start_wall, last_poll = 0, completed_at = 0, now_ms;
+	struct run m = { .src = src, .dst = dst, .opts = opts, .res = res };
 	json_t *args;
-	const char *st = NULL;
-	bool switched = false;
 	int r;
 
 	memset(res, 0, sizeof(*res));
 	res->downtime_ms = -1;
-	start = tsb_now_ns();
-	start_wall = tsb_wall_ns();
+	m.start = tsb_now_ns();
+	m.start_wall = tsb_wall_ns();
 	args = json_pack("{s:s}", "uri", uri);
 	r = qmp_execute(src, "migrate", args, NULL, res->error, sizeof(res->error));
 	json_decref(args);
 	if (r < 0) {
 		snprintf(res->status, sizeof(res->status), "failed");
-		res->wall_ms = (tsb_now_ns() - start) / 1000000;
-		return -EIO;
+		return run_end(&m, -EIO);
 	}
-
-	for (;;) {
-		wait_readable(src, dst, MIGCTL_POLL_MS / 2);
-		drain_events(src, true, &w);
-		if (dst)
-			drain_events(dst, false, &w);
-		now_ms = (tsb_now_ns() - start) / 1000000;
-
-		/* Ask at once when QEMU says its state changed (completed, pre-switchover). */
-		if (now_ms - last_poll >= MIGCTL_POLL_MS || !st || w.src_changed) {
-			last_poll = now_ms;
-			w.src_changed = false;
-			st = query_status(src, &res->src_stats);
-			if (!st) {
-				snprintf(res->status, sizeof(res->status), "failed");
-				snprintf(res->error, sizeof(res->error),
-					 "source QEMU stopped answering");
-				res->wall_ms = (tsb_now_ns() - start) / 1000000;
-				return -EIO;
-			}
-		}
-		if (!strcmp(st, "failed") || !strcmp(st, "cancelled") || w.dst_failed) {
-			const char *desc = json_string_value(
-				json_object_get(res->src_stats, "error-desc"));
-
-			snprintf(res->status, sizeof(res->status), "%s",
-				 w.dst_failed ? "failed" : st);
-			snprintf(res->error, sizeof(res->error), "%s",
-				 desc ? desc : w.dst_failed ? "destination failed" : st);
-			if (w.dst_failed && strcmp(st, "failed"))
-				cancel_and_wait(src, res, &w);
-			res->wall_ms = (tsb_now_ns() - start) / 1000000;
-			return -EIO;
-		}
-		if (opts->pre_switchover && !switched && !strcmp(st, "pre-switchover")) {
-			/* The source is stopped: finish what must precede the switch. */
-			switched = true;
-			r = opts->pre_switchover(opts->pre_switchover_opaque, src, res->error,
-						 sizeof(res->error));
-			if (r == 0) {
-				args = json_pack("{s:s}", "state", "pre-switchover");
-				r = qmp_execute(src, "migrate-continue", args, NULL, res->error,
-						sizeof(res->error));
-				json_decref(args);
-			}
-			if (r < 0) {
-				cancel_and_wait(src, res, &w);
-				snprintf(res->status, sizeof(res->status), "failed");
-				res->wall_ms = (tsb_now_ns() - start) / 1000000;
-				return -EIO;
-			}
-			st = query_status(src, &res->src_stats);
-			if (!st)
-				continue;
-		}
-		if (!strcmp(st, "completed")) {
-			if (!completed_at)
-				completed_at = now_ms;
-			if (!dst || w.resume_ns)
-				break;
-			if (now_ms - completed_at > MIGCTL_RESUME_WAIT_MS) {
-				snprintf(res->status, sizeof(res->status), "failed");
-				snprintf(res->error, sizeof(res->error),
-					 "source completed but the destination did not resume");
-				res->wall_ms = (tsb_now_ns() - start) / 1000000;
-				return -EIO;
-			}
-		}
-		if (opts->tick && res->src_stats)
-			opts->tick(opts->tick_opaque, res->src_stats);
-		if (opts->abort_flag && *opts->abort_flag &&
-		    strcmp(st, "completed")) {
-			cancel_and_wait(src, res, &w);
-			res->stop_ns = w.stop_ns;
-			snprintf(res->status, sizeof(res->status), "cancelled");
-			res->wall_ms = (tsb_now_ns() - start) / 1000000;
-			return -ECANCELED;
-		}
-		if (opts->postcopy_after_ms && !res->postcopy && !strcmp(st, "active") &&
-		    now_ms >= opts->postcopy_after_ms) {
-			r = qmp_execute(src, "migrate-start-postcopy", NULL, NULL,
-					res->error, sizeof(res->error));
-			if (r < 0)
-				log_warn("migrate-start-postcopy: %s", res->error);
-			else
-				res->postcopy = true;
-			res->error[0] = '\0';
-		}
-		if (opts->timeout_ms && now_ms >= opts->timeout_ms &&
-		    strcmp(st, "completed") && strncmp(st, "postcopy", 8)) {
-			cancel_and_wait(src, res, &w);
-			snprintf(res->status, sizeof(res->status), "timeout");
-			snprintf(res->error, sizeof(res->error),
-				 "did not converge within %llu ms; cancelled",
-				 (unsigned long long)opts->timeout_ms);
-			res->wall_ms = (tsb_now_ns() - start) / 1000000;
-			return -ETIMEDOUT;
-		}
-	}
-
-	snprintf(res->status, sizeof(res->status), "completed");
-	res->stop_ns = w.stop_ns;
-	res->resume_ns = w.resume_ns;
-	/* Event timestamps are exact; our polling may notice them late. */
-	if (w.resume_ns > start_wall)
-		res->wall_ms = (w.resume_ns - start_wall) / 1000000;
-	else
-		res->wall_ms = (tsb_now_ns() - start) / 1000000;
-	/*
-	 * Postcopy: the destination resumes at the switchover and pulls the
-	 * rest afterwards; the migration ends when the source completes.
-	 */
-	if (res->postcopy && completed_at > res->wall_ms)
-		res->wall_ms = completed_at;
-	if (w.stop_ns && w.resume_ns && w.resume_ns >= w.stop_ns)
-		res->downtime_ms = (int64_t)((w.resume_ns - w.stop_ns) / 1000000);
+	do
+		r = run_step(&m);
+	while (r == 0);
+	if (r < 0)
+		return r;
+	run_completed(&m);
 	return 0;
 }
 

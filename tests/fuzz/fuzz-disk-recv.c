@@ -7,18 +7,29 @@
  * The input is the byte stream a sender writes after HELLO: frames (an
  * 8-byte header, then the payload), as many as fit; a truncated last
  * frame is a lost connection. disk_recv_run_io() applies them to two
- * disks in memory behind our NBD server (tests/unit/memdisk.c):
- * "disk0" (1 MiB) and "disk1" (68 KiB + 512 bytes, not a multiple of a
- * block). Everything the receiver writes back must be well-formed
- * messages of a receiver, and the disks' sizes never change.
+ * disks in memory behind our NBD server (nbd_server_serve_fd over a
+ * socketpair per connection, as tests/unit/memdisk.c does): "disk0"
+ * (1 MiB) and "disk1" (68 KiB + 512 bytes, not a multiple of a block).
+ * Everything the receiver writes back must be well-formed messages of a
+ * receiver, and the disks' sizes never change.
+ *
+ * For speed the disks, their server threads and their nbd_server objects
+ * live across inputs (a server serves one connection after another, as
+ * nbd_server_serve() does); each input starts from zeroed disks, and every
+ * connection of an input is over (shut down if the receiver left it open)
+ * before the next input starts. Allocating the disks and starting threads
+ * per input cost far more than the receiver itself.
  * Seeds: tests/fuzz/corpus/disk-recv/ (make-seeds-disk.c).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -27,17 +38,206 @@
 #include "disk/internal.h"
 #include "nbd/nbd.h"
 #include "wire/wire.h"
-#include "../unit/memdisk.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define DISK0_SIZE (1u << 20)
 #define DISK1_SIZE (68u * 1024 + 512)
 
+/* ---- two disks in memory, each behind up to MD_CONNS server threads ---- */
+
+#define MD_CONNS 16
+
+struct md_worker {
+	struct mdisk *m;
+	struct nbd_server *srv;
+	pthread_t th;
+	int fd;		/* to serve next (the worker takes it), or -1 */
+	int hold;	/* our copy of the served socket (to shut it down), or -1 */
+	bool busy;	/* given a connection that it has not finished */
+};
+
+struct mdisk {
+	const char *name;
+	uint8_t *data;
+	size_t size;
+	bool dirty;	/* written since the last reset */
+	struct md_worker w[MD_CONNS];
+	unsigned n_w;
+};
+
+static pthread_mutex_t md_lock = PTHREAD_MUTEX_INITIALIZER;	/* all of the above */
+static pthread_cond_t md_cond = PTHREAD_COND_INITIALIZER;
+static uint8_t disk0_data[DISK0_SIZE], disk1_data[DISK1_SIZE];
+static struct mdisk mdisks[2] = {
+	{ .name = "disk0", .data = disk0_data, .size = DISK0_SIZE },
+	{ .name = "disk1", .data = disk1_data, .size = DISK1_SIZE },
+};
+
+static int md_size(void *user, uint64_t *ret)
+{
+	*ret = ((struct mdisk *)user)->size;
+	return 0;
+}
+
+/* The server checked the range against the export size. */
+static bool md_inside(struct mdisk *m, const struct nbd_io *io)
+{
+	return io->offset <= m->size && io->length <= m->size - io->offset;
+}
+
+static int md_read(void *user, struct nbd_io *io)
+{
+	struct mdisk *m = user;
+
+	if (!md_inside(m, io))
+		return -EIO;
+	pthread_mutex_lock(&md_lock);
+	memcpy(io->data, m->data + io->offset, io->length);
+	pthread_mutex_unlock(&md_lock);
+	return 0;
+}
+
+static int md_write(void *user, struct nbd_io *io)
+{
+	struct mdisk *m = user;
+
+	if (!md_inside(m, io))
+		return -EIO;
+	pthread_mutex_lock(&md_lock);
+	memcpy(m->data + io->offset, io->data, io->length);
+	m->dirty = true;
+	pthread_mutex_unlock(&md_lock);
+	return 0;
+}
+
+static int md_write_zeroes(void *user, struct nbd_io *io)
+{
+	struct mdisk *m = user;
+
+	if (!md_inside(m, io))
+		return -EIO;
+	pthread_mutex_lock(&md_lock);
+	memset(m->data + io->offset, 0, io->length);
+	pthread_mutex_unlock(&md_lock);
+	return 0;
+}
+
+static int md_flush(void *user, struct nbd_io *io)
+{
+	(void)user;
+	(void)io;
+	return 0;
+}
+
+static const struct nbd_export_ops md_ops = {
+	.size = md_size,
+	.read = md_read,
+	.write = md_write,
+	.write_zeroes = md_write_zeroes,
+	.flush = md_flush,
+};
+
+static void *md_worker_main(void *arg)
+{
+	struct md_worker *w = arg;
+	int fd;
+
+	for (;;) {
+		pthread_mutex_lock(&md_lock);
+		while (w->fd < 0)
+			pthread_cond_wait(&md_cond, &md_lock);
+		fd = w->fd;
+		w->fd = -1;
+		pthread_mutex_unlock(&md_lock);
+		(void)nbd_server_serve_fd(w->srv, fd);	/* closes fd */
+		pthread_mutex_lock(&md_lock);
+		w->busy = false;
+		pthread_cond_broadcast(&md_cond);
+		pthread_mutex_unlock(&md_lock);
+	}
+	return NULL;
+}
+
+/* A connection to disk m served by an idle worker (a new one if none is). */
+static int md_connect(struct mdisk *m, const struct nbd_client_config *cfg,
+		      struct nbd_client **ret)
+{
+	struct md_worker *w = NULL;
+	int sv[2];
+	unsigned i;
+
+	pthread_mutex_lock(&md_lock);
+	for (i = 0; i < m->n_w && !w; i++)
+		if (!m->w[i].busy)
+			w = &m->w[i];
+	if (!w && m->n_w < MD_CONNS) {
+		struct nbd_server_config sc = { .export_name = m->name };
+
+		w = &m->w[m->n_w];
+		w->m = m;
+		w->fd = w->hold = -1;
+		w->srv = nbd_server_new(&sc, &md_ops, m);
+		if (!w->srv || pthread_create(&w->th, NULL, md_worker_main, w)) {
+			nbd_server_free(w->srv);
+			w->srv = NULL;
+			pthread_mutex_unlock(&md_lock);
+			return -ENOMEM;
+		}
+		m->n_w++;
+	}
+	if (!w) {
+		pthread_mutex_unlock(&md_lock);
+		return -EMFILE;
+	}
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+		pthread_mutex_unlock(&md_lock);
+		return -errno;
+	}
+	w->hold = dup(sv[1]);
+	if (w->hold < 0) {
+		close(sv[0]);
+		close(sv[1]);
+		pthread_mutex_unlock(&md_lock);
+		return -EMFILE;
+	}
+	w->busy = true;
+	w->fd = sv[1];
+	pthread_cond_broadcast(&md_cond);
+	pthread_mutex_unlock(&md_lock);
+	return nbd_client_connect_fd(sv[0], cfg, ret, NULL, 0);
+}
+
+/* Ends every connection of this input (as stopping the server would) and
+ * waits until no worker serves one; zeroes what was written. */
+static void md_reset(void)
+{
+	unsigned k, i;
+
+	pthread_mutex_lock(&md_lock);
+	for (k = 0; k < 2; k++)
+		for (i = 0; i < mdisks[k].n_w; i++) {
+			struct md_worker *w = &mdisks[k].w[i];
+
+			if (w->busy)
+				(void)shutdown(w->hold, SHUT_RDWR);
+			while (w->busy)
+				pthread_cond_wait(&md_cond, &md_lock);
+			if (w->hold >= 0)
+				close(w->hold);
+			w->hold = -1;
+		}
+	for (k = 0; k < 2; k++) {
+		if (mdisks[k].dirty)
+			memset(mdisks[k].data, 0, mdisks[k].size);
+		mdisks[k].dirty = false;
+	}
+	pthread_mutex_unlock(&md_lock);
+}
+
 struct feed {
 	const uint8_t *p;
 	size_t len, pos;
-	struct memdisk *md[2];
 	size_t written;
 };
 
@@ -85,11 +285,10 @@ static int write_frames(void *opaque, const void *data, size_t len)
 static int nbd_connect(void *opaque, unsigned k, const struct nbd_client_config *cfg,
 		       struct nbd_client **ret)
 {
-	struct feed *fd = opaque;
-
+	(void)opaque;
 	if (k >= 2)
 		__builtin_trap();
-	return memdisk_connect(fd->md[k], cfg, ret);
+	return md_connect(&mdisks[k], cfg, ret);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -116,10 +315,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		signal(SIGPIPE, SIG_IGN);
 		tsb_log_set_level(getenv("TSB_FUZZ_TRACE") ? TSB_LOG_DEBUG : TSB_LOG_ERROR);
 	}
-	fd.md[0] = memdisk_new("disk0", DISK0_SIZE, DISK0_SIZE);
-	fd.md[1] = memdisk_new("disk1", DISK1_SIZE, DISK1_SIZE);
-	if (!fd.md[0] || !fd.md[1])
-		goto out;
 	r = disk_recv_run_io(devs, 2, NULL, &io, &dr);
 	if (!dr)
 		goto out;
@@ -133,7 +328,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	(void)disk_recv_finish(dr, NULL, r == 0, report, NULL, 0);
 	json_decref(report);
 out:
-	memdisk_free(fd.md[0]);
-	memdisk_free(fd.md[1]);
+	md_reset();
 	return 0;
 }

@@ -16,6 +16,10 @@
  *      the bytes over a socketpair, its output drained by a thread;
  *   3: the real client (nbd_client_connect_fd) reading the bytes as the
  *      server's, then a few pipelined requests.
+ * For speed the feeding thread and the server of mode 2 are made once and
+ * serve one input after another (a server serves connection after
+ * connection in nbd_server_serve() too); each input has its own
+ * socketpair, and its feeding is over before the next input starts.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -256,29 +260,82 @@ static void *feeder(void *arg)
 	return NULL;
 }
 
+/* The feeding thread, started once: takes feed_next, feeds it, says done. */
+static pthread_mutex_t feed_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t feed_cond = PTHREAD_COND_INITIALIZER;
+static struct feed *feed_next;
+static bool feed_busy;
+
+static void *feeder_main(void *arg)
+{
+	struct feed *f;
+
+	(void)arg;
+	for (;;) {
+		pthread_mutex_lock(&feed_lock);
+		while (!feed_next)
+			pthread_cond_wait(&feed_cond, &feed_lock);
+		f = feed_next;
+		feed_next = NULL;
+		pthread_mutex_unlock(&feed_lock);
+		(void)feeder(f);
+		pthread_mutex_lock(&feed_lock);
+		feed_busy = false;
+		pthread_cond_broadcast(&feed_cond);
+		pthread_mutex_unlock(&feed_lock);
+	}
+	return NULL;
+}
+
+static bool feed_start(struct feed *f)
+{
+	static bool started;
+	pthread_t thr;
+
+	if (!started) {
+		if (pthread_create(&thr, NULL, feeder_main, NULL))
+			return false;
+		started = true;
+	}
+	pthread_mutex_lock(&feed_lock);
+	feed_busy = true;
+	feed_next = f;
+	pthread_cond_broadcast(&feed_cond);
+	pthread_mutex_unlock(&feed_lock);
+	return true;
+}
+
+static void feed_wait(void)
+{
+	pthread_mutex_lock(&feed_lock);
+	while (feed_busy)
+		pthread_cond_wait(&feed_cond, &feed_lock);
+	pthread_mutex_unlock(&feed_lock);
+}
+
 static void engine(const uint8_t *data, size_t size, bool server)
 {
+	static struct nbd_server *srv;
 	struct feed f = { .data = data, .size = size };
-	pthread_t thr;
 	int sv[2];
 
+	if (server && !srv) {
+		struct nbd_server_config cfg = { .export_name = "exp" };
+
+		srv = nbd_server_new(&cfg, &ops, NULL);
+		if (!srv)
+			return;
+	}
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
 		return;
 	f.fd = sv[1];
-	if (pthread_create(&thr, NULL, feeder, &f)) {
+	if (!feed_start(&f)) {
 		close(sv[0]);
 		close(sv[1]);
 		return;
 	}
 	if (server) {
-		struct nbd_server_config cfg = { .export_name = "exp" };
-		struct nbd_server *srv = nbd_server_new(&cfg, &ops, NULL);
-
-		if (srv)
-			(void)nbd_server_serve_fd(srv, sv[0]);
-		else
-			close(sv[0]);
-		nbd_server_free(srv);
+		(void)nbd_server_serve_fd(srv, sv[0]);
 	} else {
 		struct nbd_client_config cfg = { .export_name = "exp",
 						 .structured = true,
@@ -302,7 +359,7 @@ static void engine(const uint8_t *data, size_t size, bool server)
 			nbd_client_close(cl);
 		}
 	}
-	pthread_join(thr, NULL);
+	feed_wait();
 	close(sv[1]);
 }
 

@@ -58,6 +58,29 @@ void proxy_catch_signals(volatile int *flag);
  */
 int proxy_recv_fuzz(const uint8_t *data, size_t len);
 
+/*
+ * Fuzzing only: feeds frames (wire header + payload each) to the sender's
+ * return thread, its handling of the receiver's messages, with no peer, no
+ * QEMU (the return path goes to /dev/null) and no store (send.c). Aborts
+ * when a handler breaks a promise (e.g. a NEED answered for content this
+ * migration never handled). The sender has handled contents 0 to
+ * PROXY_FUZZ_SEEN - 1 of proxy_fuzz_content(): it still holds 2 to 9 in
+ * its cache, 0 and 1 were evicted and 10 was left to a store that is not
+ * there, so a NEED for those fails. Content 11 is in its cache but not of
+ * this migration (as what a store holds for other VMs): never served.
+ * 0 when the sender took every message, -EBADMSG when it failed.
+ */
+#define PROXY_FUZZ_CONTENTS 12
+#define PROXY_FUZZ_SEEN 11
+int proxy_send_fuzz(const uint8_t *data, size_t len);
+
+/* Content i of the fuzzing sender: 4096 bytes. */
+static inline void proxy_fuzz_content(unsigned i, uint8_t page[4096])
+{
+	for (unsigned k = 0; k < 4096; k++)
+		page[k] = (uint8_t)(i * 37 + k * 11 + (k >> 9));
+}
+
 /* Maps a wire/TLS error to an outcome. */
 enum proxy_outcome proxy_outcome_of_errno(int err);
 

@@ -24,6 +24,7 @@
 #include "wire/wire.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -76,10 +77,13 @@ struct wan_counts {
 #define N_LEVELS 3
 static const int zstd_levels[N_LEVELS] = { 0, 1, 3 }; /* 0: uncompressed */
 
+struct fuzz_input;
+
 struct sender {
 	const struct proxy_send_options *o;
 	struct disk_send *disks;	/* local disks moved with the VM, or NULL */
-	struct wire_conn *conn;
+	struct wire_conn *conn;		/* NULL when fuzzing: messages come from fuzz */
+	struct fuzz_input *fuzz;
 	int qfd;
 
 	/* Parse thread only. */
@@ -1111,18 +1115,60 @@ out:
 	return r;
 }
 
-static void *return_thread(void *arg)
+/* Fuzzing: frames come from a buffer (proxy_send_fuzz). */
+struct fuzz_input {
+	const uint8_t *p;
+	size_t len, off;
+	uint8_t *payload;	/* the frame's payload in a buffer of its own size */
+	/* The sender before the message, for the checks. */
+	uint64_t acked;
+	bool prepared, peer_failed;
+};
+
+/* The receiver's next message (or the fuzzer's): 1, 0 at the end, -errno. */
+static int next_msg(struct sender *s, struct wire_msg *m)
 {
-	struct sender *s = arg;
-	struct wire_zstd *z = wire_zstd_new(1);
+	struct fuzz_input *in = s->fuzz;
+	struct wire_frame f;
+	int r;
+
+	if (!in)
+		return wire_conn_read_msg(s->conn, WIRE_ROLE_RECEIVER, m);
+	if (in->len - in->off < WIRE_HDR_LEN)
+		return 0;
+	r = wire_header_decode(in->p + in->off, &f);
+	if (r < 0)
+		return r;
+	in->off += WIRE_HDR_LEN;
+	if (f.len > in->len - in->off)
+		return -EBADMSG;
+	/* As wire_conn_read_frame() does: reading past it is a finding. */
+	free(in->payload);
+	in->payload = malloc(f.len ? f.len : 1);
+	if (!in->payload)
+		return -ENOMEM;
+	memcpy(in->payload, in->p + in->off, f.len);
+	f.payload = in->payload;
+	in->off += f.len;
+	if (!wire_msg_role_ok(f.type, WIRE_ROLE_RECEIVER))
+		return -EPROTO;
+	r = wire_frame_decode(&f, m);
+	return r < 0 ? r : 1;
+}
+
+static void fuzz_after_msg(struct sender *s, const struct wire_msg *m);
+
+/* Reads and handles the receiver's messages until the end or a failure. */
+static void return_loop(struct sender *s, struct wire_zstd *z)
+{
 	struct tsb_buf scratch;
 	const uint8_t *data;
 	struct wire_msg m;
 	int r;
 
 	tsb_buf_init(&scratch);
-	while (!s->failed && z) {
-		r = wire_conn_read_msg(s->conn, WIRE_ROLE_RECEIVER, &m);
+	while (!s->failed) {
+		r = next_msg(s, &m);
 		if (r <= 0 && s->prepared) {
 			s->link_lost = true;
 			break;
@@ -1131,8 +1177,8 @@ static void *return_thread(void *arg)
 			if (!s->peer_done)
 				fail(s, r == 0 ? PROXY_LINK : proxy_outcome_of_errno(r),
 				     "the receiver %s", r == 0 ? "closed the connection" :
-				     wire_conn_errmsg(s->conn)[0] ? wire_conn_errmsg(s->conn) :
-				     strerror(-r));
+				     s->conn && wire_conn_errmsg(s->conn)[0] ?
+				     wire_conn_errmsg(s->conn) : strerror(-r));
 			break;
 		}
 		switch (m.type) {
@@ -1156,8 +1202,10 @@ static void *return_thread(void *arg)
 		case WIRE_MSG_NEED:
 			r = serve_need(s, &m.u.need);
 			if (r < 0) {
-				wire_conn_send_status(s->conn, WIRE_MSG_ERROR, WIRE_CODE_NOT_FOUND,
-						      "content asked for is not held");
+				if (s->conn)
+					wire_conn_send_status(s->conn, WIRE_MSG_ERROR,
+							      WIRE_CODE_NOT_FOUND,
+							      "content asked for is not held");
 				fail(s, PROXY_FAILED, "cannot serve the receiver's NEED: %s",
 				     strerror(-r));
 			}
@@ -1200,9 +1248,20 @@ static void *return_thread(void *arg)
 		default:
 			break;
 		}
+		if (s->fuzz)
+			fuzz_after_msg(s, &m);
 	}
-	wire_zstd_free(z);
 	tsb_buf_fini(&scratch);
+}
+
+static void *return_thread(void *arg)
+{
+	struct sender *s = arg;
+	struct wire_zstd *z = wire_zstd_new(1);
+
+	if (z)
+		return_loop(s, z);
+	wire_zstd_free(z);
 	return NULL;
 }
 
@@ -1823,29 +1882,12 @@ static int disks_start(struct sender *s, struct qmp *q, struct wire_tls *tls,
 
 /* ---- end of disks ---- */
 
-enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_report)
+/* A sender with no link, no QEMU and no cache yet. */
+static void sender_init(struct sender *s, const struct proxy_send_options *o)
 {
-	static const struct qs_handlers handlers = {
-		.raw = on_raw, .page = on_page, .event = on_event,
-	};
-	struct sender *s;
-	struct migctl_options mo = { 0 };
-	struct migctl_result res = { 0 };
-	struct progress_ctx pc = { 0 };
-	struct wire_tls *tls = NULL;
-	struct wire_hello_args hello = { 0 };
-	struct wire_hello peer;
-	struct qmp *q = NULL;
-	pthread_t th_parse, th_wan, th_ret;
-	bool threads = false;
-	char host[256], port[32], err[512] = "", *caps_copy = NULL;
-	uint64_t start_ns = tsb_now_ns(), cache_pages, end_ns, commit_ms = 0;
-	enum proxy_outcome oc;
-	int fd = -1, r, i;
+	int i;
 
-	s = calloc(1, sizeof(*s));
-	if (!s)
-		return PROXY_FAILED;
+	memset(s, 0, sizeof(*s));
 	s->o = o;
 	s->qfd = -1;
 	s->lock_fd = -1;
@@ -1866,10 +1908,62 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 		s->jobs[i].next = s->free_jobs;
 		s->free_jobs = &s->jobs[i];
 	}
+	hashset_init(&s->seen);
+}
+
+/* Frees what the sender holds (not its connection, parser or QEMU). */
+static void sender_fini(struct sender *s)
+{
+	int i;
+
+	if (s->qfd >= 0)
+		close(s->qfd);
+	pagecache_free(s->cache);
+	hashset_fini(&s->seen);
+	store_image_free(s->image);
+	store_image_free(s->manifest);
+	peer_view_fini(&s->peer);
+	if (s->store)
+		store_close(s->store);
+	for (i = 0; i < N_JOBS; i++) {
+		wire_pages_builder_fini(&s->jobs[i].pb);
+		tsb_buf_fini(&s->jobs[i].buf);
+	}
+	if (s->lock_fd >= 0)
+		close(s->lock_fd);
+	free(s->readbuf);
+	pthread_mutex_destroy(&s->lock);
+	pthread_mutex_destroy(&s->cache_lock);
+	pthread_cond_destroy(&s->cond);
+}
+
+enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_report)
+{
+	static const struct qs_handlers handlers = {
+		.raw = on_raw, .page = on_page, .event = on_event,
+	};
+	struct sender *s;
+	struct migctl_options mo = { 0 };
+	struct migctl_result res = { 0 };
+	struct progress_ctx pc = { 0 };
+	struct wire_tls *tls = NULL;
+	struct wire_hello_args hello = { 0 };
+	struct wire_hello peer;
+	struct qmp *q = NULL;
+	pthread_t th_parse, th_wan, th_ret;
+	bool threads = false;
+	char host[256], port[32], err[512] = "", *caps_copy = NULL;
+	uint64_t start_ns = tsb_now_ns(), cache_pages, end_ns, commit_ms = 0;
+	enum proxy_outcome oc;
+	int fd = -1, r;
+
+	s = malloc(sizeof(*s));
+	if (!s)
+		return PROXY_FAILED;
+	sender_init(s, o);
 	proxy_catch_signals(&s->abort_flag);
 
 	cache_pages = (o->c.cache_bytes ? o->c.cache_bytes : PROXY_CACHE_DEFAULT) / 4096;
-	hashset_init(&s->seen);
 	s->cache = pagecache_new(cache_pages, 4096);
 	s->readbuf = malloc(PROXY_READ_CHUNK);
 	if (!s->cache || !s->readbuf) {
@@ -2102,26 +2196,237 @@ out:
 	qmp_close(q);
 	wire_conn_free(s->conn);
 	wire_tls_free(tls);
-	if (s->qfd >= 0)
-		close(s->qfd);
-	pagecache_free(s->cache);
-	hashset_fini(&s->seen);
-	store_image_free(s->image);
-	store_image_free(s->manifest);
-	peer_view_fini(&s->peer);
-	if (s->store)
-		store_close(s->store);
-	for (i = 0; i < N_JOBS; i++) {
-		wire_pages_builder_fini(&s->jobs[i].pb);
-		tsb_buf_fini(&s->jobs[i].buf);
-	}
-	if (s->lock_fd >= 0)
-		close(s->lock_fd);
-	free(s->readbuf);
 	free(caps_copy);
-	pthread_mutex_destroy(&s->lock);
-	pthread_mutex_destroy(&s->cache_lock);
-	pthread_cond_destroy(&s->cond);
+	sender_fini(s);
 	free(s);
 	return oc;
+}
+
+/* ---- fuzzing (tests/fuzz/fuzz-send.c) ---- */
+
+static uint8_t fuzz_pages[PROXY_FUZZ_CONTENTS][4096];
+static uint8_t fuzz_hashes[PROXY_FUZZ_CONTENTS][WIRE_HASH_LEN];
+
+#define FUZZ_CHECK(s, cond) do { \
+	if (!(cond)) \
+		fuzz_broken((s), #cond, __LINE__); \
+} while (0)
+
+static void fuzz_broken(const struct sender *s, const char *what, int line)
+{
+	fprintf(stderr, "proxy_send_fuzz: send.c:%d: broken: %s (sender: %s)\n", line, what,
+		s->failed ? s->error : "no failure");
+	abort();
+}
+
+/* Which fuzz content has this hash, or -1. */
+static int fuzz_content_of(const uint8_t *hash)
+{
+	for (int k = 0; k < PROXY_FUZZ_CONTENTS; k++)
+		if (fuzz_hashes[k][0] == hash[0] && !memcmp(fuzz_hashes[k], hash, WIRE_HASH_LEN))
+			return k;
+	return -1;
+}
+
+/* Content the sender can serve: handled by this migration, still in its cache. */
+static bool fuzz_servable(int k)
+{
+	return k >= 2 && k < PROXY_FUZZ_SEEN && k != 10;
+}
+
+/* Checks the HASHDATA frame a NEED queued: the NEED's hashes, in order, with their content. */
+static void fuzz_check_answer(struct sender *s, const struct wire_need *need,
+			      const struct tsb_buf *frame)
+{
+	struct wire_frame f;
+	struct wire_msg m;
+	struct tsb_buf scratch;
+	const uint8_t *data;
+
+	FUZZ_CHECK(s, frame->len >= WIRE_HDR_LEN);
+	FUZZ_CHECK(s, wire_header_decode(frame->data, &f) == 0);
+	FUZZ_CHECK(s, f.len == frame->len - WIRE_HDR_LEN);
+	f.payload = frame->data + WIRE_HDR_LEN;
+	FUZZ_CHECK(s, wire_frame_decode(&f, &m) == 0);
+	FUZZ_CHECK(s, m.type == WIRE_MSG_HASHDATA);
+	FUZZ_CHECK(s, m.u.hashdata.count == need->count && m.u.hashdata.obj_size == 4096);
+	FUZZ_CHECK(s, !memcmp(m.u.hashdata.hashes, need->hashes,
+			      (size_t)need->count * WIRE_HASH_LEN));
+	tsb_buf_init(&scratch);
+	FUZZ_CHECK(s, wire_hashdata_unpack(&m.u.hashdata, NULL, &scratch, &data) == 0);
+	for (unsigned i = 0; i < need->count; i++) {
+		int k = fuzz_content_of(need->hashes + (size_t)i * WIRE_HASH_LEN);
+
+		/* Only what this migration handled, never content 11. */
+		FUZZ_CHECK(s, k >= 0 && k < PROXY_FUZZ_SEEN);
+		FUZZ_CHECK(s, !memcmp(data + (size_t)i * 4096, fuzz_pages[k], 4096));
+	}
+	tsb_buf_fini(&scratch);
+}
+
+/*
+ * After each message the return thread handled: what it queued for the
+ * WAN thread (taken off here, as the WAN thread would) and what it
+ * changed must be what the handlers promise.
+ */
+static void fuzz_after_msg(struct sender *s, const struct wire_msg *m)
+{
+	struct fuzz_input *in = s->fuzz;
+	unsigned queued = 0, free_jobs = 0, i;
+	bool servable = true;
+	struct job *j;
+
+	if (m->type == WIRE_MSG_NEED) {
+		for (i = 0; i < m->u.need.count; i++) {
+			int k = fuzz_content_of(m->u.need.hashes + (size_t)i * WIRE_HASH_LEN);
+
+			servable &= fuzz_servable(k);
+		}
+	}
+	pthread_mutex_lock(&s->lock);
+	while ((j = s->queue_head)) {
+		s->queue_head = j->next;
+		if (!s->queue_head)
+			s->queue_tail = NULL;
+		pthread_mutex_unlock(&s->lock);
+		queued++;
+		/* Only a NEED makes the return thread send anything: its HASHDATA. */
+		FUZZ_CHECK(s, m->type == WIRE_MSG_NEED && j->kind == JOB_FRAME);
+		fuzz_check_answer(s, &m->u.need, &j->buf);
+		job_put(s, j);
+		pthread_mutex_lock(&s->lock);
+	}
+	for (j = s->free_jobs; j; j = j->next)
+		free_jobs++;
+	pthread_mutex_unlock(&s->lock);
+	FUZZ_CHECK(s, free_jobs == N_JOBS);
+
+	if (m->type == WIRE_MSG_NEED) {
+		/* Answered in full, or refused and the migration fails. */
+		FUZZ_CHECK(s, queued == (servable ? 1u : 0u));
+		FUZZ_CHECK(s, servable == !s->failed);
+	}
+	/* Credits only grow, and the window stays within its bounds. */
+	FUZZ_CHECK(s, s->acked >= in->acked);
+	if (m->type == WIRE_MSG_ACK)
+		FUZZ_CHECK(s, s->acked == (m->u.ack > in->acked ? m->u.ack : in->acked));
+	FUZZ_CHECK(s, s->window >= PROXY_WINDOW_MIN && s->window <= PROXY_WINDOW_MAX);
+	/*
+	 * A receiver that said PREPARED may hold the guest paused: nothing it
+	 * says afterwards (ERROR, CANCEL, DONE failed) makes the sender take
+	 * it for one that holds nothing and skip telling it to discard.
+	 */
+	if (in->prepared) {
+		FUZZ_CHECK(s, s->prepared);
+		FUZZ_CHECK(s, s->peer_failed == in->peer_failed);
+		if (m->type == WIRE_MSG_ERROR || m->type == WIRE_MSG_CANCEL)
+			FUZZ_CHECK(s, s->link_lost && !s->failed);
+	} else if (m->type == WIRE_MSG_ERROR || m->type == WIRE_MSG_CANCEL ||
+		   (m->type == WIRE_MSG_DONE && m->u.status.code != WIRE_CODE_OK)) {
+		FUZZ_CHECK(s, s->failed && s->peer_failed);
+	}
+	if (m->type == WIRE_MSG_DONE && m->u.status.code == WIRE_CODE_OK)
+		FUZZ_CHECK(s, s->peer_done);
+	if (m->type == WIRE_MSG_PREPARED)
+		FUZZ_CHECK(s, s->prepared);
+	if (s->failed)
+		FUZZ_CHECK(s, s->outcome != PROXY_OK && s->error[0]);
+	in->acked = s->acked;
+	in->prepared = s->prepared;
+	in->peer_failed = s->peer_failed;
+}
+
+/*
+ * What every input starts from, built once: the contents the sender
+ * handled and its cache, which the return thread only reads (hashset_has,
+ * pagecache_peek; fuzz_return() checks they stay as they were), and the
+ * sender's memory and zstd context, reused so that an input costs no
+ * fresh pages.
+ */
+static struct hashset fuzz_seen;
+static struct pagecache *fuzz_cache;
+static struct wire_zstd *fuzz_z;
+static struct sender fuzz_sender;
+
+static int fuzz_setup(void)
+{
+	int k, r = 0;
+
+	for (k = 0; k < PROXY_FUZZ_CONTENTS; k++) {
+		proxy_fuzz_content(k, fuzz_pages[k]);
+		r = wire_sha256(fuzz_pages[k], 4096, fuzz_hashes[k]);
+		if (r < 0)
+			return r;
+	}
+	/* Ten pages, as DATA pages went in; 0 and 1 fell out. */
+	fuzz_cache = pagecache_new(10, 4096);
+	fuzz_z = wire_zstd_new(1);
+	if (!fuzz_cache || !fuzz_z)
+		return -ENOMEM;
+	for (k = 0; k < PROXY_FUZZ_CONTENTS && r == 0; k++) {
+		if (k < PROXY_FUZZ_SEEN)
+			r = hashset_add(&fuzz_seen, fuzz_hashes[k]);
+		if (r == 0)
+			r = pagecache_put(fuzz_cache, fuzz_hashes[k],
+					  k == 10 ? NULL : fuzz_pages[k]);
+	}
+	return r;
+}
+
+/* Takes the shared set and cache back from s, checking they are unchanged. */
+static void fuzz_return(struct sender *s)
+{
+	FUZZ_CHECK(s, s->seen.slots == fuzz_seen.slots && s->seen.cap == fuzz_seen.cap &&
+		      s->seen.count == fuzz_seen.count);
+	FUZZ_CHECK(s, s->cache == fuzz_cache && pagecache_count(s->cache) == 10);
+	hashset_init(&s->seen);
+	s->cache = NULL;
+}
+
+/*
+ * The sender as the return thread sees it mid-migration (internal.h
+ * describes its contents), then the return thread's loop on the frames.
+ */
+int proxy_send_fuzz(const uint8_t *data, size_t len)
+{
+	static const struct proxy_send_options o;
+	static int ready;
+	struct fuzz_input in = { .p = data, .len = len };
+	struct sender *s = &fuzz_sender;
+	uint64_t now = tsb_now_ns();
+	int k, failed;
+
+	if (!ready)
+		ready = fuzz_setup() < 0 ? -1 : 1;
+	if (ready < 0)
+		return -ENOMEM;
+	sender_init(s, &o);
+	s->qfd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	if (s->qfd < 0) {
+		sender_fini(s);
+		return -EIO;
+	}
+	s->fuzz = &in;
+	s->seen = fuzz_seen;
+	s->cache = fuzz_cache;
+	/*
+	 * A second into the migration, 4 MiB parsed with a delay sample every
+	 * 256 KiB: an ACK recomputes the window.
+	 */
+	s->ack_rate_t0_ns = now - 1000000000ull;
+	s->delay_min_t0 = now;
+	for (k = 0; k < 16; k++) {
+		s->delay_ring[k].off = (uint64_t)(k + 1) * DELAY_SAMPLE_EVERY;
+		s->delay_ring[k].t = now - 1000000000ull + (uint64_t)k * 50000000ull;
+	}
+	s->delay_count = 16;
+	s->delay_last_off = 16 * DELAY_SAMPLE_EVERY;
+	return_loop(s, fuzz_z);
+	/* It never ends silently: failed, a link to settle, or the receiver done. */
+	FUZZ_CHECK(s, s->failed || s->link_lost || s->peer_done);
+	fuzz_return(s);
+	failed = s->failed;
+	free(in.payload);
+	sender_fini(s);
+	return failed ? -EBADMSG : 0;
 }

@@ -10,6 +10,7 @@
  */
 #include "proxy/commit.h"
 #include "proxy/content.h"
+#include "proxy/imagerec.h"
 #include "proxy/internal.h"
 #include "proxy/pagecache.h"
 #include "proxy/record.h"
@@ -86,9 +87,7 @@ struct receiver {
 	struct diskindex *disks;
 	struct disk_recv *disk;		/* the disk channel (docs/disk.md), or NULL */
 	struct pagecache *fetched;	/* pages that came in HASHDATA (not mirrored) */
-	struct store_image *image;	/* arrival image being recorded */
-	int image_block[WIRE_MAX_BLOCKS];
-	bool store_failed;
+	struct image_rec arrival;	/* the arrival image being recorded */
 	uint8_t page_buf[4096];
 	uint8_t missing[WIRE_MAX_BATCH_PAGES][WIRE_HASH_LEN];
 	uint8_t data_hash[WIRE_MAX_BATCH_PAGES][WIRE_HASH_LEN];
@@ -184,65 +183,32 @@ static int flush_and_ack(struct receiver *rc)
 /* Starts the arrival image once the RAM blocks are known. */
 static void image_setup(struct receiver *rc, const struct wire_blocks *b)
 {
-	struct store_image_block ib[WIRE_MAX_BLOCKS];
-	char names[WIRE_MAX_BLOCKS][QS_IDSTR_MAX + 1];
+	struct image_rec_block blocks[WIRE_MAX_BLOCKS];
 	struct store_image_info info = { 0 };
 	struct wire_blocks_iter it;
 	struct wire_block wb;
 	size_t n = 0;
-	int i;
 
-	for (i = 0; i < WIRE_MAX_BLOCKS; i++)
-		rc->image_block[i] = -1;
-	if (!rc->store || rc->image)
-		return;
 	wire_blocks_iter_init(b, &it);
-	while (wire_blocks_next(&it, &wb) && n < WIRE_MAX_BLOCKS) {
-		if (wb.name.len > QS_IDSTR_MAX)
-			return;
-		memcpy(names[n], wb.name.p, wb.name.len);
-		names[n][wb.name.len] = '\0';
-		ib[n].name = names[n];
-		ib[n].length = wb.used_length;
-		n++;
-	}
+	while (wire_blocks_next(&it, &wb) && n < WIRE_MAX_BLOCKS)
+		blocks[n++] = (struct image_rec_block){
+			.index = wb.index, .name = wb.name.p, .name_len = wb.name.len,
+			.length = wb.used_length,
+		};
 	snprintf(info.id, sizeof(info.id), "%s", rc->image_id);
 	snprintf(info.vm, sizeof(info.vm), "%s", rc->vm);
 	info.role = STORE_IMAGE_ARRIVAL;
 	snprintf(info.peer_site, sizeof(info.peer_site), "%s", rc->peer_site);
 	snprintf(info.peer_image, sizeof(info.peer_image), "%s", rc->peer_image);
 	info.peer_generation = rc->peer_gen;
-	rc->image = store_image_new(&info, ib, n);
-	if (!rc->image)
-		return;
-	wire_blocks_iter_init(b, &it);
-	while (wire_blocks_next(&it, &wb))
-		rc->image_block[wb.index] = store_image_block_find(rc->image, wb.name.p,
-								   wb.name.len);
+	image_rec_start(&rc->arrival, &info, blocks, n);
 }
 
-/*
- * Keeps an arrived page in the store and the arrival image. True if the
- * store now holds the content.
- */
+/* Keeps an arrived page in the arrival image; true if the store holds its content. */
 static bool record_page(struct receiver *rc, const struct qs_page *pg,
 			enum store_page_state state, const uint8_t *hash)
 {
-	int ib = rc->image_block[pg->block->index], r;
-
-	if (!rc->image || ib < 0 || rc->store_failed)
-		return false;
-	if (state == STORE_PAGE_HASH) {
-		r = store_put(rc->store, hash, pg->data);
-		if (r < 0) {
-			log_warn("store: cannot keep arriving pages (%s); the VM's image "
-				 "will not be recorded", strerror(-r));
-			rc->store_failed = true;
-			return false;
-		}
-	}
-	store_image_set(rc->image, ib, pg->offset / STORE_PAGE_SIZE, state, hash);
-	return state == STORE_PAGE_HASH;
+	return image_rec_page(&rc->arrival, pg, state, hash);
 }
 
 /*
@@ -441,10 +407,6 @@ static bool all_fetched(struct receiver *rc, const uint8_t (*hashes)[WIRE_HASH_L
 	return true;
 }
 
-/*
- * Pages we were told we hold are missing or damaged: ask for them in one
- * NEED and read on until they all arrived, keeping other frames for later.
- */
 struct fuzz_input {
 	const uint8_t *p;
 	size_t len, off;
@@ -471,6 +433,10 @@ static int next_frame(struct receiver *rc, struct wire_frame *f)
 	return 1;
 }
 
+/*
+ * Pages we were told we hold are missing or damaged: ask for them in one
+ * NEED and read on until they all arrived, keeping other frames for later.
+ */
 static int fetch_missing(struct receiver *rc, const uint8_t (*hashes)[WIRE_HASH_LEN],
 			 size_t n)
 {
@@ -599,18 +565,153 @@ static ssize_t prefetch(struct receiver *rc, const struct wire_pages *p, const u
 	return (ssize_t)n;
 }
 
-static int handle_pages(struct receiver *rc, const struct wire_frame *f)
+/* What applying one page entry came to. */
+enum {
+	ENTRY_APPLIED = 1,	/* written to QEMU's stream (and recorded) */
+	ENTRY_FETCH = 2,	/* rc->missing lists pages to fetch first; nothing written */
+};
+
+/* A SAMERUN entry: all its pages or, if some are missing, none yet. */
+static int apply_samerun(struct receiver *rc, const struct wire_page_entry *e,
+			 struct qs_page *pg, size_t *n_missing)
+{
+	const uint8_t *page;
+	size_t i;
+	int r;
+
+	r = samerun_hashes(rc, e);
+	if (r < 0)
+		return r;
+	/* Taken when first needed: most migrations have no SAMERUN. */
+	if (!rc->run_buf)
+		rc->run_buf = malloc((size_t)WIRE_MAX_SAMERUN * 4096);
+	if (!rc->run_buf)
+		return -ENOMEM;
+	*n_missing = 0;
+	for (i = 0; i < e->count; i++) {
+		page = resolve(rc, rc->run_hashes[i], false);
+		if (page)
+			memcpy(rc->run_buf + i * 4096, page, 4096);
+		else
+			memcpy(rc->missing[(*n_missing)++], rc->run_hashes[i], WIRE_HASH_LEN);
+	}
+	if (*n_missing)
+		return ENTRY_FETCH;
+	for (i = 0; i < e->count; i++) {
+		pg->kind = QS_PAGE_NORMAL;
+		pg->offset = e->offset + i * 4096;
+		pg->cont = i ? true : (e->qflags & QS_RAM_CONTINUE);
+		pg->data = rc->run_buf + i * 4096;
+		pg->len = 4096;
+		record_page(rc, pg, STORE_PAGE_HASH, rc->run_hashes[i]);
+		r = qs_writer_page(rc->writer, pg);
+		if (r < 0)
+			return r;
+	}
+	rc->pages_ref += e->count;
+	return ENTRY_APPLIED;
+}
+
+/* One page entry of a batch (literal: the batch's DATA pages). */
+static int apply_entry(struct receiver *rc, const struct wire_page_entry *e,
+		       const uint8_t *literal, size_t *n_missing)
+{
+	struct qs_page pg = {
+		.block = &rc->blocks[e->block], .offset = e->offset,
+		.cont = e->qflags & QS_RAM_CONTINUE,
+	};
+	const uint8_t *page;
+	bool kept;
+	int r;
+
+	switch (e->enc) {
+	case WIRE_ENC_ZERO:
+		pg.kind = QS_PAGE_ZERO;
+		pg.fill = e->fill;
+		pg.len = 1;
+		record_page(rc, &pg, e->fill ? STORE_PAGE_UNKNOWN : STORE_PAGE_ZERO, NULL);
+		rc->pages_zero++;
+		break;
+	case WIRE_ENC_DATA:
+		pg.kind = QS_PAGE_NORMAL;
+		pg.data = literal + (size_t)e->data_index * 4096;
+		pg.len = 4096;
+		/* Hashed by prefetch(). Content the store keeps is not copied twice. */
+		kept = record_page(rc, &pg, STORE_PAGE_HASH, rc->data_hash[e->data_index]);
+		r = pagecache_put(rc->cache, rc->data_hash[e->data_index], kept ? NULL : pg.data);
+		if (r < 0)
+			return r;
+		rc->pages_data++;
+		break;
+	case WIRE_ENC_REF:
+	case WIRE_ENC_SAME:
+		/* A reference never decides correctness: resolve() checks the bytes. */
+		page = resolve(rc, e->hash, e->enc == WIRE_ENC_REF);
+		if (!page) {
+			memcpy(rc->missing[0], e->hash, WIRE_HASH_LEN);
+			*n_missing = 1;
+			return ENTRY_FETCH;
+		}
+		pg.kind = QS_PAGE_NORMAL;
+		pg.data = page;
+		pg.len = 4096;
+		record_page(rc, &pg, STORE_PAGE_HASH, e->hash);
+		rc->pages_ref++;
+		break;
+	case WIRE_ENC_SAMERUN:
+		return apply_samerun(rc, e, &pg, n_missing);
+	case WIRE_ENC_RAW:
+		if (!(e->qflags & QS_RAM_XBZRLE))
+			return -EOPNOTSUPP;
+		pg.kind = QS_PAGE_XBZRLE;
+		pg.data = e->bytes;
+		pg.len = e->bytes_len;
+		record_page(rc, &pg, STORE_PAGE_UNKNOWN, NULL);
+		rc->pages_raw++;
+		break;
+	default:
+		return -EOPNOTSUPP;
+	}
+	r = qs_writer_page(rc->writer, &pg);
+	return r < 0 ? r : ENTRY_APPLIED;
+}
+
+/*
+ * Applies the entries of a batch from *done on, counting them in *done;
+ * 0 when all are applied, ENTRY_FETCH when one needs pages fetched first
+ * (*n_missing of them in rc->missing), or -errno.
+ */
+static int apply_batch(struct receiver *rc, const struct wire_pages *p, const uint8_t *literal,
+		       uint64_t *done, size_t *n_missing)
 {
 	struct wire_page_iter it;
 	struct wire_page_entry e;
-	struct wire_pages *p;
+	uint64_t k;
+	int r;
+
+	wire_pages_iter_init(p, &it);
+	for (k = 0; wire_pages_next(&it, &e); k++) {
+		if (k < *done)
+			continue;
+		if (!rc->block_known[e.block])
+			return -EPROTO;
+		r = apply_entry(rc, &e, literal, n_missing);
+		if (r < 0 || r == ENTRY_FETCH)
+			return r;
+		*done = k + 1;
+	}
+	return 0;
+}
+
+static int handle_pages(struct receiver *rc, const struct wire_frame *f)
+{
+	const uint8_t (*missing)[WIRE_HASH_LEN] = (const uint8_t (*)[WIRE_HASH_LEN])rc->missing;
+	const uint8_t *literal;
 	struct wire_msg m;
-	struct qs_page pg;
-	const uint8_t *literal, *page;
-	uint8_t hash[WIRE_HASH_LEN];
-	uint64_t done = 0, k;
-	bool copied = false, kept;
-	ssize_t missing;
+	uint64_t done = 0;
+	bool copied = false;
+	size_t n_missing;
+	ssize_t n;
 	int r;
 
 	r = wire_frame_decode(f, &m);
@@ -621,134 +722,28 @@ static int handle_pages(struct receiver *rc, const struct wire_frame *f)
 	r = wire_pages_unpack(&m.u.pages, rc->z, &rc->scratch, &literal);
 	if (r < 0)
 		return r;
-	missing = prefetch(rc, &m.u.pages, literal);
-	if (missing < 0)
-		return (int)missing;
-	if (missing > 0) {
-		r = fetch_mid_batch(rc, f, &copied, (const uint8_t (*)[WIRE_HASH_LEN])rc->missing,
-				    (size_t)missing, &m);
+	n = prefetch(rc, &m.u.pages, literal);
+	if (n < 0)
+		return (int)n;
+	if (n > 0) {
+		r = fetch_mid_batch(rc, f, &copied, missing, (size_t)n, &m);
 		if (r < 0)
 			return r;
 	}
-restart:
-	p = &m.u.pages;
-	/* Decoded again from the copy: the literal view may have died with a read. */
-	if (copied) {
-		r = wire_pages_unpack(p, rc->z, &rc->scratch, &literal);
-		if (r < 0)
-			return r;
-	}
-	wire_pages_iter_init(p, &it);
-	for (k = 0; wire_pages_next(&it, &e); k++) {
-		if (k < done)
-			continue;
-		if (!rc->block_known[e.block])
-			return -EPROTO;
-		memset(&pg, 0, sizeof(pg));
-		pg.block = &rc->blocks[e.block];
-		pg.offset = e.offset;
-		pg.cont = e.qflags & QS_RAM_CONTINUE;
-		switch (e.enc) {
-		case WIRE_ENC_ZERO:
-			pg.kind = QS_PAGE_ZERO;
-			pg.fill = e.fill;
-			pg.len = 1;
-			record_page(rc, &pg, e.fill ? STORE_PAGE_UNKNOWN : STORE_PAGE_ZERO, NULL);
-			rc->pages_zero++;
-			break;
-		case WIRE_ENC_DATA:
-			pg.kind = QS_PAGE_NORMAL;
-			pg.data = literal + (size_t)e.data_index * 4096;
-			pg.len = 4096;
-			/* Hashed by prefetch(). Content the store keeps is not copied twice. */
-			kept = record_page(rc, &pg, STORE_PAGE_HASH, rc->data_hash[e.data_index]);
-			r = pagecache_put(rc->cache, rc->data_hash[e.data_index],
-					  kept ? NULL : pg.data);
+	for (;;) {
+		/* Decoded again from the copy: the literal view may have died with a read. */
+		if (copied) {
+			r = wire_pages_unpack(&m.u.pages, rc->z, &rc->scratch, &literal);
 			if (r < 0)
 				return r;
-			rc->pages_data++;
-			break;
-		case WIRE_ENC_REF:
-		case WIRE_ENC_SAME:
-			/* A reference never decides correctness: resolve() checks the bytes. */
-			page = resolve(rc, e.hash, e.enc == WIRE_ENC_REF);
-			if (!page) {
-				memcpy(hash, e.hash, WIRE_HASH_LEN);
-				r = fetch_mid_batch(rc, f, &copied,
-						    (const uint8_t (*)[WIRE_HASH_LEN])hash, 1, &m);
-				if (r < 0)
-					return r;
-				done = k;
-				goto restart;
-			}
-			pg.kind = QS_PAGE_NORMAL;
-			pg.data = page;
-			pg.len = 4096;
-			record_page(rc, &pg, STORE_PAGE_HASH, e.hash);
-			rc->pages_ref++;
-			break;
-		case WIRE_ENC_SAMERUN: {
-			size_t n_missing = 0, i;
-
-			r = samerun_hashes(rc, &e);
-			if (r < 0)
-				return r;
-			/* Taken when first needed: most migrations have no SAMERUN. */
-			if (!rc->run_buf)
-				rc->run_buf = malloc((size_t)WIRE_MAX_SAMERUN * 4096);
-			if (!rc->run_buf)
-				return -ENOMEM;
-			for (i = 0; i < e.count; i++) {
-				page = resolve(rc, rc->run_hashes[i], false);
-				if (page)
-					memcpy(rc->run_buf + i * 4096, page, 4096);
-				else
-					memcpy(rc->missing[n_missing++], rc->run_hashes[i],
-					       WIRE_HASH_LEN);
-			}
-			if (n_missing) {
-				/* Nothing of the run is written yet: fetch, then redo it. */
-				r = fetch_mid_batch(rc, f, &copied,
-						    (const uint8_t (*)[WIRE_HASH_LEN])rc->missing,
-						    n_missing, &m);
-				if (r < 0)
-					return r;
-				done = k;
-				goto restart;
-			}
-			for (i = 0; i < e.count; i++) {
-				pg.kind = QS_PAGE_NORMAL;
-				pg.offset = e.offset + i * 4096;
-				pg.cont = i ? true : (e.qflags & QS_RAM_CONTINUE);
-				pg.data = rc->run_buf + i * 4096;
-				pg.len = 4096;
-				record_page(rc, &pg, STORE_PAGE_HASH, rc->run_hashes[i]);
-				r = qs_writer_page(rc->writer, &pg);
-				if (r < 0)
-					return r;
-			}
-			rc->pages_ref += e.count;
-			done = k + 1;
-			continue;
 		}
-		case WIRE_ENC_RAW:
-			if (!(e.qflags & QS_RAM_XBZRLE))
-				return -EOPNOTSUPP;
-			pg.kind = QS_PAGE_XBZRLE;
-			pg.data = e.bytes;
-			pg.len = e.bytes_len;
-			record_page(rc, &pg, STORE_PAGE_UNKNOWN, NULL);
-			rc->pages_raw++;
-			break;
-		default:
-			return -EOPNOTSUPP;
-		}
-		r = qs_writer_page(rc->writer, &pg);
+		r = apply_batch(rc, &m.u.pages, literal, &done, &n_missing);
+		if (r != ENTRY_FETCH)
+			return r;
+		r = fetch_mid_batch(rc, f, &copied, missing, n_missing, &m);
 		if (r < 0)
 			return r;
-		done = k + 1;
 	}
-	return 0;
 }
 
 /* Handles one frame from the sender; 1 when the sender said it is done. */
@@ -996,6 +991,7 @@ static int take_sender_identity(struct receiver *rc, const struct wire_hello *pe
 				char *err, size_t errlen)
 {
 	const struct proxy_recv_options *o = rc->o;
+	int r;
 
 	snprintf(rc->vm, sizeof(rc->vm), "%.*s", (int)peer->vm.len, peer->vm.p);
 	snprintf(rc->peer_site, sizeof(rc->peer_site), "%.*s", (int)peer->site.len,
@@ -1017,7 +1013,9 @@ static int take_sender_identity(struct receiver *rc, const struct wire_hello *pe
 	if (!rc->tenant[0])
 		content_tenant(o->c.tenant, rc->vm, rc->tenant);
 	content_new_id(rc->image_id);
-	return content_open_store(&o->c, rc->tenant, &rc->store, err, errlen);
+	r = content_open_store(&o->c, rc->tenant, &rc->store, err, errlen);
+	rc->arrival.store = rc->store;
+	return r;
 }
 
 /*
@@ -1372,7 +1370,7 @@ static void receiver_free(struct receiver *rc)
 		close(rc->qfd);
 	pagecache_free(rc->cache);
 	pagecache_free(rc->fetched);
-	store_image_free(rc->image);
+	image_rec_fini(&rc->arrival);
 	store_image_free(rc->base);
 	free(rc->run_buf);
 	if (rc->store)
@@ -1398,6 +1396,7 @@ static struct receiver *receiver_new(const struct proxy_recv_options *o, uint64_
 	rc->o = o;
 	rc->qfd = -1;
 	rc->lock_fd = -1;
+	image_rec_init(&rc->arrival, NULL); /* its store comes with the sender's identity */
 	pthread_mutex_init(&rc->send_lock, NULL);
 	tsb_buf_init(&rc->scratch);
 	tsb_buf_init(&rc->copy);
@@ -1411,106 +1410,122 @@ static struct receiver *receiver_new(const struct proxy_recv_options *o, uint64_
 	return rc;
 }
 
-enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_report)
-{
-	struct receiver *rc;
-	struct wire_tls *tls = NULL;
-	struct wire_hello_args hello = { 0 };
-	struct wire_hello peer;
-	struct qmp *q = NULL;
+/* What one run of proxy_recv() holds besides the receiver itself. */
+struct recv_run {
+	const struct proxy_recv_options *o;
+	struct wire_tls *tls;
+	struct qmp *q;
+	int lfd;
+	struct wire_hello peer;		/* the sender's HELLO (strings valid until next read) */
 	pthread_t th_wan, th_ret;
-	bool threads = false, incoming = false;
-	volatile int sig = 0;
-	char host[256], port[32], err[512] = "", site[33] = "";
-	uint64_t start_ns, resume_ns = 0, cache_pages;
-	enum proxy_outcome oc;
-	json_t *args;
-	int lfd = -1, r;
+	bool threads;			/* both started */
+	bool incoming;			/* QEMU was told migrate-incoming */
+	volatile int sig;
+	char site[33];			/* our store's site id, or "" */
+	uint64_t start_ns, resume_ns;
+};
 
-	cache_pages = (o->c.cache_bytes ? o->c.cache_bytes : PROXY_CACHE_DEFAULT) / 4096;
-	rc = receiver_new(o, cache_pages, 4096);
-	if (!rc) {
-		log_error("out of memory");
-		return PROXY_FAILED;
-	}
-	proxy_catch_signals(&sig);
-	start_ns = tsb_now_ns();
+/* Everything checked before anyone may connect: TLS, QEMU, disks, the port. */
+static int prepare(struct receiver *rc, struct recv_run *run)
+{
+	const struct proxy_recv_options *o = run->o;
+	char host[256], port[32], err[512] = "";
+	int r;
 
 	if (tsb_split_hostport(o->listen, host, sizeof(host), port, sizeof(port)) < 0) {
 		fail(rc, PROXY_FAILED, "bad --listen '%s': expected HOST:PORT", o->listen);
-		goto out;
+		return -1;
 	}
-	r = proxy_tls_setup(&o->c, WIRE_TLS_SERVER, &tls, err, sizeof(err));
+	r = proxy_tls_setup(&o->c, WIRE_TLS_SERVER, &run->tls, err, sizeof(err));
 	if (r < 0) {
 		fail(rc, PROXY_AUTH, "%s", err);
-		goto out;
+		return -1;
 	}
 	/* Check QEMU before we accept anyone. */
-	r = qmp_open(o->c.qmp_path, 10000, &q);
+	r = qmp_open(o->c.qmp_path, 10000, &run->q);
 	if (r < 0) {
 		fail(rc, PROXY_FAILED, "cannot reach the destination QEMU at %s: %s",
 		     o->c.qmp_path, strerror(-r));
-		goto out;
+		return -1;
 	}
-	rc->ram_limit = ram_limit_of(q);
+	rc->ram_limit = ram_limit_of(run->q);
 	/* Disk images to rebuild guest page-cache pages from: indexed up front. */
-	r = content_index_disks(q, o, &rc->disks, err, sizeof(err));
+	r = content_index_disks(run->q, o, &rc->disks, err, sizeof(err));
 	if (r < 0) {
 		fail(rc, PROXY_FAILED, "%s", err);
-		goto out;
+		return -1;
 	}
-	if (o->c.store_dir && store_dir_site_id(o->c.store_dir, site, err, sizeof(err)) < 0) {
+	if (o->c.store_dir && store_dir_site_id(o->c.store_dir, run->site, err, sizeof(err)) < 0) {
 		fail(rc, PROXY_FAILED, "%s", err);
-		goto out;
+		return -1;
 	}
-	r = wire_tcp_listen(host, port, 128, &lfd);
+	r = wire_tcp_listen(host, port, 128, &run->lfd);
 	if (r < 0) {
 		fail(rc, PROXY_FAILED, "cannot listen on %s: %s", o->listen, strerror(-r));
-		goto out;
+		return -1;
 	}
-	log_info("waiting for the sender on %s", o->listen);
-	hello.role = WIRE_ROLE_RECEIVER;
-	hello.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_POSTCOPY |
-		     WIRE_CAP_STORE | WIRE_CAP_COMMIT;
-	hello.site = o->c.store_dir ? site : "destination";
-	{
-		/* A stray, slow or refused client does not end us (wire/accept.h). */
-		struct wire_accept_options ao = {
-			.tls = tls, .lfd = lfd, .hello = &hello, .want = want_sender,
-			.opaque = rc, .sig = &sig,
-			.deadline_ns = o->c.timeout_ms ? start_ns + o->c.timeout_ms * 1000000 : 0,
-		};
+	return 0;
+}
 
-		r = wire_accept_peer(&ao, &rc->conn, &peer, &rc->refused);
-	}
+/* Waits for the sender we want (strangers are refused meanwhile) and names the migration. */
+static int accept_sender(struct receiver *rc, struct recv_run *run)
+{
+	const struct proxy_recv_options *o = run->o;
+	struct wire_hello_args hello = {
+		.role = WIRE_ROLE_RECEIVER,
+		.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_POSTCOPY |
+			WIRE_CAP_STORE | WIRE_CAP_COMMIT,
+		.site = o->c.store_dir ? run->site : "destination",
+	};
+	/* A stray, slow or refused client does not end us (wire/accept.h). */
+	struct wire_accept_options ao = {
+		.tls = run->tls, .lfd = run->lfd, .hello = &hello, .want = want_sender,
+		.opaque = rc, .sig = &run->sig,
+		.deadline_ns = o->c.timeout_ms ? run->start_ns + o->c.timeout_ms * 1000000 : 0,
+	};
+	char err[512] = "";
+	int r;
+
+	log_info("waiting for the sender on %s", o->listen);
+	r = wire_accept_peer(&ao, &rc->conn, &run->peer, &rc->refused);
 	if (r == -EINTR) {
 		fail(rc, PROXY_INTERRUPTED, "interrupted while waiting for the sender");
-		goto out;
+		return -1;
 	}
 	if (r == -ETIMEDOUT) {
 		fail(rc, PROXY_TIMEOUT, "no sender came within the timeout");
-		goto out;
+		return -1;
 	}
 	if (r < 0) {
 		fail(rc, PROXY_FAILED, "accepting the sender: %s", strerror(-r));
-		goto out;
+		return -1;
 	}
 	tsb_fault_point("handshake");
 	/* Its disk channel and its decision must come with the same credential. */
 	snprintf(rc->credential, sizeof(rc->credential), "%s", wire_conn_peer(rc->conn));
-	r = take_sender_identity(rc, &peer, err, sizeof(err));
+	r = take_sender_identity(rc, &run->peer, err, sizeof(err));
 	if (r < 0) {
 		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_REFUSED, err);
 		fail(rc, PROXY_FAILED, "%s", err);
-		goto out;
+		return -1;
 	}
-	r = record_begin(rc, &peer, err, sizeof(err));
+	r = record_begin(rc, &run->peer, err, sizeof(err));
 	if (r < 0) {
 		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_INTERNAL, err);
 		fail(rc, PROXY_FAILED, "%s", err);
-		goto out;
+		return -1;
 	}
-	if (peer.caps & WIRE_CAP_STORE) {
+	return 0;
+}
+
+/* The summary of what we hold, and the disk channel (on the same port). */
+static int open_channels(struct receiver *rc, struct recv_run *run)
+{
+	const struct proxy_recv_options *o = run->o;
+	char err[512] = "";
+	int r;
+
+	if (run->peer.caps & WIRE_CAP_STORE) {
 		struct tsb_buf b;
 
 		tsb_buf_init(&b);
@@ -1521,107 +1536,143 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 		if (r < 0) {
 			fail(rc, proxy_outcome_of_errno(r), "sending the summary: %s",
 			     strerror(-r));
-			goto out;
+			return -1;
 		}
 	}
 	/* Disks: the sender's disk channel comes to the same listening socket. */
-	if (peer.caps & WIRE_CAP_DISK) {
+	if (run->peer.caps & WIRE_CAP_DISK) {
 		struct disk_recv_options dro = {
-			.tls = tls, .listen_fd = lfd, .index = rc->disks,
+			.tls = run->tls, .listen_fd = run->lfd, .index = rc->disks,
 			.stall_ms = o->c.stall_ms, .migration = rc->rec.id,
 			.credential = rc->credential,
 		};
 
-		lfd = -1;
-		r = disk_recv_start(q, &dro, &rc->disk, err, sizeof(err));
+		run->lfd = -1;
+		r = disk_recv_start(run->q, &dro, &rc->disk, err, sizeof(err));
 		if (r < 0) {
 			wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_QEMU, err);
 			fail(rc, PROXY_FAILED, "disks: %s", err);
-			goto out;
+			return -1;
 		}
 	}
-	if (lfd >= 0) {
-		close(lfd);
-		lfd = -1;
+	if (run->lfd >= 0) {
+		close(run->lfd);
+		run->lfd = -1;
 	}
 	if (o->c.stall_ms)
 		wire_conn_set_timeout(rc->conn, o->c.stall_ms);
+	return 0;
+}
 
-	r = setup_destination(q, peer.caps & WIRE_CAP_POSTCOPY, err, sizeof(err));
+/* QEMU takes the rebuilt stream; the WAN and return-path threads start. */
+static int start_incoming(struct receiver *rc, struct recv_run *run)
+{
+	char err[512] = "";
+	json_t *args;
+	int r;
+
+	r = setup_destination(run->q, run->peer.caps & WIRE_CAP_POSTCOPY, err, sizeof(err));
 	if (r == 0)
-		r = proxy_qemu_socket(q, &rc->qfd, err, sizeof(err));
+		r = proxy_qemu_socket(run->q, &rc->qfd, err, sizeof(err));
 	if (r == 0) {
 		args = json_pack("{s:s}", "uri", "fd:" PROXY_FDNAME);
-		r = qmp_execute(q, "migrate-incoming", args, NULL, err, sizeof(err));
+		r = qmp_execute(run->q, "migrate-incoming", args, NULL, err, sizeof(err));
 		json_decref(args);
-		incoming = r == 0;
+		run->incoming = r == 0;
 	}
 	if (r < 0) {
 		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_QEMU, err);
 		fail(rc, PROXY_FAILED, "destination QEMU: %s", err);
-		goto out;
+		return -1;
 	}
 	rc->writer = qs_writer_new(4096, to_qemu, rc);
 	if (!rc->writer) {
 		fail(rc, PROXY_FAILED, "out of memory");
-		goto out;
+		return -1;
 	}
-	if (pthread_create(&th_wan, NULL, wan_thread, rc)) {
+	if (pthread_create(&run->th_wan, NULL, wan_thread, rc)) {
 		fail(rc, PROXY_FAILED, "cannot start threads");
-		goto out;
+		return -1;
 	}
-	if (pthread_create(&th_ret, NULL, return_thread, rc)) {
+	if (pthread_create(&run->th_ret, NULL, return_thread, rc)) {
 		fail(rc, PROXY_FAILED, "cannot start threads");
 		shutdown(rc->qfd, SHUT_RDWR);
 		wire_conn_abort(rc->conn);
-		pthread_join(th_wan, NULL);
-		goto out;
+		pthread_join(run->th_wan, NULL);
+		return -1;
 	}
-	threads = true;
+	run->threads = true;
+	return 0;
+}
 
-	/* Watch the destination QEMU until it has loaded the guest, paused. */
-	wait_loaded(rc, q, &sig);
-	if (!rc->failed)
-		settle(rc, q, tls, &sig, &resume_ns);
-out:
+/* Stops the threads, keeps or discards what arrived, reports. */
+static enum proxy_outcome finish(struct receiver *rc, struct recv_run *run,
+				 json_t **ret_report)
+{
+	enum proxy_outcome oc;
+	char err[512] = "";
+
 	if (rc->failed && rc->conn && rc->outcome != PROXY_LINK && !rc->prepared) {
 		pthread_mutex_lock(&rc->send_lock);
 		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_QEMU, rc->error);
 		pthread_mutex_unlock(&rc->send_lock);
 	}
-	if (threads) {
+	if (run->threads) {
 		wire_conn_abort(rc->conn);
 		shutdown(rc->qfd, SHUT_RDWR);
-		pthread_join(th_wan, NULL);
-		pthread_join(th_ret, NULL);
+		pthread_join(run->th_wan, NULL);
+		pthread_join(run->th_ret, NULL);
 	}
-	if (rc->failed && q && incoming && rc->outcome != PROXY_IN_DOUBT) {
+	if (rc->failed && run->q && run->incoming && rc->outcome != PROXY_IN_DOUBT) {
 		/* Make sure nothing half-loaded ever runs here. */
-		(void)qmp_execute(q, "quit", NULL, NULL, NULL, 0);
+		(void)qmp_execute(run->q, "quit", NULL, NULL, NULL, 0);
 	}
 	oc = rc->failed ? rc->outcome : PROXY_OK;
-	if (oc == PROXY_OK && rc->image && !rc->store_failed) {
-		/* The arrival manifest: what came, from where (for the way back). */
-		r = store_image_commit(rc->store, rc->image, err, sizeof(err));
-		if (r < 0)
-			log_warn("store: the arrival image was not kept: %s", err);
-	}
+	/* The arrival manifest (what came, from where): for the way back. */
+	if (oc == PROXY_OK)
+		image_rec_commit(&rc->arrival, "arrival");
 	if (ret_report)
-		*ret_report = make_report(rc, start_ns, resume_ns);
+		*ret_report = make_report(rc, run->start_ns, run->resume_ns);
 	/* Disks: exports stopped; targets stay marked unless all went well. */
-	if (disk_recv_finish(rc->disk, q, oc == PROXY_OK || oc == PROXY_IN_DOUBT, ret_report ? *ret_report : NULL,
-			     err, sizeof(err)) < 0 && oc == PROXY_OK) {
+	if (disk_recv_finish(rc->disk, run->q, oc == PROXY_OK || oc == PROXY_IN_DOUBT,
+			     ret_report ? *ret_report : NULL, err, sizeof(err)) < 0 &&
+	    oc == PROXY_OK) {
 		fail(rc, PROXY_FAILED, "disks: %s", err);
 		oc = PROXY_FAILED;
 	}
 	if (rc->failed)
 		log_error("%s", rc->error);
-
-	if (lfd >= 0)
-		close(lfd);
-	qmp_close(q);
+	if (run->lfd >= 0)
+		close(run->lfd);
+	qmp_close(run->q);
 	wire_conn_free(rc->conn);
-	wire_tls_free(tls);
+	wire_tls_free(run->tls);
+	return oc;
+}
+
+enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_report)
+{
+	struct recv_run run = { .o = o, .lfd = -1 };
+	struct receiver *rc;
+	enum proxy_outcome oc;
+	uint64_t cache_pages;
+
+	cache_pages = (o->c.cache_bytes ? o->c.cache_bytes : PROXY_CACHE_DEFAULT) / 4096;
+	rc = receiver_new(o, cache_pages, 4096);
+	if (!rc) {
+		log_error("out of memory");
+		return PROXY_FAILED;
+	}
+	proxy_catch_signals(&run.sig);
+	run.start_ns = tsb_now_ns();
+	if (prepare(rc, &run) == 0 && accept_sender(rc, &run) == 0 &&
+	    open_channels(rc, &run) == 0 && start_incoming(rc, &run) == 0) {
+		/* Watch the destination QEMU until it has loaded the guest, paused. */
+		wait_loaded(rc, run.q, &run.sig);
+		if (!rc->failed)
+			settle(rc, run.q, run.tls, &run.sig, &run.resume_ns);
+	}
+	oc = finish(rc, &run, ret_report);
 	receiver_free(rc);
 	return oc;
 }

@@ -665,6 +665,16 @@ static int on_event(void *opaque, const struct qs_event *ev)
 	}
 }
 
+/*
+ * More of QEMU's stream than the window is unacknowledged (under s->lock).
+ * Written without acked + window: an ACK is the receiver's word and may be
+ * near 2^64, which must not wrap into "no credit ever".
+ */
+static bool out_of_credit(const struct sender *s, uint64_t parsed)
+{
+	return parsed > s->acked && parsed - s->acked > s->window;
+}
+
 /* Blocks while the destination is more than a window behind. */
 static void wait_for_credit(struct sender *s)
 {
@@ -685,7 +695,7 @@ static void wait_for_credit(struct sender *s)
 		s->delay_count++;
 		s->delay_last_off = parsed;
 	}
-	while (!s->failed && parsed > s->acked + s->window) {
+	while (!s->failed && out_of_credit(s, parsed)) {
 		if (!t0)
 			t0 = tsb_now_ns();
 		pthread_cond_wait(&s->cond, &s->lock);
@@ -715,7 +725,7 @@ static void *parse_thread(void *arg)
 		 * SAMERUNs can stand for more stream than the whole window).
 		 */
 		pthread_mutex_lock(&s->lock);
-		blocked = qs_parser_offset(s->parser) > s->acked + s->window;
+		blocked = out_of_credit(s, qs_parser_offset(s->parser));
 		pthread_mutex_unlock(&s->lock);
 		if (blocked)
 			flush_cur(s);

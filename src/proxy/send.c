@@ -1947,112 +1947,115 @@ static void sender_fini(struct sender *s)
 	pthread_cond_destroy(&s->cond);
 }
 
-enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_report)
+/* What one run of proxy_send() holds besides the sender itself. */
+struct send_run {
+	const struct proxy_send_options *o;
+	struct wire_tls *tls;
+	struct qmp *q;
+	char host[256], port[32];
+	struct migctl_options mo;
+	struct migctl_result res;
+	struct progress_ctx pc;
+	pthread_t th_parse, th_wan, th_ret;
+	bool threads;			/* all three started */
+	char *caps_copy;		/* --caps, split by migctl_parse_caps() */
+	uint64_t start_ns;
+};
+
+/* Only reads from QEMU here: who the VM is, to name it and find its images. */
+static int identify_vm(struct sender *s, struct send_run *run)
 {
-	static const struct qs_handlers handlers = {
-		.raw = on_raw, .page = on_page, .event = on_event,
-	};
-	struct sender *s;
-	struct migctl_options mo = { 0 };
-	struct migctl_result res = { 0 };
-	struct progress_ctx pc = { 0 };
-	struct wire_tls *tls = NULL;
+	const struct proxy_send_options *o = run->o;
+	char err[512] = "";
+	int r;
+
+	r = qmp_open(o->c.qmp_path, 10000, &run->q);
+	if (r < 0) {
+		fail(s, PROXY_FAILED, "cannot reach the source QEMU at %s: %s",
+		     o->c.qmp_path, strerror(-r));
+		return -1;
+	}
+	r = vm_identity(run->q, o->vm_id, s->vm, err, sizeof(err));
+	if (r < 0 && o->c.store_dir) {
+		/* The store only saves bytes: go on without it. */
+		log_warn("%s; this migration neither keeps nor reuses an image", err);
+	} else if (r == 0 && o->c.store_dir) {
+		content_tenant(o->c.tenant, s->vm, s->tenant);
+		r = content_open_store(&o->c, s->tenant, &s->store, err, sizeof(err));
+		if (r < 0) {
+			fail(s, PROXY_FAILED, "%s", err);
+			return -1;
+		}
+		content_new_id(s->image_id);
+	}
+	return 0;
+}
+
+/* Our HELLO: the migration, the VM, its tenant, and our store if we have one. */
+static void hello_of(struct sender *s, struct wire_hello_args *hello)
+{
+	const struct proxy_send_options *o = s->o;
+
+	hello->role = WIRE_ROLE_SENDER;
+	if (!s->image_id[0])
+		content_new_id(s->image_id); /* the migration's id, store or not */
+	hello->migration = s->image_id;
+	hello->caps = WIRE_CAP_COMMIT | WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
+		      (o->postcopy_after_ms ? WIRE_CAP_POSTCOPY : 0) |
+		      (o->no_disks ? 0 : WIRE_CAP_DISK);
+	hello->site = "source";
+	hello->vm = s->vm[0] ? s->vm : NULL;
+	hello->tenant = o->c.tenant; /* the receiver checks our credential against it */
+	if (s->store) {
+		hello->caps |= WIRE_CAP_STORE;
+		hello->site = store_site_id(s->store);
+		hello->vm = s->vm;
+		hello->tenant = s->tenant;
+		hello->store_gen = store_generation(s->store);
+	}
+}
+
+/* Link first: nothing changes in QEMU before the receiver is known good. */
+static int connect_receiver(struct sender *s, struct send_run *run)
+{
+	const struct proxy_send_options *o = run->o;
 	struct wire_hello_args hello = { 0 };
 	struct wire_hello peer;
-	struct qmp *q = NULL;
-	pthread_t th_parse, th_wan, th_ret;
-	bool threads = false;
-	char host[256], port[32], err[512] = "", *caps_copy = NULL;
-	uint64_t start_ns = tsb_now_ns(), cache_pages, end_ns, commit_ms = 0;
-	enum proxy_outcome oc;
+	char err[512] = "";
 	int fd = -1, r;
 
-	s = malloc(sizeof(*s));
-	if (!s)
-		return PROXY_FAILED;
-	sender_init(s, o);
-	proxy_catch_signals(&s->abort_flag);
-
-	cache_pages = (o->c.cache_bytes ? o->c.cache_bytes : PROXY_CACHE_DEFAULT) / 4096;
-	s->cache = pagecache_new(cache_pages, 4096);
-	s->readbuf = malloc(PROXY_READ_CHUNK);
-	if (!s->cache || !s->readbuf) {
-		fail(s, PROXY_FAILED, "out of memory");
-		goto out;
-	}
-
-	{
-		/* Only reads from QEMU here: who the VM is, to name it and find its images. */
-		r = qmp_open(o->c.qmp_path, 10000, &q);
-		if (r < 0) {
-			fail(s, PROXY_FAILED, "cannot reach the source QEMU at %s: %s",
-			     o->c.qmp_path, strerror(-r));
-			goto out;
-		}
-		r = vm_identity(q, o->vm_id, s->vm, err, sizeof(err));
-		if (r < 0 && o->c.store_dir) {
-			/* The store only saves bytes: go on without it. */
-			log_warn("%s; this migration neither keeps nor reuses an image", err);
-		} else if (r == 0 && o->c.store_dir) {
-			content_tenant(o->c.tenant, s->vm, s->tenant);
-			r = content_open_store(&o->c, s->tenant, &s->store, err, sizeof(err));
-			if (r < 0) {
-				fail(s, PROXY_FAILED, "%s", err);
-				goto out;
-			}
-			content_new_id(s->image_id);
-		}
-	}
-
-	/* Link first: nothing changes in QEMU before the receiver is known good. */
-	if (tsb_split_hostport(o->to, host, sizeof(host), port, sizeof(port)) < 0) {
+	if (tsb_split_hostport(o->to, run->host, sizeof(run->host), run->port,
+			       sizeof(run->port)) < 0) {
 		fail(s, PROXY_FAILED, "bad --to '%s': expected HOST:PORT", o->to);
-		goto out;
+		return -1;
 	}
-	r = proxy_tls_setup(&o->c, WIRE_TLS_CLIENT, &tls, err, sizeof(err));
+	r = proxy_tls_setup(&o->c, WIRE_TLS_CLIENT, &run->tls, err, sizeof(err));
 	if (r < 0) {
 		fail(s, PROXY_AUTH, "%s", err);
-		goto out;
+		return -1;
 	}
-	r = wire_tcp_connect(host, port, 10000, &fd, err, sizeof(err));
+	r = wire_tcp_connect(run->host, run->port, 10000, &fd, err, sizeof(err));
 	if (r < 0) {
 		fail(s, PROXY_LINK, "%s", err);
-		goto out;
+		return -1;
 	}
 	wire_tcp_tune(fd, 0);
-	s->conn = wire_conn_new_take(tls, fd);
+	s->conn = wire_conn_new_take(run->tls, fd);
 	if (!s->conn) {
 		fail(s, PROXY_FAILED, "out of memory");
-		goto out;
+		return -1;
 	}
 	r = wire_conn_handshake(s->conn, 15000);
 	if (r < 0) {
 		fail(s, proxy_outcome_of_errno(r), "%s", wire_conn_errmsg(s->conn));
-		goto out;
+		return -1;
 	}
 	tsb_fault_point("handshake");
-	hello.role = WIRE_ROLE_SENDER;
-	if (!s->image_id[0])
-		content_new_id(s->image_id); /* the migration's id, store or not */
-	hello.migration = s->image_id;
-	hello.caps = WIRE_CAP_COMMIT | WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
-		     (o->postcopy_after_ms ? WIRE_CAP_POSTCOPY : 0) |
-		     (o->no_disks ? 0 : WIRE_CAP_DISK);
-	hello.site = "source";
-	hello.vm = s->vm[0] ? s->vm : NULL;
-	hello.tenant = o->c.tenant; /* the receiver checks our credential against it */
-	if (s->store) {
-		hello.caps |= WIRE_CAP_STORE;
-		hello.site = store_site_id(s->store);
-		hello.migration = s->image_id;
-		hello.vm = s->vm;
-		hello.tenant = s->tenant;
-		hello.store_gen = store_generation(s->store);
-	}
+	hello_of(s, &hello);
 	r = wire_conn_hello(s->conn, &hello, &peer);
 	if (r < 0) {
 		fail(s, proxy_outcome_of_errno(r), "%s", wire_conn_errmsg(s->conn));
-		goto out;
+		return -1;
 	}
 	snprintf(s->peer_site, sizeof(s->peer_site), "%.*s", (int)peer.site.len, peer.site.p);
 	if (s->store && (peer.caps & WIRE_CAP_STORE)) {
@@ -2060,153 +2063,215 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 		if (r < 0) {
 			fail(s, r == -ECONNREFUSED || r == -EPROTO || r == -EBADMSG ?
 			     PROXY_FAILED : proxy_outcome_of_errno(r), "%s", err);
-			goto out;
+			return -1;
 		}
 	}
 	if (o->c.stall_ms)
 		wire_conn_set_timeout(s->conn, o->c.stall_ms);
+	return 0;
+}
 
-	/* QEMU. */
-	r = q ? 0 : qmp_open(o->c.qmp_path, 10000, &q);
-	if (r < 0) {
-		fail(s, PROXY_FAILED, "cannot reach the source QEMU at %s: %s",
-		     o->c.qmp_path, strerror(-r));
-		goto out;
-	}
+/* QEMU's migration options, the disks' jobs, the socket QEMU streams into. */
+static int prepare_source(struct sender *s, struct send_run *run)
+{
+	static const struct qs_handlers handlers = {
+		.raw = on_raw, .page = on_page, .event = on_event,
+	};
+	const struct proxy_send_options *o = run->o;
+	struct migctl_options *mo = &run->mo;
+	char err[512] = "";
+	int r;
+
 	if (o->caps) {
-		caps_copy = strdup(o->caps);
-		if (!caps_copy || migctl_parse_caps(caps_copy, &mo) < 0) {
+		run->caps_copy = strdup(o->caps);
+		if (!run->caps_copy || migctl_parse_caps(run->caps_copy, mo) < 0) {
 			fail(s, PROXY_FAILED, "too many capabilities in '%s'", o->caps);
-			goto out;
+			return -1;
 		}
 	}
 	if (o->postcopy_after_ms) {
-		if (mo.n_caps < MIGCTL_MAX_CAPS)
-			mo.caps[mo.n_caps++] = "postcopy-ram";
-		mo.postcopy_after_ms = o->postcopy_after_ms;
+		if (mo->n_caps < MIGCTL_MAX_CAPS)
+			mo->caps[mo->n_caps++] = "postcopy-ram";
+		mo->postcopy_after_ms = o->postcopy_after_ms;
 	}
-	mo.max_bandwidth = o->max_bandwidth;
-	mo.downtime_limit_ms = o->downtime_limit_ms;
-	mo.timeout_ms = o->c.timeout_ms;
-	mo.abort_flag = &s->abort_flag;
-	if (!o->no_disks && disks_start(s, q, tls, host, port, &mo) < 0)
-		goto out;
-	r = setup_source(s, q, &mo, err, sizeof(err));
+	mo->max_bandwidth = o->max_bandwidth;
+	mo->downtime_limit_ms = o->downtime_limit_ms;
+	mo->timeout_ms = o->c.timeout_ms;
+	mo->abort_flag = &s->abort_flag;
+	if (!o->no_disks && disks_start(s, run->q, run->tls, run->host, run->port, mo) < 0)
+		return -1;
+	r = setup_source(s, run->q, mo, err, sizeof(err));
 	if (r < 0) {
 		fail(s, r == -EOPNOTSUPP ? PROXY_UNSUPPORTED : PROXY_FAILED,
 		     "source QEMU: %s", err);
-		goto out;
+		return -1;
 	}
-	r = proxy_qemu_socket(q, &s->qfd, err, sizeof(err));
+	r = proxy_qemu_socket(run->q, &s->qfd, err, sizeof(err));
 	if (r < 0) {
 		fail(s, PROXY_FAILED, "cannot hand a socket to the source QEMU: %s", err);
-		goto out;
+		return -1;
 	}
 	s->parser = qs_parser_new(&handlers, s);
 	if (!s->parser) {
 		fail(s, PROXY_FAILED, "out of memory");
-		goto out;
+		return -1;
 	}
-	if (pthread_create(&th_wan, NULL, wan_thread, s) ||
-	    pthread_create(&th_ret, NULL, return_thread, s)) {
-		fail(s, PROXY_FAILED, "cannot start threads");
-		goto out;
-	}
-	if (pthread_create(&th_parse, NULL, parse_thread, s)) {
-		fail(s, PROXY_FAILED, "cannot start threads");
-		pthread_join(th_wan, NULL);
-		pthread_join(th_ret, NULL);
-		goto out;
-	}
-	threads = true;
+	return 0;
+}
 
-	pc.s = s;
-	pc.start_ns = start_ns;
-	pc.tty = o->c.progress;
-	mo.tick = progress_tick;
-	mo.tick_opaque = &pc;
-	if (record_begin(s, q) < 0)
-		goto out;
+static int start_threads(struct sender *s, struct send_run *run)
+{
+	if (pthread_create(&run->th_wan, NULL, wan_thread, s) ||
+	    pthread_create(&run->th_ret, NULL, return_thread, s)) {
+		fail(s, PROXY_FAILED, "cannot start threads");
+		return -1;
+	}
+	if (pthread_create(&run->th_parse, NULL, parse_thread, s)) {
+		fail(s, PROXY_FAILED, "cannot start threads");
+		pthread_join(run->th_wan, NULL);
+		pthread_join(run->th_ret, NULL);
+		return -1;
+	}
+	run->threads = true;
+	return 0;
+}
+
+/* QEMU migrates through us; then the switchover is committed or undone. */
+static void migrate(struct sender *s, struct send_run *run)
+{
+	int r;
+
+	run->pc.s = s;
+	run->pc.start_ns = run->start_ns;
+	run->pc.tty = run->o->c.progress;
+	run->mo.tick = progress_tick;
+	run->mo.tick_opaque = &run->pc;
+	if (record_begin(s, run->q) < 0)
+		return;
 	s->migrate_ns = tsb_now_ns();
-	r = migctl_run(q, NULL, &mo, "fd:" PROXY_FDNAME, &res);
+	r = migctl_run(run->q, NULL, &run->mo, "fd:" PROXY_FDNAME, &run->res);
 	s->qemu_done_ns = tsb_now_ns();
-	if (pc.tty)
+	if (run->pc.tty)
 		fputc('\n', stderr);
 	if (r < 0) {
 		if (s->abort_flag > 1 && !s->failed)
 			fail(s, PROXY_INTERRUPTED, "interrupted by signal %d; migration cancelled",
 			     s->abort_flag);
 		else if (r == -ETIMEDOUT)
-			fail(s, PROXY_TIMEOUT, "%s", res.error);
+			fail(s, PROXY_TIMEOUT, "%s", run->res.error);
 		else
-			fail(s, PROXY_FAILED, "source QEMU: migration %s%s%s", res.status,
-			     res.error[0] ? ": " : "", res.error);
-		goto out;
+			fail(s, PROXY_FAILED, "source QEMU: migration %s%s%s", run->res.status,
+			     run->res.error[0] ? ": " : "", run->res.error);
+		return;
 	}
 	/* The source completed: commit if the destination holds the guest. */
-	settle(s, tls);
+	settle(s, run->tls);
 	/* QEMU is done with the socket; make sure the parse thread sees its end. */
 	if (!s->failed)
 		shutdown(s->qfd, SHUT_RDWR);
+}
 
-out:
-	if (threads) {
-		if (!s->failed && s->peer_outcome == WIRE_OUTCOME_RUNNING) {
-			/* Clean end: let the WAN thread drain, then close. */
-			pthread_mutex_lock(&s->lock);
-			s->queue_closed = true;
-			pthread_cond_broadcast(&s->cond);
-			pthread_mutex_unlock(&s->lock);
-		} else if (!s->failed) {
-			fail(s, PROXY_FAILED, "stopped");
-		}
-		pthread_join(th_parse, NULL);
-		pthread_join(th_wan, NULL);
-		if (!s->failed || s->peer_outcome)
-			wire_conn_close(s->conn);
-		wire_conn_abort(s->conn);
-		pthread_join(th_ret, NULL);
+/* Ends the threads: drained after a clean end, cut after a failure. */
+static void stop_threads(struct sender *s, struct send_run *run)
+{
+	if (!run->threads)
+		return;
+	if (!s->failed && s->peer_outcome == WIRE_OUTCOME_RUNNING) {
+		/* Clean end: let the WAN thread drain, then close. */
+		pthread_mutex_lock(&s->lock);
+		s->queue_closed = true;
+		pthread_cond_broadcast(&s->cond);
+		pthread_mutex_unlock(&s->lock);
+	} else if (!s->failed) {
+		fail(s, PROXY_FAILED, "stopped");
 	}
-	if (s->failed && q && !s->decided_commit)
-		abort_switchover(s, q, tls);
+	pthread_join(run->th_parse, NULL);
+	pthread_join(run->th_wan, NULL);
+	if (!s->failed || s->peer_outcome)
+		wire_conn_close(s->conn);
+	wire_conn_abort(s->conn);
+	pthread_join(run->th_ret, NULL);
+}
+
+/* The report, with the store's commit time and the floor when asked. */
+static json_t *report_of(struct sender *s, struct send_run *run, enum proxy_outcome oc,
+			 uint64_t end_ns, uint64_t commit_ms)
+{
+	json_t *report = make_report(s, &run->res, run->start_ns, end_ns);
+
+	if (s->store)
+		json_object_set_new(json_object_get(report, "store"), "commit_ms",
+				    json_integer((json_int_t)commit_ms));
+	if (oc == PROXY_OK && run->o->floor && s->image) {
+		uint64_t fp = 0;
+		int64_t fb = compute_floor(s, &fp);
+
+		if (fb >= 0)
+			json_object_set_new(report, "floor", json_pack("{s:I, s:I}",
+				"bytes", (json_int_t)fb, "pages", (json_int_t)fp));
+	}
+	return report;
+}
+
+static enum proxy_outcome finish(struct sender *s, struct send_run *run, json_t **ret_report)
+{
+	uint64_t end_ns, commit_ms = 0;
+	enum proxy_outcome oc;
+	char err[512] = "";
+
+	stop_threads(s, run);
+	if (s->failed && run->q && !s->decided_commit)
+		abort_switchover(s, run->q, run->tls);
 	oc = s->failed ? s->outcome : PROXY_OK;
 	if (s->failed && s->outcome == PROXY_OK)
 		oc = s->outcome = PROXY_FAILED;
 	end_ns = tsb_now_ns();
 	if (oc == PROXY_OK)
-		content_net_notify(o->c.net_agent, s->vm, NULL);
+		content_net_notify(run->o->c.net_agent, s->vm, NULL);
 	if (oc == PROXY_OK && s->image && !s->store_failed) {
 		/* This host keeps the VM's last image for when it comes back. */
-		r = store_image_commit(s->store, s->image, err, sizeof(err));
-		if (r < 0)
+		if (store_image_commit(s->store, s->image, err, sizeof(err)) < 0)
 			log_warn("store: the VM's image was not kept: %s", err);
 		commit_ms = (tsb_now_ns() - end_ns) / 1000000;
 	}
-	if (ret_report) {
-		*ret_report = make_report(s, &res, start_ns, end_ns);
-		if (s->store)
-			json_object_set_new(json_object_get(*ret_report, "store"),
-					    "commit_ms", json_integer((json_int_t)commit_ms));
-		if (oc == PROXY_OK && o->floor && s->image) {
-			uint64_t fp = 0;
-			int64_t fb = compute_floor(s, &fp);
-
-			if (fb >= 0)
-				json_object_set_new(*ret_report, "floor", json_pack("{s:I, s:I}",
-					"bytes", (json_int_t)fb, "pages", (json_int_t)fp));
-		}
-	}
+	if (ret_report)
+		*ret_report = report_of(s, run, oc, end_ns, commit_ms);
 	/* Disks: jobs still running are cancelled; the source keeps its disks. */
-	disk_send_finish(s->disks, q, ret_report ? *ret_report : NULL);
+	disk_send_finish(s->disks, run->q, ret_report ? *ret_report : NULL);
 	if (s->failed)
 		log_error("%s", s->error);
-
-	migctl_result_fini(&res);
+	migctl_result_fini(&run->res);
 	qs_parser_free(s->parser);
-	qmp_close(q);
-	wire_conn_free(s->conn);
-	wire_tls_free(tls);
-	free(caps_copy);
+	s->parser = NULL;
+	qmp_close(run->q);
+	wire_conn_free(s->conn); /* before its TLS context */
+	s->conn = NULL;
+	wire_tls_free(run->tls);
+	free(run->caps_copy);
+	return oc;
+}
+
+enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_report)
+{
+	struct send_run run = { .o = o, .start_ns = tsb_now_ns() };
+	enum proxy_outcome oc;
+	struct sender *s;
+	uint64_t cache_pages;
+
+	s = malloc(sizeof(*s));
+	if (!s)
+		return PROXY_FAILED;
+	sender_init(s, o);
+	proxy_catch_signals(&s->abort_flag);
+	cache_pages = (o->c.cache_bytes ? o->c.cache_bytes : PROXY_CACHE_DEFAULT) / 4096;
+	s->cache = pagecache_new(cache_pages, 4096);
+	s->readbuf = malloc(PROXY_READ_CHUNK);
+	if (!s->cache || !s->readbuf)
+		fail(s, PROXY_FAILED, "out of memory");
+	else if (identify_vm(s, &run) == 0 && connect_receiver(s, &run) == 0 &&
+		 prepare_source(s, &run) == 0 && start_threads(s, &run) == 0)
+		migrate(s, &run);
+	oc = finish(s, &run, ret_report);
 	sender_fini(s);
 	free(s);
 	return oc;

@@ -1,4 +1,4 @@
-/* Shared by send.c and recv.c only. */
+/* Shared by the proxy's files (send.c, recv.c, commit.c); not by other components. */
 #ifndef TSB_PROXY_INTERNAL_H
 #define TSB_PROXY_INTERNAL_H
 

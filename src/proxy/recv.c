@@ -19,7 +19,6 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "disk/disk.h"
-#include "migctl/migctl.h"
 #include "qmp/qmp.h"
 #include "qstream/qstream.h"
 #include "wire/codec.h"
@@ -746,7 +745,7 @@ static int handle_pages(struct receiver *rc, const struct wire_frame *f)
 	}
 }
 
-/* Handles one frame from the sender; 1 when the sender said it is done. */
+/* Handles one frame from the sender: 0, or -errno when it must end the migration. */
 static int handle_frame(struct receiver *rc, const struct wire_frame *f)
 {
 	const uint8_t *data;

@@ -76,7 +76,7 @@ enum wire_msg_type {
 	WIRE_MSG_PONG = 15,
 	WIRE_MSG_SUMMARY = 16,
 	WIRE_MSG_BASE = 17,
-	/* Switchover by commit (docs/protocol.md §4a); status layout. */
+	/* Switchover by commit (docs/protocol.md §4); status layout. */
 	WIRE_MSG_PREPARED = 18,	/* receiver: loaded, paused, waits for the decision */
 	WIRE_MSG_DECISION = 19,	/* sender: WIRE_DECIDE_COMMIT or WIRE_DECIDE_ABORT */
 	WIRE_MSG_OUTCOME = 20,	/* receiver: WIRE_OUTCOME_RUNNING or _DISCARDED */
@@ -213,7 +213,7 @@ struct wire_hello {
 	struct wire_str migration; /* 0..WIRE_MAX_ID */
 	struct wire_str vm;     /* 0..WIRE_MAX_ID */
 	struct wire_str tenant; /* 0..WIRE_MAX_ID */
-	uint64_t store_gen;     /* receiver's store generation; 0 from a sender */
+	uint64_t store_gen;     /* the sender's store generation; 0 from a receiver */
 	uint16_t filter_kind;   /* 0 = none; else opaque to the wire layer */
 	const uint8_t *filter;  /* filter_len bytes; <= WIRE_MAX_FILTER */
 	uint32_t filter_len;
@@ -410,7 +410,7 @@ int wire_encode_need(struct tsb_buf *out, const uint8_t (*hashes)[WIRE_HASH_LEN]
 int wire_encode_hashdata(struct tsb_buf *out, uint32_t obj_size,
 			 const uint8_t (*hashes)[WIRE_HASH_LEN],
 			 const uint8_t *data, size_t count, struct wire_zstd *z);
-/* DONE, CANCEL (code ignored, sent as 0) or ERROR; text may be NULL. */
+/* DONE, CANCEL or ERROR with its code; text may be NULL. */
 int wire_encode_status(struct tsb_buf *out, uint8_t type, uint32_t code,
 		       const char *text);
 int wire_encode_progress(struct tsb_buf *out, const struct wire_progress *p);

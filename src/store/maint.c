@@ -80,19 +80,143 @@ static int cmp_cand_lru(const void *a, const void *b)
 	return strcmp(x->info.id, y->info.id);
 }
 
+/* What one eviction works on: a reference count per index slot of every
+ * handle, the images that may go, and the live pages of all handles. */
+struct evict {
+	struct store **hs;
+	size_t n;
+	uint32_t **refs;	/* refs[i][slot] for hs[i] */
+	struct cand *cands;
+	size_t n_cands;
+	uint64_t live;
+};
+
+static int add_cand(struct evict *ev, size_t h,
+		    const struct store_image_info *info)
+{
+	struct cand *nc = reallocarray(ev->cands, ev->n_cands + 1,
+				       sizeof(*ev->cands));
+
+	if (!nc)
+		return -ENOMEM;
+	ev->cands = nc;
+	ev->cands[ev->n_cands].h = h;
+	ev->cands[ev->n_cands].info = *info;
+	ev->n_cands++;
+	return 0;
+}
+
+/* Counts what every image of hs[i] references; its images (but pin) become
+ * candidates; adds its live pages. */
+static int count_refs(struct evict *ev, size_t i, const char *pin)
+{
+	struct store *s = ev->hs[i];
+	struct store_image_info *v = NULL;
+	size_t nv = 0, k;
+	int r = 0;
+
+	ev->refs[i] = calloc(s->idx.cap, sizeof(**ev->refs));
+	if (!ev->refs[i] || (r = store_image_list(s, NULL, &v, &nv))) {
+		r = ev->refs[i] ? r : -ENOMEM;
+		free(v);
+		return r;
+	}
+	for (k = 0; k < nv; k++) {
+		struct ref_ctx c = { s, ev->refs[i], 1, &ev->live };
+		struct store_image *im;
+
+		/* A damaged image names nothing but may still go. */
+		if (store_image_load(s, v[k].id, &im) == 0) {
+			store_image_for_each_hash(im, ref_fn, &c);
+			store_image_free(im);
+		}
+		if (i == 0 && pin && !strcmp(pin, v[k].id))
+			continue;
+		if ((r = add_cand(ev, i, &v[k]))) {
+			free(v);
+			return r;
+		}
+	}
+	free(v);
+	for (k = 0; k < s->idx.cap; k++)
+		if (s->idx.e[k].pack &&
+		    (ev->refs[i][k] || (s->idx.e[k].rec & ENT_SESSION)))
+			ev->live++;
+	return 0;
+}
+
+/* Drops least recently used images until the live pages fit; each one
+ * dropped goes to evicted (may be NULL). */
+static void drop_lru(struct evict *ev, uint64_t cap_bytes, uint64_t other_pages,
+		     json_t *evicted)
+{
+	size_t k;
+
+	if (ev->n_cands)
+		qsort(ev->cands, ev->n_cands, sizeof(*ev->cands), cmp_cand_lru);
+	for (k = 0; k < ev->n_cands &&
+		    (ev->live + other_pages) * STORE_PAGE_SIZE > cap_bytes; k++) {
+		const struct cand *cd = &ev->cands[k];
+		struct store *s = ev->hs[cd->h];
+		struct ref_ctx c = { s, ev->refs[cd->h], -1, &ev->live };
+		struct store_image *im;
+
+		if (store_image_load(s, cd->info.id, &im) == 0) {
+			store_image_for_each_hash(im, ref_fn, &c);
+			store_image_free(im);
+		}
+		if (store_image_remove(s, cd->info.id))
+			continue;
+		log_debug("store %s/%s: evicted image %s", s->dir, s->tenant,
+			  cd->info.id);
+		if (evicted) {
+			json_t *j = info_json(&cd->info);
+
+			json_object_set_new(j, "tenant", json_string(s->tenant));
+			json_array_append_new(evicted, j);
+		}
+	}
+}
+
+/* Compacts every handle, keeping what the remaining images name (and the
+ * sessions' pages). */
+static int compact_kept(struct evict *ev, uint64_t *reclaimed, char *err,
+			size_t errlen)
+{
+	size_t i, k;
+	int r;
+
+	for (i = 0; i < ev->n; i++) {
+		struct store *s = ev->hs[i];
+		uint64_t dropped = 0;
+
+		for (k = 0; k < s->idx.cap; k++)
+			if (s->idx.e[k].pack && ev->refs[i][k])
+				s->idx.e[k].rec |= ENT_LIVE;
+		r = store_compact_locked(s, false, &dropped);
+		if (r) {
+			store_errf(err, errlen, "store %s: cannot compact tenant %s: %s",
+			     s->dir, s->tenant, strerror(-r));
+			return r;
+		}
+		*reclaimed += dropped;
+	}
+	return 0;
+}
+
 int store_evict(struct store **hs, size_t n, uint64_t cap_bytes,
 		uint64_t other_pages, const char *pin, json_t *report,
 		char *err, size_t errlen)
 {
-	uint32_t **refs = calloc(n ? n : 1, sizeof(*refs));
-	struct cand *cands = NULL;
-	size_t n_cands = 0, i, k;
-	uint64_t live = 0, reclaimed = 0;
+	struct evict ev = { .hs = hs, .n = n };
+	uint64_t reclaimed = 0;
 	json_t *evicted = json_array();
+	size_t i, k;
 	int r = 0;
 
-	if (!refs || !evicted) {
-		free(refs);
+	ev.refs = calloc(n ? n : 1, sizeof(*ev.refs));
+	if (!ev.refs || !evicted) {
+		free(ev.refs);
 		json_decref(evicted);
 		store_errf(err, errlen, "store: out of memory");
 		return -ENOMEM;
@@ -100,90 +224,16 @@ int store_evict(struct store **hs, size_t n, uint64_t cap_bytes,
 	for (i = 0; i < n; i++)
 		pthread_mutex_lock(&hs[i]->mu);
 	/* Count references of every image to every page. */
-	for (i = 0; i < n && !r; i++) {
-		struct store *s = hs[i];
-		struct store_image_info *v = NULL;
-		size_t nv = 0;
-
-		refs[i] = calloc(s->idx.cap, sizeof(**refs));
-		if (!refs[i] || (r = store_image_list(s, NULL, &v, &nv))) {
-			r = r ? r : -ENOMEM;
-			free(v);
-			break;
-		}
-		for (k = 0; k < nv; k++) {
-			struct ref_ctx c = { s, refs[i], 1, &live };
-			struct store_image *im;
-			struct cand *nc;
-
-			/* A damaged image names nothing but may still go. */
-			if (store_image_load(s, v[k].id, &im) == 0) {
-				store_image_for_each_hash(im, ref_fn, &c);
-				store_image_free(im);
-			}
-			if (i == 0 && pin && !strcmp(pin, v[k].id))
-				continue;
-			nc = reallocarray(cands, n_cands + 1, sizeof(*cands));
-			if (!nc) {
-				r = -ENOMEM;
-				break;
-			}
-			cands = nc;
-			cands[n_cands].h = i;
-			cands[n_cands].info = v[k];
-			n_cands++;
-		}
-		free(v);
-		for (k = 0; k < s->idx.cap; k++)
-			if (s->idx.e[k].pack &&
-			    (refs[i][k] || (s->idx.e[k].rec & ENT_SESSION)))
-				live++;
-	}
+	for (i = 0; i < n && !r; i++)
+		r = count_refs(&ev, i, pin);
 	if (r) {
 		store_errf(err, errlen, "store %s: cannot read images: %s", hs[0]->dir,
 		     strerror(-r));
 		goto out;
 	}
-	/* Drop least recently used images until the live pages fit. */
-	if (n_cands)
-		qsort(cands, n_cands, sizeof(*cands), cmp_cand_lru);
-	for (k = 0; k < n_cands &&
-		    (live + other_pages) * STORE_PAGE_SIZE > cap_bytes; k++) {
-		struct store *s = hs[cands[k].h];
-		struct ref_ctx c = { s, refs[cands[k].h], -1, &live };
-		struct store_image *im;
-
-		if (store_image_load(s, cands[k].info.id, &im) == 0) {
-			store_image_for_each_hash(im, ref_fn, &c);
-			store_image_free(im);
-		}
-		if (store_image_remove(s, cands[k].info.id))
-			continue;
-		log_debug("store %s/%s: evicted image %s", s->dir, s->tenant,
-			  cands[k].info.id);
-		if (evicted) {
-			json_t *j = info_json(&cands[k].info);
-
-			json_object_set_new(j, "tenant", json_string(s->tenant));
-			json_array_append_new(evicted, j);
-		}
-	}
-	/* Keep what the remaining images name (and this session's pages). */
-	for (i = 0; i < n; i++) {
-		struct store *s = hs[i];
-		uint64_t dropped = 0;
-
-		for (k = 0; k < s->idx.cap; k++)
-			if (s->idx.e[k].pack && refs[i][k])
-				s->idx.e[k].rec |= ENT_LIVE;
-		r = store_compact_locked(s, false, &dropped);
-		if (r) {
-			store_errf(err, errlen, "store %s: cannot compact tenant %s: %s",
-			     s->dir, s->tenant, strerror(-r));
-			goto out;
-		}
-		reclaimed += dropped;
-	}
+	drop_lru(&ev, cap_bytes, other_pages, evicted);
+	if ((r = compact_kept(&ev, &reclaimed, err, errlen)))
+		goto out;
 	if (report) {
 		json_object_set(report, "evicted", evicted);
 		json_object_set_new(report, "reclaimed_pages",
@@ -194,10 +244,10 @@ out:
 		for (k = 0; k < hs[i]->idx.cap; k++)
 			hs[i]->idx.e[k].rec &= ~ENT_LIVE;
 		pthread_mutex_unlock(&hs[i]->mu);
-		free(refs[i]);
+		free(ev.refs[i]);
 	}
-	free(refs);
-	free(cands);
+	free(ev.refs);
+	free(ev.cands);
 	json_decref(evicted);
 	return r;
 }
@@ -541,71 +591,71 @@ static void miss_fn(const uint8_t *hash, void *arg)
 		c->missing++;
 }
 
-static int verify_tenant(struct store *s, json_t *tj, bool *ret_damage)
+/* What verify found in one tenant. */
+struct verify_counts {
+	uint64_t good;			/* intact records the index points at */
+	uint64_t dup;			/* intact records it does not */
+	uint64_t bad_records;		/* bad magic or hash */
+	uint64_t dropped_entries;	/* index entries without an intact record */
+	uint64_t bad_images;		/* damaged image files removed */
+	uint64_t missing;		/* pages images name that are not here */
+};
+
+/* Checks magic and hash of every record of p; marks the index entry of
+ * each intact record it points at (ENT_LIVE). */
+static int verify_pack(struct store *s, struct store_pack *p, uint8_t *buf,
+		       size_t bufsize, struct verify_counts *vc)
 {
-	size_t chunk = STORE_WBUF_RECS * (size_t)STORE_REC_SIZE;
-	uint64_t bad_records = 0, dropped_entries = 0, good = 0, dup = 0;
-	uint64_t bad_images = 0, missing = 0, dropped = 0;
-	uint8_t *buf, md[SHA256_DIGEST_LENGTH];
-	json_t *imgs = json_array(), *removed = json_array();
-	size_t i, k;
-	int r = 0;
+	uint8_t md[SHA256_DIGEST_LENGTH];
+	uint64_t off = 0;
+	size_t k;
 
-	buf = malloc(chunk);
-	if (!buf || !imgs || !removed) {
-		free(buf);
-		json_decref(imgs);
-		json_decref(removed);
-		return -ENOMEM;
-	}
-	pthread_mutex_lock(&s->mu);
-	if ((r = store_flush_locked(s)))
-		goto unlock;
-	/* Every record: magic, hash; mark index entries seen intact. */
-	for (i = 0; i < s->n_packs; i++) {
-		struct store_pack *p = &s->packs[i];
-		uint64_t off = 0;
+	while (off + STORE_REC_SIZE <= p->len) {
+		uint64_t want = p->len - off;
+		ssize_t got;
 
-		while (off + STORE_REC_SIZE <= p->len) {
-			uint64_t want = p->len - off;
-			ssize_t got;
+		if (want > bufsize)
+			want = bufsize;
+		got = pread(p->fd, buf, want, off);
+		if (got < 0)
+			return -errno;
+		got -= got % STORE_REC_SIZE;
+		if (!got)
+			break;
+		for (k = 0; k < (size_t)got; k += STORE_REC_SIZE) {
+			uint32_t rec = (off + k) / STORE_REC_SIZE;
+			struct store_ent *e;
 
-			if (want > chunk)
-				want = chunk;
-			got = pread(p->fd, buf, want, off);
-			if (got < 0) {
-				r = -errno;
-				goto unlock;
+			if (memcmp(buf + k, STORE_REC_MAGIC, 4)) {
+				vc->bad_records++;
+				continue;
 			}
-			got -= got % STORE_REC_SIZE;
-			if (!got)
-				break;
-			for (k = 0; k < (size_t)got; k += STORE_REC_SIZE) {
-				uint32_t rec = (off + k) / STORE_REC_SIZE;
-				struct store_ent *e;
-
-				if (memcmp(buf + k, STORE_REC_MAGIC, 4)) {
-					bad_records++;
-					continue;
-				}
-				SHA256(buf + k + STORE_REC_HDR, STORE_PAGE_SIZE, md);
-				if (memcmp(md, buf + k + 4, STORE_HASH_LEN)) {
-					bad_records++;
-					continue;
-				}
-				e = store_index_find(&s->idx, md);
-				if (e && e->pack == p->num &&
-				    (e->rec & ENT_REC_MASK) == rec) {
-					e->rec |= ENT_LIVE;
-					good++;
-				} else {
-					dup++;
-				}
+			SHA256(buf + k + STORE_REC_HDR, STORE_PAGE_SIZE, md);
+			if (memcmp(md, buf + k + 4, STORE_HASH_LEN)) {
+				vc->bad_records++;
+				continue;
 			}
-			off += got;
+			e = store_index_find(&s->idx, md);
+			if (e && e->pack == p->num &&
+			    (e->rec & ENT_REC_MASK) == rec) {
+				e->rec |= ENT_LIVE;
+				vc->good++;
+			} else {
+				vc->dup++;
+			}
 		}
+		off += got;
 	}
-	/* Entries whose record was not found intact are damaged. */
+	return 0;
+}
+
+/* Removes the index entries verify_pack did not mark (their record is not
+ * intact) and clears the marks. Returns how many were removed. */
+static uint64_t drop_unmarked(struct store *s)
+{
+	uint64_t dropped = 0;
+	size_t k;
+
 	for (k = 0; k < s->idx.cap; k++) {
 		struct store_ent *e = &s->idx.e[k];
 
@@ -617,22 +667,121 @@ static int verify_tenant(struct store *s, json_t *tj, bool *ret_damage)
 		}
 		/* Remove, then look at this slot again (backward shift). */
 		store_index_remove(&s->idx, e);
-		dropped_entries++;
+		dropped++;
 		k--;
 	}
-	if (dropped_entries) {
-		s->damaged += dropped_entries;
+	return dropped;
+}
+
+/* Checks every record against the index and repairs what it found:
+ * damaged entries dropped (and counted in the state file), packs with
+ * damaged or duplicate records compacted. Under s->mu. */
+static int verify_records_locked(struct store *s, uint8_t *buf, size_t bufsize,
+				 struct verify_counts *vc)
+{
+	uint64_t dropped = 0;
+	size_t i;
+	int r;
+
+	if ((r = store_flush_locked(s)))
+		return r;
+	for (i = 0; i < s->n_packs; i++)
+		if ((r = verify_pack(s, &s->packs[i], buf, bufsize, vc)))
+			return r;
+	vc->dropped_entries = drop_unmarked(s);
+	if (vc->dropped_entries) {
+		s->damaged += vc->dropped_entries;
 		s->index_dirty = true;
 		(void)store_save_state_locked(s);
 	}
 	/* Rewrite packs holding damaged or duplicate records. */
-	if (bad_records || dup || dropped_entries || s->bad_slots) {
-		if ((r = store_compact_locked(s, true, &dropped)))
-			goto unlock;
-	} else if (s->index_dirty) {
+	if (vc->bad_records || vc->dup || vc->dropped_entries || s->bad_slots)
+		return store_compact_locked(s, true, &dropped);
+	if (s->index_dirty)
 		(void)store_checkpoint_locked(s);
+	return 0;
+}
+
+/* Images: damaged files are removed (their ids go to removed); the others
+ * go to imgs with the number of pages they name that are not here. */
+static void verify_images(struct store *s, json_t *imgs, json_t *removed,
+			  struct verify_counts *vc)
+{
+	char dir[PATH_MAX];
+	struct dirent *d;
+	DIR *dh;
+
+	snprintf(dir, sizeof(dir), "%s/images", s->tdir);
+	dh = opendir(dir);
+	while (dh && (d = readdir(dh))) {
+		size_t l = strlen(d->d_name);
+		char id[STORE_MAX_ID + 1];
+		struct miss_ctx mc = { s, 0 };
+		struct store_image *im;
+		int e;
+
+		if (l < 5 || l - 4 > STORE_MAX_ID ||
+		    strcmp(d->d_name + l - 4, ".img"))
+			continue;
+		memcpy(id, d->d_name, l - 4);
+		id[l - 4] = 0;
+		e = store_id_valid(id) ? store_image_load(s, id, &im) : -EBADMSG;
+		if (e == -EBADMSG || e == -EOPNOTSUPP) {
+			(void)unlinkat(dirfd(dh), d->d_name, 0);
+			json_array_append_new(removed, json_string(id));
+			vc->bad_images++;
+			continue;
+		}
+		if (e)
+			continue;
+		store_image_for_each_hash(im, miss_fn, &mc);
+		vc->missing += mc.missing;
+		json_array_append_new(imgs, json_pack("{s:s, s:I}", "id", id,
+			"missing_pages", (json_int_t)mc.missing));
+		store_image_free(im);
 	}
-unlock:
+	if (dh) {
+		if (vc->bad_images)
+			(void)fsync(dirfd(dh));
+		closedir(dh);
+	}
+}
+
+static void verify_report(json_t *tj, const struct store *s,
+			  const struct verify_counts *vc, json_t *imgs,
+			  json_t *removed)
+{
+	json_object_set_new(tj, "pages_ok", json_integer((json_int_t)vc->good));
+	json_object_set_new(tj, "damaged_records",
+			    json_integer((json_int_t)vc->bad_records));
+	json_object_set_new(tj, "damaged_pages_dropped",
+			    json_integer((json_int_t)vc->dropped_entries));
+	json_object_set_new(tj, "duplicate_records", json_integer((json_int_t)vc->dup));
+	json_object_set_new(tj, "torn_bytes_cut", json_integer((json_int_t)s->torn_bytes));
+	json_object_set_new(tj, "index_rebuilt", json_boolean(s->ckpt_rebuilt));
+	json_object_set_new(tj, "damaged_images_removed", removed);
+	json_object_set_new(tj, "images", imgs);
+	json_object_set_new(tj, "missing_pages", json_integer((json_int_t)vc->missing));
+	json_object_set_new(tj, "generation", json_integer((json_int_t)s->gen));
+}
+
+static int verify_tenant(struct store *s, json_t *tj, bool *ret_damage)
+{
+	size_t chunk = STORE_WBUF_RECS * (size_t)STORE_REC_SIZE;
+	struct verify_counts vc = { 0 };
+	json_t *imgs = json_array(), *removed = json_array();
+	uint8_t *buf;
+	int r;
+
+	buf = malloc(chunk);
+	if (!buf || !imgs || !removed) {
+		free(buf);
+		json_decref(imgs);
+		json_decref(removed);
+		return -ENOMEM;
+	}
+	pthread_mutex_lock(&s->mu);
+	r = verify_records_locked(s, buf, chunk, &vc);
 	pthread_mutex_unlock(&s->mu);
 	free(buf);
 	if (r) {
@@ -640,65 +789,10 @@ unlock:
 		json_decref(removed);
 		return r;
 	}
-	/* Images: damaged files are removed; missing pages are counted. */
-	{
-		char dir[PATH_MAX];
-		struct dirent *d;
-		DIR *dh;
-
-		snprintf(dir, sizeof(dir), "%s/images", s->tdir);
-		dh = opendir(dir);
-		while (dh && (d = readdir(dh))) {
-			size_t l = strlen(d->d_name);
-			char id[STORE_MAX_ID + 1];
-			struct store_image *im;
-			uint64_t miss = 0;
-			int e;
-
-			if (l < 5 || l - 4 > STORE_MAX_ID ||
-			    strcmp(d->d_name + l - 4, ".img"))
-				continue;
-			memcpy(id, d->d_name, l - 4);
-			id[l - 4] = 0;
-			e = store_id_valid(id) ? store_image_load(s, id, &im) : -EBADMSG;
-			if (e == -EBADMSG || e == -EOPNOTSUPP) {
-				(void)unlinkat(dirfd(dh), d->d_name, 0);
-				json_array_append_new(removed, json_string(id));
-				bad_images++;
-				continue;
-			}
-			if (e)
-				continue;
-			{
-				struct miss_ctx mc = { s, 0 };
-
-				store_image_for_each_hash(im, miss_fn, &mc);
-				miss = mc.missing;
-			}
-			missing += miss;
-			json_array_append_new(imgs, json_pack("{s:s, s:I}", "id", id,
-				"missing_pages", (json_int_t)miss));
-			store_image_free(im);
-		}
-		if (dh) {
-			if (bad_images)
-				(void)fsync(dirfd(dh));
-			closedir(dh);
-		}
-	}
-	*ret_damage = bad_records || dropped_entries || bad_images ||
+	verify_images(s, imgs, removed, &vc);
+	*ret_damage = vc.bad_records || vc.dropped_entries || vc.bad_images ||
 		      s->torn_bytes || s->ckpt_rebuilt || s->bad_slots;
-	json_object_set_new(tj, "pages_ok", json_integer((json_int_t)good));
-	json_object_set_new(tj, "damaged_records", json_integer((json_int_t)bad_records));
-	json_object_set_new(tj, "damaged_pages_dropped",
-			    json_integer((json_int_t)dropped_entries));
-	json_object_set_new(tj, "duplicate_records", json_integer((json_int_t)dup));
-	json_object_set_new(tj, "torn_bytes_cut", json_integer((json_int_t)s->torn_bytes));
-	json_object_set_new(tj, "index_rebuilt", json_boolean(s->ckpt_rebuilt));
-	json_object_set_new(tj, "damaged_images_removed", removed);
-	json_object_set_new(tj, "images", imgs);
-	json_object_set_new(tj, "missing_pages", json_integer((json_int_t)missing));
-	json_object_set_new(tj, "generation", json_integer((json_int_t)s->gen));
+	verify_report(tj, s, &vc, imgs, removed);
 	return 0;
 }
 

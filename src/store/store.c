@@ -1373,28 +1373,24 @@ static int cmp_u32(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-int store_compact_locked(struct store *s, bool keep_all, uint64_t *ret_dropped)
+static bool in_sorted(uint32_t num, const uint32_t *v, size_t n)
 {
-	size_t chunk = STORE_WBUF_RECS * (size_t)STORE_REC_SIZE;
-	uint32_t *live = NULL, *redo = NULL;
-	size_t i, n_redo = 0, n_old;
-	uint64_t dropped = 0;
-	uint8_t *buf = NULL;
-	char path[PATH_MAX];
-	int r;
+	return bsearch(&num, v, n, sizeof(*v), cmp_u32) != NULL;
+}
 
-	if (s->readonly)
-		return -EROFS;
-	if ((r = store_sync_locked(s)))
-		return r;
-	n_old = s->n_packs;
-	live = calloc(n_old ? n_old : 1, sizeof(*live));
-	redo = calloc(n_old ? n_old : 1, sizeof(*redo));
-	buf = malloc(chunk);
-	if (!live || !redo || !buf) {
-		r = -ENOMEM;
-		goto out;
-	}
+/*
+ * Which packs to rewrite (numbers into redo, unsorted): those holding a
+ * record that is not kept, and empty ones other than the last (the last is
+ * where appends go). Reads only.
+ */
+static int compact_plan(struct store *s, bool keep_all, uint32_t *redo,
+			size_t *ret_n)
+{
+	uint32_t *live = calloc(s->n_packs ? s->n_packs : 1, sizeof(*live));
+	size_t i, n = 0;
+
+	if (!live)
+		return -ENOMEM;
 	for (i = 0; i < s->idx.cap; i++) {
 		struct store_ent *e = &s->idx.e[i];
 		struct store_pack *p;
@@ -1405,125 +1401,188 @@ int store_compact_locked(struct store *s, bool keep_all, uint64_t *ret_dropped)
 		if (p)
 			live[p - s->packs]++;
 	}
-	for (i = 0; i < n_old; i++)
+	for (i = 0; i < s->n_packs; i++)
 		if (live[i] != s->packs[i].len / STORE_REC_SIZE ||
-		    (!live[i] && i + 1 < n_old))
-			redo[n_redo++] = s->packs[i].num;
-	/* Entries pointing at no pack at all. */
+		    (!live[i] && i + 1 < s->n_packs))
+			redo[n++] = s->packs[i].num;
+	free(live);
+	*ret_n = n;
+	return 0;
+}
+
+/*
+ * Removes the index entries with pack in nums (sorted), or, nums NULL,
+ * those pointing at no pack at all. Returns how many.
+ */
+static uint64_t drop_entries_of(struct store *s, const uint32_t *nums, size_t n)
+{
+	uint64_t dropped = 0;
+	size_t i;
+
 	for (i = 0; i < s->idx.cap; i++) {
 		struct store_ent *e = &s->idx.e[i];
 
-		if (e->pack && !pack_find(s, e->pack)) {
+		if (!e->pack)
+			continue;
+		if (nums ? in_sorted(e->pack, nums, n) : !pack_find(s, e->pack)) {
 			store_index_remove(&s->idx, e);
 			dropped++;
 			i--;	/* the slot may hold a shifted entry now */
 		}
 	}
-	if (!n_redo)
-		goto done;
-	qsort(redo, n_redo, sizeof(*redo), cmp_u32);
-	if ((r = pack_create_locked(s)))
-		goto out;
-	for (size_t k = 0; k < n_redo; k++) {
-		struct store_pack *p = pack_find(s, redo[k]);
-		uint64_t off = 0;
+	return dropped;
+}
 
-		while (p && off + STORE_REC_SIZE <= p->len) {
-			uint64_t want = p->len - off;
-			ssize_t got;
+/*
+ * Copies the kept records of pack num to the end of the store and points
+ * their entries there; entries of records not kept or with a bad magic are
+ * removed (counted in *dropped). Records no entry points at are skipped.
+ */
+static int compact_copy_pack(struct store *s, uint32_t num, bool keep_all,
+			     uint8_t *buf, size_t bufsize, uint64_t *dropped)
+{
+	struct store_pack *p = pack_find(s, num);
+	uint64_t off = 0;
 
-			if (want > chunk)
-				want = chunk;
-			got = read_full(p->fd, buf, want, off);
-			if (got < 0) {
-				r = got;
-				goto out;
-			}
-			got -= got % STORE_REC_SIZE;
-			if (!got)
-				break;
-			for (size_t j = 0; j < (size_t)got; j += STORE_REC_SIZE) {
-				uint32_t rec = (off + j) / STORE_REC_SIZE;
-				uint32_t npk, nrec, num = p->num;
-				struct store_ent *e;
+	while (p && off + STORE_REC_SIZE <= p->len) {
+		uint64_t want = p->len - off;
+		ssize_t got;
 
-				e = store_index_find(&s->idx, buf + j + 4);
-				if (!e || e->pack != num ||
-				    (e->rec & ENT_REC_MASK) != rec)
-					continue;
-				if (!ent_kept(e, keep_all) ||
-				    memcmp(buf + j, STORE_REC_MAGIC, 4)) {
-					store_index_remove(&s->idx, e);
-					dropped++;
-					continue;
-				}
-				r = append_locked(s, buf + j + 4,
-						  buf + j + STORE_REC_HDR, &npk,
-						  &nrec);
-				if (r)
-					goto out;
-				/* append may have grown s->packs */
-				p = pack_find(s, num);
-				e->pack = npk;
-				e->rec = nrec | (e->rec & ~ENT_REC_MASK);
-			}
-			off += got;
-		}
-	}
-	/* Whatever still points into a rewritten pack was not found there. */
-	for (i = 0; i < s->idx.cap; i++) {
-		struct store_ent *e = &s->idx.e[i];
+		if (want > bufsize)
+			want = bufsize;
+		got = read_full(p->fd, buf, want, off);
+		if (got < 0)
+			return got;
+		got -= got % STORE_REC_SIZE;
+		if (!got)
+			break;
+		for (size_t j = 0; j < (size_t)got; j += STORE_REC_SIZE) {
+			uint32_t rec = (off + j) / STORE_REC_SIZE;
+			uint32_t npk, nrec;
+			struct store_ent *e;
+			int r;
 
-		if (e->pack && bsearch(&e->pack, redo, n_redo, sizeof(*redo),
-				       cmp_u32)) {
-			store_index_remove(&s->idx, e);
-			dropped++;
-			i--;
-		}
-	}
-	if ((r = store_sync_locked(s)))
-		goto out;
-	if (dropped && (r = store_bump_generation_locked(s)))
-		goto out;
-	/* Forget the old packs, checkpoint, then delete them. */
-	{
-		size_t w = 0;
-
-		for (i = 0; i < s->n_packs; i++) {
-			if (bsearch(&s->packs[i].num, redo, n_redo, sizeof(*redo),
-				    cmp_u32)) {
-				close(s->packs[i].fd);
+			e = store_index_find(&s->idx, buf + j + 4);
+			if (!e || e->pack != num || (e->rec & ENT_REC_MASK) != rec)
+				continue;
+			if (!ent_kept(e, keep_all) ||
+			    memcmp(buf + j, STORE_REC_MAGIC, 4)) {
+				store_index_remove(&s->idx, e);
+				(*dropped)++;
 				continue;
 			}
-			s->packs[w++] = s->packs[i];
+			r = append_locked(s, buf + j + 4, buf + j + STORE_REC_HDR,
+					  &npk, &nrec);
+			if (r)
+				return r;
+			/* append may have grown s->packs */
+			p = pack_find(s, num);
+			e->pack = npk;
+			e->rec = nrec | (e->rec & ~ENT_REC_MASK);
 		}
-		s->n_packs = w;
+		off += got;
 	}
+	return 0;
+}
+
+/* Closes the packs in nums (sorted) and takes them out of s->packs. */
+static void forget_packs(struct store *s, const uint32_t *nums, size_t n)
+{
+	size_t i, w = 0;
+
+	for (i = 0; i < s->n_packs; i++) {
+		if (in_sorted(s->packs[i].num, nums, n)) {
+			close(s->packs[i].fd);
+			continue;
+		}
+		s->packs[w++] = s->packs[i];
+	}
+	s->n_packs = w;
+}
+
+/*
+ * The rewrite itself: copies, makes the copies durable, and only then
+ * (after a checkpoint that no longer names them) deletes the old packs, so
+ * that a crash at any point leaves either the old packs or the new ones
+ * indexed (docs/store.md, "Eviction, gc, compaction").
+ */
+static int compact_rewrite(struct store *s, bool keep_all, uint32_t *redo,
+			   size_t n_redo, uint8_t *buf, size_t bufsize,
+			   uint64_t *dropped)
+{
+	char path[PATH_MAX];
+	size_t i;
+	int r;
+
+	qsort(redo, n_redo, sizeof(*redo), cmp_u32);
+	if ((r = pack_create_locked(s)))
+		return r;
+	for (i = 0; i < n_redo; i++)
+		if ((r = compact_copy_pack(s, redo[i], keep_all, buf, bufsize,
+					   dropped)))
+			return r;
+	/* Whatever still points into a rewritten pack was not found there. */
+	*dropped += drop_entries_of(s, redo, n_redo);
+	if ((r = store_sync_locked(s)))
+		return r;
+	if (*dropped && (r = store_bump_generation_locked(s)))
+		return r;
+	/* Forget the old packs, checkpoint, then delete them. */
+	forget_packs(s, redo, n_redo);
 	s->index_dirty = true;
 	if ((r = store_checkpoint_locked(s)))
-		goto out;
+		return r;
 	for (i = 0; i < n_redo; i++)
 		if (!pack_path(s, redo[i], path, sizeof(path)))
 			(void)unlink(path);
 	if (!path_of(path, sizeof(path), s->tdir, "packs"))
 		(void)tsb_fsync_dir(path);
-	goto clear;
-done:
-	if (dropped) {
+	return 0;
+}
+
+int store_compact_locked(struct store *s, bool keep_all, uint64_t *ret_dropped)
+{
+	uint32_t *redo = NULL;
+	uint64_t dropped = 0;
+	size_t i, n_redo = 0, bufsize;
+	uint8_t *buf = NULL;
+	int r;
+
+	if (s->readonly)
+		return -EROFS;
+	if ((r = store_sync_locked(s)))
+		return r;
+	redo = calloc(s->n_packs ? s->n_packs : 1, sizeof(*redo));
+	if (!redo)
+		return -ENOMEM;
+	if ((r = compact_plan(s, keep_all, redo, &n_redo)))
+		goto out;
+	/* The read buffer, before anything changes. */
+	bufsize = STORE_WBUF_RECS * (size_t)STORE_REC_SIZE;
+	buf = malloc(bufsize);
+	if (!buf) {
+		r = -ENOMEM;
+		goto out;
+	}
+	/* Entries pointing at no pack at all. */
+	dropped = drop_entries_of(s, NULL, 0);
+	if (n_redo) {
+		if ((r = compact_rewrite(s, keep_all, redo, n_redo, buf, bufsize,
+					 &dropped)))
+			goto out;
+	} else if (dropped) {
+		/* Nothing to copy, but the index lost entries. */
 		if ((r = store_bump_generation_locked(s)))
 			goto out;
 		s->index_dirty = true;
 		if ((r = store_checkpoint_locked(s)))
 			goto out;
 	}
-clear:
 	for (i = 0; i < s->idx.cap; i++)
 		s->idx.e[i].rec &= ~ENT_LIVE;
 	if (ret_dropped)
 		*ret_dropped = dropped;
-	r = 0;
 out:
-	free(live);
 	free(redo);
 	free(buf);
 	return r;

@@ -60,7 +60,6 @@ bool image_rec_page(struct image_rec *ir, const struct qs_page *pg,
 			log_warn("store: cannot keep pages any more (%s); this migration goes "
 				 "on without recording its image", strerror(-r));
 			ir->failed = true;
-			ir->put_errors++;
 			return false;
 		}
 	} else if (state == STORE_PAGE_HASH) {

@@ -21,7 +21,6 @@ struct image_rec {
 	struct store_image *image;	/* NULL until started (or if it could not be) */
 	int block[WIRE_MAX_BLOCKS];	/* stream block index -> image block, -1 none */
 	bool failed;			/* a store put failed: recording stopped */
-	uint64_t put_errors;
 };
 
 /* One RAM block as the stream names it. */

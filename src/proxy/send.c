@@ -7,6 +7,7 @@
  */
 #include "proxy/commit.h"
 #include "proxy/content.h"
+#include "proxy/imagerec.h"
 #include "proxy/internal.h"
 #include "proxy/record.h"
 #include "proxy/hashset.h"
@@ -158,17 +159,15 @@ struct sender {
 
 	/* What the destination can rebuild beyond this migration (content.h). */
 	struct store *store;		/* ours: departure image, NEED service */
-	struct store_image *image;	/* departure image being recorded (parse thread) */
+	struct image_rec departure;	/* the departure image being recorded (parse thread) */
 	struct store_image *manifest;	/* what the receiver still holds of this VM */
 	int manifest_block[WIRE_MAX_BLOCKS]; /* our block index -> manifest block */
-	int image_block[WIRE_MAX_BLOCKS];    /* our block index -> image block */
 	uint64_t image_pages[WIRE_MAX_BLOCKS]; /* pages per image block */
 	struct peer_view peer;
 	bool use_peer;			/* SUMMARY received and usable */
-	bool store_failed;		/* a put failed: stop recording the image */
 	char vm[WIRE_MAX_ID + 1], tenant[WIRE_MAX_ID + 1], image_id[33];
 	char peer_site[WIRE_MAX_ID + 1];
-	uint64_t pages_same, pages_group, pages_disk, store_put_errors;
+	uint64_t pages_same, pages_group, pages_disk;
 	uint64_t summary_bytes;
 
 	/* Consecutive unchanged pages waiting to go as one SAMERUN (parse thread). */
@@ -409,24 +408,7 @@ static int on_raw(void *opaque, const uint8_t *p, size_t n)
 static bool record_page(struct sender *s, const struct qs_page *pg,
 			enum store_page_state state, const uint8_t *hash)
 {
-	int ib = s->image_block[pg->block->index], r;
-
-	if (!s->image || ib < 0 || s->store_failed)
-		return false;
-	if (state == STORE_PAGE_HASH && pg->len == STORE_PAGE_SIZE) {
-		r = store_put(s->store, hash, pg->data);
-		if (r < 0) {
-			log_warn("store: cannot keep pages any more (%s); this migration "
-				 "goes on without recording its image", strerror(-r));
-			s->store_failed = true;
-			s->store_put_errors++;
-			return false;
-		}
-	} else if (state == STORE_PAGE_HASH) {
-		state = STORE_PAGE_UNKNOWN;
-	}
-	store_image_set(s->image, ib, pg->offset / STORE_PAGE_SIZE, state, hash);
-	return state == STORE_PAGE_HASH;
+	return image_rec_page(&s->departure, pg, state, hash);
 }
 
 static bool same_as_manifest(struct sender *s, const struct qs_page *pg, const uint8_t *hash)
@@ -443,58 +425,114 @@ static bool same_as_manifest(struct sender *s, const struct qs_page *pg, const u
 /* The RAM block table is known: start the departure image, map the manifest. */
 static void image_setup(struct sender *s, const struct qs_event *ev)
 {
-	struct store_image_block ib[QS_MAX_BLOCKS];
+	struct image_rec_block blocks[QS_MAX_BLOCKS];
 	struct store_image_info info = { 0 };
 	unsigned i, n = ev->ram_setup.n_blocks;
+	int ib;
 
 	for (i = 0; i < WIRE_MAX_BLOCKS; i++)
-		s->manifest_block[i] = s->image_block[i] = -1;
-	if (!s->store || s->image)
+		s->manifest_block[i] = -1;
+	if (!s->store || s->departure.image)
 		return;
 	for (i = 0; i < n; i++) {
-		ib[i].name = ev->ram_setup.blocks[i].name;
-		ib[i].length = ev->ram_setup.blocks[i].used_length;
+		const struct qs_block *b = &ev->ram_setup.blocks[i];
+
+		blocks[i] = (struct image_rec_block){
+			.index = b->index, .name = b->name, .name_len = b->name_len,
+			.length = b->used_length,
+		};
 	}
 	snprintf(info.id, sizeof(info.id), "%s", s->image_id);
 	snprintf(info.vm, sizeof(info.vm), "%s", s->vm);
 	info.role = STORE_IMAGE_DEPARTURE;
 	snprintf(info.peer_site, sizeof(info.peer_site), "%s", s->peer_site);
 	info.peer_generation = s->peer.store_gen;
-	s->image = store_image_new(&info, ib, n);
+	image_rec_start(&s->departure, &info, blocks, n);
 	for (i = 0; i < n; i++) {
 		const struct qs_block *b = &ev->ram_setup.blocks[i];
 
 		if (b->index >= WIRE_MAX_BLOCKS)
 			continue;
-		if (s->image) {
-			s->image_block[b->index] = store_image_block_find(s->image, b->name,
-									  b->name_len);
-			if (s->image_block[b->index] >= 0)
-				s->image_pages[s->image_block[b->index]] =
-					(b->used_length + STORE_PAGE_SIZE - 1) / STORE_PAGE_SIZE;
-		}
+		ib = s->departure.block[b->index];
+		if (ib >= 0)
+			s->image_pages[ib] = (b->used_length + STORE_PAGE_SIZE - 1) / STORE_PAGE_SIZE;
 		if (s->manifest)
 			s->manifest_block[b->index] = store_image_block_find(s->manifest, b->name,
 									     b->name_len);
 	}
 }
 
-static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
+/* Where the receiver gets a page's content that this migration does not send. */
+enum ref_source {
+	REF_NONE,		/* nowhere: the bytes go */
+	REF_CACHE,		/* the mirrored cache (it holds it as surely as we do) */
+	REF_DISK_CHANNEL,	/* the destination's disk, written by our disk channel */
+	REF_STORE,		/* the receiver's store, by its filter (group dedup) */
+	REF_DISKS,		/* the receiver's disk images, by their filter */
+};
+
+/*
+ * The encoding choice for a page that is not in the receiver's older image
+ * of this VM. Touches the mirrored cache: call once per page, in stream order.
+ */
+static enum ref_source choose_ref(struct sender *s, const struct qs_page *pg,
+				  const uint8_t *hash)
+{
+	bool hit;
+
+	pthread_mutex_lock(&s->cache_lock);
+	/*
+	 * Both caches see the same gets and puts in the same order, so a hit
+	 * here means the receiver holds the content too.
+	 */
+	hit = pagecache_touch(s->cache, hash);
+	pthread_mutex_unlock(&s->cache_lock);
+	if (hit)
+		return REF_CACHE;
+	/*
+	 * On the destination's disk, written there by this migration's disk
+	 * channel (docs/disk.md); a miss is served from our store.
+	 */
+	if (s->disks && image_rec_has_block(&s->departure, pg->block->index) &&
+	    disk_send_has(s->disks, hash))
+		return REF_DISK_CHANNEL;
+	/* Held by the receiver's store or disks (a false hit costs a NEED). */
+	if (s->use_peer && s->peer.has_store && tsb_filter_maybe(&s->peer.store_filter, hash))
+		return REF_STORE;
+	if (s->use_peer && s->peer.has_disk && tsb_filter_maybe(&s->peer.disk_filter, hash))
+		return REF_DISKS;
+	return REF_NONE;
+}
+
+static void count_ref(struct sender *s, enum ref_source src)
+{
+	switch (src) {
+	case REF_CACHE:
+		s->cur->n_ref++;
+		s->pages_ref++;
+		break;
+	case REF_STORE:
+		s->cur->n_group++;
+		s->pages_group++;
+		break;
+	case REF_DISK_CHANNEL:
+	case REF_DISKS:
+		s->cur->n_disk++;
+		s->pages_disk++;
+		break;
+	case REF_NONE:
+		break;
+	}
+}
+
+/* ZERO and XBZRLE pages: recorded as what they are, sent as they came. */
+static int add_special_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 {
 	struct wire_pages_builder *pb = &s->cur->pb;
 	uint16_t block = pg->block->index;
-	uint8_t hash[WIRE_HASH_LEN];
-	bool hit = false, in_store, kept;
 	int r;
 
-	if (pg->kind != QS_PAGE_NORMAL && s->run.count) {
-		r = run_emit(s);
-		if (r < 0)
-			return r;
-		pb = &s->cur->pb;
-	}
-	switch (pg->kind) {
-	case QS_PAGE_ZERO:
+	if (pg->kind == QS_PAGE_ZERO) {
 		record_page(s, pg, pg->fill ? STORE_PAGE_UNKNOWN : STORE_PAGE_ZERO, NULL);
 		r = wire_pages_add_zero(pb, block, qflags, pg->offset, pg->fill);
 		if (r == 0) {
@@ -502,16 +540,28 @@ static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 			s->pages_zero++;
 		}
 		return r;
-	case QS_PAGE_XBZRLE:
-		record_page(s, pg, STORE_PAGE_UNKNOWN, NULL);
-		r = wire_pages_add_raw(pb, block, qflags, pg->offset, pg->data, pg->len);
-		if (r == 0) {
-			s->cur->n_raw++;
-			s->pages_raw++;
-		}
-		return r;
-	case QS_PAGE_NORMAL:
-		break;
+	}
+	record_page(s, pg, STORE_PAGE_UNKNOWN, NULL);
+	r = wire_pages_add_raw(pb, block, qflags, pg->offset, pg->data, pg->len);
+	if (r == 0) {
+		s->cur->n_raw++;
+		s->pages_raw++;
+	}
+	return r;
+}
+
+static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
+{
+	uint16_t block = pg->block->index;
+	uint8_t hash[WIRE_HASH_LEN];
+	enum ref_source src;
+	bool kept;
+	int r;
+
+	/* A pending run of unchanged pages goes before anything that is not one. */
+	if (pg->kind != QS_PAGE_NORMAL) {
+		r = s->run.count ? run_emit(s) : 0;
+		return r < 0 ? r : add_special_page(s, pg, qflags);
 	}
 	r = wire_sha256(pg->data, pg->len, hash);
 	if (r < 0)
@@ -529,54 +579,15 @@ static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 		r = run_emit(s);
 		if (r < 0)
 			return r;
-		pb = &s->cur->pb;
 	}
-	pthread_mutex_lock(&s->cache_lock);
-	/*
-	 * Both caches see the same gets and puts in the same order, so a hit
-	 * here means the receiver holds the content too.
-	 */
-	hit = pagecache_touch(s->cache, hash);
-	pthread_mutex_unlock(&s->cache_lock);
-	if (hit) {
-		r = wire_pages_add_ref(pb, block, qflags, pg->offset, WIRE_ENC_REF, hash);
-		if (r == 0) {
-			s->cur->n_ref++;
-			s->pages_ref++;
-		}
+	src = choose_ref(s, pg, hash);
+	if (src != REF_NONE) {
+		r = wire_pages_add_ref(&s->cur->pb, block, qflags, pg->offset, WIRE_ENC_REF, hash);
+		if (r == 0)
+			count_ref(s, src);
 		return r;
 	}
-	if (s->disks && s->image && !s->store_failed && s->image_block[pg->block->index] >= 0 &&
-	    disk_send_has(s->disks, hash)) {
-		/*
-		 * On the destination's disk, written there by this migration's
-		 * disk channel (docs/disk.md); a miss is served from our store.
-		 */
-		r = wire_pages_add_ref(pb, block, qflags, pg->offset, WIRE_ENC_REF, hash);
-		if (r == 0) {
-			s->cur->n_disk++;
-			s->pages_disk++;
-		}
-		return r;
-	}
-	in_store = s->use_peer && s->peer.has_store &&
-		   tsb_filter_maybe(&s->peer.store_filter, hash);
-	if (in_store || (s->use_peer && s->peer.has_disk &&
-			 tsb_filter_maybe(&s->peer.disk_filter, hash))) {
-		/* Held by the receiver's store or disks (a false hit costs a NEED). */
-		r = wire_pages_add_ref(pb, block, qflags, pg->offset, WIRE_ENC_REF, hash);
-		if (r == 0) {
-			if (in_store) {
-				s->cur->n_group++;
-				s->pages_group++;
-			} else {
-				s->cur->n_disk++;
-				s->pages_disk++;
-			}
-		}
-		return r;
-	}
-	r = wire_pages_add_data(pb, block, qflags, pg->offset, pg->data);
+	r = wire_pages_add_data(&s->cur->pb, block, qflags, pg->offset, pg->data);
 	if (r < 0)
 		return r;
 	s->cur->n_data++;
@@ -1456,7 +1467,7 @@ static int64_t compute_floor(struct sender *s, uint64_t *ret_pages)
 
 	if (!z)
 		return -1;
-	nb = store_image_block_count(s->image);
+	nb = store_image_block_count(s->departure.image);
 	for (b = 0; b < nb; b++)
 		total += s->image_pages[b];
 	while (cap < total * 2 + 2)
@@ -1472,7 +1483,7 @@ static int64_t compute_floor(struct sender *s, uint64_t *ret_pages)
 		for (i = 0; i < s->image_pages[b]; i++) {
 			uint64_t key;
 
-			if (store_image_page(s->image, b, i, &hash) != STORE_PAGE_HASH)
+			if (store_image_page(s->departure.image, b, i, &hash) != STORE_PAGE_HASH)
 				continue;
 			if (!pagecache_has(s->cache, hash))
 				continue;
@@ -1930,7 +1941,7 @@ static void sender_fini(struct sender *s)
 		close(s->qfd);
 	pagecache_free(s->cache);
 	hashset_fini(&s->seen);
-	store_image_free(s->image);
+	image_rec_fini(&s->departure);
 	store_image_free(s->manifest);
 	peer_view_fini(&s->peer);
 	if (s->store)
@@ -1982,6 +1993,7 @@ static int identify_vm(struct sender *s, struct send_run *run)
 	} else if (r == 0 && o->c.store_dir) {
 		content_tenant(o->c.tenant, s->vm, s->tenant);
 		r = content_open_store(&o->c, s->tenant, &s->store, err, sizeof(err));
+		s->departure.store = s->store;
 		if (r < 0) {
 			fail(s, PROXY_FAILED, "%s", err);
 			return -1;
@@ -2202,7 +2214,7 @@ static json_t *report_of(struct sender *s, struct send_run *run, enum proxy_outc
 	if (s->store)
 		json_object_set_new(json_object_get(report, "store"), "commit_ms",
 				    json_integer((json_int_t)commit_ms));
-	if (oc == PROXY_OK && run->o->floor && s->image) {
+	if (oc == PROXY_OK && run->o->floor && s->departure.image) {
 		uint64_t fp = 0;
 		int64_t fb = compute_floor(s, &fp);
 
@@ -2217,7 +2229,6 @@ static enum proxy_outcome finish(struct sender *s, struct send_run *run, json_t 
 {
 	uint64_t end_ns, commit_ms = 0;
 	enum proxy_outcome oc;
-	char err[512] = "";
 
 	stop_threads(s, run);
 	if (s->failed && run->q && !s->decided_commit)
@@ -2228,10 +2239,9 @@ static enum proxy_outcome finish(struct sender *s, struct send_run *run, json_t 
 	end_ns = tsb_now_ns();
 	if (oc == PROXY_OK)
 		content_net_notify(run->o->c.net_agent, s->vm, NULL);
-	if (oc == PROXY_OK && s->image && !s->store_failed) {
+	if (oc == PROXY_OK && s->departure.image && !s->departure.failed) {
 		/* This host keeps the VM's last image for when it comes back. */
-		if (store_image_commit(s->store, s->image, err, sizeof(err)) < 0)
-			log_warn("store: the VM's image was not kept: %s", err);
+		image_rec_commit(&s->departure, "departure");
 		commit_ms = (tsb_now_ns() - end_ns) / 1000000;
 	}
 	if (ret_report)

@@ -31,6 +31,8 @@
 #define NS_PER_S 1000000000ull
 #define LIFETIME_MAX 86400u	/* longest binding a home agent grants, s */
 #define STATE_VERSION 1
+#define PROBE_FIRST_NS NS_PER_S		/* host port unknown: probe after 1 s, */
+#define PROBE_MAX_NS (60 * NS_PER_S)	/* doubling up to a minute; known: every minute */
 
 static const char *const state_names[] = {
 	"free", "home", "away", "visiting", "expected",
@@ -48,6 +50,7 @@ static const char *const rl_what[MOB_RL_COUNT] = {
 	[MOB_RL_GSO] = "refused offloaded frames",
 	[MOB_RL_BAD_FRAME] = "malformed frames",
 	[MOB_RL_STATE] = "state file errors",
+	[MOB_RL_TO_AGENT] = "frames from away VMs to this agent's own MAC, dropped (the host's port on the segment is not known)",
 };
 
 static const uint8_t zero_vnet[MOB_VNET_HLEN];
@@ -649,6 +652,71 @@ static bool direct_match(struct mob_agent *a, struct in_addr dst,
 	return false;
 }
 
+static bool is_local4(struct mob_agent *a, struct in_addr ip)
+{
+	unsigned i;
+
+	for (i = 0; i < a->n_local4; i++)
+		if (a->local4[i].s_addr == ip.s_addr)
+			return true;
+	return false;
+}
+
+/*
+ * An ARP frame whose sender is one of this host's addresses, from a MAC
+ * that is not the agent's interface: the host's own port on the segment
+ * (its answer to a probe, or its own request). Frames that away VMs send
+ * to the agent's MAC are handed to it (tunnel_frame).
+ */
+static void learn_host_port(struct mob_agent *a, const struct mob_frame_info *f)
+{
+	char mac[18];
+
+	if ((f->kind != MOB_FK_ARP_REQUEST && f->kind != MOB_FK_ARP_REPLY) ||
+	    !is_local4(a, f->arp_spa) || mob_mac_is_multicast(f->arp_sha) ||
+	    !memcmp(f->arp_sha, zero_mac, 6) || !memcmp(f->arp_sha, a->ifmac, 6) ||
+	    memcmp(f->arp_sha, f->src, 6))
+		return;
+	if (a->host_mac_known && !memcmp(a->host_mac, f->arp_sha, 6))
+		return;
+	memcpy(a->host_mac, f->arp_sha, 6);
+	a->host_mac_known = true;
+	a->probe_ival_ns = PROBE_MAX_NS;
+	a->probe_ns = now_ns(a) + PROBE_MAX_NS;
+	mob_format_mac(a->host_mac, mac);
+	log_notice("this host's port on the segment is %s: frames from away VMs to %s's own MAC go there",
+		   mac, a->cfg->dev);
+}
+
+/* ARP probes (sender address 0.0.0.0) for the host's own addresses: its
+ * port on the segment answers (learn_host_port). */
+static void probe_host_port(struct mob_agent *a)
+{
+	static const struct in_addr any = { 0 };
+	unsigned i;
+
+	for (i = 0; i < a->n_local4; i++) {
+		uint8_t *g = gen_slot(a);
+		int n = mob_build_arp(g, 128, 1, bcast_mac, a->ifmac, a->ifmac,
+				      any, zero_mac, a->local4[i]);
+
+		if (n > 0)
+			to_segment(a, g, (size_t)n);
+	}
+}
+
+void mob_agent_set_local(struct mob_agent *a, const struct in_addr *addrs,
+			 unsigned n)
+{
+	if (n > MOB_LOCAL_MAX)
+		n = MOB_LOCAL_MAX;
+	memcpy(a->local4, addrs, n * sizeof(*addrs));
+	a->n_local4 = n;
+	a->host_mac_known = false;
+	a->probe_ival_ns = PROBE_FIRST_NS;
+	a->probe_ns = now_ns(a);	/* at the next timers() */
+}
+
 static void segment_frame(struct mob_agent *a, uint8_t *frame, size_t len)
 {
 	struct mob_frame_info f;
@@ -659,6 +727,7 @@ static void segment_frame(struct mob_agent *a, uint8_t *frame, size_t len)
 		a->c.drop_bad++;
 		return;
 	}
+	learn_host_port(a, &f);
 	/* From a VM visiting here: reverse-tunnel home, or deliver locally. */
 	b = find_mac(a, f.src, MOB_B_VISIT);
 	if (!b && (b = find_mac(a, f.src, MOB_B_EXPECT)))
@@ -1112,11 +1181,40 @@ static void on_bmsg(struct mob_agent *a, const uint8_t *p, size_t len,
 
 /* ---- datagrams: VXLAN and binding messages ---- */
 
+/*
+ * A frame from away VM b to this agent's own MAC. At home it went to the
+ * host's kernel through this interface (which the kernel also answers ARP
+ * on, for every address of the host, unless arp_ignore says otherwise);
+ * the home bridge has this MAC behind the agent's port and would drop it.
+ * Hand it to the host's own port on the segment instead.
+ */
+static void to_host(struct mob_agent *a, struct mob_binding *b,
+		    const uint8_t *frame, size_t len)
+{
+	uint8_t *g;
+
+	if (!a->host_mac_known || len > MOB_FRAME_MAX) {
+		a->c.drop_to_agent++;
+		if (rl(a, MOB_RL_TO_AGENT))
+			log_warn("vm '%s' sends to %s's own MAC (its neighbour cache holds it for an address of this host) and this host's port on the segment %s: dropped (docs/network.md, Topology)",
+				 b->vm, a->cfg->dev, a->host_mac_known ?
+				 "takes no frame that long" : "is not known");
+		if (!a->host_mac_known)
+			a->probe_ns = now_ns(a);	/* ask again now */
+		return;
+	}
+	g = seg_slot(a);
+	memcpy(g, frame, len);
+	memcpy(g, a->host_mac, 6);
+	a->c.to_host++;
+	to_segment(a, g, len);
+}
+
 static void tunnel_frame(struct mob_agent *a, int peer, const uint8_t *frame,
 			 size_t len)
 {
 	struct mob_frame_info f;
-	struct mob_binding *b;
+	struct mob_binding *b, *b2;
 	unsigned i;
 
 	if (mob_frame_parse(frame, len, &f)) {
@@ -1127,6 +1225,23 @@ static void tunnel_frame(struct mob_agent *a, int peer, const uint8_t *frame,
 	b = find_mac(a, f.src, MOB_B_HOME_AWAY);
 	if (b && b->peer == peer) {
 		b->frames_in++;
+		if (!memcmp(f.dst, a->ifmac, 6)) {
+			to_host(a, b, frame, len);
+			return;
+		}
+		if (!mob_mac_is_multicast(f.dst) &&
+		    (b2 = find_mac(a, f.dst, MOB_B_HOME_AWAY))) {
+			/* To another away VM: the home bridge has it behind
+			 * this agent's port and would drop it; send it on
+			 * (unless both are at the same site, which delivers
+			 * it there itself). */
+			if (b2->peer != peer) {
+				b2->frames_out++;
+				a->c.hairpin++;
+				to_tunnel(a, b2->peer, frame, len);
+			}
+			return;
+		}
 		to_segment(a, frame, len);
 		return;
 	}
@@ -1264,6 +1379,8 @@ static json_t *status_json(struct mob_agent *a)
 		C("drop_unknown_peer", drop_unknown_peer),
 		C("drop_unbound", drop_unbound), C("drop_vni", drop_vni),
 		C("gso_frames", gso_frames), C("drop_tx", drop_tx),
+		C("to_host", to_host), C("drop_to_agent", drop_to_agent),
+		C("hairpin", hairpin),
 		C("bu_tx", bu_tx), C("bu_rx", bu_rx),
 		C("ba_tx", ba_tx), C("ba_rx", ba_rx),
 		C("bu_forged", bu_forged), C("bu_stale", bu_stale),
@@ -1504,6 +1621,17 @@ uint64_t mob_agent_timers(struct mob_agent *a)
 			rl_close(a, (enum mob_rl)i, now);
 		else if (r->suppressed && r->start_ns + MOB_LOG_WINDOW_NS < next)
 			next = r->start_ns + MOB_LOG_WINDOW_NS;
+	}
+	if (a->n_local4) {
+		if (now >= a->probe_ns) {
+			probe_host_port(a);
+			a->probe_ns = now + a->probe_ival_ns;
+			a->probe_ival_ns *= 2;
+			if (a->probe_ival_ns > PROBE_MAX_NS)
+				a->probe_ival_ns = PROBE_MAX_NS;
+		}
+		if (a->probe_ns < next)
+			next = a->probe_ns;
 	}
 	for (i = 0; i < MOB_BINDINGS_MAX; i++) {
 		struct mob_binding *b = &a->b[i];

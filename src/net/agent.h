@@ -21,6 +21,7 @@
 /* a vnet header and a (GSO) frame, or a datagram */
 #define MOB_SLOT (MOB_VNET_HLEN + 65536)
 #define MOB_STATE_MAX (1u << 20)	/* largest state file */
+#define MOB_LOCAL_MAX 8		/* host IPv4 addresses probed for */
 
 /* What the agent sends, and its clock. */
 struct mob_io {
@@ -93,6 +94,10 @@ struct mob_counters {
 	uint64_t direct, drop_bad, drop_gso, drop_unknown_peer, drop_vni;
 	uint64_t gso_frames;
 	uint64_t drop_unbound, drop_tx;
+	/* home: frames from an away VM to this agent's own MAC, handed to
+	 * the host's own port on the segment; those dropped since that port
+	 * is not known (yet); frames from one away VM to another, sent on */
+	uint64_t to_host, drop_to_agent, hairpin;
 	uint64_t bu_tx, bu_rx, ba_tx, ba_rx, bu_forged, bu_stale, bu_refused;
 	uint64_t bmsg_bad, state_errors, log_suppressed;
 };
@@ -110,6 +115,7 @@ enum mob_rl {
 	MOB_RL_GSO,
 	MOB_RL_BAD_FRAME,
 	MOB_RL_STATE,
+	MOB_RL_TO_AGENT,	/* frame to our own MAC, host port unknown */
 	MOB_RL_COUNT,
 };
 #define MOB_LOG_BURST 10
@@ -133,6 +139,18 @@ struct mob_agent {
 	unsigned n_seg;
 	struct mob_counters c;
 	struct mob_ratelog rl[MOB_RL_COUNT];
+	/*
+	 * The host's own IPv4 addresses, and the MAC of the host's port on
+	 * the segment that answers for them (not ifmac): where frames that
+	 * an away VM sends to ifmac (the host's kernel may answer ARP on the
+	 * agent's interface too) are handed on. Learned from ARP probes
+	 * (timers) and from the host's own ARP traffic on the segment.
+	 */
+	struct in_addr local4[MOB_LOCAL_MAX];
+	unsigned n_local4;
+	uint8_t host_mac[6];
+	bool host_mac_known;
+	uint64_t probe_ns, probe_ival_ns;
 };
 
 /*
@@ -175,6 +193,15 @@ void mob_agent_ctl_closed(struct mob_agent *a, int ci);
 /* Runs what is due (retransmissions, refreshes, expiries); returns the
  * nanoseconds until the next thing is due. */
 uint64_t mob_agent_timers(struct mob_agent *a);
+
+/*
+ * The agent host's own IPv4 addresses (n at most MOB_LOCAL_MAX are kept):
+ * the agent probes the segment for the host's port that answers for them
+ * (see struct mob_agent). Without them, frames to the agent's own MAC
+ * that arrive through the tunnel are dropped and counted.
+ */
+void mob_agent_set_local(struct mob_agent *a, const struct in_addr *addrs,
+			 unsigned n);
 
 /* Logs the counters once, at the end. */
 void mob_agent_log_summary(struct mob_agent *a);

@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <linux/if_packet.h>
 #include <net/ethernet.h>
 #include <net/if.h>
@@ -27,6 +28,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef PACKET_IGNORE_OUTGOING
@@ -59,6 +61,28 @@ struct run {
 	struct sockaddr_storage rname[MOB_BATCH];
 	bool stop;
 };
+
+/* ---- log lines with the time ---- */
+
+/*
+ * Every line the agent logs starts with the wall-clock time (UTC, ms) of
+ * the event it handles: the prefix is rewritten when the loop wakes up.
+ */
+static char log_prefix[64];
+
+static void log_stamp(void)
+{
+	struct timespec ts;
+	struct tm tm;
+	size_t n;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	n = strftime(log_prefix, sizeof(log_prefix), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(log_prefix + n, sizeof(log_prefix) - n, ".%03ldZ net",
+		 ts.tv_nsec / 1000000);
+	tsb_log_set_prefix(log_prefix);
+}
 
 /* ---- io for the state machine ---- */
 
@@ -458,6 +482,31 @@ static int open_control(struct run *r)
 	return 0;
 }
 
+/* The host's IPv4 addresses (not loopback): the agent looks for the
+ * host's own port on the segment that answers for them. */
+static void find_local(struct run *r)
+{
+	struct in_addr addrs[MOB_LOCAL_MAX];
+	struct ifaddrs *ifa, *i;
+	unsigned n = 0;
+
+	if (getifaddrs(&ifa)) {
+		log_warn("cannot list this host's addresses (%s): frames from away VMs to %s's own MAC will be dropped",
+			 strerror(errno), r->cfg->dev);
+		return;
+	}
+	for (i = ifa; i && n < MOB_LOCAL_MAX; i = i->ifa_next) {
+		const struct sockaddr_in *sin = (const void *)i->ifa_addr;
+
+		if (!sin || sin->sin_family != AF_INET ||
+		    (ntohl(sin->sin_addr.s_addr) >> 24) == 127)
+			continue;
+		addrs[n++] = sin->sin_addr;
+	}
+	freeifaddrs(ifa);
+	mob_agent_set_local(r->agent, addrs, n);
+}
+
 static int watch(struct run *r, int fd, uint64_t tag)
 {
 	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = tag };
@@ -482,6 +531,7 @@ int mob_agent_run(const struct mob_agent_config *cfg)
 	r = calloc(1, sizeof(*r));
 	if (!r)
 		return -ENOMEM;
+	log_stamp();
 	r->cfg = cfg;
 	r->ep = r->pfd = r->ufd = r->lfd = r->sfd = r->dirfd = r->lockfd = -1;
 	for (i = 0; i < MOB_CONNS_MAX; i++)
@@ -509,6 +559,7 @@ int mob_agent_run(const struct mob_agent_config *cfg)
 	}
 	if (cfg->state_dir && (err = open_state(r)))
 		goto out;
+	find_local(r);
 	if (!cfg->state_dir)
 		log_warn("no --state-dir: the sequence numbers of accepted binding updates are not kept, so after a restart old updates can be replayed (docs/network.md, Security)");
 	mob_agent_flush(r->agent);
@@ -532,6 +583,7 @@ int mob_agent_run(const struct mob_agent_config *cfg)
 		mob_agent_flush(r->agent);
 		n = epoll_wait(r->ep, evs, 16,
 			       (int)((wait_ns + NS_PER_MS - 1) / NS_PER_MS));
+		log_stamp();
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
@@ -556,6 +608,7 @@ int mob_agent_run(const struct mob_agent_config *cfg)
 	mob_agent_log_summary(r->agent);
 	err = 0;
 out:
+	log_stamp();
 	for (i = 0; i < MOB_CONNS_MAX; i++)
 		ctl_close(r, i);
 	if (r->lfd >= 0) {

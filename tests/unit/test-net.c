@@ -371,6 +371,10 @@ struct mock {
 	size_t saved_len;
 	int save_err;
 	unsigned saves;
+	/* the last frame sent on the segment and through the tunnel */
+	uint8_t seg_last[MOB_FRAME_MAX], tun_last[MOB_FRAME_MAX];
+	size_t seg_last_len, tun_last_len;
+	struct sockaddr_storage tun_to;
 };
 
 static uint64_t m_now(void *ctx) { return ((struct mock *)ctx)->now; }
@@ -379,20 +383,32 @@ static uint64_t m_wall(void *ctx) { return ((struct mock *)ctx)->wall; }
 static int m_send_seg(void *ctx, struct mmsghdr *msgs, unsigned n)
 {
 	unsigned i;
+	struct mock *m = ctx;
 
-	for (i = 0; i < n; i++)
+	for (i = 0; i < n; i++) {
 		assert_true(msgs[i].msg_hdr.msg_iov[1].iov_len <= MOB_FRAME_MAX);
-	((struct mock *)ctx)->seg_frames += n;
+		m->seg_last_len = msgs[i].msg_hdr.msg_iov[1].iov_len;
+		memcpy(m->seg_last, msgs[i].msg_hdr.msg_iov[1].iov_base,
+		       m->seg_last_len);
+	}
+	m->seg_frames += n;
 	return (int)n;
 }
 
 static int m_send_tun(void *ctx, struct mmsghdr *msgs, unsigned n)
 {
 	unsigned i;
+	struct mock *m = ctx;
 
-	for (i = 0; i < n; i++)
+	for (i = 0; i < n; i++) {
 		assert_true(msgs[i].msg_hdr.msg_iov[1].iov_len <= MOB_FRAME_MAX);
-	((struct mock *)ctx)->tun_frames += n;
+		m->tun_last_len = msgs[i].msg_hdr.msg_iov[1].iov_len;
+		memcpy(m->tun_last, msgs[i].msg_hdr.msg_iov[1].iov_base,
+		       m->tun_last_len);
+		memcpy(&m->tun_to, msgs[i].msg_hdr.msg_name,
+		       msgs[i].msg_hdr.msg_namelen);
+	}
+	m->tun_frames += n;
 	return (int)n;
 }
 
@@ -873,6 +889,170 @@ static void test_agent_bu_limits(void **state)
 	fixture_free(f);
 }
 
+/* A VXLAN datagram from peer `from` carrying an IPv4 frame dst <- src. */
+static size_t tunnelled(uint8_t *buf, const uint8_t dst[6], const uint8_t src[6])
+{
+	uint8_t *fr = buf + MOB_VXLAN_HLEN, *ip = fr + 14;
+
+	memset(buf, 0, 8 + 14 + 28);
+	mob_vxlan_put(buf, 1);
+	memcpy(fr, dst, 6);
+	memcpy(fr + 6, src, 6);
+	fr[12] = 0x08;
+	ip[0] = 0x45;
+	ip[3] = 28;
+	ip[8] = 64;
+	ip[9] = 17;
+	inet_pton(AF_INET, "10.61.1.10", ip + 12);
+	inet_pton(AF_INET, "10.61.103.2", ip + 16);
+	return 8 + 14 + 28;
+}
+
+/* One frame from the segment (no offload). */
+static void from_segment(struct fixture *f, const uint8_t *frame, size_t len)
+{
+	static uint8_t pkt[MOB_VNET_HLEN + MOB_FRAME_MAX];
+
+	memset(pkt, 0, MOB_VNET_HLEN);
+	memcpy(pkt + MOB_VNET_HLEN, frame, len);
+	mob_agent_packet(f->a, pkt, MOB_VNET_HLEN + len, false);
+	mob_agent_flush(f->a);
+}
+
+/*
+ * Issue 19: a VM that resolved its gateway at home may hold the agent's
+ * own MAC for it (the host's kernel answers ARP for its addresses on the
+ * agent's interface too). Away, its frames to that MAC come home through
+ * the tunnel; the home bridge would drop them (the MAC is behind the
+ * agent's port). The agent probes for the host's own port on the segment
+ * and hands them there.
+ */
+static void test_agent_to_host(void **state)
+{
+	static const uint8_t host_mac[6] = { 0x52, 0x54, 0, 0x61, 0, 0x01 };
+	static const uint8_t other[6] = { 0x52, 0x54, 0, 0x61, 0, 0x77 };
+	struct fixture *f = fixture_new(false);
+	struct mob_frame_info fi;
+	struct in_addr local[2], zero = { 0 }, gw, stranger;
+	uint8_t dg[128], arp[64];
+	size_t n;
+	int k;
+
+	inet_pton(AF_INET, "10.61.1.1", &local[0]);
+	inet_pton(AF_INET, "10.61.101.2", &local[1]);
+	inet_pton(AF_INET, "10.61.1.1", &gw);
+	inet_pton(AF_INET, "10.61.1.99", &stranger);
+	mob_agent_set_local(f->a, local, 2);
+	/* the probes: who has 10.61.1.1 / 10.61.101.2, from 0.0.0.0 */
+	(void)mob_agent_timers(f->a);
+	mob_agent_flush(f->a);
+	assert_int_equal(f->m.seg_frames, 2);
+	assert_int_equal(mob_frame_parse(f->m.seg_last, f->m.seg_last_len, &fi), 0);
+	assert_int_equal(fi.kind, MOB_FK_ARP_REQUEST);
+	assert_memory_equal(fi.src, ifmac, 6);
+	assert_true(fi.arp_spa.s_addr == 0);
+	assert_true(fi.arp_tpa.s_addr == local[1].s_addr);
+	/* the next probe comes after a second, not before */
+	f->m.seg_frames = 0;
+	assert_true(mob_agent_timers(f->a) <= 1000000000ull);
+	mob_agent_flush(f->a);
+	assert_int_equal(f->m.seg_frames, 0);
+
+	assert_int_equal(bu(f, "B", 1, 60, &f->from_b, key_ab, key_ab, NULL),
+			 MOB_BA_ACCEPTED);
+	f->m.seg_frames = 0;
+	/* Not known yet: dropped and counted, and asked again. */
+	n = tunnelled(dg, ifmac, vm_mac);
+	mob_agent_datagram(f->a, dg, n, false, &f->from_b);
+	mob_agent_flush(f->a);
+	assert_int_equal(f->m.seg_frames, 0);
+	assert_int_equal(f->a->c.drop_to_agent, 1);
+	/* ARP answers that do not teach it: another address, the agent's
+	 * own MAC, a sender MAC that is not the frame's */
+	k = mob_build_arp(arp, sizeof(arp), 2, ifmac, other, other, stranger, ifmac, zero);
+	from_segment(f, arp, (size_t)k);
+	k = mob_build_arp(arp, sizeof(arp), 2, ifmac, other, host_mac, gw, ifmac, zero);
+	from_segment(f, arp, (size_t)k);
+	assert_false(f->a->host_mac_known);
+	/* The host's port answers the probe. */
+	k = mob_build_arp(arp, sizeof(arp), 2, ifmac, host_mac, host_mac, gw, ifmac, zero);
+	from_segment(f, arp, (size_t)k);
+	assert_true(f->a->host_mac_known);
+	f->m.seg_frames = 0;
+	mob_agent_datagram(f->a, dg, n, false, &f->from_b);
+	mob_agent_flush(f->a);
+	assert_int_equal(f->m.seg_frames, 1);
+	assert_int_equal(f->a->c.to_host, 1);
+	assert_int_equal(f->m.seg_last_len, n - 8);
+	assert_memory_equal(f->m.seg_last, host_mac, 6);
+	assert_memory_equal(f->m.seg_last + 6, dg + 8 + 6, n - 8 - 6);
+	/* Frames to other MACs of the home segment go out unchanged. */
+	n = tunnelled(dg, gw_mac, vm_mac);
+	mob_agent_datagram(f->a, dg, n, false, &f->from_b);
+	mob_agent_flush(f->a);
+	assert_int_equal(f->m.seg_frames, 2);
+	assert_memory_equal(f->m.seg_last, gw_mac, 6);
+	/* Only from the VM's current site. */
+	n = tunnelled(dg, ifmac, vm_mac);
+	mob_agent_datagram(f->a, dg, n, false, &f->from_c);
+	mob_agent_flush(f->a);
+	assert_int_equal(f->m.seg_frames, 2);
+	/* Probes go on, once a minute, to notice a new port. */
+	f->m.seg_frames = 0;
+	f->m.now += 61ull * 1000000000ull;
+	(void)mob_agent_timers(f->a);
+	mob_agent_flush(f->a);
+	assert_int_equal(f->m.seg_frames, 2);
+	fixture_free(f);
+}
+
+/* A frame from one away VM to another away VM at another site: the home
+ * bridge has both MACs behind the agent; the agent sends it on. */
+static void test_agent_hairpin(void **state)
+{
+	static const uint8_t vm2_mac[6] = { 0x52, 0x54, 0, 0x61, 0, 0x20 };
+	struct fixture *f = fixture_new(false);
+	const struct sockaddr_in *to = (const void *)&f->m.tun_to;
+	uint8_t buf[MOB_BMSG_MAX], dg[128];
+	struct mob_bmsg m;
+	size_t n;
+	int k;
+
+	assert_int_equal(bu(f, "B", 1, 60, &f->from_b, key_ab, key_ab, NULL),
+			 MOB_BA_ACCEPTED);
+	sample_bu(&m);
+	strcpy(m.vm, "vm2");
+	strcpy(m.sender, "C");
+	strcpy(m.current, "C");
+	memcpy(m.mac, vm2_mac, 6);
+	m.n_addrs = 1;
+	assert_int_equal(mob_parse_addr("10.61.1.20", &m.addrs[0]), 0);
+	k = mob_bmsg_encode(&m, key_ac, buf, sizeof(buf));
+	assert_int_equal(feed(f, buf, (size_t)k, &f->from_c, key_ac, NULL),
+			 MOB_BA_ACCEPTED);
+	f->m.seg_frames = f->m.tun_frames = 0;
+	n = tunnelled(dg, vm2_mac, vm_mac);
+	mob_agent_datagram(f->a, dg, n, false, &f->from_b);
+	mob_agent_flush(f->a);
+	assert_int_equal(f->m.seg_frames, 0);
+	assert_int_equal(f->m.tun_frames, 1);
+	assert_int_equal(f->a->c.hairpin, 1);
+	assert_int_equal(ntohl(to->sin_addr.s_addr), 0xc0000203);	/* C */
+	assert_memory_equal(f->m.tun_last, dg + 8, n - 8);
+	/* Both at B: B delivers it there; nothing comes back. */
+	m.seq++;
+	strcpy(m.sender, "B");
+	strcpy(m.current, "B");
+	k = mob_bmsg_encode(&m, key_ab, buf, sizeof(buf));
+	assert_int_equal(feed(f, buf, (size_t)k, &f->from_b, key_ab, NULL),
+			 MOB_BA_ACCEPTED);
+	f->m.seg_frames = f->m.tun_frames = 0;
+	mob_agent_datagram(f->a, dg, n, false, &f->from_b);
+	mob_agent_flush(f->a);
+	assert_int_equal(f->m.seg_frames + f->m.tun_frames, 0);
+	fixture_free(f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -893,6 +1073,8 @@ int main(void)
 		cmocka_unit_test(test_agent_pair_keys),
 		cmocka_unit_test(test_agent_pair_key_rollover),
 		cmocka_unit_test(test_agent_bu_limits),
+		cmocka_unit_test(test_agent_to_host),
+		cmocka_unit_test(test_agent_hairpin),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

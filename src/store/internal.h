@@ -77,7 +77,8 @@ struct store {
 	struct store_index idx;
 	struct store_pack *packs;	/* ascending numbers; last is appended to */
 	size_t n_packs;
-	uint8_t *wbuf;			/* records not yet written to packs[last] */
+	uint8_t *wbuf;			/* records not yet written to packs[last];
+					 * NULL until the first append */
 	size_t wbuf_n;			/* records in wbuf */
 	bool dir_dirty;			/* a pack file was created or removed */
 	bool index_dirty;		/* index differs from the checkpoint */
@@ -97,6 +98,10 @@ int store_open_internal(const struct store_options *o, bool readonly,
 			struct store **ret, char *err, size_t errlen);
 int store_read_file(const char *path, uint64_t max, uint8_t **ret,
 		    size_t *ret_len);
+/* Size of a buffer to read the records of a file of this many bytes in:
+ * whole records, at most STORE_WBUF_RECS of them, at least one. (Under
+ * ASan every allocation over 128 KiB is expensive; most files are small.) */
+size_t store_read_bufsize(uint64_t bytes);
 int64_t store_now_ms(void);
 /* Under s->mu. */
 struct store_ent *store_index_find(struct store_index *x,

@@ -676,18 +676,29 @@ static uint64_t drop_unmarked(struct store *s)
 /* Checks every record against the index and repairs what it found:
  * damaged entries dropped (and counted in the state file), packs with
  * damaged or duplicate records compacted. Under s->mu. */
-static int verify_records_locked(struct store *s, uint8_t *buf, size_t bufsize,
-				 struct verify_counts *vc)
+static int verify_records_locked(struct store *s, struct verify_counts *vc)
 {
-	uint64_t dropped = 0;
-	size_t i;
+	uint64_t dropped = 0, longest = 0;
+	size_t i, bufsize;
+	uint8_t *buf;
 	int r;
 
 	if ((r = store_flush_locked(s)))
 		return r;
+	/* The read buffer, once the lengths are final: no longer than the
+	 * longest pack. */
 	for (i = 0; i < s->n_packs; i++)
-		if ((r = verify_pack(s, &s->packs[i], buf, bufsize, vc)))
-			return r;
+		if (s->packs[i].len > longest)
+			longest = s->packs[i].len;
+	bufsize = store_read_bufsize(longest);
+	buf = malloc(bufsize);
+	if (!buf)
+		return -ENOMEM;
+	for (i = 0; i < s->n_packs && !r; i++)
+		r = verify_pack(s, &s->packs[i], buf, bufsize, vc);
+	free(buf);
+	if (r)
+		return r;
 	vc->dropped_entries = drop_unmarked(s);
 	if (vc->dropped_entries) {
 		s->damaged += vc->dropped_entries;
@@ -767,23 +778,18 @@ static void verify_report(json_t *tj, const struct store *s,
 
 static int verify_tenant(struct store *s, json_t *tj, bool *ret_damage)
 {
-	size_t chunk = STORE_WBUF_RECS * (size_t)STORE_REC_SIZE;
 	struct verify_counts vc = { 0 };
 	json_t *imgs = json_array(), *removed = json_array();
-	uint8_t *buf;
 	int r;
 
-	buf = malloc(chunk);
-	if (!buf || !imgs || !removed) {
-		free(buf);
+	if (!imgs || !removed) {
 		json_decref(imgs);
 		json_decref(removed);
 		return -ENOMEM;
 	}
 	pthread_mutex_lock(&s->mu);
-	r = verify_records_locked(s, buf, chunk, &vc);
+	r = verify_records_locked(s, &vc);
 	pthread_mutex_unlock(&s->mu);
-	free(buf);
 	if (r) {
 		json_decref(imgs);
 		json_decref(removed);

@@ -94,6 +94,16 @@ static ssize_t read_full(int fd, void *p, size_t n, off_t off)
 	return got;
 }
 
+size_t store_read_bufsize(uint64_t bytes)
+{
+	size_t chunk = STORE_WBUF_RECS * (size_t)STORE_REC_SIZE;
+
+	bytes -= bytes % STORE_REC_SIZE;
+	if (bytes < STORE_REC_SIZE)
+		return STORE_REC_SIZE;
+	return bytes < chunk ? (size_t)bytes : chunk;
+}
+
 int store_read_file(const char *path, uint64_t max, uint8_t **ret,
 		    size_t *ret_len)
 {
@@ -604,6 +614,11 @@ static int append_locked(struct store *s, const uint8_t *hash,
 	}
 	if (s->wbuf_n == STORE_WBUF_RECS && (r = store_flush_locked(s)))
 		return r;
+	/* Allocated at the first append: most opens (recv's summary, gc,
+	 * verify of a clean store) never write. */
+	if (!s->wbuf &&
+	    !(s->wbuf = malloc((size_t)STORE_WBUF_RECS * STORE_REC_SIZE)))
+		return -ENOMEM;
 	dst = s->wbuf + (size_t)s->wbuf_n * STORE_REC_SIZE;
 	memcpy(dst, STORE_REC_MAGIC, 4);
 	memcpy(dst + 4, hash, STORE_HASH_LEN);
@@ -884,7 +899,7 @@ static int list_packs(struct store *s, struct pack_scan **ret, size_t *ret_n)
 static int scan_pack(struct store *s, struct store_pack *p, uint64_t from,
 		     uint64_t size)
 {
-	size_t chunk = STORE_WBUF_RECS * (size_t)STORE_REC_SIZE;
+	size_t chunk = store_read_bufsize(size > from ? size - from : 0);
 	uint64_t off = from, good_end = from;
 	uint8_t *buf;
 	int r = 0;
@@ -1129,12 +1144,6 @@ int store_open_internal(const struct store_options *o, bool readonly,
 	if (!readonly) {
 		if ((r = lock_take(s, o->lock_timeout_ms, err, errlen)))
 			goto fail;
-		s->wbuf = malloc((size_t)STORE_WBUF_RECS * STORE_REC_SIZE);
-		if (!s->wbuf) {
-			r = -ENOMEM;
-			store_errf(err, errlen, "store: out of memory");
-			goto fail;
-		}
 	}
 	if (!readonly)
 		remove_tmp_files(s);
@@ -1543,7 +1552,7 @@ static int compact_rewrite(struct store *s, bool keep_all, uint32_t *redo,
 int store_compact_locked(struct store *s, bool keep_all, uint64_t *ret_dropped)
 {
 	uint32_t *redo = NULL;
-	uint64_t dropped = 0;
+	uint64_t dropped = 0, longest = 0;
 	size_t i, n_redo = 0, bufsize;
 	uint8_t *buf = NULL;
 	int r;
@@ -1557,8 +1566,15 @@ int store_compact_locked(struct store *s, bool keep_all, uint64_t *ret_dropped)
 		return -ENOMEM;
 	if ((r = compact_plan(s, keep_all, redo, &n_redo)))
 		goto out;
-	/* The read buffer, before anything changes. */
-	bufsize = STORE_WBUF_RECS * (size_t)STORE_REC_SIZE;
+	/* The read buffer, before anything changes: no longer than the
+	 * longest pack to copy. */
+	for (i = 0; i < n_redo; i++) {
+		struct store_pack *p = pack_find(s, redo[i]);
+
+		if (p && p->len > longest)
+			longest = p->len;
+	}
+	bufsize = store_read_bufsize(longest);
 	buf = malloc(bufsize);
 	if (!buf) {
 		r = -ENOMEM;

@@ -14,6 +14,7 @@
 #include "store/diskindex.h"
 #include "store/filter.h"
 #include "wire/accept.h"
+#include "wire/need.h"
 #include "wire/codec.h"
 #include "wire/tls.h"
 #include "wire/wire.h"
@@ -58,12 +59,6 @@ struct wmap_entry {
 	int16_t disk;		/* -1: empty */
 };
 
-struct backlog {
-	struct backlog *next;
-	uint8_t type, flags;
-	struct tsb_buf payload;
-};
-
 struct disk_recv {
 	struct wire_tls *tls;
 	int lfd;
@@ -91,8 +86,12 @@ struct disk_recv {
 
 	struct wire_zstd *z;
 	struct tsb_buf lit, hd, run, cur;
-	struct backlog *bl_head, **bl_tail;
+	struct wire_backlog backlog;	/* frames read while a NEED waited (wire/need.h) */
 	unsigned bl_pages, bl_other;	/* PAGES and other frames in the backlog */
+	/* fetch(): what it waits for, and where the answer's blocks go. */
+	const uint8_t (*fetch_hashes)[WIRE_HASH_LEN];
+	size_t fetch_count;
+	uint8_t *fetch_out;
 	uint64_t applied, frames_in;
 	/* the current write run */
 	int run_disk;
@@ -447,24 +446,17 @@ static int run_add(struct disk_recv *dr, int disk, uint64_t off, uint32_t len,
 }
 
 /* Reads the next frame: from the backlog first, then the connection. */
-static int next_frame(struct disk_recv *dr, struct wire_msg *m, struct backlog **ret_bl)
+static int next_frame(struct disk_recv *dr, struct wire_msg *m)
 {
 	struct wire_frame f;
 	int r;
 
-	*ret_bl = NULL;
-	if (dr->bl_head) {
-		struct backlog *b = dr->bl_head;
-
-		dr->bl_head = b->next;
-		if (!dr->bl_head)
-			dr->bl_tail = &dr->bl_head;
-		if (b->type == WIRE_MSG_PAGES)
+	if (wire_backlog_take(&dr->backlog, &f) == 1) {
+		if (f.type == WIRE_MSG_PAGES)
 			dr->bl_pages--;
 		else
 			dr->bl_other--;
-		*ret_bl = b;
-		r = wire_msg_decode(b->type, b->flags, b->payload.data, b->payload.len, m);
+		r = wire_msg_decode(f.type, f.flags, f.payload, f.len, m);
 		return r < 0 ? r : 1;
 	}
 	r = ch_read_frame(dr, &f);
@@ -480,12 +472,84 @@ static int next_frame(struct disk_recv *dr, struct wire_msg *m, struct backlog *
 	return r < 0 ? r : 1;
 }
 
-static void backlog_free(struct backlog *b)
+/* ---- fetching blocks by NEED (wire/need.h) ---- */
+
+static int fetch_send(void *opaque, const struct tsb_buf *frame)
 {
-	if (!b)
-		return;
-	tsb_buf_fini(&b->payload);
-	free(b);
+	struct disk_recv *dr = opaque;
+
+	return frame->err ? frame->err : ch_write(dr, frame->data, frame->len);
+}
+
+static int fetch_read(void *opaque, struct wire_frame *f)
+{
+	struct disk_recv *dr = opaque;
+	int r = ch_read_frame(dr, f);
+
+	if (r > 0 && !wire_msg_role_ok(f->type, WIRE_ROLE_SENDER))
+		return -EPROTO;
+	return r;
+}
+
+/* Only what a sender may send meanwhile, and no more than its window. */
+static int fetch_may_keep(void *opaque, const struct wire_frame *f, const struct wire_backlog *bl)
+{
+	struct disk_recv *dr = opaque;
+	bool pages = f->type == WIRE_MSG_PAGES;
+
+	(void)bl;
+	if (!pages && f->type != WIRE_MSG_PING && f->type != WIRE_MSG_DONE &&
+	    f->type != WIRE_MSG_CANCEL && f->type != WIRE_MSG_ERROR) {
+		dr_fail(dr, "disk channel: %s while waiting for the answer to a NEED",
+			wire_msg_name(f->type));
+		return -EPROTO;
+	}
+	if (pages ? dr->bl_pages >= BACKLOG_MAX_PAGES : dr->bl_other >= BACKLOG_MAX_OTHER) {
+		dr_fail(dr, "disk channel: the sender sent more than %u %s frames while a NEED "
+			"was waiting for its answer (its window is %u)",
+			pages ? BACKLOG_MAX_PAGES : BACKLOG_MAX_OTHER, pages ? "PAGES" : "other",
+			DISK_WINDOW);
+		return -EMSGSIZE;
+	}
+	if (pages)
+		dr->bl_pages++;
+	else
+		dr->bl_other++;
+	return 0;
+}
+
+/* The answer: every block asked for, in order, each matching its hash. */
+static int fetch_answer(void *opaque, const struct wire_hashdata *h)
+{
+	struct disk_recv *dr = opaque;
+	const uint8_t *data;
+	uint8_t got[WIRE_HASH_LEN];
+	size_t i;
+	int r;
+
+	if (h->obj_size != BLOCK || h->count != dr->fetch_count) {
+		dr_fail(dr, "disk channel: the answer to a NEED of %zu blocks holds %u "
+			"objects of %u bytes", dr->fetch_count, h->count, h->obj_size);
+		return -EPROTO;
+	}
+	r = wire_hashdata_unpack(h, dr->z, &dr->hd, &data);
+	if (r < 0)
+		return r;
+	for (i = 0; i < dr->fetch_count; i++) {
+		/* Answers come in NEED order; check each against its hash. */
+		if (memcmp(h->hashes + i * WIRE_HASH_LEN, dr->fetch_hashes[i], WIRE_HASH_LEN)) {
+			dr_fail(dr, "disk channel: the answer to a NEED is out of order");
+			return -EPROTO;
+		}
+		wire_sha256(data + i * BLOCK, BLOCK, got);
+		if (memcmp(got, dr->fetch_hashes[i], WIRE_HASH_LEN)) {
+			dr_fail(dr, "disk channel: a block in the answer to a NEED does not "
+				"match its hash");
+			return -EBADMSG;
+		}
+		memcpy(dr->fetch_out + i * BLOCK, data + i * BLOCK, BLOCK);
+	}
+	return 1;
 }
 
 /*
@@ -495,92 +559,15 @@ static void backlog_free(struct backlog *b)
 static int fetch(struct disk_recv *dr, const uint8_t (*hashes)[WIRE_HASH_LEN], size_t count,
 		 uint8_t *out)
 {
-	struct tsb_buf b;
-	struct wire_frame f;
-	struct wire_msg m;
-	const uint8_t *data;
-	uint8_t got[WIRE_HASH_LEN];
-	size_t i, j;
-	int r;
+	const struct wire_fetch_io io = {
+		.opaque = dr, .send = fetch_send, .read = fetch_read, .may_keep = fetch_may_keep,
+		.answer = fetch_answer,
+	};
 
-	tsb_buf_init(&b);
-	wire_encode_need(&b, hashes, count);
-	r = send_msg(dr, &b);
-	tsb_buf_fini(&b);
-	if (r < 0)
-		return r;
-	for (;;) {
-		r = ch_read_frame(dr, &f);
-		if (r <= 0)
-			return r < 0 ? r : -ECONNRESET;
-		if (!wire_msg_role_ok(f.type, WIRE_ROLE_SENDER))
-			return -EPROTO;
-		if (f.type != WIRE_MSG_HASHDATA) {
-			struct backlog *bl;
-			bool pages = f.type == WIRE_MSG_PAGES;
-
-			/* Only what a sender may send meanwhile, and no more than its window. */
-			if (!pages && f.type != WIRE_MSG_PING && f.type != WIRE_MSG_DONE &&
-			    f.type != WIRE_MSG_CANCEL && f.type != WIRE_MSG_ERROR) {
-				dr_fail(dr, "disk channel: %s while waiting for the answer to a NEED",
-					wire_msg_name(f.type));
-				return -EPROTO;
-			}
-			if (pages ? dr->bl_pages >= BACKLOG_MAX_PAGES :
-				    dr->bl_other >= BACKLOG_MAX_OTHER) {
-				dr_fail(dr, "disk channel: the sender sent more than %u %s frames "
-					"while a NEED was waiting for its answer (its window is %u)",
-					pages ? BACKLOG_MAX_PAGES : BACKLOG_MAX_OTHER,
-					pages ? "PAGES" : "other", DISK_WINDOW);
-				return -EMSGSIZE;
-			}
-			bl = calloc(1, sizeof(*bl));
-			if (!bl)
-				return -ENOMEM;
-			tsb_buf_init(&bl->payload);
-			bl->type = f.type;
-			bl->flags = f.flags;
-			if (tsb_buf_append(&bl->payload, f.payload, f.len) < 0) {
-				backlog_free(bl);
-				return -ENOMEM;
-			}
-			*dr->bl_tail = bl;
-			dr->bl_tail = &bl->next;
-			if (pages)
-				dr->bl_pages++;
-			else
-				dr->bl_other++;
-			continue;
-		}
-		r = wire_frame_decode(&f, &m);
-		if (r < 0)
-			return r;
-		if (m.u.hashdata.obj_size != BLOCK || m.u.hashdata.count != count) {
-			dr_fail(dr, "disk channel: the answer to a NEED of %zu blocks holds %u "
-				"objects of %u bytes", count, m.u.hashdata.count,
-				m.u.hashdata.obj_size);
-			return -EPROTO;
-		}
-		r = wire_hashdata_unpack(&m.u.hashdata, dr->z, &dr->hd, &data);
-		if (r < 0)
-			return r;
-		for (i = 0; i < count; i++) {
-			/* Answers come in NEED order; check each against its hash. */
-			if (memcmp(m.u.hashdata.hashes + i * WIRE_HASH_LEN, hashes[i], WIRE_HASH_LEN)) {
-				dr_fail(dr, "disk channel: the answer to a NEED is out of order");
-				return -EPROTO;
-			}
-			wire_sha256(data + i * BLOCK, BLOCK, got);
-			if (memcmp(got, hashes[i], WIRE_HASH_LEN)) {
-				dr_fail(dr, "disk channel: a block in the answer to a NEED does not "
-					"match its hash");
-				return -EBADMSG;
-			}
-			j = i;
-			memcpy(out + j * BLOCK, data + i * BLOCK, BLOCK);
-		}
-		return 0;
-	}
+	dr->fetch_hashes = hashes;
+	dr->fetch_count = count;
+	dr->fetch_out = out;
+	return wire_fetch(&io, &dr->backlog, hashes, count);
 }
 
 static int map_disk(struct disk_recv *dr, uint16_t block)
@@ -1074,7 +1061,6 @@ static uint32_t error_code(int r)
 static int serve_channel(struct disk_recv *dr)
 {
 	struct wire_msg m;
-	struct backlog *bl;
 	char why[256] = "";
 	unsigned k;
 	int r;
@@ -1085,7 +1071,7 @@ static int serve_channel(struct disk_recv *dr)
 		dr_fail(dr, "disk channel: %s", ch_errmsg(dr)[0] ? ch_errmsg(dr) : strerror(-r));
 		return r;
 	}
-	r = next_frame(dr, &m, &bl);
+	r = next_frame(dr, &m);
 	if (r > 0 && m.type == WIRE_MSG_BLOCKS) {
 		r = take_blocks(dr, &m.u.blocks, why, sizeof(why));
 		if (r < 0) {
@@ -1097,19 +1083,17 @@ static int serve_channel(struct disk_recv *dr)
 		dr_fail(dr, "disk channel: expected the disk list");
 		if (r >= 0 || error_code(r) == WIRE_CODE_PROTOCOL)
 			send_status(dr, WIRE_MSG_ERROR, WIRE_CODE_PROTOCOL, dr->error);
-		backlog_free(bl);
 		return r < 0 ? r : -EPROTO;
 	}
 	ch_set_timeout(dr, dr->stall_ms ? (int)dr->stall_ms : -1);
 	for (;;) {
-		r = next_frame(dr, &m, &bl);
+		r = next_frame(dr, &m);
 		if (r <= 0) {
 			dr_fail(dr, "disk channel lost: %s",
 				r == 0 ? "closed by the sender" :
 				ch_errmsg(dr)[0] ? ch_errmsg(dr) : strerror(-r));
 			if (r < 0 && error_code(r) == WIRE_CODE_PROTOCOL)
 				send_status(dr, WIRE_MSG_ERROR, WIRE_CODE_PROTOCOL, dr->error);
-			backlog_free(bl);
 			return r < 0 ? r : -ECONNRESET;
 		}
 		dr->frames_in++;
@@ -1158,7 +1142,6 @@ static int serve_channel(struct disk_recv *dr)
 				dr->done = true;
 				pthread_mutex_unlock(&dr->lock);
 				log_info("disks: every write applied and flushed");
-				backlog_free(bl);
 				return 0;
 			}
 			break;
@@ -1166,14 +1149,12 @@ static int serve_channel(struct disk_recv *dr)
 		case WIRE_MSG_ERROR:
 			dr_fail(dr, "the sender stopped the disk transfer: %.*s",
 				(int)m.u.status.text.len, m.u.status.text.p);
-			backlog_free(bl);
 			return -ECANCELED;
 		default:
 			dr_fail(dr, "disk channel: unexpected %s", wire_msg_name(m.type));
 			r = -EPROTO;
 			break;
 		}
-		backlog_free(bl);
 		if (r < 0) {
 			if (!disk_recv_failed(dr))
 				dr_fail(dr, "disk channel: %s (%s)", strerror(-r),
@@ -1205,7 +1186,7 @@ static struct disk_recv *dr_new(int lfd)
 	pthread_mutex_init(&dr->lock, NULL);
 	pthread_mutex_init(&dr->rlock, NULL);
 	dr->lfd = lfd;
-	dr->bl_tail = &dr->bl_head;
+	wire_backlog_init(&dr->backlog);
 	tsb_buf_init(&dr->lit);
 	tsb_buf_init(&dr->hd);
 	tsb_buf_init(&dr->run);
@@ -1386,12 +1367,7 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 	}
 	if (dr->lfd >= 0)
 		close(dr->lfd);
-	while (dr->bl_head) {
-		struct backlog *b = dr->bl_head;
-
-		dr->bl_head = b->next;
-		backlog_free(b);
-	}
+	wire_backlog_fini(&dr->backlog);
 	if (dr->sock[0])
 		unlink(dr->sock);
 	if (dr->dir[0])

@@ -13,6 +13,7 @@
 #include "qmp/qmp.h"
 #include "store/filter.h"
 #include "wire/codec.h"
+#include "wire/need.h"
 #include "wire/tls.h"
 #include "wire/wire.h"
 
@@ -386,52 +387,44 @@ static void complete_flush(struct disk_send *ds, uint64_t token)
 	pthread_mutex_unlock(&ds->lock);
 }
 
+/* A block a NEED asks for: one the last REFs named (rhash/rdata). */
+static int need_lookup(void *opaque, const uint8_t *hash, uint8_t *out)
+{
+	struct disk_send *ds = opaque;
+	int r = -ENOENT;
+	size_t j;
+
+	pthread_mutex_lock(&ds->lock);
+	for (j = 0; j < ds->rcount; j++)
+		if (!memcmp(ds->rhash[j], hash, WIRE_HASH_LEN)) {
+			memcpy(out, ds->rdata + j * (size_t)BLOCK, BLOCK);
+			r = 0;
+			break;
+		}
+	pthread_mutex_unlock(&ds->lock);
+	return r;
+}
+
 static int serve_need(struct disk_send *ds, const struct wire_need *need)
 {
-	uint8_t (*hashes)[WIRE_HASH_LEN] = NULL;
-	uint8_t *data = NULL;
+	struct wire_zstd *z;
 	struct tsb_buf b;
-	size_t i, j;
-	int r = 0;
+	int r;
 
 	/* A receiver asks for the REFs of one frame at a time. */
 	if (need->count > DISK_BATCH)
 		return -EMSGSIZE;
-	hashes = malloc((size_t)need->count * WIRE_HASH_LEN + 1);
-	data = malloc((size_t)need->count * BLOCK + 1);
-	if (!hashes || !data) {
-		free(hashes);
-		free(data);
+	z = wire_zstd_new(3);
+	if (!z)
 		return -ENOMEM;
-	}
-	pthread_mutex_lock(&ds->lock);
-	for (i = 0; i < need->count && r == 0; i++) {
-		const uint8_t *h = need->hashes + i * WIRE_HASH_LEN;
-
-		memcpy(hashes[i], h, WIRE_HASH_LEN);
-		for (j = 0; j < ds->rcount; j++)
-			if (!memcmp(ds->rhash[j], h, WIRE_HASH_LEN))
-				break;
-		if (j == ds->rcount)
-			r = -ENOENT;
-		else
-			memcpy(data + i * BLOCK, ds->rdata + j * (size_t)BLOCK, BLOCK);
-	}
-	pthread_mutex_unlock(&ds->lock);
+	tsb_buf_init(&b);
+	r = wire_need_answer(need, BLOCK, need_lookup, ds, z, &b);
 	if (r == 0) {
-		struct wire_zstd *z = wire_zstd_new(3);
-
-		tsb_buf_init(&b);
-		r = z ? wire_encode_hashdata(&b, BLOCK, (const uint8_t (*)[WIRE_HASH_LEN])hashes,
-					     data, need->count, z) : -ENOMEM;
-		if (r == 0)
-			r = ds_write(ds, &b, false);
-		tsb_buf_fini(&b);
-		wire_zstd_free(z);
+		r = ds_write(ds, &b, false);
 		ds->need_served += need->count;
 	}
-	free(hashes);
-	free(data);
+	tsb_buf_fini(&b);
+	wire_zstd_free(z);
 	return r;
 }
 

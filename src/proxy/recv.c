@@ -23,6 +23,7 @@
 #include "qstream/qstream.h"
 #include "wire/codec.h"
 #include "wire/accept.h"
+#include "wire/need.h"
 #include "wire/tls.h"
 #include "wire/wire.h"
 
@@ -37,13 +38,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-/* A frame read while waiting for HASHDATA, kept to be handled after it. */
-struct backlog {
-	uint8_t type, flags;
-	struct tsb_buf payload;
-	struct backlog *next;
-};
 
 struct fuzz_input;
 
@@ -61,10 +55,11 @@ struct receiver {
 	struct pagecache *cache;
 	struct wire_zstd *z;
 	struct tsb_buf scratch, copy;
-	struct backlog *backlog_head, *backlog_tail;
-	uint64_t backlog_bytes;
+	struct wire_backlog backlog;	/* frames read while a NEED waited (wire/need.h) */
 	uint64_t ram_limit;		/* RAM the stream may describe (destination's) */
 	char why[160];			/* what a peer-size check refused */
+	const uint8_t (*fetching)[WIRE_HASH_LEN]; /* what fetch_missing() waits for */
+	size_t n_fetching;
 	uint64_t written, acked_sent;
 
 	atomic_int failed;
@@ -340,35 +335,18 @@ static int handle_blocks(struct receiver *rc, const struct wire_blocks *b)
 }
 
 /*
- * Moves a frame aside while we wait for HASHDATA. An honest sender has at
+ * May a frame wait aside until the HASHDATA came? An honest sender has at
  * most its credit window in flight; more is refused, not buffered.
  */
-static int backlog_add(struct receiver *rc, const struct wire_frame *f)
+static int may_keep(void *opaque, const struct wire_frame *f, const struct wire_backlog *bl)
 {
-	struct backlog *b;
+	struct receiver *rc = opaque;
 
-	if (rc->backlog_bytes + f->len > PROXY_BACKLOG_MAX) {
-		snprintf(rc->why, sizeof(rc->why), "the sender sent more than %llu MiB while "
-			 "a NEED was outstanding", PROXY_BACKLOG_MAX >> 20);
-		return -EMSGSIZE;
-	}
-	b = calloc(1, sizeof(*b));
-	if (!b)
-		return -ENOMEM;
-	rc->backlog_bytes += f->len;
-	b->type = f->type;
-	b->flags = f->flags;
-	tsb_buf_init(&b->payload);
-	if (tsb_buf_append(&b->payload, f->payload, f->len) < 0) {
-		free(b);
-		return -ENOMEM;
-	}
-	if (rc->backlog_tail)
-		rc->backlog_tail->next = b;
-	else
-		rc->backlog_head = b;
-	rc->backlog_tail = b;
-	return 0;
+	if (bl->bytes + f->len <= PROXY_BACKLOG_MAX)
+		return 0;
+	snprintf(rc->why, sizeof(rc->why), "the sender sent more than %llu MiB while a NEED "
+		 "was outstanding", PROXY_BACKLOG_MAX >> 20);
+	return -EMSGSIZE;
 }
 
 static int put_hashdata(struct receiver *rc, const struct wire_hashdata *h)
@@ -432,6 +410,27 @@ static int next_frame(struct receiver *rc, struct wire_frame *f)
 	return 1;
 }
 
+/* A HASHDATA while fetching: kept (checked) in rc->fetched; 1 once all asked for came. */
+static int take_answer(void *opaque, const struct wire_hashdata *h)
+{
+	struct receiver *rc = opaque;
+	int r = put_hashdata(rc, h);
+
+	if (r < 0)
+		return r;
+	return all_fetched(rc, rc->fetching, rc->n_fetching) ? 1 : 0;
+}
+
+static int send_frame(void *opaque, const struct tsb_buf *frame)
+{
+	return send_locked(opaque, frame);
+}
+
+static int read_frame(void *opaque, struct wire_frame *f)
+{
+	return next_frame(opaque, f);
+}
+
 /*
  * Pages we were told we hold are missing or damaged: ask for them in one
  * NEED and read on until they all arrived, keeping other frames for later.
@@ -439,34 +438,15 @@ static int next_frame(struct receiver *rc, struct wire_frame *f)
 static int fetch_missing(struct receiver *rc, const uint8_t (*hashes)[WIRE_HASH_LEN],
 			 size_t n)
 {
-	struct wire_frame f;
-	struct wire_msg m;
-	struct tsb_buf b;
-	int r;
+	const struct wire_fetch_io io = {
+		.opaque = rc, .send = send_frame, .read = read_frame, .may_keep = may_keep,
+		.answer = take_answer,
+	};
 
 	rc->needs += n;
-	tsb_buf_init(&b);
-	r = wire_encode_need(&b, hashes, n);
-	if (r == 0)
-		r = send_locked(rc, &b);
-	tsb_buf_fini(&b);
-	while (r == 0) {
-		r = next_frame(rc, &f);
-		if (r == 0)
-			return -ECONNRESET;
-		if (r < 0)
-			return r;
-		if (f.type != WIRE_MSG_HASHDATA) {
-			r = backlog_add(rc, &f);
-			continue;
-		}
-		r = wire_frame_decode(&f, &m);
-		if (r == 0)
-			r = put_hashdata(rc, &m.u.hashdata);
-		if (r == 0 && all_fetched(rc, hashes, n))
-			return 0;
-	}
-	return r;
+	rc->fetching = hashes;
+	rc->n_fetching = n;
+	return wire_fetch(&io, &rc->backlog, hashes, n);
 }
 
 /* True if resolve() will probably find the content (cheap checks only). */
@@ -810,23 +790,12 @@ static void link_ended(struct receiver *rc, enum proxy_outcome oc, const char *w
 static void process_frames(struct receiver *rc)
 {
 	struct wire_frame f;
-	struct backlog *b;
 	int r;
 
 	while (!rc->failed) {
 		/* Frames set aside during a NEED go first, in order. */
-		while ((b = rc->backlog_head)) {
-			rc->backlog_head = b->next;
-			if (!rc->backlog_head)
-				rc->backlog_tail = NULL;
-			rc->backlog_bytes -= b->payload.len;
-			f.type = b->type;
-			f.flags = b->flags;
-			f.len = b->payload.len;
-			f.payload = b->payload.data;
+		while (wire_backlog_take(&rc->backlog, &f) == 1) {
 			r = handle_frame(rc, &f);
-			tsb_buf_fini(&b->payload);
-			free(b);
 			/* What they rebuilt must reach QEMU now, not after the next read. */
 			if (r == 0)
 				r = flush_and_ack(rc);
@@ -1357,13 +1326,7 @@ static void settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 /* Frees what the receiver owns (not its connection, QEMU or TLS). */
 static void receiver_free(struct receiver *rc)
 {
-	while (rc->backlog_head) {
-		struct backlog *b = rc->backlog_head;
-
-		rc->backlog_head = b->next;
-		tsb_buf_fini(&b->payload);
-		free(b);
-	}
+	wire_backlog_fini(&rc->backlog);
 	qs_writer_free(rc->writer);
 	if (rc->qfd >= 0)
 		close(rc->qfd);
@@ -1396,6 +1359,7 @@ static struct receiver *receiver_new(const struct proxy_recv_options *o, uint64_
 	rc->qfd = -1;
 	rc->lock_fd = -1;
 	image_rec_init(&rc->arrival, NULL); /* its store comes with the sender's identity */
+	wire_backlog_init(&rc->backlog);
 	pthread_mutex_init(&rc->send_lock, NULL);
 	tsb_buf_init(&rc->scratch);
 	tsb_buf_init(&rc->copy);

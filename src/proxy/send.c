@@ -21,6 +21,7 @@
 #include "qmp/qmp.h"
 #include "qstream/qstream.h"
 #include "wire/codec.h"
+#include "wire/need.h"
 #include "wire/tls.h"
 #include "wire/wire.h"
 
@@ -1078,61 +1079,45 @@ static void update_window(struct sender *s, uint64_t acked)
 	s->ack_rate_b0 = acked;
 }
 
+/*
+ * One page a NEED asks for: only content this migration handled (the store
+ * is not an oracle), from the cache or else our store.
+ */
+static int need_lookup(void *opaque, const uint8_t *hash, uint8_t *out)
+{
+	struct sender *s = opaque;
+	const uint8_t *page;
+
+	pthread_mutex_lock(&s->cache_lock);
+	if (!hashset_has(&s->seen, hash)) {
+		pthread_mutex_unlock(&s->cache_lock);
+		log_warn("the receiver asked for content this migration never referred to: "
+			 "refused");
+		return -ENOENT;
+	}
+	/* Peek: a NEED must not change the mirrored cache's order. */
+	page = pagecache_peek(s->cache, hash);
+	if (page)
+		memcpy(out, page, 4096);
+	pthread_mutex_unlock(&s->cache_lock);
+	/* The store without holding up the parse thread. */
+	if (!page && (!s->store || store_get(s->store, hash, out) < 0))
+		return -ENOENT;
+	return 0;
+}
+
 static int serve_need(struct sender *s, const struct wire_need *need)
 {
-	uint8_t (*hashes)[WIRE_HASH_LEN] = NULL;
-	uint8_t *data = NULL;
-	bool *have = NULL;	/* taken from the cache */
 	struct tsb_buf frame;
-	const uint8_t *page;
-	unsigned i;
-	int r = 0;
+	int r;
 
-	hashes = calloc(need->count, WIRE_HASH_LEN);
-	data = malloc((size_t)need->count * 4096);
-	have = calloc(need->count, sizeof(*have));
-	if (!hashes || !data || !have) {
-		r = -ENOMEM;
-		goto out;
-	}
-	pthread_mutex_lock(&s->cache_lock);
-	for (i = 0; i < need->count; i++) {
-		memcpy(hashes[i], need->hashes + (size_t)i * WIRE_HASH_LEN, WIRE_HASH_LEN);
-		/* Only what this migration sent: the store is not an oracle. */
-		if (!hashset_has(&s->seen, hashes[i])) {
-			pthread_mutex_unlock(&s->cache_lock);
-			log_warn("the receiver asked for content this migration never "
-				 "referred to: refused");
-			r = -ENOENT;
-			goto out;
-		}
-		/* Peek: a NEED must not change the mirrored cache's order. */
-		page = pagecache_peek(s->cache, hashes[i]);
-		if (page)
-			memcpy(data + (size_t)i * 4096, page, 4096);
-		have[i] = page != NULL;
-	}
-	pthread_mutex_unlock(&s->cache_lock);
-	/* The rest from the store, without holding up the parse thread. */
-	for (i = 0; i < need->count; i++) {
-		if (have[i])
-			continue;
-		if (!s->store || store_get(s->store, hashes[i], data + (size_t)i * 4096) < 0) {
-			r = -ENOENT;
-			goto out;
-		}
-	}
 	tsb_buf_init(&frame);
-	r = wire_encode_hashdata(&frame, 4096, (const uint8_t (*)[WIRE_HASH_LEN])hashes,
-				 data, need->count, NULL);
+	r = wire_need_answer(need, 4096, need_lookup, s, NULL, &frame);
 	if (r == 0)
 		r = send_frame(s, &frame, true);
 	tsb_buf_fini(&frame);
-	s->need_served += need->count;
-out:
-	free(hashes);
-	free(data);
-	free(have);
+	if (r == 0)
+		s->need_served += need->count;
 	return r;
 }
 

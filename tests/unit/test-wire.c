@@ -16,6 +16,7 @@
 #include "common/buf.h"
 #include "common/util.h"
 #include "wire/codec.h"
+#include "wire/need.h"
 #include "wire/wire.h"
 
 static struct wire_zstd *zs;
@@ -1168,10 +1169,153 @@ static void test_zstd_helpers(void **state)
 	tsb_buf_fini(&b);
 }
 
+/* ---- NEED and HASHDATA (wire/need.h) ---- */
+
+/* A peer scripted as a list of frames; what we send is kept. */
+struct script {
+	struct tsb_buf in;	/* encoded frames to read */
+	size_t off;
+	struct tsb_buf sent;
+	unsigned kept_refused_after;	/* may_keep refuses the frame after this many */
+	unsigned kept;
+	const uint8_t (*want)[WIRE_HASH_LEN];
+	size_t n_want, answers;
+};
+
+static int script_send(void *opaque, const struct tsb_buf *frame)
+{
+	struct script *sc = opaque;
+
+	return tsb_buf_append(&sc->sent, frame->data, frame->len);
+}
+
+static int script_read(void *opaque, struct wire_frame *f)
+{
+	struct script *sc = opaque;
+	int r;
+
+	if (sc->off == sc->in.len)
+		return 0;
+	r = wire_header_decode(sc->in.data + sc->off, f);
+	if (r < 0)
+		return r;
+	f->payload = sc->in.data + sc->off + WIRE_HDR_LEN;
+	sc->off += WIRE_HDR_LEN + f->len;
+	return 1;
+}
+
+static int script_may_keep(void *opaque, const struct wire_frame *f,
+			   const struct wire_backlog *bl)
+{
+	struct script *sc = opaque;
+
+	(void)f;
+	assert_int_equal(bl->frames, sc->kept);
+	if (sc->kept == sc->kept_refused_after)
+		return -EMSGSIZE;
+	sc->kept++;
+	return 0;
+}
+
+static int script_answer(void *opaque, const struct wire_hashdata *h)
+{
+	struct script *sc = opaque;
+
+	sc->answers++;
+	assert_int_equal(h->count, sc->n_want);
+	assert_memory_equal(h->hashes, sc->want, sc->n_want * WIRE_HASH_LEN);
+	return 1;
+}
+
+static int lookup_pattern(void *opaque, const uint8_t *hash, uint8_t *out)
+{
+	(void)opaque;
+	if (hash[0] == 0xee)
+		return -ENOENT;
+	memset(out, hash[0], 4096);
+	return 0;
+}
+
+static void test_need_fetch_and_answer(void **state)
+{
+	uint8_t hashes[2][WIRE_HASH_LEN] = { { 1 }, { 2 } };
+	struct wire_need need = { .count = 2, .hashes = hashes[0] };
+	struct wire_backlog bl;
+	struct wire_frame f;
+	struct wire_msg m;
+	struct script sc = { .want = (const uint8_t (*)[WIRE_HASH_LEN])hashes, .n_want = 2,
+			     .kept_refused_after = 100 };
+	const struct wire_fetch_io io = {
+		.opaque = &sc, .send = script_send, .read = script_read,
+		.may_keep = script_may_keep, .answer = script_answer,
+	};
+	struct tsb_buf answer;
+	int r;
+
+	(void)state;
+	wire_backlog_init(&bl);
+	tsb_buf_init(&sc.in);
+	tsb_buf_init(&sc.sent);
+	tsb_buf_init(&answer);
+	/* The answering side: each object by lookup, in order; a miss refuses all. */
+	assert_int_equal(wire_need_answer(&need, 4096, lookup_pattern, NULL, NULL, &answer), 0);
+	hashes[1][0] = 0xee;
+	tsb_buf_reset(&sc.in);
+	assert_int_equal(wire_need_answer(&need, 4096, lookup_pattern, NULL, NULL, &sc.in),
+			 -ENOENT);
+	hashes[1][0] = 2;
+	/* The asking side: two frames arrive before the answer, and one after. */
+	assert_int_equal(wire_encode_u64(&sc.in, WIRE_MSG_PING, 7), 0);
+	assert_int_equal(wire_encode_u64(&sc.in, WIRE_MSG_PING, 8), 0);
+	assert_int_equal(tsb_buf_append(&sc.in, answer.data, answer.len), 0);
+	assert_int_equal(wire_encode_u64(&sc.in, WIRE_MSG_PING, 9), 0);
+	r = wire_fetch(&io, &bl, (const uint8_t (*)[WIRE_HASH_LEN])hashes, 2);
+	assert_int_equal(r, 0);
+	assert_int_equal(sc.answers, 1);
+	/* What went out is one NEED for both. */
+	assert_int_equal(wire_header_decode(sc.sent.data, &f), 0);
+	f.payload = sc.sent.data + WIRE_HDR_LEN;
+	assert_int_equal(wire_frame_decode(&f, &m), 0);
+	assert_int_equal(m.type, WIRE_MSG_NEED);
+	assert_int_equal(m.u.need.count, 2);
+	/* The kept frames come back in order; the one after the answer is still unread. */
+	assert_int_equal(bl.frames, 2);
+	assert_int_equal(wire_backlog_take(&bl, &f), 1);
+	assert_int_equal(wire_frame_decode(&f, &m), 0);
+	assert_int_equal(m.u.ping, 7);
+	assert_int_equal(wire_backlog_take(&bl, &f), 1);
+	assert_int_equal(wire_frame_decode(&f, &m), 0);
+	assert_int_equal(m.u.ping, 8);
+	assert_int_equal(wire_backlog_take(&bl, &f), 0);
+	assert_int_equal(bl.bytes, 0);
+	assert_true(sc.off < sc.in.len);
+
+	/* A frame the caller will not keep ends the fetch with its error. */
+	sc.off = 0;
+	sc.kept = 0;
+	sc.kept_refused_after = 1;
+	r = wire_fetch(&io, &bl, (const uint8_t (*)[WIRE_HASH_LEN])hashes, 2);
+	assert_int_equal(r, -EMSGSIZE);
+	/* The peer closes before answering. */
+	tsb_buf_reset(&sc.in);
+	assert_int_equal(wire_encode_u64(&sc.in, WIRE_MSG_PING, 1), 0);
+	sc.off = 0;
+	sc.kept = 0;
+	sc.kept_refused_after = 100;
+	wire_backlog_fini(&bl);
+	r = wire_fetch(&io, &bl, (const uint8_t (*)[WIRE_HASH_LEN])hashes, 2);
+	assert_int_equal(r, -ECONNRESET);
+	wire_backlog_fini(&bl);
+	tsb_buf_fini(&sc.in);
+	tsb_buf_fini(&sc.sent);
+	tsb_buf_fini(&answer);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_buf),
+		cmocka_unit_test(test_need_fetch_and_answer),
 		cmocka_unit_test(test_header),
 		cmocka_unit_test(test_roles),
 		cmocka_unit_test(test_hello_round_trip),

@@ -24,6 +24,8 @@
 #ifndef TSB_DISK_H
 #define TSB_DISK_H
 
+#include "wire/wire.h"
+
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -138,7 +140,7 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok,
  * there any more). Any thread; dr may be NULL.
  */
 bool disk_recv_has(struct disk_recv *dr, const uint8_t hash[32]);
-int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[4096]);
+int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[WIRE_PAGE_SIZE]);
 
 /*
  * Stops waiting for a disk channel that has not come yet and frees the

@@ -28,7 +28,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define BLOCK 4096u
+#define BLOCK ((unsigned)WIRE_PAGE_SIZE)
 /* Largest write we hand the destination QEMU at once. */
 #define RUN_MAX (4u << 20)
 /*
@@ -371,7 +371,7 @@ bool disk_recv_has(struct disk_recv *dr, const uint8_t hash[32])
 	return dr && wm_find(dr, hash, &k, &off);
 }
 
-int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[4096])
+int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[WIRE_PAGE_SIZE])
 {
 	struct nbd_client_config cc = { .max_inflight = 1 };
 	uint8_t got[WIRE_HASH_LEN];

@@ -27,7 +27,7 @@
 
 #define RING_BLOCKS (DISK_WINDOW * DISK_BATCH * 2)
 #define MAX_FLUSHES 64
-#define BLOCK 4096u
+#define BLOCK ((unsigned)WIRE_PAGE_SIZE)
 
 struct sdisk {
 	struct disk_send *ds;

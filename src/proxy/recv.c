@@ -39,6 +39,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* Pages fetched by NEED kept at once (beyond the mirrored cache). */
+#define FETCHED_PAGES 4096
+
 struct fuzz_input;
 
 struct receiver {
@@ -82,7 +85,7 @@ struct receiver {
 	struct disk_recv *disk;		/* the disk channel (docs/disk.md), or NULL */
 	struct pagecache *fetched;	/* pages that came in HASHDATA (not mirrored) */
 	struct image_rec arrival;	/* the arrival image being recorded */
-	uint8_t page_buf[4096];
+	uint8_t page_buf[WIRE_PAGE_SIZE];
 	uint8_t missing[WIRE_MAX_BATCH_PAGES][WIRE_HASH_LEN];
 	uint8_t data_hash[WIRE_MAX_BATCH_PAGES][WIRE_HASH_LEN];
 	/* The image of ours that SAME and SAMERUN entries refer to (BASE). */
@@ -218,12 +221,12 @@ static const uint8_t *resolve(struct receiver *rc, const uint8_t *want, bool tou
 
 	/* A cached hash may have its content in the store (pagecache.h). */
 	page = cached ? pagecache_peek(rc->cache, want) : NULL;
-	if (page && wire_sha256(page, 4096, got) == 0 && !memcmp(got, want, WIRE_HASH_LEN)) {
+	if (page && wire_sha256(page, WIRE_PAGE_SIZE, got) == 0 && !memcmp(got, want, WIRE_HASH_LEN)) {
 		rc->from_cache++;
 		return page;
 	}
 	page = pagecache_peek(rc->fetched, want);
-	if (page && wire_sha256(page, 4096, got) == 0 && !memcmp(got, want, WIRE_HASH_LEN)) {
+	if (page && wire_sha256(page, WIRE_PAGE_SIZE, got) == 0 && !memcmp(got, want, WIRE_HASH_LEN)) {
 		rc->from_fetched++;
 		return page;
 	}
@@ -284,7 +287,7 @@ static int samerun_hashes(struct receiver *rc, const struct wire_page_entry *e)
 	if (bb < 0)
 		return -EPROTO;
 	for (i = 0; i < e->count; i++) {
-		if (store_image_page(rc->base, bb, e->offset / 4096 + i, &h) != STORE_PAGE_HASH)
+		if (store_image_page(rc->base, bb, e->offset / WIRE_PAGE_SIZE + i, &h) != STORE_PAGE_HASH)
 			return -EPROTO;
 		memcpy(rc->run_hashes[i], h, WIRE_HASH_LEN);
 	}
@@ -357,17 +360,17 @@ static int put_hashdata(struct receiver *rc, const struct wire_hashdata *h)
 	unsigned i;
 	int r;
 
-	if (h->obj_size != 4096)
+	if (h->obj_size != WIRE_PAGE_SIZE)
 		return -EBADMSG;
 	tsb_buf_init(&scratch);
 	r = wire_hashdata_unpack(h, rc->z, &scratch, &data);
 	for (i = 0; r == 0 && i < h->count; i++) {
-		r = wire_sha256(data + (size_t)i * 4096, 4096, got);
+		r = wire_sha256(data + (size_t)i * WIRE_PAGE_SIZE, WIRE_PAGE_SIZE, got);
 		if (r == 0 && memcmp(got, h->hashes + (size_t)i * WIRE_HASH_LEN, WIRE_HASH_LEN))
 			r = -EBADMSG; /* the sender's bytes do not match its own hash */
 		/* Not the mirrored cache: the sender did not put it in its own. */
 		if (r == 0)
-			r = pagecache_put(rc->fetched, got, data + (size_t)i * 4096);
+			r = pagecache_put(rc->fetched, got, data + (size_t)i * WIRE_PAGE_SIZE);
 	}
 	tsb_buf_fini(&scratch);
 	return r;
@@ -524,7 +527,7 @@ static ssize_t prefetch(struct receiver *rc, const struct wire_pages *p, const u
 	wire_pages_iter_init(p, &it);
 	while (wire_pages_next(&it, &e)) {
 		if (e.enc == WIRE_ENC_DATA) {
-			r = wire_sha256(literal + (size_t)e.data_index * 4096, 4096,
+			r = wire_sha256(literal + (size_t)e.data_index * WIRE_PAGE_SIZE, WIRE_PAGE_SIZE,
 					rc->data_hash[e.data_index]);
 			if (r < 0)
 				return r;
@@ -563,14 +566,14 @@ static int apply_samerun(struct receiver *rc, const struct wire_page_entry *e,
 		return r;
 	/* Taken when first needed: most migrations have no SAMERUN. */
 	if (!rc->run_buf)
-		rc->run_buf = malloc((size_t)WIRE_MAX_SAMERUN * 4096);
+		rc->run_buf = malloc((size_t)WIRE_MAX_SAMERUN * WIRE_PAGE_SIZE);
 	if (!rc->run_buf)
 		return -ENOMEM;
 	*n_missing = 0;
 	for (i = 0; i < e->count; i++) {
 		page = resolve(rc, rc->run_hashes[i], false);
 		if (page)
-			memcpy(rc->run_buf + i * 4096, page, 4096);
+			memcpy(rc->run_buf + i * WIRE_PAGE_SIZE, page, WIRE_PAGE_SIZE);
 		else
 			memcpy(rc->missing[(*n_missing)++], rc->run_hashes[i], WIRE_HASH_LEN);
 	}
@@ -578,10 +581,10 @@ static int apply_samerun(struct receiver *rc, const struct wire_page_entry *e,
 		return ENTRY_FETCH;
 	for (i = 0; i < e->count; i++) {
 		pg->kind = QS_PAGE_NORMAL;
-		pg->offset = e->offset + i * 4096;
+		pg->offset = e->offset + i * WIRE_PAGE_SIZE;
 		pg->cont = i ? true : (e->qflags & QS_RAM_CONTINUE);
-		pg->data = rc->run_buf + i * 4096;
-		pg->len = 4096;
+		pg->data = rc->run_buf + i * WIRE_PAGE_SIZE;
+		pg->len = WIRE_PAGE_SIZE;
 		record_page(rc, pg, STORE_PAGE_HASH, rc->run_hashes[i]);
 		r = qs_writer_page(rc->writer, pg);
 		if (r < 0)
@@ -613,8 +616,8 @@ static int apply_entry(struct receiver *rc, const struct wire_page_entry *e,
 		break;
 	case WIRE_ENC_DATA:
 		pg.kind = QS_PAGE_NORMAL;
-		pg.data = literal + (size_t)e->data_index * 4096;
-		pg.len = 4096;
+		pg.data = literal + (size_t)e->data_index * WIRE_PAGE_SIZE;
+		pg.len = WIRE_PAGE_SIZE;
 		/* Hashed by prefetch(). Content the store keeps is not copied twice. */
 		kept = record_page(rc, &pg, STORE_PAGE_HASH, rc->data_hash[e->data_index]);
 		r = pagecache_put(rc->cache, rc->data_hash[e->data_index], kept ? NULL : pg.data);
@@ -633,7 +636,7 @@ static int apply_entry(struct receiver *rc, const struct wire_page_entry *e,
 		}
 		pg.kind = QS_PAGE_NORMAL;
 		pg.data = page;
-		pg.len = 4096;
+		pg.len = WIRE_PAGE_SIZE;
 		record_page(rc, &pg, STORE_PAGE_HASH, e->hash);
 		rc->pages_ref++;
 		break;
@@ -696,7 +699,7 @@ static int handle_pages(struct receiver *rc, const struct wire_frame *f)
 	r = wire_frame_decode(f, &m);
 	if (r < 0)
 		return r;
-	if (m.u.pages.page_size != 4096)
+	if (m.u.pages.page_size != WIRE_PAGE_SIZE)
 		return -EOPNOTSUPP;
 	r = wire_pages_unpack(&m.u.pages, rc->z, &rc->scratch, &literal);
 	if (r < 0)
@@ -1363,8 +1366,8 @@ static struct receiver *receiver_new(const struct proxy_recv_options *o, uint64_
 	pthread_mutex_init(&rc->send_lock, NULL);
 	tsb_buf_init(&rc->scratch);
 	tsb_buf_init(&rc->copy);
-	rc->cache = pagecache_new(cache_pages, 4096);
-	rc->fetched = pagecache_new(fetched_pages, 4096);
+	rc->cache = pagecache_new(cache_pages, WIRE_PAGE_SIZE);
+	rc->fetched = pagecache_new(fetched_pages, WIRE_PAGE_SIZE);
 	rc->z = wire_zstd_new(1);
 	if (!rc->cache || !rc->fetched || !rc->z) {
 		receiver_free(rc);
@@ -1548,7 +1551,7 @@ static int start_incoming(struct receiver *rc, struct recv_run *run)
 		fail(rc, PROXY_FAILED, "destination QEMU: %s", err);
 		return -1;
 	}
-	rc->writer = qs_writer_new(4096, to_qemu, rc);
+	rc->writer = qs_writer_new(WIRE_PAGE_SIZE, to_qemu, rc);
 	if (!rc->writer) {
 		fail(rc, PROXY_FAILED, "out of memory");
 		return -1;
@@ -1620,8 +1623,8 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	enum proxy_outcome oc;
 	uint64_t cache_pages;
 
-	cache_pages = (o->c.cache_bytes ? o->c.cache_bytes : PROXY_CACHE_DEFAULT) / 4096;
-	rc = receiver_new(o, cache_pages, 4096);
+	cache_pages = (o->c.cache_bytes ? o->c.cache_bytes : PROXY_CACHE_DEFAULT) / WIRE_PAGE_SIZE;
+	rc = receiver_new(o, cache_pages, FETCHED_PAGES);
 	if (!rc) {
 		log_error("out of memory");
 		return PROXY_FAILED;
@@ -1658,7 +1661,7 @@ int proxy_recv_fuzz(const uint8_t *data, size_t len)
 	rc->fuzz = &in;
 	rc->ram_limit = 1ull << 30;
 	rc->qfd = open("/dev/null", O_WRONLY | O_CLOEXEC);
-	rc->writer = qs_writer_new(4096, to_qemu, rc);
+	rc->writer = qs_writer_new(WIRE_PAGE_SIZE, to_qemu, rc);
 	if (rc->qfd >= 0 && rc->writer)
 		process_frames(rc);
 	failed = rc->failed;

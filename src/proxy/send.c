@@ -368,7 +368,7 @@ static int run_add(struct sender *s, const struct qs_page *pg, uint16_t qflags,
 
 	if (s->run.count && (s->run.block != block || !(qflags & QS_RAM_CONTINUE) ||
 			     s->run.count == WIRE_MAX_SAMERUN ||
-			     pg->offset != s->run.offset + (uint64_t)s->run.count * 4096)) {
+			     pg->offset != s->run.offset + (uint64_t)s->run.count * WIRE_PAGE_SIZE)) {
 		r = run_emit(s);
 		if (r < 0)
 			return r;
@@ -899,7 +899,7 @@ static void account_pages(struct sender *s, const struct job *j, size_t frame_le
 		s->wan.compressed += literal;
 	else
 		s->wan.literal += literal;
-	s->wan.literal_in += (uint64_t)j->n_data * 4096;
+	s->wan.literal_in += (uint64_t)j->n_data * WIRE_PAGE_SIZE;
 }
 
 static void *wan_thread(void *arg)
@@ -1098,7 +1098,7 @@ static int need_lookup(void *opaque, const uint8_t *hash, uint8_t *out)
 	/* Peek: a NEED must not change the mirrored cache's order. */
 	page = pagecache_peek(s->cache, hash);
 	if (page)
-		memcpy(out, page, 4096);
+		memcpy(out, page, WIRE_PAGE_SIZE);
 	pthread_mutex_unlock(&s->cache_lock);
 	/* The store without holding up the parse thread. */
 	if (!page && (!s->store || store_get(s->store, hash, out) < 0))
@@ -1112,7 +1112,7 @@ static int serve_need(struct sender *s, const struct wire_need *need)
 	int r;
 
 	tsb_buf_init(&frame);
-	r = wire_need_answer(need, 4096, need_lookup, s, NULL, &frame);
+	r = wire_need_answer(need, WIRE_PAGE_SIZE, need_lookup, s, NULL, &frame);
 	if (r == 0)
 		r = send_frame(s, &frame, true);
 	tsb_buf_fini(&frame);
@@ -1448,7 +1448,7 @@ static int64_t compute_floor(struct sender *s, uint64_t *ret_pages)
 	uint64_t total = 0, i, pages = 0;
 	int64_t floor_bytes = 0;
 	const uint8_t *hash, *page;
-	uint8_t buf[4096];
+	uint8_t buf[WIRE_PAGE_SIZE];
 
 	if (!z)
 		return -1;
@@ -1487,7 +1487,7 @@ static int64_t compute_floor(struct sender *s, uint64_t *ret_pages)
 				continue;
 			memcpy(seen[slot], hash, WIRE_HASH_LEN);
 			pages++;
-			tsb_buf_append(&chunk, page, 4096);
+			tsb_buf_append(&chunk, page, WIRE_PAGE_SIZE);
 			if (chunk.len >= (1u << 20)) {
 				tsb_buf_reset(&out);
 				floor_bytes += wire_zstd_compress(z, chunk.data, chunk.len, &out) > 0 ?
@@ -1909,7 +1909,7 @@ static void sender_init(struct sender *s, const struct proxy_send_options *o)
 	pthread_mutex_init(&s->cache_lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
 	for (i = 0; i < N_JOBS; i++) {
-		wire_pages_builder_init(&s->jobs[i].pb, 4096);
+		wire_pages_builder_init(&s->jobs[i].pb, WIRE_PAGE_SIZE);
 		tsb_buf_init(&s->jobs[i].buf);
 		s->jobs[i].next = s->free_jobs;
 		s->free_jobs = &s->jobs[i];
@@ -2258,8 +2258,8 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 		return PROXY_FAILED;
 	sender_init(s, o);
 	proxy_catch_signals(&s->abort_flag);
-	cache_pages = (o->c.cache_bytes ? o->c.cache_bytes : PROXY_CACHE_DEFAULT) / 4096;
-	s->cache = pagecache_new(cache_pages, 4096);
+	cache_pages = (o->c.cache_bytes ? o->c.cache_bytes : PROXY_CACHE_DEFAULT) / WIRE_PAGE_SIZE;
+	s->cache = pagecache_new(cache_pages, WIRE_PAGE_SIZE);
 	s->readbuf = malloc(PROXY_READ_CHUNK);
 	if (!s->cache || !s->readbuf)
 		fail(s, PROXY_FAILED, "out of memory");
@@ -2274,7 +2274,7 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 
 /* ---- fuzzing (tests/fuzz/fuzz-send.c) ---- */
 
-static uint8_t fuzz_pages[PROXY_FUZZ_CONTENTS][4096];
+static uint8_t fuzz_pages[PROXY_FUZZ_CONTENTS][WIRE_PAGE_SIZE];
 static uint8_t fuzz_hashes[PROXY_FUZZ_CONTENTS][WIRE_HASH_LEN];
 
 #define FUZZ_CHECK(s, cond) do { \
@@ -2319,7 +2319,7 @@ static void fuzz_check_answer(struct sender *s, const struct wire_need *need,
 	f.payload = frame->data + WIRE_HDR_LEN;
 	FUZZ_CHECK(s, wire_frame_decode(&f, &m) == 0);
 	FUZZ_CHECK(s, m.type == WIRE_MSG_HASHDATA);
-	FUZZ_CHECK(s, m.u.hashdata.count == need->count && m.u.hashdata.obj_size == 4096);
+	FUZZ_CHECK(s, m.u.hashdata.count == need->count && m.u.hashdata.obj_size == WIRE_PAGE_SIZE);
 	FUZZ_CHECK(s, !memcmp(m.u.hashdata.hashes, need->hashes,
 			      (size_t)need->count * WIRE_HASH_LEN));
 	tsb_buf_init(&scratch);
@@ -2329,7 +2329,7 @@ static void fuzz_check_answer(struct sender *s, const struct wire_need *need,
 
 		/* Only what this migration handled, never content 11. */
 		FUZZ_CHECK(s, k >= 0 && k < PROXY_FUZZ_SEEN);
-		FUZZ_CHECK(s, !memcmp(data + (size_t)i * 4096, fuzz_pages[k], 4096));
+		FUZZ_CHECK(s, !memcmp(data + (size_t)i * WIRE_PAGE_SIZE, fuzz_pages[k], WIRE_PAGE_SIZE));
 	}
 	tsb_buf_fini(&scratch);
 }
@@ -2424,12 +2424,12 @@ static int fuzz_setup(void)
 
 	for (k = 0; k < PROXY_FUZZ_CONTENTS; k++) {
 		proxy_fuzz_content(k, fuzz_pages[k]);
-		r = wire_sha256(fuzz_pages[k], 4096, fuzz_hashes[k]);
+		r = wire_sha256(fuzz_pages[k], WIRE_PAGE_SIZE, fuzz_hashes[k]);
 		if (r < 0)
 			return r;
 	}
 	/* Ten pages, as DATA pages went in; 0 and 1 fell out. */
-	fuzz_cache = pagecache_new(10, 4096);
+	fuzz_cache = pagecache_new(10, WIRE_PAGE_SIZE);
 	fuzz_z = wire_zstd_new(1);
 	if (!fuzz_cache || !fuzz_z)
 		return -ENOMEM;

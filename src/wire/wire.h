@@ -41,6 +41,11 @@ struct wire_zstd;
 #define WIRE_MAX_BATCH_BYTES (4u << 20)
 #define WIRE_MIN_PAGE_SIZE 512
 #define WIRE_MAX_PAGE_SIZE 65536
+/*
+ * The page size both channels carry today: QEMU's target page on x86 for
+ * RAM, the disk channel's block. The format allows others (above).
+ */
+#define WIRE_PAGE_SIZE 4096
 /* Site, migration, VM and tenant ids. */
 #define WIRE_MAX_ID 64
 /* Content filter summary in HELLO. */

@@ -1423,6 +1423,8 @@ static json_t *ctl_arrive(struct mob_agent *a, int ci,
 		/* Back home: deliver directly again. */
 		if (b && b->state == MOB_B_HOME_AWAY && q->when_seen) {
 			b->return_expected = true;
+			log_notice("vm '%s' expected back from site '%s': removing the binding on its first frame here",
+				   b->vm, b->current);
 			return json_pack("{s:b, s:s, s:s}", "ok", 1, "vm", q->vm,
 					 "state", "return-expected");
 		}

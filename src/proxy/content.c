@@ -64,7 +64,7 @@ void content_net_notify(const char *agent, const char *vm,
 			json_array_append_new(ips, json_string(o->net_ips[i]));
 		req = json_pack("{s:s, s:s, s:s, s:o, s:s, s:b}", "op", "arrive", "vm", vm,
 				"mac", o->net_mac, "addrs", ips, "home", o->net_home,
-				"when_seen", 1);
+				"when_seen", 0);
 	} else {
 		req = json_pack("{s:s, s:s}", "op", "depart", "vm", vm);
 	}

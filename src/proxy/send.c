@@ -6,12 +6,7 @@
  * NEED). The main thread drives QEMU over QMP.
  */
 #include "proxy/commit.h"
-#include "proxy/content.h"
-#include "proxy/imagerec.h"
-#include "proxy/internal.h"
-#include "proxy/record.h"
-#include "proxy/hashset.h"
-#include "proxy/pagecache.h"
+#include "proxy/sender.h"
 
 #include "common/fault.h"
 #include "common/log.h"
@@ -36,154 +31,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-enum job_kind {
-	JOB_PAGES,	/* pb holds a batch */
-	JOB_RUN,	/* buf holds verbatim stream bytes */
-	JOB_FRAME,	/* buf holds a ready frame */
-};
-
-struct job {
-	enum job_kind kind;
-	struct wire_pages_builder pb;
-	struct tsb_buf buf;
-	uint32_t n_zero, n_data, n_ref, n_raw;
-	uint32_t n_same, n_group, n_disk;	/* pages in REF-like entries by source */
-	uint32_t same_bytes;			/* bytes of SAME and SAMERUN entries */
-	struct job *next;
-};
-
-/* Bytes on the WAN by what they carried (application bytes, before TLS). */
-struct wan_counts {
-	uint64_t headers;	/* frame headers, PAGES headers, DATA entries */
-	uint64_t zero;		/* ZERO entries */
-	uint64_t reference;	/* REF entries: content seen earlier in this migration */
-	uint64_t reused;	/* SAME entries: the receiver's older image of this VM */
-	uint64_t group;		/* REF entries: the receiver's store (other VMs of the tenant) */
-	uint64_t disk;		/* REF entries: blocks of the receiver's disk images */
-	uint64_t literal;	/* literal areas sent uncompressed */
-	uint64_t compressed;	/* literal areas sent as zstd */
-	uint64_t literal_in;	/* uncompressed size of the literal areas */
-	uint64_t stream;	/* STREAM runs (device state, section framing) */
-	uint64_t stream_in;	/* their size before compression */
-	uint64_t control;	/* BLOCKS, HASHDATA, DONE, ... */
-	uint64_t raw_entries;	/* RAW (XBZRLE) entries */
-};
-
-#define N_JOBS 6
-/* Delay samples in flight, one per DELAY_SAMPLE_EVERY stream bytes. */
-#define DELAY_SAMPLES 1024
-#define DELAY_SAMPLE_EVERY (256u << 10)
-#define DELAY_MIN_PERIOD_NS 10000000000ull
-/* Literal bytes a batch needs for its compression to be a sample. */
-#define LEVEL_SAMPLE_MIN (256u << 10)
-#define N_LEVELS 3
-static const int zstd_levels[N_LEVELS] = { 0, 1, 3 }; /* 0: uncompressed */
-
-struct fuzz_input;
-
-struct sender {
-	const struct proxy_send_options *o;
-	struct disk_send *disks;	/* local disks moved with the VM, or NULL */
-	struct wire_conn *conn;		/* NULL when fuzzing: messages come from fuzz */
-	struct fuzz_input *fuzz;
-	int qfd;
-
-	/* Parse thread only. */
-	struct qs_parser *parser;
-	struct job *cur;
-	uint8_t *readbuf;
-
-	/* Content cache, shared with the return thread (NEED). */
-	pthread_mutex_t cache_lock;
-	struct pagecache *cache;
-	struct hashset seen;	/* every content this migration handled: NEED scope */
-
-	/* Job queue: parse thread -> WAN thread; bounded by the job pool. */
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	struct job jobs[N_JOBS];
-	struct job *free_jobs;
-	struct job *queue_head, *queue_tail;
-	bool queue_closed;
-
-	/* Credits: stream bytes parsed vs written into the destination QEMU. */
-	uint64_t acked;
-	uint64_t window;
-	uint64_t ack_rate_t0_ns, ack_rate_b0;
-	/*
-	 * End-to-end delay (parsed here -> written there), from (offset, time)
-	 * samples matched with ACKs; its minimum over ~10 s is the path's
-	 * delay without our own queueing, so the window covers the
-	 * bandwidth-delay product. Under lock.
-	 */
-	struct { uint64_t off, t; } delay_ring[DELAY_SAMPLES];
-	unsigned delay_head, delay_count;
-	uint64_t delay_last_off, delay_min, delay_min_cur, delay_min_t0;
-
-	/* Outcome. */
-	atomic_int failed;
-	volatile int abort_flag;
-	enum proxy_outcome outcome;
-	char error[512];
-	bool peer_done;		/* receiver sent DONE OK */
-	char peer_done_text[WIRE_MAX_TEXT + 1];	/* OUTCOME's text (resume time) */
-	/* Switchover (docs/protocol.md): the receiver's word and ours. */
-	atomic_bool prepared;	/* PREPARED: the destination holds the guest, paused */
-	atomic_bool link_lost;	/* the connection ended after PREPARED */
-	atomic_int peer_outcome; /* WIRE_OUTCOME_* on the main connection */
-	atomic_bool peer_failed; /* the receiver gave up (ERROR, CANCEL): holds nothing */
-	bool decided_commit;	/* the source must never run again */
-	atomic_bool wan_done;	/* the WAN thread ended: the main thread may write */
-	bool first_page;
-	struct mig_record rec;
-	int lock_fd;
-	bool stream_done;	/* QEMU closed after a complete stream */
-
-	/* Statistics (WAN thread writes wan, parse thread pages). */
-	struct wan_counts wan;
-	uint64_t pages_zero, pages_data, pages_ref, pages_raw, need_served;
-	uint64_t sections, stream_bytes;
-	uint64_t switchover_ns;	/* device state began (CLOCK_MONOTONIC) */
-	int level;		/* index into zstd_levels */
-	double link_speed;	/* bytes/s the link carries when it is the limit */
-	double max_rate_seen;	/* highest bytes/s written in one sampling interval */
-	uint64_t wan_idle_ns, rate_idle0; /* WAN thread time waiting for jobs */
-	unsigned since_probe;	/* batches since one went a level harder */
-	uint64_t credit_wait_ns; /* parse thread time spent waiting for credits */
-	uint64_t job_wait_ns;	/* time spent waiting for a free job (WAN thread behind) */
-	uint64_t rate_jobwait0;
-	uint64_t rate_t0_ns, rate_wire0, rate_wait0; /* link sampling interval */
-	uint64_t wire_out;	/* bytes written by the WAN thread */
-	uint64_t migrate_ns, qemu_done_ns; /* QEMU told to migrate; QEMU completed */
-	double compress_speed[N_LEVELS], ratio[N_LEVELS]; /* per level (EWMA) */
-	uint64_t level_uses[N_LEVELS];
-
-	/* What the destination can rebuild beyond this migration (content.h). */
-	struct store *store;		/* ours: departure image, NEED service */
-	struct image_rec departure;	/* the departure image being recorded (parse thread) */
-	struct store_image *manifest;	/* what the receiver still holds of this VM */
-	int manifest_block[WIRE_MAX_BLOCKS]; /* our block index -> manifest block */
-	uint64_t image_pages[WIRE_MAX_BLOCKS]; /* pages per image block */
-	struct peer_view peer;
-	bool use_peer;			/* SUMMARY received and usable */
-	char vm[WIRE_MAX_ID + 1], tenant[WIRE_MAX_ID + 1], image_id[33];
-	char peer_site[WIRE_MAX_ID + 1];
-	uint64_t pages_same, pages_group, pages_disk;
-	uint64_t summary_bytes;
-
-	/* Consecutive unchanged pages waiting to go as one SAMERUN (parse thread). */
-	struct {
-		uint16_t count, qflags, block;
-		uint64_t offset;
-		uint8_t hashes[WIRE_MAX_SAMERUN][WIRE_HASH_LEN];
-	} run;
-};
-
-/* Records the first failure and makes every thread stop. */
-static void fail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void fail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
+void sender_fail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
 {
 	va_list ap;
 	int expected = 0;
@@ -208,7 +56,7 @@ static void fail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
 
 /* ---- job queue ---- */
 
-static struct job *job_get(struct sender *s)
+struct job *sender_job_get(struct sender *s)
 {
 	struct job *j;
 
@@ -244,7 +92,7 @@ static void job_put(struct sender *s, struct job *j)
 	pthread_mutex_unlock(&s->lock);
 }
 
-static void queue_push(struct sender *s, struct job *j, bool front)
+void sender_queue_push(struct sender *s, struct job *j, bool front)
 {
 	pthread_mutex_lock(&s->lock);
 	j->next = NULL;
@@ -263,14 +111,12 @@ static void queue_push(struct sender *s, struct job *j, bool front)
 	pthread_mutex_unlock(&s->lock);
 }
 
-static int run_emit(struct sender *s);
-
 /* Sends the job being filled, if it holds anything. */
 static int flush_cur(struct sender *s)
 {
 	struct job *j;
 
-	if (s->run.count && run_emit(s) < 0)
+	if (s->run.count && encode_run_emit(s) < 0)
 		return -ENOMEM;
 	j = s->cur;
 	if (!j)
@@ -278,7 +124,7 @@ static int flush_cur(struct sender *s)
 	if ((j->kind == JOB_PAGES && !j->pb.count) || (j->kind == JOB_RUN && !j->buf.len))
 		return 0;
 	s->cur = NULL;
-	queue_push(s, j, false);
+	sender_queue_push(s, j, false);
 	return 0;
 }
 
@@ -289,7 +135,7 @@ static int want_job(struct sender *s, enum job_kind kind)
 		return 0;
 	flush_cur(s);
 	if (!s->cur) {
-		s->cur = job_get(s);
+		s->cur = sender_job_get(s);
 		if (!s->cur)
 			return -ECANCELED;
 	}
@@ -300,7 +146,7 @@ static int want_job(struct sender *s, enum job_kind kind)
 /* Queues a ready frame (from an encoder) ahead of or behind the data. */
 static int send_frame(struct sender *s, const struct tsb_buf *frame, bool urgent)
 {
-	struct job *j = job_get(s);
+	struct job *j = sender_job_get(s);
 
 	if (!j)
 		return -ECANCELED;
@@ -309,84 +155,16 @@ static int send_frame(struct sender *s, const struct tsb_buf *frame, bool urgent
 		job_put(s, j);
 		return -ENOMEM;
 	}
-	queue_push(s, j, urgent);
+	sender_queue_push(s, j, urgent);
 	return 0;
 }
 
 /* ---- parse thread: QEMU stream -> jobs ---- */
 
-/*
- * Puts the pending run of unchanged pages into the PAGES job: one SAME
- * entry for a single page, else a SAMERUN with the digest of the hashes.
- */
-static int run_emit(struct sender *s)
-{
-	uint8_t digest[WIRE_HASH_LEN];
-	uint16_t n = s->run.count;
-	int r = 0, tries;
-
-	if (!n)
-		return 0;
-	if (n > 1 && wire_sha256(s->run.hashes, (size_t)n * WIRE_HASH_LEN, digest) < 0)
-		return -EIO;
-	for (tries = 0; tries < 2; tries++) {
-		if (!s->cur || s->cur->kind != JOB_PAGES || r == -ENOBUFS) {
-			/* Direct, not flush_cur(): that would come back here. */
-			if (s->cur && (s->cur->pb.count || s->cur->buf.len)) {
-				queue_push(s, s->cur, false);
-				s->cur = NULL;
-			}
-			if (!s->cur)
-				s->cur = job_get(s);
-			if (!s->cur)
-				return -ECANCELED;
-			s->cur->kind = JOB_PAGES;
-		}
-		if (n == 1)
-			r = wire_pages_add_ref(&s->cur->pb, s->run.block, s->run.qflags,
-					       s->run.offset, WIRE_ENC_SAME, s->run.hashes[0]);
-		else
-			r = wire_pages_add_samerun(&s->cur->pb, s->run.block, s->run.qflags,
-						   s->run.offset, n, digest);
-		if (r != -ENOBUFS)
-			break;
-	}
-	if (r < 0)
-		return r;
-	s->cur->n_same += n;
-	s->cur->same_bytes += n == 1 ? 45 : 47;
-	s->run.count = 0;
-	return 0;
-}
-
-/* Adds an unchanged page to the pending run, starting a new one if it does not follow. */
-static int run_add(struct sender *s, const struct qs_page *pg, uint16_t qflags,
-		   const uint8_t *hash)
-{
-	uint16_t block = pg->block->index;
-	int r;
-
-	if (s->run.count && (s->run.block != block || !(qflags & QS_RAM_CONTINUE) ||
-			     s->run.count == WIRE_MAX_SAMERUN ||
-			     pg->offset != s->run.offset + (uint64_t)s->run.count * WIRE_PAGE_SIZE)) {
-		r = run_emit(s);
-		if (r < 0)
-			return r;
-	}
-	if (!s->run.count) {
-		s->run.block = block;
-		s->run.qflags = qflags;
-		s->run.offset = pg->offset;
-	}
-	memcpy(s->run.hashes[s->run.count++], hash, WIRE_HASH_LEN);
-	s->pages_same++;
-	return 0;
-}
-
 static int on_raw(void *opaque, const uint8_t *p, size_t n)
 {
 	struct sender *s = opaque;
-	int r = s->run.count ? run_emit(s) : 0;
+	int r = s->run.count ? encode_run_emit(s) : 0;
 
 	if (r == 0)
 		r = want_job(s, JOB_RUN);
@@ -399,205 +177,6 @@ static int on_raw(void *opaque, const uint8_t *p, size_t n)
 	if (s->cur->buf.len >= PROXY_RUN_MAX)
 		flush_cur(s);
 	return 0;
-}
-
-/*
- * Records a page in the departure image (and its content in our store, so
- * that a NEED for a SAME or REF can always be served). True if the store
- * now holds the content.
- */
-static bool record_page(struct sender *s, const struct qs_page *pg,
-			enum store_page_state state, const uint8_t *hash)
-{
-	return image_rec_page(&s->departure, pg, state, hash);
-}
-
-static bool same_as_manifest(struct sender *s, const struct qs_page *pg, const uint8_t *hash)
-{
-	int mb = s->manifest_block[pg->block->index];
-	const uint8_t *old;
-
-	if (mb < 0)
-		return false;
-	return store_image_page(s->manifest, mb, pg->offset / STORE_PAGE_SIZE, &old) ==
-		       STORE_PAGE_HASH && !memcmp(old, hash, WIRE_HASH_LEN);
-}
-
-/* The RAM block table is known: start the departure image, map the manifest. */
-static void image_setup(struct sender *s, const struct qs_event *ev)
-{
-	struct image_rec_block blocks[QS_MAX_BLOCKS];
-	struct store_image_info info = { 0 };
-	unsigned i, n = ev->ram_setup.n_blocks;
-	int ib;
-
-	for (i = 0; i < WIRE_MAX_BLOCKS; i++)
-		s->manifest_block[i] = -1;
-	if (!s->store || s->departure.image)
-		return;
-	for (i = 0; i < n; i++) {
-		const struct qs_block *b = &ev->ram_setup.blocks[i];
-
-		blocks[i] = (struct image_rec_block){
-			.index = b->index, .name = b->name, .name_len = b->name_len,
-			.length = b->used_length,
-		};
-	}
-	snprintf(info.id, sizeof(info.id), "%s", s->image_id);
-	snprintf(info.vm, sizeof(info.vm), "%s", s->vm);
-	info.role = STORE_IMAGE_DEPARTURE;
-	snprintf(info.peer_site, sizeof(info.peer_site), "%s", s->peer_site);
-	info.peer_generation = s->peer.store_gen;
-	image_rec_start(&s->departure, &info, blocks, n);
-	for (i = 0; i < n; i++) {
-		const struct qs_block *b = &ev->ram_setup.blocks[i];
-
-		if (b->index >= WIRE_MAX_BLOCKS)
-			continue;
-		ib = s->departure.block[b->index];
-		if (ib >= 0)
-			s->image_pages[ib] = (b->used_length + STORE_PAGE_SIZE - 1) / STORE_PAGE_SIZE;
-		if (s->manifest)
-			s->manifest_block[b->index] = store_image_block_find(s->manifest, b->name,
-									     b->name_len);
-	}
-}
-
-/* Where the receiver gets a page's content that this migration does not send. */
-enum ref_source {
-	REF_NONE,		/* nowhere: the bytes go */
-	REF_CACHE,		/* the mirrored cache (it holds it as surely as we do) */
-	REF_DISK_CHANNEL,	/* the destination's disk, written by our disk channel */
-	REF_STORE,		/* the receiver's store, by its filter (group dedup) */
-	REF_DISKS,		/* the receiver's disk images, by their filter */
-};
-
-/*
- * The encoding choice for a page that is not in the receiver's older image
- * of this VM. Touches the mirrored cache: call once per page, in stream order.
- */
-static enum ref_source choose_ref(struct sender *s, const struct qs_page *pg,
-				  const uint8_t *hash)
-{
-	bool hit;
-
-	pthread_mutex_lock(&s->cache_lock);
-	/*
-	 * Both caches see the same gets and puts in the same order, so a hit
-	 * here means the receiver holds the content too.
-	 */
-	hit = pagecache_touch(s->cache, hash);
-	pthread_mutex_unlock(&s->cache_lock);
-	if (hit)
-		return REF_CACHE;
-	/*
-	 * On the destination's disk, written there by this migration's disk
-	 * channel (docs/disk.md); a miss is served from our store.
-	 */
-	if (s->disks && image_rec_has_block(&s->departure, pg->block->index) &&
-	    disk_send_has(s->disks, hash))
-		return REF_DISK_CHANNEL;
-	/* Held by the receiver's store or disks (a false hit costs a NEED). */
-	if (s->use_peer && s->peer.has_store && tsb_filter_maybe(&s->peer.store_filter, hash))
-		return REF_STORE;
-	if (s->use_peer && s->peer.has_disk && tsb_filter_maybe(&s->peer.disk_filter, hash))
-		return REF_DISKS;
-	return REF_NONE;
-}
-
-static void count_ref(struct sender *s, enum ref_source src)
-{
-	switch (src) {
-	case REF_CACHE:
-		s->cur->n_ref++;
-		s->pages_ref++;
-		break;
-	case REF_STORE:
-		s->cur->n_group++;
-		s->pages_group++;
-		break;
-	case REF_DISK_CHANNEL:
-	case REF_DISKS:
-		s->cur->n_disk++;
-		s->pages_disk++;
-		break;
-	case REF_NONE:
-		break;
-	}
-}
-
-/* ZERO and XBZRLE pages: recorded as what they are, sent as they came. */
-static int add_special_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
-{
-	struct wire_pages_builder *pb = &s->cur->pb;
-	uint16_t block = pg->block->index;
-	int r;
-
-	if (pg->kind == QS_PAGE_ZERO) {
-		record_page(s, pg, pg->fill ? STORE_PAGE_UNKNOWN : STORE_PAGE_ZERO, NULL);
-		r = wire_pages_add_zero(pb, block, qflags, pg->offset, pg->fill);
-		if (r == 0) {
-			s->cur->n_zero++;
-			s->pages_zero++;
-		}
-		return r;
-	}
-	record_page(s, pg, STORE_PAGE_UNKNOWN, NULL);
-	r = wire_pages_add_raw(pb, block, qflags, pg->offset, pg->data, pg->len);
-	if (r == 0) {
-		s->cur->n_raw++;
-		s->pages_raw++;
-	}
-	return r;
-}
-
-static int add_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
-{
-	uint16_t block = pg->block->index;
-	uint8_t hash[WIRE_HASH_LEN];
-	enum ref_source src;
-	bool kept;
-	int r;
-
-	/* A pending run of unchanged pages goes before anything that is not one. */
-	if (pg->kind != QS_PAGE_NORMAL) {
-		r = s->run.count ? run_emit(s) : 0;
-		return r < 0 ? r : add_special_page(s, pg, qflags);
-	}
-	r = wire_sha256(pg->data, pg->len, hash);
-	if (r < 0)
-		return r;
-	pthread_mutex_lock(&s->cache_lock);
-	r = hashset_add(&s->seen, hash);
-	pthread_mutex_unlock(&s->cache_lock);
-	if (r < 0)
-		return r;
-	kept = record_page(s, pg, STORE_PAGE_HASH, hash);
-	if (s->manifest && same_as_manifest(s, pg, hash))
-		/* The receiver still holds this VM's older image: address unchanged. */
-		return run_add(s, pg, qflags, hash);
-	if (s->run.count) {
-		r = run_emit(s);
-		if (r < 0)
-			return r;
-	}
-	src = choose_ref(s, pg, hash);
-	if (src != REF_NONE) {
-		r = wire_pages_add_ref(&s->cur->pb, block, qflags, pg->offset, WIRE_ENC_REF, hash);
-		if (r == 0)
-			count_ref(s, src);
-		return r;
-	}
-	r = wire_pages_add_data(&s->cur->pb, block, qflags, pg->offset, pg->data);
-	if (r < 0)
-		return r;
-	s->cur->n_data++;
-	s->pages_data++;
-	pthread_mutex_lock(&s->cache_lock);
-	/* Content the store keeps is not copied twice: NEED reads the store. */
-	r = pagecache_put(s->cache, hash, kept ? NULL : pg->data);
-	pthread_mutex_unlock(&s->cache_lock);
-	return r;
 }
 
 static int on_page(void *opaque, const struct qs_page *pg)
@@ -620,13 +199,13 @@ static int on_page(void *opaque, const struct qs_page *pg)
 	if (pg->cont)
 		qflags |= QS_RAM_CONTINUE;
 	s->stream_bytes += 8 + (pg->cont ? 0 : 1 + pg->block->name_len) + pg->len;
-	r = add_page(s, pg, qflags);
+	r = encode_page(s, pg, qflags);
 	if (r == -ENOBUFS || (r == 0 && s->cur->pb.count >= PROXY_BATCH_PAGES)) {
 		flush_cur(s);
 		if (r == -ENOBUFS) {
 			r = want_job(s, JOB_PAGES);
 			if (r == 0)
-				r = add_page(s, pg, qflags);
+				r = encode_page(s, pg, qflags);
 		}
 	}
 	return r;
@@ -644,7 +223,7 @@ static int on_event(void *opaque, const struct qs_event *ev)
 	case QS_EV_RAM_SETUP:
 		if (ev->ram_setup.n_blocks > WIRE_MAX_BLOCKS)
 			return -EMSGSIZE;
-		image_setup(s, ev);
+		encode_image_setup(s, ev);
 		for (i = 0; i < ev->ram_setup.n_blocks; i++) {
 			blocks[i].index = ev->ram_setup.blocks[i].index;
 			blocks[i].name.p = ev->ram_setup.blocks[i].name;
@@ -748,7 +327,7 @@ static void *parse_thread(void *arg)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
-			fail(s, PROXY_FAILED, "reading the migration stream from QEMU: %s",
+			sender_fail(s, PROXY_FAILED, "reading the migration stream from QEMU: %s",
 			     strerror(errno));
 			break;
 		}
@@ -756,7 +335,7 @@ static void *parse_thread(void *arg)
 			r = qs_parser_finish(s->parser);
 			if (r < 0) {
 				/* A signal cancelled QEMU's migration: that is why it ended. */
-				fail(s, s->abort_flag > 1 ? PROXY_INTERRUPTED : PROXY_FAILED,
+				sender_fail(s, s->abort_flag > 1 ? PROXY_INTERRUPTED : PROXY_FAILED,
 				     "QEMU closed the migration stream %s: %s",
 				     r == -ENODATA ? "before its end" : "after an error",
 				     qs_parser_error(s->parser));
@@ -769,7 +348,7 @@ static void *parse_thread(void *arg)
 		r = qs_parser_feed(s->parser, s->readbuf, n);
 		if (r < 0) {
 			if (!s->failed)
-				fail(s, r == -EOPNOTSUPP ? PROXY_UNSUPPORTED : PROXY_FAILED,
+				sender_fail(s, r == -EOPNOTSUPP ? PROXY_UNSUPPORTED : PROXY_FAILED,
 				     "cannot carry this migration stream: %s",
 				     qs_parser_error(s->parser));
 			break;
@@ -916,7 +495,7 @@ static void *wan_thread(void *arg)
 	for (i = 1; i < N_LEVELS; i++) {
 		z[i] = wire_zstd_new(zstd_levels[i]);
 		if (!z[i]) {
-			fail(s, PROXY_FAILED, "out of memory");
+			sender_fail(s, PROXY_FAILED, "out of memory");
 			goto out;
 		}
 	}
@@ -972,14 +551,14 @@ static void *wan_thread(void *arg)
 			break;
 		}
 		if (r < 0) {
-			fail(s, PROXY_FAILED, "encoding a frame: %s", strerror(-r));
+			sender_fail(s, PROXY_FAILED, "encoding a frame: %s", strerror(-r));
 			job_put(s, j);
 			break;
 		}
 		t1 = tsb_now_ns();
 		r = wire_conn_write(s->conn, out.data, out.len);
 		if (r < 0) {
-			fail(s, proxy_outcome_of_errno(r), "sending to the receiver: %s",
+			sender_fail(s, proxy_outcome_of_errno(r), "sending to the receiver: %s",
 			     wire_conn_errmsg(s->conn)[0] ? wire_conn_errmsg(s->conn)
 							  : strerror(-r));
 			job_put(s, j);
@@ -1181,7 +760,7 @@ static void return_loop(struct sender *s, struct wire_zstd *z)
 		}
 		if (r <= 0) {
 			if (!s->peer_done)
-				fail(s, r == 0 ? PROXY_LINK : proxy_outcome_of_errno(r),
+				sender_fail(s, r == 0 ? PROXY_LINK : proxy_outcome_of_errno(r),
 				     "the receiver %s", r == 0 ? "closed the connection" :
 				     s->conn && wire_conn_errmsg(s->conn)[0] ?
 				     wire_conn_errmsg(s->conn) : strerror(-r));
@@ -1193,7 +772,7 @@ static void return_loop(struct sender *s, struct wire_zstd *z)
 			if (r == 0)
 				r = proxy_write_all(s->qfd, data, m.u.run.raw_len);
 			if (r < 0)
-				fail(s, PROXY_FAILED, "passing the return path to QEMU: %s",
+				sender_fail(s, PROXY_FAILED, "passing the return path to QEMU: %s",
 				     strerror(-r));
 			break;
 		case WIRE_MSG_ACK:
@@ -1212,7 +791,7 @@ static void return_loop(struct sender *s, struct wire_zstd *z)
 					wire_conn_send_status(s->conn, WIRE_MSG_ERROR,
 							      WIRE_CODE_NOT_FOUND,
 							      "content asked for is not held");
-				fail(s, PROXY_FAILED, "cannot serve the receiver's NEED: %s",
+				sender_fail(s, PROXY_FAILED, "cannot serve the receiver's NEED: %s",
 				     strerror(-r));
 			}
 			break;
@@ -1223,7 +802,7 @@ static void return_loop(struct sender *s, struct wire_zstd *z)
 				s->peer_done = true;
 			} else {
 				s->peer_failed = !s->prepared;
-				fail(s, PROXY_FAILED, "the receiver failed: %.*s",
+				sender_fail(s, PROXY_FAILED, "the receiver failed: %.*s",
 				     (int)m.u.status.text.len, m.u.status.text.p);
 			}
 			break;
@@ -1245,7 +824,7 @@ static void return_loop(struct sender *s, struct wire_zstd *z)
 				break;
 			}
 			s->peer_failed = true;
-			fail(s, m.u.status.code == WIRE_CODE_UNSUPPORTED ? PROXY_UNSUPPORTED
+			sender_fail(s, m.u.status.code == WIRE_CODE_UNSUPPORTED ? PROXY_UNSUPPORTED
 									  : PROXY_FAILED,
 			     "the receiver %s: %.*s",
 			     m.type == WIRE_MSG_ERROR ? "reported an error" : "cancelled",
@@ -1433,217 +1012,6 @@ static int take_summary(struct sender *s, char *err, size_t errlen)
 	return 0;
 }
 
-/*
- * The floor: the zstd-compressed size (level 3, 1 MiB chunks) of the
- * distinct contents of the final image that had to travel as data (the
- * destination could rebuild nothing of them). Our mirrored cache holds
- * exactly the pages sent as data in this migration.
- */
-static int64_t compute_floor(struct sender *s, uint64_t *ret_pages)
-{
-	struct wire_zstd *z = wire_zstd_new(3);
-	struct tsb_buf chunk, out;
-	uint8_t (*seen)[WIRE_HASH_LEN] = NULL;
-	size_t cap = 1, nb, b, slot;
-	uint64_t total = 0, i, pages = 0;
-	int64_t floor_bytes = 0;
-	const uint8_t *hash, *page;
-	uint8_t buf[WIRE_PAGE_SIZE];
-
-	if (!z)
-		return -1;
-	nb = store_image_block_count(s->departure.image);
-	for (b = 0; b < nb; b++)
-		total += s->image_pages[b];
-	while (cap < total * 2 + 2)
-		cap *= 2;
-	seen = calloc(cap, WIRE_HASH_LEN);
-	tsb_buf_init(&chunk);
-	tsb_buf_init(&out);
-	if (!seen) {
-		floor_bytes = -1;
-		goto out;
-	}
-	for (b = 0; b < nb; b++) {
-		for (i = 0; i < s->image_pages[b]; i++) {
-			uint64_t key;
-
-			if (store_image_page(s->departure.image, b, i, &hash) != STORE_PAGE_HASH)
-				continue;
-			if (!pagecache_has(s->cache, hash))
-				continue;
-			page = pagecache_peek(s->cache, hash);
-			if (!page && store_get(s->store, hash, buf) == 0)
-				page = buf;
-			if (!page)
-				continue;
-			memcpy(&key, hash, sizeof(key));
-			/* Open addressing; an all-zero slot is free (no real hash is zero). */
-			for (slot = key & (cap - 1); seen[slot][0] | seen[slot][1] | seen[slot][31];
-			     slot = (slot + 1) & (cap - 1))
-				if (!memcmp(seen[slot], hash, WIRE_HASH_LEN))
-					break;
-			if (!memcmp(seen[slot], hash, WIRE_HASH_LEN))
-				continue;
-			memcpy(seen[slot], hash, WIRE_HASH_LEN);
-			pages++;
-			tsb_buf_append(&chunk, page, WIRE_PAGE_SIZE);
-			if (chunk.len >= (1u << 20)) {
-				tsb_buf_reset(&out);
-				floor_bytes += wire_zstd_compress(z, chunk.data, chunk.len, &out) > 0 ?
-					       (int64_t)out.len : (int64_t)chunk.len;
-				tsb_buf_reset(&chunk);
-			}
-		}
-	}
-	if (chunk.len) {
-		tsb_buf_reset(&out);
-		floor_bytes += wire_zstd_compress(z, chunk.data, chunk.len, &out) > 0 ?
-			       (int64_t)out.len : (int64_t)chunk.len;
-	}
-out:
-	*ret_pages = pages;
-	free(seen);
-	tsb_buf_fini(&chunk);
-	tsb_buf_fini(&out);
-	wire_zstd_free(z);
-	return floor_bytes;
-}
-
-struct progress_ctx {
-	struct sender *s;
-	uint64_t start_ns;
-	bool tty;
-};
-
-static void progress_tick(void *opaque, json_t *stats)
-{
-	struct progress_ctx *p = opaque;
-	json_t *ram = json_object_get(stats, "ram");
-	double secs = (tsb_now_ns() - p->start_ns) / 1e9;
-	struct wire_conn_stats ws;
-	json_int_t pass, remaining, total;
-	double pct, rate;
-
-	if (!strcmp(json_string_value(json_object_get(stats, "status")) ?: "", "postcopy-active"))
-		tsb_fault_point("postcopy");
-	if (!p->tty || !ram)
-		return;
-	wire_conn_get_stats(p->s->conn, &ws);
-	pass = json_integer_value(json_object_get(ram, "dirty-sync-count"));
-	remaining = json_integer_value(json_object_get(ram, "remaining"));
-	total = json_integer_value(json_object_get(ram, "total"));
-	pct = total ? 100.0 * (double)(total - remaining) / (double)total : 0;
-	rate = secs > 0 ? ws.net_out * 8 / secs / 1e6 : 0;
-	fprintf(stderr, "\rsend: pass %lld  %5.1f%%  WAN %.1f MB at %.1f Mbit/s  "
-		"remaining %.1f MB   ", (long long)pass, pct, ws.net_out / 1e6, rate,
-		remaining / 1e6);
-}
-
-static json_t *make_report(struct sender *s, const struct migctl_result *res,
-			   uint64_t start_ns, uint64_t end_ns)
-{
-	struct wire_conn_stats ws = { 0 };
-	json_t *r = json_object(), *stats = res->src_stats, *ram;
-	double secs = (end_ns - start_ns) / 1e9;
-	uint64_t resume_ns = 0;
-	const char *p;
-
-	if (s->conn)
-		wire_conn_get_stats(s->conn, &ws);
-	json_object_set_new(r, "side", json_string("send"));
-	json_object_set_new(r, "outcome", json_string(proxy_outcome_name(s->outcome)));
-	if (s->error[0])
-		json_object_set_new(r, "error", json_string(s->error));
-	json_object_set_new(r, "total_time_ms", json_integer((end_ns - start_ns) / 1000000));
-	if (s->migrate_ns && s->qemu_done_ns)
-		/* Where the time went: before QEMU starts, QEMU, the receiver's word. */
-		json_object_set_new(r, "phases_ms", json_pack("{s:I, s:I, s:I}",
-			"setup", (json_int_t)((s->migrate_ns - start_ns) / 1000000),
-			"qemu", (json_int_t)((s->qemu_done_ns - s->migrate_ns) / 1000000),
-			"confirm", (json_int_t)((end_ns - s->qemu_done_ns) / 1000000)));
-	/* Where the pipeline stalled: which stage waited for which. */
-	json_object_set_new(r, "waits_ms", json_pack("{s:I, s:I, s:I}",
-		"credits", (json_int_t)(s->credit_wait_ns / 1000000),
-		"free_job", (json_int_t)(s->job_wait_ns / 1000000),
-		"wan_idle", (json_int_t)(s->wan_idle_ns / 1000000)));
-	p = strstr(s->peer_done_text, "resume_ns=");
-	if (p)
-		resume_ns = strtoull(p + 10, NULL, 10);
-	/* Guest-visible downtime: source STOP to destination RESUME (host clocks). */
-	if (res->stop_ns && resume_ns > res->stop_ns)
-		json_object_set_new(r, "downtime_ms",
-				    json_integer((resume_ns - res->stop_ns) / 1000000));
-	if (stats) {
-		json_object_set(r, "qemu_downtime_ms", json_object_get(stats, "downtime")
-			? json_object_get(stats, "downtime") : json_null());
-		json_object_set(r, "qemu_total_time_ms", json_object_get(stats, "total-time")
-			? json_object_get(stats, "total-time") : json_null());
-		ram = json_object_get(stats, "ram");
-		if (ram)
-			json_object_set(r, "passes", json_object_get(ram, "dirty-sync-count"));
-	}
-	json_object_set_new(r, "qemu_stream_bytes", json_integer(s->stream_bytes));
-	json_object_set_new(r, "wan", json_pack(
-		"{s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I},"
-		" s:I, s:I}",
-		"bytes_sent", (json_int_t)ws.net_out,
-		"bytes_received", (json_int_t)ws.net_in,
-		"tls_overhead", (json_int_t)(ws.net_out - ws.app_out),
-		"app_bytes_sent", (json_int_t)ws.app_out,
-		"by_category",
-		"header", (json_int_t)s->wan.headers,
-		"zero", (json_int_t)s->wan.zero,
-		"literal", (json_int_t)s->wan.literal,
-		"compressed", (json_int_t)s->wan.compressed,
-		"reference", (json_int_t)s->wan.reference,
-		"reused", (json_int_t)s->wan.reused,
-		"group", (json_int_t)s->wan.group,
-		"disk", (json_int_t)s->wan.disk,
-		"stream", (json_int_t)s->wan.stream,
-		"raw", (json_int_t)s->wan.raw_entries,
-		"control", (json_int_t)s->wan.control,
-		"literal_uncompressed", (json_int_t)s->wan.literal_in,
-		"stream_uncompressed", (json_int_t)s->wan.stream_in));
-	json_object_set_new(r, "pages", json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
-		"zero", (json_int_t)s->pages_zero, "data", (json_int_t)s->pages_data,
-		"reference", (json_int_t)s->pages_ref, "raw", (json_int_t)s->pages_raw,
-		"reused", (json_int_t)s->pages_same, "group", (json_int_t)s->pages_group,
-		"disk", (json_int_t)s->pages_disk,
-		"need_served", (json_int_t)s->need_served));
-	/* Where each page came from at the destination, and what that cost. */
-	json_object_set_new(r, "by_source", json_pack(
-		"{s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I}}",
-		"reused_from_old_image", "pages", (json_int_t)s->pages_same,
-		"bytes", (json_int_t)s->wan.reused,
-		"shared_from_group", "pages", (json_int_t)s->pages_group,
-		"bytes", (json_int_t)s->wan.group,
-		"rebuilt_from_disk", "pages", (json_int_t)s->pages_disk,
-		"bytes", (json_int_t)s->wan.disk,
-		"repeated_in_migration", "pages", (json_int_t)s->pages_ref,
-		"bytes", (json_int_t)s->wan.reference,
-		"sent", "pages", (json_int_t)s->pages_data,
-		"bytes", (json_int_t)(s->wan.literal + s->wan.compressed)));
-	if (s->store) {
-		json_t *st = json_pack("{s:s, s:s, s:s, s:s, s:b}",
-			"site", store_site_id(s->store), "tenant", s->tenant, "vm", s->vm,
-			"image", s->image_id, "peer_summary", s->use_peer);
-
-		if (s->manifest)
-			json_object_set_new(st, "reused_image", json_string(
-				store_image_get_info(s->manifest)->peer_image));
-		json_object_set_new(r, "store", st);
-	}
-	json_object_set_new(r, "zstd_batches", json_pack("{s:I, s:I, s:I}",
-		"none", (json_int_t)s->level_uses[0], "level1", (json_int_t)s->level_uses[1],
-		"level3", (json_int_t)s->level_uses[2]));
-	json_object_set_new(r, "effective_mbit_s",
-			    json_real(secs > 0 ? s->stream_bytes * 8 / secs / 1e6 : 0));
-	json_object_set_new(r, "wan_mbit_s",
-			    json_real(secs > 0 ? ws.net_out * 8 / secs / 1e6 : 0));
-	return r;
-}
-
 /* ---- switchover (docs/protocol.md) ---- */
 
 /* Names the migration, takes its lock and records that it began. */
@@ -1662,18 +1030,18 @@ static int record_begin(struct sender *s, struct qmp *q)
 	snprintf(m->vm, sizeof(m->vm), "%s", s->vm);
 	r = commit_vm_running(q, &m->resume);
 	if (r < 0) {
-		fail(s, PROXY_FAILED, "the source QEMU does not answer: %s", strerror(-r));
+		sender_fail(s, PROXY_FAILED, "the source QEMU does not answer: %s", strerror(-r));
 		return r;
 	}
 	s->lock_fd = record_lock(o->c.state_dir, m->id, "send");
 	if (s->lock_fd < 0) {
-		fail(s, PROXY_FAILED, "cannot lock the record of migration %s in %s: %s", m->id,
+		sender_fail(s, PROXY_FAILED, "cannot lock the record of migration %s in %s: %s", m->id,
 		     o->c.state_dir, strerror(-s->lock_fd));
 		return s->lock_fd;
 	}
 	r = record_save(o->c.state_dir, m, err, sizeof(err));
 	if (r < 0)
-		fail(s, PROXY_FAILED, "%s", err);
+		sender_fail(s, PROXY_FAILED, "%s", err);
 	return r;
 }
 
@@ -1740,14 +1108,14 @@ static void settle(struct sender *s, struct wire_tls *tls)
 	}
 	if (!s->prepared || s->abort_flag > 1) {
 		if (!s->failed)
-			fail(s, s->abort_flag > 1 ? PROXY_INTERRUPTED : PROXY_FAILED, "%s",
+			sender_fail(s, s->abort_flag > 1 ? PROXY_INTERRUPTED : PROXY_FAILED, "%s",
 			     s->abort_flag > 1 ? "interrupted before the switchover was committed"
 					   : "the receiver did not say that it holds the guest");
 		return;
 	}
 	snprintf(s->rec.state, sizeof(s->rec.state), "commit");
 	if (record_save(o->c.state_dir, &s->rec, err, sizeof(err)) < 0) {
-		fail(s, PROXY_FAILED, "%s: not committing", err);
+		sender_fail(s, PROXY_FAILED, "%s: not committing", err);
 		return;
 	}
 	s->decided_commit = true;
@@ -1774,11 +1142,11 @@ static void settle(struct sender *s, struct wire_tls *tls)
 			(void)wire_conn_close(s->conn); /* tells the receiver we heard it */
 		s->decided_commit = false;
 		s->peer_outcome = outcome;
-		fail(s, PROXY_FAILED, "the destination could not run the guest (%s); the source "
+		sender_fail(s, PROXY_FAILED, "the destination could not run the guest (%s); the source "
 		     "runs it again", s->peer_done_text);
 		return;
 	}
-	fail(s, PROXY_IN_DOUBT, "in doubt: the switchover was committed but the receiver's "
+	sender_fail(s, PROXY_IN_DOUBT, "in doubt: the switchover was committed but the receiver's "
 	     "answer did not arrive%s; the source stays paused and never runs again by "
 	     "itself. On the destination host run 'tsubame resolve %s --commit' "
 	     "(--state-dir %s there)", outcome == -EINTR ? " (interrupted)" :
@@ -1869,14 +1237,14 @@ static int disks_start(struct sender *s, struct qmp *q, struct wire_tls *tls,
 		dso.only[dso.n_only++] = o->disks[i];
 	r = disk_send_start(q, &dso, &s->disks, err, sizeof(err));
 	if (r < 0) {
-		fail(s, r == -ECONNRESET || r == -ECONNREFUSED ? PROXY_LINK :
+		sender_fail(s, r == -ECONNRESET || r == -ECONNREFUSED ? PROXY_LINK :
 		     r == -ECANCELED ? PROXY_INTERRUPTED : r == -ETIMEDOUT ? PROXY_TIMEOUT :
 		     PROXY_FAILED, "disks: %s", err);
 		return r;
 	}
 	if (s->disks) {
 		if (mo->n_caps >= MIGCTL_MAX_CAPS) {
-			fail(s, PROXY_FAILED, "too many capabilities");
+			sender_fail(s, PROXY_FAILED, "too many capabilities");
 			return -E2BIG;
 		}
 		mo->caps[mo->n_caps++] = "pause-before-switchover";
@@ -1967,7 +1335,7 @@ static int identify_vm(struct sender *s, struct send_run *run)
 
 	r = qmp_open(o->c.qmp_path, 10000, &run->q);
 	if (r < 0) {
-		fail(s, PROXY_FAILED, "cannot reach the source QEMU at %s: %s",
+		sender_fail(s, PROXY_FAILED, "cannot reach the source QEMU at %s: %s",
 		     o->c.qmp_path, strerror(-r));
 		return -1;
 	}
@@ -1980,7 +1348,7 @@ static int identify_vm(struct sender *s, struct send_run *run)
 		r = content_open_store(&o->c, s->tenant, &s->store, err, sizeof(err));
 		s->departure.store = s->store;
 		if (r < 0) {
-			fail(s, PROXY_FAILED, "%s", err);
+			sender_fail(s, PROXY_FAILED, "%s", err);
 			return -1;
 		}
 		content_new_id(s->image_id);
@@ -2023,42 +1391,42 @@ static int connect_receiver(struct sender *s, struct send_run *run)
 
 	if (tsb_split_hostport(o->to, run->host, sizeof(run->host), run->port,
 			       sizeof(run->port)) < 0) {
-		fail(s, PROXY_FAILED, "bad --to '%s': expected HOST:PORT", o->to);
+		sender_fail(s, PROXY_FAILED, "bad --to '%s': expected HOST:PORT", o->to);
 		return -1;
 	}
 	r = proxy_tls_setup(&o->c, WIRE_TLS_CLIENT, &run->tls, err, sizeof(err));
 	if (r < 0) {
-		fail(s, PROXY_AUTH, "%s", err);
+		sender_fail(s, PROXY_AUTH, "%s", err);
 		return -1;
 	}
 	r = wire_tcp_connect(run->host, run->port, 10000, &fd, err, sizeof(err));
 	if (r < 0) {
-		fail(s, PROXY_LINK, "%s", err);
+		sender_fail(s, PROXY_LINK, "%s", err);
 		return -1;
 	}
 	wire_tcp_tune(fd, 0);
 	s->conn = wire_conn_new_take(run->tls, fd);
 	if (!s->conn) {
-		fail(s, PROXY_FAILED, "out of memory");
+		sender_fail(s, PROXY_FAILED, "out of memory");
 		return -1;
 	}
 	r = wire_conn_handshake(s->conn, 15000);
 	if (r < 0) {
-		fail(s, proxy_outcome_of_errno(r), "%s", wire_conn_errmsg(s->conn));
+		sender_fail(s, proxy_outcome_of_errno(r), "%s", wire_conn_errmsg(s->conn));
 		return -1;
 	}
 	tsb_fault_point("handshake");
 	hello_of(s, &hello);
 	r = wire_conn_hello(s->conn, &hello, &peer);
 	if (r < 0) {
-		fail(s, proxy_outcome_of_errno(r), "%s", wire_conn_errmsg(s->conn));
+		sender_fail(s, proxy_outcome_of_errno(r), "%s", wire_conn_errmsg(s->conn));
 		return -1;
 	}
 	snprintf(s->peer_site, sizeof(s->peer_site), "%.*s", (int)peer.site.len, peer.site.p);
 	if (s->store && (peer.caps & WIRE_CAP_STORE)) {
 		r = take_summary(s, err, sizeof(err));
 		if (r < 0) {
-			fail(s, r == -ECONNREFUSED || r == -EPROTO || r == -EBADMSG ?
+			sender_fail(s, r == -ECONNREFUSED || r == -EPROTO || r == -EBADMSG ?
 			     PROXY_FAILED : proxy_outcome_of_errno(r), "%s", err);
 			return -1;
 		}
@@ -2082,7 +1450,7 @@ static int prepare_source(struct sender *s, struct send_run *run)
 	if (o->caps) {
 		run->caps_copy = strdup(o->caps);
 		if (!run->caps_copy || migctl_parse_caps(run->caps_copy, mo) < 0) {
-			fail(s, PROXY_FAILED, "too many capabilities in '%s'", o->caps);
+			sender_fail(s, PROXY_FAILED, "too many capabilities in '%s'", o->caps);
 			return -1;
 		}
 	}
@@ -2099,18 +1467,18 @@ static int prepare_source(struct sender *s, struct send_run *run)
 		return -1;
 	r = setup_source(s, run->q, mo, err, sizeof(err));
 	if (r < 0) {
-		fail(s, r == -EOPNOTSUPP ? PROXY_UNSUPPORTED : PROXY_FAILED,
+		sender_fail(s, r == -EOPNOTSUPP ? PROXY_UNSUPPORTED : PROXY_FAILED,
 		     "source QEMU: %s", err);
 		return -1;
 	}
 	r = proxy_qemu_socket(run->q, &s->qfd, err, sizeof(err));
 	if (r < 0) {
-		fail(s, PROXY_FAILED, "cannot hand a socket to the source QEMU: %s", err);
+		sender_fail(s, PROXY_FAILED, "cannot hand a socket to the source QEMU: %s", err);
 		return -1;
 	}
 	s->parser = qs_parser_new(&handlers, s);
 	if (!s->parser) {
-		fail(s, PROXY_FAILED, "out of memory");
+		sender_fail(s, PROXY_FAILED, "out of memory");
 		return -1;
 	}
 	return 0;
@@ -2120,11 +1488,11 @@ static int start_threads(struct sender *s, struct send_run *run)
 {
 	if (pthread_create(&run->th_wan, NULL, wan_thread, s) ||
 	    pthread_create(&run->th_ret, NULL, return_thread, s)) {
-		fail(s, PROXY_FAILED, "cannot start threads");
+		sender_fail(s, PROXY_FAILED, "cannot start threads");
 		return -1;
 	}
 	if (pthread_create(&run->th_parse, NULL, parse_thread, s)) {
-		fail(s, PROXY_FAILED, "cannot start threads");
+		sender_fail(s, PROXY_FAILED, "cannot start threads");
 		pthread_join(run->th_wan, NULL);
 		pthread_join(run->th_ret, NULL);
 		return -1;
@@ -2141,7 +1509,7 @@ static void migrate(struct sender *s, struct send_run *run)
 	run->pc.s = s;
 	run->pc.start_ns = run->start_ns;
 	run->pc.tty = run->o->c.progress;
-	run->mo.tick = progress_tick;
+	run->mo.tick = report_progress_tick;
 	run->mo.tick_opaque = &run->pc;
 	if (record_begin(s, run->q) < 0)
 		return;
@@ -2152,12 +1520,12 @@ static void migrate(struct sender *s, struct send_run *run)
 		fputc('\n', stderr);
 	if (r < 0) {
 		if (s->abort_flag > 1 && !s->failed)
-			fail(s, PROXY_INTERRUPTED, "interrupted by signal %d; migration cancelled",
+			sender_fail(s, PROXY_INTERRUPTED, "interrupted by signal %d; migration cancelled",
 			     s->abort_flag);
 		else if (r == -ETIMEDOUT)
-			fail(s, PROXY_TIMEOUT, "%s", run->res.error);
+			sender_fail(s, PROXY_TIMEOUT, "%s", run->res.error);
 		else
-			fail(s, PROXY_FAILED, "source QEMU: migration %s%s%s", run->res.status,
+			sender_fail(s, PROXY_FAILED, "source QEMU: migration %s%s%s", run->res.status,
 			     run->res.error[0] ? ": " : "", run->res.error);
 		return;
 	}
@@ -2180,7 +1548,7 @@ static void stop_threads(struct sender *s, struct send_run *run)
 		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&s->lock);
 	} else if (!s->failed) {
-		fail(s, PROXY_FAILED, "stopped");
+		sender_fail(s, PROXY_FAILED, "stopped");
 	}
 	pthread_join(run->th_parse, NULL);
 	pthread_join(run->th_wan, NULL);
@@ -2194,14 +1562,14 @@ static void stop_threads(struct sender *s, struct send_run *run)
 static json_t *report_of(struct sender *s, struct send_run *run, enum proxy_outcome oc,
 			 uint64_t end_ns, uint64_t commit_ms)
 {
-	json_t *report = make_report(s, &run->res, run->start_ns, end_ns);
+	json_t *report = report_make(s, &run->res, run->start_ns, end_ns);
 
 	if (s->store)
 		json_object_set_new(json_object_get(report, "store"), "commit_ms",
 				    json_integer((json_int_t)commit_ms));
 	if (oc == PROXY_OK && run->o->floor && s->departure.image) {
 		uint64_t fp = 0;
-		int64_t fb = compute_floor(s, &fp);
+		int64_t fb = report_floor(s, &fp);
 
 		if (fb >= 0)
 			json_object_set_new(report, "floor", json_pack("{s:I, s:I}",
@@ -2262,7 +1630,7 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 	s->cache = pagecache_new(cache_pages, WIRE_PAGE_SIZE);
 	s->readbuf = malloc(PROXY_READ_CHUNK);
 	if (!s->cache || !s->readbuf)
-		fail(s, PROXY_FAILED, "out of memory");
+		sender_fail(s, PROXY_FAILED, "out of memory");
 	else if (identify_vm(s, &run) == 0 && connect_receiver(s, &run) == 0 &&
 		 prepare_source(s, &run) == 0 && start_threads(s, &run) == 0)
 		migrate(s, &run);

@@ -1,0 +1,208 @@
+/*
+ * The sender's state, shared by its files: send.c (the threads, QEMU, the
+ * switchover), send_encode.c (how each page of QEMU's stream travels) and
+ * send_report.c (what it reports). Not used outside src/proxy/send*.c.
+ */
+#ifndef TSB_PROXY_SENDER_H
+#define TSB_PROXY_SENDER_H
+
+#include "proxy/content.h"
+#include "proxy/hashset.h"
+#include "proxy/imagerec.h"
+#include "proxy/internal.h"
+#include "proxy/pagecache.h"
+#include "proxy/record.h"
+
+#include "migctl/migctl.h"
+#include "qstream/qstream.h"
+#include "wire/codec.h"
+#include "wire/wire.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+enum job_kind {
+	JOB_PAGES,	/* pb holds a batch */
+	JOB_RUN,	/* buf holds verbatim stream bytes */
+	JOB_FRAME,	/* buf holds a ready frame */
+};
+
+struct job {
+	enum job_kind kind;
+	struct wire_pages_builder pb;
+	struct tsb_buf buf;
+	uint32_t n_zero, n_data, n_ref, n_raw;
+	uint32_t n_same, n_group, n_disk;	/* pages in REF-like entries by source */
+	uint32_t same_bytes;			/* bytes of SAME and SAMERUN entries */
+	struct job *next;
+};
+
+/* Bytes on the WAN by what they carried (application bytes, before TLS). */
+struct wan_counts {
+	uint64_t headers;	/* frame headers, PAGES headers, DATA entries */
+	uint64_t zero;		/* ZERO entries */
+	uint64_t reference;	/* REF entries: content seen earlier in this migration */
+	uint64_t reused;	/* SAME entries: the receiver's older image of this VM */
+	uint64_t group;		/* REF entries: the receiver's store (other VMs of the tenant) */
+	uint64_t disk;		/* REF entries: blocks of the receiver's disk images */
+	uint64_t literal;	/* literal areas sent uncompressed */
+	uint64_t compressed;	/* literal areas sent as zstd */
+	uint64_t literal_in;	/* uncompressed size of the literal areas */
+	uint64_t stream;	/* STREAM runs (device state, section framing) */
+	uint64_t stream_in;	/* their size before compression */
+	uint64_t control;	/* BLOCKS, HASHDATA, DONE, ... */
+	uint64_t raw_entries;	/* RAW (XBZRLE) entries */
+};
+
+#define N_JOBS 6
+/* Delay samples in flight, one per DELAY_SAMPLE_EVERY stream bytes. */
+#define DELAY_SAMPLES 1024
+#define DELAY_SAMPLE_EVERY (256u << 10)
+#define DELAY_MIN_PERIOD_NS 10000000000ull
+/* Literal bytes a batch needs for its compression to be a sample. */
+#define LEVEL_SAMPLE_MIN (256u << 10)
+#define N_LEVELS 3
+static const int zstd_levels[N_LEVELS] = { 0, 1, 3 }; /* 0: uncompressed */
+
+struct fuzz_input;
+
+struct sender {
+	const struct proxy_send_options *o;
+	struct disk_send *disks;	/* local disks moved with the VM, or NULL */
+	struct wire_conn *conn;		/* NULL when fuzzing: messages come from fuzz */
+	struct fuzz_input *fuzz;
+	int qfd;
+
+	/* Parse thread only. */
+	struct qs_parser *parser;
+	struct job *cur;
+	uint8_t *readbuf;
+
+	/* Content cache, shared with the return thread (NEED). */
+	pthread_mutex_t cache_lock;
+	struct pagecache *cache;
+	struct hashset seen;	/* every content this migration handled: NEED scope */
+
+	/* Job queue: parse thread -> WAN thread; bounded by the job pool. */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct job jobs[N_JOBS];
+	struct job *free_jobs;
+	struct job *queue_head, *queue_tail;
+	bool queue_closed;
+
+	/* Credits: stream bytes parsed vs written into the destination QEMU. */
+	uint64_t acked;
+	uint64_t window;
+	uint64_t ack_rate_t0_ns, ack_rate_b0;
+	/*
+	 * End-to-end delay (parsed here -> written there), from (offset, time)
+	 * samples matched with ACKs; its minimum over ~10 s is the path's
+	 * delay without our own queueing, so the window covers the
+	 * bandwidth-delay product. Under lock.
+	 */
+	struct { uint64_t off, t; } delay_ring[DELAY_SAMPLES];
+	unsigned delay_head, delay_count;
+	uint64_t delay_last_off, delay_min, delay_min_cur, delay_min_t0;
+
+	/* Outcome. */
+	atomic_int failed;
+	volatile int abort_flag;
+	enum proxy_outcome outcome;
+	char error[512];
+	bool peer_done;		/* receiver sent DONE OK */
+	char peer_done_text[WIRE_MAX_TEXT + 1];	/* OUTCOME's text (resume time) */
+	/* Switchover (docs/protocol.md): the receiver's word and ours. */
+	atomic_bool prepared;	/* PREPARED: the destination holds the guest, paused */
+	atomic_bool link_lost;	/* the connection ended after PREPARED */
+	atomic_int peer_outcome; /* WIRE_OUTCOME_* on the main connection */
+	atomic_bool peer_failed; /* the receiver gave up (ERROR, CANCEL): holds nothing */
+	bool decided_commit;	/* the source must never run again */
+	atomic_bool wan_done;	/* the WAN thread ended: the main thread may write */
+	bool first_page;
+	struct mig_record rec;
+	int lock_fd;
+	bool stream_done;	/* QEMU closed after a complete stream */
+
+	/* Statistics (WAN thread writes wan, parse thread pages). */
+	struct wan_counts wan;
+	uint64_t pages_zero, pages_data, pages_ref, pages_raw, need_served;
+	uint64_t sections, stream_bytes;
+	uint64_t switchover_ns;	/* device state began (CLOCK_MONOTONIC) */
+	int level;		/* index into zstd_levels */
+	double link_speed;	/* bytes/s the link carries when it is the limit */
+	double max_rate_seen;	/* highest bytes/s written in one sampling interval */
+	uint64_t wan_idle_ns, rate_idle0; /* WAN thread time waiting for jobs */
+	unsigned since_probe;	/* batches since one went a level harder */
+	uint64_t credit_wait_ns; /* parse thread time spent waiting for credits */
+	uint64_t job_wait_ns;	/* time spent waiting for a free job (WAN thread behind) */
+	uint64_t rate_jobwait0;
+	uint64_t rate_t0_ns, rate_wire0, rate_wait0; /* link sampling interval */
+	uint64_t wire_out;	/* bytes written by the WAN thread */
+	uint64_t migrate_ns, qemu_done_ns; /* QEMU told to migrate; QEMU completed */
+	double compress_speed[N_LEVELS], ratio[N_LEVELS]; /* per level (EWMA) */
+	uint64_t level_uses[N_LEVELS];
+
+	/* What the destination can rebuild beyond this migration (content.h). */
+	struct store *store;		/* ours: departure image, NEED service */
+	struct image_rec departure;	/* the departure image being recorded (parse thread) */
+	struct store_image *manifest;	/* what the receiver still holds of this VM */
+	int manifest_block[WIRE_MAX_BLOCKS]; /* our block index -> manifest block */
+	uint64_t image_pages[WIRE_MAX_BLOCKS]; /* pages per image block */
+	struct peer_view peer;
+	bool use_peer;			/* SUMMARY received and usable */
+	char vm[WIRE_MAX_ID + 1], tenant[WIRE_MAX_ID + 1], image_id[33];
+	char peer_site[WIRE_MAX_ID + 1];
+	uint64_t pages_same, pages_group, pages_disk;
+	uint64_t summary_bytes;
+
+	/* Consecutive unchanged pages waiting to go as one SAMERUN (parse thread). */
+	struct {
+		uint16_t count, qflags, block;
+		uint64_t offset;
+		uint8_t hashes[WIRE_MAX_SAMERUN][WIRE_HASH_LEN];
+	} run;
+};
+
+
+/* ---- send.c ---- */
+
+/* Records the first failure and makes every thread stop. */
+void sender_fail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* A free job (waits for one; NULL once failed) and the queue to the WAN thread. */
+struct job *sender_job_get(struct sender *s);
+void sender_queue_push(struct sender *s, struct job *j, bool front);
+
+/* ---- send_encode.c: the parse thread's choice for each page ---- */
+
+/* The RAM block table is known: starts the departure image, maps the manifest. */
+void encode_image_setup(struct sender *s, const struct qs_event *ev);
+/* One page of QEMU's stream into the PAGES job being filled (s->cur). */
+int encode_page(struct sender *s, const struct qs_page *pg, uint16_t qflags);
+/* Puts the pending run of unchanged pages into the PAGES job. */
+int encode_run_emit(struct sender *s);
+
+/* ---- send_report.c ---- */
+
+struct progress_ctx {
+	struct sender *s;
+	uint64_t start_ns;
+	bool tty;
+};
+
+/* migctl's tick: the progress line, and the "postcopy" fault point. */
+void report_progress_tick(void *opaque, json_t *stats);
+/* The --report of a migration that ran from start_ns to end_ns. */
+json_t *report_make(struct sender *s, const struct migctl_result *res, uint64_t start_ns,
+		    uint64_t end_ns);
+/*
+ * The compression floor (--floor): zstd -3 of the distinct pages sent as
+ * data. Bytes, or -1; *ret_pages: how many pages.
+ */
+int64_t report_floor(struct sender *s, uint64_t *ret_pages);
+
+#endif

@@ -10,6 +10,15 @@
   sink ADDR PORT                 accept one connection, read to EOF, print
                                  {"bytes": N, "seconds": S} (bench/net)
   blast ADDR PORT SECONDS        send as fast as possible for SECONDS
+  probe ADDR COUNT INTERVAL      ICMP(v6) echo to ADDR COUNT times, one every
+                                 INTERVAL s; print {"sent", "answered",
+                                 "longest_gap_ms"}; exit 0 even when none
+                                 was answered
+  sniff IFNAME SECONDS           print what reached IFNAME in SECONDS, as
+                                 JSON: the payloads of UDP datagrams and the
+                                 targets of ARP requests, with their sources
+  bcast ADDR PORT TEXT           one UDP datagram with TEXT to ADDR (a
+                                 broadcast address), from any port
   txcsum-off IFNAME               turn off transmit checksum offload (what
                                  'ethtool -K IFNAME tx off' does): a veth or
                                  VXLAN device otherwise hands partial
@@ -182,6 +191,78 @@ def sink(addr, port):
     print(json.dumps({"bytes": n, "seconds": round(dt, 3)}))
     return 0
 
+def probe(addr, count, interval):
+    v6 = ":" in addr
+    if v6:
+        ic = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    else:
+        ic = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    ident = (os.getpid() * 7) & 0xffff
+    got = set(); last = start = time.monotonic(); gap = 0.0
+    for i in range(count + int(1.0 / interval)):
+        if i < count:
+            pkt = struct.pack("!BBHHH", 128 if v6 else 8, 0, 0, ident, i) + b"tsb-probe"
+            if not v6:  # the kernel sums ICMPv6 itself
+                pkt = pkt[:2] + struct.pack("!H", icmp_sum(pkt)) + pkt[4:]
+            try:
+                ic.sendto(pkt, (addr, 0))
+            except OSError:
+                pass
+        end = time.monotonic() + interval
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            r, _, _ = select.select([ic], [], [], left)
+            if not r:
+                continue
+            d = ic.recv(2048)
+            if not v6:
+                d = d[(d[0] & 15) * 4:]
+            if len(d) >= 8 and d[0] == (129 if v6 else 0):
+                rid, seq = struct.unpack("!HH", d[4:8])
+                if rid == ident and seq not in got:
+                    got.add(seq)
+                    now = time.monotonic()
+                    gap = max(gap, now - last); last = now
+    gap = max(gap, (start + count * interval) - last) if len(got) < count else gap
+    print(json.dumps({"sent": count, "answered": len(got),
+                      "longest_gap_ms": round(gap * 1000)}))
+    return 0
+
+def sniff(ifname, secs):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    s.bind((ifname, 0))
+    seen = []
+    end = time.monotonic() + secs
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        r, _, _ = select.select([s], [], [], left)
+        if not r:
+            continue
+        f, meta = s.recvfrom(65536)
+        if meta[2] == socket.PACKET_OUTGOING or len(f) < 14:
+            continue
+        dst, src = f[:6].hex(":"), f[6:12].hex(":")
+        et = struct.unpack("!H", f[12:14])[0]
+        if et == 0x0806 and len(f) >= 42 and f[21] == 1:
+            seen.append({"arp_who_has": socket.inet_ntoa(f[38:42]), "src": src, "dst": dst})
+        elif et == 0x0800 and len(f) >= 34 and f[23] == 17:
+            ip = f[14:]
+            udp = ip[(ip[0] & 15) * 4:]
+            seen.append({"udp": udp[8:].decode("ascii", "replace"), "src": src, "dst": dst,
+                         "to": socket.inet_ntoa(ip[16:20])})
+    print(json.dumps(seen))
+    return 0
+
+def bcast(addr, port, text):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    s.sendto(text.encode(), (addr, port))
+    return 0
+
 def blast(addr, port, secs):
     s = socket.create_connection((addr, port), timeout=10)
     buf = b"\xa5" * (256 * 1024)
@@ -201,6 +282,12 @@ def main():
         return sink(a[1], int(a[2]))
     if a[:1] == ["blast"]:
         return blast(a[1], int(a[2]), float(a[3]))
+    if a[:1] == ["probe"]:
+        return probe(a[1], int(a[2]), float(a[3]))
+    if a[:1] == ["sniff"]:
+        return sniff(a[1], float(a[2]))
+    if a[:1] == ["bcast"]:
+        return bcast(a[1], int(a[2]), a[3])
     if a[:1] == ["txcsum-off"]:
         return txcsum_off(a[1])
     if a[:1] == ["hold"]:

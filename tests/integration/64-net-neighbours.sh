@@ -171,5 +171,10 @@ log "site A's agent: to_host $(counter "$sa" to_host), drop_to_agent $(counter "
 [ "$(counter "$sa" to_host)" -gt 0 ] || fail "round 2 sent nothing to the agent's own MAC: the case was not tested"
 grep -q "this host's port on the segment is $lanmac" "$T/a.log" ||
 	fail "site A's agent did not find the router's port: $(cat "$T/a.log")"
+# Every line the agents log carries the time (issue 19).
+for f in "$T/a.log" "$T/b.log"; do
+	bad=$(grep -cvE '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z net: ' "$f" || true)
+	[ "$bad" = 0 ] || fail "$bad lines of $f carry no time: $(grep -vE '^[0-9]{4}-' "$f" | head -3)"
+done
 log "the VM kept IPv4 and IPv6 through both moves, however it learned its gateway"
 exit 0

@@ -35,8 +35,8 @@ void content_tenant(const char *given, const char *vm, char out[WIRE_MAX_ID + 1]
 
 /*
  * Tells the local mobility agent (docs/network.md) that the VM arrives
- * here (o != NULL: its MAC, addresses and home site; the agent acts when
- * the VM's first frame shows up) or departed (o == NULL). Best effort: a
+ * here (o != NULL: its MAC, addresses and home site; bound at once, at
+ * the switchover) or departed (o == NULL). Best effort: a
  * failure is logged, the migration goes on.
  */
 void content_net_notify(const char *agent, const char *vm,

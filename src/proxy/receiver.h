@@ -1,0 +1,124 @@
+/*
+ * The receiver's state and what its files share (recv.c: setup, threads
+ * and the end; recv_rebuild.c: QEMU's stream rebuilt from the sender's
+ * frames; recv_switchover.c: PREPARED, the decision, the outcome;
+ * recv_report.c: the report). Not used outside them.
+ */
+#ifndef TSB_PROXY_RECEIVER_H
+#define TSB_PROXY_RECEIVER_H
+
+#include "proxy/imagerec.h"
+#include "proxy/internal.h"
+#include "proxy/record.h"
+
+#include "common/buf.h"
+#include "qstream/qstream.h"
+#include "wire/need.h"
+#include "wire/wire.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct qmp;
+struct wire_tls;
+
+/* Frames from the fuzzer's input instead of a sender (proxy_recv_fuzz()). */
+struct fuzz_input {
+	const uint8_t *p;
+	size_t len, off;
+};
+
+/*
+ * Where rebuilt pages come from (content.h) and the buffers of one batch.
+ * Set up by the main thread; the WAN thread's only, once it runs.
+ */
+struct rebuild {
+	struct pagecache *cache;	/* mirrors the sender's content cache */
+	struct pagecache *fetched;	/* pages that came in HASHDATA (not mirrored) */
+	struct store *store;
+	struct diskindex *disks;
+	struct disk_recv *disk;		/* the disk channel (docs/disk.md), or NULL */
+	uint8_t page_buf[WIRE_PAGE_SIZE];
+	uint8_t missing[WIRE_MAX_BATCH_PAGES][WIRE_HASH_LEN];
+	uint8_t data_hash[WIRE_MAX_BATCH_PAGES][WIRE_HASH_LEN];
+	/* The image of ours that SAME and SAMERUN entries refer to (BASE). */
+	struct store_image *base;
+	int base_block[WIRE_MAX_BLOCKS];
+	uint8_t run_hashes[WIRE_MAX_SAMERUN][WIRE_HASH_LEN];
+	uint8_t *run_buf;		/* WIRE_MAX_SAMERUN pages */
+};
+
+struct receiver {
+	const struct proxy_recv_options *o;
+	struct wire_conn *conn;		/* NULL when fuzzing: frames come from fuzz */
+	struct fuzz_input *fuzz;
+	pthread_mutex_t send_lock;	/* one writer at a time on conn */
+	int qfd;
+
+	/* WAN thread only. */
+	struct qs_writer *writer;
+	struct qs_block blocks[WIRE_MAX_BLOCKS];
+	bool block_known[WIRE_MAX_BLOCKS];
+	struct wire_zstd *z;
+	struct tsb_buf scratch, copy;
+	struct wire_backlog backlog;	/* frames read while a NEED waited (wire/need.h) */
+	uint64_t ram_limit;		/* RAM the stream may describe (destination's) */
+	char why[160];			/* what a peer-size check refused */
+	const uint8_t (*fetching)[WIRE_HASH_LEN]; /* what fetch_missing() waits for */
+	size_t n_fetching;
+	uint64_t written, acked_sent;
+
+	atomic_int failed;
+	enum proxy_outcome outcome;
+	char error[512];
+	atomic_bool sender_closed;	/* clean end of the connection */
+	atomic_bool prepared;		/* PREPARED sent: only the decision counts now */
+	atomic_bool link_lost;		/* the connection ended while prepared */
+	atomic_int decision;		/* WIRE_DECIDE_* from the main connection */
+	bool first_pages;
+	unsigned refused;		/* connections refused before the sender came */
+	struct mig_record rec;		/* durable record of the switchover */
+	int lock_fd;
+	atomic_bool rp_shut;		/* QEMU's SHUT went to the sender */
+	bool shut_parsed;		/* return thread: SHUT seen in the bytes */
+
+	struct rebuild rb;
+	struct image_rec arrival;	/* the arrival image being recorded */
+	char vm[WIRE_MAX_ID + 1], tenant[WIRE_MAX_ID + 1], image_id[33];
+	char peer_site[WIRE_MAX_ID + 1], peer_image[WIRE_MAX_ID + 1];
+	char credential[160];	/* the sender's key id or certificate (wire_conn_peer()) */
+	uint64_t peer_gen, summary_bytes;
+
+	/* Statistics. */
+	uint64_t pages_zero, pages_data, pages_ref, pages_raw, needs, stream_bytes;
+	uint64_t from_cache, from_fetched, from_store, from_disk;
+};
+
+/*
+ * The migration fails (the first call only says why): QEMU's stream is
+ * cut so that it never runs a half-loaded guest. (recv.c)
+ */
+void recv_fail(struct receiver *rc, enum proxy_outcome oc, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* Writes a frame on the main connection, one writer at a time; 0 or -errno. (recv.c) */
+int recv_send_locked(struct receiver *rc, const struct tsb_buf *frame);
+
+/* qs_writer output: into the destination QEMU, with credits back. (recv_rebuild.c) */
+int recv_to_qemu(void *opaque, const uint8_t *p, size_t n);
+/* The WAN thread: handles the sender's frames until the connection ends or fails. */
+void recv_process_frames(struct receiver *rc);
+
+/* Waits until the destination QEMU has loaded the guest, paused. (recv_switchover.c) */
+void recv_wait_loaded(struct receiver *rc, struct qmp *q, volatile int *sig);
+/* PREPARED, the sender's decision, the guest run or discarded, the outcome told. */
+void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
+		 volatile int *sig, uint64_t *ret_resume_ns);
+
+/* The JSON report of a run (`tsubame recv --report`). (recv_report.c) */
+json_t *recv_make_report(struct receiver *rc, uint64_t start_ns, uint64_t resume_ns);
+
+#endif

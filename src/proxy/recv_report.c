@@ -1,0 +1,45 @@
+/* The receiver's JSON report: outcome, times, bytes, pages and their sources. */
+#include "proxy/receiver.h"
+
+#include "common/util.h"
+#include "store/diskindex.h"
+#include "store/store.h"
+#include "wire/tls.h"
+
+json_t *recv_make_report(struct receiver *rc, uint64_t start_ns, uint64_t resume_ns)
+{
+	struct wire_conn_stats ws = { 0 };
+	json_t *r = json_object();
+
+	if (rc->conn)
+		wire_conn_get_stats(rc->conn, &ws);
+	json_object_set_new(r, "side", json_string("recv"));
+	json_object_set_new(r, "outcome", json_string(proxy_outcome_name(
+		rc->failed ? rc->outcome : PROXY_OK)));
+	if (rc->error[0])
+		json_object_set_new(r, "error", json_string(rc->error));
+	json_object_set_new(r, "total_time_ms", json_integer((tsb_now_ns() - start_ns) / 1000000));
+	if (resume_ns)
+		json_object_set_new(r, "resume_time_ns", json_integer(resume_ns));
+	json_object_set_new(r, "qemu_stream_bytes", json_integer(rc->written));
+	json_object_set_new(r, "refused_connections", json_integer(rc->refused));
+	json_object_set_new(r, "wan", json_pack("{s:I, s:I}",
+		"bytes_received", (json_int_t)ws.net_in, "bytes_sent", (json_int_t)ws.net_out));
+	json_object_set_new(r, "pages", json_pack("{s:I, s:I, s:I, s:I, s:I}",
+		"zero", (json_int_t)rc->pages_zero, "data", (json_int_t)rc->pages_data,
+		"reference", (json_int_t)rc->pages_ref, "raw", (json_int_t)rc->pages_raw,
+		"need_asked", (json_int_t)rc->needs));
+	json_object_set_new(r, "rebuilt_from", json_pack("{s:I, s:I, s:I, s:I}",
+		"cache", (json_int_t)rc->from_cache, "fetched", (json_int_t)rc->from_fetched,
+		"store", (json_int_t)rc->from_store, "disk", (json_int_t)rc->from_disk));
+	if (rc->rb.disks)
+		json_object_set_new(r, "disk_index", json_pack("{s:I, s:I}",
+			"files", (json_int_t)diskindex_files(rc->rb.disks),
+			"blocks", (json_int_t)diskindex_count(rc->rb.disks)));
+	if (rc->rb.store)
+		json_object_set_new(r, "store", json_pack("{s:s, s:s, s:s, s:s, s:s, s:I}",
+			"site", store_site_id(rc->rb.store), "tenant", rc->tenant, "vm", rc->vm,
+			"image", rc->image_id, "from_site", rc->peer_site,
+			"summary_filter_bytes", (json_int_t)rc->summary_bytes));
+	return r;
+}

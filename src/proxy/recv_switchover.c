@@ -1,0 +1,239 @@
+/*
+ * The receiver's switchover (docs/protocol.md, "Switchover"): waiting for
+ * the destination QEMU to load the guest, paused; PREPARED; the sender's
+ * DECISION, on the main connection or a fresh one; the guest run or
+ * discarded; the OUTCOME told.
+ */
+#include "proxy/receiver.h"
+
+#include "proxy/commit.h"
+#include "proxy/content.h"
+
+#include "common/fault.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "disk/disk.h"
+#include "qmp/qmp.h"
+#include "wire/tls.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Is the destination QEMU past loading (paused, waiting for us)? */
+static bool dest_paused(struct qmp *q)
+{
+	json_t *st = NULL;
+	const char *v;
+	bool paused;
+
+	if (qmp_execute(q, "query-status", NULL, &st, NULL, 0) < 0)
+		return false;
+	v = json_string_value(json_object_get(st, "status"));
+	paused = v && !strcmp(v, "paused");
+	json_decref(st);
+	return paused;
+}
+
+/*
+ * Watches the destination QEMU until the incoming migration has loaded
+ * (precopy: completed; postcopy: the guest's device state is in and QEMU
+ * waits to run it). Autostart is off, so the guest stays paused.
+ */
+void recv_wait_loaded(struct receiver *rc, struct qmp *q, volatile int *sig)
+{
+	const struct proxy_recv_options *o = rc->o;
+	bool loaded = false, postcopy = false;
+	struct qmp_event ev;
+	uint64_t t0 = tsb_now_ns();
+	int r;
+
+	while (!rc->failed && !loaded) {
+		r = qmp_next_event(q, 200, &ev);
+		if (r == 0) {
+			const char *st = json_string_value(json_object_get(ev.data, "status"));
+
+			if (!strcmp(ev.name, "RESUME"))
+				recv_fail(rc, PROXY_FAILED, "the destination QEMU ran the guest "
+					  "on its own (autostart could not be turned off)");
+			else if (!strcmp(ev.name, "MIGRATION") && st && !strcmp(st, "failed"))
+				recv_fail(rc, PROXY_FAILED, "the destination QEMU failed to load "
+					  "the migration stream");
+			else if (!strcmp(ev.name, "MIGRATION") && st && !strcmp(st, "completed"))
+				loaded = dest_paused(q);
+			else if (!strcmp(ev.name, "MIGRATION") && st &&
+				 !strcmp(st, "postcopy-active"))
+				postcopy = true;
+			qmp_event_fini(&ev);
+		} else if (r != -ETIMEDOUT) {
+			recv_fail(rc, PROXY_FAILED, "the destination QEMU went away: %s",
+				  strerror(-r));
+		} else if (postcopy) {
+			loaded = dest_paused(q);
+		}
+		if (*sig && !rc->failed)
+			recv_fail(rc, PROXY_INTERRUPTED, "interrupted by signal %d", *sig);
+		if (disk_recv_failed(rc->rb.disk) && !rc->failed)
+			recv_fail(rc, PROXY_LINK, "the disk transfer failed");
+		if (o->c.timeout_ms && (tsb_now_ns() - t0) / 1000000 > o->c.timeout_ms)
+			recv_fail(rc, PROXY_TIMEOUT, "the migration did not finish in time");
+	}
+}
+
+static int send_status_locked(struct receiver *rc, uint8_t type, uint32_t code,
+			      const char *text)
+{
+	int r;
+
+	pthread_mutex_lock(&rc->send_lock);
+	r = wire_conn_send_status(rc->conn, type, code, text);
+	pthread_mutex_unlock(&rc->send_lock);
+	return r;
+}
+
+/*
+ * Waits for the decision on the main connection; when it is lost, for the
+ * sender to reconnect with it. > 0 the decision (*ret_conn: where to answer,
+ * NULL for the main connection); -ETIMEDOUT/-EINTR: still in doubt; -EIO:
+ * the destination QEMU died (it can never run the guest).
+ */
+static int await_decision(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
+			  volatile int *sig, struct wire_conn **ret_conn)
+{
+	const struct proxy_recv_options *o = rc->o;
+	struct commit_link l = {
+		.c = &o->c, .tls = tls, .addr = o->listen, .id = rc->rec.id, .sig = sig,
+		.credential = rc->credential,
+	};
+	struct qmp_event ev;
+	int r;
+
+	*ret_conn = NULL;
+	while (!rc->decision && !rc->link_lost && !*sig) {
+		r = qmp_next_event(q, 200, &ev);
+		if (r == 0)
+			qmp_event_fini(&ev);
+		else if (r != -ETIMEDOUT)
+			return -EIO;
+	}
+	if (rc->decision)
+		return rc->decision;
+	if (*sig)
+		return -EINTR;
+	log_warn("the link to the sender was lost while the guest waits here, paused, "
+		 "for the sender's decision");
+	l.deadline_ns = tsb_now_ns() + o->c.commit_timeout_ms * 1000000;
+	return commit_await(&l, ret_conn);
+}
+
+/* Tells the sender the outcome, reconnection included; false if it never heard. */
+static bool tell_outcome(struct receiver *rc, struct wire_tls *tls, volatile int *sig,
+			 struct wire_conn *c, int outcome, const char *text)
+{
+	struct commit_link l = {
+		.c = &rc->o->c, .tls = tls, .addr = rc->o->listen, .id = rc->rec.id, .sig = sig,
+		.credential = rc->credential,
+	};
+	uint64_t t0 = tsb_now_ns();
+	int r;
+
+	if (c) {
+		r = commit_answer(c, outcome, text);
+		wire_conn_free(c);
+	} else {
+		r = send_status_locked(rc, WIRE_MSG_OUTCOME, (uint32_t)outcome, text);
+		tsb_fault_point("outcome-sent");
+		/* Known there once the sender closes after reading it. */
+		while (r == 0 && !rc->sender_closed && !rc->link_lost &&
+		       tsb_now_ns() - t0 < 10000000000ull)
+			usleep(10000);
+		r = r == 0 && rc->sender_closed ? 0 : -ECONNRESET;
+	}
+	if (r == 0)
+		return true;
+	/* The sender will come back for it: answer the same again. */
+	l.deadline_ns = tsb_now_ns() + rc->o->c.commit_timeout_ms * 1000000;
+	while (commit_await(&l, &c) > 0) {
+		r = commit_answer(c, outcome, text);
+		wire_conn_free(c);
+		if (r == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Switchover (docs/protocol.md): the guest is loaded and paused. Keep a
+ * record, say PREPARED, and run or discard the guest as the sender decides.
+ * Without a decision within --commit-timeout the guest stays paused, the
+ * record stays, and the outcome is PROXY_IN_DOUBT.
+ */
+void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
+		   volatile int *sig, uint64_t *ret_resume_ns)
+{
+	const struct proxy_recv_options *o = rc->o;
+	struct wire_conn *c = NULL;
+	char err[512], text[96];
+	int d, outcome;
+
+	/* QEMU's last word on the return path (SHUT) goes out before PREPARED. */
+	for (uint64_t t0 = tsb_now_ns(); !rc->rp_shut && tsb_now_ns() - t0 < 10000000000ull;)
+		usleep(5000);
+	tsb_fault_point("dest-loaded");
+	disk_recv_stop_listening(rc->rb.disk);
+	snprintf(rc->rec.state, sizeof(rc->rec.state), "prepared");
+	if (record_save(o->c.state_dir, &rc->rec, err, sizeof(err)) < 0) {
+		recv_fail(rc, PROXY_FAILED, "%s; the guest cannot be held here", err);
+		return;
+	}
+	rc->prepared = true;
+	if (send_status_locked(rc, WIRE_MSG_PREPARED, WIRE_CODE_OK, "loaded") < 0)
+		rc->link_lost = true;
+	tsb_fault_point("prepared-sent");
+	d = await_decision(rc, q, tls, sig, &c);
+	if (d == -EIO) {
+		/* The QEMU holding the guest is gone: it can never run here. */
+		recv_fail(rc, PROXY_FAILED, "the destination QEMU died while the guest waited for "
+			  "the switchover; the source takes it back");
+		d = 0;
+	} else if (d < 0) {
+		rc->failed = 1;
+		snprintf(rc->error, sizeof(rc->error),
+			 "in doubt: the sender's decision did not arrive%s; the guest stays "
+			 "paused here. Run 'tsubame resolve %s' on the source host, then "
+			 "what it says here (--state-dir %s)",
+			 d == -EINTR ? " (interrupted)" : " within --commit-timeout", rc->rec.id,
+			 o->c.state_dir);
+		rc->outcome = PROXY_IN_DOUBT;
+		return;
+	}
+	outcome = WIRE_OUTCOME_DISCARDED;
+	snprintf(text, sizeof(text), "discarded");
+	if (d == WIRE_DECIDE_COMMIT) {
+		snprintf(rc->rec.state, sizeof(rc->rec.state), "commit");
+		if (record_save(o->c.state_dir, &rc->rec, err, sizeof(err)) < 0)
+			log_warn("%s", err);
+		tsb_fault_point("commit-received");
+		/* The VM's addresses follow it here once it is ours to run. */
+		content_net_notify(o->c.net_agent, rc->vm, o);
+		if (commit_run_destination(q, ret_resume_ns, err, sizeof(err)) == 0) {
+			outcome = WIRE_OUTCOME_RUNNING;
+			snprintf(text, sizeof(text), "destination running resume_ns=%llu",
+				 (unsigned long long)*ret_resume_ns);
+			tsb_fault_point("dest-running");
+		} else {
+			recv_fail(rc, PROXY_FAILED, "the destination QEMU could not run the "
+				  "guest: %s; the source takes it back", err);
+		}
+	} else {
+		commit_discard_destination(q);
+		recv_fail(rc, PROXY_FAILED, "the sender aborted the switchover; the destination "
+			  "discarded the guest");
+	}
+	record_drop(o->c.state_dir, &rc->rec);
+	if (!tell_outcome(rc, tls, sig, c, outcome, text))
+		log_warn("the sender did not hear that the guest %s here; it reports the "
+			 "migration in doubt until 'tsubame resolve %s' runs there",
+			 outcome == WIRE_OUTCOME_RUNNING ? "runs" : "was discarded", rc->rec.id);
+}

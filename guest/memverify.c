@@ -20,6 +20,10 @@
  *   corrupt offset=<off> page=<i> ...    detail of the first bad byte, at
  *                                        most once per beat
  *   sweep <n> ok|CORRUPT ...             after each full verify pass
+ *   probe <n> ok|CORRUPT count=<c> p50_us=... p99_us=... max_us=...
+ *                                        every second with --probe: the
+ *                                        time of first touches of cold
+ *                                        pages (what a postcopy fault costs)
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -71,6 +75,8 @@ struct opts {
 	const char *make_disk;
 	const char *check_disk;
 	uint64_t size;		/* --size for --make-disk */
+	uint64_t probe_mib;	/* cold area touched only by the probe; 0: none */
+	double probe_pps;	/* pages of it touched per second */
 };
 
 struct beat {
@@ -281,6 +287,12 @@ static void usage(FILE *f)
 "  --content MODE      unique (seed mixed with vmid) or shared (default unique)\n"
 "  --dirty MIBS        rewrite this many MiB/s of pages (default 0)\n"
 "  --wss MIB           working set that --dirty rewrites (default: all)\n"
+"  --probe MIB         a further area that only the probe touches: PPS of its\n"
+"                      pages a second, in turn, each read timed and verified;\n"
+"                      one 'probe' line a second gives the latency percentiles\n"
+"                      (a page untouched for MIB/PPS seconds: after a postcopy\n"
+"                      switchover, a fault) (default 0: no probe)\n"
+"  --probe-rate PPS    pages the probe touches per second (default 200)\n"
 "Any verifying mode:\n"
 "  --sweep-secs S      pace: a full verify pass takes at least S seconds\n"
 "                      (default 2; 0: as fast as possible)\n"
@@ -296,7 +308,7 @@ static void usage(FILE *f)
 enum {
 	OPT_MEM = 256, OPT_SEED, OPT_VMID, OPT_CONTENT, OPT_RANDOM, OPT_DUP,
 	OPT_ZERO, OPT_DIRTY, OPT_WSS, OPT_SWEEPS, OPT_DISK, OPT_MAKE_DISK,
-	OPT_CHECK_DISK, OPT_SIZE, OPT_SWEEP_SECS,
+	OPT_CHECK_DISK, OPT_SIZE, OPT_SWEEP_SECS, OPT_PROBE, OPT_PROBE_RATE,
 };
 
 static const struct option long_opts[] = {
@@ -315,6 +327,8 @@ static const struct option long_opts[] = {
 	{ "make-disk", required_argument, NULL, OPT_MAKE_DISK },
 	{ "check-disk", required_argument, NULL, OPT_CHECK_DISK },
 	{ "size", required_argument, NULL, OPT_SIZE },
+	{ "probe", required_argument, NULL, OPT_PROBE },
+	{ "probe-rate", required_argument, NULL, OPT_PROBE_RATE },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -335,7 +349,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 
 	*o = (struct opts){
 		.mem_mib = 256, .seed = 1, .random_pct = 50, .dup_pct = 10,
-		.sweep_secs = 2,
+		.sweep_secs = 2, .probe_pps = 200,
 	};
 	while ((c = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
 		const char *a = optarg;
@@ -374,6 +388,12 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case OPT_SIZE:
 			r = parse_size(a, &o->size);
 			if (r == 0 && o->size > MAX_DISK_BYTES)
+				r = -ERANGE;
+			break;
+		case OPT_PROBE: r = parse_u64(a, MAX_MEM_MIB, &o->probe_mib); break;
+		case OPT_PROBE_RATE:
+			r = parse_double(a, &o->probe_pps);
+			if (r == 0 && (o->probe_pps < 1 || o->probe_pps > 1e6))
 				r = -ERANGE;
 			break;
 		case 'h':
@@ -438,6 +458,106 @@ static uint64_t pick_next(uint64_t *s)
 	return x;
 }
 
+/*
+ * The probe: an area of its own, filled once and then read one page after
+ * another at a steady rate, so that each page stays untouched for a long
+ * time. The first read of a page is timed (after a postcopy switchover it
+ * is the fault the guest feels); the whole page is then verified.
+ */
+#define PROBE_MAX_SAMPLES 65536
+
+struct probe {
+	unsigned char *area;
+	uint64_t pages, cursor, done, base_ns, bad;
+	double pps;
+	struct pat_params p;
+	uint32_t samples[PROBE_MAX_SAMPLES];	/* ns, this second */
+	unsigned n;
+	uint64_t line;
+};
+
+static int probe_init(struct probe *pr, const struct opts *o, const struct pat_params *p)
+{
+	uint64_t i;
+
+	memset(pr, 0, sizeof(*pr));
+	if (!o->probe_mib)
+		return 0;
+	pr->pages = o->probe_mib * MIB / PAT_PAGE_SIZE;
+	pr->pps = o->probe_pps;
+	pr->p = *p;
+	pr->p.seed ^= 0x9e3779b97f4a7c15ull; /* content of its own */
+	pr->area = mmap(NULL, pr->pages * PAT_PAGE_SIZE, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (pr->area == MAP_FAILED) {
+		fprintf(stderr, "memverify: cannot map the probe's %" PRIu64 " MiB: %s\n",
+			o->probe_mib, strerror(errno));
+		return -1;
+	}
+	for (i = 0; i < pr->pages; i++)
+		pat_fill_page(&pr->p, i, 0, pr->area + i * PAT_PAGE_SIZE);
+	pr->base_ns = now_ns();
+	return 0;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Touches the pages owed by now. */
+static void probe_step(struct probe *pr)
+{
+	uint64_t now, owed;
+	double want;
+
+	if (!pr->pages)
+		return;
+	now = now_ns();
+	want = (double)(now - pr->base_ns) * pr->pps / (double)NS_PER_SEC;
+	owed = want > (double)pr->done ? (uint64_t)want - pr->done : 0;
+	/* After a pause, go on at the rate rather than in a burst. */
+	if (owed > (uint64_t)pr->pps + 1) {
+		pr->base_ns = now;
+		pr->done = 0;
+		owed = 1;
+	}
+	while (owed--) {
+		unsigned char *pg = pr->area + pr->cursor * PAT_PAGE_SIZE;
+		uint64_t t0 = now_ns(), exp = 0, got = 0;
+
+		(void)*(volatile unsigned char *)pg;
+		if (pr->n < PROBE_MAX_SAMPLES)
+			pr->samples[pr->n++] = (uint32_t)((now_ns() - t0) > UINT32_MAX ?
+							  UINT32_MAX : now_ns() - t0);
+		if (pat_check_page(&pr->p, pr->cursor, 0, pg, &exp, &got) >= 0)
+			pr->bad++;
+		pr->cursor = (pr->cursor + 1) % pr->pages;
+		pr->done++;
+	}
+}
+
+/* One line a second: the latency of this second's first touches. */
+static void probe_report(struct probe *pr)
+{
+	if (!pr->pages)
+		return;
+	pr->line++;
+	if (!pr->n) {
+		say("probe %" PRIu64 " %s count=0 bad=%" PRIu64, pr->line,
+		    pr->bad ? "CORRUPT" : "ok", pr->bad);
+		return;
+	}
+	qsort(pr->samples, pr->n, sizeof(pr->samples[0]), cmp_u32);
+	say("probe %" PRIu64 " %s count=%u p50_us=%.1f p99_us=%.1f max_us=%.1f bad=%" PRIu64,
+	    pr->line, pr->bad ? "CORRUPT" : "ok", pr->n, pr->samples[pr->n / 2] / 1e3,
+	    pr->samples[(uint64_t)pr->n * 99 / 100] / 1e3, pr->samples[pr->n - 1] / 1e3,
+	    pr->bad);
+	pr->n = 0;
+}
+
 static int run_memory(const struct opts *o)
 {
 	struct pat_params p = content_params(o,
@@ -454,8 +574,9 @@ static int run_memory(const struct opts *o)
 	uint32_t *gens;
 	unsigned char *buf;
 	struct beat b;
-	uint64_t i;
+	uint64_t i, beat_n;
 	bool any_bad = false;
+	static struct probe pr;
 
 	buf = mmap(NULL, npages * PAT_PAGE_SIZE, PROT_READ | PROT_WRITE,
 		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -474,6 +595,8 @@ static int run_memory(const struct opts *o)
 	start = now_ns();
 	for (i = 0; i < npages; i++)
 		pat_fill_page(&p, i, 0, buf + i * PAT_PAGE_SIZE);
+	if (probe_init(&pr, o, &p) < 0)
+		return 1;
 	say("memverify ready pages=%" PRIu64 " mem=%" PRIu64 " seed=%" PRIu64
 	    " vmid=%" PRIu64 " content=%s random=%u dup=%u zero=%u dirty=%g"
 	    " wss=%" PRIu64 " fill_secs=%.2f",
@@ -552,11 +675,15 @@ static int run_memory(const struct opts *o)
 				dirtied_total++;
 			}
 		}
+		probe_step(&pr);
+		beat_n = b.n;
 		beat_poll(&b);
+		if (b.n != beat_n)
+			probe_report(&pr);
 	}
 	free(gens);
 	munmap(buf, npages * PAT_PAGE_SIZE);
-	return any_bad ? 1 : 0;
+	return any_bad || pr.bad ? 1 : 0;
 }
 
 static ssize_t pread_full(int fd, void *buf, size_t len, uint64_t off)

@@ -79,7 +79,7 @@ static int exit_code(enum proxy_outcome oc)
 enum {
 	OPT_QMP = 256, OPT_KEY, OPT_CERT, OPT_CERT_KEY, OPT_CA, OPT_REPORT, OPT_TIMEOUT,
 	OPT_STALL, OPT_CACHE, OPT_TO, OPT_LISTEN, OPT_CAPS, OPT_MAX_BW, OPT_DOWNTIME,
-	OPT_POSTCOPY_AFTER, OPT_ZSTD, OPT_PROGRESS, OPT_NO_PROGRESS,
+	OPT_POSTCOPY_AFTER, OPT_MODE, OPT_ZSTD, OPT_PROGRESS, OPT_NO_PROGRESS,
 	OPT_STORE, OPT_NO_STORE, OPT_STORE_CAP, OPT_TENANT, OPT_VM_ID, OPT_DISK_SOURCE,
 	OPT_NO_VM_DISKS, OPT_FLOOR, OPT_NET_AGENT, OPT_NET_MAC, OPT_NET_IP, OPT_NET_HOME,
 	OPT_DISK, OPT_NO_DISKS, OPT_COMMIT_TIMEOUT, OPT_STATE_DIR,
@@ -101,6 +101,7 @@ static const struct option options[] = {
 	{ "max-bandwidth", required_argument, NULL, OPT_MAX_BW },
 	{ "downtime-limit", required_argument, NULL, OPT_DOWNTIME },
 	{ "postcopy-after", required_argument, NULL, OPT_POSTCOPY_AFTER },
+	{ "mode", required_argument, NULL, OPT_MODE },
 	{ "zstd-level", required_argument, NULL, OPT_ZSTD },
 	{ "progress", no_argument, NULL, OPT_PROGRESS },
 	{ "no-progress", no_argument, NULL, OPT_NO_PROGRESS },
@@ -130,6 +131,7 @@ struct parsed {
 	struct proxy_common_options c;
 	const char *to, *listen, *caps, *vm_id;
 	uint64_t max_bw, downtime, postcopy_after;
+	enum proxy_mode mode;
 	int zstd_level;
 	bool help, no_store, no_vm_disks, floor, no_disks;
 	const char *disks[8];
@@ -253,6 +255,7 @@ static int parse_send_opt(const char *cmd, bool send, int c, struct parsed *p)
 	case OPT_MAX_BW:
 	case OPT_DOWNTIME:
 	case OPT_POSTCOPY_AFTER:
+	case OPT_MODE:
 	case OPT_ZSTD:
 		break;
 	default:
@@ -274,6 +277,16 @@ static int parse_send_opt(const char *cmd, bool send, int c, struct parsed *p)
 		if (tsb_parse_duration(optarg, &v) < 0 || v < 1000000)
 			return cli_usage_error(cmd, "bad --postcopy-after '%s'", optarg);
 		p->postcopy_after = v / 1000000;
+	} else if (c == OPT_MODE) {
+		if (!strcmp(optarg, "precopy"))
+			p->mode = PROXY_MODE_PRECOPY;
+		else if (!strcmp(optarg, "auto"))
+			p->mode = PROXY_MODE_AUTO;
+		else if (!strcmp(optarg, "postcopy"))
+			p->mode = PROXY_MODE_POSTCOPY;
+		else
+			return cli_usage_error(cmd, "bad --mode '%s' (auto, precopy or postcopy)",
+					       optarg);
 	} else if (c == OPT_ZSTD) {
 		if (tsb_parse_u64(optarg, 0, 19, &v) < 0)
 			return cli_usage_error(cmd, "bad --zstd-level '%s' (0 = off, 1-19)",
@@ -419,6 +432,11 @@ int cmd_send(int argc, char **argv)
 		       "  --to HOST:PORT         where 'tsubame recv' listens (required)\n"
 		       COMMON_HELP
 		       "  --caps LIST            extra QEMU capabilities, e.g. auto-converge\n"
+		       "  --mode MODE            precopy (default): QEMU's precopy, cancelled at\n"
+		       "                         --timeout if it never converges; auto: precopy,\n"
+		       "                         then postcopy by itself once a pass no longer\n"
+		       "                         shrinks what is dirty (the report says when and\n"
+		       "                         why); postcopy: switch as soon as QEMU migrates\n"
 		       "  --postcopy-after DUR   switch to postcopy after this long\n"
 		       "  --max-bandwidth RATE   QEMU's max-bandwidth (e.g. 1gbit)\n"
 		       "  --downtime-limit MS    QEMU's downtime-limit\n"
@@ -443,6 +461,7 @@ int cmd_send(int argc, char **argv)
 	o.max_bandwidth = p.max_bw;
 	o.downtime_limit_ms = p.downtime;
 	o.postcopy_after_ms = p.postcopy_after;
+	o.mode = p.mode;
 	o.zstd_level = p.zstd_level;
 	o.vm_id = p.vm_id;
 	o.floor = p.floor;

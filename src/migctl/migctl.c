@@ -196,6 +196,9 @@ struct run {
 	uint64_t last_poll, completed_at, now_ms;	/* ms since start */
 	const char *st;			/* the source's last status */
 	bool switched;			/* pre-switchover handled */
+	/* postcopy_auto: the dirty memory left when each of the last passes ended. */
+	int64_t sync_count;
+	uint64_t left_prev, left_last;
 };
 
 /* Ends a run that did not complete: the time it took, then err. */
@@ -298,22 +301,66 @@ static int run_check_completed(struct run *m)
 	return 0;
 }
 
-/* Switches to postcopy when --postcopy-after has passed (once). */
+/*
+ * postcopy_auto: is precopy failing to converge? Judged at the end of each
+ * pass (QEMU's dirty-sync-count), from two whole passes on. Writes why.
+ */
+static bool precopy_stuck(struct run *m, char *why, size_t len)
+{
+	json_t *ram = json_object_get(m->res->src_stats, "ram");
+	int64_t n = json_integer_value(json_object_get(ram, "dirty-sync-count"));
+	uint64_t left = (uint64_t)json_integer_value(json_object_get(ram, "remaining"));
+	double mbps = json_number_value(json_object_get(ram, "mbps"));
+	double dirty = (double)json_integer_value(json_object_get(ram, "dirty-pages-rate")) *
+		       (double)json_integer_value(json_object_get(ram, "page-size"));
+	double moved = mbps * 1e6 / 8;
+
+	if (!ram || n <= m->sync_count)
+		return false;
+	m->sync_count = n;
+	m->left_prev = m->left_last;
+	m->left_last = left;
+	if (n < 3)
+		return false;
+	if (moved > 0 && dirty >= 0.9 * moved) {
+		snprintf(why, len, "the guest dirties %.1f MB/s and the stream moves %.1f MB/s",
+			 dirty / 1e6, moved / 1e6);
+		return true;
+	}
+	if (m->left_prev && left >= m->left_prev / 10 * 9) {
+		snprintf(why, len, "pass %lld left %.1f MB dirty, the pass before %.1f MB",
+			 (long long)n - 1, left / 1e6, m->left_prev / 1e6);
+		return true;
+	}
+	return false;
+}
+
+/* Switches to postcopy (once): when --postcopy-after has passed, or precopy is stuck. */
 static void run_maybe_postcopy(struct run *m)
 {
 	const struct migctl_options *opts = m->opts;
 	struct migctl_result *res = m->res;
+	char why[160] = "";
 	int r;
 
-	if (!opts->postcopy_after_ms || res->postcopy || strcmp(m->st, "active") ||
-	    m->now_ms < opts->postcopy_after_ms)
+	if (res->postcopy || strcmp(m->st, "active"))
+		return;
+	if (opts->postcopy_after_ms && m->now_ms >= opts->postcopy_after_ms)
+		snprintf(why, sizeof(why), "%llu ms of precopy (--postcopy-after)",
+			 (unsigned long long)opts->postcopy_after_ms);
+	else if (!opts->postcopy_auto || !precopy_stuck(m, why, sizeof(why)))
 		return;
 	r = qmp_execute(m->src, "migrate-start-postcopy", NULL, NULL,
 			res->error, sizeof(res->error));
-	if (r < 0)
+	if (r < 0) {
 		log_warn("migrate-start-postcopy: %s", res->error);
-	else
+	} else {
 		res->postcopy = true;
+		res->postcopy_at_ms = m->now_ms;
+		snprintf(res->postcopy_reason, sizeof(res->postcopy_reason), "%s", why);
+		log_notice("switching to postcopy after %llu ms: %s",
+			   (unsigned long long)m->now_ms, why);
+	}
 	res->error[0] = '\0';
 }
 

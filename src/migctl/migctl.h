@@ -27,7 +27,15 @@ struct migctl_options {
 	uint64_t xbzrle_cache_size;	/* 0: QEMU's default */
 	uint64_t max_bandwidth;		/* bytes/s, 0: QEMU's default */
 	uint64_t downtime_limit_ms;	/* 0: QEMU's default */
-	uint64_t postcopy_after_ms;	/* 0: never switch to postcopy */
+	uint64_t postcopy_after_ms;	/* 0: never switch to postcopy by the clock */
+	/*
+	 * Switch to postcopy by itself when precopy does not converge: after
+	 * two whole passes, when the guest dirties memory at nine tenths of
+	 * the rate the stream moves or faster, or when a pass left nine
+	 * tenths or more of the dirty memory the one before left. Needs
+	 * "postcopy-ram" in caps.
+	 */
+	bool postcopy_auto;
 	uint64_t timeout_ms;		/* cancel after this long; 0: never */
 	/*
 	 * Optional: called after every poll of the source's statistics
@@ -61,6 +69,8 @@ struct migctl_result {
 	uint64_t wall_ms;
 	int64_t downtime_ms;	 /* source STOP to destination RESUME; -1 unknown */
 	bool postcopy;		 /* switched to postcopy */
+	uint64_t postcopy_at_ms; /* when, since migrate */
+	char postcopy_reason[160]; /* why ("" if not switched) */
 	uint64_t stop_ns;	 /* source STOP event (CLOCK_REALTIME), 0 if none */
 	uint64_t resume_ns;	 /* destination RESUME event, 0 if none */
 	json_t *src_stats;	 /* last query-migrate of the source (owned) */

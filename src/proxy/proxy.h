@@ -43,13 +43,21 @@ struct proxy_common_options {
 	uint64_t commit_timeout_ms;	/* how long to settle an undecided switchover */
 };
 
+/* When send switches QEMU to postcopy (besides --postcopy-after). */
+enum proxy_mode {
+	PROXY_MODE_PRECOPY,	/* never */
+	PROXY_MODE_AUTO,	/* when precopy does not converge (migctl_options) */
+	PROXY_MODE_POSTCOPY,	/* after the first pass */
+};
+
 struct proxy_send_options {
 	struct proxy_common_options c;
 	const char *to;			/* HOST:PORT of recv */
 	const char *caps;		/* extra QEMU capabilities, comma separated */
 	uint64_t max_bandwidth;		/* QEMU max-bandwidth; 0 default */
 	uint64_t downtime_limit_ms;	/* 0: QEMU's default */
-	uint64_t postcopy_after_ms;	/* 0: precopy only */
+	uint64_t postcopy_after_ms;	/* 0: no switch by the clock */
+	enum proxy_mode mode;
 	int zstd_level;			/* 0: adaptive */
 	const char *vm_id;		/* NULL: QEMU's -name, else its UUID */
 	bool floor;			/* report the compressed size of what had to travel */

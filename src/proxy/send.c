@@ -1366,7 +1366,7 @@ static void hello_of(struct sender *s, struct wire_hello_args *hello)
 		content_new_id(s->image_id); /* the migration's id, store or not */
 	hello->migration = s->image_id;
 	hello->caps = WIRE_CAP_COMMIT | WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
-		      (o->postcopy_after_ms ? WIRE_CAP_POSTCOPY : 0) |
+		      (o->postcopy_after_ms || o->mode != PROXY_MODE_PRECOPY ? WIRE_CAP_POSTCOPY : 0) |
 		      (o->no_disks ? 0 : WIRE_CAP_DISK);
 	hello->site = "source";
 	hello->vm = s->vm[0] ? s->vm : NULL;
@@ -1454,10 +1454,14 @@ static int prepare_source(struct sender *s, struct send_run *run)
 			return -1;
 		}
 	}
-	if (o->postcopy_after_ms) {
+	if (o->postcopy_after_ms || o->mode != PROXY_MODE_PRECOPY) {
 		if (mo->n_caps < MIGCTL_MAX_CAPS)
 			mo->caps[mo->n_caps++] = "postcopy-ram";
 		mo->postcopy_after_ms = o->postcopy_after_ms;
+		mo->postcopy_auto = o->mode == PROXY_MODE_AUTO;
+		/* postcopy: right after the first pass began (QEMU needs one). */
+		if (o->mode == PROXY_MODE_POSTCOPY && !mo->postcopy_after_ms)
+			mo->postcopy_after_ms = 1;
 	}
 	mo->max_bandwidth = o->max_bandwidth;
 	mo->downtime_limit_ms = o->downtime_limit_ms;

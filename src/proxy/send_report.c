@@ -155,6 +155,9 @@ json_t *report_make(struct sender *s, const struct migctl_result *res, uint64_t 
 			json_object_set(r, "passes", json_object_get(ram, "dirty-sync-count"));
 	}
 	json_object_set_new(r, "qemu_stream_bytes", json_integer(s->stream_bytes));
+	json_object_set_new(r, "postcopy", res->postcopy ? json_pack("{s:b, s:I, s:s}",
+		"switched", 1, "at_ms", (json_int_t)res->postcopy_at_ms, "reason",
+		res->postcopy_reason) : json_pack("{s:b}", "switched", 0));
 	json_object_set_new(r, "wan", json_pack(
 		"{s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I},"
 		" s:I, s:I}",

@@ -61,4 +61,35 @@ PY
 grep -q "fault injection at 'postcopy'" "$T/send.log" ||
 	fail "QEMU never reported postcopy-active: $(tail -3 "$T/send.log")"
 grep -a "^probe " "$T/dst/serial.log" | tail -3 | while read -r l; do log "dst $l"; done
+
+# 2. --mode auto, back over a link slower than the guest dirties memory:
+# precopy cannot converge, send switches to postcopy by itself and says why.
+kill "$(cat "$T/src/qemu.pid")" 2>/dev/null || true
+start_dest_vm back "$workload"
+recv_port=$(free_port)
+wan_port=$(free_port)
+start_wanem "$wan_port" "$recv_port" 20mbit 10ms
+"$TSUBAME" recv --listen "127.0.0.1:$recv_port" --qmp "$T/back/qmp.sock" --key "$T/key" \
+	--no-store --state-dir "$T/state-a" --report "$T/recv2.json" 2>"$T/recv2.log" &
+recv_pid=$!
+cleanup_pids+=("$recv_pid")
+wait_listen "$recv_port" 30 || fail "recv did not listen: $(cat "$T/recv2.log")"
+"$TSUBAME" send --qmp "$T/dst/qmp.sock" --to "127.0.0.1:$wan_port" --key "$T/key" \
+	--no-store --state-dir "$T/state-b" --mode auto --downtime-limit 50 \
+	--report "$T/send2.json" --timeout 300s --no-progress 2>"$T/send2.log" ||
+	fail "send --mode auto failed: $(cat "$T/send2.log")"
+wait "$recv_pid" || fail "recv failed: $(cat "$T/recv2.log")"
+last_src=$(grep -a -o 'beat [0-9]* ok' "$T/dst/serial.log" | tail -1 | awk '{print $2}')
+after=$(wait_beat back "$last_src" 90 | awk '{print $2}')
+grep -aq CORRUPT "$T/back/serial.log" && fail "back: corrupted memory (or probe pages)"
+python3 - "$T/send2.json" <<'PY' || fail "auto mode did not switch to postcopy: $(grep -i postcopy "$T/send2.log")"
+import json, sys
+s = json.load(open(sys.argv[1]))
+assert s["outcome"] == "ok", s.get("error")
+p = s["postcopy"]
+assert p["switched"] and p["reason"], p
+print("auto: postcopy after %d ms (%s); total %d ms, passes %s" % (
+    p["at_ms"], p["reason"], s["total_time_ms"], s.get("passes")))
+PY
+log "back verifying, beat $after"
 exit 0

@@ -11,6 +11,7 @@
  * hostile ones: offsets whose end wraps 2^64, more frames than a window
  * behind a NEED, wrong answers, wrong disk lists, truncated frames.
  */
+#include "seedfile.h"
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,24 +32,13 @@ static struct wire_zstd *z;
 
 static void check(int r, const char *what)
 {
-	if (r < 0) {
-		fprintf(stderr, "make-seeds-disk: %s: %s\n", what, strerror(-r));
-		exit(1);
-	}
+	seed_check("make-seeds-disk", r, what);
 }
 
 static void save(const char *name, size_t len)
 {
-	char path[4096];
-	FILE *f;
-
 	check(out.err, name);
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	f = fopen(path, "wb");
-	if (!f || fwrite(out.data, 1, len, f) != len || fclose(f)) {
-		fprintf(stderr, "make-seeds-disk: cannot write %s\n", path);
-		exit(1);
-	}
+	seed_write("make-seeds-disk", dir, name, out.data, len);
 	tsb_buf_reset(&out);
 }
 

@@ -14,6 +14,7 @@
  * go back or wrap, ERROR after PREPARED, messages a receiver may not send,
  * truncated frames.
  */
+#include "seedfile.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,24 +31,13 @@ static uint8_t hashes[PROXY_FUZZ_CONTENTS][WIRE_HASH_LEN];
 
 static void check(int r, const char *what)
 {
-	if (r < 0) {
-		fprintf(stderr, "make-seeds-send: %s: %s\n", what, strerror(-r));
-		exit(1);
-	}
+	seed_check("make-seeds-send", r, what);
 }
 
 static void save(const char *name, size_t len)
 {
-	char path[4096];
-	FILE *f;
-
 	check(out.err, name);
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	f = fopen(path, "wb");
-	if (!f || fwrite(out.data, 1, len, f) != len || fclose(f)) {
-		fprintf(stderr, "make-seeds-send: cannot write %s\n", path);
-		exit(1);
-	}
+	seed_write("make-seeds-send", dir, name, out.data, len);
 	tsb_buf_reset(&out);
 }
 

@@ -32,6 +32,16 @@
 /* Largest write we hand the destination QEMU at once. */
 #define RUN_MAX (4u << 20)
 /*
+ * The target under a frame's REF, SAME and ZERO entries is read in
+ * ranges of at most TGT_READ_MAX bytes (neighbours up to TGT_GAP apart
+ * share a read), TGT_MAX bytes a frame at most: a frame of 256 ZERO
+ * entries of 64 KiB is 16 MiB.
+ */
+#define TGT_READ_MAX (4u << 20)
+#define TGT_GAP (64u << 10)
+#define TGT_MAX (24u << 20)
+#define TGT_NONE SIZE_MAX
+/*
  * Frames kept while a NEED is answered: the sender has at most DISK_WINDOW
  * PAGES frames unacknowledged, besides a few PINGs (flushes, keepalives)
  * and its DONE. More is a broken or hostile sender.
@@ -49,7 +59,10 @@ struct rdisk {
 	struct nbd_client *cl;
 	/* statistics */
 	uint64_t bytes_written, bytes_zeroed, flushes;
-	uint64_t blk_zero, blk_data, blk_ref, blk_need, blk_same;
+	uint64_t writes;		/* NBD WRITE and WRITE_ZEROES requests */
+	uint64_t bytes_zero_in_place;	/* ZERO entries whose target held them: no write */
+	uint64_t bytes_checked;		/* target bytes read to find blocks in place */
+	uint64_t blk_zero, blk_data, blk_ref, blk_need, blk_same, blk_zero_same;
 };
 
 /* hash -> where it was written (page-cache restore); under disk_recv.lock. */
@@ -100,15 +113,25 @@ struct disk_recv {
 	uint64_t run_len;
 	uint8_t *resolved;		/* count * BLOCK for REF entries */
 	bool *same;			/* count: already there, no write */
+	size_t *tgt_at;			/* count: the entry's target in tgt, or TGT_NONE */
+	uint64_t *ent_off;		/* count: offset of each entry (overlaps) */
+	int *ent_disk;			/* count: its disk (d[] index), -1 if bad */
+	struct tgt_read *tr;		/* count: the reads of tgt */
 	size_t resolved_cap;
-	struct tsb_buf tgt;		/* the target under a frame's REFs */
+	struct tsb_buf tgt;		/* the target under a frame's REF/SAME/ZERO entries */
 	struct wmap_entry *wm;
 	size_t wm_cap, wm_count;
 	size_t wm_max;			/* entries at most: blocks of the disks written */
 	pthread_mutex_t rlock;		/* the read clients below */
 	struct nbd_client *rd[DISK_MAX];
 	uint64_t restored;
-	uint64_t tgt_lo;
+};
+
+/* One read of the target: [lo, lo + len) of disk k into tgt at at. */
+struct tgt_read {
+	int k;
+	uint64_t lo, len;
+	size_t at;
 };
 
 static void dr_fail(struct disk_recv *dr, const char *fmt, ...)
@@ -405,6 +428,7 @@ static int run_flush(struct disk_recv *dr)
 	if (!dr->run_len)
 		return 0;
 	d = &dr->d[dr->run_disk];
+	d->writes++;
 	if (dr->run_zero) {
 		r = nbd_client_write_zeroes(d->cl, dr->run_off, (uint32_t)dr->run_len, 0);
 		d->bytes_zeroed += dr->run_len;
@@ -592,15 +616,24 @@ struct need_list {
 	size_t n;
 };
 
-/* dr->resolved and dr->same for count entries, same[] cleared. */
+/* dr->resolved, same, tgt_at, ent_* and tr for count entries, same[] cleared. */
 static int reserve_resolved(struct disk_recv *dr, size_t count)
 {
 	if (dr->resolved_cap < count) {
 		free(dr->resolved);
 		free(dr->same);
+		free(dr->tgt_at);
+		free(dr->ent_off);
+		free(dr->ent_disk);
+		free(dr->tr);
 		dr->resolved = malloc(count * BLOCK);
 		dr->same = malloc(count * sizeof(*dr->same));
-		dr->resolved_cap = dr->resolved && dr->same ? count : 0;
+		dr->tgt_at = malloc(count * sizeof(*dr->tgt_at));
+		dr->ent_off = malloc(count * sizeof(*dr->ent_off));
+		dr->ent_disk = malloc(count * sizeof(*dr->ent_disk));
+		dr->tr = malloc(count * sizeof(*dr->tr));
+		dr->resolved_cap = dr->resolved && dr->same && dr->tgt_at && dr->ent_off &&
+				   dr->ent_disk && dr->tr ? count : 0;
 		if (!dr->resolved_cap)
 			return -ENOMEM;
 	}
@@ -609,43 +642,95 @@ static int reserve_resolved(struct disk_recv *dr, size_t count)
 }
 
 /*
- * SAME: most REFs of a return migration name the block that is
- * already at that offset of the target. One read of the range the
- * frame's REFs cover finds them; they need no write at all. dr->tgt
- * stays empty when the REFs are not one range of one disk, or the read
- * fails: REFs as usual.
+ * Blocks already in place: most REFs of a return migration name the
+ * block that is already at that offset of the target (SAME), and most
+ * ZERO entries of a disk that was zero there already. One local read of
+ * the target under the frame's REF, SAME and ZERO entries (a few NBD
+ * READs of neighbouring ranges, never the WAN) finds them; they need no
+ * write at all. Pages are aligned to the frame's page size, so two
+ * entries overlap only at the same offset of the same disk: an entry
+ * that an earlier entry of the frame writes over is not checked (the
+ * read shows the target before the frame). tgt_at[i] is where entry i's
+ * target lies in dr->tgt, TGT_NONE when it was not read (a bad entry,
+ * one overlapped, past TGT_MAX, a failed read): written as usual.
  */
+static bool overlaps_earlier(struct disk_recv *dr, size_t i, int k, uint64_t off,
+			     uint64_t *max_end)
+{
+	size_t j;
+
+	if (off >= max_end[k])
+		return false;	/* in ascending order so far: nothing earlier there */
+	for (j = 0; j < i; j++)
+		if (dr->ent_disk[j] == k && dr->ent_off[j] == off)
+			return true;
+	return false;
+}
+
 static int read_target(struct disk_recv *dr, const struct wire_pages *p)
 {
 	struct wire_page_iter it;
 	struct wire_page_entry e;
-	uint64_t lo = UINT64_MAX, hi = 0;
-	int kd = -1;
-	bool one = p->page_size == BLOCK;
+	uint64_t max_end[DISK_MAX] = { 0 };
+	const uint64_t ps = p->page_size;
+	struct tgt_read *cur = NULL;
+	size_t i = 0, n_tr = 0, total = 0, t;
 
 	wire_pages_iter_init(p, &it);
-	while (one && wire_pages_next(&it, &e)) {
+	while (wire_pages_next(&it, &e)) {
 		int k = map_disk(dr, e.block);
+		bool ok = k >= 0 && e.offset % ps == 0 &&
+			  disk_range_ok(e.offset, ps, dr->d[k].dev.size);
+		bool check = ok && (e.enc == WIRE_ENC_ZERO ||
+				    ((e.enc == WIRE_ENC_REF || e.enc == WIRE_ENC_SAME) &&
+				     ps == BLOCK));
 
-		if (e.enc != WIRE_ENC_REF && e.enc != WIRE_ENC_SAME)
-			continue;
-		if (k < 0 || (kd >= 0 && k != kd) || e.offset % BLOCK ||
-		    !disk_range_ok(e.offset, BLOCK, dr->d[k].dev.size)) {
-			one = false;
+		dr->tgt_at[i] = TGT_NONE;
+		dr->ent_disk[i] = ok ? k : -1;
+		dr->ent_off[i] = e.offset;
+		if (check && !overlaps_earlier(dr, i, k, e.offset, max_end)) {
+			uint64_t end = e.offset + ps;
+
+			if (cur && cur->k == k && e.offset >= cur->lo &&
+			    e.offset <= cur->lo + cur->len + TGT_GAP &&
+			    (end > cur->lo + cur->len ? end - cur->lo : cur->len) <= TGT_READ_MAX &&
+			    total - cur->len + (end > cur->lo + cur->len ? end - cur->lo : cur->len)
+			    <= TGT_MAX) {
+				if (end > cur->lo + cur->len) {
+					total += end - (cur->lo + cur->len);
+					cur->len = end - cur->lo;
+				}
+				dr->tgt_at[i] = cur->at + (size_t)(e.offset - cur->lo);
+			} else if (total + ps <= TGT_MAX) {
+				cur = &dr->tr[n_tr++];
+				cur->k = k;
+				cur->lo = e.offset;
+				cur->len = ps;
+				cur->at = total;
+				total += ps;
+				dr->tgt_at[i] = cur->at;
+			}
+		}
+		if (ok && e.offset + ps > max_end[k])
+			max_end[k] = e.offset + ps;
+		i++;
+	}
+	tsb_buf_reset(&dr->tgt);
+	if (!total)
+		return 0;
+	if (!tsb_buf_extend(&dr->tgt, total))
+		return -ENOMEM;
+	for (t = 0; t < n_tr; t++) {
+		struct rdisk *d = &dr->d[dr->tr[t].k];
+
+		if (nbd_client_pread(d->cl, dr->tgt.data + dr->tr[t].at,
+				     (uint32_t)dr->tr[t].len, dr->tr[t].lo) < 0) {
+			/* No shortcut: everything written as usual. */
+			for (i = 0; i < p->count; i++)
+				dr->tgt_at[i] = TGT_NONE;
 			break;
 		}
-		kd = k;
-		lo = e.offset < lo ? e.offset : lo;
-		hi = e.offset + BLOCK > hi ? e.offset + BLOCK : hi;
-	}
-	dr->tgt.len = 0;
-	if (one && kd >= 0 && hi - lo <= RUN_MAX) {
-		tsb_buf_reset(&dr->tgt);
-		if (!tsb_buf_extend(&dr->tgt, hi - lo))
-			return -ENOMEM;
-		if (nbd_client_pread(dr->d[kd].cl, dr->tgt.data, (uint32_t)(hi - lo), lo) < 0)
-			dr->tgt.len = 0;	/* no shortcut; REFs as usual */
-		dr->tgt_lo = lo;
+		d->bytes_checked += dr->tr[t].len;
 	}
 	return 0;
 }
@@ -680,11 +765,10 @@ static int resolve_ref(struct disk_recv *dr, const struct wire_pages *p,
 {
 	if (p->page_size != BLOCK)
 		return -EPROTO;
-	if (dr->tgt.len && e->offset >= dr->tgt_lo &&
-	    disk_range_ok(e->offset - dr->tgt_lo, BLOCK, dr->tgt.len)) {
+	if (dr->tgt_at[i] != TGT_NONE) {
 		uint8_t h[WIRE_HASH_LEN];
 
-		wire_sha256(dr->tgt.data + (e->offset - dr->tgt_lo), BLOCK, h);
+		wire_sha256(dr->tgt.data + dr->tgt_at[i], BLOCK, h);
 		if (!memcmp(h, e->hash, WIRE_HASH_LEN)) {
 			dr->same[i] = true;
 			dr->d[k].blk_same++;
@@ -705,6 +789,12 @@ static int resolve_ref(struct disk_recv *dr, const struct wire_pages *p,
 	return 0;
 }
 
+/* True when the n bytes at p are all c. */
+static bool all_bytes(const uint8_t *p, uint8_t c, size_t n)
+{
+	return n && p[0] == c && !memcmp(p, p + 1, n - 1);
+}
+
 /* Pass 1: checks every entry's range and encoding, resolves REFs, lists what is missing. */
 static int check_entries(struct disk_recv *dr, const struct wire_pages *p, struct need_list *nl)
 {
@@ -723,7 +813,12 @@ static int check_entries(struct disk_recv *dr, const struct wire_pages *p, struc
 			r = resolve_ref(dr, p, &e, k, i, nl);
 			if (r < 0)
 				return r;
-		} else if (e.enc != WIRE_ENC_ZERO && e.enc != WIRE_ENC_DATA) {
+		} else if (e.enc == WIRE_ENC_ZERO) {
+			/* Already zero (or its fill byte) there: no write. */
+			if (dr->tgt_at[i] != TGT_NONE &&
+			    all_bytes(dr->tgt.data + dr->tgt_at[i], e.fill, p->page_size))
+				dr->same[i] = true;
+		} else if (e.enc != WIRE_ENC_DATA) {
 			return -EOPNOTSUPP;
 		}
 		i++;
@@ -754,12 +849,19 @@ static int fetch_needed(struct disk_recv *dr, const struct need_list *nl)
 	return 0;
 }
 
-/* A ZERO entry: zeroes, or a page of its fill byte. */
+/* A ZERO entry i: zeroes, or a page of its fill byte; none if already there. */
 static int write_zero(struct disk_recv *dr, const struct wire_pages *p,
-		      const struct wire_page_entry *e, int k)
+		      const struct wire_page_entry *e, int k, size_t i)
 {
 	int r;
 
+	dr->d[k].blk_zero++;
+	if (dr->same[i]) {
+		/* Already in place: skipped (the run breaks there). */
+		dr->d[k].blk_zero_same++;
+		dr->d[k].bytes_zero_in_place += p->page_size;
+		return 0;
+	}
 	if (e->fill == 0) {
 		r = run_add(dr, k, e->offset, p->page_size, NULL);
 	} else {
@@ -771,7 +873,6 @@ static int write_zero(struct disk_recv *dr, const struct wire_pages *p,
 		r = run_add(dr, k, e->offset, p->page_size, tmp);
 		free(tmp);
 	}
-	dr->d[k].blk_zero++;
 	return r;
 }
 
@@ -820,7 +921,7 @@ static int write_entries(struct disk_recv *dr, const struct wire_pages *p, const
 
 		switch (e.enc) {
 		case WIRE_ENC_ZERO:
-			r = write_zero(dr, p, &e, k);
+			r = write_zero(dr, p, &e, k, i);
 			break;
 		case WIRE_ENC_DATA:
 			r = write_data(dr, p, &e, k, lit);
@@ -1346,17 +1447,22 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 			if (!d->used)
 				continue;
 			json_array_append_new(arr, json_pack(
-				"{s:s, s:s, s:I, s:b, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I}}",
+				"{s:s, s:s, s:I, s:b, s:I, s:I, s:I, s:I, s:I, s:I, "
+				"s:{s:I, s:I, s:I, s:I, s:I, s:I}}",
 				"device", d->dev.device, "file", d->dev.file,
 				"size", (json_int_t)d->dev.size,
 				"complete", r == 0 && ok && dr->done,
 				"bytes_written", (json_int_t)d->bytes_written,
 				"bytes_zeroed", (json_int_t)d->bytes_zeroed,
+				"bytes_zero_in_place", (json_int_t)d->bytes_zero_in_place,
+				"writes", (json_int_t)d->writes,
+				"bytes_checked", (json_int_t)d->bytes_checked,
 				"flushes", (json_int_t)d->flushes,
 				"blocks", "zero", (json_int_t)d->blk_zero,
 				"data", (json_int_t)d->blk_data, "ref", (json_int_t)d->blk_ref,
 				"fetched", (json_int_t)d->blk_need,
-				"same", (json_int_t)d->blk_same));
+				"same", (json_int_t)d->blk_same,
+				"zero_in_place", (json_int_t)d->blk_zero_same));
 		}
 		json_object_set_new(report, "disks", json_pack("{s:o, s:b, s:s, s:I, s:I, s:I}",
 			"disks", arr, "channel", dr->connected,
@@ -1381,6 +1487,10 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 	tsb_buf_fini(&dr->tgt);
 	free(dr->resolved);
 	free(dr->same);
+	free(dr->tgt_at);
+	free(dr->ent_off);
+	free(dr->ent_disk);
+	free(dr->tr);
 	free(dr->wm);
 	pthread_mutex_destroy(&dr->lock);
 	pthread_mutex_destroy(&dr->rlock);

@@ -8,6 +8,10 @@
  * NBD server; the job is ready at once); the test plays the receiver.
  * Receiver:
  *  - a plain copy (DATA, ZERO, sectors, flush, DONE) lands in the disk;
+ *  - ZERO and REF entries whose block is already in the target cause no
+ *    NBD write (counted by a server of the test's own, and in the
+ *    report), unless an earlier entry of the frame wrote there; the
+ *    other writes still go in runs;
  *  - offsets near 2^64 do not wrap the range checks (REF, DATA, ZERO);
  *  - frames queued behind a NEED are bounded by the sender's window;
  *  - the page-cache restore map holds at most one entry per disk block;
@@ -44,6 +48,7 @@
 #include "common/buf.h"
 #include "common/log.h"
 #include "disk/disk.h"
+#include "disk/internal.h"
 #include "memdisk.h"
 #include "nbd/nbd.h"
 #include "qmp/qmp.h"
@@ -484,6 +489,250 @@ static void test_copy(void **state)
 	assert_int_not_equal(access(r.marker, F_OK), 0);
 	assert_int_equal(report_int(&r, "refused"), 0);
 	rig_down(&r);
+}
+
+
+/* ---- blocks already in place: a disk whose NBD server counts requests ---- */
+
+struct cdisk {
+	uint8_t data[DISK_SIZE];
+	pthread_mutex_t lock;
+	unsigned writes, zeroes, reads;		/* requests served */
+	struct nbd_server *srv[4];
+	pthread_t th[4];
+	int fd[4];
+	unsigned n;
+};
+
+static int cd_size(void *user, uint64_t *ret)
+{
+	(void)user;
+	*ret = DISK_SIZE;
+	return 0;
+}
+
+static int cd_read(void *user, struct nbd_io *io)
+{
+	struct cdisk *d = user;
+
+	pthread_mutex_lock(&d->lock);
+	memcpy(io->data, d->data + io->offset, io->length);
+	d->reads++;
+	pthread_mutex_unlock(&d->lock);
+	return 0;
+}
+
+static int cd_write(void *user, struct nbd_io *io)
+{
+	struct cdisk *d = user;
+
+	pthread_mutex_lock(&d->lock);
+	memcpy(d->data + io->offset, io->data, io->length);
+	d->writes++;
+	pthread_mutex_unlock(&d->lock);
+	return 0;
+}
+
+static int cd_write_zeroes(void *user, struct nbd_io *io)
+{
+	struct cdisk *d = user;
+
+	pthread_mutex_lock(&d->lock);
+	memset(d->data + io->offset, 0, io->length);
+	d->zeroes++;
+	pthread_mutex_unlock(&d->lock);
+	return 0;
+}
+
+static int cd_flush(void *user, struct nbd_io *io)
+{
+	(void)user;
+	(void)io;
+	return 0;
+}
+
+static const struct nbd_export_ops cd_ops = {
+	.size = cd_size, .read = cd_read, .write = cd_write,
+	.write_zeroes = cd_write_zeroes, .flush = cd_flush,
+};
+
+static void *cd_serve(void *arg)
+{
+	struct cdisk *d = arg;
+	unsigned i;
+	int fd;
+
+	pthread_mutex_lock(&d->lock);
+	i = d->n - 1;
+	fd = d->fd[i];
+	pthread_mutex_unlock(&d->lock);
+	(void)nbd_server_serve_fd(d->srv[i], fd);
+	return NULL;
+}
+
+/* The feed the receiver reads its frames from, and where its answers go. */
+struct feed {
+	struct cdisk *d;
+	struct tsb_buf in;
+	size_t pos;
+	unsigned acks;
+};
+
+static int feed_read(void *opaque, struct wire_frame *f)
+{
+	struct feed *fd = opaque;
+	int r;
+
+	if (fd->pos == fd->in.len)
+		return 0;
+	r = wire_header_decode(fd->in.data + fd->pos, f);
+	if (r < 0)
+		return r;
+	f->payload = fd->in.data + fd->pos + WIRE_HDR_LEN;
+	fd->pos += WIRE_HDR_LEN + f->len;
+	return 1;
+}
+
+static int feed_write(void *opaque, const void *data, size_t len)
+{
+	struct feed *fd = opaque;
+	const uint8_t *p = data;
+	struct wire_frame f;
+
+	while (len >= WIRE_HDR_LEN) {
+		assert_int_equal(wire_header_decode(p, &f), 0);
+		if (f.type == WIRE_MSG_ACK)
+			fd->acks++;
+		assert_int_not_equal(f.type, WIRE_MSG_NEED);
+		assert_int_not_equal(f.type, WIRE_MSG_ERROR);
+		p += WIRE_HDR_LEN + f.len;
+		len -= WIRE_HDR_LEN + f.len;
+	}
+	return 0;
+}
+
+static int feed_nbd_connect(void *opaque, unsigned k, const struct nbd_client_config *cfg,
+			    struct nbd_client **ret)
+{
+	struct feed *fd = opaque;
+	struct cdisk *d = fd->d;
+	struct nbd_server_config sc = { .export_name = "disk0" };
+	int sv[2];
+
+	assert_int_equal(k, 0);
+	assert_true(d->n < 4);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	pthread_mutex_lock(&d->lock);
+	d->srv[d->n] = nbd_server_new(&sc, &cd_ops, d);
+	assert_non_null(d->srv[d->n]);
+	d->fd[d->n] = sv[1];
+	d->n++;
+	pthread_mutex_unlock(&d->lock);
+	assert_int_equal(pthread_create(&d->th[d->n - 1], NULL, cd_serve, d), 0);
+	return nbd_client_connect_fd(sv[0], cfg, ret, NULL, 0);
+}
+
+static void feed_pages(struct feed *fd, struct wire_pages_builder *pb)
+{
+	assert_int_equal(wire_pages_encode(pb, &fd->in, NULL), 0);
+	wire_pages_builder_reset(pb);
+}
+
+static json_int_t disk_int(json_t *report, const char *key, const char *sub)
+{
+	json_t *d = json_array_get(json_object_get(json_object_get(report, "disks"), "disks"), 0);
+
+	if (sub)
+		d = json_object_get(d, sub);
+	return json_integer_value(json_object_get(d, key));
+}
+
+static void test_in_place(void **state)
+{
+	struct disk_dev dev = { .device = "disk0", .node = "node0", .size = DISK_SIZE };
+	struct wire_block blk = { .index = 0, .name = { "disk0", 5 }, .used_length = DISK_SIZE };
+	struct cdisk *d = calloc(1, sizeof(*d));
+	struct feed fd = { .d = d };
+	struct disk_recv_io io = { .opaque = &fd, .read_frame = feed_read, .write = feed_write,
+				   .nbd_connect = feed_nbd_connect };
+	struct wire_pages_builder pb;
+	struct disk_recv *dr = NULL;
+	uint8_t a[BLOCK], b[BLOCK], zero[BLOCK], hash[WIRE_HASH_LEN];
+	json_t *report = json_object();
+	unsigned i;
+
+	(void)state;
+	assert_non_null(d);
+	pthread_mutex_init(&d->lock, NULL);
+	fill_block(a, 3);
+	fill_block(b, 9);
+	memset(zero, 0, sizeof(zero));
+	/* The target: zero, but block 3 holds a, block 5 0x5a, block 7 and byte 160 KiB not zero. */
+	memcpy(d->data + 3 * BLOCK, a, BLOCK);
+	memset(d->data + 5 * BLOCK, 0x5a, BLOCK);
+	memset(d->data + 7 * BLOCK, 0xee, BLOCK);
+	d->data[160 * 1024] = 1;
+
+	tsb_buf_init(&fd.in);
+	assert_int_equal(wire_encode_blocks(&fd.in, &blk, 1), 0);
+	assert_int_equal(wire_encode_u64(&fd.in, WIRE_MSG_PING, 0), 0);
+	assert_int_equal(wire_pages_builder_init(&pb, BLOCK), 0);
+	assert_int_equal(wire_pages_add_data(&pb, 0, 0, 0, b), 0);		/* written */
+	assert_int_equal(wire_pages_add_zero(&pb, 0, 0, 1 * BLOCK, 0), 0);	/* in place */
+	assert_int_equal(wire_pages_add_zero(&pb, 0, 0, 2 * BLOCK, 0), 0);	/* in place */
+	assert_int_equal(wire_sha256(a, BLOCK, hash), 0);
+	assert_int_equal(wire_pages_add_ref(&pb, 0, 0, 3 * BLOCK, WIRE_ENC_REF, hash), 0);
+	assert_int_equal(wire_pages_add_zero(&pb, 0, 0, 4 * BLOCK, 0), 0);	/* in place */
+	assert_int_equal(wire_pages_add_zero(&pb, 0, 0, 5 * BLOCK, 0x5a), 0);	/* in place */
+	/* Block 6 is zero before the frame, but its DATA comes first: zeroed again. */
+	assert_int_equal(wire_pages_add_data(&pb, 0, 0, 6 * BLOCK, b), 0);
+	assert_int_equal(wire_pages_add_zero(&pb, 0, 0, 6 * BLOCK, 0), 0);
+	assert_int_equal(wire_pages_add_zero(&pb, 0, 0, 7 * BLOCK, 0), 0);	/* one run with 6 */
+	feed_pages(&fd, &pb);
+	wire_pages_builder_fini(&pb);
+	/* 64 KiB zero ranges: 64 KiB is zero already, 128 KiB is not. */
+	assert_int_equal(wire_pages_builder_init(&pb, 65536), 0);
+	assert_int_equal(wire_pages_add_zero(&pb, 0, 0, 65536, 0), 0);
+	assert_int_equal(wire_pages_add_zero(&pb, 0, 0, 2 * 65536, 0), 0);
+	feed_pages(&fd, &pb);
+	wire_pages_builder_fini(&pb);
+	assert_int_equal(wire_encode_status(&fd.in, WIRE_MSG_DONE, WIRE_CODE_OK, "done"), 0);
+	assert_int_equal(fd.in.err, 0);
+
+	assert_int_equal(disk_recv_run_io(&dev, 1, NULL, &io, &dr), 0);
+	assert_int_equal(fd.acks, 2);
+	assert_int_equal(disk_recv_finish(dr, NULL, true, report, NULL, 0), 0);
+	for (i = 0; i < d->n; i++) {
+		nbd_server_stop(d->srv[i]);
+		pthread_join(d->th[i], NULL);
+		nbd_server_free(d->srv[i]);
+	}
+
+	/* NBD requests: WRITE of block 0, WRITE of block 6, WRITE_ZEROES of 6-7 and 128 KiB. */
+	print_message("# server: %u writes, %u write-zeroes, %u reads\n", d->writes, d->zeroes,
+		      d->reads);
+	assert_int_equal(d->writes, 2);
+	assert_int_equal(d->zeroes, 2);
+	assert_memory_equal(d->data, b, BLOCK);
+	for (i = 1; i < 256; i++)
+		if (i != 3 && i != 5)
+			assert_memory_equal(d->data + i * BLOCK, zero, BLOCK);
+	assert_memory_equal(d->data + 3 * BLOCK, a, BLOCK);
+	memset(a, 0x5a, BLOCK);
+	assert_memory_equal(d->data + 5 * BLOCK, a, BLOCK);
+
+	assert_int_equal(disk_int(report, "writes", NULL), 4);
+	assert_int_equal(disk_int(report, "bytes_zero_in_place", NULL), 4 * BLOCK + 65536);
+	assert_int_equal(disk_int(report, "bytes_zeroed", NULL), 2 * BLOCK + 65536);
+	assert_int_equal(disk_int(report, "bytes_written", NULL), 2 * BLOCK);
+	assert_int_equal(disk_int(report, "zero", "blocks"), 8);
+	assert_int_equal(disk_int(report, "zero_in_place", "blocks"), 5);
+	assert_int_equal(disk_int(report, "same", "blocks"), 1);
+	assert_true(disk_int(report, "bytes_checked", NULL) >= 6 * BLOCK + 2 * 65536);
+	json_decref(report);
+	tsb_buf_fini(&fd.in);
+	pthread_mutex_destroy(&d->lock);
+	free(d);
 }
 
 /* A frame built by hand would do too; the builder only checks alignment. */
@@ -1103,6 +1352,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_copy, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_in_place, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_offset_wrap, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_backlog_window, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restore_map_bounded, setup, teardown),

@@ -11,6 +11,7 @@
 #include "wire/wire.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -164,7 +165,8 @@ static int deliver_once(const struct commit_link *l, const char *host, const cha
 	if (r == -ECONNREFUSED && strstr(wire_conn_errmsg(c), "waits for its decision"))
 		r = -ENOENT;
 	if (r == 0)
-		r = wire_conn_send_status(c, WIRE_MSG_DECISION, (uint32_t)decision, l->id);
+		r = wire_conn_send_status(c, WIRE_MSG_DECISION, (uint32_t)decision,
+					  l->decision_text ? l->decision_text : l->id);
 	while (r == 0) {
 		r = wire_conn_read_msg(c, WIRE_ROLE_RECEIVER, &m);
 		if (r == 0)
@@ -228,6 +230,16 @@ static int listen_again(const struct commit_link *l, int *ret_fd)
 	}
 }
 
+uint64_t commit_stop_ns_of(const struct wire_str *text)
+{
+	char buf[WIRE_MAX_TEXT + 1];
+	const char *p;
+
+	snprintf(buf, sizeof(buf), "%.*s", (int)text->len, text->p);
+	p = strstr(buf, "stop_ns=");
+	return p ? strtoull(p + 8, NULL, 10) : 0;
+}
+
 /*
  * Only the sender of this migration, coming with its decision and the
  * credential it began with. (wire/accept.h)
@@ -276,6 +288,8 @@ int commit_await(const struct commit_link *l, struct wire_conn **ret_conn)
 		r = wire_conn_read_msg(c, WIRE_ROLE_SENDER, &m);
 		if (r > 0 && m.type == WIRE_MSG_DECISION &&
 		    (m.u.status.code == WIRE_DECIDE_COMMIT || m.u.status.code == WIRE_DECIDE_ABORT)) {
+			if (l->ret_stop_ns)
+				*l->ret_stop_ns = commit_stop_ns_of(&m.u.status.text);
 			close(lfd);
 			*ret_conn = c;
 			return (int)m.u.status.code;

@@ -7,6 +7,7 @@
 #define TSB_PROXY_COMMIT_H
 
 #include "proxy/proxy.h"
+#include "wire/wire.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -23,6 +24,8 @@ struct commit_link {
 	const char *addr;	/* send: the receiver's HOST:PORT; recv: its --listen */
 	const char *id;		/* the migration id */
 	const char *credential;	/* recv: the sender's (wire_conn_peer()); NULL: any */
+	const char *decision_text; /* send: DECISION's text (NULL: the migration id) */
+	uint64_t *ret_stop_ns;	/* recv: the source's STOP time a DECISION carried */
 	uint64_t deadline_ns;	/* CLOCK_MONOTONIC */
 	volatile int *sig;	/* stop early when it holds a signal number (> 1) */
 };
@@ -65,5 +68,11 @@ int commit_await(const struct commit_link *l, struct wire_conn **ret_conn);
 
 /* Receiver: answers OUTCOME on c and waits (bounded) for the sender to close. */
 int commit_answer(struct wire_conn *c, int outcome, const char *text);
+
+/*
+ * The source's STOP time (CLOCK_REALTIME ns) a COMMIT's text carries
+ * ("<migration id> stop_ns=N"), or 0: for the receiver's downtime.
+ */
+uint64_t commit_stop_ns_of(const struct wire_str *text);
 
 #endif

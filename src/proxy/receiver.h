@@ -79,6 +79,7 @@ struct receiver {
 	atomic_bool prepared;		/* PREPARED sent: only the decision counts now */
 	atomic_bool link_lost;		/* the connection ended while prepared */
 	atomic_int decision;		/* WIRE_DECIDE_* from the main connection */
+	uint64_t source_stop_ns;	/* the source's STOP time the COMMIT carried, or 0 */
 	bool first_pages;
 	unsigned refused;		/* connections refused before the sender came */
 	struct mig_record rec;		/* durable record of the switchover */

@@ -8,6 +8,8 @@
  */
 #include "proxy/receiver.h"
 
+#include "proxy/commit.h"
+
 #include "proxy/pagecache.h"
 
 #include "common/fault.h"
@@ -655,6 +657,7 @@ static int handle_frame(struct receiver *rc, const struct wire_frame *f)
 		if (!rc->prepared || (m.u.status.code != WIRE_DECIDE_COMMIT &&
 				      m.u.status.code != WIRE_DECIDE_ABORT))
 			return -EPROTO;
+		rc->source_stop_ns = commit_stop_ns_of(&m.u.status.text);
 		rc->decision = (int)m.u.status.code;
 		return 0;
 	default:

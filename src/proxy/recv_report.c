@@ -21,6 +21,10 @@ json_t *recv_make_report(struct receiver *rc, uint64_t start_ns, uint64_t resume
 	json_object_set_new(r, "total_time_ms", json_integer((tsb_now_ns() - start_ns) / 1000000));
 	if (resume_ns)
 		json_object_set_new(r, "resume_time_ns", json_integer(resume_ns));
+	/* Guest-visible downtime: the source's STOP (in the COMMIT) to our RESUME. */
+	json_object_set_new(r, "downtime_ms", rc->source_stop_ns && resume_ns > rc->source_stop_ns ?
+			    json_integer((json_int_t)((resume_ns - rc->source_stop_ns) / 1000000)) :
+			    json_null());
 	json_object_set_new(r, "qemu_stream_bytes", json_integer(rc->written));
 	json_object_set_new(r, "refused_connections", json_integer(rc->refused));
 	json_object_set_new(r, "wan", json_pack("{s:I, s:I}",

@@ -104,7 +104,7 @@ static int await_decision(struct receiver *rc, struct qmp *q, struct wire_tls *t
 	const struct proxy_recv_options *o = rc->o;
 	struct commit_link l = {
 		.c = &o->c, .tls = tls, .addr = o->listen, .id = rc->rec.id, .sig = sig,
-		.credential = rc->credential,
+		.credential = rc->credential, .ret_stop_ns = &rc->source_stop_ns,
 	};
 	struct qmp_event ev;
 	int r;

@@ -1049,6 +1049,7 @@ static struct commit_link link_of(struct sender *s, struct wire_tls *tls)
 {
 	return (struct commit_link){
 		.c = &s->o->c, .tls = tls, .addr = s->o->to, .id = s->rec.id,
+		.decision_text = s->decision_text[0] ? s->decision_text : NULL,
 		.sig = &s->abort_flag,
 		.deadline_ns = tsb_now_ns() + s->o->c.commit_timeout_ms * 1000000,
 	};
@@ -1067,7 +1068,7 @@ static bool decide_on_main(struct sender *s, int decision)
 	if (s->link_lost || s->failed || !s->wan_done)
 		return false;
 	return wire_conn_send_status(s->conn, WIRE_MSG_DECISION, (uint32_t)decision,
-				     s->rec.id) == 0;
+				     s->decision_text[0] ? s->decision_text : s->rec.id) == 0;
 }
 
 /* Waits (bounded) for the receiver's OUTCOME on the migration's connection. */
@@ -1534,6 +1535,9 @@ static void migrate(struct sender *s, struct send_run *run)
 		return;
 	}
 	/* The source completed: commit if the destination holds the guest. */
+	if (run->res.stop_ns)
+		snprintf(s->decision_text, sizeof(s->decision_text), "%s stop_ns=%llu", s->rec.id,
+			 (unsigned long long)run->res.stop_ns);
 	settle(s, run->tls);
 	/* QEMU is done with the socket; make sure the parse thread sees its end. */
 	if (!s->failed)

@@ -143,6 +143,8 @@ struct sender {
 	uint64_t rate_t0_ns, rate_wire0, rate_wait0; /* link sampling interval */
 	uint64_t wire_out;	/* bytes written by the WAN thread */
 	uint64_t migrate_ns, qemu_done_ns; /* QEMU told to migrate; QEMU completed */
+	/* DECISION's text: the migration id and the source's STOP time (recv's downtime). */
+	char decision_text[WIRE_MAX_ID + 40];
 	double compress_speed[N_LEVELS], ratio[N_LEVELS]; /* per level (EWMA) */
 	uint64_t level_uses[N_LEVELS];
 

@@ -43,6 +43,9 @@ for k in ("zero", "data", "reference"):
 assert s["pages"]["data"] > 0 and s["pages"]["zero"] > 0
 # The destination QEMU got exactly the stream the source QEMU wrote.
 assert s["qemu_stream_bytes"] == r["qemu_stream_bytes"], (s["qemu_stream_bytes"], r["qemu_stream_bytes"])
+# Both ends report the same guest-visible downtime (source STOP to destination RESUME).
+assert s.get("downtime_ms") is not None and r.get("downtime_ms") == s["downtime_ms"], (
+    s.get("downtime_ms"), r.get("downtime_ms"))
 cat = s["wan"]["by_category"]
 print("send: %.1f MB stream -> %.1f MB on the WAN; pages %s" % (
     s["qemu_stream_bytes"] / 1e6, s["wan"]["bytes_sent"] / 1e6, s["pages"]), file=sys.stderr)

@@ -24,6 +24,9 @@
 #include <time.h>
 #include <unistd.h>
 
+/* A socket refusing connections this long has no QEMU behind it. */
+#define QMP_REFUSED_GIVE_UP_NS 1000000000ull
+
 #define QMP_READ_CHUNK 65536
 #define QMP_DEFAULT_TIMEOUT_MS 30000
 
@@ -718,6 +721,7 @@ int qmp_open(const char *path, int timeout_ms, struct qmp **ret_qmp)
 	int saved_timeout;
 	int fd = -1, r, left;
 	long delay_ms = 5;
+	uint64_t refused_since = 0;
 
 	if (!path || !*path)
 		return -EINVAL;
@@ -732,6 +736,16 @@ int qmp_open(const char *path, int timeout_ms, struct qmp **ret_qmp)
 		/* the socket is not there yet, or not listening yet */
 		if (r != -ENOENT && r != -ECONNREFUSED && r != -EAGAIN)
 			return r;
+		/*
+		 * A socket file nobody listens on for a second is one a QEMU
+		 * left behind when it exited: say so rather than wait it out.
+		 */
+		if (r != -ECONNREFUSED)
+			refused_since = 0;
+		else if (!refused_since)
+			refused_since = tsb_now_ns();
+		else if (tsb_now_ns() - refused_since >= QMP_REFUSED_GIVE_UP_NS)
+			return -ECONNREFUSED;
 		left = ms_left(deadline);
 		if (left == 0)
 			return -ETIMEDOUT;

@@ -36,7 +36,8 @@ struct qmp_event {
  * appear (and to accept), reads the greeting and negotiates capabilities.
  * Returns 0 and *ret_qmp (free with qmp_close), or -errno: -ETIMEDOUT,
  * -ENAMETOOLONG (path over sun_path), -EPROTO (not a QMP greeting or
- * negotiation refused), -ECONNRESET.
+ * negotiation refused), -ECONNRESET, -ECONNREFUSED (the socket file is
+ * there but has refused connections for a second: its QEMU is gone).
  */
 int qmp_open(const char *path, int timeout_ms, struct qmp **ret_qmp);
 /* Closes the socket and frees queued events. Accepts NULL. */

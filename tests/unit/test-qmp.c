@@ -107,6 +107,18 @@ static void test_open_errors(void **state)
 	path[sizeof(path) - 1] = '\0';
 	assert_int_equal(qmp_open(path, 150, &q), -ENAMETOOLONG);
 	assert_null(q);
+	/* A socket file left by a QEMU that exited: refused, not waited out. */
+	{
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+
+		snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/stale.sock", tmpdir);
+		assert_true(fd >= 0);
+		assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+		close(fd);
+		assert_int_equal(qmp_open(sa.sun_path, 60000, &q), -ECONNREFUSED);
+		assert_null(q);
+	}
 }
 
 static void test_execute(void **state)

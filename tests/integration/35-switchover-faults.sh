@@ -180,7 +180,8 @@ if [ -n "${HOSTILE_SENDER:-}" ]; then
 	"$TSUBAME" keygen --id intruder "$T/intruder-key" >/dev/null
 	(umask 077 && cat "$T/key" "$T/intruder-key" >"$T/recv-keys")
 	export HOSTILE_SENDER INTRUDER_KEY=$T/intruder-key FORGE_LOG=$T/forge.log
-	forge='kill -USR1 $WANEM_PID; (id=$(basename "$(ls "$RECV_STATE"/*.recv.json)" .recv.json);
+	# (the newest record is this migration's: earlier cases may leave others)
+	forge='kill -USR1 $WANEM_PID; (id=$(basename "$(ls -t "$RECV_STATE"/*.recv.json | head -1)" .recv.json);
 		"$HOSTILE_SENDER" -t "127.0.0.1:$RECV_PORT" -k "$INTRUDER_KEY" -s forged-decision \
 		-m "$id" >"$FORGE_LOG" 2>&1; echo "exit $?" >>"$FORGE_LOG";
 		kill -USR2 $WANEM_PID) >/dev/null 2>&1 &'

@@ -193,6 +193,13 @@ static void setup(struct h *h)
 	h->a = mob_agent_new(&h->cfg, &h->io, ifmac);
 	if (!h->a)
 		abort();
+	/* The host's own address: probing for its port, and frames handed to it (to_host). */
+	{
+		struct in_addr local;
+
+		local.s_addr = htonl(0x0a3d0101);	/* 10.61.1.1 */
+		mob_agent_set_local(h->a, &local, 1);
+	}
 }
 
 static bool home_side(const struct mob_binding *b)

@@ -289,8 +289,10 @@ static void wait_for_credit(struct sender *s)
 	while (!s->failed && out_of_credit(s, parsed)) {
 		if (!t0)
 			t0 = tsb_now_ns();
+		s->credit_blocked = true;
 		pthread_cond_wait(&s->cond, &s->lock);
 	}
+	s->credit_blocked = false;
 	if (t0)
 		s->credit_wait_ns += tsb_now_ns() - t0;
 	pthread_mutex_unlock(&s->lock);
@@ -598,8 +600,11 @@ out:
 
 /* ---- return thread: receiver -> us ---- */
 
-/* Matches an ACK with the delay samples it covers (under s->lock). */
-static void sample_delay(struct sender *s, uint64_t acked, uint64_t now)
+/*
+ * Matches an ACK with the delay samples it covers (under s->lock); returns
+ * the newest sample's delay, 0 if the ACK covered none.
+ */
+static uint64_t sample_delay(struct sender *s, uint64_t acked, uint64_t now)
 {
 	uint64_t t = 0;
 
@@ -616,6 +621,7 @@ static void sample_delay(struct sender *s, uint64_t acked, uint64_t now)
 		s->delay_min_cur = 0;
 		s->delay_min_t0 = now;
 	}
+	return t ? now - t : 0;
 }
 
 /* The path's delay: the lowest seen in this period or the last one. */
@@ -626,11 +632,58 @@ static uint64_t path_delay(const struct sender *s)
 	return s->delay_min;
 }
 
-static void update_window(struct sender *s, uint64_t acked)
+/*
+ * Slow start (under s->lock): grows the window by what this ACK covers
+ * while the window held the stream back since the last ACK. A round ends
+ * when the ACKs cover what was parsed when it began; slow start ends when
+ * a round delivered less than 1.25 times the round before (the path, not
+ * the window, is the limit now) or the delay doubled (a queue builds).
+ * Returns whether slow start goes on.
+ */
+static bool slow_start_step(struct sender *s, uint64_t acked, uint64_t newly_acked,
+			    uint64_t delay, uint64_t now)
 {
-	uint64_t now = tsb_now_ns(), rate, w, w_ms, delay_ms;
+	uint64_t base = path_delay(s), rate;
+	bool limited = s->credit_blocked || s->credit_wait_ns != s->ss_wait0;
 
-	sample_delay(s, acked, now);
+	s->ss_wait0 = s->credit_wait_ns;
+	if (!s->slow_start)
+		return false;
+	if (!s->round_t0 || s->round_end <= s->round_acked0) {
+		/* A round begins once there is stream in flight beyond this ACK. */
+		s->round_t0 = now;
+		s->round_acked0 = acked;
+		s->round_end = s->delay_last_off;
+	} else if (acked >= s->round_end && now > s->round_t0) {
+		rate = (acked - s->round_acked0) * 1000000000ull / (now - s->round_t0);
+		if (s->round_rate && rate < s->round_rate + s->round_rate / 4)
+			goto done;
+		s->round_rate = rate;
+		s->round_t0 = now;
+		s->round_acked0 = acked;
+		s->round_end = s->delay_last_off;
+	}
+	if ((delay && base && delay > 2 * base) || s->window >= PROXY_WINDOW_MAX)
+		goto done;
+	/* Written so that an ACK near 2^64 (the peer's word) cannot wrap. */
+	if (limited)
+		s->window = newly_acked > PROXY_WINDOW_MAX - s->window ? PROXY_WINDOW_MAX
+								       : s->window + newly_acked;
+	return true;
+done:
+	s->slow_start = false;
+	/* The steady window is measured afresh from here. */
+	s->ack_rate_t0_ns = 0;
+	return false;
+}
+
+static void update_window(struct sender *s, uint64_t prev_acked, uint64_t acked)
+{
+	uint64_t now = tsb_now_ns(), rate, w, w_ms, delay_ms, delay;
+
+	delay = sample_delay(s, acked, now);
+	if (slow_start_step(s, acked, acked - prev_acked, delay, now))
+		return;
 	if (!s->ack_rate_t0_ns) {
 		s->ack_rate_t0_ns = now;
 		s->ack_rate_b0 = acked;
@@ -778,8 +831,10 @@ static void return_loop(struct sender *s, struct wire_zstd *z)
 		case WIRE_MSG_ACK:
 			pthread_mutex_lock(&s->lock);
 			if (m.u.ack > s->acked) {
+				uint64_t prev = s->acked;
+
 				s->acked = m.u.ack;
-				update_window(s, m.u.ack);
+				update_window(s, prev, m.u.ack);
 			}
 			pthread_cond_broadcast(&s->cond);
 			pthread_mutex_unlock(&s->lock);
@@ -1267,6 +1322,7 @@ static void sender_init(struct sender *s, const struct proxy_send_options *o)
 	s->qfd = -1;
 	s->lock_fd = -1;
 	s->window = PROXY_WINDOW_MIN;
+	s->slow_start = true;
 	s->level = 1;
 	/* Starting guesses for half-compressible memory; measured from then on. */
 	s->link_speed = 12.5e6;

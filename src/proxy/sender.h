@@ -107,6 +107,17 @@ struct sender {
 	struct { uint64_t off, t; } delay_ring[DELAY_SAMPLES];
 	unsigned delay_head, delay_count;
 	uint64_t delay_last_off, delay_min, delay_min_cur, delay_min_t0;
+	/*
+	 * Slow start: while the window is what holds the stream back, every
+	 * acknowledged byte adds one to it, so it doubles each round trip
+	 * instead of growing by a quarter every half second; it ends when a
+	 * round trip delivers less than 1.25 times the one before (the path
+	 * is full) or the delay doubles.
+	 */
+	bool slow_start;
+	bool credit_blocked; /* the parse thread waits for credits now */
+	uint64_t ss_wait0;   /* credit_wait_ns at the previous ACK */
+	uint64_t round_end, round_acked0, round_t0, round_rate;
 
 	/* Outcome. */
 	atomic_int failed;

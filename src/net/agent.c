@@ -567,12 +567,18 @@ static uint8_t *gen_slot(struct mob_agent *a)
 	return a->gen[a->n_gen++];
 }
 
-/* A buffer for one segment; same rule. */
+/* A buffer of MOB_FRAME_MAX bytes for one segment; same rule. NULL when
+ * out of memory. */
 static uint8_t *seg_slot(struct mob_agent *a)
 {
 	if (a->n_seg == MOB_GSO_SEGS_MAX) {
 		flush_all(a);
 		a->n_seg = 0;
+	}
+	if (!a->seg[a->n_seg]) {
+		a->seg[a->n_seg] = malloc(MOB_FRAME_MAX);
+		if (!a->seg[a->n_seg])
+			return NULL;
 	}
 	return a->seg[a->n_seg++];
 }
@@ -824,6 +830,10 @@ static void gso_frame(struct mob_agent *a, const struct virtio_net_hdr *vh,
 	for (i = 0; i < (unsigned)nseg; i++) {
 		uint8_t *seg = seg_slot(a);
 
+		if (!seg) {
+			a->c.drop_gso++;
+			return;
+		}
 		n = mob_gso_segment(frame, &g, i, seg, MOB_FRAME_MAX);
 		if (n < 0) {
 			a->c.drop_bad++;
@@ -1695,6 +1705,11 @@ struct mob_agent *mob_agent_new(const struct mob_agent_config *cfg,
 
 	if (!a)
 		return NULL;
+	a->b = calloc(MOB_BINDINGS_MAX, sizeof(*a->b));
+	if (!a->b) {
+		free(a);
+		return NULL;
+	}
 	a->cfg = cfg;
 	a->io = *io;
 	memcpy(a->ifmac, ifmac, 6);
@@ -1723,7 +1738,12 @@ void mob_agent_log_summary(struct mob_agent *a)
 
 void mob_agent_free(struct mob_agent *a)
 {
+	unsigned i;
+
 	if (!a)
 		return;
+	for (i = 0; i < MOB_GSO_SEGS_MAX; i++)
+		free(a->seg[i]);
+	free(a->b);
 	free(a);
 }

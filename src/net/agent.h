@@ -131,11 +131,15 @@ struct mob_agent {
 	const struct mob_agent_config *cfg;
 	struct mob_io io;
 	uint8_t ifmac[6];
-	struct mob_binding b[MOB_BINDINGS_MAX];
+	/* MOB_BINDINGS_MAX bindings, allocated with the agent (kept out of
+	 * the struct so that neither is one large allocation) */
+	struct mob_binding *b;
 	struct mob_batch seg_out, tun_out;
 	uint8_t gen[MOB_BATCH][128];	/* generated frames (ARP, NA) */
 	unsigned n_gen;
-	uint8_t seg[MOB_GSO_SEGS_MAX][MOB_FRAME_MAX];	/* GSO segments */
+	/* GSO segments: each buffer (MOB_FRAME_MAX bytes) is allocated when
+	 * first needed and kept until mob_agent_free() */
+	uint8_t *seg[MOB_GSO_SEGS_MAX];
 	unsigned n_seg;
 	struct mob_counters c;
 	struct mob_ratelog rl[MOB_RL_COUNT];

@@ -61,7 +61,10 @@ struct receiver {
 
 	/* WAN thread only. */
 	struct qs_writer *writer;
-	struct qs_block blocks[WIRE_MAX_BLOCKS];
+	/* The RAM blocks the sender declared: blocks[i] is allocated when
+	 * block i is first declared (then block_known[i]) and kept until
+	 * receiver_free(); the writer may hold on to it. */
+	struct qs_block *blocks[WIRE_MAX_BLOCKS];
 	bool block_known[WIRE_MAX_BLOCKS];
 	struct wire_zstd *z;
 	struct tsb_buf scratch, copy;

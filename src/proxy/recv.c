@@ -298,6 +298,8 @@ static void receiver_free(struct receiver *rc)
 	image_rec_fini(&rc->arrival);
 	store_image_free(rc->rb.base);
 	free(rc->rb.run_buf);
+	for (unsigned i = 0; i < WIRE_MAX_BLOCKS; i++)
+		free(rc->blocks[i]);
 	if (rc->rb.store)
 		store_close(rc->rb.store);
 	diskindex_free(rc->rb.disks);

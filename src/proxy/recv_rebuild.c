@@ -200,7 +200,7 @@ static int handle_blocks(struct receiver *rc, const struct wire_blocks *b)
 	}
 	for (unsigned i = 0; i < WIRE_MAX_BLOCKS; i++)
 		if (rc->block_known[i] && !replaced[i])
-			total += rc->blocks[i].used_length;
+			total += rc->blocks[i]->used_length;
 	if (rc->ram_limit && total > rc->ram_limit) {
 		snprintf(rc->why, sizeof(rc->why), "the sender's RAM blocks exceed what the "
 			 "destination VM has (%llu MiB with device memory)",
@@ -212,10 +212,16 @@ static int handle_blocks(struct receiver *rc, const struct wire_blocks *b)
 	while (wire_blocks_next(&it, &wb)) {
 		rc->rb.base_block[wb.index] = rc->rb.base ?
 			store_image_block_find(rc->rb.base, wb.name.p, wb.name.len) : -1;
-		struct qs_block *qb = &rc->blocks[wb.index];
+		struct qs_block *qb;
 
 		if (wb.name.len > QS_IDSTR_MAX)
 			return -EMSGSIZE;
+		if (!rc->blocks[wb.index]) {
+			rc->blocks[wb.index] = malloc(sizeof(*qb));
+			if (!rc->blocks[wb.index])
+				return -ENOMEM;
+		}
+		qb = rc->blocks[wb.index];
 		memset(qb, 0, sizeof(*qb));
 		qb->index = wb.index;
 		qb->name_len = wb.name.len;
@@ -483,7 +489,7 @@ static int apply_entry(struct receiver *rc, const struct wire_page_entry *e,
 		       const uint8_t *literal, size_t *n_missing)
 {
 	struct qs_page pg = {
-		.block = &rc->blocks[e->block], .offset = e->offset,
+		.block = rc->blocks[e->block], .offset = e->offset,
 		.cont = e->qflags & QS_RAM_CONTINUE,
 	};
 	const uint8_t *page;

@@ -44,14 +44,7 @@ struct qs_writer *qs_writer_new(uint32_t page_size, qs_out_fn out,
 	w->out = out;
 	w->opaque = opaque;
 	w->page_size = page_size;
-	if (out) {
-		w->buf = malloc(QS_WRITER_BATCH);
-		if (!w->buf) {
-			free(w);
-			return NULL;
-		}
-		w->cap = QS_WRITER_BATCH;
-	}
+	/* buf grows on demand (reserve()): with out, to QS_WRITER_BATCH */
 	return w;
 }
 
@@ -84,9 +77,13 @@ static int reserve(struct qs_writer *w, size_t n)
 
 	if (w->cap - w->len >= n)
 		return 0;
-	if (w->out) {
-		/* Callers never reserve more than QS_WRITER_BATCH. */
-		return qs_writer_flush(w);
+	if (w->out && n > QS_WRITER_BATCH - w->len) {
+		/* Out in batches of at most QS_WRITER_BATCH bytes (callers
+		 * never reserve more than that). */
+		if (qs_writer_flush(w))
+			return w->err;
+		if (w->cap >= n)
+			return 0;
 	}
 	cap = w->cap ? w->cap : 64 << 10;
 	while (cap - w->len < n) {
@@ -94,6 +91,8 @@ static int reserve(struct qs_writer *w, size_t n)
 			return w->err = -ENOMEM;
 		cap *= 2;
 	}
+	if (w->out && cap > QS_WRITER_BATCH && n <= QS_WRITER_BATCH - w->len)
+		cap = QS_WRITER_BATCH;
 	nb = realloc(w->buf, cap);
 	if (!nb)
 		return w->err = -ENOMEM;

@@ -20,7 +20,10 @@
 
 #include "common/reader.h"
 
+/* recv() asks for read_chunk bytes: READ_CHUNK_MIN at first, doubled
+ * (up to READ_CHUNK) each time a recv() fills it. */
 #define READ_CHUNK (256U << 10)
+#define READ_CHUNK_MIN (16U << 10)
 
 struct cl_req {
 	bool used, done;
@@ -39,6 +42,7 @@ struct nbd_client {
 	int fd;
 	struct tsb_buf in, out;
 	size_t in_pos, out_pos;
+	size_t read_chunk;
 	bool eof;
 	int dead;		/* sticky fatal error */
 	struct nbd_export_info info;
@@ -97,9 +101,9 @@ static int read_some(struct nbd_client *cl)
 		cl->in.len -= cl->in_pos;
 		cl->in_pos = 0;
 	}
-	if (tsb_buf_reserve(&cl->in, READ_CHUNK))
+	if (tsb_buf_reserve(&cl->in, cl->read_chunk))
 		return fail(cl, -ENOMEM, "out of memory");
-	n = recv(cl->fd, cl->in.data + cl->in.len, READ_CHUNK, 0);
+	n = recv(cl->fd, cl->in.data + cl->in.len, cl->read_chunk, 0);
 	if (n < 0) {
 		if (errno == EAGAIN || errno == EINTR)
 			return 0;
@@ -110,6 +114,8 @@ static int read_some(struct nbd_client *cl)
 		return fail(cl, -ECONNRESET, "server closed the connection");
 	}
 	cl->in.len += (size_t)n;
+	if ((size_t)n == cl->read_chunk && cl->read_chunk < READ_CHUNK)
+		cl->read_chunk *= 2;
 	return 0;
 }
 
@@ -384,8 +390,9 @@ int nbd_client_connect_fd(int fd, const struct nbd_client_config *cfg,
 	tsb_buf_init(&cl->out);
 	cl->max_inflight = cfg->max_inflight ? cfg->max_inflight : 16;
 	cl->next_cookie = 1;
+	cl->read_chunk = READ_CHUNK_MIN;
 	fl = fcntl(fd, F_GETFL);
-	if (tsb_buf_reserve(&cl->in, READ_CHUNK) ||
+	if (tsb_buf_reserve(&cl->in, cl->read_chunk) ||
 	    tsb_buf_reserve(&cl->out, 4096))
 		r = fail(cl, -ENOMEM, "out of memory");
 	else if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)

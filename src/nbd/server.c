@@ -30,7 +30,10 @@
 #include "common/log.h"
 #include "common/reader.h"
 
+/* recv() asks for read_chunk bytes: READ_CHUNK_MIN at first (each
+ * connection), doubled (up to READ_CHUNK) each time a recv() fills it. */
 #define READ_CHUNK	(256U << 10)
+#define READ_CHUNK_MIN	(16U << 10)
 #define OUT_HIGH	(64U << 20)
 #define MAX_OPTIONS	256
 #define META_ID_BASE_ALLOCATION 1
@@ -65,6 +68,7 @@ struct nbd_server {
 	int fd;
 	struct tsb_buf in, out;
 	size_t in_pos, out_pos;
+	size_t read_chunk;
 	bool eof;
 	struct nbd_conn_params params;
 	bool no_zeroes;
@@ -288,7 +292,7 @@ static int write_some(struct nbd_server *srv)
 	return 0;
 }
 
-/* Reads what is available (at most READ_CHUNK). 0 or -errno; sets eof. */
+/* Reads what is available (at most read_chunk). 0 or -errno; sets eof. */
 static int read_some(struct nbd_server *srv)
 {
 	ssize_t n;
@@ -302,9 +306,9 @@ static int read_some(struct nbd_server *srv)
 		srv->in.len -= srv->in_pos;
 		srv->in_pos = 0;
 	}
-	if (tsb_buf_reserve(&srv->in, READ_CHUNK))
+	if (tsb_buf_reserve(&srv->in, srv->read_chunk))
 		return fail(srv, -ENOMEM, "out of memory");
-	n = recv(srv->fd, srv->in.data + srv->in.len, READ_CHUNK, 0);
+	n = recv(srv->fd, srv->in.data + srv->in.len, srv->read_chunk, 0);
 	if (n < 0) {
 		if (errno == EAGAIN || errno == EINTR)
 			return 0;
@@ -313,6 +317,8 @@ static int read_some(struct nbd_server *srv)
 	if (n == 0)
 		srv->eof = true;
 	srv->in.len += (size_t)n;
+	if ((size_t)n == srv->read_chunk && srv->read_chunk < READ_CHUNK)
+		srv->read_chunk *= 2;
 	return 0;
 }
 
@@ -1014,7 +1020,8 @@ int nbd_server_serve_fd(struct nbd_server *srv, int fd)
 	srv->meta_export = NULL;
 
 	/* Buffers exist from the start: decoders never see a NULL base. */
-	if (tsb_buf_reserve(&srv->in, READ_CHUNK) ||
+	srv->read_chunk = READ_CHUNK_MIN;
+	if (tsb_buf_reserve(&srv->in, srv->read_chunk) ||
 	    tsb_buf_reserve(&srv->out, 4096)) {
 		r = fail(srv, -ENOMEM, "out of memory");
 		goto out;

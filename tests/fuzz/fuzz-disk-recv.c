@@ -61,7 +61,7 @@ struct mdisk {
 	const char *name;
 	uint8_t *data;
 	size_t size;
-	bool dirty;	/* written since the last reset */
+	size_t dirty_lo, dirty_hi;	/* written since the last reset (lo < hi) */
 	struct md_worker w[MD_CONNS];
 	unsigned n_w;
 };
@@ -106,7 +106,10 @@ static int md_write(void *user, struct nbd_io *io)
 		return -EIO;
 	pthread_mutex_lock(&md_lock);
 	memcpy(m->data + io->offset, io->data, io->length);
-	m->dirty = true;
+	if (m->dirty_lo >= m->dirty_hi || io->offset < m->dirty_lo)
+		m->dirty_lo = io->offset;
+	if (io->offset + io->length > m->dirty_hi)
+		m->dirty_hi = io->offset + io->length;
 	pthread_mutex_unlock(&md_lock);
 	return 0;
 }
@@ -228,9 +231,10 @@ static void md_reset(void)
 			w->hold = -1;
 		}
 	for (k = 0; k < 2; k++) {
-		if (mdisks[k].dirty)
-			memset(mdisks[k].data, 0, mdisks[k].size);
-		mdisks[k].dirty = false;
+		if (mdisks[k].dirty_lo < mdisks[k].dirty_hi)
+			memset(mdisks[k].data + mdisks[k].dirty_lo, 0,
+			       mdisks[k].dirty_hi - mdisks[k].dirty_lo);
+		mdisks[k].dirty_lo = mdisks[k].dirty_hi = 0;
 	}
 	pthread_mutex_unlock(&md_lock);
 }

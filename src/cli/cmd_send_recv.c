@@ -4,6 +4,7 @@
 #include "common/util.h"
 #include "proxy/proxy.h"
 #include "store/store.h"
+#include "wire/wire.h"
 
 #include <getopt.h>
 #include <stdarg.h>
@@ -82,7 +83,7 @@ enum {
 	OPT_POSTCOPY_AFTER, OPT_MODE, OPT_ZSTD, OPT_PROGRESS, OPT_NO_PROGRESS,
 	OPT_STORE, OPT_NO_STORE, OPT_STORE_CAP, OPT_TENANT, OPT_VM_ID, OPT_DISK_SOURCE,
 	OPT_NO_VM_DISKS, OPT_FLOOR, OPT_NET_AGENT, OPT_NET_MAC, OPT_NET_IP, OPT_NET_HOME,
-	OPT_DISK, OPT_NO_DISKS, OPT_COMMIT_TIMEOUT, OPT_STATE_DIR,
+	OPT_DISK, OPT_NO_DISKS, OPT_COMMIT_TIMEOUT, OPT_STATE_DIR, OPT_CONNECTIONS,
 };
 
 static const struct option options[] = {
@@ -121,6 +122,7 @@ static const struct option options[] = {
 	{ "no-disks", no_argument, NULL, OPT_NO_DISKS },
 	{ "commit-timeout", required_argument, NULL, OPT_COMMIT_TIMEOUT },
 	{ "state-dir", required_argument, NULL, OPT_STATE_DIR },
+	{ "connections", required_argument, NULL, OPT_CONNECTIONS },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, 'h' },
 	{}
@@ -133,6 +135,7 @@ struct parsed {
 	uint64_t max_bw, downtime, postcopy_after;
 	enum proxy_mode mode;
 	int zstd_level;
+	unsigned connections;
 	bool help, no_store, no_vm_disks, floor, no_disks;
 	const char *disks[8];
 	unsigned n_disks;
@@ -257,6 +260,7 @@ static int parse_send_opt(const char *cmd, bool send, int c, struct parsed *p)
 	case OPT_POSTCOPY_AFTER:
 	case OPT_MODE:
 	case OPT_ZSTD:
+	case OPT_CONNECTIONS:
 		break;
 	default:
 		return OPT_OTHER;
@@ -292,6 +296,11 @@ static int parse_send_opt(const char *cmd, bool send, int c, struct parsed *p)
 			return cli_usage_error(cmd, "bad --zstd-level '%s' (0 = off, 1-19)",
 					   optarg);
 		p->zstd_level = v ? (int)v : -1;
+	} else if (c == OPT_CONNECTIONS) {
+		if (tsb_parse_u64(optarg, 1, WIRE_MAX_LANES, &v) < 0)
+			return cli_usage_error(cmd, "bad --connections '%s' (1-%d)", optarg,
+					       WIRE_MAX_LANES);
+		p->connections = (unsigned)v;
 	}
 	return 0;
 }
@@ -441,6 +450,9 @@ int cmd_send(int argc, char **argv)
 		       "  --max-bandwidth RATE   QEMU's max-bandwidth (e.g. 1gbit)\n"
 		       "  --downtime-limit MS    QEMU's downtime-limit\n"
 		       "  --zstd-level N         fixed zstd level (0 = none); default adapts\n"
+		       "  --connections N        spread the stream over N TLS connections (1-16,\n"
+		       "                         default 1): for long paths on which one TCP\n"
+		       "                         connection cannot fill the link (loss)\n"
 		       "  --vm-id ID             the VM's id in stores (default: QEMU's -name,\n"
 		       "                         else its UUID)\n"
 		       "  --floor                report the floor: the zstd size of the final\n"
@@ -463,6 +475,7 @@ int cmd_send(int argc, char **argv)
 	o.postcopy_after_ms = p.postcopy_after;
 	o.mode = p.mode;
 	o.zstd_level = p.zstd_level;
+	o.connections = p.connections ? p.connections : 1;
 	o.vm_id = p.vm_id;
 	o.floor = p.floor;
 	oc = proxy_send(&o, &report);

@@ -59,6 +59,7 @@ struct proxy_send_options {
 	uint64_t postcopy_after_ms;	/* 0: no switch by the clock */
 	enum proxy_mode mode;
 	int zstd_level;			/* 0: adaptive */
+	unsigned connections;		/* lanes of the stream, 1..WIRE_MAX_LANES */
 	const char *vm_id;		/* NULL: QEMU's -name, else its UUID */
 	bool floor;			/* report the compressed size of what had to travel */
 	/* Local disks (docs/disk.md): moved unless no_disks; only these if any. */

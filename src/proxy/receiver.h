@@ -13,6 +13,7 @@
 
 #include "common/buf.h"
 #include "qstream/qstream.h"
+#include "wire/lanes.h"
 #include "wire/need.h"
 #include "wire/wire.h"
 
@@ -55,6 +56,10 @@ struct rebuild {
 struct receiver {
 	const struct proxy_recv_options *o;
 	struct wire_conn *conn;		/* NULL when fuzzing: frames come from fuzz */
+	/* More lanes of the stream (recv_lanes.c): lanes[i] is lane i + 1. */
+	struct wire_conn *lanes[WIRE_MAX_LANES - 1];
+	unsigned n_lanes;		/* 0 or 1: the main connection only */
+	struct wire_lanes *lane_reader;	/* reads all lanes when n_lanes > 1 */
 	struct fuzz_input *fuzz;
 	pthread_mutex_t send_lock;	/* one writer at a time on conn */
 	int qfd;
@@ -121,6 +126,15 @@ void recv_wait_loaded(struct receiver *rc, struct qmp *q, volatile int *sig);
 /* PREPARED, the sender's decision, the guest run or discarded, the outcome told. */
 void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 		 volatile int *sig, uint64_t *ret_resume_ns);
+
+/*
+ * LANE 0 of n on the main connection, then the other lanes of this
+ * migration from the listening socket, and a reader for them all.
+ * (recv_lanes.c) 0, or -1 after recv_fail().
+ */
+int recv_take_lanes(struct receiver *rc, struct wire_tls *tls, int lfd, volatile int *sig);
+/* Stops the lane reader (main must be aborted first) and frees the lanes. */
+void recv_lanes_free(struct receiver *rc);
 
 /* The JSON report of a run (`tsubame recv --report`). (recv_report.c) */
 json_t *recv_make_report(struct receiver *rc, uint64_t start_ns, uint64_t resume_ns);

@@ -402,7 +402,7 @@ static int accept_sender(struct receiver *rc, struct recv_run *run)
 	struct wire_hello_args hello = {
 		.role = WIRE_ROLE_RECEIVER,
 		.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_POSTCOPY |
-			WIRE_CAP_STORE | WIRE_CAP_COMMIT,
+			WIRE_CAP_STORE | WIRE_CAP_COMMIT | WIRE_CAP_LANES,
 		.site = o->c.store_dir ? run->site : "destination",
 	};
 	/* A stray, slow or refused client does not end us (wire/accept.h). */
@@ -450,10 +450,11 @@ static int accept_sender(struct receiver *rc, struct recv_run *run)
 static int open_channels(struct receiver *rc, struct recv_run *run)
 {
 	const struct proxy_recv_options *o = run->o;
+	uint64_t caps = run->peer.caps; /* run->peer's strings end with the next read */
 	char err[512] = "";
 	int r;
 
-	if (run->peer.caps & WIRE_CAP_STORE) {
+	if (caps & WIRE_CAP_STORE) {
 		struct tsb_buf b;
 
 		tsb_buf_init(&b);
@@ -468,8 +469,10 @@ static int open_channels(struct receiver *rc, struct recv_run *run)
 			return -1;
 		}
 	}
-	/* Disks: the sender's disk channel comes to the same listening socket. */
-	if (run->peer.caps & WIRE_CAP_DISK) {
+	/* Its other connections come first, then its disk channel, to the same port. */
+	if ((caps & WIRE_CAP_LANES) && recv_take_lanes(rc, run->tls, run->lfd, &run->sig) < 0)
+		return -1;
+	if (caps & WIRE_CAP_DISK) {
 		struct disk_recv_options dro = {
 			.tls = run->tls, .listen_fd = run->lfd, .index = rc->rb.disks,
 			.stall_ms = o->c.stall_ms, .migration = rc->rec.id,
@@ -574,6 +577,7 @@ static enum proxy_outcome finish(struct receiver *rc, struct recv_run *run,
 	if (run->lfd >= 0)
 		close(run->lfd);
 	qmp_close(run->q);
+	recv_lanes_free(rc);
 	wire_conn_free(rc->conn);
 	wire_tls_free(run->tls);
 	return oc;

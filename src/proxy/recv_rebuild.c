@@ -289,7 +289,8 @@ static int next_frame(struct receiver *rc, struct wire_frame *f)
 	int r;
 
 	if (!in)
-		return wire_conn_read_frame(rc->conn, f);
+		return rc->lane_reader ? wire_lanes_next(rc->lane_reader, f)
+				       : wire_conn_read_frame(rc->conn, f);
 	if (in->len - in->off < WIRE_HDR_LEN)
 		return 0;
 	r = wire_header_decode(in->p + in->off, f);

@@ -13,6 +13,13 @@ json_t *recv_make_report(struct receiver *rc, uint64_t start_ns, uint64_t resume
 
 	if (rc->conn)
 		wire_conn_get_stats(rc->conn, &ws);
+	if (rc->lane_reader) {
+		struct wire_conn_stats l;
+
+		wire_lanes_get_stats(rc->lane_reader, &l);
+		ws.net_in += l.net_in;
+		ws.net_out += l.net_out;
+	}
 	json_object_set_new(r, "side", json_string("recv"));
 	json_object_set_new(r, "outcome", json_string(proxy_outcome_name(
 		rc->failed ? rc->outcome : PROXY_OK)));
@@ -29,6 +36,8 @@ json_t *recv_make_report(struct receiver *rc, uint64_t start_ns, uint64_t resume
 	json_object_set_new(r, "refused_connections", json_integer(rc->refused));
 	json_object_set_new(r, "wan", json_pack("{s:I, s:I}",
 		"bytes_received", (json_int_t)ws.net_in, "bytes_sent", (json_int_t)ws.net_out));
+	json_object_set_new(json_object_get(r, "wan"), "connections",
+			    json_integer(rc->n_lanes > 1 ? rc->n_lanes : 1));
 	json_object_set_new(r, "pages", json_pack("{s:I, s:I, s:I, s:I, s:I}",
 		"zero", (json_int_t)rc->pages_zero, "data", (json_int_t)rc->pages_data,
 		"reference", (json_int_t)rc->pages_ref, "raw", (json_int_t)rc->pages_raw,

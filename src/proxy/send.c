@@ -52,6 +52,7 @@ void sender_fail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
 		shutdown(s->qfd, SHUT_RDWR);
 	if (s->conn)
 		wire_conn_abort(s->conn);
+	sender_lanes_end(s, false);
 }
 
 /* ---- job queue ---- */
@@ -390,7 +391,7 @@ static void adapt_level(struct sender *s, int used, size_t in, size_t out, size_
 			uint64_t compress_ns)
 {
 	double best = 0;
-	uint64_t now = tsb_now_ns(), dt, wait, idle, blocked;
+	uint64_t now = tsb_now_ns(), dt, wait, idle, blocked, wrote;
 	int l;
 
 	if (s->o->zstd_level)
@@ -411,21 +412,29 @@ static void adapt_level(struct sender *s, int used, size_t in, size_t out, size_
 		blocked = s->job_wait_ns - s->rate_jobwait0;
 		s->rate_jobwait0 = s->job_wait_ns;
 		pthread_mutex_unlock(&s->lock);
+		wrote = s->write_ns - s->rate_write0;
+		s->rate_write0 = s->write_ns;
 		double rate = (double)(s->wire_out - s->rate_wire0) * 1e9 / dt;
 
 		if (s->rate_t0_ns && rate > s->max_rate_seen)
 			s->max_rate_seen = rate;
-		if (s->rate_t0_ns && wait > dt / 2)
+		/*
+		 * The link holds us back through the credits or, when the
+		 * window is larger than the socket buffers (long paths),
+		 * through writes that wait for room.
+		 */
+		if (s->rate_t0_ns && (wait > dt / 2 || wrote > dt / 2))
 			s->link_speed = ewma(s->link_speed, rate);
 		else if (s->rate_t0_ns && blocked > dt / 10 && wait < dt / 20 &&
-			 s->link_speed < 4 * s->max_rate_seen)
+			 wrote < dt / 10 && s->link_speed < 4 * s->max_rate_seen)
 			/*
 			 * QEMU's stream waited for us, not for the link: compression
 			 * is the bottleneck and the link has room (a fast LAN or
 			 * loopback). Find out quickly, in a second, not ten.
 			 */
 			s->link_speed *= 2;
-		else if (s->rate_t0_ns && idle < dt / 4 && s->link_speed < 4 * s->max_rate_seen)
+		else if (s->rate_t0_ns && idle < dt / 4 && wrote < dt / 4 &&
+			 s->link_speed < 4 * s->max_rate_seen)
 			/*
 			 * The link had room and we were busy compressing: it may
 			 * be faster than we think, probe upwards. Not when we
@@ -487,6 +496,7 @@ static void *wan_thread(void *arg)
 {
 	struct sender *s = arg;
 	struct wire_zstd *z[N_LEVELS] = { NULL };
+	struct wire_conn *lane;
 	struct tsb_buf out;
 	struct job *j;
 	uint64_t t0, t1;
@@ -558,11 +568,12 @@ static void *wan_thread(void *arg)
 			break;
 		}
 		t1 = tsb_now_ns();
-		r = wire_conn_write(s->conn, out.data, out.len);
+		lane = sender_lane_next(s);
+		r = wire_conn_write(lane, out.data, out.len);
+		s->write_ns += tsb_now_ns() - t1; /* WAN thread only, like adapt_level */
 		if (r < 0) {
 			sender_fail(s, proxy_outcome_of_errno(r), "sending to the receiver: %s",
-			     wire_conn_errmsg(s->conn)[0] ? wire_conn_errmsg(s->conn)
-							  : strerror(-r));
+			     wire_conn_errmsg(lane)[0] ? wire_conn_errmsg(lane) : strerror(-r));
 			job_put(s, j);
 			break;
 		}
@@ -594,6 +605,9 @@ out:
 	for (i = 0; i < N_LEVELS; i++)
 		wire_zstd_free(z[i]);
 	tsb_buf_fini(&out);
+	/* The ordered stream is over: the other lanes end here, main goes on. */
+	if (!s->failed)
+		sender_lanes_end(s, true);
 	s->wan_done = true;
 	return NULL;
 }
@@ -1424,7 +1438,8 @@ static void hello_of(struct sender *s, struct wire_hello_args *hello)
 	hello->migration = s->image_id;
 	hello->caps = WIRE_CAP_COMMIT | WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
 		      (o->postcopy_after_ms || o->mode != PROXY_MODE_PRECOPY ? WIRE_CAP_POSTCOPY : 0) |
-		      (o->no_disks ? 0 : WIRE_CAP_DISK);
+		      (o->no_disks ? 0 : WIRE_CAP_DISK) |
+		      (o->connections > 1 ? WIRE_CAP_LANES : 0);
 	hello->site = "source";
 	hello->vm = s->vm[0] ? s->vm : NULL;
 	hello->tenant = o->c.tenant; /* the receiver checks our credential against it */
@@ -1437,6 +1452,23 @@ static void hello_of(struct sender *s, struct wire_hello_args *hello)
 	}
 }
 
+/* LANE 0 of n on the main connection: the other lanes follow its summary. */
+static int send_lane_zero(struct sender *s, unsigned n)
+{
+	struct tsb_buf b;
+	int r;
+
+	tsb_buf_init(&b);
+	r = wire_encode_lane(&b, 0, n);
+	if (r == 0)
+		r = wire_conn_write(s->conn, b.data, b.len);
+	tsb_buf_fini(&b);
+	if (r < 0)
+		sender_fail(s, proxy_outcome_of_errno(r), "sending LANE: %s",
+			    wire_conn_errmsg(s->conn)[0] ? wire_conn_errmsg(s->conn) : strerror(-r));
+	return r < 0 ? -1 : 0;
+}
+
 /* Link first: nothing changes in QEMU before the receiver is known good. */
 static int connect_receiver(struct sender *s, struct send_run *run)
 {
@@ -1444,6 +1476,7 @@ static int connect_receiver(struct sender *s, struct send_run *run)
 	struct wire_hello_args hello = { 0 };
 	struct wire_hello peer;
 	char err[512] = "";
+	unsigned lanes;
 	int fd = -1, r;
 
 	if (tsb_split_hostport(o->to, run->host, sizeof(run->host), run->port,
@@ -1480,6 +1513,12 @@ static int connect_receiver(struct sender *s, struct send_run *run)
 		return -1;
 	}
 	snprintf(s->peer_site, sizeof(s->peer_site), "%.*s", (int)peer.site.len, peer.site.p);
+	lanes = o->connections > 1 && (peer.caps & WIRE_CAP_LANES) ? o->connections : 1;
+	if (o->connections > 1 && lanes == 1)
+		log_warn("the receiver takes the stream on one connection only; "
+			 "--connections %u is ignored", o->connections);
+	if (lanes > 1 && send_lane_zero(s, lanes) < 0)
+		return -1;
 	if (s->store && (peer.caps & WIRE_CAP_STORE)) {
 		r = take_summary(s, err, sizeof(err));
 		if (r < 0) {
@@ -1490,6 +1529,14 @@ static int connect_receiver(struct sender *s, struct send_run *run)
 	}
 	if (o->c.stall_ms)
 		wire_conn_set_timeout(s->conn, o->c.stall_ms);
+	if (lanes > 1) {
+		r = sender_lanes_open(s, run->tls, run->host, run->port, lanes, &hello, err,
+				      sizeof(err));
+		if (r < 0) {
+			sender_fail(s, proxy_outcome_of_errno(r), "%s", err);
+			return -1;
+		}
+	}
 	return 0;
 }
 
@@ -1671,7 +1718,8 @@ static enum proxy_outcome finish(struct sender *s, struct send_run *run, json_t 
 	qs_parser_free(s->parser);
 	s->parser = NULL;
 	qmp_close(run->q);
-	wire_conn_free(s->conn); /* before its TLS context */
+	sender_lanes_free(s);
+	wire_conn_free(s->conn); /* before their TLS context */
 	s->conn = NULL;
 	wire_tls_free(run->tls);
 	free(run->caps_copy);

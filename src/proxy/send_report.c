@@ -100,7 +100,7 @@ void report_progress_tick(void *opaque, json_t *stats)
 		tsb_fault_point("postcopy");
 	if (!p->tty || !ram)
 		return;
-	wire_conn_get_stats(p->s->conn, &ws);
+	sender_link_stats(p->s, &ws);
 	pass = json_integer_value(json_object_get(ram, "dirty-sync-count"));
 	remaining = json_integer_value(json_object_get(ram, "remaining"));
 	total = json_integer_value(json_object_get(ram, "total"));
@@ -121,7 +121,7 @@ json_t *report_make(struct sender *s, const struct migctl_result *res, uint64_t 
 	const char *p;
 
 	if (s->conn)
-		wire_conn_get_stats(s->conn, &ws);
+		sender_link_stats(s, &ws);
 	json_object_set_new(r, "side", json_string("send"));
 	json_object_set_new(r, "outcome", json_string(proxy_outcome_name(s->outcome)));
 	if (s->error[0])
@@ -179,6 +179,8 @@ json_t *report_make(struct sender *s, const struct migctl_result *res, uint64_t 
 		"control", (json_int_t)s->wan.control,
 		"literal_uncompressed", (json_int_t)s->wan.literal_in,
 		"stream_uncompressed", (json_int_t)s->wan.stream_in));
+	json_object_set_new(json_object_get(r, "wan"), "connections",
+			    json_integer(s->n_lanes > 1 ? s->n_lanes : 1));
 	json_object_set_new(r, "pages", json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 		"zero", (json_int_t)s->pages_zero, "data", (json_int_t)s->pages_data,
 		"reference", (json_int_t)s->pages_ref, "raw", (json_int_t)s->pages_raw,

@@ -73,6 +73,10 @@ struct sender {
 	const struct proxy_send_options *o;
 	struct disk_send *disks;	/* local disks moved with the VM, or NULL */
 	struct wire_conn *conn;		/* NULL when fuzzing: messages come from fuzz */
+	/* More lanes of the stream (send_lanes.c): lanes[i] is lane i + 1. */
+	struct wire_conn *lanes[WIRE_MAX_LANES - 1];
+	unsigned n_lanes;		/* 1: the main connection only */
+	uint64_t lane_seq;		/* ordered frames written (WAN thread) */
 	struct fuzz_input *fuzz;
 	int qfd;
 
@@ -147,6 +151,7 @@ struct sender {
 	double link_speed;	/* bytes/s the link carries when it is the limit */
 	double max_rate_seen;	/* highest bytes/s written in one sampling interval */
 	uint64_t wan_idle_ns, rate_idle0; /* WAN thread time waiting for jobs */
+	uint64_t write_ns, rate_write0;	/* WAN thread time in writes (socket full) */
 	unsigned since_probe;	/* batches since one went a level harder */
 	uint64_t credit_wait_ns; /* parse thread time spent waiting for credits */
 	uint64_t job_wait_ns;	/* time spent waiting for a free job (WAN thread behind) */
@@ -198,6 +203,25 @@ void encode_image_setup(struct sender *s, const struct qs_event *ev);
 int encode_page(struct sender *s, const struct qs_page *pg, uint16_t qflags);
 /* Puts the pending run of unchanged pages into the PAGES job. */
 int encode_run_emit(struct sender *s);
+
+/* ---- send_lanes.c: the stream over several connections (wire/lanes.h) ---- */
+
+struct wire_tls;
+
+/*
+ * Opens lanes 1..n-1 to host:port at once (each: TCP, TLS, HELLO as
+ * hello with only WIRE_CAP_LANES, then LANE i of n); the main connection
+ * already sent LANE 0. 0, or -errno with err set (none stays open).
+ */
+int sender_lanes_open(struct sender *s, struct wire_tls *tls, const char *host, const char *port,
+		      unsigned n, const struct wire_hello_args *hello, char *err, size_t errlen);
+/* The connection the next ordered frame goes on (WAN thread). */
+struct wire_conn *sender_lane_next(struct sender *s);
+/* The lanes other than main: close_notify after the last frame (clean), or abort. */
+void sender_lanes_end(struct sender *s, bool clean);
+void sender_lanes_free(struct sender *s);
+/* Bytes over all connections of the migration. */
+void sender_link_stats(const struct sender *s, struct wire_conn_stats *ret);
 
 /* ---- send_report.c ---- */
 

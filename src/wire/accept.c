@@ -32,8 +32,9 @@ struct acceptor {
 	const struct wire_accept_options *o;
 	pthread_mutex_t lock;
 	struct slot slots[WIRE_ACCEPT_MAX_PENDING];
-	struct wire_conn *winner;
-	struct wire_hello peer;
+	struct wire_conn **winners;	/* want of them */
+	struct wire_hello *peers;
+	unsigned want, won;
 	unsigned refused;
 };
 
@@ -103,9 +104,11 @@ static void *handshake_thread(void *arg)
 		r = -EPERM;
 	}
 	pthread_mutex_lock(&a->lock);
-	if (r == 0 && !a->winner) {
-		a->winner = c;
-		a->peer = peer;
+	if (r == 0 && a->won < a->want) {
+		a->winners[a->won] = c;
+		if (a->peers)
+			a->peers[a->won] = peer;
+		a->won++;
 		c = NULL;
 	}
 	sl->c = NULL;
@@ -174,7 +177,14 @@ static struct slot *free_slot(struct acceptor *a)
 int wire_accept_peer(const struct wire_accept_options *o, struct wire_conn **ret_conn,
 		     struct wire_hello *ret_peer, unsigned *ret_refused)
 {
-	struct acceptor a = { .o = o };
+	return wire_accept_peers(o, 1, ret_conn, ret_peer, ret_refused);
+}
+
+int wire_accept_peers(const struct wire_accept_options *o, unsigned n,
+		      struct wire_conn **ret_conns, struct wire_hello *ret_peers,
+		      unsigned *ret_refused)
+{
+	struct acceptor a = { .o = o, .winners = ret_conns, .peers = ret_peers, .want = n };
 	struct pollfd p = { .fd = o->lfd, .events = POLLIN };
 	struct slot *sl;
 	int fd, r = 0;
@@ -183,7 +193,7 @@ int wire_accept_peer(const struct wire_accept_options *o, struct wire_conn **ret
 	for (;;) {
 		reap(&a, false);
 		pthread_mutex_lock(&a.lock);
-		if (a.winner) {
+		if (a.won == a.want) {
 			pthread_mutex_unlock(&a.lock);
 			break;
 		}
@@ -224,11 +234,15 @@ int wire_accept_peer(const struct wire_accept_options *o, struct wire_conn **ret
 		}
 	}
 	reap(&a, true);
-	if (a.winner) {
-		wire_conn_set_timeout(a.winner, 0); /* the caller sets its own */
-		*ret_conn = a.winner;
-		*ret_peer = a.peer;
+	if (a.won == a.want) {
+		for (unsigned i = 0; i < a.won; i++)
+			wire_conn_set_timeout(a.winners[i], 0); /* the caller sets its own */
 		r = 0;
+	} else {
+		for (unsigned i = 0; i < a.won; i++) {
+			wire_conn_free(a.winners[i]);
+			a.winners[i] = NULL;
+		}
 	}
 	if (ret_refused)
 		*ret_refused += a.refused;

@@ -51,5 +51,13 @@ struct wire_accept_options {
  */
 int wire_accept_peer(const struct wire_accept_options *o, struct wire_conn **ret_conn,
 		     struct wire_hello *ret_peer, unsigned *ret_refused);
+/*
+ * The same for n peers that connect at once (e.g. a sender's lanes):
+ * 0 with ret_conns[0..n) (and ret_peers, if not NULL), or an error as
+ * above with none of them kept.
+ */
+int wire_accept_peers(const struct wire_accept_options *o, unsigned n,
+		      struct wire_conn **ret_conns, struct wire_hello *ret_peers,
+		      unsigned *ret_refused);
 
 #endif

@@ -35,6 +35,7 @@ static const struct msg_info msg_info[WIRE_MSG_MAX + 1] = {
 	[WIRE_MSG_PREPARED] = { "PREPARED", 0, RCV },
 	[WIRE_MSG_DECISION] = { "DECISION", 0, SND },
 	[WIRE_MSG_OUTCOME] = { "OUTCOME", 0, RCV },
+	[WIRE_MSG_LANE] = { "LANE", 0, SND | RCV },
 };
 
 static const struct msg_info *info_of(uint8_t type)

@@ -515,6 +515,14 @@ int wire_msg_decode(uint8_t type, uint8_t flags, const uint8_t *payload,
 		if (!err && !m.u.base.len)
 			err = -EBADMSG;
 		break;
+	case WIRE_MSG_LANE:
+		m.u.lane.index = tsb_get_be16(&r);
+		m.u.lane.count = tsb_get_be16(&r);
+		err = r.err;
+		if (!err && (m.u.lane.count < 2 || m.u.lane.count > WIRE_MAX_LANES ||
+			     m.u.lane.index >= m.u.lane.count))
+			err = -EBADMSG;
+		break;
 	default:
 		return -EOPNOTSUPP;
 	}
@@ -785,6 +793,18 @@ int wire_encode_base(struct tsb_buf *out, const char *image_id)
 	start = frame_begin(out, WIRE_MSG_BASE, 0);
 	tsb_buf_put_u8(out, (uint8_t)n);
 	tsb_buf_append(out, image_id, n);
+	return frame_end(out, start, 0);
+}
+
+int wire_encode_lane(struct tsb_buf *out, unsigned index, unsigned count)
+{
+	size_t start;
+
+	if (count < 2 || count > WIRE_MAX_LANES || index >= count)
+		return -EINVAL;
+	start = frame_begin(out, WIRE_MSG_LANE, 0);
+	tsb_buf_put_be16(out, (uint16_t)index);
+	tsb_buf_put_be16(out, (uint16_t)count);
 	return frame_end(out, start, 0);
 }
 

@@ -85,7 +85,9 @@ enum wire_msg_type {
 	WIRE_MSG_PREPARED = 18,	/* receiver: loaded, paused, waits for the decision */
 	WIRE_MSG_DECISION = 19,	/* sender: WIRE_DECIDE_COMMIT or WIRE_DECIDE_ABORT */
 	WIRE_MSG_OUTCOME = 20,	/* receiver: WIRE_OUTCOME_RUNNING or _DISCARDED */
-	WIRE_MSG_MAX = WIRE_MSG_OUTCOME,
+	WIRE_MSG_LANE = 21,	/* sender: this connection is lane index of count;
+				 * receiver: LANE 0 echoed, the other lanes may come */
+	WIRE_MSG_MAX = WIRE_MSG_LANE,
 };
 
 /* Frame flags. */
@@ -113,7 +115,12 @@ enum {
 	WIRE_CAP_COMMIT = 1u << 8,   /* switchover by commit: PREPARED/DECISION/OUTCOME */
 	WIRE_CAP_RESOLVE = 1u << 9,  /* sender: this connection only carries the
 				      * DECISION of the migration named in HELLO */
+	WIRE_CAP_LANES = 1u << 10,   /* receiver: takes the stream over several
+				      * connections; sender: LANE follows HELLO */
 };
+
+/* Connections (lanes) one migration's stream may be spread over. */
+#define WIRE_MAX_LANES 16
 
 /* Codes of DECISION and OUTCOME. */
 enum {
@@ -326,6 +333,12 @@ struct wire_summary {
 	} filters[WIRE_MAX_FILTERS];
 };
 
+/* LANE: index 0 on the main connection, 1..count-1 on the others. */
+struct wire_lane {
+	uint16_t index;
+	uint16_t count;		/* 2..WIRE_MAX_LANES */
+};
+
 struct wire_msg {
 	uint8_t type;
 	uint8_t flags;
@@ -342,6 +355,7 @@ struct wire_msg {
 		uint64_t ping;              /* PING, PONG: token */
 		struct wire_summary summary;
 		struct wire_str base;       /* BASE: id of the receiver's image */
+		struct wire_lane lane;
 	} u;
 };
 
@@ -404,6 +418,8 @@ int wire_encode_run(struct tsb_buf *out, uint8_t type, const void *data,
 		    size_t len, struct wire_zstd *z);
 /* BASE: the receiver's image (id) that SAME and SAMERUN entries refer to. */
 int wire_encode_base(struct tsb_buf *out, const char *image_id);
+/* LANE index of count (index < count, 2 <= count <= WIRE_MAX_LANES). */
+int wire_encode_lane(struct tsb_buf *out, unsigned index, unsigned count);
 /* SUMMARY from s (views must stay valid for the call). */
 int wire_encode_summary(struct tsb_buf *out, const struct wire_summary *s);
 int wire_encode_need(struct tsb_buf *out, const uint8_t (*hashes)[WIRE_HASH_LEN],

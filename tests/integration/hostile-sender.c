@@ -11,6 +11,9 @@
  * forged-decision  -m ID: a commit DECISION for migration ID, which a
  *                receiver in doubt must take only from the credential the
  *                migration began with (waits up to 20 s for the port)
+ * stranger-lane  -m ID: a connection that claims to be another lane of
+ *                migration ID, which a receiver must refuse unless ID is
+ *                the migration it receives (waits up to 20 s for the port)
  *
  * Exit 0: the receiver refused (closed or said ERROR) before the scenario
  * was through; 1: it took everything; 2: usage or setup error.
@@ -145,6 +148,34 @@ static int forged_decision(struct wire_conn *c)
 	return 2;
 }
 
+/* After HELLO a receiver refuses a stranger's lane with ERROR at once. */
+static int stranger_lane(struct wire_conn *c)
+{
+	struct wire_msg m;
+	struct tsb_buf b;
+	int r;
+
+	tsb_buf_init(&b);
+	r = wire_encode_lane(&b, 1, 3);
+	if (r == 0)
+		(void)wire_conn_write(c, b.data, b.len);
+	tsb_buf_fini(&b);
+	wire_conn_set_timeout(c, 3000);
+	r = wire_conn_read_msg(c, WIRE_ROLE_RECEIVER, &m);
+	if (r > 0 && m.type == WIRE_MSG_ERROR) {
+		printf("refused: the receiver said \"%.*s\"\n", (int)m.u.status.text.len,
+		       m.u.status.text.p);
+		return memmem(m.u.status.text.p, m.u.status.text.len, "lanes of migration", 18) ?
+		       0 : 2;
+	}
+	if (r == -ETIMEDOUT) {
+		printf("the receiver took a stranger as a lane of its migration\n");
+		return 1;
+	}
+	printf("unexpected: %d %s\n", r, r < 0 ? wire_conn_errmsg(c) : wire_msg_name(m.type));
+	return 2;
+}
+
 /* Connects, retrying while the port is closed (a receiver about to listen). */
 static int connect_retry(const char *host, const char *port, bool retry, int *fd, char *msg,
 			 size_t len)
@@ -161,7 +192,7 @@ static int connect_retry(const char *host, const char *port, bool retry, int *fd
 int main(int argc, char **argv)
 {
 	const char *to = NULL, *key_path = NULL, *scenario = NULL;
-	bool forge = false;
+	bool forge = false, lane = false;
 	char host[256], port[32], msg[256];
 	struct wire_hello_args hello = {
 		.role = WIRE_ROLE_SENDER, .site = "hostile", .vm = "hostile",
@@ -198,9 +229,12 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	forge = !strcmp(scenario, "forged-decision");
+	lane = !strcmp(scenario, "stranger-lane");
 	if (forge)
 		hello.caps = WIRE_CAP_COMMIT | WIRE_CAP_RESOLVE;
-	if (connect_retry(host, port, forge, &fd, msg, sizeof(msg)) < 0) {
+	if (lane)
+		hello.caps = WIRE_CAP_LANES;
+	if (connect_retry(host, port, forge || lane, &fd, msg, sizeof(msg)) < 0) {
 		fprintf(stderr, "hostile-sender: %s\n", msg);
 		goto out;
 	}
@@ -211,9 +245,12 @@ int main(int argc, char **argv)
 	if (wire_conn_handshake(c, 10000) < 0) {
 		fprintf(stderr, "hostile-sender: %s\n", wire_conn_errmsg(c));
 	} else if (wire_conn_hello(c, &hello, &peer) < 0) {
-		/* Refused at HELLO: the outcome a forged decision must get. */
-		printf("%s: %s\n", forge ? "refused" : "HELLO failed", wire_conn_errmsg(c));
-		rc = forge && !strstr(wire_conn_errmsg(c), "nothing else is accepted") ? 0 : 2;
+		/* Refused at HELLO: the outcome a forged decision or lane must get. */
+		printf("%s: %s\n", forge || lane ? "refused" : "HELLO failed", wire_conn_errmsg(c));
+		rc = (forge && !strstr(wire_conn_errmsg(c), "nothing else is accepted")) ||
+		     (lane && strstr(wire_conn_errmsg(c), "lanes of migration")) ? 0 : 2;
+	} else if (lane) {
+		rc = stranger_lane(c);
 	} else if (forge) {
 		rc = forged_decision(c);
 	} else if (!strcmp(scenario, "huge-blocks"))

@@ -29,6 +29,7 @@
 #include <openssl/rand.h>
 
 #include "common/util.h"
+#include "wire/lanes.h"
 #include "wire/tls.h"
 #include "wire/wire.h"
 
@@ -1196,6 +1197,138 @@ static void cert_paths(char (*p)[128], const char *name)
 	snprintf(p[2], 128, "%s/ca.pem", tmpdir);
 }
 
+/* ---- one stream over several connections (wire/lanes.h) ---- */
+
+static bool stream_is_ordered(uint8_t type)
+{
+	return type == WIRE_MSG_STREAM;
+}
+
+/* STREAM frame k: its 8 bytes say k. */
+static void write_ordered(struct wire_conn *c, uint64_t k)
+{
+	struct tsb_buf b;
+	uint8_t data[8];
+
+	tsb_put_be64(data, k);
+	tsb_buf_init(&b);
+	assert_int_equal(wire_encode_run(&b, WIRE_MSG_STREAM, data, sizeof(data), NULL), 0);
+	assert_int_equal(wire_conn_write(c, b.data, b.len), 0);
+	tsb_buf_fini(&b);
+}
+
+static void write_ping(struct wire_conn *c, uint64_t token)
+{
+	struct tsb_buf b;
+
+	tsb_buf_init(&b);
+	assert_int_equal(wire_encode_u64(&b, WIRE_MSG_PING, token), 0);
+	assert_int_equal(wire_conn_write(c, b.data, b.len), 0);
+	tsb_buf_fini(&b);
+}
+
+/* Reads until the next ordered frame; counts the PINGs met on the way. */
+static int next_ordered(struct wire_lanes *l, uint64_t *k, unsigned *pings)
+{
+	struct wire_frame f;
+	struct wire_msg m;
+	int r;
+
+	while ((r = wire_lanes_next(l, &f)) == 1) {
+		assert_int_equal(wire_frame_decode(&f, &m), 0);
+		if (m.type == WIRE_MSG_PING) {
+			(*pings)++;
+			continue;
+		}
+		assert_int_equal(m.type, WIRE_MSG_STREAM);
+		assert_int_equal(m.u.run.len, 8);
+		*k = tsb_load_be64(m.u.run.data);
+		return 1;
+	}
+	return r;
+}
+
+static void lanes_pairs(struct side *cli, struct side *srv, struct wire_conn **others)
+{
+	for (int i = 0; i < 3; i++)
+		psk_pair(&cli[i], &srv[i]);
+	others[0] = srv[1].conn;
+	others[1] = srv[2].conn;
+}
+
+static void test_lanes(void **state)
+{
+	struct side cli[3], srv[3];
+	struct wire_conn *others[2];
+	struct wire_lanes *l;
+	unsigned pings = 0;
+	uint64_t k, want;
+	int r;
+
+	(void)state;
+	/* Round robin in, the sender's order out; control frames on main pass. */
+	lanes_pairs(cli, srv, others);
+	l = wire_lanes_start(srv[0].conn, others, 3, stream_is_ordered, 1u << 20);
+	assert_non_null(l);
+	for (k = 0; k < 30; k++) {
+		write_ordered(cli[k % 3].conn, k);
+		if (k % 7 == 0)
+			write_ping(cli[0].conn, k);
+	}
+	for (want = 0; want < 30; want++) {
+		assert_int_equal(next_ordered(l, &k, &pings), 1);
+		assert_int_equal(k, want);
+	}
+	/* The other lanes end cleanly after the last ordered frame: no end yet. */
+	assert_int_equal(wire_conn_close(cli[1].conn), 0);
+	assert_int_equal(wire_conn_close(cli[2].conn), 0);
+	write_ping(cli[0].conn, 99);
+	assert_int_equal(wire_conn_close(cli[0].conn), 0);
+	assert_int_equal(next_ordered(l, &k, &pings), 0);
+	assert_int_equal(pings, 6);
+	assert_int_equal(wire_lanes_failed_lane(l), -1);
+	wire_lanes_stop(l);
+	for (int i = 0; i < 3; i++) {
+		side_fini(&cli[i]);
+		side_fini(&srv[i]);
+	}
+
+	/* A control frame on another lane is the peer's error. */
+	lanes_pairs(cli, srv, others);
+	l = wire_lanes_start(srv[0].conn, others, 3, stream_is_ordered, 1u << 20);
+	assert_non_null(l);
+	write_ordered(cli[0].conn, 0);
+	write_ping(cli[1].conn, 1);
+	pings = 0;
+	assert_int_equal(next_ordered(l, &k, &pings), 1);
+	r = next_ordered(l, &k, &pings);
+	assert_int_equal(r, -EBADMSG);
+	assert_int_equal(wire_lanes_failed_lane(l), 1);
+	wire_conn_abort(srv[0].conn);
+	wire_lanes_stop(l);
+	for (int i = 0; i < 3; i++) {
+		side_fini(&cli[i]);
+		side_fini(&srv[i]);
+	}
+
+	/* More read ahead than the cap allows: the stream fails, nothing grows. */
+	lanes_pairs(cli, srv, others);
+	l = wire_lanes_start(srv[0].conn, others, 3, stream_is_ordered, 100);
+	assert_non_null(l);
+	for (k = 1; k < 40; k++)
+		if (k % 3) /* nothing on lane 0: its turn never comes */
+			write_ordered(cli[k % 3].conn, k);
+	pings = 0;
+	r = next_ordered(l, &k, &pings);
+	assert_int_equal(r, -EOVERFLOW);
+	wire_conn_abort(srv[0].conn);
+	wire_lanes_stop(l);
+	for (int i = 0; i < 3; i++) {
+		side_fini(&cli[i]);
+		side_fini(&srv[i]);
+	}
+}
+
 static void test_certificates(void **state)
 {
 	char pa[3][128], pb[3][128], pr[3][128];
@@ -1367,6 +1500,7 @@ int main(void)
 		cmocka_unit_test(test_key_file_two_keys_malformed),
 		cmocka_unit_test(test_key_file_link_owner_fifo),
 		cmocka_unit_test(test_certificates),
+		cmocka_unit_test(test_lanes),
 	};
 
 	/* The transport itself never raises SIGPIPE; the test's raw writes may. */

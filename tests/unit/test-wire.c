@@ -695,6 +695,28 @@ static void test_samerun_and_base(void **state)
 	assert_false(wire_msg_role_ok(WIRE_MSG_BASE, WIRE_ROLE_RECEIVER));
 	assert_int_equal(wire_encode_base(&b, ""), -EINVAL);
 	assert_int_equal(wire_encode_base(&b, "has space"), -EINVAL);
+
+	tsb_buf_reset(&b);
+	assert_int_equal(wire_encode_lane(&b, 2, 3), 0);
+	assert_int_equal(decode_buf(&b, &m), 0);
+	assert_int_equal(m.type, WIRE_MSG_LANE);
+	assert_int_equal(m.u.lane.index, 2);
+	assert_int_equal(m.u.lane.count, 3);
+	assert_truncations_fail(&b);
+	assert_trailing_fails(&b);
+	assert_true(wire_msg_role_ok(WIRE_MSG_LANE, WIRE_ROLE_SENDER));
+	assert_true(wire_msg_role_ok(WIRE_MSG_LANE, WIRE_ROLE_RECEIVER));
+	/* An index past the count, one lane, or more than the cap: refused. */
+	tsb_put_be16(b.data + WIRE_HDR_LEN, 3);
+	assert_int_equal(decode_buf(&b, &m), -EBADMSG);
+	tsb_put_be16(b.data + WIRE_HDR_LEN, 0);
+	tsb_put_be16(b.data + WIRE_HDR_LEN + 2, 1);
+	assert_int_equal(decode_buf(&b, &m), -EBADMSG);
+	tsb_put_be16(b.data + WIRE_HDR_LEN + 2, WIRE_MAX_LANES + 1);
+	assert_int_equal(decode_buf(&b, &m), -EBADMSG);
+	assert_int_equal(wire_encode_lane(&b, 3, 3), -EINVAL);
+	assert_int_equal(wire_encode_lane(&b, 0, 1), -EINVAL);
+	assert_int_equal(wire_encode_lane(&b, 0, WIRE_MAX_LANES + 1), -EINVAL);
 	wire_pages_builder_fini(&pb);
 	tsb_buf_fini(&b);
 }

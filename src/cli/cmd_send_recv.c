@@ -84,6 +84,7 @@ enum {
 	OPT_STORE, OPT_NO_STORE, OPT_STORE_CAP, OPT_TENANT, OPT_VM_ID, OPT_DISK_SOURCE,
 	OPT_NO_VM_DISKS, OPT_FLOOR, OPT_NET_AGENT, OPT_NET_MAC, OPT_NET_IP, OPT_NET_HOME,
 	OPT_DISK, OPT_NO_DISKS, OPT_COMMIT_TIMEOUT, OPT_STATE_DIR, OPT_CONNECTIONS,
+	OPT_MAX_WINDOW,
 };
 
 static const struct option options[] = {
@@ -123,6 +124,7 @@ static const struct option options[] = {
 	{ "commit-timeout", required_argument, NULL, OPT_COMMIT_TIMEOUT },
 	{ "state-dir", required_argument, NULL, OPT_STATE_DIR },
 	{ "connections", required_argument, NULL, OPT_CONNECTIONS },
+	{ "max-window", required_argument, NULL, OPT_MAX_WINDOW },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, 'h' },
 	{}
@@ -136,6 +138,7 @@ struct parsed {
 	enum proxy_mode mode;
 	int zstd_level;
 	unsigned connections;
+	uint64_t max_window;
 	bool help, no_store, no_vm_disks, floor, no_disks;
 	const char *disks[8];
 	unsigned n_disks;
@@ -261,6 +264,7 @@ static int parse_send_opt(const char *cmd, bool send, int c, struct parsed *p)
 	case OPT_MODE:
 	case OPT_ZSTD:
 	case OPT_CONNECTIONS:
+	case OPT_MAX_WINDOW:
 		break;
 	default:
 		return OPT_OTHER;
@@ -301,6 +305,10 @@ static int parse_send_opt(const char *cmd, bool send, int c, struct parsed *p)
 			return cli_usage_error(cmd, "bad --connections '%s' (1-%d)", optarg,
 					       WIRE_MAX_LANES);
 		p->connections = (unsigned)v;
+	} else if (c == OPT_MAX_WINDOW) {
+		if (tsb_parse_size(optarg, &v) < 0 || v < (4u << 20) || v > (256u << 20))
+			return cli_usage_error(cmd, "bad --max-window '%s' (4M to 256M)", optarg);
+		p->max_window = v;
 	}
 	return 0;
 }
@@ -453,6 +461,11 @@ int cmd_send(int argc, char **argv)
 		       "  --connections N        spread the stream over N TLS connections (1-16,\n"
 		       "                         default 1): for long paths on which one TCP\n"
 		       "                         connection cannot fill the link (loss)\n"
+		       "  --max-window SIZE      at most this much of QEMU's stream in flight\n"
+		       "                         (default and most 256M, at least 4M): the\n"
+		       "                         window follows the path's bandwidth-delay\n"
+		       "                         product up to it; the receiver may hold as much\n"
+		       "                         in memory\n"
 		       "  --vm-id ID             the VM's id in stores (default: QEMU's -name,\n"
 		       "                         else its UUID)\n"
 		       "  --floor                report the floor: the zstd size of the final\n"
@@ -476,6 +489,7 @@ int cmd_send(int argc, char **argv)
 	o.mode = p.mode;
 	o.zstd_level = p.zstd_level;
 	o.connections = p.connections ? p.connections : 1;
+	o.max_window = p.max_window;
 	o.vm_id = p.vm_id;
 	o.floor = p.floor;
 	oc = proxy_send(&o, &report);

@@ -60,6 +60,7 @@ struct proxy_send_options {
 	enum proxy_mode mode;
 	int zstd_level;			/* 0: adaptive */
 	unsigned connections;		/* lanes of the stream, 1..WIRE_MAX_LANES */
+	uint64_t max_window;		/* stream bytes in flight at most; 0: PROXY_WINDOW_MAX */
 	const char *vm_id;		/* NULL: QEMU's -name, else its UUID */
 	bool floor;			/* report the compressed size of what had to travel */
 	/* Local disks (docs/disk.md): moved unless no_disks; only these if any. */

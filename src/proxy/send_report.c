@@ -181,6 +181,10 @@ json_t *report_make(struct sender *s, const struct migctl_result *res, uint64_t 
 		"stream_uncompressed", (json_int_t)s->wan.stream_in));
 	json_object_set_new(json_object_get(r, "wan"), "connections",
 			    json_integer(s->n_lanes > 1 ? s->n_lanes : 1));
+	/* The credit window at the end and its cap (stream bytes, §4b). */
+	json_object_set_new(json_object_get(r, "wan"), "window_bytes", json_integer(s->window));
+	json_object_set_new(json_object_get(r, "wan"), "window_max_bytes",
+			    json_integer(s->window_max));
 	json_object_set_new(r, "pages", json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 		"zero", (json_int_t)s->pages_zero, "data", (json_int_t)s->pages_data,
 		"reference", (json_int_t)s->pages_ref, "raw", (json_int_t)s->pages_raw,

@@ -100,7 +100,7 @@ struct sender {
 
 	/* Credits: stream bytes parsed vs written into the destination QEMU. */
 	uint64_t acked;
-	uint64_t window;
+	uint64_t window, window_max;
 	uint64_t ack_rate_t0_ns, ack_rate_b0;
 	/*
 	 * End-to-end delay (parsed here -> written there), from (offset, time)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The stream over several connections (send --connections, wire/lanes.h):
 # 1. a self-verifying guest migrates over three lanes through the WAN
-#    emulator, while a stranger claiming to be a lane of another migration
+#    emulator (its window capped by --max-window), while a stranger claiming to be a lane of another migration
 #    is refused (it connects when the receiver has accepted the sender's
 #    main connection: fault point "handshake"); both reports count the
 #    bytes of all lanes;
@@ -34,7 +34,7 @@ recv_pid=$!
 cleanup_pids+=("$recv_pid")
 wait_listen "$rport" 60 || fail "recv did not listen: $(cat "$T/recv1.log")"
 "$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wport" --key "$T/key" --no-store \
-	--connections 3 --report "$T/send1.json" --timeout 300s --no-progress \
+	--connections 3 --max-window 16M --report "$T/send1.json" --timeout 300s --no-progress \
 	2>"$T/send1.log" || fail "send over three lanes failed: $(cat "$T/send1.log")"
 wait "$recv_pid" || fail "recv failed: $(cat "$T/recv1.log")"
 verify_after src dst
@@ -47,6 +47,8 @@ import json, sys
 s, r, w = (json.load(open(p)) for p in sys.argv[1:4])
 assert s["outcome"] == "ok" and r["outcome"] == "ok", (s.get("error"), r.get("error"))
 assert s["wan"]["connections"] == 3 and r["wan"]["connections"] == 3, (s["wan"], r["wan"])
+assert s["wan"]["window_max_bytes"] == 16 << 20, s["wan"]
+assert 4 << 20 <= s["wan"]["window_bytes"] <= 16 << 20, s["wan"]
 assert s["qemu_stream_bytes"] == r["qemu_stream_bytes"]
 for k in ("zero", "data", "reference"):
     assert s["pages"][k] == r["pages"][k], (k, s["pages"], r["pages"])

@@ -150,6 +150,8 @@ int recv_take_lanes(struct receiver *rc, struct wire_tls *tls, int lfd, volatile
 			  why);
 		return -1;
 	}
+	/* Back to the migration's own limit (none with --stall-timeout 0). */
+	wire_conn_set_timeout(rc->conn, rc->o->c.stall_ms);
 	n = lane.count;
 	rc->n_lanes = n;
 	/*

@@ -179,9 +179,19 @@ case_run long-commit-cut send commit-sent "$cut_2s" "0" "0" 200ms
 if [ -n "${HOSTILE_SENDER:-}" ]; then
 	"$TSUBAME" keygen --id intruder "$T/intruder-key" >/dev/null
 	(umask 077 && cat "$T/key" "$T/intruder-key" >"$T/recv-keys")
-	export HOSTILE_SENDER INTRUDER_KEY=$T/intruder-key FORGE_LOG=$T/forge.log
-	# (the newest record is this migration's: earlier cases may leave others)
-	forge='kill -USR1 $WANEM_PID; (id=$(basename "$(ls -t "$RECV_STATE"/*.recv.json | head -1)" .recv.json);
+	# The record of this migration is the one the receiver running the
+	# fault command ($PPID) wrote: earlier cases may leave others, and
+	# in-doubt receivers of theirs may still rewrite them.
+	cat >"$T/record-of.py" <<'PY'
+import glob, json, sys
+for f in glob.glob(sys.argv[1] + "/*.recv.json"):
+    r = json.load(open(f))
+    if r.get("pid") == int(sys.argv[2]):
+        print(r["id"])
+        break
+PY
+	export HOSTILE_SENDER INTRUDER_KEY=$T/intruder-key FORGE_LOG=$T/forge.log RECORD_OF=$T/record-of.py
+	forge='kill -USR1 $WANEM_PID; (id=$(python3 "$RECORD_OF" "$RECV_STATE" $PPID);
 		"$HOSTILE_SENDER" -t "127.0.0.1:$RECV_PORT" -k "$INTRUDER_KEY" -s forged-decision \
 		-m "$id" >"$FORGE_LOG" 2>&1; echo "exit $?" >>"$FORGE_LOG";
 		kill -USR2 $WANEM_PID) >/dev/null 2>&1 &'

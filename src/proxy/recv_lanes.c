@@ -70,16 +70,11 @@ static int read_lane(struct wire_conn *c, int timeout_ms, struct wire_lane *ret,
 	return 0;
 }
 
+/* LANE 0 of n back on the main connection: the other lanes may come now. */
 static int answer_lane(struct receiver *rc, unsigned n)
 {
-	struct tsb_buf b;
-	int r;
+	int r = wire_conn_send_lane(rc->conn, 0, n);
 
-	tsb_buf_init(&b);
-	r = wire_encode_lane(&b, 0, n);
-	if (r == 0)
-		r = wire_conn_write(rc->conn, b.data, b.len);
-	tsb_buf_fini(&b);
 	if (r < 0)
 		recv_fail(rc, proxy_outcome_of_errno(r), "answering LANE: %s",
 			  wire_conn_errmsg(rc->conn)[0] ? wire_conn_errmsg(rc->conn) : strerror(-r));

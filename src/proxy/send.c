@@ -1458,14 +1458,8 @@ static void hello_of(struct sender *s, struct wire_hello_args *hello)
 /* LANE 0 of n on the main connection: the other lanes follow its summary. */
 static int send_lane_zero(struct sender *s, unsigned n)
 {
-	struct tsb_buf b;
-	int r;
+	int r = wire_conn_send_lane(s->conn, 0, n);
 
-	tsb_buf_init(&b);
-	r = wire_encode_lane(&b, 0, n);
-	if (r == 0)
-		r = wire_conn_write(s->conn, b.data, b.len);
-	tsb_buf_fini(&b);
 	if (r < 0)
 		sender_fail(s, proxy_outcome_of_errno(r), "sending LANE: %s",
 			    wire_conn_errmsg(s->conn)[0] ? wire_conn_errmsg(s->conn) : strerror(-r));

@@ -30,7 +30,6 @@ static void *open_one(void *arg)
 {
 	struct lane_open *lo = arg;
 	struct wire_hello peer;
-	struct tsb_buf b;
 	int fd = -1, r;
 
 	r = wire_tcp_connect(lo->host, lo->port, 10000, &fd, lo->err, sizeof(lo->err));
@@ -46,13 +45,8 @@ static void *open_one(void *arg)
 	r = wire_conn_handshake(lo->conn, 15000);
 	if (r == 0)
 		r = wire_conn_hello(lo->conn, lo->hello, &peer);
-	if (r == 0) {
-		tsb_buf_init(&b);
-		r = wire_encode_lane(&b, lo->index, lo->count);
-		if (r == 0)
-			r = wire_conn_write(lo->conn, b.data, b.len);
-		tsb_buf_fini(&b);
-	}
+	if (r == 0)
+		r = wire_conn_send_lane(lo->conn, lo->index, lo->count);
 	if (r < 0)
 		snprintf(lo->err, sizeof(lo->err), "%s",
 			 wire_conn_errmsg(lo->conn)[0] ? wire_conn_errmsg(lo->conn) : strerror(-r));

@@ -1067,6 +1067,19 @@ int wire_conn_send_status(struct wire_conn *c, uint8_t type, uint32_t code,
 	return err;
 }
 
+int wire_conn_send_lane(struct wire_conn *c, unsigned index, unsigned count)
+{
+	struct tsb_buf b;
+	int err;
+
+	tsb_buf_init(&b);
+	err = wire_encode_lane(&b, index, count);
+	if (!err)
+		err = wire_conn_write(c, b.data, b.len);
+	tsb_buf_fini(&b);
+	return err;
+}
+
 /* Copies a peer string for a message, replacing anything unprintable. */
 static void quote(char *dst, size_t cap, const char *p, size_t len)
 {

@@ -237,6 +237,8 @@ int wire_conn_read_msg(struct wire_conn *c, enum wire_role peer_role,
  */
 int wire_conn_send_status(struct wire_conn *c, uint8_t type, uint32_t code,
 			  const char *text);
+/* Sends LANE index of count (wire/lanes.h). */
+int wire_conn_send_lane(struct wire_conn *c, unsigned index, unsigned count);
 /*
  * Exchanges HELLO messages: sends ours, reads the peer's. Refuses a peer
  * with another protocol version (-EOPNOTSUPP, after telling it with an

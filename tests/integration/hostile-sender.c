@@ -152,14 +152,9 @@ static int forged_decision(struct wire_conn *c)
 static int stranger_lane(struct wire_conn *c)
 {
 	struct wire_msg m;
-	struct tsb_buf b;
 	int r;
 
-	tsb_buf_init(&b);
-	r = wire_encode_lane(&b, 1, 3);
-	if (r == 0)
-		(void)wire_conn_write(c, b.data, b.len);
-	tsb_buf_fini(&b);
+	(void)wire_conn_send_lane(c, 1, 3);
 	wire_conn_set_timeout(c, 3000);
 	r = wire_conn_read_msg(c, WIRE_ROLE_RECEIVER, &m);
 	if (r > 0 && m.type == WIRE_MSG_ERROR) {

@@ -52,6 +52,13 @@ struct nbd_client {
 	struct cl_req *slots;
 	unsigned int n_slots, n_inflight;
 	uint64_t next_cookie, done_seq;
+	/* The simple READ reply whose data is still arriving, and how much
+	 * of it is in place: read_some() receives that data straight into
+	 * the request's buffer, so that in never has to hold a whole read
+	 * (up to NBD_MAX_PAYLOAD; growing in to that size cost a realloc
+	 * and a copy per doubling, and a second copy out of it). */
+	struct cl_req *rd_q;
+	uint32_t rd_got;
 	char errmsg[256];
 };
 
@@ -88,10 +95,43 @@ static int write_some(struct nbd_client *cl)
 	return 0;
 }
 
+/* What a recv() returned: 0 (also when it would block) or -errno. */
+static int recv_result(struct nbd_client *cl, ssize_t n)
+{
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EINTR)
+			return 0;
+		return fail(cl, -errno, "recv: %s", strerror(errno));
+	}
+	if (n == 0) {
+		cl->eof = true;
+		return fail(cl, -ECONNRESET, "server closed the connection");
+	}
+	return 0;
+}
+
+static void finish(struct nbd_client *cl, struct cl_req *q);
+
 static int read_some(struct nbd_client *cl)
 {
 	ssize_t n;
 
+	if (cl->rd_q && cl->in_pos == cl->in.len) {
+		/* no more than that reply's data: what follows is the next
+		 * reply, for in */
+		struct cl_req *q = cl->rd_q;
+
+		n = recv(cl->fd, (uint8_t *)q->rbuf + cl->rd_got,
+			 q->length - cl->rd_got, 0);
+		if (n <= 0)
+			return recv_result(cl, n);
+		cl->rd_got += (uint32_t)n;
+		if (cl->rd_got == q->length) {
+			cl->rd_q = NULL;
+			finish(cl, q);
+		}
+		return 0;
+	}
 	if (cl->in_pos == cl->in.len) {
 		tsb_buf_reset(&cl->in);
 		cl->in_pos = 0;
@@ -104,15 +144,8 @@ static int read_some(struct nbd_client *cl)
 	if (tsb_buf_reserve(&cl->in, cl->read_chunk))
 		return fail(cl, -ENOMEM, "out of memory");
 	n = recv(cl->fd, cl->in.data + cl->in.len, cl->read_chunk, 0);
-	if (n < 0) {
-		if (errno == EAGAIN || errno == EINTR)
-			return 0;
-		return fail(cl, -errno, "recv: %s", strerror(errno));
-	}
-	if (n == 0) {
-		cl->eof = true;
-		return fail(cl, -ECONNRESET, "server closed the connection");
-	}
+	if (n <= 0)
+		return recv_result(cl, n);
 	cl->in.len += (size_t)n;
 	if ((size_t)n == cl->read_chunk && cl->read_chunk < READ_CHUNK)
 		cl->read_chunk *= 2;
@@ -565,6 +598,23 @@ static int process_replies(struct nbd_client *cl)
 		ssize_t n;
 		int r;
 
+		if (cl->rd_q) {
+			/* the data that came in with the reply's header */
+			size_t k = cl->rd_q->length - cl->rd_got;
+
+			q = cl->rd_q;
+			if (k > avail)
+				k = avail;
+			if (k)
+				memcpy((uint8_t *)q->rbuf + cl->rd_got, p, k);
+			cl->in_pos += k;
+			cl->rd_got += (uint32_t)k;
+			if (cl->rd_got < q->length)
+				return 0;	/* read_some() takes the rest */
+			cl->rd_q = NULL;
+			finish(cl, q);
+			continue;
+		}
 		n = nbd_decode_reply(p, avail, &rep);
 		if (n < 0)
 			return fail(cl, (int)n, n == -EMSGSIZE ?
@@ -578,10 +628,12 @@ static int process_replies(struct nbd_client *cl)
 				    (unsigned long long)rep.cookie);
 		if (!rep.structured) {
 			if (q->type == NBD_CMD_READ && rep.error == 0) {
-				if (avail - (size_t)n < q->length)
-					return 0; /* wait for the data */
-				memcpy(q->rbuf, p + n, q->length);
-				n += q->length;
+				/* the data follows: see rd_q */
+				q->err = 0;
+				cl->in_pos += (size_t)n;
+				cl->rd_q = q;
+				cl->rd_got = 0;
+				continue;
 			}
 			if (q->type == NBD_CMD_BLOCK_STATUS && rep.error == 0)
 				return fail(cl, -EPROTO,

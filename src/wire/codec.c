@@ -68,6 +68,9 @@ struct wire_zstd {
 	int level;
 };
 
+/* The contexts are created when first used: a receiver never compresses,
+ * and a zstd context is over 100 KiB (a decompression context holds a
+ * 128 KiB block buffer) that most of them would allocate for nothing. */
 struct wire_zstd *wire_zstd_new(int level)
 {
 	struct wire_zstd *z = calloc(1, sizeof(*z));
@@ -75,22 +78,27 @@ struct wire_zstd *wire_zstd_new(int level)
 	if (!z)
 		return NULL;
 	z->level = level;
+	return z;
+}
+
+static int zstd_cctx(struct wire_zstd *z)
+{
+	if (z->cctx)
+		return 0;
 	z->cctx = ZSTD_createCCtx();
-	z->dctx = ZSTD_createDCtx();
-	if (!z->cctx || !z->dctx) {
-		wire_zstd_free(z);
-		return NULL;
-	}
+	if (!z->cctx)
+		return -ENOMEM;
 	if (ZSTD_isError(ZSTD_CCtx_setParameter(z->cctx, ZSTD_c_compressionLevel,
-						level)) ||
+						z->level)) ||
 	    ZSTD_isError(ZSTD_CCtx_setParameter(z->cctx,
 						ZSTD_c_contentSizeFlag, 1)) ||
 	    ZSTD_isError(ZSTD_CCtx_setParameter(z->cctx, ZSTD_c_checksumFlag,
 						0))) {
-		wire_zstd_free(z);
-		return NULL;
+		ZSTD_freeCCtx(z->cctx);
+		z->cctx = NULL;
+		return -EIO;
 	}
-	return z;
+	return 0;
 }
 
 void wire_zstd_free(struct wire_zstd *z)
@@ -108,6 +116,9 @@ ssize_t wire_zstd_compress(struct wire_zstd *z, const void *src, size_t len,
 	size_t bound = ZSTD_compressBound(len), n;
 	int r;
 
+	r = zstd_cctx(z);
+	if (r < 0)
+		return r;
 	r = tsb_buf_reserve(out, bound);
 	if (r < 0)
 		return r;
@@ -145,6 +156,8 @@ int wire_zstd_decompress(struct wire_zstd *z, const void *src, size_t len,
 	r = wire_zstd_frame_size(src, len, cap, &want);
 	if (r < 0)
 		return r;
+	if (!z->dctx && !(z->dctx = ZSTD_createDCtx()))
+		return -ENOMEM;
 	/* dst capacity is the declared size: a frame that lies cannot overrun. */
 	n = ZSTD_decompressDCtx(z->dctx, dst, want, src, len);
 	if (ZSTD_isError(n) || n != want)

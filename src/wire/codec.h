@@ -21,9 +21,11 @@
 int wire_sha256(const void *data, size_t len, uint8_t out[WIRE_SHA256_LEN]);
 
 /*
- * One compression and one decompression context. Not thread-safe: use
- * one per thread. level: zstd level (1..19; negative = fast modes).
- * Returns NULL on ENOMEM. Free with wire_zstd_free() (accepts NULL).
+ * One compression and one decompression context, each created when first
+ * used (so compress and decompress may also fail with -ENOMEM). Not
+ * thread-safe: use one per thread. level: zstd level (1..19; negative =
+ * fast modes). Returns NULL on ENOMEM. Free with wire_zstd_free()
+ * (accepts NULL).
  */
 struct wire_zstd *wire_zstd_new(int level);
 void wire_zstd_free(struct wire_zstd *z);
@@ -47,8 +49,9 @@ int wire_zstd_frame_size(const void *src, size_t len, size_t cap,
  * Decompresses the single zstd frame in src into dst, which holds cap
  * bytes. The frame must declare its content size, that size must be
  * <= cap (-EMSGSIZE otherwise: nothing is decompressed, so a bomb costs
- * nothing) and the frame must produce exactly that many bytes (-EBADMSG).
- * Sets *ret_len to the decompressed length.
+ * nothing) and the frame must produce exactly that many bytes (-EBADMSG);
+ * -ENOMEM when the context cannot be created. Sets *ret_len to the
+ * decompressed length.
  */
 int wire_zstd_decompress(struct wire_zstd *z, const void *src, size_t len,
 			 void *dst, size_t cap, size_t *ret_len);

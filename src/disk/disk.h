@@ -74,13 +74,24 @@ int disk_send_start(struct qmp *q, const struct disk_send_options *o,
 
 /*
  * At pre-switchover (the source VM is stopped): completes every mirror
- * without pivot (block-job-cancel on a ready job), removes the NBD
- * nodes, and waits until the receiver confirmed that every write is
- * applied and flushed at the destination. 0 or -errno (err says why):
- * then the migration must be cancelled.
+ * without pivot (block-job-cancel on a ready job; its flushes complete
+ * here, without a WAN round trip), removes the NBD nodes and sends DONE.
+ * It does not wait for the receiver: the switchover goes on at once and
+ * the receiver says PREPARED only once every write is applied and flushed
+ * at the destination. 0 or -errno (err says why): then the migration must
+ * be cancelled.
  */
 int disk_send_switchover(struct disk_send *ds, struct qmp *q, char *err,
 			 size_t errlen);
+
+/*
+ * Before committing the switchover: waits (at most timeout_ms) for the
+ * receiver's DONE on the disk channel, its word that every write is
+ * applied and flushed at the destination. 0 (also for ds NULL), -EIO
+ * when the channel failed, -ETIMEDOUT; err says why. Without it, no
+ * commit: the source takes the guest back.
+ */
+int disk_send_confirmed(struct disk_send *ds, uint64_t timeout_ms, char *err, size_t errlen);
 
 /*
  * True if a block with this content was sent to the destination's disks
@@ -150,5 +161,15 @@ void disk_recv_stop_listening(struct disk_recv *dr);
 
 /* True once the disk channel failed. */
 bool disk_recv_failed(struct disk_recv *dr);
+
+/*
+ * Before the receiver says PREPARED: waits until the disk channel, if one
+ * came, ended with DONE (every write applied and flushed at the
+ * destination). The sender no longer waits for that DONE inside the
+ * downtime; our PREPARED carries the guarantee instead. 0 (also when no
+ * channel came), -EIO when the disk transfer failed, -EINTR on a signal
+ * (*sig non-zero); err says why.
+ */
+int disk_recv_wait_done(struct disk_recv *dr, volatile int *sig, char *err, size_t errlen);
 
 #endif

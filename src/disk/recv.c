@@ -157,6 +157,38 @@ void disk_recv_stop_listening(struct disk_recv *dr)
 		dr->stop_accepting = true;
 }
 
+int disk_recv_wait_done(struct disk_recv *dr, volatile int *sig, char *err, size_t errlen)
+{
+	bool connected, done, failed;
+
+	if (!dr)
+		return 0;
+	for (;;) {
+		pthread_mutex_lock(&dr->lock);
+		/*
+		 * The sender starts QEMU's migration only after its mirrors are
+		 * ready, i.e. after our SUMMARY: a channel that is not connected
+		 * by now never carried a disk.
+		 */
+		connected = dr->connected;
+		done = dr->done;
+		failed = dr->failed;
+		if (failed)
+			snprintf(err, errlen, "%s", dr->error);
+		pthread_mutex_unlock(&dr->lock);
+		if (!connected || done)
+			return 0;
+		if (failed)
+			return -EIO;
+		if (sig && *sig) {
+			snprintf(err, errlen, "interrupted by signal %d", *sig);
+			return -EINTR;
+		}
+		/* The channel's own stall timeout ends a dead link. */
+		usleep(1000);
+	}
+}
+
 bool disk_recv_failed(struct disk_recv *dr)
 {
 	bool f;

@@ -7,6 +7,7 @@
 #include "disk/internal.h"
 
 #include "common/buf.h"
+#include "common/fault.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "nbd/nbd.h"
@@ -63,6 +64,12 @@ struct disk_send {
 	uint64_t sent_frames, acked_frames;
 	bool failed, peer_done, reader_started;
 	bool sent_done;			/* our DONE is on its way: the receiver's may come */
+	/*
+	 * The source is stopped for the switchover: flushes complete at once,
+	 * without a WAN round trip; the receiver's DONE, which it sends before
+	 * PREPARED, covers them.
+	 */
+	bool switching;
 	char error[256];
 	struct pending_flush flushes[MAX_FLUSHES];
 	bool has_filter;
@@ -351,6 +358,16 @@ static int cb_write_zeroes(void *user, struct nbd_io *io)
 
 static int cb_flush(void *user, struct nbd_io *io)
 {
+	struct sdisk *d = user;
+	bool local;
+
+	pthread_mutex_lock(&d->ds->lock);
+	local = d->ds->switching && !d->ds->failed;
+	pthread_mutex_unlock(&d->ds->lock);
+	if (local) {
+		d->flushes++;
+		return 0;
+	}
 	return start_flush(user, io);
 }
 
@@ -973,7 +990,7 @@ static int wait_jobs_gone(struct disk_send *ds, struct qmp *q, uint64_t timeout_
 			snprintf(err, errlen, "the mirror jobs did not end in time");
 			return -ETIMEDOUT;
 		}
-		usleep(50000);
+		usleep(5000);	/* inside the downtime: notice the end soon */
 	}
 }
 
@@ -993,7 +1010,6 @@ static void del_nodes(struct disk_send *ds, struct qmp *q)
 int disk_send_switchover(struct disk_send *ds, struct qmp *q, char *err, size_t errlen)
 {
 	struct tsb_buf b;
-	uint64_t t0;
 	unsigned i;
 	int r;
 
@@ -1001,6 +1017,9 @@ int disk_send_switchover(struct disk_send *ds, struct qmp *q, char *err, size_t 
 		return 0;
 	if (disk_send_failed(ds, err, errlen))
 		return -EIO;
+	pthread_mutex_lock(&ds->lock);
+	ds->switching = true;
+	pthread_mutex_unlock(&ds->lock);
 	/* A ready mirror cancelled completes without pivot, target flushed. */
 	for (i = 0; i < ds->n; i++) {
 		r = disk_qmp(q, "block-job-cancel", json_pack("{s:s}", "device", ds->d[i].job),
@@ -1026,19 +1045,38 @@ int disk_send_switchover(struct disk_send *ds, struct qmp *q, char *err, size_t 
 		disk_send_failed(ds, err, errlen);
 		return r;
 	}
-	t0 = tsb_now_ns();
-	pthread_mutex_lock(&ds->lock);
-	while (!ds->peer_done && !ds->failed && tsb_now_ns() - t0 < 60000000000ull) {
-		pthread_mutex_unlock(&ds->lock);
-		usleep(5000);
-		pthread_mutex_lock(&ds->lock);
+	tsb_fault_point("disk-done-sent");
+	/* No wait for the receiver's DONE here: disk_send_confirmed(), before the commit. */
+	log_debug("disks: mirrors complete, DONE sent");
+	return 0;
+}
+
+int disk_send_confirmed(struct disk_send *ds, uint64_t timeout_ms, char *err, size_t errlen)
+{
+	struct timespec until;
+	int r;
+
+	if (!ds)
+		return 0;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += (time_t)(timeout_ms / 1000);
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+	if (until.tv_nsec >= 1000000000) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000;
 	}
-	r = ds->peer_done ? 0 : -ETIMEDOUT;
+	pthread_mutex_lock(&ds->lock);
+	r = 0;
+	while (!ds->peer_done && !ds->failed && r != ETIMEDOUT)
+		r = pthread_cond_timedwait(&ds->cond, &ds->lock, &until);
 	if (ds->failed) {
 		snprintf(err, errlen, "%s", ds->error);
 		r = -EIO;
-	} else if (r < 0) {
+	} else if (!ds->peer_done) {
 		snprintf(err, errlen, "the receiver did not confirm the disks");
+		r = -ETIMEDOUT;
+	} else {
+		r = 0;
 	}
 	pthread_mutex_unlock(&ds->lock);
 	if (r == 0)

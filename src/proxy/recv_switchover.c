@@ -182,6 +182,13 @@ void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 		usleep(5000);
 	tsb_fault_point("dest-loaded");
 	disk_recv_stop_listening(rc->rb.disk);
+	/* PREPARED promises the disks too: every write applied and flushed. */
+	if (disk_recv_wait_done(rc->rb.disk, sig, err, sizeof(err)) < 0) {
+		recv_fail(rc, *sig ? PROXY_INTERRUPTED : PROXY_LINK,
+			  "the disks did not arrive complete (%s); the source keeps the guest", err);
+		return;
+	}
+	tsb_fault_point("disks-done");
 	snprintf(rc->rec.state, sizeof(rc->rec.state), "prepared");
 	if (record_save(o->c.state_dir, &rc->rec, err, sizeof(err)) < 0) {
 		recv_fail(rc, PROXY_FAILED, "%s; the guest cannot be held here", err);

@@ -830,7 +830,7 @@ static void return_loop(struct sender *s, struct wire_zstd *z)
 		if (r <= 0) {
 			if (!s->peer_done)
 				sender_fail(s, r == 0 ? PROXY_LINK : proxy_outcome_of_errno(r),
-				     "the receiver %s", r == 0 ? "closed the connection" :
+				     "%s", r == 0 ? "the receiver closed the connection" :
 				     s->conn && wire_conn_errmsg(s->conn)[0] ?
 				     wire_conn_errmsg(s->conn) : strerror(-r));
 			break;
@@ -1183,6 +1183,11 @@ static void settle(struct sender *s, struct wire_tls *tls)
 			sender_fail(s, s->abort_flag > 1 ? PROXY_INTERRUPTED : PROXY_FAILED, "%s",
 			     s->abort_flag > 1 ? "interrupted before the switchover was committed"
 					   : "the receiver did not say that it holds the guest");
+		return;
+	}
+	/* A receiver says PREPARED after its disks' DONE; both are needed to commit. */
+	if (disk_send_confirmed(s->disks, limit / 1000000, err, sizeof(err)) < 0) {
+		sender_fail(s, PROXY_LINK, "disks: %s: not committing", err);
 		return;
 	}
 	snprintf(s->rec.state, sizeof(s->rec.state), "commit");

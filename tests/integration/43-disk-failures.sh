@@ -45,6 +45,7 @@ source_carries_on() {
 }
 
 attempt=0
+send_env=()
 start_pair() {
 	attempt=$((attempt + 1))
 	qemu-img create -q -f raw "$T/b$attempt.img" 64M
@@ -53,13 +54,15 @@ start_pair() {
 	wan_port=$(free_port)
 	start_wanem "$wan_port" "$recv_port" "$1" 5ms
 	wanem_pid=${cleanup_pids[-1]}
+	echo "$wanem_pid" >"$T/wanem.pid"
 	"$TSUBAME" recv --listen "127.0.0.1:$recv_port" --qmp "$T/dst$attempt/qmp.sock" \
 		--key "$T/key" --store "$T/store-b" --stall-timeout 10s 2>"$T/recv$attempt.log" &
 	recv_pid=$!
 	cleanup_pids+=("$recv_pid")
 	wait_listen "$recv_port" 30 || fail "recv did not listen"
-	"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" --key "$T/key" \
-		--store "$T/store-a" --stall-timeout 10s --no-progress 2>"$T/send$attempt.log" &
+	env "${send_env[@]}" "$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" \
+		--key "$T/key" --store "$T/store-a" --stall-timeout 10s --commit-timeout 10s \
+		--no-progress 2>"$T/send$attempt.log" &
 	send_pid=$!
 	cleanup_pids+=("$send_pid")
 	# Until the mirror has started (64 MiB of random data take ~25 s at 20 Mbit/s).
@@ -93,6 +96,20 @@ expect_exit "$send_pid" 4 "receiver killed: send" "$T/send2.log"
 [ -e "$T/b2.img.tsubame-incomplete" ] || fail "receiver killed: the target is not marked incomplete"
 log "receiver killed: send said: $(tail -1 "$T/send2.log")"
 source_carries_on "the receiver died mid-mirror"
+
+# 3. The link is cut inside the switchover, right after the sender's DONE
+# on the disk channel (the source is stopped, the mirrors are complete):
+# the receiver never confirms the disks, so it never says PREPARED and no
+# commit happens; the source runs again on its own disk.
+send_env=(TSUBAME_FAULT_AT=disk-done-sent "TSUBAME_FAULT_CMD=kill -USR1 \$(cat $T/wanem.pid)")
+start_pair 400mbit
+expect_exit "$send_pid" 4 "link cut after DONE: send" "$T/send3.log"
+rc=0; wait "$recv_pid" || rc=$?
+[ "$rc" -ne 0 ] || fail "link cut after DONE: recv claimed success"
+grep -q "disk-done-sent" "$T/send3.log" || fail "link cut after DONE: the fault point was not reached"
+[ -e "$T/b3.img.tsubame-incomplete" ] || fail "link cut after DONE: the target is not marked incomplete"
+log "link cut after DONE: send said: $(tail -1 "$T/send3.log")"
+source_carries_on "the link was cut after the disks' DONE"
 
 "$TSUBAME" vm stop --dir "$T/src" >/dev/null
 m=$(python3 "$check" "$T/orig.img" "$T/a.img" $base $blocks) || fail "source image: $m"

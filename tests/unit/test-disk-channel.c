@@ -73,6 +73,7 @@ struct fakeqmp {
 	/* source side: blockdev-add connects this client, the mirror job */
 	struct nbd_client *mirror;
 	bool cancelled;			/* block-job-cancel: the job is gone */
+	int cancel_flush_rc;		/* its flush of the target, as QEMU's */
 };
 
 static bool read_line(int fd, char *buf, size_t len)
@@ -136,6 +137,9 @@ static void *fakeqmp_main(void *arg)
 			reply(fd, id, f->cancelled ? "[]" :
 				      "[{\"device\": \"tsb-mirror-0\", \"ready\": true}]");
 		} else if (!strcmp(cmd, "block-job-cancel")) {
+			/* A ready mirror flushes its target before it goes away. */
+			if (f->mirror)
+				f->cancel_flush_rc = nbd_client_flush(f->mirror);
 			f->cancelled = true;
 			reply(fd, id, "{}");
 		} else if (!strcmp(cmd, "nbd-server-start")) {
@@ -1232,8 +1236,11 @@ static void expect_send_failed(struct srig *s, const char *what)
 }
 
 /* The test's receiver: ACKs, PONGs, DONE; counts what it got. */
+enum responder_end { END_DONE, END_SILENT, END_ERROR };
+
 struct responder {
 	struct wire_conn *c;
+	enum responder_end end;		/* its answer to the sender's DONE */
 	unsigned pages, pings, entries;
 	bool done;
 };
@@ -1261,7 +1268,13 @@ static void *responder_main(void *arg)
 			wire_encode_u64(&b, WIRE_MSG_PONG, m.u.ping);
 		} else if (m.type == WIRE_MSG_DONE) {
 			rp->done = true;
-			wire_encode_status(&b, WIRE_MSG_DONE, WIRE_CODE_OK, "applied");
+			if (rp->end == END_SILENT)
+				break;
+			if (rp->end == END_ERROR)
+				wire_encode_status(&b, WIRE_MSG_ERROR, WIRE_CODE_PROTOCOL,
+						   "flush failed");
+			else
+				wire_encode_status(&b, WIRE_MSG_DONE, WIRE_CODE_OK, "applied");
 		} else {
 			break;
 		}
@@ -1290,13 +1303,53 @@ static void test_send_copy(void **state)
 	assert_int_equal(nbd_client_write_zeroes(s.fq.mirror, 64 * BLOCK, 128 * 1024, 0), 0);
 	/* A flush completes once the receiver answered its PING. */
 	assert_int_equal(nbd_client_flush(s.fq.mirror), 0);
+	assert_int_equal(rp.pings, 1);
 	if (disk_send_switchover(s.ds, s.q, err, sizeof(err)) < 0)
 		fail_msg("switchover: %s", err);
+	/* The mirror's last flush, inside the downtime, waited for no PONG. */
+	assert_int_equal(s.fq.cancel_flush_rc, 0);
+	if (disk_send_confirmed(s.ds, IO_TIMEOUT_MS, err, sizeof(err)) < 0)
+		fail_msg("confirmation: %s", err);
 	assert_int_equal(pthread_join(t, NULL), 0);
 	assert_true(rp.done);
-	assert_true(rp.pings >= 1);
+	assert_int_equal(rp.pings, 1);
 	assert_int_equal(rp.entries, 4 + 2);
 	srig_down(&s);
+}
+
+/*
+ * The switchover does not wait for the receiver's DONE, but the commit
+ * does: a receiver that never confirms, or fails to apply, gets none.
+ */
+static void test_send_unconfirmed(void **state)
+{
+	static const enum responder_end ends[] = { END_SILENT, END_ERROR };
+	char err[256];
+
+	(void)state;
+	for (unsigned i = 0; i < 2; i++) {
+		struct responder rp = { .end = ends[i] };
+		uint8_t blk[BLOCK];
+		struct srig s;
+		pthread_t t;
+		int r;
+
+		srig_up(&s);
+		rp.c = s.c;
+		assert_int_equal(pthread_create(&t, NULL, responder_main, &rp), 0);
+		fill_block(blk, 7);
+		assert_int_equal(nbd_client_pwrite(s.fq.mirror, blk, BLOCK, 0, 0), 0);
+		err[0] = '\0';
+		if (disk_send_switchover(s.ds, s.q, err, sizeof(err)) < 0)
+			fail_msg("switchover: %s", err);
+		assert_int_equal(pthread_join(t, NULL), 0);
+		assert_true(rp.done);
+		r = disk_send_confirmed(s.ds, ends[i] == END_SILENT ? 200 : IO_TIMEOUT_MS, err,
+					sizeof(err));
+		print_message("# unconfirmed (%s): %s\n", i ? "error" : "silent", err);
+		assert_int_equal(r, ends[i] == END_SILENT ? -ETIMEDOUT : -EIO);
+		srig_down(&s);
+	}
 }
 
 static void send_need(struct wire_conn *c, size_t n)
@@ -1361,6 +1414,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_flush_unknown_disk, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_accept_strangers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_send_copy, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_send_unconfirmed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_send_hostile_receiver, setup, teardown),
 	};
 

@@ -88,6 +88,8 @@ struct receiver {
 	atomic_bool link_lost;		/* the connection ended while prepared */
 	atomic_int decision;		/* WIRE_DECIDE_* from the main connection */
 	uint64_t source_stop_ns;	/* the source's STOP time the COMMIT carried, or 0 */
+	/* Where the time went (report): the sender in, the guest loaded, postcopy. */
+	uint64_t accepted_ns, loaded_ns, postcopy_ns, running_ns;	/* tsb_now_ns() */
 	bool first_pages;
 	unsigned refused;		/* connections refused before the sender came */
 	struct mig_record rec;		/* durable record of the switchover */

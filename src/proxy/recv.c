@@ -599,9 +599,11 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	proxy_catch_signals(&run.sig);
 	run.start_ns = tsb_now_ns();
 	if (prepare(rc, &run) == 0 && accept_sender(rc, &run) == 0 &&
-	    open_channels(rc, &run) == 0 && start_incoming(rc, &run) == 0) {
+	    (rc->accepted_ns = tsb_now_ns()) && open_channels(rc, &run) == 0 &&
+	    start_incoming(rc, &run) == 0) {
 		/* Watch the destination QEMU until it has loaded the guest, paused. */
 		recv_wait_loaded(rc, run.q, &run.sig);
+		rc->loaded_ns = rc->failed ? 0 : tsb_now_ns();
 		if (!rc->failed)
 			recv_settle(rc, run.q, run.tls, &run.sig, &run.resume_ns);
 	}

@@ -32,6 +32,17 @@ json_t *recv_make_report(struct receiver *rc, uint64_t start_ns, uint64_t resume
 	json_object_set_new(r, "downtime_ms", rc->source_stop_ns && resume_ns > rc->source_stop_ns ?
 			    json_integer((json_int_t)((resume_ns - rc->source_stop_ns) / 1000000)) :
 			    json_null());
+	if (rc->accepted_ns && rc->loaded_ns)
+		/* Waiting for the sender, the stream until loaded, the switchover. */
+		json_object_set_new(r, "phases_ms", json_pack("{s:I, s:I, s:I}",
+			"wait", (json_int_t)((rc->accepted_ns - start_ns) / 1000000),
+			"stream", (json_int_t)((rc->loaded_ns - rc->accepted_ns) / 1000000),
+			"switchover", (json_int_t)(((rc->running_ns ? rc->running_ns :
+						     tsb_now_ns()) - rc->loaded_ns) / 1000000)));
+	json_object_set_new(r, "postcopy", rc->postcopy_ns && rc->accepted_ns ?
+		json_pack("{s:b, s:I}", "switched", 1, "at_ms",
+			  (json_int_t)((rc->postcopy_ns - rc->accepted_ns) / 1000000)) :
+		json_pack("{s:b}", "switched", 0));
 	json_object_set_new(r, "qemu_stream_bytes", json_integer(rc->written));
 	json_object_set_new(r, "refused_connections", json_integer(rc->refused));
 	json_object_set_new(r, "wan", json_pack("{s:I, s:I}",

@@ -46,6 +46,10 @@ assert s["qemu_stream_bytes"] == r["qemu_stream_bytes"], (s["qemu_stream_bytes"]
 # Both ends report the same guest-visible downtime (source STOP to destination RESUME).
 assert s.get("downtime_ms") is not None and r.get("downtime_ms") == s["downtime_ms"], (
     s.get("downtime_ms"), r.get("downtime_ms"))
+# Both ends say where the time went, and neither switched to postcopy.
+for rep, keys in ((s, ("setup", "qemu", "confirm")), (r, ("wait", "stream", "switchover"))):
+    assert all(isinstance(rep["phases_ms"].get(k), int) for k in keys), rep.get("phases_ms")
+    assert rep["postcopy"] == {"switched": False}, rep.get("postcopy")
 cat = s["wan"]["by_category"]
 print("send: %.1f MB stream -> %.1f MB on the WAN; pages %s" % (
     s["qemu_stream_bytes"] / 1e6, s["wan"]["bytes_sent"] / 1e6, s["pages"]), file=sys.stderr)

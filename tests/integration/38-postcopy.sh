@@ -82,12 +82,15 @@ wait "$recv_pid" || fail "recv failed: $(cat "$T/recv2.log")"
 last_src=$(grep -a -o 'beat [0-9]* ok' "$T/dst/serial.log" | tail -1 | awk '{print $2}')
 after=$(wait_beat back "$last_src" 90 | awk '{print $2}')
 grep -aq CORRUPT "$T/back/serial.log" && fail "back: corrupted memory (or probe pages)"
-python3 - "$T/send2.json" <<'PY' || fail "auto mode did not switch to postcopy: $(grep -i postcopy "$T/send2.log")"
+python3 - "$T/send2.json" "$T/recv2.json" <<'PY' || fail "auto mode did not switch to postcopy: $(grep -i postcopy "$T/send2.log")"
 import json, sys
 s = json.load(open(sys.argv[1]))
 assert s["outcome"] == "ok", s.get("error")
 p = s["postcopy"]
 assert p["switched"] and p["reason"], p
+# The destination saw the switch too.
+r = json.load(open(sys.argv[2]))
+assert r["postcopy"]["switched"] and r["postcopy"]["at_ms"] >= 0, r.get("postcopy")
 print("auto: postcopy after %d ms (%s); total %d ms, passes %s" % (
     p["at_ms"], p["reason"], s["total_time_ms"], s.get("passes")))
 PY

@@ -37,6 +37,12 @@ static void usage(FILE *f)
 		"  --max-bandwidth RATE      QEMU's max-bandwidth, e.g. 1gbit\n"
 		"  --downtime-limit MS       QEMU's downtime-limit in ms\n"
 		"  --postcopy-after DUR      switch to postcopy after this long, e.g. 5s\n"
+		"  --complete-block-jobs     QEMU's own storage route (libvirt's): the\n"
+		"                            source's block jobs (mirrors into the\n"
+		"                            destination's NBD export, started by the\n"
+		"                            caller) are cancelled at pre-switchover, which\n"
+		"                            completes them without pivot, before the\n"
+		"                            destination runs\n"
 		"  --timeout DUR             cancel if not done by then (default 600s)\n"
 		"  --report FILE             write the result as JSON to FILE\n"
 		"  --progress, --no-progress a progress line on stderr (default: on a TTY)\n"
@@ -64,6 +70,7 @@ enum {
 	OPT_REPORT,
 	OPT_PROGRESS,
 	OPT_NO_PROGRESS,
+	OPT_COMPLETE_BLOCK_JOBS,
 };
 
 static const struct option options[] = {
@@ -82,6 +89,7 @@ static const struct option options[] = {
 	{ "report", required_argument, NULL, OPT_REPORT },
 	{ "progress", no_argument, NULL, OPT_PROGRESS },
 	{ "no-progress", no_argument, NULL, OPT_NO_PROGRESS },
+	{ "complete-block-jobs", no_argument, NULL, OPT_COMPLETE_BLOCK_JOBS },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, 'h' },
 	{}
@@ -114,6 +122,49 @@ static void progress_tick(void *opaque, json_t *stats)
 		(long long)pass, sent / 1e6, secs > 0 ? sent * 8 / secs / 1e6 : 0.0,
 		remaining / 1e6, total / 1e6);
 	p->shown = true;
+}
+
+/* The source's block jobs (none: -errno < 0 only on a QMP failure). */
+static int count_block_jobs(struct qmp *src, json_t **ret, char *err, size_t errlen)
+{
+	int r = qmp_execute(src, "query-block-jobs", NULL, ret, err, errlen);
+
+	return r < 0 ? r : (int)json_array_size(*ret);
+}
+
+/*
+ * --complete-block-jobs, at pre-switchover (the source is stopped): a
+ * ready mirror cancelled completes without pivot once its target is
+ * flushed, so the destination holds every disk write before it runs.
+ */
+static int complete_block_jobs(void *opaque, struct qmp *src, char *err, size_t errlen)
+{
+	uint64_t t0 = tsb_now_ns();
+	json_t *jobs = NULL, *job;
+	size_t i;
+	int r;
+
+	(void)opaque;
+	r = count_block_jobs(src, &jobs, err, errlen);
+	json_array_foreach(jobs, i, job) {
+		const char *dev = json_string_value(json_object_get(job, "device"));
+
+		if (r >= 0 && dev)
+			r = qmp_execute(src, "block-job-cancel", json_pack("{s:s}", "device", dev),
+					NULL, err, errlen);
+	}
+	json_decref(jobs);
+	while (r > 0) {
+		if (tsb_now_ns() - t0 > 60000000000ull) {
+			snprintf(err, errlen, "the block jobs did not complete within 60 s");
+			return -ETIMEDOUT;
+		}
+		usleep(5000);
+		jobs = NULL;
+		r = count_block_jobs(src, &jobs, err, errlen);
+		json_decref(jobs);
+	}
+	return r < 0 ? r : 0;
 }
 
 /* What the command line asked for, besides the migctl options. */
@@ -188,6 +239,9 @@ static int parse_opt(int c, struct native_args *a, struct migctl_options *opts)
 	case OPT_NO_PROGRESS:
 		a->show_progress = false;
 		break;
+	case OPT_COMPLETE_BLOCK_JOBS:
+		opts->pre_switchover = complete_block_jobs;
+		break;
 	case 'v':
 		tsb_log_set_level(TSB_LOG_DEBUG);
 		break;
@@ -218,6 +272,11 @@ static int parse_args(int argc, char **argv, struct native_args *a,
 		return usage_error("%s", "--src-qmp, --dst-qmp and --uri are required");
 	if (!a->listen_uri)
 		a->listen_uri = a->uri;
+	if (opts->pre_switchover) {
+		if (opts->n_caps >= MIGCTL_MAX_CAPS)
+			return usage_error("%s", "too many capabilities");
+		opts->caps[opts->n_caps++] = "pause-before-switchover";
+	}
 	return 0;
 }
 

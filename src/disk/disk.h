@@ -94,6 +94,13 @@ int disk_send_switchover(struct disk_send *ds, struct qmp *q, char *err,
 int disk_send_confirmed(struct disk_send *ds, uint64_t timeout_ms, char *err, size_t errlen);
 
 /*
+ * The image files of the disks moved (at most max, paths valid until
+ * disk_send_finish): after a migration they stay here as the VM's old
+ * copies, which the store remembers (store_disk_note).
+ */
+size_t disk_send_images(struct disk_send *ds, const char **out, size_t max);
+
+/*
  * True if a block with this content was sent to the destination's disks
  * (a Bloom filter: rarely a false hit). Memory pages with such content
  * can travel as references: the receiver rebuilds them from the disk
@@ -152,6 +159,13 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok,
  */
 bool disk_recv_has(struct disk_recv *dr, const uint8_t hash[32]);
 int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[WIRE_PAGE_SIZE]);
+
+/*
+ * The target image files that received a whole disk (the channel ended
+ * with DONE; at most max, valid until disk_recv_finish): the arrived VM's
+ * disks, which the store remembers (store_disk_note).
+ */
+size_t disk_recv_images(struct disk_recv *dr, const char **out, size_t max);
 
 /*
  * Stops waiting for a disk channel that has not come yet and frees the

@@ -1418,6 +1418,23 @@ fail:
 	return r;
 }
 
+size_t disk_recv_images(struct disk_recv *dr, const char **out, size_t max)
+{
+	size_t n = 0;
+	unsigned i;
+	bool done;
+
+	if (!dr)
+		return 0;
+	pthread_mutex_lock(&dr->lock);
+	done = dr->done;
+	pthread_mutex_unlock(&dr->lock);
+	for (i = 0; done && i < dr->n && n < max; i++)
+		if (dr->d[i].used && dr->d[i].dev.file[0] == '/')
+			out[n++] = dr->d[i].dev.file;
+	return n;
+}
+
 int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *report,
 		     char *err, size_t errlen)
 {

@@ -1084,6 +1084,17 @@ int disk_send_confirmed(struct disk_send *ds, uint64_t timeout_ms, char *err, si
 	return r;
 }
 
+size_t disk_send_images(struct disk_send *ds, const char **out, size_t max)
+{
+	size_t n = 0;
+	unsigned i;
+
+	for (i = 0; ds && i < ds->n && n < max; i++)
+		if (ds->d[i].dev.file[0] == '/')
+			out[n++] = ds->d[i].dev.file;
+	return n;
+}
+
 static json_t *make_report(struct disk_send *ds)
 {
 	struct wire_conn_stats st = { 0 };

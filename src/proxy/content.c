@@ -129,6 +129,56 @@ int content_index_disks(struct qmp *q, const struct proxy_recv_options *o,
 	return 0;
 }
 
+struct store_disks_add {
+	struct diskindex *d;
+	unsigned added;
+};
+
+static void add_store_disk(const char *path, void *arg)
+{
+	struct store_disks_add *a = arg;
+	char err[512];
+
+	if (diskindex_has_file(a->d, path))
+		return;
+	if (diskindex_add(a->d, path, NULL, err, sizeof(err)) < 0)
+		log_info("not rebuilding from a disk image the store remembers: %s", err);
+	else
+		a->added++;
+}
+
+void content_index_store_disks(struct store *st, struct diskindex **disks)
+{
+	struct store_disks_add a = { .d = *disks };
+	int r;
+
+	if (!st)
+		return;
+	if (!a.d && !(a.d = diskindex_new()))
+		return;
+	r = store_disk_list(st, add_store_disk, &a);
+	if (r < 0)
+		log_warn("the store's list of disk images is unreadable: %s", strerror(-r));
+	if (a.added)
+		log_info("indexed %u disk image(s) the store remembers for tenant %s "
+			 "(%zu blocks in all)", a.added, store_tenant(st), diskindex_count(a.d));
+	if (!*disks && !diskindex_count(a.d)) {
+		diskindex_free(a.d);
+		return;
+	}
+	*disks = a.d;
+}
+
+void content_note_disks(struct store *st, const char *const *paths, size_t n)
+{
+	char err[512];
+	size_t i;
+
+	for (i = 0; st && i < n; i++)
+		if (store_disk_note(st, paths[i], err, sizeof(err)) < 0)
+			log_warn("%s", err);
+}
+
 static void add_to_filter(const uint8_t hash[32], void *arg)
 {
 	tsb_filter_add(arg, hash);

@@ -51,6 +51,17 @@ void content_net_notify(const char *agent, const char *vm,
 int content_index_disks(struct qmp *q, const struct proxy_recv_options *o,
 			struct diskindex **ret, char *err, size_t errlen);
 
+/*
+ * Adds the disk images the tenant's store remembers on this host (other
+ * VMs' disks, old copies) to *disks (created if NULL), skipping files
+ * already indexed and any that cannot be read (logged): blocks of a
+ * clone of the same base, or of an older copy, then travel as references.
+ */
+void content_index_store_disks(struct store *st, struct diskindex **disks);
+
+/* Remembers these image files in the tenant's store (best effort, logged). */
+void content_note_disks(struct store *st, const char *const *paths, size_t n);
+
 /* Appends the SUMMARY frame for vm (store and disks may be NULL). */
 int content_encode_summary(struct tsb_buf *out, struct store *st, struct diskindex *disks,
 			   const char *vm, uint64_t *ret_filter_bytes);

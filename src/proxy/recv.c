@@ -454,6 +454,8 @@ static int open_channels(struct receiver *rc, struct recv_run *run)
 	char err[512] = "";
 	int r;
 
+	/* The tenant is known now: its disk images on this host can serve too. */
+	content_index_store_disks(rc->rb.store, &rc->rb.disks);
 	if (caps & WIRE_CAP_STORE) {
 		struct tsb_buf b;
 
@@ -563,6 +565,13 @@ static enum proxy_outcome finish(struct receiver *rc, struct recv_run *run,
 	/* The arrival manifest (what came, from where): for the way back. */
 	if (oc == PROXY_OK)
 		image_rec_commit(&rc->arrival, "arrival");
+	if (oc == PROXY_OK && rc->rb.store) {
+		/* The arrived disks: what the tenant's next VMs here may share. */
+		const char *images[DISK_MAX];
+
+		content_note_disks(rc->rb.store, images,
+				   disk_recv_images(rc->rb.disk, images, DISK_MAX));
+	}
 	if (ret_report)
 		*ret_report = recv_make_report(rc, run->start_ns, run->resume_ns);
 	/* Disks: exports stopped; targets stay marked unless all went well. */

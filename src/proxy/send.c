@@ -1710,6 +1710,12 @@ static enum proxy_outcome finish(struct sender *s, struct send_run *run, json_t 
 		image_rec_commit(&s->departure, "departure");
 		commit_ms = (tsb_now_ns() - end_ns) / 1000000;
 	}
+	if (oc == PROXY_OK && s->store) {
+		/* The disks stay here as the VM's old copies: for its return, its kin. */
+		const char *images[DISK_MAX];
+
+		content_note_disks(s->store, images, disk_send_images(s->disks, images, DISK_MAX));
+	}
 	if (ret_report)
 		*ret_report = report_of(s, run, oc, end_ns, commit_ms);
 	/* Disks: jobs still running are cancelled; the source keeps its disks. */

@@ -31,6 +31,8 @@ struct diskindex {
 	size_t cap;		/* power of two */
 	size_t count;
 	int fds[DISKINDEX_MAX_FILES];
+	dev_t devs[DISKINDEX_MAX_FILES];	/* which files (diskindex_has_file) */
+	ino_t inos[DISKINDEX_MAX_FILES];
 	size_t n_files;
 	uint8_t *chunk;
 };
@@ -254,6 +256,8 @@ int diskindex_add(struct diskindex *d, const char *path, const char *format,
 			format = "qcow2";
 	}
 	file = (uint32_t)d->n_files;
+	d->devs[file] = st.st_dev;
+	d->inos[file] = st.st_ino;
 	d->fds[d->n_files++] = fd;
 	if (!strcmp(format, "raw")) {
 		r = index_range(d, file, 0, S_ISREG(st.st_mode) ? (uint64_t)st.st_size
@@ -268,6 +272,19 @@ int diskindex_add(struct diskindex *d, const char *path, const char *format,
 		r = -EOPNOTSUPP;
 	}
 	return r;
+}
+
+bool diskindex_has_file(const struct diskindex *d, const char *path)
+{
+	struct stat st;
+	size_t i;
+
+	if (stat(path, &st) < 0)
+		return false;
+	for (i = 0; i < d->n_files; i++)
+		if (d->devs[i] == st.st_dev && d->inos[i] == st.st_ino)
+			return true;
+	return false;
 }
 
 void diskindex_for_each_hash(const struct diskindex *d,

@@ -34,6 +34,9 @@ void diskindex_free(struct diskindex *d);
 int diskindex_add(struct diskindex *d, const char *path, const char *format,
 		  char *err, size_t errlen);
 
+/* True if this file (same device and inode, any name) was added. */
+bool diskindex_has_file(const struct diskindex *d, const char *path);
+
 /* Distinct blocks indexed. */
 size_t diskindex_count(const struct diskindex *d);
 size_t diskindex_files(const struct diskindex *d);

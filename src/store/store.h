@@ -166,6 +166,31 @@ int store_image_load(struct store *s, const char *id, struct store_image **ret);
 int store_image_touch(struct store *s, const char *id);
 int store_image_remove(struct store *s, const char *id);
 
+/*
+ * ---- disk images of the tenant's VMs on this host (disks.c) ----
+ *
+ * The store remembers where the tenant's disk images lie on this host (a
+ * departed VM's old copy, an arrived VM's disk), not their content: a
+ * receiver indexes them to rebuild disk blocks and page-cache pages from
+ * them (every block read is checked against its hash, so an image that
+ * changed or went away only costs bytes on the WAN). At most
+ * STORE_MAX_DISKS paths, the least recently noted forgotten first.
+ */
+#define STORE_MAX_DISKS 32
+#define STORE_DISK_PATH_MAX 4096
+
+/* Remembers an absolute image path as the newest. 0 or -errno; err says why. */
+int store_disk_note(struct store *s, const char *path, char *err, size_t errlen);
+/* Calls fn for every remembered path, oldest first. The count or -errno. */
+int store_disk_list(struct store *s, void (*fn)(const char *path, void *arg), void *arg);
+/*
+ * The list file's text (untrusted: fuzz-store-disks): fn for each valid
+ * entry (an absolute path of printable characters), bad entries skipped.
+ * The count, or -EBADMSG when the text is not such a list.
+ */
+int store_disks_parse(const char *text, size_t len,
+		      void (*fn)(const char *path, void *arg), void *arg);
+
 /* ---- maintenance over every tenant of a directory (tsubame store ...) ---- */
 
 /* Counts per tenant and image; *ret is an owned JSON object. */

@@ -243,6 +243,84 @@ static void test_reopen(void **state)
 	store_close(s);
 }
 
+/* Collects store_disk_list()'s paths into a JSON array. */
+static void collect_path(const char *path, void *arg)
+{
+	json_array_append_new(arg, json_string(path));
+}
+
+static json_t *disk_list(struct store *s)
+{
+	json_t *a = json_array();
+	int n = store_disk_list(s, collect_path, a);
+
+	assert_int_equal(n, (int)json_array_size(a));
+	return a;
+}
+
+/*
+ * Disk images: remembered per tenant across reopen, newest last, a path
+ * noted again moves to the end, the oldest go beyond the cap; a damaged
+ * list is replaced at the next note, never trusted.
+ */
+static void test_disk_images(void **state)
+{
+	const char *dir = *state;
+	struct store *s = open_store(dir, "t1", 0);
+	char path[64], err[256], file[600];
+	json_t *a;
+	FILE *f;
+
+	assert_int_equal(store_disk_note(s, "/img/a.raw", err, sizeof(err)), 0);
+	assert_int_equal(store_disk_note(s, "/img/b.qcow2", err, sizeof(err)), 0);
+	assert_int_equal(store_disk_note(s, "/img/a.raw", err, sizeof(err)), 0);
+	assert_int_equal(store_disk_note(s, "relative.raw", err, sizeof(err)), -EINVAL);
+	assert_int_equal(store_disk_note(s, "/img/bad\nname", err, sizeof(err)), -EINVAL);
+	store_close(s);
+	s = open_store(dir, "t1", 0);
+	a = disk_list(s);
+	assert_int_equal(json_array_size(a), 2);
+	assert_string_equal(json_string_value(json_array_get(a, 0)), "/img/b.qcow2");
+	assert_string_equal(json_string_value(json_array_get(a, 1)), "/img/a.raw");
+	json_decref(a);
+	store_close(s);
+
+	/* Another tenant sees none of them. */
+	s = open_store(dir, "t2", 0);
+	a = disk_list(s);
+	assert_int_equal(json_array_size(a), 0);
+	json_decref(a);
+	for (int i = 0; i < STORE_MAX_DISKS + 5; i++) {
+		snprintf(path, sizeof(path), "/img/%d.raw", i);
+		assert_int_equal(store_disk_note(s, path, err, sizeof(err)), 0);
+	}
+	a = disk_list(s);
+	assert_int_equal(json_array_size(a), STORE_MAX_DISKS);
+	assert_string_equal(json_string_value(json_array_get(a, 0)), "/img/5.raw");
+	json_decref(a);
+	store_close(s);
+
+	/* Damaged: unreadable as a list, then replaced by the next note. */
+	snprintf(file, sizeof(file), "%s/tenants/t1/disks.json", dir);
+	f = fopen(file, "w");
+	assert_non_null(f);
+	fputs("{\"images\": [\"/img/a.raw\", 7, \"x\"", f);
+	fclose(f);
+	s = open_store(dir, "t1", 0);
+	assert_int_equal(store_disk_list(s, collect_path, NULL), -EBADMSG);
+	assert_int_equal(store_disk_note(s, "/img/c.raw", err, sizeof(err)), 0);
+	a = disk_list(s);
+	assert_int_equal(json_array_size(a), 1);
+	json_decref(a);
+	store_close(s);
+	/* Bad entries of a well-formed list are skipped, the others kept. */
+	const char *text = "{\"images\": [\"/ok\", 7, \"rel\", \"/a\\u0001b\"]}";
+
+	a = json_array();
+	assert_int_equal(store_disks_parse(text, strlen(text), collect_path, a), 1);
+	json_decref(a);
+}
+
 static void test_tenant_isolation(void **state)
 {
 	const char *dir = *state;
@@ -980,6 +1058,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_checkpoint_damaged, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_eviction, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_gc, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_disk_images, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_kill9_loop, setup, teardown),

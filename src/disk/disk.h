@@ -182,8 +182,9 @@ bool disk_recv_failed(struct disk_recv *dr);
  * destination). The sender no longer waits for that DONE inside the
  * downtime; our PREPARED carries the guarantee instead. 0 (also when no
  * channel came), -EIO when the disk transfer failed, -EINTR on a signal
- * (*sig non-zero); err says why.
+ * (*sig non-zero), -ETIMEDOUT after timeout_ms (0: none); err says why.
  */
-int disk_recv_wait_done(struct disk_recv *dr, volatile int *sig, char *err, size_t errlen);
+int disk_recv_wait_done(struct disk_recv *dr, uint64_t timeout_ms, volatile int *sig,
+			char *err, size_t errlen);
 
 #endif

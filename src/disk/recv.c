@@ -157,8 +157,10 @@ void disk_recv_stop_listening(struct disk_recv *dr)
 		dr->stop_accepting = true;
 }
 
-int disk_recv_wait_done(struct disk_recv *dr, volatile int *sig, char *err, size_t errlen)
+int disk_recv_wait_done(struct disk_recv *dr, uint64_t timeout_ms, volatile int *sig,
+			char *err, size_t errlen)
 {
+	uint64_t t0 = tsb_now_ns();
 	bool connected, done, failed;
 
 	if (!dr)
@@ -184,7 +186,12 @@ int disk_recv_wait_done(struct disk_recv *dr, volatile int *sig, char *err, size
 			snprintf(err, errlen, "interrupted by signal %d", *sig);
 			return -EINTR;
 		}
-		/* The channel's own stall timeout ends a dead link. */
+		/* Bounded even if a sender keeps the channel alive without its DONE. */
+		if (timeout_ms && tsb_now_ns() - t0 > timeout_ms * 1000000) {
+			snprintf(err, errlen, "the sender's last disk writes did not come within %llu s",
+				 (unsigned long long)(timeout_ms / 1000));
+			return -ETIMEDOUT;
+		}
 		usleep(1000);
 	}
 }

@@ -200,7 +200,8 @@ void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 		return;
 	}
 	/* PREPARED promises the disks too: every write applied and flushed. */
-	if (disk_recv_wait_done(rc->rb.disk, sig, err, sizeof(err)) < 0) {
+	if (disk_recv_wait_done(rc->rb.disk, o->c.stall_ms ? o->c.stall_ms : 60000, sig, err,
+				sizeof(err)) < 0) {
 		record_drop(o->c.state_dir, &rc->rec);
 		recv_fail(rc, *sig ? PROXY_INTERRUPTED : PROXY_LINK,
 			  "the disks did not arrive complete (%s); the source keeps the guest", err);

@@ -84,7 +84,7 @@ enum {
 	OPT_STORE, OPT_NO_STORE, OPT_STORE_CAP, OPT_TENANT, OPT_VM_ID, OPT_DISK_SOURCE,
 	OPT_NO_VM_DISKS, OPT_FLOOR, OPT_NET_AGENT, OPT_NET_MAC, OPT_NET_IP, OPT_NET_HOME,
 	OPT_DISK, OPT_NO_DISKS, OPT_COMMIT_TIMEOUT, OPT_STATE_DIR, OPT_CONNECTIONS,
-	OPT_MAX_WINDOW,
+	OPT_MAX_WINDOW, OPT_DISK_COPY_MODE,
 };
 
 static const struct option options[] = {
@@ -121,6 +121,7 @@ static const struct option options[] = {
 	{ "net-home", required_argument, NULL, OPT_NET_HOME },
 	{ "disk", required_argument, NULL, OPT_DISK },
 	{ "no-disks", no_argument, NULL, OPT_NO_DISKS },
+	{ "disk-copy-mode", required_argument, NULL, OPT_DISK_COPY_MODE },
 	{ "commit-timeout", required_argument, NULL, OPT_COMMIT_TIMEOUT },
 	{ "state-dir", required_argument, NULL, OPT_STATE_DIR },
 	{ "connections", required_argument, NULL, OPT_CONNECTIONS },
@@ -140,6 +141,7 @@ struct parsed {
 	unsigned connections;
 	uint64_t max_window;
 	bool help, no_store, no_vm_disks, floor, no_disks;
+	bool disk_copy_background, disk_copy_mode_set;
 	const char *disks[8];
 	unsigned n_disks;
 	const char *disk_sources[PROXY_MAX_DISK_SOURCES];
@@ -243,6 +245,18 @@ static int parse_send_opt(const char *cmd, bool send, int c, struct parsed *p)
 		if (!send)
 			return cli_usage_error(cmd, "option --floor is for 'tsubame send'");
 		p->floor = true;
+		return 0;
+	case OPT_DISK_COPY_MODE:
+		if (!send)
+			return cli_usage_error(cmd, "option --disk-copy-mode is for 'tsubame send'");
+		if (!strcmp(optarg, "background"))
+			p->disk_copy_background = true;
+		else if (!strcmp(optarg, "write-blocking"))
+			p->disk_copy_background = false;
+		else
+			return cli_usage_error(cmd, "bad --disk-copy-mode '%s' (background or "
+					       "write-blocking)", optarg);
+		p->disk_copy_mode_set = true;
 		return 0;
 	case OPT_DISK:
 	case OPT_NO_DISKS:
@@ -363,6 +377,8 @@ static int check_parsed(const char *cmd, bool send, struct parsed *p)
 		return cli_usage_error(cmd, "--qmp is required");
 	if (p->no_disks && p->n_disks)
 		return cli_usage_error(cmd, "--disk and --no-disks exclude each other");
+	if (p->no_disks && p->disk_copy_mode_set)
+		return cli_usage_error(cmd, "--disk-copy-mode and --no-disks exclude each other");
 	if (send && !p->to)
 		return cli_usage_error(cmd, "--to HOST:PORT is required");
 	if (!send && !p->listen)
@@ -474,6 +490,13 @@ int cmd_send(int argc, char **argv)
 		       "  --disk DEVICE          move this local disk with the VM (repeatable;\n"
 		       "                         default: every writable disk; docs/disk.md)\n"
 		       "  --no-disks             move memory only (shared storage)\n"
+		       "  --disk-copy-mode MODE  how the disk mirrors copy the guest's writes:\n"
+		       "                         write-blocking (default): each write reaches the\n"
+		       "                         link before the guest sees it done, so a guest\n"
+		       "                         writing faster than the link is slowed to it and\n"
+		       "                         the mirrors converge; background: the guest never\n"
+		       "                         waits, but one that outwrites the link keeps the\n"
+		       "                         mirrors from converging (then --timeout applies)\n"
 		       "\n" EXIT_CODES_HELP);
 		return TSB_EXIT_OK;
 	}
@@ -482,6 +505,7 @@ int cmd_send(int argc, char **argv)
 	for (unsigned i = 0; i < p.n_disks; i++)
 		o.disks[o.n_disks++] = p.disks[i];
 	o.no_disks = p.no_disks;
+	o.disk_copy_background = p.disk_copy_background;
 	o.caps = p.caps;
 	o.max_bandwidth = p.max_bw;
 	o.downtime_limit_ms = p.downtime;

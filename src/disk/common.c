@@ -1,4 +1,5 @@
 /* QMP helpers shared by both sides of the disk route. */
+#include "disk/disk.h"
 #include "disk/internal.h"
 #include "qmp/qmp.h"
 
@@ -7,6 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+const char *disk_copy_mode_name(enum disk_copy_mode m)
+{
+	return m == DISK_COPY_BACKGROUND ? "background" : "write-blocking";
+}
 
 int disk_private_dir(char *dir, size_t len, char *err, size_t errlen)
 {

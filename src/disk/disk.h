@@ -45,6 +45,23 @@ struct diskindex;
 
 /* ---- source side ---- */
 
+/*
+ * How the source QEMU's mirror copies the guest's writes (QEMU's
+ * MirrorCopyMode). Write-blocking (active mirroring) copies each guest
+ * write to the target before the guest sees it complete: the disk
+ * channel's window then paces the guest's writes to the link, and the
+ * mirror converges whatever the guest writes. Background copies dirty
+ * areas behind the guest: the guest never waits, but a guest that
+ * writes faster than the link keeps the mirror from ever being ready.
+ */
+enum disk_copy_mode {
+	DISK_COPY_WRITE_BLOCKING,	/* the default */
+	DISK_COPY_BACKGROUND,
+};
+
+/* QEMU's name of a copy mode ("write-blocking", "background"). */
+const char *disk_copy_mode_name(enum disk_copy_mode m);
+
 struct disk_send_options {
 	const char *host, *port;	/* the receiver (same as the main connection) */
 	struct wire_tls *tls;		/* client context (borrowed) */
@@ -53,6 +70,7 @@ struct disk_send_options {
 	unsigned n_only;
 	uint64_t stall_ms;		/* wire timeout; 0: none */
 	uint64_t ready_timeout_ms;	/* mirror convergence; 0: none */
+	enum disk_copy_mode copy_mode;	/* of every mirror job */
 	volatile int *abort_flag;	/* non-zero: give up (signal) */
 	/* Called about every 5 s while the mirrors converge (main link keepalive). */
 	void (*keepalive)(void *opaque);

@@ -88,6 +88,7 @@ struct disk_send {
 	struct sdisk d[DISK_MAX];
 	uint64_t start_ns, mirror_ms;
 	volatile int *abort_flag;
+	enum disk_copy_mode copy_mode;
 };
 
 static const uint8_t zero_block[BLOCK];
@@ -754,6 +755,7 @@ static struct disk_send *ds_new(const struct disk_send_options *o)
 	pthread_mutex_init(&ds->wlock, NULL);
 	pthread_cond_init(&ds->cond, NULL);
 	ds->abort_flag = o->abort_flag;
+	ds->copy_mode = o->copy_mode;
 	ds->start_ns = tsb_now_ns();
 	return ds;
 }
@@ -867,9 +869,11 @@ static int start_mirror(struct disk_send *ds, struct qmp *q, unsigned i, char *e
 	if (r < 0)
 		return r;
 	d->node_added = true;
+	/* copy-mode (QEMU 3.0+): write-blocking paces the guest to the link. */
 	r = disk_qmp(q, "blockdev-mirror",
-		     json_pack("{s:s, s:s, s:s, s:s}", "job-id", d->job,
-			       "device", d->dev.node, "target", d->node, "sync", "full"),
+		     json_pack("{s:s, s:s, s:s, s:s, s:s}", "job-id", d->job,
+			       "device", d->dev.node, "target", d->node, "sync", "full",
+			       "copy-mode", disk_copy_mode_name(ds->copy_mode)),
 		     NULL, err, errlen);
 	if (r < 0)
 		return r;
@@ -1107,8 +1111,9 @@ static json_t *make_report(struct disk_send *ds)
 		struct sdisk *d = &ds->d[i];
 
 		json_array_append_new(arr, json_pack(
-			"{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I}",
+			"{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I}",
 			"device", d->dev.device, "format", d->dev.format,
+			"copy_mode", disk_copy_mode_name(ds->copy_mode),
 			"size", (json_int_t)d->dev.size,
 			"ready_ms", (json_int_t)d->ready_ms,
 			"nbd_writes", (json_int_t)d->writes,

@@ -1303,6 +1303,8 @@ static int disks_start(struct sender *s, struct qmp *q, struct wire_tls *tls,
 		.host = host, .port = port, .tls = tls,
 		.migration = s->image_id[0] ? s->image_id : NULL,
 		.stall_ms = o->c.stall_ms, .ready_timeout_ms = o->c.timeout_ms,
+		.copy_mode = o->disk_copy_background ? DISK_COPY_BACKGROUND
+						     : DISK_COPY_WRITE_BLOCKING,
 		.abort_flag = &s->abort_flag,
 		.keepalive = disk_keepalive, .keepalive_opaque = s,
 	};

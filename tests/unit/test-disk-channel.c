@@ -74,6 +74,7 @@ struct fakeqmp {
 	struct nbd_client *mirror;
 	bool cancelled;			/* block-job-cancel: the job is gone */
 	int cancel_flush_rc;		/* its flush of the target, as QEMU's */
+	char copy_mode[32];		/* blockdev-mirror's copy-mode ("": none) */
 };
 
 static bool read_line(int fd, char *buf, size_t len)
@@ -142,6 +143,12 @@ static void *fakeqmp_main(void *arg)
 				f->cancel_flush_rc = nbd_client_flush(f->mirror);
 			f->cancelled = true;
 			reply(fd, id, "{}");
+		} else if (!strcmp(cmd, "blockdev-mirror")) {
+			const char *mode = NULL;
+
+			(void)json_unpack(req, "{s:{s?s}}", "arguments", "copy-mode", &mode);
+			snprintf(f->copy_mode, sizeof(f->copy_mode), "%s", mode ? mode : "");
+			reply(fd, id, "{}");
 		} else if (!strcmp(cmd, "nbd-server-start")) {
 			(void)json_unpack(req, "{s:{s:{s:{s:s}}}}", "arguments", "addr", "data",
 					  "path", &path);
@@ -153,7 +160,7 @@ static void *fakeqmp_main(void *arg)
 		} else {
 			/*
 			 * qmp_capabilities, block-export-add/-del, nbd-server-stop,
-			 * blockdev-mirror, blockdev-del
+			 * blockdev-del
 			 */
 			reply(fd, id, "{}");
 		}
@@ -1174,7 +1181,7 @@ static void *recv_accept_main(void *arg)
 	return NULL;
 }
 
-static void srig_up(struct srig *s)
+static void srig_up_mode(struct srig *s, enum disk_copy_mode mode, bool set_mode)
 {
 	char image[128], size[32], err[256] = "";
 	uint16_t port;
@@ -1201,6 +1208,8 @@ static void srig_up(struct srig *s)
 	struct disk_send_options o = { .host = "127.0.0.1", .port = s->port, .tls = s->tc,
 				       .ready_timeout_ms = IO_TIMEOUT_MS };
 
+	if (set_mode)
+		o.copy_mode = mode;
 	if (disk_send_start(s->q, &o, &s->ds, err, sizeof(err)) < 0)
 		fail_msg("disk_send_start: %s", err);
 	assert_int_equal(pthread_join(s->th, NULL), 0);
@@ -1208,6 +1217,12 @@ static void srig_up(struct srig *s)
 	assert_non_null(s->ds);
 	assert_non_null(s->fq.mirror);
 	s->report = json_object();
+}
+
+/* The sender with options left at their defaults. */
+static void srig_up(struct srig *s)
+{
+	srig_up_mode(s, DISK_COPY_WRITE_BLOCKING, false);
 }
 
 static void srig_down(struct srig *s)
@@ -1314,6 +1329,27 @@ static void test_send_copy(void **state)
 	assert_true(rp.done);
 	assert_int_equal(rp.pings, 1);
 	assert_int_equal(rp.entries, 4 + 2);
+	/* Active mirroring unless asked otherwise (issue 18), and reported. */
+	assert_string_equal(s.fq.copy_mode, "write-blocking");
+	disk_send_finish(s.ds, s.q, s.report);
+	s.ds = NULL;
+	assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(
+		json_object_get(s.report, "disks"), "disks"), 0), "copy_mode")), "write-blocking");
+	srig_down(&s);
+}
+
+/* --disk-copy-mode background reaches blockdev-mirror and the report. */
+static void test_send_background_mode(void **state)
+{
+	struct srig s;
+
+	(void)state;
+	srig_up_mode(&s, DISK_COPY_BACKGROUND, true);
+	assert_string_equal(s.fq.copy_mode, "background");
+	disk_send_finish(s.ds, s.q, s.report);
+	s.ds = NULL;
+	assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(
+		json_object_get(s.report, "disks"), "disks"), 0), "copy_mode")), "background");
 	srig_down(&s);
 }
 
@@ -1415,6 +1451,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_accept_strangers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_send_copy, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_send_unconfirmed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_send_background_mode, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_send_hostile_receiver, setup, teardown),
 	};
 

@@ -10,6 +10,11 @@
  * buffered reads, so it sits in the page cache, and keeps re-reading and
  * verifying it against the generator.
  *
+ * Disk writer (--diskwrite DEV): writes numbered records with
+ * incompressible content to a ring of blocks of DEV, a batch at a time,
+ * each batch written with O_DIRECT and fdatasync'ed before the next, at a
+ * given rate; tests/integration/disk-check.py verifies the disk offline.
+ *
  * Host helpers: --make-disk writes an image with the same kind of content,
  * --check-disk verifies one once.
  *
@@ -20,6 +25,8 @@
  *   corrupt offset=<off> page=<i> ...    detail of the first bad byte, at
  *                                        most once per beat
  *   sweep <n> ok|CORRUPT ...             after each full verify pass
+ *   diskwrite record <i> rate=<MiB/s>    every 2 s with --diskwrite: records
+ *                                        written so far, rate since the last
  *   probe <n> ok|CORRUPT count=<c> p50_us=... p99_us=... max_us=...
  *                                        every second with --probe: the
  *                                        time of first touches of cold
@@ -58,6 +65,11 @@
 /* Upper bounds for sizes taken from the command line. */
 #define MAX_MEM_MIB ((uint64_t)1 << 20)
 #define MAX_DISK_BYTES ((uint64_t)1 << 44)
+/* Disk writer: records per write at most (256 KiB: one virtio request),
+ * and the highest record number (10 digits). */
+#define DW_MAX_BATCH 64u
+#define DW_MAX_RECORD 9999999999ull
+#define DW_REPORT_NS (2 * NS_PER_SEC)
 
 struct opts {
 	uint64_t mem_mib;
@@ -77,6 +89,9 @@ struct opts {
 	uint64_t size;		/* --size for --make-disk */
 	uint64_t probe_mib;	/* cold area touched only by the probe; 0: none */
 	double probe_pps;	/* pages of it touched per second */
+	const char *diskwrite;	/* disk writer mode */
+	uint64_t dw_base, dw_blocks, dw_batch, dw_records;
+	double dw_rate;		/* MiB/s; 0: as fast as the disk takes them */
 };
 
 struct beat {
@@ -275,6 +290,7 @@ static void usage(FILE *f)
 "       memverify --disk DEV [options]       keep DEV in the page cache, verify\n"
 "       memverify --make-disk FILE --size SIZE [options]\n"
 "       memverify --check-disk FILE [options]\n"
+"       memverify --diskwrite DEV [--dw-* options]  write records to DEV\n"
 "\n"
 "Content options (must match between --make-disk and --disk/--check-disk):\n"
 "  --seed N            content seed (default 1)\n"
@@ -298,6 +314,15 @@ static void usage(FILE *f)
 "                      (default 2; 0: as fast as possible)\n"
 "  --sweeps N          exit after N full verify passes, status 1 if corrupt\n"
 "                      (default 0: run forever)\n"
+"Disk writer (--diskwrite DEV): record i is a 4 KiB block, the line\n"
+"'tsb-disk-record <i, 10 digits>' then incompressible bytes derived from i,\n"
+"written to block BASE + i %% BLOCKS; a batch of records is one O_DIRECT\n"
+"write, fdatasync'ed before the next batch (tests/integration/disk-check.py):\n"
+"  --dw-base N         first block of the ring (default 8192)\n"
+"  --dw-blocks N       blocks in the ring (default 1024)\n"
+"  --dw-batch N        records per write and fdatasync (default 16)\n"
+"  --dw-rate MIBS      at most this many MiB/s (default 0: no limit)\n"
+"  --dw-records N      stop after N records (default 0: never)\n"
 "  -h, --help          this text\n"
 "\n"
 "Lines printed: 'memverify ready pages=N ...' or 'pagecache ready bytes=N ...',\n"
@@ -309,6 +334,8 @@ enum {
 	OPT_MEM = 256, OPT_SEED, OPT_VMID, OPT_CONTENT, OPT_RANDOM, OPT_DUP,
 	OPT_ZERO, OPT_DIRTY, OPT_WSS, OPT_SWEEPS, OPT_DISK, OPT_MAKE_DISK,
 	OPT_CHECK_DISK, OPT_SIZE, OPT_SWEEP_SECS, OPT_PROBE, OPT_PROBE_RATE,
+	OPT_DISKWRITE, OPT_DW_BASE, OPT_DW_BLOCKS, OPT_DW_BATCH, OPT_DW_RATE,
+	OPT_DW_RECORDS,
 };
 
 static const struct option long_opts[] = {
@@ -329,6 +356,12 @@ static const struct option long_opts[] = {
 	{ "size", required_argument, NULL, OPT_SIZE },
 	{ "probe", required_argument, NULL, OPT_PROBE },
 	{ "probe-rate", required_argument, NULL, OPT_PROBE_RATE },
+	{ "diskwrite", required_argument, NULL, OPT_DISKWRITE },
+	{ "dw-base", required_argument, NULL, OPT_DW_BASE },
+	{ "dw-blocks", required_argument, NULL, OPT_DW_BLOCKS },
+	{ "dw-batch", required_argument, NULL, OPT_DW_BATCH },
+	{ "dw-rate", required_argument, NULL, OPT_DW_RATE },
+	{ "dw-records", required_argument, NULL, OPT_DW_RECORDS },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -350,6 +383,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	*o = (struct opts){
 		.mem_mib = 256, .seed = 1, .random_pct = 50, .dup_pct = 10,
 		.sweep_secs = 2, .probe_pps = 200,
+		.dw_base = 8192, .dw_blocks = 1024, .dw_batch = 16,
 	};
 	while ((c = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
 		const char *a = optarg;
@@ -396,6 +430,22 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			if (r == 0 && (o->probe_pps < 1 || o->probe_pps > 1e6))
 				r = -ERANGE;
 			break;
+		case OPT_DISKWRITE: o->diskwrite = a; break;
+		case OPT_DW_BASE:
+			r = parse_u64(a, MAX_DISK_BYTES / PAT_PAGE_SIZE, &o->dw_base);
+			break;
+		case OPT_DW_BLOCKS:
+			r = parse_u64(a, MAX_DISK_BYTES / PAT_PAGE_SIZE, &o->dw_blocks);
+			if (r == 0 && o->dw_blocks == 0)
+				r = -ERANGE;
+			break;
+		case OPT_DW_BATCH:
+			r = parse_u64(a, DW_MAX_BATCH, &o->dw_batch);
+			if (r == 0 && o->dw_batch == 0)
+				r = -ERANGE;
+			break;
+		case OPT_DW_RATE: r = parse_double(a, &o->dw_rate); break;
+		case OPT_DW_RECORDS: r = parse_u64(a, DW_MAX_RECORD, &o->dw_records); break;
 		case 'h':
 			usage(stdout);
 			exit(0);
@@ -413,8 +463,9 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			argv[optind]);
 		goto bad;
 	}
-	if (!!o->disk + !!o->make_disk + !!o->check_disk > 1) {
-		fprintf(stderr, "memverify: --disk, --make-disk and --check-disk are exclusive\n");
+	if (!!o->disk + !!o->make_disk + !!o->check_disk + !!o->diskwrite > 1) {
+		fprintf(stderr, "memverify: --disk, --make-disk, --check-disk and --diskwrite "
+			"are exclusive\n");
 		goto bad;
 	}
 	if (o->make_disk && (o->size == 0 || o->size % PAT_PAGE_SIZE)) {
@@ -943,6 +994,122 @@ fail:
 	return 1;
 }
 
+/*
+ * Disk writer. Record i: "tsb-disk-record %010u\n" (27 bytes), then bytes
+ * 27..4095 of pool XOR key(i), where pool is 512 words of splitmix64 from
+ * state DW_POOL_SEED and key(i) the first splitmix64 word from state i,
+ * repeated (all words little-endian). Unique per record, incompressible,
+ * and cheap to recompute (disk-check.py).
+ */
+#define DW_POOL_SEED 0x7473622d6469736bull	/* "tsb-disk" */
+
+static uint64_t splitmix64(uint64_t *x)
+{
+	uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static void dw_record(const uint64_t *pool, uint64_t i, unsigned char *blk)
+{
+	uint64_t x = i, key = splitmix64(&x), w;
+	char head[32];
+	unsigned j, b;
+	int n;
+
+	for (j = 0; j < PAT_PAGE_SIZE / 8; j++) {
+		w = pool[j] ^ key;
+		for (b = 0; b < 8; b++)
+			blk[j * 8 + b] = (unsigned char)(w >> (8 * b));
+	}
+	n = snprintf(head, sizeof(head), "tsb-disk-record %010llu\n", (unsigned long long)i);
+	memcpy(blk, head, (size_t)n);
+}
+
+static int run_diskwrite(const struct opts *o)
+{
+	uint64_t pool[PAT_PAGE_SIZE / 8], x = DW_POOL_SEED, i = 0, last_i = 0;
+	uint64_t start = now_ns(), next = start, last_report = start;
+	size_t len = (size_t)o->dw_batch * PAT_PAGE_SIZE;
+	unsigned char *buf = NULL;
+	unsigned j;
+	int fd;
+
+	for (j = 0; j < PAT_PAGE_SIZE / 8; j++)
+		pool[j] = splitmix64(&x);
+	if (posix_memalign((void **)&buf, PAT_PAGE_SIZE, len)) {
+		say("diskwrite: out of memory");
+		return 1;
+	}
+	/* O_DIRECT: no page cache to dirty, one request per batch. Files on
+	 * file systems without it (tmpfs, host tests) are written buffered. */
+	fd = open(o->diskwrite, O_WRONLY | O_DIRECT | O_CLOEXEC);
+	if (fd < 0 && errno == EINVAL)
+		fd = open(o->diskwrite, O_WRONLY | O_CLOEXEC);
+	if (fd < 0) {
+		say("diskwrite: cannot open %s: %s", o->diskwrite, strerror(errno));
+		free(buf);
+		return 1;
+	}
+	say("diskwrite start base=%llu blocks=%llu batch=%llu rate=%.1f",
+	    (unsigned long long)o->dw_base, (unsigned long long)o->dw_blocks,
+	    (unsigned long long)o->dw_batch, o->dw_rate);
+	while (!o->dw_records || i < o->dw_records) {
+		uint64_t pos = i % o->dw_blocks, n = o->dw_batch, now;
+		ssize_t w;
+
+		if (n > o->dw_blocks - pos)
+			n = o->dw_blocks - pos;	/* a batch never wraps */
+		if (o->dw_records && n > o->dw_records - i)
+			n = o->dw_records - i;
+		if (i + n - 1 > DW_MAX_RECORD)
+			break;
+		for (j = 0; j < n; j++)
+			dw_record(pool, i + j, buf + (size_t)j * PAT_PAGE_SIZE);
+		do {
+			w = pwrite(fd, buf, (size_t)n * PAT_PAGE_SIZE,
+				   (off_t)((o->dw_base + pos) * PAT_PAGE_SIZE));
+		} while (w < 0 && errno == EINTR);
+		if (w != (ssize_t)(n * PAT_PAGE_SIZE) || fdatasync(fd) < 0) {
+			say("diskwrite: record %llu failed: %s", (unsigned long long)i,
+			    w < 0 || w == (ssize_t)(n * PAT_PAGE_SIZE) ? strerror(errno)
+								 : "short write");
+			close(fd);
+			free(buf);
+			return 1;
+		}
+		i += n;
+		now = now_ns();
+		if (now - last_report >= DW_REPORT_NS) {
+			say("diskwrite record %llu rate=%.1f", (unsigned long long)(i - 1),
+			    (double)((i - last_i) * PAT_PAGE_SIZE) / (double)MIB /
+			    ((double)(now - last_report) / (double)NS_PER_SEC));
+			last_report = now;
+			last_i = i;
+		}
+		if (o->dw_rate > 0) {
+			/* Paced; after a stall (a throttled disk) at most 100 ms
+			 * are caught up, not the whole stall. */
+			if (next + NS_PER_SEC / 10 < now)
+				next = now - NS_PER_SEC / 10;
+			next += (uint64_t)((double)(n * PAT_PAGE_SIZE) / (o->dw_rate * (double)MIB) *
+					   (double)NS_PER_SEC);
+			if (next > now) {
+				struct timespec ts = { .tv_sec = (time_t)((next - now) / NS_PER_SEC),
+						       .tv_nsec = (long)((next - now) % NS_PER_SEC) };
+
+				nanosleep(&ts, NULL);
+			}
+		}
+	}
+	close(fd);
+	free(buf);
+	say("diskwrite done records=%llu", (unsigned long long)i);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o;
@@ -953,6 +1120,8 @@ int main(int argc, char **argv)
 		return make_disk(&o);
 	if (o.check_disk)
 		return run_disk(&o, o.check_disk, false);
+	if (o.diskwrite)
+		return run_diskwrite(&o);
 	if (o.disk)
 		return run_disk(&o, o.disk, true);
 	return run_memory(&o);

@@ -6,23 +6,58 @@ usage: disk-check.py ORIG IMAGE BASE BLOCKS
 ORIG is the image as it was before the guest started (raw), IMAGE the one
 to check (raw; convert qcow2 first). Outside the record ring [BASE,
 BASE+BLOCKS) (4 KiB blocks) IMAGE must equal ORIG. Inside, the guest wrote
-record i to block BASE + i % BLOCKS, each fsynced before the next, so with
+record i to block BASE + i % BLOCKS, each fsynced before the next (the
+shell writer), or in batches of consecutive records, each batch one
+O_DIRECT write fsynced before the next (memverify --diskwrite), so with
 M the highest record found, block k must hold the newest record i <= M with
 i % BLOCKS == k (or the original block if no such record was written yet).
 Prints M; exits 1 with the first difference otherwise.
+
+A record block is the line "tsb-disk-record <i, 10 digits>\n" followed by
+zeroes (shell writer) or by bytes 27.. of pool XOR key(i) (memverify
+--diskwrite; see run_diskwrite() in guest/memverify.c).
 """
 import re
 import sys
 
 BS = 4096
 REC = re.compile(rb"^tsb-disk-record (\d{10})\n")
+M64 = (1 << 64) - 1
+
+
+def splitmix64(x):
+    x = (x + 0x9E3779B97F4A7C15) & M64
+    z = x
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return x, z ^ (z >> 31)
+
+
+def make_pool():
+    x, words = 0x7473622D6469736B, []
+    for _ in range(BS // 8):
+        x, w = splitmix64(x)
+        words.append(w)
+    return int.from_bytes(b"".join(w.to_bytes(8, "little") for w in words), "little")
+
+
+POOL = make_pool()
+
+
+def payload(i):
+    """The memverify --diskwrite block of record i (header not yet in)."""
+    key = splitmix64(i)[1].to_bytes(8, "little") * (BS // 8)
+    return (POOL ^ int.from_bytes(key, "little")).to_bytes(BS, "little")
 
 
 def record(block):
     m = REC.match(block)
-    if not m or any(block[m.end():]):
+    if not m:
         return None
-    return int(m.group(1))
+    i, rest = int(m.group(1)), block[m.end():]
+    if any(rest) and rest != payload(i)[m.end():]:
+        return None
+    return i
 
 
 def main():

@@ -131,14 +131,14 @@ start_wanem() {
 
 # tsubame_migrate SRC DST TAG "SEND_ARGS" "RECV_ARGS": tsubame recv beside
 # VM DST, tsubame send beside VM SRC, over a fresh WAN emulator (400 Mbit/s,
-# 5 ms); reports in $T/TAG-send.json and $T/TAG-recv.json. Fails the test
-# unless both exit 0.
+# 5 ms; or $WAN_RATE, $WAN_DELAY); reports in $T/TAG-send.json and
+# $T/TAG-recv.json. Fails the test unless both exit 0.
 tsubame_migrate() {
 	local src=$1 dst=$2 tag=$3 sargs=$4 rargs=$5 rport wport rpid
 	[ -f "$T/key" ] || "$TSUBAME" keygen "$T/key" >/dev/null
 	rport=$(free_port)
 	wport=$(free_port)
-	start_wanem "$wport" "$rport" 400mbit 5ms
+	start_wanem "$wport" "$rport" "${WAN_RATE:-400mbit}" "${WAN_DELAY:-5ms}"
 	# shellcheck disable=SC2086 # the argument lists are word lists
 	"$TSUBAME" recv --listen "127.0.0.1:$rport" --qmp "$T/$dst/qmp.sock" --key "$T/key" \
 		--report "$T/$tag-recv.json" $rargs 2>"$T/$tag-recv.log" &

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A guest that writes its disk faster than the link carries (issue 18,
 # docs/disk.md "Copy mode"): memverify --diskwrite writes incompressible
-# records at $DW_RATE MiB/s (default 16) into an 8 MiB ring of a 64 MiB disk,
+# records at $DW_RATE MiB/s (default 16) into a 16 MiB ring of a 64 MiB disk,
 # over an emulated 40 Mbit/s link (5 MB/s, 10 ms each way).
 #
 # 1. --disk-copy-mode background with --timeout 10s: the mirror copies
@@ -22,7 +22,7 @@ guest_init=$(gunzip -c "$GUEST_DIR/initrd.img" | cpio -i --to-stdout init 2>/dev
 grep -q dwrate <<<"$guest_init" ||
 	skip "the guest in $GUEST_DIR has no tsb.dwrate (rebuild it: scripts/build-guest)"
 
-base=8192 blocks=2048 rate=${DW_RATE:-16}
+base=8192 blocks=4096 rate=${DW_RATE:-16}
 export WAN_RATE=40mbit WAN_DELAY=10ms
 # An empty disk: the bulk copy is zeroes, cheap; what the guest writes is
 # what loads the link.

@@ -25,8 +25,10 @@
  *   corrupt offset=<off> page=<i> ...    detail of the first bad byte, at
  *                                        most once per beat
  *   sweep <n> ok|CORRUPT ...             after each full verify pass
- *   diskwrite record <i> rate=<MiB/s>    every 2 s with --diskwrite: records
- *                                        written so far, rate since the last
+ *   diskwrite record <i> rate=<MiB/s> max_ms=<ms>
+ *                                        every 2 s with --diskwrite: newest
+ *                                        record, rate and longest write +
+ *                                        fdatasync since the last line
  *   probe <n> ok|CORRUPT count=<c> p50_us=... p99_us=... max_us=...
  *                                        every second with --probe: the
  *                                        time of first touches of cold
@@ -1031,7 +1033,7 @@ static void dw_record(const uint64_t *pool, uint64_t i, unsigned char *blk)
 static int run_diskwrite(const struct opts *o)
 {
 	uint64_t pool[PAT_PAGE_SIZE / 8], x = DW_POOL_SEED, i = 0, last_i = 0;
-	uint64_t start = now_ns(), next = start, last_report = start;
+	uint64_t start = now_ns(), next = start, last_report = start, max_ns = 0;
 	size_t len = (size_t)o->dw_batch * PAT_PAGE_SIZE;
 	unsigned char *buf = NULL;
 	unsigned j;
@@ -1057,7 +1059,7 @@ static int run_diskwrite(const struct opts *o)
 	    (unsigned long long)o->dw_base, (unsigned long long)o->dw_blocks,
 	    (unsigned long long)o->dw_batch, o->dw_rate);
 	while (!o->dw_records || i < o->dw_records) {
-		uint64_t pos = i % o->dw_blocks, n = o->dw_batch, now;
+		uint64_t pos = i % o->dw_blocks, n = o->dw_batch, now, t0;
 		ssize_t w;
 
 		if (n > o->dw_blocks - pos)
@@ -1068,6 +1070,7 @@ static int run_diskwrite(const struct opts *o)
 			break;
 		for (j = 0; j < n; j++)
 			dw_record(pool, i + j, buf + (size_t)j * PAT_PAGE_SIZE);
+		t0 = now_ns();
 		do {
 			w = pwrite(fd, buf, (size_t)n * PAT_PAGE_SIZE,
 				   (off_t)((o->dw_base + pos) * PAT_PAGE_SIZE));
@@ -1082,12 +1085,16 @@ static int run_diskwrite(const struct opts *o)
 		}
 		i += n;
 		now = now_ns();
+		if (now - t0 > max_ns)
+			max_ns = now - t0;
 		if (now - last_report >= DW_REPORT_NS) {
-			say("diskwrite record %llu rate=%.1f", (unsigned long long)(i - 1),
+			say("diskwrite record %llu rate=%.1f max_ms=%llu", (unsigned long long)(i - 1),
 			    (double)((i - last_i) * PAT_PAGE_SIZE) / (double)MIB /
-			    ((double)(now - last_report) / (double)NS_PER_SEC));
+			    ((double)(now - last_report) / (double)NS_PER_SEC),
+			    (unsigned long long)(max_ns / 1000000));
 			last_report = now;
 			last_i = i;
+			max_ns = 0;
 		}
 		if (o->dw_rate > 0) {
 			/* Paced; after a stall (a throttled disk) at most 100 ms

@@ -842,6 +842,7 @@ static int start_mirror(struct disk_send *ds, struct qmp *q, unsigned i, char *e
 {
 	static const struct nbd_server_config cfg = { .export_name = "disk" };
 	struct sdisk *d = &ds->d[i];
+	json_t *args;
 	int r;
 
 	snprintf(d->sock, sizeof(d->sock), "%s/d%u.sock", ds->dir, i);
@@ -870,11 +871,17 @@ static int start_mirror(struct disk_send *ds, struct qmp *q, unsigned i, char *e
 		return r;
 	d->node_added = true;
 	/* copy-mode (QEMU 3.0+): write-blocking paces the guest to the link. */
-	r = disk_qmp(q, "blockdev-mirror",
-		     json_pack("{s:s, s:s, s:s, s:s, s:s}", "job-id", d->job,
-			       "device", d->dev.node, "target", d->node, "sync", "full",
-			       "copy-mode", disk_copy_mode_name(ds->copy_mode)),
-		     NULL, err, errlen);
+	args = json_pack("{s:s, s:s, s:s, s:s, s:s}", "job-id", d->job, "device", d->dev.node,
+			 "target", d->node, "sync", "full",
+			 "copy-mode", disk_copy_mode_name(ds->copy_mode));
+	/*
+	 * A guest write reaches our server behind the bulk copy's requests,
+	 * each of which waits for the window: keep few of them in flight
+	 * (docs/disk.md, "Copy mode").
+	 */
+	if (args && ds->copy_mode == DISK_COPY_WRITE_BLOCKING)
+		json_object_set_new(args, "buf-size", json_integer(DISK_MIRROR_BUF_ACTIVE));
+	r = disk_qmp(q, "blockdev-mirror", args, NULL, err, errlen);
 	if (r < 0)
 		return r;
 	d->job_started = true;

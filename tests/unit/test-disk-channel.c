@@ -75,6 +75,7 @@ struct fakeqmp {
 	bool cancelled;			/* block-job-cancel: the job is gone */
 	int cancel_flush_rc;		/* its flush of the target, as QEMU's */
 	char copy_mode[32];		/* blockdev-mirror's copy-mode ("": none) */
+	json_int_t buf_size;		/* and its buf-size (0: none) */
 };
 
 static bool read_line(int fd, char *buf, size_t len)
@@ -146,7 +147,9 @@ static void *fakeqmp_main(void *arg)
 		} else if (!strcmp(cmd, "blockdev-mirror")) {
 			const char *mode = NULL;
 
-			(void)json_unpack(req, "{s:{s?s}}", "arguments", "copy-mode", &mode);
+			f->buf_size = 0;
+			(void)json_unpack(req, "{s:{s?s, s?I}}", "arguments", "copy-mode", &mode,
+					  "buf-size", &f->buf_size);
 			snprintf(f->copy_mode, sizeof(f->copy_mode), "%s", mode ? mode : "");
 			reply(fd, id, "{}");
 		} else if (!strcmp(cmd, "nbd-server-start")) {
@@ -1331,6 +1334,7 @@ static void test_send_copy(void **state)
 	assert_int_equal(rp.entries, 4 + 2);
 	/* Active mirroring unless asked otherwise (issue 18), and reported. */
 	assert_string_equal(s.fq.copy_mode, "write-blocking");
+	assert_int_equal(s.fq.buf_size, DISK_MIRROR_BUF_ACTIVE);
 	disk_send_finish(s.ds, s.q, s.report);
 	s.ds = NULL;
 	assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(
@@ -1346,6 +1350,7 @@ static void test_send_background_mode(void **state)
 	(void)state;
 	srig_up_mode(&s, DISK_COPY_BACKGROUND, true);
 	assert_string_equal(s.fq.copy_mode, "background");
+	assert_int_equal(s.fq.buf_size, 0);	/* QEMU's default */
 	disk_send_finish(s.ds, s.q, s.report);
 	s.ds = NULL;
 	assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(

@@ -39,10 +39,11 @@ done
 grep -aq 'diskwrite record' "$T/a/serial.log" || fail "the guest does not write its disk"
 "$TSUBAME" keygen "$T/key" >/dev/null
 
-# rates LOG FROM: the guest's write rates (MiB/s) reported after line FROM.
+# rates LOG FROM: the guest's write rates (MiB/s) and longest writes (ms)
+# reported after line FROM, as RATE/MAX_MS.
 rates() {
-	tail -n +"$(($2 + 1))" "$1" | grep -ao 'diskwrite record [0-9]* rate=[0-9.]*' |
-		sed 's/.*rate=//' | tr '\n' ' '
+	tail -n +"$(($2 + 1))" "$1" | grep -ao 'diskwrite record [0-9]* rate=[0-9.]* max_ms=[0-9]*' |
+		sed 's/.*rate=\([0-9.]*\) max_ms=/\1\//' | tr '\n' ' '
 }
 
 if [ "${DISK_CONVERGE_BACKGROUND:-1}" = 1 ]; then
@@ -67,7 +68,7 @@ if [ "${DISK_CONVERGE_BACKGROUND:-1}" = 1 ]; then
 		fail "background: send gave up for another reason: $(cat "$T/bg-send.log")"
 	python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["outcome"] != "timeout")' \
 		"$T/bg-send.json" || fail "background: the report's outcome is not timeout"
-	log "background: the mirror did not converge in 10 s (guest writing at $(rates "$T/a/serial.log" "$from")MiB/s)"
+	log "background: the mirror did not converge in 10 s (guest writing at MiB/s / longest write ms: $(rates "$T/a/serial.log" "$from"))"
 	# The source VM runs on: new beats, new records, nothing corrupt.
 	last=$(grep -a -o 'beat [0-9]* ok' "$T/a/serial.log" | tail -1 | awk '{print $2}')
 	wait_beat a "$last" 30 >/dev/null || fail "background: the source VM stopped"
@@ -91,7 +92,7 @@ qemu-img create -q -f raw "$T/b.img" 64M
 start_dest_vm b "$workload" --disk "$T/b.img,format=raw"
 from=$(wc -l <"$T/a/serial.log")
 tsubame_migrate a b d "--store $T/store-a --vm-id d --timeout 120s" "--store $T/store-b"
-log "write-blocking: migrated; guest write rates meanwhile (MiB/s): $(rates "$T/a/serial.log" "$from")"
+log "write-blocking: migrated; guest writing meanwhile at MiB/s / longest write ms: $(rates "$T/a/serial.log" "$from")"
 verify_after a b
 for ((i = 0; i < 600; i++)); do
 	grep -aq 'diskwrite record' "$T/b/serial.log" && break

@@ -1345,14 +1345,20 @@ static void test_send_copy(void **state)
 /* --disk-copy-mode background reaches blockdev-mirror and the report. */
 static void test_send_background_mode(void **state)
 {
+	struct responder rp = { 0 };
 	struct srig s;
+	pthread_t t;
 
 	(void)state;
 	srig_up_mode(&s, DISK_COPY_BACKGROUND, true);
 	assert_string_equal(s.fq.copy_mode, "background");
 	assert_int_equal(s.fq.buf_size, 0);	/* QEMU's default */
+	/* Someone answers the flush of the (fake) job's cancel. */
+	rp.c = s.c;
+	assert_int_equal(pthread_create(&t, NULL, responder_main, &rp), 0);
 	disk_send_finish(s.ds, s.q, s.report);
 	s.ds = NULL;
+	assert_int_equal(pthread_join(t, NULL), 0);
 	assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(
 		json_object_get(s.report, "disks"), "disks"), 0), "copy_mode")), "background");
 	srig_down(&s);

@@ -565,16 +565,15 @@ static void *keepalive_thread(void *arg)
 	return NULL;
 }
 
-/* Connects the disk channel and agrees on the disks. */
-static int connect_channel(struct disk_send *ds, const struct disk_send_options *o,
-			   char *err, size_t errlen)
+/*
+ * One connection, TLS and HELLO: 0, 1 when the peer is not the disk
+ * channel's acceptor, or -errno.
+ */
+static int open_channel(struct disk_send *ds, const struct disk_send_options *o,
+			char *err, size_t errlen)
 {
 	struct wire_hello_args hello = { 0 };
 	struct wire_hello peer;
-	struct wire_block blocks[DISK_MAX];
-	struct wire_msg m;
-	struct tsb_buf b;
-	unsigned i;
 	int fd, r;
 
 	r = wire_tcp_connect(o->host, o->port, 10000, &fd, err, errlen);
@@ -595,10 +594,38 @@ static int connect_channel(struct disk_send *ds, const struct disk_send_options 
 	}
 	if (r == 0 && !(peer.caps & WIRE_CAP_DISK)) {
 		snprintf(err, errlen, "the receiver does not take disks");
-		return -EPROTO;
+		return 1;
 	}
 	if (r < 0)
-		goto conn_err;
+		snprintf(err, errlen, "disk channel: %s", wire_conn_errmsg(ds->conn));
+	return r;
+}
+
+/* Connects the disk channel and agrees on the disks. */
+static int connect_channel(struct disk_send *ds, const struct disk_send_options *o,
+			   char *err, size_t errlen)
+{
+	struct wire_block blocks[DISK_MAX];
+	struct wire_msg m;
+	struct tsb_buf b;
+	unsigned i;
+	int r;
+
+	/*
+	 * A receiver's HELLO without DISK: its main connection's acceptor,
+	 * still busy on a loaded host when we came (a sender without a store
+	 * connects at once), took us. Its disk acceptor takes over a moment
+	 * later on the same port; an old receiver never does.
+	 */
+	for (i = 0; (r = open_channel(ds, o, err, errlen)) == 1 && i < 4; i++) {
+		wire_conn_free(ds->conn);
+		ds->conn = NULL;
+		usleep(50000u << i);
+	}
+	if (r == 1)
+		return -EPROTO;
+	if (r < 0)
+		return r;
 	/* The receiver's view: a filter of the disk blocks it holds. */
 	r = wire_conn_read_msg(ds->conn, WIRE_ROLE_RECEIVER, &m);
 	if (r <= 0)

@@ -212,6 +212,17 @@ int wire_accept_peers(const struct wire_accept_options *o, unsigned n,
 		}
 		if (poll(&p, 1, 50) <= 0)
 			continue;
+		/*
+		 * A peer may have won while we waited: what arrived since is for
+		 * the next acceptor on this port (a sender without a store opens
+		 * its disk channel at once), not a surplus peer to refuse.
+		 */
+		pthread_mutex_lock(&a.lock);
+		if (a.won == a.want) {
+			pthread_mutex_unlock(&a.lock);
+			break;
+		}
+		pthread_mutex_unlock(&a.lock);
 		r = wire_tcp_accept(o->lfd, &fd);
 		if (r < 0) {
 			if (r == -EMFILE || r == -ENFILE || r == -ENOBUFS || r == -ENOMEM)

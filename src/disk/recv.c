@@ -106,6 +106,12 @@ struct disk_recv {
 	size_t fetch_count;
 	uint8_t *fetch_out;
 	uint64_t applied, frames_in;
+	/*
+	 * Where the channel thread's time goes: waiting for frames (the link
+	 * or the sender is behind), applying them, and of that reading the
+	 * target and writing to the destination QEMU.
+	 */
+	uint64_t wait_ns, apply_ns, target_ns, write_ns;
 	/* the current write run */
 	int run_disk;
 	uint64_t run_off;
@@ -462,12 +468,14 @@ int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[WIRE
 static int run_flush(struct disk_recv *dr)
 {
 	struct rdisk *d;
+	uint64_t t0;
 	int r;
 
 	if (!dr->run_len)
 		return 0;
 	d = &dr->d[dr->run_disk];
 	d->writes++;
+	t0 = tsb_now_ns();
 	if (dr->run_zero) {
 		r = nbd_client_write_zeroes(d->cl, dr->run_off, (uint32_t)dr->run_len, 0);
 		d->bytes_zeroed += dr->run_len;
@@ -475,6 +483,7 @@ static int run_flush(struct disk_recv *dr)
 		r = nbd_client_pwrite(d->cl, dr->run.data, (uint32_t)dr->run_len, dr->run_off, 0);
 		d->bytes_written += dr->run_len;
 	}
+	dr->write_ns += tsb_now_ns() - t0;
 	dr->run_len = 0;
 	tsb_buf_reset(&dr->run);
 	if (r < 0)
@@ -512,6 +521,7 @@ static int run_add(struct disk_recv *dr, int disk, uint64_t off, uint32_t len,
 static int next_frame(struct disk_recv *dr, struct wire_msg *m)
 {
 	struct wire_frame f;
+	uint64_t t0;
 	int r;
 
 	if (wire_backlog_take(&dr->backlog, &f) == 1) {
@@ -522,7 +532,9 @@ static int next_frame(struct disk_recv *dr, struct wire_msg *m)
 		r = wire_msg_decode(f.type, f.flags, f.payload, f.len, m);
 		return r < 0 ? r : 1;
 	}
+	t0 = tsb_now_ns();
 	r = ch_read_frame(dr, &f);
+	dr->wait_ns += tsb_now_ns() - t0;
 	if (r <= 0)
 		return r;
 	if (!wire_msg_role_ok(f.type, WIRE_ROLE_SENDER))
@@ -980,6 +992,7 @@ static int apply_pages(struct disk_recv *dr, const struct wire_pages *p)
 {
 	struct need_list nl = { 0 };
 	const uint8_t *lit = NULL;
+	uint64_t t0;
 	int r;
 
 	if (p->n_data) {
@@ -988,8 +1001,10 @@ static int apply_pages(struct disk_recv *dr, const struct wire_pages *p)
 			return r;
 	}
 	r = reserve_resolved(dr, p->count);
+	t0 = tsb_now_ns();
 	if (r == 0)
 		r = read_target(dr, p);
+	dr->target_ns += tsb_now_ns() - t0;
 	if (r == 0)
 		r = check_entries(dr, p, &nl);
 	if (r == 0)
@@ -1202,6 +1217,7 @@ static int serve_channel(struct disk_recv *dr)
 {
 	struct wire_msg m;
 	char why[256] = "";
+	uint64_t t0;
 	unsigned k;
 	int r;
 
@@ -1241,7 +1257,9 @@ static int serve_channel(struct disk_recv *dr)
 			log_debug("disk channel: %s", wire_msg_name(m.type));
 		switch (m.type) {
 		case WIRE_MSG_PAGES:
+			t0 = tsb_now_ns();
 			r = apply_pages(dr, &m.u.pages);
+			dr->apply_ns += tsb_now_ns() - t0;
 			if (r == 0) {
 				dr->applied++;
 				r = send_u64(dr, WIRE_MSG_ACK, dr->applied);
@@ -1520,12 +1538,17 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 				"same", (json_int_t)d->blk_same,
 				"zero_in_place", (json_int_t)d->blk_zero_same));
 		}
-		json_object_set_new(report, "disks", json_pack("{s:o, s:b, s:s, s:I, s:I, s:I}",
+		json_object_set_new(report, "disks", json_pack(
+			"{s:o, s:b, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 			"disks", arr, "channel", dr->connected,
 			"error", dr->failed ? dr->error : "",
 			"refused", (json_int_t)dr->refused,
 			"pages_restored", (json_int_t)dr->restored,
-			"restore_map", (json_int_t)dr->wm_count));
+			"restore_map", (json_int_t)dr->wm_count,
+			"wait_ms", (json_int_t)(dr->wait_ns / 1000000),
+			"apply_ms", (json_int_t)(dr->apply_ns / 1000000),
+			"target_read_ms", (json_int_t)(dr->target_ns / 1000000),
+			"nbd_write_ms", (json_int_t)(dr->write_ns / 1000000)));
 	}
 	if (dr->lfd >= 0)
 		close(dr->lfd);

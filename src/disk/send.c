@@ -48,6 +48,12 @@ struct sdisk {
 	uint64_t writes, write_bytes, zero_bytes, flushes;
 	uint64_t blk_zero, blk_data, blk_ref, blk_small, frames, wan_bytes;
 	uint64_t ready_ms;
+	/*
+	 * Where the server thread's time goes: waiting for the window (the
+	 * receiver is behind), writing frames (the link is full) and the
+	 * rest, up to mirror_ms, encoding or waiting for QEMU's requests.
+	 */
+	uint64_t window_ns, send_ns;
 };
 
 struct pending_flush {
@@ -119,12 +125,16 @@ static void ds_fail(struct disk_send *ds, const char *fmt, ...)
 	pthread_mutex_unlock(&ds->lock);
 }
 
-/* Writes a frame; PAGES frames wait for the window and count in it. */
-static int ds_write(struct disk_send *ds, const struct tsb_buf *b, bool counted)
+/*
+ * Writes a frame; PAGES frames (d not NULL: the disk whose server thread
+ * writes) wait for the window and count in it.
+ */
+static int ds_write(struct disk_send *ds, const struct tsb_buf *b, struct sdisk *d)
 {
+	uint64_t t0 = tsb_now_ns(), t1;
 	int r;
 
-	if (counted) {
+	if (d) {
 		pthread_mutex_lock(&ds->lock);
 		while (!ds->failed && ds->sent_frames - ds->acked_frames >= DISK_WINDOW)
 			pthread_cond_wait(&ds->cond, &ds->lock);
@@ -137,10 +147,15 @@ static int ds_write(struct disk_send *ds, const struct tsb_buf *b, bool counted)
 	}
 	if (b->err)
 		return b->err;
+	t1 = tsb_now_ns();
 	pthread_mutex_lock(&ds->wlock);
 	r = wire_conn_write(ds->conn, b->data, b->len);
 	ds->last_write_ns = tsb_now_ns();
 	pthread_mutex_unlock(&ds->wlock);
+	if (d) {
+		d->window_ns += t1 - t0;
+		d->send_ns += ds->last_write_ns - t1;
+	}
 	if (r < 0) {
 		ds_fail(ds, "disk channel: %s", wire_conn_errmsg(ds->conn));
 		return -EIO;
@@ -163,7 +178,7 @@ static int flush_batch(struct sdisk *d)
 	}
 	d->frames++;
 	d->wan_bytes += d->out.len;
-	return ds_write(d->ds, &d->out, true);
+	return ds_write(d->ds, &d->out, d);
 }
 
 static int use_page_size(struct sdisk *d, uint32_t ps)
@@ -312,7 +327,7 @@ static int start_flush(struct sdisk *d, struct nbd_io *io)
 	d->flushes++;
 	tsb_buf_init(&b);
 	wire_encode_u64(&b, WIRE_MSG_PING, token);
-	r = ds_write(ds, &b, false);
+	r = ds_write(ds, &b, NULL);
 	tsb_buf_fini(&b);
 	/* Even on failure: ds_fail() completed the held io (with EIO). */
 	(void)r;
@@ -438,7 +453,7 @@ static int serve_need(struct disk_send *ds, const struct wire_need *need)
 	tsb_buf_init(&b);
 	r = wire_need_answer(need, BLOCK, need_lookup, ds, z, &b);
 	if (r == 0) {
-		r = ds_write(ds, &b, false);
+		r = ds_write(ds, &b, NULL);
 		ds->need_served += need->count;
 	}
 	tsb_buf_fini(&b);
@@ -556,7 +571,7 @@ static void *keepalive_thread(void *arg)
 		if (tsb_now_ns() - last > DISK_KEEPALIVE_MS * 1000000ull) {
 			tsb_buf_reset(&b);
 			wire_encode_u64(&b, WIRE_MSG_PING, DISK_TOKEN_KEEPALIVE | ++n);
-			if (ds_write(ds, &b, false) < 0)
+			if (ds_write(ds, &b, NULL) < 0)
 				break;
 		}
 		usleep(200000);
@@ -1077,7 +1092,7 @@ int disk_send_switchover(struct disk_send *ds, struct qmp *q, char *err, size_t 
 	pthread_mutex_unlock(&ds->lock);
 	tsb_buf_init(&b);
 	wire_encode_status(&b, WIRE_MSG_DONE, WIRE_CODE_OK, "disks complete");
-	r = ds_write(ds, &b, false);
+	r = ds_write(ds, &b, NULL);
 	tsb_buf_fini(&b);
 	if (r < 0) {
 		disk_send_failed(ds, err, errlen);
@@ -1145,7 +1160,8 @@ static json_t *make_report(struct disk_send *ds)
 		struct sdisk *d = &ds->d[i];
 
 		json_array_append_new(arr, json_pack(
-			"{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I}",
+			"{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I, "
+			"s:I, s:I}",
 			"device", d->dev.device, "format", d->dev.format,
 			"copy_mode", disk_copy_mode_name(ds->copy_mode),
 			"size", (json_int_t)d->dev.size,
@@ -1156,7 +1172,9 @@ static json_t *make_report(struct disk_send *ds)
 			"frame_bytes", (json_int_t)d->wan_bytes,
 			"blocks", "zero", (json_int_t)d->blk_zero, "data", (json_int_t)d->blk_data,
 			"ref", (json_int_t)d->blk_ref, "sector", (json_int_t)d->blk_small,
-			"flushes", (json_int_t)d->flushes));
+			"flushes", (json_int_t)d->flushes,
+			"window_wait_ms", (json_int_t)(d->window_ns / 1000000),
+			"channel_write_ms", (json_int_t)(d->send_ns / 1000000)));
 	}
 	return json_pack("{s:o, s:I, s:I, s:I, s:I, s:b}", "disks", arr,
 			 "mirror_ms", (json_int_t)ds->mirror_ms,

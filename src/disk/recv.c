@@ -32,6 +32,13 @@
 /* Largest write we hand the destination QEMU at once. */
 #define RUN_MAX (4u << 20)
 /*
+ * Requests in flight to the destination QEMU per disk. One at a time, a
+ * frame of changed blocks scattered among unchanged ones (a run breaks at
+ * each block in place) cost one local round trip per block and left the
+ * link idle behind the window: the receiver was the bottleneck (bench D1).
+ */
+#define NBD_INFLIGHT 16
+/*
  * The target under a frame's REF, SAME and ZERO entries is read in
  * ranges of at most TGT_READ_MAX bytes (neighbours up to TGT_GAP apart
  * share a read), TGT_MAX bytes a frame at most: a frame of 256 ZERO
@@ -64,6 +71,23 @@ struct rdisk {
 	uint64_t bytes_checked;		/* target bytes read to find blocks in place */
 	uint64_t blk_zero, blk_data, blk_ref, blk_need, blk_same, blk_zero_same;
 };
+
+/*
+ * A request to the destination QEMU not collected yet. NBD does not order
+ * concurrent requests: a range is never read or written while a write
+ * overlapping it is in flight (fl_overlaps).
+ */
+struct fl_req {
+	uint64_t cookie;
+	int k;			/* d[] index */
+	bool write;		/* WRITE or WRITE_ZEROES; else a READ of the target */
+	int buf;		/* the wbuf[] a WRITE's data is in; else -1 */
+	uint64_t off, len;
+};
+
+/* Which requests fl_drain() waits for: these, or those whose data is in wbuf[n]. */
+#define FL_ALL (-1)
+#define FL_READS (-2)
 
 /* hash -> where it was written (page-cache restore); under disk_recv.lock. */
 struct wmap_entry {
@@ -98,7 +122,7 @@ struct disk_recv {
 	unsigned refused;		/* connections refused while accepting (lock) */
 
 	struct wire_zstd *z;
-	struct tsb_buf lit, hd, run, cur;
+	struct tsb_buf lit, hd, cur;
 	struct wire_backlog backlog;	/* frames read while a NEED waited (wire/need.h) */
 	unsigned bl_pages, bl_other;	/* PAGES and other frames in the backlog */
 	/* fetch(): what it waits for, and where the answer's blocks go. */
@@ -112,11 +136,24 @@ struct disk_recv {
 	 * target and writing to the destination QEMU.
 	 */
 	uint64_t wait_ns, apply_ns, target_ns, write_ns;
-	/* the current write run */
+	/*
+	 * Requests in flight (the writes of the last frames, the reads of this
+	 * one's target), and the data of the writes: frames fill wbuf[0] and
+	 * wbuf[1] in turn, each reused once the writes of the frame before the
+	 * last are done (it never moves while a write points into it).
+	 */
+	struct fl_req fl[DISK_MAX * NBD_INFLIGHT];
+	unsigned n_fl, n_fl_reads;
+	bool tgt_failed;		/* a READ of this frame's target failed */
+	struct tsb_buf wbuf[2];
+	unsigned wcur;			/* the one this frame fills */
+	uint64_t frames_written;
+	/* the current write run: run_len bytes at run_off, its data at wbuf[wcur] + run_at */
 	int run_disk;
 	uint64_t run_off;
 	bool run_zero;
 	uint64_t run_len;
+	size_t run_at;
 	uint8_t *resolved;		/* count * BLOCK for REF entries */
 	bool *same;			/* count: already there, no write */
 	size_t *tgt_at;			/* count: the entry's target in tgt, or TGT_NONE */
@@ -463,32 +500,157 @@ int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[WIRE
 	return 0;
 }
 
+/* ---- requests to the destination QEMU ---- */
+
+static const char *nbd_why(struct rdisk *d, int r)
+{
+	return nbd_client_error(d->cl)[0] ? nbd_client_error(d->cl) : strerror(-r);
+}
+
+/*
+ * Collects one finished request of disk k (one must be pending). A failed
+ * write, or a lost connection, fails the channel; a failed read only means
+ * that this frame's entries are written without checking the target.
+ */
+static int fl_collect(struct disk_recv *dr, int k)
+{
+	struct rdisk *d = &dr->d[k];
+	struct nbd_completion c;
+	struct fl_req q;
+	unsigned i;
+	int r;
+
+	r = nbd_client_wait(d->cl, &c);
+	if (r < 0) {
+		dr_fail(dr, "disk %s: the destination QEMU's export: %s", d->dev.device,
+			nbd_why(d, r));
+		return r;
+	}
+	for (i = 0; i < dr->n_fl; i++)
+		if (dr->fl[i].k == k && dr->fl[i].cookie == c.cookie)
+			break;
+	if (i == dr->n_fl) {
+		dr_fail(dr, "disk %s: a reply to a request not made", d->dev.device);
+		return -EPROTO;
+	}
+	q = dr->fl[i];
+	dr->fl[i] = dr->fl[--dr->n_fl];
+	if (!q.write) {
+		dr->n_fl_reads--;
+		if (c.err)
+			dr->tgt_failed = true;
+		return 0;
+	}
+	if (c.err) {
+		dr_fail(dr, "disk %s: writing to the destination QEMU: %s", d->dev.device,
+			strerror(-c.err));
+		return c.err;
+	}
+	return 0;
+}
+
+/*
+ * Collects the pending requests of disk k (k < 0: of every disk) that
+ * which selects: FL_ALL, FL_READS, or the writes from wbuf[which].
+ */
+static int fl_drain(struct disk_recv *dr, int k, int which)
+{
+	const struct fl_req *q;
+	unsigned i;
+	int r;
+
+	for (;;) {
+		for (i = 0; i < dr->n_fl; i++) {
+			q = &dr->fl[i];
+			if ((k < 0 || q->k == k) &&
+			    (which == FL_ALL || (which == FL_READS ? !q->write : q->buf == which)))
+				break;
+		}
+		if (i == dr->n_fl)
+			return 0;
+		r = fl_collect(dr, dr->fl[i].k);
+		if (r < 0)
+			return r;
+	}
+}
+
+/* True when a write in flight on disk k overlaps [off, off + len). */
+static bool fl_overlaps(const struct disk_recv *dr, int k, uint64_t off, uint64_t len)
+{
+	unsigned i;
+
+	for (i = 0; i < dr->n_fl; i++)
+		if (dr->fl[i].write && dr->fl[i].k == k && off < dr->fl[i].off + dr->fl[i].len &&
+		    dr->fl[i].off < off + len)
+			return true;
+	return false;
+}
+
+/*
+ * Sends a request to disk k without waiting for it (wdata or rbuf must
+ * stay valid until it is collected). A range a write in flight overlaps
+ * waits for that disk's requests first.
+ */
+static int fl_submit(struct disk_recv *dr, int k, uint16_t type, uint64_t off, uint32_t len,
+		     const void *wdata, void *rbuf)
+{
+	struct rdisk *d = &dr->d[k];
+	unsigned i, n;
+	int r;
+
+	if (fl_overlaps(dr, k, off, len)) {
+		r = fl_drain(dr, k, FL_ALL);
+		if (r < 0)
+			return r;
+	}
+	for (;;) {
+		for (n = 0, i = 0; i < dr->n_fl; i++)
+			n += dr->fl[i].k == k;
+		if (n < NBD_INFLIGHT)
+			break;
+		r = fl_collect(dr, k);
+		if (r < 0)
+			return r;
+	}
+	r = nbd_client_submit(d->cl, type, 0, off, len, wdata, rbuf, NULL, 0,
+			      &dr->fl[dr->n_fl].cookie);
+	if (r < 0) {
+		dr_fail(dr, "disk %s: the destination QEMU's export: %s", d->dev.device,
+			nbd_why(d, r));
+		return r;
+	}
+	dr->fl[dr->n_fl].k = k;
+	dr->fl[dr->n_fl].write = type != NBD_CMD_READ;
+	dr->fl[dr->n_fl].buf = type == NBD_CMD_WRITE ? (int)dr->wcur : -1;
+	dr->fl[dr->n_fl].off = off;
+	dr->fl[dr->n_fl].len = len;
+	dr->n_fl++;
+	dr->n_fl_reads += type == NBD_CMD_READ;
+	return 0;
+}
+
 /* ---- applying writes ---- */
 
+/* Sends the current run as one WRITE or WRITE_ZEROES (not waiting for it). */
 static int run_flush(struct disk_recv *dr)
 {
 	struct rdisk *d;
-	uint64_t t0;
 	int r;
 
 	if (!dr->run_len)
 		return 0;
 	d = &dr->d[dr->run_disk];
 	d->writes++;
-	t0 = tsb_now_ns();
 	if (dr->run_zero) {
-		r = nbd_client_write_zeroes(d->cl, dr->run_off, (uint32_t)dr->run_len, 0);
+		r = fl_submit(dr, dr->run_disk, NBD_CMD_WRITE_ZEROES, dr->run_off,
+			      (uint32_t)dr->run_len, NULL, NULL);
 		d->bytes_zeroed += dr->run_len;
 	} else {
-		r = nbd_client_pwrite(d->cl, dr->run.data, (uint32_t)dr->run_len, dr->run_off, 0);
+		r = fl_submit(dr, dr->run_disk, NBD_CMD_WRITE, dr->run_off, (uint32_t)dr->run_len,
+			      dr->wbuf[dr->wcur].data + dr->run_at, NULL);
 		d->bytes_written += dr->run_len;
 	}
-	dr->write_ns += tsb_now_ns() - t0;
 	dr->run_len = 0;
-	tsb_buf_reset(&dr->run);
-	if (r < 0)
-		dr_fail(dr, "disk %s: writing to the destination QEMU: %s", d->dev.device,
-			nbd_client_error(d->cl)[0] ? nbd_client_error(d->cl) : strerror(-r));
 	return r;
 }
 
@@ -496,6 +658,7 @@ static int run_flush(struct disk_recv *dr)
 static int run_add(struct disk_recv *dr, int disk, uint64_t off, uint32_t len,
 		   const uint8_t *data)
 {
+	struct tsb_buf *w = &dr->wbuf[dr->wcur];
 	bool zero = !data;
 	int r;
 
@@ -506,12 +669,19 @@ static int run_add(struct disk_recv *dr, int disk, uint64_t off, uint32_t len,
 		if (r < 0)
 			return r;
 	}
+	if (!zero && w->len + len > w->cap) {
+		/* w grows (moves): no write may point into it. Not expected (write_entries). */
+		r = fl_drain(dr, -1, (int)dr->wcur);
+		if (r < 0)
+			return r;
+	}
 	if (!dr->run_len) {
 		dr->run_disk = disk;
 		dr->run_off = off;
 		dr->run_zero = zero;
+		dr->run_at = w->len;
 	}
-	if (!zero && tsb_buf_append(&dr->run, data, len) < 0)
+	if (!zero && tsb_buf_append(w, data, len) < 0)
 		return -ENOMEM;
 	dr->run_len += len;
 	return 0;
@@ -726,6 +896,7 @@ static int read_target(struct disk_recv *dr, const struct wire_pages *p)
 	const uint64_t ps = p->page_size;
 	struct tgt_read *cur = NULL;
 	size_t i = 0, n_tr = 0, total = 0, t;
+	int r;
 
 	wire_pages_iter_init(p, &it);
 	while (wire_pages_next(&it, &e)) {
@@ -771,18 +942,28 @@ static int read_target(struct disk_recv *dr, const struct wire_pages *p)
 		return 0;
 	if (!tsb_buf_extend(&dr->tgt, total))
 		return -ENOMEM;
+	/*
+	 * All at once, while the last frame's writes complete (a read that one
+	 * of them overlaps waits for them: fl_submit).
+	 */
+	dr->tgt_failed = false;
 	for (t = 0; t < n_tr; t++) {
-		struct rdisk *d = &dr->d[dr->tr[t].k];
-
-		if (nbd_client_pread(d->cl, dr->tgt.data + dr->tr[t].at,
-				     (uint32_t)dr->tr[t].len, dr->tr[t].lo) < 0) {
-			/* No shortcut: everything written as usual. */
-			for (i = 0; i < p->count; i++)
-				dr->tgt_at[i] = TGT_NONE;
-			break;
-		}
-		d->bytes_checked += dr->tr[t].len;
+		r = fl_submit(dr, dr->tr[t].k, NBD_CMD_READ, dr->tr[t].lo,
+			      (uint32_t)dr->tr[t].len, NULL, dr->tgt.data + dr->tr[t].at);
+		if (r < 0)
+			return r;
 	}
+	r = fl_drain(dr, -1, FL_READS);
+	if (r < 0)
+		return r;
+	if (dr->tgt_failed) {
+		/* No shortcut: everything written as usual. */
+		for (i = 0; i < p->count; i++)
+			dr->tgt_at[i] = TGT_NONE;
+		return 0;
+	}
+	for (t = 0; t < n_tr; t++)
+		dr->d[dr->tr[t].k].bytes_checked += dr->tr[t].len;
 	return 0;
 }
 
@@ -958,14 +1139,27 @@ static int write_ref(struct disk_recv *dr, const struct wire_page_entry *e, int 
 	return r;
 }
 
-/* Pass 2: writes every entry (checked in pass 1), coalescing neighbours. */
+/*
+ * Pass 2: writes every entry (checked in pass 1), coalescing neighbours.
+ * The writes are sent without waiting for them: they complete while the
+ * next frames arrive and are checked. The frame before the last filled
+ * the wbuf this one fills: its writes are collected first.
+ */
 static int write_entries(struct disk_recv *dr, const struct wire_pages *p, const uint8_t *lit)
 {
 	struct wire_page_iter it;
 	struct wire_page_entry e;
 	size_t i = 0;
-	int r = 0;
+	int r;
 
+	dr->wcur = (unsigned)(dr->frames_written++ & 1);
+	r = fl_drain(dr, -1, (int)dr->wcur);
+	if (r < 0)
+		return r;
+	tsb_buf_reset(&dr->wbuf[dr->wcur]);
+	/* A frame's data (at most a page per entry) fits: wbuf never moves under a write. */
+	if (tsb_buf_reserve(&dr->wbuf[dr->wcur], (size_t)p->count * p->page_size) < 0)
+		return -ENOMEM;
 	wire_pages_iter_init(p, &it);
 	while (r == 0 && wire_pages_next(&it, &e)) {
 		int k = map_disk(dr, e.block);
@@ -1009,16 +1203,27 @@ static int apply_pages(struct disk_recv *dr, const struct wire_pages *p)
 		r = check_entries(dr, p, &nl);
 	if (r == 0)
 		r = fetch_needed(dr, &nl);
+	t0 = tsb_now_ns();
 	if (r == 0)
 		r = write_entries(dr, p, lit);
+	dr->write_ns += tsb_now_ns() - t0;
 	free(nl.hash);
 	free(nl.idx);
 	return r;
 }
 
-static int flush_disk(struct disk_recv *dr, struct rdisk *d)
+/*
+ * Every write sent to disk k completed, then NBD FLUSH: an NBD server
+ * flushes only the writes it has replied to before the flush.
+ */
+static int flush_disk(struct disk_recv *dr, int k)
 {
-	int r = nbd_client_flush(d->cl);
+	struct rdisk *d = &dr->d[k];
+	int r = fl_drain(dr, k, FL_ALL);
+
+	if (r < 0)
+		return r;
+	r = nbd_client_flush(d->cl);
 
 	d->flushes++;
 	if (r < 0)
@@ -1064,7 +1269,7 @@ static int take_blocks(struct disk_recv *dr, const struct wire_blocks *bl, char 
 			return -EPROTO;
 		}
 		cc.export_name = dr->d[k].dev.device;
-		cc.max_inflight = 4;
+		cc.max_inflight = NBD_INFLIGHT;
 		r = ch_nbd_connect(dr, k, &cc, &dr->d[k].cl, why, whylen);
 		if (r < 0)
 			return r;
@@ -1266,7 +1471,7 @@ static int serve_channel(struct disk_recv *dr)
 			}
 			break;
 		case WIRE_MSG_PING:
-			/* Flush marker: every earlier write is applied (synchronously). */
+			/* Flush marker: flush_disk() waits for every earlier write of the disk. */
 			r = 0;
 			if (m.u.ping && !(m.u.ping & DISK_TOKEN_KEEPALIVE)) {
 				int kd = map_disk(dr, (uint16_t)(m.u.ping >> 48));
@@ -1276,7 +1481,7 @@ static int serve_channel(struct disk_recv *dr)
 						"not in BLOCKS", (unsigned)(m.u.ping >> 48));
 					r = -EPROTO;
 				} else {
-					r = flush_disk(dr, &dr->d[kd]);
+					r = flush_disk(dr, kd);
 				}
 			}
 			if (r == 0)
@@ -1286,7 +1491,7 @@ static int serve_channel(struct disk_recv *dr)
 			r = 0;
 			for (k = 0; k < dr->n && r == 0; k++)
 				if (dr->d[k].used)
-					r = flush_disk(dr, &dr->d[k]);
+					r = flush_disk(dr, (int)k);
 			if (r == 0) {
 				struct tsb_buf b;
 
@@ -1347,7 +1552,8 @@ static struct disk_recv *dr_new(int lfd)
 	wire_backlog_init(&dr->backlog);
 	tsb_buf_init(&dr->lit);
 	tsb_buf_init(&dr->hd);
-	tsb_buf_init(&dr->run);
+	tsb_buf_init(&dr->wbuf[0]);
+	tsb_buf_init(&dr->wbuf[1]);
 	tsb_buf_init(&dr->cur);
 	tsb_buf_init(&dr->tgt);
 	dr->z = wire_zstd_new(1);
@@ -1561,7 +1767,8 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 	wire_zstd_free(dr->z);
 	tsb_buf_fini(&dr->lit);
 	tsb_buf_fini(&dr->hd);
-	tsb_buf_fini(&dr->run);
+	tsb_buf_fini(&dr->wbuf[0]);
+	tsb_buf_fini(&dr->wbuf[1]);
 	tsb_buf_fini(&dr->cur);
 	tsb_buf_fini(&dr->tgt);
 	free(dr->resolved);

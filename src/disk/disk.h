@@ -16,7 +16,7 @@
  *   PING/PONG  flush: token = disk << 48 | n; PONG once every earlier
  *              write is applied and the destination flushed the disk;
  *              keepalive: token has DISK_TOKEN_KEEPALIVE, PONG only
- *   ACK        frames applied (the sender keeps <= DISK_WINDOW unacked)
+ *   ACK        frames applied (the sender's window: DISK_WINDOW*)
  *   DONE       end: the sender's after the last write, the receiver's
  *              once everything is applied and flushed
  *   ERROR/CANCEL  failure
@@ -35,8 +35,18 @@ struct wire_tls;
 struct diskindex;
 
 #define DISK_MAX 8
-/* Frames the sender may have sent that the receiver has not applied yet. */
-#define DISK_WINDOW 16
+/*
+ * The sender's window: PAGES frames sent that the receiver has not applied
+ * yet, at most DISK_WINDOW frames, DISK_WINDOW_BYTES bytes (one larger
+ * frame alone) and DISK_WINDOW_REFS REF entries (the sender keeps the
+ * content of its last 2 x DISK_WINDOW_REFS REFs to answer NEEDs). Frames
+ * of a return migration are mostly REFs and small (1 MiB of disk with 10%
+ * changed: ~116 KB), so a window of 16 frames held less than the bytes a
+ * 100 Mbit/s, 50 ms path keeps in flight plus the receiver's work.
+ */
+#define DISK_WINDOW 64
+#define DISK_WINDOW_BYTES (16u << 20)
+#define DISK_WINDOW_REFS (32u * DISK_BATCH)
 /* PING tokens with this bit are keepalives (PONG only, no flush). */
 #define DISK_TOKEN_KEEPALIVE (1ull << 63)
 #define DISK_KEEPALIVE_MS 3000

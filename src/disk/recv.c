@@ -50,8 +50,8 @@
 #define TGT_NONE SIZE_MAX
 /*
  * Frames kept while a NEED is answered: the sender has at most DISK_WINDOW
- * PAGES frames unacknowledged, besides a few PINGs (flushes, keepalives)
- * and its DONE. More is a broken or hostile sender.
+ * PAGES frames of DISK_WINDOW_BYTES unacknowledged, besides a few PINGs
+ * (flushes, keepalives) and its DONE. More is a broken or hostile sender.
  */
 #define BACKLOG_MAX_PAGES DISK_WINDOW
 #define BACKLOG_MAX_OTHER 256
@@ -125,6 +125,7 @@ struct disk_recv {
 	struct tsb_buf lit, hd, cur;
 	struct wire_backlog backlog;	/* frames read while a NEED waited (wire/need.h) */
 	unsigned bl_pages, bl_other;	/* PAGES and other frames in the backlog */
+	uint64_t bl_page_bytes;		/* the bytes of those PAGES */
 	/* fetch(): what it waits for, and where the answer's blocks go. */
 	const uint8_t (*fetch_hashes)[WIRE_HASH_LEN];
 	size_t fetch_count;
@@ -695,10 +696,12 @@ static int next_frame(struct disk_recv *dr, struct wire_msg *m)
 	int r;
 
 	if (wire_backlog_take(&dr->backlog, &f) == 1) {
-		if (f.type == WIRE_MSG_PAGES)
+		if (f.type == WIRE_MSG_PAGES) {
 			dr->bl_pages--;
-		else
+			dr->bl_page_bytes -= f.len;
+		} else {
 			dr->bl_other--;
+		}
 		r = wire_msg_decode(f.type, f.flags, f.payload, f.len, m);
 		return r < 0 ? r : 1;
 	}
@@ -756,10 +759,18 @@ static int fetch_may_keep(void *opaque, const struct wire_frame *f, const struct
 			DISK_WINDOW);
 		return -EMSGSIZE;
 	}
-	if (pages)
+	/* The frame being applied is unacknowledged too: the rest fits in the window's bytes. */
+	if (pages && dr->bl_page_bytes + f->len > DISK_WINDOW_BYTES) {
+		dr_fail(dr, "disk channel: the sender sent more than %u bytes of PAGES while a "
+			"NEED was waiting for its answer (its window)", DISK_WINDOW_BYTES);
+		return -EMSGSIZE;
+	}
+	if (pages) {
 		dr->bl_pages++;
-	else
+		dr->bl_page_bytes += f->len;
+	} else {
 		dr->bl_other++;
+	}
 	return 0;
 }
 

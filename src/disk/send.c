@@ -26,7 +26,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#define RING_BLOCKS (DISK_WINDOW * DISK_BATCH * 2)
+/*
+ * The REFs kept to answer NEEDs, in wire order: a NEED names REFs of the
+ * oldest frame not acknowledged, and the window holds every REF sent
+ * since (at most DISK_WINDOW_REFS).
+ */
+#define RING_BLOCKS DISK_WINDOW_REFS
 #define MAX_FLUSHES 64
 #define BLOCK ((unsigned)WIRE_PAGE_SIZE)
 
@@ -43,6 +48,14 @@ struct sdisk {
 	struct wire_pages_builder pb;
 	struct wire_zstd *z;
 	struct tsb_buf out;
+	/*
+	 * The REF entries of the batch being built: their hashes and blocks
+	 * (in the NBD request being encoded: a batch never outlives it), put in
+	 * the ring when the batch goes on the wire.
+	 */
+	unsigned out_refs;
+	uint8_t out_hash[DISK_BATCH][WIRE_HASH_LEN];
+	const uint8_t *out_data[DISK_BATCH];
 	uint64_t flush_seq;
 	/* statistics (server thread only, read after it ends) */
 	uint64_t writes, write_bytes, zero_bytes, flushes;
@@ -67,7 +80,17 @@ struct disk_send {
 	pthread_mutex_t wlock;		/* writes on conn */
 	pthread_mutex_t lock;		/* everything below */
 	pthread_cond_t cond;
-	uint64_t sent_frames, acked_frames;
+	/*
+	 * The window: frames let through (sent_frames), put on the wire
+	 * (wire_frames, in the order the receiver applies and ACKs them) and
+	 * acknowledged; the bytes and REFs of the unacknowledged ones, and of
+	 * each on the wire by its number modulo DISK_WINDOW.
+	 */
+	uint64_t sent_frames, wire_frames, acked_frames;
+	uint64_t unacked_bytes, unacked_refs;
+	struct {
+		uint32_t bytes, refs;
+	} unacked[DISK_WINDOW];
 	bool failed, peer_done, reader_started;
 	bool sent_done;			/* our DONE is on its way: the receiver's may come */
 	/*
@@ -125,30 +148,67 @@ static void ds_fail(struct disk_send *ds, const char *fmt, ...)
 	pthread_mutex_unlock(&ds->lock);
 }
 
+static void ring_put(struct disk_send *ds, const uint8_t *hash, const uint8_t *data)
+{
+	pthread_mutex_lock(&ds->lock);
+	memcpy(ds->rhash[ds->rpos], hash, WIRE_HASH_LEN);
+	memcpy(ds->rdata + ds->rpos * (size_t)BLOCK, data, BLOCK);
+	ds->rpos = (ds->rpos + 1) % RING_BLOCKS;
+	if (ds->rcount < RING_BLOCKS)
+		ds->rcount++;
+	pthread_mutex_unlock(&ds->lock);
+}
+
+/* True when a frame of len bytes with refs REF entries fits in the window (under lock). */
+static bool window_open(const struct disk_send *ds, size_t len, unsigned refs)
+{
+	if (ds->sent_frames == ds->acked_frames)
+		return true;	/* alone, any frame goes */
+	return ds->sent_frames - ds->acked_frames < DISK_WINDOW &&
+	       ds->unacked_bytes + len <= DISK_WINDOW_BYTES &&
+	       ds->unacked_refs + refs <= DISK_WINDOW_REFS;
+}
+
 /*
  * Writes a frame; PAGES frames (d not NULL: the disk whose server thread
- * writes) wait for the window and count in it.
+ * writes its batch, with refs REF entries) wait for the window and count
+ * in it, and their REFs go into the ring.
  */
-static int ds_write(struct disk_send *ds, const struct tsb_buf *b, struct sdisk *d)
+static int ds_write(struct disk_send *ds, const struct tsb_buf *b, struct sdisk *d,
+		    unsigned refs)
 {
+	unsigned i;
 	uint64_t t0 = tsb_now_ns(), t1;
 	int r;
 
+	if (b->err)
+		return b->err;
 	if (d) {
 		pthread_mutex_lock(&ds->lock);
-		while (!ds->failed && ds->sent_frames - ds->acked_frames >= DISK_WINDOW)
+		while (!ds->failed && !window_open(ds, b->len, refs))
 			pthread_cond_wait(&ds->cond, &ds->lock);
 		r = ds->failed ? -EIO : 0;
-		if (r == 0)
+		if (r == 0) {
 			ds->sent_frames++;
+			ds->unacked_bytes += b->len;
+			ds->unacked_refs += refs;
+		}
 		pthread_mutex_unlock(&ds->lock);
 		if (r < 0)
 			return r;
 	}
-	if (b->err)
-		return b->err;
 	t1 = tsb_now_ns();
 	pthread_mutex_lock(&ds->wlock);
+	if (d) {
+		/* Numbered in wire order: ACK n means the first n frames on the wire. */
+		pthread_mutex_lock(&ds->lock);
+		ds->unacked[ds->wire_frames % DISK_WINDOW].bytes = (uint32_t)b->len;
+		ds->unacked[ds->wire_frames % DISK_WINDOW].refs = refs;
+		ds->wire_frames++;
+		pthread_mutex_unlock(&ds->lock);
+		for (i = 0; i < refs && ds->rdata; i++)
+			ring_put(ds, d->out_hash[i], d->out_data[i]);
+	}
 	r = wire_conn_write(ds->conn, b->data, b->len);
 	ds->last_write_ns = tsb_now_ns();
 	pthread_mutex_unlock(&ds->wlock);
@@ -165,6 +225,7 @@ static int ds_write(struct disk_send *ds, const struct tsb_buf *b, struct sdisk 
 
 static int flush_batch(struct sdisk *d)
 {
+	unsigned refs;
 	int r;
 
 	if (!d->pb.count)
@@ -173,12 +234,15 @@ static int flush_batch(struct sdisk *d)
 	r = wire_pages_encode(&d->pb, &d->out, d->z);
 	wire_pages_builder_reset(&d->pb);
 	if (r < 0) {
+		d->out_refs = 0;
 		ds_fail(d->ds, "encoding a batch: %s", strerror(-r));
 		return -EIO;
 	}
 	d->frames++;
 	d->wan_bytes += d->out.len;
-	return ds_write(d->ds, &d->out, d);
+	refs = d->out_refs;
+	d->out_refs = 0;
+	return ds_write(d->ds, &d->out, d, refs);
 }
 
 static int use_page_size(struct sdisk *d, uint32_t ps)
@@ -206,17 +270,6 @@ static int use_page_size(struct sdisk *d, uint32_t ps)
 		}							\
 	}								\
 	_r; })
-
-static void ring_put(struct disk_send *ds, const uint8_t *hash, const uint8_t *data)
-{
-	pthread_mutex_lock(&ds->lock);
-	memcpy(ds->rhash[ds->rpos], hash, WIRE_HASH_LEN);
-	memcpy(ds->rdata + ds->rpos * (size_t)BLOCK, data, BLOCK);
-	ds->rpos = (ds->rpos + 1) % RING_BLOCKS;
-	if (ds->rcount < RING_BLOCKS)
-		ds->rcount++;
-	pthread_mutex_unlock(&ds->lock);
-}
 
 static int encode_write(struct sdisk *d, uint64_t off, uint32_t len, const uint8_t *data)
 {
@@ -252,7 +305,11 @@ static int encode_write(struct sdisk *d, uint64_t off, uint32_t len, const uint8
 			if (ds->has_filter && tsb_filter_maybe(&ds->filter, hash)) {
 				r = ADD(d, wire_pages_add_ref(&d->pb, d->idx, 0, o,
 							      WIRE_ENC_REF, hash));
-				ring_put(ds, hash, p);
+				if (r == 0) {
+					/* In the batch ADD left it in (it may have sent the last). */
+					memcpy(d->out_hash[d->out_refs], hash, WIRE_HASH_LEN);
+					d->out_data[d->out_refs++] = p;
+				}
 				d->blk_ref++;
 			} else {
 				r = ADD(d, wire_pages_add_data(&d->pb, d->idx, 0, o, p));
@@ -327,7 +384,7 @@ static int start_flush(struct sdisk *d, struct nbd_io *io)
 	d->flushes++;
 	tsb_buf_init(&b);
 	wire_encode_u64(&b, WIRE_MSG_PING, token);
-	r = ds_write(ds, &b, NULL);
+	r = ds_write(ds, &b, NULL, 0);
 	tsb_buf_fini(&b);
 	/* Even on failure: ds_fail() completed the held io (with EIO). */
 	(void)r;
@@ -453,7 +510,7 @@ static int serve_need(struct disk_send *ds, const struct wire_need *need)
 	tsb_buf_init(&b);
 	r = wire_need_answer(need, BLOCK, need_lookup, ds, z, &b);
 	if (r == 0) {
-		r = ds_write(ds, &b, NULL);
+		r = ds_write(ds, &b, NULL, 0);
 		ds->need_served += need->count;
 	}
 	tsb_buf_fini(&b);
@@ -492,9 +549,11 @@ static void *reader_thread(void *arg)
 		switch (m.type) {
 		case WIRE_MSG_ACK:
 			pthread_mutex_lock(&ds->lock);
-			bad = m.u.ack > ds->sent_frames;
-			if (!bad && m.u.ack > ds->acked_frames)
-				ds->acked_frames = m.u.ack;
+			bad = m.u.ack > ds->wire_frames;
+			for (; !bad && ds->acked_frames < m.u.ack; ds->acked_frames++) {
+				ds->unacked_bytes -= ds->unacked[ds->acked_frames % DISK_WINDOW].bytes;
+				ds->unacked_refs -= ds->unacked[ds->acked_frames % DISK_WINDOW].refs;
+			}
 			pthread_cond_broadcast(&ds->cond);
 			pthread_mutex_unlock(&ds->lock);
 			if (bad) {
@@ -571,7 +630,7 @@ static void *keepalive_thread(void *arg)
 		if (tsb_now_ns() - last > DISK_KEEPALIVE_MS * 1000000ull) {
 			tsb_buf_reset(&b);
 			wire_encode_u64(&b, WIRE_MSG_PING, DISK_TOKEN_KEEPALIVE | ++n);
-			if (ds_write(ds, &b, NULL) < 0)
+			if (ds_write(ds, &b, NULL, 0) < 0)
 				break;
 		}
 		usleep(200000);
@@ -1092,7 +1151,7 @@ int disk_send_switchover(struct disk_send *ds, struct qmp *q, char *err, size_t 
 	pthread_mutex_unlock(&ds->lock);
 	tsb_buf_init(&b);
 	wire_encode_status(&b, WIRE_MSG_DONE, WIRE_CODE_OK, "disks complete");
-	r = ds_write(ds, &b, NULL);
+	r = ds_write(ds, &b, NULL, 0);
 	tsb_buf_fini(&b);
 	if (r < 0) {
 		disk_send_failed(ds, err, errlen);

@@ -19,6 +19,7 @@
 #include "wire/tls.h"
 #include "wire/wire.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -26,6 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define BLOCK ((unsigned)WIRE_PAGE_SIZE)
@@ -64,6 +67,8 @@ struct rdisk {
 	bool exported, used, marked;
 	char marker[4200];
 	struct nbd_client *cl;
+	int tfd;			/* the image QEMU has open, to read the target; or -1 */
+	bool checked_in_file;		/* tfd was opened */
 	/* statistics */
 	uint64_t bytes_written, bytes_zeroed, flushes;
 	uint64_t writes;		/* NBD WRITE and WRITE_ZEROES requests */
@@ -106,6 +111,7 @@ struct disk_recv {
 	char credential[160];
 	char dir[80], sock[100];
 	bool server_started;
+	pid_t qemu_pid;			/* the destination QEMU (QMP peer), or 0 */
 	unsigned n;
 	struct rdisk d[DISK_MAX];
 	int map[DISK_MAX];		/* wire index -> d[]; -1 unknown */
@@ -134,9 +140,9 @@ struct disk_recv {
 	/*
 	 * Where the channel thread's time goes: waiting for frames (the link
 	 * or the sender is behind), applying them, and of that reading the
-	 * target and writing to the destination QEMU.
+	 * target and writing to the destination QEMU; flushing (PING, DONE).
 	 */
-	uint64_t wait_ns, apply_ns, target_ns, write_ns;
+	uint64_t wait_ns, apply_ns, target_ns, write_ns, flush_ns;
 	/*
 	 * Requests in flight (the writes of the last frames, the reads of this
 	 * one's target), and the data of the writes: frames fill wbuf[0] and
@@ -498,6 +504,74 @@ int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[WIRE
 	if (r < 0 || wire_sha256(out, BLOCK, got) < 0 || memcmp(got, hash, WIRE_HASH_LEN))
 		return -ENOENT;
 	__atomic_add_fetch(&dr->restored, 1, __ATOMIC_RELAXED);
+	return 0;
+}
+
+/*
+ * The target under a frame is read straight from the image when the
+ * destination QEMU has it open as a raw file of the disk's size: NBD READs
+ * of the whole disk (1 GiB for D1, every unchanged block) cost the
+ * destination QEMU and the receiver more than all the writes, and made the
+ * receiver the disk channel's bottleneck on a busy host. The file opened
+ * is QEMU's own (/proc/PID/fd of the QMP peer), never another one at the
+ * same path (another mount namespace). QEMU writes a raw image through the
+ * kernel (the page cache, or O_DIRECT, which keeps the cache coherent),
+ * and a range is read only once the writes overlapping it have completed
+ * (fl_overlaps), so the read sees what an NBD READ would. Anything else
+ * (qcow2, a raw offset or size, no access to QEMU's fds): -1, NBD READs.
+ */
+static int open_qemu_image(pid_t pid, const struct disk_dev *dev)
+{
+	char dir[64], link[sizeof(dev->file)];
+	struct dirent *e;
+	struct stat st;
+	DIR *d;
+	int fd = -1;
+
+	if (pid <= 0 || strcmp(dev->format, "raw") || dev->file[0] != '/')
+		return -1;
+	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
+	d = opendir(dir);
+	if (!d)
+		return -1;
+	while (fd < 0 && (e = readdir(d))) {
+		ssize_t n;
+
+		if (e->d_name[0] == '.')
+			continue;
+		n = readlinkat(dirfd(d), e->d_name, link, sizeof(link) - 1);
+		if (n <= 0)
+			continue;
+		link[n] = '\0';
+		if (!strcmp(link, dev->file))
+			fd = openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC);
+	}
+	closedir(d);
+	if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+			(uint64_t)st.st_size != dev->size)) {
+		close(fd);
+		fd = -1;
+	}
+	if (fd >= 0)
+		log_debug("disk %s: the target is checked in %s, QEMU's open file",
+			  dev->device, dev->file);
+	return fd;
+}
+
+/* pread of exactly len bytes: 0, or -1 (error, or the file ended). */
+static int pread_full(int fd, uint8_t *buf, size_t len, uint64_t off)
+{
+	while (len) {
+		ssize_t n = pread(fd, buf, len, (off_t)off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		buf += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
 	return 0;
 }
 
@@ -959,10 +1033,23 @@ static int read_target(struct disk_recv *dr, const struct wire_pages *p)
 	 */
 	dr->tgt_failed = false;
 	for (t = 0; t < n_tr; t++) {
-		r = fl_submit(dr, dr->tr[t].k, NBD_CMD_READ, dr->tr[t].lo,
-			      (uint32_t)dr->tr[t].len, NULL, dr->tgt.data + dr->tr[t].at);
-		if (r < 0)
-			return r;
+		struct tgt_read *q = &dr->tr[t];
+		int tfd = dr->d[q->k].tfd;
+
+		if (tfd < 0) {
+			r = fl_submit(dr, q->k, NBD_CMD_READ, q->lo, (uint32_t)q->len, NULL,
+				      dr->tgt.data + q->at);
+			if (r < 0)
+				return r;
+			continue;
+		}
+		if (fl_overlaps(dr, q->k, q->lo, q->len)) {
+			r = fl_drain(dr, q->k, FL_ALL);
+			if (r < 0)
+				return r;
+		}
+		if (pread_full(tfd, dr->tgt.data + q->at, q->len, q->lo) < 0)
+			dr->tgt_failed = true;
 	}
 	r = fl_drain(dr, -1, FL_READS);
 	if (r < 0)
@@ -1230,12 +1317,13 @@ static int apply_pages(struct disk_recv *dr, const struct wire_pages *p)
 static int flush_disk(struct disk_recv *dr, int k)
 {
 	struct rdisk *d = &dr->d[k];
+	uint64_t t0 = tsb_now_ns();
 	int r = fl_drain(dr, k, FL_ALL);
 
 	if (r < 0)
 		return r;
 	r = nbd_client_flush(d->cl);
-
+	dr->flush_ns += tsb_now_ns() - t0;
 	d->flushes++;
 	if (r < 0)
 		dr_fail(dr, "disk %s: flush at the destination: %s", d->dev.device, strerror(-r));
@@ -1293,6 +1381,8 @@ static int take_blocks(struct disk_recv *dr, const struct wire_blocks *bl, char 
 			return -EIO;
 		}
 		dr->d[k].used = true;
+		dr->d[k].tfd = open_qemu_image(dr->qemu_pid, &dr->d[k].dev);
+		dr->d[k].checked_in_file = dr->d[k].tfd >= 0;
 		dr->wm_max += dr->d[k].dev.size / BLOCK;
 		mark_incomplete(&dr->d[k]);
 		dr->map[b.index] = (int)k;
@@ -1560,6 +1650,8 @@ static struct disk_recv *dr_new(int lfd)
 	pthread_mutex_init(&dr->lock, NULL);
 	pthread_mutex_init(&dr->rlock, NULL);
 	dr->lfd = lfd;
+	for (unsigned k = 0; k < DISK_MAX; k++)
+		dr->d[k].tfd = -1;
 	wire_backlog_init(&dr->backlog);
 	tsb_buf_init(&dr->lit);
 	tsb_buf_init(&dr->hd);
@@ -1619,6 +1711,14 @@ int disk_recv_start(struct qmp *q, const struct disk_recv_options *o,
 	if (n < 0) {
 		r = n;
 		goto fail;
+	}
+	{
+		/* Whose open images the target may be read from (open_qemu_image). */
+		struct ucred cred;
+		socklen_t clen = sizeof(cred);
+
+		if (getsockopt(qmp_fd(q), SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0)
+			dr->qemu_pid = cred.pid;
 	}
 	r = disk_private_dir(dr->dir, sizeof(dr->dir), err, errlen);
 	if (r < 0)
@@ -1698,6 +1798,9 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 	for (i = 0; i < dr->n; i++) {
 		nbd_client_close(dr->d[i].cl);
 		dr->d[i].cl = NULL;
+		if (dr->d[i].tfd >= 0)
+			close(dr->d[i].tfd);
+		dr->d[i].tfd = -1;
 		used |= dr->d[i].used;
 	}
 	pthread_mutex_lock(&dr->rlock);
@@ -1738,7 +1841,7 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 			if (!d->used)
 				continue;
 			json_array_append_new(arr, json_pack(
-				"{s:s, s:s, s:I, s:b, s:I, s:I, s:I, s:I, s:I, s:I, "
+				"{s:s, s:s, s:I, s:b, s:I, s:I, s:I, s:I, s:I, s:b, s:I, "
 				"s:{s:I, s:I, s:I, s:I, s:I, s:I}}",
 				"device", d->dev.device, "file", d->dev.file,
 				"size", (json_int_t)d->dev.size,
@@ -1748,6 +1851,7 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 				"bytes_zero_in_place", (json_int_t)d->bytes_zero_in_place,
 				"writes", (json_int_t)d->writes,
 				"bytes_checked", (json_int_t)d->bytes_checked,
+				"checked_in_file", d->checked_in_file,
 				"flushes", (json_int_t)d->flushes,
 				"blocks", "zero", (json_int_t)d->blk_zero,
 				"data", (json_int_t)d->blk_data, "ref", (json_int_t)d->blk_ref,
@@ -1756,7 +1860,7 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 				"zero_in_place", (json_int_t)d->blk_zero_same));
 		}
 		json_object_set_new(report, "disks", json_pack(
-			"{s:o, s:b, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+			"{s:o, s:b, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 			"disks", arr, "channel", dr->connected,
 			"error", dr->failed ? dr->error : "",
 			"refused", (json_int_t)dr->refused,
@@ -1765,7 +1869,8 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 			"wait_ms", (json_int_t)(dr->wait_ns / 1000000),
 			"apply_ms", (json_int_t)(dr->apply_ns / 1000000),
 			"target_read_ms", (json_int_t)(dr->target_ns / 1000000),
-			"nbd_write_ms", (json_int_t)(dr->write_ns / 1000000)));
+			"nbd_write_ms", (json_int_t)(dr->write_ns / 1000000),
+			"flush_ms", (json_int_t)(dr->flush_ns / 1000000)));
 	}
 	if (dr->lfd >= 0)
 		close(dr->lfd);

@@ -39,7 +39,7 @@ struct diskindex;
  * The sender's window: PAGES frames sent that the receiver has not applied
  * yet, at most DISK_WINDOW frames, DISK_WINDOW_BYTES bytes (one larger
  * frame alone) and DISK_WINDOW_REFS REF entries (the sender keeps the
- * content of its last 2 x DISK_WINDOW_REFS REFs to answer NEEDs). Frames
+ * content of its last DISK_WINDOW_REFS REFs to answer NEEDs). Frames
  * of a return migration are mostly REFs and small (1 MiB of disk with 10%
  * changed: ~116 KB), so a window of 16 frames held less than the bytes a
  * 100 Mbit/s, 50 ms path keeps in flight plus the receiver's work.

@@ -845,7 +845,7 @@ static void test_backlog_window(void **state)
 	unsigned i;
 
 	(void)state;
-	/* What a sender may do: 15 more frames and some PINGs, then the answer. */
+	/* What a sender may do: a window of frames and some PINGs, then the answer. */
 	assert_int_equal(rig_up(&r, DISK_SIZE, NULL, err, sizeof(err)), 0);
 	c = sender_start(&r);
 	ref_frame(c, 0, blk, hash);
@@ -878,6 +878,30 @@ static void test_backlog_window(void **state)
 	for (i = 0; i <= DISK_WINDOW; i++)
 		data_frame(c, (uint64_t)(i + 1) * BLOCK, i);
 	expect_error(c, WIRE_CODE_PROTOCOL, "while a NEED was waiting");
+	wire_conn_free(c);
+	assert_int_equal(rig_finish(&r, true), -EIO);
+	rig_down(&r);
+
+	/*
+	 * Or more bytes than the window's: frames of a whole MiB of data
+	 * (uncompressed), far fewer than DISK_WINDOW of them.
+	 */
+	assert_int_equal(rig_up(&r, DISK_SIZE, NULL, err, sizeof(err)), 0);
+	c = sender_start(&r);
+	ref_frame(c, 0, blk, hash);
+	for (i = 0; i <= DISK_WINDOW_BYTES / DISK_SIZE; i++) {
+		struct wire_pages_builder pb;
+
+		assert_int_equal(wire_pages_builder_init(&pb, BLOCK), 0);
+		for (unsigned k = 0; k < DISK_SIZE / BLOCK; k++) {
+			fill_block(want, i + k);
+			assert_int_equal(wire_pages_add_data(&pb, 0, 0, (uint64_t)k * BLOCK, want), 0);
+		}
+		send_pages(c, &pb);
+		wire_pages_builder_fini(&pb);
+	}
+	assert_true(DISK_WINDOW_BYTES / DISK_SIZE + 1 < DISK_WINDOW);
+	expect_error(c, WIRE_CODE_PROTOCOL, "bytes of PAGES while a NEED was waiting");
 	wire_conn_free(c);
 	assert_int_equal(rig_finish(&r, true), -EIO);
 	rig_down(&r);

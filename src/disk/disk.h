@@ -45,7 +45,12 @@ struct diskindex;
  * 100 Mbit/s, 50 ms path keeps in flight plus the receiver's work.
  */
 #define DISK_WINDOW 64
-#define DISK_WINDOW_BYTES (16u << 20)
+/*
+ * A guest's flush waits behind everything in the window (write-blocking
+ * mirrors: its writes wait for the bulk copy's), so the bytes stay about
+ * what 16 frames of a fresh disk's compressible data were.
+ */
+#define DISK_WINDOW_BYTES (8u << 20)
 #define DISK_WINDOW_REFS (32u * DISK_BATCH)
 /* PING tokens with this bit are keepalives (PONG only, no flush). */
 #define DISK_TOKEN_KEEPALIVE (1ull << 63)

@@ -147,8 +147,11 @@ case_run prepared-cut recv prepared-sent "$cut_2s" "0 1 4" "0 1 4"
 case_run commit-cut send commit-sent "$cut_2s" "0" "0"
 case_run received-cut recv commit-received "$cut_2s" "0" "0"
 case_run outcome-cut recv outcome-sent "$cut_2s" "0" "0"
-# The link stays down: both in doubt, resolve settles it.
-case_run commit-down send commit-sent "$cut" "7" "0 7"
+# The link stays down: both in doubt, resolve settles it. (50 ms each way,
+# so that the cut lands while the DECISION is still on the link; should
+# the fault command take longer, the destination runs and the sender may
+# still hear its outcome: exactly one copy all the same.)
+case_run commit-down send commit-sent "$cut" "0 7" "0 7" 50ms
 case_run loaded-down recv dest-loaded "$cut" "4" "7"
 # Silent link, then flowing again.
 if kill -l RTMIN >/dev/null 2>&1 && "$WANEM" --help 2>&1 | grep -q RTMIN; then
@@ -182,13 +185,21 @@ if [ -n "${HOSTILE_SENDER:-}" ]; then
 	# The record of this migration is the one the receiver running the
 	# fault command ($PPID) wrote: earlier cases may leave others, and
 	# in-doubt receivers of theirs may still rewrite them.
+	# Another case's record may be dropped or replaced while we read:
+	# skip what cannot be read, and look again.
 	cat >"$T/record-of.py" <<'PY'
-import glob, json, sys
-for f in glob.glob(sys.argv[1] + "/*.recv.json"):
-    r = json.load(open(f))
-    if r.get("pid") == int(sys.argv[2]):
-        print(r["id"])
-        break
+import glob, json, sys, time
+for attempt in range(50):
+    for f in glob.glob(sys.argv[1] + "/*.recv.json"):
+        try:
+            r = json.load(open(f))
+        except (OSError, ValueError):
+            continue
+        if r.get("pid") == int(sys.argv[2]):
+            print(r["id"])
+            sys.exit(0)
+    time.sleep(0.1)
+sys.exit("no record of pid " + sys.argv[2])
 PY
 	export HOSTILE_SENDER INTRUDER_KEY=$T/intruder-key FORGE_LOG=$T/forge.log RECORD_OF=$T/record-of.py
 	forge='kill -USR1 $WANEM_PID; (id=$(python3 "$RECORD_OF" "$RECV_STATE" $PPID);

@@ -162,3 +162,18 @@ verify_after() {
 	[ -n "$after" ] && [ "$after" -gt "${last:-0}" ] || fail "$2 did not carry on verifying"
 	log "$2 verifying, beat $after (the source stopped at ${last:-?})"
 }
+
+# disk_carries_on VM: after a disk migration the guest at VM writes its disk
+# on (diskwrite records, none failed) and $T/VM.img is no longer marked
+# incomplete.
+disk_carries_on() {
+	local i
+	for ((i = 0; i < 600; i++)); do
+		grep -aq 'diskwrite record' "$T/$1/serial.log" && break
+		sleep 0.1
+	done
+	grep -aq 'diskwrite record' "$T/$1/serial.log" || fail "the guest stopped writing its disk"
+	grep -aq 'diskwrite: record .* failed' "$T/$1/serial.log" &&
+		fail "a disk write failed at the destination"
+	[ ! -e "$T/$1.img.tsubame-incomplete" ] || fail "the target is still marked incomplete"
+}

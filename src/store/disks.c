@@ -121,9 +121,9 @@ static void append_path(const char *path, void *arg)
 
 int store_disk_note(struct store *s, const char *path, char *err, size_t errlen)
 {
-	json_t *list, *kept = NULL;
+	json_t *list, *doc = NULL;
 	char *text = NULL, *out = NULL;
-	size_t len, i, skip;
+	size_t len, i;
 	int r;
 
 	if (s->readonly || !path || !path_ok(path, strlen(path))) {
@@ -140,23 +140,18 @@ int store_disk_note(struct store *s, const char *path, char *err, size_t errlen)
 		json_array_clear(list);
 	r = r == -EBADMSG ? 0 : r;
 	/* The path moves to the end (newest); the oldest beyond the cap go. */
-	for (i = 0; r == 0 && i < json_array_size(list);) {
+	for (i = 0; i < json_array_size(list);) {
 		if (!strcmp(json_string_value(json_array_get(list, i)), path))
 			json_array_remove(list, i);
 		else
 			i++;
 	}
 	json_array_append_new(list, json_string(path));
-	skip = json_array_size(list) > STORE_MAX_DISKS ? json_array_size(list) - STORE_MAX_DISKS : 0;
-	kept = json_array();
-	for (i = skip; kept && i < json_array_size(list); i++)
-		json_array_append(kept, json_array_get(list, i));
-	if (r == 0 && kept) {
-		json_t *doc = json_pack("{s:O}", "images", kept);
-
-		out = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-		json_decref(doc);
-	}
+	while (json_array_size(list) > STORE_MAX_DISKS)
+		json_array_remove(list, 0);
+	if (r == 0)
+		doc = json_pack("{s:O}", "images", list);
+	out = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
 	if (r == 0 && !out)
 		r = -ENOMEM;
 	if (r == 0)
@@ -167,7 +162,7 @@ int store_disk_note(struct store *s, const char *path, char *err, size_t errlen)
 			 strerror(-r));
 	free(out);
 	free(text);
-	json_decref(kept);
+	json_decref(doc);
 	json_decref(list);
 	return r;
 }

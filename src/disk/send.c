@@ -1012,8 +1012,10 @@ static int wait_mirrors_ready(struct disk_send *ds, struct qmp *q,
 		if (r < 0)
 			return r;
 		if (gone) {
-			if (!disk_send_failed(ds, err, errlen))
-				snprintf(err, errlen, "a mirror job ended before it was ready");
+			/* A job that failed because the channel did: the link or the peer. */
+			if (disk_send_failed(ds, err, errlen))
+				return -ECONNRESET;
+			snprintf(err, errlen, "a mirror job ended before it was ready");
 			return -EIO;
 		}
 		if (ready == ds->n)

@@ -68,7 +68,8 @@ case_run() {
 	rport=$(free_port)
 	wport=$(free_port)
 	start_wanem "$wport" "$rport" 400mbit "$delay"
-	export WANEM_PID=${cleanup_pids[-1]} RECV_PORT=$rport RECV_STATE=$T/state-$dsite
+	export WANEM_PID=${cleanup_pids[-1]} RECV_PORT=$rport RECV_STATE=$T/state-$dsite \
+		RECV_LOG=$T/$name-recv.log
 	export SRC_QEMU=$(cat "$T/$cur/qemu.pid") DST_QEMU=$(cat "$T/$dst/qemu.pid")
 	local fault=(env TSUBAME_FAULT_AT="$point" TSUBAME_FAULT_CMD="$cmd")
 	local rfault=(env) sfault=(env)
@@ -182,27 +183,23 @@ case_run long-commit-cut send commit-sent "$cut_2s" "0" "0" 200ms
 if [ -n "${HOSTILE_SENDER:-}" ]; then
 	"$TSUBAME" keygen --id intruder "$T/intruder-key" >/dev/null
 	(umask 077 && cat "$T/key" "$T/intruder-key" >"$T/recv-keys")
-	# The record of this migration is the one the receiver running the
-	# fault command ($PPID) wrote: earlier cases may leave others, and
-	# in-doubt receivers of theirs may still rewrite them.
-	# Another case's record may be dropped or replaced while we read:
-	# skip what cannot be read, and look again.
+	# This migration's id, from the receiver's own log line once it waits
+	# for the decision (records in the state directory may be other cases').
 	cat >"$T/record-of.py" <<'PY'
-import glob, json, sys, time
-for attempt in range(50):
-    for f in glob.glob(sys.argv[1] + "/*.recv.json"):
-        try:
-            r = json.load(open(f))
-        except (OSError, ValueError):
-            continue
-        if r.get("pid") == int(sys.argv[2]):
-            print(r["id"])
-            sys.exit(0)
+import re, sys, time
+for attempt in range(100):
+    try:
+        m = re.search(r"decision on \S+ \(migration ([0-9a-f]+)\)", open(sys.argv[1]).read())
+    except OSError:
+        m = None
+    if m:
+        print(m.group(1))
+        sys.exit(0)
     time.sleep(0.1)
-sys.exit("no record of pid " + sys.argv[2])
+sys.exit("no migration id in " + sys.argv[1])
 PY
 	export HOSTILE_SENDER INTRUDER_KEY=$T/intruder-key FORGE_LOG=$T/forge.log RECORD_OF=$T/record-of.py
-	forge='kill -USR1 $WANEM_PID; (id=$(python3 "$RECORD_OF" "$RECV_STATE" $PPID);
+	forge='kill -USR1 $WANEM_PID; (id=$(python3 "$RECORD_OF" "$RECV_LOG");
 		"$HOSTILE_SENDER" -t "127.0.0.1:$RECV_PORT" -k "$INTRUDER_KEY" -s forged-decision \
 		-m "$id" >"$FORGE_LOG" 2>&1; echo "exit $?" >>"$FORGE_LOG";
 		kill -USR2 $WANEM_PID) >/dev/null 2>&1 &'

@@ -13,6 +13,8 @@
 #define MIGCTL_POLL_MS 250
 /* How long the destination may take to resume after the source completed. */
 #define MIGCTL_RESUME_WAIT_MS 60000
+/* Ticks while a postcopy switch waits for the caller's commit. */
+#define MIGCTL_COMMIT_POLL_MS 5
 /* How long a cancel may take before we give up waiting for it. */
 #define MIGCTL_CANCEL_WAIT_MS 30000
 
@@ -201,6 +203,12 @@ struct run {
 	uint64_t left_prev, left_last;
 };
 
+/* May the destination run the guest already (never cancel then)? */
+static bool committed(const struct run *m)
+{
+	return m->opts->no_return && *m->opts->no_return;
+}
+
 /* Ends a run that did not complete: the time it took, then err. */
 static int run_end(struct run *m, int err)
 {
@@ -234,6 +242,17 @@ static int run_check_failed(struct run *m)
 	struct migctl_result *res = m->res;
 	const char *st = m->st, *desc;
 
+	if (!strcmp(st, "postcopy-paused")) {
+		/* The stream broke in postcopy: QEMU waits for a recovery. */
+		snprintf(res->status, sizeof(res->status), "postcopy-paused");
+		snprintf(res->error, sizeof(res->error), "the migration stream broke during "
+			 "postcopy (QEMU: postcopy-paused)");
+		if (committed(m))
+			return run_end(m, -EPIPE);
+		/* The destination never ran the guest: the source takes it back. */
+		cancel_and_wait(m->src, res, &m->w);
+		return run_end(m, -EIO);
+	}
 	if (strcmp(st, "failed") && strcmp(st, "cancelled") && !m->w.dst_failed)
 		return 0;
 	desc = json_string_value(json_object_get(res->src_stats, "error-desc"));
@@ -371,7 +390,7 @@ static int run_check_abort(struct run *m)
 	struct migctl_result *res = m->res;
 
 	if (opts->abort_flag && *opts->abort_flag &&
-	    strcmp(m->st, "completed")) {
+	    strcmp(m->st, "completed") && !committed(m)) {
 		cancel_and_wait(m->src, res, &m->w);
 		res->stop_ns = m->w.stop_ns;
 		snprintf(res->status, sizeof(res->status), "cancelled");
@@ -386,7 +405,7 @@ static int run_check_timeout(struct run *m)
 	const struct migctl_options *opts = m->opts;
 	struct migctl_result *res = m->res;
 
-	if (opts->timeout_ms && m->now_ms >= opts->timeout_ms &&
+	if (opts->timeout_ms && m->now_ms >= opts->timeout_ms && !committed(m) &&
 	    strcmp(m->st, "completed") && strncmp(m->st, "postcopy", 8)) {
 		cancel_and_wait(m->src, res, &m->w);
 		snprintf(res->status, sizeof(res->status), "timeout");
@@ -406,7 +425,12 @@ static int run_step(struct run *m)
 {
 	int r;
 
-	wait_readable(m->src, m->dst, MIGCTL_POLL_MS / 2);
+	/*
+	 * Between the switch to postcopy and the caller's commit the tick
+	 * decides when the destination may run: call it often then.
+	 */
+	wait_readable(m->src, m->dst, m->opts->no_return && !committed(m) && m->res->postcopy ?
+		      MIGCTL_COMMIT_POLL_MS : MIGCTL_POLL_MS / 2);
 	drain_events(m->src, true, &m->w);
 	if (m->dst)
 		drain_events(m->dst, false, &m->w);
@@ -423,6 +447,7 @@ static int run_step(struct run *m)
 	r = run_check_completed(m);
 	if (r)
 		return r;
+	m->res->stop_ns = m->w.stop_ns;
 	if (m->opts->tick && m->res->src_stats)
 		m->opts->tick(m->opts->tick_opaque, m->res->src_stats);
 	r = run_check_abort(m);

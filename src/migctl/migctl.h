@@ -57,6 +57,14 @@ struct migctl_options {
 	 */
 	int (*pre_switchover)(void *opaque, struct qmp *src, char *err, size_t errlen);
 	void *pre_switchover_opaque;
+	/*
+	 * Optional: once *no_return is true the destination may run the
+	 * guest (a commit during postcopy), so the migration is never
+	 * cancelled: QEMU would run the source again. An abort flag or a
+	 * timeout is then ignored, and a stream that breaks (QEMU's
+	 * postcopy-paused) ends the run with -EPIPE, both QEMUs paused.
+	 */
+	const bool *no_return;
 };
 
 struct migctl_result {
@@ -71,7 +79,8 @@ struct migctl_result {
 	bool postcopy;		 /* switched to postcopy */
 	uint64_t postcopy_at_ms; /* when, since migrate */
 	char postcopy_reason[160]; /* why ("" if not switched) */
-	uint64_t stop_ns;	 /* source STOP event (CLOCK_REALTIME), 0 if none */
+	uint64_t stop_ns;	 /* source STOP event (CLOCK_REALTIME), 0 if none (set
+				  * as soon as seen: a tick may read it) */
 	uint64_t resume_ns;	 /* destination RESUME event, 0 if none */
 	json_t *src_stats;	 /* last query-migrate of the source (owned) */
 };
@@ -95,7 +104,8 @@ int migctl_prepare_source(struct qmp *src, const struct migctl_options *opts,
  * destination resumes, the migration fails, or the timeout cancels it.
  * dst may be NULL (then downtime and RESUME are not observed). Fills *res
  * (free with migctl_result_fini). Returns 0 when the migration completed,
- * -ECANCELED/-ETIMEDOUT/-EIO otherwise (res says why).
+ * -ECANCELED/-ETIMEDOUT/-EIO otherwise, -EPIPE when a postcopy stream
+ * broke after *no_return (res says why).
  */
 int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *opts,
 	       const char *uri, struct migctl_result *res);

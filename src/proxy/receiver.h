@@ -90,6 +90,10 @@ struct receiver {
 	uint64_t source_stop_ns;	/* the source's STOP time the COMMIT carried, or 0 */
 	/* Where the time went (report): the sender in, the guest loaded, postcopy. */
 	uint64_t accepted_ns, loaded_ns, postcopy_ns, running_ns;	/* tsb_now_ns() */
+	/* Loaded in postcopy: the guest may run before the rest of its memory came. */
+	bool in_postcopy;
+	bool ran_in_postcopy;		/* QEMU still postcopy-active once the guest ran */
+	uint64_t completed_ns;		/* the destination's migration completed */
 	bool first_pages;
 	unsigned refused;		/* connections refused before the sender came */
 	struct mig_record rec;		/* durable record of the switchover */

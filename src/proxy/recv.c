@@ -557,7 +557,8 @@ static enum proxy_outcome finish(struct receiver *rc, struct recv_run *run,
 		pthread_join(run->th_wan, NULL);
 		pthread_join(run->th_ret, NULL);
 	}
-	if (rc->failed && run->q && run->incoming && rc->outcome != PROXY_IN_DOUBT) {
+	if (rc->failed && run->q && run->incoming && rc->outcome != PROXY_IN_DOUBT &&
+	    !rc->running_ns) {
 		/* Make sure nothing half-loaded ever runs here. */
 		(void)qmp_execute(run->q, "quit", NULL, NULL, NULL, 0);
 	}

@@ -43,6 +43,11 @@ json_t *recv_make_report(struct receiver *rc, uint64_t start_ns, uint64_t resume
 		json_pack("{s:b, s:I}", "switched", 1, "at_ms",
 			  (json_int_t)((rc->postcopy_ns - rc->accepted_ns) / 1000000)) :
 		json_pack("{s:b}", "switched", 0));
+	if (rc->ran_in_postcopy)
+		/* The guest ran here while memory still came: for how long. */
+		json_object_set_new(json_object_get(r, "postcopy"), "ran_before_complete_ms",
+			json_integer((json_int_t)(((rc->completed_ns ? rc->completed_ns :
+						    tsb_now_ns()) - rc->running_ns) / 1000000)));
 	json_object_set_new(r, "qemu_stream_bytes", json_integer(rc->written));
 	json_object_set_new(r, "refused_connections", json_integer(rc->refused));
 	json_object_set_new(r, "wan", json_pack("{s:I, s:I}",

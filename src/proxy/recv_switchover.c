@@ -36,6 +36,19 @@ static bool dest_paused(struct qmp *q)
 	return paused;
 }
 
+/* The destination's incoming migration status (query-migrate); 0 or -errno. */
+static int migration_status(struct qmp *q, char *st, size_t len)
+{
+	json_t *ret = NULL;
+	int r;
+
+	r = qmp_execute(q, "query-migrate", NULL, &ret, NULL, 0);
+	if (r == 0)
+		snprintf(st, len, "%s", json_string_value(json_object_get(ret, "status")) ?: "");
+	json_decref(ret);
+	return r;
+}
+
 /*
  * Watches the destination QEMU until the incoming migration has loaded
  * (precopy: completed; postcopy: the guest's device state is in and QEMU
@@ -50,7 +63,8 @@ void recv_wait_loaded(struct receiver *rc, struct qmp *q, volatile int *sig)
 	int r;
 
 	while (!rc->failed && !loaded) {
-		r = qmp_next_event(q, 200, &ev);
+		/* In postcopy nothing announces the load: ask often, it is the pause. */
+		r = qmp_next_event(q, postcopy ? 10 : 200, &ev);
 		if (r == 0) {
 			const char *st = json_string_value(json_object_get(ev.data, "status"));
 
@@ -72,7 +86,7 @@ void recv_wait_loaded(struct receiver *rc, struct qmp *q, volatile int *sig)
 			recv_fail(rc, PROXY_FAILED, "the destination QEMU went away: %s",
 				  strerror(-r));
 		} else if (postcopy) {
-			loaded = dest_paused(q);
+			loaded = rc->in_postcopy = dest_paused(q);
 		}
 		if (*sig && !rc->failed)
 			recv_fail(rc, PROXY_INTERRUPTED, "interrupted by signal %d", *sig);
@@ -134,9 +148,12 @@ static int await_decision(struct receiver *rc, struct qmp *q, struct wire_tls *t
 	return commit_await(&l, ret_conn);
 }
 
-/* Tells the sender the outcome, reconnection included; false if it never heard. */
+/*
+ * Tells the sender the outcome, reconnection included; false if it never
+ * heard. sent: OUTCOME already went on the main connection (postcopy).
+ */
 static bool tell_outcome(struct receiver *rc, struct wire_tls *tls, volatile int *sig,
-			 struct wire_conn *c, int outcome, const char *text)
+			 struct wire_conn *c, int outcome, const char *text, bool sent)
 {
 	struct commit_link l = {
 		.c = &rc->o->c, .tls = tls, .addr = rc->o->listen, .id = rc->rec.id, .sig = sig,
@@ -149,8 +166,9 @@ static bool tell_outcome(struct receiver *rc, struct wire_tls *tls, volatile int
 		r = commit_answer(c, outcome, text);
 		wire_conn_free(c);
 	} else {
-		r = send_status_locked(rc, WIRE_MSG_OUTCOME, (uint32_t)outcome, text);
-		tsb_fault_point("outcome-sent");
+		r = sent ? 0 : send_status_locked(rc, WIRE_MSG_OUTCOME, (uint32_t)outcome, text);
+		if (!sent)
+			tsb_fault_point("outcome-sent");
 		/* Known there once the sender closes after reading it. */
 		while (r == 0 && !rc->sender_closed && !rc->link_lost &&
 		       tsb_now_ns() - t0 < 10000000000ull)
@@ -171,6 +189,67 @@ static bool tell_outcome(struct receiver *rc, struct wire_tls *tls, volatile int
 }
 
 /*
+ * Postcopy, after the commit: the guest runs here while the rest of its
+ * memory arrives; the migration ends when QEMU has all of it. A stream
+ * that breaks now leaves the guest running here without that memory:
+ * QEMU waits (postcopy-paused), the source never runs it again.
+ */
+static void wait_postcopy_done(struct receiver *rc, struct qmp *q, volatile int *sig)
+{
+	char why[sizeof(rc->error)], st[32];
+	struct qmp_event ev;
+	uint64_t closed_ns = 0;
+	int r;
+
+	while (!rc->completed_ns && !rc->failed) {
+		/* Events only wake us: the commit's own waits may have taken them. */
+		r = qmp_next_event(q, 100, &ev);
+		if (r == 0)
+			qmp_event_fini(&ev);
+		else if (r != -ETIMEDOUT)
+			recv_fail(rc, PROXY_FAILED, "the destination QEMU went away: %s",
+				  strerror(-r));
+		if (rc->failed)
+			break;
+		/* The link first: QEMU may not answer while the guest waits for a page. */
+		if (*sig) {
+			recv_fail(rc, PROXY_INTERRUPTED, "interrupted by signal %d", *sig);
+			break;
+		}
+		if (rc->link_lost && !rc->sender_closed) {
+			recv_fail(rc, PROXY_LINK, "the link to the sender broke");
+			break;
+		}
+		if (migration_status(q, st, sizeof(st)) < 0) {
+			recv_fail(rc, PROXY_FAILED, "the destination QEMU does not answer");
+			break;
+		}
+		if (!rc->ran_in_postcopy && !strcmp(st, "postcopy-active")) {
+			rc->ran_in_postcopy = true;
+			log_info("the guest runs here while the rest of its memory arrives");
+		}
+		if (!strcmp(st, "completed"))
+			rc->completed_ns = tsb_now_ns();
+		else if (!strcmp(st, "postcopy-paused") || !strcmp(st, "failed"))
+			recv_fail(rc, PROXY_LINK, "QEMU: %s", st);
+		/* A clean close comes after the last bytes: QEMU still reads them. */
+		else if (rc->sender_closed && !closed_ns)
+			closed_ns = tsb_now_ns();
+		else if (closed_ns && tsb_now_ns() - closed_ns > 30000000000ull)
+			recv_fail(rc, PROXY_LINK, "the sender closed before QEMU had all memory");
+	}
+	if (!rc->failed)
+		return;
+	/* Overwrite the first words: what matters is where the guest is. */
+	snprintf(why, sizeof(why), "%s", rc->error);
+	snprintf(rc->error, sizeof(rc->error), "the link broke during postcopy (%.150s), after the "
+		 "guest began to run here: part of its memory is still at the source; QEMU "
+		 "waits paused for it (postcopy-paused) and the source never runs the guest "
+		 "again (docs/postcopy.md, \"A broken link\")", why);
+	rc->outcome = PROXY_LINK;
+}
+
+/*
  * Switchover (docs/protocol.md): the guest is loaded and paused. Keep a
  * record, say PREPARED, and run or discard the guest as the sender decides.
  * Without a decision within --commit-timeout the guest stays paused, the
@@ -182,10 +261,15 @@ void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 	const struct proxy_recv_options *o = rc->o;
 	struct wire_conn *c = NULL;
 	char err[512], text[96];
+	bool sent = false;
 	int d, outcome;
 
-	/* QEMU's last word on the return path (SHUT) goes out before PREPARED. */
-	for (uint64_t t0 = tsb_now_ns(); !rc->rp_shut && tsb_now_ns() - t0 < 10000000000ull;)
+	/*
+	 * QEMU's last word on the return path (SHUT) goes out before PREPARED;
+	 * in postcopy the return path serves faults until the end.
+	 */
+	for (uint64_t t0 = tsb_now_ns(); !rc->in_postcopy && !rc->rp_shut &&
+	     tsb_now_ns() - t0 < 10000000000ull;)
 		usleep(5000);
 	tsb_fault_point("dest-loaded");
 	disk_recv_stop_listening(rc->rb.disk);
@@ -254,8 +338,15 @@ void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 			  "discarded the guest");
 	}
 	record_drop(o->c.state_dir, &rc->rec);
-	if (!tell_outcome(rc, tls, sig, c, outcome, text))
-		log_warn("the sender did not hear that the guest %s here; it reports the "
+	if (outcome == WIRE_OUTCOME_RUNNING && rc->in_postcopy && !c) {
+		/* The sender hears it now; the rest of the guest's memory follows. */
+		sent = send_status_locked(rc, WIRE_MSG_OUTCOME, (uint32_t)outcome, text) == 0;
+		tsb_fault_point("postcopy-running");
+		wait_postcopy_done(rc, q, sig);
+	}
+	if (!tell_outcome(rc, tls, sig, c, outcome, text, sent))
+		log_warn("the sender %s that the guest %s here; if not, it reports the "
 			 "migration in doubt until 'tsubame resolve %s' runs there",
+			 sent ? "may not have heard" : "did not hear",
 			 outcome == WIRE_OUTCOME_RUNNING ? "runs" : "was discarded", rc->rec.id);
 }

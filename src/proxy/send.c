@@ -31,6 +31,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* Is QEMU told it may switch to postcopy (--mode, --postcopy-after)? */
+static bool may_postcopy(const struct proxy_send_options *o)
+{
+	return o->postcopy_after_ms || o->mode != PROXY_MODE_PRECOPY;
+}
+
 void sender_fail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
 {
 	va_list ap;
@@ -47,8 +53,13 @@ void sender_fail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
 	pthread_mutex_unlock(&s->lock);
 	va_end(ap);
 	s->abort_flag = 1;
-	/* QEMU sees its socket fail and keeps the guest running at the source. */
-	if (s->qfd >= 0)
+	/*
+	 * QEMU sees its socket fail and keeps the guest running at the source.
+	 * Not in postcopy before a commit: QEMU would pause (postcopy-paused),
+	 * and QEMU 7.2 cannot run the source from there. migctl cancels it
+	 * instead (abort_flag), which resumes the source.
+	 */
+	if (s->qfd >= 0 && (!may_postcopy(s->o) || s->decided_commit))
 		shutdown(s->qfd, SHUT_RDWR);
 	if (s->conn)
 		wire_conn_abort(s->conn);
@@ -1155,51 +1166,41 @@ static int outcome_on_main(struct sender *s)
 }
 
 /*
- * The source completed (it is paused, and QEMU will not resume it by
- * itself). Commit when the receiver said PREPARED: record the decision,
- * send it, and learn the outcome, over fresh connections if need be.
- * Without PREPARED, fail: the caller aborts and the source runs again.
+ * Decides to commit once the receiver holds the guest (PREPARED, its
+ * disks confirmed) and the record says so. 0, or -1 with the sender
+ * failed (the caller aborts and the source runs again).
  */
-static void settle(struct sender *s, struct wire_tls *tls)
+static int decide_commit(struct sender *s, uint64_t limit_ms)
 {
-	const struct proxy_send_options *o = s->o;
-	uint64_t t0 = tsb_now_ns(), acked = s->acked;
-	uint64_t limit = (o->c.stall_ms ? o->c.stall_ms : 60000) * 1000000;
-	struct commit_link l;
 	char err[512];
-	int outcome;
 
-	tsb_fault_point("source-completed");
-	/* The destination loads the last bytes in flight; give up only on a stall. */
-	while (!s->prepared && !s->failed && s->abort_flag <= 1 && tsb_now_ns() - t0 < limit) {
-		if (s->acked != acked) {
-			acked = s->acked;
-			t0 = tsb_now_ns();
-		}
-		usleep(5000);
-	}
-	if (!s->prepared || s->abort_flag > 1) {
-		if (!s->failed)
-			sender_fail(s, s->abort_flag > 1 ? PROXY_INTERRUPTED : PROXY_FAILED, "%s",
-			     s->abort_flag > 1 ? "interrupted before the switchover was committed"
-					   : "the receiver did not say that it holds the guest");
-		return;
-	}
 	/* A receiver says PREPARED after its disks' DONE; both are needed to commit. */
-	if (disk_send_confirmed(s->disks, limit / 1000000, err, sizeof(err)) < 0) {
+	if (disk_send_confirmed(s->disks, limit_ms, err, sizeof(err)) < 0) {
 		sender_fail(s, PROXY_LINK, "disks: %s: not committing", err);
-		return;
+		return -1;
 	}
 	snprintf(s->rec.state, sizeof(s->rec.state), "commit");
-	if (record_save(o->c.state_dir, &s->rec, err, sizeof(err)) < 0) {
+	if (record_save(s->o->c.state_dir, &s->rec, err, sizeof(err)) < 0) {
 		sender_fail(s, PROXY_FAILED, "%s: not committing", err);
-		return;
+		return -1;
 	}
 	s->decided_commit = true;
-	log_info("switchover committed (migration %s)", s->rec.id);
-	outcome = decide_on_main(s, WIRE_DECIDE_COMMIT) ? 0 : -1;
-	tsb_fault_point("commit-sent");
-	outcome = outcome == 0 ? outcome_on_main(s) : 0;
+	return 0;
+}
+
+/*
+ * After a commit: learns the receiver's outcome, on the migration's
+ * connection (sent_on_main: the DECISION went there) or over fresh ones.
+ */
+static void learn_outcome(struct sender *s, struct wire_tls *tls, bool sent_on_main)
+{
+	const struct proxy_send_options *o = s->o;
+	struct commit_link l;
+	int outcome;
+
+	outcome = s->peer_outcome;
+	if (!outcome && sent_on_main)
+		outcome = outcome_on_main(s);
 	if (!outcome) {
 		log_warn("no answer to the commit on the migration's connection: reconnecting "
 			 "to %s (for up to %llu s)", o->to,
@@ -1228,6 +1229,99 @@ static void settle(struct sender *s, struct wire_tls *tls)
 	     "itself. On the destination host run 'tsubame resolve %s --commit' "
 	     "(--state-dir %s there)", outcome == -EINTR ? " (interrupted)" :
 	     " within --commit-timeout", s->rec.id, o->c.state_dir);
+}
+
+/*
+ * The source completed (it is paused, and QEMU will not resume it by
+ * itself). Commit when the receiver said PREPARED: record the decision,
+ * send it, and learn the outcome, over fresh connections if need be.
+ * Without PREPARED, fail: the caller aborts and the source runs again.
+ * A postcopy migration committed at its switch only learns the outcome.
+ */
+static void settle(struct sender *s, struct wire_tls *tls)
+{
+	const struct proxy_send_options *o = s->o;
+	uint64_t t0 = tsb_now_ns(), acked = s->acked;
+	uint64_t limit = (o->c.stall_ms ? o->c.stall_ms : 60000) * 1000000;
+	bool sent;
+
+	tsb_fault_point("source-completed");
+	if (s->decided_commit) {
+		learn_outcome(s, tls, true);
+		return;
+	}
+	/* The destination loads the last bytes in flight; give up only on a stall. */
+	while (!s->prepared && !s->failed && s->abort_flag <= 1 && tsb_now_ns() - t0 < limit) {
+		if (s->acked != acked) {
+			acked = s->acked;
+			t0 = tsb_now_ns();
+		}
+		usleep(5000);
+	}
+	if (!s->prepared || s->abort_flag > 1) {
+		if (!s->failed)
+			sender_fail(s, s->abort_flag > 1 ? PROXY_INTERRUPTED : PROXY_FAILED, "%s",
+			     s->abort_flag > 1 ? "interrupted before the switchover was committed"
+					   : "the receiver did not say that it holds the guest");
+		return;
+	}
+	if (decide_commit(s, limit / 1000000) < 0)
+		return;
+	log_info("switchover committed (migration %s)", s->rec.id);
+	sent = decide_on_main(s, WIRE_DECIDE_COMMIT);
+	tsb_fault_point("commit-sent");
+	learn_outcome(s, tls, sent);
+}
+
+/*
+ * Postcopy (migctl's tick): the guest's device state reached the
+ * destination, which holds it paused (PREPARED) while the rest of its
+ * memory follows. Commit now, not when the source completes: the
+ * destination runs the guest while its pages arrive, which is what
+ * postcopy is for. The DECISION overtakes the queued pages. From here
+ * the source never runs again (migctl no longer cancels).
+ */
+static void commit_in_postcopy(struct sender *s, json_t *stats, const struct migctl_result *res)
+{
+	const char *st = json_string_value(json_object_get(stats, "status"));
+	uint64_t limit_ms = s->o->c.stall_ms ? s->o->c.stall_ms : 60000;
+	uint64_t stop_ns = res->stop_ns;
+	struct tsb_buf b;
+	int r;
+
+	/*
+	 * QEMU is postcopy-active from the switch on (it says so before the
+	 * device state goes out); the status polled may be older than that.
+	 */
+	if (s->failed || !(res->postcopy || (st && !strcmp(st, "postcopy-active"))))
+		return;
+	/*
+	 * The stream needs the link to go on: a lost one ends the migration
+	 * (before the commit the source runs on, after it both QEMUs pause).
+	 */
+	if (s->link_lost) {
+		sender_fail(s, PROXY_LINK, "the link to the receiver broke during postcopy");
+		return;
+	}
+	if (s->decided_commit || !s->prepared || s->abort_flag > 1)
+		return;
+	if (stop_ns)
+		snprintf(s->decision_text, sizeof(s->decision_text), "%s stop_ns=%llu",
+			 s->rec.id, (unsigned long long)stop_ns);
+	if (decide_commit(s, limit_ms) < 0)
+		return;
+	log_info("switchover committed in postcopy (migration %s): the destination runs the "
+		 "guest while the rest of its memory follows", s->rec.id);
+	tsb_buf_init(&b);
+	r = wire_encode_status(&b, WIRE_MSG_DECISION, WIRE_DECIDE_COMMIT,
+			       s->decision_text[0] ? s->decision_text : s->rec.id);
+	if (r == 0)
+		r = send_frame(s, &b, true);
+	tsb_buf_fini(&b);
+	/* Not sent: the link is failing; the outcome is learnt after migctl. */
+	if (r < 0)
+		log_warn("the commit could not be queued: %s", strerror(-r));
+	tsb_fault_point("postcopy-commit-sent");
 }
 
 /*
@@ -1447,7 +1541,7 @@ static void hello_of(struct sender *s, struct wire_hello_args *hello)
 		content_new_id(s->image_id); /* the migration's id, store or not */
 	hello->migration = s->image_id;
 	hello->caps = WIRE_CAP_COMMIT | WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
-		      (o->postcopy_after_ms || o->mode != PROXY_MODE_PRECOPY ? WIRE_CAP_POSTCOPY : 0) |
+		      (may_postcopy(o) ? WIRE_CAP_POSTCOPY : 0) |
 		      (o->no_disks ? 0 : WIRE_CAP_DISK) |
 		      (o->connections > 1 ? WIRE_CAP_LANES : 0);
 	hello->site = "source";
@@ -1562,7 +1656,7 @@ static int prepare_source(struct sender *s, struct send_run *run)
 			return -1;
 		}
 	}
-	if (o->postcopy_after_ms || o->mode != PROXY_MODE_PRECOPY) {
+	if (may_postcopy(o)) {
 		if (mo->n_caps < MIGCTL_MAX_CAPS)
 			mo->caps[mo->n_caps++] = "postcopy-ram";
 		mo->postcopy_after_ms = o->postcopy_after_ms;
@@ -1613,6 +1707,42 @@ static int start_threads(struct sender *s, struct send_run *run)
 	return 0;
 }
 
+/* migctl's tick: the progress line; in postcopy, the commit. */
+static void migrate_tick(void *opaque, json_t *stats)
+{
+	struct send_run *run = opaque;
+
+	report_progress_tick(&run->pc, stats);
+	commit_in_postcopy(run->pc.s, stats, &run->res);
+}
+
+/*
+ * The stream broke after a commit in postcopy: the destination runs the
+ * guest (or will, once it hears the commit) and part of its memory is
+ * only here. The source must never run again; both QEMUs wait paused
+ * (postcopy-paused) for a recovery. Learn the outcome, then say so.
+ */
+static void postcopy_broken(struct sender *s, struct send_run *run)
+{
+	char why[512];
+
+	snprintf(why, sizeof(why), "%s", s->failed ? s->error : run->res.error);
+	learn_outcome(s, run->tls, false);
+	if (!s->decided_commit)
+		return; /* discarded there: the source runs it again (finish()) */
+	pthread_mutex_lock(&s->lock);
+	s->failed = 1;
+	s->outcome = PROXY_LINK;
+	snprintf(s->error, sizeof(s->error), "the link broke during postcopy (%.150s), after the "
+		 "switchover was committed: the destination %s the guest and the source holds "
+		 "memory it has not sent yet; both QEMUs wait paused (postcopy-paused) and the "
+		 "source never runs it again (docs/postcopy.md, \"A broken link\")%s", why,
+		 s->peer_outcome == WIRE_OUTCOME_RUNNING ? "runs" : "may run",
+		 s->peer_outcome == WIRE_OUTCOME_RUNNING ? "" :
+		 "; 'tsubame resolve' on the destination host says whether it runs there");
+	pthread_mutex_unlock(&s->lock);
+}
+
 /* QEMU migrates through us; then the switchover is committed or undone. */
 static void migrate(struct sender *s, struct send_run *run)
 {
@@ -1621,8 +1751,9 @@ static void migrate(struct sender *s, struct send_run *run)
 	run->pc.s = s;
 	run->pc.start_ns = run->start_ns;
 	run->pc.tty = run->o->c.progress;
-	run->mo.tick = report_progress_tick;
-	run->mo.tick_opaque = &run->pc;
+	run->mo.tick = migrate_tick;
+	run->mo.tick_opaque = run;
+	run->mo.no_return = &s->decided_commit;
 	if (record_begin(s, run->q) < 0)
 		return;
 	s->migrate_ns = tsb_now_ns();
@@ -1630,6 +1761,10 @@ static void migrate(struct sender *s, struct send_run *run)
 	s->qemu_done_ns = tsb_now_ns();
 	if (run->pc.tty)
 		fputc('\n', stderr);
+	if (r < 0 && s->decided_commit) {
+		postcopy_broken(s, run);
+		return;
+	}
 	if (r < 0) {
 		if (s->abort_flag > 1 && !s->failed)
 			sender_fail(s, PROXY_INTERRUPTED, "interrupted by signal %d; migration cancelled",

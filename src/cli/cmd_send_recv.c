@@ -2,6 +2,7 @@
 #include "cli/cli.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "disk/disk.h"
 #include "proxy/proxy.h"
 #include "store/store.h"
 #include "wire/wire.h"
@@ -141,7 +142,8 @@ struct parsed {
 	unsigned connections;
 	uint64_t max_window;
 	bool help, no_store, no_vm_disks, floor, no_disks;
-	bool disk_copy_background, disk_copy_mode_set;
+	int disk_copy_mode;		/* enum disk_copy_mode */
+	bool disk_copy_mode_set;
 	const char *disks[8];
 	unsigned n_disks;
 	const char *disk_sources[PROXY_MAX_DISK_SOURCES];
@@ -249,12 +251,14 @@ static int parse_send_opt(const char *cmd, bool send, int c, struct parsed *p)
 	case OPT_DISK_COPY_MODE:
 		if (!send)
 			return cli_usage_error(cmd, "option --disk-copy-mode is for 'tsubame send'");
-		if (!strcmp(optarg, "background"))
-			p->disk_copy_background = true;
+		if (!strcmp(optarg, "auto"))
+			p->disk_copy_mode = DISK_COPY_AUTO;
+		else if (!strcmp(optarg, "background"))
+			p->disk_copy_mode = DISK_COPY_BACKGROUND;
 		else if (!strcmp(optarg, "write-blocking"))
-			p->disk_copy_background = false;
+			p->disk_copy_mode = DISK_COPY_WRITE_BLOCKING;
 		else
-			return cli_usage_error(cmd, "bad --disk-copy-mode '%s' (background or "
+			return cli_usage_error(cmd, "bad --disk-copy-mode '%s' (auto, background or "
 					       "write-blocking)", optarg);
 		p->disk_copy_mode_set = true;
 		return 0;
@@ -491,12 +495,14 @@ int cmd_send(int argc, char **argv)
 		       "                         default: every writable disk; docs/disk.md)\n"
 		       "  --no-disks             move memory only (shared storage)\n"
 		       "  --disk-copy-mode MODE  how the disk mirrors copy the guest's writes:\n"
-		       "                         write-blocking (default): each write reaches the\n"
-		       "                         link before the guest sees it done, so a guest\n"
-		       "                         writing faster than the link is slowed to it and\n"
-		       "                         the mirrors converge; background: the guest never\n"
-		       "                         waits, but one that outwrites the link keeps the\n"
-		       "                         mirrors from converging (then --timeout applies)\n"
+		       "                         auto (default): background, then write-blocking\n"
+		       "                         for a disk whose mirror stops converging;\n"
+		       "                         write-blocking: each write reaches the link before\n"
+		       "                         the guest sees it done, so a guest writing faster\n"
+		       "                         than the link is slowed to it and the mirrors\n"
+		       "                         converge; background: the guest never waits, but\n"
+		       "                         one that outwrites the link keeps the mirrors from\n"
+		       "                         converging (then --timeout applies)\n"
 		       "\n" EXIT_CODES_HELP);
 		return TSB_EXIT_OK;
 	}
@@ -505,7 +511,7 @@ int cmd_send(int argc, char **argv)
 	for (unsigned i = 0; i < p.n_disks; i++)
 		o.disks[o.n_disks++] = p.disks[i];
 	o.no_disks = p.no_disks;
-	o.disk_copy_background = p.disk_copy_background;
+	o.disk_copy_mode = p.disk_copy_mode;
 	o.caps = p.caps;
 	o.max_bandwidth = p.max_bw;
 	o.downtime_limit_ms = p.downtime;

@@ -11,7 +11,8 @@
 
 const char *disk_copy_mode_name(enum disk_copy_mode m)
 {
-	return m == DISK_COPY_BACKGROUND ? "background" : "write-blocking";
+	return m == DISK_COPY_BACKGROUND ? "background" :
+	       m == DISK_COPY_AUTO ? "auto" : "write-blocking";
 }
 
 int disk_private_dir(char *dir, size_t len, char *err, size_t errlen)

@@ -68,9 +68,12 @@ struct diskindex;
  * mirror converges whatever the guest writes. Background copies dirty
  * areas behind the guest: the guest never waits, but a guest that
  * writes faster than the link keeps the mirror from ever being ready.
+ * Auto starts in background and restarts a mirror that stops converging
+ * in write-blocking (its blocks already at the target cross as REFs).
  */
 enum disk_copy_mode {
-	DISK_COPY_WRITE_BLOCKING,	/* the default */
+	DISK_COPY_AUTO,			/* the default */
+	DISK_COPY_WRITE_BLOCKING,
 	DISK_COPY_BACKGROUND,
 };
 
@@ -82,7 +85,7 @@ enum disk_copy_mode {
  */
 #define DISK_MIRROR_BUF_ACTIVE (1u << 20)
 
-/* QEMU's name of a copy mode ("write-blocking", "background"). */
+/* The name of a copy mode ("auto", "write-blocking", "background": QEMU's for the last two). */
 const char *disk_copy_mode_name(enum disk_copy_mode m);
 
 struct disk_send_options {

@@ -35,6 +35,14 @@
 #define MAX_FLUSHES 64
 #define BLOCK ((unsigned)WIRE_PAGE_SIZE)
 
+/*
+ * Auto copy mode: a background mirror that, once its first pass is done,
+ * has not cut what is left by a tenth over CONVERGE_SAMPLES samples
+ * (6 s) does not converge: it restarts in write-blocking.
+ */
+#define CONVERGE_SAMPLE_MS 2000
+#define CONVERGE_SAMPLES 4
+
 struct sdisk {
 	struct disk_send *ds;
 	unsigned idx;
@@ -61,6 +69,17 @@ struct sdisk {
 	uint64_t writes, write_bytes, zero_bytes, flushes;
 	uint64_t blk_zero, blk_data, blk_ref, blk_small, frames, wan_bytes;
 	uint64_t ready_ms;
+	/*
+	 * The job's copy mode now (auto: background until the mirror stops
+	 * converging), and what the convergence check samples: the mirror's
+	 * bytes left (len - offset) every CONVERGE_SAMPLE_MS, newest last.
+	 */
+	enum disk_copy_mode mode;
+	uint64_t switched_ms;		/* restarted in write-blocking, 0: never */
+	uint64_t job_len, job_offset;	/* the last query-block-jobs */
+	uint64_t left[CONVERGE_SAMPLES];
+	unsigned n_left;
+	bool bulk_done;			/* the first pass over the disk is done */
 	/*
 	 * Where the server thread's time goes: waiting for the window (the
 	 * receiver is behind), writing frames (the link is full) and the
@@ -784,6 +803,8 @@ static int poll_jobs(struct disk_send *ds, struct qmp *q, unsigned *ret_ready,
 			if (!id || strcmp(id, d->job))
 				continue;
 			found = true;
+			d->job_len = (uint64_t)json_integer_value(json_object_get(e, "len"));
+			d->job_offset = (uint64_t)json_integer_value(json_object_get(e, "offset"));
 			if (json_is_true(json_object_get(e, "ready"))) {
 				ready++;
 				if (!d->ready_ms)
@@ -933,6 +954,30 @@ static int start_channel(struct disk_send *ds, const struct disk_send_options *o
 	return 0;
 }
 
+/* Starts disk i's mirror job in its copy mode (d->mode). */
+static int start_job(struct qmp *q, struct sdisk *d, char *err, size_t errlen)
+{
+	json_t *args;
+	int r;
+
+	/* copy-mode (QEMU 3.0+): write-blocking paces the guest to the link. */
+	args = json_pack("{s:s, s:s, s:s, s:s, s:s}", "job-id", d->job, "device", d->dev.node,
+			 "target", d->node, "sync", "full", "copy-mode", disk_copy_mode_name(d->mode));
+	/*
+	 * A guest write reaches our server behind the bulk copy's requests,
+	 * each of which waits for the window: keep few of them in flight
+	 * (docs/disk.md, "Copy mode").
+	 */
+	if (args && d->mode == DISK_COPY_WRITE_BLOCKING)
+		json_object_set_new(args, "buf-size", json_integer(DISK_MIRROR_BUF_ACTIVE));
+	r = disk_qmp(q, "blockdev-mirror", args, NULL, err, errlen);
+	if (r < 0)
+		return r;
+	d->job_started = true;
+	d->job_gone = false;
+	return 0;
+}
+
 /*
  * Disk i: our NBD server on a unix socket in ds->dir and its thread, the
  * source QEMU's NBD client node on it, and the mirror job into that node.
@@ -943,7 +988,6 @@ static int start_mirror(struct disk_send *ds, struct qmp *q, unsigned i, char *e
 {
 	static const struct nbd_server_config cfg = { .export_name = "disk" };
 	struct sdisk *d = &ds->d[i];
-	json_t *args;
 	int r;
 
 	snprintf(d->sock, sizeof(d->sock), "%s/d%u.sock", ds->dir, i);
@@ -971,28 +1015,79 @@ static int start_mirror(struct disk_send *ds, struct qmp *q, unsigned i, char *e
 	if (r < 0)
 		return r;
 	d->node_added = true;
-	/* copy-mode (QEMU 3.0+): write-blocking paces the guest to the link. */
-	args = json_pack("{s:s, s:s, s:s, s:s, s:s}", "job-id", d->job, "device", d->dev.node,
-			 "target", d->node, "sync", "full",
-			 "copy-mode", disk_copy_mode_name(ds->copy_mode));
-	/*
-	 * A guest write reaches our server behind the bulk copy's requests,
-	 * each of which waits for the window: keep few of them in flight
-	 * (docs/disk.md, "Copy mode").
-	 */
-	if (args && ds->copy_mode == DISK_COPY_WRITE_BLOCKING)
-		json_object_set_new(args, "buf-size", json_integer(DISK_MIRROR_BUF_ACTIVE));
-	r = disk_qmp(q, "blockdev-mirror", args, NULL, err, errlen);
+	d->mode = ds->copy_mode == DISK_COPY_WRITE_BLOCKING ? DISK_COPY_WRITE_BLOCKING
+							     : DISK_COPY_BACKGROUND;
+	return start_job(q, d, err, errlen);
+}
+
+/* Waits (bounded) until disk d's cancelled job has left QEMU's list. */
+static int wait_job_gone(struct disk_send *ds, struct qmp *q, struct sdisk *d, char *err,
+			 size_t errlen)
+{
+	unsigned ready, gone;
+	int r;
+
+	for (int i = 0; i < 1500; i++) {
+		r = poll_jobs(ds, q, &ready, &gone, err, errlen);
+		if (r < 0)
+			return r;
+		if (d->job_gone)
+			return 0;
+		usleep(20000);
+	}
+	snprintf(err, errlen, "the mirror of %s did not end after block-job-cancel",
+		 d->dev.device);
+	return -ETIMEDOUT;
+}
+
+/*
+ * Auto copy mode, every CONVERGE_SAMPLE_MS: a background mirror whose
+ * first pass is done and that cut what it has left by less than a tenth
+ * over the last samples is restarted in write-blocking. The new job
+ * copies the whole disk again, but what the target already holds goes as
+ * REFs that the receiver finds in place. 0 or -errno.
+ */
+static int check_converging(struct disk_send *ds, struct qmp *q, struct sdisk *d,
+			    char *err, size_t errlen)
+{
+	uint64_t left = d->job_len > d->job_offset ? d->job_len - d->job_offset : 0;
+	uint64_t oldest;
+	int r;
+
+	if (ds->copy_mode != DISK_COPY_AUTO || d->mode != DISK_COPY_BACKGROUND || d->ready_ms ||
+	    !d->job_started || d->job_gone)
+		return 0;
+	if (d->job_offset >= d->dev.size)
+		d->bulk_done = true;
+	if (d->n_left == CONVERGE_SAMPLES) {
+		memmove(d->left, d->left + 1, (CONVERGE_SAMPLES - 1) * sizeof(d->left[0]));
+		d->n_left--;
+	}
+	d->left[d->n_left++] = left;
+	oldest = d->left[0];
+	if (!d->bulk_done || d->n_left < CONVERGE_SAMPLES || left < oldest / 10 * 9)
+		return 0;
+	log_notice("disks: %s: the guest writes faster than its mirror copies (%.1f MB left, "
+		   "%.1f MB %u s before): mirroring its writes as they happen (write-blocking) "
+		   "from now on", d->dev.device, left / 1e6, oldest / 1e6,
+		   (CONVERGE_SAMPLES - 1) * CONVERGE_SAMPLE_MS / 1000);
+	r = disk_qmp(q, "block-job-cancel", json_pack("{s:s}", "device", d->job), NULL, err,
+		     errlen);
+	if (r == 0)
+		r = wait_job_gone(ds, q, d, err, errlen);
 	if (r < 0)
 		return r;
-	d->job_started = true;
-	return 0;
+	d->mode = DISK_COPY_WRITE_BLOCKING;
+	d->switched_ms = (tsb_now_ns() - ds->start_ns) / 1000000;
+	d->n_left = 0;
+	return start_job(q, d, err, errlen);
 }
 
 /* The bulk copy: every mirror must be ready before memory moves. */
 static int wait_mirrors_ready(struct disk_send *ds, struct qmp *q,
 			      const struct disk_send_options *o, char *err, size_t errlen)
 {
+	uint64_t last_sample = tsb_now_ns();
 	unsigned ready, gone;
 	int r;
 
@@ -1020,6 +1115,14 @@ static int wait_mirrors_ready(struct disk_send *ds, struct qmp *q,
 		}
 		if (ready == ds->n)
 			return 0;
+		if (tsb_now_ns() - last_sample >= CONVERGE_SAMPLE_MS * 1000000ull) {
+			last_sample = tsb_now_ns();
+			for (unsigned i = 0; i < ds->n; i++) {
+				r = check_converging(ds, q, &ds->d[i], err, errlen);
+				if (r < 0)
+					return r;
+			}
+		}
 		if (o->abort_flag && *o->abort_flag) {
 			snprintf(err, errlen, "interrupted");
 			return -ECANCELED;
@@ -1229,7 +1332,7 @@ static json_t *make_report(struct disk_send *ds)
 			"{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I, "
 			"s:I, s:I}",
 			"device", d->dev.device, "format", d->dev.format,
-			"copy_mode", disk_copy_mode_name(ds->copy_mode),
+			"copy_mode", disk_copy_mode_name(d->mode),
 			"size", (json_int_t)d->dev.size,
 			"ready_ms", (json_int_t)d->ready_ms,
 			"nbd_writes", (json_int_t)d->writes,
@@ -1241,6 +1344,10 @@ static json_t *make_report(struct disk_send *ds)
 			"flushes", (json_int_t)d->flushes,
 			"window_wait_ms", (json_int_t)(d->window_ns / 1000000),
 			"channel_write_ms", (json_int_t)(d->send_ns / 1000000)));
+		if (d->switched_ms)
+			/* Auto: when the mirror was restarted in write-blocking. */
+			json_object_set_new(json_array_get(arr, i), "write_blocking_from_ms",
+					    json_integer((json_int_t)d->switched_ms));
 	}
 	return json_pack("{s:o, s:I, s:I, s:I, s:I, s:b}", "disks", arr,
 			 "mirror_ms", (json_int_t)ds->mirror_ms,

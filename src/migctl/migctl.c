@@ -181,7 +181,7 @@ static void cancel_and_wait(struct qmp *src, struct migctl_result *res,
 	while ((tsb_now_ns() - start) / 1000000 < MIGCTL_CANCEL_WAIT_MS) {
 		st = query_status(src, &res->src_stats);
 		if (st && (!strcmp(st, "cancelled") || !strcmp(st, "failed") ||
-			   !strcmp(st, "completed")))
+			   !strcmp(st, "completed") || !strcmp(st, "postcopy-paused")))
 			return;
 		wait_readable(src, NULL, MIGCTL_POLL_MS);
 		drain_events(src, true, w);
@@ -247,11 +247,8 @@ static int run_check_failed(struct run *m)
 		snprintf(res->status, sizeof(res->status), "postcopy-paused");
 		snprintf(res->error, sizeof(res->error), "the migration stream broke during "
 			 "postcopy (QEMU: postcopy-paused)");
-		if (committed(m))
-			return run_end(m, -EPIPE);
-		/* The destination never ran the guest: the source takes it back. */
-		cancel_and_wait(m->src, res, &m->w);
-		return run_end(m, -EIO);
+		/* Not committed: the caller tries to take the guest back (a cancel). */
+		return run_end(m, committed(m) ? -EPIPE : -EIO);
 	}
 	if (strcmp(st, "failed") && strcmp(st, "cancelled") && !m->w.dst_failed)
 		return 0;
@@ -525,6 +522,8 @@ json_t *migctl_result_to_json(const struct migctl_result *res)
 	json_object_set_new(o, "wall_ms", json_integer(res->wall_ms));
 	json_object_set_new(o, "downtime_ms", json_integer(res->downtime_ms));
 	json_object_set_new(o, "postcopy", json_boolean(res->postcopy));
+	if (res->postcopy)
+		json_object_set_new(o, "postcopy_at_ms", json_integer((json_int_t)res->postcopy_at_ms));
 	if (stats) {
 		json_object_set(o, "qemu_total_time_ms", json_object_get(stats, "total-time")
 			? json_object_get(stats, "total-time") : json_null());

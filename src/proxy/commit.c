@@ -44,10 +44,11 @@ int commit_vm_running(struct qmp *q, bool *ret_running)
 }
 
 /* Is QEMU's outgoing migration still busy (not yet ended one way or another)? */
-static bool migration_busy(struct qmp *q, bool *completed)
+static bool migration_busy(struct qmp *q, bool *completed, bool *postcopy_paused)
 {
 	static const char *const busy[] = {
 		"setup", "active", "pre-switchover", "device", "cancelling", "wait-unplug",
+		"postcopy-active",
 	};
 	json_t *m = NULL;
 	const char *st;
@@ -60,6 +61,7 @@ static bool migration_busy(struct qmp *q, bool *completed)
 	for (i = 0; st && i < TSB_ARRAY_SIZE(busy); i++)
 		b |= !strcmp(st, busy[i]);
 	*completed = st && !strcmp(st, "completed");
+	*postcopy_paused = st && !strcmp(st, "postcopy-paused");
 	json_decref(m);
 	return b;
 }
@@ -68,13 +70,25 @@ int commit_resume_source(struct qmp *q, bool was_running, bool *ret_completed,
 			 char *err, size_t errlen)
 {
 	uint64_t t0 = tsb_now_ns();
+	bool paused = false;
 	char st[32] = "";
 	int r;
 
 	/* A migration still under way is cancelled; QEMU then resumes by itself. */
 	(void)qmp_execute(q, "migrate_cancel", NULL, NULL, NULL, 0);
-	while (migration_busy(q, ret_completed) && tsb_now_ns() - t0 < 30000000000ull)
+	while (migration_busy(q, ret_completed, &paused) && tsb_now_ns() - t0 < 30000000000ull)
 		usleep(50000);
+	if (paused) {
+		/*
+		 * QEMU 7.2's cancel of a postcopy shuts the return path (the same
+		 * socket) before it marks the migration cancelling: when the
+		 * stream fails first, QEMU pauses it instead, and from there
+		 * only a postcopy recovery goes on.
+		 */
+		snprintf(err, errlen, "its QEMU paused the migration in postcopy (postcopy-paused), "
+			 "from which QEMU 7.2 cannot run the source again");
+		return -EAGAIN;
+	}
 	for (;;) {
 		r = query_status(q, st, sizeof(st));
 		if (r < 0) {

@@ -37,7 +37,9 @@ int commit_vm_running(struct qmp *q, bool *ret_running);
  * Source, abort: ends QEMU's migration and runs the guest again if it ran
  * when the migration began (cont from the state the migration left it
  * in). *ret_completed: QEMU's migration had completed (so the receiver
- * may hold the guest). 0 when the source runs (or was not to be resumed).
+ * may hold the guest). 0 when the source runs (or was not to be resumed);
+ * -EAGAIN when QEMU paused the migration in postcopy instead of cancelling
+ * it (only a postcopy recovery goes on from there).
  */
 int commit_resume_source(struct qmp *q, bool was_running, bool *ret_completed,
 			 char *err, size_t errlen);

@@ -67,8 +67,8 @@ struct proxy_send_options {
 	const char *disks[8];
 	unsigned n_disks;
 	bool no_disks;
-	/* Mirror in QEMU's background copy mode (default: write-blocking). */
-	bool disk_copy_background;
+	/* The mirrors' copy mode (enum disk_copy_mode; 0: auto). */
+	int disk_copy_mode;
 };
 
 #define PROXY_MAX_DISK_SOURCES 16

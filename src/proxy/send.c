@@ -1324,6 +1324,45 @@ static void commit_in_postcopy(struct sender *s, json_t *stats, const struct mig
 	tsb_fault_point("postcopy-commit-sent");
 }
 
+/* Replaces the error of a failed sender: what matters now is where the guest is. */
+static void sender_refail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void sender_refail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&s->lock);
+	s->failed = 1;
+	s->outcome = oc;
+	va_start(ap, fmt);
+	vsnprintf(s->error, sizeof(s->error), fmt, ap);
+	va_end(ap);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/*
+ * Aborting in postcopy, before the commit, QEMU paused its migration
+ * instead of cancelling it (commit_resume_source): the source cannot run
+ * the guest, the destination holds its device state, paused, and only
+ * both together hold all of it. The receiver must not discard its copy,
+ * so no ABORT: the record says commit, and a postcopy recovery (by hand,
+ * for now) finishes the migration.
+ */
+static void postcopy_stuck(struct sender *s, const char *why)
+{
+	char err[512];
+
+	snprintf(s->rec.state, sizeof(s->rec.state), "commit");
+	if (record_save(s->o->c.state_dir, &s->rec, err, sizeof(err)) < 0)
+		log_warn("%s", err);
+	s->decided_commit = true;
+	sender_refail(s, PROXY_IN_DOUBT, "the migration failed in postcopy before the commit, "
+		      "and the source cannot run the guest again: %.200s. The destination holds "
+		      "its device state, paused; keep both QEMUs and finish with QEMU's postcopy "
+		      "recovery, then run 'tsubame resolve %s --commit' on the destination host "
+		      "(docs/postcopy.md, \"A broken link\")", why, s->rec.id);
+}
+
 /*
  * No commit: the source runs the guest again. When QEMU had completed,
  * the receiver may hold the guest paused: tell it to discard it.
@@ -1339,6 +1378,10 @@ static void abort_switchover(struct sender *s, struct qmp *q, struct wire_tls *t
 	if (!s->migrate_ns)
 		return; /* QEMU was never told to migrate */
 	r = commit_resume_source(q, s->rec.resume, &completed, err, sizeof(err));
+	if (r == -EAGAIN) {
+		postcopy_stuck(s, err);
+		return;
+	}
 	if (r < 0)
 		log_error("the source VM could not be resumed: %s; run 'tsubame resolve %s' "
 			  "here", err, s->rec.id);
@@ -1397,8 +1440,7 @@ static int disks_start(struct sender *s, struct qmp *q, struct wire_tls *tls,
 		.host = host, .port = port, .tls = tls,
 		.migration = s->image_id[0] ? s->image_id : NULL,
 		.stall_ms = o->c.stall_ms, .ready_timeout_ms = o->c.timeout_ms,
-		.copy_mode = o->disk_copy_background ? DISK_COPY_BACKGROUND
-						     : DISK_COPY_WRITE_BLOCKING,
+		.copy_mode = (enum disk_copy_mode)o->disk_copy_mode,
 		.abort_flag = &s->abort_flag,
 		.keepalive = disk_keepalive, .keepalive_opaque = s,
 	};
@@ -1730,17 +1772,13 @@ static void postcopy_broken(struct sender *s, struct send_run *run)
 	learn_outcome(s, run->tls, false);
 	if (!s->decided_commit)
 		return; /* discarded there: the source runs it again (finish()) */
-	pthread_mutex_lock(&s->lock);
-	s->failed = 1;
-	s->outcome = PROXY_LINK;
-	snprintf(s->error, sizeof(s->error), "the link broke during postcopy (%.150s), after the "
+	sender_refail(s, PROXY_LINK, "the link broke during postcopy (%.150s), after the "
 		 "switchover was committed: the destination %s the guest and the source holds "
 		 "memory it has not sent yet; both QEMUs wait paused (postcopy-paused) and the "
 		 "source never runs it again (docs/postcopy.md, \"A broken link\")%s", why,
 		 s->peer_outcome == WIRE_OUTCOME_RUNNING ? "runs" : "may run",
 		 s->peer_outcome == WIRE_OUTCOME_RUNNING ? "" :
 		 "; 'tsubame resolve' on the destination host says whether it runs there");
-	pthread_mutex_unlock(&s->lock);
 }
 
 /* QEMU migrates through us; then the switchover is committed or undone. */

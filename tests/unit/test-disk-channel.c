@@ -1356,27 +1356,29 @@ static void test_send_copy(void **state)
 	assert_true(rp.done);
 	assert_int_equal(rp.pings, 1);
 	assert_int_equal(rp.entries, 4 + 2);
-	/* Active mirroring unless asked otherwise (issue 18), and reported. */
-	assert_string_equal(s.fq.copy_mode, "write-blocking");
-	assert_int_equal(s.fq.buf_size, DISK_MIRROR_BUF_ACTIVE);
+	/*
+	 * Auto by default (issue 18): the mirror starts in background (a job
+	 * that never stops converging is not restarted), and it is reported.
+	 */
+	assert_string_equal(s.fq.copy_mode, "background");
+	assert_int_equal(s.fq.buf_size, 0);
 	disk_send_finish(s.ds, s.q, s.report);
 	s.ds = NULL;
 	assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(
-		json_object_get(s.report, "disks"), "disks"), 0), "copy_mode")), "write-blocking");
+		json_object_get(s.report, "disks"), "disks"), 0), "copy_mode")), "background");
 	srig_down(&s);
 }
 
-/* --disk-copy-mode background reaches blockdev-mirror and the report. */
-static void test_send_background_mode(void **state)
+/* --disk-copy-mode background or write-blocking reaches blockdev-mirror and the report. */
+static void check_send_mode(enum disk_copy_mode mode, const char *name, int buf_size)
 {
 	struct responder rp = { 0 };
 	struct srig s;
 	pthread_t t;
 
-	(void)state;
-	srig_up_mode(&s, DISK_COPY_BACKGROUND, true);
-	assert_string_equal(s.fq.copy_mode, "background");
-	assert_int_equal(s.fq.buf_size, 0);	/* QEMU's default */
+	srig_up_mode(&s, mode, true);
+	assert_string_equal(s.fq.copy_mode, name);
+	assert_int_equal(s.fq.buf_size, buf_size);
 	/* Someone answers the flush of the (fake) job's cancel. */
 	rp.c = s.c;
 	assert_int_equal(pthread_create(&t, NULL, responder_main, &rp), 0);
@@ -1384,8 +1386,21 @@ static void test_send_background_mode(void **state)
 	s.ds = NULL;
 	assert_int_equal(pthread_join(t, NULL), 0);
 	assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(
-		json_object_get(s.report, "disks"), "disks"), 0), "copy_mode")), "background");
+		json_object_get(s.report, "disks"), "disks"), 0), "copy_mode")), name);
 	srig_down(&s);
+}
+
+static void test_send_background_mode(void **state)
+{
+	(void)state;
+	check_send_mode(DISK_COPY_BACKGROUND, "background", 0); /* QEMU's default buf-size */
+}
+
+/* Write-blocking keeps few bulk-copy requests ahead of a guest write. */
+static void test_send_write_blocking_mode(void **state)
+{
+	(void)state;
+	check_send_mode(DISK_COPY_WRITE_BLOCKING, "write-blocking", DISK_MIRROR_BUF_ACTIVE);
 }
 
 /*
@@ -1486,6 +1501,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_accept_strangers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_send_copy, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_send_unconfirmed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_send_write_blocking_mode, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_send_background_mode, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_send_hostile_receiver, setup, teardown),
 	};

@@ -450,7 +450,7 @@ static int finish(enum proxy_outcome oc, json_t *report, const char *path)
 int cmd_send(int argc, char **argv)
 {
 	struct proxy_send_options o = { 0 };
-	struct parsed p = { 0 };
+	struct parsed p = { .mode = PROXY_MODE_AUTO };
 	json_t *report = NULL;
 	enum proxy_outcome oc;
 	int r;
@@ -469,11 +469,11 @@ int cmd_send(int argc, char **argv)
 		       "  --to HOST:PORT         where 'tsubame recv' listens (required)\n"
 		       COMMON_HELP
 		       "  --caps LIST            extra QEMU capabilities, e.g. auto-converge\n"
-		       "  --mode MODE            precopy (default): QEMU's precopy, cancelled at\n"
-		       "                         --timeout if it never converges; auto: precopy,\n"
-		       "                         then postcopy by itself once a pass no longer\n"
-		       "                         shrinks what is dirty (the report says when and\n"
-		       "                         why); postcopy: switch as soon as QEMU migrates\n"
+		       "  --mode MODE            auto (default): precopy, then postcopy by itself\n"
+		       "                         once a pass no longer shrinks what is dirty (the\n"
+		       "                         report says when and why); precopy: QEMU's\n"
+		       "                         precopy only, cancelled at --timeout if it never\n"
+		       "                         converges; postcopy: switch as soon as QEMU migrates\n"
 		       "  --postcopy-after DUR   switch to postcopy after this long\n"
 		       "  --max-bandwidth RATE   QEMU's max-bandwidth (e.g. 1gbit)\n"
 		       "  --downtime-limit MS    QEMU's downtime-limit\n"

@@ -28,6 +28,14 @@ struct qmp;
 #define PROXY_DEVICE_RAM_MAX (1ull << 30)
 /* The window holds this much time of the measured end-to-end rate. */
 #define PROXY_WINDOW_MS 150
+/*
+ * In postcopy every byte in flight delays the guest's page faults, which
+ * wait behind it: the window is then the path's delay and half again plus
+ * this (enough to keep the link busy), and at least PROXY_WINDOW_PC_MIN
+ * (two ACKs' worth).
+ */
+#define PROXY_WINDOW_PC_EXTRA_MS 20
+#define PROXY_WINDOW_PC_MIN (1ull << 20)
 /* Default content cache per side (must be the same on both ends). */
 #define PROXY_CACHE_DEFAULT (1ull << 30)
 /* Read chunk from QEMU. */

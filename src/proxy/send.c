@@ -707,6 +707,8 @@ static void update_window(struct sender *s, uint64_t prev_acked, uint64_t acked)
 	uint64_t now = tsb_now_ns(), rate, w, w_ms, delay_ms, delay;
 
 	delay = sample_delay(s, acked, now);
+	if (s->in_postcopy)
+		s->slow_start = false; /* the link is the limit now: keep the queue short */
 	if (slow_start_step(s, acked, acked - prev_acked, delay, now))
 		return;
 	if (!s->ack_rate_t0_ns) {
@@ -731,6 +733,12 @@ static void update_window(struct sender *s, uint64_t prev_acked, uint64_t acked)
 	w = rate * (w_ms > PROXY_WINDOW_MS ? w_ms : PROXY_WINDOW_MS) / 1000;
 	if (w < PROXY_WINDOW_MIN)
 		w = PROXY_WINDOW_MIN;
+	if (s->in_postcopy) {
+		/* Faults wait behind what is in flight: little more than the path holds. */
+		w = rate * (delay_ms + delay_ms / 2 + PROXY_WINDOW_PC_EXTRA_MS) / 1000;
+		if (w < PROXY_WINDOW_PC_MIN)
+			w = PROXY_WINDOW_PC_MIN;
+	}
 	if (w > s->window_max)
 		w = s->window_max;
 	s->window = w;
@@ -1754,6 +1762,8 @@ static void migrate_tick(void *opaque, json_t *stats)
 {
 	struct send_run *run = opaque;
 
+	if (run->res.postcopy)
+		run->pc.s->in_postcopy = true;
 	report_progress_tick(&run->pc, stats);
 	commit_in_postcopy(run->pc.s, stats, &run->res);
 }

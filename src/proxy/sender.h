@@ -119,6 +119,7 @@ struct sender {
 	 * is full) or the delay doubles.
 	 */
 	bool slow_start;
+	atomic_bool in_postcopy;	/* QEMU was told to switch: a short window */
 	bool credit_blocked; /* the parse thread waits for credits now */
 	uint64_t ss_wait0;   /* credit_wait_ns at the previous ACK */
 	uint64_t round_end, round_acked0, round_t0, round_rate;

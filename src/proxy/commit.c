@@ -43,8 +43,11 @@ int commit_vm_running(struct qmp *q, bool *ret_running)
 	return r;
 }
 
-/* Is QEMU's outgoing migration still busy (not yet ended one way or another)? */
-static bool migration_busy(struct qmp *q, bool *completed, bool *postcopy_paused)
+/*
+ * Is QEMU's outgoing migration still busy (not yet ended one way or
+ * another)? mst gets its status ("" if QEMU did not answer).
+ */
+static bool migration_busy(struct qmp *q, char *mst, size_t len)
 {
 	static const char *const busy[] = {
 		"setup", "active", "pre-switchover", "device", "cancelling", "wait-unplug",
@@ -55,38 +58,41 @@ static bool migration_busy(struct qmp *q, bool *completed, bool *postcopy_paused
 	bool b = false;
 	size_t i;
 
+	mst[0] = '\0';
 	if (qmp_execute(q, "query-migrate", NULL, &m, NULL, 0) < 0)
 		return false;
 	st = json_string_value(json_object_get(m, "status"));
+	snprintf(mst, len, "%s", st ? st : "");
 	for (i = 0; st && i < TSB_ARRAY_SIZE(busy); i++)
 		b |= !strcmp(st, busy[i]);
-	*completed = st && !strcmp(st, "completed");
-	*postcopy_paused = st && !strcmp(st, "postcopy-paused");
 	json_decref(m);
 	return b;
 }
 
-int commit_resume_source(struct qmp *q, bool was_running, bool *ret_completed,
+int commit_resume_source(struct qmp *q, bool was_running, bool postcopy, bool *ret_completed,
 			 char *err, size_t errlen)
 {
-	uint64_t t0 = tsb_now_ns();
-	bool paused = false;
-	char st[32] = "";
+	/* A postcopy's cancel ends at once, unless QEMU paused it (below). */
+	uint64_t t0 = tsb_now_ns(), limit = postcopy ? 10000000000ull : 30000000000ull;
+	char st[32] = "", mst[32];
 	int r;
 
-	/* A migration still under way is cancelled; QEMU then resumes by itself. */
-	(void)qmp_execute(q, "migrate_cancel", NULL, NULL, NULL, 0);
-	while (migration_busy(q, ret_completed, &paused) && tsb_now_ns() - t0 < 30000000000ull)
+	/*
+	 * QEMU 7.2's cancel of a postcopy shuts the return path (the same
+	 * socket) before it marks the migration cancelling: when the stream's
+	 * failure is seen first, QEMU pauses the migration instead (and a
+	 * cancel then leaves it "cancelling" for good). From there only a
+	 * postcopy recovery goes on: never cancel a paused one.
+	 */
+	(void)migration_busy(q, mst, sizeof(mst));
+	if (strcmp(mst, "postcopy-paused"))
+		(void)qmp_execute(q, "migrate_cancel", NULL, NULL, NULL, 0);
+	while (migration_busy(q, mst, sizeof(mst)) && tsb_now_ns() - t0 < limit)
 		usleep(50000);
-	if (paused) {
-		/*
-		 * QEMU 7.2's cancel of a postcopy shuts the return path (the same
-		 * socket) before it marks the migration cancelling: when the
-		 * stream fails first, QEMU pauses it instead, and from there
-		 * only a postcopy recovery goes on.
-		 */
-		snprintf(err, errlen, "its QEMU paused the migration in postcopy (postcopy-paused), "
-			 "from which QEMU 7.2 cannot run the source again");
+	*ret_completed = !strcmp(mst, "completed");
+	if (!strcmp(mst, "postcopy-paused") || (postcopy && !strcmp(mst, "cancelling"))) {
+		snprintf(err, errlen, "its QEMU paused the migration in postcopy (%s), from which "
+			 "QEMU 7.2 cannot run the source again", mst);
 		return -EAGAIN;
 	}
 	for (;;) {

@@ -39,9 +39,10 @@ int commit_vm_running(struct qmp *q, bool *ret_running);
  * in). *ret_completed: QEMU's migration had completed (so the receiver
  * may hold the guest). 0 when the source runs (or was not to be resumed);
  * -EAGAIN when QEMU paused the migration in postcopy instead of cancelling
- * it (only a postcopy recovery goes on from there).
+ * it (only a postcopy recovery goes on from there). postcopy: the
+ * migration may have switched to postcopy.
  */
-int commit_resume_source(struct qmp *q, bool was_running, bool *ret_completed,
+int commit_resume_source(struct qmp *q, bool was_running, bool postcopy, bool *ret_completed,
 			 char *err, size_t errlen);
 
 /*

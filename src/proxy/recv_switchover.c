@@ -189,6 +189,23 @@ static bool tell_outcome(struct receiver *rc, struct wire_tls *tls, volatile int
 }
 
 /*
+ * The guest runs here but the postcopy cannot finish: say so, whatever
+ * failed first (the sender's side says the same).
+ */
+static void postcopy_broken(struct receiver *rc, const char *cause)
+{
+	char why[sizeof(rc->error)];
+
+	snprintf(why, sizeof(why), "%s", cause);
+	recv_fail(rc, PROXY_LINK, "postcopy");	/* cuts QEMU's stream: it pauses */
+	snprintf(rc->error, sizeof(rc->error), "the link broke during postcopy (%.150s), after the "
+		 "guest began to run here: part of its memory is still at the source; QEMU "
+		 "waits paused for it (postcopy-paused) and the source never runs the guest "
+		 "again (docs/postcopy.md, \"A broken link\")", why);
+	rc->outcome = PROXY_LINK;
+}
+
+/*
  * Postcopy, after the commit: the guest runs here while the rest of its
  * memory arrives; the migration ends when QEMU has all of it. A stream
  * that breaks now leaves the guest running here without that memory:
@@ -196,7 +213,7 @@ static bool tell_outcome(struct receiver *rc, struct wire_tls *tls, volatile int
  */
 static void wait_postcopy_done(struct receiver *rc, struct qmp *q, volatile int *sig)
 {
-	char why[sizeof(rc->error)], st[32];
+	char st[32];
 	struct qmp_event ev;
 	uint64_t closed_ns = 0;
 	int r;
@@ -238,15 +255,8 @@ static void wait_postcopy_done(struct receiver *rc, struct qmp *q, volatile int 
 		else if (closed_ns && tsb_now_ns() - closed_ns > 30000000000ull)
 			recv_fail(rc, PROXY_LINK, "the sender closed before QEMU had all memory");
 	}
-	if (!rc->failed)
-		return;
-	/* Overwrite the first words: what matters is where the guest is. */
-	snprintf(why, sizeof(why), "%s", rc->error);
-	snprintf(rc->error, sizeof(rc->error), "the link broke during postcopy (%.150s), after the "
-		 "guest began to run here: part of its memory is still at the source; QEMU "
-		 "waits paused for it (postcopy-paused) and the source never runs the guest "
-		 "again (docs/postcopy.md, \"A broken link\")", why);
-	rc->outcome = PROXY_LINK;
+	if (rc->failed)
+		postcopy_broken(rc, rc->error);
 }
 
 /*
@@ -344,6 +354,9 @@ void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 		tsb_fault_point("postcopy-running");
 		wait_postcopy_done(rc, q, sig);
 	}
+	/* The decision came over a new connection: the stream is gone. */
+	if (outcome == WIRE_OUTCOME_RUNNING && rc->in_postcopy && c && !rc->failed)
+		postcopy_broken(rc, "the decision came over a new connection");
 	if (!tell_outcome(rc, tls, sig, c, outcome, text, sent))
 		log_warn("the sender %s that the guest %s here; if not, it reports the "
 			 "migration in doubt until 'tsubame resolve %s' runs there",

@@ -46,7 +46,7 @@ static int resolve_send(const struct proxy_resolve_options *o, const struct mig_
 	}
 	if (open_qmp(o, r, &q) < 0)
 		return 1;
-	if (commit_resume_source(q, r->resume, &completed, err, sizeof(err)) < 0) {
+	if (commit_resume_source(q, r->resume, false, &completed, err, sizeof(err)) < 0) {
 		fprintf(stderr, "tsubame resolve: the source VM could not be resumed: %s\n", err);
 		qmp_close(q);
 		return 1;

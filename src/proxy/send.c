@@ -1385,7 +1385,7 @@ static void abort_switchover(struct sender *s, struct qmp *q, struct wire_tls *t
 
 	if (!s->migrate_ns)
 		return; /* QEMU was never told to migrate */
-	r = commit_resume_source(q, s->rec.resume, &completed, err, sizeof(err));
+	r = commit_resume_source(q, s->rec.resume, s->in_postcopy, &completed, err, sizeof(err));
 	if (r == -EAGAIN) {
 		postcopy_stuck(s, err);
 		return;

@@ -199,11 +199,15 @@ kill -0 "$apid" || fail "agent A died in the flood"
 # Each kind counted: the kernel drops what the agent's socket buffer cannot
 # hold while six floods run at once (a loaded host lost over half of one
 # kind under ASan), so a fifth is what every kind must reach.
+refused=0
 for c in drop_unknown_peer bmsg_bad drop_bad bu_forged bu_refused drop_vni; do
 	v=$(counter "$sa" "$c")
 	[ "$v" -ge $((n / 5)) ] || fail "counter $c is $v after $n datagrams of its kind"
+	refused=$((refused + v))
 done
-[ "$(counter "$sa" log_suppressed)" -ge $((n * 3)) ] || fail "refusals not rate-limited in the log"
+# All but the few logged lines of what was refused went unlogged.
+[ "$(counter "$sa" log_suppressed)" -ge $((refused - 200)) ] ||
+	fail "refusals not rate-limited in the log ($(counter "$sa" log_suppressed) of $refused suppressed)"
 tail -n +$((lines0 + 1)) "$T/a3.log" >"$T/flood.log"
 for what in "which is no peer" "malformed binding message" "malformed tunnel datagram" \
 	"forged binding message" "claims site 'B' but comes from" "with VNI 7"; do

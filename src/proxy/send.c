@@ -730,14 +730,15 @@ static void update_window(struct sender *s, uint64_t prev_acked, uint64_t acked)
 	 */
 	delay_ms = path_delay(s) / 1000000;
 	w_ms = 2 * delay_ms + 50;
-	w = rate * (w_ms > PROXY_WINDOW_MS ? w_ms : PROXY_WINDOW_MS) / 1000;
-	if (w < PROXY_WINDOW_MIN)
-		w = PROXY_WINDOW_MIN;
 	if (s->in_postcopy) {
 		/* Faults wait behind what is in flight: little more than the path holds. */
 		w = rate * (delay_ms + delay_ms / 2 + PROXY_WINDOW_PC_EXTRA_MS) / 1000;
 		if (w < PROXY_WINDOW_PC_MIN)
 			w = PROXY_WINDOW_PC_MIN;
+	} else {
+		w = rate * (w_ms > PROXY_WINDOW_MS ? w_ms : PROXY_WINDOW_MS) / 1000;
+		if (w < PROXY_WINDOW_MIN)
+			w = PROXY_WINDOW_MIN;
 	}
 	if (w > s->window_max)
 		w = s->window_max;
@@ -1173,17 +1174,28 @@ static int outcome_on_main(struct sender *s)
 	return s->peer_outcome;
 }
 
+/* How long a switchover step may wait for the receiver (--stall-timeout). */
+static uint64_t stall_limit_ms(const struct sender *s)
+{
+	return s->o->c.stall_ms ? s->o->c.stall_ms : 60000;
+}
+
 /*
  * Decides to commit once the receiver holds the guest (PREPARED, its
- * disks confirmed) and the record says so. 0, or -1 with the sender
- * failed (the caller aborts and the source runs again).
+ * disks confirmed) and the record says so; the DECISION's text carries
+ * the source's STOP time (stop_ns, 0 if unknown) for the receiver's
+ * downtime. 0, or -1 with the sender failed (the caller aborts and the
+ * source runs again).
  */
-static int decide_commit(struct sender *s, uint64_t limit_ms)
+static int decide_commit(struct sender *s, uint64_t stop_ns)
 {
 	char err[512];
 
+	if (stop_ns)
+		snprintf(s->decision_text, sizeof(s->decision_text), "%s stop_ns=%llu",
+			 s->rec.id, (unsigned long long)stop_ns);
 	/* A receiver says PREPARED after its disks' DONE; both are needed to commit. */
-	if (disk_send_confirmed(s->disks, limit_ms, err, sizeof(err)) < 0) {
+	if (disk_send_confirmed(s->disks, stall_limit_ms(s), err, sizeof(err)) < 0) {
 		sender_fail(s, PROXY_LINK, "disks: %s: not committing", err);
 		return -1;
 	}
@@ -1246,11 +1258,9 @@ static void learn_outcome(struct sender *s, struct wire_tls *tls, bool sent_on_m
  * Without PREPARED, fail: the caller aborts and the source runs again.
  * A postcopy migration committed at its switch only learns the outcome.
  */
-static void settle(struct sender *s, struct wire_tls *tls)
+static void settle(struct sender *s, struct wire_tls *tls, uint64_t stop_ns)
 {
-	const struct proxy_send_options *o = s->o;
-	uint64_t t0 = tsb_now_ns(), acked = s->acked;
-	uint64_t limit = (o->c.stall_ms ? o->c.stall_ms : 60000) * 1000000;
+	uint64_t t0 = tsb_now_ns(), acked = s->acked, limit = stall_limit_ms(s) * 1000000;
 	bool sent;
 
 	tsb_fault_point("source-completed");
@@ -1273,7 +1283,7 @@ static void settle(struct sender *s, struct wire_tls *tls)
 					   : "the receiver did not say that it holds the guest");
 		return;
 	}
-	if (decide_commit(s, limit / 1000000) < 0)
+	if (decide_commit(s, stop_ns) < 0)
 		return;
 	log_info("switchover committed (migration %s)", s->rec.id);
 	sent = decide_on_main(s, WIRE_DECIDE_COMMIT);
@@ -1292,8 +1302,6 @@ static void settle(struct sender *s, struct wire_tls *tls)
 static void commit_in_postcopy(struct sender *s, json_t *stats, const struct migctl_result *res)
 {
 	const char *st = json_string_value(json_object_get(stats, "status"));
-	uint64_t limit_ms = s->o->c.stall_ms ? s->o->c.stall_ms : 60000;
-	uint64_t stop_ns = res->stop_ns;
 	struct tsb_buf b;
 	int r;
 
@@ -1313,10 +1321,7 @@ static void commit_in_postcopy(struct sender *s, json_t *stats, const struct mig
 	}
 	if (s->decided_commit || !s->prepared || s->abort_flag > 1)
 		return;
-	if (stop_ns)
-		snprintf(s->decision_text, sizeof(s->decision_text), "%s stop_ns=%llu",
-			 s->rec.id, (unsigned long long)stop_ns);
-	if (decide_commit(s, limit_ms) < 0)
+	if (decide_commit(s, res->stop_ns) < 0)
 		return;
 	log_info("switchover committed in postcopy (migration %s): the destination runs the "
 		 "guest while the rest of its memory follows", s->rec.id);
@@ -1825,10 +1830,7 @@ static void migrate(struct sender *s, struct send_run *run)
 		return;
 	}
 	/* The source completed: commit if the destination holds the guest. */
-	if (run->res.stop_ns)
-		snprintf(s->decision_text, sizeof(s->decision_text), "%s stop_ns=%llu", s->rec.id,
-			 (unsigned long long)run->res.stop_ns);
-	settle(s, run->tls);
+	settle(s, run->tls, run->res.stop_ns);
 	/* QEMU is done with the socket; make sure the parse thread sees its end. */
 	if (!s->failed)
 		shutdown(s->qfd, SHUT_RDWR);

@@ -10,7 +10,12 @@
  * Cases 1-4 write a throw-away store in a temporary directory (on tmpfs,
  * /dev/shm, when there is one), open it
  * (recovery), read every page it claims (each must hash right), then run
- * stats, verify and gc over it. Nothing may crash, and no page may be
+ * the store-wide tools stats, verify and gc, in that order, except those
+ * the first byte's quotient (data[0] / 5) leaves out: bit 0 stats, bit 1
+ * verify, bit 2 gc. Each of them opens the store again, so running all
+ * three on every input made an input four opens; leaving some out lets
+ * libFuzzer try twice as many stores, each tool still on every kind of
+ * file (a quotient of 0, as in the older corpus, runs all three). Nothing may crash, and no page may be
  * served with the wrong content.
  */
 #include <dirent.h>
@@ -149,7 +154,9 @@ static void check_fn(const uint8_t hash[STORE_HASH_LEN], void *arg)
 	(void)arg;
 }
 
-static void exercise_store(void)
+enum { SKIP_STATS = 1, SKIP_VERIFY = 2, SKIP_GC = 4 };
+
+static void exercise_store(unsigned skip)
 {
 	struct store_options o = { .dir = base, .tenant = "t" };
 	struct store_image_info *v = NULL;
@@ -190,11 +197,12 @@ static void exercise_store(void)
 		}
 		store_close(s);
 	}
-	if (store_stats(base, &rep, err, sizeof(err)) == 0)
+	if (!(skip & SKIP_STATS) && store_stats(base, &rep, err, sizeof(err)) == 0)
 		json_decref(rep);
-	if (store_verify(base, &rep, err, sizeof(err)) >= 0)
+	if (!(skip & SKIP_VERIFY) && store_verify(base, &rep, err, sizeof(err)) >= 0)
 		json_decref(rep);
-	if (store_gc(base, 1ull << 30, &rep, err, sizeof(err)) == 0)
+	if (!(skip & SKIP_GC) &&
+	    store_gc(base, 1ull << 30, &rep, err, sizeof(err)) == 0)
 		json_decref(rep);
 }
 
@@ -263,6 +271,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		break;
 	}
 	}
-	exercise_store();
+	exercise_store(data[0] / 5u);
 	return 0;
 }

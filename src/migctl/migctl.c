@@ -318,8 +318,10 @@ static int run_check_completed(struct run *m)
 }
 
 /*
- * postcopy_auto: is precopy failing to converge? Judged at the end of each
- * pass (QEMU's dirty-sync-count), from two whole passes on. Writes why.
+ * postcopy_auto: is precopy failing to converge, or converging so slowly
+ * that it would send several times what postcopy would? Judged at the end
+ * of each pass (QEMU's dirty-sync-count), from two whole passes on. Writes
+ * why.
  */
 static bool precopy_stuck(struct run *m, char *why, size_t len)
 {
@@ -343,9 +345,21 @@ static bool precopy_stuck(struct run *m, char *why, size_t len)
 			 dirty / 1e6, moved / 1e6);
 		return true;
 	}
-	if (m->left_prev && left >= m->left_prev / 10 * 9) {
-		snprintf(why, len, "pass %lld left %.1f MB dirty, the pass before %.1f MB",
-			 (long long)n - 1, left / 1e6, m->left_prev / 1e6);
+	/*
+	 * A pass that leaves r of what the pass before left: precopy sends
+	 * about left / (1 - r) more before it converges (if it does), postcopy
+	 * about left once. From r = 2/3 on, that is three times as much.
+	 */
+	if (m->left_prev && left >= m->left_prev) {
+		snprintf(why, len, "pass %lld left %.1f MB dirty, no less than the pass before "
+			 "(%.1f MB)", (long long)n - 1, left / 1e6, m->left_prev / 1e6);
+		return true;
+	}
+	if (m->left_prev && left >= m->left_prev / 3 * 2) {
+		snprintf(why, len, "pass %lld left %.1f MB dirty, the pass before %.1f MB: "
+			 "precopy would send %.1f times that before converging",
+			 (long long)n - 1, left / 1e6, m->left_prev / 1e6,
+			 (double)m->left_prev / (double)(m->left_prev - left));
 		return true;
 	}
 	return false;

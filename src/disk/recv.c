@@ -74,9 +74,9 @@ struct rdisk {
 	bool exported, used, marked;
 	char marker[4200];
 	struct nbd_client *cl;
-	int tfd;			/* the image QEMU has open, to read the target; or -1 */
+	int tfd;			/* the image QEMU has open (read-write), or -1 */
 	uint64_t unflushed;		/* bytes written since the last flush was sent */
-	bool checked_in_file;		/* tfd was opened */
+	bool checked_in_file;		/* tfd was opened: reads and writes go to it */
 	/* statistics */
 	uint64_t bytes_written, bytes_zeroed, flushes;
 	uint64_t writes;		/* NBD WRITE and WRITE_ZEROES requests */
@@ -516,17 +516,21 @@ int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[WIRE
 }
 
 /*
- * The target under a frame is read straight from the image when the
+ * The target is read and written straight in the image when the
  * destination QEMU has it open as a raw file of the disk's size: NBD READs
  * of the whole disk (1 GiB for D1, every unchanged block) cost the
- * destination QEMU and the receiver more than all the writes, and made the
- * receiver the disk channel's bottleneck on a busy host. The file opened
- * is QEMU's own (/proc/PID/fd of the QMP peer), never another one at the
- * same path (another mount namespace). QEMU writes a raw image through the
- * kernel (the page cache, or O_DIRECT, which keeps the cache coherent),
- * and a range is read only once the writes overlapping it have completed
- * (fl_overlaps), so the read sees what an NBD READ would. Anything else
- * (qcow2, a raw offset or size, no access to QEMU's fds): -1, NBD READs.
+ * destination QEMU and the receiver more than all the writes, and the
+ * writes through QEMU's export (1 GiB for a clone arriving on an empty
+ * target) were the disk channel's bottleneck. The file opened is QEMU's
+ * own (/proc/PID/fd of the QMP peer), never another one at the same path
+ * (another mount namespace). A raw image has nothing QEMU caches above
+ * the kernel (its page cache, or O_DIRECT, which the kernel keeps
+ * coherent with it), nobody but this receiver writes it while the guest
+ * waits for the migration, and DONE comes only after fdatasync(): what
+ * QEMU reads afterwards is what the NBD route would have written. A range
+ * is read only once the NBD writes overlapping it (none here) completed
+ * (fl_overlaps). Anything else (qcow2, a raw offset or size, no access to
+ * QEMU's fds): -1, NBD READs and WRITEs.
  */
 static int open_qemu_image(pid_t pid, const struct disk_dev *dev)
 {
@@ -552,7 +556,7 @@ static int open_qemu_image(pid_t pid, const struct disk_dev *dev)
 			continue;
 		link[n] = '\0';
 		if (!strcmp(link, dev->file))
-			fd = openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC);
+			fd = openat(dirfd(d), e->d_name, O_RDWR | O_CLOEXEC);
 	}
 	closedir(d);
 	if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
@@ -561,7 +565,7 @@ static int open_qemu_image(pid_t pid, const struct disk_dev *dev)
 		fd = -1;
 	}
 	if (fd >= 0)
-		log_debug("disk %s: the target is checked in %s, QEMU's open file",
+		log_debug("disk %s: the target is read and written in %s, QEMU's open file",
 			  dev->device, dev->file);
 	return fd;
 }
@@ -579,6 +583,44 @@ static int pread_full(int fd, uint8_t *buf, size_t len, uint64_t off)
 		buf += n;
 		len -= (size_t)n;
 		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+/* pwrite of exactly len bytes: 0 or -errno. */
+static int pwrite_full(int fd, const uint8_t *buf, size_t len, uint64_t off)
+{
+	while (len) {
+		ssize_t n = pwrite(fd, buf, len, (off_t)off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		buf += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+/* Zeroes [off, off + len) of the image: ZERO_RANGE, else writes of zeroes. */
+static int zero_in_file(int fd, uint64_t off, uint64_t len)
+{
+	static const uint8_t zeroes[64 << 10];
+	int r;
+
+	if (fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+		      (off_t)len) == 0)
+		return 0;
+	while (len) {
+		size_t n = len < sizeof(zeroes) ? (size_t)len : sizeof(zeroes);
+
+		r = pwrite_full(fd, zeroes, n, off);
+		if (r < 0)
+			return r;
+		off += n;
+		len -= n;
 	}
 	return 0;
 }
@@ -736,6 +778,35 @@ static int bg_flush(struct disk_recv *dr, int k)
 	return fl_submit(dr, k, NBD_CMD_FLUSH, 0, 0, NULL, NULL);
 }
 
+/*
+ * The current run, written in the image itself (checked_in_file); at
+ * BG_FLUSH_BYTES the kernel is told to start writing back, not waited for.
+ */
+static int run_write_in_file(struct disk_recv *dr, struct rdisk *d)
+{
+	int r;
+
+	if (dr->run_zero) {
+		r = zero_in_file(d->tfd, dr->run_off, dr->run_len);
+		d->bytes_zeroed += dr->run_len;
+	} else {
+		r = pwrite_full(d->tfd, dr->wbuf[dr->wcur].data + dr->run_at, dr->run_len,
+				dr->run_off);
+		d->bytes_written += dr->run_len;
+	}
+	d->unflushed += dr->run_len;
+	dr->run_len = 0;
+	if (r < 0) {
+		dr_fail(dr, "disk %s: writing %s: %s", d->dev.device, d->dev.file, strerror(-r));
+		return r;
+	}
+	if (d->unflushed >= BG_FLUSH_BYTES) {
+		d->unflushed = 0;
+		(void)sync_file_range(d->tfd, 0, 0, SYNC_FILE_RANGE_WRITE);
+	}
+	return 0;
+}
+
 /* Sends the current run as one WRITE or WRITE_ZEROES (not waiting for it). */
 static int run_flush(struct disk_recv *dr)
 {
@@ -746,6 +817,8 @@ static int run_flush(struct disk_recv *dr)
 		return 0;
 	d = &dr->d[dr->run_disk];
 	d->writes++;
+	if (d->tfd >= 0)
+		return run_write_in_file(dr, d);
 	if (dr->run_zero) {
 		r = fl_submit(dr, dr->run_disk, NBD_CMD_WRITE_ZEROES, dr->run_off,
 			      (uint32_t)dr->run_len, NULL, NULL);
@@ -1123,20 +1196,47 @@ static int entry_disk(struct disk_recv *dr, const struct wire_pages *p,
  * A REF or SAME entry i of disk k: already in place (same[i]), found in
  * the page-cache index (into resolved[i]), or else listed in nl.
  */
+static bool all_bytes(const uint8_t *p, uint8_t c, size_t n)
+{
+	return n && p[0] == c && !memcmp(p, p + 1, n - 1);
+}
+
+static uint8_t zero_hash[WIRE_HASH_LEN];	/* SHA-256 of a block of zeroes */
+
+static void zero_hash_init(void)
+{
+	static const uint8_t zeroes[BLOCK];
+
+	wire_sha256(zeroes, BLOCK, zero_hash);
+}
+
+/*
+ * Does the target block at t hold the content hash names? A block of
+ * zeroes (most of an empty target, where a clone arrives) is told without
+ * hashing it.
+ */
+static bool target_holds(const uint8_t *t, const uint8_t *hash)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	uint8_t h[WIRE_HASH_LEN];
+
+	if (all_bytes(t, 0, BLOCK)) {
+		pthread_once(&once, zero_hash_init);
+		return !memcmp(hash, zero_hash, WIRE_HASH_LEN);
+	}
+	wire_sha256(t, BLOCK, h);
+	return !memcmp(h, hash, WIRE_HASH_LEN);
+}
+
 static int resolve_ref(struct disk_recv *dr, const struct wire_pages *p,
 		       const struct wire_page_entry *e, int k, size_t i, struct need_list *nl)
 {
 	if (p->page_size != BLOCK)
 		return -EPROTO;
-	if (dr->tgt_at[i] != TGT_NONE) {
-		uint8_t h[WIRE_HASH_LEN];
-
-		wire_sha256(dr->tgt.data + dr->tgt_at[i], BLOCK, h);
-		if (!memcmp(h, e->hash, WIRE_HASH_LEN)) {
-			dr->same[i] = true;
-			dr->d[k].blk_same++;
-			return 0;
-		}
+	if (dr->tgt_at[i] != TGT_NONE && target_holds(dr->tgt.data + dr->tgt_at[i], e->hash)) {
+		dr->same[i] = true;
+		dr->d[k].blk_same++;
+		return 0;
 	}
 	if (!dr->index || diskindex_get(dr->index, e->hash, dr->resolved + i * BLOCK) < 0) {
 		if (!nl->hash) {
@@ -1153,11 +1253,6 @@ static int resolve_ref(struct disk_recv *dr, const struct wire_pages *p,
 }
 
 /* True when the n bytes at p are all c. */
-static bool all_bytes(const uint8_t *p, uint8_t c, size_t n)
-{
-	return n && p[0] == c && !memcmp(p, p + 1, n - 1);
-}
-
 /* Pass 1: checks every entry's range and encoding, resolves REFs, lists what is missing. */
 static int check_entries(struct disk_recv *dr, const struct wire_pages *p, struct need_list *nl)
 {
@@ -1355,7 +1450,10 @@ static int flush_disk(struct disk_recv *dr, int k)
 
 	if (r < 0)
 		return r;
-	r = nbd_client_flush(d->cl);
+	if (d->tfd >= 0)
+		r = fdatasync(d->tfd) < 0 ? -errno : 0;
+	else
+		r = nbd_client_flush(d->cl);
 	dr->flush_ns += tsb_now_ns() - t0;
 	d->flushes++;
 	d->unflushed = 0;

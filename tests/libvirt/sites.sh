@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Two libvirt "sites" on one machine, for tests that move libvirt-managed
 # guests between hosts. Source it; it needs root.
 #
@@ -47,7 +48,11 @@ lv_top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 LV_T=
 lv_sites=()	# sites whose namespaces exist, for sites_down
 
-lv_log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }
+# The EXIT trap may run while a command's 2>FILE is in force (a signal
+# handled once that command ends): its messages go to the stderr of the
+# start, kept here.
+exec {lv_stderr}>&2
+lv_log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&"$lv_stderr"; }
 
 site_addr() { case $1 in a) echo 10.77.0.1 ;; b) echo 10.77.0.2 ;; *) return 1 ;; esac; }
 site_netns() { echo "$LV_PREFIX-$1"; }
@@ -115,6 +120,7 @@ site_config() {
 site_ns() {
 	local s=$1 d=$LV_T/$1
 	touch "$d/ns/mnt" "$d/ns/uts"
+	# shellcheck disable=SC2016 # the script expands its own arguments
 	nsenter --net="/run/netns/$(site_netns "$s")" \
 		unshare --mount="$d/ns/mnt" --uts="$d/ns/uts" --propagation private \
 		bash -euc '
@@ -177,19 +183,17 @@ site_pids() { ip netns pids "$(site_netns "$1")" 2>/dev/null || true; }
 sites_down() {
 	local s pids i
 	[ ${#lv_sites[@]} -gt 0 ] || return 0
-	for s in "${lv_sites[@]}"; do
-		pids=$(site_pids "$s")
-		[ -z "$pids" ] || kill $pids 2>/dev/null || true
-	done
+	mapfile -t pids < <(for s in "${lv_sites[@]}"; do site_pids "$s"; done)
+	[ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true
 	# 10 s to exit on SIGTERM (libvirtd stops its QEMUs), then SIGKILL.
 	for ((i = 0; i < 100; i++)); do
-		pids=$(for s in "${lv_sites[@]}"; do site_pids "$s"; done)
-		[ -n "$pids" ] || break
+		mapfile -t pids < <(for s in "${lv_sites[@]}"; do site_pids "$s"; done)
+		[ ${#pids[@]} -gt 0 ] || break
 		sleep 0.1
 	done
-	if [ -n "$pids" ]; then
-		lv_log "killing what ignored SIGTERM: $(echo $pids)"
-		kill -9 $pids 2>/dev/null || true
+	if [ ${#pids[@]} -gt 0 ]; then
+		lv_log "killing what ignored SIGTERM: ${pids[*]}"
+		kill -9 "${pids[@]}" 2>/dev/null || true
 	fi
 	for s in "${lv_sites[@]}"; do
 		umount "$LV_T/$s/ns/mnt" "$LV_T/$s/ns/uts" 2>/dev/null || true
@@ -199,13 +203,14 @@ sites_down() {
 }
 
 # sites_trap: the EXIT trap tears the sites down first, then runs the trap
-# that was there (lib.sh's cleanup), with the exit status kept. $LV_T stays
-# after a failure, for its logs.
+# that was there (lib.sh's cleanup) with the exit status in $?. set +e: under
+# errexit the "(exit N)" that restores $? would end the trap there. $LV_T
+# stays after a failure, for its logs.
 sites_trap() {
 	local prev
 	prev=$(trap -p EXIT | sed "s/^trap -- '\(.*\)' EXIT\$/\1/")
-	# shellcheck disable=SC2064 # expanded now, on purpose
-	trap "lv_rc=\$?; sites_down; sites_report \$lv_rc; (exit \$lv_rc); ${prev:-exit \$lv_rc}" EXIT
+	# shellcheck disable=SC2064,SC2154 # expanded now on purpose; lv_rc is the trap's
+	trap "lv_rc=\$?; set +e; sites_down; sites_report \$lv_rc; (exit \$lv_rc); ${prev:-exit \$lv_rc}" EXIT
 }
 
 sites_report() {
@@ -217,7 +222,7 @@ sites_report() {
 	fi
 	lv_log "keeping $LV_T for inspection"
 	for f in "$LV_T"/?/log/libvirtd.log "$LV_T"/?/log/qemu/*.log; do
-		[ -s "$f" ] && { echo "--- $f (tail)"; tail -5 "$f"; } >&2
+		[ -s "$f" ] && { echo "--- $f (tail)"; tail -5 "$f"; } >&"$lv_stderr"
 	done
 	return 0
 }

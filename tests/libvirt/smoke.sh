@@ -8,6 +8,7 @@
 # libvirt, not tsubame).
 #
 #   tests/libvirt/smoke.sh        GUEST_DIR=... to use another guest build
+# shellcheck source=tests/libvirt/sites.sh
 . "$(dirname "$0")/sites.sh"
 
 name=smoke
@@ -27,8 +28,9 @@ preflight() {
 	for c in virsh libvirtd virtlogd qemu-system-x86_64 nsenter unshare ip; do
 		command -v "$c" >/dev/null 2>&1 || skip "needs $c (scripts/install-deps)"
 	done
-	[ -f "$GUEST_DIR/vmlinuz" ] && [ -f "$GUEST_DIR/initrd.img" ] ||
+	if [ ! -f "$GUEST_DIR/vmlinuz" ] || [ ! -f "$GUEST_DIR/initrd.img" ]; then
 		skip "no guest image in $GUEST_DIR (run scripts/build-guest)"
+	fi
 }
 
 # check_ram SITE: QEMU at SITE has the size we asked for, not libvirt's MiB.

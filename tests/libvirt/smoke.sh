@@ -44,12 +44,16 @@ check_ram() {
 # migrate FROM TO: libvirt's own live migration; FROM's libvirtd dials TO's
 # over the veth (p2p), the client only talks to FROM.
 migrate() {
-	local t0
+	local t0 job
 	t0=$(now)
 	site_virsh "$1" migrate --live --p2p --persistent --undefinesource "$name" \
 		"$(site_tcp_uri "$2")" >"$LV_T/migrate-$1$2.log" 2>&1 ||
 		fail "migration $1 -> $2 failed: $(cat "$LV_T/migrate-$1$2.log")"
-	lv_log "migrated $1 -> $2 in $(since "$t0") s"
+	# What the destination's libvirt saw of QEMU's migration.
+	job=$(site_virsh "$2" domjobinfo --completed "$name" 2>/dev/null || true)
+	lv_log "migrated $1 -> $2 in $(since "$t0") s" \
+		"($(awk -F': *' '/^Data processed/ { printf "%s, ", $2 }
+			/^Total downtime/ { gsub(/ +/, " ", $2); printf "downtime %s", $2 }' <<<"$job"))"
 }
 
 # check_moved FROM TO: the guest runs at TO only, defined there only, and

@@ -10,28 +10,33 @@
 # /var/lib/libvirt, /var/log/libvirt, /var/cache/libvirt, /etc/libvirt and
 # /etc/hosts, all bind-mounted from $LV_T/SITE/ so that the host (and a
 # failed run's leftovers) can read them: the console of a guest that ran at
-# site a is $LV_T/a/log/qemu/NAME.console.
+# site a is $LV_T/a/log/qemu/NAME.console. The mount and UTS namespaces are
+# bound to files in $LV_T/ns, the network namespaces are ip netns ones.
 #
 # Reaching a site's libvirtd:
 #   from the host:       site_uri SITE (qemu+unix, the socket in $LV_T/SITE/run)
-#   from the other site: qemu+tcp://site-SITE/system, for p2p migration.
+#   from the other site: site_tcp_uri SITE (qemu+tcp://site-SITE/system),
+#                        for p2p migration.
 #     auth none over plain TCP: acceptable only because the address lives
 #     on a veth that nothing but the two test namespaces can reach. qemu+ssh
 #     would need sshd and keys in every site for no gain in a test; TLS
 #     would need a CA; real deployments use either of those.
 #
 #   sites_up                  build both sites, start their daemons
-#   sites_down                tear everything down (also on a half-way failure:
-#                             sites_up hooks it into the EXIT trap)
-#   site_exec SITE CMD...     run CMD inside a site
+#   sites_down                tear everything down: kill every process in the
+#                             sites' network namespaces, unmount, remove (also
+#                             on a half-way failure: sites_up hooks it into
+#                             the EXIT trap, ahead of any trap already there)
+#   site_exec SITE CMD...     run CMD inside a site (sites_down ends it too)
 #   site_virsh SITE ARGS...   virsh against a site's libvirtd, from the host
 #   lv_guest_start SITE NAME APPEND   define and start a TCG test guest
 #   lv_console SITE NAME      the host path of that guest's console at SITE
+#   lv_ram_kib SITE NAME      the guest RAM its QEMU really has
 #   lv_last SITE NAME [beat|sweep]         memverify's last "beat N ok" there
 #   lv_wait_beat SITE NAME AFTER TIMEOUT [beat|sweep]   wait for a later one
 set -euo pipefail
 
-# ip, sysctl and the daemons live in sbin, which a non-login root shell may lack.
+# ip and the daemons live in sbin, which a non-login root shell may lack.
 PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 
 lv_top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -63,8 +68,8 @@ site_tcp_uri() { echo "qemu+tcp://site-$1/system"; }
 site_exec() {
 	local s=$1
 	shift
-	nsenter --net="/run/netns/$(site_netns "$s")" --mount="$LV_T/$s/ns/mnt" \
-		--uts="$LV_T/$s/ns/uts" -- "$@"
+	nsenter --net="/run/netns/$(site_netns "$s")" --mount="$LV_T/ns/$s-mnt" \
+		--uts="$LV_T/ns/$s-uts" -- "$@"
 }
 
 site_virsh() {
@@ -77,7 +82,7 @@ site_virsh() {
 site_config() {
 	local s=$1 d=$LV_T/$1 addr
 	addr=$(site_addr "$s")
-	mkdir -p "$d"/{run,lib,log/qemu,cache,ns}
+	mkdir -p "$d"/{run,lib,log/qemu,cache}
 	cp -a /etc/libvirt "$d/etc"
 	# The packaged default network would want dnsmasq and a bridge.
 	rm -f "$d"/etc/qemu/networks/autostart/*
@@ -115,14 +120,14 @@ site_config() {
 }
 
 # site_ns SITE: persistent mount and UTS namespaces (bound to files in
-# $LV_T/SITE/ns) inside the site's network namespace, with the site's
-# private directories mounted.
+# $LV_T/ns) inside the site's network namespace, with the site's private
+# directories mounted.
 site_ns() {
 	local s=$1 d=$LV_T/$1
-	touch "$d/ns/mnt" "$d/ns/uts"
+	touch "$LV_T/ns/$s-mnt" "$LV_T/ns/$s-uts"
 	# shellcheck disable=SC2016 # the script expands its own arguments
 	nsenter --net="/run/netns/$(site_netns "$s")" \
-		unshare --mount="$d/ns/mnt" --uts="$d/ns/uts" --propagation private \
+		unshare --mount="$LV_T/ns/$s-mnt" --uts="$LV_T/ns/$s-uts" --propagation private \
 		bash -euc '
 		d=$1
 		hostname "site-$2"
@@ -136,7 +141,7 @@ site_ns() {
 		mount --bind "$d/etc" /etc/libvirt
 		mount --bind "$d/hosts" /etc/hosts
 		# A sysfs of this network namespace (as ip netns exec does);
-		# it also hides the hosts cgroup mounts from libvirt.
+		# it also hides the cgroup mounts of the host from libvirt.
 		umount -l /sys
 		mount -t sysfs sysfs /sys
 		' site-ns "$d" "$s"
@@ -152,7 +157,7 @@ site_daemons() {
 		sleep 0.1
 	done
 	lv_log "site $s: libvirtd does not answer on $(site_uri "$s")"
-	tail -20 "$LV_T/$s/log/libvirtd.log" >&2 2>/dev/null || true
+	tail -20 "$LV_T/$s/log/libvirtd.log" 2>/dev/null 1>&"$lv_stderr" || true
 	return 1
 }
 
@@ -161,6 +166,12 @@ sites_up() {
 	[ "$(id -u)" -eq 0 ] || { lv_log "sites_up needs root"; return 1; }
 	LV_T=$(mktemp -d "${TMPDIR:-/tmp}/tsb-lv.XXXXXX")
 	sites_trap
+	# A namespace can be bound to a file only on a mount that does not
+	# propagate (the new namespace would otherwise hold a copy of its own
+	# file); / is shared under systemd.
+	mkdir "$LV_T/ns"
+	mount --bind "$LV_T/ns" "$LV_T/ns"
+	mount --make-private "$LV_T/ns"
 	for s in a b; do
 		ip netns add "$(site_netns "$s")"
 		lv_sites+=("$s")
@@ -182,7 +193,7 @@ site_pids() { ip netns pids "$(site_netns "$1")" 2>/dev/null || true; }
 
 sites_down() {
 	local s pids i
-	[ ${#lv_sites[@]} -gt 0 ] || return 0
+	[ -n "$LV_T" ] || return 0
 	mapfile -t pids < <(for s in "${lv_sites[@]}"; do site_pids "$s"; done)
 	[ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true
 	# 10 s to exit on SIGTERM (libvirtd stops its QEMUs), then SIGKILL.
@@ -196,9 +207,10 @@ sites_down() {
 		kill -9 "${pids[@]}" 2>/dev/null || true
 	fi
 	for s in "${lv_sites[@]}"; do
-		umount "$LV_T/$s/ns/mnt" "$LV_T/$s/ns/uts" 2>/dev/null || true
+		umount "$LV_T/ns/$s-mnt" "$LV_T/ns/$s-uts" 2>/dev/null || true
 		ip netns del "$(site_netns "$s")" 2>/dev/null || true
 	done
+	umount "$LV_T/ns" 2>/dev/null || true
 	lv_sites=()
 }
 

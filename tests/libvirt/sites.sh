@@ -26,7 +26,8 @@
 #   sites_down                tear everything down: kill every process in the
 #                             sites' network namespaces, unmount, remove (also
 #                             on a half-way failure: sites_up hooks it into
-#                             the EXIT trap, ahead of any trap already there)
+#                             the EXIT trap, ahead of any trap already there:
+#                             set your own, e.g. lib.sh's, before sites_up)
 #   site_exec SITE CMD...     run CMD inside a site (sites_down ends it too)
 #   site_virsh SITE ARGS...   virsh against a site's libvirtd, from the host
 #   lv_guest_start SITE NAME APPEND   define and start a TCG test guest

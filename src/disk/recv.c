@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -74,9 +75,10 @@ struct rdisk {
 	bool exported, used, marked;
 	char marker[4200];
 	struct nbd_client *cl;
-	int tfd;			/* the image QEMU has open (read-write), or -1 */
+	int tfd;			/* the image QEMU has open, or -1 */
 	uint64_t unflushed;		/* bytes written since the last flush was sent */
-	bool checked_in_file;		/* tfd was opened: reads and writes go to it */
+	bool checked_in_file;		/* tfd was opened: the target is read in it */
+	bool written_in_file;		/* and written in it (QEMU may write it) */
 	/* statistics */
 	uint64_t bytes_written, bytes_zeroed, flushes;
 	uint64_t writes;		/* NBD WRITE and WRITE_ZEROES requests */
@@ -516,37 +518,42 @@ int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[WIRE
 }
 
 /*
- * The target is read and written straight in the image when the
+ * The target is read, and written, straight in the image when the
  * destination QEMU has it open as a raw file of the disk's size: NBD READs
  * of the whole disk (1 GiB for D1, every unchanged block) cost the
  * destination QEMU and the receiver more than all the writes, and the
  * writes through QEMU's export (1 GiB for a clone arriving on an empty
- * target) were the disk channel's bottleneck. The file opened is QEMU's
- * own (/proc/PID/fd of the QMP peer), never another one at the same path
- * (another mount namespace). A raw image has nothing QEMU caches above
- * the kernel (its page cache, or O_DIRECT, which the kernel keeps
- * coherent with it), nobody but this receiver writes it while the guest
- * waits for the migration, and DONE comes only after fdatasync(): what
- * QEMU reads afterwards is what the NBD route would have written. A range
- * is read only once the NBD writes overlapping it (none here) completed
- * (fl_overlaps). Anything else (qcow2, a raw offset or size, no access to
- * QEMU's fds): -1, NBD READs and WRITEs.
+ * target) were the disk channel's bottleneck. The file is QEMU's own: its
+ * open file, taken with pidfd_getfd() (the QMP peer's PID) and checked to
+ * still be the image's path, then opened anew through /proc/self/fd (our
+ * own descriptor, so no O_DIRECT of QEMU's). It is opened for writing only
+ * when QEMU's own descriptor is writable: the receiver (often root) must
+ * not write a file that its QMP peer could only read. A raw image has
+ * nothing QEMU caches above the kernel (its page cache, or O_DIRECT, which
+ * the kernel keeps coherent with it), nobody but this receiver writes it
+ * while the guest waits for the migration, and a flush marker or DONE is
+ * answered only after fdatasync(): what QEMU reads afterwards is what the
+ * NBD route would have written. Anything else (qcow2, a raw offset or
+ * size, no pidfd_getfd() on QEMU): -1, NBD READs and WRITEs; a read-only
+ * descriptor: reads here, NBD WRITEs (*writable false).
  */
-static int open_qemu_image(pid_t pid, const struct disk_dev *dev)
+static int open_qemu_image(pid_t pid, const struct disk_dev *dev, bool *writable)
 {
-	char dir[64], link[sizeof(dev->file)];
+	char dir[64], link[sizeof(dev->file)], self[64];
 	struct dirent *e;
 	struct stat st;
+	int pidfd, dup = -1, fd = -1, fl;
 	DIR *d;
-	int fd = -1;
 
+	*writable = false;
 	if (pid <= 0 || strcmp(dev->format, "raw") || dev->file[0] != '/')
+		return -1;
+	pidfd = pidfd_open(pid, 0);
+	if (pidfd < 0)
 		return -1;
 	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
 	d = opendir(dir);
-	if (!d)
-		return -1;
-	while (fd < 0 && (e = readdir(d))) {
+	while (d && dup < 0 && (e = readdir(d))) {
 		ssize_t n;
 
 		if (e->d_name[0] == '.')
@@ -555,18 +562,39 @@ static int open_qemu_image(pid_t pid, const struct disk_dev *dev)
 		if (n <= 0)
 			continue;
 		link[n] = '\0';
-		if (!strcmp(link, dev->file))
-			fd = openat(dirfd(d), e->d_name, O_RDWR | O_CLOEXEC);
+		if (strcmp(link, dev->file))
+			continue;
+		dup = pidfd_getfd(pidfd, atoi(e->d_name), 0);
+		if (dup < 0)
+			break;
+		/* The same file still (QEMU may have closed and reused that fd)? */
+		snprintf(self, sizeof(self), "/proc/self/fd/%d", dup);
+		n = readlink(self, link, sizeof(link) - 1);
+		if (n <= 0 || (link[n] = '\0', strcmp(link, dev->file))) {
+			close(dup);
+			dup = -1;
+		}
 	}
-	closedir(d);
+	if (d)
+		closedir(d);
+	close(pidfd);
+	if (dup < 0)
+		return -1;
+	/* Written only where QEMU itself may write; never with O_DIRECT's rules. */
+	fl = fcntl(dup, F_GETFL);
+	*writable = fl >= 0 && (fl & O_ACCMODE) != O_RDONLY;
+	fd = open(self, (*writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	close(dup);
 	if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
 			(uint64_t)st.st_size != dev->size)) {
 		close(fd);
 		fd = -1;
 	}
-	if (fd >= 0)
-		log_debug("disk %s: the target is read and written in %s, QEMU's open file",
-			  dev->device, dev->file);
+	if (fd < 0)
+		*writable = false;
+	else
+		log_debug("disk %s: the target is read%s in %s, QEMU's open file",
+			  dev->device, *writable ? " and written" : "", dev->file);
 	return fd;
 }
 
@@ -604,13 +632,15 @@ static int pwrite_full(int fd, const uint8_t *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-/* Zeroes [off, off + len) of the image: ZERO_RANGE, else writes of zeroes. */
+/* Zeroes [off, off + len) of the image: ZERO_RANGE, a hole, else writes of zeroes. */
 static int zero_in_file(int fd, uint64_t off, uint64_t len)
 {
 	static const uint8_t zeroes[64 << 10];
 	int r;
 
 	if (fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+		      (off_t)len) == 0 ||
+	    fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
 		      (off_t)len) == 0)
 		return 0;
 	while (len) {
@@ -817,7 +847,7 @@ static int run_flush(struct disk_recv *dr)
 		return 0;
 	d = &dr->d[dr->run_disk];
 	d->writes++;
-	if (d->tfd >= 0)
+	if (d->written_in_file)
 		return run_write_in_file(dr, d);
 	if (dr->run_zero) {
 		r = fl_submit(dr, dr->run_disk, NBD_CMD_WRITE_ZEROES, dr->run_off,
@@ -1192,22 +1222,20 @@ static int entry_disk(struct disk_recv *dr, const struct wire_pages *p,
 	return k;
 }
 
-/*
- * A REF or SAME entry i of disk k: already in place (same[i]), found in
- * the page-cache index (into resolved[i]), or else listed in nl.
- */
+/* True when the n bytes at p are all c. */
 static bool all_bytes(const uint8_t *p, uint8_t c, size_t n)
 {
 	return n && p[0] == c && !memcmp(p, p + 1, n - 1);
 }
 
 static uint8_t zero_hash[WIRE_HASH_LEN];	/* SHA-256 of a block of zeroes */
+static bool zero_hash_ok;
 
 static void zero_hash_init(void)
 {
 	static const uint8_t zeroes[BLOCK];
 
-	wire_sha256(zeroes, BLOCK, zero_hash);
+	zero_hash_ok = wire_sha256(zeroes, BLOCK, zero_hash) == 0;
 }
 
 /*
@@ -1222,12 +1250,15 @@ static bool target_holds(const uint8_t *t, const uint8_t *hash)
 
 	if (all_bytes(t, 0, BLOCK)) {
 		pthread_once(&once, zero_hash_init);
-		return !memcmp(hash, zero_hash, WIRE_HASH_LEN);
+		return zero_hash_ok && !memcmp(hash, zero_hash, WIRE_HASH_LEN);
 	}
-	wire_sha256(t, BLOCK, h);
-	return !memcmp(h, hash, WIRE_HASH_LEN);
+	return wire_sha256(t, BLOCK, h) == 0 && !memcmp(h, hash, WIRE_HASH_LEN);
 }
 
+/*
+ * A REF or SAME entry i of disk k: already in place (same[i]), found in
+ * the page-cache index (into resolved[i]), or else listed in nl.
+ */
 static int resolve_ref(struct disk_recv *dr, const struct wire_pages *p,
 		       const struct wire_page_entry *e, int k, size_t i, struct need_list *nl)
 {
@@ -1252,7 +1283,6 @@ static int resolve_ref(struct disk_recv *dr, const struct wire_pages *p,
 	return 0;
 }
 
-/* True when the n bytes at p are all c. */
 /* Pass 1: checks every entry's range and encoding, resolves REFs, lists what is missing. */
 static int check_entries(struct disk_recv *dr, const struct wire_pages *p, struct need_list *nl)
 {
@@ -1450,7 +1480,7 @@ static int flush_disk(struct disk_recv *dr, int k)
 
 	if (r < 0)
 		return r;
-	if (d->tfd >= 0)
+	if (d->written_in_file)
 		r = fdatasync(d->tfd) < 0 ? -errno : 0;
 	else
 		r = nbd_client_flush(d->cl);
@@ -1513,7 +1543,8 @@ static int take_blocks(struct disk_recv *dr, const struct wire_blocks *bl, char 
 			return -EIO;
 		}
 		dr->d[k].used = true;
-		dr->d[k].tfd = open_qemu_image(dr->qemu_pid, &dr->d[k].dev);
+		dr->d[k].tfd = open_qemu_image(dr->qemu_pid, &dr->d[k].dev,
+					       &dr->d[k].written_in_file);
 		dr->d[k].checked_in_file = dr->d[k].tfd >= 0;
 		dr->wm_max += dr->d[k].dev.size / BLOCK;
 		mark_incomplete(&dr->d[k]);
@@ -1973,7 +2004,7 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 			if (!d->used)
 				continue;
 			json_array_append_new(arr, json_pack(
-				"{s:s, s:s, s:I, s:b, s:I, s:I, s:I, s:I, s:I, s:b, s:I, "
+				"{s:s, s:s, s:I, s:b, s:I, s:I, s:I, s:I, s:I, s:b, s:b, s:I, "
 				"s:{s:I, s:I, s:I, s:I, s:I, s:I}}",
 				"device", d->dev.device, "file", d->dev.file,
 				"size", (json_int_t)d->dev.size,
@@ -1984,6 +2015,7 @@ int disk_recv_finish(struct disk_recv *dr, struct qmp *q, bool ok, json_t *repor
 				"writes", (json_int_t)d->writes,
 				"bytes_checked", (json_int_t)d->bytes_checked,
 				"checked_in_file", d->checked_in_file,
+				"written_in_file", d->written_in_file,
 				"flushes", (json_int_t)d->flushes,
 				"blocks", "zero", (json_int_t)d->blk_zero,
 				"data", (json_int_t)d->blk_data, "ref", (json_int_t)d->blk_ref,

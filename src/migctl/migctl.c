@@ -323,6 +323,12 @@ static int run_check_completed(struct run *m)
  * of each pass (QEMU's dirty-sync-count), from two whole passes on. Writes
  * why.
  */
+/* The downtime QEMU aims at, in seconds (its default: 300 ms). */
+static double downtime_s(const struct migctl_options *opts)
+{
+	return (opts->downtime_limit_ms ? (double)opts->downtime_limit_ms : 300.0) / 1000.0;
+}
+
 static bool precopy_stuck(struct run *m, char *why, size_t len)
 {
 	json_t *ram = json_object_get(m->res->src_stats, "ram");
@@ -348,14 +354,17 @@ static bool precopy_stuck(struct run *m, char *why, size_t len)
 	/*
 	 * A pass that leaves r of what the pass before left: precopy sends
 	 * about left / (1 - r) more before it converges (if it does), postcopy
-	 * about left once. From r = 2/3 on, that is three times as much.
+	 * about left once. From r = 2/3 on, that is three times as much,
+	 * unless what is left is near what the downtime limit lets the last
+	 * pass carry (then a pass or two finish it).
 	 */
 	if (m->left_prev && left >= m->left_prev) {
 		snprintf(why, len, "pass %lld left %.1f MB dirty, no less than the pass before "
 			 "(%.1f MB)", (long long)n - 1, left / 1e6, m->left_prev / 1e6);
 		return true;
 	}
-	if (m->left_prev && left >= m->left_prev / 3 * 2) {
+	if (m->left_prev && left >= m->left_prev / 3 * 2 &&
+	    (double)left > 4 * moved * downtime_s(m->opts)) {
 		snprintf(why, len, "pass %lld left %.1f MB dirty, the pass before %.1f MB: "
 			 "precopy would send %.1f times that before converging",
 			 (long long)n - 1, left / 1e6, m->left_prev / 1e6,

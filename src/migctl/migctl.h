@@ -29,10 +29,12 @@ struct migctl_options {
 	uint64_t downtime_limit_ms;	/* 0: QEMU's default */
 	uint64_t postcopy_after_ms;	/* 0: never switch to postcopy by the clock */
 	/*
-	 * Switch to postcopy by itself when precopy does not converge: after
-	 * two whole passes, when the guest dirties memory at nine tenths of
-	 * the rate the stream moves or faster, or when a pass left nine
-	 * tenths or more of the dirty memory the one before left. Needs
+	 * Switch to postcopy by itself when precopy does not converge, or
+	 * converges too slowly: at the end of the second pass and later ones,
+	 * when the guest dirties memory at nine tenths of the rate the stream
+	 * moves or faster, when a pass left no less dirty memory than the one
+	 * before, or two thirds of it or more while that is over four times
+	 * what the downtime limit lets the last pass carry. Needs
 	 * "postcopy-ram" in caps.
 	 */
 	bool postcopy_auto;

@@ -97,6 +97,9 @@ print("disk: %s; ready after %d ms; blocks %s; %.1f MB on the disk channel" % (
 print("destination: %s" % {k: v for k, v in rd.items() if k not in ("device", "file")},
       file=sys.stderr)
 assert rd["complete"], rd
+# A raw image that the destination QEMU holds writable (we are root) is
+# read and written in the file itself, not through QEMU's export.
+assert rd["checked_in_file"] and rd["written_in_file"], rd
 total = sd["size"] // 4096
 assert sd["blocks"]["data"] + sd["blocks"]["ref"] + sd["blocks"]["zero"] >= total, sd
 if ret:

@@ -86,9 +86,9 @@ mb=$(python3 "$check" "$T/orig.img" "$(to_raw "$T/b.img")" $base $blocks) ||
 	fail "destination image has records up to $mb, the source had $ma"
 log "records: source stopped at $ma, destination carried on to $mb; both images consistent"
 
-python3 - "$T" "$ret" <<'PY' || fail "disk report"
+python3 - "$T" "$ret" "$fmt" <<'PY' || fail "disk report"
 import json, sys
-t, ret = sys.argv[1], sys.argv[2] == "1"
+t, ret, fmt = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
 
 s = json.load(open(t + "/d-send.json")); r = json.load(open(t + "/d-recv.json"))
 sd = s["disks"]["disks"][0]; rd = r["disks"]["disks"][0]
@@ -98,8 +98,8 @@ print("destination: %s" % {k: v for k, v in rd.items() if k not in ("device", "f
       file=sys.stderr)
 assert rd["complete"], rd
 # A raw image that the destination QEMU holds writable (we are root) is
-# read and written in the file itself, not through QEMU's export.
-assert rd["checked_in_file"] and rd["written_in_file"], rd
+# read and written in the file itself; any other through QEMU's export.
+assert rd["checked_in_file"] == rd["written_in_file"] == (fmt == "raw"), (fmt, rd)
 total = sd["size"] // 4096
 assert sd["blocks"]["data"] + sd["blocks"]["ref"] + sd["blocks"]["zero"] >= total, sd
 if ret:

@@ -7,6 +7,7 @@
 #include "disk/internal.h"
 
 #include "common/buf.h"
+#include "common/file.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "nbd/nbd.h"
@@ -615,23 +616,6 @@ static int pread_full(int fd, uint8_t *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-/* pwrite of exactly len bytes: 0 or -errno. */
-static int pwrite_full(int fd, const uint8_t *buf, size_t len, uint64_t off)
-{
-	while (len) {
-		ssize_t n = pwrite(fd, buf, len, (off_t)off);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -EIO;
-		buf += n;
-		len -= (size_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
-}
-
 /* Zeroes [off, off + len) of the image: ZERO_RANGE, a hole, else writes of zeroes. */
 static int zero_in_file(int fd, uint64_t off, uint64_t len)
 {
@@ -646,7 +630,7 @@ static int zero_in_file(int fd, uint64_t off, uint64_t len)
 	while (len) {
 		size_t n = len < sizeof(zeroes) ? (size_t)len : sizeof(zeroes);
 
-		r = pwrite_full(fd, zeroes, n, off);
+		r = tsb_pwrite_all(fd, zeroes, n, (off_t)off);
 		if (r < 0)
 			return r;
 		off += n;
@@ -820,8 +804,8 @@ static int run_write_in_file(struct disk_recv *dr, struct rdisk *d)
 		r = zero_in_file(d->tfd, dr->run_off, dr->run_len);
 		d->bytes_zeroed += dr->run_len;
 	} else {
-		r = pwrite_full(d->tfd, dr->wbuf[dr->wcur].data + dr->run_at, dr->run_len,
-				dr->run_off);
+		r = tsb_pwrite_all(d->tfd, dr->wbuf[dr->wcur].data + dr->run_at, dr->run_len,
+				   (off_t)dr->run_off);
 		d->bytes_written += dr->run_len;
 	}
 	d->unflushed += dr->run_len;

@@ -22,6 +22,7 @@ int cmd_migrate_native(int argc, char **argv);
 int cmd_keygen(int argc, char **argv);
 int cmd_send(int argc, char **argv);
 int cmd_recv(int argc, char **argv);
+int cmd_migrate(int argc, char **argv);
 int cmd_store(int argc, char **argv);
 int cmd_net(int argc, char **argv);
 int cmd_resolve(int argc, char **argv);

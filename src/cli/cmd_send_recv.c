@@ -85,7 +85,7 @@ enum {
 	OPT_STORE, OPT_NO_STORE, OPT_STORE_CAP, OPT_TENANT, OPT_VM_ID, OPT_DISK_SOURCE,
 	OPT_NO_VM_DISKS, OPT_FLOOR, OPT_NET_AGENT, OPT_NET_MAC, OPT_NET_IP, OPT_NET_HOME,
 	OPT_DISK, OPT_NO_DISKS, OPT_COMMIT_TIMEOUT, OPT_STATE_DIR, OPT_CONNECTIONS,
-	OPT_MAX_WINDOW, OPT_DISK_COPY_MODE,
+	OPT_MAX_WINDOW, OPT_DISK_COPY_MODE, OPT_QEMU_CONNECT,
 };
 
 static const struct option options[] = {
@@ -127,6 +127,7 @@ static const struct option options[] = {
 	{ "state-dir", required_argument, NULL, OPT_STATE_DIR },
 	{ "connections", required_argument, NULL, OPT_CONNECTIONS },
 	{ "max-window", required_argument, NULL, OPT_MAX_WINDOW },
+	{ "qemu-connect", required_argument, NULL, OPT_QEMU_CONNECT },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, 'h' },
 	{}
@@ -135,7 +136,7 @@ static const struct option options[] = {
 
 struct parsed {
 	struct proxy_common_options c;
-	const char *to, *listen, *caps, *vm_id;
+	const char *to, *listen, *caps, *vm_id, *qemu_connect;
 	uint64_t max_bw, downtime, postcopy_after;
 	enum proxy_mode mode;
 	int zstd_level;
@@ -365,9 +366,11 @@ static int parse_recv_opt(const char *cmd, bool send, int c, struct parsed *p)
 			p->disk_sources[p->n_disk_sources++] = optarg;
 		return 0;
 	case OPT_LISTEN:
+	case OPT_QEMU_CONNECT:
 		if (send)
-			return cli_usage_error(cmd, "option --listen is for 'tsubame recv'");
-		p->listen = optarg;
+			return cli_usage_error(cmd, "option --%s is for 'tsubame recv'",
+					   options[c - OPT_QMP].name);
+		*(c == OPT_LISTEN ? &p->listen : &p->qemu_connect) = optarg;
 		return 0;
 	default:
 		return OPT_OTHER;
@@ -377,8 +380,11 @@ static int parse_recv_opt(const char *cmd, bool send, int c, struct parsed *p)
 /* Checks the options together once all are parsed; settles the store. */
 static int check_parsed(const char *cmd, bool send, struct parsed *p)
 {
-	if (!p->c.qmp_path)
-		return cli_usage_error(cmd, "--qmp is required");
+	if (!p->c.qmp_path && !p->qemu_connect)
+		return cli_usage_error(cmd, "--qmp is required%s", send ? "" :
+				       " (or --qemu-connect for a libvirt destination)");
+	if (p->c.qmp_path && p->qemu_connect)
+		return cli_usage_error(cmd, "--qmp and --qemu-connect exclude each other");
 	if (p->no_disks && p->n_disks)
 		return cli_usage_error(cmd, "--disk and --no-disks exclude each other");
 	if (p->no_disks && p->disk_copy_mode_set)
@@ -542,12 +548,20 @@ int cmd_recv(int argc, char **argv)
 		return r;
 	if (p.help) {
 		printf("Usage: tsubame recv --listen HOST:PORT --qmp SOCKET --key FILE [OPTIONS]\n"
+		       "       tsubame recv --listen HOST:PORT --qemu-connect HOST:PORT --key FILE ...\n"
 		       "\n"
 		       "Receives one live migration from 'tsubame send' and feeds it to the local\n"
-		       "QEMU, which must have been started with -incoming defer.\n"
+		       "QEMU, which must have been started with -incoming defer. With\n"
+		       "--qemu-connect it receives one from 'tsubame migrate' for a libvirt\n"
+		       "destination instead: libvirt starts the QEMU, which listens there\n"
+		       "(docs/libvirt.md).\n"
 		       "\n"
 		       "Options:\n"
 		       "  --listen HOST:PORT     where to accept the sender (required)\n"
+		       "  --qemu-connect HOST:PORT\n"
+		       "                         libvirt: where the destination QEMU listens for\n"
+		       "                         the stream (127.0.0.1 and 'tsubame migrate\n"
+		       "                         --qemu-port'); instead of --qmp\n"
 		       COMMON_HELP
 		       "  --disk-source FILE     also rebuild pages from this disk image (raw or\n"
 		       "                         qcow2; repeatable); the VM's own disks are used\n"
@@ -575,6 +589,9 @@ int cmd_recv(int argc, char **argv)
 	o.net_home = p.net_home;
 	memcpy(o.net_ips, p.net_ips, sizeof(o.net_ips));
 	o.n_net_ips = p.n_net_ips;
+	o.qemu_connect = p.qemu_connect;
+	if (o.qemu_connect)
+		o.no_vm_disks = true; /* libvirt's QEMU is not ours to ask */
 	oc = proxy_recv(&o, &report);
 	if (oc == PROXY_OK)
 		log_notice("migration received; the VM runs here");

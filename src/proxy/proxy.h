@@ -69,6 +69,19 @@ struct proxy_send_options {
 	bool no_disks;
 	/* The mirrors' copy mode (enum disk_copy_mode; 0: auto). */
 	int disk_copy_mode;
+	/*
+	 * libvirt drives the source QEMU (docs/libvirt.md): no QMP; the
+	 * source QEMU connects to qemu_listen (HOST:PORT) as libvirt's
+	 * migration URI tells it, and the switchover is libvirt's. Needs
+	 * vm_id; no disks, no postcopy. libvirt_ready is called once the
+	 * port listens; libvirt_verdict says how libvirt's migration ended
+	 * (-1 not yet, 0 failed: the source keeps the guest, 1 the domain
+	 * runs at the destination).
+	 */
+	const char *qemu_listen;
+	void (*libvirt_ready)(void *opaque);
+	int (*libvirt_verdict)(void *opaque);
+	void *libvirt_opaque;
 };
 
 #define PROXY_MAX_DISK_SOURCES 16
@@ -85,6 +98,12 @@ struct proxy_recv_options {
 	const char *net_mac, *net_home;
 	const char *net_ips[8];
 	unsigned n_net_ips;
+	/*
+	 * libvirt drives the destination QEMU (docs/libvirt.md): no QMP; the
+	 * rebuilt stream goes to qemu_connect (HOST:PORT), where the QEMU that
+	 * libvirt prepared listens, and libvirt runs the guest.
+	 */
+	const char *qemu_connect;
 };
 
 /* Runs the source side; fills *ret_report (owned ref, may be NULL on early errors). */

@@ -99,6 +99,8 @@ struct receiver {
 	struct mig_record rec;		/* durable record of the switchover */
 	int lock_fd;
 	atomic_bool rp_shut;		/* QEMU's SHUT went to the sender */
+	atomic_bool qemu_closed;	/* QEMU closed its end of the stream's socket */
+	atomic_bool rp_done;		/* the return thread ended (closed, or failed) */
 	bool shut_parsed;		/* return thread: SHUT seen in the bytes */
 
 	struct rebuild rb;
@@ -132,6 +134,19 @@ void recv_wait_loaded(struct receiver *rc, struct qmp *q, volatile int *sig);
 /* PREPARED, the sender's decision, the guest run or discarded, the outcome told. */
 void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 		 volatile int *sig, uint64_t *ret_resume_ns);
+
+/* How long a libvirt destination may take to listen for the stream (no --timeout). */
+#define RECV_LIBVIRT_QEMU_WAIT_MS (120 * 1000)
+/*
+ * libvirt (--qemu-connect): waits until the destination QEMU has taken the
+ * whole stream and closed its socket (it loaded the guest or failed).
+ */
+void recv_wait_loaded_libvirt(struct receiver *rc, volatile int *sig);
+/*
+ * libvirt: PREPARED, then the sender's word on how libvirt's migration
+ * ended (libvirt runs or discards the guest itself); the outcome told.
+ */
+void recv_settle_libvirt(struct receiver *rc, volatile int *sig);
 
 /*
  * LANE 0 of n on the main connection, then the other lanes of this

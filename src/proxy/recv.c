@@ -121,7 +121,10 @@ static void *return_thread(void *arg)
 	}
 	tsb_buf_fini(&b);
 	qs_rp_parser_free(rp);
+	if (n == 0)
+		rc->qemu_closed = true;
 	rc->rp_shut = true;
+	rc->rp_done = true;
 	return NULL;
 }
 
@@ -236,6 +239,14 @@ static bool want_sender(const struct wire_conn *c, const struct wire_hello *peer
 	if (peer->caps & WIRE_CAP_RESOLVE) {
 		snprintf(why, len, "no migration %.*s waits for its decision here",
 			 (int)peer->migration.len, peer->migration.p);
+		return false;
+	}
+	if (!(peer->caps & WIRE_CAP_LIBVIRT) != !rc->o->qemu_connect) {
+		snprintf(why, len, "%s", rc->o->qemu_connect ?
+			 "this receiver serves a libvirt migration ('tsubame migrate'); the "
+			 "sender drives its QEMU itself ('tsubame send')" :
+			 "the sender carries a libvirt migration ('tsubame migrate'); this "
+			 "receiver drives its QEMU itself (start it with --qemu-connect)");
 		return false;
 	}
 	if (!(peer->caps & WIRE_CAP_COMMIT) || !peer->migration.len) {
@@ -369,14 +380,14 @@ static int prepare(struct receiver *rc, struct recv_run *run)
 		recv_fail(rc, PROXY_AUTH, "%s", err);
 		return -1;
 	}
-	/* Check QEMU before we accept anyone. */
-	r = qmp_open(o->c.qmp_path, 10000, &run->q);
+	/* Check QEMU before we accept anyone (libvirt's comes later: it prepares it). */
+	r = o->qemu_connect ? 0 : qmp_open(o->c.qmp_path, 10000, &run->q);
 	if (r < 0) {
 		recv_fail(rc, PROXY_FAILED, "cannot reach the destination QEMU at %s: %s",
 			  o->c.qmp_path, strerror(-r));
 		return -1;
 	}
-	rc->ram_limit = ram_limit_of(run->q);
+	rc->ram_limit = run->q ? ram_limit_of(run->q) : 0;
 	/* Disk images to rebuild guest page-cache pages from: indexed up front. */
 	r = content_index_disks(run->q, o, &rc->rb.disks, err, sizeof(err));
 	if (r < 0) {
@@ -474,6 +485,13 @@ static int open_channels(struct receiver *rc, struct recv_run *run)
 	/* Its other connections come first, then its disk channel, to the same port. */
 	if ((caps & WIRE_CAP_LANES) && recv_take_lanes(rc, run->tls, run->lfd, &run->sig) < 0)
 		return -1;
+	if ((caps & WIRE_CAP_DISK) && o->qemu_connect) {
+		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_REFUSED,
+				      "no disk channel with libvirt: libvirt's NBD mirror moves disks");
+		recv_fail(rc, PROXY_FAILED, "the sender offered a disk channel to a libvirt "
+			  "destination");
+		return -1;
+	}
 	if (caps & WIRE_CAP_DISK) {
 		struct disk_recv_options dro = {
 			.tls = run->tls, .listen_fd = run->lfd, .index = rc->rb.disks,
@@ -498,6 +516,44 @@ static int open_channels(struct receiver *rc, struct recv_run *run)
 	return 0;
 }
 
+static int start_threads(struct receiver *rc, struct recv_run *run);
+
+/*
+ * libvirt's destination QEMU listens on --qemu-connect once libvirt has
+ * prepared it, which is after the sender came (its QEMU starts only then):
+ * dial until it answers, the sender gives up, or the time is out.
+ */
+static int connect_libvirt_qemu(struct receiver *rc, struct recv_run *run, char *err,
+				size_t errlen)
+{
+	const struct proxy_recv_options *o = run->o;
+	uint64_t t0 = tsb_now_ns();
+	uint64_t limit = (o->c.timeout_ms ? o->c.timeout_ms : RECV_LIBVIRT_QEMU_WAIT_MS) * 1000000;
+	char host[256], port[32], why[256] = "";
+	int r;
+
+	if (tsb_split_hostport(o->qemu_connect, host, sizeof(host), port, sizeof(port)) < 0) {
+		snprintf(err, errlen, "bad --qemu-connect '%s': expected HOST:PORT",
+			 o->qemu_connect);
+		return -EINVAL;
+	}
+	for (;;) {
+		r = wire_tcp_connect(host, port, 1000, &rc->qfd, why, sizeof(why));
+		if (r == 0) {
+			log_info("connected to the destination QEMU at %s", o->qemu_connect);
+			return 0;
+		}
+		if (run->sig)
+			return -EINTR;
+		if (tsb_now_ns() - t0 > limit) {
+			snprintf(err, errlen, "no QEMU listened on %s within %llu s (%s)",
+				 o->qemu_connect, (unsigned long long)(limit / 1000000000), why);
+			return -ETIMEDOUT;
+		}
+		usleep(100000);
+	}
+}
+
 /* QEMU takes the rebuilt stream; the WAN and return-path threads start. */
 static int start_incoming(struct receiver *rc, struct recv_run *run)
 {
@@ -505,6 +561,16 @@ static int start_incoming(struct receiver *rc, struct recv_run *run)
 	json_t *args;
 	int r;
 
+	if (run->o->qemu_connect) {
+		r = connect_libvirt_qemu(rc, run, err, sizeof(err));
+		if (r < 0) {
+			wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_QEMU, err);
+			recv_fail(rc, r == -EINTR ? PROXY_INTERRUPTED : PROXY_FAILED,
+				  "destination QEMU: %s", err);
+			return -1;
+		}
+		return start_threads(rc, run);
+	}
 	r = setup_destination(run->q, run->peer.caps & WIRE_CAP_POSTCOPY, err, sizeof(err));
 	if (r == 0)
 		r = proxy_qemu_socket(run->q, &rc->qfd, err, sizeof(err));
@@ -519,6 +585,12 @@ static int start_incoming(struct receiver *rc, struct recv_run *run)
 		recv_fail(rc, PROXY_FAILED, "destination QEMU: %s", err);
 		return -1;
 	}
+	return start_threads(rc, run);
+}
+
+/* The WAN and return-path threads, writing into and reading from QEMU's socket. */
+static int start_threads(struct receiver *rc, struct recv_run *run)
+{
 	rc->writer = qs_writer_new(WIRE_PAGE_SIZE, recv_to_qemu, rc);
 	if (!rc->writer) {
 		recv_fail(rc, PROXY_FAILED, "out of memory");
@@ -612,9 +684,14 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	    (rc->accepted_ns = tsb_now_ns()) && open_channels(rc, &run) == 0 &&
 	    start_incoming(rc, &run) == 0) {
 		/* Watch the destination QEMU until it has loaded the guest, paused. */
-		recv_wait_loaded(rc, run.q, &run.sig);
+		if (o->qemu_connect)
+			recv_wait_loaded_libvirt(rc, &run.sig);
+		else
+			recv_wait_loaded(rc, run.q, &run.sig);
 		rc->loaded_ns = rc->failed ? 0 : tsb_now_ns();
-		if (!rc->failed)
+		if (!rc->failed && o->qemu_connect)
+			recv_settle_libvirt(rc, &run.sig);
+		else if (!rc->failed)
 			recv_settle(rc, run.q, run.tls, &run.sig, &run.resume_ns);
 	}
 	oc = finish(rc, &run, ret_report);

@@ -363,3 +363,61 @@ void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 			 sent ? "may not have heard" : "did not hear",
 			 outcome == WIRE_OUTCOME_RUNNING ? "runs" : "was discarded", rc->rec.id);
 }
+
+/* ---- libvirt drives the destination QEMU (docs/libvirt.md) ---- */
+
+void recv_wait_loaded_libvirt(struct receiver *rc, volatile int *sig)
+{
+	const struct proxy_recv_options *o = rc->o;
+	uint64_t t0 = tsb_now_ns();
+
+	/* QEMU closes once it loaded the stream's end: its SHUT went out first. */
+	while (!rc->failed && !rc->qemu_closed) {
+		usleep(5000);
+		if (*sig && !rc->failed)
+			recv_fail(rc, PROXY_INTERRUPTED, "interrupted by signal %d", *sig);
+		if (rc->rp_done && !rc->qemu_closed && !rc->failed)
+			recv_fail(rc, PROXY_FAILED, "the destination QEMU's return path failed");
+		if (o->c.timeout_ms && (tsb_now_ns() - t0) / 1000000 > o->c.timeout_ms)
+			recv_fail(rc, PROXY_TIMEOUT, "the migration did not finish in time");
+	}
+	if (!rc->failed && !rc->shut_parsed)
+		recv_fail(rc, PROXY_FAILED, "the destination QEMU closed the stream without "
+			  "loading it (no SHUT on its return path)");
+}
+
+void recv_settle_libvirt(struct receiver *rc, volatile int *sig)
+{
+	const struct proxy_recv_options *o = rc->o;
+	uint64_t t0 = tsb_now_ns(), limit = o->c.commit_timeout_ms * 1000000;
+
+	tsb_fault_point("dest-loaded");
+	rc->prepared = true;
+	if (send_status_locked(rc, WIRE_MSG_PREPARED, WIRE_CODE_OK, "loaded") < 0) {
+		recv_fail(rc, PROXY_LINK, "the link to the sender broke once the guest was "
+			  "loaded; libvirt decides whether it runs here");
+		return;
+	}
+	/* libvirt's Finish and Confirm run meanwhile; the sender tells how they ended. */
+	while (!rc->decision && !rc->link_lost && !*sig && tsb_now_ns() - t0 < limit)
+		usleep(5000);
+	if (!rc->decision) {
+		recv_fail(rc, *sig ? PROXY_INTERRUPTED : PROXY_LINK, "the sender did not say "
+			  "how libvirt's migration ended; libvirt decides whether the guest runs "
+			  "here ('virsh list'), this store keeps no arrival image");
+		return;
+	}
+	if (rc->decision != WIRE_DECIDE_COMMIT) {
+		(void)send_status_locked(rc, WIRE_MSG_OUTCOME, WIRE_OUTCOME_DISCARDED, "discarded");
+		recv_fail(rc, PROXY_FAILED, "libvirt's migration failed at the source's end; "
+			  "libvirt keeps the guest there");
+		return;
+	}
+	rc->running_ns = tsb_now_ns();
+	content_net_notify(o->c.net_agent, rc->vm, o);
+	(void)send_status_locked(rc, WIRE_MSG_OUTCOME, WIRE_OUTCOME_RUNNING,
+				 "destination running (libvirt)");
+	for (t0 = tsb_now_ns(); !rc->sender_closed && !rc->link_lost &&
+	     tsb_now_ns() - t0 < 10000000000ull;)
+		usleep(10000);
+}

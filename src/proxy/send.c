@@ -34,7 +34,7 @@
 /* Is QEMU told it may switch to postcopy (--mode, --postcopy-after)? */
 static bool may_postcopy(const struct proxy_send_options *o)
 {
-	return o->postcopy_after_ms || o->mode != PROXY_MODE_PRECOPY;
+	return !o->qemu_listen && (o->postcopy_after_ms || o->mode != PROXY_MODE_PRECOPY);
 }
 
 void sender_fail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
@@ -1150,7 +1150,7 @@ static struct commit_link link_of(struct sender *s, struct wire_tls *tls)
  * Sends DECISION on the migration's connection; false if it is gone. The
  * stream is over, so the WAN thread ends: then this thread is the writer.
  */
-static bool decide_on_main(struct sender *s, int decision)
+bool decide_on_main(struct sender *s, int decision)
 {
 	uint64_t t0 = tsb_now_ns();
 
@@ -1163,7 +1163,7 @@ static bool decide_on_main(struct sender *s, int decision)
 }
 
 /* Waits (bounded) for the receiver's OUTCOME on the migration's connection. */
-static int outcome_on_main(struct sender *s)
+int outcome_on_main(struct sender *s)
 {
 	uint64_t t0 = tsb_now_ns(), limit = 10000000000ull;
 
@@ -1563,10 +1563,15 @@ static int identify_vm(struct sender *s, struct send_run *run)
 	char err[512] = "";
 	int r;
 
-	r = qmp_open(o->c.qmp_path, 10000, &run->q);
+	/* libvirt drives its QEMU: the VM's id is the domain's (vm_identity() needs no QMP). */
+	r = o->qemu_listen ? 0 : qmp_open(o->c.qmp_path, 10000, &run->q);
 	if (r < 0) {
 		sender_fail(s, PROXY_FAILED, "cannot reach the source QEMU at %s: %s",
 		     o->c.qmp_path, strerror(-r));
+		return -1;
+	}
+	if (o->qemu_listen && !o->vm_id) {
+		sender_fail(s, PROXY_FAILED, "a libvirt migration needs the domain's id");
 		return -1;
 	}
 	r = vm_identity(run->q, o->vm_id, s->vm, err, sizeof(err));
@@ -1597,7 +1602,8 @@ static void hello_of(struct sender *s, struct wire_hello_args *hello)
 	hello->migration = s->image_id;
 	hello->caps = WIRE_CAP_COMMIT | WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
 		      (may_postcopy(o) ? WIRE_CAP_POSTCOPY : 0) |
-		      (o->no_disks ? 0 : WIRE_CAP_DISK) |
+		      (o->no_disks || o->qemu_listen ? 0 : WIRE_CAP_DISK) |
+		      (o->qemu_listen ? WIRE_CAP_LIBVIRT : 0) |
 		      (o->connections > 1 ? WIRE_CAP_LANES : 0);
 	hello->site = "source";
 	hello->vm = s->vm[0] ? s->vm : NULL;
@@ -1704,6 +1710,15 @@ static int prepare_source(struct sender *s, struct send_run *run)
 	char err[512] = "";
 	int r;
 
+	if (o->qemu_listen) {
+		/* libvirt set QEMU's capabilities and tells it to connect to us. */
+		if (sender_libvirt_accept(s, &s->qfd, err, sizeof(err)) < 0) {
+			sender_fail(s, s->abort_flag > 1 ? PROXY_INTERRUPTED : PROXY_FAILED, "%s",
+				    err);
+			return -1;
+		}
+		goto parser;
+	}
 	if (o->caps) {
 		run->caps_copy = strdup(o->caps);
 		if (!run->caps_copy || migctl_parse_caps(run->caps_copy, mo) < 0) {
@@ -1737,6 +1752,7 @@ static int prepare_source(struct sender *s, struct send_run *run)
 		sender_fail(s, PROXY_FAILED, "cannot hand a socket to the source QEMU: %s", err);
 		return -1;
 	}
+parser:
 	s->parser = qs_parser_new(&handlers, s);
 	if (!s->parser) {
 		sender_fail(s, PROXY_FAILED, "out of memory");
@@ -1939,8 +1955,12 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 	if (!s->cache || !s->readbuf)
 		sender_fail(s, PROXY_FAILED, "out of memory");
 	else if (identify_vm(s, &run) == 0 && connect_receiver(s, &run) == 0 &&
-		 prepare_source(s, &run) == 0 && start_threads(s, &run) == 0)
-		migrate(s, &run);
+		 prepare_source(s, &run) == 0 && start_threads(s, &run) == 0) {
+		if (o->qemu_listen)
+			sender_libvirt_settle(s);
+		else
+			migrate(s, &run);
+	}
 	oc = finish(s, &run, ret_report);
 	sender_fini(s);
 	free(s);

@@ -196,6 +196,25 @@ void sender_fail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
 struct job *sender_job_get(struct sender *s);
 void sender_queue_push(struct sender *s, struct job *j, bool front);
 
+/* Sends DECISION on the migration's connection once the stream is over; false if gone. */
+bool decide_on_main(struct sender *s, int decision);
+/* Waits (bounded) for the receiver's OUTCOME on the migration's connection. */
+int outcome_on_main(struct sender *s);
+
+/* ---- send_libvirt.c: libvirt drives the source QEMU (docs/libvirt.md) ---- */
+
+/*
+ * Listens on --qemu-listen, says so (libvirt_ready) and takes the source
+ * QEMU's connection; gives up when libvirt's migration ended first or on
+ * a signal. 0 with *ret_fd, or -1 with err.
+ */
+int sender_libvirt_accept(struct sender *s, int *ret_fd, char *err, size_t errlen);
+/*
+ * The stream carried: waits for libvirt's verdict and tells the receiver
+ * (DECISION COMMIT when the domain runs there, ABORT otherwise).
+ */
+void sender_libvirt_settle(struct sender *s);
+
 /* ---- send_encode.c: the parse thread's choice for each page ---- */
 
 /* The RAM block table is known: starts the departure image, maps the manifest. */

@@ -117,6 +117,8 @@ enum {
 				      * DECISION of the migration named in HELLO */
 	WIRE_CAP_LANES = 1u << 10,   /* receiver: takes the stream over several
 				      * connections; sender: LANE follows HELLO */
+	WIRE_CAP_LIBVIRT = 1u << 11, /* libvirt drives both QEMUs: the stream only
+				      * is ours, the switchover is libvirt's */
 };
 
 /* Connections (lanes) one migration's stream may be spread over. */

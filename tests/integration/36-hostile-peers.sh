@@ -3,7 +3,8 @@
 # sender with the wrong key, one of another VM, one whose key is bound to
 # another tenant, a plaintext client, a TLS client (openssl) without the
 # key, a client that stalls after one byte, and 100 connections at once are
-# refused and counted while recv keeps waiting; then the real sender (its
+# refused and counted while recv keeps waiting (and a receiver for a
+# libvirt destination refuses a plain sender); then the real sender (its
 # key bound to its tenant) migrates the guest and it verifies at the
 # destination.
 : "${VM_MEM:=131076K}"
@@ -56,6 +57,24 @@ for t in beta ""; do
 		fail "tenant '$t': no reason: $(cat "$T/send-tenant.log")"
 	alive "a key of another tenant"
 done
+
+# 2c. A receiver for a libvirt destination (--qemu-connect) refuses a
+# 'tsubame send', which settles its switchover itself: the two switchover
+# protocols never meet.
+lport=$(free_port)
+"$TSUBAME" recv --listen "127.0.0.1:$lport" --qemu-connect "127.0.0.1:$(free_port)" \
+	--key "$T/key" --no-store --state-dir "$T/state-l" 2>"$T/recv-lv.log" &
+lpid=$!
+cleanup_pids+=("$lpid")
+wait_listen "$lport" 30 || fail "recv --qemu-connect did not listen: $(cat "$T/recv-lv.log")"
+rc=0
+"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$lport" --key "$T/key" --vm-id guest \
+	--no-store --state-dir "$T/state-a" --no-progress 2>"$T/send-lv.log" || rc=$?
+[ "$rc" -ne 0 ] || fail "a receiver for libvirt took a 'tsubame send'"
+grep -q "serves a libvirt migration" "$T/send-lv.log" ||
+	fail "libvirt receiver: no reason: $(cat "$T/send-lv.log")"
+kill "$lpid" 2>/dev/null || true
+alive "a sender for another kind of receiver"
 
 # 3. Plaintext.
 python3 - "$port" <<'PY'

@@ -1,0 +1,112 @@
+/*
+ * The sender when libvirt drives the migration (docs/libvirt.md): libvirt
+ * tells the source QEMU to connect to us (its migration URI) and the
+ * destination QEMU to listen where our receiver dials; it runs its own
+ * Finish/Confirm handshake, so the guest runs on exactly one side by
+ * libvirt's rules. We carry the stream and tell the receiver how libvirt's
+ * migration ended, which decides only whether the stores keep the images.
+ */
+#include "proxy/sender.h"
+
+#include "common/fault.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "wire/tls.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static int verdict(const struct sender *s)
+{
+	const struct proxy_send_options *o = s->o;
+
+	return o->libvirt_verdict ? o->libvirt_verdict(o->libvirt_opaque) : -1;
+}
+
+int sender_libvirt_accept(struct sender *s, int *ret_fd, char *err, size_t errlen)
+{
+	const struct proxy_send_options *o = s->o;
+	struct pollfd p = { .events = POLLIN };
+	char host[256], port[32];
+	int lfd, r;
+
+	if (tsb_split_hostport(o->qemu_listen, host, sizeof(host), port, sizeof(port)) < 0) {
+		snprintf(err, errlen, "bad QEMU endpoint '%s': expected HOST:PORT", o->qemu_listen);
+		return -1;
+	}
+	r = wire_tcp_listen(host, port, 1, &lfd);
+	if (r < 0) {
+		snprintf(err, errlen, "cannot listen for the source QEMU on %s: %s", o->qemu_listen,
+			 strerror(-r));
+		return -1;
+	}
+	if (o->libvirt_ready)
+		o->libvirt_ready(o->libvirt_opaque);
+	p.fd = lfd;
+	/* libvirt starts the destination QEMU first; a failure there ends its job. */
+	for (;;) {
+		r = poll(&p, 1, 100);
+		if (r > 0)
+			break;
+		if (s->abort_flag > 1) {
+			snprintf(err, errlen, "interrupted before the source QEMU connected");
+			close(lfd);
+			return -1;
+		}
+		if (verdict(s) >= 0) {
+			snprintf(err, errlen, "libvirt's migration ended before the source QEMU "
+				 "connected to %s", o->qemu_listen);
+			close(lfd);
+			return -1;
+		}
+	}
+	r = wire_tcp_accept(lfd, ret_fd);
+	close(lfd);
+	if (r < 0) {
+		snprintf(err, errlen, "accepting the source QEMU on %s: %s", o->qemu_listen,
+			 strerror(-r));
+		return -1;
+	}
+	log_info("the source QEMU connected to %s", o->qemu_listen);
+	return 0;
+}
+
+void sender_libvirt_settle(struct sender *s)
+{
+	int v;
+
+	/*
+	 * QEMU's stream ends after the destination loaded it (QEMU waits for
+	 * the destination's SHUT on the return path before it completes);
+	 * libvirt then runs the guest there (Finish) and ends the source
+	 * (Confirm), or cancels and keeps it at the source.
+	 */
+	while ((v = verdict(s)) < 0 && s->abort_flag <= 1)
+		usleep(10000);
+	if (v < 0) {
+		sender_fail(s, PROXY_INTERRUPTED, "interrupted while libvirt's migration runs; "
+			    "libvirt goes on with it or cancels it");
+		return;
+	}
+	tsb_fault_point("source-completed");
+	/* PREPARED left the receiver before the source QEMU could complete. */
+	for (uint64_t t0 = tsb_now_ns(); v == 1 && !s->prepared && !s->failed &&
+	     tsb_now_ns() - t0 < 10000000000ull;)
+		usleep(5000);
+	if (v == 0 || !s->stream_done || !s->prepared) {
+		(void)decide_on_main(s, WIRE_DECIDE_ABORT);
+		if (!s->failed)
+			sender_fail(s, PROXY_FAILED, "libvirt's migration failed; the source keeps "
+				    "the guest");
+		return;
+	}
+	s->decided_commit = true;
+	if (!decide_on_main(s, WIRE_DECIDE_COMMIT) || outcome_on_main(s) != WIRE_OUTCOME_RUNNING)
+		log_warn("the receiver did not confirm the end of the migration: it keeps no "
+			 "arrival image for the VM's return (libvirt's migration succeeded)");
+	if (!s->peer_outcome)
+		s->peer_outcome = WIRE_OUTCOME_RUNNING; /* libvirt's word: drain and close */
+}

@@ -145,7 +145,8 @@ trip() {
 	t0=$(now)
 	# A hung migration must not hang the test: SIGINT first (tsubame
 	# cancels and exits 130), SIGKILL 20 s later.
-	site_exec "$from" timeout -s INT -k 20 400 "$TSUBAME" migrate "$name" --connect "$(site_uri "$from")" \
+	site_exec "$from" timeout -s INT -k 20 400 \
+		"$TSUBAME" migrate "$name" --connect "$(site_uri "$from")" \
 		--dest-uri "$(site_tcp_uri "$to")" --to "$(site_addr "$to"):$wan_port" \
 		--qemu-port "$port" --key "$LV_T/key" --store "$LV_T/store-$from" \
 		--report "$LV_T/$tag-send.json" --timeout 300s --persistent --undefinesource -v \

@@ -26,10 +26,13 @@
 /* The loopback port of both QEMUs' migration socket (libvirt's URI), by default. */
 #define MIGRATE_QEMU_PORT_DEFAULT 49290
 
+/* Disks to move with the domain (libvirt's NBD mirror through tsubame). */
+#define MIGRATE_MAX_DISKS 8
+
 enum {
 	OPT_DEST_URI = 256, OPT_TO, OPT_CONNECT, OPT_QEMU_PORT, OPT_PERSISTENT,
 	OPT_UNDEFINE_SOURCE, OPT_KEY, OPT_CERT, OPT_CERT_KEY, OPT_CA, OPT_REPORT, OPT_TIMEOUT,
-	OPT_STALL, OPT_STORE, OPT_NO_STORE, OPT_STORE_CAP, OPT_TENANT, OPT_DOWNTIME,
+	OPT_STALL, OPT_STORE, OPT_NO_STORE, OPT_STORE_CAP, OPT_TENANT, OPT_DOWNTIME, OPT_DISK,
 };
 
 static const struct option options[] = {
@@ -51,6 +54,7 @@ static const struct option options[] = {
 	{ "store-cap", required_argument, NULL, OPT_STORE_CAP },
 	{ "tenant", required_argument, NULL, OPT_TENANT },
 	{ "downtime-limit", required_argument, NULL, OPT_DOWNTIME },
+	{ "disk", required_argument, NULL, OPT_DISK },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, 'h' },
 	{}
@@ -75,7 +79,11 @@ static void usage(void)
 	       "                         (required)\n"
 	       "  --connect URI          the local libvirt (default: libvirt's default URI)\n"
 	       "  --qemu-port PORT       loopback port of both QEMUs' migration socket\n"
-	       "                         (default %d; must be free on both hosts)\n"
+	       "                         (default %d; must be free on both hosts); the\n"
+	       "                         disks' NBD mirror uses PORT + 1\n"
+	       "  --disk TARGET          move this local disk (e.g. vda) with the domain,\n"
+	       "                         by libvirt's NBD mirror through tsubame; one disk\n"
+	       "                         for now; without it the disks must be shared\n"
 	       "  --persistent           define the domain at the destination (virsh migrate\n"
 	       "                         --persistent)\n"
 	       "  --undefinesource       undefine it at the source afterwards\n"
@@ -94,7 +102,8 @@ static void usage(void)
 	       "  -h, --help             show this help\n"
 	       "\n"
 	       "The VM's id in the stores is the domain's UUID, the same on every site.\n"
-	       "Disks must be on shared storage for now (no local disks are moved).\n"
+	       "The destination needs the disk's image file (same path, same size) or a\n"
+	       "libvirt storage pool holding its directory, where libvirt creates it.\n"
 	       "\n"
 	       "Exit status: 0 the domain runs at the destination; 1 failed, the domain\n"
 	       "runs at the source (libvirt's or tsubame's reason is printed); 2 usage error;\n"
@@ -103,6 +112,10 @@ static void usage(void)
 
 struct migrate_args {
 	const char *domain, *dest_uri, *connect_uri;
+	const char *disks[MIGRATE_MAX_DISKS];
+	unsigned n_disks;
+	/* What libvirt says of them: export name, image file (owned). */
+	char *exports[MIGRATE_MAX_DISKS], *files[MIGRATE_MAX_DISKS];
 	unsigned qemu_port;
 	unsigned long flags;
 	uint64_t downtime_ms;
@@ -163,7 +176,15 @@ static int parse_opt(int c, struct migrate_args *a)
 	case OPT_QEMU_PORT:
 		if (tsb_parse_u64(optarg, 1, 65535, &v) < 0)
 			return cli_usage_error("migrate", "bad --qemu-port '%s'", optarg);
+		if (v == 65535)
+			return cli_usage_error("migrate", "--qemu-port %s: PORT + 1 must be a port",
+					       optarg);
 		a->qemu_port = (unsigned)v;
+		break;
+	case OPT_DISK:
+		if (a->n_disks == MIGRATE_MAX_DISKS)
+			return cli_usage_error("migrate", "at most %d --disk", MIGRATE_MAX_DISKS);
+		a->disks[a->n_disks++] = optarg;
 		break;
 	case OPT_PERSISTENT: a->flags |= VIR_MIGRATE_PERSIST_DEST; break;
 	case OPT_UNDEFINE_SOURCE: a->flags |= VIR_MIGRATE_UNDEFINE_SOURCE; break;
@@ -249,6 +270,94 @@ static void ignore_libvirt_errors(void *opaque, virErrorPtr err)
 	(void)err; /* printed by us, once, where it matters */
 }
 
+/*
+ * The value of attr='...' in the first tag named tag (e.g. "<alias ")
+ * between p and end, as a new string; NULL if none. libvirt writes its
+ * XML with single-quoted attributes.
+ */
+static char *xml_attr(const char *p, const char *end, const char *tag, const char *attr)
+{
+	size_t tl = strlen(tag), al = strlen(attr);
+	const char *t, *v, *q, *gt;
+
+	for (t = p; t && t + tl < end; t++) {
+		if (memcmp(t, tag, tl))
+			continue;
+		gt = memchr(t, '>', (size_t)(end - t));
+		if (!gt)
+			return NULL;
+		for (v = t + tl; v + al + 2 < gt; v++) {
+			if (memcmp(v, attr, al) || v[al] != '=' || v[al + 1] != '\'' ||
+			    (v[-1] != ' ' && v[-1] != '\t' && v[-1] != '\n'))
+				continue;
+			q = memchr(v + al + 2, '\'', (size_t)(gt - (v + al + 2)));
+			return q ? strndup(v + al + 2, (size_t)(q - (v + al + 2))) : NULL;
+		}
+		return NULL;
+	}
+	return NULL;
+}
+
+/*
+ * For each --disk: libvirt's NBD export name for it ("drive-" and the
+ * disk's alias, what libvirt's mirror asks for), its image file and size,
+ * from the running domain's XML (libvirt's own output through its API)
+ * and virDomainGetBlockInfo(). 0, or -1 with err.
+ */
+static int find_disks(virDomainPtr dom, struct migrate_args *a, char *err, size_t errlen)
+{
+	char *xml = virDomainGetXMLDesc(dom, 0), *p, *end;
+	virDomainBlockInfo info;
+	unsigned i;
+	int r = -1;
+
+	if (!xml) {
+		snprintf(err, errlen, "cannot read the domain's XML: %s", libvirt_error());
+		return -1;
+	}
+	for (i = 0; i < a->n_disks; i++) {
+		char *dev = NULL;
+
+		for (p = strstr(xml, "<disk "); p; p = strstr(end, "<disk ")) {
+			end = strstr(p, "</disk>");
+			if (!end)
+				break;
+			free(dev);
+			dev = xml_attr(p, end, "<target ", "dev");
+			if (dev && !strcmp(dev, a->disks[i]))
+				break;
+		}
+		free(dev);
+		if (!p || !end) {
+			snprintf(err, errlen, "--disk %s: the domain has no such disk", a->disks[i]);
+			goto out;
+		}
+		char *alias = xml_attr(p, end, "<alias ", "name");
+
+		a->files[i] = xml_attr(p, end, "<source ", "file");
+		if (!alias || !a->files[i] || asprintf(&a->exports[i], "drive-%s", alias) < 0) {
+			snprintf(err, errlen, "--disk %s: not a file-backed disk of a running domain",
+				 a->disks[i]);
+			a->exports[i] = NULL;
+			free(alias);
+			goto out;
+		}
+		free(alias);
+		if (virDomainGetBlockInfo(dom, a->disks[i], &info, 0) < 0) {
+			snprintf(err, errlen, "--disk %s: %s", a->disks[i], libvirt_error());
+			goto out;
+		}
+		a->so.libvirt_disk_names[i] = a->exports[i];
+		a->so.libvirt_disk_files[i] = a->files[i];
+		a->so.libvirt_disk_sizes[i] = info.capacity;
+		a->so.n_libvirt_disks = i + 1;
+	}
+	r = 0;
+out:
+	free(xml);
+	return r;
+}
+
 /* libvirt's live p2p migration to dest_uri with QEMU's stream through our loopback. */
 static int libvirt_migrate(virDomainPtr dom, const struct migrate_args *a, char *err,
 			   size_t errlen)
@@ -262,12 +371,23 @@ static int libvirt_migrate(virDomainPtr dom, const struct migrate_args *a, char 
 	    virTypedParamsAddString(&params, &n, &max, VIR_MIGRATE_PARAM_LISTEN_ADDRESS,
 				    "127.0.0.1") < 0)
 		goto out;
+	for (unsigned i = 0; i < a->n_disks; i++)
+		if (virTypedParamsAddString(&params, &n, &max, VIR_MIGRATE_PARAM_MIGRATE_DISKS,
+					    a->disks[i]) < 0)
+			goto out;
+	if (a->n_disks) {
+		snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%u", a->qemu_port + 1);
+		if (virTypedParamsAddString(&params, &n, &max, VIR_MIGRATE_PARAM_DISKS_URI,
+					    uri) < 0)
+			goto out;
+	}
 	if (a->downtime_ms) {
 		/* libvirt takes the maximum downtime as a domain setting, before the job. */
 		if (virDomainMigrateSetMaxDowntime(dom, a->downtime_ms, 0) < 0)
 			goto out;
 	}
-	r = virDomainMigrateToURI3(dom, a->dest_uri, params, n, (unsigned)a->flags);
+	r = virDomainMigrateToURI3(dom, a->dest_uri, params, n, (unsigned)a->flags |
+				   (a->n_disks ? VIR_MIGRATE_NON_SHARED_DISK : 0));
 out:
 	if (r < 0)
 		snprintf(err, errlen, "%s", libvirt_error());
@@ -311,7 +431,7 @@ int cmd_migrate(int argc, char **argv)
 {
 	struct migrate_args a = { 0 };
 	struct relay rl = { 0 };
-	char uuid[VIR_UUID_STRING_BUFLEN], listen[32];
+	char uuid[VIR_UUID_STRING_BUFLEN], listen[32], nbd_listen[32], err[1024];
 	virConnectPtr conn = NULL;
 	virDomainPtr dom = NULL;
 	int r, ex = TSB_EXIT_FAILED;
@@ -337,10 +457,16 @@ int cmd_migrate(int argc, char **argv)
 		log_error("domain '%s' is not running", a.domain);
 		goto out;
 	}
+	if (find_disks(dom, &a, err, sizeof(err)) < 0) {
+		log_error("%s", err);
+		goto out;
+	}
 	snprintf(listen, sizeof(listen), "127.0.0.1:%u", a.qemu_port);
+	snprintf(nbd_listen, sizeof(nbd_listen), "127.0.0.1:%u", a.qemu_port + 1);
 	a.so.qemu_listen = listen;
+	a.so.nbd_listen = nbd_listen;
 	a.so.vm_id = uuid;
-	a.so.no_disks = true;
+	a.so.no_disks = !a.n_disks;
 	a.so.mode = PROXY_MODE_PRECOPY;
 	a.so.connections = 1;
 	a.so.libvirt_ready = relay_ready;
@@ -358,6 +484,10 @@ int cmd_migrate(int argc, char **argv)
 		ex = 130;
 	}
 out:
+	for (unsigned i = 0; i < MIGRATE_MAX_DISKS; i++) {
+		free(a.exports[i]);
+		free(a.files[i]);
+	}
 	json_decref(rl.report);
 	if (dom)
 		virDomainFree(dom);

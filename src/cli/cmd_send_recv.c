@@ -85,7 +85,7 @@ enum {
 	OPT_STORE, OPT_NO_STORE, OPT_STORE_CAP, OPT_TENANT, OPT_VM_ID, OPT_DISK_SOURCE,
 	OPT_NO_VM_DISKS, OPT_FLOOR, OPT_NET_AGENT, OPT_NET_MAC, OPT_NET_IP, OPT_NET_HOME,
 	OPT_DISK, OPT_NO_DISKS, OPT_COMMIT_TIMEOUT, OPT_STATE_DIR, OPT_CONNECTIONS,
-	OPT_MAX_WINDOW, OPT_DISK_COPY_MODE, OPT_QEMU_CONNECT,
+	OPT_MAX_WINDOW, OPT_DISK_COPY_MODE, OPT_QEMU_CONNECT, OPT_NBD_CONNECT,
 };
 
 static const struct option options[] = {
@@ -128,6 +128,7 @@ static const struct option options[] = {
 	{ "connections", required_argument, NULL, OPT_CONNECTIONS },
 	{ "max-window", required_argument, NULL, OPT_MAX_WINDOW },
 	{ "qemu-connect", required_argument, NULL, OPT_QEMU_CONNECT },
+	{ "nbd-connect", required_argument, NULL, OPT_NBD_CONNECT },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, 'h' },
 	{}
@@ -136,7 +137,7 @@ static const struct option options[] = {
 
 struct parsed {
 	struct proxy_common_options c;
-	const char *to, *listen, *caps, *vm_id, *qemu_connect;
+	const char *to, *listen, *caps, *vm_id, *qemu_connect, *nbd_connect;
 	uint64_t max_bw, downtime, postcopy_after;
 	enum proxy_mode mode;
 	int zstd_level;
@@ -367,10 +368,12 @@ static int parse_recv_opt(const char *cmd, bool send, int c, struct parsed *p)
 		return 0;
 	case OPT_LISTEN:
 	case OPT_QEMU_CONNECT:
+	case OPT_NBD_CONNECT:
 		if (send)
 			return cli_usage_error(cmd, "option --%s is for 'tsubame recv'",
 					   options[c - OPT_QMP].name);
-		*(c == OPT_LISTEN ? &p->listen : &p->qemu_connect) = optarg;
+		*(c == OPT_LISTEN ? &p->listen : c == OPT_QEMU_CONNECT ? &p->qemu_connect :
+		  &p->nbd_connect) = optarg;
 		return 0;
 	default:
 		return OPT_OTHER;
@@ -385,6 +388,8 @@ static int check_parsed(const char *cmd, bool send, struct parsed *p)
 				       " (or --qemu-connect for a libvirt destination)");
 	if (p->c.qmp_path && p->qemu_connect)
 		return cli_usage_error(cmd, "--qmp and --qemu-connect exclude each other");
+	if (p->nbd_connect && !p->qemu_connect)
+		return cli_usage_error(cmd, "--nbd-connect goes with --qemu-connect");
 	if (p->no_disks && p->n_disks)
 		return cli_usage_error(cmd, "--disk and --no-disks exclude each other");
 	if (p->no_disks && p->disk_copy_mode_set)
@@ -535,8 +540,23 @@ int cmd_send(int argc, char **argv)
 	return finish(oc, report, p.c.report_path);
 }
 
+/* libvirt's disks: the port after the stream's, on the same host. */
+static int nbd_default(const char *qemu_connect, char *out, size_t len)
+{
+	char host[256], port[32];
+	uint64_t v;
+
+	if (tsb_split_hostport(qemu_connect, host, sizeof(host), port, sizeof(port)) < 0 ||
+	    tsb_parse_u64(port, 1, 65534, &v) < 0)
+		return -1;
+	snprintf(out, len, strchr(host, ':') ? "[%s]:%llu" : "%s:%llu", host,
+		 (unsigned long long)v + 1);
+	return 0;
+}
+
 int cmd_recv(int argc, char **argv)
 {
+	char nbd[300] = "";
 	struct proxy_recv_options o = { 0 };
 	struct parsed p = { 0 };
 	json_t *report = NULL;
@@ -562,6 +582,10 @@ int cmd_recv(int argc, char **argv)
 		       "                         libvirt: where the destination QEMU listens for\n"
 		       "                         the stream (127.0.0.1 and 'tsubame migrate\n"
 		       "                         --qemu-port'); instead of --qmp\n"
+		       "  --nbd-connect HOST:PORT\n"
+		       "                         libvirt: where that QEMU exports the disks\n"
+		       "                         libvirt's mirror fills (default: the port after\n"
+		       "                         --qemu-connect's)\n"
 		       COMMON_HELP
 		       "  --disk-source FILE     also rebuild pages from this disk image (raw or\n"
 		       "                         qcow2; repeatable); the VM's own disks are used\n"
@@ -592,6 +616,10 @@ int cmd_recv(int argc, char **argv)
 	o.qemu_connect = p.qemu_connect;
 	if (o.qemu_connect)
 		o.no_vm_disks = true; /* libvirt's QEMU is not ours to ask */
+	if (o.qemu_connect && !p.nbd_connect && nbd_default(o.qemu_connect, nbd, sizeof(nbd)) < 0)
+		return cli_usage_error("recv", "bad --qemu-connect '%s' (HOST:PORT, PORT < 65535)",
+				       o.qemu_connect);
+	o.nbd_connect = p.nbd_connect ? p.nbd_connect : nbd[0] ? nbd : NULL;
 	oc = proxy_recv(&o, &report);
 	if (oc == PROXY_OK)
 		log_notice("migration received; the VM runs here");

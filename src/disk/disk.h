@@ -101,6 +101,17 @@ struct disk_send_options {
 	/* Called about every 5 s while the mirrors converge (main link keepalive). */
 	void (*keepalive)(void *opaque);
 	void *keepalive_opaque;
+	/*
+	 * libvirt drives the source QEMU's mirror (docs/libvirt.md): instead
+	 * of asking QMP, these are the disks (each's device is the NBD export
+	 * name libvirt's mirror asks for, with its size and image file), and
+	 * one NBD server listens on nbd_listen (HOST:PORT) for the mirror.
+	 * No jobs of ours; one disk (libvirt uses one port for all exports).
+	 */
+	const char *nbd_listen;
+	const char *given_names[DISK_MAX], *given_files[DISK_MAX];
+	uint64_t given_sizes[DISK_MAX];
+	unsigned n_given;
 };
 
 struct disk_send;
@@ -127,6 +138,13 @@ int disk_send_start(struct qmp *q, const struct disk_send_options *o,
  */
 int disk_send_switchover(struct disk_send *ds, struct qmp *q, char *err,
 			 size_t errlen);
+
+/*
+ * libvirt (nbd_listen): its migration succeeded, so its mirror completed
+ * (its last flush, which waits for the receiver, came back): sends DONE.
+ * 0 or -errno (err says why).
+ */
+int disk_send_libvirt_done(struct disk_send *ds, char *err, size_t errlen);
 
 /*
  * Before committing the switchover: waits (at most timeout_ms) for the
@@ -166,6 +184,12 @@ void disk_send_finish(struct disk_send *ds, struct qmp *q, json_t *report);
 
 struct disk_recv_options {
 	struct wire_tls *tls;		/* server context (borrowed) */
+	/*
+	 * libvirt (docs/libvirt.md): no QMP; the destination QEMU that
+	 * libvirt prepared exports the disks on nbd_connect (HOST:PORT) under
+	 * the names the sender's disk list gives. NULL: QMP exports.
+	 */
+	const char *nbd_connect;
 	int listen_fd;			/* taken over: the disk channel arrives here */
 	struct diskindex *index;	/* blocks to rebuild REFs from (borrowed; read only) */
 	uint64_t stall_ms;		/* wire timeout; 0: none */
@@ -175,6 +199,9 @@ struct disk_recv_options {
 };
 
 struct disk_recv;
+
+/* How long a libvirt destination may take to export its disks (nbd_connect). */
+#define DISK_LIBVIRT_WAIT_MS (120 * 1000)
 
 /*
  * Exports every writable disk of the destination QEMU over NBD on a

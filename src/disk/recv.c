@@ -78,6 +78,7 @@ struct rdisk {
 	struct nbd_client *cl;
 	int tfd;			/* the image QEMU has open, or -1 */
 	uint64_t unflushed;		/* bytes written since the last flush was sent */
+	bool dirty;			/* NBD writes since the last flush_disk() */
 	bool checked_in_file;		/* tfd was opened: the target is read in it */
 	bool written_in_file;		/* and written in it (QEMU may write it) */
 	/* statistics */
@@ -122,6 +123,9 @@ struct disk_recv {
 	char credential[160];
 	char dir[80], sock[100];
 	bool server_started;
+	/* libvirt: its QEMU's exports on nbd_addr, opened at the first write. */
+	bool libvirt, libvirt_open;
+	char nbd_addr[300];
 	pid_t qemu_pid;			/* the destination QEMU (QMP peer), or 0 */
 	unsigned n;
 	struct rdisk d[DISK_MAX];
@@ -293,12 +297,45 @@ static void ch_set_timeout(struct disk_recv *dr, int ms)
 		wire_conn_set_timeout(dr->conn, ms);
 }
 
+/*
+ * libvirt: the destination QEMU that libvirt prepares exports its disks on
+ * dr->nbd_addr; the disk list comes before libvirt's Prepare, so dial until
+ * it listens (bounded).
+ */
+static int connect_libvirt_export(struct disk_recv *dr, const struct nbd_client_config *cc,
+				  struct nbd_client **ret, char *why, size_t whylen)
+{
+	char host[256], port[32], m[256] = "";
+	uint64_t t0 = tsb_now_ns();
+	int fd, r;
+
+	if (tsb_split_hostport(dr->nbd_addr, host, sizeof(host), port, sizeof(port)) < 0) {
+		if (why)
+			snprintf(why, whylen, "bad NBD address '%s'", dr->nbd_addr);
+		return -EINVAL;
+	}
+	for (;;) {
+		r = wire_tcp_connect(host, port, 1000, &fd, m, sizeof(m));
+		if (r == 0)
+			return nbd_client_connect_fd(fd, cc, ret, why, whylen);
+		if (dr->stop || tsb_now_ns() - t0 > DISK_LIBVIRT_WAIT_MS * 1000000ull)
+			break;
+		usleep(100000);
+	}
+	if (why)
+		snprintf(why, whylen, "libvirt's destination QEMU exports no disk on %s: %s",
+			 dr->nbd_addr, m);
+	return r;
+}
+
 /* An NBD client of the destination's export of disk k. */
 static int ch_nbd_connect(struct disk_recv *dr, unsigned k, const struct nbd_client_config *cc,
 			  struct nbd_client **ret, char *why, size_t whylen)
 {
 	int r;
 
+	if (dr->libvirt)
+		return connect_libvirt_export(dr, cc, ret, why, whylen);
 	if (!dr->io)
 		return nbd_client_connect_unix(dr->sock, cc, ret, why, whylen);
 	r = dr->io->nbd_connect(dr->io->opaque, k, cc, ret);
@@ -739,6 +776,8 @@ static int fl_submit(struct disk_recv *dr, int k, uint16_t type, uint64_t off, u
 	unsigned i, n;
 	int r;
 
+	if (type == NBD_CMD_WRITE || type == NBD_CMD_WRITE_ZEROES)
+		d->dirty = true;
 	if (fl_overlaps(dr, k, off, len)) {
 		r = fl_drain(dr, k, FL_ALL);
 		if (r < 0)
@@ -1464,6 +1503,12 @@ static int flush_disk(struct disk_recv *dr, int k)
 
 	if (r < 0)
 		return r;
+	/*
+	 * libvirt ends its export once its mirror's last flush came back: DONE,
+	 * which follows, has nothing more to flush there.
+	 */
+	if (dr->libvirt && !d->dirty)
+		return 0;
 	if (d->written_in_file)
 		r = fdatasync(d->tfd) < 0 ? -errno : 0;
 	else
@@ -1471,12 +1516,74 @@ static int flush_disk(struct disk_recv *dr, int k)
 	dr->flush_ns += tsb_now_ns() - t0;
 	d->flushes++;
 	d->unflushed = 0;
+	d->dirty = r < 0;
 	if (r < 0)
 		dr_fail(dr, "disk %s: flush at the destination: %s", d->dev.device, strerror(-r));
 	return r;
 }
 
 /* BLOCKS: which of our disks each index names; opens an NBD client each. */
+/*
+ * libvirt: the disks are the sender's list (export names and sizes); the
+ * export's size is checked once it is open (open_libvirt_targets()).
+ */
+static int take_libvirt_blocks(struct disk_recv *dr, const struct wire_blocks *bl, char *why,
+			       size_t whylen)
+{
+	struct wire_blocks_iter it;
+	struct wire_block b;
+	struct rdisk *d;
+
+	wire_blocks_iter_init(bl, &it);
+	while (wire_blocks_next(&it, &b)) {
+		if (b.index >= DISK_MAX || dr->n == DISK_MAX || dr->map[b.index] >= 0) {
+			snprintf(why, whylen, "disk index %u out of range or named twice", b.index);
+			return -EPROTO;
+		}
+		if (!b.name.len || b.name.len >= DISK_NAME_MAX || !b.used_length) {
+			snprintf(why, whylen, "a disk without a usable name or size");
+			return -EPROTO;
+		}
+		d = &dr->d[dr->n];
+		memcpy(d->dev.device, b.name.p, b.name.len);
+		d->dev.device[b.name.len] = '\0';
+		d->dev.size = b.used_length;
+		d->used = true;
+		dr->wm_max += d->dev.size / BLOCK;
+		dr->map[b.index] = (int)dr->n++;
+		if (b.index >= dr->n_map)
+			dr->n_map = b.index + 1u;
+	}
+	return 0;
+}
+
+/* libvirt: opens the exports of the disk list, at the first write or flush. */
+static int open_libvirt_targets(struct disk_recv *dr)
+{
+	struct nbd_client_config cc = { .max_inflight = NBD_INFLIGHT };
+	char why[512] = "";
+	unsigned k;
+	int r;
+
+	for (k = 0; k < dr->n; k++) {
+		cc.export_name = dr->d[k].dev.device;
+		r = ch_nbd_connect(dr, k, &cc, &dr->d[k].cl, why, sizeof(why));
+		if (r == 0 && nbd_client_info(dr->d[k].cl)->size != dr->d[k].dev.size) {
+			snprintf(why, sizeof(why), "disk %s: %llu bytes at the source, %llu here",
+				 dr->d[k].dev.device, (unsigned long long)dr->d[k].dev.size,
+				 (unsigned long long)nbd_client_info(dr->d[k].cl)->size);
+			r = -EINVAL;
+		}
+		if (r < 0) {
+			dr_fail(dr, "disk channel: %s", why);
+			return r;
+		}
+	}
+	dr->libvirt_open = true;
+	log_info("disks: %u export(s) of libvirt's destination QEMU open", dr->n);
+	return 0;
+}
+
 static int take_blocks(struct disk_recv *dr, const struct wire_blocks *bl, char *why,
 		       size_t whylen)
 {
@@ -1488,6 +1595,8 @@ static int take_blocks(struct disk_recv *dr, const struct wire_blocks *bl, char 
 
 	for (k = 0; k < DISK_MAX; k++)
 		dr->map[k] = -1;
+	if (dr->libvirt)
+		return take_libvirt_blocks(dr, bl, why, whylen);
 	wire_blocks_iter_init(bl, &it);
 	while (wire_blocks_next(&it, &b)) {
 		if (b.index >= DISK_MAX) {
@@ -1708,6 +1817,15 @@ static int serve_channel(struct disk_recv *dr)
 		dr->frames_in++;
 		if (m.type != WIRE_MSG_PAGES && m.type != WIRE_MSG_PING)
 			log_debug("disk channel: %s", wire_msg_name(m.type));
+		if (dr->libvirt && !dr->libvirt_open && (m.type == WIRE_MSG_PAGES ||
+		    m.type == WIRE_MSG_DONE || (m.type == WIRE_MSG_PING && m.u.ping &&
+						!(m.u.ping & DISK_TOKEN_KEEPALIVE)))) {
+			r = open_libvirt_targets(dr);
+			if (r < 0) {
+				send_status(dr, WIRE_MSG_ERROR, WIRE_CODE_QEMU, dr->error);
+				return r;
+			}
+		}
 		switch (m.type) {
 		case WIRE_MSG_PAGES:
 			t0 = tsb_now_ns();
@@ -1854,6 +1972,13 @@ int disk_recv_start(struct qmp *q, const struct disk_recv_options *o,
 	dr->stall_ms = o->stall_ms;
 	snprintf(dr->migration, sizeof(dr->migration), "%s", o->migration ? o->migration : "");
 	snprintf(dr->credential, sizeof(dr->credential), "%s", o->credential ? o->credential : "");
+	if (o->nbd_connect) {
+		/* libvirt exports the disks itself: they come with the sender's list. */
+		dr->libvirt = true;
+		snprintf(dr->nbd_addr, sizeof(dr->nbd_addr), "%s", o->nbd_connect);
+		n = 0;
+		goto start;
+	}
 	n = disk_query(q, devs, DISK_MAX, err, errlen);
 	if (n < 0) {
 		r = n;
@@ -1893,13 +2018,17 @@ int disk_recv_start(struct qmp *q, const struct disk_recv_options *o,
 		d->exported = true;
 		dr->n++;
 	}
+start:
 	if (pthread_create(&dr->th, NULL, channel_thread, dr)) {
 		snprintf(err, errlen, "cannot start a thread");
 		r = -EAGAIN;
 		goto fail;
 	}
 	dr->th_started = true;
-	log_info("disks: %u disk(s) exported for the disk channel", dr->n);
+	if (dr->libvirt)
+		log_info("disks: libvirt's destination QEMU exports them on %s", dr->nbd_addr);
+	else
+		log_info("disks: %u disk(s) exported for the disk channel", dr->n);
 	*ret = dr;
 	return 0;
 fail:

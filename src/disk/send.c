@@ -137,6 +137,7 @@ struct disk_send {
 	uint64_t start_ns, mirror_ms;
 	volatile int *abort_flag;
 	enum disk_copy_mode copy_mode;
+	bool libvirt;			/* libvirt's mirror: no QMP, no jobs of ours */
 };
 
 static const uint8_t zero_block[BLOCK];
@@ -475,9 +476,12 @@ static void *serve_thread(void *arg)
 {
 	struct sdisk *d = arg;
 
-	d->serve_rc = nbd_server_serve(d->srv);
-	if (d->serve_rc < 0 && d->serve_rc != -ECANCELED)
-		log_debug("disk %s: nbd: %s", d->dev.device, nbd_server_error(d->srv));
+	/* libvirt's QEMU may connect again: serve until stopped. */
+	do {
+		d->serve_rc = nbd_server_serve(d->srv);
+		if (d->serve_rc < 0 && d->serve_rc != -ECANCELED)
+			log_debug("disk %s: nbd: %s", d->dev.device, nbd_server_error(d->srv));
+	} while (d->ds->libvirt && d->serve_rc != -ECANCELED && !disk_send_failed(d->ds, NULL, 0));
 	return NULL;
 }
 
@@ -1141,6 +1145,85 @@ static int wait_mirrors_ready(struct disk_send *ds, struct qmp *q,
 	}
 }
 
+/* libvirt: the disks given, and our NBD server for its mirror on nbd_listen. */
+static int start_libvirt(const struct disk_send_options *o, struct disk_send **ret, char *err,
+			 size_t errlen)
+{
+	struct disk_send *ds;
+	char host[256], port[32];
+	struct sdisk *d;
+	int r;
+
+	if (o->n_given > 1) {
+		snprintf(err, errlen, "libvirt: one local disk per migration for now (%u given)",
+			 o->n_given);
+		return -EOPNOTSUPP;
+	}
+	if (tsb_split_hostport(o->nbd_listen, host, sizeof(host), port, sizeof(port)) < 0) {
+		snprintf(err, errlen, "bad NBD endpoint '%s'", o->nbd_listen);
+		return -EINVAL;
+	}
+	ds = ds_new(o);
+	if (!ds) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	ds->libvirt = true;
+	for (; ds->n < o->n_given; ds->n++) {
+		d = &ds->d[ds->n];
+		d->ds = ds;
+		d->idx = ds->n;
+		snprintf(d->dev.device, sizeof(d->dev.device), "%s", o->given_names[ds->n]);
+		snprintf(d->dev.file, sizeof(d->dev.file), "%s", o->given_files[ds->n]);
+		d->dev.size = o->given_sizes[ds->n];
+	}
+	r = init_encoders(ds, err, errlen);
+	if (r == 0)
+		r = start_channel(ds, o, err, errlen);
+	for (unsigned i = 0; r == 0 && i < ds->n; i++) {
+		const struct nbd_server_config cfg = { .export_name = ds->d[i].dev.device };
+
+		d = &ds->d[i];
+		d->srv = nbd_server_new(&cfg, &export_ops, d);
+		r = d->srv ? nbd_server_listen_tcp(d->srv, host, port) : -ENOMEM;
+		if (r < 0)
+			snprintf(err, errlen, "cannot listen for libvirt's mirror on %s: %s",
+				 o->nbd_listen, strerror(-r));
+		else if (pthread_create(&d->th, NULL, serve_thread, d))
+			r = -EAGAIN;
+		else
+			d->th_started = true;
+	}
+	if (r < 0) {
+		disk_send_finish(ds, NULL, NULL);
+		return r;
+	}
+	log_info("disks: libvirt's mirror of %u disk(s) goes through %s", ds->n, o->nbd_listen);
+	*ret = ds;
+	return 0;
+}
+
+int disk_send_libvirt_done(struct disk_send *ds, char *err, size_t errlen)
+{
+	struct tsb_buf b;
+	int r;
+
+	if (!ds)
+		return 0;
+	if (disk_send_failed(ds, err, errlen))
+		return -EIO;
+	pthread_mutex_lock(&ds->lock);
+	ds->sent_done = true;
+	pthread_mutex_unlock(&ds->lock);
+	tsb_buf_init(&b);
+	wire_encode_status(&b, WIRE_MSG_DONE, WIRE_CODE_OK, "disks complete");
+	r = ds_write(ds, &b, NULL, 0);
+	tsb_buf_fini(&b);
+	if (r < 0)
+		disk_send_failed(ds, err, errlen);
+	return r;
+}
+
 int disk_send_start(struct qmp *q, const struct disk_send_options *o,
 		    struct disk_send **ret, char *err, size_t errlen)
 {
@@ -1150,6 +1233,8 @@ int disk_send_start(struct qmp *q, const struct disk_send_options *o,
 	int n, r;
 
 	*ret = NULL;
+	if (o->nbd_listen)
+		return start_libvirt(o, ret, err, errlen);
 	n = disk_query(q, devs, DISK_MAX, err, errlen);
 	if (n < 0)
 		return n;

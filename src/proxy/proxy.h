@@ -79,6 +79,15 @@ struct proxy_send_options {
 	 * runs at the destination).
 	 */
 	const char *qemu_listen;
+	/*
+	 * libvirt's NBD mirror of the local disks (docs/libvirt.md): our NBD
+	 * server for it listens on nbd_listen; each disk's export name (what
+	 * libvirt's mirror asks for), image file and size. None: memory only.
+	 */
+	const char *nbd_listen;
+	const char *libvirt_disk_names[8], *libvirt_disk_files[8];
+	uint64_t libvirt_disk_sizes[8];
+	unsigned n_libvirt_disks;
 	void (*libvirt_ready)(void *opaque);
 	int (*libvirt_verdict)(void *opaque);
 	void *libvirt_opaque;
@@ -104,6 +113,8 @@ struct proxy_recv_options {
 	 * libvirt prepared listens, and libvirt runs the guest.
 	 */
 	const char *qemu_connect;
+	/* libvirt: where that QEMU exports the disks libvirt's mirror fills. */
+	const char *nbd_connect;
 };
 
 /* Runs the source side; fills *ret_report (owned ref, may be NULL on early errors). */

@@ -485,18 +485,12 @@ static int open_channels(struct receiver *rc, struct recv_run *run)
 	/* Its other connections come first, then its disk channel, to the same port. */
 	if ((caps & WIRE_CAP_LANES) && recv_take_lanes(rc, run->tls, run->lfd, &run->sig) < 0)
 		return -1;
-	if ((caps & WIRE_CAP_DISK) && o->qemu_connect) {
-		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_REFUSED,
-				      "no disk channel with libvirt: libvirt's NBD mirror moves disks");
-		recv_fail(rc, PROXY_FAILED, "the sender offered a disk channel to a libvirt "
-			  "destination");
-		return -1;
-	}
 	if (caps & WIRE_CAP_DISK) {
 		struct disk_recv_options dro = {
 			.tls = run->tls, .listen_fd = run->lfd, .index = rc->rb.disks,
 			.stall_ms = o->c.stall_ms, .migration = rc->rec.id,
 			.credential = rc->credential,
+			.nbd_connect = o->qemu_connect ? o->nbd_connect : NULL,
 		};
 
 		run->lfd = -1;

@@ -389,6 +389,7 @@ void recv_wait_loaded_libvirt(struct receiver *rc, volatile int *sig)
 void recv_settle_libvirt(struct receiver *rc, volatile int *sig)
 {
 	const struct proxy_recv_options *o = rc->o;
+	char err[512];
 	uint64_t t0 = tsb_now_ns(), limit = o->c.commit_timeout_ms * 1000000;
 
 	tsb_fault_point("dest-loaded");
@@ -411,6 +412,15 @@ void recv_settle_libvirt(struct receiver *rc, volatile int *sig)
 		(void)send_status_locked(rc, WIRE_MSG_OUTCOME, WIRE_OUTCOME_DISCARDED, "discarded");
 		recv_fail(rc, PROXY_FAILED, "libvirt's migration failed at the source's end; "
 			  "libvirt keeps the guest there");
+		return;
+	}
+	/* libvirt ran the guest after its mirror's last flush: the disks are complete. */
+	if (disk_recv_wait_done(rc->rb.disk, o->c.stall_ms ? o->c.stall_ms : 60000, sig, err,
+				sizeof(err)) < 0) {
+		(void)send_status_locked(rc, WIRE_MSG_OUTCOME, WIRE_OUTCOME_RUNNING,
+					 "destination running (libvirt)");
+		recv_fail(rc, PROXY_LINK, "disks: %s; libvirt runs the guest here, this store "
+			  "keeps no arrival image", err);
 		return;
 	}
 	rc->running_ns = tsb_now_ns();

@@ -1463,6 +1463,13 @@ static int disks_start(struct sender *s, struct qmp *q, struct wire_tls *tls,
 
 	for (i = 0; i < o->n_disks && i < DISK_MAX; i++)
 		dso.only[dso.n_only++] = o->disks[i];
+	dso.nbd_listen = o->qemu_listen ? o->nbd_listen : NULL;
+	for (i = 0; i < o->n_libvirt_disks && i < DISK_MAX; i++) {
+		dso.given_names[i] = o->libvirt_disk_names[i];
+		dso.given_files[i] = o->libvirt_disk_files[i];
+		dso.given_sizes[i] = o->libvirt_disk_sizes[i];
+		dso.n_given++;
+	}
 	r = disk_send_start(q, &dso, &s->disks, err, sizeof(err));
 	if (r < 0) {
 		sender_fail(s, r == -ECONNRESET || r == -ECONNREFUSED ? PROXY_LINK :
@@ -1470,7 +1477,7 @@ static int disks_start(struct sender *s, struct qmp *q, struct wire_tls *tls,
 		     PROXY_FAILED, "disks: %s", err);
 		return r;
 	}
-	if (s->disks) {
+	if (s->disks && !o->qemu_listen) {
 		if (mo->n_caps >= MIGCTL_MAX_CAPS) {
 			sender_fail(s, PROXY_FAILED, "too many capabilities");
 			return -E2BIG;
@@ -1602,7 +1609,7 @@ static void hello_of(struct sender *s, struct wire_hello_args *hello)
 	hello->migration = s->image_id;
 	hello->caps = WIRE_CAP_COMMIT | WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
 		      (may_postcopy(o) ? WIRE_CAP_POSTCOPY : 0) |
-		      (o->no_disks || o->qemu_listen ? 0 : WIRE_CAP_DISK) |
+		      (o->no_disks || (o->qemu_listen && !o->n_libvirt_disks) ? 0 : WIRE_CAP_DISK) |
 		      (o->qemu_listen ? WIRE_CAP_LIBVIRT : 0) |
 		      (o->connections > 1 ? WIRE_CAP_LANES : 0);
 	hello->site = "source";
@@ -1711,6 +1718,10 @@ static int prepare_source(struct sender *s, struct send_run *run)
 	int r;
 
 	if (o->qemu_listen) {
+		/* libvirt's mirror writes into our NBD server; its QEMU streams to us. */
+		if (o->n_libvirt_disks &&
+		    disks_start(s, NULL, run->tls, run->host, run->port, mo) < 0)
+			return -1;
 		/* libvirt set QEMU's capabilities and tells it to connect to us. */
 		if (sender_libvirt_accept(s, &s->qfd, err, sizeof(err)) < 0) {
 			sender_fail(s, s->abort_flag > 1 ? PROXY_INTERRUPTED : PROXY_FAILED, "%s",

@@ -11,6 +11,7 @@
 #include "common/fault.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "disk/disk.h"
 #include "wire/tls.h"
 
 #include <errno.h>
@@ -76,6 +77,7 @@ int sender_libvirt_accept(struct sender *s, int *ret_fd, char *err, size_t errle
 
 void sender_libvirt_settle(struct sender *s)
 {
+	char err[512];
 	int v;
 
 	/*
@@ -103,6 +105,10 @@ void sender_libvirt_settle(struct sender *s)
 				    "the guest");
 		return;
 	}
+	/* libvirt's mirror completed: its last flush came back from the receiver. */
+	if (s->disks && (disk_send_libvirt_done(s->disks, err, sizeof(err)) < 0 ||
+			 disk_send_confirmed(s->disks, 60000, err, sizeof(err)) < 0))
+		log_warn("disks: %s; the destination keeps no record of them", err);
 	s->decided_commit = true;
 	if (!decide_on_main(s, WIRE_DECIDE_COMMIT) || outcome_on_main(s) != WIRE_OUTCOME_RUNNING)
 		log_warn("the receiver did not confirm the end of the migration: it keeps no "

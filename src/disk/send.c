@@ -1203,15 +1203,12 @@ static int start_libvirt(const struct disk_send_options *o, struct disk_send **r
 	return 0;
 }
 
-int disk_send_libvirt_done(struct disk_send *ds, char *err, size_t errlen)
+/* Our DONE follows every write; the receiver's says all is applied. 0 or -errno. */
+static int send_done(struct disk_send *ds, char *err, size_t errlen)
 {
 	struct tsb_buf b;
 	int r;
 
-	if (!ds)
-		return 0;
-	if (disk_send_failed(ds, err, errlen))
-		return -EIO;
 	pthread_mutex_lock(&ds->lock);
 	ds->sent_done = true;
 	pthread_mutex_unlock(&ds->lock);
@@ -1222,6 +1219,15 @@ int disk_send_libvirt_done(struct disk_send *ds, char *err, size_t errlen)
 	if (r < 0)
 		disk_send_failed(ds, err, errlen);
 	return r;
+}
+
+int disk_send_libvirt_done(struct disk_send *ds, char *err, size_t errlen)
+{
+	if (!ds)
+		return 0;
+	if (disk_send_failed(ds, err, errlen))
+		return -EIO;
+	return send_done(ds, err, errlen);
 }
 
 int disk_send_start(struct qmp *q, const struct disk_send_options *o,
@@ -1316,7 +1322,6 @@ static void del_nodes(struct disk_send *ds, struct qmp *q)
 
 int disk_send_switchover(struct disk_send *ds, struct qmp *q, char *err, size_t errlen)
 {
-	struct tsb_buf b;
 	unsigned i;
 	int r;
 
@@ -1340,18 +1345,9 @@ int disk_send_switchover(struct disk_send *ds, struct qmp *q, char *err, size_t 
 	if (disk_send_failed(ds, err, errlen))
 		return -EIO;
 	del_nodes(ds, q);
-	/* Our DONE follows every write; the receiver's says all is applied. */
-	pthread_mutex_lock(&ds->lock);
-	ds->sent_done = true;
-	pthread_mutex_unlock(&ds->lock);
-	tsb_buf_init(&b);
-	wire_encode_status(&b, WIRE_MSG_DONE, WIRE_CODE_OK, "disks complete");
-	r = ds_write(ds, &b, NULL, 0);
-	tsb_buf_fini(&b);
-	if (r < 0) {
-		disk_send_failed(ds, err, errlen);
+	r = send_done(ds, err, errlen);
+	if (r < 0)
 		return r;
-	}
 	tsb_fault_point("disk-done-sent");
 	/* No wait for the receiver's DONE here: disk_send_confirmed(), before the commit. */
 	log_debug("disks: mirrors complete, DONE sent");

@@ -72,6 +72,8 @@ struct disk_recv_io {
 	/* A new NBD client of the export of devs[k]: 0 or -errno. */
 	int (*nbd_connect)(void *opaque, unsigned k, const struct nbd_client_config *cfg,
 			   struct nbd_client **ret);
+	/* As with libvirt: the disks are BLOCKS' (devs unused), opened at the first write. */
+	bool libvirt;
 };
 
 /*

@@ -334,7 +334,7 @@ static int ch_nbd_connect(struct disk_recv *dr, unsigned k, const struct nbd_cli
 {
 	int r;
 
-	if (dr->libvirt)
+	if (dr->libvirt && !dr->io)
 		return connect_libvirt_export(dr, cc, ret, why, whylen);
 	if (!dr->io)
 		return nbd_client_connect_unix(dr->sock, cc, ret, why, whylen);
@@ -1945,7 +1945,8 @@ int disk_recv_run_io(const struct disk_dev *devs, unsigned n, struct diskindex *
 		return -ENOMEM;
 	dr->io = io;
 	dr->index = index;
-	for (dr->n = 0; dr->n < n; dr->n++)
+	dr->libvirt = io->libvirt;
+	for (dr->n = 0; !dr->libvirt && dr->n < n; dr->n++)
 		dr->d[dr->n].dev = devs[dr->n];
 	dr->connected = true;
 	*ret = dr;

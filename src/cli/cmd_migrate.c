@@ -107,7 +107,9 @@ static void usage(void)
 	       "\n"
 	       "Exit status: 0 the domain runs at the destination; 1 failed, the domain\n"
 	       "runs at the source (libvirt's or tsubame's reason is printed); 2 usage error;\n"
-	       "130 interrupted (the migration was cancelled).\n", MIGRATE_QEMU_PORT_DEFAULT);
+	       "3 not done within --timeout (cancelled); 130 interrupted (cancelled). When\n"
+	       "tsubame's side fails first, libvirt's job is aborted and the source runs on.\n",
+	       MIGRATE_QEMU_PORT_DEFAULT);
 }
 
 struct migrate_args {
@@ -123,9 +125,17 @@ struct migrate_args {
 	struct proxy_send_options so;
 };
 
+static const char *libvirt_error(void)
+{
+	const char *m = virGetLastErrorMessage();
+
+	return m ? m : "unknown libvirt error";
+}
+
 /* The sender's thread and what it says to the libvirt side. */
 struct relay {
 	struct proxy_send_options *so;
+	virDomainPtr dom;
 	pthread_t th;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -150,6 +160,15 @@ static int relay_verdict(void *opaque)
 	struct relay *rl = opaque;
 
 	return rl->verdict;
+}
+
+/* The sender failed first: libvirt cancels its job, the source runs on. */
+static void relay_abort(void *opaque)
+{
+	struct relay *rl = opaque;
+
+	if (virDomainAbortJob(rl->dom) < 0)
+		log_warn("libvirt did not cancel its migration job: %s", libvirt_error());
 }
 
 static void *relay_thread(void *arg)
@@ -255,13 +274,6 @@ static int parse(int argc, char **argv, struct migrate_args *a)
 		return cli_usage_error("migrate", "--store and --no-store exclude each other");
 	co->store_dir = a->no_store ? NULL : co->store_dir ? co->store_dir : STORE_DEFAULT_DIR;
 	return 0;
-}
-
-static const char *libvirt_error(void)
-{
-	const char *m = virGetLastErrorMessage();
-
-	return m ? m : "unknown libvirt error";
 }
 
 static void ignore_libvirt_errors(void *opaque, virErrorPtr err)
@@ -402,6 +414,7 @@ static int run(virDomainPtr dom, struct migrate_args *a, struct relay *rl)
 	int r = -1;
 
 	rl->so = &a->so;
+	rl->dom = dom;
 	rl->verdict = -1;
 	pthread_mutex_init(&rl->lock, NULL);
 	pthread_cond_init(&rl->cond, NULL);
@@ -471,6 +484,7 @@ int cmd_migrate(int argc, char **argv)
 	a.so.connections = 1;
 	a.so.libvirt_ready = relay_ready;
 	a.so.libvirt_verdict = relay_verdict;
+	a.so.libvirt_abort = relay_abort;
 	a.so.libvirt_opaque = &rl;
 	r = run(dom, &a, &rl);
 	if (rl.report && a.so.c.report_path && proxy_write_report(a.so.c.report_path, rl.report) < 0)
@@ -482,6 +496,8 @@ int cmd_migrate(int argc, char **argv)
 		ex = TSB_EXIT_OK;
 	} else if (rl.outcome == PROXY_INTERRUPTED) {
 		ex = 130;
+	} else if (rl.outcome == PROXY_TIMEOUT) {
+		ex = 3;
 	}
 out:
 	for (unsigned i = 0; i < MIGRATE_MAX_DISKS; i++) {

@@ -90,6 +90,8 @@ struct proxy_send_options {
 	unsigned n_libvirt_disks;
 	void (*libvirt_ready)(void *opaque);
 	int (*libvirt_verdict)(void *opaque);
+	/* Asks libvirt to cancel its job (virDomainAbortJob): we failed first. */
+	void (*libvirt_abort)(void *opaque);
 	void *libvirt_opaque;
 };
 

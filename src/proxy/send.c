@@ -37,6 +37,25 @@ static bool may_postcopy(const struct proxy_send_options *o)
 	return !o->qemu_listen && (o->postcopy_after_ms || o->mode != PROXY_MODE_PRECOPY);
 }
 
+/*
+ * libvirt's source QEMU (no QMP to cancel it) may be blocked writing into
+ * a socket we no longer read, maybe holding its big lock (then even
+ * libvirt's cancel waits): a reset ends its write at once. The socket is
+ * replaced by /dev/null under the same number, so that our threads still
+ * using the number meet an end of file, never another file.
+ */
+static void reset_qemu_socket(int fd)
+{
+	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+	(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	if (null < 0 || dup2(null, fd) < 0)
+		shutdown(fd, SHUT_RDWR);
+	if (null >= 0)
+		close(null);
+}
+
 void sender_fail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
 {
 	va_list ap;
@@ -59,7 +78,9 @@ void sender_fail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
 	 * and QEMU 7.2 cannot run the source from there. migctl cancels it
 	 * instead (abort_flag), which resumes the source.
 	 */
-	if (s->qfd >= 0 && (!may_postcopy(s->o) || s->decided_commit))
+	if (s->qfd >= 0 && s->o->qemu_listen)
+		reset_qemu_socket(s->qfd);
+	else if (s->qfd >= 0 && (!may_postcopy(s->o) || s->decided_commit))
 		shutdown(s->qfd, SHUT_RDWR);
 	if (s->conn)
 		wire_conn_abort(s->conn);
@@ -1914,7 +1935,7 @@ static enum proxy_outcome finish(struct sender *s, struct send_run *run, json_t 
 	if (s->failed && run->q && !s->decided_commit)
 		abort_switchover(s, run->q, run->tls);
 	oc = s->failed ? s->outcome : PROXY_OK;
-	if (s->failed && s->outcome == PROXY_OK)
+	if (s->failed && s->outcome == PROXY_OK && !s->libvirt_ok)
 		oc = s->outcome = PROXY_FAILED;
 	end_ns = tsb_now_ns();
 	if (oc == PROXY_OK)
@@ -1934,7 +1955,7 @@ static enum proxy_outcome finish(struct sender *s, struct send_run *run, json_t 
 		*ret_report = report_of(s, run, oc, end_ns, commit_ms);
 	/* Disks: jobs still running are cancelled; the source keeps its disks. */
 	disk_send_finish(s->disks, run->q, ret_report ? *ret_report : NULL);
-	if (s->failed)
+	if (s->failed && oc != PROXY_OK)
 		log_error("%s", s->error);
 	migctl_result_fini(&run->res);
 	qs_parser_free(s->parser);
@@ -1968,7 +1989,7 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 	else if (identify_vm(s, &run) == 0 && connect_receiver(s, &run) == 0 &&
 		 prepare_source(s, &run) == 0 && start_threads(s, &run) == 0) {
 		if (o->qemu_listen)
-			sender_libvirt_settle(s);
+			sender_libvirt_settle(s, run.start_ns);
 		else
 			migrate(s, &run);
 	}

@@ -75,7 +75,37 @@ int sender_libvirt_accept(struct sender *s, int *ret_fd, char *err, size_t errle
 	return 0;
 }
 
-void sender_libvirt_settle(struct sender *s)
+/*
+ * Waits for libvirt's verdict. When our side fails first (the link, the
+ * receiver, --timeout, a signal), libvirt's job is aborted: the source
+ * QEMU may wait on a socket nobody reads any more, and without QMP only
+ * libvirt can cancel it (then the source runs on).
+ */
+static int await_verdict(struct sender *s, uint64_t start_ns)
+{
+	const struct proxy_send_options *o = s->o;
+	bool aborted = false;
+	int v;
+
+	while ((v = verdict(s)) < 0) {
+		if (s->abort_flag > 1 && !s->failed)
+			sender_fail(s, PROXY_INTERRUPTED, "interrupted by signal %d; libvirt's "
+				    "migration is cancelled", s->abort_flag);
+		if (o->c.timeout_ms && tsb_now_ns() - start_ns > o->c.timeout_ms * 1000000 &&
+		    !s->failed)
+			sender_fail(s, PROXY_TIMEOUT, "the migration did not finish within "
+				    "--timeout; libvirt's migration is cancelled");
+		if (s->failed && !aborted && o->libvirt_abort) {
+			aborted = true;
+			log_info("asking libvirt to cancel its migration job");
+			o->libvirt_abort(o->libvirt_opaque);
+		}
+		usleep(10000);
+	}
+	return v;
+}
+
+void sender_libvirt_settle(struct sender *s, uint64_t start_ns)
 {
 	char err[512];
 	int v;
@@ -86,31 +116,34 @@ void sender_libvirt_settle(struct sender *s)
 	 * libvirt then runs the guest there (Finish) and ends the source
 	 * (Confirm), or cancels and keeps it at the source.
 	 */
-	while ((v = verdict(s)) < 0 && s->abort_flag <= 1)
-		usleep(10000);
-	if (v < 0) {
-		sender_fail(s, PROXY_INTERRUPTED, "interrupted while libvirt's migration runs; "
-			    "libvirt goes on with it or cancels it");
-		return;
-	}
+	v = await_verdict(s, start_ns);
 	tsb_fault_point("source-completed");
-	/* PREPARED left the receiver before the source QEMU could complete. */
-	for (uint64_t t0 = tsb_now_ns(); v == 1 && !s->prepared && !s->failed &&
-	     tsb_now_ns() - t0 < 10000000000ull;)
-		usleep(5000);
-	if (v == 0 || !s->stream_done || !s->prepared) {
+	if (v == 0) {
 		(void)decide_on_main(s, WIRE_DECIDE_ABORT);
 		if (!s->failed)
 			sender_fail(s, PROXY_FAILED, "libvirt's migration failed; the source keeps "
 				    "the guest");
 		return;
 	}
+	/* libvirt's verdict is the truth: the guest left (our stream was all there). */
+	s->libvirt_ok = true;
+	if (s->failed) {
+		log_warn("%s; libvirt's migration succeeded all the same (the destination had "
+			 "loaded the whole stream): the receiver keeps no arrival image", s->error);
+		s->outcome = PROXY_OK;
+		return;
+	}
+	/* PREPARED left the receiver before the source QEMU could complete. */
+	for (uint64_t t0 = tsb_now_ns(); !s->prepared && !s->failed &&
+	     tsb_now_ns() - t0 < 10000000000ull;)
+		usleep(5000);
 	/* libvirt's mirror completed: its last flush came back from the receiver. */
 	if (s->disks && (disk_send_libvirt_done(s->disks, err, sizeof(err)) < 0 ||
 			 disk_send_confirmed(s->disks, 60000, err, sizeof(err)) < 0))
 		log_warn("disks: %s; the destination keeps no record of them", err);
 	s->decided_commit = true;
-	if (!decide_on_main(s, WIRE_DECIDE_COMMIT) || outcome_on_main(s) != WIRE_OUTCOME_RUNNING)
+	if (!s->prepared || !decide_on_main(s, WIRE_DECIDE_COMMIT) ||
+	    outcome_on_main(s) != WIRE_OUTCOME_RUNNING)
 		log_warn("the receiver did not confirm the end of the migration: it keeps no "
 			 "arrival image for the VM's return (libvirt's migration succeeded)");
 	if (!s->peer_outcome)

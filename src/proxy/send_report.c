@@ -124,8 +124,10 @@ json_t *report_make(struct sender *s, const struct migctl_result *res, uint64_t 
 		sender_link_stats(s, &ws);
 	json_object_set_new(r, "side", json_string("send"));
 	json_object_set_new(r, "outcome", json_string(proxy_outcome_name(s->outcome)));
+	/* libvirt's migration can succeed after ours failed (send_libvirt.c). */
 	if (s->error[0])
-		json_object_set_new(r, "error", json_string(s->error));
+		json_object_set_new(r, s->outcome == PROXY_OK ? "warning" : "error",
+				    json_string(s->error));
 	json_object_set_new(r, "total_time_ms", json_integer((end_ns - start_ns) / 1000000));
 	if (s->migrate_ns && s->qemu_done_ns)
 		/* Where the time went: before QEMU starts, QEMU, the receiver's word. */

@@ -142,6 +142,7 @@ struct sender {
 	struct mig_record rec;
 	int lock_fd;
 	bool stream_done;	/* QEMU closed after a complete stream */
+	bool libvirt_ok;	/* libvirt's migration succeeded: the outcome is OK */
 
 	/* Statistics (WAN thread writes wan, parse thread pages). */
 	struct wan_counts wan;
@@ -210,10 +211,11 @@ int outcome_on_main(struct sender *s);
  */
 int sender_libvirt_accept(struct sender *s, int *ret_fd, char *err, size_t errlen);
 /*
- * The stream carried: waits for libvirt's verdict and tells the receiver
+ * The stream carried: waits for libvirt's verdict (aborting libvirt's job
+ * once we failed, or at --timeout or a signal) and tells the receiver
  * (DECISION COMMIT when the domain runs there, ABORT otherwise).
  */
-void sender_libvirt_settle(struct sender *s);
+void sender_libvirt_settle(struct sender *s, uint64_t start_ns);
 
 /* ---- send_encode.c: the parse thread's choice for each page ---- */
 

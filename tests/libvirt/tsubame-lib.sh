@@ -52,9 +52,22 @@ unset v
 
 : "${BUILD:=$lv_top/build}"
 : "${TSUBAME:=$BUILD/src/cli/tsubame}"
+: "${MEMVERIFY_HOST:=$BUILD/guest/memverify-host}"
 
 name=tsbmig
+# The guest's local disk (TSB_LV_DISK=0: none): a raw image in each site's
+# private libvirt directory, which a storage pool holds at both sites, so
+# that libvirt creates the missing target at the destination. The guest's
+# diskwrite workload keeps writing records into a ring of it
+# (tests/integration/disk-check.py checks them).
+: "${TSB_LV_DISK:=1}"
+disk_img=/var/lib/libvirt/images/$name.img
+dw_base=8192 dw_blocks=1024
 workload="tsb.mode=memverify tsb.mem=96 tsb.seed=11 tsb.vmid=4 tsb.random=50 tsb.dup=10 tsb.dirty=2 tsb.wss=16"
+if [ "$TSB_LV_DISK" = 1 ]; then
+	workload="${workload/memverify/memverify,diskwrite} tsb.disk=/dev/vda"
+	workload+=" tsb.dwbase=$dw_base tsb.dwblocks=$dw_blocks"
+fi
 port=49310	# the destination QEMU's, on its site's loopback, and the sender's there
 wan_port=49311	# tsubame recv, on the sites' link
 recv_pidfile=	# the running tsubame recv's pid (its own, not a shell's)
@@ -98,14 +111,38 @@ preflight() {
 		skip "$TSUBAME has no 'migrate' command"
 	tsb recv --help 2>/dev/null | grep -q -- --qemu-connect ||
 		skip "$TSUBAME recv has no --qemu-connect"
+	if [ "$TSB_LV_DISK" = 1 ]; then
+		[ -x "$MEMVERIFY_HOST" ] ||
+			skip "no memverify-host at $MEMVERIFY_HOST (build it, or TSB_LV_DISK=0)"
+		gunzip -c "$GUEST_DIR/initrd.img" | cpio -i --to-stdout init 2>/dev/null |
+			grep -q diskwrite ||
+			skip "the guest in $GUEST_DIR has no diskwrite workload (scripts/build-guest)"
+	fi
 }
 
 # tsb_setup: after sites_up, the key and both sites' stores; the guest
 # starts at site a and verifies there.
 tsb_setup() {
+	local s
 	tsb keygen "$LV_T/key" >/dev/null || fail "tsubame keygen failed"
 	mkdir -p "$LV_T"/store-{a,b} "$LV_T"/state-{a,b}
-	lv_guest_start a "$name" "$workload"
+	if [ "$TSB_LV_DISK" != 1 ]; then
+		lv_guest_start a "$name" "$workload"
+	else
+		for s in a b; do
+			site_exec "$s" mkdir -p "${disk_img%/*}"
+			site_virsh "$s" pool-define-as images dir --target "${disk_img%/*}" >/dev/null
+			site_virsh "$s" pool-start images >/dev/null
+		done
+		"$MEMVERIFY_HOST" --make-disk "$LV_T/orig.img" --size 64M --seed 21 >/dev/null ||
+			fail "cannot make the guest's disk"
+		site_exec a cp "$LV_T/orig.img" "$disk_img"
+		lv_guest_xml "$name" "$workload" | sed "s|<controller type='usb'|<disk type='file' \
+device='disk'><driver name='qemu' type='raw'/><source file='$disk_img'/><target dev='vda' \
+bus='virtio'/></disk>\n    &|" >"$LV_T/$name.xml"
+		site_virsh a define "$LV_T/$name.xml" >/dev/null
+		site_virsh a start "$name" >/dev/null
+	fi
 	lv_wait_beat a "$name" 2 120 >/dev/null || fail "the guest does not verify at site a"
 	check_ram a
 }
@@ -188,6 +225,8 @@ wait_recv() {
 # --timeout $mig_timeout).
 mig_timeout=300s
 mig_guard=400
+disk_opt=
+[ "$TSB_LV_DISK" = 1 ] && disk_opt=--disk
 run_migrate() {
 	local from=$1 to=$2 tag=$3
 	shift 3
@@ -199,6 +238,7 @@ run_migrate() {
 		--dest-uri "$(site_tcp_uri "$to")" --to "$(site_addr "$to"):$wan_port" \
 		--qemu-port "$port" --key "$LV_T/key" --store "$LV_T/store-$from" \
 		--report "$LV_T/$tag-send.json" --timeout "$mig_timeout" \
+		${disk_opt:+"$disk_opt" vda} \
 		--persistent --undefinesource -v >"$LV_T/$tag-send.log" 2>&1 || mig_rc=$?
 	if [ "$mig_rc" -eq 124 ]; then
 		lv_log "$tag: tsubame migrate $from -> $to still ran after $mig_guard s" \
@@ -240,6 +280,23 @@ check_moved() {
 	beat=$(lv_wait_beat "$to" "$name" "$beat" 90) ||
 		fail "the guest does not verify at site $to"
 	lv_log "site $to: $name runs, is defined and verifies (beat $beat)"
+}
+
+# check_disk SITE: the guest's disk at SITE holds what the guest wrote and
+# the rest of the original image (disk-check.py, on a copy taken while the
+# guest is paused); prints the highest record. Nothing without a disk.
+check_disk() {
+	local s=$1 m
+	[ "$TSB_LV_DISK" = 1 ] || return 0
+	site_virsh "$s" suspend "$name" >/dev/null || fail "site $s: cannot pause $name"
+	site_exec "$s" cat "$disk_img" >"$LV_T/disk-$s.img" ||
+		fail "site $s: no disk image $disk_img"
+	site_virsh "$s" resume "$name" >/dev/null || fail "site $s: cannot resume $name"
+	m=$(python3 "$lv_top/tests/integration/disk-check.py" "$LV_T/orig.img" \
+		"$LV_T/disk-$s.img" "$dw_base" "$dw_blocks") ||
+		fail "site $s: the guest's disk does not hold what it wrote: $m"
+	rm -f "$LV_T/disk-$s.img"
+	echo "$m"
 }
 
 # check_stayed AT OTHER: after a failed migration AT -> OTHER, the guest

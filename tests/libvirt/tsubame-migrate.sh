@@ -17,8 +17,12 @@
 # Checks, each trip: both tsubame commands exit 0; the guest runs, is
 # defined (--persistent) and verifies its memory at the destination only
 # (gone from the source: --undefinesource); both JSON reports exist and
-# carried bytes. The return trip's send report shows pages reused from the
-# image left at a and far fewer WAN bytes than the first trip.
+# carried bytes. The guest's local disk moves with it (tsubame migrate
+# --disk vda: libvirt's NBD mirror through tsubame's disk channel; the
+# target is created at b by libvirt in a storage pool) and holds what the
+# guest wrote, checked after each trip. The return trip's send report shows
+# pages reused from the image left at a and far fewer WAN bytes than the
+# first trip, and its disk channel finds most blocks already in place.
 #
 # Exit 0 pass, 1 fail, 77 if this machine cannot run it (needs root and
 # libvirt). make check runs it against the sanitizer build (meson test
@@ -59,13 +63,19 @@ tsb_setup
 
 trip a b out
 check_moved a b
+rec=$(check_disk b)
 out_bytes=$(check_reports out) || exit 1
 
 # The guest keeps dirtying its working set at b for a while.
 sleep 4
 trip b a back
 check_moved b a
+rec2=$(check_disk a)
 back_bytes=$(check_reports back) || exit 1
+if [ "$TSB_LV_DISK" = 1 ]; then
+	[ "$rec2" -gt "$rec" ] || fail "the guest wrote no disk record at b ($rec, then $rec2)"
+	lv_log "the disk verified at b (record $rec) and back at a (record $rec2)"
+fi
 
 lv_log "WAN bytes: a -> b $out_bytes, b -> a $back_bytes"
 python3 - "$LV_T/out-send.json" "$LV_T/back-send.json" "$LV_T/back-recv.json" <<'PY' ||
@@ -78,6 +88,16 @@ print("return trip: %.1f MB vs %.1f MB out (%.1f%%); pages %s; rebuilt at a %s; 
 assert l2.get("store", {}).get("reused_image"), "no earlier image of the guest found at a"
 assert l2["pages"]["reused"] > 0, l2["pages"]
 assert b2 < b1 * 0.5, (b1, b2)
+# The disk: the first trip filled a target libvirt created at b; the way
+# back found nearly all of it still in place at a.
+if "disks" in l1:
+    d1, d2 = l1["disks"], l2["disks"]
+    c1, c2 = d1["channel_net_bytes"], d2["channel_net_bytes"]
+    in_place = r2["disks"]["disks"][0]["blocks"]["same"]
+    print("disk channel: %.1f MB out, %.1f MB back (%d blocks already in place at a)" % (
+        c1 / 1e6, c2 / 1e6, in_place), file=sys.stderr)
+    assert r2["disks"]["disks"][0]["complete"], r2["disks"]
+    assert in_place > 0 and c2 < c1 * 0.25, (c1, c2, in_place)
 PY
 	fail "the return trip did not reuse the image left at site a"
 tsb_done

@@ -143,6 +143,12 @@ struct relay {
 	atomic_int verdict;		/* -1 libvirt still runs, 0 failed, 1 succeeded */
 	enum proxy_outcome outcome;
 	json_t *report;
+	/* libvirt's events: its event loop's thread and what the job said. */
+	pthread_t events_th;
+	bool events_started;
+	atomic_bool events_stop;
+	json_t *job;			/* the completed job's statistics, or NULL */
+	atomic_bool job_done;		/* job is set (by the event loop's thread) */
 };
 
 static void relay_ready(void *opaque)
@@ -160,6 +166,84 @@ static int relay_verdict(void *opaque)
 	struct relay *rl = opaque;
 
 	return rl->verdict;
+}
+
+/* libvirt's event loop (its events come through it); ends with events_stop. */
+static void *events_thread(void *arg)
+{
+	struct relay *rl = arg;
+
+	while (!rl->events_stop)
+		if (virEventRunDefaultImpl() < 0)
+			break;
+	return NULL;
+}
+
+static void wake_events(int timer, void *opaque)
+{
+	(void)opaque;
+	virEventRemoveTimeout(timer);
+}
+
+static void on_iteration(virConnectPtr c, virDomainPtr d, int iteration, void *opaque)
+{
+	(void)c;
+	(void)d;
+	(void)opaque;
+	log_info("libvirt: memory pass %d", iteration);
+}
+
+/* The job's figures (virDomainGetJobStats' names) for the report. */
+static void on_job_completed(virConnectPtr c, virDomainPtr d, virTypedParameterPtr params,
+			     int n, void *opaque)
+{
+	static const char *const keys[] = {
+		VIR_DOMAIN_JOB_TIME_ELAPSED, VIR_DOMAIN_JOB_DOWNTIME, VIR_DOMAIN_JOB_DATA_TOTAL,
+		VIR_DOMAIN_JOB_MEMORY_TOTAL, VIR_DOMAIN_JOB_DISK_TOTAL,
+		VIR_DOMAIN_JOB_MEMORY_ITERATION,
+	};
+	struct relay *rl = opaque;
+	unsigned long long v;
+	json_t *job = json_object();
+	size_t i;
+
+	(void)c;
+	(void)d;
+	for (i = 0; job && i < sizeof(keys) / sizeof(keys[0]); i++)
+		if (virTypedParamsGetULLong(params, n, keys[i], &v) == 1)
+			json_object_set_new(job, keys[i], json_integer((json_int_t)v));
+	if (rl->job_done) {
+		json_decref(job);
+		return;
+	}
+	rl->job = job;
+	rl->job_done = true;
+}
+
+/* Subscribes to the domain's migration events; a failure only costs the figures. */
+static void events_start(virConnectPtr conn, virDomainPtr dom, struct relay *rl)
+{
+	if (virConnectDomainEventRegisterAny(conn, dom, VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
+			VIR_DOMAIN_EVENT_CALLBACK(on_job_completed), rl, NULL) < 0 ||
+	    virConnectDomainEventRegisterAny(conn, dom, VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION,
+			VIR_DOMAIN_EVENT_CALLBACK(on_iteration), rl, NULL) < 0 ||
+	    pthread_create(&rl->events_th, NULL, events_thread, rl)) {
+		log_warn("no libvirt events: %s", libvirt_error());
+		return;
+	}
+	rl->events_started = true;
+}
+
+static void events_end(struct relay *rl)
+{
+	if (!rl->events_started)
+		return;
+	/* The source's job-completed event comes with libvirt's Confirm: let it in. */
+	for (int i = 0; i < 200 && rl->verdict == 1 && !rl->job_done; i++)
+		usleep(10000);
+	rl->events_stop = true;
+	(void)virEventAddTimeout(0, wake_events, NULL, NULL);
+	pthread_join(rl->events_th, NULL);
 }
 
 /* The sender failed first: libvirt cancels its job, the source runs on. */
@@ -453,6 +537,8 @@ int cmd_migrate(int argc, char **argv)
 	if (r)
 		return r < 0 ? TSB_EXIT_OK : r;
 	virSetErrorFunc(NULL, ignore_libvirt_errors);
+	if (virEventRegisterDefaultImpl() < 0)
+		log_warn("no libvirt event loop: %s", libvirt_error());
 	conn = virConnectOpen(a.connect_uri);
 	if (!conn) {
 		log_error("cannot connect to libvirt%s%s: %s", a.connect_uri ? " at " : "",
@@ -486,7 +572,15 @@ int cmd_migrate(int argc, char **argv)
 	a.so.libvirt_verdict = relay_verdict;
 	a.so.libvirt_abort = relay_abort;
 	a.so.libvirt_opaque = &rl;
+	events_start(conn, dom, &rl);
 	r = run(dom, &a, &rl);
+	events_end(&rl);
+	if (rl.report && rl.job_done)
+		json_object_set(rl.report, "libvirt_job", rl.job);
+	if (rl.job_done && json_object_get(rl.job, VIR_DOMAIN_JOB_DOWNTIME))
+		log_info("libvirt: downtime %lld ms, %lld ms in all", (long long)json_integer_value(
+			json_object_get(rl.job, VIR_DOMAIN_JOB_DOWNTIME)), (long long)json_integer_value(
+			json_object_get(rl.job, VIR_DOMAIN_JOB_TIME_ELAPSED)));
 	if (rl.report && a.so.c.report_path && proxy_write_report(a.so.c.report_path, rl.report) < 0)
 		log_error("cannot write the report to %s", a.so.c.report_path);
 	if (r == 0) {
@@ -505,6 +599,7 @@ out:
 		free(a.files[i]);
 	}
 	json_decref(rl.report);
+	json_decref(rl.job);
 	if (dom)
 		virDomainFree(dom);
 	virConnectClose(conn);

@@ -310,6 +310,16 @@ lv_ram_kib() {
 		sed -n 's/.*"base-memory": *\([0-9]*\).*/\1/p' | awk '{ print $1 / 1024 }'
 }
 
+# lv_check_ram SITE NAME: QEMU at SITE gives NAME the RAM asked for
+# (LV_MEM_KIB), not libvirt's whole MiB; says so and returns 1 otherwise.
+lv_check_ram() {
+	local kib
+	kib=$(lv_ram_kib "$1" "$2")
+	[ "$kib" = "$LV_MEM_KIB" ] && return 0
+	lv_log "guest RAM at site $1 is ${kib:-?} KiB, not $LV_MEM_KIB KiB"
+	return 1
+}
+
 # lv_last SITE NAME [beat|sweep]: the number of memverify's last "beat N ok"
 # (or "sweep N ok", a full verify pass) on the guest's console at SITE; 0
 # if none.

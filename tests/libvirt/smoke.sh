@@ -34,12 +34,7 @@ preflight() {
 }
 
 # check_ram SITE: QEMU at SITE has the size we asked for, not libvirt's MiB.
-check_ram() {
-	local kib
-	kib=$(lv_ram_kib "$1" "$name")
-	[ "$kib" = "$LV_MEM_KIB" ] ||
-		fail "guest RAM at site $1 is ${kib:-?} KiB, not $LV_MEM_KIB KiB"
-}
+check_ram() { lv_check_ram "$1" "$name" || fail "the guest's RAM at site $1 is not as asked"; }
 
 # migrate FROM TO: libvirt's own live migration; FROM's libvirtd dials TO's
 # over the veth (p2p), the client only talks to FROM.

@@ -148,12 +148,7 @@ bus='virtio'/></disk>\n    &|" >"$LV_T/$name.xml"
 }
 
 # check_ram SITE: QEMU at SITE has the size we asked for, not libvirt's MiB.
-check_ram() {
-	local kib
-	kib=$(lv_ram_kib "$1" "$name")
-	[ "$kib" = "$LV_MEM_KIB" ] ||
-		fail "guest RAM at site $1 is ${kib:-?} KiB, not $LV_MEM_KIB KiB"
-}
+check_ram() { lv_check_ram "$1" "$name" || fail "the guest's RAM at site $1 is not as asked"; }
 
 # tail_logs TAG: the end of a trip's tsubame logs, for a failure message.
 tail_logs() {
@@ -303,8 +298,8 @@ check_disk() {
 # still runs at AT, still defined there (the failure must not have applied
 # --undefinesource), and verifies beyond the beat it printed before; OTHER
 # neither runs it nor keeps a definition of it (libvirt defines the domain
-# at the destination, with --persistent, only once its Finish succeeded).
-# Prints the beat.
+# at the destination, with --persistent, only once its Finish succeeded);
+# its disk at AT holds what it wrote. Prints the beat.
 check_stayed() {
 	local at=$1 other=$2 state info list beat i
 	state=$(site_virsh "$at" domstate "$name" 2>&1) || true
@@ -327,6 +322,7 @@ check_stayed() {
 	[ "$beat" -gt 0 ] || fail "no beat at site $at"
 	beat=$(lv_wait_beat "$at" "$name" "$beat" 90) ||
 		fail "the guest does not verify at site $at after the failed migration"
+	check_disk "$at" >/dev/null
 	echo "$beat"
 }
 

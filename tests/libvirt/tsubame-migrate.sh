@@ -85,6 +85,12 @@ b1, b2 = l1["wan"]["bytes_sent"], l2["wan"]["bytes_sent"]
 print("return trip: %.1f MB vs %.1f MB out (%.1f%%); pages %s; rebuilt at a %s; store %s" % (
     b2 / 1e6, b1 / 1e6, 100.0 * b2 / b1, l2["pages"], r2.get("rebuilt_from"),
     l2.get("store")), file=sys.stderr)
+# libvirt's own figures of each job (its job-completed event).
+for rep in (l1, l2):
+    assert "downtime" in rep.get("libvirt_job", {}), rep.get("libvirt_job")
+print("libvirt: downtime %d ms out, %d ms back; %d ms and %d ms in all" % (
+    l1["libvirt_job"]["downtime"], l2["libvirt_job"]["downtime"],
+    l1["libvirt_job"]["time_elapsed"], l2["libvirt_job"]["time_elapsed"]), file=sys.stderr)
 assert l2.get("store", {}).get("reused_image"), "no earlier image of the guest found at a"
 assert l2["pages"]["reused"] > 0, l2["pages"]
 assert b2 < b1 * 0.5, (b1, b2)

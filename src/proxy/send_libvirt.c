@@ -52,8 +52,9 @@ int sender_libvirt_accept(struct sender *s, int *ret_fd, char *err, size_t errle
 		r = poll(&p, 1, 100);
 		if (r > 0)
 			break;
-		if (s->abort_flag > 1) {
-			snprintf(err, errlen, "interrupted before the source QEMU connected");
+		if (s->abort_flag > 1 || s->failed) {
+			snprintf(err, errlen, "%s before the source QEMU connected",
+				 s->failed ? s->error : "interrupted");
 			close(lfd);
 			return -1;
 		}

@@ -21,6 +21,8 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +35,8 @@
  */
 #define RING_BLOCKS DISK_WINDOW_REFS
 #define MAX_FLUSHES 64
+/* Connections libvirt's mirrors may open in one migration (reconnects too). */
+#define LV_CONNS_MAX (4 * DISK_MAX)
 #define BLOCK ((unsigned)WIRE_PAGE_SIZE)
 
 /*
@@ -138,6 +142,21 @@ struct disk_send {
 	volatile int *abort_flag;
 	enum disk_copy_mode copy_mode;
 	bool libvirt;			/* libvirt's mirror: no QMP, no jobs of ours */
+	/*
+	 * libvirt's mirror connects once per disk to one port and names the
+	 * disk's export: a dispatcher accepts, each connection gets a server
+	 * of its own, which binds to the disk it names (libvirt_select).
+	 */
+	int lv_lfd;
+	pthread_t lv_th;
+	bool lv_th_started;
+	atomic_bool lv_stop;
+	struct lv_conn {
+		struct nbd_server *srv;
+		pthread_t th;
+		int fd;
+	} lv_conns[LV_CONNS_MAX];
+	unsigned n_lv_conns;		/* under lock */
 };
 
 static const uint8_t zero_block[BLOCK];
@@ -476,12 +495,9 @@ static void *serve_thread(void *arg)
 {
 	struct sdisk *d = arg;
 
-	/* libvirt's QEMU may connect again: serve until stopped. */
-	do {
-		d->serve_rc = nbd_server_serve(d->srv);
-		if (d->serve_rc < 0 && d->serve_rc != -ECANCELED)
-			log_debug("disk %s: nbd: %s", d->dev.device, nbd_server_error(d->srv));
-	} while (d->ds->libvirt && d->serve_rc != -ECANCELED && !disk_send_failed(d->ds, NULL, 0));
+	d->serve_rc = nbd_server_serve(d->srv);
+	if (d->serve_rc < 0 && d->serve_rc != -ECANCELED)
+		log_debug("disk %s: nbd: %s", d->dev.device, nbd_server_error(d->srv));
 	return NULL;
 }
 
@@ -1145,7 +1161,94 @@ static int wait_mirrors_ready(struct disk_send *ds, struct qmp *q,
 	}
 }
 
-/* libvirt: the disks given, and our NBD server for its mirror on nbd_listen. */
+/* A connection of libvirt's mirror names its disk's export: bind the two. */
+static int libvirt_select(void *opaque, struct nbd_server *srv, const char *name, uint32_t len,
+			  void **ret_user, uint64_t *ret_size)
+{
+	struct disk_send *ds = opaque;
+	unsigned i;
+
+	for (i = 0; i < ds->n; i++) {
+		struct sdisk *d = &ds->d[i];
+
+		if (strlen(d->dev.device) != len || memcmp(d->dev.device, name, len))
+			continue;
+		pthread_mutex_lock(&ds->lock);
+		d->srv = srv;	/* its flushes complete on this connection */
+		pthread_mutex_unlock(&ds->lock);
+		*ret_user = d;
+		*ret_size = d->dev.size;
+		return 0;
+	}
+	return -ENOENT;
+}
+
+static void *lv_conn_thread(void *arg)
+{
+	struct lv_conn *c = arg;
+	int r = nbd_server_serve_fd(c->srv, c->fd);
+
+	if (r < 0 && r != -ECANCELED)
+		log_debug("disks: libvirt's mirror connection: %s", nbd_server_error(c->srv));
+	return NULL;
+}
+
+/* Accepts libvirt's mirror connections until disk_send_finish(). */
+static void *lv_dispatch_thread(void *arg)
+{
+	struct disk_send *ds = arg;
+	const struct nbd_server_config cfg = { .select = libvirt_select, .select_opaque = ds };
+	struct pollfd p = { .fd = ds->lv_lfd, .events = POLLIN };
+	struct lv_conn *c;
+	int fd;
+
+	while (!ds->lv_stop && !disk_send_failed(ds, NULL, 0)) {
+		if (poll(&p, 1, 200) <= 0 || wire_tcp_accept(ds->lv_lfd, &fd) < 0)
+			continue;
+		pthread_mutex_lock(&ds->lock);
+		c = ds->n_lv_conns < LV_CONNS_MAX ? &ds->lv_conns[ds->n_lv_conns] : NULL;
+		if (c && (c->srv = nbd_server_new(&cfg, &export_ops, NULL)) != NULL) {
+			c->fd = fd;
+			if (pthread_create(&c->th, NULL, lv_conn_thread, c) == 0) {
+				ds->n_lv_conns++;
+				fd = -1;
+			} else {
+				nbd_server_free(c->srv);
+			}
+		}
+		pthread_mutex_unlock(&ds->lock);
+		if (fd >= 0) {
+			log_warn("disks: refused a connection of libvirt's mirror (too many)");
+			close(fd);
+		}
+	}
+	return NULL;
+}
+
+/* Stops libvirt's mirror connections and the dispatcher; frees them. */
+static void lv_stop_all(struct disk_send *ds)
+{
+	unsigned i;
+
+	ds->lv_stop = true;
+	if (ds->lv_th_started)
+		pthread_join(ds->lv_th, NULL);
+	ds->lv_th_started = false;
+	for (i = 0; i < ds->n_lv_conns; i++)
+		nbd_server_stop(ds->lv_conns[i].srv);
+	for (i = 0; i < ds->n_lv_conns; i++) {
+		pthread_join(ds->lv_conns[i].th, NULL);
+		nbd_server_free(ds->lv_conns[i].srv);
+	}
+	ds->n_lv_conns = 0;
+	for (i = 0; i < ds->n; i++)
+		ds->d[i].srv = NULL;	/* was one of those */
+	if (ds->lv_lfd >= 0)
+		close(ds->lv_lfd);
+	ds->lv_lfd = -1;
+}
+
+/* libvirt: the disks given, and our NBD port for its mirror on nbd_listen. */
 static int start_libvirt(const struct disk_send_options *o, struct disk_send **ret, char *err,
 			 size_t errlen)
 {
@@ -1154,11 +1257,6 @@ static int start_libvirt(const struct disk_send_options *o, struct disk_send **r
 	struct sdisk *d;
 	int r;
 
-	if (o->n_given > 1) {
-		snprintf(err, errlen, "libvirt: one local disk per migration for now (%u given)",
-			 o->n_given);
-		return -EOPNOTSUPP;
-	}
 	if (tsb_split_hostport(o->nbd_listen, host, sizeof(host), port, sizeof(port)) < 0) {
 		snprintf(err, errlen, "bad NBD endpoint '%s'", o->nbd_listen);
 		return -EINVAL;
@@ -1169,7 +1267,8 @@ static int start_libvirt(const struct disk_send_options *o, struct disk_send **r
 		return -ENOMEM;
 	}
 	ds->libvirt = true;
-	for (; ds->n < o->n_given; ds->n++) {
+	ds->lv_lfd = -1;
+	for (; ds->n < o->n_given && ds->n < DISK_MAX; ds->n++) {
 		d = &ds->d[ds->n];
 		d->ds = ds;
 		d->idx = ds->n;
@@ -1180,19 +1279,17 @@ static int start_libvirt(const struct disk_send_options *o, struct disk_send **r
 	r = init_encoders(ds, err, errlen);
 	if (r == 0)
 		r = start_channel(ds, o, err, errlen);
-	for (unsigned i = 0; r == 0 && i < ds->n; i++) {
-		const struct nbd_server_config cfg = { .export_name = ds->d[i].dev.device };
-
-		d = &ds->d[i];
-		d->srv = nbd_server_new(&cfg, &export_ops, d);
-		r = d->srv ? nbd_server_listen_tcp(d->srv, host, port) : -ENOMEM;
+	if (r == 0) {
+		r = wire_tcp_listen(host, port, 16, &ds->lv_lfd);
 		if (r < 0)
 			snprintf(err, errlen, "cannot listen for libvirt's mirror on %s: %s",
 				 o->nbd_listen, strerror(-r));
-		else if (pthread_create(&d->th, NULL, serve_thread, d))
+	}
+	if (r == 0) {
+		if (pthread_create(&ds->lv_th, NULL, lv_dispatch_thread, ds))
 			r = -EAGAIN;
 		else
-			d->th_started = true;
+			ds->lv_th_started = true;
 	}
 	if (r < 0) {
 		disk_send_finish(ds, NULL, NULL);
@@ -1469,6 +1566,8 @@ void disk_send_finish(struct disk_send *ds, struct qmp *q, json_t *report)
 	}
 	if (!ds->failed && ds->n)
 		ds_fail(ds, "finished");
+	if (ds->libvirt)
+		lv_stop_all(ds);
 	for (i = 0; i < ds->n; i++) {
 		if (ds->d[i].srv)
 			nbd_server_stop(ds->d[i].srv);

@@ -373,8 +373,19 @@ struct nbd_export_ops {
 	int (*flush)(void *user, struct nbd_io *io);
 };
 
+struct nbd_server;
+
 struct nbd_server_config {
 	const char *export_name;	/* "" = default; copied */
+	/*
+	 * Several exports on one port (optional): called with each export
+	 * name the client names (SET_META_CONTEXT, EXPORT_NAME, INFO, GO)
+	 * instead of comparing it with export_name; 0 with *ret_user (the
+	 * export callbacks' user from then on) and *ret_size, or -ENOENT.
+	 */
+	int (*select)(void *opaque, struct nbd_server *srv, const char *name, uint32_t len,
+		      void **ret_user, uint64_t *ret_size);
+	void *select_opaque;
 	const char *description;	/* NULL or text for NBD_INFO_DESCRIPTION */
 	bool read_only;
 	uint32_t max_payload;		/* 0 = NBD_MAX_PAYLOAD */

@@ -49,6 +49,9 @@ struct srv_io {
 
 struct nbd_server {
 	char *export_name;
+	int (*select)(void *opaque, struct nbd_server *srv, const char *name, uint32_t len,
+		      void **ret_user, uint64_t *ret_size);
+	void *select_opaque;
 	char *description;
 	bool read_only;
 	uint32_t max_payload;
@@ -117,6 +120,8 @@ struct nbd_server *nbd_server_new(const struct nbd_server_config *cfg,
 	srv->max_inflight = cfg->max_inflight ? cfg->max_inflight : 64;
 	srv->ops = ops;
 	srv->user = user;
+	srv->select = cfg->select;
+	srv->select_opaque = cfg->select_opaque;
 	pthread_mutex_init(&srv->lock, NULL);
 	tsb_buf_init(&srv->in);
 	tsb_buf_init(&srv->out);
@@ -387,11 +392,26 @@ static uint16_t tflags(const struct nbd_server *srv)
 	return f;
 }
 
-static bool name_is(const struct nbd_server *srv, const char *name,
-		    uint32_t len)
+/* Is this the export (or, with select, one of them: then it is the one now)? */
+static bool name_is(struct nbd_server *srv, const char *name, uint32_t len)
 {
-	return strlen(srv->export_name) == len &&
-	       memcmp(srv->export_name, name, len) == 0;
+	void *user;
+	uint64_t size;
+	char *copy;
+
+	if (!srv->select)
+		return strlen(srv->export_name) == len &&
+		       memcmp(srv->export_name, name, len) == 0;
+	if (srv->select(srv->select_opaque, srv, name, len, &user, &size) < 0)
+		return false;
+	copy = strndup(name, len);
+	if (!copy)
+		return false;
+	free(srv->export_name);
+	srv->export_name = copy;
+	srv->user = user;
+	srv->params.size = size;
+	return true;
 }
 
 static void reply_err(struct nbd_server *srv, uint32_t opt, uint32_t type,
@@ -1031,7 +1051,8 @@ int nbd_server_serve_fd(struct nbd_server *srv, int fd)
 		r = fail(srv, -errno, "fcntl: %s", strerror(errno));
 		goto out;
 	}
-	r = srv->ops->size(srv->user, &size);
+	/* With select, the export (and its size) is the one the client names. */
+	r = srv->select ? 0 : srv->ops->size(srv->user, &size);
 	if (r < 0) {
 		r = fail(srv, r, "export size: %s", strerror(-r));
 		goto out;

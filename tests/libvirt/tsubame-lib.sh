@@ -62,6 +62,9 @@ name=tsbmig
 # (tests/integration/disk-check.py checks them).
 : "${TSB_LV_DISK:=1}"
 disk_img=/var/lib/libvirt/images/$name.img
+# A second disk the guest only reads, so that libvirt mirrors two exports
+# through one port: it must arrive and come back as it was.
+disk2_img=/var/lib/libvirt/images/$name-2.img
 dw_base=8192 dw_blocks=1024
 workload="tsb.mode=memverify tsb.mem=96 tsb.seed=11 tsb.vmid=4 tsb.random=50 tsb.dup=10 tsb.dirty=2 tsb.wss=16"
 if [ "$TSB_LV_DISK" = 1 ]; then
@@ -98,7 +101,7 @@ tsb_cleanup() {
 trap tsb_cleanup EXIT
 
 preflight() {
-	local c
+	local c init
 	[ "$(id -u)" -eq 0 ] || skip "needs root (namespaces, libvirtd)"
 	for c in virsh libvirtd virtlogd qemu-system-x86_64 nsenter unshare ip ss python3 timeout; do
 		command -v "$c" >/dev/null 2>&1 || skip "needs $c (scripts/install-deps)"
@@ -114,8 +117,11 @@ preflight() {
 	if [ "$TSB_LV_DISK" = 1 ]; then
 		[ -x "$MEMVERIFY_HOST" ] ||
 			skip "no memverify-host at $MEMVERIFY_HOST (build it, or TSB_LV_DISK=0)"
-		gunzip -c "$GUEST_DIR/initrd.img" | cpio -i --to-stdout init 2>/dev/null |
-			grep -q diskwrite ||
+		# (whole, then searched: grep -q would end the pipe early, and
+		# pipefail would count that as a failure)
+		init=$(gunzip -c "$GUEST_DIR/initrd.img" | cpio -i --to-stdout init 2>/dev/null) ||
+			true
+		grep -q diskwrite <<<"$init" ||
 			skip "the guest in $GUEST_DIR has no diskwrite workload (scripts/build-guest)"
 	fi
 }
@@ -136,10 +142,14 @@ tsb_setup() {
 		done
 		"$MEMVERIFY_HOST" --make-disk "$LV_T/orig.img" --size 64M --seed 21 >/dev/null ||
 			fail "cannot make the guest's disk"
+		"$MEMVERIFY_HOST" --make-disk "$LV_T/orig2.img" --size 16M --seed 22 >/dev/null ||
+			fail "cannot make the guest's second disk"
 		site_exec a cp "$LV_T/orig.img" "$disk_img"
+		site_exec a cp "$LV_T/orig2.img" "$disk2_img"
 		lv_guest_xml "$name" "$workload" | sed "s|<controller type='usb'|<disk type='file' \
 device='disk'><driver name='qemu' type='raw'/><source file='$disk_img'/><target dev='vda' \
-bus='virtio'/></disk>\n    &|" >"$LV_T/$name.xml"
+bus='virtio'/></disk>\n    <disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+<source file='$disk2_img'/><target dev='vdb' bus='virtio'/></disk>\n    &|" >"$LV_T/$name.xml"
 		site_virsh a define "$LV_T/$name.xml" >/dev/null
 		site_virsh a start "$name" >/dev/null
 	fi
@@ -233,7 +243,7 @@ run_migrate() {
 		--dest-uri "$(site_tcp_uri "$to")" --to "$(site_addr "$to"):$wan_port" \
 		--qemu-port "$port" --key "$LV_T/key" --store "$LV_T/store-$from" \
 		--report "$LV_T/$tag-send.json" --timeout "$mig_timeout" \
-		${disk_opt:+"$disk_opt" vda} \
+		${disk_opt:+"$disk_opt" vda "$disk_opt" vdb} \
 		--persistent --undefinesource -v >"$LV_T/$tag-send.log" 2>&1 || mig_rc=$?
 	if [ "$mig_rc" -eq 124 ]; then
 		lv_log "$tag: tsubame migrate $from -> $to still ran after $mig_guard s" \
@@ -279,13 +289,16 @@ check_moved() {
 
 # check_disk SITE: the guest's disk at SITE holds what the guest wrote and
 # the rest of the original image (disk-check.py, on a copy taken while the
-# guest is paused); prints the highest record. Nothing without a disk.
+# guest is paused), its second disk is as it was; prints the highest
+# record. Nothing without disks.
 check_disk() {
 	local s=$1 m
 	[ "$TSB_LV_DISK" = 1 ] || return 0
 	site_virsh "$s" suspend "$name" >/dev/null || fail "site $s: cannot pause $name"
 	site_exec "$s" cat "$disk_img" >"$LV_T/disk-$s.img" ||
 		fail "site $s: no disk image $disk_img"
+	site_exec "$s" cat "$disk2_img" | cmp -s - "$LV_T/orig2.img" ||
+		fail "site $s: the second disk ($disk2_img) is not as it was"
 	site_virsh "$s" resume "$name" >/dev/null || fail "site $s: cannot resume $name"
 	m=$(python3 "$lv_top/tests/integration/disk-check.py" "$LV_T/orig.img" \
 		"$LV_T/disk-$s.img" "$dw_base" "$dw_blocks") ||

@@ -170,6 +170,13 @@ size_t disk_send_images(struct disk_send *ds, const char **out, size_t max);
  */
 bool disk_send_has(struct disk_send *ds, const uint8_t hash[32]);
 
+/*
+ * The migration failed: the disk transfer fails too, at once (libvirt's
+ * mirrors see their NBD connections end). Any thread; does not block;
+ * disk_send_finish() still frees. Accepts NULL.
+ */
+void disk_send_abort(struct disk_send *ds, const char *why);
+
 /* True once the disk channel or a mirror failed (err says why). */
 bool disk_send_failed(struct disk_send *ds, char *err, size_t errlen);
 

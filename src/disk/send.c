@@ -1248,6 +1248,20 @@ static void lv_stop_all(struct disk_send *ds)
 	ds->lv_lfd = -1;
 }
 
+void disk_send_abort(struct disk_send *ds, const char *why)
+{
+	unsigned i;
+
+	if (!ds)
+		return;
+	ds_fail(ds, "%s", why);
+	/* libvirt's mirrors: their connections end, so their requests fail at once. */
+	pthread_mutex_lock(&ds->lock);
+	for (i = 0; i < ds->n_lv_conns; i++)
+		nbd_server_stop(ds->lv_conns[i].srv);
+	pthread_mutex_unlock(&ds->lock);
+}
+
 /* libvirt: the disks given, and our NBD port for its mirror on nbd_listen. */
 static int start_libvirt(const struct disk_send_options *o, struct disk_send **ret, char *err,
 			 size_t errlen)

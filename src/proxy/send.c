@@ -78,6 +78,8 @@ void sender_fail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
 	 * and QEMU 7.2 cannot run the source from there. migctl cancels it
 	 * instead (abort_flag), which resumes the source.
 	 */
+	if (s->o->qemu_listen)
+		disk_send_abort(s->disks, "the migration failed");
 	if (s->qfd >= 0 && s->o->qemu_listen)
 		reset_qemu_socket(s->qfd);
 	else if (s->qfd >= 0 && (!may_postcopy(s->o) || s->decided_commit))

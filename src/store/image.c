@@ -413,11 +413,14 @@ int store_image_decode(const uint8_t *p, size_t len, struct store_image **ret)
 				goto fail;
 			if (st == STORE_PAGE_HASH && !(h = tsb_get_bytes(&r, STORE_HASH_LEN)))
 				goto fail;
-			if (st != STORE_PAGE_UNKNOWN &&
-			    (e = store_image_set(im, i, k, st, h))) {
-				if (e != -ENOMEM)
-					e = -EBADMSG;
-				goto fail;
+			/* (e stays an error: a later goto fail must never return 0) */
+			if (st != STORE_PAGE_UNKNOWN) {
+				int se = store_image_set(im, i, k, st, h);
+
+				if (se) {
+					e = se == -ENOMEM ? -ENOMEM : -EBADMSG;
+					goto fail;
+				}
 			}
 			known += st != STORE_PAGE_UNKNOWN;
 		}

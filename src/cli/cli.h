@@ -2,6 +2,8 @@
 #ifndef TSB_CLI_H
 #define TSB_CLI_H
 
+#include <stdbool.h>
+
 /* Exit codes shared by every subcommand. */
 enum {
 	TSB_EXIT_OK = 0,
@@ -15,6 +17,9 @@ enum {
  */
 int cli_usage_error(const char *cmd, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+
+/* An id for stores and the wire (--tenant, --vm-id): 1..STORE_MAX_ID printable, no '/'. */
+bool cli_id_ok(const char *v);
 
 int cmd_vm(int argc, char **argv);
 int cmd_qmp(int argc, char **argv);

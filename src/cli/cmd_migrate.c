@@ -313,7 +313,12 @@ static int parse_opt(int c, struct migrate_args *a)
 		if (tsb_parse_size(optarg, &co->store_cap) < 0 || co->store_cap < (1u << 20))
 			return cli_usage_error("migrate", "bad --store-cap '%s' (at least 1M)", optarg);
 		break;
-	case OPT_TENANT: co->tenant = optarg; break;
+	case OPT_TENANT:
+		if (!cli_id_ok(optarg))
+			return cli_usage_error("migrate", "bad --tenant '%s' (1-%d printable "
+					       "characters, no spaces or '/')", optarg, STORE_MAX_ID);
+		co->tenant = optarg;
+		break;
 	case 'v':
 		tsb_log_set_level(tsb_log_get_level() < TSB_LOG_INFO ? TSB_LOG_INFO
 								   : TSB_LOG_DEBUG);

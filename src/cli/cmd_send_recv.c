@@ -154,19 +154,6 @@ struct parsed {
 	unsigned n_net_ips;
 };
 
-/* An id for stores and the wire: printable, no spaces or '/'. */
-static bool id_ok(const char *v)
-{
-	size_t i, n = strlen(v);
-
-	if (!n || n > STORE_MAX_ID)
-		return false;
-	for (i = 0; i < n; i++)
-		if (v[i] < 0x21 || v[i] > 0x7e || v[i] == '/')
-			return false;
-	return true;
-}
-
 /* What an option handler returns for an option that is not in its group. */
 #define OPT_OTHER (-1)
 
@@ -213,14 +200,14 @@ static int parse_common_opt(const char *cmd, int c, struct parsed *p)
 					   optarg);
 		break;
 	case OPT_TENANT:
-		if (!id_ok(optarg))
+		if (!cli_id_ok(optarg))
 			return cli_usage_error(cmd, "bad --tenant '%s' (1-%d printable "
 					   "characters, no spaces or '/')", optarg,
 					   STORE_MAX_ID);
 		p->c.tenant = optarg;
 		break;
 	case OPT_VM_ID:
-		if (!id_ok(optarg))
+		if (!cli_id_ok(optarg))
 			return cli_usage_error(cmd, "bad --vm-id '%s' (1-%d printable "
 					   "characters, no spaces or '/')", optarg,
 					   STORE_MAX_ID);

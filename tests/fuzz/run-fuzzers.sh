@@ -2,11 +2,14 @@
 # Builds the libFuzzer targets of tests/fuzz/meson.build with clang in a
 # separate build directory and runs each one for a bounded time.
 #
-#   tests/fuzz/run-fuzzers.sh [--build DIR] [--only NAME] [--runs N] SECONDS
+#   tests/fuzz/run-fuzzers.sh [--build DIR] [--only NAME] [--runs N]
+#                             [--fork J] SECONDS
 #
 # Each target runs SECONDS; with --runs, until it has executed N inputs
 # (SECONDS is then the cap), e.g. the long run of HACKING.md:
-# --runs 10000000 7200. Each target's executions and time are printed.
+# --runs 10000000 7200. --fork J: one run of J worker processes (libFuzzer's
+# fork mode), N counts the inputs of all of them. Each target's executions
+# and time are printed.
 # A long run allows 60 s per input instead of 10: after millions of inputs
 # on a loaded host, ASan returning freed memory to the OS has stalled one
 # input for over 10 s (the input itself replays in 0.3 s).
@@ -17,7 +20,7 @@
 set -euo pipefail
 
 usage() {
-	sed -n '2,11s/^# \{0,1\}//p' "$0"
+	sed -n '2,13s/^# \{0,1\}//p' "$0"
 }
 
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -25,18 +28,24 @@ build=$src/build-fuzz
 only=
 secs=
 runs_wanted=0
+fork=0
 while [ $# -gt 0 ]; do
 	case $1 in
 	-h|--help) usage; exit 0 ;;
 	--build) build=$2; shift 2 ;;
 	--only) only=$2; shift 2 ;;
 	--runs) runs_wanted=$2; shift 2 ;;
+	--fork) fork=$2; shift 2 ;;
 	-*) echo "run-fuzzers: unknown option $1 (try --help)" >&2; exit 2 ;;
 	*) secs=$1; shift ;;
 	esac
 done
 if ! [[ $runs_wanted =~ ^[0-9]+$ ]]; then
 	echo "run-fuzzers: --runs N: N must be a number (try --help)" >&2
+	exit 2
+fi
+if ! [[ $fork =~ ^[0-9]+$ ]]; then
+	echo "run-fuzzers: --fork J: J must be a number (try --help)" >&2
 	exit 2
 fi
 if ! [[ $secs =~ ^[0-9]+$ ]] || [ "$secs" -eq 0 ]; then
@@ -95,6 +104,8 @@ fi
 step "$build/ninja.log" ninja -C "$build" fuzzers
 
 mkdir -p "$build/fuzz-artifacts"
+fork_arg=()
+[ "$fork" -eq 0 ] || fork_arg=(-fork="$fork")
 failed=0
 ran=0
 for exe in "$build"/tests/fuzz/fuzz-*-libfuzzer; do
@@ -117,10 +128,13 @@ for exe in "$build"/tests/fuzz/fuzz-*-libfuzzer; do
 	if "$exe" -max_total_time="$secs" -runs="$([ "$runs_wanted" -gt 0 ] && echo "$runs_wanted" || echo -1)" \
 		-timeout="$([ "$runs_wanted" -gt 0 ] && echo 60 || echo 10)" -rss_limit_mb=2048 \
 		-artifact_prefix="$build/fuzz-artifacts/$name-" \
-		-print_final_stats=1 "$corpus" ${seeds:+"$seeds"} \
+		-print_final_stats=1 "${fork_arg[@]}" "$corpus" ${seeds:+"$seeds"} \
 		>"$build/fuzz-artifacts/$name.log" 2>&1; then
 		runs=$(sed -n 's/^stat::number_of_executed_units: *//p' \
 			"$build/fuzz-artifacts/$name.log")
+		# (fork mode: the parent's last "#N" status line counts all workers)
+		[ -n "$runs" ] || runs=$(sed -n 's/^#\([0-9]*\):.*/\1/p' \
+			"$build/fuzz-artifacts/$name.log" | tail -1)
 		echo "run-fuzzers: $name ok (${runs:-?} runs in $((SECONDS - t0))s)" >&2
 	else
 		echo "run-fuzzers: $name FAILED, see $build/fuzz-artifacts/$name.log" >&2

@@ -73,6 +73,8 @@ static int exit_code(enum proxy_outcome oc)
 	"                         that the VM arrives (recv) or left (send)\n" \
 	"  --commit-timeout DUR   how long to keep trying to settle a switchover whose\n" \
 	"                         messages were lost (default 3m; then exit 7)\n" \
+	"  --recover-timeout DUR  how long to keep trying to resume a postcopy whose\n" \
+	"                         link broke (default 5m; 0: never; then exit 4)\n" \
 	"  --state-dir DIR        records of unsettled switchovers (default\n" \
 	"                         " PROXY_STATE_DIR_DEFAULT ")\n" \
 	"  -v, --verbose          more log output\n" \
@@ -86,6 +88,7 @@ enum {
 	OPT_NO_VM_DISKS, OPT_FLOOR, OPT_NET_AGENT, OPT_NET_MAC, OPT_NET_IP, OPT_NET_HOME,
 	OPT_DISK, OPT_NO_DISKS, OPT_COMMIT_TIMEOUT, OPT_STATE_DIR, OPT_CONNECTIONS,
 	OPT_MAX_WINDOW, OPT_DISK_COPY_MODE, OPT_QEMU_CONNECT, OPT_NBD_CONNECT,
+	OPT_RECOVER_TIMEOUT,
 };
 
 static const struct option options[] = {
@@ -125,6 +128,7 @@ static const struct option options[] = {
 	{ "disk-copy-mode", required_argument, NULL, OPT_DISK_COPY_MODE },
 	{ "commit-timeout", required_argument, NULL, OPT_COMMIT_TIMEOUT },
 	{ "state-dir", required_argument, NULL, OPT_STATE_DIR },
+	{ "recover-timeout", required_argument, NULL, OPT_RECOVER_TIMEOUT },
 	{ "connections", required_argument, NULL, OPT_CONNECTIONS },
 	{ "max-window", required_argument, NULL, OPT_MAX_WINDOW },
 	{ "qemu-connect", required_argument, NULL, OPT_QEMU_CONNECT },
@@ -191,6 +195,11 @@ static int parse_common_opt(const char *cmd, int c, struct parsed *p)
 			return cli_usage_error(cmd, "bad --commit-timeout '%s' (at least 1s)",
 					   optarg);
 		p->c.commit_timeout_ms = v / 1000000;
+		break;
+	case OPT_RECOVER_TIMEOUT:
+		if (tsb_parse_duration(optarg, &v) < 0)
+			return cli_usage_error(cmd, "bad --recover-timeout '%s'", optarg);
+		p->c.recover_timeout_ms = v / 1000000;
 		break;
 	case OPT_NO_STORE: p->no_store = true; break;
 	case OPT_STORE_CAP:
@@ -410,6 +419,7 @@ static int parse(const char *cmd, bool send, int argc, char **argv, struct parse
 
 	p->c.stall_ms = 60000;
 	p->c.commit_timeout_ms = PROXY_COMMIT_TIMEOUT_DEFAULT_MS;
+	p->c.recover_timeout_ms = PROXY_RECOVER_TIMEOUT_DEFAULT_MS;
 	p->c.state_dir = PROXY_STATE_DIR_DEFAULT;
 	p->c.progress = isatty(STDERR_FILENO);
 	while ((c = getopt_long(argc, argv, "vh", options, NULL)) != -1) {

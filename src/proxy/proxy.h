@@ -25,6 +25,8 @@ enum proxy_outcome {
 /* Defaults of --state-dir and --commit-timeout. */
 #define PROXY_STATE_DIR_DEFAULT "/var/lib/tsubame/migrations"
 #define PROXY_COMMIT_TIMEOUT_DEFAULT_MS (3 * 60 * 1000)
+/* Default of --recover-timeout: how long a broken postcopy is retried. */
+#define PROXY_RECOVER_TIMEOUT_DEFAULT_MS (5 * 60 * 1000)
 
 struct proxy_common_options {
 	const char *qmp_path;		/* local QEMU's QMP socket */
@@ -41,6 +43,7 @@ struct proxy_common_options {
 	const char *net_agent;		/* mobility agent's control socket, or NULL */
 	const char *state_dir;		/* durable migration records (switchover) */
 	uint64_t commit_timeout_ms;	/* how long to settle an undecided switchover */
+	uint64_t recover_timeout_ms;	/* how long to resume a broken postcopy; 0: never */
 };
 
 /* When send switches QEMU to postcopy (besides --postcopy-after). */

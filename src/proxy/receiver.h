@@ -10,6 +10,7 @@
 #include "proxy/imagerec.h"
 #include "proxy/internal.h"
 #include "proxy/record.h"
+#include "proxy/resume.h"
 
 #include "common/buf.h"
 #include "qstream/qstream.h"
@@ -63,6 +64,8 @@ struct receiver {
 	struct fuzz_input *fuzz;
 	pthread_mutex_t send_lock;	/* one writer at a time on conn */
 	int qfd;
+	pthread_t th_wan, th_ret;	/* recv.c's threads, while threads */
+	bool threads;
 
 	/* WAN thread only. */
 	struct qs_writer *writer;
@@ -93,6 +96,9 @@ struct receiver {
 	/* Loaded in postcopy: the guest may run before the rest of its memory came. */
 	bool in_postcopy;
 	bool ran_in_postcopy;		/* QEMU still postcopy-active once the guest ran */
+	unsigned recoveries;		/* connections that resumed a broken postcopy */
+	struct resume_counts resumed;	/* what they carried */
+	bool recovered;			/* a broken postcopy resumed and completed */
 	uint64_t completed_ns;		/* the destination's migration completed */
 	bool first_pages;
 	unsigned refused;		/* connections refused before the sender came */
@@ -119,6 +125,8 @@ struct receiver {
  * The migration fails (the first call only says why): QEMU's stream is
  * cut so that it never runs a half-loaded guest. (recv.c)
  */
+/* Ends the WAN and return-path threads (QEMU's stream cut); idempotent. */
+void recv_stop_threads(struct receiver *rc);
 void recv_fail(struct receiver *rc, enum proxy_outcome oc, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 /* Writes a frame on the main connection, one writer at a time; 0 or -errno. (recv.c) */

@@ -356,8 +356,6 @@ struct recv_run {
 	struct qmp *q;
 	int lfd;
 	struct wire_hello peer;		/* the sender's HELLO (strings valid until next read) */
-	pthread_t th_wan, th_ret;
-	bool threads;			/* both started */
 	bool incoming;			/* QEMU was told migrate-incoming */
 	volatile int sig;
 	char site[33];			/* our store's site id, or "" */
@@ -590,19 +588,30 @@ static int start_threads(struct receiver *rc, struct recv_run *run)
 		recv_fail(rc, PROXY_FAILED, "out of memory");
 		return -1;
 	}
-	if (pthread_create(&run->th_wan, NULL, wan_thread, rc)) {
+	if (pthread_create(&rc->th_wan, NULL, wan_thread, rc)) {
 		recv_fail(rc, PROXY_FAILED, "cannot start threads");
 		return -1;
 	}
-	if (pthread_create(&run->th_ret, NULL, return_thread, rc)) {
+	if (pthread_create(&rc->th_ret, NULL, return_thread, rc)) {
 		recv_fail(rc, PROXY_FAILED, "cannot start threads");
 		shutdown(rc->qfd, SHUT_RDWR);
 		wire_conn_abort(rc->conn);
-		pthread_join(run->th_wan, NULL);
+		pthread_join(rc->th_wan, NULL);
 		return -1;
 	}
-	run->threads = true;
+	rc->threads = true;
 	return 0;
+}
+
+void recv_stop_threads(struct receiver *rc)
+{
+	if (!rc->threads)
+		return;
+	wire_conn_abort(rc->conn);
+	shutdown(rc->qfd, SHUT_RDWR);
+	pthread_join(rc->th_wan, NULL);
+	pthread_join(rc->th_ret, NULL);
+	rc->threads = false;
 }
 
 /* Stops the threads, keeps or discards what arrived, reports. */
@@ -617,12 +626,7 @@ static enum proxy_outcome finish(struct receiver *rc, struct recv_run *run,
 		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_QEMU, rc->error);
 		pthread_mutex_unlock(&rc->send_lock);
 	}
-	if (run->threads) {
-		wire_conn_abort(rc->conn);
-		shutdown(rc->qfd, SHUT_RDWR);
-		pthread_join(run->th_wan, NULL);
-		pthread_join(run->th_ret, NULL);
-	}
+	recv_stop_threads(rc);
 	if (rc->failed && run->q && run->incoming && rc->outcome != PROXY_IN_DOUBT &&
 	    !rc->running_ns) {
 		/* Make sure nothing half-loaded ever runs here. */

@@ -48,6 +48,9 @@ json_t *recv_make_report(struct receiver *rc, uint64_t start_ns, uint64_t resume
 		json_object_set_new(json_object_get(r, "postcopy"), "ran_before_complete_ms",
 			json_integer((json_int_t)(((rc->completed_ns ? rc->completed_ns :
 						    tsb_now_ns()) - rc->running_ns) / 1000000)));
+	if (rc->recoveries)
+		json_object_set_new(json_object_get(r, "postcopy"), "resumed",
+				    resume_report(rc->recoveries, &rc->resumed));
 	json_object_set_new(r, "qemu_stream_bytes", json_integer(rc->written));
 	json_object_set_new(r, "refused_connections", json_integer(rc->refused));
 	json_object_set_new(r, "wan", json_pack("{s:I, s:I}",

@@ -8,6 +8,7 @@
 
 #include "proxy/commit.h"
 #include "proxy/content.h"
+#include "proxy/resume.h"
 
 #include "common/fault.h"
 #include "common/log.h"
@@ -18,6 +19,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -205,13 +207,115 @@ static void postcopy_broken(struct receiver *rc, const char *cause)
 	rc->outcome = PROXY_LINK;
 }
 
+/* After a resumed stream's end: QEMU completes once it loaded the rest. */
+static bool dest_completed(struct qmp *q, volatile int *sig)
+{
+	char st[32];
+
+	for (uint64_t t0 = tsb_now_ns(); tsb_now_ns() - t0 < 30000000000ull && *sig <= 1;) {
+		if (migration_status(q, st, sizeof(st)) == 0 && !strcmp(st, "completed"))
+			return true;
+		usleep(50000);
+	}
+	return false;
+}
+
+/* One resumed leg: QEMU's recovery socket relayed to c until the end. */
+static int resume_leg(struct receiver *rc, struct qmp *q, struct wire_conn *c,
+		      const char *dir, uint64_t deadline_ns, volatile int *sig,
+		      char *err, size_t errlen)
+{
+	int qfd, r;
+
+	r = resume_destination(q, dir, deadline_ns, sig, &qfd, err, errlen);
+	if (r < 0)
+		return r;
+	tsb_fault_point("postcopy-resume-accepted");
+	r = resume_relay(c, qfd, WIRE_ROLE_RECEIVER, (int)(rc->o->c.stall_ms ?
+			 rc->o->c.stall_ms : 60000), sig, NULL, &rc->resumed, err, errlen);
+	close(qfd);
+	if (r == 0 && !dest_completed(q, sig)) {
+		snprintf(err, errlen, "the resumed stream ended but QEMU did not complete");
+		r = -EIO;
+	}
+	if (r == 0)
+		r = commit_answer(c, WIRE_OUTCOME_RUNNING, "destination running, resumed");
+	return r;
+}
+
+/*
+ * The link broke after the guest began to run here: QEMU pauses
+ * (postcopy-paused) and waits; the sender comes back to resume the
+ * stream (resume.h), again after every break, until --recover-timeout.
+ * True when the migration completed that way.
+ */
+static bool recv_recover(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
+			 volatile int *sig)
+{
+	const struct proxy_recv_options *o = rc->o;
+	struct commit_link l = {
+		.c = &o->c, .tls = tls, .addr = o->listen, .id = rc->rec.id, .sig = sig,
+		.credential = rc->credential,
+		.deadline_ns = tsb_now_ns() + o->c.recover_timeout_ms * 1000000,
+	};
+	char dir[] = "/tmp/tsubame-resume-XXXXXX", err[512] = "";
+	struct wire_conn *c;
+	bool resolve;
+	int r = -ETIMEDOUT;
+
+	recv_stop_threads(rc);
+	rc->arrival.failed = true;	/* the resumed pages are not recorded */
+	if (!mkdtemp(dir)) {
+		log_warn("cannot resume the postcopy: %s: %s", dir, strerror(errno));
+		return false;
+	}
+	log_warn("%s; waiting for the sender to resume it (for up to %llu s)", rc->error,
+		 (unsigned long long)(o->c.recover_timeout_ms / 1000));
+	while (tsb_now_ns() < l.deadline_ns && *sig <= 1) {
+		r = resume_await(&l, &c, &resolve);
+		if (r < 0)
+			break;
+		if (resolve) {
+			/* It missed our OUTCOME when the link broke: the guest runs here. */
+			if (resume_answer_resolver(c) < 0)
+				log_warn("resume: the sender's question about the commit went "
+					 "unanswered");
+			wire_conn_free(c);
+			continue;
+		}
+		rc->recoveries++;
+		r = resume_leg(rc, q, c, dir, l.deadline_ns, sig, err, sizeof(err));
+		wire_conn_free(c);
+		if (r == 0)
+			break;
+		log_warn("resuming the postcopy: %s; waiting for the sender again",
+			 err[0] ? err : strerror(-r));
+	}
+	(void)rmdir(dir);
+	if (r < 0) {
+		snprintf(rc->error + strlen(rc->error), sizeof(rc->error) - strlen(rc->error),
+			 "; not resumed (%s)", r == -ETIMEDOUT ? "--recover-timeout passed" :
+			 err[0] ? err : strerror(-r));
+		return false;
+	}
+	log_notice("the postcopy resumed after the link broke and completed (%u connection(s))",
+		   rc->recoveries);
+	rc->recovered = true;
+	rc->completed_ns = tsb_now_ns();
+	rc->outcome = PROXY_OK;
+	rc->error[0] = '\0';
+	rc->failed = 0;
+	return true;
+}
+
 /*
  * Postcopy, after the commit: the guest runs here while the rest of its
  * memory arrives; the migration ends when QEMU has all of it. A stream
  * that breaks now leaves the guest running here without that memory:
  * QEMU waits (postcopy-paused), the source never runs it again.
  */
-static void wait_postcopy_done(struct receiver *rc, struct qmp *q, volatile int *sig)
+static void wait_postcopy_done(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
+			       volatile int *sig)
 {
 	char st[32];
 	struct qmp_event ev;
@@ -255,8 +359,11 @@ static void wait_postcopy_done(struct receiver *rc, struct qmp *q, volatile int 
 		else if (closed_ns && tsb_now_ns() - closed_ns > 30000000000ull)
 			recv_fail(rc, PROXY_LINK, "the sender closed before QEMU had all memory");
 	}
-	if (rc->failed)
-		postcopy_broken(rc, rc->error);
+	if (!rc->failed)
+		return;
+	postcopy_broken(rc, rc->error);
+	if (rc->o->c.recover_timeout_ms && *sig <= 1)
+		(void)recv_recover(rc, q, tls, sig);
 }
 
 /*
@@ -352,7 +459,9 @@ void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 		/* The sender hears it now; the rest of the guest's memory follows. */
 		sent = send_status_locked(rc, WIRE_MSG_OUTCOME, (uint32_t)outcome, text) == 0;
 		tsb_fault_point("postcopy-running");
-		wait_postcopy_done(rc, q, sig);
+		wait_postcopy_done(rc, q, tls, sig);
+		if (rc->recovered)
+			return;	/* the sender heard OUTCOME on the resumed connection */
 	}
 	/* The decision came over a new connection: the stream is gone. */
 	if (outcome == WIRE_OUTCOME_RUNNING && rc->in_postcopy && c && !rc->failed)

@@ -6,6 +6,7 @@
  * NEED). The main thread drives QEMU over QMP.
  */
 #include "proxy/commit.h"
+#include "proxy/resume.h"
 #include "proxy/sender.h"
 
 #include "common/fault.h"
@@ -1846,6 +1847,74 @@ static void postcopy_broken(struct sender *s, struct send_run *run)
 		 "; 'tsubame resolve' on the destination host says whether it runs there");
 }
 
+static void stop_threads(struct sender *s, struct send_run *run);
+
+/*
+ * The link broke after a postcopy commit: both QEMUs paused. Resume over
+ * a new connection (resume.h), again after every break, until
+ * --recover-timeout. On success the migration ends as if the link had
+ * held; the departure image is not kept (the resumed stream's pages
+ * were not recorded). Else the failure postcopy_broken() wrote stands.
+ */
+static void postcopy_recover(struct sender *s, struct send_run *run)
+{
+	const struct proxy_send_options *o = s->o;
+	struct commit_link l = link_of(s, run->tls);
+	struct wire_conn *c = NULL;
+	char err[512], why[512];
+	int qfd, outcome, r = -ETIMEDOUT;
+
+	stop_threads(s, run);
+	shutdown(s->qfd, SHUT_RDWR);	/* QEMU pauses, if it has not yet */
+	s->departure.failed = true;
+	snprintf(why, sizeof(why), "%s", s->error);
+	l.deadline_ns = tsb_now_ns() + o->c.recover_timeout_ms * 1000000;
+	log_warn("the link broke during postcopy; resuming the migration over a new "
+		 "connection (for up to %llu s)", (unsigned long long)(o->c.recover_timeout_ms / 1000));
+	while (tsb_now_ns() < l.deadline_ns && s->abort_flag <= 1) {
+		r = resume_source_paused(run->q, l.deadline_ns, &s->abort_flag, err, sizeof(err));
+		if (r == 1)
+			break;	/* QEMU completed after all: nothing left to send */
+		if (r == 0)
+			r = resume_dial(&l, &c);
+		if (r < 0)
+			break;
+		tsb_fault_point("postcopy-resume-connected");
+		r = resume_source(run->q, &qfd, err, sizeof(err));
+		if (r == 0) {
+			outcome = 0;
+			r = resume_relay(c, qfd, WIRE_ROLE_SENDER, (int)stall_limit_ms(s),
+					 &s->abort_flag,
+					 &outcome, &s->resumed, err, sizeof(err));
+			close(qfd);
+			if (r == 0 && outcome != WIRE_OUTCOME_RUNNING)
+				r = -EPROTO;
+		}
+		if (r == 0)
+			(void)wire_conn_close(c);
+		wire_conn_free(c);
+		c = NULL;
+		s->recoveries++;
+		if (r == 0)
+			break;
+		log_warn("resuming the postcopy: %s; trying again", err[0] ? err : strerror(-r));
+	}
+	if (r < 0) {
+		sender_refail(s, PROXY_LINK, "%s; not resumed (%s)", why,
+			      r == -ETIMEDOUT ? "--recover-timeout passed" : err[0] ? err :
+			      strerror(-r));
+		return;
+	}
+	log_notice("the postcopy resumed after the link broke and completed (%u connection(s))",
+		   s->recoveries);
+	s->failed = 0;
+	s->outcome = PROXY_OK;
+	s->peer_outcome = WIRE_OUTCOME_RUNNING;
+	snprintf(run->res.status, sizeof(run->res.status), "completed");
+	run->res.error[0] = '\0';
+	record_drop(o->c.state_dir, &s->rec);
+}
+
 /* QEMU migrates through us; then the switchover is committed or undone. */
 static void migrate(struct sender *s, struct send_run *run)
 {
@@ -1866,6 +1935,8 @@ static void migrate(struct sender *s, struct send_run *run)
 		fputc('\n', stderr);
 	if (r < 0 && s->decided_commit) {
 		postcopy_broken(s, run);
+		if (s->decided_commit && s->o->c.recover_timeout_ms && s->abort_flag <= 1)
+			postcopy_recover(s, run);
 		return;
 	}
 	if (r < 0) {
@@ -1906,6 +1977,7 @@ static void stop_threads(struct sender *s, struct send_run *run)
 		wire_conn_close(s->conn);
 	wire_conn_abort(s->conn);
 	pthread_join(run->th_ret, NULL);
+	run->threads = false;
 }
 
 /* The report, with the store's commit time and the floor when asked. */

@@ -12,6 +12,7 @@
 #include "proxy/internal.h"
 #include "proxy/pagecache.h"
 #include "proxy/record.h"
+#include "proxy/resume.h"
 
 #include "migctl/migctl.h"
 #include "qstream/qstream.h"
@@ -120,6 +121,8 @@ struct sender {
 	 */
 	bool slow_start;
 	atomic_bool in_postcopy;	/* QEMU was told to switch: a short window */
+	unsigned recoveries;		/* connections that resumed a broken postcopy */
+	struct resume_counts resumed;	/* what they carried */
 	bool credit_blocked; /* the parse thread waits for credits now */
 	uint64_t ss_wait0;   /* credit_wait_ns at the previous ACK */
 	uint64_t round_end, round_acked0, round_t0, round_rate;

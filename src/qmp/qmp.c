@@ -46,6 +46,7 @@ struct qmp {
 	size_t scanned;	  /* bytes of buf already searched for '\n' */
 	bool skipping;	  /* discarding an oversized line up to its '\n' */
 	int dead;	  /* sticky error once the connection is unusable */
+	bool oob;	  /* out-of-band execution negotiated (qmp_execute_oob) */
 	/* event FIFO */
 	struct qmp_evnode *ev_head;
 	struct qmp_evnode *ev_tail;
@@ -457,8 +458,8 @@ static int handle_reply(json_t *msg, json_t **ret_result, char *errbuf,
 	return 0;
 }
 
-static int execute(struct qmp *q, const char *command, json_t *args, int fd,
-		   json_t **ret_result, char *errbuf, size_t errlen)
+static int execute(struct qmp *q, const char *verb, const char *command, json_t *args,
+		   int fd, json_t **ret_result, char *errbuf, size_t errlen)
 {
 	uint64_t deadline = deadline_from(q->timeout_ms);
 	json_t *req = NULL, *msg = NULL;
@@ -476,7 +477,7 @@ static int execute(struct qmp *q, const char *command, json_t *args, int fd,
 		return q->dead;
 	}
 	id = ++q->next_id;
-	req = json_pack("{s:s, s:I}", "execute", command, "id",
+	req = json_pack("{s:s, s:I}", verb, command, "id",
 			(json_int_t)id);
 	if (!req)
 		return -ENOMEM;
@@ -549,7 +550,17 @@ out:
 int qmp_execute(struct qmp *q, const char *command, json_t *args,
 		json_t **ret_result, char *errbuf, size_t errlen)
 {
-	return execute(q, command, args, -1, ret_result, errbuf, errlen);
+	return execute(q, "execute", command, args, -1, ret_result, errbuf, errlen);
+}
+
+int qmp_execute_oob(struct qmp *q, const char *command, json_t *args,
+		    json_t **ret_result, char *errbuf, size_t errlen)
+{
+	if (!q->oob) {
+		copy_err(errbuf, errlen, "this QMP monitor does not offer out-of-band execution");
+		return -EOPNOTSUPP;
+	}
+	return execute(q, "exec-oob", command, args, -1, ret_result, errbuf, errlen);
 }
 
 int qmp_execute_fd(struct qmp *q, const char *command, json_t *args, int fd,
@@ -559,7 +570,7 @@ int qmp_execute_fd(struct qmp *q, const char *command, json_t *args, int fd,
 		copy_err(errbuf, errlen, "no file descriptor to pass");
 		return -EBADF;
 	}
-	return execute(q, command, args, fd, ret_result, errbuf, errlen);
+	return execute(q, "execute", command, args, fd, ret_result, errbuf, errlen);
 }
 
 void qmp_set_timeout(struct qmp *q, int timeout_ms)
@@ -697,10 +708,14 @@ static int connect_once(const struct sockaddr_un *sa, int *ret_fd)
 	return 0;
 }
 
-/* Reads the greeting; -EPROTO if the first message is not {"QMP": ...}. */
+/*
+ * Reads the greeting; -EPROTO if the first message is not {"QMP": ...}.
+ * Notes whether QEMU offers out-of-band execution (q->oob).
+ */
 static int read_greeting(struct qmp *q, uint64_t deadline)
 {
-	json_t *msg = NULL;
+	json_t *msg = NULL, *caps, *v;
+	size_t i;
 	int r;
 
 	r = read_message(q, deadline, &msg);
@@ -708,6 +723,10 @@ static int read_greeting(struct qmp *q, uint64_t deadline)
 		return r;
 	if (!json_is_object(json_object_get(msg, "QMP")))
 		r = -EPROTO;
+	caps = json_object_get(json_object_get(msg, "QMP"), "capabilities");
+	json_array_foreach(caps, i, v)
+		if (json_is_string(v) && !strcmp(json_string_value(v), "oob"))
+			q->oob = true;
 	json_decref(msg);
 	return r;
 }
@@ -719,6 +738,7 @@ int qmp_open(const char *path, int timeout_ms, struct qmp **ret_qmp)
 	struct qmp *q;
 	char errbuf[256];
 	int saved_timeout;
+	json_t *oob_args;
 	int fd = -1, r, left;
 	long delay_ms = 5;
 	uint64_t refused_since = 0;
@@ -770,8 +790,15 @@ int qmp_open(const char *path, int timeout_ms, struct qmp **ret_qmp)
 	q->timeout_ms = ms_left(deadline);
 	if (q->timeout_ms == 0)
 		q->timeout_ms = 1;
-	r = qmp_execute(q, "qmp_capabilities", NULL, NULL, errbuf,
+	/*
+	 * Out-of-band execution when offered: a few commands (migrate-recover
+	 * among them) then run even while QEMU's main loop is blocked, e.g.
+	 * on a page that a broken postcopy has not brought yet.
+	 */
+	oob_args = q->oob ? json_pack("{s:[s]}", "enable", "oob") : NULL;
+	r = qmp_execute(q, "qmp_capabilities", oob_args, NULL, errbuf,
 			sizeof(errbuf));
+	json_decref(oob_args);
 	q->timeout_ms = saved_timeout;
 	if (r < 0) {
 		log_debug("qmp: qmp_capabilities failed: %s", errbuf);

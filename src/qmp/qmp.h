@@ -62,6 +62,14 @@ int qmp_execute(struct qmp *q, const char *command, json_t *args,
 int qmp_execute_fd(struct qmp *q, const char *command, json_t *args, int fd,
 		   json_t **ret_result, char *errbuf, size_t errlen);
 
+/*
+ * Like qmp_execute, out of band ("exec-oob"): QEMU runs it at once, even
+ * while its main loop is blocked; only commands QEMU marks allow-oob
+ * (migrate-recover, migrate-pause). -EOPNOTSUPP when the monitor did not
+ * offer it (qmp_open negotiates it when offered).
+ */
+int qmp_execute_oob(struct qmp *q, const char *command, json_t *args,
+		    json_t **ret_result, char *errbuf, size_t errlen);
 /* Default timeout for qmp_execute, ms (initially 30000; -1: forever). */
 void qmp_set_timeout(struct qmp *q, int timeout_ms);
 

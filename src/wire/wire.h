@@ -119,6 +119,8 @@ enum {
 				      * connections; sender: LANE follows HELLO */
 	WIRE_CAP_LIBVIRT = 1u << 11, /* libvirt drives both QEMUs: the stream only
 				      * is ours, the switchover is libvirt's */
+	WIRE_CAP_RESUME = 1u << 12,  /* sender: this connection resumes the broken
+				      * postcopy of the migration named in HELLO */
 };
 
 /* Connections (lanes) one migration's stream may be spread over. */

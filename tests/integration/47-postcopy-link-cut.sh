@@ -8,8 +8,10 @@
 #     migration instead (postcopy-paused): neither runs it, send and recv
 #     exit 7 and send says so (the destination keeps its copy for a
 #     postcopy recovery).
-#  2. after the commit, once the guest runs at the destination: the source
-#     never runs the guest again; both ends exit 4 and say so, the
+#  2. after the commit, once the guest runs at the destination, for longer
+#     than --recover-timeout (a shorter break is resumed:
+#     48-postcopy-recover.sh): the source never runs the guest again; both
+#     ends exit 4 and say so, and that the postcopy was not resumed; the
 #     destination's QEMU waits for the rest of the memory (postcopy-paused,
 #     or under TCG no QMP answer while a vCPU waits for a page).
 # Never two copies running.
@@ -20,7 +22,7 @@ requires "$WANEM" ss
 
 "$TSUBAME" keygen "$T/key" >/dev/null
 workload="tsb.mode=memverify tsb.mem=24 tsb.seed=23 tsb.vmid=7 tsb.random=50 tsb.dup=0 tsb.dirty=8 tsb.wss=8"
-common="--key $T/key --no-store --commit-timeout 6s --stall-timeout 4s --no-progress"
+common="--key $T/key --no-store --commit-timeout 6s --stall-timeout 4s --recover-timeout 3s --no-progress"
 srcvm=src
 start_vm src "$workload"
 wait_beat src 2 120 >/dev/null || fail "the guest did not start verifying"
@@ -94,6 +96,12 @@ grep -q "during postcopy" "$T/after-commit-send.log" ||
 	fail "after-commit: send does not say the link broke during postcopy: $(tail -2 "$T/after-commit-send.log")"
 grep -q "during postcopy" "$T/after-commit-recv.log" ||
 	fail "after-commit: recv does not say the link broke during postcopy: $(tail -2 "$T/after-commit-recv.log")"
+for side in send recv; do
+	grep -q "resum" "$T/after-commit-$side.log" ||
+		fail "after-commit: $side did not try to resume: $(tail -2 "$T/after-commit-$side.log")"
+	grep -q "not resumed" "$T/after-commit-$side.log" ||
+		fail "after-commit: $side does not say the postcopy was not resumed: $(tail -2 "$T/after-commit-$side.log")"
+done
 src_st=$(status_of "$srcvm" query-status)
 [ "$src_st" = running ] && fail "after-commit: the source runs the guest again (two copies)"
 # The destination's QEMU waits for the rest: postcopy-paused, or (TCG) no

@@ -305,6 +305,7 @@ static void test_getfd(void **state)
 /* ---- scripted server ---------------------------------------------------- */
 
 struct fake {
+	bool oob;	/* the greeting offers out-of-band execution */
 	int lfd;
 	char path[100];
 	pthread_t thread;
@@ -361,6 +362,8 @@ static bool read_line(int fd, char *buf, size_t len)
  *   slow   no reply until the next ping
  *   flood  QMP_MAX_QUEUED_EVENTS + 10 events, then the reply
  *   bye    closes the connection
+ *   oob    (sent with exec-oob, only when negotiated) replies "oob"
+ * With f->oob the greeting offers "oob" and qmp_capabilities must enable it.
  */
 static void *fake_main(void *arg)
 {
@@ -372,20 +375,32 @@ static void *fake_main(void *arg)
 	fd = accept(f->lfd, NULL, NULL);
 	if (fd < 0)
 		return NULL;
-	writef(fd, "{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n");
+	writef(fd, "{\"QMP\": {\"version\": {}, \"capabilities\": [%s]}}\r\n",
+	       f->oob ? "\"oob\"" : "");
 	while (read_line(fd, line, sizeof(line))) {
 		json_t *req = json_loads(line, 0, NULL);
 		const char *cmd = NULL;
 		json_int_t id = -1;
 
-		if (!req || json_unpack(req, "{s:s, s:I}", "execute", &cmd,
+		bool oob_cmd = req && json_object_get(req, "exec-oob");
+
+		if (!req || json_unpack(req, "{s:s, s:I}", oob_cmd ? "exec-oob" : "execute", &cmd,
 					"id", &id) < 0) {
 			json_decref(req);
 			break;
 		}
 		if (!strcmp(cmd, "qmp_capabilities")) {
-			writef(fd, "{\"return\": {}, \"id\": %lld}\r\n",
-			       (long long)id);
+			json_t *en = json_object_get(json_object_get(req, "arguments"), "enable");
+			bool asked = json_array_size(en) == 1 &&
+				     !strcmp(json_string_value(json_array_get(en, 0)) ?: "", "oob");
+
+			if (asked != f->oob)
+				writef(fd, "{\"error\": {\"class\": \"GenericError\", \"desc\": "
+				       "\"bad capabilities\"}, \"id\": %lld}\r\n", (long long)id);
+			else
+				writef(fd, "{\"return\": {}, \"id\": %lld}\r\n", (long long)id);
+		} else if (oob_cmd && f->oob && !strcmp(cmd, "oob")) {
+			writef(fd, "{\"return\": \"oob\", \"id\": %lld}\r\n", (long long)id);
 		} else if (!strcmp(cmd, "ping")) {
 			if (slow_id >= 0)
 				writef(fd, "{\"return\": \"late\", \"id\": %lld}\r\n",
@@ -450,9 +465,36 @@ static void fake_stop(struct fake *f)
 	unlink(f->path);
 }
 
+/* Out-of-band execution: negotiated when offered, refused when not. */
+static void test_oob(void **state)
+{
+	struct fake f = { .oob = true };
+	struct qmp *q = NULL;
+	json_t *res = NULL;
+	char err[256];
+
+	(void)state;
+	fake_start(&f);
+	assert_int_equal(qmp_open(f.path, 5000, &q), 0);
+	assert_int_equal(qmp_execute_oob(q, "oob", NULL, &res, err, sizeof(err)), 0);
+	assert_string_equal(json_string_value(res), "oob");
+	json_decref(res);
+	assert_int_equal(qmp_execute(q, "bye", NULL, NULL, err, sizeof(err)), -ECONNRESET);
+	qmp_close(q);
+	fake_stop(&f);
+
+	f = (struct fake){ .oob = false };
+	fake_start(&f);
+	assert_int_equal(qmp_open(f.path, 5000, &q), 0);
+	assert_int_equal(qmp_execute_oob(q, "oob", NULL, NULL, err, sizeof(err)), -EOPNOTSUPP);
+	assert_int_equal(qmp_execute(q, "bye", NULL, NULL, err, sizeof(err)), -ECONNRESET);
+	qmp_close(q);
+	fake_stop(&f);
+}
+
 static void test_limits(void **state)
 {
-	struct fake f;
+	struct fake f = { .oob = false };
 	struct qmp *q = NULL;
 	struct qmp_event ev;
 	json_t *res = NULL;
@@ -531,6 +573,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_events, kill_qemu),
 		cmocka_unit_test_teardown(test_getfd, kill_qemu),
 		cmocka_unit_test(test_limits),
+		cmocka_unit_test(test_oob),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

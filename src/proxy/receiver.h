@@ -9,6 +9,7 @@
 
 #include "proxy/imagerec.h"
 #include "proxy/internal.h"
+#include "proxy/pagereq.h"
 #include "proxy/record.h"
 #include "proxy/resume.h"
 
@@ -96,6 +97,14 @@ struct receiver {
 	/* Loaded in postcopy: the guest may run before the rest of its memory came. */
 	bool in_postcopy;
 	bool ran_in_postcopy;		/* QEMU still postcopy-active once the guest ran */
+	/*
+	 * Postcopy faults: pages QEMU asked for (return thread) and how long
+	 * each took to reach it (WAN thread), under faults_lock.
+	 */
+	pthread_mutex_t faults_lock;
+	struct pagereq_set faults;
+	float *fault_ms;		/* up to FAULT_SAMPLES, allocated at the first */
+	size_t n_fault_ms;
 	unsigned recoveries;		/* connections that resumed a broken postcopy */
 	struct resume_counts resumed;	/* what they carried */
 	bool recovered;			/* a broken postcopy resumed and completed */
@@ -125,6 +134,13 @@ struct receiver {
  * The migration fails (the first call only says why): QEMU's stream is
  * cut so that it never runs a half-loaded guest. (recv.c)
  */
+/* Fault samples kept for the report's percentiles. */
+#define FAULT_SAMPLES 65536
+
+/* WAN thread: pg is written to QEMU; times it if QEMU had asked for it. */
+void recv_fault_served(struct receiver *rc, const struct qs_page *pg);
+/* The report's postcopy.faults: count and percentiles of the service time. */
+json_t *recv_faults_report(struct receiver *rc);
 /* Ends the WAN and return-path threads (QEMU's stream cut); idempotent. */
 void recv_stop_threads(struct receiver *rc);
 void recv_fail(struct receiver *rc, enum proxy_outcome oc, const char *fmt, ...)

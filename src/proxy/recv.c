@@ -78,6 +78,11 @@ static int on_rp_msg(void *opaque, const struct qs_rp_msg *m)
 
 	if (m->type == QS_RP_SHUT)
 		rc->shut_parsed = true;
+	if ((m->type == QS_RP_REQ_PAGES || m->type == QS_RP_REQ_PAGES_ID) && m->block) {
+		pthread_mutex_lock(&rc->faults_lock);
+		pagereq_add(&rc->faults, m->block, m->offset, m->length, tsb_now_ns(), 0);
+		pthread_mutex_unlock(&rc->faults_lock);
+	}
 	return 0;
 }
 
@@ -320,6 +325,8 @@ static void receiver_free(struct receiver *rc)
 	if (rc->lock_fd >= 0)
 		close(rc->lock_fd);
 	pthread_mutex_destroy(&rc->send_lock);
+	pthread_mutex_destroy(&rc->faults_lock);
+	free(rc->fault_ms);
 	free(rc);
 }
 
@@ -337,6 +344,7 @@ static struct receiver *receiver_new(const struct proxy_recv_options *o, uint64_
 	image_rec_init(&rc->arrival, NULL); /* its store comes with the sender's identity */
 	wire_backlog_init(&rc->backlog);
 	pthread_mutex_init(&rc->send_lock, NULL);
+	pthread_mutex_init(&rc->faults_lock, NULL);
 	tsb_buf_init(&rc->scratch);
 	tsb_buf_init(&rc->copy);
 	rc->rb.cache = pagecache_new(cache_pages, WIRE_PAGE_SIZE);

@@ -480,6 +480,7 @@ static int apply_samerun(struct receiver *rc, const struct wire_page_entry *e,
 		r = qs_writer_page(rc->writer, pg);
 		if (r < 0)
 			return r;
+		recv_fault_served(rc, pg);
 	}
 	rc->pages_ref += e->count;
 	return ENTRY_APPLIED;
@@ -547,7 +548,10 @@ static int apply_entry(struct receiver *rc, const struct wire_page_entry *e,
 		return -EOPNOTSUPP;
 	}
 	r = qs_writer_page(rc->writer, &pg);
-	return r < 0 ? r : ENTRY_APPLIED;
+	if (r < 0)
+		return r;
+	recv_fault_served(rc, &pg);
+	return ENTRY_APPLIED;
 }
 
 /*

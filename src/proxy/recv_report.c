@@ -6,6 +6,8 @@
 #include "store/store.h"
 #include "wire/tls.h"
 
+#include <stdlib.h>
+
 json_t *recv_make_report(struct receiver *rc, uint64_t start_ns, uint64_t resume_ns)
 {
 	struct wire_conn_stats ws = { 0 };
@@ -48,6 +50,8 @@ json_t *recv_make_report(struct receiver *rc, uint64_t start_ns, uint64_t resume
 		json_object_set_new(json_object_get(r, "postcopy"), "ran_before_complete_ms",
 			json_integer((json_int_t)(((rc->completed_ns ? rc->completed_ns :
 						    tsb_now_ns()) - rc->running_ns) / 1000000)));
+	if (rc->postcopy_ns)
+		json_object_set_new(json_object_get(r, "postcopy"), "faults", recv_faults_report(rc));
 	if (rc->recoveries)
 		json_object_set_new(json_object_get(r, "postcopy"), "resumed",
 				    resume_report(rc->recoveries, &rc->resumed));
@@ -74,4 +78,48 @@ json_t *recv_make_report(struct receiver *rc, uint64_t start_ns, uint64_t resume
 			"image", rc->image_id, "from_site", rc->peer_site,
 			"summary_filter_bytes", (json_int_t)rc->summary_bytes));
 	return r;
+}
+
+void recv_fault_served(struct receiver *rc, const struct qs_page *pg)
+{
+	uint64_t asked, now;
+
+	if (!rc->faults.n)
+		return;	/* no request waits (read without the lock: only a hint) */
+	now = tsb_now_ns();
+	pthread_mutex_lock(&rc->faults_lock);
+	if (pagereq_take(&rc->faults, pg->block->name, pg->block->name_len, pg->offset, &asked)) {
+		if (!rc->fault_ms)
+			rc->fault_ms = malloc(FAULT_SAMPLES * sizeof(*rc->fault_ms));
+		if (rc->fault_ms && rc->n_fault_ms < FAULT_SAMPLES)
+			rc->fault_ms[rc->n_fault_ms++] = (float)((now - asked) / 1e6);
+	}
+	pthread_mutex_unlock(&rc->faults_lock);
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+	float x = *(const float *)a, y = *(const float *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+json_t *recv_faults_report(struct receiver *rc)
+{
+	size_t n;
+	json_t *j;
+
+	pthread_mutex_lock(&rc->faults_lock);
+	n = rc->n_fault_ms;
+	j = json_pack("{s:I, s:I}", "requests", (json_int_t)rc->faults.added,
+		      "served", (json_int_t)n);
+	if (n) {
+		/* Time from QEMU's request to the page going into QEMU, ms. */
+		qsort(rc->fault_ms, n, sizeof(*rc->fault_ms), cmp_float);
+		json_object_set_new(j, "p50_ms", json_real(rc->fault_ms[n / 2]));
+		json_object_set_new(j, "p99_ms", json_real(rc->fault_ms[(n * 99) / 100]));
+		json_object_set_new(j, "max_ms", json_real(rc->fault_ms[n - 1]));
+	}
+	pthread_mutex_unlock(&rc->faults_lock);
+	return j;
 }

@@ -160,6 +160,7 @@ static int flush_cur(struct sender *s)
 	if ((j->kind == JOB_PAGES && !j->pb.count) || (j->kind == JOB_RUN && !j->buf.len))
 		return 0;
 	s->cur = NULL;
+	j->ends_after_page = s->parse_after_page;
 	sender_queue_push(s, j, false);
 	return 0;
 }
@@ -209,6 +210,7 @@ static int on_raw(void *opaque, const uint8_t *p, size_t n)
 		return r;
 	if (tsb_buf_append(&s->cur->buf, p, n) < 0)
 		return -ENOMEM;
+	s->parse_after_page = false;
 	s->stream_bytes += n;
 	if (s->cur->buf.len >= PROXY_RUN_MAX)
 		flush_cur(s);
@@ -235,7 +237,11 @@ static int on_page(void *opaque, const struct qs_page *pg)
 	if (pg->cont)
 		qflags |= QS_RAM_CONTINUE;
 	s->stream_bytes += 8 + (pg->cont ? 0 : 1 + pg->block->name_len) + pg->len;
+	/* A page the destination's guest waits for goes ahead of the queue. */
+	if (urgent_wanted(s, pg))
+		return urgent_send_page(s, pg, qflags);
 	r = encode_page(s, pg, qflags);
+	s->parse_after_page = true;
 	if (r == -ENOBUFS || (r == 0 && s->cur->pb.count >= PROXY_BATCH_PAGES)) {
 		flush_cur(s);
 		if (r == -ENOBUFS) {
@@ -299,7 +305,8 @@ static int on_event(void *opaque, const struct qs_event *ev)
  */
 static bool out_of_credit(const struct sender *s, uint64_t parsed)
 {
-	return parsed > s->acked && parsed - s->acked > s->window;
+	return parsed > s->acked &&
+	       parsed - s->acked > s->window + (s->urgent.n ? URGENT_CREDIT : 0);
 }
 
 /* Blocks while the destination is more than a window behind. */
@@ -322,7 +329,12 @@ static void wait_for_credit(struct sender *s)
 		s->delay_count++;
 		s->delay_last_off = parsed;
 	}
-	while (!s->failed && out_of_credit(s, parsed)) {
+	for (;;) {
+		/* A request that went unmet no longer extends the window. */
+		s->parsed = parsed;
+		urgent_prune(s);
+		if (s->failed || !out_of_credit(s, parsed))
+			break;
 		if (!t0)
 			t0 = tsb_now_ns();
 		s->credit_blocked = true;
@@ -567,6 +579,8 @@ static void *wan_thread(void *arg)
 			s->queue_head = j->next;
 			if (!s->queue_head)
 				s->queue_tail = NULL;
+			if (j->kind != JOB_FRAME)
+				s->wire_after_page = j->ends_after_page;
 		}
 		pthread_mutex_unlock(&s->lock);
 		if (!j || s->failed)
@@ -882,8 +896,10 @@ static void return_loop(struct sender *s, struct wire_zstd *z)
 		switch (m.type) {
 		case WIRE_MSG_RETURN:
 			r = wire_run_unpack(&m.u.run, z, &scratch, &data);
-			if (r == 0)
+			if (r == 0) {
+				urgent_note_return(s, data, m.u.run.raw_len);
 				r = proxy_write_all(s->qfd, data, m.u.run.raw_len);
+			}
 			if (r < 0)
 				sender_fail(s, PROXY_FAILED, "passing the return path to QEMU: %s",
 				     strerror(-r));
@@ -1555,6 +1571,7 @@ static void sender_fini(struct sender *s)
 		close(s->qfd);
 	pagecache_free(s->cache);
 	hashset_fini(&s->seen);
+	urgent_free(s);
 	image_rec_fini(&s->departure);
 	store_image_free(s->manifest);
 	peer_view_fini(&s->peer);

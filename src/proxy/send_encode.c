@@ -162,12 +162,13 @@ static enum ref_source choose_ref(struct sender *s, const struct qs_page *pg,
 {
 	bool hit;
 
-	pthread_mutex_lock(&s->cache_lock);
 	/*
 	 * Both caches see the same gets and puts in the same order, so a hit
-	 * here means the receiver holds the content too.
+	 * here means the receiver holds the content too. Not for a requested
+	 * page: it overtakes batches that may hold the content (send_urgent.c).
 	 */
-	hit = pagecache_touch(s->cache, hash);
+	pthread_mutex_lock(&s->cache_lock);
+	hit = !s->urgent_encoding && pagecache_touch(s->cache, hash);
 	pthread_mutex_unlock(&s->cache_lock);
 	if (hit)
 		return REF_CACHE;

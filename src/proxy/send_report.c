@@ -160,6 +160,13 @@ json_t *report_make(struct sender *s, const struct migctl_result *res, uint64_t 
 	json_object_set_new(r, "postcopy", res->postcopy ? json_pack("{s:b, s:I, s:s}",
 		"switched", 1, "at_ms", (json_int_t)res->postcopy_at_ms, "reason",
 		res->postcopy_reason) : json_pack("{s:b}", "switched", 0));
+	if (res->postcopy) {
+		/* Page requests of the destination, and how many pages went ahead. */
+		json_object_set_new(json_object_get(r, "postcopy"), "page_requests",
+				    json_integer((json_int_t)s->urgent.added));
+		json_object_set_new(json_object_get(r, "postcopy"), "urgent_pages",
+				    json_integer((json_int_t)s->urgent_pages));
+	}
 	if (s->recoveries)
 		json_object_set_new(json_object_get(r, "postcopy"), "resumed",
 				    resume_report(s->recoveries, &s->resumed));

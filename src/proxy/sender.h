@@ -9,6 +9,7 @@
 #include "proxy/content.h"
 #include "proxy/hashset.h"
 #include "proxy/imagerec.h"
+#include "proxy/pagereq.h"
 #include "proxy/internal.h"
 #include "proxy/pagecache.h"
 #include "proxy/record.h"
@@ -38,6 +39,8 @@ struct job {
 	uint32_t n_zero, n_data, n_ref, n_raw;
 	uint32_t n_same, n_group, n_disk;	/* pages in REF-like entries by source */
 	uint32_t same_bytes;			/* bytes of SAME and SAMERUN entries */
+	/* Its last stream content is a page record (send_urgent.c). */
+	bool ends_after_page;
 	struct job *next;
 };
 
@@ -59,6 +62,14 @@ struct wan_counts {
 };
 
 #define N_JOBS 6
+/*
+ * Stream bytes read past the window while a requested page is awaited,
+ * and past its request: QEMU sends it next, behind what its buffer and
+ * our socket hold (well under this); one not met by then was sent before
+ * (the request crossed it) and is forgotten, as after URGENT_TTL_NS.
+ */
+#define URGENT_CREDIT (512u << 10)
+#define URGENT_TTL_NS 2000000000ull
 /* Delay samples in flight, one per DELAY_SAMPLE_EVERY stream bytes. */
 #define DELAY_SAMPLES 1024
 #define DELAY_SAMPLE_EVERY (256u << 10)
@@ -182,6 +193,19 @@ struct sender {
 	uint64_t pages_same, pages_group, pages_disk;
 	uint64_t summary_bytes;
 
+	/*
+	 * Pages the destination asked for (postcopy faults; send_urgent.c),
+	 * under lock: they go ahead of the queued data when they come by.
+	 */
+	struct pagereq_set urgent;
+	bool wire_after_page;		/* the last job taken ended after a page record */
+	bool parse_after_page;		/* parse thread: the last content was a page */
+	uint64_t parsed;		/* stream bytes parsed, under lock (for urgent_prune) */
+	struct qs_rp_parser *rp;	/* return thread: the requests in RETURN */
+	bool rp_broken;			/* it could not be parsed: no requests known */
+	bool urgent_encoding;		/* parse thread: encoding a requested page */
+	uint64_t urgent_pages;		/* pages sent ahead of the queue */
+
 	/* Consecutive unchanged pages waiting to go as one SAMERUN (parse thread). */
 	struct {
 		uint16_t count, qflags, block;
@@ -219,6 +243,28 @@ int sender_libvirt_accept(struct sender *s, int *ret_fd, char *err, size_t errle
  * (DECISION COMMIT when the domain runs there, ABORT otherwise).
  */
 void sender_libvirt_settle(struct sender *s, uint64_t start_ns);
+
+/* ---- send_urgent.c: requested pages overtake the queue ---- */
+
+/* Return thread: notes the page requests in RETURN bytes (QEMU gets them too). */
+void urgent_note_return(struct sender *s, const uint8_t *p, size_t n);
+/* Forgets requests no page will meet (under s->lock). */
+void urgent_prune(struct sender *s);
+/* Parse thread: was this page asked for (the request is then forgotten)? */
+bool urgent_wanted(struct sender *s, const struct qs_page *pg);
+/*
+ * Parse thread: encodes pg into a job of its own and queues it ahead of
+ * every queued job it may overtake.
+ */
+int urgent_send_page(struct sender *s, const struct qs_page *pg, uint16_t qflags);
+/*
+ * Where a requested page may go in the queue head..tail: after the job
+ * returned, or at the front (NULL) when the job the WAN thread took last
+ * ended after a page record (wire_after_page). Frames (JOB_FRAME) carry
+ * no stream and never decide it.
+ */
+struct job *urgent_insert_after(struct job *head, struct job *tail, bool wire_after_page);
+void urgent_free(struct sender *s);
 
 /* ---- send_encode.c: the parse thread's choice for each page ---- */
 

@@ -61,9 +61,19 @@ assert r["outcome"] == "ok", r.get("error")
 # Committed at the switch: the guest ran here while its QEMU was still
 # postcopy-active (the field is there only then).
 assert r["postcopy"]["ran_before_complete_ms"] >= 0, r["postcopy"]
-print("send: total %d ms, downtime %s ms, passes %s; ran %d ms before postcopy completed" % (
+# Requested pages go ahead of the queue (send_urgent.c): never more than
+# were asked for.
+pc = s["postcopy"]
+assert 0 <= pc["urgent_pages"] <= pc["page_requests"], pc
+# The receiver times each page its QEMU asked for, request to arrival.
+f = r["postcopy"]["faults"]
+assert 0 <= f["served"] <= f["requests"], f
+assert f["served"] == 0 or 0 <= f["p50_ms"] <= f["p99_ms"] <= f["max_ms"], f
+print("send: total %d ms, downtime %s ms, passes %s; ran %d ms before postcopy completed; "
+      "%d page requests, %d pages sent ahead of the queue; served p50 %s ms, p99 %s ms" % (
     s["total_time_ms"], r.get("downtime_ms"), s.get("passes"),
-    r["postcopy"]["ran_before_complete_ms"]))
+    r["postcopy"]["ran_before_complete_ms"], pc["page_requests"], pc["urgent_pages"],
+    f.get("p50_ms"), f.get("p99_ms")))
 PY
 grep -q "fault injection at 'postcopy'" "$T/send.log" ||
 	fail "QEMU never reported postcopy-active: $(tail -3 "$T/send.log")"

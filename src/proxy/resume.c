@@ -14,6 +14,7 @@
 #include "wire/wire.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -331,6 +332,8 @@ static int relay_write(struct relay *r, const struct tsb_buf *b)
 {
 	int e;
 
+	if (!r->c)
+		return 0; /* fuzzing: nobody to tell */
 	pthread_mutex_lock(&r->wlock);
 	e = wire_conn_write(r->c, b->data, b->len);
 	pthread_mutex_unlock(&r->wlock);
@@ -510,6 +513,51 @@ out:
 	pthread_mutex_destroy(&r.wlock);
 	tsb_buf_fini(&scratch);
 	wire_zstd_free(z);
+	return e < 0 ? e : 0;
+}
+
+int resume_relay_fuzz(const uint8_t *data, size_t len)
+{
+	struct resume_counts counts = { 0 };
+	struct relay r = { .counts = &counts };
+	struct wire_zstd *z;
+	struct tsb_buf scratch;
+	enum wire_role peer;
+	size_t off = 1;
+	char err[256];
+	int outcome = 0, e = 0;
+
+	if (len < 1)
+		return 0;
+	/* First byte: which end we play, and whether our QEMU already closed. */
+	r.self = data[0] & 1 ? WIRE_ROLE_SENDER : WIRE_ROLE_RECEIVER;
+	r.qemu_eof = data[0] & 2;
+	peer = r.self == WIRE_ROLE_SENDER ? WIRE_ROLE_RECEIVER : WIRE_ROLE_SENDER;
+	r.qfd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	z = wire_zstd_new(1);
+	tsb_buf_init(&scratch);
+	pthread_mutex_init(&r.wlock, NULL);
+	while (e == 0 && r.qfd >= 0 && z && len - off >= WIRE_HDR_LEN) {
+		struct wire_frame f;
+		struct wire_msg m;
+
+		e = wire_header_decode(data + off, &f);
+		off += WIRE_HDR_LEN;
+		if (e == 0 && f.len > len - off)
+			e = -EBADMSG;
+		if (e == 0)
+			e = wire_msg_decode(f.type, f.flags, data + off, f.len, &m);
+		if (e == 0 && !wire_msg_role_ok(f.type, peer))
+			e = -EPROTO;
+		off += f.len;
+		if (e == 0)
+			e = relay_msg(&r, &m, z, &scratch, &outcome, err, sizeof(err));
+	}
+	pthread_mutex_destroy(&r.wlock);
+	tsb_buf_fini(&scratch);
+	wire_zstd_free(z);
+	if (r.qfd >= 0)
+		close(r.qfd);
 	return e < 0 ? e : 0;
 }
 

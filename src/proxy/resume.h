@@ -82,6 +82,13 @@ int resume_relay(struct wire_conn *c, int qfd, enum wire_role self, int stall_ms
 		 volatile int *sig, int *ret_outcome, struct resume_counts *counts,
 		 char *err, size_t errlen);
 
+/*
+ * Fuzzing (tests/fuzz/fuzz-resume.c): the messages of a resumed
+ * connection, as frames on the wire after one byte (bit 0: we are the
+ * sender, bit 1: our QEMU closed), handled as resume_relay() does, into
+ * /dev/null. 0 when all was taken, else why not.
+ */
+int resume_relay_fuzz(const uint8_t *data, size_t len);
 /* The report's postcopy.resumed: connections tried and what they carried. */
 json_t *resume_report(unsigned connections, const struct resume_counts *counts);
 

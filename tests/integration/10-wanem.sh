@@ -83,7 +83,7 @@ stats=$tmp/stats.json
 relay_stats_active_zero() { [ "$(json_num "$stats" active)" = 0 ]; }
 
 # ---- command line ----
-"$WANEM" --help | grep -q -- '--rate-down' || die "--help does not list --rate-down"
+grep -q -- '--rate-down' <<<"$("$WANEM" --help)" || die "--help does not list --rate-down"
 ok "--help"
 set +e
 "$WANEM" --listen 127.0.0.1:0 --connect 127.0.0.1:1 --rate fast 2>"$tmp/usage.err"

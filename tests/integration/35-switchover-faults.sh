@@ -155,7 +155,7 @@ case_run outcome-cut recv outcome-sent "$cut_2s" "0" "0"
 case_run commit-down send commit-sent "$cut" "0 7" "0 7" 50ms
 case_run loaded-down recv dest-loaded "$cut" "4" "7"
 # Silent link, then flowing again.
-if kill -l RTMIN >/dev/null 2>&1 && "$WANEM" --help 2>&1 | grep -q RTMIN; then
+if kill -l RTMIN >/dev/null 2>&1 && grep -q RTMIN <<<"$("$WANEM" --help 2>&1)"; then
 	case_run commit-hole send commit-sent "$hole_3s" "0" "0"
 	case_run prepared-hole recv prepared-sent "$hole_3s" "0 1 4" "0 1 4"
 else

@@ -31,7 +31,7 @@ source_carries_on() {
 	echo "$st" | grep -q '"running"' || fail "$1: source VM not running: $st"
 	st=$("$TSUBAME" qmp --qmp "$T/src/qmp.sock" query-block-jobs)
 	[ "$st" = "[]" ] || fail "$1: a block job is left on the source: $st"
-	"$TSUBAME" qmp --qmp "$T/src/qmp.sock" query-named-block-nodes | grep -q tsb-target &&
+	grep -q tsb-target <<<"$("$TSUBAME" qmp --qmp "$T/src/qmp.sock" query-named-block-nodes)" &&
 		fail "$1: the NBD target node is left on the source"
 	beat=$(wait_beat src "$beat" 60 | awk '{print $2}') || fail "$1: source stopped verifying"
 	n=$(records)

@@ -85,9 +85,9 @@ if [ "${DISK_CONVERGE_BACKGROUND:-1}" = 1 ]; then
 	grep -aq CORRUPT "$T/a/serial.log" && fail "background: the source found corrupted memory"
 	grep -aq 'diskwrite: record .* failed' "$T/a/serial.log" &&
 		fail "background: a disk write failed at the source"
-	"$TSUBAME" qmp --qmp "$T/a/qmp.sock" query-block-jobs | grep -q tsb-mirror &&
+	grep -q tsb-mirror <<<"$("$TSUBAME" qmp --qmp "$T/a/qmp.sock" query-block-jobs)" &&
 		fail "background: a mirror job is left on the source"
-	"$TSUBAME" qmp --qmp "$T/a/qmp.sock" query-named-block-nodes | grep -q tsb-target &&
+	grep -q tsb-target <<<"$("$TSUBAME" qmp --qmp "$T/a/qmp.sock" query-named-block-nodes)" &&
 		fail "background: an NBD node is left on the source"
 fi
 

@@ -112,7 +112,9 @@ preflight() {
 	[ -x "$TSUBAME" ] || skip "no tsubame binary at $TSUBAME (build it, or BUILD=DIR)"
 	tsb migrate --help >/dev/null 2>&1 ||
 		skip "$TSUBAME has no 'migrate' command"
-	tsb recv --help 2>/dev/null | grep -q -- --qemu-connect ||
+	# (the whole help first: grep -q would stop reading, and under
+	# pipefail the help's SIGPIPE would read as "no such option")
+	grep -q -- --qemu-connect <<<"$(tsb recv --help 2>/dev/null)" ||
 		skip "$TSUBAME recv has no --qemu-connect"
 	if [ "$TSB_LV_DISK" = 1 ]; then
 		[ -x "$MEMVERIFY_HOST" ] ||

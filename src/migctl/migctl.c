@@ -11,6 +11,8 @@
 
 /* How often the source's statistics are polled while a migration runs. */
 #define MIGCTL_POLL_MS 250
+/* postcopy_auto: a new sample of the guest's dirty rate this often. */
+#define MIGCTL_DIRTY_SAMPLE_EVERY_MS 4000
 /* How long the destination may take to resume after the source completed. */
 #define MIGCTL_RESUME_WAIT_MS 60000
 /* Ticks while a postcopy switch waits for the caller's commit. */
@@ -201,6 +203,13 @@ struct run {
 	/* postcopy_auto: the dirty memory left when each of the last passes ended. */
 	int64_t sync_count;
 	uint64_t left_prev, left_last;
+	/*
+	 * postcopy_auto: the guest's dirty rate sampled by QEMU
+	 * (calc-dirty-rate) while the first pass runs, bytes/s; 0 unknown.
+	 */
+	double dirty_sampled;
+	uint64_t dirty_asked_ms, dirty_next_ms;	/* asked then; ask again from then on */
+	bool dirty_pending, dirty_off;		/* a sample runs; QEMU offers none */
 };
 
 /* May the destination run the guest already (never cancel then)? */
@@ -320,13 +329,61 @@ static int run_check_completed(struct run *m)
 /*
  * postcopy_auto: is precopy failing to converge, or converging so slowly
  * that it would send several times what postcopy would? Judged at the end
- * of each pass (QEMU's dirty-sync-count), from two whole passes on. Writes
- * why.
+ * of each pass (QEMU's dirty-sync-count): from the first pass's end by the
+ * sampled dirty rate, from two whole passes on also by QEMU's figures.
+ * Writes why.
  */
 /* The downtime QEMU aims at, in seconds (its default: 300 ms). */
 static double downtime_s(const struct migctl_options *opts)
 {
 	return (opts->downtime_limit_ms ? (double)opts->downtime_limit_ms : 300.0) / 1000.0;
+}
+
+/*
+ * postcopy_auto: QEMU's own dirty-rate sampling (calc-dirty-rate,
+ * page-sampling mode: hashes of sampled pages, 1 s apart), asked for once
+ * the migration runs and again every few seconds. The rate QEMU derives
+ * at the end of a pass is spread over the whole pass and so, for a guest
+ * that rewrites a working set, no more than the set's size per pass: the
+ * first pass cannot tell. The sample can.
+ */
+static void sample_dirty_rate(struct run *m)
+{
+	json_t *args, *ret = NULL;
+	char err[256] = "";
+	const char *st;
+
+	if (m->dirty_off)
+		return;
+	if (!m->dirty_pending) {
+		if (m->now_ms < m->dirty_next_ms)
+			return;
+		args = json_pack("{s:i, s:i}", "calc-time", 1, "sample-pages", 4096);
+		if (qmp_execute(m->src, "calc-dirty-rate", args, NULL, err, sizeof(err)) == 0) {
+			m->dirty_pending = true;
+			m->dirty_asked_ms = m->now_ms;
+		} else {
+			log_debug("calc-dirty-rate: %s: judging by passes only", err);
+			m->dirty_off = true;	/* not offered here: judge by passes only */
+		}
+		json_decref(args);
+		return;
+	}
+	if (m->now_ms < m->dirty_asked_ms + 1100 ||
+	    qmp_execute(m->src, "query-dirty-rate", NULL, &ret, NULL, 0) < 0)
+		return;
+	st = json_string_value(json_object_get(ret, "status"));
+	if (!st || strcmp(st, "measuring")) {
+		if (st && !strcmp(st, "measured")) {	/* QEMU's MB/s are MiB/s */
+			m->dirty_sampled = json_number_value(json_object_get(ret, "dirty-rate")) *
+					   1048576.0;
+			log_debug("the guest dirties %.1f MB/s (QEMU's sample)",
+				  m->dirty_sampled / 1e6);
+		}
+		m->dirty_pending = false;
+		m->dirty_next_ms = m->now_ms + MIGCTL_DIRTY_SAMPLE_EVERY_MS;
+	}
+	json_decref(ret);
 }
 
 static bool precopy_stuck(struct run *m, char *why, size_t len)
@@ -338,19 +395,27 @@ static bool precopy_stuck(struct run *m, char *why, size_t len)
 	double dirty = (double)json_integer_value(json_object_get(ram, "dirty-pages-rate")) *
 		       (double)json_integer_value(json_object_get(ram, "page-size"));
 	double moved = mbps * 1e6 / 8;
+	bool sampled = false;
 
 	if (!ram || n <= m->sync_count)
 		return false;
 	m->sync_count = n;
 	m->left_prev = m->left_last;
 	m->left_last = left;
-	if (n < 3)
+	/* From the first pass's end: the sample; from the second's: QEMU's rate too. */
+	if (n < 2 || (n < 3 && !m->dirty_sampled))
 		return false;
+	if (n < 3 || m->dirty_sampled > dirty) {
+		dirty = m->dirty_sampled;
+		sampled = true;
+	}
 	if (moved > 0 && dirty >= 0.9 * moved) {
-		snprintf(why, len, "the guest dirties %.1f MB/s and the stream moves %.1f MB/s",
-			 dirty / 1e6, moved / 1e6);
+		snprintf(why, len, "the guest dirties %.1f MB/s%s and the stream moves %.1f MB/s",
+			 dirty / 1e6, sampled ? " (sampled)" : "", moved / 1e6);
 		return true;
 	}
+	if (n < 3)
+		return false;
 	/*
 	 * A pass that leaves r of what the pass before left: precopy sends
 	 * about left / (1 - r) more before it converges (if it does), postcopy
@@ -384,6 +449,8 @@ static void run_maybe_postcopy(struct run *m)
 
 	if (res->postcopy || strcmp(m->st, "active"))
 		return;
+	if (opts->postcopy_auto)
+		sample_dirty_rate(m);
 	if (opts->postcopy_after_ms && m->now_ms >= opts->postcopy_after_ms)
 		snprintf(why, sizeof(why), "%llu ms of precopy (--postcopy-after)",
 			 (unsigned long long)opts->postcopy_after_ms);

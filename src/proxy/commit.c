@@ -140,39 +140,37 @@ void commit_discard_destination(struct qmp *q)
 
 /* ---- decisions over fresh connections ---- */
 
-static bool expired(const struct commit_link *l)
+bool commit_expired(const struct commit_link *l)
 {
 	return (l->sig && *l->sig > 1) || tsb_now_ns() >= l->deadline_ns;
 }
 
-/* Sleeps ms, but not past the deadline or a signal. */
-static void nap(const struct commit_link *l, unsigned ms)
+void commit_nap(const struct commit_link *l, unsigned ms)
 {
 	uint64_t until = tsb_now_ns() + (uint64_t)ms * 1000000;
 
-	while (!expired(l) && tsb_now_ns() < until)
-		usleep(50000);
+	while (!commit_expired(l) && tsb_now_ns() < until)
+		usleep(20000);
 }
 
-/* One attempt: connect, HELLO, DECISION, OUTCOME. */
-static int deliver_once(const struct commit_link *l, const char *host, const char *port,
-			int decision, char *text, size_t textlen)
+int commit_dial(const struct commit_link *l, uint64_t caps, struct wire_conn **ret_conn,
+		struct wire_hello *ret_peer, char *err, size_t errlen)
 {
 	struct wire_hello_args hello = {
-		.role = WIRE_ROLE_SENDER, .caps = WIRE_CAP_COMMIT | WIRE_CAP_RESOLVE,
-		.site = "source", .migration = l->id,
+		.role = WIRE_ROLE_SENDER, .caps = caps, .site = "source", .migration = l->id,
 	};
-	struct wire_hello peer;
+	char host[256], port[32];
 	struct wire_conn *c;
-	struct wire_msg m;
-	char msg[256];
 	int fd, r;
 
-	r = wire_tcp_connect(host, port, 5000, &fd, msg, sizeof(msg));
-	if (r < 0) {
-		log_info("resolve: %s", msg);
-		return r;
+	err[0] = '\0';
+	if (tsb_split_hostport(l->addr, host, sizeof(host), port, sizeof(port)) < 0) {
+		snprintf(err, errlen, "bad address %s", l->addr);
+		return -EINVAL;
 	}
+	r = wire_tcp_connect(host, port, 5000, &fd, err, errlen);
+	if (r < 0)
+		return r;
 	wire_tcp_tune(fd, 0);
 	c = wire_conn_new_take(l->tls, fd);
 	if (!c)
@@ -180,13 +178,34 @@ static int deliver_once(const struct commit_link *l, const char *host, const cha
 	wire_conn_set_timeout(c, 10000);
 	r = wire_conn_handshake(c, 10000);
 	if (r == 0)
-		r = wire_conn_hello(c, &hello, &peer);
-	/* A receiver that knows no such migration holds nothing of it. */
-	if (r == -ECONNREFUSED && strstr(wire_conn_errmsg(c), "waits for its decision"))
-		r = -ENOENT;
-	if (r == 0)
-		r = wire_conn_send_status(c, WIRE_MSG_DECISION, (uint32_t)decision,
-					  l->decision_text ? l->decision_text : l->id);
+		r = wire_conn_hello(c, &hello, ret_peer);
+	if (r < 0) {
+		snprintf(err, errlen, "%s", wire_conn_errmsg(c)[0] ? wire_conn_errmsg(c) :
+			 strerror(-r));
+		wire_conn_free(c);
+		return r;
+	}
+	*ret_conn = c;
+	return 0;
+}
+
+/* One attempt: connect, HELLO, DECISION, OUTCOME. */
+static int deliver_once(const struct commit_link *l, int decision, char *text, size_t textlen)
+{
+	struct wire_hello peer;
+	struct wire_conn *c;
+	struct wire_msg m;
+	char msg[256];
+	int r;
+
+	r = commit_dial(l, WIRE_CAP_COMMIT | WIRE_CAP_RESOLVE, &c, &peer, msg, sizeof(msg));
+	if (r < 0) {
+		log_info("resolve: %s", msg);
+		/* A receiver that knows no such migration holds nothing of it. */
+		return r == -ECONNREFUSED && strstr(msg, "waits for its decision") ? -ENOENT : r;
+	}
+	r = wire_conn_send_status(c, WIRE_MSG_DECISION, (uint32_t)decision,
+				  l->decision_text ? l->decision_text : l->id);
 	while (r == 0) {
 		r = wire_conn_read_msg(c, WIRE_ROLE_RECEIVER, &m);
 		if (r == 0)
@@ -213,29 +232,26 @@ static int deliver_once(const struct commit_link *l, const char *host, const cha
 
 int commit_deliver(const struct commit_link *l, int decision, char *text, size_t textlen)
 {
-	char host[256], port[32];
 	unsigned backoff = 250, attempts = 0;
 	int r;
 
-	if (tsb_split_hostport(l->addr, host, sizeof(host), port, sizeof(port)) < 0)
-		return -EINVAL;
-	while (!expired(l)) {
+	while (!commit_expired(l)) {
 		attempts++;
-		r = deliver_once(l, host, port, decision, text, textlen);
+		r = deliver_once(l, decision, text, textlen);
 		if (r > 0) {
 			log_notice("the receiver answered on reconnection %u", attempts);
 			return r;
 		}
-		if (r == -EACCES || (r == -ENOENT && decision == WIRE_DECIDE_ABORT))
+		if (r == -EACCES || r == -EINVAL ||
+		    (r == -ENOENT && decision == WIRE_DECIDE_ABORT))
 			return r;
-		nap(l, backoff);
+		commit_nap(l, backoff);
 		backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
 	}
 	return l->sig && *l->sig > 1 ? -EINTR : -ETIMEDOUT;
 }
 
-/* Listens on addr, retrying while the old socket still holds the port. */
-static int listen_again(const struct commit_link *l, int *ret_fd)
+int commit_listen_again(const struct commit_link *l, int *ret_fd)
 {
 	char host[256], port[32];
 	int r;
@@ -244,9 +260,9 @@ static int listen_again(const struct commit_link *l, int *ret_fd)
 		return -EINVAL;
 	for (;;) {
 		r = wire_tcp_listen(host, port, 128, ret_fd);
-		if (r != -EADDRINUSE || expired(l))
+		if (r != -EADDRINUSE || commit_expired(l))
 			return r;
-		nap(l, 200);
+		commit_nap(l, 200);
 	}
 }
 
@@ -298,7 +314,7 @@ int commit_await(const struct commit_link *l, struct wire_conn **ret_conn)
 	struct wire_msg m;
 	int lfd, r;
 
-	r = listen_again(l, &lfd);
+	r = commit_listen_again(l, &lfd);
 	if (r < 0)
 		return r;
 	ao.lfd = lfd;

@@ -54,6 +54,20 @@ int commit_run_destination(struct qmp *q, uint64_t *ret_resume_ns, char *err, si
 /* Destination, abort: quits the destination QEMU (it never ran the guest). */
 void commit_discard_destination(struct qmp *q);
 
+/* Has l's deadline passed, or a signal come? */
+bool commit_expired(const struct commit_link *l);
+/* Sleeps ms, but not past l's deadline or a signal. */
+void commit_nap(const struct commit_link *l, unsigned ms);
+/*
+ * Sender: one fresh connection to l->addr: TCP, TLS, our HELLO (role
+ * sender, caps, the migration id l->id) and the receiver's (*ret_peer).
+ * 0 with *ret_conn, or -errno with err saying why (-ECONNREFUSED: the
+ * receiver answered HELLO with an ERROR, e.g. a refusal).
+ */
+int commit_dial(const struct commit_link *l, uint64_t caps, struct wire_conn **ret_conn,
+		struct wire_hello *ret_peer, char *err, size_t errlen);
+/* Receiver: listens on l->addr again, retrying while the old socket holds the port. */
+int commit_listen_again(const struct commit_link *l, int *ret_fd);
 /*
  * Sender: delivers decision (WIRE_DECIDE_*) to the receiver over fresh
  * connections, with back-off, until it answers OUTCOME or the deadline

@@ -105,8 +105,11 @@ enum proxy_outcome proxy_outcome_of_errno(int err)
 		return PROXY_AUTH;
 	case -EOPNOTSUPP:
 		return PROXY_UNSUPPORTED;
+	/*
+	 * A peer that stays silent past --stall-timeout is a lost link, not
+	 * the whole migration's --timeout (which callers name themselves).
+	 */
 	case -ETIMEDOUT:
-		return PROXY_TIMEOUT;
 	case -ECONNRESET:
 	case -EPIPE:
 	case -EPROTO:

@@ -36,76 +36,33 @@
  * QEMU's handshake (bitmaps, RESUME_ACK) and streams pages: a fault point. */
 #define RESUME_STREAMING_BYTES (1u << 20)
 
-static bool expired(const struct commit_link *l)
-{
-	return (l->sig && *l->sig > 1) || tsb_now_ns() >= l->deadline_ns;
-}
-
-static void nap(const struct commit_link *l, unsigned ms)
-{
-	uint64_t until = tsb_now_ns() + (uint64_t)ms * 1000000;
-
-	while (!expired(l) && tsb_now_ns() < until)
-		usleep(20000);
-}
-
 /* ---- the connection ---- */
-
-static int dial_once(const struct commit_link *l, const char *host, const char *port,
-		     struct wire_conn **ret_conn)
-{
-	struct wire_hello_args hello = {
-		.role = WIRE_ROLE_SENDER, .caps = WIRE_CAP_COMMIT | WIRE_CAP_RESUME |
-		WIRE_CAP_ZSTD, .site = "source", .migration = l->id,
-	};
-	struct wire_hello peer;
-	struct wire_conn *c;
-	char msg[256];
-	int fd, r;
-
-	r = wire_tcp_connect(host, port, 5000, &fd, msg, sizeof(msg));
-	if (r < 0) {
-		log_info("resume: %s", msg);
-		return r;
-	}
-	wire_tcp_tune(fd, 0);
-	c = wire_conn_new_take(l->tls, fd);
-	if (!c)
-		return -ENOMEM;
-	wire_conn_set_timeout(c, 10000);
-	r = wire_conn_handshake(c, 10000);
-	if (r == 0)
-		r = wire_conn_hello(c, &hello, &peer);
-	if (r == 0 && !(peer.caps & WIRE_CAP_RESUME))
-		r = -EOPNOTSUPP;
-	if (r < 0) {
-		log_info("resume: %s", wire_conn_errmsg(c)[0] ? wire_conn_errmsg(c) : strerror(-r));
-		wire_conn_free(c);
-		return r;
-	}
-	*ret_conn = c;
-	return 0;
-}
 
 int resume_dial(const struct commit_link *l, struct wire_conn **ret_conn)
 {
-	char host[256], port[32];
 	unsigned backoff = 250, attempts = 0;
+	struct wire_hello peer;
+	char msg[256];
 	int r;
 
-	if (tsb_split_hostport(l->addr, host, sizeof(host), port, sizeof(port)) < 0)
-		return -EINVAL;
-	while (!expired(l)) {
+	while (!commit_expired(l)) {
 		attempts++;
-		r = dial_once(l, host, port, ret_conn);
+		r = commit_dial(l, WIRE_CAP_COMMIT | WIRE_CAP_RESUME | WIRE_CAP_ZSTD, ret_conn,
+				&peer, msg, sizeof(msg));
+		if (r == 0 && !(peer.caps & WIRE_CAP_RESUME)) {
+			wire_conn_free(*ret_conn);
+			snprintf(msg, sizeof(msg), "the receiver does not resume migrations");
+			r = -EOPNOTSUPP;
+		}
 		if (r == 0) {
 			log_notice("resume: the receiver took the migration back on attempt %u",
 				   attempts);
 			return 0;
 		}
-		if (r == -EACCES || r == -EOPNOTSUPP)
+		log_info("resume: %s", msg);
+		if (r == -EACCES || r == -EOPNOTSUPP || r == -EINVAL)
 			return r;
-		nap(l, backoff);
+		commit_nap(l, backoff);
 		backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
 	}
 	return l->sig && *l->sig > 1 ? -EINTR : -ETIMEDOUT;
@@ -142,15 +99,11 @@ int resume_await(const struct commit_link *l, struct wire_conn **ret_conn, bool 
 		.tls = l->tls, .hello = &hello, .want = want_resumer, .opaque = (void *)l,
 		.what = "resume", .sig = l->sig, .deadline_ns = l->deadline_ns,
 	};
-	char host[256], port[32];
 	struct wire_hello peer;
 	int lfd, r;
 
-	if (tsb_split_hostport(l->addr, host, sizeof(host), port, sizeof(port)) < 0)
-		return -EINVAL;
 	/* The old listening socket may still hold the port for a moment. */
-	while ((r = wire_tcp_listen(host, port, 128, &lfd)) == -EADDRINUSE && !expired(l))
-		nap(l, 200);
+	r = commit_listen_again(l, &lfd);
 	if (r < 0)
 		return r;
 	ao.lfd = lfd;
@@ -229,9 +182,9 @@ int resume_source_paused(struct qmp *q, uint64_t deadline_ns, volatile int *sig,
 			snprintf(err, errlen, "the source QEMU's migration is %s, not paused", st);
 			return -EIO;
 		}
-		if (expired(&l))
+		if (commit_expired(&l))
 			return sig && *sig > 1 ? -EINTR : -ETIMEDOUT;
-		nap(&l, 100);
+		commit_nap(&l, 100);
 	}
 }
 
@@ -297,20 +250,20 @@ int resume_destination(struct qmp *q, const char *dir, uint64_t deadline_ns,
 		json_decref(args);
 		if (r == 0 || (r == -EREMOTEIO && strstr(err, "already")))
 			break;
-		if (r != -EREMOTEIO || expired(&l))
+		if (r != -EREMOTEIO || commit_expired(&l))
 			return r;
-		nap(&l, 200);
+		commit_nap(&l, 200);
 	}
 	for (;;) {
 		r = connect_unix(path, ret_fd);
 		if (r == 0)
 			return 0;
-		if ((r != -ENOENT && r != -ECONNREFUSED) || expired(&l)) {
+		if ((r != -ENOENT && r != -ECONNREFUSED) || commit_expired(&l)) {
 			snprintf(err, errlen, "cannot reach the destination QEMU's recovery socket "
 				 "%s: %s", path, strerror(-r));
 			return r;
 		}
-		nap(&l, 50);
+		commit_nap(&l, 50);
 	}
 }
 

@@ -276,28 +276,32 @@ uint64_t commit_stop_ns_of(const struct wire_str *text)
 	return p ? strtoull(p + 8, NULL, 10) : 0;
 }
 
-/*
- * Only the sender of this migration, coming with its decision and the
- * credential it began with. (wire/accept.h)
- */
-static bool want_resolver(const struct wire_conn *c, const struct wire_hello *peer,
-			  void *opaque, char *why, size_t len)
+bool commit_peer_wanted(const struct commit_link *l, const struct wire_conn *c,
+			const struct wire_hello *peer, uint64_t caps, const char *waits,
+			const char *by, char *why, size_t len)
 {
-	const struct commit_link *l = opaque;
-
-	if (!(peer->caps & WIRE_CAP_RESOLVE) || peer->migration.len != strlen(l->id) ||
+	if (!(peer->caps & caps) || peer->migration.len != strlen(l->id) ||
 	    memcmp(peer->migration.p, l->id, peer->migration.len)) {
-		snprintf(why, len, "migration %s is waiting for its decision here; nothing "
-			 "else is accepted until it is settled", l->id);
+		snprintf(why, len, "migration %s %s; nothing else is accepted until it is %s",
+			 l->id, waits, caps & WIRE_CAP_RESUME ? "done" : "settled");
 		return false;
 	}
 	if (l->credential && strcmp(wire_conn_peer(c), l->credential)) {
-		snprintf(why, len, "migration %s began with %s; its decision is taken from "
-			 "that credential only, not from %s", l->id, l->credential,
+		snprintf(why, len, "migration %s began with %s; %s that credential only, not %s %s",
+			 l->id, l->credential, by, caps & WIRE_CAP_RESUME ? "with" : "from",
 			 wire_conn_peer(c));
 		return false;
 	}
 	return true;
+}
+
+/* Only the sender of this migration, coming with its decision. (wire/accept.h) */
+static bool want_resolver(const struct wire_conn *c, const struct wire_hello *peer,
+			  void *opaque, char *why, size_t len)
+{
+	return commit_peer_wanted(opaque, c, peer, WIRE_CAP_RESOLVE,
+				  "is waiting for its decision here",
+				  "its decision is taken from", why, len);
 }
 
 int commit_await(const struct commit_link *l, struct wire_conn **ret_conn)

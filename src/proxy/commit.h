@@ -66,6 +66,16 @@ void commit_nap(const struct commit_link *l, unsigned ms);
  */
 int commit_dial(const struct commit_link *l, uint64_t caps, struct wire_conn **ret_conn,
 		struct wire_hello *ret_peer, char *err, size_t errlen);
+/*
+ * Receiver: is the peer that authenticated (c) and said HELLO (peer) the
+ * sender of migration l->id, offering one of caps, with the credential
+ * the migration began with (l->credential, if set)? false: why says what
+ * it is told, built from waits ("is waiting for its decision here") and
+ * by ("its decision is taken from").
+ */
+bool commit_peer_wanted(const struct commit_link *l, const struct wire_conn *c,
+			const struct wire_hello *peer, uint64_t caps, const char *waits,
+			const char *by, char *why, size_t len);
 /* Receiver: listens on l->addr again, retrying while the old socket holds the port. */
 int commit_listen_again(const struct commit_link *l, int *ret_fd);
 /*

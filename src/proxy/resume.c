@@ -68,25 +68,13 @@ int resume_dial(const struct commit_link *l, struct wire_conn **ret_conn)
 	return l->sig && *l->sig > 1 ? -EINTR : -ETIMEDOUT;
 }
 
-/* Only the sender of this migration, with the credential it began with. */
+/* Only the sender of this migration, coming to resume it or to ask how it ended. */
 static bool want_resumer(const struct wire_conn *c, const struct wire_hello *peer,
 			 void *opaque, char *why, size_t len)
 {
-	const struct commit_link *l = opaque;
-
-	if (!(peer->caps & (WIRE_CAP_RESUME | WIRE_CAP_RESOLVE)) ||
-	    peer->migration.len != strlen(l->id) ||
-	    memcmp(peer->migration.p, l->id, peer->migration.len)) {
-		snprintf(why, len, "migration %s waits here to resume its postcopy; nothing "
-			 "else is accepted until it is done", l->id);
-		return false;
-	}
-	if (l->credential && strcmp(wire_conn_peer(c), l->credential)) {
-		snprintf(why, len, "migration %s began with %s; it resumes with that "
-			 "credential only, not with %s", l->id, l->credential, wire_conn_peer(c));
-		return false;
-	}
-	return true;
+	return commit_peer_wanted(opaque, c, peer, WIRE_CAP_RESUME | WIRE_CAP_RESOLVE,
+				  "waits here to resume its postcopy", "it resumes with",
+				  why, len);
 }
 
 int resume_await(const struct commit_link *l, struct wire_conn **ret_conn, bool *ret_resolve)

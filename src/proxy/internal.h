@@ -30,12 +30,15 @@ struct qmp;
 #define PROXY_WINDOW_MS 150
 /*
  * In postcopy every byte in flight delays the guest's page faults, which
- * wait behind it: the window is then the path's delay and half again plus
- * this (enough to keep the link busy), and at least PROXY_WINDOW_PC_MIN
- * (two ACKs' worth).
+ * wait behind it: the window is then the path's delay plus this (the push
+ * keeps the link busy, and a requested page finds at most this much of a
+ * queue ahead of it), at least PROXY_WINDOW_PC_MIN; the receiver then
+ * acknowledges every PROXY_ACK_EVERY_PC, so that the window moves in
+ * small steps.
  */
-#define PROXY_WINDOW_PC_EXTRA_MS 20
-#define PROXY_WINDOW_PC_MIN (1ull << 20)
+#define PROXY_WINDOW_PC_EXTRA_MS 10
+#define PROXY_WINDOW_PC_MIN (256ull << 10)
+#define PROXY_ACK_EVERY_PC (64u << 10)
 /* Default content cache per side (must be the same on both ends). */
 #define PROXY_CACHE_DEFAULT (1ull << 30)
 /* Read chunk from QEMU. */

@@ -96,6 +96,7 @@ struct receiver {
 	uint64_t accepted_ns, loaded_ns, postcopy_ns, running_ns;	/* tsb_now_ns() */
 	/* Loaded in postcopy: the guest may run before the rest of its memory came. */
 	bool in_postcopy;
+	atomic_bool ack_often;		/* postcopy: PROXY_ACK_EVERY_PC (the sender's window is short) */
 	bool ran_in_postcopy;		/* QEMU still postcopy-active once the guest ran */
 	/*
 	 * Postcopy faults: pages QEMU asked for (return thread) and how long

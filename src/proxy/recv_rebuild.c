@@ -46,7 +46,7 @@ int recv_to_qemu(void *opaque, const uint8_t *p, size_t n)
 	if (r < 0)
 		return r;
 	rc->written += n;
-	if (rc->written - rc->acked_sent >= PROXY_ACK_EVERY) {
+	if (rc->written - rc->acked_sent >= (rc->ack_often ? PROXY_ACK_EVERY_PC : PROXY_ACK_EVERY)) {
 		rc->acked_sent = rc->written;
 		r = send_u64(rc, WIRE_MSG_ACK, rc->written);
 	}

@@ -82,6 +82,7 @@ void recv_wait_loaded(struct receiver *rc, struct qmp *q, volatile int *sig)
 				 !strcmp(st, "postcopy-active") && !postcopy) {
 				postcopy = true;
 				rc->postcopy_ns = tsb_now_ns();
+				rc->ack_often = true;
 			}
 			qmp_event_fini(&ev);
 		} else if (r != -ETIMEDOUT) {

@@ -115,6 +115,8 @@ struct job *sender_job_get(struct sender *s)
 	j->n_zero = j->n_data = j->n_ref = j->n_raw = 0;
 	j->n_same = j->n_group = j->n_disk = 0;
 	j->same_bytes = 0;
+	j->urgent = false;
+	j->stream_bytes = 0;
 	j->next = NULL;
 	return j;
 }
@@ -128,8 +130,28 @@ static void job_put(struct sender *s, struct job *j)
 	pthread_mutex_unlock(&s->lock);
 }
 
+/*
+ * The stream bytes a job of the parse thread carries: what was parsed
+ * since the last one was queued (jobs are queued in parse order, even
+ * when one then goes ahead).
+ */
+void sender_job_account(struct sender *s, struct job *j)
+{
+	uint64_t off;
+
+	j->stream_bytes = 0;
+	if (j->kind == JOB_FRAME || !s->parser)
+		return; /* frames come from any thread and carry no stream */
+	off = qs_parser_offset(s->parser);
+	if (off > s->queued_stream) {
+		j->stream_bytes = off - s->queued_stream;
+		s->queued_stream = off;
+	}
+}
+
 void sender_queue_push(struct sender *s, struct job *j, bool front)
 {
+	sender_job_account(s, j);
 	pthread_mutex_lock(&s->lock);
 	j->next = NULL;
 	if (front) {
@@ -539,6 +561,42 @@ static void account_pages(struct sender *s, const struct job *j, size_t frame_le
 	s->wan.literal_in += (uint64_t)j->n_data * WIRE_PAGE_SIZE;
 }
 
+/*
+ * In postcopy a page the guest waits for must not queue behind the push:
+ * once a window of stream is in flight, the push waits (requested pages,
+ * frames and anything after a failure never do). Under s->lock.
+ */
+static bool push_held(const struct sender *s, const struct job *j)
+{
+	return s->in_postcopy && !j->urgent && j->kind != JOB_FRAME && !s->failed &&
+	       s->sent_stream > s->acked && s->sent_stream - s->acked >= s->window;
+}
+
+/* The next job to send, waiting for one; NULL at the end. Under s->lock. */
+static struct job *take_job(struct sender *s)
+{
+	struct job *j;
+
+	for (;;) {
+		uint64_t t0 = tsb_now_ns();
+
+		j = s->queue_head;
+		if ((j && !push_held(s, j)) || (!j && s->queue_closed))
+			break;
+		pthread_cond_wait(&s->cond, &s->lock);
+		*(j ? &s->push_held_ns : &s->wan_idle_ns) += tsb_now_ns() - t0;
+	}
+	if (!j)
+		return NULL;
+	s->queue_head = j->next;
+	if (!s->queue_head)
+		s->queue_tail = NULL;
+	if (j->kind != JOB_FRAME)
+		s->wire_after_page = j->ends_after_page;
+	s->sent_stream += j->stream_bytes;
+	return j;
+}
+
 static void *wan_thread(void *arg)
 {
 	struct sender *s = arg;
@@ -567,21 +625,7 @@ static void *wan_thread(void *arg)
 
 	for (;;) {
 		pthread_mutex_lock(&s->lock);
-		if (!s->queue_head && !s->queue_closed) {
-			uint64_t idle0 = tsb_now_ns();
-
-			while (!s->queue_head && !s->queue_closed)
-				pthread_cond_wait(&s->cond, &s->lock);
-			s->wan_idle_ns += tsb_now_ns() - idle0;
-		}
-		j = s->queue_head;
-		if (j) {
-			s->queue_head = j->next;
-			if (!s->queue_head)
-				s->queue_tail = NULL;
-			if (j->kind != JOB_FRAME)
-				s->wire_after_page = j->ends_after_page;
-		}
+		j = take_job(s);
 		pthread_mutex_unlock(&s->lock);
 		if (!j || s->failed)
 			break;
@@ -740,13 +784,45 @@ done:
 	return false;
 }
 
+/*
+ * The window for an end-to-end rate (bytes/s): ~150 ms of it, or on a
+ * long path twice its bandwidth-delay product and 50 ms: while the window
+ * is what limits the rate, rate x delay is the window itself, so it
+ * doubles until the link is the limit; then up to a round trip queues (in
+ * the socket buffers, where it keeps the link busy while ACKs are on their
+ * way; with 1.25 x the delay S1 at 200 Mbit/s 200 ms waited for credits
+ * 7 s of 10). In postcopy, the path's delay and a little more.
+ */
+static uint64_t window_for(const struct sender *s, uint64_t rate)
+{
+	uint64_t delay_ms = path_delay(s) / 1000000, w_ms = 2 * delay_ms + 50, w;
+
+	if (s->in_postcopy) {
+		/* Faults wait behind what is in flight: little more than the path holds. */
+		w = rate * (delay_ms + PROXY_WINDOW_PC_EXTRA_MS) / 1000;
+		if (w < PROXY_WINDOW_PC_MIN)
+			w = PROXY_WINDOW_PC_MIN;
+	} else {
+		w = rate * (w_ms > PROXY_WINDOW_MS ? w_ms : PROXY_WINDOW_MS) / 1000;
+		if (w < PROXY_WINDOW_MIN)
+			w = PROXY_WINDOW_MIN;
+	}
+	return w > s->window_max ? s->window_max : w;
+}
+
 static void update_window(struct sender *s, uint64_t prev_acked, uint64_t acked)
 {
-	uint64_t now = tsb_now_ns(), rate, w, w_ms, delay_ms, delay;
+	uint64_t now = tsb_now_ns(), rate, delay;
 
 	delay = sample_delay(s, acked, now);
-	if (s->in_postcopy)
+	if (s->in_postcopy) {
 		s->slow_start = false; /* the link is the limit now: keep the queue short */
+		if (!s->window_postcopy && s->rate_last) {
+			/* At once, not half a second of faults behind the precopy window. */
+			s->window_postcopy = true;
+			s->window = window_for(s, s->rate_last);
+		}
+	}
 	if (slow_start_step(s, acked, acked - prev_acked, delay, now))
 		return;
 	if (!s->ack_rate_t0_ns) {
@@ -758,29 +834,8 @@ static void update_window(struct sender *s, uint64_t prev_acked, uint64_t acked)
 		return;
 	/* Bytes per second delivered end to end, over the last half second or more. */
 	rate = (acked - s->ack_rate_b0) * 1000000000ull / (now - s->ack_rate_t0_ns);
-	/*
-	 * ~150 ms of the rate, or on a long path twice its bandwidth-delay
-	 * product and 50 ms: while the window is what limits the rate, rate x
-	 * delay is the window itself, so it doubles until the link is the
-	 * limit; then up to a round trip queues (in the socket buffers, where
-	 * it keeps the link busy while ACKs are on their way; with 1.25 x the
-	 * delay S1 at 200 Mbit/s 200 ms waited for credits 7 s of 10).
-	 */
-	delay_ms = path_delay(s) / 1000000;
-	w_ms = 2 * delay_ms + 50;
-	if (s->in_postcopy) {
-		/* Faults wait behind what is in flight: little more than the path holds. */
-		w = rate * (delay_ms + delay_ms / 2 + PROXY_WINDOW_PC_EXTRA_MS) / 1000;
-		if (w < PROXY_WINDOW_PC_MIN)
-			w = PROXY_WINDOW_PC_MIN;
-	} else {
-		w = rate * (w_ms > PROXY_WINDOW_MS ? w_ms : PROXY_WINDOW_MS) / 1000;
-		if (w < PROXY_WINDOW_MIN)
-			w = PROXY_WINDOW_MIN;
-	}
-	if (w > s->window_max)
-		w = s->window_max;
-	s->window = w;
+	s->rate_last = rate;
+	s->window = window_for(s, rate);
 	s->ack_rate_t0_ns = now;
 	s->ack_rate_b0 = acked;
 }

@@ -136,10 +136,11 @@ json_t *report_make(struct sender *s, const struct migctl_result *res, uint64_t 
 			"qemu", (json_int_t)((s->qemu_done_ns - s->migrate_ns) / 1000000),
 			"confirm", (json_int_t)((end_ns - s->qemu_done_ns) / 1000000)));
 	/* Where the pipeline stalled: which stage waited for which. */
-	json_object_set_new(r, "waits_ms", json_pack("{s:I, s:I, s:I}",
+	json_object_set_new(r, "waits_ms", json_pack("{s:I, s:I, s:I, s:I}",
 		"credits", (json_int_t)(s->credit_wait_ns / 1000000),
 		"free_job", (json_int_t)(s->job_wait_ns / 1000000),
-		"wan_idle", (json_int_t)(s->wan_idle_ns / 1000000)));
+		"wan_idle", (json_int_t)(s->wan_idle_ns / 1000000),
+		"push_held", (json_int_t)(s->push_held_ns / 1000000)));
 	p = strstr(s->peer_done_text, "resume_ns=");
 	if (p)
 		resume_ns = strtoull(p + 10, NULL, 10);

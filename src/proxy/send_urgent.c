@@ -155,6 +155,8 @@ int urgent_send_page(struct sender *s, const struct qs_page *pg, uint16_t qflags
 		return r;
 	}
 	s->urgent_pages++;
+	j->urgent = true;
+	sender_job_account(s, j);
 	pthread_mutex_lock(&s->lock);
 	queue_ahead(s, j);
 	pthread_mutex_unlock(&s->lock);

@@ -41,6 +41,8 @@ struct job {
 	uint32_t same_bytes;			/* bytes of SAME and SAMERUN entries */
 	/* Its last stream content is a page record (send_urgent.c). */
 	bool ends_after_page;
+	bool urgent;				/* a requested page: never held back */
+	uint64_t stream_bytes;			/* QEMU stream bytes it carries */
 	struct job *next;
 };
 
@@ -114,6 +116,8 @@ struct sender {
 	uint64_t acked;
 	uint64_t window, window_max;
 	uint64_t ack_rate_t0_ns, ack_rate_b0;
+	uint64_t rate_last;		/* the last end-to-end rate measured (bytes/s) */
+	bool window_postcopy;		/* the window was cut for postcopy */
 	/*
 	 * End-to-end delay (parsed here -> written there), from (offset, time)
 	 * samples matched with ACKs; its minimum over ~10 s is the path's
@@ -205,6 +209,16 @@ struct sender {
 	bool rp_broken;			/* it could not be parsed: no requests known */
 	bool urgent_encoding;		/* parse thread: encoding a requested page */
 	uint64_t urgent_pages;		/* pages sent ahead of the queue */
+	/*
+	 * In postcopy the WAN thread holds the push back once a window is in
+	 * flight, so that what the parse thread read past it for a requested
+	 * page waits here, behind that page, not on the link ahead of the
+	 * next one. Stream bytes queued so far (parse thread) and sent
+	 * (WAN thread, under lock), as the receiver counts them in its ACKs.
+	 */
+	uint64_t queued_stream;
+	uint64_t sent_stream;
+	uint64_t push_held_ns;		/* WAN thread: time the push was held */
 
 	/* Consecutive unchanged pages waiting to go as one SAMERUN (parse thread). */
 	struct {
@@ -223,6 +237,8 @@ void sender_fail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
 /* A free job (waits for one; NULL once failed) and the queue to the WAN thread. */
 struct job *sender_job_get(struct sender *s);
 void sender_queue_push(struct sender *s, struct job *j, bool front);
+/* Sets j's stream_bytes (parse thread; sender_queue_push does it). */
+void sender_job_account(struct sender *s, struct job *j);
 
 /* Sends DECISION on the migration's connection once the stream is over; false if gone. */
 bool decide_on_main(struct sender *s, int decision);

@@ -395,10 +395,14 @@ static bool precopy_stuck(struct run *m, char *why, size_t len)
 	double dirty = (double)json_integer_value(json_object_get(ram, "dirty-pages-rate")) *
 		       (double)json_integer_value(json_object_get(ram, "page-size"));
 	double moved = mbps * 1e6 / 8;
+	uint64_t relayed = m->opts->stream_rate ?
+			   m->opts->stream_rate(m->opts->stream_rate_opaque) : 0;
 	bool sampled = false;
 
 	if (!ram || n <= m->sync_count)
 		return false;
+	if (relayed && (double)relayed < moved)
+		moved = (double)relayed;
 	m->sync_count = n;
 	m->left_prev = m->left_last;
 	m->left_last = left;
@@ -409,6 +413,9 @@ static bool precopy_stuck(struct run *m, char *why, size_t len)
 		dirty = m->dirty_sampled;
 		sampled = true;
 	}
+	log_debug("auto: pass %lld left %.1f MB; the guest dirties %.1f MB/s%s, the stream "
+		  "moves %.1f MB/s (QEMU: %.1f)", (long long)n - 1, left / 1e6, dirty / 1e6,
+		  sampled ? " (sampled)" : "", moved / 1e6, mbps / 8);
 	/*
 	 * At the first pass's end only the sample speaks, and it reads low
 	 * (S5: 14.7 of 21 MB/s): two thirds, the ratio from which the pass

@@ -30,7 +30,9 @@ struct migctl_options {
 	uint64_t postcopy_after_ms;	/* 0: never switch to postcopy by the clock */
 	/*
 	 * Switch to postcopy by itself when precopy does not converge, or
-	 * converges too slowly: at the end of the second pass and later ones,
+	 * converges too slowly: at the end of the first pass by QEMU's sample
+	 * of the dirty rate (two thirds of the rate the stream moves, unless
+	 * little is left), at the end of the second pass and later ones,
 	 * when the guest dirties memory at nine tenths of the rate the stream
 	 * moves or faster, when a pass left no less dirty memory than the one
 	 * before, or two thirds of it or more while that is over four times
@@ -38,6 +40,14 @@ struct migctl_options {
 	 * "postcopy-ram" in caps.
 	 */
 	bool postcopy_auto;
+	/*
+	 * Optional: the rate the stream moves end to end lately (bytes/s, 0:
+	 * not known yet), e.g. a relay's measured delivery. postcopy_auto
+	 * judges by it where it is below QEMU's own rate, which counts the
+	 * bursts into a relay's buffers and the first pass's cheap pages.
+	 */
+	uint64_t (*stream_rate)(void *opaque);
+	void *stream_rate_opaque;
 	uint64_t timeout_ms;		/* cancel after this long; 0: never */
 	/*
 	 * Optional: called after every poll of the source's statistics

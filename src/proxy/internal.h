@@ -15,6 +15,8 @@ struct qmp;
 #define PROXY_FDNAME "tsubame-mig"
 /* Pages per PAGES batch: big enough for zstd to find context. */
 #define PROXY_BATCH_PAGES 256
+/* In postcopy: a batch goes onto the link whole, ahead of the next fault. */
+#define PROXY_BATCH_PAGES_PC 16
 /* A STREAM run is sent once it holds this much. */
 #define PROXY_RUN_MAX (1u << 20)
 /* The receiver acknowledges stream bytes written to its QEMU this often. */
@@ -30,15 +32,17 @@ struct qmp;
 #define PROXY_WINDOW_MS 150
 /*
  * In postcopy every byte in flight delays the guest's page faults, which
- * wait behind it: the window is then the path's delay plus this (the push
- * keeps the link busy, and a requested page finds at most this much of a
- * queue ahead of it), at least PROXY_WINDOW_PC_MIN; the receiver then
- * acknowledges every PROXY_ACK_EVERY_PC, so that the window moves in
- * small steps.
+ * wait behind it: the window is then the path's delay plus this at the
+ * best rate measured since the switch (the push keeps the link busy, and
+ * a requested page finds about this much of a queue ahead of it), at
+ * least PROXY_WINDOW_PC_MIN, PROXY_WINDOW_PC_START until that rate is
+ * known; the receiver then acknowledges every PROXY_ACK_EVERY_PC, so that
+ * the window moves in small steps.
  */
-#define PROXY_WINDOW_PC_EXTRA_MS 10
+#define PROXY_WINDOW_PC_EXTRA_MS 5
 #define PROXY_WINDOW_PC_MIN (256ull << 10)
-#define PROXY_ACK_EVERY_PC (64u << 10)
+#define PROXY_WINDOW_PC_START (1ull << 20)	/* until the first rate in postcopy */
+#define PROXY_ACK_EVERY_PC (32u << 10)
 /* Default content cache per side (must be the same on both ends). */
 #define PROXY_CACHE_DEFAULT (1ull << 30)
 /* Read chunk from QEMU. */

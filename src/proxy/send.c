@@ -264,7 +264,8 @@ static int on_page(void *opaque, const struct qs_page *pg)
 		return urgent_send_page(s, pg, qflags);
 	r = encode_page(s, pg, qflags);
 	s->parse_after_page = true;
-	if (r == -ENOBUFS || (r == 0 && s->cur->pb.count >= PROXY_BATCH_PAGES)) {
+	if (r == -ENOBUFS || (r == 0 && s->cur->pb.count >= (s->in_postcopy ?
+			PROXY_BATCH_PAGES_PC : PROXY_BATCH_PAGES))) {
 		flush_cur(s);
 		if (r == -ENOBUFS) {
 			r = want_job(s, JOB_PAGES);
@@ -798,8 +799,13 @@ static uint64_t window_for(const struct sender *s, uint64_t rate)
 	uint64_t delay_ms = path_delay(s) / 1000000, w_ms = 2 * delay_ms + 50, w;
 
 	if (s->in_postcopy) {
-		/* Faults wait behind what is in flight: little more than the path holds. */
-		w = rate * (delay_ms + PROXY_WINDOW_PC_EXTRA_MS) / 1000;
+		/*
+		 * Faults wait behind what is in flight: little more than the path
+		 * holds at the best rate seen lately (the rate this window gives
+		 * would only ever keep it where it is).
+		 */
+		w = (rate > s->rate_best ? rate : s->rate_best) *
+		    (delay_ms + PROXY_WINDOW_PC_EXTRA_MS) / 1000;
 		if (w < PROXY_WINDOW_PC_MIN)
 			w = PROXY_WINDOW_PC_MIN;
 	} else {
@@ -817,10 +823,22 @@ static void update_window(struct sender *s, uint64_t prev_acked, uint64_t acked)
 	delay = sample_delay(s, acked, now);
 	if (s->in_postcopy) {
 		s->slow_start = false; /* the link is the limit now: keep the queue short */
-		if (!s->window_postcopy && s->rate_last) {
-			/* At once, not half a second of faults behind the precopy window. */
+		if (!s->window_postcopy) {
+			/*
+			 * At once, not half a second of faults behind the precopy
+			 * window; the rates are measured afresh (they count stream
+			 * bytes, and precopy's compressed and deduplicated better).
+			 */
 			s->window_postcopy = true;
-			s->window = window_for(s, s->rate_last);
+			s->rate_best = 0;
+			s->pc_rate_from = s->sent_stream;
+			if (s->window > PROXY_WINDOW_PC_START)
+				s->window = PROXY_WINDOW_PC_START;
+		}
+		/* What precopy had in flight comes back in a burst: not a rate. */
+		if (acked < s->pc_rate_from) {
+			s->ack_rate_t0_ns = 0;
+			return;
 		}
 	}
 	if (slow_start_step(s, acked, acked - prev_acked, delay, now))
@@ -834,8 +852,15 @@ static void update_window(struct sender *s, uint64_t prev_acked, uint64_t acked)
 		return;
 	/* Bytes per second delivered end to end, over the last half second or more. */
 	rate = (acked - s->ack_rate_b0) * 1000000000ull / (now - s->ack_rate_t0_ns);
-	s->rate_last = rate;
+	s->rate_recent = rate;
+	if (rate >= s->rate_best || now - s->rate_best_ns > RATE_BEST_NS) {
+		s->rate_best = rate;
+		s->rate_best_ns = now;
+	}
 	s->window = window_for(s, rate);
+	log_debug("window: rate %.1f MB/s, delay %.1f ms (path %.1f), window %.0f KiB%s",
+		  rate / 1e6, delay / 1e6, path_delay(s) / 1e6, s->window / 1024.0,
+		  s->in_postcopy ? " (postcopy)" : "");
 	s->ack_rate_t0_ns = now;
 	s->ack_rate_b0 = acked;
 }
@@ -1802,6 +1827,14 @@ static int connect_receiver(struct sender *s, struct send_run *run)
 	return 0;
 }
 
+/* For migctl's auto mode: how fast the stream reached the receiver lately. */
+static uint64_t stream_rate(void *opaque)
+{
+	const struct sender *s = opaque;
+
+	return s->rate_recent;
+}
+
 /* QEMU's migration options, the disks' jobs, the socket QEMU streams into. */
 static int prepare_source(struct sender *s, struct send_run *run)
 {
@@ -1838,6 +1871,8 @@ static int prepare_source(struct sender *s, struct send_run *run)
 			mo->caps[mo->n_caps++] = "postcopy-ram";
 		mo->postcopy_after_ms = o->postcopy_after_ms;
 		mo->postcopy_auto = o->mode == PROXY_MODE_AUTO;
+		mo->stream_rate = stream_rate;
+		mo->stream_rate_opaque = s;
 		/* postcopy: right after the first pass began (QEMU needs one). */
 		if (o->mode == PROXY_MODE_POSTCOPY && !mo->postcopy_after_ms)
 			mo->postcopy_after_ms = 1;

@@ -63,6 +63,8 @@ struct wan_counts {
 	uint64_t raw_entries;	/* RAW (XBZRLE) entries */
 };
 
+/* How long the best end-to-end rate seen stands for the link's (postcopy's window). */
+#define RATE_BEST_NS (10 * 1000000000ull)
 #define N_JOBS 6
 /*
  * Stream bytes read past the window while a requested page is awaited,
@@ -116,8 +118,10 @@ struct sender {
 	uint64_t acked;
 	uint64_t window, window_max;
 	uint64_t ack_rate_t0_ns, ack_rate_b0;
-	uint64_t rate_last;		/* the last end-to-end rate measured (bytes/s) */
+	uint64_t rate_best, rate_best_ns; /* the highest lately (RATE_BEST_NS), when */
+	_Atomic uint64_t rate_recent;	/* the last one measured (migctl reads it) */
 	bool window_postcopy;		/* the window was cut for postcopy */
+	uint64_t pc_rate_from;		/* stream sent then: rates count from its ACK */
 	/*
 	 * End-to-end delay (parsed here -> written there), from (offset, time)
 	 * samples matched with ACKs; its minimum over ~10 s is the path's

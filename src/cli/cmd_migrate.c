@@ -135,11 +135,17 @@ static const char *libvirt_error(void)
 /* The sender's thread and what it says to the libvirt side. */
 struct relay {
 	struct proxy_send_options *so;
+	struct migrate_args *args;
 	virDomainPtr dom;
 	pthread_t th;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	bool ready, ended;
+	/* libvirt's migration call (libvirt_thread) */
+	pthread_t libvirt_th;
+	bool migrate_returned;		/* under lock, with migrate_rc */
+	int migrate_rc;
+	bool libvirt_hung;		/* it never returned: leave its connection alone */
 	atomic_int verdict;		/* -1 libvirt still runs, 0 failed, 1 succeeded */
 	enum proxy_outcome outcome;
 	json_t *report;
@@ -496,14 +502,40 @@ out:
 	return r;
 }
 
-/* Runs the sender, then libvirt's migration once the sender listens. */
+/* libvirt's migration call, in a thread of its own: it may never return. */
+static void *libvirt_thread(void *arg)
+{
+	struct relay *rl = arg;
+	char err[1024] = "";
+	int r = libvirt_migrate(rl->dom, rl->args, err, sizeof(err));
+
+	if (r < 0)
+		log_error("libvirt's migration failed: %s", err);
+	pthread_mutex_lock(&rl->lock);
+	rl->migrate_rc = r;
+	rl->verdict = r == 0;
+	rl->migrate_returned = true;
+	pthread_cond_broadcast(&rl->cond);
+	pthread_mutex_unlock(&rl->lock);
+	return NULL;
+}
+
+/*
+ * Runs the sender, then libvirt's migration once the sender listens. The
+ * sender ends after libvirt's verdict, or gives up on a job that outlived
+ * its cancel (send_libvirt.c); then libvirt's call still blocks, and
+ * rl->libvirt_hung tells the caller not to wait for it or touch the
+ * connection it uses.
+ */
 static int run(virDomainPtr dom, struct migrate_args *a, struct relay *rl)
 {
-	char err[1024] = "";
+	struct timespec until;
+	bool started = false;
 	int r = -1;
 
 	rl->so = &a->so;
 	rl->dom = dom;
+	rl->args = a;
 	rl->verdict = -1;
 	pthread_mutex_init(&rl->lock, NULL);
 	pthread_cond_init(&rl->cond, NULL);
@@ -518,12 +550,31 @@ static int run(virDomainPtr dom, struct migrate_args *a, struct relay *rl)
 	if (rl->ready) {
 		log_info("libvirt migrates %s to %s, its stream through 127.0.0.1:%u", a->domain,
 			 a->dest_uri, a->qemu_port);
-		r = libvirt_migrate(dom, a, err, sizeof(err));
-		rl->verdict = r == 0;
-		if (r < 0)
-			log_error("libvirt's migration failed: %s", err);
+		started = pthread_create(&rl->libvirt_th, NULL, libvirt_thread, rl) == 0;
+		if (!started) {
+			log_error("cannot start libvirt's migration: no thread");
+			rl->verdict = 0;
+		}
 	}
 	pthread_join(rl->th, NULL);
+	if (started) {
+		/* The verdict came, or the sender gave up on it: a moment more, then no more. */
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += 5;
+		pthread_mutex_lock(&rl->lock);
+		while (!rl->migrate_returned &&
+		       pthread_cond_timedwait(&rl->cond, &rl->lock, &until) == 0)
+			;
+		rl->libvirt_hung = !rl->migrate_returned;
+		r = rl->migrate_rc;
+		pthread_mutex_unlock(&rl->lock);
+		if (rl->libvirt_hung) {
+			log_error("libvirt's migration call has not returned; tsubame exits "
+				  "without it");
+			return -1;
+		}
+		pthread_join(rl->libvirt_th, NULL);
+	}
 	pthread_mutex_destroy(&rl->lock);
 	pthread_cond_destroy(&rl->cond);
 	return r;
@@ -579,7 +630,8 @@ int cmd_migrate(int argc, char **argv)
 	a.so.libvirt_opaque = &rl;
 	events_start(conn, dom, &rl);
 	r = run(dom, &a, &rl);
-	events_end(&rl);
+	if (!rl.libvirt_hung)
+		events_end(&rl);
 	if (rl.report && rl.job_done)
 		json_object_set(rl.report, "libvirt_job", rl.job);
 	if (rl.job_done && json_object_get(rl.job, VIR_DOMAIN_JOB_DOWNTIME))
@@ -604,6 +656,8 @@ out:
 		free(a.files[i]);
 	}
 	json_decref(rl.report);
+	if (rl.libvirt_hung)
+		return ex; /* its call still uses conn and dom: exit without them */
 	json_decref(rl.job);
 	if (dom)
 		virDomainFree(dom);

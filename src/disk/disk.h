@@ -172,8 +172,9 @@ bool disk_send_has(struct disk_send *ds, const uint8_t hash[32]);
 
 /*
  * The migration failed: the disk transfer fails too, at once (libvirt's
- * mirrors see their NBD connections end). Any thread; does not block;
- * disk_send_finish() still frees. Accepts NULL.
+ * mirrors get an error for every request from now on, and no new
+ * connection). Any thread; does not block; disk_send_finish() still
+ * frees. Accepts NULL.
  */
 void disk_send_abort(struct disk_send *ds, const char *why);
 

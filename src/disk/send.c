@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 /*
@@ -1243,22 +1244,29 @@ static void lv_stop_all(struct disk_send *ds)
 	ds->n_lv_conns = 0;
 	for (i = 0; i < ds->n; i++)
 		ds->d[i].srv = NULL;	/* was one of those */
+	pthread_mutex_lock(&ds->lock);
 	if (ds->lv_lfd >= 0)
 		close(ds->lv_lfd);
 	ds->lv_lfd = -1;
+	pthread_mutex_unlock(&ds->lock);
 }
 
 void disk_send_abort(struct disk_send *ds, const char *why)
 {
-	unsigned i;
-
 	if (!ds)
 		return;
+	/*
+	 * From here every request of libvirt's mirrors is answered with an
+	 * error (held flushes too), so their jobs fail at once and libvirt's
+	 * cancel finds nothing in flight. Their connections stay open until
+	 * disk_send_finish(): a closed one makes QEMU's NBD client reconnect
+	 * to our port in the background, and a connection it makes there
+	 * must not hang its next request. No new one can: we stop listening.
+	 */
 	ds_fail(ds, "%s", why);
-	/* libvirt's mirrors: their connections end, so their requests fail at once. */
 	pthread_mutex_lock(&ds->lock);
-	for (i = 0; i < ds->n_lv_conns; i++)
-		nbd_server_stop(ds->lv_conns[i].srv);
+	if (ds->lv_lfd >= 0)
+		(void)shutdown(ds->lv_lfd, SHUT_RDWR); /* Linux: no longer listening */
 	pthread_mutex_unlock(&ds->lock);
 }
 

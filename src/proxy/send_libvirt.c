@@ -77,15 +77,25 @@ int sender_libvirt_accept(struct sender *s, int *ret_fd, char *err, size_t errle
 }
 
 /*
+ * After asking libvirt to cancel, how long its verdict may take: libvirt
+ * cancels QEMU's migration and its disk mirrors, seconds at most. A job
+ * that outlives this is stuck in libvirt or QEMU; waiting longer would
+ * only hang the operator's command (after a signal: less).
+ */
+#define LIBVIRT_CANCEL_WAIT_NS (60 * 1000000000ull)
+#define LIBVIRT_CANCEL_WAIT_SIGNALLED_NS (10 * 1000000000ull)
+
+/*
  * Waits for libvirt's verdict. When our side fails first (the link, the
  * receiver, --timeout, a signal), libvirt's job is aborted: the source
  * QEMU may wait on a socket nobody reads any more, and without QMP only
- * libvirt can cancel it (then the source runs on).
+ * libvirt can cancel it (then the source runs on). A verdict that does not
+ * come after that counts as a failure (0).
  */
 static int await_verdict(struct sender *s, uint64_t start_ns)
 {
 	const struct proxy_send_options *o = s->o;
-	bool aborted = false;
+	uint64_t aborted_ns = 0, wait_ns;
 	int v;
 
 	while ((v = verdict(s)) < 0) {
@@ -96,10 +106,19 @@ static int await_verdict(struct sender *s, uint64_t start_ns)
 		    !s->failed)
 			sender_fail(s, PROXY_TIMEOUT, "the migration did not finish within "
 				    "--timeout; libvirt's migration is cancelled");
-		if (s->failed && !aborted && o->libvirt_abort) {
-			aborted = true;
+		if (s->failed && !aborted_ns && o->libvirt_abort) {
+			aborted_ns = tsb_now_ns();
 			log_info("asking libvirt to cancel its migration job");
 			o->libvirt_abort(o->libvirt_opaque);
+		}
+		wait_ns = s->abort_flag > 1 ? LIBVIRT_CANCEL_WAIT_SIGNALLED_NS : LIBVIRT_CANCEL_WAIT_NS;
+		if (aborted_ns && tsb_now_ns() - aborted_ns > wait_ns) {
+			log_error("libvirt's migration job did not end within %llu s of its cancel: "
+				  "tsubame stops waiting for it; libvirt still holds the job at the "
+				  "source, where the guest ran when it was cancelled (`virsh "
+				  "domjobinfo`, `virsh domjobabort` there)",
+				  (unsigned long long)(wait_ns / 1000000000ull));
+			return 0;
 		}
 		usleep(10000);
 	}

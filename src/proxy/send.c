@@ -816,6 +816,17 @@ static uint64_t window_for(const struct sender *s, uint64_t rate)
 	return w > s->window_max ? s->window_max : w;
 }
 
+/* The lowest of the last rates measured: a burst of cheap pages does not lift it. */
+static uint64_t rate_low(const struct sender *s)
+{
+	uint64_t lo = UINT64_MAX;
+
+	for (unsigned i = 0; i < RATE_HIST && i < s->rate_hist_n; i++)
+		if (s->rate_hist[i] < lo)
+			lo = s->rate_hist[i];
+	return lo == UINT64_MAX ? 0 : lo;
+}
+
 static void update_window(struct sender *s, uint64_t prev_acked, uint64_t acked)
 {
 	uint64_t now = tsb_now_ns(), rate, delay;
@@ -852,7 +863,8 @@ static void update_window(struct sender *s, uint64_t prev_acked, uint64_t acked)
 		return;
 	/* Bytes per second delivered end to end, over the last half second or more. */
 	rate = (acked - s->ack_rate_b0) * 1000000000ull / (now - s->ack_rate_t0_ns);
-	s->rate_recent = rate;
+	s->rate_hist[s->rate_hist_n++ % RATE_HIST] = rate;
+	s->rate_recent = rate_low(s);
 	if (rate >= s->rate_best || now - s->rate_best_ns > RATE_BEST_NS) {
 		s->rate_best = rate;
 		s->rate_best_ns = now;
@@ -1827,7 +1839,7 @@ static int connect_receiver(struct sender *s, struct send_run *run)
 	return 0;
 }
 
-/* For migctl's auto mode: how fast the stream reached the receiver lately. */
+/* For migctl's auto mode: how fast the stream reached the receiver lately (at least). */
 static uint64_t stream_rate(void *opaque)
 {
 	const struct sender *s = opaque;

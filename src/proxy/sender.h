@@ -65,7 +65,15 @@ struct wan_counts {
 
 /* How long the best end-to-end rate seen stands for the link's (postcopy's window). */
 #define RATE_BEST_NS (10 * 1000000000ull)
-#define N_JOBS 6
+/* Rates (one per half second or more) auto mode takes the lowest of. */
+#define RATE_HIST 4
+/*
+ * Jobs (batches being filled, queued or sent). In postcopy the queue holds
+ * what the parse thread read past the window for a requested page
+ * (URGENT_CREDIT) in 16-page batches: with fewer jobs than that the parse
+ * thread would wait for one, and QEMU's requested page behind it.
+ */
+#define N_JOBS 16
 /*
  * Stream bytes read past the window while a requested page is awaited,
  * and past its request: QEMU sends it next, behind what its buffer and
@@ -119,7 +127,9 @@ struct sender {
 	uint64_t window, window_max;
 	uint64_t ack_rate_t0_ns, ack_rate_b0;
 	uint64_t rate_best, rate_best_ns; /* the highest lately (RATE_BEST_NS), when */
-	_Atomic uint64_t rate_recent;	/* the last one measured (migctl reads it) */
+	uint64_t rate_hist[RATE_HIST];	/* the last rates measured */
+	unsigned rate_hist_n;
+	_Atomic uint64_t rate_recent;	/* the lowest of them (migctl reads it) */
 	bool window_postcopy;		/* the window was cut for postcopy */
 	uint64_t pc_rate_from;		/* stream sent then: rates count from its ACK */
 	/*

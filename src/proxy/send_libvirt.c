@@ -116,7 +116,9 @@ static int await_verdict(struct sender *s, uint64_t start_ns)
 			log_error("libvirt's migration job did not end within %llu s of its cancel: "
 				  "tsubame stops waiting for it; libvirt still holds the job at the "
 				  "source, where the guest ran when it was cancelled (`virsh "
-				  "domjobinfo`, `virsh domjobabort` there)",
+				  "domjobinfo` there; libvirt 9.0 can miss the end of a disk mirror "
+				  "job that failed during its cancel, which a restart of libvirtd "
+				  "at the source clears while the guest runs on)",
 				  (unsigned long long)(wait_ns / 1000000000ull));
 			return 0;
 		}

@@ -188,6 +188,32 @@ sites_up() {
 	done
 }
 
+# site_restart_libvirtd SITE: a new libvirtd for the site (its QEMUs run
+# on; the new one reconnects to them and refreshes their jobs). SIGTERM,
+# SIGKILL after 10 s: a libvirtd stuck in a job does not end on SIGTERM.
+site_restart_libvirtd() {
+	local s=$1 pid i
+	pid=$(site_exec "$s" cat /run/libvirt/libvirtd.pid 2>/dev/null) || return 1
+	kill "$pid" 2>/dev/null || true
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -9 "$pid" 2>/dev/null || true
+	for ((i = 0; i < 50; i++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	site_exec "$s" rm -f /run/libvirt/libvirtd.pid
+	site_exec "$s" libvirtd -d --listen -p /run/libvirt/libvirtd.pid
+	for ((i = 0; i < 300; i++)); do
+		virsh -c "$(site_uri "$s")" version >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	lv_log "site $s: the restarted libvirtd does not answer"
+	return 1
+}
+
 # site_pids SITE: every process in the site's network namespace: its
 # daemons and their QEMUs, nothing else.
 site_pids() { ip netns pids "$(site_netns "$1")" 2>/dev/null || true; }

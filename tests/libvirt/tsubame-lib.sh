@@ -369,17 +369,31 @@ lv_jobs_idle() {
 # holds the job "concluded", never dismissed, and libvirt's migration job
 # waits for it forever (the same race: deckhouse/virtualization#2282,
 # a downstream libvirt patch). The guest runs on. Out of tsubame's reach:
-# what an operator does, a libvirtd restart at that site, which refreshes
-# the jobs. 0 if it found and cleared that state, 1 if not that.
+# what an operator does (docs/libvirt.md): a libvirtd restart at that
+# site, which refreshes the jobs, then the removal of the mirror's target
+# nodes ("migration-*") that the abandoned job left in QEMU (the next
+# migration would add them again). 0 if it found and cleared that state,
+# 1 if not that.
 lv_missed_mirror_job() {
-	local s=$1 jobs
+	local s=$1 jobs nodes n
 	jobs=$(site_virsh "$s" qemu-monitor-command "$name" \
 		'{"execute":"query-block-jobs"}' 2>/dev/null) || return 1
 	grep -q '"status": *"concluded"' <<<"$jobs" || return 1
 	lv_log "site $s: libvirt's migration job waits for a disk mirror job QEMU" \
 		"concluded long ago (libvirt 9.0's missed block job end): restarting" \
-		"libvirtd there, as an operator would"
-	site_restart_libvirtd "$s"
+		"libvirtd there and removing the mirror's leftover nodes, as an operator would"
+	site_restart_libvirtd "$s" || return 1
+	nodes=$(site_virsh "$s" qemu-monitor-command "$name" \
+		'{"execute":"query-named-block-nodes"}') || return 1
+	# Formats first: each sits on its storage node.
+	for n in $(python3 -c 'import json, sys
+names = [b["node-name"] for b in json.load(sys.stdin)["return"]
+         if b.get("node-name", "").startswith("migration-")]
+print(" ".join(sorted(set(names), key=lambda x: not x.endswith("-format"))))' <<<"$nodes"); do
+		site_virsh "$s" qemu-monitor-command "$name" \
+			"{\"execute\":\"blockdev-del\",\"arguments\":{\"node-name\":\"$n\"}}" >/dev/null ||
+			lv_log "site $s: cannot remove block node $n"
+	done
 }
 
 # tsb_done: the test passed: its tsubame logs and reports go to

@@ -801,11 +801,11 @@ static uint64_t window_for(const struct sender *s, uint64_t rate)
 	if (s->in_postcopy) {
 		/*
 		 * Faults wait behind what is in flight: little more than the path
-		 * holds at the best rate seen lately (the rate this window gives
-		 * would only ever keep it where it is).
+		 * holds at the best rate seen lately, which update_window() has
+		 * just set (the rate this window gives would only ever keep it
+		 * where it is).
 		 */
-		w = (rate > s->rate_best ? rate : s->rate_best) *
-		    (delay_ms + PROXY_WINDOW_PC_EXTRA_MS) / 1000;
+		w = s->rate_best * (delay_ms + PROXY_WINDOW_PC_EXTRA_MS) / 1000;
 		if (w < PROXY_WINDOW_PC_MIN)
 			w = PROXY_WINDOW_PC_MIN;
 	} else {

@@ -792,7 +792,7 @@ done:
  * doubles until the link is the limit; then up to a round trip queues (in
  * the socket buffers, where it keeps the link busy while ACKs are on their
  * way; with 1.25 x the delay S1 at 200 Mbit/s 200 ms waited for credits
- * 7 s of 10). In postcopy, the path's delay and a little more.
+ * 7 s of 10). In postcopy, the path's delay.
  */
 static uint64_t window_for(const struct sender *s, uint64_t rate)
 {
@@ -800,12 +800,12 @@ static uint64_t window_for(const struct sender *s, uint64_t rate)
 
 	if (s->in_postcopy) {
 		/*
-		 * Faults wait behind what is in flight: little more than the path
-		 * holds at the best rate seen lately, which update_window() has
-		 * just set (the rate this window gives would only ever keep it
-		 * where it is).
+		 * Faults wait behind what is in flight: what the path holds at
+		 * the best rate seen lately, which update_window() has just set
+		 * (the rate this window gives would only ever keep it where it
+		 * is).
 		 */
-		w = s->rate_best * (delay_ms + PROXY_WINDOW_PC_EXTRA_MS) / 1000;
+		w = s->rate_best * delay_ms / 1000;
 		if (w < PROXY_WINDOW_PC_MIN)
 			w = PROXY_WINDOW_PC_MIN;
 	} else {

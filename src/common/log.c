@@ -6,6 +6,8 @@
 
 static enum tsb_log_level current_level = TSB_LOG_NOTICE;
 static const char *current_prefix = "tsubame";
+/* Which of several migrations in one process a thread works for (group). */
+static __thread const char *thread_tag;
 
 static const char *const level_names[] = {
 	[TSB_LOG_ERROR] = "error",
@@ -30,13 +32,24 @@ void tsb_log_set_prefix(const char *prefix)
 	current_prefix = prefix;
 }
 
+void tsb_log_set_thread_tag(const char *tag)
+{
+	thread_tag = tag;
+}
+
+const char *tsb_log_thread_tag(void)
+{
+	return thread_tag;
+}
+
 static void log_line(enum tsb_log_level level, const char *fmt, va_list ap,
 		     const char *suffix)
 {
 	char line[2048];
 	int n;
 
-	n = snprintf(line, sizeof(line), "%s: %s%s", current_prefix,
+	n = snprintf(line, sizeof(line), "%s: %s%s%s%s", current_prefix,
+		     thread_tag ? thread_tag : "", thread_tag ? ": " : "",
 		     level_names[level], level_names[level][0] ? ": " : "");
 	if (n < 0 || (size_t)n >= sizeof(line))
 		n = 0;

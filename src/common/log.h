@@ -18,6 +18,14 @@ enum tsb_log_level tsb_log_get_level(void);
 /* Prefix every line with this name (e.g. "send"); the string must outlive the log. */
 void tsb_log_set_prefix(const char *prefix);
 
+/*
+ * This thread's lines also name tag (e.g. a VM of a group), after the
+ * prefix; NULL for none. The string must outlive the thread's logging.
+ * tsb_thread_create() hands the tag on to the threads a thread starts.
+ */
+void tsb_log_set_thread_tag(const char *tag);
+const char *tsb_log_thread_tag(void);
+
 void tsb_log(enum tsb_log_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 /* Logs fmt plus strerror(-err) and returns err (a negative errno). */

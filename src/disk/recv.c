@@ -9,6 +9,7 @@
 #include "common/buf.h"
 #include "common/file.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "common/util.h"
 #include "nbd/nbd.h"
 #include "qmp/qmp.h"
@@ -2020,7 +2021,7 @@ int disk_recv_start(struct qmp *q, const struct disk_recv_options *o,
 		dr->n++;
 	}
 start:
-	if (pthread_create(&dr->th, NULL, channel_thread, dr)) {
+	if (tsb_thread_create(&dr->th, channel_thread, dr)) {
 		snprintf(err, errlen, "cannot start a thread");
 		r = -EAGAIN;
 		goto fail;

@@ -9,6 +9,7 @@
 #include "common/buf.h"
 #include "common/fault.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "common/util.h"
 #include "nbd/nbd.h"
 #include "qmp/qmp.h"
@@ -961,13 +962,13 @@ static int start_channel(struct disk_send *ds, const struct disk_send_options *o
 	r = connect_channel(ds, o, err, errlen);
 	if (r < 0)
 		return r;
-	if (pthread_create(&ds->reader, NULL, reader_thread, ds)) {
+	if (tsb_thread_create(&ds->reader, reader_thread, ds)) {
 		snprintf(err, errlen, "cannot start a thread");
 		return -EAGAIN;
 	}
 	ds->reader_started = true;
 	ds->last_write_ns = tsb_now_ns();
-	if (pthread_create(&ds->ka, NULL, keepalive_thread, ds)) {
+	if (tsb_thread_create(&ds->ka, keepalive_thread, ds)) {
 		snprintf(err, errlen, "cannot start a thread");
 		return -EAGAIN;
 	}
@@ -1024,7 +1025,7 @@ static int start_mirror(struct disk_send *ds, struct qmp *q, unsigned i, char *e
 		snprintf(err, errlen, "cannot listen on %s: %s", d->sock, strerror(-r));
 		return r;
 	}
-	if (pthread_create(&d->th, NULL, serve_thread, d)) {
+	if (tsb_thread_create(&d->th, serve_thread, d)) {
 		snprintf(err, errlen, "cannot start a thread");
 		return -EAGAIN;
 	}
@@ -1210,7 +1211,7 @@ static void *lv_dispatch_thread(void *arg)
 		c = ds->n_lv_conns < LV_CONNS_MAX ? &ds->lv_conns[ds->n_lv_conns] : NULL;
 		if (c && (c->srv = nbd_server_new(&cfg, &export_ops, NULL)) != NULL) {
 			c->fd = fd;
-			if (pthread_create(&c->th, NULL, lv_conn_thread, c) == 0) {
+			if (tsb_thread_create(&c->th, lv_conn_thread, c) == 0) {
 				ds->n_lv_conns++;
 				fd = -1;
 			} else {
@@ -1308,7 +1309,7 @@ static int start_libvirt(const struct disk_send_options *o, struct disk_send **r
 				 o->nbd_listen, strerror(-r));
 	}
 	if (r == 0) {
-		if (pthread_create(&ds->lv_th, NULL, lv_dispatch_thread, ds))
+		if (tsb_thread_create(&ds->lv_th, lv_dispatch_thread, ds))
 			r = -EAGAIN;
 		else
 			ds->lv_th_started = true;

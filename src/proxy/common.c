@@ -5,6 +5,7 @@
 #include "qmp/qmp.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -78,23 +79,57 @@ int proxy_tls_setup(const struct proxy_common_options *o, enum wire_tls_side sid
 	return 0;
 }
 
-static volatile int *signal_flag;
+/*
+ * Every migration running in this process (one, or a group's) has a flag
+ * that SIGINT and SIGTERM set; one that starts after a signal sees it too.
+ */
+#define MAX_SIGNAL_FLAGS 512
+static volatile int *volatile signal_flags[MAX_SIGNAL_FLAGS];
+static volatile sig_atomic_t caught_signal;
+static pthread_mutex_t signal_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static void on_signal(int sig)
 {
-	if (signal_flag)
-		*signal_flag = sig;
+	caught_signal = sig;
+	for (size_t i = 0; i < MAX_SIGNAL_FLAGS; i++) {
+		volatile int *f = signal_flags[i];
+
+		if (f)
+			*f = sig;
+	}
 }
 
 void proxy_catch_signals(volatile int *flag)
 {
 	struct sigaction sa = { .sa_handler = on_signal };
+	size_t i;
 
-	signal_flag = flag;
+	pthread_mutex_lock(&signal_mu);
+	for (i = 0; i < MAX_SIGNAL_FLAGS && signal_flags[i]; i++)
+		;
+	if (i < MAX_SIGNAL_FLAGS)
+		signal_flags[i] = flag;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	pthread_mutex_unlock(&signal_mu);
+	if (caught_signal)
+		*flag = caught_signal;
+}
+
+void proxy_release_signals(volatile int *flag)
+{
+	pthread_mutex_lock(&signal_mu);
+	for (size_t i = 0; i < MAX_SIGNAL_FLAGS; i++)
+		if (signal_flags[i] == flag)
+			signal_flags[i] = NULL;
+	pthread_mutex_unlock(&signal_mu);
+}
+
+int proxy_caught_signal(void)
+{
+	return caught_signal;
 }
 
 enum proxy_outcome proxy_outcome_of_errno(int err)

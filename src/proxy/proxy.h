@@ -46,6 +46,16 @@ struct proxy_common_options {
 	uint64_t recover_timeout_ms;	/* how long to resume a broken postcopy; 0: never */
 };
 
+/* What a sender tells a caller that shows many migrations (group) at each tick. */
+struct proxy_tick {
+	const char *status;		/* QEMU's migration status ("active", ...) */
+	unsigned pass;			/* QEMU's dirty-sync-count */
+	uint64_t ram_total, ram_remaining; /* QEMU's figures (bytes) */
+	uint64_t wan_out;		/* bytes this migration put on the link so far */
+};
+
+struct wire_pacer;
+
 /* When send switches QEMU to postcopy (besides --postcopy-after). */
 enum proxy_mode {
 	PROXY_MODE_PRECOPY,	/* never */
@@ -66,6 +76,11 @@ struct proxy_send_options {
 	uint64_t max_window;		/* stream bytes in flight at most; 0: PROXY_WINDOW_MAX */
 	const char *vm_id;		/* NULL: QEMU's -name, else its UUID */
 	bool floor;			/* report the compressed size of what had to travel */
+	/* Every connection's writes take turns at this WAN budget (wire/pacer.h); NULL: none. */
+	struct wire_pacer *pacer;
+	/* Called about once a second while QEMU migrates (from another thread). */
+	void (*on_tick)(void *opaque, const struct proxy_tick *t);
+	void *tick_opaque;
 	/* Local disks (docs/disk.md): moved unless no_disks; only these if any. */
 	const char *disks[8];
 	unsigned n_disks;
@@ -143,6 +158,9 @@ struct proxy_resolve_options {
 int proxy_resolve(const struct proxy_resolve_options *o);
 /* Prints the records of unsettled migrations in dir; returns how many. */
 int proxy_resolve_list(const char *state_dir);
+
+/* The SIGINT/SIGTERM caught since a migration of this process began, or 0. */
+int proxy_caught_signal(void);
 
 /* Writes a report to path as indented JSON. 0 or -EIO. */
 int proxy_write_report(const char *path, json_t *report);

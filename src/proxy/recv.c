@@ -14,6 +14,7 @@
 
 #include "common/fault.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "common/util.h"
 #include "disk/disk.h"
 #include "qmp/qmp.h"
@@ -596,11 +597,11 @@ static int start_threads(struct receiver *rc, struct recv_run *run)
 		recv_fail(rc, PROXY_FAILED, "out of memory");
 		return -1;
 	}
-	if (pthread_create(&rc->th_wan, NULL, wan_thread, rc)) {
+	if (tsb_thread_create(&rc->th_wan, wan_thread, rc)) {
 		recv_fail(rc, PROXY_FAILED, "cannot start threads");
 		return -1;
 	}
-	if (pthread_create(&rc->th_ret, NULL, return_thread, rc)) {
+	if (tsb_thread_create(&rc->th_ret, return_thread, rc)) {
 		recv_fail(rc, PROXY_FAILED, "cannot start threads");
 		shutdown(rc->qfd, SHUT_RDWR);
 		wire_conn_abort(rc->conn);
@@ -701,6 +702,7 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 			recv_settle(rc, run.q, run.tls, &run.sig, &run.resume_ns);
 	}
 	oc = finish(rc, &run, ret_report);
+	proxy_release_signals(&run.sig);
 	receiver_free(rc);
 	return oc;
 }

@@ -6,6 +6,7 @@
 #include "common/buf.h"
 #include "common/fault.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "common/util.h"
 #include "qmp/qmp.h"
 #include "wire/accept.h"
@@ -419,7 +420,7 @@ int resume_relay(struct wire_conn *c, int qfd, enum wire_role self, int stall_ms
 	tsb_buf_init(&scratch);
 	pthread_mutex_init(&r.wlock, NULL);
 	wire_conn_set_timeout(c, stall_ms > 0 ? stall_ms : 60000);
-	if (pthread_create(&th, NULL, relay_up, &r)) {
+	if (tsb_thread_create(&th, relay_up, &r)) {
 		e = -EAGAIN;
 		goto out;
 	}

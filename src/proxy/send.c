@@ -11,6 +11,7 @@
 
 #include "common/fault.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "common/util.h"
 #include "disk/disk.h"
 #include "migctl/migctl.h"
@@ -1788,6 +1789,7 @@ static int connect_receiver(struct sender *s, struct send_run *run)
 		sender_fail(s, PROXY_AUTH, "%s", err);
 		return -1;
 	}
+	wire_tls_set_pacer(run->tls, o->pacer);
 	r = wire_tcp_connect(run->host, run->port, 10000, &fd, err, sizeof(err));
 	if (r < 0) {
 		sender_fail(s, PROXY_LINK, "%s", err);
@@ -1917,12 +1919,12 @@ parser:
 
 static int start_threads(struct sender *s, struct send_run *run)
 {
-	if (pthread_create(&run->th_wan, NULL, wan_thread, s) ||
-	    pthread_create(&run->th_ret, NULL, return_thread, s)) {
+	if (tsb_thread_create(&run->th_wan, wan_thread, s) ||
+	    tsb_thread_create(&run->th_ret, return_thread, s)) {
 		sender_fail(s, PROXY_FAILED, "cannot start threads");
 		return -1;
 	}
-	if (pthread_create(&run->th_parse, NULL, parse_thread, s)) {
+	if (tsb_thread_create(&run->th_parse, parse_thread, s)) {
 		sender_fail(s, PROXY_FAILED, "cannot start threads");
 		pthread_join(run->th_wan, NULL);
 		pthread_join(run->th_ret, NULL);
@@ -2187,6 +2189,7 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 			migrate(s, &run);
 	}
 	oc = finish(s, &run, ret_report);
+	proxy_release_signals(&s->abort_flag);
 	sender_fini(s);
 	free(s);
 	return oc;

@@ -7,6 +7,7 @@
 #include "proxy/sender.h"
 
 #include "common/log.h"
+#include "common/thread.h"
 #include "wire/tls.h"
 
 #include <errno.h>
@@ -103,7 +104,7 @@ int sender_lanes_open(struct sender *s, struct wire_tls *tls, const char *host, 
 	for (i = 0; i < n - 1; i++) {
 		lo[i] = (struct lane_open){ .s = s, .tls = tls, .host = host, .port = port,
 					    .hello = &h, .index = i + 1, .count = n };
-		if (pthread_create(&lo[i].th, NULL, open_one, &lo[i])) {
+		if (tsb_thread_create(&lo[i].th, open_one, &lo[i])) {
 			lo[i].r = -EAGAIN;
 			snprintf(lo[i].err, sizeof(lo[i].err), "cannot start a thread");
 			break;

@@ -98,12 +98,25 @@ void report_progress_tick(void *opaque, json_t *stats)
 
 	if (!strcmp(json_string_value(json_object_get(stats, "status")) ?: "", "postcopy-active"))
 		tsb_fault_point("postcopy");
-	if (!p->tty || !ram)
+	if (!ram || (!p->tty && !p->s->o->on_tick))
 		return;
 	sender_link_stats(p->s, &ws);
 	pass = json_integer_value(json_object_get(ram, "dirty-sync-count"));
 	remaining = json_integer_value(json_object_get(ram, "remaining"));
 	total = json_integer_value(json_object_get(ram, "total"));
+	if (p->s->o->on_tick) {
+		struct proxy_tick t = {
+			.status = json_string_value(json_object_get(stats, "status")) ?: "",
+			.pass = pass > 0 ? (unsigned)pass : 0,
+			.ram_total = total > 0 ? (uint64_t)total : 0,
+			.ram_remaining = remaining > 0 ? (uint64_t)remaining : 0,
+			.wan_out = ws.net_out,
+		};
+
+		p->s->o->on_tick(p->s->o->tick_opaque, &t);
+	}
+	if (!p->tty)
+		return;
 	pct = total ? 100.0 * (double)(total - remaining) / (double)total : 0;
 	rate = secs > 0 ? ws.net_out * 8 / secs / 1e6 : 0;
 	fprintf(stderr, "\rsend: pass %lld  %5.1f%%  WAN %.1f MB at %.1f Mbit/s  "

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct tsb_buf;
 
@@ -70,6 +71,11 @@ struct store {
 	char site[33];
 	bool readonly;		/* maintenance snapshot: no lock, no writes */
 	int lock_fd;
+	/* store_open's handles are shared in the process (open_list in store.c). */
+	unsigned refs;		/* 0: not shared (maintenance) */
+	char *real_dir;		/* realpath of dir: what makes two opens the same */
+	pid_t opener;		/* a forked child holds no lock: it opens its own */
+	struct store *next_open;
 	uint64_t gen;
 	uint64_t damaged;	/* damaged pages found, ever (persisted) */
 	uint64_t cap;
@@ -92,7 +98,6 @@ struct store {
 };
 
 /* ---- store.c ---- */
-bool store_id_valid(const char *id);
 /* Opens a tenant; readonly: no lock, nothing created or repaired. */
 int store_open_internal(const struct store_options *o, bool readonly,
 			struct store **ret, char *err, size_t errlen);

@@ -201,7 +201,9 @@ static int site_id_load(const char *dir, bool create, char out[33])
 	for (i = 0; i < 16; i++)
 		snprintf(line + 2 * i, 3, "%02x", rnd[i]);
 	line[32] = '\n';
-	if (snprintf(tmp, sizeof(tmp), "%s/.site-id.%d.tmp", dir, (int)getpid()) >=
+	/* Per thread: receivers of a group may create the store at once. */
+	if (snprintf(tmp, sizeof(tmp), "%s/.site-id.%d.%d.tmp", dir, (int)getpid(),
+		     (int)gettid()) >=
 	    (int)sizeof(tmp))
 		return -ENAMETOOLONG;
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -1169,17 +1171,77 @@ fail:
 	return r;
 }
 
+/*
+ * The tenants open for writing in this process. The lock is per process,
+ * so several migrations of one tenant in one process (a group) share one
+ * handle: a second open of the same directory and tenant takes a
+ * reference instead of waiting for the lock the first one holds.
+ */
+static pthread_mutex_t open_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct store *open_list;
+
 int store_open(const struct store_options *o, struct store **ret, char *err,
 	       size_t errlen)
 {
-	return store_open_internal(o, false, ret, err, errlen);
+	char real[PATH_MAX];
+	struct store *s;
+	int r;
+
+	pthread_mutex_lock(&open_mu);
+	if (o && o->dir && o->tenant && realpath(o->dir, real))
+		for (s = open_list; s; s = s->next_open)
+			if (s->opener == getpid() && !strcmp(s->real_dir, real) &&
+			    !strcmp(s->tenant, o->tenant)) {
+				s->refs++;
+				pthread_mutex_unlock(&open_mu);
+				*ret = s;
+				return 0;
+			}
+	r = store_open_internal(o, false, &s, err, errlen);
+	if (r == 0) {
+		s->real_dir = realpath(o->dir, NULL);
+		if (!s->real_dir) {
+			r = -errno;
+			store_errf(err, errlen, "store %s: %s", o->dir, strerror(-r));
+			store_close(s);
+		} else {
+			s->refs = 1;
+			s->opener = getpid();
+			s->next_open = open_list;
+			open_list = s;
+			*ret = s;
+		}
+	}
+	pthread_mutex_unlock(&open_mu);
+	return r;
+}
+
+/* Drops a reference; true when it was the last (or s was never shared). */
+static bool last_reference(struct store *s)
+{
+	struct store **pp;
+	bool last = true;
+
+	if (!s->refs)
+		return true;
+	pthread_mutex_lock(&open_mu);
+	if (--s->refs)
+		last = false;
+	else
+		for (pp = &open_list; *pp; pp = &(*pp)->next_open)
+			if (*pp == s) {
+				*pp = s->next_open;
+				break;
+			}
+	pthread_mutex_unlock(&open_mu);
+	return last;
 }
 
 void store_close(struct store *s)
 {
 	size_t i;
 
-	if (!s)
+	if (!s || !last_reference(s))
 		return;
 	if (!s->readonly) {
 		pthread_mutex_lock(&s->mu);
@@ -1196,6 +1258,7 @@ void store_close(struct store *s)
 	free(s->wbuf);
 	free(s->dir);
 	free(s->tdir);
+	free(s->real_dir);
 	pthread_mutex_destroy(&s->mu);
 	free(s);
 }

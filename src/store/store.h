@@ -38,6 +38,9 @@
 
 struct store;
 
+/* Is id a valid tenant, VM, image or site id (above)? */
+bool store_id_valid(const char *id);
+
 struct store_options {
 	const char *dir;	/* created if missing */
 	const char *tenant;	/* id */
@@ -53,7 +56,12 @@ struct store_options {
  */
 int store_open(const struct store_options *o, struct store **ret, char *err,
 	       size_t errlen);
-/* Releases the lock. Appended pages not yet synced may be lost: that is fine. */
+/*
+ * Within one process, a second open of the same directory and tenant
+ * returns the same handle (a reference): concurrent migrations of one
+ * tenant (a group) share it. store_close drops a reference; the last one
+ * releases the lock. Appended pages not yet synced may be lost: that is fine.
+ */
 void store_close(struct store *s);
 
 /*

@@ -2,6 +2,7 @@
 #include "wire/accept.h"
 
 #include "common/log.h"
+#include "common/thread.h"
 #include "common/util.h"
 #include "wire/tls.h"
 
@@ -238,7 +239,7 @@ int wire_accept_peers(const struct wire_accept_options *o, unsigned n,
 		sl->fd = fd;
 		peer_addr(fd, sl->addr, sizeof(sl->addr));
 		sl->used = true;
-		if (pthread_create(&sl->th, NULL, handshake_thread, sl)) {
+		if (tsb_thread_create(&sl->th, handshake_thread, sl)) {
 			sl->used = false;
 			close(fd);
 			refused(&a, sl->addr, "cannot start a thread");

@@ -1,5 +1,7 @@
 /* Receiving a stream spread over several connections (lanes.h). */
 #include "wire/lanes.h"
+
+#include "common/thread.h"
 #include "wire/need.h"
 
 #include <errno.h>
@@ -87,7 +89,7 @@ struct wire_lanes *wire_lanes_start(struct wire_conn *main, struct wire_conn *co
 		wire_backlog_init(&l->lanes[i].ordered);
 	}
 	for (i = 0; i < n; i++) {
-		if (pthread_create(&l->lanes[i].th, NULL, reader, &l->lanes[i])) {
+		if (tsb_thread_create(&l->lanes[i].th, reader, &l->lanes[i])) {
 			wire_lanes_stop(l);
 			return NULL;
 		}

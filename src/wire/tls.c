@@ -5,6 +5,7 @@
  * connection, and error mapping into clear sentences.
  */
 #include "wire/tls.h"
+#include "wire/pacer.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -43,6 +44,7 @@ struct wire_tls {
 	bool configured;
 	bool psk;
 	struct wire_key key;
+	struct wire_pacer *pacer;  /* set before any write on its connections */
 };
 
 struct wire_conn {
@@ -686,6 +688,11 @@ void wire_conn_free(struct wire_conn *c)
 	free(c);
 }
 
+void wire_tls_set_pacer(struct wire_tls *t, struct wire_pacer *pacer)
+{
+	t->pacer = pacer;
+}
+
 void wire_conn_set_timeout(struct wire_conn *c, int timeout_ms)
 {
 	c->timeout_ms = timeout_ms > 0 ? timeout_ms : 0;
@@ -894,12 +901,21 @@ int wire_conn_write(struct wire_conn *c, const void *data, size_t len)
 {
 	static const char what[] = "sending to the peer failed";
 	const uint8_t *p = data;
-	size_t off = 0, chunk, n;
+	size_t off = 0, chunk, n, paced = 0;
 	int e, err;
 	short ev;
 
 	while (off < len) {
 		chunk = len - off < WRITE_CHUNK ? len - off : WRITE_CHUNK;
+		if (c->tls->pacer) {
+			/* Our turn at the shared budget, for what is not yet paid for. */
+			if (chunk > WIRE_PACER_CHUNK)
+				chunk = WIRE_PACER_CHUNK;
+			if (paced < chunk) {
+				wire_pacer_take(c->tls->pacer, chunk - paced);
+				paced = chunk;
+			}
+		}
 		pthread_mutex_lock(&c->lock);
 		if (c->dead || c->closed) {
 			err = c->dead ? c->dead : -EPIPE;
@@ -909,6 +925,7 @@ int wire_conn_write(struct wire_conn *c, const void *data, size_t len)
 		ERR_clear_error();
 		if (SSL_write_ex(c->ssl, p + off, chunk, &n)) {
 			off += n;
+			paced = paced > n ? paced - n : 0;
 			__atomic_add_fetch(&c->app_out, n, __ATOMIC_RELAXED);
 			c->since_rekey += n;
 			if (c->since_rekey >= KEY_UPDATE_BYTES) {

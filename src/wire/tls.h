@@ -155,6 +155,13 @@ enum wire_tls_side {
  */
 struct wire_tls *wire_tls_new(enum wire_tls_side side);
 void wire_tls_free(struct wire_tls *t);
+/*
+ * Every write on t's connections waits for its turn at this budget
+ * (wire/pacer.h), which other contexts may share; NULL: none. Set it
+ * before the first write; the pacer must outlive the connections.
+ */
+struct wire_pacer;
+void wire_tls_set_pacer(struct wire_tls *t, struct wire_pacer *pacer);
 /* Uses a shared key (copied; wiped on free). -EINVAL if already configured. */
 int wire_tls_set_psk(struct wire_tls *t, const struct wire_key *key);
 /*
@@ -190,6 +197,7 @@ void wire_conn_free(struct wire_conn *c);
  * before other threads use the connection.
  */
 void wire_conn_set_timeout(struct wire_conn *c, int timeout_ms);
+
 /* Certificate mode, client: the name the server's certificate must carry. */
 int wire_conn_set_peer_name(struct wire_conn *c, const char *name);
 /*

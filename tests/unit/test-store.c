@@ -1043,6 +1043,28 @@ static void test_threads(void **state)
 	store_close(s);
 }
 
+/* Two opens of one tenant in one process share the handle and its lock. */
+static void test_shared_open(void **state)
+{
+	const char *dir = *state;
+	struct store *a = open_store(dir, "t", 0), *b = open_store(dir, "t", 0);
+	struct store *c = open_store(dir, "u", 0);
+
+	assert_ptr_equal(a, b);
+	assert_ptr_not_equal(a, c);
+	put_pages(a, 80, 10);
+	check_pages(b, 80, 10);
+	store_close(a);
+	/* b still holds the lock and sees every page. */
+	check_pages(b, 80, 10);
+	assert_int_equal(store_page_count(b), 10);
+	store_close(b);
+	store_close(c);
+	a = open_store(dir, "t", 0);
+	check_pages(a, 80, 10);
+	store_close(a);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1061,6 +1083,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_disk_images, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_shared_open, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_kill9_loop, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_compaction_crash_leftovers,
 						setup, teardown),

@@ -31,6 +31,7 @@
 #include "common/util.h"
 #include "wire/lanes.h"
 #include "wire/tls.h"
+#include "wire/pacer.h"
 #include "wire/wire.h"
 
 #define HS_TIMEOUT_MS 10000
@@ -333,6 +334,61 @@ static void test_psk_bulk_both_ways(void **state)
 	free(pattern);
 	side_fini(&cli);
 	side_fini(&srv);
+}
+
+/* ---- a shared WAN budget (wire/pacer.h) ---- */
+
+static void test_pacer_book(void **state)
+{
+	struct wire_pacer *p = wire_pacer_new(1000000);	/* 1 MB/s */
+	const uint64_t s = 1000000000ull, burst = WIRE_PACER_BURST_NS;
+	uint64_t bytes, wait;
+
+	(void)state;
+	assert_null(wire_pacer_new(0));
+	assert_non_null(p);
+	/* Idle: the first 100 kB may go at once (a burst's worth early). */
+	assert_int_equal(wire_pacer_book(p, 100000, 10 * s), 10 * s);
+	/* The next waits for the first's 100 ms, less the burst. */
+	assert_int_equal(wire_pacer_book(p, 100000, 10 * s), 10 * s + s / 10 - burst);
+	/* A third writer queues behind both: turns in order of asking. */
+	assert_int_equal(wire_pacer_book(p, 50000, 10 * s + 1), 10 * s + 2 * s / 10 - burst);
+	/* After a long idle time no more than a burst is lent. */
+	assert_int_equal(wire_pacer_book(p, 1000, 20 * s), 20 * s);
+	assert_int_equal(wire_pacer_book(p, 20000, 20 * s), 20 * s);
+	assert_int_equal(wire_pacer_book(p, 1000, 20 * s), 20 * s - burst + 21 * s / 1000);
+	wire_pacer_stats(p, &bytes, &wait);
+	assert_int_equal(bytes, 272000);
+	assert_int_equal(wait, 0);	/* book() itself never sleeps */
+	wire_pacer_free(p);
+}
+
+/* Writes on a paced connection all pass through the budget. */
+static void test_paced_write(void **state)
+{
+	struct wire_pacer *p = wire_pacer_new(1ull << 40);
+	struct side cli, srv;
+	struct wire_frame f;
+	uint8_t buf[100000];	/* two chunks; fits the socket buffer */
+	struct tsb_buf out;
+	uint64_t bytes, wait, got = 0;
+
+	(void)state;
+	psk_pair(&cli, &srv);
+	wire_tls_set_pacer(cli.tls, p);
+	memset(buf, 7, sizeof(buf));
+	tsb_buf_init(&out);
+	assert_int_equal(wire_encode_run(&out, WIRE_MSG_STREAM, buf, sizeof(buf), NULL), 0);
+	assert_int_equal(wire_conn_write(cli.conn, out.data, out.len), 0);
+	assert_int_equal(wire_conn_read_frame(srv.conn, &f), 1);
+	got = f.len;
+	assert_true(got > 0);
+	wire_pacer_stats(p, &bytes, &wait);
+	assert_int_equal(bytes, out.len);
+	tsb_buf_fini(&out);
+	side_fini(&cli);
+	side_fini(&srv);
+	wire_pacer_free(p);
 }
 
 /* ---- authentication failures ---- */
@@ -1481,6 +1537,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_psk_bulk_both_ways),
+		cmocka_unit_test(test_pacer_book),
+		cmocka_unit_test(test_paced_write),
 		cmocka_unit_test(test_psk_wrong_secret),
 		cmocka_unit_test(test_psk_wrong_key_id),
 		cmocka_unit_test(test_plaintext_client_refused),

@@ -31,5 +31,6 @@ int cmd_migrate(int argc, char **argv);
 int cmd_store(int argc, char **argv);
 int cmd_net(int argc, char **argv);
 int cmd_resolve(int argc, char **argv);
+int cmd_group(int argc, char **argv);
 
 #endif

@@ -1,10 +1,13 @@
 /* tsubame send / tsubame recv: one live migration through the WAN proxy. */
 #include "cli/cli.h"
+#include "cli/send_recv.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "disk/disk.h"
+#include "group/group.h"
 #include "proxy/proxy.h"
 #include "store/store.h"
+#include "wire/pacer.h"
 #include "wire/wire.h"
 
 #include <getopt.h>
@@ -88,7 +91,8 @@ enum {
 	OPT_NO_VM_DISKS, OPT_FLOOR, OPT_NET_AGENT, OPT_NET_MAC, OPT_NET_IP, OPT_NET_HOME,
 	OPT_DISK, OPT_NO_DISKS, OPT_COMMIT_TIMEOUT, OPT_STATE_DIR, OPT_CONNECTIONS,
 	OPT_MAX_WINDOW, OPT_DISK_COPY_MODE, OPT_QEMU_CONNECT, OPT_NBD_CONNECT,
-	OPT_RECOVER_TIMEOUT,
+	OPT_RECOVER_TIMEOUT, OPT_BANDWIDTH, OPT_PLAN, OPT_CONCURRENCY, OPT_JSON, OPT_TIMELINE,
+	OPT_NO_SEED,
 };
 
 static const struct option options[] = {
@@ -133,11 +137,25 @@ static const struct option options[] = {
 	{ "max-window", required_argument, NULL, OPT_MAX_WINDOW },
 	{ "qemu-connect", required_argument, NULL, OPT_QEMU_CONNECT },
 	{ "nbd-connect", required_argument, NULL, OPT_NBD_CONNECT },
+	{ "bandwidth", required_argument, NULL, OPT_BANDWIDTH },
+	{ "plan", required_argument, NULL, OPT_PLAN },
+	{ "concurrency", required_argument, NULL, OPT_CONCURRENCY },
+	{ "json", no_argument, NULL, OPT_JSON },
+	{ "timeline", required_argument, NULL, OPT_TIMELINE },
+	{ "no-seed", no_argument, NULL, OPT_NO_SEED },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, 'h' },
 	{}
 };
 
+/* The long name of option c (the table's order is not the enum's). */
+static const char *opt_name(int c)
+{
+	for (const struct option *o = options; o->name; o++)
+		if (o->val == c)
+			return o->name;
+	return "?";
+}
 
 struct parsed {
 	struct proxy_common_options c;
@@ -156,6 +174,9 @@ struct parsed {
 	unsigned n_disk_sources;
 	const char *net_mac, *net_home, *net_ips[8];
 	unsigned n_net_ips;
+	/* 'tsubame group send|recv': the per-VM options come from the plan. */
+	bool group;
+	struct cli_sr_extra x;
 };
 
 /* What an option handler returns for an option that is not in its group. */
@@ -264,7 +285,7 @@ static int parse_send_opt(const char *cmd, bool send, int c, struct parsed *p)
 	case OPT_NO_DISKS:
 		if (!send)
 			return cli_usage_error(cmd, "option --%s is for 'tsubame send'",
-					   options[c - OPT_QMP].name);
+					   opt_name(c));
 		if (c == OPT_NO_DISKS)
 			p->no_disks = true;
 		else if (p->n_disks == 8)
@@ -287,7 +308,7 @@ static int parse_send_opt(const char *cmd, bool send, int c, struct parsed *p)
 	}
 	if (!send)
 		return cli_usage_error(cmd, "option --%s is for 'tsubame send'",
-				   options[c - OPT_QMP].name);
+				   opt_name(c));
 	if (c == OPT_TO)
 		p->to = optarg;
 	else if (c == OPT_CAPS)
@@ -338,7 +359,7 @@ static int parse_recv_opt(const char *cmd, bool send, int c, struct parsed *p)
 	case OPT_NET_HOME:
 		if (send)
 			return cli_usage_error(cmd, "option --%s is for 'tsubame recv'",
-					   options[c - OPT_QMP].name);
+					   opt_name(c));
 		if (c == OPT_NET_MAC)
 			p->net_mac = optarg;
 		else if (c == OPT_NET_HOME)
@@ -353,7 +374,7 @@ static int parse_recv_opt(const char *cmd, bool send, int c, struct parsed *p)
 	case OPT_NO_VM_DISKS:
 		if (send)
 			return cli_usage_error(cmd, "option --%s is for 'tsubame recv'",
-					   options[c - OPT_QMP].name);
+					   opt_name(c));
 		if (c == OPT_NO_VM_DISKS)
 			p->no_vm_disks = true;
 		else if (p->n_disk_sources == PROXY_MAX_DISK_SOURCES)
@@ -367,7 +388,7 @@ static int parse_recv_opt(const char *cmd, bool send, int c, struct parsed *p)
 	case OPT_NBD_CONNECT:
 		if (send)
 			return cli_usage_error(cmd, "option --%s is for 'tsubame recv'",
-					   options[c - OPT_QMP].name);
+					   opt_name(c));
 		*(c == OPT_LISTEN ? &p->listen : c == OPT_QEMU_CONNECT ? &p->qemu_connect :
 		  &p->nbd_connect) = optarg;
 		return 0;
@@ -376,9 +397,80 @@ static int parse_recv_opt(const char *cmd, bool send, int c, struct parsed *p)
 	}
 }
 
+/* Options of 'tsubame group' (and --bandwidth of send). 0, an exit code or OPT_OTHER. */
+static int parse_group_opt(const char *cmd, bool send, int c, struct parsed *p)
+{
+	uint64_t v;
+
+	switch (c) {
+	case OPT_BANDWIDTH:
+		if (!send)
+			return cli_usage_error(cmd, "option --bandwidth is for the sending side");
+		if (tsb_parse_rate(optarg, &p->x.bandwidth) < 0 || !p->x.bandwidth)
+			return cli_usage_error(cmd, "bad --bandwidth '%s' (e.g. 100mbit)", optarg);
+		return 0;
+	case OPT_PLAN:
+	case OPT_CONCURRENCY:
+	case OPT_JSON:
+	case OPT_TIMELINE:
+	case OPT_NO_SEED:
+		break;
+	default:
+		return OPT_OTHER;
+	}
+	if (!p->group)
+		return cli_usage_error(cmd, "option --%s is for 'tsubame group'", opt_name(c));
+	if (c == OPT_PLAN)
+		p->x.plan = optarg;
+	else if (c == OPT_JSON)
+		p->x.json = true;
+	else if (!send)
+		return cli_usage_error(cmd, "option --%s is for 'tsubame group send'", opt_name(c));
+	else if (c == OPT_TIMELINE)
+		p->x.timeline = optarg;
+	else if (c == OPT_NO_SEED)
+		p->x.no_seed = true;
+	else if (tsb_parse_u64(optarg, 1, GROUP_MAX_CONCURRENCY, &v) < 0)
+		return cli_usage_error(cmd, "bad --concurrency '%s' (1-%d)", optarg,
+				       GROUP_MAX_CONCURRENCY);
+	else
+		p->x.concurrency = (unsigned)v;
+	return 0;
+}
+
+/* A group's plan names each VM's QEMU, address and id: not the command line. */
+static int check_group(const char *cmd, struct parsed *p)
+{
+	if (!p->x.plan)
+		return cli_usage_error(cmd, "--plan FILE is required");
+	if (p->c.qmp_path || p->to || p->listen || p->vm_id)
+		return cli_usage_error(cmd, "--qmp, --to, --listen and --vm-id come from the plan "
+				       "for each VM");
+	if (p->qemu_connect || p->nbd_connect)
+		return cli_usage_error(cmd, "--qemu-connect and --nbd-connect are not for groups "
+				       "(libvirt domains move with 'tsubame migrate')");
+	if (p->c.net_agent || p->net_mac || p->net_home || p->n_net_ips)
+		return cli_usage_error(cmd, "--net-agent and --net-* are not for groups yet: "
+				       "each VM's network identity is its own");
+	if (p->n_disks)
+		return cli_usage_error(cmd, "--disk names one VM's devices: not for groups "
+				       "(every writable disk of each VM moves, or --no-disks)");
+	if (p->no_store && p->c.store_dir)
+		return cli_usage_error(cmd, "--store and --no-store exclude each other");
+	if (!p->no_store && !p->c.store_dir)
+		p->c.store_dir = STORE_DEFAULT_DIR;
+	if (p->no_store)
+		p->c.store_dir = NULL;
+	if (!p->c.key_path && !(p->c.cert && p->c.cert_key && p->c.ca))
+		return cli_usage_error(cmd, "--key FILE (or --cert, --cert-key and --ca) is required");
+	return 0;
+}
+
 /* Checks the options together once all are parsed; settles the store. */
 static int check_parsed(const char *cmd, bool send, struct parsed *p)
 {
+	if (p->group)
+		return check_group(cmd, p);
 	if (!p->c.qmp_path && !p->qemu_connect)
 		return cli_usage_error(cmd, "--qmp is required%s", send ? "" :
 				       " (or --qemu-connect for a libvirt destination)");
@@ -424,10 +516,12 @@ static int parse(const char *cmd, bool send, int argc, char **argv, struct parse
 	p->c.progress = isatty(STDERR_FILENO);
 	while ((c = getopt_long(argc, argv, "vh", options, NULL)) != -1) {
 		if (c == 'h') {
-			p->help = true;
+			p->help = p->x.help = true;
 			return 0;
 		}
 		r = parse_common_opt(cmd, c, p);
+		if (r == OPT_OTHER)
+			r = parse_group_opt(cmd, send, c, p);
 		if (r == OPT_OTHER)
 			r = parse_send_opt(cmd, send, c, p);
 		if (r == OPT_OTHER)
@@ -453,6 +547,65 @@ static int finish(enum proxy_outcome oc, json_t *report, const char *path)
 	}
 	json_decref(report);
 	return exit_code(oc);
+}
+
+static void send_options_from(const struct parsed *p, struct proxy_send_options *o)
+{
+	o->c = p->c;
+	o->to = p->to;
+	for (unsigned i = 0; i < p->n_disks; i++)
+		o->disks[o->n_disks++] = p->disks[i];
+	o->no_disks = p->no_disks;
+	o->disk_copy_mode = p->disk_copy_mode;
+	o->caps = p->caps;
+	o->max_bandwidth = p->max_bw;
+	o->downtime_limit_ms = p->downtime;
+	o->postcopy_after_ms = p->postcopy_after;
+	o->mode = p->mode;
+	o->zstd_level = p->zstd_level;
+	o->connections = p->connections ? p->connections : 1;
+	o->max_window = p->max_window;
+	o->vm_id = p->vm_id;
+	o->floor = p->floor;
+}
+
+static void recv_options_from(const struct parsed *p, struct proxy_recv_options *o)
+{
+	o->c = p->c;
+	o->listen = p->listen;
+	memcpy(o->disk_sources, p->disk_sources, sizeof(o->disk_sources));
+	o->n_disk_sources = p->n_disk_sources;
+	o->no_vm_disks = p->no_vm_disks;
+	o->vm_id = p->vm_id;
+	o->net_mac = p->net_mac;
+	o->net_home = p->net_home;
+	memcpy(o->net_ips, p->net_ips, sizeof(o->net_ips));
+	o->n_net_ips = p->n_net_ips;
+	o->qemu_connect = p->qemu_connect;
+}
+
+int cli_group_parse_send(int argc, char **argv, struct proxy_send_options *o,
+			 struct cli_sr_extra *x)
+{
+	struct parsed p = { .mode = PROXY_MODE_AUTO, .group = true };
+	int r = parse("group send", true, argc, argv, &p);
+
+	*x = p.x;
+	if (!r && !p.help)
+		send_options_from(&p, o);
+	return r;
+}
+
+int cli_group_parse_recv(int argc, char **argv, struct proxy_recv_options *o,
+			 struct cli_sr_extra *x)
+{
+	struct parsed p = { .group = true };
+	int r = parse("group recv", false, argc, argv, &p);
+
+	*x = p.x;
+	if (!r && !p.help)
+		recv_options_from(&p, o);
+	return r;
 }
 
 int cmd_send(int argc, char **argv)
@@ -485,6 +638,9 @@ int cmd_send(int argc, char **argv)
 		       "                         switch as soon as QEMU migrates\n"
 		       "  --postcopy-after DUR   switch to postcopy after this long\n"
 		       "  --max-bandwidth RATE   QEMU's max-bandwidth (e.g. 1gbit)\n"
+		       "  --bandwidth RATE       cap on what this migration puts on the WAN,\n"
+		       "                         e.g. 50mbit (QEMU's max-bandwidth counts its own\n"
+		       "                         stream, before tsubame leaves out what it can)\n"
 		       "  --downtime-limit MS    QEMU's downtime-limit\n"
 		       "  --zstd-level N         fixed zstd level (0 = none); default adapts\n"
 		       "  --connections N        spread the stream over N TLS connections (1-16,\n"
@@ -515,23 +671,13 @@ int cmd_send(int argc, char **argv)
 		       "\n" EXIT_CODES_HELP);
 		return TSB_EXIT_OK;
 	}
-	o.c = p.c;
-	o.to = p.to;
-	for (unsigned i = 0; i < p.n_disks; i++)
-		o.disks[o.n_disks++] = p.disks[i];
-	o.no_disks = p.no_disks;
-	o.disk_copy_mode = p.disk_copy_mode;
-	o.caps = p.caps;
-	o.max_bandwidth = p.max_bw;
-	o.downtime_limit_ms = p.downtime;
-	o.postcopy_after_ms = p.postcopy_after;
-	o.mode = p.mode;
-	o.zstd_level = p.zstd_level;
-	o.connections = p.connections ? p.connections : 1;
-	o.max_window = p.max_window;
-	o.vm_id = p.vm_id;
-	o.floor = p.floor;
+	send_options_from(&p, &o);
+	if (p.x.bandwidth && !(o.pacer = wire_pacer_new(p.x.bandwidth))) {
+		log_error("out of memory");
+		return TSB_EXIT_FAILED;
+	}
 	oc = proxy_send(&o, &report);
+	wire_pacer_free(o.pacer);
 	if (oc == PROXY_OK)
 		log_notice("migration completed");
 	return finish(oc, report, p.c.report_path);
@@ -600,17 +746,7 @@ int cmd_recv(int argc, char **argv)
 		       "\n" EXIT_CODES_HELP);
 		return TSB_EXIT_OK;
 	}
-	o.c = p.c;
-	o.listen = p.listen;
-	memcpy(o.disk_sources, p.disk_sources, sizeof(o.disk_sources));
-	o.n_disk_sources = p.n_disk_sources;
-	o.no_vm_disks = p.no_vm_disks;
-	o.vm_id = p.vm_id;
-	o.net_mac = p.net_mac;
-	o.net_home = p.net_home;
-	memcpy(o.net_ips, p.net_ips, sizeof(o.net_ips));
-	o.n_net_ips = p.n_net_ips;
-	o.qemu_connect = p.qemu_connect;
+	recv_options_from(&p, &o);
 	if (o.qemu_connect)
 		o.no_vm_disks = true; /* libvirt's QEMU is not ours to ask */
 	if (o.qemu_connect && !p.nbd_connect && nbd_default(o.qemu_connect, nbd, sizeof(nbd)) < 0)

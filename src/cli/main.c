@@ -15,6 +15,7 @@ static const struct command commands[] = {
 	{ "qmp", cmd_qmp, "send one QMP command to a QEMU and print the reply" },
 	{ "send", cmd_send, "migrate the local VM to 'tsubame recv' over the WAN" },
 	{ "recv", cmd_recv, "receive a migration from 'tsubame send' into the local QEMU" },
+	{ "group", cmd_group, "move many VMs as one operation, within one WAN budget" },
 	{ "migrate", cmd_migrate, "move a running libvirt domain to another site through tsubame" },
 	{ "keygen", cmd_keygen, "write a new shared key for a pair of sites" },
 	{ "store", cmd_store, "stats, gc and verify of the persistent content store" },

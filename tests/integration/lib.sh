@@ -48,7 +48,7 @@ cleanup() {
 		fi
 		wait "$pid" 2>/dev/null || true
 	done
-	if [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ]; then
+	if { [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ]; } || [ -n "${TSB_KEEP:-}" ]; then
 		log "keeping $T for inspection"
 		for d in "${cleanup_vms[@]}"; do
 			[ -f "$d/serial.log" ] && { echo "--- $d/serial.log (tail)"; tail -5 "$d/serial.log"; } >&2

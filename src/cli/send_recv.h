@@ -1,0 +1,31 @@
+/* The options of send and recv, which 'tsubame group' takes for every VM (cmd_send_recv.c). */
+#ifndef TSB_CLI_SEND_RECV_H
+#define TSB_CLI_SEND_RECV_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "proxy/proxy.h"
+
+/* What a group adds to them (and --bandwidth, which send takes too). */
+struct cli_sr_extra {
+	bool help;
+	const char *plan;		/* --plan FILE */
+	const char *timeline;		/* --timeline FILE.svg */
+	uint64_t bandwidth;		/* --bandwidth, bytes/s; 0: none */
+	unsigned concurrency;		/* --concurrency; 0: not given */
+	bool json;			/* --json */
+	bool no_seed;			/* --no-seed */
+};
+
+/*
+ * Parses 'tsubame group send|recv' arguments (argv[0] is the verb): o
+ * gets the options every VM shares (not its QEMU, address or id, which
+ * the plan gives). 0 (x->help: print the help), or a usage exit code.
+ */
+int cli_group_parse_send(int argc, char **argv, struct proxy_send_options *o,
+			 struct cli_sr_extra *x);
+int cli_group_parse_recv(int argc, char **argv, struct proxy_recv_options *o,
+			 struct cli_sr_extra *x);
+
+#endif

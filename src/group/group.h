@@ -1,0 +1,86 @@
+/*
+ * Groups: many VMs moved as one operation (docs/group.md). A plan names
+ * the VMs; group_send() runs their senders in this process, a few at a
+ * time, under one WAN budget, sharing the store's handle of their tenant;
+ * group_recv() runs their receivers at the destination host. A VM that
+ * fails does not stop the others (its source keeps running), and running
+ * the same plan again moves what is left.
+ */
+#ifndef TSB_GROUP_H
+#define TSB_GROUP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proxy/proxy.h"
+#include "store/store.h"
+
+#define GROUP_MAX_VMS 256
+#define GROUP_MAX_CONCURRENCY 64
+#define GROUP_DEFAULT_CONCURRENCY 4
+/* A plan file is small; anything bigger is not one. */
+#define GROUP_PLAN_MAX_BYTES (1u << 20)
+/* Socket paths and HOST:PORT strings in a plan. */
+#define GROUP_MAX_STRING 1024
+
+struct group_vm {
+	char name[STORE_MAX_ID + 1];	/* the VM's id in stores and on the wire */
+	char *qmp;			/* source QEMU's QMP socket (send side) */
+	char *to;			/* HOST:PORT of its receiver (send side) */
+	char *dest_qmp;			/* destination QEMU's QMP socket (recv side) */
+	char *listen;			/* HOST:PORT its receiver listens on (recv side) */
+};
+
+struct group_plan {
+	char tenant[STORE_MAX_ID + 1];	/* "": not given */
+	uint64_t bandwidth;		/* bytes/s for the whole group; 0: not given */
+	unsigned concurrency;		/* 0: not given */
+	int seed_first;			/* -1: not given */
+	struct group_vm *vms;
+	size_t n_vms;
+};
+
+/*
+ * Parses a plan (JSON; untrusted bytes: fuzz target fuzz-group-plan).
+ * 0, or -EINVAL with err naming the problem. Free with group_plan_free.
+ */
+int group_plan_parse(const char *text, size_t len, struct group_plan *ret, char *err,
+		     size_t errlen);
+/* Reads and parses a plan file. 0 or -errno with err. */
+int group_plan_load(const char *path, struct group_plan *ret, char *err, size_t errlen);
+void group_plan_free(struct group_plan *p);
+/* Checks that the plan has what one side needs (send: qmp and to; recv: dest_qmp and listen). */
+int group_plan_check(const struct group_plan *p, bool send, char *err, size_t errlen);
+
+struct group_send_options {
+	/* Options of every VM's sender; qmp, to, vm_id, report and progress are the group's. */
+	const struct proxy_send_options *base;
+	uint64_t bandwidth;		/* bytes/s shared by the group on the WAN; 0: none */
+	unsigned concurrency;		/* VMs moving at once, >= 1 */
+	bool seed_first;		/* the first VM alone first: it seeds the destination's store */
+	bool tty;			/* a line per VM on stderr, redrawn */
+	bool json;			/* progress events on stdout, one JSON object per line */
+	const char *timeline_path;	/* SVG picture of the run, or NULL */
+};
+
+/*
+ * Moves the plan's VMs. *ret_report: the group's report (each VM's own
+ * report inside). Returns how many VMs are not at the destination now
+ * (0: all moved, some perhaps earlier), or -errno when nothing could start.
+ */
+int group_send(const struct group_plan *plan, const struct group_send_options *o,
+	       json_t **ret_report);
+
+struct group_recv_options {
+	/* Options of every VM's receiver; qmp, listen, vm_id and report are the group's. */
+	const struct proxy_recv_options *base;
+	bool json;			/* an event per VM on stdout */
+};
+
+/* Receives the plan's VMs; returns how many did not arrive, or -errno. */
+int group_recv(const struct group_plan *plan, const struct group_recv_options *o,
+	       json_t **ret_report);
+
+#endif

@@ -1,0 +1,331 @@
+/*
+ * The sending side of a group (group.h): every VM's sender runs as a
+ * thread of this process, at most o->concurrency at once, all writing
+ * through one WAN budget (wire/pacer.h) and sharing the store's handle of
+ * their tenant (store_open). The main thread starts VMs as others end and
+ * draws the progress (view.c).
+ */
+#include "group/internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "common/thread.h"
+#include "common/util.h"
+#include "qmp/qmp.h"
+#include "wire/pacer.h"
+
+/* How often the views are redrawn. */
+#define VIEW_EVERY_NS 1000000000ull
+
+static enum vm_phase phase_of_status(const char *st)
+{
+	if (!strncmp(st, "postcopy", 8))
+		return PHASE_POSTCOPY;
+	if (!strcmp(st, "device") || !strcmp(st, "pre-switchover") || !strcmp(st, "completed"))
+		return PHASE_SWITCHOVER;
+	return PHASE_PRECOPY;
+}
+
+static void on_tick(void *opaque, const struct proxy_tick *t)
+{
+	struct vm_run *r = opaque;
+
+	pthread_mutex_lock(&r->g->mu);
+	snprintf(r->status, sizeof(r->status), "%s", t->status ? t->status : "");
+	r->tick = *t;
+	r->tick.status = r->status;
+	r->wan_out = t->wan_out;
+	r->phase = phase_of_status(r->status);
+	pthread_mutex_unlock(&r->g->mu);
+}
+
+/*
+ * Is the source there to be moved? 1: its guest runs (or is paused) here;
+ * 0: its QEMU completed a migration already (an earlier run moved it);
+ * -1: no (why says so).
+ */
+static int source_state(const char *qmp_path, char *why, size_t whylen)
+{
+	char err[256] = "";
+	json_t *st = NULL;
+	const char *status;
+	struct qmp *q;
+	int r;
+
+	r = qmp_open(qmp_path, 5000, &q);
+	if (r < 0) {
+		snprintf(why, whylen, "its source QEMU (%s) does not answer: %s", qmp_path,
+			 strerror(-r));
+		return -1;
+	}
+	r = qmp_execute(q, "query-status", NULL, &st, err, sizeof(err));
+	qmp_close(q);
+	if (r < 0) {
+		snprintf(why, whylen, "query-status at its source: %s", err[0] ? err :
+			 strerror(-r));
+		return -1;
+	}
+	status = json_string_value(json_object_get(st, "status")) ?: "";
+	if (!strcmp(status, "postmigrate")) {
+		snprintf(why, whylen, "moved earlier: its source QEMU has completed a migration");
+		r = 0;
+	} else if (!strcmp(status, "inmigrate")) {
+		snprintf(why, whylen, "its \"qmp\" is a QEMU waiting for an incoming migration");
+		r = -1;
+	} else {
+		r = 1;
+	}
+	json_decref(st);
+	return r;
+}
+
+static void *vm_thread(void *arg)
+{
+	struct vm_run *r = arg;
+	struct group_run *g = r->g;
+	enum proxy_outcome oc = PROXY_FAILED;
+	enum vm_phase ph;
+	json_t *report = NULL;
+	char why[256] = "";
+	int st;
+
+	tsb_log_set_thread_tag(r->tag);
+	st = source_state(r->vm->qmp, why, sizeof(why));
+	if (st > 0) {
+		log_info("migrating to %s", r->vm->to);
+		oc = proxy_send(&r->o, &report);
+		if (oc != PROXY_OK && report)
+			snprintf(why, sizeof(why), "%s",
+				 json_string_value(json_object_get(report, "error")) ?: "");
+		if (oc == PROXY_OK)
+			log_notice("migration completed");
+		else
+			log_error("not moved (%s)%s%s", proxy_outcome_name(oc), why[0] ? ": " : "",
+				  why);
+	} else if (st == 0) {
+		oc = PROXY_OK;
+		log_notice("%s", why);
+	} else {
+		log_error("not moved: %s", why);
+	}
+	ph = st == 0 ? PHASE_SKIPPED : oc == PROXY_OK ? PHASE_MOVED : PHASE_FAILED;
+	pthread_mutex_lock(&g->mu);
+	r->phase = ph;
+	r->oc = oc;
+	snprintf(r->why, sizeof(r->why), "%s", why);
+	r->report = report;
+	r->end_ns = tsb_now_ns();
+	g->running--;
+	pthread_cond_broadcast(&g->cv);
+	pthread_mutex_unlock(&g->mu);
+	return NULL;
+}
+
+/* Under g->mu. */
+static int start_vm(struct group_run *g, struct vm_run *r)
+{
+	int e;
+
+	r->phase = PHASE_SETUP;
+	r->start_ns = tsb_now_ns();
+	g->running++;
+	e = tsb_thread_create(&r->th, vm_thread, r);
+	if (e) {
+		g->running--;
+		r->phase = PHASE_FAILED;
+		r->oc = PROXY_FAILED;
+		r->end_ns = r->start_ns;
+		snprintf(r->why, sizeof(r->why), "cannot start a thread: %s", strerror(e));
+		return -e;
+	}
+	r->thread = true;
+	return 0;
+}
+
+static bool finished(const struct vm_run *r)
+{
+	return r->phase >= PHASE_MOVED;
+}
+
+/* Under g->mu: starts what may start now; true when every VM has finished. */
+static bool start_more(struct group_run *g, size_t *next)
+{
+	unsigned limit = g->o->concurrency ? g->o->concurrency : 1;
+	size_t done = 0;
+
+	/* The seed goes alone: the others find its pages in the destination's store. */
+	if (g->o->seed_first && g->n > 1 && !finished(&g->v[0]))
+		limit = 1;
+	while (*next < g->n && g->running < limit && !proxy_caught_signal())
+		(void)start_vm(g, &g->v[(*next)++]);
+	for (size_t i = 0; i < g->n; i++)
+		done += finished(&g->v[i]);
+	if (proxy_caught_signal())
+		for (size_t i = *next; i < g->n; i++, done++)
+			if (!finished(&g->v[i])) {
+				g->v[i].phase = PHASE_FAILED;
+				g->v[i].oc = PROXY_INTERRUPTED;
+				snprintf(g->v[i].why, sizeof(g->v[i].why),
+					 "not started: interrupted");
+			}
+	return done == g->n || (proxy_caught_signal() && g->running == 0);
+}
+
+static void run_all(struct group_run *g)
+{
+	uint64_t next_view = 0, now;
+	size_t next = 0;
+	struct timespec ts;
+
+	pthread_mutex_lock(&g->mu);
+	while (!start_more(g, &next)) {
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += 200000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&g->cv, &g->mu, &ts);
+		now = tsb_now_ns();
+		if (now >= next_view) {
+			pthread_mutex_unlock(&g->mu);
+			group_view_tick(g, false);
+			pthread_mutex_lock(&g->mu);
+			next_view = now + VIEW_EVERY_NS;
+		}
+	}
+	pthread_mutex_unlock(&g->mu);
+	for (size_t i = 0; i < g->n; i++)
+		if (g->v[i].thread)
+			pthread_join(g->v[i].th, NULL);
+	group_view_tick(g, true);
+}
+
+static json_t *vm_report(const struct group_run *g, const struct vm_run *r)
+{
+	json_t *o = json_pack("{s:s, s:s, s:s}", "name", r->vm->name,
+			      "phase", group_phase_name(r->phase),
+			      "outcome", r->phase == PHASE_SKIPPED ? "moved-earlier" :
+					 proxy_outcome_name(r->oc));
+
+	if (r->why[0])
+		json_object_set_new(o, "why", json_string(r->why));
+	if (r->start_ns) {
+		json_object_set_new(o, "start_ms",
+				    json_integer((json_int_t)((r->start_ns - g->start_ns) / 1000000)));
+		json_object_set_new(o, "end_ms",
+				    json_integer((json_int_t)((r->end_ns - g->start_ns) / 1000000)));
+	}
+	if (r->report)
+		json_object_set(o, "report", r->report);
+	return o;
+}
+
+/* Bytes sent or received by one VM's migration (its report), 0 if none. */
+static json_int_t wan_field(const struct vm_run *r, const char *key)
+{
+	return json_integer_value(json_object_get(json_object_get(r->report, "wan"), key));
+}
+
+static json_t *group_report(struct group_run *g)
+{
+	json_int_t sent = 0, received = 0;
+	size_t moved = 0, earlier = 0, failed = 0;
+	json_t *rep = json_object(), *vms = json_array();
+
+	for (size_t i = 0; i < g->n; i++) {
+		struct vm_run *r = &g->v[i];
+
+		moved += r->phase == PHASE_MOVED;
+		earlier += r->phase == PHASE_SKIPPED;
+		failed += r->phase == PHASE_FAILED;
+		sent += wan_field(r, "bytes_sent");
+		received += wan_field(r, "bytes_received");
+		json_array_append_new(vms, vm_report(g, r));
+	}
+	json_object_set_new(rep, "side", json_string("group-send"));
+	json_object_set_new(rep, "outcome", json_string(failed == 0 ? "ok" :
+					failed == g->n ? "failed" : "partial"));
+	if (g->plan->tenant[0] || g->o->base->c.tenant)
+		json_object_set_new(rep, "tenant", json_string(g->o->base->c.tenant ?
+							       g->o->base->c.tenant :
+							       g->plan->tenant));
+	json_object_set_new(rep, "total_time_ms",
+			    json_integer((json_int_t)((tsb_now_ns() - g->start_ns) / 1000000)));
+	json_object_set_new(rep, "concurrency", json_integer(g->o->concurrency));
+	json_object_set_new(rep, "seed_first", json_boolean(g->o->seed_first));
+	json_object_set_new(rep, "totals", json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}",
+		"vms", (json_int_t)g->n, "moved", (json_int_t)moved,
+		"moved_earlier", (json_int_t)earlier, "failed", (json_int_t)failed,
+		"wan_bytes_sent", sent, "wan_bytes_received", received));
+	if (g->pacer) {
+		uint64_t bytes, wait;
+
+		wire_pacer_stats(g->pacer, &bytes, &wait);
+		json_object_set_new(rep, "budget", json_pack("{s:I, s:I, s:I}",
+			"bytes_per_s", (json_int_t)wire_pacer_rate(g->pacer),
+			"bytes_paced", (json_int_t)bytes, "wait_ms", (json_int_t)(wait / 1000000)));
+	}
+	json_object_set_new(rep, "vms", vms);
+	return rep;
+}
+
+int group_send(const struct group_plan *plan, const struct group_send_options *o,
+	       json_t **ret_report)
+{
+	struct group_run g = { .plan = plan, .o = o, .n = plan->n_vms };
+	pthread_condattr_t ca;
+	size_t left = 0;
+
+	*ret_report = NULL;
+	g.v = calloc(g.n, sizeof(*g.v));
+	if (!g.v)
+		return -ENOMEM;
+	if (o->bandwidth && !(g.pacer = wire_pacer_new(o->bandwidth))) {
+		free(g.v);
+		return -ENOMEM;
+	}
+	pthread_mutex_init(&g.mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&g.cv, &ca);
+	pthread_condattr_destroy(&ca);
+	for (size_t i = 0; i < g.n; i++) {
+		struct vm_run *r = &g.v[i];
+
+		r->vm = &plan->vms[i];
+		r->g = &g;
+		r->o = *o->base;
+		r->o.c.qmp_path = r->vm->qmp;
+		r->o.to = r->vm->to;
+		r->o.vm_id = r->vm->name;
+		r->o.c.report_path = NULL;
+		r->o.c.progress = false;
+		r->o.pacer = g.pacer;
+		r->o.on_tick = on_tick;
+		r->o.tick_opaque = r;
+		snprintf(r->tag, sizeof(r->tag), "%s", r->vm->name);
+	}
+	g.start_ns = tsb_now_ns();
+	run_all(&g);
+	*ret_report = group_report(&g);
+	if (o->timeline_path && group_view_svg(&g, o->timeline_path) < 0)
+		log_error("cannot write the timeline %s", o->timeline_path);
+	group_view_event(&g, "report", json_pack("{s:O}", "report", *ret_report));
+	if (!o->json)
+		group_view_table(&g, stdout);
+	for (size_t i = 0; i < g.n; i++) {
+		left += g.v[i].phase == PHASE_FAILED;
+		json_decref(g.v[i].report);
+		free(g.v[i].samples);
+	}
+	pthread_cond_destroy(&g.cv);
+	pthread_mutex_destroy(&g.mu);
+	wire_pacer_free(g.pacer);
+	free(g.v);
+	return (int)left;
+}

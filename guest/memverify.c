@@ -77,7 +77,7 @@ struct opts {
 	uint64_t mem_mib;
 	uint64_t seed;
 	uint64_t vmid;
-	bool shared;
+	unsigned shared_pct;	/* of the content shared with VMs of the same seed */
 	unsigned random_pct;
 	unsigned dup_pct;
 	unsigned zero_pct;
@@ -302,7 +302,9 @@ static void usage(FILE *f)
 "Memory mode:\n"
 "  --mem MIB           memory to fill (default 256)\n"
 "  --vmid N            VM id, mixed into the seed in unique mode (default 0)\n"
-"  --content MODE      unique (seed mixed with vmid) or shared (default unique)\n"
+"  --content MODE      unique (seed mixed with vmid), shared, or shared:PCT\n"
+"                      (that share of the pages shared, the rest unique;\n"
+"                      default unique)\n"
 "  --dirty MIBS        rewrite this many MiB/s of pages (default 0)\n"
 "  --wss MIB           working set that --dirty rewrites (default: all)\n"
 "  --probe MIB         a further area that only the probe touches: PPS of its\n"
@@ -401,9 +403,11 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case OPT_VMID: r = parse_u64(a, UINT64_MAX, &o->vmid); break;
 		case OPT_CONTENT:
 			if (strcmp(a, "unique") == 0)
-				o->shared = false;
+				o->shared_pct = 0;
 			else if (strcmp(a, "shared") == 0)
-				o->shared = true;
+				o->shared_pct = 100;
+			else if (strncmp(a, "shared:", 7) == 0)
+				r = parse_pct(a + 7, &o->shared_pct);
 			else
 				r = -EINVAL;
 			break;
@@ -611,10 +615,22 @@ static void probe_report(struct probe *pr)
 	pr->n = 0;
 }
 
-static int run_memory(const struct opts *o)
+/* Guest memory: its own content, the group's, or a share of each. */
+static struct pat_params memory_params(const struct opts *o)
 {
 	struct pat_params p = content_params(o,
-		pat_seed_mem(o->seed, o->vmid, o->shared));
+		pat_seed_mem(o->seed, o->vmid, o->shared_pct == 100));
+
+	if (o->shared_pct && o->shared_pct < 100) {
+		p.seed_shared = pat_seed_mem(o->seed, o->vmid, true);
+		p.shared_pct = o->shared_pct;
+	}
+	return p;
+}
+
+static int run_memory(const struct opts *o)
+{
+	struct pat_params p = memory_params(o);
 	uint64_t npages = o->mem_mib * MIB / PAT_PAGE_SIZE;
 	uint64_t wss_pages = (o->wss_mib ? o->wss_mib : o->mem_mib) * MIB /
 			     PAT_PAGE_SIZE;
@@ -651,10 +667,10 @@ static int run_memory(const struct opts *o)
 	if (probe_init(&pr, o, &p) < 0)
 		return 1;
 	say("memverify ready pages=%" PRIu64 " mem=%" PRIu64 " seed=%" PRIu64
-	    " vmid=%" PRIu64 " content=%s random=%u dup=%u zero=%u dirty=%g"
+	    " vmid=%" PRIu64 " content=%s:%u random=%u dup=%u zero=%u dirty=%g"
 	    " wss=%" PRIu64 " fill_secs=%.2f",
 	    npages, o->mem_mib, o->seed, o->vmid,
-	    o->shared ? "shared" : "unique", o->random_pct, o->dup_pct,
+	    o->shared_pct ? "shared" : "unique", o->shared_pct, o->random_pct, o->dup_pct,
 	    o->zero_pct, o->dirty_mibs, wss_pages * PAT_PAGE_SIZE / MIB,
 	    secs_since(start));
 

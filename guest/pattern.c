@@ -18,6 +18,7 @@
 #define SALT_VMID	0x082efa98ec4e6c89ull
 #define SALT_GEN	0x9e3779b97f4a7c15ull
 #define SALT_MOTIF	0x452821e638d01377ull
+#define SALT_SHARE	0xbe5466cf34e90c6cull
 
 enum pat_class {
 	PAT_NORMAL,
@@ -47,17 +48,33 @@ uint64_t pat_seed_disk(uint64_t seed)
 
 int pat_params_check(const struct pat_params *p)
 {
-	if (p->random_pct > 100 || p->dup_pct > 100 || p->zero_pct > 100)
+	if (p->random_pct > 100 || p->dup_pct > 100 || p->zero_pct > 100 ||
+	    p->shared_pct > 100)
 		return -EINVAL;
 	if (p->dup_pct + p->zero_pct > 100)
 		return -EINVAL;
 	return 0;
 }
 
+/* The seed of the page layout (duplicates, zero pages): the group's when shared. */
+static uint64_t layout_seed(const struct pat_params *p)
+{
+	return p->shared_pct ? p->seed_shared : p->seed;
+}
+
 static uint64_t page_hash(const struct pat_params *p, uint64_t index,
 			  uint64_t salt)
 {
-	return pat_mix64(p->seed ^ pat_mix64(index ^ salt));
+	return pat_mix64(layout_seed(p) ^ pat_mix64(index ^ salt));
+}
+
+/* The seed of the content with this key: the group's for a shared key. */
+static uint64_t content_seed(const struct pat_params *p, uint64_t key)
+{
+	if (p->shared_pct &&
+	    pat_mix64(p->seed_shared ^ pat_mix64(key ^ SALT_SHARE)) % 100u < p->shared_pct)
+		return p->seed_shared;
+	return p->seed;
 }
 
 static enum pat_class page_class(const struct pat_params *p, uint64_t index)
@@ -117,7 +134,7 @@ static void gen_init(struct pat_gen *g, const struct pat_params *p,
 		/* A rewritten zero page gets ordinary content. */
 		key = index;
 	}
-	s = pat_mix64(pat_mix64(p->seed ^ key) + (uint64_t)gen * SALT_GEN);
+	s = pat_mix64(pat_mix64(content_seed(p, key) ^ key) + (uint64_t)gen * SALT_GEN);
 	g->state = s ? s : SALT_GEN;
 	for (i = 0; i < PAT_MOTIF_WORDS; i++)
 		g->motif[i] = pat_mix64(s ^ (SALT_MOTIF * (i + 1))) |

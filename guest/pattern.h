@@ -31,6 +31,15 @@
 
 struct pat_params {
 	uint64_t seed;		/* effective seed, from pat_seed_*() */
+	/*
+	 * Partly shared memory (VMs booted from one image): shared_pct of the
+	 * content keys (0..100, picked by key) take their content from
+	 * seed_shared instead, and the duplicate and zero structure comes from
+	 * seed_shared, so VMs with one seed_shared and their own seed hold
+	 * that share of identical pages at identical offsets. 0: seed alone.
+	 */
+	uint64_t seed_shared;
+	unsigned shared_pct;
 	unsigned random_pct;	/* 0..100: random share of each page */
 	unsigned dup_pct;	/* 0..100: share of pages duplicating another */
 	unsigned zero_pct;	/* 0..100: share of all-zero pages (gen 0) */
@@ -50,7 +59,7 @@ uint64_t pat_seed_mem(uint64_t seed, uint64_t vmid, bool shared);
 uint64_t pat_seed_disk(uint64_t seed);
 
 /*
- * Returns 0 when the percentages are within 0..100 and dup_pct + zero_pct
+ * Returns 0 when the percentages (shared_pct too) are within 0..100 and dup_pct + zero_pct
  * is at most 100, -EINVAL otherwise.
  */
 int pat_params_check(const struct pat_params *p);

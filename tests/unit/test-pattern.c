@@ -107,6 +107,34 @@ static void test_unique_vs_shared(void **state)
 	}
 }
 
+/* shared_pct: that share of the pages is the group's, the rest each VM's own. */
+static void test_partly_shared(void **state)
+{
+	struct pat_params a = params(pat_seed_mem(7, 1, false), 50, 10, 0);
+	struct pat_params b = params(pat_seed_mem(7, 2, false), 50, 10, 0);
+	unsigned same = 0, n = 2000;
+	uint64_t i;
+
+	(void)state;
+	a.seed_shared = b.seed_shared = pat_seed_mem(7, 0, true);
+	a.shared_pct = b.shared_pct = 50;
+	assert_int_equal(pat_params_check(&a), 0);
+	for (i = 0; i < n; i++) {
+		/* The layout (duplicates) is the group's. */
+		assert_int_equal(pat_page_key(&a, i), pat_page_key(&b, i));
+		pat_fill_page(&a, i, 0, page_buf);
+		pat_fill_page(&b, i, 0, page_buf2);
+		same += !memcmp(page_buf, page_buf2, PAT_PAGE_SIZE);
+		/* Each VM's pages verify against its own parameters only. */
+		assert_int_equal(pat_check_page(&a, i, 0, page_buf, NULL, NULL), -1);
+		if (memcmp(page_buf, page_buf2, PAT_PAGE_SIZE))
+			assert_true(pat_check_page(&a, i, 0, page_buf2, NULL, NULL) >= 0);
+	}
+	assert_in_range(same, n * 40 / 100, n * 60 / 100);
+	a.shared_pct = 101;
+	assert_int_equal(pat_params_check(&a), -EINVAL);
+}
+
 static void test_dup_share(void **state)
 {
 	struct pat_params p = params(pat_seed_mem(5, 0, false), 30, 30, 0);
@@ -260,6 +288,7 @@ int main(void)
 		cmocka_unit_test(test_deterministic),
 		cmocka_unit_test(test_generation_and_index_change_content),
 		cmocka_unit_test(test_unique_vs_shared),
+		cmocka_unit_test(test_partly_shared),
 		cmocka_unit_test(test_dup_share),
 		cmocka_unit_test(test_zero_pages),
 		cmocka_unit_test(test_random_share_compressibility),

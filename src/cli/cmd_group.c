@@ -5,6 +5,7 @@
 #include "group/group.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -28,8 +29,9 @@ static void usage(FILE *f)
 		"   \"vms\": [{\"name\": \"web1\", \"qmp\": \"/run/web1/qmp.sock\",\n"
 		"             \"to\": \"site-b:7001\", \"dest_qmp\": \"/run/web1-in/qmp.sock\",\n"
 		"             \"listen\": \"0.0.0.0:7001\"}, ...]}\n"
-		"The sending side reads each VM's name, qmp and to; the receiving side its\n"
-		"name, dest_qmp and listen. tenant, bandwidth and concurrency are optional;\n"
+		"The sending side reads each VM's name, qmp and to (and host, if the VM is\n"
+		"on another host of the site); the receiving side its name, dest_qmp and\n"
+		"listen (and dest_host). tenant, bandwidth and concurrency are optional;\n"
 		"the options below win over them.\n"
 		"\n"
 		"Options:\n"
@@ -40,6 +42,14 @@ static void usage(FILE *f)
 		"  --no-seed              send: start up to N at once from the beginning\n"
 		"  --timeline FILE        send: an SVG picture of the run (each VM's phases,\n"
 		"                         its WAN rate, the budget)\n"
+		"  --host NAME            this host's name in the plan: send moves the VMs\n"
+		"                         whose \"host\" it is (or that have none) from here;\n"
+		"                         recv receives those whose \"dest_host\" it is\n"
+		"  --ssh CMD              send: how to reach the other source hosts a plan\n"
+		"                         names (\"host\"; words split at spaces; default\n"
+		"                         'ssh -o BatchMode=yes'): each runs 'tsubame group\n"
+		"                         send --agent' there, within the same budget\n"
+		"  --remote-tsubame PATH  send: tsubame on those hosts (default: tsubame)\n"
 		"  --json                 progress and results as JSON lines on stdout\n"
 		"  --report FILE          the group's JSON report (every VM's inside)\n"
 		"  --no-progress          no per-VM lines on stderr (default: on a TTY)\n"
@@ -59,6 +69,95 @@ static int load_plan(const char *cmd, const char *path, bool send, struct group_
 	if (group_plan_load(path, plan, err, sizeof(err)) < 0 ||
 	    group_plan_check(plan, send, err, sizeof(err)) < 0) {
 		fprintf(stderr, "tsubame %s: %s\n", cmd, err);
+		if (plan->vms)
+			group_plan_free(plan);
+		return TSB_EXIT_USAGE;
+	}
+	return 0;
+}
+
+/* The coordinator's own options, which its agents on other hosts do not take. */
+static const char *const coordinator_only[] = {
+	"plan=", "report=", "timeline=", "bandwidth=", "concurrency=", "host=", "ssh=",
+	"remote-tsubame=", "json", "no-seed", "progress", "no-progress", "agent", NULL,
+};
+
+/*
+ * What an agent on another host runs: tsubame group send --agent and the
+ * options every VM shares (argv without the coordinator's own). NULL on ENOMEM.
+ */
+static const char **agent_argv(int argc, char **argv, const char *tsubame)
+{
+	const char **out = calloc((size_t)argc + 6, sizeof(*out));
+	size_t n = 0;
+
+	if (!out)
+		return NULL;
+	out[n++] = tsubame ? tsubame : "tsubame";
+	out[n++] = "group";
+	out[n++] = "send";
+	out[n++] = "--agent";
+	out[n++] = "--no-progress";
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		const char *const *k;
+		size_t l;
+
+		if (strncmp(a, "--", 2)) {
+			out[n++] = a;
+			continue;
+		}
+		for (k = coordinator_only; *k; k++) {
+			l = strlen(*k);
+			if ((*k)[l - 1] == '=' ? !strncmp(a + 2, *k, l - 1) &&
+						  (a[l + 1] == '=' || a[l + 1] == 0)
+					       : !strcmp(a + 2, *k))
+				break;
+		}
+		if (!*k)
+			out[n++] = a;
+		else if ((*k)[l - 1] == '=' && !strchr(a, '=') && i + 1 < argc)
+			i++;	/* its value */
+	}
+	out[n] = NULL;
+	return out;
+}
+
+/* Words of --ssh (split at spaces, no quoting). NULL on ENOMEM. */
+static char **split_words(const char *cmd, char **store)
+{
+	char **w = calloc(strlen(cmd) / 2 + 2, sizeof(*w));
+	size_t n = 0;
+	char *save = NULL, *t;
+
+	*store = strdup(cmd);
+	if (!w || !*store) {
+		free(w);
+		return NULL;
+	}
+	for (t = strtok_r(*store, " ", &save); t; t = strtok_r(NULL, " ", &save))
+		w[n++] = t;
+	w[n] = NULL;
+	return w;
+}
+
+/* An agent's plan: the first line of stdin (read bytewise: the rest are commands). */
+static int read_agent_plan(struct group_plan *plan)
+{
+	static char line[GROUP_PLAN_MAX_BYTES + 1];
+	size_t len = 0;
+	char err[512];
+
+	while (len < GROUP_PLAN_MAX_BYTES) {
+		ssize_t n = read(STDIN_FILENO, line + len, 1);
+
+		if (n <= 0 || line[len] == '\n')
+			break;
+		len++;
+	}
+	if (group_plan_parse(line, len, plan, err, sizeof(err)) < 0 ||
+	    group_plan_check(plan, true, err, sizeof(err)) < 0) {
+		fprintf(stderr, "tsubame group send --agent: the plan on stdin: %s\n", err);
 		if (plan->vms)
 			group_plan_free(plan);
 		return TSB_EXIT_USAGE;
@@ -91,6 +190,8 @@ static int group_send_cmd(int argc, char **argv)
 	struct group_plan plan = { 0 };
 	struct cli_sr_extra x;
 	json_t *report = NULL;
+	char **ssh_argv = NULL, *ssh_store = NULL;
+	const char **remote_argv = NULL;
 	int r, left;
 
 	r = cli_group_parse_send(argc, argv, &o, &x);
@@ -99,11 +200,28 @@ static int group_send_cmd(int argc, char **argv)
 			usage(stdout);
 		return r;
 	}
-	r = load_plan("group send", x.plan, true, &plan);
+	r = x.agent ? read_agent_plan(&plan) : load_plan("group send", x.plan, true, &plan);
 	if (r)
 		return r;
 	if (!o.c.tenant && plan.tenant[0])
 		o.c.tenant = plan.tenant;
+	if (x.agent) {
+		go.agent = true;
+		left = group_send(&plan, &go, &report);
+		json_decref(report);
+		group_plan_free(&plan);
+		return left < 0 ? TSB_EXIT_FAILED : TSB_EXIT_OK;
+	}
+	/* This host's VMs move from here; the others through their hosts' agents. */
+	for (size_t i = 0; x.host && i < plan.n_vms; i++)
+		if (plan.vms[i].host && !strcmp(plan.vms[i].host, x.host)) {
+			free(plan.vms[i].host);
+			plan.vms[i].host = NULL;
+		}
+	ssh_argv = split_words(x.ssh ? x.ssh : "ssh -o BatchMode=yes", &ssh_store);
+	remote_argv = agent_argv(argc, argv, x.remote_tsubame);
+	go.ssh_argv = (const char *const *)ssh_argv;
+	go.remote_argv = remote_argv;
 	go.bandwidth = x.bandwidth ? x.bandwidth : plan.bandwidth;
 	go.concurrency = x.concurrency ? x.concurrency : plan.concurrency ? plan.concurrency :
 			 GROUP_DEFAULT_CONCURRENCY;
@@ -114,6 +232,9 @@ static int group_send_cmd(int argc, char **argv)
 	left = group_send(&plan, &go, &report);
 	r = finish(report, o.c.report_path, left, plan.n_vms, "move");
 	group_plan_free(&plan);
+	free(ssh_argv);
+	free(ssh_store);
+	free(remote_argv);
 	return r;
 }
 
@@ -135,6 +256,12 @@ static int group_recv_cmd(int argc, char **argv)
 	r = load_plan("group recv", x.plan, false, &plan);
 	if (r)
 		return r;
+	if (x.host && !group_plan_only_host(&plan, false, x.host)) {
+		fprintf(stderr, "tsubame group recv: no VM of the plan has \"dest_host\": \"%s\"\n",
+			x.host);
+		group_plan_free(&plan);
+		return TSB_EXIT_USAGE;
+	}
 	if (!o.c.tenant && plan.tenant[0])
 		o.c.tenant = plan.tenant;
 	go.json = x.json;

@@ -92,7 +92,7 @@ enum {
 	OPT_DISK, OPT_NO_DISKS, OPT_COMMIT_TIMEOUT, OPT_STATE_DIR, OPT_CONNECTIONS,
 	OPT_MAX_WINDOW, OPT_DISK_COPY_MODE, OPT_QEMU_CONNECT, OPT_NBD_CONNECT,
 	OPT_RECOVER_TIMEOUT, OPT_BANDWIDTH, OPT_PLAN, OPT_CONCURRENCY, OPT_JSON, OPT_TIMELINE,
-	OPT_NO_SEED,
+	OPT_NO_SEED, OPT_AGENT, OPT_HOST, OPT_SSH, OPT_REMOTE_TSUBAME,
 };
 
 static const struct option options[] = {
@@ -143,6 +143,10 @@ static const struct option options[] = {
 	{ "json", no_argument, NULL, OPT_JSON },
 	{ "timeline", required_argument, NULL, OPT_TIMELINE },
 	{ "no-seed", no_argument, NULL, OPT_NO_SEED },
+	{ "agent", no_argument, NULL, OPT_AGENT },
+	{ "host", required_argument, NULL, OPT_HOST },
+	{ "ssh", required_argument, NULL, OPT_SSH },
+	{ "remote-tsubame", required_argument, NULL, OPT_REMOTE_TSUBAME },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, 'h' },
 	{}
@@ -414,6 +418,10 @@ static int parse_group_opt(const char *cmd, bool send, int c, struct parsed *p)
 	case OPT_JSON:
 	case OPT_TIMELINE:
 	case OPT_NO_SEED:
+	case OPT_AGENT:
+	case OPT_HOST:
+	case OPT_SSH:
+	case OPT_REMOTE_TSUBAME:
 		break;
 	default:
 		return OPT_OTHER;
@@ -424,12 +432,20 @@ static int parse_group_opt(const char *cmd, bool send, int c, struct parsed *p)
 		p->x.plan = optarg;
 	else if (c == OPT_JSON)
 		p->x.json = true;
+	else if (c == OPT_HOST)
+		p->x.host = optarg;
 	else if (!send)
 		return cli_usage_error(cmd, "option --%s is for 'tsubame group send'", opt_name(c));
 	else if (c == OPT_TIMELINE)
 		p->x.timeline = optarg;
 	else if (c == OPT_NO_SEED)
 		p->x.no_seed = true;
+	else if (c == OPT_AGENT)
+		p->x.agent = true;
+	else if (c == OPT_SSH)
+		p->x.ssh = optarg;
+	else if (c == OPT_REMOTE_TSUBAME)
+		p->x.remote_tsubame = optarg;
 	else if (tsb_parse_u64(optarg, 1, GROUP_MAX_CONCURRENCY, &v) < 0)
 		return cli_usage_error(cmd, "bad --concurrency '%s' (1-%d)", optarg,
 				       GROUP_MAX_CONCURRENCY);
@@ -441,8 +457,10 @@ static int parse_group_opt(const char *cmd, bool send, int c, struct parsed *p)
 /* A group's plan names each VM's QEMU, address and id: not the command line. */
 static int check_group(const char *cmd, struct parsed *p)
 {
-	if (!p->x.plan)
+	if (!p->x.plan && !p->x.agent)
 		return cli_usage_error(cmd, "--plan FILE is required");
+	if (p->x.agent && p->x.plan)
+		return cli_usage_error(cmd, "--agent reads its plan on stdin: no --plan");
 	if (p->c.qmp_path || p->to || p->listen || p->vm_id)
 		return cli_usage_error(cmd, "--qmp, --to, --listen and --vm-id come from the plan "
 				       "for each VM");

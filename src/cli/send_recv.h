@@ -16,6 +16,10 @@ struct cli_sr_extra {
 	unsigned concurrency;		/* --concurrency; 0: not given */
 	bool json;			/* --json */
 	bool no_seed;			/* --no-seed */
+	const char *host;		/* --host: this host's name in the plan */
+	bool agent;			/* --agent: plan and commands on stdin */
+	const char *ssh;		/* --ssh CMD: how to reach other hosts */
+	const char *remote_tsubame;	/* --remote-tsubame PATH: tsubame there */
 };
 
 /*

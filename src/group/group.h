@@ -31,6 +31,8 @@ struct group_vm {
 	char *to;			/* HOST:PORT of its receiver (send side) */
 	char *dest_qmp;			/* destination QEMU's QMP socket (recv side) */
 	char *listen;			/* HOST:PORT its receiver listens on (recv side) */
+	char *host;			/* its source host, as ssh reaches it; NULL: here */
+	char *dest_host;		/* its destination host (for group recv --host); NULL: any */
 };
 
 struct group_plan {
@@ -53,10 +55,26 @@ int group_plan_load(const char *path, struct group_plan *ret, char *err, size_t 
 void group_plan_free(struct group_plan *p);
 /* Checks that the plan has what one side needs (send: qmp and to; recv: dest_qmp and listen). */
 int group_plan_check(const struct group_plan *p, bool send, char *err, size_t errlen);
+/*
+ * Keeps only the VMs whose host (send) or dest_host (recv) is host; with
+ * host NULL, those with none. Returns how many are left.
+ */
+size_t group_plan_only_host(struct group_plan *p, bool send, const char *host);
 
 struct group_send_options {
 	/* Options of every VM's sender; qmp, to, vm_id, report and progress are the group's. */
 	const struct proxy_send_options *base;
+	/*
+	 * VMs on other hosts ("host" in the plan) run under 'tsubame group send
+	 * --agent' there, started over ssh (argv: ssh, its options, then the
+	 * host); remote_argv is what follows the host (the remote tsubame and
+	 * its options, ending in NULL). The agents take their VMs' starts and
+	 * their share of the budget from us, and tell us how their VMs go.
+	 */
+	const char *const *ssh_argv;
+	const char *const *remote_argv;
+	/* Agent mode: read the plan and commands on stdin, events on stdout. */
+	bool agent;
 	uint64_t bandwidth;		/* bytes/s shared by the group on the WAN; 0: none */
 	unsigned concurrency;		/* VMs moving at once, >= 1 */
 	bool seed_first;		/* the first VM alone first: it seeds the destination's store */

@@ -50,26 +50,46 @@ static int get_string(json_t *obj, const char *key, const char *where, char **re
 	return *ret ? 0 : -ENOMEM;
 }
 
-static int parse_vm(json_t *v, size_t i, struct group_vm *vm, char *err, size_t errlen)
+/* A key obj has that is not in known (NULL-terminated) is an error: a typo would be lost. */
+static int only_known_keys(json_t *obj, const char *const *known, const char *where,
+			   char *err, size_t errlen)
 {
-	static const char *const known[] = { "name", "qmp", "to", "dest_qmp", "listen" };
-	char where[80], *name = NULL;
 	const char *key;
 	json_t *val;
+
+	json_object_foreach(obj, key, val) {
+		const char *const *k;
+
+		for (k = known; *k && strcmp(key, *k); k++)
+			;
+		if (!*k)
+			return plan_err(err, errlen, "%s: unknown key \"%.64s\"", where, key);
+	}
+	return 0;
+}
+
+static bool host_ok(const char *h)
+{
+	if (h[0] == '-')
+		return false;
+	for (; *h; h++)
+		if (*h == ' ' || *h == '\'' || *h == '"' || *h == '\\')
+			return false;
+	return true;
+}
+
+static int parse_vm(json_t *v, size_t i, struct group_vm *vm, char *err, size_t errlen)
+{
+	static const char *const known[] = { "name", "qmp", "to", "dest_qmp", "listen", "host",
+					     "dest_host", NULL };
+	char where[80], *name = NULL;
 	int r;
 
 	snprintf(where, sizeof(where), "vms[%zu]", i);
 	if (!json_is_object(v))
 		return plan_err(err, errlen, "%s is not an object", where);
-	json_object_foreach(v, key, val) {
-		size_t k;
-
-		for (k = 0; k < sizeof(known) / sizeof(known[0]); k++)
-			if (!strcmp(key, known[k]))
-				break;
-		if (k == sizeof(known) / sizeof(known[0]))
-			return plan_err(err, errlen, "%s: unknown key \"%.64s\"", where, key);
-	}
+	if ((r = only_known_keys(v, known, where, err, errlen)))
+		return r;
 	r = get_string(v, "name", where, &name, err, errlen);
 	if (r)
 		return r;
@@ -84,31 +104,29 @@ static int parse_vm(json_t *v, size_t i, struct group_vm *vm, char *err, size_t 
 	if ((r = get_string(v, "qmp", where, &vm->qmp, err, errlen)) ||
 	    (r = get_string(v, "to", where, &vm->to, err, errlen)) ||
 	    (r = get_string(v, "dest_qmp", where, &vm->dest_qmp, err, errlen)) ||
-	    (r = get_string(v, "listen", where, &vm->listen, err, errlen)))
+	    (r = get_string(v, "listen", where, &vm->listen, err, errlen)) ||
+	    (r = get_string(v, "host", where, &vm->host, err, errlen)) ||
+	    (r = get_string(v, "dest_host", where, &vm->dest_host, err, errlen)))
 		return r;
+	/* A host is handed to ssh: never an option, never a word break. */
+	if ((vm->host && !host_ok(vm->host)) || (vm->dest_host && !host_ok(vm->dest_host)))
+		return plan_err(err, errlen, "%s: a host is [user@]name: no spaces, not "
+				"starting with '-'", where);
 	return 0;
 }
 
 static int parse_top(json_t *root, struct group_plan *p, char *err, size_t errlen)
 {
 	static const char *const known[] = { "tenant", "bandwidth", "concurrency", "seed_first",
-					     "vms" };
+					     "vms", NULL };
 	json_t *v, *vms;
-	const char *key;
 	char *s;
 	int r;
 
 	if (!json_is_object(root))
 		return plan_err(err, errlen, "the plan is not a JSON object");
-	json_object_foreach(root, key, v) {
-		size_t k;
-
-		for (k = 0; k < sizeof(known) / sizeof(known[0]); k++)
-			if (!strcmp(key, known[k]))
-				break;
-		if (k == sizeof(known) / sizeof(known[0]))
-			return plan_err(err, errlen, "unknown key \"%.64s\"", key);
-	}
+	if ((r = only_known_keys(root, known, "the plan", err, errlen)))
+		return r;
 	if ((r = get_string(root, "tenant", "the plan", &s, err, errlen)))
 		return r;
 	if (s) {
@@ -222,6 +240,8 @@ void group_plan_free(struct group_plan *p)
 		free(p->vms[i].to);
 		free(p->vms[i].dest_qmp);
 		free(p->vms[i].listen);
+		free(p->vms[i].host);
+		free(p->vms[i].dest_host);
 	}
 	free(p->vms);
 	p->vms = NULL;
@@ -249,4 +269,27 @@ int group_plan_check(const struct group_plan *p, bool send, char *err, size_t er
 		}
 	}
 	return 0;
+}
+
+size_t group_plan_only_host(struct group_plan *p, bool send, const char *host)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < p->n_vms; i++) {
+		struct group_vm *vm = &p->vms[i];
+		const char *h = send ? vm->host : vm->dest_host;
+
+		if ((!host && !h) || (host && h && !strcmp(h, host))) {
+			p->vms[n++] = *vm;
+			continue;
+		}
+		free(vm->qmp);
+		free(vm->to);
+		free(vm->dest_qmp);
+		free(vm->listen);
+		free(vm->host);
+		free(vm->dest_host);
+	}
+	p->n_vms = n;
+	return n;
 }

@@ -12,7 +12,6 @@
 #include "common/log.h"
 #include "common/thread.h"
 #include "common/util.h"
-#include "qmp/qmp.h"
 
 struct recv_vm {
 	const struct group_vm *vm;
@@ -34,38 +33,18 @@ struct recv_vm {
  */
 static int dest_state(const char *qmp_path, char *why, size_t whylen)
 {
-	char err[256] = "";
-	json_t *st = NULL;
-	const char *status;
-	struct qmp *q;
-	int r;
+	char status[64];
 
-	r = qmp_open(qmp_path, 5000, &q);
-	if (r < 0) {
-		snprintf(why, whylen, "its destination QEMU (%s) does not answer: %s", qmp_path,
-			 strerror(-r));
+	if (group_qemu_status(qmp_path, "destination", status, sizeof(status), why, whylen) < 0)
 		return -1;
-	}
-	r = qmp_execute(q, "query-status", NULL, &st, err, sizeof(err));
-	qmp_close(q);
-	if (r < 0) {
-		snprintf(why, whylen, "query-status at its destination: %s", err[0] ? err :
-			 strerror(-r));
-		return -1;
-	}
-	status = json_string_value(json_object_get(st, "status")) ?: "";
-	if (!strcmp(status, "inmigrate")) {
-		r = 1;
-	} else if (!strcmp(status, "running")) {
+	if (!strcmp(status, "inmigrate"))
+		return 1;
+	if (!strcmp(status, "running")) {
 		snprintf(why, whylen, "arrived earlier: its destination QEMU runs the guest");
-		r = 0;
-	} else {
-		snprintf(why, whylen, "its destination QEMU is %s, not waiting for a migration",
-			 status);
-		r = -1;
+		return 0;
 	}
-	json_decref(st);
-	return r;
+	snprintf(why, whylen, "its destination QEMU is %s, not waiting for a migration", status);
+	return -1;
 }
 
 static void *recv_thread(void *arg)

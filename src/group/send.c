@@ -8,14 +8,16 @@
 #include "group/internal.h"
 
 #include <errno.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "common/thread.h"
 #include "common/util.h"
-#include "qmp/qmp.h"
 #include "wire/pacer.h"
 
 /* How often the views are redrawn. */
@@ -30,16 +32,21 @@ static enum vm_phase phase_of_status(const char *st)
 	return PHASE_PRECOPY;
 }
 
-static void on_tick(void *opaque, const struct proxy_tick *t)
+void group_vm_tick(struct vm_run *r, const struct proxy_tick *t)
 {
-	struct vm_run *r = opaque;
-
-	pthread_mutex_lock(&r->g->mu);
 	snprintf(r->status, sizeof(r->status), "%s", t->status ? t->status : "");
 	r->tick = *t;
 	r->tick.status = r->status;
 	r->wan_out = t->wan_out;
 	r->phase = phase_of_status(r->status);
+}
+
+static void on_tick(void *opaque, const struct proxy_tick *t)
+{
+	struct vm_run *r = opaque;
+
+	pthread_mutex_lock(&r->g->mu);
+	group_vm_tick(r, t);
 	pthread_mutex_unlock(&r->g->mu);
 }
 
@@ -50,37 +57,19 @@ static void on_tick(void *opaque, const struct proxy_tick *t)
  */
 static int source_state(const char *qmp_path, char *why, size_t whylen)
 {
-	char err[256] = "";
-	json_t *st = NULL;
-	const char *status;
-	struct qmp *q;
-	int r;
+	char status[64];
 
-	r = qmp_open(qmp_path, 5000, &q);
-	if (r < 0) {
-		snprintf(why, whylen, "its source QEMU (%s) does not answer: %s", qmp_path,
-			 strerror(-r));
+	if (group_qemu_status(qmp_path, "source", status, sizeof(status), why, whylen) < 0)
 		return -1;
-	}
-	r = qmp_execute(q, "query-status", NULL, &st, err, sizeof(err));
-	qmp_close(q);
-	if (r < 0) {
-		snprintf(why, whylen, "query-status at its source: %s", err[0] ? err :
-			 strerror(-r));
-		return -1;
-	}
-	status = json_string_value(json_object_get(st, "status")) ?: "";
 	if (!strcmp(status, "postmigrate")) {
 		snprintf(why, whylen, "moved earlier: its source QEMU has completed a migration");
-		r = 0;
-	} else if (!strcmp(status, "inmigrate")) {
-		snprintf(why, whylen, "its \"qmp\" is a QEMU waiting for an incoming migration");
-		r = -1;
-	} else {
-		r = 1;
+		return 0;
 	}
-	json_decref(st);
-	return r;
+	if (!strcmp(status, "inmigrate")) {
+		snprintf(why, whylen, "its \"qmp\" is a QEMU waiting for an incoming migration");
+		return -1;
+	}
+	return 1;
 }
 
 static void *vm_thread(void *arg)
@@ -133,6 +122,18 @@ static int start_vm(struct group_run *g, struct vm_run *r)
 	r->phase = PHASE_SETUP;
 	r->start_ns = tsb_now_ns();
 	g->running++;
+	if (r->remote) {
+		if (!r->remote->gone && group_remote_start_vm(r->remote, r->vm->name))
+			return 0;
+		g->running--;
+		r->phase = PHASE_FAILED;
+		r->oc = PROXY_LINK;
+		r->end_ns = r->start_ns;
+		snprintf(r->why, sizeof(r->why), "its host's agent (%.200s) is gone",
+			 r->remote->host);
+		return -EPIPE;
+	}
+	r->o.pacer = g->pacer;	/* an agent's pacer comes with its first share */
 	e = tsb_thread_create(&r->th, vm_thread, r);
 	if (e) {
 		g->running--;
@@ -164,6 +165,12 @@ static bool start_more(struct group_run *g, size_t *next)
 		(void)start_vm(g, &g->v[(*next)++]);
 	for (size_t i = 0; i < g->n; i++)
 		done += finished(&g->v[i]);
+	/* Interrupted: agents whose coordinator is gone cancel their VMs. */
+	for (size_t h = 0; proxy_caught_signal() && h < g->n_remotes; h++)
+		if (g->remotes[h].in) {
+			fclose(g->remotes[h].in);
+			g->remotes[h].in = NULL;
+		}
 	if (proxy_caught_signal())
 		for (size_t i = *next; i < g->n; i++, done++)
 			if (!finished(&g->v[i])) {
@@ -173,6 +180,39 @@ static bool start_more(struct group_run *g, size_t *next)
 					 "not started: interrupted");
 			}
 	return done == g->n || (proxy_caught_signal() && g->running == 0);
+}
+
+/*
+ * Under g->mu: the budget follows the moving VMs: each host (this one, each
+ * agent's) gets the share of the VMs moving there, so that what one host
+ * does not use the others get.
+ */
+static void share_budget(struct group_run *g)
+{
+	size_t moving = 0, here = 0;
+
+	if (!g->pacer || !g->n_remotes)
+		return;
+	for (size_t i = 0; i < g->n; i++) {
+		const struct vm_run *r = &g->v[i];
+
+		if (r->phase >= PHASE_SETUP && r->phase <= PHASE_SWITCHOVER) {
+			moving++;
+			here += !r->remote;
+		}
+	}
+	for (size_t h = 0; h < g->n_remotes; h++) {
+		struct remote *rm = &g->remotes[h];
+		size_t there = 0;
+
+		for (size_t i = 0; i < g->n; i++)
+			there += g->v[i].remote == rm && g->v[i].phase >= PHASE_SETUP &&
+				 g->v[i].phase <= PHASE_SWITCHOVER;
+		group_remote_set_bandwidth(rm, moving && there ? g->o->bandwidth * there / moving
+							       : g->o->bandwidth);
+	}
+	wire_pacer_set_rate(g->pacer, moving && here ? g->o->bandwidth * here / moving
+						     : g->o->bandwidth);
 }
 
 static void run_all(struct group_run *g)
@@ -191,6 +231,7 @@ static void run_all(struct group_run *g)
 		}
 		pthread_cond_timedwait(&g->cv, &g->mu, &ts);
 		now = tsb_now_ns();
+		share_budget(g);
 		if (now >= next_view) {
 			pthread_mutex_unlock(&g->mu);
 			group_view_tick(g, false);
@@ -199,10 +240,137 @@ static void run_all(struct group_run *g)
 		}
 	}
 	pthread_mutex_unlock(&g->mu);
+	for (size_t h = 0; h < g->n_remotes; h++)
+		group_remote_finish(&g->remotes[h]);
 	for (size_t i = 0; i < g->n; i++)
 		if (g->v[i].thread)
 			pthread_join(g->v[i].th, NULL);
 	group_view_tick(g, true);
+}
+
+/* ---- agent mode: a coordinator on another host starts our VMs ---- */
+
+static void agent_print(json_t *ev)
+{
+	if (!ev)
+		return;
+	json_dumpf(ev, stdout, JSON_COMPACT);
+	fputc('\n', stdout);
+	fflush(stdout);
+	json_decref(ev);
+}
+
+static void agent_command(struct group_run *g, const char *line, size_t len)
+{
+	struct group_command c;
+
+	if (group_command_parse(line, len, &c) < 0) {
+		log_warn("a command from the coordinator that is not one");
+		return;
+	}
+	pthread_mutex_lock(&g->mu);
+	if (c.bandwidth) {
+		if (!g->pacer)
+			g->pacer = wire_pacer_new(c.bandwidth);
+		else
+			wire_pacer_set_rate(g->pacer, c.bandwidth);
+	}
+	for (size_t i = 0; c.start[0] && i < g->n; i++)
+		if (!strcmp(g->v[i].vm->name, c.start) && g->v[i].phase == PHASE_WAITING)
+			(void)start_vm(g, &g->v[i]);
+	pthread_mutex_unlock(&g->mu);
+}
+
+/* Reads what stdin has (up to a line's worth); false at its end. */
+static bool agent_read(struct group_run *g, char *buf, size_t *len)
+{
+	struct pollfd pfd = { .fd = STDIN_FILENO, .events = POLLIN };
+	ssize_t n;
+	char *nl;
+
+	if (poll(&pfd, 1, 200) <= 0)
+		return true;
+	n = read(STDIN_FILENO, buf + *len, GROUP_COMMAND_MAX - *len);
+	if (n < 0)
+		return errno == EINTR || errno == EAGAIN;
+	if (n == 0)
+		return false;
+	*len += (size_t)n;
+	while ((nl = memchr(buf, '\n', *len))) {
+		size_t l = (size_t)(nl - buf);
+
+		agent_command(g, buf, l);
+		memmove(buf, nl + 1, *len - l - 1);
+		*len -= l + 1;
+	}
+	if (*len == GROUP_COMMAND_MAX) {
+		log_warn("a command line from the coordinator is too long: dropped");
+		*len = 0;
+	}
+	return true;
+}
+
+/*
+ * Runs the VMs the coordinator starts, tells it how they go, and ends
+ * when its commands end and nothing moves; if they end while VMs move,
+ * the coordinator is gone: they are cancelled (their sources keep them).
+ */
+static void run_agent(struct group_run *g)
+{
+	char buf[GROUP_COMMAND_MAX];
+	uint64_t next_tick = 0;
+	bool open = true, done = false;
+	size_t len = 0;
+
+	while (!done) {
+		json_t *ends = json_array(), *ticks = json_array(), *ev;
+		size_t k;
+		uint64_t now;
+
+		if (open && !(open = agent_read(g, buf, &len))) {
+			pthread_mutex_lock(&g->mu);
+			if (g->running) {
+				log_error("the coordinator is gone: cancelling what moves");
+				raise(SIGTERM);
+			}
+			pthread_mutex_unlock(&g->mu);
+		} else if (!open) {
+			struct timespec ts = { 0, 200000000 };
+
+			nanosleep(&ts, NULL);
+		}
+		now = tsb_now_ns();
+		pthread_mutex_lock(&g->mu);
+		for (size_t i = 0; i < g->n; i++) {
+			struct vm_run *r = &g->v[i];
+
+			if (finished(r) && r->phase != PHASE_WAITING && !r->end_told) {
+				r->end_told = true;
+				ev = json_pack("{s:s, s:s, s:s, s:s, s:s}", "event", "vm-end",
+					       "name", r->vm->name, "phase", group_phase_name(r->phase),
+					       "outcome", proxy_outcome_name(r->oc), "why", r->why);
+				if (r->report)
+					json_object_set(ev, "report", r->report);
+				json_array_append_new(ends, ev);
+			} else if (now >= next_tick && r->phase >= PHASE_SETUP &&
+				   r->phase <= PHASE_SWITCHOVER && r->tick.status) {
+				json_array_append_new(ticks, group_event_tick(r->vm->name, &r->tick));
+			}
+		}
+		done = !open && g->running == 0;
+		pthread_mutex_unlock(&g->mu);
+		if (now >= next_tick)
+			next_tick = now + VIEW_EVERY_NS;
+		json_array_foreach(ticks, k, ev)
+			agent_print(json_incref(ev));
+		json_array_foreach(ends, k, ev)
+			agent_print(json_incref(ev));
+		json_decref(ticks);
+		json_decref(ends);
+	}
+	for (size_t i = 0; i < g->n; i++)
+		if (g->v[i].thread)
+			pthread_join(g->v[i].th, NULL);
 }
 
 static json_t *vm_report(const struct group_run *g, const struct vm_run *r)
@@ -274,6 +442,46 @@ static json_t *group_report(struct group_run *g)
 	return rep;
 }
 
+/* An agent for each other host the plan names; its VMs fail if it cannot start. */
+static int setup_remotes(struct group_run *g)
+{
+	g->remotes = calloc(g->n, sizeof(*g->remotes));
+	if (!g->remotes)
+		return -ENOMEM;
+	for (size_t i = 0; i < g->n; i++) {
+		struct vm_run *r = &g->v[i];
+		size_t h;
+
+		if (!r->vm->host)
+			continue;
+		for (h = 0; h < g->n_remotes && strcmp(g->remotes[h].host, r->vm->host); h++)
+			;
+		if (h == g->n_remotes) {
+			g->remotes[h].out = -1;
+			snprintf(g->remotes[h].host, sizeof(g->remotes[h].host), "%s", r->vm->host);
+			g->n_remotes++;
+		}
+		r->remote = &g->remotes[h];
+	}
+	for (size_t h = 0; h < g->n_remotes; h++) {
+		int e;
+
+		if (!g->o->ssh_argv || !g->o->remote_argv)
+			e = -EINVAL;
+		else
+			e = group_remote_start(g, &g->remotes[h], g->remotes[h].host);
+		if (e < 0) {
+			log_error("%s: cannot start its agent over ssh: %s", g->remotes[h].host,
+				  strerror(-e));
+			g->remotes[h].gone = true;
+		} else if (g->pacer) {
+			/* Paced from its first VM on; share_budget() then moves it. */
+			group_remote_set_bandwidth(&g->remotes[h], g->o->bandwidth);
+		}
+	}
+	return 0;
+}
+
 int group_send(const struct group_plan *plan, const struct group_send_options *o,
 	       json_t **ret_report)
 {
@@ -310,8 +518,24 @@ int group_send(const struct group_plan *plan, const struct group_send_options *o
 		r->o.tick_opaque = r;
 		snprintf(r->tag, sizeof(r->tag), "%s", r->vm->name);
 	}
+	if (!o->agent && setup_remotes(&g) < 0) {
+		free(g.v);
+		wire_pacer_free(g.pacer);
+		return -ENOMEM;
+	}
+	proxy_catch_signals(&g.sig);
 	g.start_ns = tsb_now_ns();
+	if (o->agent) {
+		run_agent(&g);
+		proxy_release_signals(&g.sig);
+		for (size_t i = 0; i < g.n; i++)
+			json_decref(g.v[i].report);
+		wire_pacer_free(g.pacer);
+		free(g.v);
+		return 0;
+	}
 	run_all(&g);
+	proxy_release_signals(&g.sig);
 	*ret_report = group_report(&g);
 	if (o->timeline_path && group_view_svg(&g, o->timeline_path) < 0)
 		log_error("cannot write the timeline %s", o->timeline_path);
@@ -326,6 +550,7 @@ int group_send(const struct group_plan *plan, const struct group_send_options *o
 	pthread_cond_destroy(&g.cv);
 	pthread_mutex_destroy(&g.mu);
 	wire_pacer_free(g.pacer);
+	free(g.remotes);
 	free(g.v);
 	return (int)left;
 }

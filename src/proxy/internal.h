@@ -68,9 +68,7 @@ int proxy_tls_setup(const struct proxy_common_options *o, enum wire_tls_side sid
 		    struct wire_tls **ret, char *msg, size_t msglen);
 
 /* Installs SIGINT/SIGTERM handlers that set *flag (and ignore SIGPIPE). */
-void proxy_catch_signals(volatile int *flag);
-/* The migration that flag belongs to has ended: signals no longer reach it. */
-void proxy_release_signals(volatile int *flag);
+
 
 /*
  * Fuzzing only: feeds frames (wire header + payload each) to a receiver

@@ -159,6 +159,13 @@ int proxy_resolve(const struct proxy_resolve_options *o);
 /* Prints the records of unsettled migrations in dir; returns how many. */
 int proxy_resolve_list(const char *state_dir);
 
+/*
+ * SIGINT and SIGTERM set *flag (and every other migration's of this
+ * process) from now on; one caught earlier is set at once.
+ */
+void proxy_catch_signals(volatile int *flag);
+/* What flag belongs to has ended: signals no longer reach it. */
+void proxy_release_signals(volatile int *flag);
 /* The SIGINT/SIGTERM caught since a migration of this process began, or 0. */
 int proxy_caught_signal(void);
 

@@ -37,9 +37,23 @@ void wire_pacer_free(struct wire_pacer *p)
 	free(p);
 }
 
-uint64_t wire_pacer_rate(const struct wire_pacer *p)
+uint64_t wire_pacer_rate(struct wire_pacer *p)
 {
-	return p->rate;
+	uint64_t r;
+
+	pthread_mutex_lock(&p->mu);
+	r = p->rate;
+	pthread_mutex_unlock(&p->mu);
+	return r;
+}
+
+void wire_pacer_set_rate(struct wire_pacer *p, uint64_t rate)
+{
+	if (!rate)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->rate = rate;
+	pthread_mutex_unlock(&p->mu);
 }
 
 uint64_t wire_pacer_book(struct wire_pacer *p, size_t n, uint64_t now_ns)
@@ -49,8 +63,8 @@ uint64_t wire_pacer_book(struct wire_pacer *p, size_t n, uint64_t now_ns)
 	/* n < 2^32 and 1e9 < 2^30: the product cannot wrap. */
 	if (n > UINT32_MAX)
 		n = UINT32_MAX;
-	dur = (uint64_t)n * 1000000000ull / p->rate;
 	pthread_mutex_lock(&p->mu);
+	dur = (uint64_t)n * 1000000000ull / p->rate;
 	start = p->next_ns;
 	/* An idle budget lends at most a burst's worth of the time it lost. */
 	if (start + WIRE_PACER_BURST_NS < now_ns)

@@ -21,7 +21,9 @@ struct wire_pacer;
 /* rate in bytes per second (> 0). NULL on ENOMEM. */
 struct wire_pacer *wire_pacer_new(uint64_t rate);
 void wire_pacer_free(struct wire_pacer *p);
-uint64_t wire_pacer_rate(const struct wire_pacer *p);
+uint64_t wire_pacer_rate(struct wire_pacer *p);
+/* A new rate (> 0) from now on: a group moves its budget between hosts. */
+void wire_pacer_set_rate(struct wire_pacer *p, uint64_t rate);
 /*
  * Books n bytes at time now_ns (CLOCK_MONOTONIC): returns when they may
  * be written (now_ns or later). No sleeping: the clock is the caller's.

@@ -227,6 +227,9 @@ static int group_send_cmd(int argc, char **argv)
 			 GROUP_DEFAULT_CONCURRENCY;
 	go.seed_first = !x.no_seed && plan.seed_first != 0;
 	go.tty = o.c.progress && !x.json;
+	/* The lines say how each VM went: other lines would break them (-v: all). */
+	if (go.tty && tsb_log_get_level() == TSB_LOG_NOTICE)
+		tsb_log_set_level(TSB_LOG_WARN);
 	go.json = x.json;
 	go.timeline_path = x.timeline;
 	left = group_send(&plan, &go, &report);

@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/fault.h"
 #include "common/log.h"
 #include "common/thread.h"
 #include "common/util.h"
@@ -70,6 +71,10 @@ static void apply(struct remote *rm, struct group_event *ev)
 					.ram_remaining = ev->ram_remaining, .wan_out = ev->wan_out };
 
 		group_vm_tick(r, &t);
+		pthread_mutex_unlock(&g->mu);
+		/* A VM moves over there: the step where tests cut the agent off. */
+		tsb_fault_point("group-agent-moving");
+		return;
 	} else {
 		vm_ended(r, ev->phase, ev->outcome, ev->why, ev->report);
 	}

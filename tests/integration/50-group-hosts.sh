@@ -8,7 +8,10 @@
 #     at the destination, their reports (the agent's) equal to what their
 #     links carried, the agent's VMs shared the seed's pages;
 #  b) a plan naming a host ssh cannot reach: that VM fails with the reason,
-#     its source runs on, the VM here moves.
+#     its source runs on, the VM here moves;
+#  c) the ssh to the other host is cut as its VM moves (fault point
+#     group-agent-moving): the agent, its coordinator gone, cancels; that
+#     VM's source runs on, the coordinator says it lost the agent.
 . "$(dirname "$0")/lib.sh"
 require_guest
 requires "$WANEM" ss python3 ip ssh ssh-keygen /usr/sbin/sshd
@@ -98,8 +101,9 @@ group() {
 	for v in $vms; do
 		wait_listen "$(cat "$T/$v.rport")" 60 || fail "$tag: $v's receiver did not listen"
 	done
-	"$TSUBAME" group send --plan "$plan" --key "$T/key" --store "$T/store-a" \
-		--ssh "ssh -F $T/ssh_config" --remote-tsubame "$TSUBAME" --bandwidth 200mbit \
+	TSUBAME_FAULT_AT=${SEND_FAULT_AT:-} TSUBAME_FAULT_CMD=${SEND_FAULT_CMD:-} \
+		"$TSUBAME" group send --plan "$plan" --key "$T/key" --store "$T/store-a" \
+		--ssh "ssh -F $T/ssh_config" --remote-tsubame "$TSUBAME" --bandwidth "${BANDWIDTH:-200mbit}" \
 		--concurrency 2 --report "$T/$tag-send.json" --timeout 300s --no-progress \
 		>"$T/$tag-send.out" 2>"$T/$tag-send.log" || src=$?
 	wait "$rpid" || rrc=$?
@@ -164,5 +168,30 @@ rep = json.load(open(sys.argv[1] + "/b-send.json"))
 vms = {v["name"]: v for v in rep["vms"]}
 assert vms["w1"]["phase"] == "moved", vms["w1"]
 assert vms["w2"]["phase"] == "failed" and "agent" in vms["w2"]["why"], vms["w2"]
+PY
+for v in w1 w2; do kill -9 "$(cat "$T/$v/qemu.pid")" "$(cat "$T/$v-b/qemu.pid")" 2>/dev/null || true; done
+
+# --- c) the ssh to the other host cut while its VM moves ---
+{
+	echo '{"tenant": "red", "vms": ['
+	vm x1 6 "$there"
+	echo ']}'
+} >"$T/plan-c.json"
+wait_beat x1 1 180 >/dev/null
+# Slow (20 Mbit/s: ~10 s) so that the cut comes while it moves.
+BANDWIDTH=20mbit SEND_FAULT_AT=group-agent-moving SEND_FAULT_CMD="pkill -KILL -f '^ssh -F $T/ssh_config'" \
+	RECV_TIMEOUT=60s group c "$T/plan-c.json" "x1"
+[ "$(cat "$T/c.rc-send")" = 1 ] || fail "group send: exit $(cat "$T/c.rc-send"), not 1"
+grep -q "fault injection at 'group-agent-moving'" "$T/c-send.log" || fail "the fault did not fire"
+last=$(grep -a -o 'beat [0-9]* ok' "$T/x1/serial.log" | tail -1 | awk '{print $2}')
+wait_beat x1 "$last" 60 >/dev/null || fail "x1's source did not run on"
+"$TSUBAME" vm status --dir "$T/x1" | grep -q running || fail "x1 does not run at its source"
+"$TSUBAME" vm status --dir "$T/x1-b" 2>/dev/null | grep -q 'running' &&
+	fail "x1 runs at the destination too"
+python3 - "$T" <<'PY' || fail "group c: report not as expected"
+import json, sys
+rep = json.load(open(sys.argv[1] + "/c-send.json"))
+v = rep["vms"][0]
+assert v["phase"] == "failed" and "lost the agent" in v["why"], v
 PY
 exit 0

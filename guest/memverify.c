@@ -91,6 +91,7 @@ struct opts {
 	uint64_t size;		/* --size for --make-disk */
 	uint64_t probe_mib;	/* cold area touched only by the probe; 0: none */
 	double probe_pps;	/* pages of it touched per second */
+	uint64_t probe_ahead;	/* pages after its cursor it keeps freshly written */
 	const char *diskwrite;	/* disk writer mode */
 	uint64_t dw_base, dw_blocks, dw_batch, dw_records;
 	double dw_rate;		/* MiB/s; 0: as fast as the disk takes them */
@@ -313,6 +314,11 @@ static void usage(FILE *f)
 "                      (a page untouched for MIB/PPS seconds: after a postcopy\n"
 "                      switchover, a fault) (default 0: no probe)\n"
 "  --probe-rate PPS    pages the probe touches per second (default 200)\n"
+"  --probe-ahead N     the probe writes again (same content) the page N after\n"
+"                      each it reads, so that the pages it reads next are\n"
+"                      always freshly dirty: after a postcopy switchover\n"
+"                      they are at the source, and its reads fault there\n"
+"                      (reads of 1 ms or more count as faults: faults=...)\n"
 "Any verifying mode:\n"
 "  --sweep-secs S      pace: a full verify pass takes at least S seconds\n"
 "                      (default 2; 0: as fast as possible)\n"
@@ -337,7 +343,7 @@ static void usage(FILE *f)
 enum {
 	OPT_MEM = 256, OPT_SEED, OPT_VMID, OPT_CONTENT, OPT_RANDOM, OPT_DUP,
 	OPT_ZERO, OPT_DIRTY, OPT_WSS, OPT_SWEEPS, OPT_DISK, OPT_MAKE_DISK,
-	OPT_CHECK_DISK, OPT_SIZE, OPT_SWEEP_SECS, OPT_PROBE, OPT_PROBE_RATE,
+	OPT_CHECK_DISK, OPT_SIZE, OPT_SWEEP_SECS, OPT_PROBE, OPT_PROBE_RATE, OPT_PROBE_AHEAD,
 	OPT_DISKWRITE, OPT_DW_BASE, OPT_DW_BLOCKS, OPT_DW_BATCH, OPT_DW_RATE,
 	OPT_DW_RECORDS,
 };
@@ -360,6 +366,7 @@ static const struct option long_opts[] = {
 	{ "size", required_argument, NULL, OPT_SIZE },
 	{ "probe", required_argument, NULL, OPT_PROBE },
 	{ "probe-rate", required_argument, NULL, OPT_PROBE_RATE },
+	{ "probe-ahead", required_argument, NULL, OPT_PROBE_AHEAD },
 	{ "diskwrite", required_argument, NULL, OPT_DISKWRITE },
 	{ "dw-base", required_argument, NULL, OPT_DW_BASE },
 	{ "dw-blocks", required_argument, NULL, OPT_DW_BLOCKS },
@@ -431,6 +438,9 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 				r = -ERANGE;
 			break;
 		case OPT_PROBE: r = parse_u64(a, MAX_MEM_MIB, &o->probe_mib); break;
+		case OPT_PROBE_AHEAD:
+			r = parse_u64(a, MAX_MEM_MIB * (MIB / PAT_PAGE_SIZE), &o->probe_ahead);
+			break;
 		case OPT_PROBE_RATE:
 			r = parse_double(a, &o->probe_pps);
 			if (r == 0 && (o->probe_pps < 1 || o->probe_pps > 1e6))
@@ -523,13 +533,18 @@ static uint64_t pick_next(uint64_t *s)
  */
 #define PROBE_MAX_SAMPLES 65536
 
+/* A first read slower than this is a fault (a present page reads in microseconds). */
+#define PROBE_FAULT_NS 1000000u
+
 struct probe {
 	unsigned char *area;
-	uint64_t pages, cursor, done, base_ns, bad;
+	uint64_t pages, cursor, done, base_ns, bad, ahead;
 	double pps;
 	struct pat_params p;
 	uint32_t samples[PROBE_MAX_SAMPLES];	/* ns, this second */
 	unsigned n;
+	uint32_t faults[PROBE_MAX_SAMPLES];	/* the reads among them that faulted */
+	unsigned nf;
 	uint64_t line;
 };
 
@@ -542,6 +557,7 @@ static int probe_init(struct probe *pr, const struct opts *o, const struct pat_p
 		return 0;
 	pr->pages = o->probe_mib * MIB / PAT_PAGE_SIZE;
 	pr->pps = o->probe_pps;
+	pr->ahead = o->probe_ahead < pr->pages ? o->probe_ahead : pr->pages - 1;
 	pr->p = *p;
 	pr->p.seed ^= 0x9e3779b97f4a7c15ull; /* content of its own */
 	pr->area = mmap(NULL, pr->pages * PAT_PAGE_SIZE, PROT_READ | PROT_WRITE,
@@ -585,10 +601,29 @@ static void probe_step(struct probe *pr)
 		unsigned char *pg = pr->area + pr->cursor * PAT_PAGE_SIZE;
 		uint64_t t0 = now_ns(), exp = 0, got = 0;
 
+		uint64_t dt;
+
 		(void)*(volatile unsigned char *)pg;
+		dt = now_ns() - t0;
+		if (dt > UINT32_MAX)
+			dt = UINT32_MAX;
 		if (pr->n < PROBE_MAX_SAMPLES)
-			pr->samples[pr->n++] = (uint32_t)((now_ns() - t0) > UINT32_MAX ?
-							  UINT32_MAX : now_ns() - t0);
+			pr->samples[pr->n++] = (uint32_t)dt;
+		if (dt >= PROBE_FAULT_NS && pr->nf < PROBE_MAX_SAMPLES)
+			pr->faults[pr->nf++] = (uint32_t)dt;
+		if (pr->ahead) {
+			/*
+			 * Writes the page ahead again (the same byte: its content
+			 * stays, but it is dirty now): the pages the probe reads
+			 * next were written within the last ahead/pps seconds, so
+			 * a migration has not sent them yet when it switches over
+			 * to postcopy, and reading them there faults.
+			 */
+			volatile unsigned char *w = pr->area +
+				((pr->cursor + pr->ahead) % pr->pages) * PAT_PAGE_SIZE;
+
+			*w = *w;
+		}
 		if (pat_check_page(&pr->p, pr->cursor, 0, pg, &exp, &got) >= 0)
 			pr->bad++;
 		pr->cursor = (pr->cursor + 1) % pr->pages;
@@ -608,11 +643,15 @@ static void probe_report(struct probe *pr)
 		return;
 	}
 	qsort(pr->samples, pr->n, sizeof(pr->samples[0]), cmp_u32);
-	say("probe %" PRIu64 " %s count=%u p50_us=%.1f p99_us=%.1f max_us=%.1f bad=%" PRIu64,
+	qsort(pr->faults, pr->nf, sizeof(pr->faults[0]), cmp_u32);
+	say("probe %" PRIu64 " %s count=%u p50_us=%.1f p99_us=%.1f max_us=%.1f bad=%" PRIu64
+	    " faults=%u fault_p50_us=%.1f fault_p99_us=%.1f",
 	    pr->line, pr->bad ? "CORRUPT" : "ok", pr->n, pr->samples[pr->n / 2] / 1e3,
 	    pr->samples[(uint64_t)pr->n * 99 / 100] / 1e3, pr->samples[pr->n - 1] / 1e3,
-	    pr->bad);
+	    pr->bad, pr->nf, pr->nf ? pr->faults[pr->nf / 2] / 1e3 : 0.0,
+	    pr->nf ? pr->faults[(uint64_t)pr->nf * 99 / 100] / 1e3 : 0.0);
 	pr->n = 0;
+	pr->nf = 0;
 }
 
 /* Guest memory: its own content, the group's, or a share of each. */

@@ -215,7 +215,8 @@ fi
 # The destination's store is full: it only saves bytes, the move goes on.
 mkdir -p "$T/full"
 if mount -t tmpfs -o size=256k tsb-full "$T/full" 2>/dev/null; then
-	trap 'r=$?; umount -l "$T/full" 2>/dev/null; (exit $r); cleanup' EXIT
+	unmount_full() { umount -l "$T/full" 2>/dev/null; }
+	cleanup_hooks+=(unmount_full)
 	case_run store-full none none true "0" "0" 5ms "--store $T/full/store"
 else
 	log "cannot mount a small tmpfs: the full-store case skipped"

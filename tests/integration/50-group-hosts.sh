@@ -22,7 +22,7 @@ net=$((RANDOM % 200 + 20))
 here=10.79.$net.1 there=10.79.$net.2
 ip netns add "$ns" || skip "cannot create a network namespace"
 cleanup_ns() { ip netns pids "$ns" 2>/dev/null | xargs -r kill -9; ip netns del "$ns" 2>/dev/null || true; ip link del "tgh$$" 2>/dev/null || true; }
-trap 'rc=$?; cleanup_ns; (exit $rc); cleanup' EXIT
+cleanup_hooks+=(cleanup_ns)
 ip link add "tgh$$" type veth peer name eth0 netns "$ns"
 ip addr add "$here/24" dev "tgh$$"
 ip link set "tgh$$" up
@@ -67,7 +67,8 @@ workload() {
 }
 
 # vm NAME ID [HOST]: the VM (in the other host's namespace if HOST), its
-# incoming twin here, a WAN link; prints its plan entry.
+# incoming twin here, a WAN link; its plan entry goes into $entries.
+entries=
 vm() {
 	local name=$1 id=$2 host=${3:-} rport wport
 	if [ -n "$host" ]; then
@@ -86,9 +87,15 @@ vm() {
 		--stats "$T/wanem-$name.json" 2>/dev/null &
 	cleanup_pids+=($!)
 	echo "$rport" >"$T/$name.rport"
-	printf '{"name": "%s", "qmp": "%s", "to": "%s:%s", "dest_qmp": "%s", "listen": "127.0.0.1:%s"%s}' \
+	entries+=${entries:+,}$(printf '{"name": "%s", "qmp": "%s", "to": "%s:%s", "dest_qmp": "%s", "listen": "127.0.0.1:%s"%s}' \
 		"$name" "$T/$name/qmp.sock" "$here" "$wport" "$T/$name-b/qmp.sock" "$rport" \
-		"${host:+, \"host\": \"$host\"}"
+		"${host:+, \"host\": \"$host\"}")
+}
+
+# plan FILE: writes the entries made so far as a plan of tenant red.
+plan() {
+	printf '{"tenant": "red", "vms": [%s]}\n' "$entries" >"$1"
+	entries=
 }
 
 # group TAG PLAN "VMS": both sides; exit codes in $T/TAG.rc-send and -recv.
@@ -113,15 +120,10 @@ group() {
 }
 
 # --- a) one VM here, two on the other host ---
-{
-	echo '{"tenant": "red", "vms": ['
-	vm v1 1
-	echo ','
-	vm v2 2 "$there"
-	echo ','
-	vm v3 3 "$there"
-	echo ']}'
-} >"$T/plan-a.json"
+vm v1 1
+vm v2 2 "$there"
+vm v3 3 "$there"
+plan "$T/plan-a.json"
 for v in v1 v2 v3; do wait_beat "$v" 1 180 >/dev/null; done
 group a "$T/plan-a.json" "v1 v2 v3"
 [ "$(cat "$T/a.rc-send")" = 0 ] || fail "group send failed: $(tail -20 "$T/a-send.log")"
@@ -146,13 +148,9 @@ grep -q 'v2: migration completed' "$T/a-send.log" || fail "no word from the agen
 for v in v1 v2 v3; do kill -9 "$(cat "$T/$v/qemu.pid")" "$(cat "$T/$v-b/qemu.pid")"; done
 
 # --- b) a host ssh cannot reach ---
-{
-	echo '{"tenant": "red", "vms": ['
-	vm w1 4
-	echo ','
-	vm w2 5 "root@10.79.$net.99"
-	echo ']}'
-} >"$T/plan-b.json"
+vm w1 4
+vm w2 5 "root@10.79.$net.99"
+plan "$T/plan-b.json"
 # w2 runs here, but the plan says it is on a host nobody answers for.
 wait_beat w1 1 180 >/dev/null
 wait_beat w2 1 180 >/dev/null
@@ -172,11 +170,8 @@ PY
 for v in w1 w2; do kill -9 "$(cat "$T/$v/qemu.pid")" "$(cat "$T/$v-b/qemu.pid")" 2>/dev/null || true; done
 
 # --- c) the ssh to the other host cut while its VM moves ---
-{
-	echo '{"tenant": "red", "vms": ['
-	vm x1 6 "$there"
-	echo ']}'
-} >"$T/plan-c.json"
+vm x1 6 "$there"
+plan "$T/plan-c.json"
 wait_beat x1 1 180 >/dev/null
 # Slow (20 Mbit/s: ~10 s) so that the cut comes while it moves.
 BANDWIDTH=20mbit SEND_FAULT_AT=group-agent-moving SEND_FAULT_CMD="pkill -KILL -f '^ssh -F $T/ssh_config'" \

@@ -13,6 +13,8 @@ top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 T=$(mktemp -d "${TMPDIR:-/tmp}/tsb-test.XXXXXX")
 cleanup_pids=()
 cleanup_vms=()
+# Functions a test adds to run first at its end (e.g. removing a namespace).
+cleanup_hooks=()
 
 log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }
 fail() { log "FAIL: $*"; exit 1; }
@@ -27,7 +29,10 @@ requires() {
 }
 
 cleanup() {
-	local rc=$? d pid i
+	local rc=$? d pid i h
+	for h in "${cleanup_hooks[@]}"; do
+		"$h" || true
+	done
 	for d in "${cleanup_vms[@]}"; do
 		pid=$(cat "$d/qemu.pid" 2>/dev/null || true)
 		[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true

@@ -473,22 +473,12 @@ static int check_group(const char *cmd, struct parsed *p)
 	if (p->n_disks)
 		return cli_usage_error(cmd, "--disk names one VM's devices: not for groups "
 				       "(every writable disk of each VM moves, or --no-disks)");
-	if (p->no_store && p->c.store_dir)
-		return cli_usage_error(cmd, "--store and --no-store exclude each other");
-	if (!p->no_store && !p->c.store_dir)
-		p->c.store_dir = STORE_DEFAULT_DIR;
-	if (p->no_store)
-		p->c.store_dir = NULL;
-	if (!p->c.key_path && !(p->c.cert && p->c.cert_key && p->c.ca))
-		return cli_usage_error(cmd, "--key FILE (or --cert, --cert-key and --ca) is required");
 	return 0;
 }
 
-/* Checks the options together once all are parsed; settles the store. */
-static int check_parsed(const char *cmd, bool send, struct parsed *p)
+/* One VM's send or recv: its QEMU and address come from the command line. */
+static int check_one_vm(const char *cmd, bool send, struct parsed *p)
 {
-	if (p->group)
-		return check_group(cmd, p);
 	if (!p->c.qmp_path && !p->qemu_connect)
 		return cli_usage_error(cmd, "--qmp is required%s", send ? "" :
 				       " (or --qemu-connect for a libvirt destination)");
@@ -496,16 +486,10 @@ static int check_parsed(const char *cmd, bool send, struct parsed *p)
 		return cli_usage_error(cmd, "--qmp and --qemu-connect exclude each other");
 	if (p->nbd_connect && !p->qemu_connect)
 		return cli_usage_error(cmd, "--nbd-connect goes with --qemu-connect");
-	if (p->no_disks && p->n_disks)
-		return cli_usage_error(cmd, "--disk and --no-disks exclude each other");
-	if (p->no_disks && p->disk_copy_mode_set)
-		return cli_usage_error(cmd, "--disk-copy-mode and --no-disks exclude each other");
 	if (send && !p->to)
 		return cli_usage_error(cmd, "--to HOST:PORT is required");
 	if (!send && !p->listen)
 		return cli_usage_error(cmd, "--listen HOST:PORT is required");
-	if (!p->c.key_path && !(p->c.cert && p->c.cert_key && p->c.ca))
-		return cli_usage_error(cmd, "--key FILE (or --cert, --cert-key and --ca) is required");
 	if (!send && p->c.net_agent && (!p->net_mac || !p->net_home || !p->n_net_ips ||
 					!p->vm_id))
 		return cli_usage_error(cmd, "--net-agent needs --vm-id, --net-mac, --net-home "
@@ -513,6 +497,22 @@ static int check_parsed(const char *cmd, bool send, struct parsed *p)
 				   "receiver was told, never the sender's word alone)");
 	if (!send && !p->c.net_agent && (p->net_mac || p->net_home || p->n_net_ips))
 		return cli_usage_error(cmd, "--net-mac, --net-ip and --net-home need --net-agent");
+	return 0;
+}
+
+/* Checks the options together once all are parsed; settles the store. */
+static int check_parsed(const char *cmd, bool send, struct parsed *p)
+{
+	int r = p->group ? check_group(cmd, p) : check_one_vm(cmd, send, p);
+
+	if (r)
+		return r;
+	if (p->no_disks && p->n_disks)
+		return cli_usage_error(cmd, "--disk and --no-disks exclude each other");
+	if (p->no_disks && p->disk_copy_mode_set)
+		return cli_usage_error(cmd, "--disk-copy-mode and --no-disks exclude each other");
+	if (!p->c.key_path && !(p->c.cert && p->c.cert_key && p->c.ca))
+		return cli_usage_error(cmd, "--key FILE (or --cert, --cert-key and --ca) is required");
 	if (p->no_store && p->c.store_dir)
 		return cli_usage_error(cmd, "--store and --no-store exclude each other");
 	if (!p->no_store && !p->c.store_dir)

@@ -435,7 +435,7 @@ static json_t *group_report(struct group_run *g)
 
 		wire_pacer_stats(g->pacer, &bytes, &wait);
 		json_object_set_new(rep, "budget", json_pack("{s:I, s:I, s:I}",
-			"bytes_per_s", (json_int_t)wire_pacer_rate(g->pacer),
+			"bytes_per_s", (json_int_t)g->o->bandwidth,
 			"bytes_paced", (json_int_t)bytes, "wait_ms", (json_int_t)(wait / 1000000)));
 	}
 	json_object_set_new(rep, "vms", vms);

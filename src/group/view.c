@@ -10,7 +10,6 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "wire/pacer.h"
 
 static const char *const phase_names[PHASE_COUNT] = {
 	[PHASE_WAITING] = "waiting",
@@ -277,13 +276,36 @@ static void xml_text(FILE *f, const char *s)
 		}
 }
 
-/* Rate of VM r at sample time t_ms (the sample that covers it), Mbit/s. */
-static double rate_at(const struct vm_run *r, uint32_t t_ms)
+/* Points along the chart's time axis (one every 4 px). */
+#define SVG_STEPS ((SVG_W - SVG_LEFT - SVG_RIGHT) / 4)
+
+/*
+ * The stacked rates at the chart's points: row i is the sum of the rates
+ * of the VMs before i, row n their total ((n + 1) x (SVG_STEPS + 1)). A
+ * VM's rate at a point is that of its first sample at or after it (the
+ * sample covers the time since the one before). NULL on ENOMEM.
+ */
+static double *stack_rates(const struct group_run *g, double tmax)
 {
-	for (size_t k = 0; k < r->n_samples; k++)
-		if (r->samples[k].t_ms >= t_ms)
-			return r->samples[k].mbit;
-	return 0;
+	size_t w = SVG_STEPS + 1;
+	double *cum = calloc((g->n + 1) * w, sizeof(*cum));
+
+	if (!cum)
+		return NULL;
+	for (size_t i = 0; i < g->n; i++) {
+		const struct vm_run *r = &g->v[i];
+		size_t k = 0;
+
+		for (size_t s = 0; s < w; s++) {
+			double t = (double)s / SVG_STEPS * tmax;
+
+			while (k < r->n_samples && r->samples[k].t_ms < t)
+				k++;
+			cum[(i + 1) * w + s] = cum[i * w + s] +
+					       (k < r->n_samples ? r->samples[k].mbit : 0);
+		}
+	}
+	return cum;
 }
 
 static void svg_rows(struct group_run *g, FILE *f, double tmax, double plot_w)
@@ -310,67 +332,54 @@ static void svg_rows(struct group_run *g, FILE *f, double tmax, double plot_w)
 	}
 }
 
-static void svg_chart(struct group_run *g, FILE *f, double tmax, double plot_w, double y0,
-		      double rmax)
+static void svg_chart(const struct group_run *g, FILE *f, const double *cum, double plot_w,
+		      double y0, double rmax)
 {
-	double *base;
-	size_t steps = (size_t)(plot_w / 4) + 1;
+	size_t w = SVG_STEPS + 1;
 
-	base = calloc(steps + 1, sizeof(*base));
-	if (!base)
-		return;
 	/* Stacked areas: each VM's rate on top of the ones before. */
 	for (size_t i = 0; i < g->n; i++) {
-		const struct vm_run *r = &g->v[i];
-
 		fprintf(f, "<polygon fill='%s' stroke='white' stroke-width='0.5' points='",
 			VM_COLOR(i));
-		for (size_t s = 0; s <= steps; s++) {
-			double x = (double)s / (double)steps * plot_w;
-			double top = base[s] + rate_at(r, (uint32_t)(x / plot_w * tmax));
-
-			fprintf(f, "%.1f,%.1f ", SVG_LEFT + x, y0 + SVG_CHART - top / rmax * SVG_CHART);
-		}
-		for (size_t s = steps + 1; s-- > 0;) {
-			double x = (double)s / (double)steps * plot_w;
-
-			fprintf(f, "%.1f,%.1f ", SVG_LEFT + x, y0 + SVG_CHART - base[s] / rmax * SVG_CHART);
-		}
+		for (size_t s = 0; s < w; s++)
+			fprintf(f, "%.1f,%.1f ", SVG_LEFT + (double)s / SVG_STEPS * plot_w,
+				y0 + SVG_CHART - cum[(i + 1) * w + s] / rmax * SVG_CHART);
+		for (size_t s = w; s-- > 0;)
+			fprintf(f, "%.1f,%.1f ", SVG_LEFT + (double)s / SVG_STEPS * plot_w,
+				y0 + SVG_CHART - cum[i * w + s] / rmax * SVG_CHART);
 		fprintf(f, "'/>\n");
-		for (size_t s = 0; s <= steps; s++)
-			base[s] += rate_at(r, (uint32_t)((double)s / (double)steps * tmax));
 	}
-	free(base);
 }
 
 int group_view_svg(struct group_run *g, const char *path)
 {
-	double tmax = 1, rmax = 1, budget = 0, plot_w = SVG_W - SVG_LEFT - SVG_RIGHT, y0;
+	double tmax = 1, rmax = 1, budget, plot_w = SVG_W - SVG_LEFT - SVG_RIGHT, y0;
+	double *cum;
 	int h, e = 0;
 	FILE *f;
 
 	for (size_t i = 0; i < g->n; i++)
 		if (g->v[i].n_samples && g->v[i].samples[g->v[i].n_samples - 1].t_ms > tmax)
 			tmax = g->v[i].samples[g->v[i].n_samples - 1].t_ms;
-	/* The highest total rate at any sample time sets the chart's scale. */
-	for (size_t i = 0; i < g->n; i++)
-		for (size_t k = 0; k < g->v[i].n_samples; k++) {
-			double sum = 0;
-
-			for (size_t j = 0; j < g->n; j++)
-				sum += rate_at(&g->v[j], g->v[i].samples[k].t_ms);
-			if (sum > rmax)
-				rmax = sum;
-		}
-	if (g->pacer)
-		budget = (double)wire_pacer_rate(g->pacer) * 8 / 1e6;
+	cum = stack_rates(g, tmax);
+	if (!cum)
+		return -ENOMEM;
+	/* The highest total rate sets the chart's scale. */
+	for (size_t s = 0; s <= SVG_STEPS; s++)
+		if (cum[g->n * (SVG_STEPS + 1) + s] > rmax)
+			rmax = cum[g->n * (SVG_STEPS + 1) + s];
+	/* The group's budget (a host's pacer may hold only its share). */
+	budget = (double)g->o->bandwidth * 8 / 1e6;
 	if (budget * 1.1 > rmax)
 		rmax = budget * 1.1;
 	y0 = SVG_TOP + (double)g->n * SVG_ROW + 40;
 	h = (int)y0 + SVG_CHART + 70;
 	f = fopen(path, "w");
-	if (!f)
-		return -errno;
+	if (!f) {
+		e = -errno;
+		free(cum);
+		return e;
+	}
 	fprintf(f, "<svg xmlns='http://www.w3.org/2000/svg' width='%d' height='%d' "
 		"font-family='sans-serif'>\n<rect width='100%%' height='100%%' fill='white'/>\n",
 		SVG_W, h);
@@ -378,7 +387,8 @@ int group_view_svg(struct group_run *g, const char *path)
 		"%.1f s, %.1f MB on the WAN</text>\n", SVG_LEFT, g->n, tmax / 1000,
 		(double)g->last_wan / 1e6);
 	svg_rows(g, f, tmax, plot_w);
-	svg_chart(g, f, tmax, plot_w, y0, rmax);
+	svg_chart(g, f, cum, plot_w, y0, rmax);
+	free(cum);
 	/* Axes: time below, Mbit/s left of the chart, the budget dashed. */
 	fprintf(f, "<line x1='%d' y1='%.1f' x2='%.1f' y2='%.1f' stroke='black'/>\n", SVG_LEFT,
 		y0 + SVG_CHART, SVG_LEFT + plot_w, y0 + SVG_CHART);

@@ -91,6 +91,8 @@ struct receiver {
 	atomic_bool prepared;		/* PREPARED sent: only the decision counts now */
 	atomic_bool link_lost;		/* the connection ended while prepared */
 	atomic_int decision;		/* WIRE_DECIDE_* from the main connection */
+	bool early_ok;			/* WIRE_CAP_EARLY agreed: COMMIT may precede PREPARED */
+	atomic_bool error_sent;		/* ERROR told the sender why we failed */
 	uint64_t source_stop_ns;	/* the source's STOP time the COMMIT carried, or 0 */
 	/* Where the time went (report): the sender in, the guest loaded, postcopy. */
 	uint64_t accepted_ns, loaded_ns, postcopy_ns, running_ns;	/* tsb_now_ns() */
@@ -159,6 +161,15 @@ void recv_wait_loaded(struct receiver *rc, struct qmp *q, volatile int *sig);
 /* PREPARED, the sender's decision, the guest run or discarded, the outcome told. */
 void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 		 volatile int *sig, uint64_t *ret_resume_ns);
+/*
+ * Loading failed where the sender may have committed early (WIRE_CAP_EARLY):
+ * QEMU is quit, then the sender hears OUTCOME DISCARDED, on the main
+ * connection or when it reconnects, so that its source runs again.
+ */
+void recv_discard_loading(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
+			  volatile int *sig);
+/* After a failure: reads the main connection only for a DECISION or its end. */
+void recv_drain_for_decision(struct receiver *rc);
 
 /* How long a libvirt destination may take to listen for the stream (no --timeout). */
 #define RECV_LIBVIRT_QEMU_WAIT_MS (120 * 1000)

@@ -16,7 +16,7 @@
 struct mig_record {
 	char id[RECORD_ID_MAX + 1];
 	char side[8];		/* "send" or "recv" */
-	char state[16];		/* send: started, commit, abort; recv: prepared, commit */
+	char state[16];		/* send: started, commit, commit-early, abort; recv: prepared, commit */
 	char peer[256];		/* send: the receiver's HOST:PORT; recv: its --listen */
 	char qmp[256];		/* the local QEMU's QMP socket */
 	char vm[RECORD_ID_MAX + 1];

@@ -420,7 +420,8 @@ static int accept_sender(struct receiver *rc, struct recv_run *run)
 	struct wire_hello_args hello = {
 		.role = WIRE_ROLE_RECEIVER,
 		.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_POSTCOPY |
-			WIRE_CAP_STORE | WIRE_CAP_COMMIT | WIRE_CAP_LANES,
+			WIRE_CAP_STORE | WIRE_CAP_COMMIT | WIRE_CAP_LANES |
+			(o->qemu_connect ? 0 : WIRE_CAP_EARLY),
 		.site = o->c.store_dir ? run->site : "destination",
 	};
 	/* A stray, slow or refused client does not end us (wire/accept.h). */
@@ -447,6 +448,7 @@ static int accept_sender(struct receiver *rc, struct recv_run *run)
 		return -1;
 	}
 	tsb_fault_point("handshake");
+	rc->early_ok = (hello.caps & run->peer.caps & WIRE_CAP_EARLY) != 0;
 	/* Its disk channel and its decision must come with the same credential. */
 	snprintf(rc->credential, sizeof(rc->credential), "%s", wire_conn_peer(rc->conn));
 	r = take_sender_identity(rc, &run->peer, err, sizeof(err));
@@ -630,7 +632,8 @@ static enum proxy_outcome finish(struct receiver *rc, struct recv_run *run,
 	enum proxy_outcome oc;
 	char err[512] = "";
 
-	if (rc->failed && rc->conn && rc->outcome != PROXY_LINK && !rc->prepared) {
+	if (rc->failed && rc->conn && rc->outcome != PROXY_LINK && !rc->prepared &&
+	    !rc->error_sent && !rc->decision) {
 		pthread_mutex_lock(&rc->send_lock);
 		wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_QEMU, rc->error);
 		pthread_mutex_unlock(&rc->send_lock);
@@ -696,7 +699,9 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 		else
 			recv_wait_loaded(rc, run.q, &run.sig);
 		rc->loaded_ns = rc->failed ? 0 : tsb_now_ns();
-		if (!rc->failed && o->qemu_connect)
+		if (rc->failed && rc->early_ok)
+			recv_discard_loading(rc, run.q, run.tls, &run.sig);
+		else if (!rc->failed && o->qemu_connect)
 			recv_settle_libvirt(rc, &run.sig);
 		else if (!rc->failed)
 			recv_settle(rc, run.q, run.tls, &run.sig, &run.resume_ns);
@@ -723,6 +728,7 @@ int proxy_recv_fuzz(const uint8_t *data, size_t len)
 	if (!rc)
 		return -ENOMEM;
 	rc->fuzz = &in;
+	rc->early_ok = true;	/* an early DECISION is parsed too */
 	rc->ram_limit = 1ull << 30;
 	rc->qfd = open("/dev/null", O_WRONLY | O_CLOEXEC);
 	rc->writer = qs_writer_new(WIRE_PAGE_SIZE, recv_to_qemu, rc);

@@ -13,6 +13,7 @@
 #include "proxy/pagecache.h"
 
 #include "common/fault.h"
+#include "common/log.h"
 #include "disk/disk.h"
 #include "store/diskindex.h"
 #include "store/store.h"
@@ -665,11 +666,18 @@ static int handle_frame(struct receiver *rc, const struct wire_frame *f)
 			recv_fail(rc, PROXY_FAILED, "the sender aborted the migration");
 			return -ECANCELED;
 		}
-		if (!rc->prepared || (m.u.status.code != WIRE_DECIDE_COMMIT &&
-				      m.u.status.code != WIRE_DECIDE_ABORT))
+		if (m.u.status.code != WIRE_DECIDE_COMMIT && m.u.status.code != WIRE_DECIDE_ABORT)
+			return -EPROTO;
+		/* Before PREPARED only as agreed: the guest runs here if it loads. */
+		if (!rc->prepared && !rc->early_ok)
 			return -EPROTO;
 		rc->source_stop_ns = commit_stop_ns_of(&m.u.status.text);
 		rc->decision = (int)m.u.status.code;
+		if (!rc->prepared) {
+			log_info("the sender committed the switchover: the guest runs here once "
+				 "it is loaded");
+			tsb_fault_point("decision-early");
+		}
 		return 0;
 	default:
 		return 0;
@@ -679,11 +687,26 @@ static int handle_frame(struct receiver *rc, const struct wire_frame *f)
 /* The connection ended: before PREPARED the migration fails, after it we wait. */
 static void link_ended(struct receiver *rc, enum proxy_outcome oc, const char *what)
 {
-	if (rc->prepared) {
-		rc->link_lost = true;
-		return;
+	rc->link_lost = true;
+	if (!rc->prepared)
+		recv_fail(rc, oc, "%s", what);
+}
+
+void recv_drain_for_decision(struct receiver *rc)
+{
+	struct wire_frame f;
+	struct wire_msg m;
+	int r;
+
+	while ((r = next_frame(rc, &f)) > 0) {
+		if (f.type != WIRE_MSG_DECISION || wire_frame_decode(&f, &m) < 0)
+			continue;
+		if (m.u.status.code == WIRE_DECIDE_COMMIT || m.u.status.code == WIRE_DECIDE_ABORT)
+			rc->decision = (int)m.u.status.code;
 	}
-	recv_fail(rc, oc, "%s", what);
+	if (r == 0)
+		rc->sender_closed = true;
+	rc->link_lost = true;
 }
 
 /* Handles the sender's frames until the connection ends or fails. */
@@ -728,7 +751,7 @@ void recv_process_frames(struct receiver *rc)
 		if (r < 0)
 			goto bad;
 	}
-	return;
+	goto out;
 bad:
 	if (rc->prepared) {
 		rc->link_lost = true;
@@ -742,5 +765,11 @@ bad:
 			  "rebuilding the stream for QEMU: %s%s", strerror(-r),
 			  r == -EPIPE || r == -ECONNRESET ? " (the destination QEMU closed it)" :
 			  "");
-	return;
+out:
+	/*
+	 * Failed while loading, with a sender that may commit early: its
+	 * DECISION may be on the way; recv_discard_loading() answers it.
+	 */
+	if (rc->failed && rc->early_ok && !rc->prepared && !rc->link_lost && !rc->fuzz)
+		recv_drain_for_decision(rc);
 }

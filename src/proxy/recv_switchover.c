@@ -379,7 +379,7 @@ void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 	const struct proxy_recv_options *o = rc->o;
 	struct wire_conn *c = NULL;
 	char err[512], text[96];
-	bool sent = false;
+	bool sent = false, early;
 	int d, outcome;
 
 	/*
@@ -392,12 +392,26 @@ void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 	tsb_fault_point("dest-loaded");
 	disk_recv_stop_listening(rc->rb.disk);
 	/*
+	 * Committed early (the sender's DECISION came with the stream): the
+	 * guest is ours to run once the disks are complete too; no PREPARED,
+	 * no round trip inside the downtime. A link lost from here is only
+	 * a lost link: the decision is known.
+	 */
+	early = rc->decision == WIRE_DECIDE_COMMIT;
+	if (early) {
+		rc->prepared = true;
+		if (rc->failed) {	/* the link broke just before */
+			recv_discard_loading(rc, q, tls, sig);
+			return;
+		}
+	}
+	/*
 	 * The record first: its fsync overlaps the disks' last writes and
 	 * flush. A record without PREPARED is what a crash right after
 	 * PREPARED would leave too: the sender's decision settles it.
 	 */
-	snprintf(rc->rec.state, sizeof(rc->rec.state), "prepared");
-	if (record_save(o->c.state_dir, &rc->rec, err, sizeof(err)) < 0) {
+	snprintf(rc->rec.state, sizeof(rc->rec.state), early ? "commit" : "prepared");
+	if (!early && record_save(o->c.state_dir, &rc->rec, err, sizeof(err)) < 0) {
 		recv_fail(rc, PROXY_FAILED, "%s; the guest cannot be held here", err);
 		return;
 	}
@@ -407,14 +421,20 @@ void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 		record_drop(o->c.state_dir, &rc->rec);
 		recv_fail(rc, *sig ? PROXY_INTERRUPTED : PROXY_LINK,
 			  "the disks did not arrive complete (%s); the source keeps the guest", err);
+		if (early)
+			recv_discard_loading(rc, q, tls, sig);
 		return;
 	}
 	tsb_fault_point("disks-done");
-	rc->prepared = true;
-	if (send_status_locked(rc, WIRE_MSG_PREPARED, WIRE_CODE_OK, "loaded") < 0)
-		rc->link_lost = true;
-	tsb_fault_point("prepared-sent");
-	d = await_decision(rc, q, tls, sig, &c);
+	if (early) {
+		d = WIRE_DECIDE_COMMIT;
+	} else {
+		rc->prepared = true;
+		if (send_status_locked(rc, WIRE_MSG_PREPARED, WIRE_CODE_OK, "loaded") < 0)
+			rc->link_lost = true;
+		tsb_fault_point("prepared-sent");
+		d = await_decision(rc, q, tls, sig, &c);
+	}
 	if (d == -EIO) {
 		/* The QEMU holding the guest is gone: it can never run here. */
 		recv_fail(rc, PROXY_FAILED, "the destination QEMU died while the guest waited for "
@@ -455,23 +475,69 @@ void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 		recv_fail(rc, PROXY_FAILED, "the sender aborted the switchover; the destination "
 			  "discarded the guest");
 	}
-	record_drop(o->c.state_dir, &rc->rec);
+	/*
+	 * Discarded: no record, nothing here. Running: the record stays until
+	 * the sender heard it, so that no record here always means no guest
+	 * of this migration runs here (the source's resolve relies on it
+	 * after an early commit).
+	 */
+	if (outcome != WIRE_OUTCOME_RUNNING)
+		record_drop(o->c.state_dir, &rc->rec);
 	if (outcome == WIRE_OUTCOME_RUNNING && rc->in_postcopy && !c) {
 		/* The sender hears it now; the rest of the guest's memory follows. */
 		sent = send_status_locked(rc, WIRE_MSG_OUTCOME, (uint32_t)outcome, text) == 0;
 		tsb_fault_point("postcopy-running");
 		wait_postcopy_done(rc, q, tls, sig);
-		if (rc->recovered)
-			return;	/* the sender heard OUTCOME on the resumed connection */
+		if (rc->recovered) {
+			/* The sender heard OUTCOME on the resumed connection. */
+			record_drop(o->c.state_dir, &rc->rec);
+			return;
+		}
 	}
 	/* The decision came over a new connection: the stream is gone. */
 	if (outcome == WIRE_OUTCOME_RUNNING && rc->in_postcopy && c && !rc->failed)
 		postcopy_broken(rc, "the decision came over a new connection");
-	if (!tell_outcome(rc, tls, sig, c, outcome, text, sent))
-		log_warn("the sender %s that the guest %s here; if not, it reports the "
-			 "migration in doubt until 'tsubame resolve %s' runs there",
-			 sent ? "may not have heard" : "did not hear",
-			 outcome == WIRE_OUTCOME_RUNNING ? "runs" : "was discarded", rc->rec.id);
+	if (tell_outcome(rc, tls, sig, c, outcome, text, sent)) {
+		if (outcome == WIRE_OUTCOME_RUNNING)
+			record_drop(o->c.state_dir, &rc->rec);
+		return;
+	}
+	log_warn("the sender %s that the guest %s here; if not, it reports the migration in "
+		 "doubt until 'tsubame resolve %s' runs there%s",
+		 sent ? "may not have heard" : "did not hear",
+		 outcome == WIRE_OUTCOME_RUNNING ? "runs" : "was discarded", rc->rec.id,
+		 outcome == WIRE_OUTCOME_RUNNING ? " (this host keeps its record: 'tsubame "
+		 "resolve ID --commit' here finds the guest running)" : "");
+}
+
+void recv_discard_loading(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
+			  volatile int *sig)
+{
+	uint64_t t0 = tsb_now_ns(), limit = (rc->o->c.stall_ms ? rc->o->c.stall_ms : 10000) * 1000000;
+
+	/* Nothing half-loaded may run here; OUTCOME DISCARDED only after this. */
+	commit_discard_destination(q);
+	/*
+	 * Not committed yet as far as we know: tell why we failed (a sender
+	 * that has not committed gives up and closes), and read on in case
+	 * its early DECISION crossed our ERROR.
+	 */
+	if (rc->decision != WIRE_DECIDE_COMMIT && !rc->link_lost) {
+		if (send_status_locked(rc, WIRE_MSG_ERROR, WIRE_CODE_QEMU, rc->error) == 0)
+			rc->error_sent = true;
+		while (!rc->decision && !rc->link_lost && *sig <= 1 && tsb_now_ns() - t0 < limit)
+			usleep(2000);
+	}
+	/* A link lost before a decision came: the sender may not have committed. */
+	if (rc->decision != WIRE_DECIDE_COMMIT)
+		return;
+	log_warn("the sender committed before the guest was loaded here; telling it the "
+		 "guest was discarded, so that its source runs it again");
+	if (!tell_outcome(rc, tls, sig, NULL, WIRE_OUTCOME_DISCARDED, "discarded: not loaded",
+			  false))
+		log_warn("the sender did not hear that the guest was discarded here: its "
+			 "'tsubame resolve %s' and this host's (no record: nothing here) settle "
+			 "it", rc->rec.id);
 }
 
 /* ---- libvirt drives the destination QEMU (docs/libvirt.md) ---- */
@@ -510,7 +576,7 @@ void recv_settle_libvirt(struct receiver *rc, volatile int *sig)
 		return;
 	}
 	/* libvirt's Finish and Confirm run meanwhile; the sender tells how they ended. */
-	while (!rc->decision && !rc->link_lost && !*sig && tsb_now_ns() - t0 < limit)
+	while (!rc->decision && !rc->link_lost && *sig <= 1 && tsb_now_ns() - t0 < limit)
 		usleep(5000);
 	if (!rc->decision) {
 		recv_fail(rc, *sig ? PROXY_INTERRUPTED : PROXY_LINK, "the sender did not say "

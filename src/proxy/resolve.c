@@ -31,6 +31,20 @@ static int open_qmp(const struct proxy_resolve_options *o, const struct mig_reco
 	return e;
 }
 
+static bool guest_runs(struct qmp *q)
+{
+	json_t *st = NULL;
+	const char *v;
+	bool running;
+
+	if (qmp_execute(q, "query-status", NULL, &st, NULL, 0) < 0)
+		return false;
+	v = json_string_value(json_object_get(st, "status"));
+	running = v && !strcmp(v, "running");
+	json_decref(st);
+	return running;
+}
+
 static int resolve_send(const struct proxy_resolve_options *o, const struct mig_record *r)
 {
 	struct qmp *q = NULL;
@@ -42,6 +56,25 @@ static int resolve_send(const struct proxy_resolve_options *o, const struct mig_
 		       "paused and must never run again.\n"
 		       "On the destination host run:  tsubame resolve %s --commit\n", r->id, r->id);
 		record_drop(o->state_dir, r);
+		return 0;
+	}
+	/*
+	 * Committed as the source completed: the destination runs the guest
+	 * if it loaded it, which only that host can tell. Its word comes back
+	 * here as --commit (it runs there) or --abort (it holds nothing).
+	 */
+	if (!strcmp(r->state, "commit-early") && o->decision != WIRE_DECIDE_ABORT) {
+		if (o->decision == WIRE_DECIDE_COMMIT) {
+			printf("migration %s: the destination runs the guest; the source VM stays "
+			       "paused and must never run again.\n", r->id);
+			record_drop(o->state_dir, r);
+			return 0;
+		}
+		printf("migration %s: the source committed the switchover as it completed: the "
+		       "destination runs the guest if it loaded it. The source VM stays paused.\n"
+		       "On the destination host run:  tsubame resolve %s --commit\n"
+		       "If it says that it holds no such guest, run here:  tsubame resolve %s "
+		       "--abort\n", r->id, r->id, r->id);
 		return 0;
 	}
 	if (open_qmp(o, r, &q) < 0)
@@ -86,7 +119,11 @@ static int resolve_recv(const struct proxy_resolve_options *o, const struct mig_
 		record_drop(o->state_dir, r);
 		return 1;
 	}
-	if (d == WIRE_DECIDE_COMMIT) {
+	if (d == WIRE_DECIDE_COMMIT && guest_runs(q)) {
+		/* Kept because the sender may not have heard that it runs here. */
+		printf("migration %s: the destination runs the guest (since the switchover).\n",
+		       r->id);
+	} else if (d == WIRE_DECIDE_COMMIT) {
 		if (commit_run_destination(q, &resume_ns, err, sizeof(err)) < 0) {
 			fprintf(stderr, "tsubame resolve: the destination could not run the guest: "
 				"%s\n", err);
@@ -137,6 +174,10 @@ int proxy_resolve(const struct proxy_resolve_options *o)
 	if (!found) {
 		fprintf(stderr, "tsubame resolve: no record of migration %s in %s: nothing is "
 			"in doubt here\n", o->id, o->state_dir);
+		if (o->decision == WIRE_DECIDE_COMMIT)
+			fprintf(stderr, "If this is its destination host, it holds no such guest: "
+				"the guest never loaded here. Run 'tsubame resolve %s --abort' on "
+				"the source host.\n", o->id);
 		return 1;
 	}
 	return rc;

@@ -117,6 +117,7 @@ struct job *sender_job_get(struct sender *s)
 	j->n_same = j->n_group = j->n_disk = 0;
 	j->same_bytes = 0;
 	j->urgent = false;
+	j->main_only = false;
 	j->stream_bytes = 0;
 	j->next = NULL;
 	return j;
@@ -221,6 +222,31 @@ static int send_frame(struct sender *s, const struct tsb_buf *frame, bool urgent
 
 /* ---- parse thread: QEMU stream -> jobs ---- */
 
+/*
+ * QEMU wrote the whole precopy stream (qs_tail) and now waits for the
+ * destination's SHUT on the return path before it completes: a round
+ * trip inside the downtime that the early commit makes needless (the
+ * receiver runs the guest only once it loaded it, else answers
+ * DISCARDED and the source is resumed). So QEMU gets its SHUT from us
+ * now; the receiver's QEMU's SHUT is not passed on. Not before the
+ * stream's end: QEMU's return-path thread closes the shared channel on
+ * SHUT. Only at a message boundary of the return path, else QEMU waits
+ * for the real one.
+ */
+static void complete_without_waiting(struct sender *s)
+{
+	uint8_t msg[8], ok[4] = { 0 };
+	int n = qs_rp_encode(msg, sizeof(msg), QS_RP_SHUT, ok, sizeof(ok));
+
+	pthread_mutex_lock(&s->rp_lock);
+	if (n > 0 && !s->rp_broken && (!s->rp || qs_rp_parser_between(s->rp)) &&
+	    proxy_write_all(s->qfd, msg, (size_t)n) == 0) {
+		s->rp_cut = true;
+		log_debug("send: QEMU completes without waiting for the destination's SHUT");
+	}
+	pthread_mutex_unlock(&s->rp_lock);
+}
+
 static int on_raw(void *opaque, const uint8_t *p, size_t n)
 {
 	struct sender *s = opaque;
@@ -235,6 +261,12 @@ static int on_raw(void *opaque, const uint8_t *p, size_t n)
 		return -ENOMEM;
 	s->parse_after_page = false;
 	s->stream_bytes += n;
+	if (s->tail_armed && qs_tail_feed(&s->tail, p, n)) {
+		s->tail_armed = false;
+		flush_cur(s);	/* the stream's last bytes go out now */
+		complete_without_waiting(s);
+		return 0;
+	}
 	if (s->cur->buf.len >= PROXY_RUN_MAX)
 		flush_cur(s);
 	return 0;
@@ -277,6 +309,8 @@ static int on_page(void *opaque, const struct qs_page *pg)
 	return r;
 }
 
+
+
 static int on_event(void *opaque, const struct qs_event *ev)
 {
 	struct sender *s = opaque;
@@ -311,9 +345,13 @@ static int on_event(void *opaque, const struct qs_event *ev)
 		if (!s->switchover_ns) {
 			s->switchover_ns = tsb_now_ns();
 			tsb_fault_point("source-stopped");
+			/* With an early commit, QEMU need not wait for SHUT. */
+			s->tail_armed = s->early_ok && !s->postcopy_listen && !s->o->qemu_listen;
 		}
 		return 0;
 	case QS_EV_COMMAND:
+		if (ev->command.cmd == QS_CMD_POSTCOPY_LISTEN)
+			s->postcopy_listen = true;
 		if (ev->command.cmd == QS_CMD_POSTCOPY_RUN && !s->switchover_ns)
 			s->switchover_ns = tsb_now_ns();
 		return 0;
@@ -436,7 +474,14 @@ static void *parse_thread(void *arg)
 		s->cur = NULL;
 	}
 	pthread_mutex_lock(&s->lock);
-	s->queue_closed = true;
+	/*
+	 * Completed on our SHUT, QEMU's stream ended before the receiver
+	 * rebuilt it: it may still ask for content (NEED), and the DECISION
+	 * follows the stream. The queue stays open until the outcome is
+	 * known (stop_threads()).
+	 */
+	if (!s->rp_cut || s->failed)
+		s->queue_closed = true;
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
 	return NULL;
@@ -663,7 +708,7 @@ static void *wan_thread(void *arg)
 			break;
 		}
 		t1 = tsb_now_ns();
-		lane = sender_lane_next(s);
+		lane = j->main_only ? s->conn : sender_lane_next(s);
 		r = wire_conn_write(lane, out.data, out.len);
 		s->write_ns += tsb_now_ns() - t1; /* WAN thread only, like adapt_level */
 		if (r < 0) {
@@ -963,6 +1008,33 @@ static int next_msg(struct sender *s, struct wire_msg *m)
 
 static void fuzz_after_msg(struct sender *s, const struct wire_msg *m);
 
+static bool committed_early(struct sender *s)
+{
+	bool c;
+
+	pthread_mutex_lock(&s->lock);
+	c = s->early_commit;
+	pthread_mutex_unlock(&s->lock);
+	return c;
+}
+
+/*
+ * The receiver said it failed: true, and it is marked as holding nothing,
+ * unless our early commit went first (commit_early() decides under the
+ * same lock): then its OUTCOME tells.
+ */
+static bool peer_gave_up(struct sender *s)
+{
+	bool committed;
+
+	pthread_mutex_lock(&s->lock);
+	committed = s->early_commit;
+	if (!committed)
+		s->peer_failed = true;
+	pthread_mutex_unlock(&s->lock);
+	return !committed;
+}
+
 /* Reads and handles the receiver's messages until the end or a failure. */
 static void return_loop(struct sender *s, struct wire_zstd *z)
 {
@@ -974,7 +1046,7 @@ static void return_loop(struct sender *s, struct wire_zstd *z)
 	tsb_buf_init(&scratch);
 	while (!s->failed) {
 		r = next_msg(s, &m);
-		if (r <= 0 && s->prepared) {
+		if (r <= 0 && (s->prepared || committed_early(s))) {
 			s->link_lost = true;
 			break;
 		}
@@ -989,10 +1061,12 @@ static void return_loop(struct sender *s, struct wire_zstd *z)
 		switch (m.type) {
 		case WIRE_MSG_RETURN:
 			r = wire_run_unpack(&m.u.run, z, &scratch, &data);
-			if (r == 0) {
+			pthread_mutex_lock(&s->rp_lock);
+			if (r == 0 && !s->rp_cut) {
 				urgent_note_return(s, data, m.u.run.raw_len);
 				r = proxy_write_all(s->qfd, data, m.u.run.raw_len);
 			}
+			pthread_mutex_unlock(&s->rp_lock);
 			if (r < 0)
 				sender_fail(s, PROXY_FAILED, "passing the return path to QEMU: %s",
 				     strerror(-r));
@@ -1047,7 +1121,12 @@ static void return_loop(struct sender *s, struct wire_zstd *z)
 				s->link_lost = true;
 				break;
 			}
-			s->peer_failed = true;
+			if (!peer_gave_up(s)) {
+				/* It failed as our early commit went out: its OUTCOME follows. */
+				log_warn("the receiver: %.*s", (int)m.u.status.text.len,
+					 m.u.status.text.p);
+				break;
+			}
 			sender_fail(s, m.u.status.code == WIRE_CODE_UNSUPPORTED ? PROXY_UNSUPPORTED
 									  : PROXY_FAILED,
 			     "the receiver %s: %.*s",
@@ -1342,6 +1421,73 @@ static int decide_commit(struct sender *s, uint64_t stop_ns)
 }
 
 /*
+ * DECISION behind the last of the stream, by the WAN thread (still
+ * running), on the main connection (a control frame: never on a lane).
+ */
+static int queue_decision(struct sender *s, int decision, bool urgent)
+{
+	struct job *j = sender_job_get(s);
+	int r;
+
+	if (!j)
+		return -ECANCELED;
+	j->kind = JOB_FRAME;
+	j->main_only = true;
+	r = wire_encode_status(&j->buf, WIRE_MSG_DECISION, (uint32_t)decision,
+			       s->decision_text[0] ? s->decision_text : s->rec.id);
+	if (r < 0) {
+		job_put(s, j);
+		return r;
+	}
+	sender_queue_push(s, j, urgent);
+	return 0;
+}
+
+/*
+ * Commits as the source completes, without waiting for PREPARED (both
+ * offered WIRE_CAP_EARLY): the receiver runs the guest if it loads it,
+ * else answers OUTCOME DISCARDED and the source runs again; saves the
+ * round trip of PREPARED and DECISION from the downtime. Not once the
+ * receiver said it failed (peer_gave_up()). 0, or -1 with the sender
+ * failed.
+ */
+static int commit_early(struct sender *s, uint64_t stop_ns)
+{
+	char err[512];
+	bool ok;
+
+	if (stop_ns)
+		snprintf(s->decision_text, sizeof(s->decision_text), "%s stop_ns=%llu",
+			 s->rec.id, (unsigned long long)stop_ns);
+	/* What the receiver cannot know: our disks' mirrors must have ended well. */
+	if (disk_send_failed(s->disks, err, sizeof(err))) {
+		sender_fail(s, PROXY_FAILED, "disks: %s: not committing", err);
+		return -1;
+	}
+	pthread_mutex_lock(&s->lock);
+	ok = !s->failed && !s->peer_failed && s->abort_flag <= 1;
+	s->early_commit = ok;
+	pthread_mutex_unlock(&s->lock);
+	if (!ok) {
+		if (!s->failed)
+			sender_fail(s, s->abort_flag > 1 ? PROXY_INTERRUPTED : PROXY_FAILED,
+				    "%s", s->abort_flag > 1 ? "interrupted before the switchover "
+				    "was committed" : "the receiver failed");
+		return -1;
+	}
+	snprintf(s->rec.state, sizeof(s->rec.state), "commit-early");
+	if (record_save(s->o->c.state_dir, &s->rec, err, sizeof(err)) < 0) {
+		pthread_mutex_lock(&s->lock);
+		s->early_commit = false;
+		pthread_mutex_unlock(&s->lock);
+		sender_fail(s, PROXY_FAILED, "%s: not committing", err);
+		return -1;
+	}
+	s->decided_commit = true;
+	return 0;
+}
+
+/*
  * After a commit: learns the receiver's outcome, on the migration's
  * connection (sent_on_main: the DECISION went there) or over fresh ones.
  */
@@ -1377,6 +1523,16 @@ static void learn_outcome(struct sender *s, struct wire_tls *tls, bool sent_on_m
 		     "runs it again", s->peer_done_text);
 		return;
 	}
+	if (s->early_commit) {
+		sender_fail(s, PROXY_IN_DOUBT, "in doubt: the switchover was committed as the "
+			    "source completed, and the receiver's answer did not arrive%s: the "
+			    "destination runs the guest if it loaded it. The source stays paused. "
+			    "On the destination host run 'tsubame resolve %s --commit' (--state-dir "
+			    "%s there); if it says it holds no such guest, run 'tsubame resolve %s "
+			    "--abort' here", outcome == -EINTR ? " (interrupted)" :
+			    " within --commit-timeout", s->rec.id, o->c.state_dir, s->rec.id);
+		return;
+	}
 	sender_fail(s, PROXY_IN_DOUBT, "in doubt: the switchover was committed but the receiver's "
 	     "answer did not arrive%s; the source stays paused and never runs again by "
 	     "itself. On the destination host run 'tsubame resolve %s --commit' "
@@ -1399,6 +1555,17 @@ static void settle(struct sender *s, struct wire_tls *tls, uint64_t stop_ns)
 	tsb_fault_point("source-completed");
 	if (s->decided_commit) {
 		learn_outcome(s, tls, true);
+		return;
+	}
+	if (s->early_ok) {
+		if (commit_early(s, stop_ns) < 0)
+			return;
+		log_info("switchover committed (migration %s): the destination runs the guest "
+			 "once it has loaded it", s->rec.id);
+		sent = s->rp_cut ? queue_decision(s, WIRE_DECIDE_COMMIT, false) == 0
+				 : decide_on_main(s, WIRE_DECIDE_COMMIT);
+		tsb_fault_point("commit-sent");
+		learn_outcome(s, tls, sent);
 		return;
 	}
 	/* The destination loads the last bytes in flight; give up only on a stall. */
@@ -1435,7 +1602,6 @@ static void settle(struct sender *s, struct wire_tls *tls, uint64_t stop_ns)
 static void commit_in_postcopy(struct sender *s, json_t *stats, const struct migctl_result *res)
 {
 	const char *st = json_string_value(json_object_get(stats, "status"));
-	struct tsb_buf b;
 	int r;
 
 	/*
@@ -1458,12 +1624,7 @@ static void commit_in_postcopy(struct sender *s, json_t *stats, const struct mig
 		return;
 	log_info("switchover committed in postcopy (migration %s): the destination runs the "
 		 "guest while the rest of its memory follows", s->rec.id);
-	tsb_buf_init(&b);
-	r = wire_encode_status(&b, WIRE_MSG_DECISION, WIRE_DECIDE_COMMIT,
-			       s->decision_text[0] ? s->decision_text : s->rec.id);
-	if (r == 0)
-		r = send_frame(s, &b, true);
-	tsb_buf_fini(&b);
+	r = queue_decision(s, WIRE_DECIDE_COMMIT, true);
 	/* Not sent: the link is failing; the outcome is learnt after migctl. */
 	if (r < 0)
 		log_warn("the commit could not be queued: %s", strerror(-r));
@@ -1645,6 +1806,7 @@ static void sender_init(struct sender *s, const struct proxy_send_options *o)
 	s->ratio[2] = 0.5;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_mutex_init(&s->cache_lock, NULL);
+	pthread_mutex_init(&s->rp_lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
 	for (i = 0; i < N_JOBS; i++) {
 		wire_pages_builder_init(&s->jobs[i].pb, WIRE_PAGE_SIZE);
@@ -1679,6 +1841,8 @@ static void sender_fini(struct sender *s)
 	free(s->readbuf);
 	pthread_mutex_destroy(&s->lock);
 	pthread_mutex_destroy(&s->cache_lock);
+	pthread_mutex_destroy(&s->rp_lock);
+	qs_tail_fini(&s->tail);
 	pthread_cond_destroy(&s->cond);
 }
 
@@ -1744,7 +1908,8 @@ static void hello_of(struct sender *s, struct wire_hello_args *hello)
 	hello->caps = WIRE_CAP_COMMIT | WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
 		      (may_postcopy(o) ? WIRE_CAP_POSTCOPY : 0) |
 		      (o->no_disks || (o->qemu_listen && !o->n_libvirt_disks) ? 0 : WIRE_CAP_DISK) |
-		      (o->qemu_listen ? WIRE_CAP_LIBVIRT : 0) |
+		      (o->qemu_listen ? WIRE_CAP_LIBVIRT :
+		       o->commit_after_prepared ? 0 : WIRE_CAP_EARLY) |
 		      (o->connections > 1 ? WIRE_CAP_LANES : 0);
 	hello->site = "source";
 	hello->vm = s->vm[0] ? s->vm : NULL;
@@ -1814,6 +1979,7 @@ static int connect_receiver(struct sender *s, struct send_run *run)
 		return -1;
 	}
 	snprintf(s->peer_site, sizeof(s->peer_site), "%.*s", (int)peer.site.len, peer.site.p);
+	s->early_ok = (hello.caps & peer.caps & WIRE_CAP_EARLY) != 0;
 	lanes = o->connections > 1 && (peer.caps & WIRE_CAP_LANES) ? o->connections : 1;
 	if (o->connections > 1 && lanes == 1)
 		log_warn("the receiver takes the stream on one connection only; "

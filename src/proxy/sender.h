@@ -42,6 +42,7 @@ struct job {
 	/* Its last stream content is a page record (send_urgent.c). */
 	bool ends_after_page;
 	bool urgent;				/* a requested page: never held back */
+	bool main_only;				/* a control frame: main connection only */
 	uint64_t stream_bytes;			/* QEMU stream bytes it carries */
 	struct job *next;
 };
@@ -169,6 +170,9 @@ struct sender {
 	atomic_int peer_outcome; /* WIRE_OUTCOME_* on the main connection */
 	atomic_bool peer_failed; /* the receiver gave up (ERROR, CANCEL): holds nothing */
 	bool decided_commit;	/* the source must never run again */
+	bool early_ok;		/* WIRE_CAP_EARLY agreed: commit without waiting for PREPARED */
+	bool early_commit;	/* (lock) committed before PREPARED: the receiver's OUTCOME
+				 * decides, even after its ERROR (our DECISION crossed it) */
 	atomic_bool wan_done;	/* the WAN thread ended: the main thread may write */
 	bool first_page;
 	struct mig_record rec;
@@ -221,6 +225,16 @@ struct sender {
 	uint64_t parsed;		/* stream bytes parsed, under lock (for urgent_prune) */
 	struct qs_rp_parser *rp;	/* return thread: the requests in RETURN */
 	bool rp_broken;			/* it could not be parsed: no requests known */
+	/*
+	 * Writes into QEMU's return path (rp_lock): the receiver's RETURN, or
+	 * our own SHUT once the precopy's device state begins (rp_cut: what
+	 * the receiver's QEMU says after that is not passed on).
+	 */
+	pthread_mutex_t rp_lock;
+	bool rp_cut;
+	bool postcopy_listen;		/* parse thread: QEMU began a switch to postcopy */
+	bool tail_armed;		/* parse thread: watching for the stream's end */
+	struct qs_tail tail;		/* (tail.c) */
 	bool urgent_encoding;		/* parse thread: encoding a requested page */
 	uint64_t urgent_pages;		/* pages sent ahead of the queue */
 	/*

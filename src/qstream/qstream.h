@@ -347,6 +347,26 @@ int qs_rp_parser_feed(struct qs_rp_parser *p, const void *buf, size_t len);
 /* 0 if the input ended between messages, else -ENODATA or the error. */
 int qs_rp_parser_finish(struct qs_rp_parser *p);
 const char *qs_rp_parser_error(const struct qs_rp_parser *p);
+/* True between two messages (nothing held of a message begun), before SHUT. */
+bool qs_rp_parser_between(const struct qs_rp_parser *p);
+
+/*
+ * The end of a precopy stream (tail.c): the raw bytes from the device
+ * state on, fed as they come; qs_tail_feed() is true when they end exactly
+ * with QEMU_VM_EOF, QEMU_VM_VMDESCRIPTION, be32 length and that much of
+ * the devices' JSON: QEMU wrote all of its stream and now waits for the
+ * destination's SHUT. Never true for a machine that suppresses the
+ * description, or one longer than QS_TAIL_KEEP.
+ */
+#define QS_TAIL_KEEP (8u << 20)
+struct qs_tail {
+	uint8_t *buf;
+	size_t len, cap;
+	bool failed;
+};
+void qs_tail_init(struct qs_tail *t);
+void qs_tail_fini(struct qs_tail *t);
+bool qs_tail_feed(struct qs_tail *t, const void *p, size_t n);
 
 /*
  * Encodes one return-path message (type, len, data) into buf. Returns the

@@ -307,6 +307,11 @@ int qs_rp_parser_finish(struct qs_rp_parser *p)
 	return rp_fail(p, -ENODATA, "return path truncated inside a message");
 }
 
+bool qs_rp_parser_between(const struct qs_rp_parser *p)
+{
+	return !p->err && p->st == RP_HDR && p->t.hold_len == 0;
+}
+
 const char *qs_rp_parser_error(const struct qs_rp_parser *p)
 {
 	return p->err ? p->errmsg : "";

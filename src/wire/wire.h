@@ -121,6 +121,9 @@ enum {
 				      * is ours, the switchover is libvirt's */
 	WIRE_CAP_RESUME = 1u << 12,  /* sender: this connection resumes the broken
 				      * postcopy of the migration named in HELLO */
+	WIRE_CAP_EARLY = 1u << 13,   /* DECISION COMMIT may come right behind the
+				      * stream, before PREPARED: the receiver runs
+				      * the guest if it loads it (docs/protocol.md) */
 };
 
 /* Connections (lanes) one migration's stream may be spread over. */

@@ -9,7 +9,8 @@
  * Checked beyond memory safety: the bytes passed on (raw + pages, re-made
  * by a qs_writer) always equal the input consumed so far, which is the
  * round-trip property tsubame relies on; every view handed to a callback
- * is read in full (ASan catches a bad pointer or length).
+ * is read in full (ASan catches a bad pointer or length). The same bytes
+ * go to qs_tail (the end-of-stream recognizer).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -86,6 +87,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		.raw = on_raw, .page = on_page, .event = on_event,
 	};
 	struct ctx c = { 0 };
+	struct qs_tail tail;
+	size_t tail_end = 0;
 	struct qs_parser *p;
 	const uint8_t *out;
 	uint32_t seed;
@@ -101,6 +104,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	data += 4;
 	size -= 4;
 
+	qs_tail_init(&tail);
 	c.w = qs_writer_new(4096, NULL, NULL);
 	p = qs_parser_new(&h, &c);
 	if (!c.w || !p)
@@ -118,8 +122,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (n > size - off)
 			n = size - off;
 		r = qs_parser_feed(p, data + off, n);
+		/* The end-of-stream recognizer sees the same bytes (tail.c). */
+		if (qs_tail_feed(&tail, data + off, n))
+			tail_end = off + n;
 		off += n;
 	}
+	/* It may only say "the end" where the bytes end with a description. */
+	if (tail_end && (tail_end < 19 || data[tail_end - 1] != '}'))
+		abort();
+	qs_tail_fini(&tail);
 	if (!r)
 		r = qs_parser_finish(p);
 	if (r && !qs_parser_error(p)[0])

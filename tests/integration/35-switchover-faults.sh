@@ -39,14 +39,34 @@ resolve_site() {
 			fail "$case_name: resolve on the source failed: $out"
 		log "$case_name: source resolve: $(echo "$out" | head -1)"
 		flag=$(echo "$out" | grep -o -e '--commit' -e '--abort' | head -1)
+		dest_out="no record here"
 		if [ -e "$T/state-$2/$id.recv.json" ]; then
-			out=$("$TSUBAME" resolve --state-dir "$T/state-$2" "$id" "$flag") ||
-				fail "$case_name: resolve on the destination failed: $out"
-			log "$case_name: destination resolve: $out"
+			dest_out=$("$TSUBAME" resolve --state-dir "$T/state-$2" "$id" "$flag") ||
+				fail "$case_name: resolve on the destination failed: $dest_out"
+			log "$case_name: destination resolve: $dest_out"
+		fi
+		# Committed early: the source waits for the destination's word.
+		if [ -e "$f" ]; then
+			flag=--abort
+			[[ "$dest_out" == *"runs the guest"* ]] && flag=--commit
+			out=$("$TSUBAME" resolve --state-dir "$T/state-$1" "$id" "$flag") ||
+				fail "$case_name: resolve $flag on the source failed: $out"
+			log "$case_name: source resolve $flag: $(echo "$out" | head -1)"
+			[ -e "$f" ] && fail "$case_name: the source's record is still there"
 		fi
 	done
+	# A destination that ran the guest keeps its record while the sender
+	# may not have heard; its own resolve says the guest runs there.
 	for f in "$T/state-$2"/*.recv.json; do
-		[ -e "$f" ] && fail "$case_name: a destination record is left without a source record: $f"
+		[ -e "$f" ] || continue
+		id=$(basename "$f" .recv.json)
+		grep -q '"state": *"commit"' "$f" ||
+			fail "$case_name: a destination record is left without a source record: $f"
+		out=$("$TSUBAME" resolve --state-dir "$T/state-$2" "$id") ||
+			fail "$case_name: resolve of a kept destination record failed: $out"
+		[[ "$out" == *"runs the guest"* ]] ||
+			fail "$case_name: a kept destination record, but: $out"
+		log "$case_name: destination record kept after the run: $out"
 	done
 	return 0
 }
@@ -85,7 +105,7 @@ case_run() {
 	# shellcheck disable=SC2086
 	"${sfault[@]}" "$TSUBAME" send --qmp "$T/$cur/qmp.sock" --to "127.0.0.1:$wport" \
 		--vm-id guest --store "$T/store-$site" --state-dir "$T/state-$site" \
-		--timeout 120s $common_args 2>"$T/$name-send.log" &
+		--timeout 120s $common_args $send_args 2>"$T/$name-send.log" &
 	spid=$!
 	cleanup_pids+=("$spid")
 	wait "$spid" || rs=$?
@@ -135,9 +155,13 @@ cut_2s='kill -USR1 $WANEM_PID; (sleep 2; kill -USR2 $WANEM_PID) >/dev/null 2>&1 
 hole_3s='kill -s RTMIN $WANEM_PID; (sleep 3; kill -s RTMIN+1 $WANEM_PID) >/dev/null 2>&1 &'
 
 # Before the source stops: the migration fails, the source runs on.
+send_args=
 case_run hs-cut send handshake "$cut" "4" "1 4 130"
 case_run precopy-cut recv precopy "$cut" "4" "1 4"
 case_run stopped-cut send source-stopped "$cut" "4" "1 4"
+# The cases from here to the forged decision commit only after PREPARED
+# (--commit-after-prepared); those committing early come after them.
+send_args=--commit-after-prepared
 # The source completed; unless PREPARED came first: abort, the destination
 # hears it once the link is back.
 case_run completed-cut send source-completed "$cut_2s" "0 4" "0 1 4"
@@ -176,6 +200,30 @@ case_run recv-int-prepared recv prepared-sent 'kill -INT $PPID' "0 4 7" "0 7"
 case_run long-loaded-cut recv dest-loaded "$cut_2s" "4" "1 4" 200ms
 case_run long-prepared-cut recv prepared-sent "$cut_2s" "0 1 4" "0 1 4" 200ms
 case_run long-commit-cut send commit-sent "$cut_2s" "0" "0" 200ms
+# Committed early (the default): the DECISION follows the stream, and the
+# destination runs the guest if it loads it, else says DISCARDED.
+send_args=
+# The link breaks as the source completes: committed or not, one copy.
+case_run early-completed-cut send source-completed "$cut_2s" "0 1 4 7" "0 1 4"
+# The decision arrived, the link breaks: the stream may or may not be all
+# in; the destination runs it, or discards it and tells the sender, who
+# comes back for the outcome.
+case_run early-decision-cut recv decision-early "$cut_2s" "0 1 4" "0 1 4"
+# The destination QEMU dies with the decision in: DISCARDED, source runs.
+case_run early-dst-qemu-killed recv decision-early 'kill -9 $DST_QEMU' "1 4" "1 4"
+# It dies as the source completes: its receiver's ERROR crosses our DECISION.
+case_run early-dst-qemu-killed-completed send source-completed 'kill -9 $DST_QEMU' "1 4" "1 4"
+# The receiver dies with the decision in: the sender is in doubt; the
+# destination has no record (nothing there), so the source runs again.
+case_run early-recv-killed recv decision-early 'kill -9 $PPID' "1 4 7" "137"
+# The link stays down once the guest is loaded: it runs there, the sender
+# is in doubt until resolve asks the destination.
+case_run early-loaded-down recv dest-loaded "$cut" "0 4 7" "0 7"
+# The DECISION is queued behind the stream's end when the link goes down
+# for good: the destination may or may not have all of it.
+case_run early-commit-down send commit-sent "$cut" "0 7" "0 4 7" 50ms
+send_args=--commit-after-prepared
+
 # While the destination is in doubt, another key holder forges the commit
 # decision of this migration: refused (a decision counts only from the
 # credential the migration began with); the link comes back after it and

@@ -1465,6 +1465,63 @@ static void rp_free(struct rp_rec *r)
 	buf_free(&r->log);
 }
 
+/*
+ * qs_tail: fed a captured precopy stream in pieces of every few sizes, it
+ * says "the end" exactly once, at the last byte; never for a postcopy
+ * stream (no description), a cut-off precopy stream, or one whose
+ * description's length is off by one.
+ */
+static int tail_ends_at(const uint8_t *d, size_t len, size_t piece)
+{
+	struct qs_tail t;
+	int at = -1, hits = 0;
+
+	qs_tail_init(&t);
+	for (size_t off = 0; off < len; off += piece) {
+		size_t n = len - off < piece ? len - off : piece;
+
+		if (qs_tail_feed(&t, d + off, n)) {
+			hits++;
+			at = (int)(off + n);
+		}
+	}
+	qs_tail_fini(&t);
+	return hits == 1 ? at : hits ? -2 : -1;
+}
+
+static void test_tail(void **state)
+{
+	static const size_t pieces[] = { 1, 7, 4096, 65536, 262144, 1u << 30 };
+	size_t len, plen;
+	uint8_t *d = load_capture("qemu72-precopy.bin.zst", &len);
+	uint8_t *pc = load_capture("qemu72-postcopy.bin.zst", &plen);
+	uint8_t *bad;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(pieces) / sizeof(pieces[0]); i++) {
+		/* 1-byte feeds of a whole stream: only its end, to keep it short. */
+		size_t from = pieces[i] == 1 ? len - 200000 : 0;
+
+		assert_int_equal(tail_ends_at(d + from, len - from, pieces[i]), (int)(len - from));
+		assert_int_equal(tail_ends_at(d, len - 1, pieces[i]), -1);
+		assert_int_equal(tail_ends_at(pc, plen, pieces[i]), -1);
+	}
+	/* The length must match the JSON to the last byte. */
+	bad = malloc(len);
+	assert_non_null(bad);
+	memcpy(bad, d, len);
+	for (size_t i = len - 6; i-- > 0;) {
+		if (bad[i] == 0x00 && bad[i + 1] == 0x06 && tsb_load_be32(bad + i + 2) == len - i - 6) {
+			tsb_put_be32(bad + i + 2, (uint32_t)(len - i - 7));
+			break;
+		}
+	}
+	assert_int_equal(tail_ends_at(bad, len, 65536), -1);
+	free(bad);
+	free(pc);
+	free(d);
+}
+
 static void test_rp_capture(void **state)
 {
 	struct rp_rec whole, r;
@@ -1910,6 +1967,7 @@ int main(void)
 		cmocka_unit_test(test_capture_ignore_shared),
 		cmocka_unit_test(test_capture_xbzrle),
 		cmocka_unit_test(test_capture_postcopy),
+		cmocka_unit_test(test_tail),
 		cmocka_unit_test(test_truncated_captures),
 		cmocka_unit_test(test_small_stream_round_trip),
 		cmocka_unit_test(test_small_stream_truncation),

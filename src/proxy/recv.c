@@ -117,7 +117,8 @@ static void *return_thread(void *arg)
 		if (r == 0)
 			r = recv_send_locked(rc, &b);
 		if (r < 0) {
-			if (!rc->prepared)
+			/* Committed early, a lost link is the frame thread's to judge. */
+			if (!rc->prepared && rc->decision != WIRE_DECIDE_COMMIT)
 				recv_fail(rc, proxy_outcome_of_errno(r),
 					  "sending QEMU's return path: %s", strerror(-r));
 			break;

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 static int send_u64(struct receiver *rc, uint8_t type, uint64_t v)
 {
@@ -671,13 +672,14 @@ static int handle_frame(struct receiver *rc, const struct wire_frame *f)
 		/* Before PREPARED only as agreed: the guest runs here if it loads. */
 		if (!rc->prepared && !rc->early_ok)
 			return -EPROTO;
+		/* Before the decision is seen: the fault lands ahead of what it starts. */
+		if (m.u.status.code == WIRE_DECIDE_COMMIT)
+			tsb_fault_point("decision-received");
 		rc->source_stop_ns = commit_stop_ns_of(&m.u.status.text);
 		rc->decision = (int)m.u.status.code;
-		if (!rc->prepared) {
+		if (!rc->prepared)
 			log_info("the sender committed the switchover: the guest runs here once "
 				 "it is loaded");
-			tsb_fault_point("decision-early");
-		}
 		return 0;
 	default:
 		return 0;
@@ -688,8 +690,21 @@ static int handle_frame(struct receiver *rc, const struct wire_frame *f)
 static void link_ended(struct receiver *rc, enum proxy_outcome oc, const char *what)
 {
 	rc->link_lost = true;
-	if (!rc->prepared)
-		recv_fail(rc, oc, "%s", what);
+	if (rc->prepared)
+		return;
+	/*
+	 * Committed early: QEMU loads what came. If that was all of the
+	 * stream it completes and the guest runs; if not, the end of its
+	 * input fails the load and the guest is discarded.
+	 */
+	if (rc->decision == WIRE_DECIDE_COMMIT) {
+		log_warn("%s; the sender committed: the guest runs here if what came loads",
+			 what);
+		if (rc->qfd >= 0)
+			shutdown(rc->qfd, SHUT_WR);
+		return;
+	}
+	recv_fail(rc, oc, "%s", what);
 }
 
 void recv_drain_for_decision(struct receiver *rc)

@@ -517,6 +517,8 @@ void recv_discard_loading(struct receiver *rc, struct qmp *q, struct wire_tls *t
 
 	/* Nothing half-loaded may run here; OUTCOME DISCARDED only after this. */
 	commit_discard_destination(q);
+	/* The sender's reconnection comes to this port. */
+	disk_recv_stop_listening(rc->rb.disk);
 	/*
 	 * Not committed yet as far as we know: tell why we failed (a sender
 	 * that has not committed gives up and closes), and read on in case

@@ -31,20 +31,6 @@ static int open_qmp(const struct proxy_resolve_options *o, const struct mig_reco
 	return e;
 }
 
-static bool guest_runs(struct qmp *q)
-{
-	json_t *st = NULL;
-	const char *v;
-	bool running;
-
-	if (qmp_execute(q, "query-status", NULL, &st, NULL, 0) < 0)
-		return false;
-	v = json_string_value(json_object_get(st, "status"));
-	running = v && !strcmp(v, "running");
-	json_decref(st);
-	return running;
-}
-
 static int resolve_send(const struct proxy_resolve_options *o, const struct mig_record *r)
 {
 	struct qmp *q = NULL;
@@ -96,6 +82,7 @@ static int resolve_recv(const struct proxy_resolve_options *o, const struct mig_
 {
 	struct qmp *q = NULL;
 	uint64_t resume_ns;
+	bool running;
 	char err[512];
 	int d = o->decision;
 
@@ -119,7 +106,7 @@ static int resolve_recv(const struct proxy_resolve_options *o, const struct mig_
 		record_drop(o->state_dir, r);
 		return 1;
 	}
-	if (d == WIRE_DECIDE_COMMIT && guest_runs(q)) {
+	if (d == WIRE_DECIDE_COMMIT && commit_vm_running(q, &running) == 0 && running) {
 		/* Kept because the sender may not have heard that it runs here. */
 		printf("migration %s: the destination runs the guest (since the switchover).\n",
 		       r->id);

@@ -2293,6 +2293,19 @@ static enum proxy_outcome finish(struct sender *s, struct send_run *run, json_t 
 	enum proxy_outcome oc;
 
 	stop_threads(s, run);
+	/*
+	 * Committed early, the link may break while the stream's end is still
+	 * on its way; if the destination says the guest runs there all the
+	 * same, the migration succeeded.
+	 */
+	if (s->failed && s->decided_commit && !s->in_postcopy &&
+	    s->peer_outcome == WIRE_OUTCOME_RUNNING) {
+		log_warn("after the commit: %s; the destination runs the guest all the same",
+			 s->error);
+		s->outcome = PROXY_OK;
+		s->error[0] = '\0';
+		s->failed = 0;
+	}
 	if (s->failed && run->q && !s->decided_commit)
 		abort_switchover(s, run->q, run->tls);
 	oc = s->failed ? s->outcome : PROXY_OK;

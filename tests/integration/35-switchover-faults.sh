@@ -205,17 +205,18 @@ case_run long-commit-cut send commit-sent "$cut_2s" "0" "0" 200ms
 send_args=
 # The link breaks as the source completes: committed or not, one copy.
 case_run early-completed-cut send source-completed "$cut_2s" "0 1 4 7" "0 1 4"
-# The decision arrived, the link breaks: the stream may or may not be all
-# in; the destination runs it, or discards it and tells the sender, who
-# comes back for the outcome.
-case_run early-decision-cut recv decision-early "$cut_2s" "0 1 4" "0 1 4"
+# The DECISION arrives (before the load or after PREPARED: a race) and the
+# link breaks: the destination runs the guest, or, not loaded, discards it
+# and tells the sender, who comes back for the outcome.
+case_run early-decision-cut recv decision-received "$cut_2s" "0 1 4" "0 1 4"
 # The destination QEMU dies with the decision in: DISCARDED, source runs.
-case_run early-dst-qemu-killed recv decision-early 'kill -9 $DST_QEMU' "1 4" "1 4"
+case_run early-dst-qemu-killed recv decision-received 'kill -9 $DST_QEMU' "1 4" "1 4"
 # It dies as the source completes: its receiver's ERROR crosses our DECISION.
 case_run early-dst-qemu-killed-completed send source-completed 'kill -9 $DST_QEMU' "1 4" "1 4"
-# The receiver dies with the decision in: the sender is in doubt; the
-# destination has no record (nothing there), so the source runs again.
-case_run early-recv-killed recv decision-early 'kill -9 $PPID' "1 4 7" "137"
+# The receiver dies with the decision in: the sender is in doubt. Before
+# the load the destination has no record (nothing there): the source
+# runs again; after it, its 'prepared' record: the destination runs.
+case_run early-recv-killed recv decision-received 'kill -9 $PPID' "1 4 7" "137"
 # The link stays down once the guest is loaded: it runs there, the sender
 # is in doubt until resolve asks the destination.
 case_run early-loaded-down recv dest-loaded "$cut" "0 4 7" "0 7"

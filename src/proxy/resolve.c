@@ -103,6 +103,9 @@ static int resolve_recv(const struct proxy_resolve_options *o, const struct mig_
 	}
 	if (open_qmp(o, r, &q) < 0) {
 		/* No QEMU, no guest: nothing can run here any more. */
+		fprintf(stderr, "migration %s: the destination holds no guest of it any more (its "
+			"QEMU is gone). If the source's resolve asked for this host's word, run "
+			"'tsubame resolve %s --abort' there.\n", r->id, r->id);
 		record_drop(o->state_dir, r);
 		return 1;
 	}

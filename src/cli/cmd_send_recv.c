@@ -93,7 +93,7 @@ enum {
 	OPT_MAX_WINDOW, OPT_DISK_COPY_MODE, OPT_QEMU_CONNECT, OPT_NBD_CONNECT,
 	OPT_RECOVER_TIMEOUT, OPT_BANDWIDTH, OPT_PLAN, OPT_CONCURRENCY, OPT_JSON, OPT_TIMELINE,
 	OPT_NO_SEED, OPT_AGENT, OPT_HOST, OPT_SSH, OPT_REMOTE_TSUBAME,
-	OPT_COMMIT_AFTER_PREPARED,
+	OPT_COMMIT_EARLY,
 };
 
 static const struct option options[] = {
@@ -130,7 +130,7 @@ static const struct option options[] = {
 	{ "net-home", required_argument, NULL, OPT_NET_HOME },
 	{ "disk", required_argument, NULL, OPT_DISK },
 	{ "no-disks", no_argument, NULL, OPT_NO_DISKS },
-	{ "commit-after-prepared", no_argument, NULL, OPT_COMMIT_AFTER_PREPARED },
+	{ "commit-early", no_argument, NULL, OPT_COMMIT_EARLY },
 	{ "disk-copy-mode", required_argument, NULL, OPT_DISK_COPY_MODE },
 	{ "commit-timeout", required_argument, NULL, OPT_COMMIT_TIMEOUT },
 	{ "state-dir", required_argument, NULL, OPT_STATE_DIR },
@@ -171,7 +171,7 @@ struct parsed {
 	int zstd_level;
 	unsigned connections;
 	uint64_t max_window;
-	bool help, no_store, no_vm_disks, floor, no_disks, commit_after_prepared;
+	bool help, no_store, no_vm_disks, floor, no_disks, commit_early;
 	int disk_copy_mode;		/* enum disk_copy_mode */
 	bool disk_copy_mode_set;
 	const char *disks[8];
@@ -273,11 +273,11 @@ static int parse_send_opt(const char *cmd, bool send, int c, struct parsed *p)
 			return cli_usage_error(cmd, "option --floor is for 'tsubame send'");
 		p->floor = true;
 		return 0;
-	case OPT_COMMIT_AFTER_PREPARED:
+	case OPT_COMMIT_EARLY:
 		if (!send)
-			return cli_usage_error(cmd, "option --commit-after-prepared is for "
+			return cli_usage_error(cmd, "option --commit-early is for "
 					       "'tsubame send'");
-		p->commit_after_prepared = true;
+		p->commit_early = true;
 		return 0;
 	case OPT_DISK_COPY_MODE:
 		if (!send)
@@ -593,7 +593,7 @@ static void send_options_from(const struct parsed *p, struct proxy_send_options 
 	o->max_window = p->max_window;
 	o->vm_id = p->vm_id;
 	o->floor = p->floor;
-	o->commit_after_prepared = p->commit_after_prepared;
+	o->commit_early = p->commit_early;
 }
 
 static void recv_options_from(const struct parsed *p, struct proxy_recv_options *o)
@@ -683,12 +683,13 @@ int cmd_send(int argc, char **argv)
 		       "  --floor                report the floor: the zstd size of the final\n"
 		       "                         pages that had to travel (costs CPU at the end)\n"
 		       "  --progress, --no-progress  progress line on stderr (default: on a TTY)\n"
-		       "  --commit-after-prepared  commit the switchover only once the destination\n"
-		       "                         said it loaded the guest (PREPARED): one more\n"
-		       "                         round trip in the downtime, but a destination\n"
-		       "                         that fails to load never leaves the source in\n"
-		       "                         doubt (default: commit as the source completes;\n"
-		       "                         docs/protocol.md, \"Committing early\")\n"
+		       "  --commit-early         commit the switchover as the source completes,\n"
+		       "                         not once the destination said it loaded the\n"
+		       "                         guest: one round trip less in the downtime, but\n"
+		       "                         a link lost right then leaves the source in doubt\n"
+		       "                         (docs/protocol.md, \"Committing early\"; not the\n"
+		       "                         default: QEMU 7.2 can crash a source whose disks\n"
+		       "                         it had handed over when the switchover fails)\n"
 		       "  --disk DEVICE          move this local disk with the VM (repeatable;\n"
 		       "                         default: every writable disk; docs/disk.md)\n"
 		       "  --no-disks             move memory only (shared storage)\n"

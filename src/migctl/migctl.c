@@ -173,13 +173,28 @@ static const char *query_status(struct qmp *src, json_t **stats)
 	return json_string_value(json_object_get(ret, "status"));
 }
 
+void migctl_stop_source(struct qmp *src, const char *status)
+{
+	json_t *args;
+
+	if (status && (!strcmp(status, "active") || !strcmp(status, "device"))) {
+		args = json_pack("{s:[{s:s}]}", "instances", "type", "migration");
+		if (args && qmp_execute(src, "yank", args, NULL, NULL, 0) == 0) {
+			json_decref(args);
+			return;
+		}
+		json_decref(args);
+	}
+	(void)qmp_execute(src, "migrate_cancel", NULL, NULL, NULL, 0);
+}
+
 static void cancel_and_wait(struct qmp *src, struct migctl_result *res,
 			    struct watch *w)
 {
 	uint64_t start = tsb_now_ns();
-	const char *st;
+	const char *st = query_status(src, &res->src_stats);
 
-	(void)qmp_execute(src, "migrate_cancel", NULL, NULL, NULL, 0);
+	migctl_stop_source(src, st);
 	while ((tsb_now_ns() - start) / 1000000 < MIGCTL_CANCEL_WAIT_MS) {
 		st = query_status(src, &res->src_stats);
 		if (st && (!strcmp(st, "cancelled") || !strcmp(st, "failed") ||

@@ -124,6 +124,17 @@ int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *op
 
 void migctl_result_fini(struct migctl_result *res);
 
+/*
+ * Ends the source's outgoing migration so that QEMU runs the guest again,
+ * given its status ("" if unknown): migrate_cancel, except while QEMU may
+ * be completing a precopy ("active", "device"). There QEMU 7.2 hands its
+ * disks over (bdrv_inactivate_all) and a cancel that comes just before
+ * lets it resume the guest with them still inactive: the next disk write
+ * kills QEMU. So there the migration's channel is yanked (QMP yank): the
+ * migration fails, and QEMU takes its disks back itself.
+ */
+void migctl_stop_source(struct qmp *src, const char *status);
+
 /* The result as a new JSON object (caller owns the reference). */
 json_t *migctl_result_to_json(const struct migctl_result *res);
 

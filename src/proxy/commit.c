@@ -5,6 +5,7 @@
 #include "common/fault.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "migctl/migctl.h"
 #include "qmp/qmp.h"
 #include "wire/accept.h"
 #include "wire/tls.h"
@@ -86,7 +87,7 @@ int commit_resume_source(struct qmp *q, bool was_running, bool postcopy, bool *r
 	 */
 	(void)migration_busy(q, mst, sizeof(mst));
 	if (strcmp(mst, "postcopy-paused"))
-		(void)qmp_execute(q, "migrate_cancel", NULL, NULL, NULL, 0);
+		migctl_stop_source(q, mst);
 	while (migration_busy(q, mst, sizeof(mst)) && tsb_now_ns() - t0 < limit)
 		usleep(50000);
 	*ret_completed = !strcmp(mst, "completed");

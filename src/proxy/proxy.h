@@ -85,8 +85,8 @@ struct proxy_send_options {
 	const char *disks[8];
 	unsigned n_disks;
 	bool no_disks;
-	/* Commit only after PREPARED (no WIRE_CAP_EARLY): a round trip more in the downtime. */
-	bool commit_after_prepared;
+	/* Commit as the source completes (WIRE_CAP_EARLY): a round trip less in the downtime. */
+	bool commit_early;
 	/* The mirrors' copy mode (enum disk_copy_mode; 0: auto). */
 	int disk_copy_mode;
 	/*

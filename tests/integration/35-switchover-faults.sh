@@ -171,9 +171,9 @@ send_args=
 case_run hs-cut send handshake "$cut" "4" "1 4 130"
 case_run precopy-cut recv precopy "$cut" "4" "1 4"
 case_run stopped-cut send source-stopped "$cut" "4" "1 4"
-# The cases from here to the forged decision commit only after PREPARED
-# (--commit-after-prepared); those committing early come after them.
-send_args=--commit-after-prepared
+# The cases from here to the forged decision commit after PREPARED (the
+# default); those committing early (--commit-early) come after them.
+send_args=
 # The source completed; unless PREPARED came first: abort, the destination
 # hears it once the link is back.
 case_run completed-cut send source-completed "$cut_2s" "0 4" "0 1 4"
@@ -212,9 +212,9 @@ case_run recv-int-prepared recv prepared-sent 'kill -INT $PPID' "0 4 7" "0 7"
 case_run long-loaded-cut recv dest-loaded "$cut_2s" "4" "1 4" 200ms
 case_run long-prepared-cut recv prepared-sent "$cut_2s" "0 1 4" "0 1 4" 200ms
 case_run long-commit-cut send commit-sent "$cut_2s" "0" "0" 200ms
-# Committed early (the default): the DECISION follows the stream, and the
-# destination runs the guest if it loads it, else says DISCARDED.
-send_args=
+# Committed early (--commit-early): the DECISION follows the stream, and
+# the destination runs the guest if it loads it, else says DISCARDED.
+send_args=--commit-early
 # The link breaks as the source completes: committed or not, one copy.
 case_run early-completed-cut send source-completed "$cut_2s" "0 1 4 7" "0 1 4"
 # The DECISION arrives (before the load or after PREPARED: a race) and the
@@ -234,8 +234,8 @@ case_run early-recv-killed recv decision-received 'kill -9 $PPID' "1 4 7" "137"
 case_run early-loaded-down recv dest-loaded "$cut" "0 4 7" "0 7"
 # The DECISION is queued behind the stream's end when the link goes down
 # for good: the destination may or may not have all of it.
-case_run early-commit-down send commit-sent "$cut" "0 7" "0 4 7" 50ms
-send_args=--commit-after-prepared
+case_run early-commit-down send commit-sent "$cut" "0 7" "0 1 4 7" 50ms
+send_args=
 
 # While the destination is in doubt, another key holder forges the commit
 # decision of this migration: refused (a decision counts only from the

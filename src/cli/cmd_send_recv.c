@@ -94,6 +94,7 @@ enum {
 	OPT_RECOVER_TIMEOUT, OPT_BANDWIDTH, OPT_PLAN, OPT_CONCURRENCY, OPT_JSON, OPT_TIMELINE,
 	OPT_NO_SEED, OPT_AGENT, OPT_HOST, OPT_SSH, OPT_REMOTE_TSUBAME,
 	OPT_COMMIT_EARLY,
+	OPT_COMMIT_LATE,
 };
 
 static const struct option options[] = {
@@ -131,6 +132,7 @@ static const struct option options[] = {
 	{ "disk", required_argument, NULL, OPT_DISK },
 	{ "no-disks", no_argument, NULL, OPT_NO_DISKS },
 	{ "commit-early", no_argument, NULL, OPT_COMMIT_EARLY },
+	{ "commit-late", no_argument, NULL, OPT_COMMIT_LATE },
 	{ "disk-copy-mode", required_argument, NULL, OPT_DISK_COPY_MODE },
 	{ "commit-timeout", required_argument, NULL, OPT_COMMIT_TIMEOUT },
 	{ "state-dir", required_argument, NULL, OPT_STATE_DIR },
@@ -171,7 +173,7 @@ struct parsed {
 	int zstd_level;
 	unsigned connections;
 	uint64_t max_window;
-	bool help, no_store, no_vm_disks, floor, no_disks, commit_early;
+	bool help, no_store, no_vm_disks, floor, no_disks, commit_late;
 	int disk_copy_mode;		/* enum disk_copy_mode */
 	bool disk_copy_mode_set;
 	const char *disks[8];
@@ -274,10 +276,11 @@ static int parse_send_opt(const char *cmd, bool send, int c, struct parsed *p)
 		p->floor = true;
 		return 0;
 	case OPT_COMMIT_EARLY:
+	case OPT_COMMIT_LATE:
 		if (!send)
-			return cli_usage_error(cmd, "option --commit-early is for "
-					       "'tsubame send'");
-		p->commit_early = true;
+			return cli_usage_error(cmd, "options --commit-early and "
+					       "--commit-late are for 'tsubame send'");
+		p->commit_late = c == OPT_COMMIT_LATE;
 		return 0;
 	case OPT_DISK_COPY_MODE:
 		if (!send)
@@ -593,7 +596,7 @@ static void send_options_from(const struct parsed *p, struct proxy_send_options 
 	o->max_window = p->max_window;
 	o->vm_id = p->vm_id;
 	o->floor = p->floor;
-	o->commit_early = p->commit_early;
+	o->commit_late = p->commit_late;
 }
 
 static void recv_options_from(const struct parsed *p, struct proxy_recv_options *o)
@@ -683,13 +686,13 @@ int cmd_send(int argc, char **argv)
 		       "  --floor                report the floor: the zstd size of the final\n"
 		       "                         pages that had to travel (costs CPU at the end)\n"
 		       "  --progress, --no-progress  progress line on stderr (default: on a TTY)\n"
-		       "  --commit-early         commit the switchover as the source completes,\n"
-		       "                         not once the destination said it loaded the\n"
-		       "                         guest: one round trip less in the downtime, but\n"
-		       "                         a link lost right then leaves the source in doubt\n"
-		       "                         (docs/protocol.md, \"Committing early\"; not the\n"
-		       "                         default: QEMU 7.2 can crash a source whose disks\n"
-		       "                         it had handed over when the switchover fails)\n"
+		       "  --commit-early         (default) commit the switchover as the source\n"
+		       "                         completes, not once the destination said it\n"
+		       "                         loaded the guest: one round trip less in the\n"
+		       "                         downtime; a link lost right then leaves the\n"
+		       "                         source in doubt until resolve asks the\n"
+		       "                         destination (docs/protocol.md, \"Committing early\")\n"
+		       "  --commit-late          commit only after the destination's PREPARED\n"
 		       "  --disk DEVICE          move this local disk with the VM (repeatable;\n"
 		       "                         default: every writable disk; docs/disk.md)\n"
 		       "  --no-disks             move memory only (shared storage)\n"

@@ -85,8 +85,12 @@ struct proxy_send_options {
 	const char *disks[8];
 	unsigned n_disks;
 	bool no_disks;
-	/* Commit as the source completes (WIRE_CAP_EARLY): a round trip less in the downtime. */
-	bool commit_early;
+	/*
+	 * Commit only once the destination said PREPARED (the older order): a
+	 * round trip more in the downtime. By default the commit goes as the
+	 * source completes (WIRE_CAP_EARLY).
+	 */
+	bool commit_late;
 	/* The mirrors' copy mode (enum disk_copy_mode; 0: auto). */
 	int disk_copy_mode;
 	/*

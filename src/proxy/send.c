@@ -1909,7 +1909,7 @@ static void hello_of(struct sender *s, struct wire_hello_args *hello)
 		      (may_postcopy(o) ? WIRE_CAP_POSTCOPY : 0) |
 		      (o->no_disks || (o->qemu_listen && !o->n_libvirt_disks) ? 0 : WIRE_CAP_DISK) |
 		      (o->qemu_listen ? WIRE_CAP_LIBVIRT :
-		       o->commit_early ? WIRE_CAP_EARLY : 0) |
+		       o->commit_late ? 0 : WIRE_CAP_EARLY) |
 		      (o->connections > 1 ? WIRE_CAP_LANES : 0);
 	hello->site = "source";
 	hello->vm = s->vm[0] ? s->vm : NULL;

@@ -172,8 +172,8 @@ case_run hs-cut send handshake "$cut" "4" "1 4 130"
 case_run precopy-cut recv precopy "$cut" "4" "1 4"
 case_run stopped-cut send source-stopped "$cut" "4" "1 4"
 # The cases from here to the forged decision commit after PREPARED (the
-# default); those committing early (--commit-early) come after them.
-send_args=
+# older order, --commit-late); those committing early (the default) come after them.
+send_args=--commit-late
 # The source completed; unless PREPARED came first: abort, the destination
 # hears it once the link is back.
 case_run completed-cut send source-completed "$cut_2s" "0 4" "0 1 4"
@@ -212,9 +212,9 @@ case_run recv-int-prepared recv prepared-sent 'kill -INT $PPID' "0 4 7" "0 7"
 case_run long-loaded-cut recv dest-loaded "$cut_2s" "4" "1 4" 200ms
 case_run long-prepared-cut recv prepared-sent "$cut_2s" "0 1 4" "0 1 4" 200ms
 case_run long-commit-cut send commit-sent "$cut_2s" "0" "0" 200ms
-# Committed early (--commit-early): the DECISION follows the stream, and
+# Committed early (the default): the DECISION follows the stream, and
 # the destination runs the guest if it loads it, else says DISCARDED.
-send_args=--commit-early
+send_args=
 # The link breaks as the source completes: committed or not, one copy.
 case_run early-completed-cut send source-completed "$cut_2s" "0 1 4 7" "0 1 4"
 # The DECISION arrives (before the load or after PREPARED: a race) and the
@@ -235,7 +235,8 @@ case_run early-loaded-down recv dest-loaded "$cut" "0 4 7" "0 7"
 # The DECISION is queued behind the stream's end when the link goes down
 # for good: the destination may or may not have all of it.
 case_run early-commit-down send commit-sent "$cut" "0 7" "0 1 4 7" 50ms
-send_args=
+# The forged decision needs a destination waiting for it: the older order.
+send_args=--commit-late
 
 # While the destination is in doubt, another key holder forges the commit
 # decision of this migration: refused (a decision counts only from the
@@ -265,6 +266,7 @@ PY
 		-m "$id" >"$FORGE_LOG" 2>&1; echo "exit $?" >>"$FORGE_LOG";
 		kill -USR2 $WANEM_PID) >/dev/null 2>&1 &'
 	case_run forged-decision recv prepared-sent "$forge" "0 1 4" "0 1 4" 5ms "--key $T/recv-keys"
+	send_args=
 	if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" forged-decision "* ]]; then
 		grep -q "^exit 0" "$FORGE_LOG" || fail "forged decision: $(cat "$FORGE_LOG")"
 		log "forged decision: $(head -1 "$FORGE_LOG")"

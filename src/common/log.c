@@ -2,7 +2,9 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static enum tsb_log_level current_level = TSB_LOG_NOTICE;
 static const char *current_prefix = "tsubame";
@@ -42,13 +44,31 @@ const char *tsb_log_thread_tag(void)
 	return thread_tag;
 }
 
+/*
+ * TSUBAME_LOG_TIME=1 starts each line with the wall clock to the
+ * millisecond: the two ends' logs of one host side by side show where a
+ * switchover's milliseconds go.
+ */
+static int stamp(char *buf, size_t len)
+{
+	const char *e = getenv("TSUBAME_LOG_TIME");
+	struct timespec ts;
+	struct tm tm;
+
+	if (!e || !*e || !strcmp(e, "0") || clock_gettime(CLOCK_REALTIME, &ts) < 0 || !localtime_r(&ts.tv_sec, &tm))
+		return 0;
+	return snprintf(buf, len, "%02d:%02d:%02d.%03ld ", tm.tm_hour, tm.tm_min, tm.tm_sec,
+			ts.tv_nsec / 1000000);
+}
+
 static void log_line(enum tsb_log_level level, const char *fmt, va_list ap,
 		     const char *suffix)
 {
 	char line[2048];
-	int n;
+	int n, t;
 
-	n = snprintf(line, sizeof(line), "%s: %s%s%s%s", current_prefix,
+	t = stamp(line, sizeof(line));
+	n = t + snprintf(line + t, sizeof(line) - t, "%s: %s%s%s%s", current_prefix,
 		     thread_tag ? thread_tag : "", thread_tag ? ": " : "",
 		     level_names[level], level_names[level][0] ? ": " : "");
 	if (n < 0 || (size_t)n >= sizeof(line))

@@ -700,6 +700,8 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 		else
 			recv_wait_loaded(rc, run.q, &run.sig);
 		rc->loaded_ns = rc->failed ? 0 : tsb_now_ns();
+		if (!rc->failed)
+			log_info("the destination QEMU has loaded the guest (paused)");
 		if (rc->failed && rc->early_ok)
 			recv_discard_loading(rc, run.q, run.tls, &run.sig);
 		else if (!rc->failed && o->qemu_connect)

@@ -8,6 +8,7 @@
  * delivers the rebuilt stream.
  */
 #include "cli/cli.h"
+#include "cli/migrate_targets.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "proxy/proxy.h"
@@ -584,6 +585,7 @@ int cmd_migrate(int argc, char **argv)
 {
 	struct migrate_args a = { 0 };
 	struct relay rl = { 0 };
+	struct migrate_targets targets = { 0 };
 	char uuid[VIR_UUID_STRING_BUFLEN], listen[32], nbd_listen[32], err[1024];
 	virConnectPtr conn = NULL;
 	virDomainPtr dom = NULL;
@@ -628,10 +630,13 @@ int cmd_migrate(int argc, char **argv)
 	a.so.libvirt_verdict = relay_verdict;
 	a.so.libvirt_abort = relay_abort;
 	a.so.libvirt_opaque = &rl;
+	migrate_targets_prepare(&targets, a.dest_uri, a.files, a.n_disks);
 	events_start(conn, dom, &rl);
 	r = run(dom, &a, &rl);
-	if (!rl.libvirt_hung)
+	if (!rl.libvirt_hung) {
 		events_end(&rl);
+		migrate_targets_release(&targets);
+	}
 	if (rl.report && rl.job_done)
 		json_object_set(rl.report, "libvirt_job", rl.job);
 	if (rl.job_done && json_object_get(rl.job, VIR_DOMAIN_JOB_DOWNTIME))

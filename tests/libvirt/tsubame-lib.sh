@@ -56,8 +56,9 @@ unset v
 
 name=tsbmig
 # The guest's local disk (TSB_LV_DISK=0: none): a raw image in each site's
-# private libvirt directory, which a storage pool holds at both sites, so
-# that libvirt creates the missing target at the destination. The guest's
+# private libvirt directory, which a storage pool holds at site a; at b
+# tsubame migrate makes a transient pool, so that libvirt creates the
+# missing target there. The guest's
 # diskwrite workload keeps writing records into a ring of it
 # (tests/integration/disk-check.py checks them).
 : "${TSB_LV_DISK:=1}"
@@ -137,11 +138,12 @@ tsb_setup() {
 	if [ "$TSB_LV_DISK" != 1 ]; then
 		lv_guest_start a "$name" "$workload"
 	else
-		for s in a b; do
-			site_exec "$s" mkdir -p "${disk_img%/*}"
-			site_virsh "$s" pool-define-as images dir --target "${disk_img%/*}" >/dev/null
-			site_virsh "$s" pool-start images >/dev/null
-		done
+		# Site a holds the images' directory in a storage pool; site b
+		# has none: tsubame migrate starts a transient one there.
+		site_exec a mkdir -p "${disk_img%/*}"
+		site_exec b mkdir -p "${disk_img%/*}"
+		site_virsh a pool-define-as images dir --target "${disk_img%/*}" >/dev/null
+		site_virsh a pool-start images >/dev/null
 		"$MEMVERIFY_HOST" --make-disk "$LV_T/orig.img" --size 64M --seed 21 >/dev/null ||
 			fail "cannot make the guest's disk"
 		"$MEMVERIFY_HOST" --make-disk "$LV_T/orig2.img" --size 16M --seed 22 >/dev/null ||

@@ -20,7 +20,8 @@
 # carried bytes. The guest's two local disks move with it (tsubame migrate
 # --disk vda --disk vdb: libvirt's NBD mirror through tsubame's disk
 # channel, both exports on one port; the targets are created at b by
-# libvirt in a storage pool): vda holds what the guest wrote, vdb is as it
+# libvirt in the transient storage pool tsubame migrate starts there, gone
+# after the trip): vda holds what the guest wrote, vdb is as it
 # was, checked after each trip. The return trip's send report shows
 # pages reused from the image left at a and far fewer WAN bytes than the
 # first trip, and its disk channel finds most blocks already in place.
@@ -66,6 +67,14 @@ trip a b out
 check_moved a b
 rec=$(check_disk b)
 out_bytes=$(check_reports out) || exit 1
+if [ "$TSB_LV_DISK" = 1 ]; then
+	# b's targets were missing and b has no pool: tsubame's transient one
+	# let libvirt create them, and it ended with the trip.
+	grep -q "transient storage pool for" "$LV_T/out-send.log" ||
+		fail "no transient storage pool was made at b: $(tail -5 "$LV_T/out-send.log")"
+	pools=$(site_virsh b pool-list --all --name | grep -c . || true)
+	[ "$pools" -eq 0 ] || fail "b still has storage pools after the trip: $(site_virsh b pool-list --all)"
+fi
 
 # The guest keeps dirtying its working set at b for a while.
 sleep 4

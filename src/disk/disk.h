@@ -102,6 +102,15 @@ struct disk_send_options {
 	void (*keepalive)(void *opaque);
 	void *keepalive_opaque;
 	/*
+	 * Complete the mirror's flushes (and FUA writes) only once the
+	 * receiver has flushed (always with nbd_listen: libvirt trusts its
+	 * mirror's completion alone). Otherwise they are passed on and
+	 * complete at once: the receiver's DONE before the commit covers
+	 * them, and the flush of the source's stop (QEMU's vm_stop flushes
+	 * every disk) costs no WAN round trip inside the downtime.
+	 */
+	bool flush_waits;
+	/*
 	 * libvirt drives the source QEMU's mirror (docs/libvirt.md): instead
 	 * of asking QMP, these are the disks (each's device is the NBD export
 	 * name libvirt's mirror asks for, with its size and image file), and

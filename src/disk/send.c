@@ -124,6 +124,7 @@ struct disk_send {
 	 * PREPARED, covers them.
 	 */
 	bool switching;
+	bool flush_waits;	/* disk_send_options.flush_waits */
 	char error[256];
 	struct pending_flush flushes[MAX_FLUSHES];
 	bool has_filter;
@@ -402,33 +403,56 @@ static int encode_zero(struct sdisk *d, uint64_t off, uint32_t len)
 	return r < 0 ? -EIO : 0;
 }
 
-/* Sends a flush marker; io completes when the receiver answers it. */
-static int start_flush(struct sdisk *d, struct nbd_io *io)
+/* Sends a flush marker (PING token): the receiver flushes, then answers PONG token. */
+static int send_flush_marker(struct sdisk *d, uint64_t token)
 {
-	struct disk_send *ds = d->ds;
 	struct tsb_buf b;
-	uint64_t token = ((uint64_t)d->idx << 48) | ++d->flush_seq;
-	unsigned i;
 	int r;
 
-	pthread_mutex_lock(&ds->lock);
-	for (i = 0; i < MAX_FLUSHES && ds->flushes[i].io; i++)
-		;
-	if (ds->failed || i == MAX_FLUSHES) {
-		pthread_mutex_unlock(&ds->lock);
-		return -EIO;
-	}
-	ds->flushes[i].token = token;
-	ds->flushes[i].io = io;
-	ds->flushes[i].d = d;
-	pthread_mutex_unlock(&ds->lock);
 	d->flushes++;
 	tsb_buf_init(&b);
 	wire_encode_u64(&b, WIRE_MSG_PING, token);
-	r = ds_write(ds, &b, NULL, 0);
+	r = ds_write(d->ds, &b, NULL, 0);
 	tsb_buf_fini(&b);
+	return r;
+}
+
+/*
+ * A flush (or FUA write) of the mirror: io completes when the receiver
+ * answers its marker, or at once where nothing waits for that (see
+ * disk_send_options.flush_waits; and once the source stopped for the
+ * switchover, whose DONE covers every write).
+ */
+static int start_flush(struct sdisk *d, struct nbd_io *io)
+{
+	struct disk_send *ds = d->ds;
+	uint64_t token = ((uint64_t)d->idx << 48) | ++d->flush_seq;
+	bool switching, waits;
+	unsigned i;
+
+	pthread_mutex_lock(&ds->lock);
+	switching = ds->switching;
+	waits = ds->flush_waits && !switching;
+	for (i = 0; waits && i < MAX_FLUSHES && ds->flushes[i].io; i++)
+		;
+	if (ds->failed || (waits && i == MAX_FLUSHES)) {
+		pthread_mutex_unlock(&ds->lock);
+		return -EIO;
+	}
+	if (waits) {
+		ds->flushes[i].token = token;
+		ds->flushes[i].io = io;
+		ds->flushes[i].d = d;
+	}
+	pthread_mutex_unlock(&ds->lock);
+	if (switching) {
+		d->flushes++;
+		return 0;
+	}
+	if (!waits)
+		return send_flush_marker(d, token) < 0 ? -EIO : 0;
 	/* Even on failure: ds_fail() completed the held io (with EIO). */
-	(void)r;
+	(void)send_flush_marker(d, token);
 	return NBD_IO_ASYNC;
 }
 
@@ -472,16 +496,6 @@ static int cb_write_zeroes(void *user, struct nbd_io *io)
 
 static int cb_flush(void *user, struct nbd_io *io)
 {
-	struct sdisk *d = user;
-	bool local;
-
-	pthread_mutex_lock(&d->ds->lock);
-	local = d->ds->switching && !d->ds->failed;
-	pthread_mutex_unlock(&d->ds->lock);
-	if (local) {
-		d->flushes++;
-		return 0;
-	}
 	return start_flush(user, io);
 }
 
@@ -900,6 +914,7 @@ static struct disk_send *ds_new(const struct disk_send_options *o)
 	pthread_cond_init(&ds->cond, NULL);
 	ds->abort_flag = o->abort_flag;
 	ds->copy_mode = o->copy_mode;
+	ds->flush_waits = o->flush_waits || o->nbd_listen;
 	ds->start_ns = tsb_now_ns();
 	return ds;
 }
@@ -1323,6 +1338,59 @@ static int start_libvirt(const struct disk_send_options *o, struct disk_send **r
 	return 0;
 }
 
+/*
+ * Ready means applied at the destination: memory moves only after the
+ * disks' bulk (the page-cache restore finds it there), and the backlog of
+ * the window does not wait for the switchover. A mirror whose flushes
+ * wait (flush_waits) got that from its flush before it turned ready.
+ */
+static int wait_applied(struct disk_send *ds, const struct disk_send_options *o, char *err,
+			size_t errlen)
+{
+	uint64_t t0 = tsb_now_ns(), acked = 0, target, beat = t0;
+	struct timespec until;
+	int r = 0;
+
+	pthread_mutex_lock(&ds->lock);
+	/* What was sent by now: a guest that keeps writing adds more all along. */
+	target = ds->wire_frames;
+	while (!ds->failed && ds->acked_frames < target) {
+		if (o->keepalive && tsb_now_ns() - beat > 5000000000ull) {
+			beat = tsb_now_ns();
+			pthread_mutex_unlock(&ds->lock);
+			o->keepalive(o->keepalive_opaque);
+			pthread_mutex_lock(&ds->lock);
+		}
+		if (o->abort_flag && *o->abort_flag) {
+			r = -EINTR;
+			snprintf(err, errlen, "interrupted");
+			break;
+		}
+		if (ds->acked_frames != acked) {
+			acked = ds->acked_frames;
+			t0 = tsb_now_ns();
+		} else if (o->stall_ms && (tsb_now_ns() - t0) / 1000000 > o->stall_ms) {
+			r = -ETIMEDOUT;
+			snprintf(err, errlen, "disk channel: the receiver applied nothing for %llu ms",
+				 (unsigned long long)o->stall_ms);
+			break;
+		}
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += 100000000;
+		if (until.tv_nsec >= 1000000000) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000;
+		}
+		(void)pthread_cond_timedwait(&ds->cond, &ds->lock, &until);
+	}
+	if (ds->failed && !r) {
+		snprintf(err, errlen, "%s", ds->error);
+		r = -EIO;
+	}
+	pthread_mutex_unlock(&ds->lock);
+	return r;
+}
+
 /* Our DONE follows every write; the receiver's says all is applied. 0 or -errno. */
 static int send_done(struct disk_send *ds, char *err, size_t errlen)
 {
@@ -1392,6 +1460,8 @@ int disk_send_start(struct qmp *q, const struct disk_send_options *o,
 			goto fail;
 	}
 	r = wait_mirrors_ready(ds, q, o, err, errlen);
+	if (r == 0)
+		r = wait_applied(ds, o, err, errlen);
 	if (r < 0)
 		goto fail;
 	ds->mirror_ms = (tsb_now_ns() - ds->start_ns) / 1000000;
@@ -1452,6 +1522,7 @@ int disk_send_switchover(struct disk_send *ds, struct qmp *q, char *err, size_t 
 	pthread_mutex_lock(&ds->lock);
 	ds->switching = true;
 	pthread_mutex_unlock(&ds->lock);
+	log_debug("disks: the source stopped: completing the mirrors");
 	/* A ready mirror cancelled completes without pivot, target flushed. */
 	for (i = 0; i < ds->n; i++) {
 		r = disk_qmp(q, "block-job-cancel", json_pack("{s:s}", "device", ds->d[i].job),
@@ -1462,6 +1533,7 @@ int disk_send_switchover(struct disk_send *ds, struct qmp *q, char *err, size_t 
 	r = wait_jobs_gone(ds, q, 60000, err, errlen);
 	if (r < 0)
 		return r;
+	log_debug("disks: the mirrors completed");
 	if (disk_send_failed(ds, err, errlen))
 		return -EIO;
 	del_nodes(ds, q);

@@ -390,6 +390,7 @@ void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 	     tsb_now_ns() - t0 < 10000000000ull;)
 		usleep(5000);
 	tsb_fault_point("dest-loaded");
+	log_debug("switchover: QEMU's return path said SHUT");
 	disk_recv_stop_listening(rc->rb.disk);
 	/*
 	 * Committed early (the sender's DECISION came with the stream): the
@@ -426,6 +427,7 @@ void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 		return;
 	}
 	tsb_fault_point("disks-done");
+	log_debug("switchover: the record is kept and the disks are complete");
 	if (early) {
 		d = WIRE_DECIDE_COMMIT;
 	} else {
@@ -458,6 +460,7 @@ void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 		if (record_save(o->c.state_dir, &rc->rec, err, sizeof(err)) < 0)
 			log_warn("%s", err);
 		tsb_fault_point("commit-received");
+		log_debug("switchover: the commit is recorded; running the guest");
 		/* The VM's addresses follow it here once it is ours to run. */
 		content_net_notify(o->c.net_agent, rc->vm, o);
 		if (commit_run_destination(q, ret_resume_ns, err, sizeof(err)) == 0) {
@@ -466,6 +469,7 @@ void recv_settle(struct receiver *rc, struct qmp *q, struct wire_tls *tls,
 			snprintf(text, sizeof(text), "destination running resume_ns=%llu",
 				 (unsigned long long)*ret_resume_ns);
 			tsb_fault_point("dest-running");
+			log_debug("switchover: the guest runs");
 		} else {
 			recv_fail(rc, PROXY_FAILED, "the destination QEMU could not run the "
 				  "guest: %s; the source takes it back", err);

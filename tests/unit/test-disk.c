@@ -178,6 +178,9 @@ static void migrate_disk(enum mode mode)
 
 	if (disk_send_switchover(ds, qs, err, sizeof(err)) < 0)
 		fail_msg("switchover: %s", err);
+	/* As send does before its commit: the receiver has applied and flushed all. */
+	if (disk_send_confirmed(ds, 60000, err, sizeof(err)) < 0)
+		fail_msg("confirmation: %s", err);
 	disk_send_finish(ds, qs, srep);
 	assert_int_equal(disk_recv_finish(dr, qd, true, rrep, err, sizeof(err)), 0);
 	assert_int_not_equal(access(marker, F_OK), 0);

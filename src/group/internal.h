@@ -81,6 +81,8 @@ struct group_run {
 	unsigned running;
 	volatile int sig;	/* SIGINT/SIGTERM (proxy_catch_signals) */
 	struct wire_pacer *pacer;
+	/* What each VM sent, for the others moving at once (proxy/liveshare.h). */
+	struct live_share *live;
 	struct remote *remotes;
 	size_t n_remotes;
 	uint64_t start_ns;

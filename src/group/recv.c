@@ -143,6 +143,7 @@ int group_recv(const struct group_plan *plan, const struct group_recv_options *o
 		r->o.c.qmp_path = r->vm->dest_qmp;
 		r->o.listen = r->vm->listen;
 		r->o.vm_id = r->vm->name;
+		r->o.live = true;	/* one store handle for all: proxy/liveshare.h */
 		r->o.c.report_path = NULL;
 		r->o.c.progress = false;
 		r->start_ns = tsb_now_ns();

@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "common/thread.h"
 #include "common/util.h"
+#include "proxy/liveshare.h"
 #include "wire/pacer.h"
 
 /* How often the views are redrawn. */
@@ -493,7 +494,9 @@ int group_send(const struct group_plan *plan, const struct group_send_options *o
 	g.v = calloc(g.n, sizeof(*g.v));
 	if (!g.v)
 		return -ENOMEM;
-	if (o->bandwidth && !(g.pacer = wire_pacer_new(o->bandwidth))) {
+	if ((o->bandwidth && !(g.pacer = wire_pacer_new(o->bandwidth))) ||
+	    !(g.live = live_share_new())) {
+		wire_pacer_free(g.pacer);
 		free(g.v);
 		return -ENOMEM;
 	}
@@ -514,6 +517,8 @@ int group_send(const struct group_plan *plan, const struct group_send_options *o
 		r->o.c.report_path = NULL;
 		r->o.c.progress = false;
 		r->o.pacer = g.pacer;
+		r->o.live = g.live;
+		r->o.live_rank = (unsigned)i;
 		r->o.on_tick = on_tick;
 		r->o.tick_opaque = r;
 		snprintf(r->tag, sizeof(r->tag), "%s", r->vm->name);
@@ -521,6 +526,7 @@ int group_send(const struct group_plan *plan, const struct group_send_options *o
 	if (!o->agent && setup_remotes(&g) < 0) {
 		free(g.v);
 		wire_pacer_free(g.pacer);
+		live_share_free(g.live);
 		return -ENOMEM;
 	}
 	proxy_catch_signals(&g.sig);
@@ -531,6 +537,7 @@ int group_send(const struct group_plan *plan, const struct group_send_options *o
 		for (size_t i = 0; i < g.n; i++)
 			json_decref(g.v[i].report);
 		wire_pacer_free(g.pacer);
+		live_share_free(g.live);
 		free(g.v);
 		return 0;
 	}
@@ -550,6 +557,7 @@ int group_send(const struct group_plan *plan, const struct group_send_options *o
 	pthread_cond_destroy(&g.cv);
 	pthread_mutex_destroy(&g.mu);
 	wire_pacer_free(g.pacer);
+	live_share_free(g.live);
 	free(g.remotes);
 	free(g.v);
 	return (int)left;

@@ -78,6 +78,14 @@ struct proxy_send_options {
 	bool floor;			/* report the compressed size of what had to travel */
 	/* Every connection's writes take turns at this WAN budget (wire/pacer.h); NULL: none. */
 	struct wire_pacer *pacer;
+	/*
+	 * Group: what the group's migrations of lower rank sent (as data) is
+	 * sent as a LIVE reference when the receiver shares its store with
+	 * theirs (proxy/liveshare.h); what this one sends is added under
+	 * live_rank. NULL: none.
+	 */
+	struct live_share *live;
+	unsigned live_rank;
 	/* Called about once a second while QEMU migrates (from another thread). */
 	void (*on_tick)(void *opaque, const struct proxy_tick *t);
 	void *tick_opaque;
@@ -127,6 +135,12 @@ struct proxy_recv_options {
 	const char *disk_sources[PROXY_MAX_DISK_SOURCES]; /* images to rebuild pages from */
 	unsigned n_disk_sources;
 	bool no_vm_disks;		/* do not index the destination VM's own disks */
+	/*
+	 * Group: this receiver's store handle is shared with the group's other
+	 * receivers in this process, so LIVE references (WIRE_CAP_LIVE) may
+	 * wait there for content another migration brings.
+	 */
+	bool live;
 	/* The VM expected (a sender of another VM is refused); NULL: any. */
 	const char *vm_id;
 	/* The VM's network identity for the mobility agent (with c.net_agent). */

@@ -92,6 +92,9 @@ struct receiver {
 	atomic_bool link_lost;		/* the connection ended while prepared */
 	atomic_int decision;		/* WIRE_DECIDE_* from the main connection */
 	bool early_ok;			/* WIRE_CAP_EARLY agreed: COMMIT may precede PREPARED */
+	bool live_ok;			/* WIRE_CAP_LIVE agreed: LIVE entries may wait */
+	bool live_gave_up;		/* one LIVE wait timed out: NEED the rest at once */
+	uint64_t live_waited, live_ms;	/* LIVE pages found by waiting; time waited */
 	atomic_bool error_sent;		/* ERROR told the sender why we failed */
 	uint64_t source_stop_ns;	/* the source's STOP time the COMMIT carried, or 0 */
 	/* Where the time went (report): the sender in, the guest loaded, postcopy. */
@@ -173,6 +176,12 @@ void recv_drain_for_decision(struct receiver *rc);
 
 /* How long a libvirt destination may take to listen for the stream (no --timeout). */
 #define RECV_LIBVIRT_QEMU_WAIT_MS (120 * 1000)
+
+/*
+ * How long a LIVE reference waits for another migration of the group to
+ * bring its content (its data is at most that migration's window behind).
+ */
+#define RECV_LIVE_WAIT_MS 10000
 /*
  * libvirt (--qemu-connect): waits until the destination QEMU has taken the
  * whole stream and closed its socket (it loaded the guest or failed).

@@ -422,7 +422,8 @@ static int accept_sender(struct receiver *rc, struct recv_run *run)
 		.role = WIRE_ROLE_RECEIVER,
 		.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_POSTCOPY |
 			WIRE_CAP_STORE | WIRE_CAP_COMMIT | WIRE_CAP_LANES |
-			(o->qemu_connect ? 0 : WIRE_CAP_EARLY),
+			(o->qemu_connect ? 0 : WIRE_CAP_EARLY) |
+			(o->live && o->c.store_dir ? WIRE_CAP_LIVE : 0),
 		.site = o->c.store_dir ? run->site : "destination",
 	};
 	/* A stray, slow or refused client does not end us (wire/accept.h). */
@@ -450,6 +451,7 @@ static int accept_sender(struct receiver *rc, struct recv_run *run)
 	}
 	tsb_fault_point("handshake");
 	rc->early_ok = (hello.caps & run->peer.caps & WIRE_CAP_EARLY) != 0;
+	rc->live_ok = (hello.caps & run->peer.caps & WIRE_CAP_LIVE) != 0;
 	/* Its disk channel and its decision must come with the same credential. */
 	snprintf(rc->credential, sizeof(rc->credential), "%s", wire_conn_peer(rc->conn));
 	r = take_sender_identity(rc, &run->peer, err, sizeof(err));

@@ -14,6 +14,7 @@
 
 #include "common/fault.h"
 #include "common/log.h"
+#include "common/util.h"
 #include "disk/disk.h"
 #include "store/diskindex.h"
 #include "store/store.h"
@@ -354,6 +355,31 @@ static bool can_resolve(struct receiver *rc, const uint8_t *hash)
 	       disk_recv_has(rc->rb.disk, hash);
 }
 
+/*
+ * A LIVE reference that we cannot resolve yet: another migration of the
+ * sender's group is bringing the content to our shared store. Waits for
+ * it (bounded); once one wait times out (that migration failed, or its
+ * receiver does not keep pages), the rest are fetched with NEED at once.
+ */
+static bool await_live(struct receiver *rc, const uint8_t *hash)
+{
+	uint64_t t0 = tsb_now_ns();
+	bool got;
+
+	if (!rc->live_ok || rc->live_gave_up || !rc->rb.store)
+		return false;
+	got = store_wait_has(rc->rb.store, hash, t0 + (uint64_t)RECV_LIVE_WAIT_MS * 1000000);
+	rc->live_ms += (tsb_now_ns() - t0) / 1000000;
+	if (got) {
+		rc->live_waited++;
+		return true;
+	}
+	rc->live_gave_up = true;
+	log_warn("content another migration of the group was bringing did not arrive within "
+		 "%u ms: asking the sender for such pages from now on", RECV_LIVE_WAIT_MS);
+	return false;
+}
+
 /* This batch's DATA hashes, as a small open-addressing set. */
 #define BATCH_SET 2048
 static void batch_set_add(uint16_t *set, uint8_t (*hashes)[WIRE_HASH_LEN], uint16_t i)
@@ -425,9 +451,11 @@ static ssize_t prefetch(struct receiver *rc, const struct wire_pages *p, const u
 			if (r < 0)
 				return r;
 			batch_set_add(set, rc->rb.data_hash, (uint16_t)e.data_index);
-		} else if ((e.enc == WIRE_ENC_REF || e.enc == WIRE_ENC_SAME) &&
+		} else if ((e.enc == WIRE_ENC_REF || e.enc == WIRE_ENC_SAME ||
+			    e.enc == WIRE_ENC_LIVE) &&
 			   n < WIRE_MAX_BATCH_PAGES && !can_resolve(rc, e.hash) &&
-			   !batch_set_has(set, rc->rb.data_hash, e.hash)) {
+			   !batch_set_has(set, rc->rb.data_hash, e.hash) &&
+			   !(e.enc == WIRE_ENC_LIVE && await_live(rc, e.hash))) {
 			memcpy(missing[n++], e.hash, WIRE_HASH_LEN);
 		} else if (e.enc == WIRE_ENC_SAMERUN && samerun_hashes(rc, &e) == 0) {
 			unsigned i;
@@ -522,8 +550,9 @@ static int apply_entry(struct receiver *rc, const struct wire_page_entry *e,
 		break;
 	case WIRE_ENC_REF:
 	case WIRE_ENC_SAME:
+	case WIRE_ENC_LIVE:
 		/* A reference never decides correctness: resolve() checks the bytes. */
-		page = resolve(rc, e->hash, e->enc == WIRE_ENC_REF);
+		page = resolve(rc, e->hash, e->enc != WIRE_ENC_SAME);
 		if (!page) {
 			memcpy(rc->rb.missing[0], e->hash, WIRE_HASH_LEN);
 			*n_missing = 1;

@@ -68,6 +68,9 @@ json_t *recv_make_report(struct receiver *rc, uint64_t start_ns, uint64_t resume
 	json_object_set_new(r, "rebuilt_from", json_pack("{s:I, s:I, s:I, s:I}",
 		"cache", (json_int_t)rc->from_cache, "fetched", (json_int_t)rc->from_fetched,
 		"store", (json_int_t)rc->from_store, "disk", (json_int_t)rc->from_disk));
+	/* LIVE references: found by waiting for another migration of the group. */
+	json_object_set_new(r, "group_live", json_pack("{s:I, s:I}",
+		"waited_for", (json_int_t)rc->live_waited, "wait_ms", (json_int_t)rc->live_ms));
 	if (rc->rb.disks)
 		json_object_set_new(r, "disk_index", json_pack("{s:I, s:I}",
 			"files", (json_int_t)diskindex_files(rc->rb.disks),

@@ -8,6 +8,7 @@
 #include "proxy/commit.h"
 #include "proxy/resume.h"
 #include "proxy/sender.h"
+#include "proxy/liveshare.h"
 
 #include "common/fault.h"
 #include "common/log.h"
@@ -74,6 +75,8 @@ void sender_fail(struct sender *s, enum proxy_outcome oc, const char *fmt, ...)
 	pthread_mutex_unlock(&s->lock);
 	va_end(ap);
 	s->abort_flag = 1;
+	/* The group's others stop counting on what we sent arriving. */
+	live_share_drop(s->o->live, s->o->live_rank);
 	/*
 	 * QEMU sees its socket fail and keeps the guest running at the source.
 	 * Not in postcopy before a commit: QEMU would pause (postcopy-paused),
@@ -1910,7 +1913,8 @@ static void hello_of(struct sender *s, struct wire_hello_args *hello)
 		      (o->no_disks || (o->qemu_listen && !o->n_libvirt_disks) ? 0 : WIRE_CAP_DISK) |
 		      (o->qemu_listen ? WIRE_CAP_LIBVIRT :
 		       o->commit_late ? 0 : WIRE_CAP_EARLY) |
-		      (o->connections > 1 ? WIRE_CAP_LANES : 0);
+		      (o->connections > 1 ? WIRE_CAP_LANES : 0) |
+		      (o->live ? WIRE_CAP_LIVE : 0);
 	hello->site = "source";
 	hello->vm = s->vm[0] ? s->vm : NULL;
 	hello->tenant = o->c.tenant; /* the receiver checks our credential against it */
@@ -1980,6 +1984,7 @@ static int connect_receiver(struct sender *s, struct send_run *run)
 	}
 	snprintf(s->peer_site, sizeof(s->peer_site), "%.*s", (int)peer.site.len, peer.site.p);
 	s->early_ok = (hello.caps & peer.caps & WIRE_CAP_EARLY) != 0;
+	s->live_ok = (hello.caps & peer.caps & WIRE_CAP_LIVE) && s->store;
 	lanes = o->connections > 1 && (peer.caps & WIRE_CAP_LANES) ? o->connections : 1;
 	if (o->connections > 1 && lanes == 1)
 		log_warn("the receiver takes the stream on one connection only; "

@@ -6,6 +6,7 @@
  * the departure image. docs/ARCHITECTURE.md, "The sender".
  */
 #include "proxy/sender.h"
+#include "proxy/liveshare.h"
 
 #include "disk/disk.h"
 #include "store/filter.h"
@@ -151,6 +152,7 @@ enum ref_source {
 	REF_DISK_CHANNEL,	/* the destination's disk, written by our disk channel */
 	REF_STORE,		/* the receiver's store, by its filter (group dedup) */
 	REF_DISKS,		/* the receiver's disk images, by their filter */
+	REF_LIVE,		/* on its way to the receiver's store: a sibling sent it */
 };
 
 /*
@@ -158,7 +160,7 @@ enum ref_source {
  * of this VM. Touches the mirrored cache: call once per page, in stream order.
  */
 static enum ref_source choose_ref(struct sender *s, const struct qs_page *pg,
-				  const uint8_t *hash)
+				  const uint8_t *hash, bool kept)
 {
 	bool hit;
 
@@ -184,6 +186,13 @@ static enum ref_source choose_ref(struct sender *s, const struct qs_page *pg,
 		return REF_STORE;
 	if (s->use_peer && s->peer.has_disk && tsb_filter_maybe(&s->peer.disk_filter, hash))
 		return REF_DISKS;
+	/*
+	 * Sent by a sibling of the group moving to the same store now (kept
+	 * in our store, so that a NEED can be served should it not arrive).
+	 */
+	if (s->live_ok && kept && !s->urgent_encoding &&
+	    live_share_has(s->o->live, s->o->live_rank, s->peer_site, hash))
+		return REF_LIVE;
 	return REF_NONE;
 }
 
@@ -197,6 +206,11 @@ static void count_ref(struct sender *s, enum ref_source src)
 	case REF_STORE:
 		s->cur->n_group++;
 		s->pages_group++;
+		break;
+	case REF_LIVE:
+		s->cur->n_group++;
+		s->pages_group++;
+		s->pages_live++;
 		break;
 	case REF_DISK_CHANNEL:
 	case REF_DISKS:
@@ -263,9 +277,10 @@ int encode_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 		if (r < 0)
 			return r;
 	}
-	src = choose_ref(s, pg, hash);
+	src = choose_ref(s, pg, hash, kept);
 	if (src != REF_NONE) {
-		r = wire_pages_add_ref(&s->cur->pb, block, qflags, pg->offset, WIRE_ENC_REF, hash);
+		r = wire_pages_add_ref(&s->cur->pb, block, qflags, pg->offset,
+				       src == REF_LIVE ? WIRE_ENC_LIVE : WIRE_ENC_REF, hash);
 		if (r == 0)
 			count_ref(s, src);
 		return r;
@@ -275,6 +290,8 @@ int encode_page(struct sender *s, const struct qs_page *pg, uint16_t qflags)
 		return r;
 	s->cur->n_data++;
 	s->pages_data++;
+	if (s->live_ok)
+		live_share_add(s->o->live, s->o->live_rank, s->peer_site, hash);
 	pthread_mutex_lock(&s->cache_lock);
 	/* Content the store keeps is not copied twice: NEED reads the store. */
 	r = pagecache_put(s->cache, hash, kept ? NULL : pg->data);

@@ -217,6 +217,9 @@ json_t *report_make(struct sender *s, const struct migctl_result *res, uint64_t 
 		"reused", (json_int_t)s->pages_same, "group", (json_int_t)s->pages_group,
 		"disk", (json_int_t)s->pages_disk,
 		"need_served", (json_int_t)s->need_served));
+	/* Of "group": sent by another VM of the group moving at the same time. */
+	json_object_set_new(json_object_get(r, "pages"), "group_live",
+			    json_integer((json_int_t)s->pages_live));
 	/* Where each page came from at the destination, and what that cost. */
 	json_object_set_new(r, "by_source", json_pack(
 		"{s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I}}",

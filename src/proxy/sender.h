@@ -171,6 +171,7 @@ struct sender {
 	atomic_bool peer_failed; /* the receiver gave up (ERROR, CANCEL): holds nothing */
 	bool decided_commit;	/* the source must never run again */
 	bool early_ok;		/* WIRE_CAP_EARLY agreed: commit without waiting for PREPARED */
+	bool live_ok;		/* WIRE_CAP_LIVE agreed and a store: o->live is used */
 	bool early_commit;	/* (lock) committed before PREPARED: the receiver's OUTCOME
 				 * decides, even after its ERROR (our DECISION crossed it) */
 	atomic_bool wan_done;	/* the WAN thread ended: the main thread may write */
@@ -213,6 +214,7 @@ struct sender {
 	char vm[WIRE_MAX_ID + 1], tenant[WIRE_MAX_ID + 1], image_id[33];
 	char peer_site[WIRE_MAX_ID + 1];
 	uint64_t pages_same, pages_group, pages_disk;
+	uint64_t pages_live;		/* of pages_group: LIVE, from a sibling moving now */
 	uint64_t summary_bytes;
 
 	/*

@@ -65,6 +65,8 @@ struct store_pack {
 
 struct store {
 	pthread_mutex_t mu;
+	pthread_cond_t put_cond;	/* store_wait_has(): a page was put */
+	unsigned put_waiters;
 	char *dir;		/* the store directory */
 	char *tdir;		/* dir/tenants/<tenant> */
 	char tenant[STORE_MAX_ID + 1];

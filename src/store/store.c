@@ -25,6 +25,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -1096,6 +1097,14 @@ int store_open_internal(const struct store_options *o, bool readonly,
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&s->mu, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&s->put_cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	s->lock_fd = -1;
 	s->readonly = readonly;
 	s->cap = o->cap_bytes ? o->cap_bytes : STORE_DEFAULT_CAP;
@@ -1259,6 +1268,7 @@ void store_close(struct store *s)
 	free(s->dir);
 	free(s->tdir);
 	free(s->real_dir);
+	pthread_cond_destroy(&s->put_cond);
 	pthread_mutex_destroy(&s->mu);
 	free(s);
 }
@@ -1309,6 +1319,26 @@ int store_put(struct store *s, const uint8_t hash[STORE_HASH_LEN],
 	r = append_locked(s, hash, page, &pack, &rec);
 	if (!r)
 		r = ix_put(&s->idx, hash, pack, rec | ENT_SESSION, false);
+	if (!r && s->put_waiters)
+		pthread_cond_broadcast(&s->put_cond);
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+bool store_wait_has(struct store *s, const uint8_t hash[STORE_HASH_LEN], uint64_t deadline_ns)
+{
+	struct timespec until = {
+		.tv_sec = (time_t)(deadline_ns / 1000000000),
+		.tv_nsec = (long)(deadline_ns % 1000000000),
+	};
+	bool r;
+
+	pthread_mutex_lock(&s->mu);
+	s->put_waiters++;
+	while (!(r = store_index_find(&s->idx, hash) != NULL) &&
+	       pthread_cond_timedwait(&s->put_cond, &s->mu, &until) != ETIMEDOUT)
+		;
+	s->put_waiters--;
 	pthread_mutex_unlock(&s->mu);
 	return r;
 }

@@ -94,6 +94,12 @@ int store_put(struct store *s, const uint8_t hash[STORE_HASH_LEN],
 	      const uint8_t page[STORE_PAGE_SIZE]);
 /* Makes every page put so far durable (fsync). 0 or -errno. */
 int store_sync(struct store *s);
+/*
+ * Waits until the store holds this page (another thread of this process
+ * puts it through the same handle) or deadline_ns (CLOCK_MONOTONIC)
+ * passes. True if it holds it.
+ */
+bool store_wait_has(struct store *s, const uint8_t hash[STORE_HASH_LEN], uint64_t deadline_ns);
 /* Calls fn for every page hash of the tenant; returns the count. */
 size_t store_for_each_hash(struct store *s,
 			   void (*fn)(const uint8_t hash[STORE_HASH_LEN], void *arg),

@@ -260,6 +260,7 @@ static int decode_page_entry(struct tsb_reader *r, uint32_t page_size,
 		break;
 	case WIRE_ENC_REF:
 	case WIRE_ENC_SAME:
+	case WIRE_ENC_LIVE:
 		e->hash = tsb_get_bytes(r, WIRE_HASH_LEN);
 		break;
 	case WIRE_ENC_SAMERUN:
@@ -1043,7 +1044,7 @@ int wire_pages_add_ref(struct wire_pages_builder *pb, uint16_t block,
 	size_t at = pb->entries.len;
 	int err;
 
-	if (enc != WIRE_ENC_REF && enc != WIRE_ENC_SAME)
+	if (enc != WIRE_ENC_REF && enc != WIRE_ENC_SAME && enc != WIRE_ENC_LIVE)
 		return -EINVAL;
 	err = pages_room(pb, block, qflags, offset, WIRE_HASH_LEN, false);
 	if (err)

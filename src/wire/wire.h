@@ -124,6 +124,9 @@ enum {
 	WIRE_CAP_EARLY = 1u << 13,   /* DECISION COMMIT may come right behind the
 				      * stream, before PREPARED: the receiver runs
 				      * the guest if it loads it (docs/protocol.md) */
+	WIRE_CAP_LIVE = 1u << 14,    /* LIVE page entries: the receiver shares its
+				      * store with the receivers of the sender's
+				      * group (docs/group.md, "Live sharing") */
 };
 
 /* Connections (lanes) one migration's stream may be spread over. */
@@ -151,7 +154,13 @@ enum wire_page_enc {
 	 * hash = SHA-256 of their hashes in the image, concatenated (STORE)
 	 */
 	WIRE_ENC_SAMERUN = 6,
-	WIRE_ENC_MAX = WIRE_ENC_SAMERUN,
+	/*
+	 * as REF; the content is on its way to the receiver's store on
+	 * another migration of the sender's group: worth waiting for a
+	 * while before asking for it with NEED (WIRE_CAP_LIVE)
+	 */
+	WIRE_ENC_LIVE = 7,
+	WIRE_ENC_MAX = WIRE_ENC_LIVE,
 };
 
 /* Codes in ERROR and DONE. Peers may send codes unknown to us. */
@@ -471,7 +480,7 @@ int wire_pages_add_zero(struct wire_pages_builder *pb, uint16_t block,
 /* Copies page_size bytes from page. */
 int wire_pages_add_data(struct wire_pages_builder *pb, uint16_t block,
 			uint16_t qflags, uint64_t offset, const void *page);
-/* enc is WIRE_ENC_REF or WIRE_ENC_SAME. */
+/* enc is WIRE_ENC_REF, WIRE_ENC_SAME or WIRE_ENC_LIVE. */
 int wire_pages_add_ref(struct wire_pages_builder *pb, uint16_t block,
 		       uint16_t qflags, uint64_t offset, uint8_t enc,
 		       const uint8_t hash[WIRE_HASH_LEN]);

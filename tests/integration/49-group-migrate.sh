@@ -6,7 +6,10 @@
 #  b) a group of two where one VM's destination QEMU dies as its stream
 #     starts (fault point): the other moves, that source runs on;
 #  c) the same plan again: the moved VM counts as moved earlier, the other
-#     moves now.
+#     moves now;
+#  d) three VMs of shared content moving at once (no seed first) into an
+#     empty store: the later ones send what the first one sends as LIVE
+#     references, and every guest verifies.
 . "$(dirname "$0")/lib.sh"
 require_guest
 requires "$WANEM" ss python3
@@ -21,7 +24,7 @@ workload() {
 plan() {
 	local file=$1 vm rport wport sep=""
 	shift
-	printf '{"tenant": "red", "vms": [\n' >"$file"
+	printf '{"tenant": "red", %s"vms": [\n' "${PLAN_EXTRA:-}" >"$file"
 	for vm in "$@"; do
 		start_vm "$vm" "$(workload "${vm:1}")"
 		start_dest_vm "$vm-b" "$(workload "${vm:1}")"
@@ -44,7 +47,7 @@ plan() {
 group() {
 	local tag=$1 plan=$2 vms=$3 rpid src=0 rrc=0 vm
 	shift 3
-	"$TSUBAME" group recv --plan "$plan" --key "$T/key" --store "$T/store-b" \
+	"$TSUBAME" group recv --plan "$plan" --key "$T/key" --store "$T/${STORES:-store}-b" \
 		--report "$T/$tag-recv.json" 2>"$T/$tag-recv.log" &
 	rpid=$!
 	cleanup_pids+=("$rpid")
@@ -53,7 +56,7 @@ group() {
 			fail "$tag: $vm's receiver did not listen: $(cat "$T/$tag-recv.log")"
 	done
 	TSUBAME_FAULT_AT=${SEND_FAULT_AT:-} TSUBAME_FAULT_CMD=${SEND_FAULT_CMD:-} \
-		"$TSUBAME" group send --plan "$plan" --key "$T/key" --store "$T/store-a" \
+		"$TSUBAME" group send --plan "$plan" --key "$T/key" --store "$T/${STORES:-store}-a" \
 		--report "$T/$tag-send.json" --timeout 300s --no-progress "$@" \
 		>"$T/$tag-send.out" 2>"$T/$tag-send.log" || src=$?
 	wait "$rpid" || rrc=$?
@@ -143,5 +146,33 @@ assert vms["w1"]["phase"] == "moved", vms["w1"]
 assert rep["totals"] == dict(rep["totals"], moved=1, moved_earlier=1, failed=0), rep["totals"]
 recv = json.load(open(t + "/c-recv.json"))
 assert recv["totals"]["arrived"] == 1 and recv["totals"]["arrived_earlier"] == 1, recv["totals"]
+PY
+
+# --- d) live sharing: all at once into an empty store ---
+PLAN_EXTRA='"seed_first": false, ' plan "$T/plan-d.json" x5 x6 x7
+STORES=live group d "$T/plan-d.json" "x5 x6 x7" --bandwidth 200mbit --concurrency 3
+[ "$(cat "$T/d.rc-send")" = 0 ] || fail "live: group send failed: $(tail -20 "$T/d-send.log")"
+[ "$(cat "$T/d.rc-recv")" = 0 ] || fail "live: group recv failed: $(tail -20 "$T/d-recv.log")"
+for vm in x5 x6 x7; do verify_after "$vm" "$vm-b"; done
+python3 - "$T" <<'PY' || fail "group d: no live sharing: $(grep -h 'LIVE\|group' "$T/d-send.log" | tail -5)"
+import json, sys
+t = sys.argv[1]
+rep = json.load(open(t + "/d-send.json"))
+vms = {v["name"]: v for v in rep["vms"]}
+recv = {v["name"]: v for v in json.load(open(t + "/d-recv.json"))["vms"]}
+live = 0
+for n in ("x5", "x6", "x7"):
+    p = vms[n]["report"]["pages"]
+    port = open("%s/%s.wanport" % (t, n)).read().strip()
+    up = json.load(open("%s/wanem-%s.json" % (t, port)))["bytes_up"]
+    assert up == vms[n]["report"]["wan"]["bytes_sent"], (n, up)
+    w = recv[n]["report"].get("group_live", {})
+    print("%s: %.1f MB on its link, live pages %d (the receiver waited for %d, %d ms)" % (
+        n, up / 1e6, p["group_live"], w.get("waited_for", -1), w.get("wait_ms", -1)),
+        file=sys.stderr)
+    if n == "x5":
+        assert p["group_live"] == 0, p	# the first references no one
+    live += p["group_live"]
+assert live > 0, "no LIVE reference"
 PY
 exit 0

@@ -649,6 +649,36 @@ static void test_pages_round_trip(void **state)
 	tsb_buf_fini(&b);
 }
 
+/* A LIVE entry (a sibling migration's content) travels as a REF does. */
+static void test_live_entry(void **state)
+{
+	struct wire_pages_builder pb;
+	struct wire_page_iter it;
+	struct wire_page_entry e;
+	uint8_t hash[WIRE_HASH_LEN];
+	struct tsb_buf b;
+	struct wire_msg m;
+
+	(void)state;
+	memset(hash, 0x5a, sizeof(hash));
+	assert_int_equal(wire_pages_builder_init(&pb, PS), 0);
+	assert_int_equal(wire_pages_add_ref(&pb, 2, 0x28, 4 * PS, WIRE_ENC_LIVE, hash), 0);
+	tsb_buf_init(&b);
+	assert_int_equal(wire_pages_encode(&pb, &b, NULL), 0);
+	assert_int_equal(decode_buf(&b, &m), 0);
+	wire_pages_iter_init(&m.u.pages, &it);
+	assert_true(wire_pages_next(&it, &e));
+	assert_int_equal(e.enc, WIRE_ENC_LIVE);
+	assert_int_equal(e.block, 2);
+	assert_true(e.offset == 4 * PS);
+	assert_memory_equal(e.hash, hash, WIRE_HASH_LEN);
+	assert_false(wire_pages_next(&it, &e));
+	assert_truncations_fail(&b);
+	assert_trailing_fails(&b);
+	wire_pages_builder_fini(&pb);
+	tsb_buf_fini(&b);
+}
+
 static void test_samerun_and_base(void **state)
 {
 	struct wire_pages_builder pb;
@@ -1349,6 +1379,7 @@ int main(void)
 		cmocka_unit_test(test_pages_round_trip),
 		cmocka_unit_test(test_pages_refusals),
 		cmocka_unit_test(test_samerun_and_base),
+		cmocka_unit_test(test_live_entry),
 		cmocka_unit_test(test_pages_builder_caps),
 		cmocka_unit_test(test_need_hashdata),
 		cmocka_unit_test(test_summary),

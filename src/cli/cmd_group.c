@@ -40,6 +40,11 @@ static void usage(FILE *f)
 		"                         100mbit, shared by the moving VMs (default: none)\n"
 		"  --concurrency N        send: VMs moving at once (1-%d, default %d)\n"
 		"  --no-seed              send: start up to N at once from the beginning\n"
+		"  --switchover-window DUR\n"
+		"                         send: the VMs moving at once switch over\n"
+		"                         together: each stopped source waits (paused)\n"
+		"                         until the others' have stopped too, for up to\n"
+		"                         DUR (e.g. 2s), then all go on (VMs of this host)\n"
 		"  --timeline FILE        send: an SVG picture of the run (each VM's phases,\n"
 		"                         its WAN rate, the budget)\n"
 		"  --host NAME            this host's name in the plan: send moves the VMs\n"
@@ -205,6 +210,7 @@ static int group_send_cmd(int argc, char **argv)
 		return r;
 	if (!o.c.tenant && plan.tenant[0])
 		o.c.tenant = plan.tenant;
+	go.switch_window_ns = x.switch_window_ns;	/* agents: a gate of their own */
 	if (x.agent) {
 		go.agent = true;
 		left = group_send(&plan, &go, &report);

@@ -92,7 +92,7 @@ enum {
 	OPT_DISK, OPT_NO_DISKS, OPT_COMMIT_TIMEOUT, OPT_STATE_DIR, OPT_CONNECTIONS,
 	OPT_MAX_WINDOW, OPT_DISK_COPY_MODE, OPT_QEMU_CONNECT, OPT_NBD_CONNECT,
 	OPT_RECOVER_TIMEOUT, OPT_BANDWIDTH, OPT_PLAN, OPT_CONCURRENCY, OPT_JSON, OPT_TIMELINE,
-	OPT_NO_SEED, OPT_AGENT, OPT_HOST, OPT_SSH, OPT_REMOTE_TSUBAME,
+	OPT_NO_SEED, OPT_AGENT, OPT_HOST, OPT_SSH, OPT_REMOTE_TSUBAME, OPT_SWITCH_WINDOW,
 	OPT_COMMIT_EARLY,
 	OPT_COMMIT_LATE,
 };
@@ -147,6 +147,7 @@ static const struct option options[] = {
 	{ "json", no_argument, NULL, OPT_JSON },
 	{ "timeline", required_argument, NULL, OPT_TIMELINE },
 	{ "no-seed", no_argument, NULL, OPT_NO_SEED },
+	{ "switchover-window", required_argument, NULL, OPT_SWITCH_WINDOW },
 	{ "agent", no_argument, NULL, OPT_AGENT },
 	{ "host", required_argument, NULL, OPT_HOST },
 	{ "ssh", required_argument, NULL, OPT_SSH },
@@ -433,6 +434,7 @@ static int parse_group_opt(const char *cmd, bool send, int c, struct parsed *p)
 	case OPT_HOST:
 	case OPT_SSH:
 	case OPT_REMOTE_TSUBAME:
+	case OPT_SWITCH_WINDOW:
 		break;
 	default:
 		return OPT_OTHER;
@@ -457,7 +459,12 @@ static int parse_group_opt(const char *cmd, bool send, int c, struct parsed *p)
 		p->x.ssh = optarg;
 	else if (c == OPT_REMOTE_TSUBAME)
 		p->x.remote_tsubame = optarg;
-	else if (tsb_parse_u64(optarg, 1, GROUP_MAX_CONCURRENCY, &v) < 0)
+	else if (c == OPT_SWITCH_WINDOW) {
+		if (tsb_parse_duration(optarg, &v) < 0 || !v || v > 600000000000ull)
+			return cli_usage_error(cmd, "bad --switchover-window '%s' (e.g. 2s; "
+					       "at most 10m)", optarg);
+		p->x.switch_window_ns = v;
+	} else if (tsb_parse_u64(optarg, 1, GROUP_MAX_CONCURRENCY, &v) < 0)
 		return cli_usage_error(cmd, "bad --concurrency '%s' (1-%d)", optarg,
 				       GROUP_MAX_CONCURRENCY);
 	else

@@ -16,6 +16,7 @@ struct cli_sr_extra {
 	unsigned concurrency;		/* --concurrency; 0: not given */
 	bool json;			/* --json */
 	bool no_seed;			/* --no-seed */
+	uint64_t switch_window_ns;	/* --switchover-window; 0: each VM on its own */
 	const char *host;		/* --host: this host's name in the plan */
 	bool agent;			/* --agent: plan and commands on stdin */
 	const char *ssh;		/* --ssh CMD: how to reach other hosts */

@@ -78,6 +78,12 @@ struct group_send_options {
 	uint64_t bandwidth;		/* bytes/s shared by the group on the WAN; 0: none */
 	unsigned concurrency;		/* VMs moving at once, >= 1 */
 	bool seed_first;		/* the first VM alone first: it seeds the destination's store */
+	/*
+	 * > 0: the VMs moving at once switch over together. Each source, once
+	 * stopped for its switchover, waits until every VM moving from this
+	 * process has stopped too, or this long after the first stopped.
+	 */
+	uint64_t switch_window_ns;
 	bool tty;			/* a line per VM on stderr, redrawn */
 	bool json;			/* progress events on stdout, one JSON object per line */
 	const char *timeline_path;	/* SVG picture of the run, or NULL */

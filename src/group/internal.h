@@ -62,6 +62,7 @@ struct vm_run {
 	char status[32];
 	uint64_t wan_out;	/* bytes on the link so far */
 	uint64_t start_ns, end_ns;
+	uint64_t gate_in_ns, gate_out_ns;	/* the switchover gate (send.c); 0: none */
 	json_t *report;
 	/* The views' own (main thread). */
 	enum vm_phase last_phase;	/* the last moving phase sampled */
@@ -83,6 +84,9 @@ struct group_run {
 	struct wire_pacer *pacer;
 	/* What each VM sent, for the others moving at once (proxy/liveshare.h). */
 	struct live_share *live;
+	/* The switchover gate (send.c, under mu): who waits, since when, which round. */
+	unsigned gate_waiting;
+	uint64_t gate_first_ns, gate_round;
 	struct remote *remotes;
 	size_t n_remotes;
 	uint64_t start_ns;

@@ -73,6 +73,58 @@ static int source_state(const char *qmp_path, char *why, size_t whylen)
 	return 1;
 }
 
+/* VMs of this process whose migration runs now (under g->mu). */
+static unsigned moving_here(const struct group_run *g)
+{
+	unsigned n = 0;
+
+	for (size_t i = 0; i < g->n; i++)
+		n += !g->v[i].remote && g->v[i].phase >= PHASE_SETUP &&
+		     g->v[i].phase <= PHASE_SWITCHOVER;
+	return n;
+}
+
+/*
+ * The switchover gate (--switchover-window): a source that stopped for its
+ * switchover waits here, paused, until every VM moving from this process
+ * has stopped too, or the window since the first one stopped has passed;
+ * then they all go on. A VM that fails or ends meanwhile counts no more.
+ */
+static void switch_gate(void *opaque)
+{
+	struct vm_run *r = opaque;
+	struct group_run *g = r->g;
+	uint64_t round, now = tsb_now_ns();
+	struct timespec until;
+
+	pthread_mutex_lock(&g->mu);
+	r->gate_in_ns = now;
+	round = g->gate_round;
+	if (!g->gate_waiting++)
+		g->gate_first_ns = now;
+	while (round == g->gate_round) {
+		now = tsb_now_ns();
+		if (g->gate_waiting >= moving_here(g) ||
+		    now - g->gate_first_ns >= g->o->switch_window_ns || g->sig) {
+			g->gate_round++;
+			g->gate_waiting = 0;
+			pthread_cond_broadcast(&g->cv);
+			break;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		until.tv_nsec += 5000000;	/* notice a VM that failed meanwhile */
+		if (until.tv_nsec >= 1000000000) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&g->cv, &g->mu, &until);
+	}
+	r->gate_out_ns = tsb_now_ns();
+	pthread_mutex_unlock(&g->mu);
+	log_info("switchover gate: went on after %llu ms",
+		 (unsigned long long)((r->gate_out_ns - r->gate_in_ns) / 1000000));
+}
+
 static void *vm_thread(void *arg)
 {
 	struct vm_run *r = arg;
@@ -389,6 +441,13 @@ static json_t *vm_report(const struct group_run *g, const struct vm_run *r)
 		json_object_set_new(o, "end_ms",
 				    json_integer((json_int_t)((r->end_ns - g->start_ns) / 1000000)));
 	}
+	if (r->gate_out_ns) {
+		/* The switchover gate: when this VM went on, and how long it waited. */
+		json_object_set_new(o, "switchover_at_ms", json_integer((json_int_t)(
+			(r->gate_out_ns - g->start_ns) / 1000000)));
+		json_object_set_new(o, "gate_wait_ms", json_integer((json_int_t)(
+			(r->gate_out_ns - r->gate_in_ns) / 1000000)));
+	}
 	if (r->report)
 		json_object_set(o, "report", r->report);
 	return o;
@@ -519,6 +578,10 @@ int group_send(const struct group_plan *plan, const struct group_send_options *o
 		r->o.pacer = g.pacer;
 		r->o.live = g.live;
 		r->o.live_rank = (unsigned)i;
+		if (o->switch_window_ns) {
+			r->o.switch_gate = switch_gate;
+			r->o.switch_gate_opaque = r;
+		}
 		r->o.on_tick = on_tick;
 		r->o.tick_opaque = r;
 		snprintf(r->tag, sizeof(r->tag), "%s", r->vm->name);

@@ -86,6 +86,13 @@ struct proxy_send_options {
 	 */
 	struct live_share *live;
 	unsigned live_rank;
+	/*
+	 * Group: called once the source VM stopped for its switchover, before
+	 * QEMU goes on with it; returns when the group's VMs may go on together
+	 * (a bounded wait). NULL: none.
+	 */
+	void (*switch_gate)(void *opaque);
+	void *switch_gate_opaque;
 	/* Called about once a second while QEMU migrates (from another thread). */
 	void (*on_tick)(void *opaque, const struct proxy_tick *t);
 	void *tick_opaque;

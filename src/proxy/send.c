@@ -1736,10 +1736,19 @@ static void disk_keepalive(void *opaque)
 	tsb_buf_fini(&b);
 }
 
-static int disk_pre_switchover(void *opaque, struct qmp *q, char *err, size_t errlen)
+/*
+ * At pre-switchover (the source VM stopped): the group's switchover gate
+ * first (o->switch_gate: the group's VMs go on together), then the disks'
+ * last step.
+ */
+static int pre_switchover(void *opaque, struct qmp *q, char *err, size_t errlen)
 {
+	struct sender *s = opaque;
+
+	if (s->o->switch_gate)
+		s->o->switch_gate(s->o->switch_gate_opaque);
 	tsb_fault_point("pre-switchover");
-	return disk_send_switchover(opaque, q, err, errlen);
+	return disk_send_switchover(s->disks, q, err, errlen);
 }
 
 static int disks_start(struct sender *s, struct qmp *q, struct wire_tls *tls,
@@ -1774,15 +1783,21 @@ static int disks_start(struct sender *s, struct qmp *q, struct wire_tls *tls,
 		     PROXY_FAILED, "disks: %s", err);
 		return r;
 	}
-	if (s->disks && !o->qemu_listen) {
-		if (mo->n_caps >= MIGCTL_MAX_CAPS) {
-			sender_fail(s, PROXY_FAILED, "too many capabilities");
-			return -E2BIG;
-		}
-		mo->caps[mo->n_caps++] = "pause-before-switchover";
-		mo->pre_switchover = disk_pre_switchover;
-		mo->pre_switchover_opaque = s->disks;
+	return 0;
+}
+
+/* QEMU pauses before its switchover for our hook: disks, or a group's gate. */
+static int want_pre_switchover(struct sender *s, struct migctl_options *mo)
+{
+	if (s->o->qemu_listen || (!s->disks && !s->o->switch_gate))
+		return 0;
+	if (mo->n_caps >= MIGCTL_MAX_CAPS) {
+		sender_fail(s, PROXY_FAILED, "too many capabilities");
+		return -E2BIG;
 	}
+	mo->caps[mo->n_caps++] = "pause-before-switchover";
+	mo->pre_switchover = pre_switchover;
+	mo->pre_switchover_opaque = s;
 	return 0;
 }
 
@@ -2067,6 +2082,8 @@ static int prepare_source(struct sender *s, struct send_run *run)
 	mo->timeout_ms = o->c.timeout_ms;
 	mo->abort_flag = &s->abort_flag;
 	if (!o->no_disks && disks_start(s, run->q, run->tls, run->host, run->port, mo) < 0)
+		return -1;
+	if (want_pre_switchover(s, mo) < 0)
 		return -1;
 	r = setup_source(s, run->q, mo, err, sizeof(err));
 	if (r < 0) {

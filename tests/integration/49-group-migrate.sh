@@ -9,7 +9,9 @@
 #     moves now;
 #  d) three VMs of shared content moving at once (no seed first) into an
 #     empty store: the later ones send what the first one sends as LIVE
-#     references, and every guest verifies.
+#     references, and every guest verifies;
+#  e) two VMs with --switchover-window: the first source to stop waits,
+#     paused, until the other stopped too; then both go on.
 . "$(dirname "$0")/lib.sh"
 require_guest
 requires "$WANEM" ss python3
@@ -174,5 +176,22 @@ for n in ("x5", "x6", "x7"):
         assert p["group_live"] == 0, p	# the first references no one
     live += p["group_live"]
 assert live > 0, "no LIVE reference"
+PY
+
+# --- e) a switchover window: both sources stop, then both go on ---
+plan "$T/plan-e.json" y1 y2
+STORES=gate group e "$T/plan-e.json" "y1 y2" --concurrency 2 --no-seed --switchover-window 60s
+[ "$(cat "$T/e.rc-send")" = 0 ] || fail "window: group send failed: $(tail -20 "$T/e-send.log")"
+[ "$(cat "$T/e.rc-recv")" = 0 ] || fail "window: group recv failed: $(tail -20 "$T/e-recv.log")"
+for vm in y1 y2; do verify_after "$vm" "$vm-b"; done
+python3 - "$T" <<'PY' || fail "group e: the switchover gate did not hold"
+import json, sys
+rep = json.load(open(sys.argv[1] + "/e-send.json"))
+v = [x for x in rep["vms"] if x["name"] in ("y1", "y2")]
+came = [x["switchover_at_ms"] - x["gate_wait_ms"] for x in v]
+went = [x["switchover_at_ms"] for x in v]
+print("gate: stopped at %s ms, went on at %s ms" % (came, went), file=sys.stderr)
+# Neither went on before both had stopped (1 ms of rounding).
+assert max(came) <= min(went) + 1, (came, went)
 PY
 exit 0

@@ -19,6 +19,7 @@
 #include "common/thread.h"
 #include "common/util.h"
 #include "proxy/liveshare.h"
+#include "proxy/proxy.h"
 #include "wire/pacer.h"
 
 /* How often the views are redrawn. */
@@ -125,6 +126,17 @@ static void switch_gate(void *opaque)
 		 (unsigned long long)((r->gate_out_ns - r->gate_in_ns) / 1000000));
 }
 
+/* Its receiver would wait for it until its --timeout: say that it will not come. */
+static void withdraw(struct vm_run *r, const char *why)
+{
+	char err[256];
+
+	if (proxy_send_withdraw(&r->o, why, err, sizeof(err)) < 0)
+		log_debug("could not tell its receiver that it will not come: %s", err);
+	else
+		log_notice("told its receiver that it will not come");
+}
+
 static void *vm_thread(void *arg)
 {
 	struct vm_run *r = arg;
@@ -151,8 +163,10 @@ static void *vm_thread(void *arg)
 	} else if (st == 0) {
 		oc = PROXY_OK;
 		log_notice("%s", why);
+		withdraw(r, why);
 	} else {
 		log_error("not moved: %s", why);
+		withdraw(r, why);
 	}
 	ph = st == 0 ? PHASE_SKIPPED : oc == PROXY_OK ? PHASE_MOVED : PHASE_FAILED;
 	pthread_mutex_lock(&g->mu);
@@ -298,6 +312,13 @@ static void run_all(struct group_run *g)
 	for (size_t i = 0; i < g->n; i++)
 		if (g->v[i].thread)
 			pthread_join(g->v[i].th, NULL);
+	/* Interrupted: those that never started do not come either. */
+	for (size_t i = 0; i < g->n; i++)
+		if (!g->v[i].thread && !g->v[i].remote && g->v[i].phase == PHASE_WAITING) {
+			tsb_log_set_thread_tag(g->v[i].tag);
+			withdraw(&g->v[i], "the group was interrupted before this VM started");
+			tsb_log_set_thread_tag(NULL);
+		}
 	group_view_tick(g, true);
 }
 

@@ -166,6 +166,14 @@ struct proxy_recv_options {
 
 /* Runs the source side; fills *ret_report (owned ref, may be NULL on early errors). */
 enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_report);
+
+/*
+ * Tells the receiver at o->to that the migration of o->vm_id will not
+ * come (CANCEL, with why): it fails at once instead of waiting for its
+ * --timeout. 0, or -errno with err.
+ */
+int proxy_send_withdraw(const struct proxy_send_options *o, const char *why, char *err,
+			size_t errlen);
 /* Runs the destination side, for one incoming migration. */
 enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_report);
 

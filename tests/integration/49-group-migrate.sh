@@ -11,7 +11,9 @@
 #     empty store: the later ones send what the first one sends as LIVE
 #     references, and every guest verifies;
 #  e) two VMs with --switchover-window: the first source to stop waits,
-#     paused, until the other stopped too; then both go on.
+#     paused, until the other stopped too; then both go on;
+#  f) a VM whose source QEMU is gone: group send tells its receiver that it
+#     will not come, and group recv ends at once (not at its --timeout).
 . "$(dirname "$0")/lib.sh"
 require_guest
 requires "$WANEM" ss python3
@@ -49,8 +51,9 @@ plan() {
 group() {
 	local tag=$1 plan=$2 vms=$3 rpid src=0 rrc=0 vm
 	shift 3
+	# shellcheck disable=SC2086
 	"$TSUBAME" group recv --plan "$plan" --key "$T/key" --store "$T/${STORES:-store}-b" \
-		--report "$T/$tag-recv.json" 2>"$T/$tag-recv.log" &
+		--report "$T/$tag-recv.json" ${RECV_ARGS:-} 2>"$T/$tag-recv.log" &
 	rpid=$!
 	cleanup_pids+=("$rpid")
 	for vm in $vms; do
@@ -194,4 +197,22 @@ print("gate: stopped at %s ms, went on at %s ms" % (came, went), file=sys.stderr
 # Neither went on before both had stopped (1 ms of rounding).
 assert max(came) <= min(went) + 1, (came, went)
 PY
+
+# --- f) a source gone before it started: its receiver hears so ---
+plan "$T/plan-f.json" z1
+kill -9 "$(cat "$T/z1/qemu.pid")"
+t0=$SECONDS
+STORES=gone RECV_ARGS="--timeout 300s" group f "$T/plan-f.json" "z1"
+[ "$(cat "$T/f.rc-send")" = 1 ] || fail "gone: group send: exit $(cat "$T/f.rc-send"), not 1"
+[ "$(cat "$T/f.rc-recv")" = 1 ] || fail "gone: group recv: exit $(cat "$T/f.rc-recv"), not 1"
+grep -q "told its receiver that it will not come" "$T/f-send.log" ||
+	fail "gone: the receiver was not told: $(tail -5 "$T/f-send.log")"
+python3 - "$T" <<'PY' || fail "group f: the receiver's report does not say why"
+import json, sys
+rep = json.load(open(sys.argv[1] + "/f-recv.json"))
+v = rep["vms"][0]
+print("gone: recv says %s: %s" % (v["outcome"], v.get("why", "")), file=sys.stderr)
+assert v["outcome"] != "ok" and "cancelled" in v.get("why", ""), v
+PY
+log "gone: group recv ended after $((SECONDS - t0)) s (its --timeout: 300 s)"
 exit 0

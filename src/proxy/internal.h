@@ -33,6 +33,9 @@ struct qmp;
 #define PROXY_DEVICE_RAM_MAX (1ull << 30)
 /* The window holds this much time of the measured end-to-end rate. */
 #define PROXY_WINDOW_MS 150
+/* The first window: stream bytes/s of a link assumed for the HELLO's round trip, and its cap. */
+#define PROXY_START_RATE (80ull * 1000 * 1000)
+#define PROXY_START_MAX (32ull << 20)
 /*
  * In postcopy every byte in flight delays the guest's page faults, which
  * wait behind it: the window is then the path's delay at the best rate

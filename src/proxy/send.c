@@ -797,6 +797,8 @@ static uint64_t path_delay(const struct sender *s)
  * the window, is the limit now) or the delay doubled (a queue builds).
  * Returns whether slow start goes on.
  */
+static uint64_t window_for(const struct sender *s, uint64_t rate);
+
 static bool slow_start_step(struct sender *s, uint64_t acked, uint64_t newly_acked,
 			    uint64_t delay, uint64_t now)
 {
@@ -829,6 +831,13 @@ static bool slow_start_step(struct sender *s, uint64_t acked, uint64_t newly_ack
 	return true;
 done:
 	s->slow_start = false;
+	/*
+	 * The path is the limit now: no more than the last round's rate
+	 * needs, at once (a large first window would otherwise stay until
+	 * the first steady measurement, as queue).
+	 */
+	if (s->round_rate && !s->in_postcopy && window_for(s, s->round_rate) < s->window)
+		s->window = window_for(s, s->round_rate);
 	/* The steady window is measured afresh from here. */
 	s->ack_rate_t0_ns = 0;
 	return false;
@@ -1953,6 +1962,26 @@ static int send_lane_zero(struct sender *s, unsigned n)
 	return r < 0 ? -1 : 0;
 }
 
+/*
+ * The first window, from the HELLO's round trip: on a long path 4 MiB of
+ * stream fill a small part of what it holds, and slow start takes a round
+ * trip per doubling. What a link of PROXY_START_RATE holds over that round
+ * trip, within [PROXY_WINDOW_MIN, PROXY_START_MAX] (slow start sizes it
+ * to the path's measured rate as it ends).
+ */
+static void start_window(struct sender *s, uint64_t hello_ns)
+{
+	uint64_t w = hello_ns / 1000000 * PROXY_START_RATE / 1000;
+
+	if (w < PROXY_WINDOW_MIN)
+		w = PROXY_WINDOW_MIN;
+	if (w > PROXY_START_MAX)
+		w = PROXY_START_MAX;
+	if (w > s->window_max)
+		w = s->window_max;
+	s->window = w;
+}
+
 /* Link first: nothing changes in QEMU before the receiver is known good. */
 static int connect_receiver(struct sender *s, struct send_run *run)
 {
@@ -1960,6 +1989,7 @@ static int connect_receiver(struct sender *s, struct send_run *run)
 	struct wire_hello_args hello = { 0 };
 	struct wire_hello peer;
 	char err[512] = "";
+	uint64_t t_hello;
 	unsigned lanes;
 	int fd = -1, r;
 
@@ -1992,11 +2022,13 @@ static int connect_receiver(struct sender *s, struct send_run *run)
 	}
 	tsb_fault_point("handshake");
 	hello_of(s, &hello);
+	t_hello = tsb_now_ns();
 	r = wire_conn_hello(s->conn, &hello, &peer);
 	if (r < 0) {
 		sender_fail(s, proxy_outcome_of_errno(r), "%s", wire_conn_errmsg(s->conn));
 		return -1;
 	}
+	start_window(s, tsb_now_ns() - t_hello);
 	snprintf(s->peer_site, sizeof(s->peer_site), "%.*s", (int)peer.site.len, peer.site.p);
 	s->early_ok = (hello.caps & peer.caps & WIRE_CAP_EARLY) != 0;
 	s->live_ok = (hello.caps & peer.caps & WIRE_CAP_LIVE) && s->store;

@@ -2004,11 +2004,13 @@ static int connect_receiver(struct sender *s, struct send_run *run)
 		return -1;
 	}
 	wire_tls_set_pacer(run->tls, o->pacer);
+	log_debug("link: connecting to %s", o->to);
 	r = wire_tcp_connect(run->host, run->port, 10000, &fd, err, sizeof(err));
 	if (r < 0) {
 		sender_fail(s, PROXY_LINK, "%s", err);
 		return -1;
 	}
+	log_debug("link: TCP connected");
 	wire_tcp_tune(fd, 0);
 	s->conn = wire_conn_new_take(run->tls, fd);
 	if (!s->conn) {
@@ -2021,6 +2023,7 @@ static int connect_receiver(struct sender *s, struct send_run *run)
 		return -1;
 	}
 	tsb_fault_point("handshake");
+	log_debug("link: TLS established");
 	hello_of(s, &hello);
 	t_hello = tsb_now_ns();
 	r = wire_conn_hello(s->conn, &hello, &peer);
@@ -2029,6 +2032,9 @@ static int connect_receiver(struct sender *s, struct send_run *run)
 		return -1;
 	}
 	start_window(s, tsb_now_ns() - t_hello);
+	log_debug("link: HELLO answered in %llu ms; first window %llu KiB",
+		  (unsigned long long)((tsb_now_ns() - t_hello) / 1000000),
+		  (unsigned long long)(s->window >> 10));
 	snprintf(s->peer_site, sizeof(s->peer_site), "%.*s", (int)peer.site.len, peer.site.p);
 	s->early_ok = (hello.caps & peer.caps & WIRE_CAP_EARLY) != 0;
 	s->live_ok = (hello.caps & peer.caps & WIRE_CAP_LIVE) && s->store;
@@ -2046,6 +2052,7 @@ static int connect_receiver(struct sender *s, struct send_run *run)
 			return -1;
 		}
 	}
+	log_debug("link: ready (the receiver's summary taken)");
 	if (o->c.stall_ms)
 		wire_conn_set_timeout(s->conn, o->c.stall_ms);
 	if (lanes > 1) {
@@ -2117,12 +2124,14 @@ static int prepare_source(struct sender *s, struct send_run *run)
 		return -1;
 	if (want_pre_switchover(s, mo) < 0)
 		return -1;
+	log_debug("source: setting QEMU's migration up");
 	r = setup_source(s, run->q, mo, err, sizeof(err));
 	if (r < 0) {
 		sender_fail(s, r == -EOPNOTSUPP ? PROXY_UNSUPPORTED : PROXY_FAILED,
 		     "source QEMU: %s", err);
 		return -1;
 	}
+	log_debug("source: QEMU's migration is set up");
 	r = proxy_qemu_socket(run->q, &s->qfd, err, sizeof(err));
 	if (r < 0) {
 		sender_fail(s, PROXY_FAILED, "cannot hand a socket to the source QEMU: %s", err);
@@ -2270,6 +2279,7 @@ static void migrate(struct sender *s, struct send_run *run)
 	if (record_begin(s, run->q) < 0)
 		return;
 	s->migrate_ns = tsb_now_ns();
+	log_debug("source: QEMU migrates");
 	r = migctl_run(run->q, NULL, &run->mo, "fd:" PROXY_FDNAME, &run->res);
 	s->qemu_done_ns = tsb_now_ns();
 	if (run->pc.tty)

@@ -22,6 +22,7 @@
 
 #include <cmocka.h>
 
+#include "common/util.h"
 #include "store/store.h"
 
 #define REC_SIZE (4 + 32 + 4096)
@@ -1065,6 +1066,44 @@ static void test_shared_open(void **state)
 	store_close(a);
 }
 
+struct putter {
+	struct store *s;
+	uint32_t seed;
+};
+
+static void *put_later(void *arg)
+{
+	struct putter *p = arg;
+
+	usleep(50000);
+	put_pages(p->s, p->seed, 1);
+	return NULL;
+}
+
+/* store_wait_has: what another thread puts ends the wait; a deadline ends it too. */
+static void test_wait_has(void **state)
+{
+	const char *dir = *state;
+	struct store *s = open_store(dir, "t", 0);
+	struct putter p = { s, 90 };
+	uint8_t page[4096], hash[32];
+	pthread_t th;
+
+	put_pages(s, 91, 1);
+	make_page(91, 0, page, hash);
+	/* Held already: true, whatever the deadline. */
+	assert_true(store_wait_has(s, hash, 0));
+	/* Nobody puts it: false once the deadline passed. */
+	make_page(92, 0, page, hash);
+	assert_false(store_wait_has(s, hash, tsb_now_ns() + 20000000));
+	/* Another thread puts it while we wait. */
+	make_page(90, 0, page, hash);
+	assert_int_equal(pthread_create(&th, NULL, put_later, &p), 0);
+	assert_true(store_wait_has(s, hash, tsb_now_ns() + 30000000000ull));
+	pthread_join(th, NULL);
+	store_close(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1084,6 +1123,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_shared_open, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_wait_has, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_kill9_loop, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_compaction_crash_leftovers,
 						setup, teardown),

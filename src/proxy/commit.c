@@ -154,32 +154,29 @@ void commit_nap(const struct commit_link *l, unsigned ms)
 		usleep(20000);
 }
 
-int commit_dial(const struct commit_link *l, uint64_t caps, struct wire_conn **ret_conn,
-		struct wire_hello *ret_peer, char *err, size_t errlen)
+int proxy_dial(struct wire_tls *tls, const char *addr, const struct wire_hello_args *hello,
+	       struct wire_conn **ret_conn, struct wire_hello *ret_peer, char *err, size_t errlen)
 {
-	struct wire_hello_args hello = {
-		.role = WIRE_ROLE_SENDER, .caps = caps, .site = "source", .migration = l->id,
-	};
 	char host[256], port[32];
 	struct wire_conn *c;
 	int fd, r;
 
 	err[0] = '\0';
-	if (tsb_split_hostport(l->addr, host, sizeof(host), port, sizeof(port)) < 0) {
-		snprintf(err, errlen, "bad address %s", l->addr);
+	if (tsb_split_hostport(addr, host, sizeof(host), port, sizeof(port)) < 0) {
+		snprintf(err, errlen, "bad address %s", addr);
 		return -EINVAL;
 	}
 	r = wire_tcp_connect(host, port, 5000, &fd, err, errlen);
 	if (r < 0)
 		return r;
 	wire_tcp_tune(fd, 0);
-	c = wire_conn_new_take(l->tls, fd);
+	c = wire_conn_new_take(tls, fd);
 	if (!c)
 		return -ENOMEM;
 	wire_conn_set_timeout(c, 10000);
 	r = wire_conn_handshake(c, 10000);
 	if (r == 0)
-		r = wire_conn_hello(c, &hello, ret_peer);
+		r = wire_conn_hello(c, hello, ret_peer);
 	if (r < 0) {
 		snprintf(err, errlen, "%s", wire_conn_errmsg(c)[0] ? wire_conn_errmsg(c) :
 			 strerror(-r));
@@ -188,6 +185,16 @@ int commit_dial(const struct commit_link *l, uint64_t caps, struct wire_conn **r
 	}
 	*ret_conn = c;
 	return 0;
+}
+
+int commit_dial(const struct commit_link *l, uint64_t caps, struct wire_conn **ret_conn,
+		struct wire_hello *ret_peer, char *err, size_t errlen)
+{
+	struct wire_hello_args hello = {
+		.role = WIRE_ROLE_SENDER, .caps = caps, .site = "source", .migration = l->id,
+	};
+
+	return proxy_dial(l->tls, l->addr, &hello, ret_conn, ret_peer, err, errlen);
 }
 
 /* One attempt: connect, HELLO, DECISION, OUTCOME. */

@@ -59,6 +59,12 @@ bool commit_expired(const struct commit_link *l);
 /* Sleeps ms, but not past l's deadline or a signal. */
 void commit_nap(const struct commit_link *l, unsigned ms);
 /*
+ * One fresh connection to addr: TCP, TLS, our HELLO and the peer's
+ * (*ret_peer). 0 with *ret_conn, or -errno with err saying why.
+ */
+int proxy_dial(struct wire_tls *tls, const char *addr, const struct wire_hello_args *hello,
+	       struct wire_conn **ret_conn, struct wire_hello *ret_peer, char *err, size_t errlen);
+/*
  * Sender: one fresh connection to l->addr: TCP, TLS, our HELLO (role
  * sender, caps, the migration id l->id) and the receiver's (*ret_peer).
  * 0 with *ret_conn, or -errno with err saying why (-ECONNREFUSED: the

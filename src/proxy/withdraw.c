@@ -3,11 +3,11 @@
  * failed before it connected, or the group was interrupted first) tells
  * its receiver so, which would otherwise wait for it until its --timeout.
  */
+#include "proxy/commit.h"
 #include "proxy/content.h"
 #include "proxy/internal.h"
 
 #include "common/buf.h"
-#include "common/util.h"
 #include "wire/tls.h"
 #include "wire/wire.h"
 
@@ -18,7 +18,7 @@
 int proxy_send_withdraw(const struct proxy_send_options *o, const char *why, char *err,
 			size_t errlen)
 {
-	char id[33], host[256], port[32];
+	char id[33];
 	struct wire_hello_args hello = {
 		.role = WIRE_ROLE_SENDER, .caps = WIRE_CAP_COMMIT, .site = "source",
 		.migration = id, .vm = o->vm_id, .tenant = o->c.tenant,
@@ -27,42 +27,26 @@ int proxy_send_withdraw(const struct proxy_send_options *o, const char *why, cha
 	struct wire_conn *c = NULL;
 	struct wire_hello peer;
 	struct tsb_buf b;
-	int fd, r;
+	int r;
 
 	content_new_id(id);
-	if (tsb_split_hostport(o->to, host, sizeof(host), port, sizeof(port)) < 0) {
-		snprintf(err, errlen, "bad address %s", o->to);
-		return -EINVAL;
-	}
 	r = proxy_tls_setup(&o->c, WIRE_TLS_CLIENT, &tls, err, errlen);
 	if (r < 0)
 		return r;
-	r = wire_tcp_connect(host, port, 5000, &fd, err, errlen);
-	if (r < 0)
-		goto out;
-	c = wire_conn_new_take(tls, fd);
-	if (!c) {
-		r = -ENOMEM;
-		goto out;
-	}
-	wire_conn_set_timeout(c, 10000);
-	r = wire_conn_handshake(c, 10000);
-	if (r == 0)
-		r = wire_conn_hello(c, &hello, &peer);
+	r = proxy_dial(tls, o->to, &hello, &c, &peer, err, errlen);
 	if (r == 0) {
 		tsb_buf_init(&b);
 		r = wire_encode_status(&b, WIRE_MSG_CANCEL, WIRE_CODE_OK, why);
 		if (r == 0)
 			r = wire_conn_write(c, b.data, b.len);
 		tsb_buf_fini(&b);
+		if (r < 0)
+			snprintf(err, errlen, "%s", wire_conn_errmsg(c)[0] ? wire_conn_errmsg(c) :
+				 strerror(-r));
+		else
+			(void)wire_conn_close(c);
+		wire_conn_free(c);
 	}
-	if (r < 0)
-		snprintf(err, errlen, "%s", wire_conn_errmsg(c)[0] ? wire_conn_errmsg(c) :
-			 strerror(-r));
-	else
-		(void)wire_conn_close(c);
-out:
-	wire_conn_free(c);
 	wire_tls_free(tls);
 	return r;
 }

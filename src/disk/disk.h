@@ -125,6 +125,10 @@ struct disk_send_options {
 
 struct disk_send;
 
+/* How many disks disk_send_start would move (o->only applied), or -errno. */
+int disk_send_count(struct qmp *q, const struct disk_send_options *o, char *err,
+		    size_t errlen);
+
 /*
  * Finds the disks of the source VM (query-block: inserted, writable;
  * or the ones named), connects the disk channel, starts one NBD server

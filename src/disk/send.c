@@ -1418,6 +1418,18 @@ int disk_send_libvirt_done(struct disk_send *ds, char *err, size_t errlen)
 	return send_done(ds, err, errlen);
 }
 
+int disk_send_count(struct qmp *q, const struct disk_send_options *o, char *err,
+		    size_t errlen)
+{
+	struct disk_dev devs[DISK_MAX];
+	int n, i, wanted_n = 0;
+
+	n = disk_query(q, devs, DISK_MAX, err, errlen);
+	for (i = 0; i < n; i++)
+		wanted_n += wanted(o, &devs[i]);
+	return n < 0 ? n : wanted_n;
+}
+
 int disk_send_start(struct qmp *q, const struct disk_send_options *o,
 		    struct disk_send **ret, char *err, size_t errlen)
 {

@@ -599,24 +599,34 @@ static void run_completed(struct run *m)
 		res->downtime_ms = (int64_t)((w->resume_ns - w->stop_ns) / 1000000);
 }
 
-int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *opts,
-	       const char *uri, struct migctl_result *res)
+int migctl_start(struct qmp *src, const char *uri, struct migctl_result *res)
 {
-	struct run m = { .src = src, .dst = dst, .opts = opts, .res = res };
 	json_t *args;
 	int r;
 
 	memset(res, 0, sizeof(*res));
 	res->downtime_ms = -1;
-	m.start = tsb_now_ns();
-	m.start_wall = tsb_wall_ns();
+	res->started_ns = tsb_now_ns();
+	res->started_wall_ns = tsb_wall_ns();
 	args = json_pack("{s:s}", "uri", uri);
 	r = qmp_execute(src, "migrate", args, NULL, res->error, sizeof(res->error));
 	json_decref(args);
 	if (r < 0) {
 		snprintf(res->status, sizeof(res->status), "failed");
-		return run_end(&m, -EIO);
+		res->wall_ms = (tsb_now_ns() - res->started_ns) / 1000000;
+		return -EIO;
 	}
+	res->started = true;
+	return 0;
+}
+
+int migctl_follow(struct qmp *src, struct qmp *dst, const struct migctl_options *opts,
+		  struct migctl_result *res)
+{
+	struct run m = { .src = src, .dst = dst, .opts = opts, .res = res,
+			 .start = res->started_ns, .start_wall = res->started_wall_ns };
+	int r;
+
 	do
 		r = run_step(&m);
 	while (r == 0);
@@ -624,6 +634,14 @@ int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *op
 		return r;
 	run_completed(&m);
 	return 0;
+}
+
+int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *opts,
+	       const char *uri, struct migctl_result *res)
+{
+	int r = migctl_start(src, uri, res);
+
+	return r < 0 ? r : migctl_follow(src, dst, opts, res);
 }
 
 void migctl_result_fini(struct migctl_result *res)

@@ -95,6 +95,8 @@ struct migctl_result {
 				  * as soon as seen: a tick may read it) */
 	uint64_t resume_ns;	 /* destination RESUME event, 0 if none */
 	json_t *src_stats;	 /* last query-migrate of the source (owned) */
+	uint64_t started_ns, started_wall_ns; /* the migrate command (monotonic, wall) */
+	bool started;		 /* QEMU accepted the migrate command */
 };
 
 /* Parses "a,b,c" into opts->caps (pointers into a copy kept by the caller). */
@@ -121,6 +123,15 @@ int migctl_prepare_source(struct qmp *src, const struct migctl_options *opts,
  */
 int migctl_run(struct qmp *src, struct qmp *dst, const struct migctl_options *opts,
 	       const char *uri, struct migctl_result *res);
+
+/*
+ * migctl_run in two steps, for a caller with work to do while QEMU sets its
+ * migration up: migctl_start tells QEMU to migrate (0, or -EIO with *res
+ * filled); migctl_follow then watches it as migctl_run does.
+ */
+int migctl_start(struct qmp *src, const char *uri, struct migctl_result *res);
+int migctl_follow(struct qmp *src, struct qmp *dst, const struct migctl_options *opts,
+		  struct migctl_result *res);
 
 void migctl_result_fini(struct migctl_result *res);
 

@@ -1886,6 +1886,7 @@ struct send_run {
 	bool threads;			/* all three started */
 	char *caps_copy;		/* --caps, split by migctl_parse_caps() */
 	uint64_t start_ns;
+	bool early;			/* QEMU told to migrate before the link's handshake */
 };
 
 /* Only reads from QEMU here: who the VM is, to name it and find its images. */
@@ -1918,8 +1919,8 @@ static int identify_vm(struct sender *s, struct send_run *run)
 			sender_fail(s, PROXY_FAILED, "%s", err);
 			return -1;
 		}
-		content_new_id(s->image_id);
 	}
+	content_new_id(s->image_id); /* the migration's id, store or not */
 	return 0;
 }
 
@@ -1929,8 +1930,6 @@ static void hello_of(struct sender *s, struct wire_hello_args *hello)
 	const struct proxy_send_options *o = s->o;
 
 	hello->role = WIRE_ROLE_SENDER;
-	if (!s->image_id[0])
-		content_new_id(s->image_id); /* the migration's id, store or not */
 	hello->migration = s->image_id;
 	hello->caps = WIRE_CAP_COMMIT | WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
 		      (may_postcopy(o) ? WIRE_CAP_POSTCOPY : 0) |
@@ -1982,7 +1981,7 @@ static void start_window(struct sender *s, uint64_t hello_ns)
 	s->window = w;
 }
 
-/* Link first: nothing changes in QEMU before the receiver is known good. */
+/* The link: TCP, TLS, HELLO, the receiver's summary; lanes if asked. */
 static int connect_receiver(struct sender *s, struct send_run *run)
 {
 	const struct proxy_send_options *o = run->o;
@@ -2120,7 +2119,8 @@ static int prepare_source(struct sender *s, struct send_run *run)
 	mo->downtime_limit_ms = o->downtime_limit_ms;
 	mo->timeout_ms = o->c.timeout_ms;
 	mo->abort_flag = &s->abort_flag;
-	if (!o->no_disks && disks_start(s, run->q, run->tls, run->host, run->port, mo) < 0)
+	if (!o->no_disks && !run->early &&
+	    disks_start(s, run->q, run->tls, run->host, run->port, mo) < 0)
 		return -1;
 	if (want_pre_switchover(s, mo) < 0)
 		return -1;
@@ -2265,6 +2265,47 @@ static void postcopy_recover(struct sender *s, struct send_run *run)
 	record_drop(o->c.state_dir, &s->rec);
 }
 
+/* The record first (what to undo after a crash), then QEMU's migrate command. */
+static int tell_qemu(struct sender *s, struct send_run *run)
+{
+	if (record_begin(s, run->q) < 0)
+		return -1;
+	s->migrate_ns = tsb_now_ns();
+	log_debug("source: QEMU migrates");
+	if (migctl_start(run->q, "fd:" PROXY_FDNAME, &run->res) < 0) {
+		sender_fail(s, PROXY_FAILED, "source QEMU: migrate: %s", run->res.error);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * QEMU needs ~0.4 s from its migrate command until it streams (its setup,
+ * its first dirty bitmap), and the link's handshake takes two round trips
+ * and more: on a long path both are worth overlapping. So when nothing
+ * else must be ready first (disks' mirrors, libvirt's own start), QEMU is
+ * told before the link is up. It streams into a socket nobody reads yet
+ * and stalls there after a few KB; the stream is parsed only once the
+ * receiver is known good. Should the link fail, finish() ends QEMU's
+ * migration as after any failure before the switchover (abort_switchover):
+ * the guest never stopped and runs on.
+ */
+static int start_source_early(struct sender *s, struct send_run *run)
+{
+	const struct proxy_send_options *o = run->o;
+	struct disk_send_options all = { 0 };
+	char err[256];
+
+	/* Disks named or found: their mirrors go first, over the link. */
+	if (o->qemu_listen || (!o->no_disks &&
+			       (o->n_disks || disk_send_count(run->q, &all, err, sizeof(err)))))
+		return 0;
+	run->early = true;
+	if (prepare_source(s, run) < 0 || tell_qemu(s, run) < 0)
+		return -1;
+	return 0;
+}
+
 /* QEMU migrates through us; then the switchover is committed or undone. */
 static void migrate(struct sender *s, struct send_run *run)
 {
@@ -2276,11 +2317,14 @@ static void migrate(struct sender *s, struct send_run *run)
 	run->mo.tick = migrate_tick;
 	run->mo.tick_opaque = run;
 	run->mo.no_return = &s->decided_commit;
-	if (record_begin(s, run->q) < 0)
+	if (!run->early && tell_qemu(s, run) < 0)
 		return;
+	/* The report's setup phase ends here, where the stream begins to flow. */
 	s->migrate_ns = tsb_now_ns();
-	log_debug("source: QEMU migrates");
-	r = migctl_run(run->q, NULL, &run->mo, "fd:" PROXY_FDNAME, &run->res);
+	/* --postcopy-after counts from there too: QEMU must have streamed first. */
+	if (run->early && run->mo.postcopy_after_ms)
+		run->mo.postcopy_after_ms += (s->migrate_ns - run->res.started_ns) / 1000000;
+	r = migctl_follow(run->q, NULL, &run->mo, &run->res);
 	s->qemu_done_ns = tsb_now_ns();
 	if (run->pc.tty)
 		fputc('\n', stderr);
@@ -2424,8 +2468,9 @@ enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_r
 	s->readbuf = malloc(PROXY_READ_CHUNK);
 	if (!s->cache || !s->readbuf)
 		sender_fail(s, PROXY_FAILED, "out of memory");
-	else if (identify_vm(s, &run) == 0 && connect_receiver(s, &run) == 0 &&
-		 prepare_source(s, &run) == 0 && start_threads(s, &run) == 0) {
+	else if (identify_vm(s, &run) == 0 && start_source_early(s, &run) == 0 &&
+		 connect_receiver(s, &run) == 0 && (run.early || prepare_source(s, &run) == 0) &&
+		 start_threads(s, &run) == 0) {
 		if (o->qemu_listen)
 			sender_libvirt_settle(s, run.start_ns);
 		else

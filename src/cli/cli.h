@@ -32,5 +32,6 @@ int cmd_store(int argc, char **argv);
 int cmd_net(int argc, char **argv);
 int cmd_resolve(int argc, char **argv);
 int cmd_group(int argc, char **argv);
+int cmd_sync(int argc, char **argv);
 
 #endif

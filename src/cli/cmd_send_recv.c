@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 /* Exit codes beyond the shared ones (documented in --help and README). */
-static int exit_code(enum proxy_outcome oc)
+int cli_proxy_exit_code(enum proxy_outcome oc)
 {
 	switch (oc) {
 	case PROXY_OK:
@@ -94,7 +94,7 @@ enum {
 	OPT_RECOVER_TIMEOUT, OPT_BANDWIDTH, OPT_PLAN, OPT_CONCURRENCY, OPT_JSON, OPT_TIMELINE,
 	OPT_NO_SEED, OPT_AGENT, OPT_HOST, OPT_SSH, OPT_REMOTE_TSUBAME, OPT_SWITCH_WINDOW,
 	OPT_COMMIT_EARLY,
-	OPT_COMMIT_LATE,
+	OPT_COMMIT_LATE, OPT_STANDBY, OPT_INTERVAL, OPT_ROUNDS,
 };
 
 static const struct option options[] = {
@@ -152,6 +152,9 @@ static const struct option options[] = {
 	{ "host", required_argument, NULL, OPT_HOST },
 	{ "ssh", required_argument, NULL, OPT_SSH },
 	{ "remote-tsubame", required_argument, NULL, OPT_REMOTE_TSUBAME },
+	{ "standby", no_argument, NULL, OPT_STANDBY },
+	{ "interval", required_argument, NULL, OPT_INTERVAL },
+	{ "rounds", required_argument, NULL, OPT_ROUNDS },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, 'h' },
 	{}
@@ -439,6 +442,10 @@ static int parse_group_opt(const char *cmd, bool send, int c, struct parsed *p)
 	default:
 		return OPT_OTHER;
 	}
+	if (p->x.sync && c == OPT_JSON) {
+		p->x.json = true;
+		return 0;
+	}
 	if (!p->group)
 		return cli_usage_error(cmd, "option --%s is for 'tsubame group'", opt_name(c));
 	if (c == OPT_PLAN)
@@ -469,6 +476,73 @@ static int parse_group_opt(const char *cmd, bool send, int c, struct parsed *p)
 				       GROUP_MAX_CONCURRENCY);
 	else
 		p->x.concurrency = (unsigned)v;
+	return 0;
+}
+
+/* Options of 'tsubame sync' and 'tsubame recv --standby'. 0, an exit code or OPT_OTHER. */
+static int parse_sync_opt(const char *cmd, bool send, int c, struct parsed *p)
+{
+	uint64_t v;
+
+	switch (c) {
+	case OPT_STANDBY:
+		if (send || p->group)
+			return cli_usage_error(cmd, "option --standby is for 'tsubame recv'");
+		p->x.standby = true;
+		return 0;
+	case OPT_INTERVAL:
+		if (!p->x.sync)
+			return cli_usage_error(cmd, "option --interval is for 'tsubame sync'");
+		if (tsb_parse_duration(optarg, &v) < 0 || v > 86400000000000ull)
+			return cli_usage_error(cmd, "bad --interval '%s' (e.g. 30s; at most 1d)",
+					       optarg);
+		p->x.interval_ns = v;
+		return 0;
+	case OPT_ROUNDS:
+		if (!p->x.sync && (send || p->group))
+			return cli_usage_error(cmd, "option --rounds is for 'tsubame sync' and "
+					       "'tsubame recv --standby'");
+		if (tsb_parse_u64(optarg, 1, 1000000, &v) < 0)
+			return cli_usage_error(cmd, "bad --rounds '%s' (1-1000000)", optarg);
+		p->x.rounds = (unsigned)v;
+		return 0;
+	default:
+		return OPT_OTHER;
+	}
+}
+
+/* A sync keeps a standby's store up to date: precopy rounds of memory, nothing else. */
+static int check_sync(const char *cmd, struct parsed *p)
+{
+	if (p->mode != PROXY_MODE_PRECOPY || p->postcopy_after)
+		return cli_usage_error(cmd, "a sync round is a precopy: no --mode, no "
+				       "--postcopy-after");
+	if (p->n_disks || p->disk_copy_mode_set)
+		return cli_usage_error(cmd, "disks are not synced yet (docs/standby.md): no "
+				       "--disk, no --disk-copy-mode");
+	if (p->commit_late || p->c.net_agent)
+		return cli_usage_error(cmd, "a sync round never switches over: no --commit-*, "
+				       "no --net-agent");
+	if (p->no_store)
+		return cli_usage_error(cmd, "a sync keeps its rounds' images in the store: "
+				       "--no-store would send every round in full");
+	p->no_disks = true;
+	return 0;
+}
+
+/* A standby runs no VM: no QEMU options; its store is what it is for. */
+static int check_standby(const char *cmd, struct parsed *p)
+{
+	if (p->c.qmp_path || p->qemu_connect || p->nbd_connect)
+		return cli_usage_error(cmd, "a standby runs no VM: no --qmp, --qemu-connect or "
+				       "--nbd-connect");
+	if (p->c.net_agent || p->net_mac || p->net_home || p->n_net_ips)
+		return cli_usage_error(cmd, "a standby runs no VM: no --net-*");
+	if (p->no_store)
+		return cli_usage_error(cmd, "a standby keeps the rounds in its store: no --no-store");
+	if (!p->listen)
+		return cli_usage_error(cmd, "--listen HOST:PORT is required");
+	p->no_vm_disks = true;
 	return 0;
 }
 
@@ -508,6 +582,8 @@ static int check_one_vm(const char *cmd, bool send, struct parsed *p)
 		return cli_usage_error(cmd, "--to HOST:PORT is required");
 	if (!send && !p->listen)
 		return cli_usage_error(cmd, "--listen HOST:PORT is required");
+	if (!send && p->x.rounds && !p->x.standby)
+		return cli_usage_error(cmd, "--rounds goes with --standby");
 	if (!send && p->c.net_agent && (!p->net_mac || !p->net_home || !p->n_net_ips ||
 					!p->vm_id))
 		return cli_usage_error(cmd, "--net-agent needs --vm-id, --net-mac, --net-home "
@@ -521,8 +597,11 @@ static int check_one_vm(const char *cmd, bool send, struct parsed *p)
 /* Checks the options together once all are parsed; settles the store. */
 static int check_parsed(const char *cmd, bool send, struct parsed *p)
 {
-	int r = p->group ? check_group(cmd, p) : check_one_vm(cmd, send, p);
+	int r = p->group ? check_group(cmd, p) :
+		p->x.standby ? check_standby(cmd, p) : check_one_vm(cmd, send, p);
 
+	if (r == 0 && p->x.sync)
+		r = check_sync(cmd, p);
 	if (r)
 		return r;
 	if (p->no_disks && p->n_disks)
@@ -562,6 +641,8 @@ static int parse(const char *cmd, bool send, int argc, char **argv, struct parse
 			r = parse_send_opt(cmd, send, c, p);
 		if (r == OPT_OTHER)
 			r = parse_recv_opt(cmd, send, c, p);
+		if (r == OPT_OTHER)
+			r = parse_sync_opt(cmd, send, c, p);
 		if (r == OPT_OTHER) {
 			fprintf(stderr, "Try 'tsubame %s --help'.\n", cmd);
 			return TSB_EXIT_USAGE;
@@ -582,7 +663,7 @@ static int finish(enum proxy_outcome oc, json_t *report, const char *path)
 			oc = PROXY_FAILED;
 	}
 	json_decref(report);
-	return exit_code(oc);
+	return cli_proxy_exit_code(oc);
 }
 
 static void send_options_from(const struct parsed *p, struct proxy_send_options *o)
@@ -642,6 +723,17 @@ int cli_group_parse_recv(int argc, char **argv, struct proxy_recv_options *o,
 	*x = p.x;
 	if (!r && !p.help)
 		recv_options_from(&p, o);
+	return r;
+}
+
+int cli_sync_parse(int argc, char **argv, struct proxy_send_options *o, struct cli_sr_extra *x)
+{
+	struct parsed p = { .mode = PROXY_MODE_PRECOPY, .x.sync = true };
+	int r = parse("sync", true, argc, argv, &p);
+
+	*x = p.x;
+	if (!r && !p.help)
+		send_options_from(&p, o);
 	return r;
 }
 
@@ -786,6 +878,12 @@ int cmd_recv(int argc, char **argv)
 		       "                         with --net-agent: the VM's MAC, addresses\n"
 		       "                         (repeatable) and home site, so that it stays\n"
 		       "                         reachable at them here (docs/network.md)\n"
+		       "  --standby              be a standby for 'tsubame sync': no QEMU, no\n"
+		       "                         --qmp; keep each round of memory in the store so\n"
+		       "                         that an evacuation to this site later sends only\n"
+		       "                         what changed since (docs/standby.md); takes\n"
+		       "                         rounds one after another until interrupted\n"
+		       "  --rounds N             with --standby: stop after N kept rounds\n"
 		       "\n"
 		       "Pages the destination can rebuild travel as references: from this VM's\n"
 		       "image left here on an earlier visit, from other VMs of the same tenant in\n"
@@ -794,6 +892,8 @@ int cmd_recv(int argc, char **argv)
 		return TSB_EXIT_OK;
 	}
 	recv_options_from(&p, &o);
+	if (p.x.standby)
+		return cli_standby_run(&o, &p.x);
 	if (o.qemu_connect)
 		o.no_vm_disks = true; /* libvirt's QEMU is not ours to ask */
 	if (o.qemu_connect && !p.nbd_connect && nbd_default(o.qemu_connect, nbd, sizeof(nbd)) < 0)

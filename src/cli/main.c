@@ -16,6 +16,7 @@ static const struct command commands[] = {
 	{ "send", cmd_send, "migrate the local VM to 'tsubame recv' over the WAN" },
 	{ "recv", cmd_recv, "receive a migration from 'tsubame send' into the local QEMU" },
 	{ "group", cmd_group, "move many VMs as one operation, within one WAN budget" },
+	{ "sync", cmd_sync, "keep a standby site's store close to a running VM's memory" },
 	{ "migrate", cmd_migrate, "move a running libvirt domain to another site through tsubame" },
 	{ "keygen", cmd_keygen, "write a new shared key for a pair of sites" },
 	{ "store", cmd_store, "stats, gc and verify of the persistent content store" },

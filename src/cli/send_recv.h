@@ -21,6 +21,11 @@ struct cli_sr_extra {
 	bool agent;			/* --agent: plan and commands on stdin */
 	const char *ssh;		/* --ssh CMD: how to reach other hosts */
 	const char *remote_tsubame;	/* --remote-tsubame PATH: tsubame there */
+	/* 'tsubame sync' and 'tsubame recv --standby' (docs/standby.md). */
+	bool sync;			/* the command is 'tsubame sync' */
+	bool standby;			/* --standby */
+	uint64_t interval_ns;		/* --interval: between the starts of rounds */
+	unsigned rounds;		/* --rounds: stop after this many kept; 0: never */
 };
 
 /*
@@ -32,5 +37,14 @@ int cli_group_parse_send(int argc, char **argv, struct proxy_send_options *o,
 			 struct cli_sr_extra *x);
 int cli_group_parse_recv(int argc, char **argv, struct proxy_recv_options *o,
 			 struct cli_sr_extra *x);
+/* Parses 'tsubame sync' arguments as send's, with its own checks. */
+int cli_sync_parse(int argc, char **argv, struct proxy_send_options *o, struct cli_sr_extra *x);
+
+/* send's and recv's exit status for an outcome (documented in their --help). */
+int cli_proxy_exit_code(enum proxy_outcome oc);
+
+/* cmd_sync.c: the rounds of 'tsubame sync' and of 'tsubame recv --standby'. */
+int cli_sync_run(struct proxy_send_options *o, const struct cli_sr_extra *x);
+int cli_standby_run(const struct proxy_recv_options *o, const struct cli_sr_extra *x);
 
 #endif

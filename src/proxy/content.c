@@ -256,6 +256,26 @@ int content_encode_summary(struct tsb_buf *out, struct store *st, struct diskind
 	return r;
 }
 
+bool content_is_round(const struct store_image_info *info)
+{
+	return info->peer_image[0] && !strcmp(info->peer_image, info->id);
+}
+
+void content_prune_rounds(struct store *st, const char *vm, const char *peer_site,
+			  const char *keep_id)
+{
+	struct store_image_info *infos = NULL;
+	size_t n = 0, i;
+
+	if (!st || store_image_list(st, vm, &infos, &n) < 0)
+		return;
+	for (i = 0; i < n; i++)
+		if (content_is_round(&infos[i]) && !strcmp(infos[i].peer_site, peer_site) &&
+		    strcmp(infos[i].id, keep_id) && store_image_remove(st, infos[i].id) < 0)
+			log_warn("store: cannot remove the older round %s", infos[i].id);
+	free(infos);
+}
+
 /* ---- sender ---- */
 
 int peer_view_init(struct peer_view *v, const struct wire_summary *s)
@@ -328,8 +348,8 @@ int content_find_manifest(struct store *st, const char *vm, const char *peer_sit
 	if (r < 0)
 		return r;
 	for (i = 0; i < n; i++) {
-		if (infos[i].role != STORE_IMAGE_ARRIVAL || strcmp(infos[i].peer_site, peer_site) ||
-		    !view_holds(v, infos[i].peer_image))
+		if ((infos[i].role != STORE_IMAGE_ARRIVAL && !content_is_round(&infos[i])) ||
+		    strcmp(infos[i].peer_site, peer_site) || !view_holds(v, infos[i].peer_image))
 			continue;
 		r = store_image_load(st, infos[i].id, ret);
 		if (r == 0)

@@ -81,10 +81,21 @@ int peer_view_init(struct peer_view *v, const struct wire_summary *s);
 void peer_view_fini(struct peer_view *v);
 
 /*
- * The newest arrival image of vm that came from peer_site and whose
- * source image the peer says it still holds; *ret NULL if none.
+ * The newest image of vm whose counterpart the peer at peer_site says it
+ * still holds (its info's peer_image): an arrival image that came from
+ * there, or a sync round's image sent there (docs/standby.md); *ret NULL
+ * if none.
  */
 int content_find_manifest(struct store *st, const char *vm, const char *peer_site,
 			  const struct peer_view *v, struct store_image **ret);
+
+/*
+ * A sync round's image (docs/standby.md) has its own id as peer_image:
+ * the standby keeps the round under the sender's id. Removes vm's older
+ * round images shared with peer_site, all but keep_id.
+ */
+bool content_is_round(const struct store_image_info *info);
+void content_prune_rounds(struct store *st, const char *vm, const char *peer_site,
+			  const char *keep_id);
 
 #endif

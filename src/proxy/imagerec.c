@@ -70,14 +70,17 @@ bool image_rec_page(struct image_rec *ir, const struct qs_page *pg,
 	return state == STORE_PAGE_HASH;
 }
 
-void image_rec_commit(struct image_rec *ir, const char *what)
+bool image_rec_commit(struct image_rec *ir, const char *what)
 {
 	char err[256];
 
 	if (!ir->image || ir->failed)
-		return;
-	if (store_image_commit(ir->store, ir->image, err, sizeof(err)) < 0)
+		return false;
+	if (store_image_commit(ir->store, ir->image, err, sizeof(err)) < 0) {
 		log_warn("store: the %s image was not kept: %s", what, err);
+		return false;
+	}
+	return true;
 }
 
 void image_rec_fini(struct image_rec *ir)

@@ -48,7 +48,7 @@ bool image_rec_has_block(const struct image_rec *ir, unsigned index);
 bool image_rec_page(struct image_rec *ir, const struct qs_page *pg,
 		    enum store_page_state state, const uint8_t *hash);
 /* Keeps the image in the store (after a successful migration); logs why not. */
-void image_rec_commit(struct image_rec *ir, const char *what);
+bool image_rec_commit(struct image_rec *ir, const char *what);
 void image_rec_fini(struct image_rec *ir);
 
 #endif

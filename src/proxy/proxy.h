@@ -132,7 +132,19 @@ struct proxy_send_options {
 	/* Asks libvirt to cancel its job (virDomainAbortJob): we failed first. */
 	void (*libvirt_abort)(void *opaque);
 	void *libvirt_opaque;
+	/*
+	 * A sync round to a standby (docs/standby.md): a precopy into the
+	 * standby's store that we end once QEMU's first pass is through (or
+	 * after round_max_ms), QEMU's migration cancelled, the source never
+	 * stopped for good; the report's "sync" says how stale the standby is.
+	 * Memory only (no disks), precopy only.
+	 */
+	bool standby_round;
+	uint64_t round_max_ms;		/* 0: PROXY_ROUND_MAX_DEFAULT_MS */
 };
+
+/* Default of a sync round's longest run (proxy_send_options.round_max_ms). */
+#define PROXY_ROUND_MAX_DEFAULT_MS (10 * 60 * 1000)
 
 #define PROXY_MAX_DISK_SOURCES 16
 
@@ -162,7 +174,17 @@ struct proxy_recv_options {
 	const char *qemu_connect;
 	/* libvirt: where that QEMU exports the disks libvirt's mirror fills. */
 	const char *nbd_connect;
+	/*
+	 * A standby (docs/standby.md): no QEMU here; one sync round of a
+	 * sender's VM is kept in the store (needs c.store_dir) and ends at
+	 * the sender's DONE. standby_max_ram bounds the RAM a sender may
+	 * declare (0: PROXY_STANDBY_MAX_RAM).
+	 */
+	bool standby;
+	uint64_t standby_max_ram;
 };
+
+#define PROXY_STANDBY_MAX_RAM (1ull << 40)
 
 /* Runs the source side; fills *ret_report (owned ref, may be NULL on early errors). */
 enum proxy_outcome proxy_send(const struct proxy_send_options *o, json_t **ret_report);

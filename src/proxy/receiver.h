@@ -94,6 +94,8 @@ struct receiver {
 	bool early_ok;			/* WIRE_CAP_EARLY agreed: COMMIT may precede PREPARED */
 	bool live_ok;			/* WIRE_CAP_LIVE agreed: LIVE entries may wait */
 	bool live_gave_up;		/* one LIVE wait timed out: NEED the rest at once */
+	atomic_bool round_done;		/* standby: the sender's DONE ended the round */
+	atomic_bool wan_ended;		/* the WAN thread is through */
 	uint64_t live_waited, live_ms;	/* LIVE pages found by waiting; time waited */
 	atomic_bool error_sent;		/* ERROR told the sender why we failed */
 	uint64_t source_stop_ns;	/* the source's STOP time the COMMIT carried, or 0 */

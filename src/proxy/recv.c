@@ -69,7 +69,10 @@ int recv_send_locked(struct receiver *rc, const struct tsb_buf *frame)
 
 static void *wan_thread(void *arg)
 {
-	recv_process_frames(arg);
+	struct receiver *rc = arg;
+
+	recv_process_frames(rc);
+	rc->wan_ended = true;
 	return NULL;
 }
 
@@ -207,7 +210,12 @@ static int take_sender_identity(struct receiver *rc, const struct wire_hello *pe
 		return 0; /* a sender without a store: nothing to record under */
 	if (!rc->tenant[0])
 		content_tenant(o->c.tenant, rc->vm, rc->tenant);
-	content_new_id(rc->image_id);
+	/* A standby keeps the round under the sender's id: its image of the round has it too. */
+	if (o->standby && store_id_valid(rc->peer_image) &&
+	    strlen(rc->peer_image) < sizeof(rc->image_id))
+		memcpy(rc->image_id, rc->peer_image, strlen(rc->peer_image) + 1);
+	else
+		content_new_id(rc->image_id);
 	r = content_open_store(&o->c, rc->tenant, &rc->rb.store, err, errlen);
 	rc->arrival.store = rc->rb.store;
 	return r;
@@ -254,6 +262,23 @@ static bool want_sender(const struct wire_conn *c, const struct wire_hello *peer
 			 "sender drives its QEMU itself ('tsubame send')" :
 			 "the sender carries a libvirt migration ('tsubame migrate'); this "
 			 "receiver drives its QEMU itself (start it with --qemu-connect)");
+		return false;
+	}
+	if (!(peer->caps & WIRE_CAP_STANDBY) != !rc->o->standby) {
+		snprintf(why, len, "%s", rc->o->standby ?
+			 "this is a standby ('tsubame recv --standby'): it keeps sync rounds "
+			 "('tsubame sync') in its store and runs no VM; evacuate to a "
+			 "'tsubame recv' with a destination QEMU" :
+			 "the sender runs a sync round ('tsubame sync'): it goes to a standby "
+			 "('tsubame recv --standby'), not to a receiver that runs the VM");
+		return false;
+	}
+	if (rc->o->standby && (peer->caps & (WIRE_CAP_DISK | WIRE_CAP_POSTCOPY))) {
+		snprintf(why, len, "a standby takes memory by precopy only: no disks, no postcopy");
+		return false;
+	}
+	if (rc->o->standby && !peer->vm.len) {
+		snprintf(why, len, "a standby keeps rounds per VM: the sender names none");
 		return false;
 	}
 	if (!(peer->caps & WIRE_CAP_COMMIT) || !peer->migration.len) {
@@ -389,13 +414,15 @@ static int prepare(struct receiver *rc, struct recv_run *run)
 		return -1;
 	}
 	/* Check QEMU before we accept anyone (libvirt's comes later: it prepares it). */
-	r = o->qemu_connect ? 0 : qmp_open(o->c.qmp_path, 10000, &run->q);
+	r = o->qemu_connect || o->standby ? 0 : qmp_open(o->c.qmp_path, 10000, &run->q);
 	if (r < 0) {
 		recv_fail(rc, PROXY_FAILED, "cannot reach the destination QEMU at %s: %s",
 			  o->c.qmp_path, strerror(-r));
 		return -1;
 	}
 	rc->ram_limit = run->q ? ram_limit_of(run->q) : 0;
+	if (o->standby)
+		rc->ram_limit = o->standby_max_ram ? o->standby_max_ram : PROXY_STANDBY_MAX_RAM;
 	/* Disk images to rebuild guest page-cache pages from: indexed up front. */
 	r = content_index_disks(run->q, o, &rc->rb.disks, err, sizeof(err));
 	if (r < 0) {
@@ -422,8 +449,9 @@ static int accept_sender(struct receiver *rc, struct recv_run *run)
 		.role = WIRE_ROLE_RECEIVER,
 		.caps = WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK | WIRE_CAP_POSTCOPY |
 			WIRE_CAP_STORE | WIRE_CAP_COMMIT | WIRE_CAP_LANES |
-			(o->qemu_connect ? 0 : WIRE_CAP_EARLY) |
-			(o->live && o->c.store_dir ? WIRE_CAP_LIVE : 0),
+			(o->qemu_connect || o->standby ? 0 : WIRE_CAP_EARLY) |
+			(o->live && o->c.store_dir ? WIRE_CAP_LIVE : 0) |
+			(o->standby ? WIRE_CAP_STANDBY : 0),
 		.site = o->c.store_dir ? run->site : "destination",
 	};
 	/* A stray, slow or refused client does not end us (wire/accept.h). */
@@ -567,6 +595,15 @@ static int start_incoming(struct receiver *rc, struct recv_run *run)
 	json_t *args;
 	int r;
 
+	if (run->o->standby) {
+		/* No QEMU: the rebuilt stream has nowhere to go; the store keeps the pages. */
+		rc->qfd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+		if (rc->qfd < 0) {
+			recv_fail(rc, PROXY_FAILED, "/dev/null: %s", strerror(errno));
+			return -1;
+		}
+		return start_threads(rc, run);
+	}
 	if (run->o->qemu_connect) {
 		r = connect_libvirt_qemu(rc, run, err, sizeof(err));
 		if (r < 0) {
@@ -606,7 +643,8 @@ static int start_threads(struct receiver *rc, struct recv_run *run)
 		recv_fail(rc, PROXY_FAILED, "cannot start threads");
 		return -1;
 	}
-	if (tsb_thread_create(&rc->th_ret, return_thread, rc)) {
+	/* A standby has no QEMU and so no return path. */
+	if (!run->o->standby && tsb_thread_create(&rc->th_ret, return_thread, rc)) {
 		recv_fail(rc, PROXY_FAILED, "cannot start threads");
 		shutdown(rc->qfd, SHUT_RDWR);
 		wire_conn_abort(rc->conn);
@@ -624,7 +662,8 @@ void recv_stop_threads(struct receiver *rc)
 	wire_conn_abort(rc->conn);
 	shutdown(rc->qfd, SHUT_RDWR);
 	pthread_join(rc->th_wan, NULL);
-	pthread_join(rc->th_ret, NULL);
+	if (!rc->o->standby)
+		pthread_join(rc->th_ret, NULL);
 	rc->threads = false;
 }
 
@@ -649,7 +688,7 @@ static enum proxy_outcome finish(struct receiver *rc, struct recv_run *run,
 	}
 	oc = rc->failed ? rc->outcome : PROXY_OK;
 	/* The arrival manifest (what came, from where): for the way back. */
-	if (oc == PROXY_OK)
+	if (oc == PROXY_OK && !rc->o->standby)
 		image_rec_commit(&rc->arrival, "arrival");
 	if (oc == PROXY_OK && rc->rb.store) {
 		/* The arrived disks: what the tenant's next VMs here may share. */
@@ -678,6 +717,63 @@ static enum proxy_outcome finish(struct receiver *rc, struct recv_run *run,
 	return oc;
 }
 
+/* Until the guest runs here, or it failed and was discarded. */
+static void receive_vm(struct receiver *rc, struct recv_run *run)
+{
+	const struct proxy_recv_options *o = run->o;
+
+	/* Watch the destination QEMU until it has loaded the guest, paused. */
+	if (o->qemu_connect)
+		recv_wait_loaded_libvirt(rc, &run->sig);
+	else
+		recv_wait_loaded(rc, run->q, &run->sig);
+	rc->loaded_ns = rc->failed ? 0 : tsb_now_ns();
+	if (!rc->failed)
+		log_info("the destination QEMU has loaded the guest (paused)");
+	if (rc->failed && rc->early_ok)
+		recv_discard_loading(rc, run->q, run->tls, &run->sig);
+	else if (!rc->failed && o->qemu_connect)
+		recv_settle_libvirt(rc, &run->sig);
+	else if (!rc->failed)
+		recv_settle(rc, run->q, run->tls, &run->sig, &run->resume_ns);
+}
+
+/*
+ * A standby's round (docs/standby.md): the WAN thread applies what comes
+ * (every page into the store) until the sender's DONE; then the round's
+ * image is kept, the older rounds' images of this VM dropped, and DONE
+ * tells the sender, which keeps its own image of the round only then.
+ */
+static void recv_standby_round(struct receiver *rc, volatile int *sig)
+{
+	char err[256];
+	int r;
+
+	while (!rc->wan_ended && !*sig)
+		usleep(10000);
+	if (*sig && !rc->wan_ended)
+		recv_fail(rc, PROXY_INTERRUPTED, "interrupted during the sync round");
+	if (rc->failed)
+		return;
+	if (!rc->round_done) {
+		recv_fail(rc, PROXY_LINK, "the sender ended the sync round without DONE");
+		return;
+	}
+	if (image_rec_commit(&rc->arrival, "standby")) {
+		content_prune_rounds(rc->rb.store, rc->vm, rc->peer_site, rc->image_id);
+		snprintf(err, sizeof(err), "round %s kept", rc->image_id);
+	} else {
+		snprintf(err, sizeof(err), "round %s: its pages kept, its image not", rc->image_id);
+	}
+	pthread_mutex_lock(&rc->send_lock);
+	r = wire_conn_send_status(rc->conn, WIRE_MSG_DONE, WIRE_CODE_OK, err);
+	pthread_mutex_unlock(&rc->send_lock);
+	if (r < 0)
+		log_warn("the sender may not hear that the round was kept: %s; its next "
+			 "round sends it again", strerror(-r));
+	rc->loaded_ns = tsb_now_ns();
+}
+
 enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_report)
 {
 	struct recv_run run = { .o = o, .lfd = -1 };
@@ -696,20 +792,10 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
 	if (prepare(rc, &run) == 0 && accept_sender(rc, &run) == 0 &&
 	    (rc->accepted_ns = tsb_now_ns()) && open_channels(rc, &run) == 0 &&
 	    start_incoming(rc, &run) == 0) {
-		/* Watch the destination QEMU until it has loaded the guest, paused. */
-		if (o->qemu_connect)
-			recv_wait_loaded_libvirt(rc, &run.sig);
+		if (o->standby)
+			recv_standby_round(rc, &run.sig);
 		else
-			recv_wait_loaded(rc, run.q, &run.sig);
-		rc->loaded_ns = rc->failed ? 0 : tsb_now_ns();
-		if (!rc->failed)
-			log_info("the destination QEMU has loaded the guest (paused)");
-		if (rc->failed && rc->early_ok)
-			recv_discard_loading(rc, run.q, run.tls, &run.sig);
-		else if (!rc->failed && o->qemu_connect)
-			recv_settle_libvirt(rc, &run.sig);
-		else if (!rc->failed)
-			recv_settle(rc, run.q, run.tls, &run.sig, &run.resume_ns);
+			receive_vm(rc, &run);
 	}
 	oc = finish(rc, &run, ret_report);
 	proxy_release_signals(&run.sig);

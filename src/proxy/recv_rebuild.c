@@ -691,7 +691,14 @@ static int handle_frame(struct receiver *rc, const struct wire_frame *f)
 		return -ECANCELED;
 	case WIRE_MSG_PING:
 		return send_u64(rc, WIRE_MSG_PONG, m.u.ping);
+	case WIRE_MSG_DONE:
+		/* A standby's round ends here: all before it is applied (and NEEDs answered). */
+		if (rc->o->standby && m.u.status.code == WIRE_CODE_OK)
+			rc->round_done = true;
+		return 0;
 	case WIRE_MSG_DECISION:
+		if (rc->o->standby)
+			return -EPROTO; /* a sync round is never switched over */
 		if (m.u.status.code == WIRE_DECIDE_ABORT && !rc->prepared) {
 			recv_fail(rc, PROXY_FAILED, "the sender aborted the migration");
 			return -ECANCELED;
@@ -768,6 +775,8 @@ void recv_process_frames(struct receiver *rc)
 				r = flush_and_ack(rc);
 			if (r < 0)
 				goto bad;
+			if (rc->round_done)
+				goto out;
 		}
 		r = next_frame(rc, &f);
 		if (r == 0) {
@@ -794,6 +803,8 @@ void recv_process_frames(struct receiver *rc)
 			r = flush_and_ack(rc);
 		if (r < 0)
 			goto bad;
+		if (rc->round_done)
+			break;
 	}
 	goto out;
 bad:

@@ -37,7 +37,8 @@
 /* Is QEMU told it may switch to postcopy (--mode, --postcopy-after)? */
 static bool may_postcopy(const struct proxy_send_options *o)
 {
-	return !o->qemu_listen && (o->postcopy_after_ms || o->mode != PROXY_MODE_PRECOPY);
+	return !o->qemu_listen && !o->standby_round &&
+	       (o->postcopy_after_ms || o->mode != PROXY_MODE_PRECOPY);
 }
 
 /*
@@ -441,6 +442,12 @@ static void *parse_thread(void *arg)
 		n = read(s->qfd, s->readbuf, PROXY_READ_CHUNK);
 		if (n < 0 && errno == EINTR)
 			continue;
+		if (n <= 0 && s->round.end) {
+			/* We ended the sync round: what was parsed is the round's. */
+			flush_cur(s);
+			s->stream_done = true;
+			break;
+		}
 		if (n < 0) {
 			sender_fail(s, PROXY_FAILED, "reading the migration stream from QEMU: %s",
 			     strerror(errno));
@@ -483,7 +490,7 @@ static void *parse_thread(void *arg)
 	 * follows the stream. The queue stays open until the outcome is
 	 * known (stop_threads()).
 	 */
-	if (!s->rp_cut || s->failed)
+	if ((!s->rp_cut && !s->round.end) || s->failed)
 		s->queue_closed = true;
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
@@ -1209,6 +1216,9 @@ static int setup_source(struct sender *s, struct qmp *q, struct migctl_options *
 	/* The source must hear of a failure at the destination. */
 	json_array_append_new(list, json_pack("{s:s, s:b}", "capability", "return-path",
 					      "state", 1));
+	/* Off unless wanted (below): QEMU keeps it from an earlier migration. */
+	json_array_append_new(list, json_pack("{s:s, s:b}", "capability",
+					      "pause-before-switchover", "state", 0));
 	args = json_pack("{s:o}", "capabilities", list);
 	list = NULL;
 	/* Unknown capabilities (older QEMUs) are reported, not fatal, one by one. */
@@ -1228,6 +1238,35 @@ out:
 	json_decref(list);
 	json_decref(st);
 	return r;
+}
+
+/*
+ * QEMU keeps its migration settings from one migration to the next: a sync
+ * round's (its scan rate, a short downtime-limit) must not become the next
+ * migration's, an evacuation's above all. A round notes them first and
+ * puts them back at its end (finish()).
+ */
+static json_t *source_settings(struct qmp *q)
+{
+	json_t *p = NULL, *saved;
+
+	if (qmp_execute(q, "query-migrate-parameters", NULL, &p, NULL, 0) < 0)
+		return NULL;
+	saved = json_pack("{s:O?, s:O?}", "downtime-limit", json_object_get(p, "downtime-limit"),
+			  "max-bandwidth", json_object_get(p, "max-bandwidth"));
+	json_decref(p);
+	return saved;
+}
+
+static void restore_source_settings(struct qmp *q, json_t *saved)
+{
+	char err[256];
+
+	if (!q || !saved || !json_object_size(saved))
+		return;
+	if (qmp_execute(q, "migrate-set-parameters", saved, NULL, err, sizeof(err)) < 0)
+		log_warn("QEMU's migration parameters could not be put back after the round: %s "
+			 "(downtime-limit and max-bandwidth may be the round's)", err);
 }
 
 /* The VM's id in stores: --vm-id, else QEMU's -name, else its UUID. */
@@ -1754,6 +1793,8 @@ static int pre_switchover(void *opaque, struct qmp *q, char *err, size_t errlen)
 {
 	struct sender *s = opaque;
 
+	if (s->o->standby_round)
+		return round_pre_switchover(s, err, errlen);
 	if (s->o->switch_gate)
 		s->o->switch_gate(s->o->switch_gate_opaque);
 	tsb_fault_point("pre-switchover");
@@ -1798,7 +1839,7 @@ static int disks_start(struct sender *s, struct qmp *q, struct wire_tls *tls,
 /* QEMU pauses before its switchover for our hook: disks, or a group's gate. */
 static int want_pre_switchover(struct sender *s, struct migctl_options *mo)
 {
-	if (s->o->qemu_listen || (!s->disks && !s->o->switch_gate))
+	if (s->o->qemu_listen || (!s->disks && !s->o->switch_gate && !s->o->standby_round))
 		return 0;
 	if (mo->n_caps >= MIGCTL_MAX_CAPS) {
 		sender_fail(s, PROXY_FAILED, "too many capabilities");
@@ -1885,6 +1926,7 @@ struct send_run {
 	pthread_t th_parse, th_wan, th_ret;
 	bool threads;			/* all three started */
 	char *caps_copy;		/* --caps, split by migctl_parse_caps() */
+	json_t *settings;		/* a sync round: QEMU's settings before it */
 	uint64_t start_ns;
 	bool early;			/* QEMU told to migrate before the link's handshake */
 };
@@ -1933,11 +1975,13 @@ static void hello_of(struct sender *s, struct wire_hello_args *hello)
 	hello->migration = s->image_id;
 	hello->caps = WIRE_CAP_COMMIT | WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
 		      (may_postcopy(o) ? WIRE_CAP_POSTCOPY : 0) |
-		      (o->no_disks || (o->qemu_listen && !o->n_libvirt_disks) ? 0 : WIRE_CAP_DISK) |
+		      (o->no_disks || o->standby_round || (o->qemu_listen && !o->n_libvirt_disks) ?
+		       0 : WIRE_CAP_DISK) |
 		      (o->qemu_listen ? WIRE_CAP_LIBVIRT :
 		       o->commit_late ? 0 : WIRE_CAP_EARLY) |
 		      (o->connections > 1 ? WIRE_CAP_LANES : 0) |
-		      (o->live ? WIRE_CAP_LIVE : 0);
+		      (o->live ? WIRE_CAP_LIVE : 0) |
+		      (o->standby_round ? WIRE_CAP_STANDBY : 0);
 	hello->site = "source";
 	hello->vm = s->vm[0] ? s->vm : NULL;
 	hello->tenant = o->c.tenant; /* the receiver checks our credential against it */
@@ -2035,6 +2079,11 @@ static int connect_receiver(struct sender *s, struct send_run *run)
 		  (unsigned long long)((tsb_now_ns() - t_hello) / 1000000),
 		  (unsigned long long)(s->window >> 10));
 	snprintf(s->peer_site, sizeof(s->peer_site), "%.*s", (int)peer.site.len, peer.site.p);
+	if (o->standby_round && !(peer.caps & WIRE_CAP_STANDBY)) {
+		sender_fail(s, PROXY_FAILED, "%s is not a standby ('tsubame recv --standby'): a "
+			    "sync round goes to one", o->to);
+		return -1;
+	}
 	s->early_ok = (hello.caps & peer.caps & WIRE_CAP_EARLY) != 0;
 	s->live_ok = (hello.caps & peer.caps & WIRE_CAP_LIVE) && s->store;
 	lanes = o->connections > 1 && (peer.caps & WIRE_CAP_LANES) ? o->connections : 1;
@@ -2119,9 +2168,14 @@ static int prepare_source(struct sender *s, struct send_run *run)
 	mo->downtime_limit_ms = o->downtime_limit_ms;
 	mo->timeout_ms = o->c.timeout_ms;
 	mo->abort_flag = &s->abort_flag;
-	if (!o->no_disks && !run->early &&
+	if (!o->no_disks && !o->standby_round && !run->early &&
 	    disks_start(s, run->q, run->tls, run->host, run->port, mo) < 0)
 		return -1;
+	/* A round runs passes until we end it; QEMU should not try to stop for a switchover. */
+	if (o->standby_round && !mo->downtime_limit_ms)
+		mo->downtime_limit_ms = 1;
+	if (o->standby_round)
+		run->settings = source_settings(run->q);
 	if (want_pre_switchover(s, mo) < 0)
 		return -1;
 	log_debug("source: setting QEMU's migration up");
@@ -2171,6 +2225,7 @@ static void migrate_tick(void *opaque, json_t *stats)
 	if (run->res.postcopy)
 		run->pc.s->in_postcopy = true;
 	report_progress_tick(&run->pc, stats);
+	round_tick(run->pc.s, stats, run->pc.s->migrate_ns);
 	commit_in_postcopy(run->pc.s, stats, &run->res);
 }
 
@@ -2297,13 +2352,66 @@ static int start_source_early(struct sender *s, struct send_run *run)
 	char err[256];
 
 	/* Disks named or found: their mirrors go first, over the link. */
-	if (o->qemu_listen || (!o->no_disks &&
+	if (o->qemu_listen || (!o->no_disks && !o->standby_round &&
 			       (o->n_disks || disk_send_count(run->q, &all, err, sizeof(err)))))
 		return 0;
 	run->early = true;
 	if (prepare_source(s, run) < 0 || tell_qemu(s, run) < 0)
 		return -1;
 	return 0;
+}
+
+/*
+ * The end of a sync round (send_round.c): we ended QEMU's migration and
+ * the source runs on. What was parsed goes out, DONE behind it; the
+ * standby's DONE says it kept the round, and only then do we keep ours
+ * (finish()). Any failure here is a failed round: the source runs.
+ */
+static void finish_round(struct sender *s, struct send_run *run)
+{
+	uint64_t t0, acked, limit = stall_limit_ms(s) * 1000000;
+	bool completed = false;
+	char err[512];
+	struct job *j;
+
+	if (commit_resume_source(run->q, s->rec.resume, false, &completed, err, sizeof(err)) < 0) {
+		sender_fail(s, PROXY_FAILED, "the source VM did not run again after the round: "
+			    "%s; run 'tsubame resolve %s' here", err, s->rec.id);
+		return;
+	}
+	if (!s->failed && !s->round.end)
+		sender_fail(s, PROXY_FAILED, "source QEMU: migration %s%s%s", run->res.status,
+			    run->res.error[0] ? ": " : "", run->res.error);
+	if (s->failed)
+		return;
+	record_drop(s->o->c.state_dir, &s->rec);
+	for (t0 = tsb_now_ns(); !s->stream_done && !s->failed && tsb_now_ns() - t0 < limit;)
+		usleep(2000);
+	j = s->stream_done && !s->failed ? sender_job_get(s) : NULL;
+	if (!j || wire_encode_status(&j->buf, WIRE_MSG_DONE, WIRE_CODE_OK, "sync round") < 0) {
+		if (j)
+			job_put(s, j);
+		sender_fail(s, PROXY_FAILED, "the round's stream did not end");
+		return;
+	}
+	j->kind = JOB_FRAME;
+	j->main_only = true;
+	sender_queue_push(s, j, false);
+	tsb_fault_point("round-done-sent");
+	/* The standby applies all before DONE (NEEDs answered meanwhile); a stall only ends it. */
+	for (t0 = tsb_now_ns(), acked = s->acked;
+	     !s->peer_done && !s->failed && s->abort_flag <= 1 && tsb_now_ns() - t0 < limit;) {
+		if (s->acked != acked) {
+			acked = s->acked;
+			t0 = tsb_now_ns();
+		}
+		usleep(5000);
+	}
+	if (!s->peer_done && !s->failed)
+		sender_fail(s, s->abort_flag > 1 ? PROXY_INTERRUPTED : PROXY_LINK,
+			    "the standby did not confirm the round");
+	if (s->peer_done)
+		log_info("sync: the standby says: %s", s->peer_done_text);
 }
 
 /* QEMU migrates through us; then the switchover is committed or undone. */
@@ -2328,6 +2436,10 @@ static void migrate(struct sender *s, struct send_run *run)
 	s->qemu_done_ns = tsb_now_ns();
 	if (run->pc.tty)
 		fputc('\n', stderr);
+	if (s->o->standby_round) {
+		finish_round(s, run);
+		return;
+	}
 	if (r < 0 && s->decided_commit) {
 		postcopy_broken(s, run);
 		if (s->decided_commit && s->o->c.recover_timeout_ms && s->abort_flag <= 1)
@@ -2357,8 +2469,8 @@ static void stop_threads(struct sender *s, struct send_run *run)
 {
 	if (!run->threads)
 		return;
-	if (!s->failed && s->peer_outcome == WIRE_OUTCOME_RUNNING) {
-		/* Clean end: let the WAN thread drain, then close. */
+	if (!s->failed && (s->peer_outcome == WIRE_OUTCOME_RUNNING || s->peer_done)) {
+		/* Clean end (a sync round: the standby kept it): let the WAN thread drain, then close. */
 		pthread_mutex_lock(&s->lock);
 		s->queue_closed = true;
 		pthread_cond_broadcast(&s->cond);
@@ -2368,7 +2480,7 @@ static void stop_threads(struct sender *s, struct send_run *run)
 	}
 	pthread_join(run->th_parse, NULL);
 	pthread_join(run->th_wan, NULL);
-	if (!s->failed || s->peer_outcome)
+	if (!s->failed || s->peer_outcome || s->peer_done)
 		wire_conn_close(s->conn);
 	wire_conn_abort(s->conn);
 	pthread_join(run->th_ret, NULL);
@@ -2380,7 +2492,10 @@ static json_t *report_of(struct sender *s, struct send_run *run, enum proxy_outc
 			 uint64_t end_ns, uint64_t commit_ms)
 {
 	json_t *report = report_make(s, &run->res, run->start_ns, end_ns);
+	json_t *sync = round_report(s);
 
+	if (sync)
+		json_object_set_new(report, "sync", sync);
 	if (s->store)
 		json_object_set_new(json_object_get(report, "store"), "commit_ms",
 				    json_integer((json_int_t)commit_ms));
@@ -2416,15 +2531,18 @@ static enum proxy_outcome finish(struct sender *s, struct send_run *run, json_t 
 	}
 	if (s->failed && run->q && !s->decided_commit)
 		abort_switchover(s, run->q, run->tls);
+	restore_source_settings(run->q, run->settings);
+	json_decref(run->settings);
 	oc = s->failed ? s->outcome : PROXY_OK;
 	if (s->failed && s->outcome == PROXY_OK && !s->libvirt_ok)
 		oc = s->outcome = PROXY_FAILED;
 	end_ns = tsb_now_ns();
-	if (oc == PROXY_OK)
+	if (oc == PROXY_OK && !run->o->standby_round)
 		content_net_notify(run->o->c.net_agent, s->vm, NULL);
 	if (oc == PROXY_OK && s->departure.image && !s->departure.failed) {
-		/* This host keeps the VM's last image for when it comes back. */
-		image_rec_commit(&s->departure, "departure");
+		/* This host keeps the VM's last image for when it comes back (or a round's). */
+		if (image_rec_commit(&s->departure, "departure") && run->o->standby_round)
+			content_prune_rounds(s->store, s->vm, s->peer_site, s->image_id);
 		commit_ms = (tsb_now_ns() - end_ns) / 1000000;
 	}
 	if (oc == PROXY_OK && s->store) {

@@ -129,6 +129,9 @@ void encode_image_setup(struct sender *s, const struct qs_event *ev)
 	snprintf(info.vm, sizeof(info.vm), "%s", s->vm);
 	info.role = STORE_IMAGE_DEPARTURE;
 	snprintf(info.peer_site, sizeof(info.peer_site), "%s", s->peer_site);
+	/* A sync round: the standby keeps its image of it under the same id. */
+	if (s->o->standby_round)
+		snprintf(info.peer_image, sizeof(info.peer_image), "%s", s->image_id);
 	info.peer_generation = s->peer.store_gen;
 	image_rec_start(&s->departure, &info, blocks, n);
 	for (i = 0; i < n; i++) {

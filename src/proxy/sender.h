@@ -250,6 +250,15 @@ struct sender {
 	uint64_t sent_stream;
 	uint64_t push_held_ns;		/* WAN thread: time the push was held */
 
+	/* A sync round to a standby (send_round.c; o->standby_round). */
+	struct {
+		atomic_bool end;	/* ending: QEMU's migration is being cancelled */
+		const char *ended_by;	/* why: "first pass", "pre-switchover", "round limit" */
+		/* QEMU's figures when it ended: dirty-sync-count, bytes, bytes/s. */
+		uint64_t pass, ram_total, remaining, dirty_rate;
+		uint64_t end_ns;
+	} round;
+
 	/* Consecutive unchanged pages waiting to go as one SAMERUN (parse thread). */
 	struct {
 		uint16_t count, qflags, block;
@@ -339,6 +348,15 @@ void sender_lanes_end(struct sender *s, bool clean);
 void sender_lanes_free(struct sender *s);
 /* Bytes over all connections of the migration. */
 void sender_link_stats(const struct sender *s, struct wire_conn_stats *ret);
+
+/* ---- send_round.c: a sync round to a standby (docs/standby.md) ---- */
+
+/* migctl's tick: ends the round once QEMU's first pass is through or time is up. */
+void round_tick(struct sender *s, json_t *stats, uint64_t since_ns);
+/* The source stopped for a switchover a round never makes: end the round. */
+int round_pre_switchover(struct sender *s, char *err, size_t errlen);
+/* The report's "sync": what the standby lacks at the round's end. */
+json_t *round_report(const struct sender *s);
 
 /* ---- send_report.c ---- */
 

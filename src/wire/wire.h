@@ -127,6 +127,9 @@ enum {
 	WIRE_CAP_LIVE = 1u << 14,    /* LIVE page entries: the receiver shares its
 				      * store with the receivers of the sender's
 				      * group (docs/group.md, "Live sharing") */
+	WIRE_CAP_STANDBY = 1u << 15, /* a sync round to a standby's store, which
+				      * runs no VM: never switched over; DONE
+				      * ends it (docs/standby.md) */
 };
 
 /* Connections (lanes) one migration's stream may be spread over. */

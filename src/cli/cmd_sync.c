@@ -1,0 +1,266 @@
+/*
+ * tsubame sync: rounds of a running VM's memory into a standby's store,
+ * and tsubame recv --standby, which keeps them (docs/standby.md).
+ *
+ * Each round is one send to the standby (proxy_send with standby_round):
+ * a fresh connection, so a cut link costs one round, and the next one
+ * starts when the link is back. Between rounds the standby's staleness
+ * grows by what the guest dirties: said on the progress line and as JSON.
+ */
+#include "cli/cli.h"
+#include "cli/send_recv.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "proxy/proxy.h"
+#include "wire/pacer.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SYNC_INTERVAL_DEFAULT_NS (60 * 1000000000ull)
+/* After a failed round: retry sooner than the interval, but not in a loop. */
+#define SYNC_RETRY_NS (5 * 1000000000ull)
+/* QEMU's max-bandwidth in a round unless given: how fast it reads the guest's memory. */
+#define SYNC_SCAN_RATE_DEFAULT (64ull << 20)
+/* How often a waiting sync says how stale the standby is. */
+#define SYNC_STATUS_EVERY_NS (10 * 1000000000ull)
+
+/* What the standby lacks: what the last kept round left, and since then. */
+struct staleness {
+	unsigned kept, failed;		/* rounds */
+	uint64_t kept_ns;		/* when the last kept round ended; 0: none yet */
+	uint64_t stale_bytes;		/* QEMU's dirty bytes not yet sent at its end */
+	uint64_t dirty_rate;		/* bytes/s the guest dirtied then */
+	uint64_t ram_bytes;
+};
+
+static uint64_t json_u64(json_t *o, const char *key)
+{
+	json_int_t v = json_integer_value(json_object_get(o, key));
+
+	return v > 0 ? (uint64_t)v : 0;
+}
+
+/* Bytes the standby lacks now, at most: the round's rest plus what was dirtied since. */
+static uint64_t stale_now(const struct staleness *st, uint64_t now)
+{
+	uint64_t age = st->kept_ns ? now - st->kept_ns : 0;
+	uint64_t b = st->stale_bytes + (uint64_t)(st->dirty_rate * (age / 1e9));
+
+	return st->ram_bytes && b > st->ram_bytes ? st->ram_bytes : b;
+}
+
+static void say_status(const struct staleness *st, bool json, bool tty, uint64_t now)
+{
+	double age = st->kept_ns ? (now - st->kept_ns) / 1e9 : -1;
+
+	if (json) {
+		printf("{\"event\":\"stale\",\"rounds_kept\":%u,\"rounds_failed\":%u,"
+		       "\"age_s\":%.1f,\"stale_bytes\":%llu}\n", st->kept, st->failed, age,
+		       (unsigned long long)stale_now(st, now));
+		fflush(stdout);
+	}
+	if (tty && st->kept_ns)
+		fprintf(stderr, "\rsync: %u round(s) kept; the last %.0f s ago; the standby lacks "
+			"at most %.1f MB   ", st->kept, age, stale_now(st, now) / 1e6);
+}
+
+/* One round's line and event; updates st from a kept round's report. */
+static void round_done(struct staleness *st, enum proxy_outcome oc, json_t *report,
+		       uint64_t round_ns, bool json)
+{
+	json_t *sync = json_object_get(report, "sync");
+	json_t *wan = json_object_get(report, "wan");
+	uint64_t wan_bytes = json_u64(wan, "bytes_sent") + json_u64(wan, "bytes_received");
+
+	if (oc == PROXY_OK) {
+		st->kept++;
+		st->kept_ns = tsb_now_ns();
+		st->stale_bytes = json_u64(sync, "stale_bytes");
+		st->dirty_rate = json_u64(sync, "dirty_bytes_per_s");
+		st->ram_bytes = json_u64(sync, "ram_bytes");
+		log_notice("sync: round %u kept: %.1f MB on the WAN in %.1f s; the standby lacks "
+			   "%.1f MB (the guest dirties %.1f MB/s)", st->kept, wan_bytes / 1e6,
+			   round_ns / 1e9, st->stale_bytes / 1e6, st->dirty_rate / 1e6);
+	} else {
+		st->failed++;
+		log_warn("sync: the round failed (%s); the standby keeps the last kept round",
+			 json_string_value(json_object_get(report, "error")) ?: "see above");
+	}
+	if (!json)
+		return;
+	printf("{\"event\":\"round\",\"ok\":%s,\"round\":%u,\"wan_bytes\":%llu,"
+	       "\"round_ms\":%llu,\"stale_bytes\":%llu,\"dirty_bytes_per_s\":%llu,"
+	       "\"ended_by\":\"%s\"}\n", oc == PROXY_OK ? "true" : "false",
+	       st->kept + st->failed, (unsigned long long)wan_bytes,
+	       (unsigned long long)(round_ns / 1000000),
+	       (unsigned long long)(oc == PROXY_OK ? st->stale_bytes : 0),
+	       (unsigned long long)(oc == PROXY_OK ? st->dirty_rate : 0),
+	       json_string_value(json_object_get(sync, "ended_by")) ?: "");
+	fflush(stdout);
+}
+
+/* Sleeps until t (or a signal), saying how stale the standby is meanwhile. */
+static void wait_until(uint64_t t, volatile int *sig, const struct staleness *st,
+		       const struct cli_sr_extra *x, bool tty)
+{
+	uint64_t next = tsb_now_ns(), now;
+
+	while (!*sig && (now = tsb_now_ns()) < t) {
+		if (now >= next) {
+			say_status(st, x->json, tty, now);
+			next = now + (tty ? 1000000000ull : SYNC_STATUS_EVERY_NS);
+		}
+		usleep(100000);
+	}
+	if (tty && st->kept_ns)
+		fputc('\n', stderr);
+}
+
+int cli_sync_run(struct proxy_send_options *o, const struct cli_sr_extra *x)
+{
+	uint64_t interval = x->interval_ns ? x->interval_ns : SYNC_INTERVAL_DEFAULT_NS;
+	uint64_t deadline = o->c.timeout_ms ? tsb_now_ns() + o->c.timeout_ms * 1000000 : 0;
+	struct staleness st = { 0 };
+	volatile int sig = 0;
+	bool tty = o->c.progress;
+	enum proxy_outcome oc = PROXY_OK;
+	int rc = TSB_EXIT_OK;
+
+	o->standby_round = true;
+	o->c.timeout_ms = 0;	/* --timeout bounds the whole sync, not a round */
+	o->c.progress = false;	/* one line per round instead */
+	if (!o->max_bandwidth)
+		o->max_bandwidth = SYNC_SCAN_RATE_DEFAULT;
+	if (x->bandwidth && !(o->pacer = wire_pacer_new(x->bandwidth))) {
+		log_error("out of memory");
+		return TSB_EXIT_FAILED;
+	}
+	proxy_catch_signals(&sig);
+	while (!sig && (!x->rounds || st.kept < x->rounds)) {
+		uint64_t t0 = tsb_now_ns();
+		json_t *report = NULL;
+
+		if (deadline && t0 >= deadline) {
+			log_error("sync: --timeout reached after %u kept round(s)", st.kept);
+			rc = 3;
+			break;
+		}
+		oc = proxy_send(o, &report);
+		if (oc == PROXY_INTERRUPTED || sig) {
+			json_decref(report);
+			break;
+		}
+		round_done(&st, oc, report, tsb_now_ns() - t0, x->json);
+		if (report && o->c.report_path && proxy_write_report(o->c.report_path, report) < 0)
+			log_warn("cannot write the report to %s", o->c.report_path);
+		json_decref(report);
+		/* Refused for good (a wrong key, a receiver that is no standby): say so and stop. */
+		if (oc == PROXY_AUTH || oc == PROXY_UNSUPPORTED ||
+		    (oc == PROXY_FAILED && !st.kept && st.failed >= 3)) {
+			rc = cli_proxy_exit_code(oc);
+			break;
+		}
+		if (x->rounds && st.kept >= x->rounds)
+			break;
+		wait_until((oc == PROXY_OK ? t0 + interval : tsb_now_ns() + SYNC_RETRY_NS),
+			   &sig, &st, x, tty);
+	}
+	proxy_release_signals(&sig);
+	wire_pacer_free(o->pacer);
+	o->pacer = NULL;
+	if (sig)
+		return 130;
+	if (rc == TSB_EXIT_OK && x->rounds && st.kept < x->rounds)
+		rc = cli_proxy_exit_code(oc);
+	return rc;
+}
+
+int cli_standby_run(const struct proxy_recv_options *given, const struct cli_sr_extra *x)
+{
+	struct proxy_recv_options o = *given;
+	unsigned kept = 0, failed = 0;
+	volatile int sig = 0;
+	enum proxy_outcome oc = PROXY_OK;
+
+	o.standby = true;
+	proxy_catch_signals(&sig);
+	while (!sig && (!x->rounds || kept < x->rounds)) {
+		json_t *report = NULL;
+
+		oc = proxy_recv(&o, &report);
+		if (oc == PROXY_OK) {
+			kept++;
+			log_notice("standby: round %u kept", kept);
+		} else if (oc != PROXY_INTERRUPTED) {
+			failed++;
+			log_warn("standby: a round failed; waiting for the next");
+		}
+		if (report && o.c.report_path && proxy_write_report(o.c.report_path, report) < 0)
+			log_warn("cannot write the report to %s", o.c.report_path);
+		json_decref(report);
+		/* Our own setup failed (the port, the key): no round can come. */
+		if (oc == PROXY_AUTH || (oc == PROXY_FAILED && !kept && failed >= 20))
+			break;
+		if (oc == PROXY_INTERRUPTED)
+			break;
+	}
+	proxy_release_signals(&sig);
+	if (sig || oc == PROXY_INTERRUPTED)
+		return 130;
+	return x->rounds && kept < x->rounds ? cli_proxy_exit_code(oc) : TSB_EXIT_OK;
+}
+
+int cmd_sync(int argc, char **argv)
+{
+	struct proxy_send_options o = { 0 };
+	struct cli_sr_extra x = { 0 };
+	int r = cli_sync_parse(argc, argv, &o, &x);
+
+	if (r)
+		return r;
+	if (x.help) {
+		printf("Usage: tsubame sync --qmp SOCKET --to HOST:PORT --key FILE [OPTIONS]\n"
+		       "\n"
+		       "Keeps a standby site nearly up to date with the local running VM, so\n"
+		       "that evacuating it there ('tsubame send' to a 'tsubame recv' on that\n"
+		       "site) sends only what changed since. Every --interval a round sends the\n"
+		       "VM's memory to 'tsubame recv --standby' at HOST:PORT as a precopy that\n"
+		       "is ended after QEMU's first pass: the VM keeps running here, and the\n"
+		       "standby keeps the round in its store. Pages the standby holds from\n"
+		       "earlier rounds travel as references, so a round costs what changed.\n"
+		       "A failed round (a cut link) is retried; the standby keeps the last kept\n"
+		       "round meanwhile. Memory only: disks move at the evacuation\n"
+		       "(docs/standby.md).\n"
+		       "\n"
+		       "Options:\n"
+		       "  --to HOST:PORT         where 'tsubame recv --standby' listens (required)\n"
+		       "  --interval DUR         from one round's start to the next (default 60s)\n"
+		       "  --rounds N             stop after N kept rounds (default: until\n"
+		       "                         interrupted)\n"
+		       "  --bandwidth RATE       cap on what the rounds put on the WAN (e.g. 20mbit)\n"
+		       "  --max-bandwidth RATE   how fast a round reads the guest's memory (QEMU's\n"
+		       "                         max-bandwidth; default 64MiB/s): the guest's CPU\n"
+		       "                         and memory bandwidth a round takes\n"
+		       "  --timeout DUR          stop syncing after this long (exit 3)\n"
+		       "  --json                 JSON lines on stdout: one per round ('round') and\n"
+		       "                         every 10 s between them ('stale': the last kept\n"
+		       "                         round's age and the bytes the standby lacks)\n"
+		       "  --report FILE          each round's JSON report (the last one stays)\n"
+		       "  --vm-id ID             the VM's id in stores (default: QEMU's -name)\n"
+		       "  --zstd-level N         fixed zstd level (0 = none); default adapts\n"
+		       "  --qmp SOCKET, --key FILE, --cert/--cert-key/--ca, --store DIR,\n"
+		       "  --store-cap SIZE, --tenant NAME, --cache SIZE, --stall-timeout DUR,\n"
+		       "  --state-dir DIR, -v    as for 'tsubame send'\n"
+		       "\n"
+		       "Exit status: 0 after --rounds kept rounds; 1 a round failed and no more\n"
+		       "were tried (e.g. the standby refused); 2 usage; 3 --timeout; 5 the\n"
+		       "standby refused our key; 130 interrupted. A sync never stops the VM for\n"
+		       "good and never runs it at the standby.\n");
+		return TSB_EXIT_OK;
+	}
+	return cli_sync_run(&o, &x);
+}

@@ -442,8 +442,11 @@ static int parse_group_opt(const char *cmd, bool send, int c, struct parsed *p)
 	default:
 		return OPT_OTHER;
 	}
-	if (p->x.sync && c == OPT_JSON) {
-		p->x.json = true;
+	if (p->x.sync && (c == OPT_JSON || c == OPT_PLAN)) {
+		if (c == OPT_JSON)
+			p->x.json = true;
+		else
+			p->x.plan = optarg;
 		return 0;
 	}
 	if (!p->group)
@@ -530,6 +533,14 @@ static int check_sync(const char *cmd, struct parsed *p)
 	return 0;
 }
 
+/* 'tsubame sync --plan': each VM's QEMU, standby and id come from the plan. */
+static int check_sync_plan(const char *cmd, struct parsed *p)
+{
+	if (p->c.qmp_path || p->to || p->vm_id)
+		return cli_usage_error(cmd, "--qmp, --to and --vm-id come from the plan for each VM");
+	return 0;
+}
+
 /* A standby runs no VM: no QEMU options; its store is what it is for. */
 static int check_standby(const char *cmd, struct parsed *p)
 {
@@ -598,7 +609,8 @@ static int check_one_vm(const char *cmd, bool send, struct parsed *p)
 static int check_parsed(const char *cmd, bool send, struct parsed *p)
 {
 	int r = p->group ? check_group(cmd, p) :
-		p->x.standby ? check_standby(cmd, p) : check_one_vm(cmd, send, p);
+		p->x.standby ? check_standby(cmd, p) :
+		p->x.sync && p->x.plan ? check_sync_plan(cmd, p) : check_one_vm(cmd, send, p);
 
 	if (r == 0 && p->x.sync)
 		r = check_sync(cmd, p);

@@ -11,11 +11,13 @@
 #include "cli/send_recv.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "group/group.h"
 #include "proxy/proxy.h"
 #include "wire/pacer.h"
 
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,8 +30,9 @@
 /* How often a waiting sync says how stale the standby is. */
 #define SYNC_STATUS_EVERY_NS (10 * 1000000000ull)
 
-/* What the standby lacks: what the last kept round left, and since then. */
+/* What the standby lacks of one VM: what its last kept round left, and since then. */
 struct staleness {
+	const char *vm;			/* its id ("" for the single VM without --vm-id) */
 	unsigned kept, failed;		/* rounds */
 	uint64_t kept_ns;		/* when the last kept round ended; 0: none yet */
 	uint64_t stale_bytes;		/* QEMU's dirty bytes not yet sent at its end */
@@ -53,19 +56,29 @@ static uint64_t stale_now(const struct staleness *st, uint64_t now)
 	return st->ram_bytes && b > st->ram_bytes ? st->ram_bytes : b;
 }
 
-static void say_status(const struct staleness *st, bool json, bool tty, uint64_t now)
+static void say_status(const struct staleness *st, size_t n, bool json, bool tty, uint64_t now)
 {
-	double age = st->kept_ns ? (now - st->kept_ns) / 1e9 : -1;
+	uint64_t lacks = 0, oldest = 0;
+	unsigned kept = 0;
 
-	if (json) {
-		printf("{\"event\":\"stale\",\"rounds_kept\":%u,\"rounds_failed\":%u,"
-		       "\"age_s\":%.1f,\"stale_bytes\":%llu}\n", st->kept, st->failed, age,
-		       (unsigned long long)stale_now(st, now));
-		fflush(stdout);
+	for (size_t i = 0; i < n; i++) {
+		double age = st[i].kept_ns ? (now - st[i].kept_ns) / 1e9 : -1;
+
+		lacks += stale_now(&st[i], now);
+		kept += st[i].kept;
+		if (st[i].kept_ns && (!oldest || st[i].kept_ns < oldest))
+			oldest = st[i].kept_ns;
+		if (!json)
+			continue;
+		printf("{\"event\":\"stale\",\"vm\":\"%s\",\"rounds_kept\":%u,\"rounds_failed\":%u,"
+		       "\"age_s\":%.1f,\"stale_bytes\":%llu}\n", st[i].vm, st[i].kept, st[i].failed,
+		       age, (unsigned long long)stale_now(&st[i], now));
 	}
-	if (tty && st->kept_ns)
-		fprintf(stderr, "\rsync: %u round(s) kept; the last %.0f s ago; the standby lacks "
-			"at most %.1f MB   ", st->kept, age, stale_now(st, now) / 1e6);
+	if (json)
+		fflush(stdout);
+	if (tty && oldest)
+		fprintf(stderr, "\rsync: %u round(s) kept; the oldest last round %.0f s ago; the "
+			"standby lacks at most %.1f MB   ", kept, (now - oldest) / 1e9, lacks / 1e6);
 }
 
 /* One round's line and event; updates st from a kept round's report. */
@@ -82,19 +95,21 @@ static void round_done(struct staleness *st, enum proxy_outcome oc, json_t *repo
 		st->stale_bytes = json_u64(sync, "stale_bytes");
 		st->dirty_rate = json_u64(sync, "dirty_bytes_per_s");
 		st->ram_bytes = json_u64(sync, "ram_bytes");
-		log_notice("sync: round %u kept: %.1f MB on the WAN in %.1f s; the standby lacks "
-			   "%.1f MB (the guest dirties %.1f MB/s)", st->kept, wan_bytes / 1e6,
-			   round_ns / 1e9, st->stale_bytes / 1e6, st->dirty_rate / 1e6);
+		log_notice("sync: %s%sround %u kept: %.1f MB on the WAN in %.1f s; the standby lacks "
+			   "%.1f MB (the guest dirties %.1f MB/s)", st->vm, st->vm[0] ? ": " : "",
+			   st->kept, wan_bytes / 1e6, round_ns / 1e9, st->stale_bytes / 1e6,
+			   st->dirty_rate / 1e6);
 	} else {
 		st->failed++;
-		log_warn("sync: the round failed (%s); the standby keeps the last kept round",
+		log_warn("sync: %s%sthe round failed (%s); the standby keeps the last kept round",
+			 st->vm, st->vm[0] ? ": " : "",
 			 json_string_value(json_object_get(report, "error")) ?: "see above");
 	}
 	if (!json)
 		return;
-	printf("{\"event\":\"round\",\"ok\":%s,\"round\":%u,\"wan_bytes\":%llu,"
+	printf("{\"event\":\"round\",\"vm\":\"%s\",\"ok\":%s,\"round\":%u,\"wan_bytes\":%llu,"
 	       "\"round_ms\":%llu,\"stale_bytes\":%llu,\"dirty_bytes_per_s\":%llu,"
-	       "\"ended_by\":\"%s\"}\n", oc == PROXY_OK ? "true" : "false",
+	       "\"ended_by\":\"%s\"}\n", st->vm, oc == PROXY_OK ? "true" : "false",
 	       st->kept + st->failed, (unsigned long long)wan_bytes,
 	       (unsigned long long)(round_ns / 1000000),
 	       (unsigned long long)(oc == PROXY_OK ? st->stale_bytes : 0),
@@ -104,78 +119,151 @@ static void round_done(struct staleness *st, enum proxy_outcome oc, json_t *repo
 }
 
 /* Sleeps until t (or a signal), saying how stale the standby is meanwhile. */
-static void wait_until(uint64_t t, volatile int *sig, const struct staleness *st,
+static void wait_until(uint64_t t, volatile int *sig, const struct staleness *st, size_t n,
 		       const struct cli_sr_extra *x, bool tty)
 {
 	uint64_t next = tsb_now_ns(), now;
+	bool said = false;
 
 	while (!*sig && (now = tsb_now_ns()) < t) {
 		if (now >= next) {
-			say_status(st, x->json, tty, now);
+			say_status(st, n, x->json, tty, now);
+			said = true;
 			next = now + (tty ? 1000000000ull : SYNC_STATUS_EVERY_NS);
 		}
 		usleep(100000);
 	}
-	if (tty && st->kept_ns)
+	if (tty && said)
 		fputc('\n', stderr);
 }
 
-int cli_sync_run(struct proxy_send_options *o, const struct cli_sr_extra *x)
+/* The VMs to sync: the command line's one, or the plan's (each its QEMU, standby, id). */
+struct sync_vms {
+	struct group_plan plan;
+	size_t n;
+	struct staleness *st;
+};
+
+static int load_vms(struct proxy_send_options *o, const struct cli_sr_extra *x,
+		    struct sync_vms *v)
 {
+	char err[512];
+
+	memset(v, 0, sizeof(*v));
+	if (x->plan && (group_plan_load(x->plan, &v->plan, err, sizeof(err)) < 0 ||
+			group_plan_check(&v->plan, true, err, sizeof(err)) < 0))
+		return cli_usage_error("sync", "--plan %s: %s", x->plan, err);
+	v->n = x->plan ? v->plan.n_vms : 1;
+	v->st = calloc(v->n ? v->n : 1, sizeof(*v->st));
+	if (!v->st) {
+		log_error("out of memory");
+		return TSB_EXIT_FAILED;
+	}
+	for (size_t i = 0; i < v->n; i++)
+		v->st[i].vm = x->plan ? v->plan.vms[i].name : o->vm_id ? o->vm_id : "";
+	if (x->plan && !o->c.tenant && v->plan.tenant[0])
+		o->c.tenant = v->plan.tenant;
+	return 0;
+}
+
+/* Points o at VM i of the plan (the single VM needs nothing). */
+static void aim(struct proxy_send_options *o, const struct sync_vms *v, size_t i)
+{
+	if (!v->plan.n_vms)
+		return;
+	o->c.qmp_path = v->plan.vms[i].qmp;
+	o->to = v->plan.vms[i].to;
+	o->vm_id = v->plan.vms[i].name;
+}
+
+static bool all_kept(const struct sync_vms *v, unsigned rounds)
+{
+	for (size_t i = 0; i < v->n; i++)
+		if (v->st[i].kept < rounds)
+			return false;
+	return true;
+}
+
+int cli_sync_run(const struct proxy_send_options *given, const struct cli_sr_extra *x)
+{
+	/* Each round's options: the plan's VM in turn. */
+	struct proxy_send_options round_o = *given, *o = &round_o;
 	uint64_t interval = x->interval_ns ? x->interval_ns : SYNC_INTERVAL_DEFAULT_NS;
 	uint64_t deadline = o->c.timeout_ms ? tsb_now_ns() + o->c.timeout_ms * 1000000 : 0;
-	struct staleness st = { 0 };
+	uint64_t bandwidth = x->bandwidth;
 	volatile int sig = 0;
-	bool tty = o->c.progress;
+	bool tty = o->c.progress, any_failed;
 	enum proxy_outcome oc = PROXY_OK;
-	int rc = TSB_EXIT_OK;
+	struct sync_vms v;
+	int rc = load_vms(o, x, &v);
 
+	if (rc)
+		return rc;
 	o->standby_round = true;
 	o->c.timeout_ms = 0;	/* --timeout bounds the whole sync, not a round */
 	o->c.progress = false;	/* one line per round instead */
 	if (!o->max_bandwidth)
 		o->max_bandwidth = SYNC_SCAN_RATE_DEFAULT;
-	if (x->bandwidth && !(o->pacer = wire_pacer_new(x->bandwidth))) {
+	if (!bandwidth && x->plan)
+		bandwidth = v.plan.bandwidth;
+	/* One cap for all the rounds, of every VM. */
+	if (bandwidth && !(o->pacer = wire_pacer_new(bandwidth))) {
 		log_error("out of memory");
-		return TSB_EXIT_FAILED;
+		rc = TSB_EXIT_FAILED;
+		goto out;
 	}
 	proxy_catch_signals(&sig);
-	while (!sig && (!x->rounds || st.kept < x->rounds)) {
-		uint64_t t0 = tsb_now_ns();
-		json_t *report = NULL;
+	/* A cycle: one round of each VM (one after another: the later ones refer to the earlier). */
+	while (!sig && (!x->rounds || !all_kept(&v, x->rounds))) {
+		uint64_t cycle_ns = tsb_now_ns();
 
-		if (deadline && t0 >= deadline) {
-			log_error("sync: --timeout reached after %u kept round(s)", st.kept);
-			rc = 3;
-			break;
-		}
-		oc = proxy_send(o, &report);
-		if (oc == PROXY_INTERRUPTED || sig) {
+		any_failed = false;
+		for (size_t i = 0; i < v.n && !sig; i++) {
+			uint64_t t0 = tsb_now_ns();
+			json_t *report = NULL;
+
+			if (x->rounds && v.st[i].kept >= x->rounds)
+				continue;
+			if (deadline && t0 >= deadline) {
+				log_error("sync: --timeout reached");
+				rc = 3;
+				goto stop;
+			}
+			aim(o, &v, i);
+			oc = proxy_send(o, &report);
+			if (oc == PROXY_INTERRUPTED || sig) {
+				json_decref(report);
+				goto stop;
+			}
+			round_done(&v.st[i], oc, report, tsb_now_ns() - t0, x->json);
+			if (report && o->c.report_path &&
+			    proxy_write_report(o->c.report_path, report) < 0)
+				log_warn("cannot write the report to %s", o->c.report_path);
 			json_decref(report);
-			break;
+			any_failed |= oc != PROXY_OK;
+			/* Refused for good (a wrong key, a receiver that is no standby): stop. */
+			if (oc == PROXY_AUTH || oc == PROXY_UNSUPPORTED ||
+			    (oc == PROXY_FAILED && !v.st[i].kept && v.st[i].failed >= 3)) {
+				rc = cli_proxy_exit_code(oc);
+				goto stop;
+			}
 		}
-		round_done(&st, oc, report, tsb_now_ns() - t0, x->json);
-		if (report && o->c.report_path && proxy_write_report(o->c.report_path, report) < 0)
-			log_warn("cannot write the report to %s", o->c.report_path);
-		json_decref(report);
-		/* Refused for good (a wrong key, a receiver that is no standby): say so and stop. */
-		if (oc == PROXY_AUTH || oc == PROXY_UNSUPPORTED ||
-		    (oc == PROXY_FAILED && !st.kept && st.failed >= 3)) {
-			rc = cli_proxy_exit_code(oc);
+		if (x->rounds && all_kept(&v, x->rounds))
 			break;
-		}
-		if (x->rounds && st.kept >= x->rounds)
-			break;
-		wait_until((oc == PROXY_OK ? t0 + interval : tsb_now_ns() + SYNC_RETRY_NS),
-			   &sig, &st, x, tty);
+		wait_until(any_failed ? tsb_now_ns() + SYNC_RETRY_NS : cycle_ns + interval,
+			   &sig, v.st, v.n, x, tty);
 	}
+stop:
 	proxy_release_signals(&sig);
 	wire_pacer_free(o->pacer);
-	o->pacer = NULL;
 	if (sig)
-		return 130;
-	if (rc == TSB_EXIT_OK && x->rounds && st.kept < x->rounds)
+		rc = 130;
+	else if (rc == TSB_EXIT_OK && x->rounds && !all_kept(&v, x->rounds))
 		rc = cli_proxy_exit_code(oc);
+out:
+	free(v.st);
+	if (x->plan)
+		group_plan_free(&v.plan);
 	return rc;
 }
 
@@ -238,6 +326,12 @@ int cmd_sync(int argc, char **argv)
 		       "\n"
 		       "Options:\n"
 		       "  --to HOST:PORT         where 'tsubame recv --standby' listens (required)\n"
+		       "  --plan FILE            sync several VMs instead, one round of each in turn,\n"
+		       "                         under one --bandwidth: a plan as for 'tsubame group'\n"
+		       "                         (each VM's \"name\", \"qmp\" and \"to\"; \"tenant\",\n"
+		       "                         \"bandwidth\"); the VMs of a tenant share their pages\n"
+		       "                         at the standby, so a later VM's round refers to what\n"
+		       "                         an earlier one brought\n"
 		       "  --interval DUR         from one round's start to the next (default 60s)\n"
 		       "  --rounds N             stop after N kept rounds (default: until\n"
 		       "                         interrupted)\n"

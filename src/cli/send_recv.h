@@ -44,7 +44,7 @@ int cli_sync_parse(int argc, char **argv, struct proxy_send_options *o, struct c
 int cli_proxy_exit_code(enum proxy_outcome oc);
 
 /* cmd_sync.c: the rounds of 'tsubame sync' and of 'tsubame recv --standby'. */
-int cli_sync_run(struct proxy_send_options *o, const struct cli_sr_extra *x);
+int cli_sync_run(const struct proxy_send_options *o, const struct cli_sr_extra *x);
 int cli_standby_run(const struct proxy_recv_options *o, const struct cli_sr_extra *x);
 
 #endif

@@ -90,10 +90,21 @@ static void round_done(struct staleness *st, enum proxy_outcome oc, json_t *repo
 	uint64_t wan_bytes = json_u64(wan, "bytes_sent") + json_u64(wan, "bytes_received");
 
 	if (oc == PROXY_OK) {
-		st->kept++;
-		st->kept_ns = tsb_now_ns();
+		uint64_t now = tsb_now_ns(), changed = json_u64(json_object_get(report, "pages"),
+								 "data") * 4096;
+
 		st->stale_bytes = json_u64(sync, "stale_bytes");
 		st->dirty_rate = json_u64(sync, "dirty_bytes_per_s");
+		/*
+		 * QEMU's dirty-rate figure is often 0 right after a pass; what
+		 * this round had to send as data since the last one is the
+		 * guest's measured rate of change.
+		 */
+		if (st->kept_ns && now > st->kept_ns &&
+		    changed / ((now - st->kept_ns) / 1e9) > st->dirty_rate)
+			st->dirty_rate = (uint64_t)(changed / ((now - st->kept_ns) / 1e9));
+		st->kept++;
+		st->kept_ns = now;
 		st->ram_bytes = json_u64(sync, "ram_bytes");
 		log_notice("sync: %s%sround %u kept: %.1f MB on the WAN in %.1f s; the standby lacks "
 			   "%.1f MB (the guest dirties %.1f MB/s)", st->vm, st->vm[0] ? ": " : "",

@@ -37,6 +37,13 @@ struct qmp;
 #define PROXY_START_RATE (80ull * 1000 * 1000)
 #define PROXY_START_MAX (32ull << 20)
 /*
+ * QEMU's max-bandwidth unless --max-bandwidth: no limit of its own. Our
+ * credit window already holds QEMU back to what the path takes, and
+ * QEMU's default (128 MiB/s in 7.2) would cap a return trip or an
+ * evacuation, whose stream mostly stays local (SAME), and a fast link.
+ */
+#define PROXY_QEMU_MAX_BANDWIDTH (8ull << 30)
+/*
  * In postcopy every byte in flight delays the guest's page faults, which
  * wait behind it: the window is then the path's delay at the best rate
  * measured since the switch (the bandwidth-delay product: the push keeps

@@ -708,6 +708,9 @@ static enum proxy_outcome finish(struct receiver *rc, struct recv_run *run,
 	}
 	if (rc->failed)
 		log_error("%s", rc->error);
+	/* A standby never records a switchover: nothing of the round stays in --state-dir. */
+	if (rc->o->standby && rc->lock_fd >= 0)
+		record_drop(rc->o->c.state_dir, &rc->rec);
 	if (run->lfd >= 0)
 		close(run->lfd);
 	qmp_close(run->q);
@@ -809,17 +812,16 @@ enum proxy_outcome proxy_recv(const struct proxy_recv_options *o, json_t **ret_r
  * sender, no store, and the rebuilt stream going to /dev/null. 0 when all
  * was taken, else the receiver refused.
  */
-int proxy_recv_fuzz(const uint8_t *data, size_t len)
+static int recv_fuzz_one(const struct proxy_recv_options *o, const uint8_t *data, size_t len)
 {
-	static const struct proxy_recv_options o;
 	struct fuzz_input in = { .p = data, .len = len };
-	struct receiver *rc = receiver_new(&o, 64, 64);
+	struct receiver *rc = receiver_new(o, 64, 64);
 	int failed;
 
 	if (!rc)
 		return -ENOMEM;
 	rc->fuzz = &in;
-	rc->early_ok = true;	/* an early DECISION is parsed too */
+	rc->early_ok = !o->standby;	/* an early DECISION is parsed too */
 	rc->ram_limit = 1ull << 30;
 	rc->qfd = open("/dev/null", O_WRONLY | O_CLOEXEC);
 	rc->writer = qs_writer_new(WIRE_PAGE_SIZE, recv_to_qemu, rc);
@@ -828,4 +830,14 @@ int proxy_recv_fuzz(const uint8_t *data, size_t len)
 	failed = rc->failed;
 	receiver_free(rc);
 	return failed ? -EBADMSG : 0;
+}
+
+/* Each input goes to a receiver and to a standby (which ends at DONE, refuses DECISION). */
+int proxy_recv_fuzz(const uint8_t *data, size_t len)
+{
+	static const struct proxy_recv_options plain, standby = { .standby = true };
+	int r = recv_fuzz_one(&plain, data, len);
+
+	(void)recv_fuzz_one(&standby, data, len);
+	return r;
 }

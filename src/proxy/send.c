@@ -1241,32 +1241,50 @@ out:
 }
 
 /*
- * QEMU keeps its migration settings from one migration to the next: a sync
- * round's (its scan rate, a short downtime-limit) must not become the next
- * migration's, an evacuation's above all. A round notes them first and
- * puts them back at its end (finish()).
+ * QEMU keeps its migration settings from one migration to the next: ours
+ * (max-bandwidth, a sync round's short downtime-limit and its pause before
+ * the switchover) must not become the next migration's, an evacuation's
+ * after a round above all. A migration that leaves the source running
+ * notes them first and puts them back at its end (finish()).
  */
 static json_t *source_settings(struct qmp *q)
 {
-	json_t *p = NULL, *saved;
+	json_t *p = NULL, *caps = NULL, *saved;
+	bool pause = false;
+	size_t i;
 
 	if (qmp_execute(q, "query-migrate-parameters", NULL, &p, NULL, 0) < 0)
 		return NULL;
-	saved = json_pack("{s:O?, s:O?}", "downtime-limit", json_object_get(p, "downtime-limit"),
-			  "max-bandwidth", json_object_get(p, "max-bandwidth"));
+	if (qmp_execute(q, "query-migrate-capabilities", NULL, &caps, NULL, 0) == 0)
+		for (i = 0; i < json_array_size(caps); i++)
+			if (!strcmp(json_string_value(json_object_get(json_array_get(caps, i),
+					"capability")) ?: "", "pause-before-switchover"))
+				pause = json_is_true(json_object_get(json_array_get(caps, i), "state"));
+	saved = json_pack("{s:{s:O?, s:O?}, s:[{s:s, s:b}]}", "parameters",
+			  "downtime-limit", json_object_get(p, "downtime-limit"),
+			  "max-bandwidth", json_object_get(p, "max-bandwidth"),
+			  "capabilities", "capability", "pause-before-switchover", "state", pause);
 	json_decref(p);
+	json_decref(caps);
 	return saved;
 }
 
 static void restore_source_settings(struct qmp *q, json_t *saved)
 {
+	json_t *caps;
 	char err[256];
 
-	if (!q || !saved || !json_object_size(saved))
+	if (!q || !saved)
 		return;
-	if (qmp_execute(q, "migrate-set-parameters", saved, NULL, err, sizeof(err)) < 0)
-		log_warn("QEMU's migration parameters could not be put back after the round: %s "
-			 "(downtime-limit and max-bandwidth may be the round's)", err);
+	if (qmp_execute(q, "migrate-set-parameters", json_object_get(saved, "parameters"), NULL,
+			err, sizeof(err)) < 0)
+		log_warn("QEMU's migration parameters could not be put back: %s (downtime-limit "
+			 "and max-bandwidth may be this migration's)", err);
+	/* Refused while a migration is still on (one left in doubt): that one needs it. */
+	caps = json_pack("{s:O}", "capabilities", json_object_get(saved, "capabilities"));
+	if (caps && qmp_execute(q, "migrate-set-capabilities", caps, NULL, err, sizeof(err)) < 0)
+		log_debug("QEMU's pause-before-switchover not put back: %s", err);
+	json_decref(caps);
 }
 
 /* The VM's id in stores: --vm-id, else QEMU's -name, else its UUID. */
@@ -1926,7 +1944,7 @@ struct send_run {
 	pthread_t th_parse, th_wan, th_ret;
 	bool threads;			/* all three started */
 	char *caps_copy;		/* --caps, split by migctl_parse_caps() */
-	json_t *settings;		/* a sync round: QEMU's settings before it */
+	json_t *settings;		/* QEMU's migration settings before ours */
 	uint64_t start_ns;
 	bool early;			/* QEMU told to migrate before the link's handshake */
 };
@@ -2164,7 +2182,7 @@ static int prepare_source(struct sender *s, struct send_run *run)
 		if (o->mode == PROXY_MODE_POSTCOPY && !mo->postcopy_after_ms)
 			mo->postcopy_after_ms = 1;
 	}
-	mo->max_bandwidth = o->max_bandwidth;
+	mo->max_bandwidth = o->max_bandwidth ? o->max_bandwidth : PROXY_QEMU_MAX_BANDWIDTH;
 	mo->downtime_limit_ms = o->downtime_limit_ms;
 	mo->timeout_ms = o->c.timeout_ms;
 	mo->abort_flag = &s->abort_flag;
@@ -2174,8 +2192,7 @@ static int prepare_source(struct sender *s, struct send_run *run)
 	/* A round runs passes until we end it; QEMU should not try to stop for a switchover. */
 	if (o->standby_round && !mo->downtime_limit_ms)
 		mo->downtime_limit_ms = 1;
-	if (o->standby_round)
-		run->settings = source_settings(run->q);
+	run->settings = source_settings(run->q);
 	if (want_pre_switchover(s, mo) < 0)
 		return -1;
 	log_debug("source: setting QEMU's migration up");

@@ -27,7 +27,8 @@ standby() {
 	start_wanem "$wport" "$sport" 200mbit 10ms
 	export WANEM_PID=${cleanup_pids[-1]}
 	"$TSUBAME" recv --standby --listen "127.0.0.1:$sport" --key "$T/key" --store "$T/store-b" \
-		--rounds "$1" --report "$T/$2-standby.json" 2>"$T/$2-standby.log" &
+		--state-dir "$T/state-b" --rounds "$1" --report "$T/$2-standby.json" \
+		2>"$T/$2-standby.log" &
 	standby_pid=$!
 	cleanup_pids+=("$standby_pid")
 	wait_listen "$sport" 30 || fail "$2: the standby did not listen: $(cat "$T/$2-standby.log")"
@@ -47,9 +48,12 @@ kill "$standby_pid" 2>/dev/null; wait "$standby_pid" 2>/dev/null || true
 # 1. Two rounds.
 standby 2 sync
 "$TSUBAME" sync --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wport" --key "$T/key" --store "$T/store-a" \
-	--rounds 2 --interval 1s --json --report "$T/sync.json" >"$T/sync.jsonl" 2>"$T/sync.log" ||
-	fail "sync failed: $(tail -5 "$T/sync.log")"
+	--state-dir "$T/state-a" --rounds 2 --interval 1s --json --report "$T/sync.json" \
+	>"$T/sync.jsonl" 2>"$T/sync.log" || fail "sync failed: $(tail -5 "$T/sync.log")"
 wait "$standby_pid" || fail "the standby failed: $(tail -5 "$T/sync-standby.log")"
+# Rounds never switch over: neither side keeps a migration record (or its lock).
+leftover=$(find "$T/state-a" "$T/state-b" -type f 2>/dev/null)
+[ -z "$leftover" ] || fail "records left after the rounds: $leftover"
 python3 - "$T/sync.jsonl" <<'PY' || fail "the rounds are not as expected: $(cat "$T/sync.jsonl")"
 import json, sys
 rounds = [e for e in map(json.loads, open(sys.argv[1])) if e["event"] == "round"]

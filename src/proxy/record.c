@@ -114,6 +114,19 @@ int record_load(const char *path, struct mig_record *r, char *err, size_t errlen
 	return e;
 }
 
+void record_release(const char *dir, const struct mig_record *r)
+{
+	char path[600];
+
+	if (!r->id[0])
+		return;
+	record_path(dir, r->id, r->side, path, sizeof(path));
+	if (access(path, F_OK) == 0 || errno != ENOENT)
+		return;
+	snprintf(path, sizeof(path), "%s/%s.%s.lock", dir, r->id, r->side);
+	(void)unlink(path);
+}
+
 void record_drop(const char *dir, const struct mig_record *r)
 {
 	char path[600];

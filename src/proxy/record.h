@@ -38,6 +38,12 @@ int record_load(const char *path, struct mig_record *r, char *err, size_t errlen
 /* Removes the record (and its lock file). */
 void record_drop(const char *dir, const struct mig_record *r);
 /*
+ * At the end of a run that holds r's lock: removes the lock file if no
+ * record was saved (nothing for resolve to find), so that failed runs
+ * leave nothing behind; a saved record keeps its lock file.
+ */
+void record_release(const char *dir, const struct mig_record *r);
+/*
  * Takes the exclusive lock of a migration's side: held by send/recv while
  * they run and by `tsubame resolve`, so that only one acts on it. Returns
  * the fd to keep, -EBUSY when another process holds it, or -errno.

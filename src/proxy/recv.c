@@ -708,9 +708,9 @@ static enum proxy_outcome finish(struct receiver *rc, struct recv_run *run,
 	}
 	if (rc->failed)
 		log_error("%s", rc->error);
-	/* A standby never records a switchover: nothing of the round stays in --state-dir. */
-	if (rc->o->standby && rc->lock_fd >= 0)
-		record_drop(rc->o->c.state_dir, &rc->rec);
+	/* Nothing recorded (a failure before PREPARED, a standby's round): nothing stays. */
+	if (rc->lock_fd >= 0)
+		record_release(rc->o->c.state_dir, &rc->rec);
 	if (run->lfd >= 0)
 		close(run->lfd);
 	qmp_close(run->q);

@@ -32,7 +32,8 @@ start_pair() {
 	start_wanem "$wan_port" "$recv_port" "$1" 5ms
 	wanem_pid=${cleanup_pids[-1]}
 	"$TSUBAME" recv --listen "127.0.0.1:$recv_port" --qmp "$T/dst$attempt/qmp.sock" \
-		--key "$T/key" --store "$T/store-b" --stall-timeout 10s 2>"$T/recv$attempt.log" &
+		--key "$T/key" --store "$T/store-b" --state-dir "$T/state-b$attempt" \
+		--stall-timeout 10s 2>"$T/recv$attempt.log" &
 	recv_pid=$!
 	cleanup_pids+=("$recv_pid")
 	sleep 0.5
@@ -49,7 +50,7 @@ expect_exit() {
 start_pair 400mbit
 rc=0
 "$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" \
-	--key "$T/other-key" --store "$T/store-a" 2>"$T/send1.log" || rc=$?
+	--key "$T/other-key" --store "$T/store-a" --state-dir "$T/state-a" 2>"$T/send1.log" || rc=$?
 [ "$rc" -eq 5 ] || fail "wrong key: send exit $rc, expected 5 ($(cat "$T/send1.log"))"
 grep -qi "key" "$T/send1.log" || fail "wrong key: no clear message: $(cat "$T/send1.log")"
 # The receiver logs the refusal and waits on for the real sender (test 36).
@@ -76,7 +77,7 @@ expect_exit "$recv_pid" 130 "recv interrupted while waiting"
 
 # 3. The link is cut in the middle of the migration.
 start_pair 40mbit
-"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" --key "$T/key" --store "$T/store-a" \
+"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" --key "$T/key" --store "$T/store-a" --state-dir "$T/state-a" \
 	--stall-timeout 10s 2>"$T/send3.log" &
 send_pid=$!
 cleanup_pids+=("$send_pid")
@@ -85,11 +86,13 @@ kill -USR1 "$wanem_pid"
 expect_exit "$send_pid" 4 "link cut: send"
 rc=0; wait "$recv_pid" || rc=$?
 [ "$rc" -ne 0 ] || fail "link cut: recv claimed success"
+# Failed before PREPARED: the receiver keeps no record, nor its lock file.
+[ -z "$(ls -A "$T/state-b3" 2>/dev/null)" ] || fail "link cut: recv left $(ls "$T/state-b3")"
 source_still_verifies "the link was cut"
 
 # 4. The receiver dies.
 start_pair 40mbit
-"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" --key "$T/key" --store "$T/store-a" \
+"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" --key "$T/key" --store "$T/store-a" --state-dir "$T/state-a" \
 	--stall-timeout 10s 2>"$T/send4.log" &
 send_pid=$!
 cleanup_pids+=("$send_pid")
@@ -100,7 +103,7 @@ source_still_verifies "the receiver was killed"
 
 # 5. Ctrl-C on the sender.
 start_pair 40mbit
-"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" --key "$T/key" --store "$T/store-a" \
+"$TSUBAME" send --qmp "$T/src/qmp.sock" --to "127.0.0.1:$wan_port" --key "$T/key" --store "$T/store-a" --state-dir "$T/state-a" \
 	2>"$T/send5.log" &
 send_pid=$!
 cleanup_pids+=("$send_pid")
@@ -108,4 +111,6 @@ sleep 3
 kill -INT "$send_pid"
 expect_exit "$send_pid" 130 "Ctrl-C: send"
 source_still_verifies "Ctrl-C"
+# Every send failed before the switchover and resumed the source: no records.
+[ -z "$(ls -A "$T/state-a" 2>/dev/null)" ] || fail "send left records: $(ls "$T/state-a")"
 exit 0

@@ -3,13 +3,14 @@
 # separate build directory and runs each one for a bounded time.
 #
 #   tests/fuzz/run-fuzzers.sh [--build DIR] [--only NAME] [--runs N]
-#                             [--fork J] SECONDS
+#                             [--fork J] [--jobs J] SECONDS
 #
 # Each target runs SECONDS; with --runs, until it has executed N inputs
 # (SECONDS is then the cap), e.g. the long run of HACKING.md:
 # --runs 10000000 7200. --fork J: one run of J worker processes (libFuzzer's
 # fork mode), N counts the inputs of all of them. Each target's executions
-# and time are printed.
+# and time are printed. --jobs J: targets run J at a time (default: the
+# number of cores, at most 2).
 # A long run allows 60 s per input instead of 10: after millions of inputs
 # on a loaded host, ASan returning freed memory to the OS has stalled one
 # input for over 10 s (the input itself replays in 0.3 s).
@@ -20,7 +21,7 @@
 set -euo pipefail
 
 usage() {
-	sed -n '2,13s/^# \{0,1\}//p' "$0"
+	sed -n '2,15s/^# \{0,1\}//p' "$0"
 }
 
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -29,6 +30,8 @@ only=
 secs=
 runs_wanted=0
 fork=0
+jobs=$(nproc 2>/dev/null || echo 1)
+[ "$jobs" -le 2 ] || jobs=2
 while [ $# -gt 0 ]; do
 	case $1 in
 	-h|--help) usage; exit 0 ;;
@@ -36,12 +39,17 @@ while [ $# -gt 0 ]; do
 	--only) only=$2; shift 2 ;;
 	--runs) runs_wanted=$2; shift 2 ;;
 	--fork) fork=$2; shift 2 ;;
+	--jobs) jobs=$2; shift 2 ;;
 	-*) echo "run-fuzzers: unknown option $1 (try --help)" >&2; exit 2 ;;
 	*) secs=$1; shift ;;
 	esac
 done
 if ! [[ $runs_wanted =~ ^[0-9]+$ ]]; then
 	echo "run-fuzzers: --runs N: N must be a number (try --help)" >&2
+	exit 2
+fi
+if ! [[ $jobs =~ ^[0-9]+$ ]] || [ "$jobs" -eq 0 ]; then
+	echo "run-fuzzers: --jobs J: J must be a positive number (try --help)" >&2
 	exit 2
 fi
 if ! [[ $fork =~ ^[0-9]+$ ]]; then
@@ -106,15 +114,12 @@ step "$build/ninja.log" ninja -C "$build" fuzzers
 mkdir -p "$build/fuzz-artifacts"
 fork_arg=()
 [ "$fork" -eq 0 ] || fork_arg=(-fork="$fork")
-failed=0
-ran=0
-for exe in "$build"/tests/fuzz/fuzz-*-libfuzzer; do
-	[ -x "$exe" ] || continue
-	name=$(basename "$exe" -libfuzzer)
+
+# run_one NAME EXE: one target's bounded run; its output in its own log,
+# one line on stderr; exit status 0 clean, 1 not.
+run_one() {
+	local name=$1 exe=$2 target corpus seeds runs t0=$SECONDS
 	target=${name#fuzz-}
-	if [ -n "$only" ] && [ "$only" != "$name" ] && [ "$only" != "$target" ]; then
-		continue
-	fi
 	corpus=$build/fuzz-corpus/$target
 	seeds=$src/tests/fuzz/corpus/$target
 	mkdir -p "$corpus"
@@ -124,7 +129,6 @@ for exe in "$build"/tests/fuzz/fuzz-*-libfuzzer; do
 	else
 		echo "run-fuzzers: $name for ${secs}s" >&2
 	fi
-	t0=$SECONDS
 	if "$exe" -max_total_time="$secs" -runs="$([ "$runs_wanted" -gt 0 ] && echo "$runs_wanted" || echo -1)" \
 		-timeout="$([ "$runs_wanted" -gt 0 ] && echo 60 || echo 10)" -rss_limit_mb=2048 \
 		-artifact_prefix="$build/fuzz-artifacts/$name-" \
@@ -136,12 +140,36 @@ for exe in "$build"/tests/fuzz/fuzz-*-libfuzzer; do
 		[ -n "$runs" ] || runs=$(sed -n 's/^#\([0-9]*\):.*/\1/p' \
 			"$build/fuzz-artifacts/$name.log" | tail -1)
 		echo "run-fuzzers: $name ok (${runs:-?} runs in $((SECONDS - t0))s)" >&2
-	else
-		echo "run-fuzzers: $name FAILED, see $build/fuzz-artifacts/$name.log" >&2
-		tail -n 30 "$build/fuzz-artifacts/$name.log" >&2
-		failed=1
+		return 0
 	fi
+	echo "run-fuzzers: $name FAILED, see $build/fuzz-artifacts/$name.log" >&2
+	tail -n 30 "$build/fuzz-artifacts/$name.log" >&2
+	return 1
+}
+
+# Targets run --jobs at a time (each is one process; fork mode is one
+# parent of its workers): the bounded run of make check takes half as long
+# on two cores.
+failed=0
+ran=0
+running=0
+for exe in "$build"/tests/fuzz/fuzz-*-libfuzzer; do
+	[ -x "$exe" ] || continue
+	name=$(basename "$exe" -libfuzzer)
+	if [ -n "$only" ] && [ "$only" != "$name" ] && [ "$only" != "${name#fuzz-}" ]; then
+		continue
+	fi
+	if [ "$running" -ge "$jobs" ]; then
+		wait -n || failed=1
+		running=$((running - 1))
+	fi
+	run_one "$name" "$exe" &
+	running=$((running + 1))
 	ran=$((ran + 1))
+done
+while [ "$running" -gt 0 ]; do
+	wait -n || failed=1
+	running=$((running - 1))
 done
 if [ "$ran" -eq 0 ]; then
 	echo "run-fuzzers: no libFuzzer targets built${only:+ matching $only}" >&2

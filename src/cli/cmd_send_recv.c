@@ -514,22 +514,21 @@ static int parse_sync_opt(const char *cmd, bool send, int c, struct parsed *p)
 	}
 }
 
-/* A sync keeps a standby's store up to date: precopy rounds of memory, nothing else. */
+/* A sync keeps a standby's store up to date: precopy rounds of memory and disks. */
 static int check_sync(const char *cmd, struct parsed *p)
 {
 	if (p->mode != PROXY_MODE_PRECOPY || p->postcopy_after)
 		return cli_usage_error(cmd, "a sync round is a precopy: no --mode, no "
 				       "--postcopy-after");
-	if (p->n_disks || p->disk_copy_mode_set)
-		return cli_usage_error(cmd, "disks are not synced yet (docs/standby.md): no "
-				       "--disk, no --disk-copy-mode");
+	if (p->disk_copy_mode_set)
+		return cli_usage_error(cmd, "a sync round's mirrors copy behind the guest "
+				       "(background): no --disk-copy-mode");
 	if (p->commit_late || p->c.net_agent)
 		return cli_usage_error(cmd, "a sync round never switches over: no --commit-*, "
 				       "no --net-agent");
 	if (p->no_store)
 		return cli_usage_error(cmd, "a sync keeps its rounds' images in the store: "
 				       "--no-store would send every round in full");
-	p->no_disks = true;
 	return 0;
 }
 
@@ -538,6 +537,9 @@ static int check_sync_plan(const char *cmd, struct parsed *p)
 {
 	if (p->c.qmp_path || p->to || p->vm_id)
 		return cli_usage_error(cmd, "--qmp, --to and --vm-id come from the plan for each VM");
+	if (p->n_disks)
+		return cli_usage_error(cmd, "--disk names one VM's devices: with --plan, every "
+				       "writable disk of each VM is synced (or none: --no-disks)");
 	return 0;
 }
 

@@ -11,15 +11,16 @@
 #include "cli/send_recv.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "disk/disk.h"
 #include "group/group.h"
 #include "proxy/proxy.h"
+#include "qmp/qmp.h"
 #include "wire/pacer.h"
 
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define SYNC_INTERVAL_DEFAULT_NS (60 * 1000000000ull)
@@ -33,6 +34,7 @@
 /* What the standby lacks of one VM: what its last kept round left, and since then. */
 struct staleness {
 	const char *vm;			/* its id ("" for the single VM without --vm-id) */
+	const char *qmp;		/* its QEMU: what its disks lack (dirty bitmaps) */
 	unsigned kept, failed;		/* rounds */
 	uint64_t kept_ns;		/* when the last kept round ended; 0: none yet */
 	uint64_t stale_bytes;		/* QEMU's dirty bytes not yet sent at its end */
@@ -56,6 +58,23 @@ static uint64_t stale_now(const struct staleness *st, uint64_t now)
 	return st->ram_bytes && b > st->ram_bytes ? st->ram_bytes : b;
 }
 
+/*
+ * Bytes of its disks written since the standby's last kept round (the
+ * rounds' dirty bitmaps in its QEMU, docs/standby.md; also those of an
+ * earlier sync process); 0 without disks or a kept round.
+ */
+static uint64_t disk_stale_now(const struct staleness *st)
+{
+	struct qmp *q = NULL;
+	int64_t b;
+
+	if (!st->qmp || qmp_open(st->qmp, 2000, &q) < 0)
+		return 0;
+	b = disk_stale_bytes(q);
+	qmp_close(q);
+	return b > 0 ? (uint64_t)b : 0;
+}
+
 static void say_status(const struct staleness *st, size_t n, bool json, bool tty, uint64_t now)
 {
 	uint64_t lacks = 0, oldest = 0;
@@ -63,16 +82,18 @@ static void say_status(const struct staleness *st, size_t n, bool json, bool tty
 
 	for (size_t i = 0; i < n; i++) {
 		double age = st[i].kept_ns ? (now - st[i].kept_ns) / 1e9 : -1;
+		uint64_t disk = disk_stale_now(&st[i]);
 
-		lacks += stale_now(&st[i], now);
+		lacks += stale_now(&st[i], now) + disk;
 		kept += st[i].kept;
 		if (st[i].kept_ns && (!oldest || st[i].kept_ns < oldest))
 			oldest = st[i].kept_ns;
 		if (!json)
 			continue;
 		printf("{\"event\":\"stale\",\"vm\":\"%s\",\"rounds_kept\":%u,\"rounds_failed\":%u,"
-		       "\"age_s\":%.1f,\"stale_bytes\":%llu}\n", st[i].vm, st[i].kept, st[i].failed,
-		       age, (unsigned long long)stale_now(&st[i], now));
+		       "\"age_s\":%.1f,\"stale_bytes\":%llu,\"disk_stale_bytes\":%llu}\n", st[i].vm,
+		       st[i].kept, st[i].failed, age, (unsigned long long)stale_now(&st[i], now),
+		       (unsigned long long)disk);
 	}
 	if (json)
 		fflush(stdout);
@@ -87,7 +108,10 @@ static void round_done(struct staleness *st, enum proxy_outcome oc, json_t *repo
 {
 	json_t *sync = json_object_get(report, "sync");
 	json_t *wan = json_object_get(report, "wan");
-	uint64_t wan_bytes = json_u64(wan, "bytes_sent") + json_u64(wan, "bytes_received");
+	/* The disks' channel is a WAN connection of the round too. */
+	uint64_t disk_bytes = json_u64(json_object_get(report, "disks"), "channel_net_bytes");
+	uint64_t wan_bytes = json_u64(wan, "bytes_sent") + json_u64(wan, "bytes_received") +
+			     disk_bytes;
 
 	if (oc == PROXY_OK) {
 		uint64_t now = tsb_now_ns(), changed = json_u64(json_object_get(report, "pages"),
@@ -119,10 +143,10 @@ static void round_done(struct staleness *st, enum proxy_outcome oc, json_t *repo
 	if (!json)
 		return;
 	printf("{\"event\":\"round\",\"vm\":\"%s\",\"ok\":%s,\"round\":%u,\"wan_bytes\":%llu,"
-	       "\"round_ms\":%llu,\"stale_bytes\":%llu,\"dirty_bytes_per_s\":%llu,"
+	       "\"disk_bytes\":%llu,\"round_ms\":%llu,\"stale_bytes\":%llu,\"dirty_bytes_per_s\":%llu,"
 	       "\"ended_by\":\"%s\"}\n", st->vm, oc == PROXY_OK ? "true" : "false",
 	       st->kept + st->failed, (unsigned long long)wan_bytes,
-	       (unsigned long long)(round_ns / 1000000),
+	       (unsigned long long)disk_bytes, (unsigned long long)(round_ns / 1000000),
 	       (unsigned long long)(oc == PROXY_OK ? st->stale_bytes : 0),
 	       (unsigned long long)(oc == PROXY_OK ? st->dirty_rate : 0),
 	       json_string_value(json_object_get(sync, "ended_by")) ?: "");
@@ -170,8 +194,10 @@ static int load_vms(struct proxy_send_options *o, const struct cli_sr_extra *x,
 		log_error("out of memory");
 		return TSB_EXIT_FAILED;
 	}
-	for (size_t i = 0; i < v->n; i++)
+	for (size_t i = 0; i < v->n; i++) {
 		v->st[i].vm = x->plan ? v->plan.vms[i].name : o->vm_id ? o->vm_id : "";
+		v->st[i].qmp = x->plan ? v->plan.vms[i].qmp : o->c.qmp_path;
+	}
 	if (x->plan && !o->c.tenant && v->plan.tenant[0])
 		o->c.tenant = v->plan.tenant;
 	return 0;
@@ -331,9 +357,11 @@ int cmd_sync(int argc, char **argv)
 		       "is ended after QEMU's first pass: the VM keeps running here, and the\n"
 		       "standby keeps the round in its store. Pages the standby holds from\n"
 		       "earlier rounds travel as references, so a round costs what changed.\n"
+		       "The VM's writable disks go with each round: a mirror copies them behind\n"
+		       "the guest (its writes never wait) and completes, without a switchover,\n"
+		       "as the round ends; blocks the standby's copy holds travel as references.\n"
 		       "A failed round (a cut link) is retried; the standby keeps the last kept\n"
-		       "round meanwhile. Memory only: disks move at the evacuation\n"
-		       "(docs/standby.md).\n"
+		       "round meanwhile (docs/standby.md).\n"
 		       "\n"
 		       "Options:\n"
 		       "  --to HOST:PORT         where 'tsubame recv --standby' listens (required)\n"
@@ -353,9 +381,12 @@ int cmd_sync(int argc, char **argv)
 		       "  --timeout DUR          stop syncing after this long (exit 3)\n"
 		       "  --json                 JSON lines on stdout: one per round ('round') and\n"
 		       "                         every 10 s between them ('stale': the last kept\n"
-		       "                         round's age and the bytes the standby lacks)\n"
+		       "                         round's age and the bytes the standby lacks of the\n"
+		       "                         memory and of the disks)\n"
 		       "  --report FILE          each round's JSON report (the last one stays)\n"
 		       "  --vm-id ID             the VM's id in stores (default: QEMU's -name)\n"
+		       "  --disk DEVICE          sync only this disk (repeatable; not with --plan)\n"
+		       "  --no-disks             sync memory only\n"
 		       "  --zstd-level N         fixed zstd level (0 = none); default adapts\n"
 		       "  --qmp SOCKET, --key FILE, --cert/--cert-key/--ca, --store DIR,\n"
 		       "  --store-cap SIZE, --tenant NAME, --cache SIZE, --stall-timeout DUR,\n"

@@ -201,6 +201,31 @@ bool disk_send_failed(struct disk_send *ds, char *err, size_t errlen);
  */
 void disk_send_finish(struct disk_send *ds, struct qmp *q, json_t *report);
 
+/*
+ * ---- a standby's staleness (standby.c; docs/standby.md, "Disks") ----
+ *
+ * A dirty bitmap named DISK_STALE_PREFIX + round id on each disk a sync
+ * round moved counts the guest's writes since that round's copy: what
+ * the standby lacks of the disks once the round is kept.
+ */
+#define DISK_STALE_PREFIX "tsb-standby-"
+
+/* At a round's end, before its mirrors complete: the round's bitmap on every disk moved. */
+int disk_stale_begin(struct disk_send *ds, struct qmp *q, const char *round, char *err,
+		     size_t errlen);
+/*
+ * After the round: kept, every other such bitmap goes (this one says what
+ * the standby lacks now); not kept, this one goes (the older one still
+ * counts since the last kept round). Errors are only logged.
+ */
+void disk_stale_settle(struct disk_send *ds, struct qmp *q, const char *round, bool kept);
+/*
+ * Bytes of the source's disks written since the standby's last kept round
+ * (per disk its largest such bitmap, at the bitmap's granularity): 0 when
+ * none; -errno on a QMP failure.
+ */
+int64_t disk_stale_bytes(struct qmp *q);
+
 /* ---- destination side ---- */
 
 struct disk_recv_options {
@@ -211,6 +236,12 @@ struct disk_recv_options {
 	 * the names the sender's disk list gives. NULL: QMP exports.
 	 */
 	const char *nbd_connect;
+	/*
+	 * A standby (docs/standby.md): no QEMU; each disk of the sender's
+	 * list is the raw image <standby_dir>/<device>.raw, created or
+	 * resized to the disk's size and written in place. NULL: QMP exports.
+	 */
+	const char *standby_dir;
 	int listen_fd;			/* taken over: the disk channel arrives here */
 	struct diskindex *index;	/* blocks to rebuild REFs from (borrowed; read only) */
 	uint64_t stall_ms;		/* wire timeout; 0: none */

@@ -53,6 +53,10 @@ int disk_query(struct qmp *q, struct disk_dev *out, unsigned max, char *err,
  */
 int disk_private_dir(char *dir, size_t len, char *err, size_t errlen);
 
+struct disk_send;
+/* The disks a disk_send moves (at most max; valid until disk_send_finish). */
+unsigned disk_send_devs(const struct disk_send *ds, const struct disk_dev **out, unsigned max);
+
 /* Runs a QMP command built with json_pack (args taken over). */
 int disk_qmp(struct qmp *q, const char *cmd, json_t *args, json_t **ret,
 	     char *err, size_t errlen);
@@ -74,6 +78,8 @@ struct disk_recv_io {
 			   struct nbd_client **ret);
 	/* As with libvirt: the disks are BLOCKS' (devs unused), opened at the first write. */
 	bool libvirt;
+	/* As a standby: the disks are BLOCKS', image files in this directory (devs unused). */
+	const char *standby_dir;
 };
 
 /*

@@ -7,6 +7,7 @@
 #include "disk/internal.h"
 
 #include "common/buf.h"
+#include "common/fault.h"
 #include "common/file.h"
 #include "common/log.h"
 #include "common/thread.h"
@@ -21,6 +22,7 @@
 #include "wire/tls.h"
 #include "wire/wire.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -70,6 +72,8 @@
 #define BACKLOG_MAX_OTHER 256
 /* The page-cache restore map starts with this many slots. */
 #define WM_MIN_CAP 1024
+/* A standby's image may be this large at most (sparse: only what is written takes room). */
+#define DISK_STANDBY_MAX_SIZE (1ull << 43)
 
 struct rdisk {
 	struct disk_dev dev;
@@ -127,6 +131,9 @@ struct disk_recv {
 	/* libvirt: its QEMU's exports on nbd_addr, opened at the first write. */
 	bool libvirt, libvirt_open;
 	char nbd_addr[300];
+	bool applied_any;		/* a PAGES frame was applied (fault point) */
+	/* A standby: the disks are image files of ours in this directory. */
+	char standby_dir[3800];
 	pid_t qemu_pid;			/* the destination QEMU (QMP peer), or 0 */
 	unsigned n;
 	struct rdisk d[DISK_MAX];
@@ -532,6 +539,8 @@ bool disk_recv_has(struct disk_recv *dr, const uint8_t hash[32])
 	return dr && wm_find(dr, hash, &k, &off);
 }
 
+static int pread_full(int fd, uint8_t *buf, size_t len, uint64_t off);
+
 int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[WIRE_PAGE_SIZE])
 {
 	struct nbd_client_config cc = { .max_inflight = 1 };
@@ -541,6 +550,11 @@ int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[WIRE
 
 	if (!dr || !wm_find(dr, hash, &k, &off))
 		return -ENOENT;
+	if (dr->d[k].tfd >= 0 && dr->d[k].written_in_file) {
+		/* Our own writes are in the file already (a standby's image, QEMU's raw file). */
+		r = pread_full(dr->d[k].tfd, out, BLOCK, off);
+		goto check;
+	}
 	pthread_mutex_lock(&dr->rlock);
 	r = 0;
 	if (!dr->rd[k]) {
@@ -550,6 +564,7 @@ int disk_recv_get(struct disk_recv *dr, const uint8_t hash[32], uint8_t out[WIRE
 	if (r == 0)
 		r = nbd_client_pread(dr->rd[k], out, BLOCK, off);
 	pthread_mutex_unlock(&dr->rlock);
+check:
 	if (r < 0 || wire_sha256(out, BLOCK, got) < 0 || memcmp(got, hash, WIRE_HASH_LEN))
 		return -ENOENT;
 	__atomic_add_fetch(&dr->restored, 1, __ATOMIC_RELAXED);
@@ -1489,6 +1504,10 @@ static int apply_pages(struct disk_recv *dr, const struct wire_pages *p)
 	dr->write_ns += tsb_now_ns() - t0;
 	free(nl.hash);
 	free(nl.idx);
+	if (r == 0 && !dr->applied_any) {
+		dr->applied_any = true;
+		tsb_fault_point("disk-first-write");
+	}
 	return r;
 }
 
@@ -1585,6 +1604,80 @@ static int open_libvirt_targets(struct disk_recv *dr)
 	return 0;
 }
 
+/* A device name that can be a file name here: [A-Za-z0-9_.-], not starting with a dot. */
+static bool standby_name_ok(const char *p, size_t len)
+{
+	size_t i;
+
+	if (!len || len >= DISK_NAME_MAX || p[0] == '.')
+		return false;
+	for (i = 0; i < len; i++)
+		if (!isalnum((unsigned char)p[i]) && p[i] != '_' && p[i] != '-' && p[i] != '.')
+			return false;
+	return true;
+}
+
+/*
+ * A standby: each disk of the sender's list is <standby_dir>/<device>.raw,
+ * ours alone (no QEMU runs here): created, or resized to the disk's size,
+ * then read and written in place like a QEMU image file.
+ */
+static int take_standby_blocks(struct disk_recv *dr, const struct wire_blocks *bl, char *why,
+			       size_t whylen)
+{
+	struct wire_blocks_iter it;
+	struct wire_block b;
+	struct rdisk *d;
+	struct stat st;
+	int n;
+
+	wire_blocks_iter_init(bl, &it);
+	while (wire_blocks_next(&it, &b)) {
+		if (b.index >= DISK_MAX || dr->n == DISK_MAX || dr->map[b.index] >= 0) {
+			snprintf(why, whylen, "disk index %u out of range or named twice", b.index);
+			return -EPROTO;
+		}
+		if (!standby_name_ok(b.name.p, b.name.len) || !b.used_length ||
+		    b.used_length > DISK_STANDBY_MAX_SIZE) {
+			snprintf(why, whylen, "a disk without a usable name or size");
+			return -EPROTO;
+		}
+		d = &dr->d[dr->n];
+		memcpy(d->dev.device, b.name.p, b.name.len);
+		d->dev.device[b.name.len] = '\0';
+		for (unsigned k = 0; k < dr->n; k++)
+			if (!strcmp(dr->d[k].dev.device, d->dev.device)) {
+				snprintf(why, whylen, "disk %s named twice", d->dev.device);
+				return -EPROTO;
+			}
+		/* (disk_recv_start checked that the directory, a name and ".raw" fit) */
+		n = (int)strlen(dr->standby_dir);
+		memcpy(d->dev.file, dr->standby_dir, (size_t)n);
+		d->dev.file[n] = '/';
+		memcpy(d->dev.file + n + 1, d->dev.device, b.name.len);
+		memcpy(d->dev.file + n + 1 + b.name.len, ".raw", 5);
+		snprintf(d->dev.format, sizeof(d->dev.format), "raw");
+		d->dev.size = b.used_length;
+		d->tfd = open(d->dev.file, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		if (d->tfd < 0 || fstat(d->tfd, &st) < 0 ||
+		    ((uint64_t)st.st_size != d->dev.size &&
+		     ftruncate(d->tfd, (off_t)d->dev.size) < 0)) {
+			int e = errno;
+
+			snprintf(why, whylen, "standby image %s: %s", d->dev.file, strerror(e));
+			return -e;
+		}
+		d->checked_in_file = d->written_in_file = true;
+		d->used = true;
+		mark_incomplete(d);
+		dr->wm_max += d->dev.size / BLOCK;
+		dr->map[b.index] = (int)dr->n++;
+		if (b.index >= dr->n_map)
+			dr->n_map = b.index + 1u;
+	}
+	return 0;
+}
+
 static int take_blocks(struct disk_recv *dr, const struct wire_blocks *bl, char *why,
 		       size_t whylen)
 {
@@ -1598,6 +1691,8 @@ static int take_blocks(struct disk_recv *dr, const struct wire_blocks *bl, char 
 		dr->map[k] = -1;
 	if (dr->libvirt)
 		return take_libvirt_blocks(dr, bl, why, whylen);
+	if (dr->standby_dir[0])
+		return take_standby_blocks(dr, bl, why, whylen);
 	wire_blocks_iter_init(bl, &it);
 	while (wire_blocks_next(&it, &b)) {
 		if (b.index >= DISK_MAX) {
@@ -1947,7 +2042,9 @@ int disk_recv_run_io(const struct disk_dev *devs, unsigned n, struct diskindex *
 	dr->io = io;
 	dr->index = index;
 	dr->libvirt = io->libvirt;
-	for (dr->n = 0; !dr->libvirt && dr->n < n; dr->n++)
+	if (io->standby_dir)
+		snprintf(dr->standby_dir, sizeof(dr->standby_dir), "%s", io->standby_dir);
+	for (dr->n = 0; !dr->libvirt && !io->standby_dir && dr->n < n; dr->n++)
 		dr->d[dr->n].dev = devs[dr->n];
 	dr->connected = true;
 	*ret = dr;
@@ -1974,6 +2071,17 @@ int disk_recv_start(struct qmp *q, const struct disk_recv_options *o,
 	dr->stall_ms = o->stall_ms;
 	snprintf(dr->migration, sizeof(dr->migration), "%s", o->migration ? o->migration : "");
 	snprintf(dr->credential, sizeof(dr->credential), "%s", o->credential ? o->credential : "");
+	if (o->standby_dir) {
+		/* A standby's images are ours: they come with the sender's list. */
+		if (strlen(o->standby_dir) + DISK_NAME_MAX + 8 > sizeof(dr->standby_dir) ||
+		    sizeof(dr->standby_dir) > sizeof(dr->d[0].dev.file)) {
+			snprintf(err, errlen, "the standby directory's path is too long");
+			r = -ENAMETOOLONG;
+			goto fail;
+		}
+		snprintf(dr->standby_dir, sizeof(dr->standby_dir), "%s", o->standby_dir);
+		goto start;
+	}
 	if (o->nbd_connect) {
 		/* libvirt exports the disks itself: they come with the sender's list. */
 		dr->libvirt = true;
@@ -2029,6 +2137,8 @@ start:
 	dr->th_started = true;
 	if (dr->libvirt)
 		log_info("disks: libvirt's destination QEMU exports them on %s", dr->nbd_addr);
+	else if (dr->standby_dir[0])
+		log_info("disks: a standby's copies, in %s", dr->standby_dir);
 	else
 		log_info("disks: %u disk(s) exported for the disk channel", dr->n);
 	*ret = dr;

@@ -1602,6 +1602,15 @@ size_t disk_send_images(struct disk_send *ds, const char **out, size_t max)
 	return n;
 }
 
+unsigned disk_send_devs(const struct disk_send *ds, const struct disk_dev **out, unsigned max)
+{
+	unsigned i;
+
+	for (i = 0; ds && i < ds->n && i < max; i++)
+		out[i] = &ds->d[i].dev;
+	return i;
+}
+
 static json_t *make_report(struct disk_send *ds)
 {
 	struct wire_conn_stats st = { 0 };

@@ -273,8 +273,8 @@ static bool want_sender(const struct wire_conn *c, const struct wire_hello *peer
 			 "('tsubame recv --standby'), not to a receiver that runs the VM");
 		return false;
 	}
-	if (rc->o->standby && (peer->caps & (WIRE_CAP_DISK | WIRE_CAP_POSTCOPY))) {
-		snprintf(why, len, "a standby takes memory by precopy only: no disks, no postcopy");
+	if (rc->o->standby && (peer->caps & WIRE_CAP_POSTCOPY)) {
+		snprintf(why, len, "a standby takes memory by precopy only: no postcopy");
 		return false;
 	}
 	if (rc->o->standby && !peer->vm.len) {
@@ -532,7 +532,22 @@ static int open_channels(struct receiver *rc, struct recv_run *run)
 			.credential = rc->credential,
 			.nbd_connect = o->qemu_connect ? o->nbd_connect : NULL,
 		};
+		char standby_dir[3000];
 
+		/* A standby keeps the VM's disks as images of its own, in the tenant's store. */
+		if (o->standby) {
+			r = rc->rb.store ? store_standby_dir(rc->rb.store, rc->vm, standby_dir,
+							     sizeof(standby_dir), err, sizeof(err))
+					 : -EINVAL;
+			if (r < 0) {
+				if (!rc->rb.store)
+					snprintf(err, sizeof(err), "a standby keeps disks in its store");
+				wire_conn_send_status(rc->conn, WIRE_MSG_ERROR, WIRE_CODE_INTERNAL, err);
+				recv_fail(rc, PROXY_FAILED, "disks: %s", err);
+				return -1;
+			}
+			dro.standby_dir = standby_dir;
+		}
 		run->lfd = -1;
 		r = disk_recv_start(run->q, &dro, &rc->rb.disk, err, sizeof(err));
 		if (r < 0) {
@@ -760,6 +775,11 @@ static void recv_standby_round(struct receiver *rc, volatile int *sig)
 		return;
 	if (!rc->round_done) {
 		recv_fail(rc, PROXY_LINK, "the sender ended the sync round without DONE");
+		return;
+	}
+	/* The sender's DONE comes after its disks' DONE was answered: all applied by now. */
+	if (disk_recv_wait_done(rc->rb.disk, 1000, sig, err, sizeof(err)) < 0) {
+		recv_fail(rc, PROXY_FAILED, "the round's disks: %s", err);
 		return;
 	}
 	if (image_rec_commit(&rc->arrival, "standby")) {

@@ -1837,6 +1837,16 @@ static int disks_start(struct sender *s, struct qmp *q, struct wire_tls *tls,
 
 	for (i = 0; i < o->n_disks && i < DISK_MAX; i++)
 		dso.only[dso.n_only++] = o->disks[i];
+	/*
+	 * A sync round's mirrors copy behind the guest (background): its disk
+	 * writes never wait for the link. One that cannot catch up with them
+	 * ends the round at its limit, as memory's does.
+	 */
+	if (o->standby_round) {
+		dso.copy_mode = DISK_COPY_BACKGROUND;
+		dso.ready_timeout_ms = o->round_max_ms ? o->round_max_ms
+						       : PROXY_ROUND_MAX_DEFAULT_MS;
+	}
 	dso.nbd_listen = o->qemu_listen ? o->nbd_listen : NULL;
 	for (i = 0; i < o->n_libvirt_disks && i < DISK_MAX; i++) {
 		dso.given_names[i] = o->libvirt_disk_names[i];
@@ -1993,7 +2003,7 @@ static void hello_of(struct sender *s, struct wire_hello_args *hello)
 	hello->migration = s->image_id;
 	hello->caps = WIRE_CAP_COMMIT | WIRE_CAP_ZSTD | WIRE_CAP_REF | WIRE_CAP_ACK |
 		      (may_postcopy(o) ? WIRE_CAP_POSTCOPY : 0) |
-		      (o->no_disks || o->standby_round || (o->qemu_listen && !o->n_libvirt_disks) ?
+		      (o->no_disks || (o->qemu_listen && !o->n_libvirt_disks) ?
 		       0 : WIRE_CAP_DISK) |
 		      (o->qemu_listen ? WIRE_CAP_LIBVIRT :
 		       o->commit_late ? 0 : WIRE_CAP_EARLY) |
@@ -2186,7 +2196,7 @@ static int prepare_source(struct sender *s, struct send_run *run)
 	mo->downtime_limit_ms = o->downtime_limit_ms;
 	mo->timeout_ms = o->c.timeout_ms;
 	mo->abort_flag = &s->abort_flag;
-	if (!o->no_disks && !o->standby_round && !run->early &&
+	if (!o->no_disks && !run->early &&
 	    disks_start(s, run->q, run->tls, run->host, run->port, mo) < 0)
 		return -1;
 	/* A round runs passes until we end it; QEMU should not try to stop for a switchover. */
@@ -2369,7 +2379,7 @@ static int start_source_early(struct sender *s, struct send_run *run)
 	char err[256];
 
 	/* Disks named or found: their mirrors go first, over the link. */
-	if (o->qemu_listen || (!o->no_disks && !o->standby_round &&
+	if (o->qemu_listen || (!o->no_disks &&
 			       (o->n_disks || disk_send_count(run->q, &all, err, sizeof(err)))))
 		return 0;
 	run->early = true;
@@ -2384,7 +2394,16 @@ static int start_source_early(struct sender *s, struct send_run *run)
  * standby's DONE says it kept the round, and only then do we keep ours
  * (finish()). Any failure here is a failed round: the source runs.
  */
+static void round_end(struct sender *s, struct send_run *run);
+
 static void finish_round(struct sender *s, struct send_run *run)
+{
+	round_end(s, run);
+	/* What the standby lacks of the disks from now: since this round, or the last kept one. */
+	disk_stale_settle(s->disks, run->q, s->image_id, s->peer_done && !s->failed);
+}
+
+static void round_end(struct sender *s, struct send_run *run)
 {
 	uint64_t t0, acked, limit = stall_limit_ms(s) * 1000000;
 	bool completed = false;
@@ -2402,6 +2421,18 @@ static void finish_round(struct sender *s, struct send_run *run)
 	if (s->failed)
 		return;
 	record_drop(s->o->c.state_dir, &s->rec);
+	/*
+	 * The disks first: their mirrors complete without pivot (a copy as of
+	 * now at the standby; the guest runs on), and the standby's disk DONE
+	 * says all is applied and flushed before the memory's DONE goes.
+	 */
+	if (s->disks && disk_stale_begin(s->disks, run->q, s->image_id, err, sizeof(err)) < 0)
+		log_warn("disks: no dirty bitmap to tell what the standby lacks: %s", err);
+	if (s->disks && (disk_send_switchover(s->disks, run->q, err, sizeof(err)) < 0 ||
+			 disk_send_confirmed(s->disks, limit / 1000000, err, sizeof(err)) < 0)) {
+		sender_fail(s, PROXY_LINK, "the round's disks: %s", err);
+		return;
+	}
 	for (t0 = tsb_now_ns(); !s->stream_done && !s->failed && tsb_now_ns() - t0 < limit;)
 		usleep(2000);
 	j = s->stream_done && !s->failed ? sender_job_get(s) : NULL;
@@ -2562,7 +2593,7 @@ static enum proxy_outcome finish(struct sender *s, struct send_run *run, json_t 
 			content_prune_rounds(s->store, s->vm, s->peer_site, s->image_id);
 		commit_ms = (tsb_now_ns() - end_ns) / 1000000;
 	}
-	if (oc == PROXY_OK && s->store) {
+	if (oc == PROXY_OK && s->store && !run->o->standby_round) {
 		/* The disks stay here as the VM's old copies: for its return, its kin. */
 		const char *images[DISK_MAX];
 

@@ -1739,3 +1739,23 @@ uint64_t store_other_tenants_pages(const char *dir, const char *skip_tenant)
 	closedir(dh);
 	return pages;
 }
+
+int store_standby_dir(struct store *s, const char *vm, char *out, size_t outlen, char *err,
+		      size_t errlen)
+{
+	int n, r;
+
+	if (!store_id_valid(vm)) {
+		snprintf(err, errlen, "'%s' is not a VM id", vm ? vm : "");
+		return -EINVAL;
+	}
+	n = snprintf(out, outlen, "%s/standby/%s", s->tdir, vm);
+	if (n < 0 || (size_t)n >= outlen) {
+		snprintf(err, errlen, "the standby directory's path is too long");
+		return -ENAMETOOLONG;
+	}
+	r = tsb_mkdir_p(out);
+	if (r < 0)
+		snprintf(err, errlen, "cannot create %s: %s", out, strerror(-r));
+	return r;
+}

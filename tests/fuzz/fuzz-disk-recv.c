@@ -11,7 +11,10 @@
  * socketpair per connection, as tests/unit/memdisk.c does): "disk0"
  * (1 MiB) and "disk1" (68 KiB + 512 bytes, not a multiple of a block).
  * Everything the receiver writes back must be well-formed messages of a
- * receiver, and the disks' sizes never change.
+ * receiver, and the disks' sizes never change. A fifth of the inputs run
+ * as with libvirt (the disks from BLOCKS, NBD exports), a fifth as a
+ * standby (the disks from BLOCKS, image files in a directory of ours,
+ * removed after each input).
  *
  * For speed the disks, their server threads and their nbd_server objects
  * live across inputs (a server serves one connection after another, as
@@ -21,6 +24,7 @@
  * per input cost far more than the receiver itself.
  * Seeds: tests/fuzz/corpus/disk-recv/ (make-seeds-disk.c).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -300,6 +304,41 @@ static int nbd_connect(void *opaque, unsigned k, const struct nbd_client_config 
 	return md_connect(&mdisks[k], cfg, ret);
 }
 
+static char standby_path[512];
+
+static void standby_remove(void)
+{
+	rmdir(standby_path);
+}
+
+/* A standby's directory for this process's inputs (made once, emptied after each). */
+static const char *standby_dir(void)
+{
+	if (!standby_path[0]) {
+		snprintf(standby_path, sizeof(standby_path), "%s/fuzz-disk-standby.XXXXXX",
+			 getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+		if (!mkdtemp(standby_path))
+			abort();
+		atexit(standby_remove);
+	}
+	return standby_path;
+}
+
+static void standby_clear(const char *dir)
+{
+	struct dirent *e;
+	DIR *d = opendir(dir);
+	char path[1024];
+
+	while (d && (e = readdir(d)))
+		if (e->d_name[0] != '.') {
+			snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+			unlink(path);
+		}
+	if (d)
+		closedir(d);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static bool once;
@@ -315,6 +354,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		.nbd_connect = nbd_connect,
 		/* Some inputs as with libvirt: the disks come from BLOCKS itself. */
 		.libvirt = size % 5 == 4,
+		/* Some as a standby: BLOCKS names image files of the receiver's own. */
+		.standby_dir = size % 5 == 3 ? standby_dir() : NULL,
 	};
 	struct disk_recv *dr = NULL;
 	json_t *report;
@@ -341,5 +382,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	json_decref(report);
 out:
 	md_reset();
+	if (io.standby_dir)
+		standby_clear(io.standby_dir);
 	return 0;
 }

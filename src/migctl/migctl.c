@@ -194,12 +194,23 @@ static void cancel_and_wait(struct qmp *src, struct migctl_result *res,
 	uint64_t start = tsb_now_ns();
 	const char *st = query_status(src, &res->src_stats);
 
+	bool cancelled = st && strcmp(st, "active") && strcmp(st, "device");
+
 	migctl_stop_source(src, st);
 	while ((tsb_now_ns() - start) / 1000000 < MIGCTL_CANCEL_WAIT_MS) {
 		st = query_status(src, &res->src_stats);
 		if (st && (!strcmp(st, "cancelled") || !strcmp(st, "failed") ||
 			   !strcmp(st, "completed") || !strcmp(st, "postcopy-paused")))
 			return;
+		/*
+		 * Yanked while it went on to pre-switchover: QEMU's migration
+		 * thread waits there for migrate-continue or a cancel, whatever
+		 * became of its channel (the source stays paused meanwhile).
+		 */
+		if (st && !strcmp(st, "pre-switchover") && !cancelled) {
+			(void)qmp_execute(src, "migrate_cancel", NULL, NULL, NULL, 0);
+			cancelled = true;
+		}
 		wait_readable(src, NULL, MIGCTL_POLL_MS);
 		drain_events(src, true, w);
 	}

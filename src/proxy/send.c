@@ -2378,9 +2378,9 @@ static int start_source_early(struct sender *s, struct send_run *run)
 	struct disk_send_options all = { 0 };
 	char err[256];
 
-	/* Disks named or found: their mirrors go first, over the link. */
-	if (o->qemu_listen || (!o->no_disks &&
-			       (o->n_disks || disk_send_count(run->q, &all, err, sizeof(err)))))
+	/* Disks named or found: their mirrors go first. Nor a sync round: nothing waits for it. */
+	if (o->qemu_listen || o->standby_round ||
+	    (!o->no_disks && (o->n_disks || disk_send_count(run->q, &all, err, sizeof(err)))))
 		return 0;
 	run->early = true;
 	if (prepare_source(s, run) < 0 || tell_qemu(s, run) < 0)

@@ -94,7 +94,7 @@ enum {
 	OPT_RECOVER_TIMEOUT, OPT_BANDWIDTH, OPT_PLAN, OPT_CONCURRENCY, OPT_JSON, OPT_TIMELINE,
 	OPT_NO_SEED, OPT_AGENT, OPT_HOST, OPT_SSH, OPT_REMOTE_TSUBAME, OPT_SWITCH_WINDOW,
 	OPT_COMMIT_EARLY,
-	OPT_COMMIT_LATE, OPT_STANDBY, OPT_INTERVAL, OPT_ROUNDS,
+	OPT_COMMIT_LATE, OPT_STANDBY, OPT_INTERVAL, OPT_ROUNDS, OPT_NICE,
 };
 
 static const struct option options[] = {
@@ -154,6 +154,7 @@ static const struct option options[] = {
 	{ "remote-tsubame", required_argument, NULL, OPT_REMOTE_TSUBAME },
 	{ "standby", no_argument, NULL, OPT_STANDBY },
 	{ "interval", required_argument, NULL, OPT_INTERVAL },
+	{ "nice", required_argument, NULL, OPT_NICE },
 	{ "rounds", required_argument, NULL, OPT_ROUNDS },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, 'h' },
@@ -501,6 +502,13 @@ static int parse_sync_opt(const char *cmd, bool send, int c, struct parsed *p)
 					       optarg);
 		p->x.interval_ns = v;
 		return 0;
+	case OPT_NICE:
+		if (!p->x.sync)
+			return cli_usage_error(cmd, "option --nice is for 'tsubame sync'");
+		if (tsb_parse_u64(optarg, 0, 19, &v) < 0)
+			return cli_usage_error(cmd, "bad --nice '%s' (0-19)", optarg);
+		p->x.nice = (int)v;
+		return 0;
 	case OPT_ROUNDS:
 		if (!p->x.sync && (send || p->group))
 			return cli_usage_error(cmd, "option --rounds is for 'tsubame sync' and "
@@ -742,7 +750,7 @@ int cli_group_parse_recv(int argc, char **argv, struct proxy_recv_options *o,
 
 int cli_sync_parse(int argc, char **argv, struct proxy_send_options *o, struct cli_sr_extra *x)
 {
-	struct parsed p = { .mode = PROXY_MODE_PRECOPY, .x.sync = true };
+	struct parsed p = { .mode = PROXY_MODE_PRECOPY, .x.sync = true, .x.nice = -1 };
 	int r = parse("sync", true, argc, argv, &p);
 
 	*x = p.x;

@@ -17,10 +17,12 @@
 #include "qmp/qmp.h"
 #include "wire/pacer.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #define SYNC_INTERVAL_DEFAULT_NS (60 * 1000000000ull)
@@ -28,6 +30,12 @@
 #define SYNC_RETRY_NS (5 * 1000000000ull)
 /* QEMU's max-bandwidth in a round unless given: how fast it reads the guest's memory. */
 #define SYNC_SCAN_RATE_DEFAULT (64ull << 20)
+/*
+ * sync's CPU priority unless --nice: it works in the background, beside
+ * the guest it copies, and should yield the CPU to it (and to other
+ * guests) when they compete. Its threads inherit it.
+ */
+#define SYNC_NICE_DEFAULT 10
 /* How often a waiting sync says how stale the standby is. */
 #define SYNC_STATUS_EVERY_NS (10 * 1000000000ull)
 
@@ -236,6 +244,16 @@ int cli_sync_run(const struct proxy_send_options *given, const struct cli_sr_ext
 
 	if (rc)
 		return rc;
+	/*
+	 * (Linux: the calling thread's nice value, which the threads made
+	 * later inherit.) By default only ever lower: a sync already started
+	 * under nice keeps that.
+	 */
+	errno = 0;
+	int cur = getpriority(PRIO_PROCESS, 0), want = x->nice >= 0 ? x->nice : SYNC_NICE_DEFAULT;
+
+	if ((x->nice >= 0 || errno || cur < want) && setpriority(PRIO_PROCESS, 0, want) < 0)
+		log_warn("sync: cannot set its CPU priority to nice %d: %s", want, strerror(errno));
 	o->standby_round = true;
 	o->c.timeout_ms = 0;	/* --timeout bounds the whole sync, not a round */
 	o->c.progress = false;	/* one line per round instead */
@@ -375,6 +393,8 @@ int cmd_sync(int argc, char **argv)
 		       "  --rounds N             stop after N kept rounds (default: until\n"
 		       "                         interrupted)\n"
 		       "  --bandwidth RATE       cap on what the rounds put on the WAN (e.g. 20mbit)\n"
+		       "  --nice N               sync's CPU priority, 0-19 (default %d): it yields\n"
+		       "                         the CPU to the guest when they compete\n"
 		       "  --max-bandwidth RATE   how fast a round reads the guest's memory (QEMU's\n"
 		       "                         max-bandwidth; default 64MiB/s): the guest's CPU\n"
 		       "                         and memory bandwidth a round takes\n"
@@ -395,7 +415,7 @@ int cmd_sync(int argc, char **argv)
 		       "Exit status: 0 after --rounds kept rounds; 1 a round failed and no more\n"
 		       "were tried (e.g. the standby refused); 2 usage; 3 --timeout; 5 the\n"
 		       "standby refused our key; 130 interrupted. A sync never stops the VM for\n"
-		       "good and never runs it at the standby.\n");
+		       "good and never runs it at the standby.\n", SYNC_NICE_DEFAULT);
 		return TSB_EXIT_OK;
 	}
 	return cli_sync_run(&o, &x);

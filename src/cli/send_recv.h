@@ -26,6 +26,7 @@ struct cli_sr_extra {
 	bool standby;			/* --standby */
 	uint64_t interval_ns;		/* --interval: between the starts of rounds */
 	unsigned rounds;		/* --rounds: stop after this many kept; 0: never */
+	int nice;			/* --nice: sync's CPU priority; -1: the default */
 };
 
 /*

@@ -1542,7 +1542,64 @@ static int flush_disk(struct disk_recv *dr, int k)
 	return r;
 }
 
-/* BLOCKS: which of our disks each index names; opens an NBD client each. */
+/* ---- BLOCKS: which of our disks each index names ---- */
+
+/* A device name that can be a file name here: [A-Za-z0-9_.-], not starting with a dot. */
+static bool standby_name_ok(const char *p, size_t len)
+{
+	size_t i;
+
+	if (!len || len >= DISK_NAME_MAX || p[0] == '.')
+		return false;
+	for (i = 0; i < len; i++)
+		if (!isalnum((unsigned char)p[i]) && p[i] != '_' && p[i] != '-' && p[i] != '.')
+			return false;
+	return true;
+}
+
+/*
+ * A disk of the sender's list that we set up ourselves (libvirt's exports,
+ * a standby's files): its index, name (a file name for a standby) and size
+ * checked, taken into the next d[]. NULL and why when it cannot be taken.
+ */
+static struct rdisk *listed_disk(struct disk_recv *dr, const struct wire_block *b, char *why,
+				 size_t whylen)
+{
+	bool standby = dr->standby_dir[0];
+	struct rdisk *d;
+
+	if (b->index >= DISK_MAX || dr->n == DISK_MAX || dr->map[b->index] >= 0) {
+		snprintf(why, whylen, "disk index %u out of range or named twice", b->index);
+		return NULL;
+	}
+	if (!b->name.len || b->name.len >= DISK_NAME_MAX || !b->used_length ||
+	    (standby && (!standby_name_ok(b->name.p, b->name.len) ||
+			 b->used_length > DISK_STANDBY_MAX_SIZE))) {
+		snprintf(why, whylen, "a disk without a usable name or size");
+		return NULL;
+	}
+	d = &dr->d[dr->n];
+	memcpy(d->dev.device, b->name.p, b->name.len);
+	d->dev.device[b->name.len] = '\0';
+	d->dev.size = b->used_length;
+	for (unsigned k = 0; k < dr->n; k++)
+		if (!strcmp(dr->d[k].dev.device, d->dev.device)) {
+			snprintf(why, whylen, "disk %s named twice", d->dev.device);
+			return NULL;
+		}
+	return d;
+}
+
+/* The disk listed_disk() took is in use from now on. */
+static void listed_disk_taken(struct disk_recv *dr, const struct wire_block *b)
+{
+	dr->d[dr->n].used = true;
+	dr->wm_max += dr->d[dr->n].dev.size / BLOCK;
+	dr->map[b->index] = (int)dr->n++;
+	if (b->index >= dr->n_map)
+		dr->n_map = b->index + 1u;
+}
+
 /*
  * libvirt: the disks are the sender's list (export names and sizes); the
  * export's size is checked once it is open (open_libvirt_targets()).
@@ -1552,27 +1609,12 @@ static int take_libvirt_blocks(struct disk_recv *dr, const struct wire_blocks *b
 {
 	struct wire_blocks_iter it;
 	struct wire_block b;
-	struct rdisk *d;
 
 	wire_blocks_iter_init(bl, &it);
 	while (wire_blocks_next(&it, &b)) {
-		if (b.index >= DISK_MAX || dr->n == DISK_MAX || dr->map[b.index] >= 0) {
-			snprintf(why, whylen, "disk index %u out of range or named twice", b.index);
+		if (!listed_disk(dr, &b, why, whylen))
 			return -EPROTO;
-		}
-		if (!b.name.len || b.name.len >= DISK_NAME_MAX || !b.used_length) {
-			snprintf(why, whylen, "a disk without a usable name or size");
-			return -EPROTO;
-		}
-		d = &dr->d[dr->n];
-		memcpy(d->dev.device, b.name.p, b.name.len);
-		d->dev.device[b.name.len] = '\0';
-		d->dev.size = b.used_length;
-		d->used = true;
-		dr->wm_max += d->dev.size / BLOCK;
-		dr->map[b.index] = (int)dr->n++;
-		if (b.index >= dr->n_map)
-			dr->n_map = b.index + 1u;
+		listed_disk_taken(dr, &b);
 	}
 	return 0;
 }
@@ -1604,19 +1646,6 @@ static int open_libvirt_targets(struct disk_recv *dr)
 	return 0;
 }
 
-/* A device name that can be a file name here: [A-Za-z0-9_.-], not starting with a dot. */
-static bool standby_name_ok(const char *p, size_t len)
-{
-	size_t i;
-
-	if (!len || len >= DISK_NAME_MAX || p[0] == '.')
-		return false;
-	for (i = 0; i < len; i++)
-		if (!isalnum((unsigned char)p[i]) && p[i] != '_' && p[i] != '-' && p[i] != '.')
-			return false;
-	return true;
-}
-
 /*
  * A standby: each disk of the sender's list is <standby_dir>/<device>.raw,
  * ours alone (no QEMU runs here): created, or resized to the disk's size,
@@ -1629,27 +1658,13 @@ static int take_standby_blocks(struct disk_recv *dr, const struct wire_blocks *b
 	struct wire_block b;
 	struct rdisk *d;
 	struct stat st;
-	int n;
+	int n, r;
 
 	wire_blocks_iter_init(bl, &it);
 	while (wire_blocks_next(&it, &b)) {
-		if (b.index >= DISK_MAX || dr->n == DISK_MAX || dr->map[b.index] >= 0) {
-			snprintf(why, whylen, "disk index %u out of range or named twice", b.index);
+		d = listed_disk(dr, &b, why, whylen);
+		if (!d)
 			return -EPROTO;
-		}
-		if (!standby_name_ok(b.name.p, b.name.len) || !b.used_length ||
-		    b.used_length > DISK_STANDBY_MAX_SIZE) {
-			snprintf(why, whylen, "a disk without a usable name or size");
-			return -EPROTO;
-		}
-		d = &dr->d[dr->n];
-		memcpy(d->dev.device, b.name.p, b.name.len);
-		d->dev.device[b.name.len] = '\0';
-		for (unsigned k = 0; k < dr->n; k++)
-			if (!strcmp(dr->d[k].dev.device, d->dev.device)) {
-				snprintf(why, whylen, "disk %s named twice", d->dev.device);
-				return -EPROTO;
-			}
 		/* (disk_recv_start checked that the directory, a name and ".raw" fit) */
 		n = (int)strlen(dr->standby_dir);
 		memcpy(d->dev.file, dr->standby_dir, (size_t)n);
@@ -1657,27 +1672,33 @@ static int take_standby_blocks(struct disk_recv *dr, const struct wire_blocks *b
 		memcpy(d->dev.file + n + 1, d->dev.device, b.name.len);
 		memcpy(d->dev.file + n + 1 + b.name.len, ".raw", 5);
 		snprintf(d->dev.format, sizeof(d->dev.format), "raw");
-		d->dev.size = b.used_length;
+		r = tsb_mkdir_p(dr->standby_dir);
+		if (r < 0) {
+			snprintf(why, whylen, "cannot make the standby's directory: %s", strerror(-r));
+			return r;
+		}
 		d->tfd = open(d->dev.file, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 		if (d->tfd < 0 || fstat(d->tfd, &st) < 0 ||
 		    ((uint64_t)st.st_size != d->dev.size &&
 		     ftruncate(d->tfd, (off_t)d->dev.size) < 0)) {
 			int e = errno;
 
-			snprintf(why, whylen, "standby image %s: %s", d->dev.file, strerror(e));
+			log_error("disks: standby image %s: %s", d->dev.file, strerror(e));
+			snprintf(why, whylen, "the standby's image of %s: %s", d->dev.device,
+				 strerror(e));
+			if (d->tfd >= 0)
+				close(d->tfd);
+			d->tfd = -1;
 			return -e;
 		}
 		d->checked_in_file = d->written_in_file = true;
-		d->used = true;
 		mark_incomplete(d);
-		dr->wm_max += d->dev.size / BLOCK;
-		dr->map[b.index] = (int)dr->n++;
-		if (b.index >= dr->n_map)
-			dr->n_map = b.index + 1u;
+		listed_disk_taken(dr, &b);
 	}
 	return 0;
 }
 
+/* The destination QEMU's own disks, by name: an NBD client of each export. */
 static int take_blocks(struct disk_recv *dr, const struct wire_blocks *bl, char *why,
 		       size_t whylen)
 {

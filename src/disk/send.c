@@ -1505,7 +1505,7 @@ static int wait_jobs_gone(struct disk_send *ds, struct qmp *q, uint64_t timeout_
 			snprintf(err, errlen, "the mirror jobs did not end in time");
 			return -ETIMEDOUT;
 		}
-		usleep(5000);	/* inside the downtime: notice the end soon */
+		usleep(1000);	/* inside the downtime: notice the end at once */
 	}
 }
 

@@ -1743,7 +1743,7 @@ uint64_t store_other_tenants_pages(const char *dir, const char *skip_tenant)
 int store_standby_dir(struct store *s, const char *vm, char *out, size_t outlen, char *err,
 		      size_t errlen)
 {
-	int n, r;
+	int n;
 
 	if (!store_id_valid(vm)) {
 		snprintf(err, errlen, "'%s' is not a VM id", vm ? vm : "");
@@ -1754,8 +1754,5 @@ int store_standby_dir(struct store *s, const char *vm, char *out, size_t outlen,
 		snprintf(err, errlen, "the standby directory's path is too long");
 		return -ENAMETOOLONG;
 	}
-	r = tsb_mkdir_p(out);
-	if (r < 0)
-		snprintf(err, errlen, "cannot create %s: %s", out, strerror(-r));
-	return r;
+	return 0;
 }

@@ -199,8 +199,9 @@ int store_disk_note(struct store *s, const char *path, char *err, size_t errlen)
 int store_disk_list(struct store *s, void (*fn)(const char *path, void *arg), void *arg);
 /*
  * A standby's copies of a VM's disks (docs/standby.md) live in the
- * tenant's directory: tdir/standby/<vm>/, created (0700) here. Its path
- * in out; 0, -EINVAL (vm not an id) or -errno; err says why. (store.c)
+ * tenant's directory: tdir/standby/<vm>/ (made by the first disk that
+ * arrives). Its path in out; 0, -EINVAL (vm not an id) or -ENAMETOOLONG;
+ * err says why. (store.c)
  */
 int store_standby_dir(struct store *s, const char *vm, char *out, size_t outlen, char *err,
 		      size_t errlen);

@@ -10,9 +10,7 @@ requires "$WANEM" ss "$MEMVERIFY_HOST" qemu-img python3
 check="$top/tests/integration/disk-check.py"
 # The private socket directories of a killed recv stay behind: keep them in $T.
 export TMPDIR=$T
-guest_init=$(gunzip -c "$GUEST_DIR/initrd.img" | cpio -i --to-stdout init 2>/dev/null || true)
-grep -q diskwrite <<<"$guest_init" ||
-	skip "the guest in $GUEST_DIR has no diskwrite workload (rebuild it: scripts/build-guest)"
+require_guest_feature diskwrite "diskwrite workload"
 
 "$TSUBAME" keygen "$T/key" >/dev/null
 base=8192 blocks=1024

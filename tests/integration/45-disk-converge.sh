@@ -21,9 +21,7 @@
 require_guest
 requires "$WANEM" ss "$MEMVERIFY_HOST" qemu-img python3
 check="$top/tests/integration/disk-check.py"
-guest_init=$(gunzip -c "$GUEST_DIR/initrd.img" | cpio -i --to-stdout init 2>/dev/null || true)
-grep -q dwrate <<<"$guest_init" ||
-	skip "the guest in $GUEST_DIR has no tsb.dwrate (rebuild it: scripts/build-guest)"
+require_guest_feature dwrate "tsb.dwrate"
 
 base=8192 blocks=4096 rate=${DW_RATE:-16}
 export WAN_RATE=40mbit WAN_DELAY=10ms

@@ -16,9 +16,7 @@
 require_guest
 requires "$WANEM" ss "$MEMVERIFY_HOST" qemu-img python3
 check="$top/tests/integration/disk-check.py"
-guest_init=$(gunzip -c "$GUEST_DIR/initrd.img" | cpio -i --to-stdout init 2>/dev/null || true)
-grep -q diskwrite <<<"$guest_init" ||
-	skip "the guest in $GUEST_DIR has no diskwrite workload (rebuild it: scripts/build-guest)"
+require_guest_feature diskwrite "diskwrite workload"
 
 "$TSUBAME" keygen "$T/key" >/dev/null
 base=8192 blocks=1024

@@ -99,6 +99,15 @@ require_guest() {
 		skip "no guest image in $GUEST_DIR (run scripts/build-guest)"
 }
 
+# require_guest_feature WORD WHAT: skip the test unless the guest's init (in
+# $GUEST_DIR's initramfs) knows WORD (a workload or option it added later).
+require_guest_feature() {
+	local init
+	init=$(gunzip -c "$GUEST_DIR/initrd.img" | cpio -i --to-stdout init 2>/dev/null || true)
+	grep -q "$1" <<<"$init" ||
+		skip "the guest in $GUEST_DIR has no $2 (rebuild it: scripts/build-guest)"
+}
+
 # start_vm NAME APPEND [tsubame vm start options...]: boots a guest whose run
 # directory is $T/NAME; registers it for cleanup.
 start_vm() {

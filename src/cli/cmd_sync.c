@@ -204,7 +204,8 @@ static int load_vms(struct proxy_send_options *o, const struct cli_sr_extra *x,
 	}
 	for (size_t i = 0; i < v->n; i++) {
 		v->st[i].vm = x->plan ? v->plan.vms[i].name : o->vm_id ? o->vm_id : "";
-		v->st[i].qmp = x->plan ? v->plan.vms[i].qmp : o->c.qmp_path;
+		/* (no disks synced: nothing to ask its QEMU between rounds) */
+		v->st[i].qmp = o->no_disks ? NULL : x->plan ? v->plan.vms[i].qmp : o->c.qmp_path;
 	}
 	if (x->plan && !o->c.tenant && v->plan.tenant[0])
 		o->c.tenant = v->plan.tenant;
@@ -229,6 +230,23 @@ static bool all_kept(const struct sync_vms *v, unsigned rounds)
 	return true;
 }
 
+/*
+ * --nice, or by default SYNC_NICE_DEFAULT unless already nicer (a sync
+ * started under nice keeps that). Linux: the calling thread's nice value,
+ * which the threads made later inherit.
+ */
+static void set_nice(int given)
+{
+	int want = given >= 0 ? given : SYNC_NICE_DEFAULT, cur;
+
+	errno = 0;
+	cur = getpriority(PRIO_PROCESS, 0);
+	if (given < 0 && !errno && cur >= want)
+		return;
+	if (setpriority(PRIO_PROCESS, 0, want) < 0)
+		log_warn("sync: cannot set its CPU priority to nice %d: %s", want, strerror(errno));
+}
+
 int cli_sync_run(const struct proxy_send_options *given, const struct cli_sr_extra *x)
 {
 	/* Each round's options: the plan's VM in turn. */
@@ -244,16 +262,7 @@ int cli_sync_run(const struct proxy_send_options *given, const struct cli_sr_ext
 
 	if (rc)
 		return rc;
-	/*
-	 * (Linux: the calling thread's nice value, which the threads made
-	 * later inherit.) By default only ever lower: a sync already started
-	 * under nice keeps that.
-	 */
-	errno = 0;
-	int cur = getpriority(PRIO_PROCESS, 0), want = x->nice >= 0 ? x->nice : SYNC_NICE_DEFAULT;
-
-	if ((x->nice >= 0 || errno || cur < want) && setpriority(PRIO_PROCESS, 0, want) < 0)
-		log_warn("sync: cannot set its CPU priority to nice %d: %s", want, strerror(errno));
+	set_nice(x->nice);
 	o->standby_round = true;
 	o->c.timeout_ms = 0;	/* --timeout bounds the whole sync, not a round */
 	o->c.progress = false;	/* one line per round instead */

@@ -193,7 +193,7 @@ static void cancel_and_wait(struct qmp *src, struct migctl_result *res,
 {
 	uint64_t start = tsb_now_ns();
 	const char *st = query_status(src, &res->src_stats);
-
+	/* migctl_stop_source yanks an active migration, cancels any other */
 	bool cancelled = st && strcmp(st, "active") && strcmp(st, "device");
 
 	migctl_stop_source(src, st);

@@ -2394,15 +2394,6 @@ static int start_source_early(struct sender *s, struct send_run *run)
  * standby's DONE says it kept the round, and only then do we keep ours
  * (finish()). Any failure here is a failed round: the source runs.
  */
-static void round_end(struct sender *s, struct send_run *run);
-
-static void finish_round(struct sender *s, struct send_run *run)
-{
-	round_end(s, run);
-	/* What the standby lacks of the disks from now: since this round, or the last kept one. */
-	disk_stale_settle(s->disks, run->q, s->image_id, s->peer_done && !s->failed);
-}
-
 static void round_end(struct sender *s, struct send_run *run)
 {
 	uint64_t t0, acked, limit = stall_limit_ms(s) * 1000000;
@@ -2460,6 +2451,13 @@ static void round_end(struct sender *s, struct send_run *run)
 			    "the standby did not confirm the round");
 	if (s->peer_done)
 		log_info("sync: the standby says: %s", s->peer_done_text);
+}
+
+static void finish_round(struct sender *s, struct send_run *run)
+{
+	round_end(s, run);
+	/* What the standby lacks of the disks from now: since this round, or the last kept one. */
+	disk_stale_settle(s->disks, run->q, s->image_id, s->peer_done && !s->failed);
 }
 
 /* QEMU migrates through us; then the switchover is committed or undone. */

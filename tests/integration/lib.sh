@@ -177,6 +177,19 @@ verify_after() {
 	log "$2 verifying, beat $after (the source stopped at ${last:-?})"
 }
 
+# disk_records_kept SRC_IMG DST_IMG: both raw images hold the original
+# ($T/orig.img) outside the guest's record ring ($base, $blocks) and a
+# consistent prefix of its records inside (disk-check.py), the destination's
+# at least as far as the source's: no write lost at the switchover.
+disk_records_kept() {
+	local check="$top/tests/integration/disk-check.py" ma mb
+	ma=$(python3 "$check" "$T/orig.img" "$1" "$base" "$blocks") || fail "source image: $ma"
+	mb=$(python3 "$check" "$T/orig.img" "$2" "$base" "$blocks") || fail "destination image: $mb"
+	[ "$ma" -ge 0 ] && [ "$mb" -ge "$ma" ] ||
+		fail "destination image has records up to $mb, the source had $ma"
+	log "records: source stopped at $ma, destination carried on to $mb; both images consistent"
+}
+
 # disk_carries_on VM: after a disk migration the guest at VM writes its disk
 # on (diskwrite records, none failed) and $T/VM.img is no longer marked
 # incomplete.

@@ -238,6 +238,13 @@ struct run {
 	bool dirty_pending, dirty_off;		/* a sample runs; QEMU offers none */
 };
 
+/* The source's events; its STOP time at once, for a caller's thread (proxy's encoder). */
+static void drain_source_events(struct run *m)
+{
+	drain_events(m->src, true, &m->w);
+	__atomic_store_n(&m->res->stop_ns, m->w.stop_ns, __ATOMIC_RELEASE);
+}
+
 /* May the destination run the guest already (never cancel then)? */
 static bool committed(const struct run *m)
 {
@@ -312,6 +319,7 @@ static int run_pre_switchover(struct run *m)
 		return 0;
 	/* The source is stopped: finish what must precede the switch. */
 	m->switched = true;
+	drain_source_events(m);	/* its STOP came with the status we just read */
 	r = opts->pre_switchover(opts->pre_switchover_opaque, m->src, res->error,
 				 sizeof(res->error));
 	if (r == 0) {
@@ -341,6 +349,8 @@ static int run_check_completed(struct run *m)
 		return 0;
 	if (!m->completed_at)
 		m->completed_at = m->now_ms;
+	/* A STOP read while we waited for the status would be missed otherwise. */
+	drain_source_events(m);
 	if (!m->dst || m->w.resume_ns)
 		return 1;
 	if (m->now_ms - m->completed_at > MIGCTL_RESUME_WAIT_MS) {
@@ -560,7 +570,7 @@ static int run_step(struct run *m)
 	 */
 	wait_readable(m->src, m->dst, m->opts->no_return && !committed(m) && m->res->postcopy ?
 		      MIGCTL_COMMIT_POLL_MS : MIGCTL_POLL_MS / 2);
-	drain_events(m->src, true, &m->w);
+	drain_source_events(m);
 	if (m->dst)
 		drain_events(m->dst, false, &m->w);
 	m->now_ms = (tsb_now_ns() - m->start) / 1000000;

@@ -1811,6 +1811,7 @@ static int pre_switchover(void *opaque, struct qmp *q, char *err, size_t errlen)
 {
 	struct sender *s = opaque;
 
+	__atomic_store_n(&s->source_stopped, true, __ATOMIC_RELEASE);
 	if (s->o->standby_round)
 		return round_pre_switchover(s, err, errlen);
 	if (s->o->switch_gate)
@@ -2353,6 +2354,7 @@ static int tell_qemu(struct sender *s, struct send_run *run)
 	if (record_begin(s, run->q) < 0)
 		return -1;
 	s->migrate_ns = tsb_now_ns();
+	s->stop_ns = &run->res.stop_ns;
 	log_debug("source: QEMU migrates");
 	if (migctl_start(run->q, "fd:" PROXY_FDNAME, &run->res) < 0) {
 		sender_fail(s, PROXY_FAILED, "source QEMU: migrate: %s", run->res.error);

@@ -159,24 +159,21 @@ enum ref_source {
 };
 
 /*
- * The encoding choice for a page that is not in the receiver's older image
- * of this VM. Touches the mirrored cache: call once per page, in stream order.
+ * The source stopped for the last pass of a precopy (our hook at
+ * pre-switchover, or migctl's STOP). Not in postcopy: there the push of
+ * what is left is not in the downtime, and its references save the most.
  */
-static enum ref_source choose_ref(struct sender *s, const struct qs_page *pg,
-				  const uint8_t *hash, bool kept)
+static bool in_last_pass(const struct sender *s)
 {
-	bool hit;
+	return !s->in_postcopy && !s->postcopy_listen &&
+	       (__atomic_load_n(&s->source_stopped, __ATOMIC_ACQUIRE) ||
+		(s->stop_ns && __atomic_load_n(s->stop_ns, __ATOMIC_ACQUIRE)));
+}
 
-	/*
-	 * Both caches see the same gets and puts in the same order, so a hit
-	 * here means the receiver holds the content too. Not for a requested
-	 * page: it overtakes batches that may hold the content (send_urgent.c).
-	 */
-	pthread_mutex_lock(&s->cache_lock);
-	hit = !s->urgent_encoding && pagecache_touch(s->cache, hash);
-	pthread_mutex_unlock(&s->cache_lock);
-	if (hit)
-		return REF_CACHE;
+/* Where the receiver probably holds a page's content, by a filter or a sibling. */
+static enum ref_source guess_ref(struct sender *s, const struct qs_page *pg,
+				 const uint8_t *hash, bool kept)
+{
 	/*
 	 * On the destination's disk, written there by this migration's disk
 	 * channel (docs/disk.md); a miss is served from our store.
@@ -197,6 +194,40 @@ static enum ref_source choose_ref(struct sender *s, const struct qs_page *pg,
 	    live_share_has(s->o->live, s->o->live_rank, s->peer_site, hash))
 		return REF_LIVE;
 	return REF_NONE;
+}
+
+/*
+ * The encoding choice for a page that is not in the receiver's older image
+ * of this VM. Touches the mirrored cache: call once per page, in stream order.
+ */
+static enum ref_source choose_ref(struct sender *s, const struct qs_page *pg,
+				  const uint8_t *hash, bool kept)
+{
+	enum ref_source src;
+	bool hit;
+
+	/*
+	 * Both caches see the same gets and puts in the same order, so a hit
+	 * here means the receiver holds the content too. Not for a requested
+	 * page: it overtakes batches that may hold the content (send_urgent.c).
+	 */
+	pthread_mutex_lock(&s->cache_lock);
+	hit = !s->urgent_encoding && pagecache_touch(s->cache, hash);
+	pthread_mutex_unlock(&s->cache_lock);
+	if (hit)
+		return REF_CACHE;
+	/*
+	 * A guess that is wrong (a filter's false hit, a disk block still on
+	 * its way, a sibling's page late) makes the receiver wait a round
+	 * trip, or for the sibling: inside the downtime in the last pass,
+	 * where the page itself is cheaper.
+	 */
+	src = guess_ref(s, pg, hash, kept);
+	if (src != REF_NONE && in_last_pass(s)) {
+		s->pages_unguessed++;
+		return REF_NONE;
+	}
+	return src;
 }
 
 static void count_ref(struct sender *s, enum ref_source src)

@@ -220,6 +220,9 @@ json_t *report_make(struct sender *s, const struct migctl_result *res, uint64_t 
 	/* Of "group": sent by another VM of the group moving at the same time. */
 	json_object_set_new(json_object_get(r, "pages"), "group_live",
 			    json_integer((json_int_t)s->pages_live));
+	/* Of "data": a filter named them, but the source had stopped (send_encode.c). */
+	json_object_set_new(json_object_get(r, "pages"), "data_not_guessed",
+			    json_integer((json_int_t)s->pages_unguessed));
 	/* Where each page came from at the destination, and what that cost. */
 	json_object_set_new(r, "by_source", json_pack(
 		"{s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I}}",

@@ -238,6 +238,14 @@ struct sender {
 	bool tail_armed;		/* parse thread: watching for the stream's end */
 	struct qs_tail tail;		/* (tail.c) */
 	bool urgent_encoding;		/* parse thread: encoding a requested page */
+	/*
+	 * The source stopped for its switchover (atomic): set by our hook at
+	 * pre-switchover, or read from migctl's STOP time. From then on no
+	 * page goes as a reference the receiver may lack (send_encode.c).
+	 */
+	bool source_stopped;
+	const uint64_t *stop_ns;	/* migctl's result: the STOP event's time, 0 before */
+	uint64_t pages_unguessed;	/* parse thread: sent as data for that reason */
 	uint64_t urgent_pages;		/* pages sent ahead of the queue */
 	/*
 	 * In postcopy the WAN thread holds the push back once a window is in

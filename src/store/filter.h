@@ -15,7 +15,7 @@
 #include <stdint.h>
 
 #define TSB_FILTER_HASH_LEN 32
-/* 4 MiB of bits: about 2 million entries at 0.05% false hits. */
+/* 4 MiB of bits: about 1.5 million entries at 0.003% false hits. */
 #define TSB_FILTER_MAX_BITS (32u << 20)
 #define TSB_FILTER_HDR_LEN 12
 
@@ -27,8 +27,8 @@ struct tsb_filter {
 };
 
 /*
- * Sizes a filter for about n entries at ~0.05% false hits (16 bits
- * each, 11 probes), capped at TSB_FILTER_MAX_BITS. 0 or -ENOMEM.
+ * Sizes a filter for about n entries at ~0.003% false hits (22 bits
+ * each, 15 probes), capped at TSB_FILTER_MAX_BITS. 0 or -ENOMEM.
  */
 int tsb_filter_init(struct tsb_filter *f, uint64_t n);
 void tsb_filter_fini(struct tsb_filter *f);

@@ -32,7 +32,12 @@ static void usage(FILE *f)
 		"The sending side reads each VM's name, qmp and to (and host, if the VM is\n"
 		"on another host of the site); the receiving side its name, dest_qmp and\n"
 		"listen (and dest_host). tenant, bandwidth and concurrency are optional;\n"
-		"the options below win over them.\n"
+		"the options below win over them. A libvirt domain instead of a QEMU:\n"
+		"  {\"name\": \"db1\", \"domain\": \"db1\", \"dest_uri\": \"qemu+ssh://b/system\",\n"
+		"   \"to\": \"site-b:7002\", \"listen\": \"0.0.0.0:7002\", \"disks\": [\"vda\"]}\n"
+		"moved by libvirt's own migration, its stream through tsubame (as 'tsubame\n"
+		"migrate'); optional \"connect\" (the local libvirt) and \"qemu_port\" (both\n"
+		"QEMUs' loopback port, + 1 for the disks; default 49290 + 2 x its place).\n"
 		"\n"
 		"Options:\n"
 		"  --plan FILE            the plan (required)\n"
@@ -55,6 +60,8 @@ static void usage(FILE *f)
 		"                         'ssh -o BatchMode=yes'): each runs 'tsubame group\n"
 		"                         send --agent' there, within the same budget\n"
 		"  --remote-tsubame PATH  send: tsubame on those hosts (default: tsubame)\n"
+		"  --persistent           send: define libvirt domains at the destination\n"
+		"  --undefinesource       send: and undefine them here afterwards\n"
 		"  --json                 progress and results as JSON lines on stdout\n"
 		"  --report FILE          the group's JSON report (every VM's inside)\n"
 		"  --no-progress          no per-VM lines on stderr (default: on a TTY)\n"
@@ -211,6 +218,8 @@ static int group_send_cmd(int argc, char **argv)
 	if (!o.c.tenant && plan.tenant[0])
 		o.c.tenant = plan.tenant;
 	go.switch_window_ns = x.switch_window_ns;	/* agents: a gate of their own */
+	go.persistent = x.persistent;
+	go.undefine_source = x.undefine_source;
 	if (x.agent) {
 		go.agent = true;
 		left = group_send(&plan, &go, &report);

@@ -93,7 +93,7 @@ enum {
 	OPT_MAX_WINDOW, OPT_DISK_COPY_MODE, OPT_QEMU_CONNECT, OPT_NBD_CONNECT,
 	OPT_RECOVER_TIMEOUT, OPT_BANDWIDTH, OPT_PLAN, OPT_CONCURRENCY, OPT_JSON, OPT_TIMELINE,
 	OPT_NO_SEED, OPT_AGENT, OPT_HOST, OPT_SSH, OPT_REMOTE_TSUBAME, OPT_SWITCH_WINDOW,
-	OPT_COMMIT_EARLY,
+	OPT_PERSISTENT, OPT_UNDEFINE_SOURCE, OPT_COMMIT_EARLY,
 	OPT_COMMIT_LATE, OPT_STANDBY, OPT_INTERVAL, OPT_ROUNDS, OPT_NICE,
 };
 
@@ -149,6 +149,8 @@ static const struct option options[] = {
 	{ "no-seed", no_argument, NULL, OPT_NO_SEED },
 	{ "switchover-window", required_argument, NULL, OPT_SWITCH_WINDOW },
 	{ "agent", no_argument, NULL, OPT_AGENT },
+	{ "persistent", no_argument, NULL, OPT_PERSISTENT },
+	{ "undefinesource", no_argument, NULL, OPT_UNDEFINE_SOURCE },
 	{ "host", required_argument, NULL, OPT_HOST },
 	{ "ssh", required_argument, NULL, OPT_SSH },
 	{ "remote-tsubame", required_argument, NULL, OPT_REMOTE_TSUBAME },
@@ -439,6 +441,8 @@ static int parse_group_opt(const char *cmd, bool send, int c, struct parsed *p)
 	case OPT_SSH:
 	case OPT_REMOTE_TSUBAME:
 	case OPT_SWITCH_WINDOW:
+	case OPT_PERSISTENT:
+	case OPT_UNDEFINE_SOURCE:
 		break;
 	default:
 		return OPT_OTHER;
@@ -470,6 +474,10 @@ static int parse_group_opt(const char *cmd, bool send, int c, struct parsed *p)
 		p->x.ssh = optarg;
 	else if (c == OPT_REMOTE_TSUBAME)
 		p->x.remote_tsubame = optarg;
+	else if (c == OPT_PERSISTENT)
+		p->x.persistent = true;
+	else if (c == OPT_UNDEFINE_SOURCE)
+		p->x.undefine_source = true;
 	else if (c == OPT_SWITCH_WINDOW) {
 		if (tsb_parse_duration(optarg, &v) < 0 || !v || v > 600000000000ull)
 			return cli_usage_error(cmd, "bad --switchover-window '%s' (e.g. 2s; "
@@ -579,7 +587,7 @@ static int check_group(const char *cmd, struct parsed *p)
 				       "for each VM");
 	if (p->qemu_connect || p->nbd_connect)
 		return cli_usage_error(cmd, "--qemu-connect and --nbd-connect are not for groups "
-				       "(libvirt domains move with 'tsubame migrate')");
+				       "(a libvirt domain's \"qemu_port\" in the plan says where)");
 	if (p->c.net_agent || p->net_mac || p->net_home || p->n_net_ips)
 		return cli_usage_error(cmd, "--net-agent and --net-* are not for groups yet: "
 				       "each VM's network identity is its own");

@@ -21,6 +21,8 @@ struct cli_sr_extra {
 	bool agent;			/* --agent: plan and commands on stdin */
 	const char *ssh;		/* --ssh CMD: how to reach other hosts */
 	const char *remote_tsubame;	/* --remote-tsubame PATH: tsubame there */
+	bool persistent;		/* --persistent: libvirt domains defined there */
+	bool undefine_source;		/* --undefinesource: and undefined here */
 	/* 'tsubame sync' and 'tsubame recv --standby' (docs/standby.md). */
 	bool sync;			/* the command is 'tsubame sync' */
 	bool standby;			/* --standby */

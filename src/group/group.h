@@ -24,6 +24,9 @@
 #define GROUP_PLAN_MAX_BYTES (1u << 20)
 /* Socket paths and HOST:PORT strings in a plan. */
 #define GROUP_MAX_STRING 1024
+/* A libvirt domain's disks that move with it, and the first default port. */
+#define GROUP_MAX_DISKS 8
+#define GROUP_QEMU_PORT_BASE 49290
 
 struct group_vm {
 	char name[STORE_MAX_ID + 1];	/* the VM's id in stores and on the wire */
@@ -33,6 +36,21 @@ struct group_vm {
 	char *listen;			/* HOST:PORT its receiver listens on (recv side) */
 	char *host;			/* its source host, as ssh reaches it; NULL: here */
 	char *dest_host;		/* its destination host (for group recv --host); NULL: any */
+	/*
+	 * A libvirt domain (docs/libvirt.md) instead of a QEMU of ours: its
+	 * name or UUID at the source (send side, instead of qmp), the
+	 * destination's libvirt as the source's reaches it, the local libvirt
+	 * (NULL: libvirt's default), the loopback port of both QEMUs' stream
+	 * (its disks' mirror: + 1; by default 49290 + 2 x its place in the
+	 * plan), and the disks (targets such as vda) that move along.
+	 */
+	char *domain;
+	char *dest_uri;
+	char *connect;
+	char *dest_connect;		/* the destination's own libvirt (recv side) */
+	unsigned qemu_port;
+	char *disks[GROUP_MAX_DISKS];
+	unsigned n_disks;
 };
 
 struct group_plan {
@@ -53,13 +71,18 @@ int group_plan_parse(const char *text, size_t len, struct group_plan *ret, char 
 /* Reads and parses a plan file. 0 or -errno with err. */
 int group_plan_load(const char *path, struct group_plan *ret, char *err, size_t errlen);
 void group_plan_free(struct group_plan *p);
-/* Checks that the plan has what one side needs (send: qmp and to; recv: dest_qmp and listen). */
+/*
+ * Checks that the plan has what one side needs (send: qmp or domain, and
+ * to; recv: dest_qmp, or a domain, and listen).
+ */
 int group_plan_check(const struct group_plan *p, bool send, char *err, size_t errlen);
 /*
  * Keeps only the VMs whose host (send) or dest_host (recv) is host; with
  * host NULL, those with none. Returns how many are left.
  */
 size_t group_plan_only_host(struct group_plan *p, bool send, const char *host);
+/* The sending side's part of one VM of the plan, as the plan has it (for an agent). */
+json_t *group_vm_json(const struct group_vm *vm);
 
 struct group_send_options {
 	/* Options of every VM's sender; qmp, to, vm_id, report and progress are the group's. */
@@ -84,6 +107,8 @@ struct group_send_options {
 	 * process has stopped too, or this long after the first stopped.
 	 */
 	uint64_t switch_window_ns;
+	/* libvirt domains: define them at the destination, undefine them here. */
+	bool persistent, undefine_source;
 	bool tty;			/* a line per VM on stderr, redrawn */
 	bool json;			/* progress events on stdout, one JSON object per line */
 	const char *timeline_path;	/* SVG picture of the run, or NULL */

@@ -78,10 +78,72 @@ static bool host_ok(const char *h)
 	return true;
 }
 
+/* A libvirt disk target: vda, sdb, hdc1 ([a-z0-9], 1-32). */
+static bool disk_target_ok(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (!n || n > 32)
+		return false;
+	for (; *s; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9')))
+			return false;
+	return true;
+}
+
+/* The libvirt keys of a VM: domain, dest_uri, connect, dest_connect, qemu_port, disks. */
+static int parse_libvirt(json_t *v, const char *where, struct group_vm *vm, char *err,
+			 size_t errlen)
+{
+	json_t *port = json_object_get(v, "qemu_port"), *disks = json_object_get(v, "disks");
+	int r;
+
+	if ((r = get_string(v, "domain", where, &vm->domain, err, errlen)) ||
+	    (r = get_string(v, "dest_uri", where, &vm->dest_uri, err, errlen)) ||
+	    (r = get_string(v, "connect", where, &vm->connect, err, errlen)) ||
+	    (r = get_string(v, "dest_connect", where, &vm->dest_connect, err, errlen)))
+		return r;
+	if (!vm->domain && (vm->dest_uri || vm->connect || vm->dest_connect || port || disks))
+		return plan_err(err, errlen, "%s: \"dest_uri\", \"connect\", \"dest_connect\", "
+				"\"qemu_port\" and \"disks\" belong to a libvirt \"domain\"",
+				where);
+	if (vm->domain && vm->qmp)
+		return plan_err(err, errlen, "%s: a VM is a \"domain\" of libvirt or a QEMU at "
+				"\"qmp\", not both", where);
+	if (port) {
+		/* Its disks use the port after it: both must be ports. */
+		if (!json_is_integer(port) || json_integer_value(port) < 1 ||
+		    json_integer_value(port) > 65534)
+			return plan_err(err, errlen, "%s: bad \"qemu_port\" (1-65534)", where);
+		vm->qemu_port = (unsigned)json_integer_value(port);
+	}
+	if (!disks)
+		return 0;
+	if (!json_is_array(disks) || json_array_size(disks) > GROUP_MAX_DISKS)
+		return plan_err(err, errlen, "%s: \"disks\" is an array of at most %d disk "
+				"targets (e.g. \"vda\")", where, GROUP_MAX_DISKS);
+	for (size_t k = 0; k < json_array_size(disks); k++) {
+		const char *d = json_string_value(json_array_get(disks, k));
+
+		if (!d || !disk_target_ok(d))
+			return plan_err(err, errlen, "%s: disks[%zu] is not a disk target such as "
+					"\"vda\"", where, k);
+		for (size_t j = 0; j < vm->n_disks; j++)
+			if (!strcmp(vm->disks[j], d))
+				return plan_err(err, errlen, "%s: disk %s is named twice", where, d);
+		vm->disks[vm->n_disks] = strdup(d);
+		if (!vm->disks[vm->n_disks])
+			return -ENOMEM;
+		vm->n_disks++;
+	}
+	return 0;
+}
+
 static int parse_vm(json_t *v, size_t i, struct group_vm *vm, char *err, size_t errlen)
 {
 	static const char *const known[] = { "name", "qmp", "to", "dest_qmp", "listen", "host",
-					     "dest_host", NULL };
+					     "dest_host", "domain", "dest_uri", "connect", "dest_connect",
+					     "qemu_port", "disks", NULL };
 	char where[80], *name = NULL;
 	int r;
 
@@ -112,6 +174,26 @@ static int parse_vm(json_t *v, size_t i, struct group_vm *vm, char *err, size_t 
 	if ((vm->host && !host_ok(vm->host)) || (vm->dest_host && !host_ok(vm->dest_host)))
 		return plan_err(err, errlen, "%s: a host is [user@]name: no spaces, not "
 				"starting with '-'", where);
+	r = parse_libvirt(v, where, vm, err, errlen);
+	if (r == 0 && vm->domain && !vm->qemu_port)
+		vm->qemu_port = GROUP_QEMU_PORT_BASE + 2 * (unsigned)i;
+	return r;
+}
+
+/* Two libvirt VMs whose QEMUs' ports (the stream's and the disks' after it) meet. */
+static int ports_apart(const struct group_plan *p, size_t i, char *err, size_t errlen)
+{
+	const struct group_vm *a = &p->vms[i];
+
+	for (size_t j = 0; a->domain && j < i; j++) {
+		const struct group_vm *b = &p->vms[j];
+
+		if (b->domain && (a->qemu_port > b->qemu_port ? a->qemu_port - b->qemu_port :
+				  b->qemu_port - a->qemu_port) < 2)
+			return plan_err(err, errlen, "VMs %s and %s: their \"qemu_port\" values "
+					"%u and %u must be 2 apart (each uses the port after it "
+					"too)", b->name, a->name, b->qemu_port, a->qemu_port);
+	}
 	return 0;
 }
 
@@ -177,6 +259,8 @@ static int parse_top(json_t *root, struct group_plan *p, char *err, size_t errle
 			if (!strcmp(p->vms[j].name, p->vms[i].name))
 				return plan_err(err, errlen, "VM %s is named twice",
 						p->vms[i].name);
+		if ((r = ports_apart(p, i, err, errlen)))
+			return r;
 	}
 	return 0;
 }
@@ -233,16 +317,26 @@ int group_plan_load(const char *path, struct group_plan *ret, char *err, size_t 
 	return r;
 }
 
+static void vm_free(struct group_vm *vm)
+{
+	free(vm->qmp);
+	free(vm->to);
+	free(vm->dest_qmp);
+	free(vm->listen);
+	free(vm->host);
+	free(vm->dest_host);
+	free(vm->domain);
+	free(vm->dest_uri);
+	free(vm->connect);
+	free(vm->dest_connect);
+	for (unsigned k = 0; k < vm->n_disks; k++)
+		free(vm->disks[k]);
+}
+
 void group_plan_free(struct group_plan *p)
 {
-	for (size_t i = 0; i < p->n_vms; i++) {
-		free(p->vms[i].qmp);
-		free(p->vms[i].to);
-		free(p->vms[i].dest_qmp);
-		free(p->vms[i].listen);
-		free(p->vms[i].host);
-		free(p->vms[i].dest_host);
-	}
+	for (size_t i = 0; i < p->n_vms; i++)
+		vm_free(&p->vms[i]);
 	free(p->vms);
 	p->vms = NULL;
 	p->n_vms = 0;
@@ -253,14 +347,17 @@ int group_plan_check(const struct group_plan *p, bool send, char *err, size_t er
 	for (size_t i = 0; i < p->n_vms; i++) {
 		const struct group_vm *vm = &p->vms[i];
 
-		if (send && (!vm->qmp || !vm->to))
-			return plan_err(err, errlen, "VM %s: the sending side needs \"qmp\" and "
-					"\"to\"", vm->name);
-		if (!send && (!vm->dest_qmp || !vm->listen))
+		if (send && ((!vm->qmp && !vm->domain) || !vm->to))
+			return plan_err(err, errlen, "VM %s: the sending side needs \"qmp\" (or a "
+					"libvirt \"domain\") and \"to\"", vm->name);
+		if (send && vm->domain && !vm->dest_uri)
+			return plan_err(err, errlen, "VM %s: a libvirt \"domain\" needs its "
+					"\"dest_uri\"", vm->name);
+		if (!send && ((!vm->dest_qmp && !vm->domain) || !vm->listen))
 			return plan_err(err, errlen, "VM %s: the receiving side needs \"dest_qmp\" "
-					"and \"listen\"", vm->name);
+					"(or a libvirt \"domain\") and \"listen\"", vm->name);
 		for (size_t j = 0; j < i; j++) {
-			if (send && !strcmp(p->vms[j].qmp, vm->qmp))
+			if (send && vm->qmp && p->vms[j].qmp && !strcmp(p->vms[j].qmp, vm->qmp))
 				return plan_err(err, errlen, "VMs %s and %s name the same \"qmp\"",
 						p->vms[j].name, vm->name);
 			if (!send && !strcmp(p->vms[j].listen, vm->listen))
@@ -283,13 +380,36 @@ size_t group_plan_only_host(struct group_plan *p, bool send, const char *host)
 			p->vms[n++] = *vm;
 			continue;
 		}
-		free(vm->qmp);
-		free(vm->to);
-		free(vm->dest_qmp);
-		free(vm->listen);
-		free(vm->host);
-		free(vm->dest_host);
+		vm_free(vm);
 	}
 	p->n_vms = n;
 	return n;
+}
+
+json_t *group_vm_json(const struct group_vm *vm)
+{
+	json_t *o = json_pack("{s:s, s:s}", "name", vm->name, "to", vm->to);
+
+	if (!o)
+		return NULL;
+	if (vm->qmp)
+		json_object_set_new(o, "qmp", json_string(vm->qmp));
+	if (vm->host)
+		json_object_set_new(o, "host", json_string(vm->host));
+	if (!vm->domain)
+		return o;
+	json_object_set_new(o, "domain", json_string(vm->domain));
+	if (vm->dest_uri)
+		json_object_set_new(o, "dest_uri", json_string(vm->dest_uri));
+	if (vm->connect)
+		json_object_set_new(o, "connect", json_string(vm->connect));
+	json_object_set_new(o, "qemu_port", json_integer(vm->qemu_port));
+	if (vm->n_disks) {
+		json_t *d = json_array();
+
+		for (unsigned k = 0; k < vm->n_disks; k++)
+			json_array_append_new(d, json_string(vm->disks[k]));
+		json_object_set_new(o, "disks", d);
+	}
+	return o;
 }

@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "common/thread.h"
 #include "common/util.h"
+#include "domain/domain.h"
 
 struct recv_vm {
 	const struct group_vm *vm;
@@ -25,6 +26,7 @@ struct recv_vm {
 	json_t *report;
 	uint64_t start_ns, end_ns;
 	pthread_mutex_t *out_mu;
+	char qemu_connect[32], nbd_connect[32];	/* a libvirt domain's QEMU */
 };
 
 /*
@@ -47,13 +49,28 @@ static int dest_state(const char *qmp_path, char *why, size_t whylen)
 	return -1;
 }
 
+/*
+ * A libvirt domain: libvirt starts its QEMU here when its migration
+ * begins. 1: it does not run here yet; 0: it runs (an earlier run moved
+ * it); -1: this host's libvirt cannot be asked (why).
+ */
+static int domain_state(const struct group_vm *vm, char *why, size_t whylen)
+{
+	int st = domain_runs_at(vm->domain, vm->dest_connect, why, whylen);
+
+	if (st == 1)
+		snprintf(why, whylen, "arrived earlier: the domain runs here");
+	return st < 0 ? -1 : !st;
+}
+
 static void *recv_thread(void *arg)
 {
 	struct recv_vm *r = arg;
 	int st;
 
 	tsb_log_set_thread_tag(r->vm->name);
-	st = dest_state(r->vm->dest_qmp, r->why, sizeof(r->why));
+	st = r->vm->domain ? domain_state(r->vm, r->why, sizeof(r->why))
+			   : dest_state(r->vm->dest_qmp, r->why, sizeof(r->why));
 	r->oc = PROXY_FAILED;
 	if (st > 0) {
 		log_info("listening on %s", r->vm->listen);
@@ -141,6 +158,17 @@ int group_recv(const struct group_plan *plan, const struct group_recv_options *o
 		r->out_mu = &out_mu;
 		r->o = *o->base;
 		r->o.c.qmp_path = r->vm->dest_qmp;
+		if (r->vm->domain) {
+			/* libvirt's QEMU listens on our loopback: the stream there, its disks after. */
+			snprintf(r->qemu_connect, sizeof(r->qemu_connect), "127.0.0.1:%u",
+				 r->vm->qemu_port);
+			snprintf(r->nbd_connect, sizeof(r->nbd_connect), "127.0.0.1:%u",
+				 r->vm->qemu_port + 1);
+			r->o.c.qmp_path = NULL;
+			r->o.qemu_connect = r->qemu_connect;
+			r->o.nbd_connect = r->nbd_connect;
+			r->o.no_vm_disks = true;	/* libvirt's QEMU is not ours to ask */
+		}
 		r->o.listen = r->vm->listen;
 		r->o.vm_id = r->vm->name;
 		r->o.live = true;	/* one store handle for all: proxy/liveshare.h */

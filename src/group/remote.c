@@ -237,8 +237,7 @@ int group_remote_start(struct group_run *g, struct remote *rm, const char *host)
 		const struct group_vm *vm = g->v[i].vm;
 
 		if (g->v[i].remote == rm)
-			json_array_append_new(plan, json_pack("{s:s, s:s, s:s, s:s}", "name",
-				vm->name, "qmp", vm->qmp, "to", vm->to, "host", vm->host));
+			json_array_append_new(plan, group_vm_json(vm));
 	}
 	{
 		json_t *top = json_pack("{s:o}", "vms", plan);

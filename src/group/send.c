@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "common/thread.h"
 #include "common/util.h"
+#include "domain/domain.h"
 #include "proxy/liveshare.h"
 #include "proxy/proxy.h"
 #include "wire/pacer.h"
@@ -137,6 +138,47 @@ static void withdraw(struct vm_run *r, const char *why)
 		log_notice("told its receiver that it will not come");
 }
 
+/*
+ * A libvirt domain's move (src/domain): libvirt's own migration, its
+ * stream through a sender of ours like any other VM's. PROXY_OK only
+ * when libvirt says the domain runs at the destination.
+ */
+static enum proxy_outcome move_domain(struct vm_run *r, json_t **report, char *why,
+				      size_t whylen)
+{
+	const struct group_vm *vm = r->vm;
+	struct domain_move *m = calloc(1, sizeof(*m));
+	enum proxy_outcome oc;
+	bool hung = false;
+	int rc;
+
+	if (!m) {
+		snprintf(why, whylen, "out of memory");
+		return PROXY_FAILED;
+	}
+	m->domain = vm->domain;
+	m->dest_uri = vm->dest_uri;
+	m->connect_uri = vm->connect;
+	for (unsigned k = 0; k < vm->n_disks && k < DOMAIN_MAX_DISKS; k++)
+		m->disks[m->n_disks++] = vm->disks[k];
+	m->qemu_port = vm->qemu_port;
+	m->persistent = r->g->o->persistent;
+	m->undefine_source = r->g->o->undefine_source;
+	m->downtime_ms = r->o.downtime_limit_ms;
+	m->so = r->o;
+	log_info("libvirt migrates domain %s to %s, its stream through 127.0.0.1:%u",
+		 vm->domain, vm->dest_uri, vm->qemu_port);
+	rc = domain_move_run(m, &oc, report, &hung, why, whylen);
+	if (rc == 0)
+		oc = PROXY_OK;
+	else if (oc == PROXY_OK)
+		oc = PROXY_FAILED;	/* tsubame's side was fine, libvirt's was not */
+	/* A libvirt call that never returned still holds m. */
+	if (!hung)
+		free(m);
+	return oc;
+}
+
 static void *vm_thread(void *arg)
 {
 	struct vm_run *r = arg;
@@ -148,8 +190,17 @@ static void *vm_thread(void *arg)
 	int st;
 
 	tsb_log_set_thread_tag(r->tag);
-	st = source_state(r->vm->qmp, why, sizeof(why));
-	if (st > 0) {
+	st = r->vm->domain ? domain_where(r->vm->domain, r->vm->connect, r->vm->dest_uri, why,
+					  sizeof(why))
+			   : source_state(r->vm->qmp, why, sizeof(why));
+	if (st > 0 && r->vm->domain) {
+		oc = move_domain(r, &report, why, sizeof(why));
+		if (oc == PROXY_OK)
+			log_notice("migration completed");
+		else
+			log_error("not moved (%s)%s%s", proxy_outcome_name(oc), why[0] ? ": " : "",
+				  why);
+	} else if (st > 0) {
 		log_info("migrating to %s", r->vm->to);
 		oc = proxy_send(&r->o, &report);
 		if (oc != PROXY_OK && report)

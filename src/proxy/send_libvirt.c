@@ -95,10 +95,20 @@ int sender_libvirt_accept(struct sender *s, int *ret_fd, char *err, size_t errle
 static int await_verdict(struct sender *s, uint64_t start_ns)
 {
 	const struct proxy_send_options *o = s->o;
-	uint64_t aborted_ns = 0, wait_ns;
+	uint64_t aborted_ns = 0, wait_ns, tick_ns = 0;
 	int v;
 
 	while ((v = verdict(s)) < 0) {
+		/* No QMP here: a group's view sees the bytes that went, once a second. */
+		if (o->on_tick && tsb_now_ns() - tick_ns >= 1000000000ull) {
+			struct wire_conn_stats ws;
+			struct proxy_tick t = { .status = "active" };
+
+			sender_link_stats(s, &ws);
+			t.wan_out = ws.net_out;
+			o->on_tick(o->tick_opaque, &t);
+			tick_ns = tsb_now_ns();
+		}
 		if (s->abort_flag > 1 && !s->failed)
 			sender_fail(s, PROXY_INTERRUPTED, "interrupted by signal %d; libvirt's "
 				    "migration is cancelled", s->abort_flag);

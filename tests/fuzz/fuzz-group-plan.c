@@ -41,6 +41,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check_string(p.vms[i].to);
 		check_string(p.vms[i].dest_qmp);
 		check_string(p.vms[i].listen);
+		check_string(p.vms[i].domain);
+		check_string(p.vms[i].dest_uri);
+		check_string(p.vms[i].connect);
+		check_string(p.vms[i].dest_connect);
+		/* A libvirt VM's ports (the stream's and the disks' after it) exist and never meet. */
+		if (p.vms[i].domain && (p.vms[i].qemu_port < 1 || p.vms[i].qemu_port > 65534))
+			__builtin_trap();
+		for (size_t j = 0; j < i && p.vms[i].domain; j++)
+			if (p.vms[j].domain && p.vms[i].qemu_port + 1 >= p.vms[j].qemu_port &&
+			    p.vms[j].qemu_port + 1 >= p.vms[i].qemu_port)
+				__builtin_trap();
+		if (p.vms[i].n_disks > GROUP_MAX_DISKS || (p.vms[i].n_disks && !p.vms[i].domain))
+			__builtin_trap();
 	}
 	(void)group_plan_check(&p, true, err, sizeof(err));
 	(void)group_plan_check(&p, false, err, sizeof(err));

@@ -7,7 +7,7 @@
  * the migration only, gives libvirt that pool without changing the
  * destination's configuration.
  */
-#include "cli/migrate_targets.h"
+#include "domain/targets.h"
 #include "common/log.h"
 
 #include <libvirt/virterror.h>
@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+
+static unsigned pools_made;
 
 static const char *last_error(void)
 {
@@ -43,7 +45,7 @@ static bool xml_safe(const char *s)
 	return !strpbrk(s, "<>&'\"");
 }
 
-static void prepare_dir(struct migrate_targets *t, const char *dir)
+static void prepare_dir(struct domain_targets *t, const char *dir)
 {
 	virStoragePoolPtr pool;
 	char xml[4352];
@@ -59,9 +61,11 @@ static void prepare_dir(struct migrate_targets *t, const char *dir)
 	}
 	if (t->n_pools == sizeof(t->pools) / sizeof(t->pools[0]) || !xml_safe(dir))
 		return;
+	/* Unique in this process too: a group moves several domains at once. */
 	snprintf(xml, sizeof(xml),
 		 "<pool type='dir'><name>tsubame-%ld-%u</name>"
-		 "<target><path>%s</path></target></pool>", (long)getpid(), t->n_pools, dir);
+		 "<target><path>%s</path></target></pool>", (long)getpid(),
+		 __atomic_fetch_add(&pools_made, 1, __ATOMIC_RELAXED), dir);
 	pool = virStoragePoolCreateXML(t->conn, xml, 0);
 	if (!pool) {
 		log_warn("no storage pool for %s at the destination, and none could be made "
@@ -74,7 +78,7 @@ static void prepare_dir(struct migrate_targets *t, const char *dir)
 	t->pools[t->n_pools++] = pool;
 }
 
-void migrate_targets_prepare(struct migrate_targets *t, const char *dest_uri,
+void domain_targets_prepare(struct domain_targets *t, const char *dest_uri,
 			     char *const *files, unsigned n)
 {
 	char dir[4096];
@@ -92,7 +96,7 @@ void migrate_targets_prepare(struct migrate_targets *t, const char *dest_uri,
 			prepare_dir(t, dir);
 }
 
-void migrate_targets_release(struct migrate_targets *t)
+void domain_targets_release(struct domain_targets *t)
 {
 	for (unsigned i = 0; i < t->n_pools; i++) {
 		if (virStoragePoolDestroy(t->pools[i]) < 0)

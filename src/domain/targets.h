@@ -1,14 +1,14 @@
 /*
- * tsubame migrate: lets libvirt create missing target images at the
+ * Lets libvirt create a moving domain's missing target images at the
  * destination (docs/libvirt.md, "Targets").
  */
-#ifndef TSUBAME_CLI_MIGRATE_TARGETS_H
-#define TSUBAME_CLI_MIGRATE_TARGETS_H
+#ifndef TSUBAME_DOMAIN_TARGETS_H
+#define TSUBAME_DOMAIN_TARGETS_H
 
 #include <libvirt/libvirt.h>
 
 /* Storage pools made for one migration, with the connection they live on. */
-struct migrate_targets {
+struct domain_targets {
 	virConnectPtr conn;
 	virStoragePoolPtr pools[8];
 	unsigned n_pools;
@@ -21,10 +21,10 @@ struct migrate_targets {
  * does, starts a transient one for the migration. Problems only warn:
  * an image that exists needs no pool, and libvirt names a missing one.
  */
-void migrate_targets_prepare(struct migrate_targets *t, const char *dest_uri,
+void domain_targets_prepare(struct domain_targets *t, const char *dest_uri,
 			     char *const *files, unsigned n);
 
 /* Ends the transient pools (the images in them stay) and the connection. */
-void migrate_targets_release(struct migrate_targets *t);
+void domain_targets_release(struct domain_targets *t);
 
 #endif

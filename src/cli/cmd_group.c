@@ -45,6 +45,12 @@ static void usage(FILE *f)
 		"                         100mbit, shared by the moving VMs (default: none)\n"
 		"  --concurrency N        send: VMs moving at once (1-%d, default %d)\n"
 		"  --no-seed              send: start up to N at once from the beginning\n"
+		"  --order content|plan   send: which VM seeds: by default the plan's first,\n"
+		"                         unless samples of the VMs' memory show that another\n"
+		"                         holds clearly more of the others' (content); plan:\n"
+		"                         the plan's order, no sampling\n"
+		"  --dry-run              send: print the order the VMs would start in, and\n"
+		"                         move nothing\n"
 		"  --switchover-window DUR\n"
 		"                         send: the VMs moving at once switch over\n"
 		"                         together: each stopped source waits (paused)\n"
@@ -91,7 +97,8 @@ static int load_plan(const char *cmd, const char *path, bool send, struct group_
 /* The coordinator's own options, which its agents on other hosts do not take. */
 static const char *const coordinator_only[] = {
 	"plan=", "report=", "timeline=", "bandwidth=", "concurrency=", "host=", "ssh=",
-	"remote-tsubame=", "json", "no-seed", "progress", "no-progress", "agent", NULL,
+	"remote-tsubame=", "json", "no-seed", "progress", "no-progress", "agent", "order=",
+	"dry-run", NULL,
 };
 
 /*
@@ -219,6 +226,8 @@ static int group_send_cmd(int argc, char **argv)
 		o.c.tenant = plan.tenant;
 	go.switch_window_ns = x.switch_window_ns;	/* agents: a gate of their own */
 	go.persistent = x.persistent;
+	go.plan_order = x.plan_order;
+	go.dry_run = x.dry_run;
 	go.undefine_source = x.undefine_source;
 	if (x.agent) {
 		go.agent = true;

@@ -93,7 +93,7 @@ enum {
 	OPT_MAX_WINDOW, OPT_DISK_COPY_MODE, OPT_QEMU_CONNECT, OPT_NBD_CONNECT,
 	OPT_RECOVER_TIMEOUT, OPT_BANDWIDTH, OPT_PLAN, OPT_CONCURRENCY, OPT_JSON, OPT_TIMELINE,
 	OPT_NO_SEED, OPT_AGENT, OPT_HOST, OPT_SSH, OPT_REMOTE_TSUBAME, OPT_SWITCH_WINDOW,
-	OPT_PERSISTENT, OPT_UNDEFINE_SOURCE, OPT_COMMIT_EARLY,
+	OPT_PERSISTENT, OPT_UNDEFINE_SOURCE, OPT_ORDER, OPT_DRY_RUN, OPT_COMMIT_EARLY,
 	OPT_COMMIT_LATE, OPT_STANDBY, OPT_INTERVAL, OPT_ROUNDS, OPT_NICE,
 };
 
@@ -150,6 +150,8 @@ static const struct option options[] = {
 	{ "switchover-window", required_argument, NULL, OPT_SWITCH_WINDOW },
 	{ "agent", no_argument, NULL, OPT_AGENT },
 	{ "persistent", no_argument, NULL, OPT_PERSISTENT },
+	{ "order", required_argument, NULL, OPT_ORDER },
+	{ "dry-run", no_argument, NULL, OPT_DRY_RUN },
 	{ "undefinesource", no_argument, NULL, OPT_UNDEFINE_SOURCE },
 	{ "host", required_argument, NULL, OPT_HOST },
 	{ "ssh", required_argument, NULL, OPT_SSH },
@@ -443,6 +445,8 @@ static int parse_group_opt(const char *cmd, bool send, int c, struct parsed *p)
 	case OPT_SWITCH_WINDOW:
 	case OPT_PERSISTENT:
 	case OPT_UNDEFINE_SOURCE:
+	case OPT_ORDER:
+	case OPT_DRY_RUN:
 		break;
 	default:
 		return OPT_OTHER;
@@ -478,6 +482,13 @@ static int parse_group_opt(const char *cmd, bool send, int c, struct parsed *p)
 		p->x.persistent = true;
 	else if (c == OPT_UNDEFINE_SOURCE)
 		p->x.undefine_source = true;
+	else if (c == OPT_DRY_RUN)
+		p->x.dry_run = true;
+	else if (c == OPT_ORDER) {
+		if (strcmp(optarg, "content") && strcmp(optarg, "plan"))
+			return cli_usage_error(cmd, "bad --order '%s' (content or plan)", optarg);
+		p->x.plan_order = !strcmp(optarg, "plan");
+	}
 	else if (c == OPT_SWITCH_WINDOW) {
 		if (tsb_parse_duration(optarg, &v) < 0 || !v || v > 600000000000ull)
 			return cli_usage_error(cmd, "bad --switchover-window '%s' (e.g. 2s; "

@@ -23,6 +23,8 @@ struct cli_sr_extra {
 	const char *remote_tsubame;	/* --remote-tsubame PATH: tsubame there */
 	bool persistent;		/* --persistent: libvirt domains defined there */
 	bool undefine_source;		/* --undefinesource: and undefined here */
+	bool plan_order;		/* --order plan: no sampling for the seed */
+	bool dry_run;			/* --dry-run: print the order, move nothing */
 	/* 'tsubame sync' and 'tsubame recv --standby' (docs/standby.md). */
 	bool sync;			/* the command is 'tsubame sync' */
 	bool standby;			/* --standby */

@@ -101,6 +101,8 @@ struct group_send_options {
 	uint64_t bandwidth;		/* bytes/s shared by the group on the WAN; 0: none */
 	unsigned concurrency;		/* VMs moving at once, >= 1 */
 	bool seed_first;		/* the first VM alone first: it seeds the destination's store */
+	bool plan_order;		/* keep the plan's order (no sampling for the seed) */
+	bool dry_run;			/* print the order (and why) and move nothing */
 	/*
 	 * > 0: the VMs moving at once switch over together. Each source, once
 	 * stopped for its switchover, waits until every VM moving from this

@@ -23,6 +23,14 @@ enum vm_phase {
 
 const char *group_phase_name(enum vm_phase ph);
 
+/*
+ * The order a group's VMs start in (order.c): order[k] is the plan's index
+ * of the k-th. The plan's, unless sampling the local VMs' memory shows
+ * that another holds clearly more of the others' content than its first:
+ * then that one goes first. Returns the first's index.
+ */
+size_t group_order_by_content(const struct group_plan *plan, size_t *order);
+
 /* One sample a second, for the picture. */
 struct sample {
 	uint32_t t_ms;		/* since the group started */

@@ -619,7 +619,7 @@ int group_send(const struct group_plan *plan, const struct group_send_options *o
 {
 	struct group_run g = { .plan = plan, .o = o, .n = plan->n_vms };
 	pthread_condattr_t ca;
-	size_t left = 0;
+	size_t left = 0, *order;
 
 	*ret_report = NULL;
 	g.v = calloc(g.n, sizeof(*g.v));
@@ -631,6 +631,28 @@ int group_send(const struct group_plan *plan, const struct group_send_options *o
 		free(g.v);
 		return -ENOMEM;
 	}
+	order = calloc(g.n, sizeof(*order));
+	if (!order) {
+		wire_pacer_free(g.pacer);
+		live_share_free(g.live);
+		free(g.v);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < g.n; i++)
+		order[i] = i;
+	/* The seed is the VM whose memory holds the most of the others'. */
+	if (!o->agent && !o->plan_order && o->seed_first)
+		(void)group_order_by_content(plan, order);
+	if (o->dry_run) {
+		for (size_t i = 0; i < g.n; i++)
+			printf("%s%s", i ? " " : "", plan->vms[order[i]].name);
+		printf("\n");
+		free(order);
+		wire_pacer_free(g.pacer);
+		live_share_free(g.live);
+		free(g.v);
+		return 0;
+	}
 	pthread_mutex_init(&g.mu, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -639,7 +661,7 @@ int group_send(const struct group_plan *plan, const struct group_send_options *o
 	for (size_t i = 0; i < g.n; i++) {
 		struct vm_run *r = &g.v[i];
 
-		r->vm = &plan->vms[i];
+		r->vm = &plan->vms[order[i]];
 		r->g = &g;
 		r->o = *o->base;
 		r->o.c.qmp_path = r->vm->qmp;
@@ -658,6 +680,7 @@ int group_send(const struct group_plan *plan, const struct group_send_options *o
 		r->o.tick_opaque = r;
 		snprintf(r->tag, sizeof(r->tag), "%s", r->vm->name);
 	}
+	free(order);
 	if (!o->agent && setup_remotes(&g) < 0) {
 		free(g.v);
 		wire_pacer_free(g.pacer);

@@ -37,6 +37,12 @@ struct group_vm {
 	char *host;			/* its source host, as ssh reaches it; NULL: here */
 	char *dest_host;		/* its destination host (for group recv --host); NULL: any */
 	/*
+	 * VMs of one affinity talk to each other: they start one after the
+	 * other (after the seed), so that they are split between the sites
+	 * for as short a time as the schedule allows. NULL: none.
+	 */
+	char *affinity;
+	/*
 	 * A libvirt domain (docs/libvirt.md) instead of a QEMU of ours: its
 	 * name or UUID at the source (send side, instead of qmp), the
 	 * destination's libvirt as the source's reaches it, the local libvirt

@@ -30,6 +30,8 @@ const char *group_phase_name(enum vm_phase ph);
  * then that one goes first. Returns the first's index.
  */
 size_t group_order_by_content(const struct group_plan *plan, size_t *order);
+/* Then VMs of one "affinity" one after the other, the seed's first (order.c). */
+void group_order_by_affinity(const struct group_plan *plan, size_t *order);
 
 /* One sample a second, for the picture. */
 struct sample {

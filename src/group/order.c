@@ -141,6 +141,46 @@ static size_t common(const struct mem_sample *a, const struct mem_sample *b)
 	return n;
 }
 
+/*
+ * After the seed (order[0]), VMs of one affinity one after the other, the
+ * seed's first, then each affinity where its first VM stands in the order;
+ * VMs without one keep their place among those groups.
+ */
+void group_order_by_affinity(const struct group_plan *plan, size_t *order)
+{
+	size_t n = plan->n_vms, k = 1, *out = calloc(n, sizeof(*out));
+	bool *taken = calloc(n, sizeof(*taken));
+	const char *aff;
+
+	if (!out || !taken || n < 3)
+		goto out;
+	out[0] = order[0];
+	taken[0] = true;
+	for (size_t i = 0; i < n; i++) {
+		/* Position i of the order: the seed's affinity first, then as they come. */
+		aff = i == 0 ? plan->vms[order[0]].affinity : NULL;
+		if (i > 0) {
+			if (taken[i])
+				continue;
+			out[k++] = order[i];
+			taken[i] = true;
+			aff = plan->vms[order[i]].affinity;
+		}
+		for (size_t j = i + 1; aff && j < n; j++) {
+			const char *a = plan->vms[order[j]].affinity;
+
+			if (!taken[j] && a && !strcmp(a, aff)) {
+				out[k++] = order[j];
+				taken[j] = true;
+			}
+		}
+	}
+	memcpy(order, out, n * sizeof(*out));
+out:
+	free(out);
+	free(taken);
+}
+
 size_t group_order_by_content(const struct group_plan *plan, size_t *order)
 {
 	struct mem_sample *s = calloc(plan->n_vms, sizeof(*s));

@@ -142,7 +142,7 @@ static int parse_libvirt(json_t *v, const char *where, struct group_vm *vm, char
 static int parse_vm(json_t *v, size_t i, struct group_vm *vm, char *err, size_t errlen)
 {
 	static const char *const known[] = { "name", "qmp", "to", "dest_qmp", "listen", "host",
-					     "dest_host", "domain", "dest_uri", "connect", "dest_connect",
+					     "dest_host", "affinity", "domain", "dest_uri", "connect", "dest_connect",
 					     "qemu_port", "disks", NULL };
 	char where[80], *name = NULL;
 	int r;
@@ -168,7 +168,8 @@ static int parse_vm(json_t *v, size_t i, struct group_vm *vm, char *err, size_t 
 	    (r = get_string(v, "dest_qmp", where, &vm->dest_qmp, err, errlen)) ||
 	    (r = get_string(v, "listen", where, &vm->listen, err, errlen)) ||
 	    (r = get_string(v, "host", where, &vm->host, err, errlen)) ||
-	    (r = get_string(v, "dest_host", where, &vm->dest_host, err, errlen)))
+	    (r = get_string(v, "dest_host", where, &vm->dest_host, err, errlen)) ||
+	    (r = get_string(v, "affinity", where, &vm->affinity, err, errlen)))
 		return r;
 	/* A host is handed to ssh: never an option, never a word break. */
 	if ((vm->host && !host_ok(vm->host)) || (vm->dest_host && !host_ok(vm->dest_host)))
@@ -325,6 +326,7 @@ static void vm_free(struct group_vm *vm)
 	free(vm->listen);
 	free(vm->host);
 	free(vm->dest_host);
+	free(vm->affinity);
 	free(vm->domain);
 	free(vm->dest_uri);
 	free(vm->connect);

@@ -643,6 +643,9 @@ int group_send(const struct group_plan *plan, const struct group_send_options *o
 	/* The seed is the VM whose memory holds the most of the others'. */
 	if (!o->agent && !o->plan_order && o->seed_first)
 		(void)group_order_by_content(plan, order);
+	/* VMs that talk to each other close together. */
+	if (!o->agent)
+		group_order_by_affinity(plan, order);
 	if (o->dry_run) {
 		for (size_t i = 0; i < g.n; i++)
 			printf("%s%s", i ? " " : "", plan->vms[order[i]].name);

@@ -45,6 +45,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check_string(p.vms[i].dest_uri);
 		check_string(p.vms[i].connect);
 		check_string(p.vms[i].dest_connect);
+		check_string(p.vms[i].affinity);
 		/* A libvirt VM's ports (the stream's and the disks' after it) exist and never meet. */
 		if (p.vms[i].domain && (p.vms[i].qemu_port < 1 || p.vms[i].qemu_port > 65534))
 			__builtin_trap();

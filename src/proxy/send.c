@@ -483,6 +483,16 @@ static void *parse_thread(void *arg)
 		job_put(s, s->cur);
 		s->cur = NULL;
 	}
+	/*
+	 * Failed: QEMU may still be writing its stream, and in its completion
+	 * it writes with its big lock held, which its monitor waits for: our
+	 * yank, cancel and cont would time out while nobody reads (test 43's
+	 * link cut after the disks' DONE stalled the source for minutes). Read
+	 * no more: its writes fail at once, as after a yank. The return path
+	 * (our writes into the same socket) stays.
+	 */
+	if (s->failed)
+		(void)shutdown(s->qfd, SHUT_RD);
 	pthread_mutex_lock(&s->lock);
 	/*
 	 * Completed on our SHUT, QEMU's stream ended before the receiver
